@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Inbound capture: attached to each enrolled pod's network namespace, steers TCP connections
+ * that arrive from outside the pod to the agent's in-pod plaintext listener (15006).
+ * Left alone: HBONE (15008, already mTLS), the listener's own port, ports the pod excludes,
+ * and anything arriving over loopback (the agent's own hand-off to the application).
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "maps.bpf.h"
+#include "net.bpf.h"
+
+#define LOOPBACK_IFINDEX 1
+
+/*
+ * Pod address -> the pod's netns cookie. sk_lookup programs cannot call
+ * bpf_get_netns_cookie(), so the destination address names the pod instead; the program is
+ * attached only to enrolled pods' namespaces, whose addresses are unique on a node.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AMBIT_MAX_PODS * 2);
+	__type(key, struct ambit_addr);
+	__type(value, __u64);
+} ambit_pod_addrs SEC(".maps");
+
+/* netns cookie -> the agent's inbound listener in that pod. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, AMBIT_MAX_PODS);
+	__type(key, __u64);
+	__type(value, __u64);
+} ambit_inbound_listeners SEC(".maps");
+
+SEC("sk_lookup")
+int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	struct ambit_addr local = {};
+	__u64 *netns_cookie;
+	struct ambit_pod_config *pod;
+	struct bpf_sock *listener;
+	__u16 port = (__u16)ctx->local_port;
+	long err;
+
+	if (ctx->protocol != IPPROTO_TCP || ctx->ingress_ifindex == LOOPBACK_IFINDEX)
+		return SK_PASS;
+	if (ctx->family == AF_INET)
+		addr_from_ip4(local.addr, ctx->local_ip4);
+	else
+		addr_from_ip6(local.addr, ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
+			      ctx->local_ip6[3]);
+	netns_cookie = bpf_map_lookup_elem(&ambit_pod_addrs, &local);
+	if (!netns_cookie)
+		return SK_PASS;
+	pod = bpf_map_lookup_elem(&ambit_pods, netns_cookie);
+	if (!pod || !(pod->flags & AMBIT_POD_CAPTURE_INBOUND))
+		return SK_PASS;
+	if (port == AMBIT_PORT_HBONE || port == pod->inbound_port ||
+	    port_in_list(pod->excluded_inbound_ports, port)) {
+		count(AMBIT_CTR_INBOUND_PASSED);
+		return SK_PASS;
+	}
+
+	/*
+	 * No listener means the agent is (re)starting: drop the SYN so the client retransmits,
+	 * rather than letting plaintext reach the application unchecked.
+	 */
+	listener = bpf_map_lookup_elem(&ambit_inbound_listeners, netns_cookie);
+	if (!listener) {
+		count(AMBIT_CTR_ERRORS);
+		return SK_DROP;
+	}
+	err = bpf_sk_assign(ctx, listener, 0);
+	bpf_sk_release(listener);
+	if (err) {
+		count(AMBIT_CTR_ERRORS);
+		return SK_DROP;
+	}
+	count(AMBIT_CTR_INBOUND_STEERED);
+	return SK_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

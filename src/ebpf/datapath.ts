@@ -1,0 +1,221 @@
+/**
+ * The ambit datapath as the node agent uses it: both objects loaded over one set of pinned
+ * maps, the outbound hooks attached to a cgroup, sk_lookup attached per pod netns, all links
+ * pinned under one root so that a restarted agent adopts them and uninstall removes them.
+ *
+ *   <pinRoot>/maps/<map>            shared maps (reused across objects and restarts)
+ *   <pinRoot>/links/<program>       connect4, connect6, sockops on the mesh cgroup
+ *   <pinRoot>/links/pods/<cookie>   sk_lookup on one pod's netns
+ */
+import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  addrCodec, origDstCodec, podConfigCodec, sockKeyCodec, u32Codec, u64Codec,
+  type OrigDst, type PodConfig, type SockKey,
+} from './codecs.js';
+import { AMBIT } from './layout.generated.js';
+import { BpfLink } from './link.js';
+import type { BpfMap } from './map.js';
+import { BpfObject } from './object.js';
+
+export const OUTBOUND_OBJECT = 'outbound.bpf.o';
+export const INBOUND_OBJECT = 'inbound.bpf.o';
+const OUTBOUND_PROGRAMS = ['ambit_connect4', 'ambit_connect6', 'ambit_sockops'] as const;
+const SK_LOOKUP_PROGRAM = 'ambit_sk_lookup';
+
+/** The committed objects: `bpf/` at the repository (or package) root, or $AMBIT_BPF_DIR. */
+export function defaultObjectsDir(): string {
+  const fromEnv = process.env['AMBIT_BPF_DIR'];
+  if (fromEnv) return resolve(fromEnv);
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    if (existsSync(join(dir, 'bpf', OUTBOUND_OBJECT))) return join(dir, 'bpf');
+    dir = dirname(dir);
+  }
+  return resolve('bpf');
+}
+
+export interface DatapathOptions {
+  /** bpffs directory owned by this agent, e.g. /sys/fs/bpf/ambit/node-1. */
+  pinRoot: string;
+  objectsDir?: string;
+}
+
+export interface DatapathMaps {
+  pods: BpfMap<bigint, PodConfig>;
+  podAddrs: BpfMap<string, bigint>;
+  inboundListeners: BpfMap<bigint, bigint>;
+  origDst: BpfMap<SockKey, OrigDst>;
+  counters: BpfMap<number, bigint>;
+}
+
+export const COUNTER_NAMES = [
+  'connect_redirected', 'connect_excluded', 'connect_not_enrolled', 'origdst_recorded',
+  'origdst_missing', 'origdst_deleted', 'inbound_steered', 'inbound_passed', 'errors',
+] as const;
+export type CounterName = (typeof COUNTER_NAMES)[number];
+
+export class Datapath {
+  readonly maps: DatapathMaps;
+  private readonly outboundLinks = new Map<string, BpfLink>();
+  private readonly podLinks = new Map<bigint, BpfLink>();
+
+  private constructor(
+    readonly pinRoot: string,
+    private readonly outbound: BpfObject,
+    private readonly inbound: BpfObject,
+  ) {
+    this.maps = {
+      pods: outbound.map('ambit_pods', u64Codec, podConfigCodec),
+      podAddrs: inbound.map('ambit_pod_addrs', addrCodec, u64Codec),
+      inboundListeners: inbound.map('ambit_inbound_listeners', u64Codec, u64Codec),
+      origDst: outbound.map('ambit_orig_dst', sockKeyCodec, origDstCodec),
+      counters: outbound.map('ambit_counters', u32Codec, u64Codec, true),
+    };
+  }
+
+  /** Loads both objects; maps already pinned under `pinRoot` are reused, with their contents. */
+  static load(options: DatapathOptions): Datapath {
+    const dir = options.objectsDir ?? defaultObjectsDir();
+    const pinMapsIn = join(options.pinRoot, 'maps');
+    const outbound = BpfObject.load(join(dir, OUTBOUND_OBJECT), { pinMapsIn });
+    try {
+      const inbound = BpfObject.load(join(dir, INBOUND_OBJECT), { pinMapsIn });
+      return new Datapath(options.pinRoot, outbound, inbound);
+    } catch (err) {
+      outbound.close();
+      throw err;
+    }
+  }
+
+  private linkPath(name: string): string {
+    return join(this.pinRoot, 'links', name);
+  }
+
+  private podLinkPath(netnsCookie: bigint): string {
+    return join(this.pinRoot, 'links', 'pods', netnsCookie.toString());
+  }
+
+  /**
+   * Hooks connect() and sockops for every socket created under `cgroupPath`. Links already
+   * pinned (by an earlier agent) get this object's programs swapped in instead.
+   * Returns whether links were adopted.
+   */
+  attachOutbound(cgroupPath: string): { adopted: boolean } {
+    let adopted = false;
+    for (const name of OUTBOUND_PROGRAMS) {
+      const program = this.outbound.program(name);
+      const pinned = BpfLink.openPinned(this.linkPath(name));
+      if (pinned) {
+        pinned.update(program);
+        this.outboundLinks.set(name, pinned);
+        adopted = true;
+        continue;
+      }
+      const link = BpfLink.attachCgroup(program, cgroupPath);
+      try {
+        link.pin(this.linkPath(name));
+      } catch (err) {
+        link.close();
+        throw err;
+      }
+      this.outboundLinks.set(name, link);
+    }
+    return { adopted };
+  }
+
+  /** Swaps this object's sk_lookup program into every pod link pinned by an earlier agent. */
+  adoptPodLinks(): bigint[] {
+    const dir = join(this.pinRoot, 'links', 'pods');
+    if (!existsSync(dir)) return [];
+    const program = this.inbound.program(SK_LOOKUP_PROGRAM);
+    const cookies: bigint[] = [];
+    for (const entry of readdirSync(dir)) {
+      const cookie = BigInt(entry);
+      const link = BpfLink.openPinned(join(dir, entry));
+      if (!link) continue;
+      link.update(program);
+      this.podLinks.get(cookie)?.close();
+      this.podLinks.set(cookie, link);
+      cookies.push(cookie);
+    }
+    return cookies;
+  }
+
+  /** Attaches sk_lookup to one pod's netns (idempotent per netns cookie). */
+  attachInbound(netnsPath: string, netnsCookie: bigint): void {
+    const path = this.podLinkPath(netnsCookie);
+    const program = this.inbound.program(SK_LOOKUP_PROGRAM);
+    const pinned = this.podLinks.get(netnsCookie) ?? BpfLink.openPinned(path);
+    if (pinned) {
+      pinned.update(program);
+      this.podLinks.set(netnsCookie, pinned);
+      return;
+    }
+    const link = BpfLink.attachNetns(program, netnsPath);
+    try {
+      link.pin(path);
+    } catch (err) {
+      link.close();
+      throw err;
+    }
+    this.podLinks.set(netnsCookie, link);
+  }
+
+  detachInbound(netnsCookie: bigint): void {
+    const link = this.podLinks.get(netnsCookie) ?? BpfLink.openPinned(this.podLinkPath(netnsCookie));
+    if (!link) return;
+    link.detach();
+    link.unpin();
+    link.close();
+    this.podLinks.delete(netnsCookie);
+  }
+
+  /** The counters summed over CPUs. */
+  counters(): Record<CounterName, bigint> {
+    const out = {} as Record<CounterName, bigint>;
+    COUNTER_NAMES.forEach((name, i) => {
+      out[name] = (this.maps.counters.getPerCpu(i) ?? []).reduce((a, b) => a + b, 0n);
+    });
+    return out;
+  }
+
+  /** Where the application meant to connect, for a connection accepted on a capture listener. */
+  originalDestination(key: SockKey): OrigDst | undefined {
+    return this.maps.origDst.get(key);
+  }
+
+  /** Releases this process's handles. Pinned links and maps stay: redirection goes on. */
+  close(): void {
+    for (const link of [...this.outboundLinks.values(), ...this.podLinks.values()]) link.close();
+    this.outboundLinks.clear();
+    this.podLinks.clear();
+    this.inbound.close();
+    this.outbound.close();
+  }
+
+  /**
+   * Detaches every link pinned under `pinRoot` and removes the directory: after this nothing
+   * redirects into an agent that is gone. Safe to run when nothing is there.
+   */
+  static remove(pinRoot: string): void {
+    if (!existsSync(pinRoot)) return;
+    const linksDir = join(pinRoot, 'links');
+    const walk = (dir: string): string[] => (existsSync(dir)
+      ? readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(dir, e.name)) : [join(dir, e.name)]))
+      : []);
+    for (const path of walk(linksDir)) {
+      const link = BpfLink.openPinned(path);
+      if (!link) continue;
+      try {
+        link.detach();
+      } finally {
+        link.close();
+      }
+    }
+    rmSync(pinRoot, { recursive: true, force: true });
+  }
+}
+
+export { AMBIT };

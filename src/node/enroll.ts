@@ -1,0 +1,172 @@
+/**
+ * Enrolling a pod into the ambient datapath: the agent's in-pod listeners (outbound capture
+ * 15001, inbound plaintext 15006, HBONE 15008) are opened inside the pod's netns, then the
+ * pod's map entries are written and sk_lookup is attached to its netns. Unenrolling reverses
+ * it, map entries first so that capture stops before the listeners go away.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { podConfigCodec, type OrigDst, type PodConfig } from '../ebpf/codecs.js';
+import type { Datapath } from '../ebpf/datapath.js';
+import { AMBIT } from '../ebpf/layout.generated.js';
+import { AGENT_SOCKET_MARK, closeFd, listenInNetns, netnsCookie } from './netns.js';
+
+export interface PodSpec {
+  /** namespace/name, for messages. */
+  name: string;
+  /** e.g. /run/netns/<pod>. */
+  netnsPath: string;
+  /** The pod's cgroup v2 directory; must lie under the cgroup the outbound hooks are attached to. */
+  cgroupPath?: string;
+  /** The pod's addresses: inbound steering finds the pod by destination address. */
+  ips: string[];
+  excludedOutboundPorts?: number[];
+  excludedInboundPorts?: number[];
+  excludedCidrs?: string[];
+}
+
+/** What the agent does with each kind of captured connection. */
+export interface PodHandlers {
+  /** A connection the pod opened; `dst` is where the application meant to go. */
+  outbound(socket: Socket, dst: OrigDst | undefined, pod: EnrolledPod): void;
+  /** Plaintext arriving from outside the pod; its destination is socket.localAddress/localPort. */
+  inbound(socket: Socket, pod: EnrolledPod): void;
+  /** HBONE (mTLS) arriving on 15008. */
+  hbone(socket: Socket, pod: EnrolledPod): void;
+}
+
+export interface EnrolledPod {
+  readonly spec: PodSpec;
+  readonly netnsCookie: bigint;
+  readonly config: PodConfig;
+  /** Reads the original destination of a connection accepted on the outbound listener. */
+  originalDestination(socket: Socket): OrigDst | undefined;
+}
+
+export class EnrollError extends Error {
+  override readonly name = 'EnrollError';
+  readonly code = 'AMBIT_E_ENROLL';
+  constructor(pod: string, message: string, options?: { cause: unknown }) {
+    super(`enroll ${pod}: ${message}`, options);
+  }
+}
+
+interface PodState extends EnrolledPod {
+  servers: Server[];
+}
+
+function serve(fd: number, onConnection: (socket: Socket) => void): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = createServer({ pauseOnConnect: false }, onConnection);
+    server.once('error', reject);
+    server.listen({ fd }, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}
+
+export class PodEnroller {
+  private readonly pods = new Map<bigint, PodState>();
+
+  constructor(private readonly datapath: Datapath, private readonly handlers: PodHandlers) {}
+
+  get enrolled(): EnrolledPod[] {
+    return [...this.pods.values()];
+  }
+
+  async enroll(spec: PodSpec): Promise<EnrolledPod> {
+    const cookie = netnsCookie(spec.netnsPath);
+    const existing = this.pods.get(cookie);
+    if (existing) return existing;
+
+    const config: PodConfig = {
+      captureOutbound: true,
+      captureInbound: true,
+      outboundPort: AMBIT.PORT_OUTBOUND,
+      inboundPort: AMBIT.PORT_INBOUND,
+      excludedOutboundPorts: spec.excludedOutboundPorts ?? [],
+      excludedInboundPorts: spec.excludedInboundPorts ?? [],
+      excludedCidrs: spec.excludedCidrs ?? [],
+    };
+    // Encode before touching anything: a bad port or CIDR must fail with nothing to undo.
+    try {
+      podConfigCodec.encode(config);
+    } catch (err) {
+      throw new EnrollError(spec.name, (err as Error).message, { cause: err });
+    }
+
+    const pod: PodState = {
+      spec,
+      netnsCookie: cookie,
+      config,
+      servers: [],
+      originalDestination: (socket) => this.datapath.originalDestination({
+        netnsCookie: cookie,
+        clientAddr: socket.remoteAddress ?? '',
+        clientPort: socket.remotePort ?? 0,
+        listenerAddr: socket.localAddress ?? '',
+        listenerPort: socket.localPort ?? 0,
+      }),
+    };
+    const fds: number[] = [];
+    const listen = (host: string, port: number, dualStack = false) => {
+      const fd = listenInNetns(spec.netnsPath, host, port, { mark: AGENT_SOCKET_MARK, dualStack });
+      fds.push(fd);
+      return fd;
+    };
+    try {
+      const out4 = listen('127.0.0.1', config.outboundPort);
+      const out6 = listen('::1', config.outboundPort);
+      const inbound = listen('::', config.inboundPort, true);
+      const hbone = listen('::', AMBIT.PORT_HBONE, true);
+      const onOutbound = (socket: Socket) => this.handlers.outbound(socket, pod.originalDestination(socket), pod);
+      pod.servers.push(await serve(out4, onOutbound));
+      pod.servers.push(await serve(out6, onOutbound));
+      pod.servers.push(await serve(hbone, (socket) => this.handlers.hbone(socket, pod)));
+      // The sockhash takes its own reference to the listener before Node.js owns the fd.
+      const fdValue = Buffer.alloc(8);
+      fdValue.writeBigUInt64LE(BigInt(inbound));
+      this.datapath.maps.inboundListeners.setRaw(cookie, fdValue);
+      pod.servers.push(await serve(inbound, (socket) => this.handlers.inbound(socket, pod)));
+      fds.length = 0;
+
+      for (const ip of spec.ips) this.datapath.maps.podAddrs.set(ip, cookie);
+      this.datapath.attachInbound(spec.netnsPath, cookie);
+      this.datapath.maps.pods.set(cookie, config);
+    } catch (err) {
+      for (const fd of fds) closeFd(fd);
+      await this.teardown(pod);
+      throw new EnrollError(spec.name, (err as Error).message, { cause: err });
+    }
+    this.pods.set(cookie, pod);
+    return pod;
+  }
+
+  /** Stops capture for the pod and closes its listeners. Unknown pods are ignored. */
+  async unenroll(cookie: bigint): Promise<void> {
+    const pod = this.pods.get(cookie);
+    if (!pod) return;
+    this.pods.delete(cookie);
+    await this.teardown(pod);
+  }
+
+  async unenrollAll(): Promise<void> {
+    for (const cookie of [...this.pods.keys()]) await this.unenroll(cookie);
+  }
+
+  private async teardown(pod: PodState): Promise<void> {
+    const { maps } = this.datapath;
+    maps.pods.delete(pod.netnsCookie);
+    this.datapath.detachInbound(pod.netnsCookie);
+    for (const ip of pod.spec.ips) {
+      if (maps.podAddrs.get(ip) === pod.netnsCookie) maps.podAddrs.delete(ip);
+    }
+    maps.inboundListeners.delete(pod.netnsCookie);
+    await Promise.all(pod.servers.map(closeServer));
+    pod.servers.length = 0;
+  }
+}

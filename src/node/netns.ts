@@ -1,0 +1,139 @@
+/**
+ * Sockets inside a pod's network namespace. The main thread enters the pod's netns with
+ * setns(2), creates the socket, and returns at once to its own netns; the socket stays in the
+ * pod's netns for life. Node.js then serves or connects it through its fd. libuv's worker
+ * threads never move, so nothing else in the process notices.
+ */
+import { closeSync, openSync } from 'node:fs';
+import * as libc from '../../native/libc.js';
+import { addrToBytes } from '../ebpf/addr.js';
+import { AMBIT } from '../ebpf/layout.generated.js';
+import { errnoName } from '../ebpf/errors.js';
+
+export class NetnsError extends Error {
+  override readonly name = 'NetnsError';
+  constructor(readonly code: 'AMBIT_E_NETNS_ENTER' | 'AMBIT_E_NETNS_SOCKET', message: string, readonly errno?: number) {
+    super(errno === undefined ? message : `${message} (${errnoName(errno)})`);
+  }
+}
+
+let ownNetnsFd: number | undefined;
+
+function fail(code: NetnsError['code'], message: string): never {
+  throw new NetnsError(code, message, libc.errno());
+}
+
+/** Runs `fn` synchronously with the main thread inside the netns at `netnsPath`. */
+export function inNetns<T>(netnsPath: string, fn: () => T): T {
+  // The thread's own netns, kept open for the way back (thread-self: setns moves one thread).
+  ownNetnsFd ??= openSync('/proc/thread-self/ns/net', 'r');
+  let target: number;
+  try {
+    target = openSync(netnsPath, 'r');
+  } catch (err) {
+    throw new NetnsError('AMBIT_E_NETNS_ENTER', `cannot open network namespace ${netnsPath}: ${(err as Error).message}`);
+  }
+  try {
+    if (libc.setns(target, libc.CLONE_NEWNET) < 0) fail('AMBIT_E_NETNS_ENTER', `cannot enter network namespace ${netnsPath}`);
+    try {
+      return fn();
+    } finally {
+      if (libc.setns(ownNetnsFd, libc.CLONE_NEWNET) < 0) {
+        // Staying in the pod's netns would silently misroute everything after: stop here.
+        process.stderr.write(`ambit: cannot return to own network namespace (${errnoName(libc.errno())}); exiting\n`);
+        process.exit(70);
+      }
+    }
+  } finally {
+    closeSync(target);
+  }
+}
+
+function sockaddr(host: string, port: number): { family: number; addr: Buffer } {
+  const bytes = addrToBytes(host);
+  if (host.includes(':')) {
+    const addr = Buffer.alloc(28);
+    addr.writeUInt16LE(libc.AF_INET6, 0);
+    addr.writeUInt16BE(port, 2);
+    bytes.copy(addr, 8);
+    return { family: libc.AF_INET6, addr };
+  }
+  const addr = Buffer.alloc(16);
+  addr.writeUInt16LE(libc.AF_INET, 0);
+  addr.writeUInt16BE(port, 2);
+  bytes.copy(addr, 4, 12, 16);
+  return { family: libc.AF_INET, addr };
+}
+
+function setIntOpt(fd: number, level: number, name: number, value: number, what: string): void {
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(value);
+  if (libc.setsockopt(fd, level, name, b, 4) < 0) {
+    const errno = libc.errno();
+    libc.close(fd);
+    throw new NetnsError('AMBIT_E_NETNS_SOCKET', `setsockopt ${what}`, errno);
+  }
+}
+
+export interface SocketOptions {
+  /** SO_MARK; ambit marks its own sockets so that its eBPF hooks leave them alone. */
+  mark?: number;
+  /** For IPv6 sockets: accept IPv4 too (IPV6_V6ONLY=0). */
+  dualStack?: boolean;
+}
+
+/** A non-blocking TCP socket made in the current netns (call inside `inNetns`). */
+export function tcpSocket(family: number, options: SocketOptions = {}): number {
+  const fd = libc.socket(family, libc.SOCK_STREAM | libc.SOCK_NONBLOCK | libc.SOCK_CLOEXEC, 0);
+  if (fd < 0) fail('AMBIT_E_NETNS_SOCKET', 'socket');
+  if (options.mark !== undefined) setIntOpt(fd, libc.SOL_SOCKET, libc.SO_MARK, options.mark, 'SO_MARK');
+  if (family === libc.AF_INET6) setIntOpt(fd, libc.IPPROTO_IPV6, libc.IPV6_V6ONLY, options.dualStack ? 0 : 1, 'IPV6_V6ONLY');
+  return fd;
+}
+
+/** A listening TCP socket on host:port inside the netns at `netnsPath`; returns its fd. */
+export function listenInNetns(netnsPath: string, host: string, port: number, options: SocketOptions = {}): number {
+  return inNetns(netnsPath, () => {
+    const { family, addr } = sockaddr(host, port);
+    const fd = tcpSocket(family, options);
+    setIntOpt(fd, libc.SOL_SOCKET, libc.SO_REUSEADDR, 1, 'SO_REUSEADDR');
+    if (libc.bind(fd, addr, addr.length) < 0 || libc.listen(fd, 1024) < 0) {
+      const errno = libc.errno();
+      libc.close(fd);
+      throw new NetnsError('AMBIT_E_NETNS_SOCKET', `cannot listen on ${host.includes(':') ? `[${host}]` : host}:${port} in ${netnsPath}`, errno);
+    }
+    return fd;
+  });
+}
+
+/** An unconnected TCP socket inside the netns, for `new net.Socket({ fd }).connect(...)`. */
+export function socketInNetns(netnsPath: string, family: 4 | 6, options: SocketOptions = {}): number {
+  return inNetns(netnsPath, () => tcpSocket(family === 4 ? libc.AF_INET : libc.AF_INET6, options));
+}
+
+function getU64Opt(fd: number, name: number, what: string): bigint {
+  const value = Buffer.alloc(8);
+  const len = [8];
+  if (libc.getsockopt(fd, libc.SOL_SOCKET, name, value, len) < 0) fail('AMBIT_E_NETNS_SOCKET', `getsockopt ${what}`);
+  return value.readBigUInt64LE(0);
+}
+
+/** The kernel's cookie for the netns at `netnsPath` (the key of every per-pod map entry). */
+export function netnsCookie(netnsPath: string): bigint {
+  return inNetns(netnsPath, () => {
+    const fd = libc.socket(libc.AF_INET, libc.SOCK_STREAM | libc.SOCK_CLOEXEC, 0);
+    if (fd < 0) fail('AMBIT_E_NETNS_SOCKET', 'socket');
+    try {
+      return getU64Opt(fd, libc.SO_NETNS_COOKIE, 'SO_NETNS_COOKIE');
+    } finally {
+      libc.close(fd);
+    }
+  });
+}
+
+/** The mark ambit's own sockets carry. */
+export const AGENT_SOCKET_MARK = AMBIT.SOCKET_MARK;
+
+export function closeFd(fd: number): void {
+  libc.close(fd);
+}
