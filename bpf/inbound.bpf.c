@@ -3,7 +3,9 @@
  * Inbound capture: attached to each enrolled pod's network namespace, steers TCP connections
  * that arrive from outside the pod to the agent's in-pod plaintext listener (15006).
  * Left alone: HBONE (15008, already mTLS), the listener's own port, ports the pod excludes,
- * and anything arriving over loopback (the agent's own hand-off to the application).
+ * and connections the pod makes to itself (the agent's own hand-off to the application
+ * connects from inside the pod). A packet from outside cannot claim a pod address as its
+ * source: the kernel drops such martians (accept_local=0), so the source check is safe.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -35,7 +37,8 @@ struct {
 SEC("sk_lookup")
 int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
 {
-	struct ambit_addr local = {};
+	struct ambit_addr local = {}, remote = {};
+	__u64 *remote_cookie;
 	__u64 *netns_cookie;
 	struct ambit_pod_config *pod;
 	struct bpf_sock *listener;
@@ -44,13 +47,21 @@ int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
 
 	if (ctx->protocol != IPPROTO_TCP || ctx->ingress_ifindex == LOOPBACK_IFINDEX)
 		return SK_PASS;
-	if (ctx->family == AF_INET)
+	if (ctx->family == AF_INET) {
 		addr_from_ip4(local.addr, ctx->local_ip4);
-	else
+		addr_from_ip4(remote.addr, ctx->remote_ip4);
+	} else {
 		addr_from_ip6(local.addr, ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
 			      ctx->local_ip6[3]);
+		addr_from_ip6(remote.addr, ctx->remote_ip6[0], ctx->remote_ip6[1],
+			      ctx->remote_ip6[2], ctx->remote_ip6[3]);
+	}
 	netns_cookie = bpf_map_lookup_elem(&ambit_pod_addrs, &local);
 	if (!netns_cookie)
+		return SK_PASS;
+	/* From the pod to itself: not inbound. */
+	remote_cookie = bpf_map_lookup_elem(&ambit_pod_addrs, &remote);
+	if (addr_is_loopback(remote.addr) || (remote_cookie && *remote_cookie == *netns_cookie))
 		return SK_PASS;
 	pod = bpf_map_lookup_elem(&ambit_pods, netns_cookie);
 	if (!pod || !(pod->flags & AMBIT_POD_CAPTURE_INBOUND))

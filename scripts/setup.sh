@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks to run ambit and its tests, then the npm packages.
+#   scripts/setup.sh          runtime + tests: libbpf1, iproute2, iptables, nsenter; bpffs; npm ci
+#   scripts/setup.sh --bpf    also the toolchain that rebuilds bpf/*.bpf.o: clang, llvm, bpftool, libbpf-dev
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want=(libbpf1 iproute2 iptables util-linux)
+if [[ "${1:-}" == "--bpf" ]]; then want+=(clang llvm bpftool libbpf-dev); fi
+
+missing=()
+for pkg in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# bpffs is where ambit pins its maps and links; many hosts do not mount it at boot.
+if ! grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
+  if [[ $(id -u) -eq 0 ]]; then mount -t bpf bpf /sys/fs/bpf; else echo "setup: bpffs is not mounted (mount -t bpf bpf /sys/fs/bpf)" >&2; fi
+fi
+
+# npm ci only when the lockfile changed since the last install (koffi's binary is an optional
+# dependency: never install with --omit=optional).
+if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
