@@ -1,6 +1,6 @@
 # ambit — see README.md. Every target runs from a fresh Debian machine after `make setup`.
 SHELL := /bin/bash
-BPF_SOURCES := $(wildcard bpf/*.bpf.c)
+BPF_SOURCES := $(wildcard bpf/*.bpf.c test/fixtures/bpf/*.bpf.c)
 BPF_OBJECTS := $(BPF_SOURCES:.c=.o)
 BPF_HEADERS := $(wildcard bpf/*.h)
 # -fdebug-prefix-map keeps the checkout's path out of the objects' debug info, so a rebuild in
@@ -38,13 +38,14 @@ test-integration:
 bpf: $(BPF_OBJECTS)
 	node scripts/gen-layout.mjs
 
-bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS)
+%.bpf.o: %.bpf.c $(BPF_HEADERS)
 	clang $(BPF_CFLAGS) -c $< -o $@
 
 # Fails when a committed object or generated layout no longer matches its source.
 bpf-check:
 	$(MAKE) -B bpf
-	git diff --exit-code -- bpf src/ebpf/layout.generated.ts
+	git diff --exit-code -- bpf test/fixtures/bpf src/ebpf/layout.generated.ts
+	@test -z "$$(git status --porcelain -- bpf test/fixtures/bpf src/ebpf/layout.generated.ts)" || { echo 'uncommitted BPF objects' >&2; exit 1; }
 
 bench:
 	npx tsx bench/connect-latency.ts

@@ -120,6 +120,8 @@ export const bpf_map_delete_elem = bind<(fd: number, key: Buffer) => number>(
   'int bpf_map_delete_elem(int fd, const void *key)');
 export const bpf_map_get_next_key = bind<(fd: number, key: Buffer | null, next: Buffer) => number>(
   'int bpf_map_get_next_key(int fd, const void *key, _Out_ void *next_key)');
+export const bpf_obj_get_info_by_fd = bind<(fd: number, info: Buffer, len: number[]) => number>(
+  'int bpf_obj_get_info_by_fd(int fd, _Out_ void *info, _Inout_ uint32_t *info_len)');
 export const bpf_obj_get = bind<(path: string) => number>('int bpf_obj_get(const char *pathname)');
 export const libbpf_num_possible_cpus = bind<() => number>('int libbpf_num_possible_cpus(void)');
 

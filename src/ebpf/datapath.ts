@@ -125,6 +125,18 @@ export class Datapath {
     return { adopted };
   }
 
+  /** Program ids running in this agent's outbound links, and the ids of its own programs. */
+  outboundProgramIds(): { attached: Record<string, number>; own: Record<string, number> } {
+    const attached: Record<string, number> = {};
+    const own: Record<string, number> = {};
+    for (const name of OUTBOUND_PROGRAMS) {
+      own[name] = this.outbound.program(name).id;
+      const link = this.outboundLinks.get(name);
+      if (link) attached[name] = link.programId();
+    }
+    return { attached, own };
+  }
+
   /** Swaps this object's sk_lookup program into every pod link pinned by an earlier agent. */
   adoptPodLinks(): bigint[] {
     const dir = join(this.pinRoot, 'links', 'pods');

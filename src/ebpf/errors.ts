@@ -5,6 +5,11 @@ const errnoNames = new Map<number, string>(
   Object.entries(constants.errno).map(([name, value]) => [value, name]),
 );
 
+// libbpf's own error numbers (enum libbpf_errno in libbpf.h), above the kernel's range.
+const libbpfErrnos = ['LIBELF', 'FORMAT', 'KVERSION', 'ENDIAN', 'INTERNAL', 'RELOC', 'LOAD', 'VERIFY',
+  'PROG2BIG', 'KVER', 'PROGTYPE', 'WRNGPID', 'INVSEQ', 'NLPARSE'];
+libbpfErrnos.forEach((name, i) => errnoNames.set(4000 + i, `LIBBPF_ERRNO__${name}`));
+
 export function errnoName(errno: number): string {
   return errnoNames.get(Math.abs(errno)) ?? `errno ${Math.abs(errno)}`;
 }

@@ -64,6 +64,12 @@ export class BpfLink {
     this.pinnedAt = path;
   }
 
+  /** The kernel id of the program this link runs now. */
+  programId(): number {
+    // struct bpf_link_info starts { __u32 type; __u32 id; __u32 prog_id; ... }.
+    return objectInfo(libbpf.bpf_link__fd(this.handle())).readUInt32LE(8);
+  }
+
   /** Replaces the attached program atomically: traffic never sees the hook empty. */
   update(program: BpfProgram): void {
     const rc = libbpf.bpf_link__update_program(this.handle(), program.ptr);
@@ -97,6 +103,14 @@ export class BpfLink {
     libbpf.bpf_link__destroy(this.ptr);
     this.ptr = null;
   }
+}
+
+/** The leading bytes of bpf_obj_get_info_by_fd's answer for a link or program fd. */
+export function objectInfo(fd: number): Buffer {
+  const info = Buffer.alloc(256);
+  const rc = libbpf.bpf_obj_get_info_by_fd(fd, info, [info.length]);
+  if (rc < 0) throw new BpfError('AMBIT_E_BPF_MAP', 'cannot read object info', { call: 'bpf_obj_get_info_by_fd', errno: -rc, hint: hintFor(-rc) });
+  return info;
 }
 
 function withFd<T>(path: string, what: string, fn: (fd: number) => T): T {

@@ -6,8 +6,9 @@ import { existsSync, mkdirSync } from 'node:fs';
 import * as libbpf from '../../native/libbpf.js';
 import type { BpfMapPtr, BpfObjectPtr, BpfProgramPtr } from '../../native/libbpf.js';
 import type { Codec } from './codecs.js';
-import { BpfError, errnoName, hintFor } from './errors.js';
+import { BpfError, hintFor } from './errors.js';
 import { withLibbpfLog } from './libbpf-log.js';
+import { objectInfo } from './link.js';
 import { BpfMap } from './map.js';
 import { bpffsMount } from './mounts.js';
 
@@ -15,6 +16,8 @@ const VERIFIER_LOG_SIZE = 1 << 20;
 
 export interface BpfProgram {
   readonly name: string;
+  /** Kernel program id (as `bpftool prog` shows it). */
+  readonly id: number;
   readonly section: string;
   readonly fd: number;
   /** @internal handle for attach calls */
@@ -74,7 +77,7 @@ export class BpfObject {
     if (ptr === null) {
       const errno = libbpf.errno();
       throw new BpfError('AMBIT_E_BPF_OPEN', `cannot open BPF object ${path}`, {
-        call: 'bpf_object__open_file', errno, hint: errnoName(errno) === 'ENOENT' ? 'the file does not exist' : 'is it an eBPF ELF object built by clang -target bpf?', libbpfLog: log,
+        call: 'bpf_object__open_file', errno, hint: 'is it an eBPF ELF object built by clang -target bpf? `make bpf` rebuilds ours', libbpfLog: log,
       });
     }
     return new BpfObject(path, ptr, options, logBuf);
@@ -132,7 +135,9 @@ export class BpfObject {
         hint: `programs here: ${this.programNames().join(', ')}`,
       });
     }
-    return { name, section: libbpf.bpf_program__section_name(ptr), fd: libbpf.bpf_program__fd(ptr), ptr };
+    const fd = libbpf.bpf_program__fd(ptr);
+    // struct bpf_prog_info starts { __u32 type; __u32 id; ... }.
+    return { name, section: libbpf.bpf_program__section_name(ptr), fd, id: objectInfo(fd).readUInt32LE(4), ptr };
   }
 
   programNames(): string[] {
