@@ -47,6 +47,10 @@ bpf-check:
 	git diff --exit-code -- bpf test/fixtures/bpf src/ebpf/layout.generated.ts
 	@test -z "$$(git status --porcelain -- bpf test/fixtures/bpf src/ebpf/layout.generated.ts)" || { echo 'uncommitted BPF objects' >&2; exit 1; }
 
+demo:
+	scripts/setup.sh
+	npx tsx examples/redirect-demo.ts
+
 bench:
 	npx tsx bench/connect-latency.ts
 
