@@ -9,8 +9,8 @@ import * as libbpf from '../../native/libbpf.js';
 import type { BpfLinkPtr } from '../../native/libbpf.js';
 import { BpfError, errnoName, hintFor } from './errors.js';
 import { withLibbpfLog } from './libbpf-log.js';
+import { objectInfo, requireBpffs } from './kernel-objects.js';
 import type { BpfProgram } from './object.js';
-import { requireBpffs } from './object.js';
 
 export class BpfLink {
   private ptr: BpfLinkPtr | null;
@@ -103,14 +103,6 @@ export class BpfLink {
     libbpf.bpf_link__destroy(this.ptr);
     this.ptr = null;
   }
-}
-
-/** The leading bytes of bpf_obj_get_info_by_fd's answer for a link or program fd. */
-export function objectInfo(fd: number): Buffer {
-  const info = Buffer.alloc(256);
-  const rc = libbpf.bpf_obj_get_info_by_fd(fd, info, [info.length]);
-  if (rc < 0) throw new BpfError('AMBIT_E_BPF_MAP', 'cannot read object info', { call: 'bpf_obj_get_info_by_fd', errno: -rc, hint: hintFor(-rc) });
-  return info;
 }
 
 function withFd<T>(path: string, what: string, fn: (fd: number) => T): T {

@@ -8,9 +8,8 @@ import type { BpfMapPtr, BpfObjectPtr, BpfProgramPtr } from '../../native/libbpf
 import type { Codec } from './codecs.js';
 import { BpfError, hintFor } from './errors.js';
 import { withLibbpfLog } from './libbpf-log.js';
-import { objectInfo } from './link.js';
+import { objectInfo, requireBpffs } from './kernel-objects.js';
 import { BpfMap } from './map.js';
-import { bpffsMount } from './mounts.js';
 
 const VERIFIER_LOG_SIZE = 1 << 20;
 
@@ -175,15 +174,5 @@ export class BpfObject {
     if (this.ptr === null) return;
     libbpf.bpf_object__close(this.ptr);
     this.ptr = null;
-  }
-}
-
-/** Throws a clear error when `path` is not inside a mounted bpffs. */
-export function requireBpffs(path: string): void {
-  const mount = bpffsMount();
-  if (mount === undefined || !(path === mount || path.startsWith(`${mount}/`))) {
-    throw new BpfError('AMBIT_E_BPF_BPFFS', `cannot pin under ${path}: ${mount ? `it is outside bpffs (${mount})` : 'bpffs is not mounted'}`, {
-      hint: 'mount it with `mount -t bpf bpf /sys/fs/bpf` (make setup does)',
-    });
   }
 }

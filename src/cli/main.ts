@@ -1,0 +1,65 @@
+/** The `ambit` command line: one commander program, each subcommand registered from its own module. */
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Command, CommanderError } from 'commander';
+import { BpfError } from '../ebpf/errors.js';
+import * as check from './check.js';
+import { CliError } from './errors.js';
+
+/** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
+const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [check];
+
+/** Read from package.json at run time: the same code runs from src/ (tsx) and from dist/src/ (built). */
+function version(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const path = join(dir, 'package.json');
+    if (existsSync(path)) {
+      const pkg = JSON.parse(readFileSync(path, 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'ambit' && pkg.version) return pkg.version;
+    }
+    dir = dirname(dir);
+  }
+  return 'unknown';
+}
+
+export function buildProgram(): Command {
+  const program = new Command('ambit')
+    .description('An ambient service mesh: eBPF-steered node agent, mTLS without sidecars, opt-in L7 waypoints.')
+    .version(version(), '-V, --version')
+    .showHelpAfterError('(run `ambit help` for the commands)')
+    // Usage errors surface as CommanderError so main() decides the exit, instead of commander calling process.exit.
+    .exitOverride();
+  for (const sub of SUBCOMMANDS) sub.register(program);
+  return program;
+}
+
+/** Runs the CLI; sets process.exitCode rather than exiting, so pending output is flushed. */
+export async function main(argv: string[] = process.argv): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (err) {
+    process.exitCode = reportError(err);
+  }
+}
+
+function reportError(err: unknown): number {
+  if (err instanceof CommanderError) {
+    // commander has already printed the usage error (or the help / version text, which exit 0).
+    return err.exitCode;
+  }
+  if (err instanceof CliError) {
+    process.stderr.write(`ambit: ${err.message}\n${err.hint ? `  fix: ${err.hint}\n` : ''}`);
+    return err.exitCode;
+  }
+  if (err instanceof BpfError) {
+    // The message already carries the call, errno, hint and any verifier log.
+    process.stderr.write(`ambit: ${err.message} [${err.code}]\n`);
+    return 1;
+  }
+  // Anything else is a bug in ambit: the stack is what a bug report needs.
+  const text = err instanceof Error ? (err.stack ?? err.message) : String(err);
+  process.stderr.write(`ambit: unexpected error, please report it:\n${text}\n`);
+  return 70; // EX_SOFTWARE
+}

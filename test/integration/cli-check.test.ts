@@ -1,0 +1,123 @@
+// `ambit check` as an operator runs it: the real CLI in a child process, against this node's kernel.
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const bin = join(root, 'bin', 'ambit.js');
+const tmpDirs: string[] = [];
+afterAll(() => {
+  for (const dir of tmpDirs) rmSync(dir, { recursive: true, force: true });
+});
+
+interface JsonReport {
+  ok: boolean;
+  checks: Array<{ name: string; ok: boolean; detail: string; hint?: string; code?: string; verifierLog?: string }>;
+}
+
+/** Runs `node bin/ambit.js <args>`, optionally under a wrapper command; an env value of undefined unsets it. */
+function ambit(args: string[], env: Record<string, string | undefined> = {}, wrapper: string[] = []) {
+  const merged: NodeJS.ProcessEnv = { ...process.env, ...env };
+  for (const [k, v] of Object.entries(env)) if (v === undefined) delete merged[k];
+  const [cmd, ...rest] = [...wrapper, process.execPath, bin, ...args] as [string, ...string[]];
+  const r = spawnSync(cmd, rest, { cwd: root, env: merged, encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function lineFor(stdout: string, name: string): string {
+  const line = stdout.split('\n').find((l) => l.slice(2).startsWith(`${name} `));
+  if (line === undefined) throw new Error(`no line for ${name} in:\n${stdout}`);
+  return line;
+}
+
+/** A directory of objects that really fail: garbage bytes, and a program this kernel's verifier refuses. */
+function badObjectsDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ambit-cli-check-'));
+  tmpDirs.push(dir);
+  writeFileSync(join(dir, 'broken.bpf.o'), Buffer.from('this is not an ELF object, just garbage bytes\n'));
+  copyFileSync(join(root, 'test', 'fixtures', 'bpf', 'reject.bpf.o'), join(dir, 'reject.bpf.o'));
+  return dir;
+}
+
+describe('on this node', () => {
+  it('passes every check and exits 0', () => {
+    const r = ambit(['check'], { AMBIT_BPF_DIR: undefined });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).not.toContain('✗');
+    for (const name of ['kernel >= 5.17', 'kernel BTF', 'cgroup v2', 'bpffs', 'CAP_BPF', 'CAP_NET_ADMIN', 'CAP_SYS_ADMIN', 'libbpf.so.1']) {
+      expect(lineFor(r.stdout, name)).toMatch(/^✓ /);
+    }
+    expect(lineFor(r.stdout, 'BPF object outbound.bpf.o')).toMatch(/^✓ .*ambit_connect4, ambit_connect6, ambit_sockops/);
+    expect(lineFor(r.stdout, 'BPF object inbound.bpf.o')).toMatch(/^✓ .*ambit_sk_lookup/);
+    expect(r.stdout).toMatch(/all \d+ checks passed/);
+  });
+
+  it('reports the same as JSON', () => {
+    const r = ambit(['check', '--json'], { AMBIT_BPF_DIR: undefined });
+    expect(r.status).toBe(0);
+    const report = JSON.parse(r.stdout) as JsonReport;
+    expect(report.ok).toBe(true);
+    expect(report.checks.filter((c) => !c.ok)).toEqual([]);
+    expect(report.checks.map((c) => c.name)).toEqual(expect.arrayContaining(['BPF object outbound.bpf.o', 'BPF object inbound.bpf.o']));
+    for (const c of report.checks) expect(Object.keys(c).sort()).toEqual(['detail', 'name', 'ok']);
+  });
+});
+
+describe('when something is wrong', () => {
+  it('fails objects that do not open or do not verify, with the reason', () => {
+    const r = ambit(['check'], { AMBIT_BPF_DIR: badObjectsDir() });
+    expect(r.status).toBe(1);
+    const broken = lineFor(r.stdout, 'BPF object broken.bpf.o');
+    expect(broken).toMatch(/^✗ /);
+    expect(broken).toContain('cannot open BPF object');
+    expect(broken).toContain('LIBBPF_ERRNO__FORMAT');
+    expect(broken).toContain('fix: ');
+    expect(r.stdout).toContain('is not a proper ELF object');
+    const reject = lineFor(r.stdout, 'BPF object reject.bpf.o');
+    expect(reject).toMatch(/^✗ .*verifier rejected.*\[AMBIT_E_BPF_VERIFIER\]/);
+    expect(r.stdout).toMatch(/\| invalid bpf_context access/);
+    expect(r.stdout).toMatch(/2 of \d+ checks failed/);
+    // The node itself is fine: only the objects fail.
+    expect(lineFor(r.stdout, 'libbpf.so.1')).toMatch(/^✓ /);
+  });
+
+  it('gives the failing objects, codes and the full verifier log as JSON', () => {
+    const r = ambit(['check', '--json'], { AMBIT_BPF_DIR: badObjectsDir() });
+    expect(r.status).toBe(1);
+    const report = JSON.parse(r.stdout) as JsonReport;
+    expect(report.ok).toBe(false);
+    const failed = report.checks.filter((c) => !c.ok);
+    expect(failed.map((c) => [c.name, c.code])).toEqual([
+      ['BPF object broken.bpf.o', 'AMBIT_E_BPF_OPEN'],
+      ['BPF object reject.bpf.o', 'AMBIT_E_BPF_VERIFIER'],
+    ]);
+    expect(failed.every((c) => c.hint)).toBe(true);
+    expect(failed[1]?.verifierLog).toMatch(/invalid bpf_context access/);
+  });
+
+  it('fails an objects directory that does not exist', () => {
+    const r = ambit(['check'], { AMBIT_BPF_DIR: '/nonexistent/ambit-bpf' });
+    expect(r.status).toBe(1);
+    expect(lineFor(r.stdout, 'BPF objects')).toMatch(/^✗ .*\/nonexistent\/ambit-bpf does not exist.*AMBIT_BPF_DIR/);
+  });
+
+  const setpriv = spawnSync('setpriv', ['--version']).status === 0;
+  it.skipIf(!setpriv)('names CAP_BPF when the process runs without it', () => {
+    const r = ambit(['check'], { AMBIT_BPF_DIR: undefined }, ['setpriv', '--bounding-set', '-bpf']);
+    expect(r.status).toBe(1);
+    expect(lineFor(r.stdout, 'CAP_BPF')).toMatch(/^✗ CAP_BPF .*not in the effective set.*fix: .*run as root/);
+    expect(lineFor(r.stdout, 'CAP_NET_ADMIN')).toMatch(/^✓ /);
+  });
+
+  it('rejects an unknown option with usage on stderr, not a stack trace', () => {
+    const r = ambit(['check', '--bogus']);
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain("unknown option '--bogus'");
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+});
