@@ -18,6 +18,7 @@ import { AMBIT } from './layout.generated.js';
 import { BpfLink } from './link.js';
 import type { BpfMap } from './map.js';
 import { BpfObject } from './object.js';
+import { setLibbpfLogger, type LogSink } from './libbpf-log.js';
 
 export const OUTBOUND_OBJECT = 'outbound.bpf.o';
 export const INBOUND_OBJECT = 'inbound.bpf.o';
@@ -40,6 +41,8 @@ export interface DatapathOptions {
   /** bpffs directory owned by this agent, e.g. /sys/fs/bpf/ambit/node-1. */
   pinRoot: string;
   objectsDir?: string;
+  /** Receives libbpf's own messages (warnings, and debug chatter). */
+  logger?: LogSink;
 }
 
 export interface DatapathMaps {
@@ -60,6 +63,7 @@ export class Datapath {
   readonly maps: DatapathMaps;
   private readonly outboundLinks = new Map<string, BpfLink>();
   private readonly podLinks = new Map<bigint, BpfLink>();
+  private outboundCgroup: string | undefined;
 
   private constructor(
     readonly pinRoot: string,
@@ -77,6 +81,7 @@ export class Datapath {
 
   /** Loads both objects; maps already pinned under `pinRoot` are reused, with their contents. */
   static load(options: DatapathOptions): Datapath {
+    if (options.logger) setLibbpfLogger(options.logger);
     const dir = options.objectsDir ?? defaultObjectsDir();
     const pinMapsIn = join(options.pinRoot, 'maps');
     const outbound = BpfObject.load(join(dir, OUTBOUND_OBJECT), { pinMapsIn });
@@ -104,6 +109,7 @@ export class Datapath {
    */
   attachOutbound(cgroupPath: string): { adopted: boolean } {
     let adopted = false;
+    this.outboundCgroup = resolve(cgroupPath);
     for (const name of OUTBOUND_PROGRAMS) {
       const program = this.outbound.program(name);
       const pinned = BpfLink.openPinned(this.linkPath(name));
@@ -123,6 +129,11 @@ export class Datapath {
       this.outboundLinks.set(name, link);
     }
     return { adopted };
+  }
+
+  /** The cgroup the outbound hooks see (set by attachOutbound). */
+  get cgroup(): string | undefined {
+    return this.outboundCgroup;
   }
 
   /** Program ids running in this agent's outbound links, and the ids of its own programs. */

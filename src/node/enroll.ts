@@ -5,9 +5,12 @@
  * it, map entries first so that capture stops before the listeners go away.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { resolve } from 'node:path';
+import type { Logger } from 'pino';
 import { podConfigCodec, type OrigDst, type PodConfig } from '../ebpf/codecs.js';
 import type { Datapath } from '../ebpf/datapath.js';
 import { AMBIT } from '../ebpf/layout.generated.js';
+import { silentLogger } from '../telemetry/log.js';
 import { AGENT_SOCKET_MARK, closeFd, listenInNetns, netnsCookie } from './netns.js';
 
 export interface PodSpec {
@@ -72,14 +75,27 @@ function closeServer(server: Server): Promise<void> {
 export class PodEnroller {
   private readonly pods = new Map<bigint, PodState>();
 
-  constructor(private readonly datapath: Datapath, private readonly handlers: PodHandlers) {}
+  constructor(
+    private readonly datapath: Datapath,
+    private readonly handlers: PodHandlers,
+    private readonly log: Logger = silentLogger,
+  ) {}
 
   get enrolled(): EnrolledPod[] {
     return [...this.pods.values()];
   }
 
   async enroll(spec: PodSpec): Promise<EnrolledPod> {
-    const cookie = netnsCookie(spec.netnsPath);
+    const meshCgroup = this.datapath.cgroup;
+    if (spec.cgroupPath && meshCgroup && !`${resolve(spec.cgroupPath)}/`.startsWith(`${meshCgroup}/`)) {
+      throw new EnrollError(spec.name, `its cgroup ${spec.cgroupPath} is not under the mesh cgroup ${meshCgroup}, so its connects would not be captured; start the pod's processes under ${meshCgroup}`);
+    }
+    let cookie: bigint;
+    try {
+      cookie = netnsCookie(spec.netnsPath);
+    } catch (err) {
+      throw new EnrollError(spec.name, (err as Error).message, { cause: err });
+    }
     const existing = this.pods.get(cookie);
     if (existing) return existing;
 
@@ -143,6 +159,7 @@ export class PodEnroller {
       throw new EnrollError(spec.name, (err as Error).message, { cause: err });
     }
     this.pods.set(cookie, pod);
+    this.log.info({ pod: spec.name, netnsCookie: cookie.toString(), ips: spec.ips }, 'pod enrolled');
     return pod;
   }
 
@@ -152,6 +169,7 @@ export class PodEnroller {
     if (!pod) return;
     this.pods.delete(cookie);
     await this.teardown(pod);
+    this.log.info({ pod: pod.spec.name, netnsCookie: cookie.toString() }, 'pod unenrolled');
   }
 
   async unenrollAll(): Promise<void> {

@@ -87,6 +87,9 @@ it('rejects a bad pod config before touching any state', async () => {
     .rejects.toThrow(EnrollError);
   await expect(enroller.enroll({ name: 'test/missing', netnsPath: '/run/netns/does-not-exist', ips: [] }))
     .rejects.toThrow(/does-not-exist/);
+  datapath.attachOutbound(lab.cgroupRoot);
+  await expect(enroller.enroll({ name: 'test/elsewhere', netnsPath: ns, cgroupPath: '/sys/fs/cgroup', ips: [] }))
+    .rejects.toThrow(/its cgroup \/sys\/fs\/cgroup is not under the mesh cgroup .*ambit-test-.*would not be captured/);
   expect(datapath.maps.pods.size()).toBe(0);
   expect(enroller.enrolled).toHaveLength(0);
 });
