@@ -8,7 +8,7 @@ BPF_HEADERS := $(wildcard bpf/*.h)
 BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu \
 	-fdebug-prefix-map=$(CURDIR)=.
 
-.PHONY: setup setup-bpf build lint typecheck test test-unit test-integration bpf bpf-check bench demo clean
+.PHONY: setup setup-bpf build lint typecheck test test-unit test-integration bpf bpf-check bench demo demo-redirect clean
 
 setup:
 	scripts/setup.sh
@@ -48,6 +48,9 @@ bpf-check:
 	@test -z "$$(git status --porcelain -- bpf test/fixtures/bpf src/ebpf/layout.generated.ts)" || { echo 'uncommitted BPF objects' >&2; exit 1; }
 
 demo:
+	scripts/demo.sh
+
+demo-redirect:
 	scripts/setup.sh
 	npx tsx examples/redirect-demo.ts
 

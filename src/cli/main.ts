@@ -1,36 +1,24 @@
 /** The `ambit` command line: one commander program, each subcommand registered from its own module. */
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { BpfError } from '../ebpf/errors.js';
+import { LocalError } from '../local/errors.js';
+import { packageVersion } from '../util/package.js';
 import * as check from './check.js';
+import * as local from './local.js';
 import { CliError } from './errors.js';
 
 /** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
-const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [check];
-
-/** Read from package.json at run time: the same code runs from src/ (tsx) and from dist/src/ (built). */
-function version(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 5; i++) {
-    const path = join(dir, 'package.json');
-    if (existsSync(path)) {
-      const pkg = JSON.parse(readFileSync(path, 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === 'ambit' && pkg.version) return pkg.version;
-    }
-    dir = dirname(dir);
-  }
-  return 'unknown';
-}
+const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [check, local];
 
 export function buildProgram(): Command {
   const program = new Command('ambit')
     .description('An ambient service mesh: eBPF-steered node agent, mTLS without sidecars, opt-in L7 waypoints.')
-    .version(version(), '-V, --version')
+    .version(packageVersion(), '-V, --version')
     .showHelpAfterError('(run `ambit help` for the commands)')
     // Usage errors surface as CommanderError so main() decides the exit, instead of commander calling process.exit.
-    .exitOverride();
+    .exitOverride()
+    // Lets `ambit local exec POD CMD --flag` pass the command's own options through untouched.
+    .enablePositionalOptions();
   for (const sub of SUBCOMMANDS) sub.register(program);
   return program;
 }
@@ -49,9 +37,9 @@ function reportError(err: unknown): number {
     // commander has already printed the usage error (or the help / version text, which exit 0).
     return err.exitCode;
   }
-  if (err instanceof CliError) {
+  if (err instanceof CliError || err instanceof LocalError) {
     process.stderr.write(`ambit: ${err.message}\n${err.hint ? `  fix: ${err.hint}\n` : ''}`);
-    return err.exitCode;
+    return err instanceof CliError ? err.exitCode : 1;
   }
   if (err instanceof BpfError) {
     // The message already carries the call, errno, hint and any verifier log.

@@ -1,0 +1,326 @@
+/** `ambit local ...`: a whole cluster on this machine (see docs/LOCAL.md). */
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
+import { Command, Option } from 'commander';
+import { readManifestInputs, removeCluster, RuntimeClient, RuntimeRequestError, runtimePid, startRuntime, tail } from '../local/client.js';
+import { runDaemon } from '../local/daemon.js';
+import { LocalError } from '../local/errors.js';
+import { ClusterLayout, DEFAULT_CLUSTER, MAX_NODES } from '../local/layout.js';
+import { formatDiagnostic } from '../local/manifests.js';
+import { launchArgv } from '../local/process.js';
+import type { ApplyResult, ClusterStatus, PodStatus } from '../local/runtime.js';
+import { readState } from '../local/state.js';
+
+const say = (line = '') => process.stdout.write(`${line}\n`);
+
+const nameOption = () => new Option('--name <name>', 'the cluster').default(DEFAULT_CLUSTER);
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+
+function positiveInt(flag: string, max: number) {
+  return (value: string) => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value) || n < 1 || n > max) throw new LocalError(`${flag} must be an integer from 1 to ${max}, got "${value}"`);
+    return n;
+  };
+}
+
+export function register(program: Command): void {
+  const local = program.command('local').description('a whole ambit cluster on this machine: nodes and pods as network namespaces, processes as containers').enablePositionalOptions();
+
+  local.command('up')
+    .description('create (or reuse) a cluster, apply manifests, and wait until every pod runs')
+    .option('-f, --filename <path>', 'manifest file or directory (repeatable; - for stdin)', collect)
+    .option('--nodes <n>', `number of nodes, 1-${MAX_NODES} (default 2 for a new cluster)`, positiveInt('--nodes', MAX_NODES))
+    .option('--timeout <seconds>', 'how long to wait for the pods', positiveInt('--timeout', 3600), 180)
+    .addOption(nameOption())
+    .action(async (opts: { filename?: string[]; nodes?: number; timeout: number; name: string }) => {
+      const layout = new ClusterLayout(opts.name);
+      const inputs = opts.filename ? readManifestInputs(opts.filename) : [];
+      const pid = runtimePid(layout);
+      if (pid !== undefined) {
+        const status = await new RuntimeClient(layout).request<ClusterStatus>('GET', '/v1/status');
+        if (opts.nodes !== undefined && opts.nodes !== status.nodes.length) {
+          throw new LocalError(`cluster ${layout.name} runs with ${status.nodes.length} nodes, not ${opts.nodes}`, `remove it first: ambit local down --name ${layout.name}`);
+        }
+        say(`cluster ${layout.name} is running (runtime pid ${pid}, ${status.nodes.length} nodes)`);
+      } else {
+        const existing = readState(layout.stateFile);
+        say(existing
+          ? `recovering cluster ${layout.name} from ${layout.stateFile} (${existing.nodes.length} nodes, ${Object.keys(existing.pods).length} pods)`
+          : `creating cluster ${layout.name} with ${opts.nodes ?? 2} nodes`);
+        await startRuntime(layout, opts.nodes);
+      }
+      const client = new RuntimeClient(layout);
+      if (inputs.length > 0) printApply(await apply(client, 'apply', inputs));
+      await waitForPods(client, layout, opts.timeout * 1000);
+      const status = await client.request<ClusterStatus>('GET', '/v1/status');
+      say(`cluster ${layout.name} is ready: ${status.nodes.length} nodes, ${status.pods.length} pods, ${status.services.length} services`);
+      say(`  ambit local status${nameFlag(layout)}      ambit local exec${nameFlag(layout)} NAMESPACE/POD -- CMD      ambit local down${nameFlag(layout)}`);
+    });
+
+  local.command('apply')
+    .description('create or update the resources in manifests')
+    .requiredOption('-f, --filename <path>', 'manifest file or directory (repeatable; - for stdin)', collect)
+    .addOption(nameOption())
+    .action(async (opts: { filename: string[]; name: string }) => {
+      const layout = new ClusterLayout(opts.name);
+      printApply(await apply(new RuntimeClient(layout), 'apply', readManifestInputs(opts.filename)));
+    });
+
+  local.command('delete')
+    .description('delete the resources manifests name (a Namespace takes everything in it)')
+    .requiredOption('-f, --filename <path>', 'manifest file or directory (repeatable; - for stdin)', collect)
+    .addOption(nameOption())
+    .action(async (opts: { filename: string[]; name: string }) => {
+      const layout = new ClusterLayout(opts.name);
+      const result = await apply(new RuntimeClient(layout), 'delete', readManifestInputs(opts.filename)) as ApplyResult & { notFound: string[] };
+      printApply(result);
+      for (const nf of result.notFound) process.stderr.write(`ambit: ${nf} not found\n`);
+      if (result.notFound.length > 0) process.exitCode = 1;
+    });
+
+  local.command('exec')
+    .description('run a command inside a pod (its netns, cgroup, /etc/hosts), or inside a node\'s netns with --node')
+    .usage('[options] NAMESPACE/POD -- CMD [ARGS...]  |  --node NODE -- CMD [ARGS...]')
+    .argument('<target-or-command...>')
+    .option('-c, --container <name>', 'the container whose env and working directory to use (default: the first)')
+    .option('--node <node>', 'run in this node\'s netns instead of a pod')
+    .addOption(nameOption())
+    .passThroughOptions()
+    .action(async (words: string[], opts: { container?: string; node?: string; name: string }) => {
+      const layout = new ClusterLayout(opts.name);
+      // passThroughOptions keeps the `--` that separates the command.
+      const dashes = words.indexOf('--');
+      const target = opts.node ? undefined : words[0];
+      const cmd = dashes === -1 ? words.slice(opts.node ? 0 : 1) : words.slice(dashes + 1);
+      if (!opts.node && (target === undefined || target === '--')) throw new LocalError('no pod given', 'ambit local exec NAMESPACE/POD -- CMD [ARGS...]');
+      if (cmd.length === 0) throw new LocalError('no command given', 'ambit local exec NAMESPACE/POD -- CMD [ARGS...]');
+      let argv: string[];
+      let env: NodeJS.ProcessEnv = process.env;
+      let cwd = process.cwd();
+      if (opts.node) {
+        const state = readState(layout.stateFile);
+        if (!state) throw new LocalError(`cluster ${layout.name} does not exist`, `ambit local up --name ${layout.name}`);
+        if (!state.nodes.some((n) => n.name === opts.node)) throw new LocalError(`node "${opts.node}" does not exist in cluster ${layout.name} (nodes: ${state.nodes.map((n) => n.name).join(', ')})`);
+        argv = launchArgv({ netns: layout.nodeNetns(opts.node), argv: cmd });
+      } else {
+        const [ns, pod] = target!.includes('/') ? target!.split('/', 2) : ['default', target!];
+        const query = `pod=${encodeURIComponent(`${ns}/${pod}`)}${opts.container ? `&container=${encodeURIComponent(opts.container)}` : ''}`;
+        const t = await new RuntimeClient(layout).request<{ netns: string; cgroup: string; files: { hosts: string; resolv: string; hostname: string }; env: Record<string, string>; cwd: string }>('GET', `/v1/exec?${query}`);
+        argv = launchArgv({ cgroup: t.cgroup, netns: t.netns, files: t.files, argv: cmd });
+        env = { ...t.env, ...(process.env.TERM ? { TERM: process.env.TERM } : {}) };
+        cwd = t.cwd;
+      }
+      process.exitCode = await runForeground(argv, env, cwd);
+    });
+
+  local.command('status')
+    .description('nodes, pods, services and components of a cluster')
+    .option('--json', 'machine-readable output')
+    .addOption(nameOption())
+    .action(async (opts: { json?: boolean; name: string }) => {
+      const layout = new ClusterLayout(opts.name);
+      const status = await new RuntimeClient(layout).request<ClusterStatus>('GET', '/v1/status');
+      if (opts.json) say(JSON.stringify(status, null, 2));
+      else printStatus(status);
+    });
+
+  local.command('logs')
+    .description('the output of a pod\'s container, or of a component (runtime)')
+    .argument('<target>', 'NAMESPACE/POD, or a component name')
+    .option('-c, --container <name>', 'the container (default: the first)')
+    .option('-f, --follow', 'keep printing new output')
+    .option('--tail <lines>', 'only the last lines', positiveInt('--tail', 1_000_000))
+    .addOption(nameOption())
+    .action(async (target: string, opts: { container?: string; follow?: boolean; tail?: number; name: string }) => {
+      const layout = new ClusterLayout(opts.name);
+      await printLogs(logFile(layout, target, opts.container), opts);
+    });
+
+  local.command('down')
+    .description('stop a cluster and remove every netns, cgroup, pinned BPF object, process and state file it made')
+    .addOption(nameOption())
+    .action(async (opts: { name: string }) => {
+      const layout = new ClusterLayout(opts.name);
+      const { existed } = await removeCluster(layout);
+      say(existed ? `cluster ${layout.name} removed` : `cluster ${layout.name} does not exist; nothing to remove`);
+    });
+
+  local.command('runtime', { hidden: true })
+    .description('the cluster\'s runtime process (started by `ambit local up`)')
+    .option('--nodes <n>', 'number of nodes for a new cluster', positiveInt('--nodes', MAX_NODES))
+    .addOption(nameOption())
+    .action(async (opts: { nodes?: number; name: string }) => {
+      await runDaemon(new ClusterLayout(opts.name), opts.nodes);
+      await new Promise(() => { /* serves until a signal or a shutdown request */ });
+    });
+}
+
+function nameFlag(layout: ClusterLayout): string {
+  return layout.name === DEFAULT_CLUSTER ? '' : ` --name ${layout.name}`;
+}
+
+async function apply(client: RuntimeClient, verb: 'apply' | 'delete', inputs: ReturnType<typeof readManifestInputs>): Promise<ApplyResult> {
+  try {
+    return await client.request<ApplyResult>('POST', `/v1/${verb}`, { inputs });
+  } catch (err) {
+    if (err instanceof RuntimeRequestError && err.diagnostics) {
+      for (const d of err.diagnostics) process.stderr.write(`${d.severity}: ${formatDiagnostic(d)}\n`);
+      const errors = err.diagnostics.filter((d) => d.severity === 'error').length;
+      throw new LocalError(`${verb} refused: ${errors} error${errors === 1 ? '' : 's'} in the manifests; nothing was changed`);
+    }
+    throw err;
+  }
+}
+
+function printApply(result: ApplyResult): void {
+  for (const w of result.warnings) process.stderr.write(`warning: ${w}\n`);
+  for (const line of result.changes) say(line);
+}
+
+const SETTLED = (p: PodStatus) => p.phase === 'Succeeded' || (p.phase === 'Running' && p.containers.every((c) => c.state === 'running' && c.ready));
+/** A pod that restarted this often without becoming ready will not become ready by waiting. */
+const CRASH_LOOP_RESTARTS = 3;
+
+async function waitForPods(client: RuntimeClient, layout: ClusterLayout, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  const reported = new Set<string>();
+  let lastWaiting = 0;
+  for (;;) {
+    const status = await client.request<ClusterStatus>('GET', '/v1/status');
+    for (const p of status.pods) {
+      const key = `${p.namespace}/${p.name}`;
+      if (SETTLED(p) && !reported.has(key)) {
+        reported.add(key);
+        say(`  pod ${key} ${p.phase === 'Succeeded' ? 'completed' : 'running'} on ${p.node} (${p.ip})`);
+      }
+      const broken = p.phase === 'Failed' || (!SETTLED(p) && p.restarts >= CRASH_LOOP_RESTARTS);
+      if (broken) {
+        const c = p.containers.find((s) => s.exitCode !== undefined && s.exitCode !== 0) ?? p.containers[0];
+        const file = c ? layout.containerLog(p.namespace, p.name, c.name) : undefined;
+        throw new LocalError(
+          `pod ${key} ${p.phase === 'Failed' ? 'failed' : `keeps crashing (${p.restarts} restarts)`}${c?.exitCode !== undefined ? `: container ${c.name} exited with ${c.exitCode}` : ''}${file ? `\n${tail(file, 10)}` : ''}`,
+          `ambit local logs ${key}${nameFlag(layout)}`,
+        );
+      }
+    }
+    const waiting = status.pods.filter((p) => !SETTLED(p));
+    if (waiting.length === 0) return;
+    if (Date.now() > deadline) {
+      throw new LocalError(`timed out waiting for ${waiting.length} pod(s): ${waiting.map((p) => `${p.namespace}/${p.name} (${p.phase}, ready ${p.ready})`).join(', ')}`, `ambit local status${nameFlag(layout)}`);
+    }
+    if (Date.now() - lastWaiting > 5000) {
+      lastWaiting = Date.now();
+      say(`  waiting for ${waiting.length} pod(s): ${waiting.slice(0, 6).map((p) => `${p.namespace}/${p.name} (${p.phase} ${p.ready})`).join(', ')}${waiting.length > 6 ? ', ...' : ''}`);
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** Runs a command in the foreground: the terminal's Ctrl-C goes to it, and its exit status becomes ours. */
+function runForeground(argv: string[], env: NodeJS.ProcessEnv, cwd: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: 'inherit', env, cwd });
+    const ignore = () => { /* the child got the same signal from the terminal */ };
+    process.on('SIGINT', ignore);
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      process.off('SIGINT', ignore);
+      resolve(code ?? 128 + (signal === 'SIGKILL' ? 9 : signal === 'SIGTERM' ? 15 : signal === 'SIGINT' ? 2 : 1));
+    });
+  });
+}
+
+function logFile(layout: ClusterLayout, target: string, container?: string): string {
+  if (!target.includes('/')) {
+    const file = layout.componentLog(target);
+    if (!existsSync(file)) throw new LocalError(`no component "${target}" in cluster ${layout.name}`, 'components: runtime; pods: NAMESPACE/POD');
+    return file;
+  }
+  const [ns, name] = target.split('/', 2) as [string, string];
+  const state = readState(layout.stateFile);
+  if (!state) throw new LocalError(`cluster ${layout.name} does not exist`);
+  const pod = state.pods[`${ns}/${name}`];
+  if (!pod) throw new LocalError(`pod ${ns}/${name} not found in cluster ${layout.name}`, `ambit local status${nameFlag(layout)}`);
+  const spec = container ? pod.spec.containers.find((c) => c.name === container) : pod.spec.containers[0];
+  if (!spec) throw new LocalError(`pod ${ns}/${name} has no container "${container}" (containers: ${pod.spec.containers.map((c) => c.name).join(', ')})`);
+  return layout.containerLog(ns, name, spec.name);
+}
+
+async function printLogs(file: string, opts: { follow?: boolean; tail?: number }): Promise<void> {
+  let offset = 0;
+  if (existsSync(file) && opts.tail !== undefined) {
+    const text = readChunk(file, 0);
+    const lines = text.split('\n');
+    const keep = lines.slice(-(opts.tail + (text.endsWith('\n') ? 1 : 0))).join('\n');
+    process.stdout.write(keep);
+    offset = Buffer.byteLength(text);
+  }
+  for (;;) {
+    if (existsSync(file)) {
+      const size = statSync(file).size;
+      if (size < offset) offset = 0; // truncated
+      if (size > offset) {
+        const chunk = readChunk(file, offset);
+        process.stdout.write(chunk);
+        offset += Buffer.byteLength(chunk);
+      }
+    } else if (opts.follow && offset > 0) {
+      return; // the pod was deleted
+    }
+    if (!opts.follow) return;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+function readChunk(file: string, offset: number): string {
+  const fd = openSync(file, 'r');
+  try {
+    const size = statSync(file).size - offset;
+    const buf = Buffer.alloc(Math.max(0, size));
+    const n = readSync(fd, buf, 0, buf.length, offset);
+    return buf.subarray(0, n).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function age(iso: string): string {
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  if (s < 172_800) return `${Math.round(s / 3600)}h`;
+  return `${Math.round(s / 86_400)}d`;
+}
+
+function table(header: string[], rows: string[][]): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  for (const row of [header, ...rows]) say(row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ').trimEnd());
+}
+
+function printStatus(s: ClusterStatus): void {
+  say(`cluster ${s.name} (state ${s.stateDir}, created ${age(s.createdAt)} ago)`);
+  say();
+  table(['NODE', 'IP', 'POD CIDR', 'PODS'], s.nodes.map((n) => [n.name, n.ip, n.podCidr, String(n.pods)]));
+  say();
+  if (s.pods.length === 0) say('no pods');
+  else {
+    table(['NAMESPACE', 'POD', 'NODE', 'IP', 'PHASE', 'READY', 'RESTARTS', 'SERVICE ACCOUNT', 'AGE'],
+      s.pods.map((p) => [p.namespace, p.name, p.node, p.ip, p.phase, p.ready, String(p.restarts), p.serviceAccount, age(p.createdAt)]));
+  }
+  say();
+  if (s.services.length === 0) say('no services');
+  else {
+    table(['NAMESPACE', 'SERVICE', 'VIP', 'PORTS', 'ENDPOINTS'], s.services.map((v) => [
+      v.namespace, v.name, v.vip,
+      v.ports.map((p) => `${p.name ? `${p.name}:` : ''}${p.port}->${p.targetPort}/${p.protocol}`).join(','),
+      v.endpoints.length ? v.endpoints.join(',') : '<none>',
+    ]));
+  }
+  say();
+  table(['COMPONENT', 'NODE', 'STATE', 'PID', 'DETAIL'], s.components.map((c) => [c.name, c.node ?? '-', c.state, c.pid ? String(c.pid) : '-', c.detail]));
+  if (s.others.length > 0) {
+    say();
+    say(`kept for the controller: ${s.others.map((o) => `${o.kind}${o.namespace ? ` ${o.namespace}/` : ' '}${o.name}`).join(', ')}`);
+  }
+}

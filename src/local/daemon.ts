@@ -1,0 +1,105 @@
+/**
+ * `ambit local runtime`: the long-running process of one local cluster. It owns the Runtime
+ * and answers the CLI on a unix socket in the cluster's state directory (HTTP + JSON, root
+ * only: the directory is 0700).
+ *
+ *   GET  /v1/status                          the cluster
+ *   POST /v1/apply   {inputs}                apply manifests (all or nothing)
+ *   POST /v1/delete  {inputs}                delete what they name
+ *   GET  /v1/exec?pod=NS/NAME[&container=C]  where and how to run a command as the pod
+ *   POST /v1/shutdown                        stop every pod and exit (the state stays)
+ */
+import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { logger } from '../telemetry/log.js';
+import { LocalError } from './errors.js';
+import type { ClusterLayout } from './layout.js';
+import type { ManifestInput } from './manifests.js';
+import { ApplyError, Runtime } from './runtime.js';
+import { runtimePid } from './client.js';
+
+const MAX_BODY = 64 * 1024 * 1024;
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY) throw new LocalError(`request body over ${MAX_BODY} bytes`);
+    chunks.push(chunk);
+  }
+  return chunks.length ? JSON.parse(Buffer.concat(chunks).toString('utf8')) : {};
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+}
+
+function inputsOf(body: unknown): ManifestInput[] {
+  const inputs = (body as { inputs?: unknown }).inputs;
+  if (!Array.isArray(inputs) || !inputs.every((i) => typeof i?.file === 'string' && typeof i?.text === 'string' && typeof i?.dir === 'string')) {
+    throw new LocalError('request needs "inputs": [{file, text, dir}]');
+  }
+  return inputs as ManifestInput[];
+}
+
+export async function runDaemon(layout: ClusterLayout, nodes: number | undefined): Promise<void> {
+  const log = logger('local').child({ cluster: layout.name });
+  const other = runtimePid(layout);
+  if (other !== undefined && other !== process.pid) throw new LocalError(`the runtime of cluster ${layout.name} already runs (pid ${other})`);
+  mkdirSync(layout.stateDir, { recursive: true, mode: 0o700 });
+  chmodSync(layout.stateDir, 0o700);
+  const runtime = await Runtime.open(layout, nodes, log);
+
+  let stopping: Promise<void> | undefined;
+  const stop = (reason: string): Promise<void> => {
+    stopping ??= (async () => {
+      log.info({ reason }, 'runtime stopping');
+      await runtime.shutdown();
+      server.close();
+      rmSync(layout.socketPath, { force: true });
+      rmSync(layout.pidFile, { force: true });
+      log.info('runtime stopped');
+    })();
+    return stopping;
+  };
+
+  const server = createServer((req, res) => {
+    void (async () => {
+      try {
+        const url = new URL(req.url ?? '/', 'http://runtime');
+        const route = `${req.method} ${url.pathname}`;
+        if (route === 'GET /v1/status') return send(res, 200, runtime.status());
+        if (route === 'POST /v1/apply') return send(res, 200, await runtime.apply(inputsOf(await readJson(req))));
+        if (route === 'POST /v1/delete') return send(res, 200, await runtime.delete(inputsOf(await readJson(req))));
+        if (route === 'GET /v1/exec' || route === 'GET /v1/logs') {
+          const [ns, name] = (url.searchParams.get('pod') ?? '').split('/');
+          if (!ns || !name) throw new LocalError('expected pod=NAMESPACE/NAME');
+          const container = url.searchParams.get('container') ?? undefined;
+          return send(res, 200, route === 'GET /v1/exec' ? runtime.execTarget(ns, name, container) : { file: runtime.podLogFile(ns, name, container) });
+        }
+        if (route === 'POST /v1/shutdown') {
+          send(res, 200, { stopping: true });
+          await stop('shutdown requested');
+          process.exit(0);
+        }
+        send(res, 404, { error: `no route ${route}` });
+      } catch (err) {
+        if (err instanceof ApplyError) return send(res, 422, { error: err.message, diagnostics: err.diagnostics });
+        if (err instanceof LocalError || err instanceof SyntaxError) return send(res, 400, { error: err.message, hint: (err as LocalError).hint });
+        log.error({ err: (err as Error).stack }, 'request failed');
+        send(res, 500, { error: (err as Error).message });
+      }
+    })();
+  });
+  rmSync(layout.socketPath, { force: true });
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(layout.socketPath, resolve));
+  chmodSync(layout.socketPath, 0o600);
+  writeFileSync(layout.pidFile, `${process.pid}\n`);
+  log.info({ socket: layout.socketPath, pid: process.pid }, 'runtime ready');
+
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => void stop(signal).then(() => process.exit(0)));
+  }
+}

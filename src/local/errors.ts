@@ -1,0 +1,11 @@
+/**
+ * Failures of the local cluster a user can act on (bad input, a cluster that is not running,
+ * a missing tool): the CLI prints the message and the hint, never a stack trace.
+ */
+export class LocalError extends Error {
+  override readonly name = 'LocalError';
+
+  constructor(message: string, readonly hint?: string) {
+    super(message);
+  }
+}

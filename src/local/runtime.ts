@@ -1,0 +1,631 @@
+/**
+ * The local cluster's runtime: one process per cluster that plays the API server, scheduler,
+ * kubelet, kube-proxy and DNS of a small Kubernetes, on one machine. It keeps the cluster's
+ * state file, applies manifests (all-or-nothing), runs pods as processes in their own netns
+ * and cgroup, keeps service endpoints and the nodes' nftables rules in step with pod
+ * readiness, and writes each pod's /etc/hosts.
+ *
+ * Recovery: a runtime that starts on an existing state (a crash, a reboot, `kill -9`) rebuilds
+ * every kernel object from the state file — netns, veths, routes, cgroups, rules — and
+ * restarts every pod with its old name and address.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { accessSync, constants, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { Datapath } from '../ebpf/datapath.js';
+import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
+import type { Logger } from 'pino';
+import { LocalError } from './errors.js';
+import {
+  CLUSTER_DOMAIN, ClusterLayout, MAX_NODES, nodeAddress, nodeName, podCidr, SERVICE_CIDR,
+} from './layout.js';
+import {
+  formatDiagnostic, parseManifests, type DeploymentResource, type Diagnostic, type ManifestInput,
+  type PodResource, type PodSpec, type Resource, type ServiceResource,
+} from './manifests.js';
+import { ClusterNetwork, deleteNetns, listNetns, type ServiceRule } from './net.js';
+import { LocalPod, type ContainerStatus, type Phase } from './pod.js';
+import { removeCgroupTree } from './process.js';
+import { readState, resourceKey, writeState, type ClusterState, type PodRecord } from './state.js';
+
+/** Thrown when an apply or delete is refused; nothing was changed. */
+export class ApplyError extends LocalError {
+  constructor(readonly diagnostics: Diagnostic[]) {
+    super(diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic).join('\n'));
+  }
+}
+
+export interface ApplyResult {
+  /** kubectl-style lines: `deployment.apps/users created`. */
+  changes: string[];
+  warnings: string[];
+}
+
+export interface PodStatus {
+  namespace: string;
+  name: string;
+  node: string;
+  ip: string;
+  phase: Phase;
+  ready: string;
+  restarts: number;
+  serviceAccount: string;
+  createdAt: string;
+  owner?: string;
+  containers: ContainerStatus[];
+}
+
+export interface ServiceStatus {
+  namespace: string;
+  name: string;
+  vip: string;
+  ports: { name?: string; port: number; targetPort: number | string; protocol: string }[];
+  endpoints: string[];
+}
+
+export interface ComponentStatus {
+  name: string;
+  node?: string;
+  state: 'running' | 'degraded' | 'stopped';
+  pid?: number;
+  detail: string;
+}
+
+export interface ClusterStatus {
+  name: string;
+  stateDir: string;
+  createdAt: string;
+  nodes: { name: string; ip: string; podCidr: string; pods: number }[];
+  pods: PodStatus[];
+  services: ServiceStatus[];
+  components: ComponentStatus[];
+  /** Resources kept for the controller (Istio, Gateway API, ...). */
+  others: { apiVersion: string; kind: string; namespace: string; name: string }[];
+}
+
+const POD_NAME_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789';
+const DEFAULT_SA = 'default';
+
+function randomSuffix(n: number): string {
+  return Array.from({ length: n }, () => POD_NAME_ALPHABET[Math.floor(Math.random() * POD_NAME_ALPHABET.length)]).join('');
+}
+
+function templateHash(d: DeploymentResource): string {
+  return createHash('sha256').update(JSON.stringify(d.template)).digest('hex').slice(0, 10);
+}
+
+function matches(selector: Record<string, string>, labels: Record<string, string>): boolean {
+  return Object.entries(selector).every(([k, v]) => labels[k] === v);
+}
+
+function ipToInt(ip: string): number {
+  return ip.split('.').reduce((n, o) => n * 256 + Number(o), 0);
+}
+
+function intToIp(n: number): string {
+  return [24, 16, 8, 0].map((s) => (n >>> s) & 255).join('.');
+}
+
+const [SERVICE_NET, SERVICE_BITS] = SERVICE_CIDR.split('/') as [string, string];
+function inServiceRange(ip: string): boolean {
+  const mask = (0xffffffff << (32 - Number(SERVICE_BITS))) >>> 0;
+  return ((ipToInt(ip) & mask) >>> 0) === ipToInt(SERVICE_NET);
+}
+
+const sameJson = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+
+export class Runtime {
+  private readonly pods = new Map<string, LocalPod>();
+  private readonly net: ClusterNetwork;
+  private readonly hostsCache = new Map<string, string>();
+  private syncTimer?: NodeJS.Timeout;
+  private syncError?: string;
+  private closed = false;
+  readonly startedAt = new Date();
+
+  private constructor(
+    readonly layout: ClusterLayout,
+    private state: ClusterState,
+    private readonly log: Logger,
+    private readonly baseEnv: Record<string, string>,
+  ) {
+    this.net = new ClusterNetwork(layout);
+  }
+
+  /** Opens cluster `layout.name`: creates it with `nodes` nodes, or recovers it from its state file. */
+  static async open(layout: ClusterLayout, nodes: number | undefined, log: Logger): Promise<Runtime> {
+    const existing = readState(layout.stateFile);
+    if (existing && nodes !== undefined && nodes !== existing.nodes.length) {
+      throw new LocalError(`cluster ${layout.name} exists with ${existing.nodes.length} nodes, not ${nodes}`, `remove it first: ambit local down --name ${layout.name}`);
+    }
+    const count = nodes ?? existing?.nodes.length ?? 2;
+    if (!Number.isInteger(count) || count < 1 || count > MAX_NODES) throw new LocalError(`--nodes must be an integer from 1 to ${MAX_NODES}, got ${count}`);
+    const state: ClusterState = existing ?? {
+      version: 1,
+      name: layout.name,
+      createdAt: new Date().toISOString(),
+      nodes: Array.from({ length: count }, (_, i) => ({ name: nodeName(i + 1), index: i + 1, ip: nodeAddress(i + 1), podCidr: podCidr(i + 1) })),
+      resources: {},
+      pods: {},
+      services: {},
+    };
+    const path = [dirname(process.execPath), process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'].join(delimiter);
+    const runtime = new Runtime(layout, state, log, { PATH: path, HOME: process.env.HOME ?? '/root', LANG: process.env.LANG ?? 'C.UTF-8' });
+    await runtime.build(existing !== undefined);
+    return runtime;
+  }
+
+  /** Makes every kernel object from the state, after removing whatever a previous run left. */
+  private async build(recovering: boolean): Promise<void> {
+    if (recovering) this.log.info({ pods: Object.keys(this.state.pods).length }, 'recovering the cluster from its state file');
+    await this.resetKernel();
+    mkdirSync(this.layout.stateDir, { recursive: true });
+    writeState(this.layout.stateFile, this.state);
+    this.net.createUnderlay();
+    for (const node of this.state.nodes) {
+      this.net.createNode(node.index, this.state.nodes.length);
+      mkdirSync(this.layout.nodeCgroup(node.name), { recursive: true });
+    }
+    for (const record of Object.values(this.state.pods)) this.startPod(record);
+    this.sync();
+  }
+
+  /** Removes what a previous run left in the kernel, then moves this process into its own cgroup. */
+  private async resetKernel(): Promise<void> {
+    await removeKernelObjects(this.layout);
+    mkdirSync(this.layout.componentCgroup('runtime'), { recursive: true });
+    writeFileSync(join(this.layout.componentCgroup('runtime'), 'cgroup.procs'), String(process.pid));
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // apply / delete
+
+  /** Applies manifests all-or-nothing: every check runs before the first change. */
+  async apply(inputs: ManifestInput[]): Promise<ApplyResult> {
+    const { resources, diagnostics } = parseManifests(inputs, { commandExists: (cmd, cwd) => this.commandExists(cmd, cwd), env: this.baseEnv });
+    diagnostics.push(...this.checkCluster(resources));
+    if (diagnostics.some((d) => d.severity === 'error')) throw new ApplyError(diagnostics);
+    const warnings = diagnostics.filter((d) => d.severity === 'warning').map(formatDiagnostic);
+    const snapshot = structuredClone(this.state);
+    const created: string[] = [];
+    const changes: string[] = [];
+    try {
+      for (const r of orderForApply(resources)) changes.push(await this.applyOne(r, created));
+      writeState(this.layout.stateFile, this.state);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'apply failed, rolling back');
+      for (const key of created) await this.stopPod(key);
+      this.state = snapshot;
+      for (const record of Object.values(this.state.pods)) if (!this.pods.has(`${record.namespace}/${record.name}`)) this.startPod(record);
+      writeState(this.layout.stateFile, this.state);
+      throw err;
+    } finally {
+      this.sync();
+    }
+    return { changes, warnings };
+  }
+
+  private async applyOne(r: Resource, created: string[]): Promise<string> {
+    const key = resourceKey(r);
+    const previous = this.state.resources[key];
+    const label = `${r.kind.toLowerCase()}${r.apiVersion.includes('/') ? `.${r.apiVersion.split('/')[0]}` : ''}/${r.meta.name}`;
+    const unchanged = previous && sameJson(previous.raw, r.raw);
+    this.state.resources[key] = r;
+    if ('other' in r) return `${label} ${previous ? (unchanged ? 'unchanged' : 'configured') : 'created'}`;
+    if (r.kind === 'Service') this.applyService(r as ServiceResource);
+    else if (r.kind === 'Deployment') await this.reconcileDeployment(r as DeploymentResource, created);
+    else if (r.kind === 'Pod' && !unchanged) {
+      const pod = r as PodResource;
+      if (previous) await this.deletePod(`${pod.meta.namespace}/${pod.meta.name}`);
+      created.push(this.createPod(pod.meta.namespace, pod.meta.name, pod.meta.labels, pod.meta.annotations, pod.spec).key);
+      if (previous) return `${label} configured (pod recreated)`;
+    }
+    return `${label} ${previous ? (unchanged ? 'unchanged' : 'configured') : 'created'}`;
+  }
+
+  private applyService(svc: ServiceResource): void {
+    const key = `${svc.meta.namespace}/${svc.meta.name}`;
+    if (svc.spec.clusterIP === 'None') {
+      delete this.state.services[key];
+      return;
+    }
+    const existing = this.state.services[key];
+    if (existing) return;
+    this.state.services[key] = { vip: svc.spec.clusterIP || this.allocateVip() };
+  }
+
+  private allocateVip(): string {
+    const used = new Set(Object.values(this.state.services).map((s) => s.vip));
+    // .0.1 is the API server's VIP in Kubernetes; start past the first few.
+    for (let n = ipToInt(SERVICE_NET) + 10; inServiceRange(intToIp(n)); n++) {
+      if (!used.has(intToIp(n))) return intToIp(n);
+    }
+    throw new LocalError(`the service range ${SERVICE_CIDR} is full`);
+  }
+
+  /** Recreate strategy: pods of an older template go, then the replica count is met. */
+  private async reconcileDeployment(d: DeploymentResource, created: string[]): Promise<void> {
+    const hash = templateHash(d);
+    const owned = this.ownedPods(d.meta.namespace, d.meta.name);
+    for (const p of owned.filter((p) => p.owner?.templateHash !== hash)) await this.deletePod(`${p.namespace}/${p.name}`);
+    const current = owned.filter((p) => p.owner?.templateHash === hash).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+    for (const p of current.slice(d.replicas).reverse()) await this.deletePod(`${p.namespace}/${p.name}`);
+    for (let i = current.length; i < d.replicas; i++) {
+      let name: string;
+      do name = `${d.meta.name}-${hash}-${randomSuffix(5)}`; while (this.state.pods[`${d.meta.namespace}/${name}`]);
+      const labels = { ...d.template.labels, 'pod-template-hash': hash };
+      created.push(this.createPod(d.meta.namespace, name, labels, d.template.annotations, d.template.spec, { kind: 'Deployment', name: d.meta.name, templateHash: hash }).key);
+    }
+  }
+
+  private ownedPods(namespace: string, deployment: string): PodRecord[] {
+    return Object.values(this.state.pods).filter((p) => p.namespace === namespace && p.owner?.name === deployment);
+  }
+
+  private createPod(namespace: string, name: string, labels: Record<string, string>, annotations: Record<string, string>, spec: PodSpec, owner?: PodRecord['owner']): LocalPod {
+    const node = spec.nodeName ?? this.schedule(namespace, owner?.name);
+    const record: PodRecord = {
+      uid: randomUUID(), namespace, name, node, ip: this.allocatePodIp(node), labels, annotations, spec, owner, createdAt: new Date().toISOString(),
+    };
+    this.state.pods[`${namespace}/${name}`] = record;
+    return this.startPod(record);
+  }
+
+  /** Spread: the node with the fewest pods of the same Deployment, then the fewest pods. */
+  private schedule(namespace: string, owner: string | undefined): string {
+    const pods = Object.values(this.state.pods);
+    const score = (node: string) => [
+      owner ? pods.filter((p) => p.node === node && p.namespace === namespace && p.owner?.name === owner).length : 0,
+      pods.filter((p) => p.node === node).length,
+    ];
+    return [...this.state.nodes].sort((a, b) => {
+      const [sa, sb] = [score(a.name), score(b.name)];
+      return sa[0]! - sb[0]! || sa[1]! - sb[1]! || a.index - b.index;
+    })[0]!.name;
+  }
+
+  private allocatePodIp(node: string): string {
+    const record = this.state.nodes.find((n) => n.name === node)!;
+    const used = new Set(Object.values(this.state.pods).filter((p) => p.node === node).map((p) => p.ip));
+    const base = record.podCidr.split('.').slice(0, 3).join('.');
+    for (let host = 2; host < 255; host++) if (!used.has(`${base}.${host}`)) return `${base}.${host}`;
+    throw new LocalError(`node ${node} has no free pod address left in ${record.podCidr}`);
+  }
+
+  /** Makes the pod's netns, cgroup and files, then starts its containers. */
+  private startPod(record: PodRecord): LocalPod {
+    const node = this.state.nodes.find((n) => n.name === record.node)!;
+    const dir = this.layout.podDir(record.namespace, record.name);
+    mkdirSync(dir, { recursive: true });
+    const files = { hosts: join(dir, 'hosts'), resolv: join(dir, 'resolv.conf') };
+    writeFileSync(files.hosts, this.hostsFile(record));
+    writeFileSync(files.resolv, this.resolvConf(record));
+    const cgroup = this.layout.podCgroup(record.node, record.namespace, record.name);
+    this.net.createPod(node.index, record.namespace, record.name, record.ip);
+    mkdirSync(cgroup, { recursive: true });
+    const pod = new LocalPod(record, {
+      netns: this.layout.podNetns(record.namespace, record.name),
+      nodeNetns: this.layout.nodeNetns(record.node),
+      cgroup,
+      hostIp: node.ip,
+      files,
+      logFile: (c) => this.layout.containerLog(record.namespace, record.name, c),
+      baseEnv: this.baseEnv,
+    }, this.log.child({ pod: `${record.namespace}/${record.name}` }), () => this.scheduleSync());
+    this.pods.set(pod.key, pod);
+    pod.start();
+    this.log.info({ pod: pod.key, node: record.node, ip: record.ip }, 'pod started');
+    return pod;
+  }
+
+  private async stopPod(key: string, maxGraceMs?: number): Promise<void> {
+    const pod = this.pods.get(key);
+    if (!pod) return;
+    await pod.stop(maxGraceMs);
+    this.pods.delete(key);
+    this.net.deletePod(pod.record.namespace, pod.record.name);
+  }
+
+  private async deletePod(key: string): Promise<void> {
+    const record = this.state.pods[key];
+    await this.stopPod(key);
+    delete this.state.pods[key];
+    if (record) {
+      rmSync(this.layout.podDir(record.namespace, record.name), { recursive: true, force: true });
+      this.hostsCache.delete(key);
+    }
+    this.log.info({ pod: key }, 'pod deleted');
+  }
+
+  /** Deletes what the manifests name; a Namespace takes everything in it. */
+  async delete(inputs: ManifestInput[]): Promise<ApplyResult & { notFound: string[] }> {
+    const { resources, diagnostics } = parseManifests(inputs, {});
+    if (diagnostics.some((d) => d.severity === 'error')) throw new ApplyError(diagnostics);
+    const changes: string[] = [];
+    const notFound: string[] = [];
+    for (const r of [...orderForApply(resources)].reverse()) {
+      const key = resourceKey(r);
+      const label = `${r.kind.toLowerCase()}${r.apiVersion.includes('/') ? `.${r.apiVersion.split('/')[0]}` : ''}/${r.meta.name}`;
+      if (!this.state.resources[key]) {
+        notFound.push(`${label}${r.meta.namespace ? ` in namespace ${r.meta.namespace}` : ''}`);
+        continue;
+      }
+      await this.deleteResource(key);
+      changes.push(`${label} deleted`);
+    }
+    writeState(this.layout.stateFile, this.state);
+    this.sync();
+    return { changes, warnings: [], notFound };
+  }
+
+  private async deleteResource(key: string): Promise<void> {
+    const r = this.state.resources[key];
+    if (!r) return;
+    delete this.state.resources[key];
+    if ('other' in r) return;
+    const ns = r.meta.namespace;
+    if (r.kind === 'Namespace') {
+      for (const [k, other] of Object.entries(this.state.resources)) if (other.meta.namespace === r.meta.name) await this.deleteResource(k);
+      for (const p of Object.values(this.state.pods)) if (p.namespace === r.meta.name) await this.deletePod(`${p.namespace}/${p.name}`);
+    } else if (r.kind === 'Deployment') {
+      for (const p of this.ownedPods(ns, r.meta.name)) await this.deletePod(`${p.namespace}/${p.name}`);
+    } else if (r.kind === 'Pod') {
+      await this.deletePod(`${ns}/${r.meta.name}`);
+    } else if (r.kind === 'Service') {
+      delete this.state.services[`${ns}/${r.meta.name}`];
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // checks that need the cluster (the manifests module checks each document on its own)
+
+  private checkCluster(resources: Resource[]): Diagnostic[] {
+    const out: Diagnostic[] = [];
+    const diag = (r: Resource, path: string, message: string, severity: Diagnostic['severity'] = 'error') =>
+      out.push({ severity, source: r.source, kind: r.kind, namespace: r.meta.namespace || undefined, name: r.meta.name, path, message });
+    const incoming = new Set(resources.map(resourceKey));
+    const namespaceExists = (ns: string) => ns === 'default' || this.state.resources[`Namespace/${ns}`] !== undefined || incoming.has(`Namespace/${ns}`);
+    const saExists = (ns: string, sa: string) => sa === DEFAULT_SA || this.state.resources[`ServiceAccount/${ns}/${sa}`] !== undefined || incoming.has(`ServiceAccount/${ns}/${sa}`);
+    const nodes = new Set(this.state.nodes.map((n) => n.name));
+    const vips = new Map(Object.entries(this.state.services).map(([k, s]) => [s.vip, k]));
+    const podTemplates: { ns: string; labels: Record<string, string> }[] = [
+      ...Object.values(this.state.pods).map((p) => ({ ns: p.namespace, labels: p.labels })),
+    ];
+    for (const r of resources) {
+      if (r.kind === 'Pod') podTemplates.push({ ns: r.meta.namespace, labels: r.meta.labels });
+      if (r.kind === 'Deployment') podTemplates.push({ ns: r.meta.namespace, labels: (r as DeploymentResource).template.labels });
+    }
+
+    for (const r of resources) {
+      if (r.meta.namespace && !namespaceExists(r.meta.namespace)) diag(r, 'metadata.namespace', `namespace "${r.meta.namespace}" does not exist (apply a Namespace first, or in the same files)`);
+      const spec = r.kind === 'Pod' ? (r as PodResource).spec : r.kind === 'Deployment' ? (r as DeploymentResource).template.spec : undefined;
+      const specPath = r.kind === 'Deployment' ? 'spec.template.spec' : 'spec';
+      if (spec) {
+        if (spec.nodeName !== undefined && !nodes.has(spec.nodeName)) diag(r, `${specPath}.nodeName`, `node "${spec.nodeName}" does not exist (nodes: ${[...nodes].join(', ')})`);
+        if (!saExists(r.meta.namespace, spec.serviceAccountName)) diag(r, `${specPath}.serviceAccountName`, `service account "${spec.serviceAccountName}" does not exist in namespace "${r.meta.namespace}"`);
+        if (r.kind === 'Deployment' && spec.restartPolicy !== 'Always') diag(r, `${specPath}.restartPolicy`, `must be "Always" in a Deployment, got "${spec.restartPolicy}"`);
+        spec.containers.forEach((c, i) => {
+          if (!isDirectory(c.cwd)) diag(r, `${specPath}.containers[${i}].workingDir`, `directory "${c.cwd}" does not exist`);
+        });
+      }
+      if (r.kind === 'Pod') {
+        const existing = this.state.pods[`${r.meta.namespace}/${r.meta.name}`];
+        if (existing?.owner) diag(r, 'metadata.name', `pod ${r.meta.namespace}/${r.meta.name} belongs to deployment ${existing.owner.name}`);
+      }
+      if (r.kind === 'Service') {
+        const svc = r as ServiceResource;
+        const key = `${r.meta.namespace}/${r.meta.name}`;
+        const current = this.state.services[key];
+        const ip = svc.spec.clusterIP;
+        if (ip && ip !== 'None') {
+          if (!inServiceRange(ip)) diag(r, 'spec.clusterIP', `${ip} is outside the service range ${SERVICE_CIDR}`);
+          else if (vips.has(ip) && vips.get(ip) !== key) diag(r, 'spec.clusterIP', `${ip} is already allocated to service ${vips.get(ip)}`);
+        }
+        if (current && ip && ip !== current.vip) diag(r, 'spec.clusterIP', `field is immutable: the service has ${current.vip}`);
+        if (svc.spec.selector && Object.keys(svc.spec.selector).length > 0 && !podTemplates.some((p) => p.ns === r.meta.namespace && matches(svc.spec.selector!, p.labels))) {
+          diag(r, 'spec.selector', `selects no pod in namespace "${r.meta.namespace}" (no pod or Deployment template has labels ${JSON.stringify(svc.spec.selector)}); the service has no endpoints until one does`, 'warning');
+        }
+      }
+    }
+    return out;
+  }
+
+  private commandExists(cmd: string, cwd: string): boolean {
+    const executable = (path: string) => {
+      try {
+        accessSync(path, constants.X_OK);
+        return statSync(path).isFile();
+      } catch {
+        return false;
+      }
+    };
+    if (isAbsolute(cmd)) return executable(cmd);
+    if (cmd.includes('/')) return executable(resolve(cwd, cmd));
+    return (this.baseEnv.PATH ?? '').split(delimiter).some((dir) => dir && executable(join(dir, cmd)));
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // service endpoints, node rules, hosts files
+
+  private scheduleSync(): void {
+    if (this.syncTimer || this.closed) return;
+    this.syncTimer = setTimeout(() => {
+      this.syncTimer = undefined;
+      this.sync();
+    }, 10);
+  }
+
+  /** Brings every node's service rules and every pod's hosts file in line with the pods' readiness. */
+  private sync(): void {
+    if (this.closed) return;
+    clearTimeout(this.syncTimer);
+    this.syncTimer = undefined;
+    try {
+      const rules = this.serviceRules();
+      for (const node of this.state.nodes) {
+        const local = Object.values(this.state.pods).filter((p) => p.node === node.name).map((p) => p.ip);
+        this.net.syncServices(node.index, rules, local);
+      }
+      for (const record of Object.values(this.state.pods)) {
+        const key = `${record.namespace}/${record.name}`;
+        const text = this.hostsFile(record);
+        if (this.hostsCache.get(key) === text) continue;
+        // In place, never by rename: the pod's bind mount holds this very inode.
+        writeFileSync(join(this.layout.podDir(record.namespace, record.name), 'hosts'), text);
+        this.hostsCache.set(key, text);
+      }
+      this.syncError = undefined;
+    } catch (err) {
+      this.syncError = (err as Error).message;
+      this.log.error({ err: this.syncError }, 'service sync failed');
+    }
+  }
+
+  private services(): ServiceResource[] {
+    return Object.values(this.state.resources).filter((r): r is ServiceResource => r.kind === 'Service' && !('other' in r));
+  }
+
+  private readyPods(namespace: string, selector: Record<string, string>): LocalPod[] {
+    return [...this.pods.values()]
+      .filter((p) => p.record.namespace === namespace && p.ready && matches(selector, p.record.labels))
+      .sort((a, b) => a.record.ip.localeCompare(b.record.ip, 'en', { numeric: true }));
+  }
+
+  private endpoints(svc: ServiceResource, port: ServiceResource['spec']['ports'][number]): { ip: string; port: number }[] {
+    if (!svc.spec.selector || Object.keys(svc.spec.selector).length === 0) return [];
+    return this.readyPods(svc.meta.namespace, svc.spec.selector).flatMap((p) => {
+      const target = p.resolvePort(port.targetPort);
+      return target === undefined ? [] : [{ ip: p.record.ip, port: target }];
+    });
+  }
+
+  private serviceRules(): ServiceRule[] {
+    return this.services().flatMap((svc) => {
+      const vip = this.state.services[`${svc.meta.namespace}/${svc.meta.name}`]?.vip;
+      if (!vip) return [];
+      return svc.spec.ports
+        .filter((p) => p.protocol === 'TCP' || p.protocol === 'UDP')
+        .map((p) => ({ vip, protocol: p.protocol as 'TCP' | 'UDP', port: p.port, endpoints: this.endpoints(svc, p) }));
+    });
+  }
+
+  /** A pod's /etc/hosts: itself, the nodes, and every service under its Kubernetes DNS names. */
+  private hostsFile(pod: PodRecord): string {
+    const lines = ['127.0.0.1\tlocalhost', '::1\tlocalhost ip6-localhost ip6-loopback', `${pod.ip}\t${pod.spec.hostname ?? pod.name}`, ''];
+    for (const n of this.state.nodes) lines.push(`${n.ip}\t${n.name}`);
+    for (const svc of this.services()) {
+      const { name, namespace } = svc.meta;
+      const names = [`${name}.${namespace}.svc.${CLUSTER_DOMAIN}`, `${name}.${namespace}.svc`, `${name}.${namespace}`, ...(namespace === pod.namespace ? [name] : [])].join(' ');
+      const vip = this.state.services[`${namespace}/${name}`]?.vip;
+      if (vip) lines.push(`${vip}\t${names}`);
+      else if (svc.spec.selector) for (const p of this.readyPods(namespace, svc.spec.selector)) lines.push(`${p.record.ip}\t${names}`);
+    }
+    return `${lines.join('\n')}\n`;
+  }
+
+  private resolvConf(pod: PodRecord): string {
+    // Names come from the pod's /etc/hosts; nothing answers DNS inside the cluster, so a
+    // lookup of an unknown name fails at once instead of waiting on the host's resolver.
+    return [`search ${pod.namespace}.svc.${CLUSTER_DOMAIN} svc.${CLUSTER_DOMAIN} ${CLUSTER_DOMAIN}`, 'nameserver 127.0.0.1', 'options ndots:5 timeout:1 attempts:1', ''].join('\n');
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // status, exec, shutdown
+
+  status(): ClusterStatus {
+    const pods = Object.values(this.state.pods).map((record): PodStatus => {
+      const live = this.pods.get(`${record.namespace}/${record.name}`);
+      const containers = live?.status() ?? [];
+      return {
+        namespace: record.namespace,
+        name: record.name,
+        node: record.node,
+        ip: record.ip,
+        phase: live?.phase ?? 'Pending',
+        ready: `${containers.filter((c) => c.ready && c.state === 'running').length}/${record.spec.containers.length}`,
+        restarts: live?.restarts ?? 0,
+        serviceAccount: record.spec.serviceAccountName,
+        createdAt: record.createdAt,
+        owner: record.owner ? `deployment/${record.owner.name}` : undefined,
+        containers,
+      };
+    }).sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
+    const services = this.services().map((svc): ServiceStatus => ({
+      namespace: svc.meta.namespace,
+      name: svc.meta.name,
+      vip: this.state.services[`${svc.meta.namespace}/${svc.meta.name}`]?.vip ?? 'None',
+      ports: svc.spec.ports.map((p) => ({ name: p.name, port: p.port, targetPort: p.targetPort, protocol: p.protocol })),
+      endpoints: svc.spec.ports.flatMap((p) => this.endpoints(svc, p).map((e) => `${e.ip}:${e.port}`)).filter((e, i, all) => all.indexOf(e) === i),
+    })).sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
+    const nodes = this.state.nodes.map((n) => ({ name: n.name, ip: n.ip, podCidr: n.podCidr, pods: pods.filter((p) => p.node === n.name).length }));
+    const components: ComponentStatus[] = [
+      { name: 'runtime', state: 'running', pid: process.pid, detail: `up since ${this.startedAt.toISOString()}` },
+      ...this.state.nodes.map((n): ComponentStatus => ({
+        name: 'service-proxy',
+        node: n.name,
+        state: this.syncError ? 'degraded' : 'running',
+        detail: this.syncError ?? `${this.serviceRules().length} service ports in nftables`,
+      })),
+    ];
+    const others = Object.values(this.state.resources)
+      .filter((r) => 'other' in r)
+      .map((r) => ({ apiVersion: r.apiVersion, kind: r.kind, namespace: r.meta.namespace, name: r.meta.name }));
+    return { name: this.layout.name, stateDir: this.layout.stateDir, createdAt: this.state.createdAt, nodes, pods, services, components, others };
+  }
+
+  /** What `ambit local exec` needs to run a command as one of the pod's processes. */
+  execTarget(namespace: string, name: string, container?: string): { netns: string; cgroup: string; files: { hosts: string; resolv: string; hostname: string }; env: Record<string, string>; cwd: string } {
+    const pod = this.pods.get(`${namespace}/${name}`);
+    if (!pod) throw new LocalError(`pod ${namespace}/${name} not found in cluster ${this.layout.name}`, `see \`ambit local status --name ${this.layout.name}\``);
+    if (pod.stopping) throw new LocalError(`pod ${namespace}/${name} is terminating`);
+    const spec = container ? pod.record.spec.containers.find((c) => c.name === container) : pod.record.spec.containers[0];
+    if (!spec) throw new LocalError(`pod ${namespace}/${name} has no container "${container}" (containers: ${pod.record.spec.containers.map((c) => c.name).join(', ')})`);
+    const hostname = pod.record.spec.hostname ?? pod.record.name;
+    return {
+      netns: pod.env.netns,
+      cgroup: pod.env.cgroup,
+      files: { ...pod.env.files, hostname },
+      env: { ...this.baseEnv, HOSTNAME: hostname, ...pod.containerEnv(spec) },
+      cwd: spec.cwd,
+    };
+  }
+
+  podLogFile(namespace: string, name: string, container?: string): string {
+    const record = this.state.pods[`${namespace}/${name}`];
+    if (!record) throw new LocalError(`pod ${namespace}/${name} not found in cluster ${this.layout.name}`);
+    const spec = container ? record.spec.containers.find((c) => c.name === container) : record.spec.containers[0];
+    if (!spec) throw new LocalError(`pod ${namespace}/${name} has no container "${container}" (containers: ${record.spec.containers.map((c) => c.name).join(', ')})`);
+    return this.layout.containerLog(namespace, name, spec.name);
+  }
+
+  /** Stops every pod (SIGTERM, then kill after at most `maxGraceMs`); the state stays. */
+  async shutdown(maxGraceMs = 10_000): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.syncTimer);
+    await Promise.all([...this.pods.keys()].map((key) => this.stopPod(key, maxGraceMs).catch((err: Error) => this.log.warn({ pod: key, err: err.message }, 'stop failed'))));
+  }
+
+}
+
+/**
+ * Removes a cluster's processes, cgroups, network namespaces and pinned BPF objects, found by
+ * name rather than from the state file, so that it also cleans up after a crash.
+ */
+export async function removeKernelObjects(layout: ClusterLayout): Promise<void> {
+  await removeCgroupTree(layout.cgroupRoot);
+  for (const ns of listNetns().filter((n) => layout.ownsNetns(n))) deleteNetns(ns);
+  Datapath.remove(layout.pinRoot);
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** Namespaces and accounts first, then services (VIPs before pods read their hosts), then workloads. */
+function orderForApply(resources: Resource[]): Resource[] {
+  const rank = (r: Resource) => 'other' in r ? 5 : ({ Namespace: 0, ServiceAccount: 1, Service: 2, Deployment: 3, Pod: 4 } as Record<string, number>)[r.kind] ?? 5;
+  return [...resources].sort((a, b) => rank(a) - rank(b));
+}
