@@ -25,6 +25,11 @@ export function buildProgram(): Command {
 
 /** Runs the CLI; sets process.exitCode rather than exiting, so pending output is flushed. */
 export async function main(argv: string[] = process.argv): Promise<void> {
+  // `ambit ... | head`: a reader that goes away ends the output, not the program with a stack trace.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
   try {
     await buildProgram().parseAsync(argv);
   } catch (err) {
