@@ -364,7 +364,7 @@ class DocContext {
 /** Splits the inputs into objects, expanding `kind: List`; YAML syntax errors become diagnostics. */
 function* documents(input: ManifestInput, out: Diagnostic[]): Generator<{ value: unknown; ctx: DocContext }> {
   const lines = new LineCounter();
-  const docs = parseAllDocuments(input.text, { lineCounter: lines, prettyErrors: false });
+  const docs = parseAllDocuments(input.text, { lineCounter: lines });
   const all = Array.isArray(docs) ? docs : [];
   let index = 0;
   for (const doc of all) {
@@ -374,7 +374,7 @@ function* documents(input: ManifestInput, out: Diagnostic[]): Generator<{ value:
     if (doc.errors.length > 0) {
       for (const e of doc.errors) {
         const pos = e.linePos?.[0];
-        out.push({ severity: 'error', source, line: pos?.line, message: `invalid YAML: ${e.message.split('\n')[0]}${pos ? ` (line ${pos.line}, column ${pos.col})` : ''}` });
+        out.push({ severity: 'error', source, line: pos?.line, message: `invalid YAML: ${e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}${pos ? ` (line ${pos.line}, column ${pos.col})` : ''}` });
       }
       continue;
     }
