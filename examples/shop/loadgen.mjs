@@ -3,7 +3,7 @@
 // how many requests every pod of every service served.
 //
 //   node loadgen.mjs --url URL [--requests 50] [--concurrency 4] [--method GET] [--timeout-ms 5000]
-//                    [--data JSON] [--header 'name: value']... [--json]
+//                    [--data JSON] [--header 'name: value']... [--new-connections] [--json]
 //
 // Exit status: 0 when every request got a 2xx, 1 otherwise, 2 on a usage error.
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
@@ -11,7 +11,7 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { parseArgs } from 'node:util';
 
 const USAGE = `usage: node loadgen.mjs --url URL [--requests N=50] [--concurrency C=4] [--method GET]
-                        [--timeout-ms 5000] [--data JSON] [--header 'name: value']... [--json]`;
+                        [--timeout-ms 5000] [--data JSON] [--header 'name: value']... [--new-connections] [--json]`;
 const MAX_RESPONSE = 4 * 1024 * 1024;
 
 function usage(message) {
@@ -40,6 +40,7 @@ function parseOptions(argv) {
         data: { type: 'string' },
         header: { type: 'string', multiple: true },
         json: { type: 'boolean' },
+        'new-connections': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -86,6 +87,7 @@ function parseOptions(argv) {
     concurrency: integerOption(values, 'concurrency', 4, 1, 1000),
     timeoutMs: integerOption(values, 'timeout-ms', 5000, 1, 600_000),
     json: values.json === true,
+    newConnections: values['new-connections'] === true,
   };
 }
 
@@ -215,7 +217,9 @@ function render(s) {
 async function main() {
   const opts = parseOptions(process.argv.slice(2));
   const AgentClass = opts.url.protocol === 'https:' ? HttpsAgent : HttpAgent;
-  const agent = new AgentClass({ keepAlive: true, maxSockets: opts.concurrency });
+  // Keep-alive by default, as clients do; --new-connections opens one per request, so that
+  // connection-level balancing (a service VIP, L4) shows per request.
+  const agent = new AgentClass({ keepAlive: !opts.newConnections, maxSockets: opts.concurrency });
   const results = [];
   let next = 0;
   const started = process.hrtime.bigint();

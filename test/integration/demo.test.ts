@@ -37,7 +37,7 @@ describe('make demo: the shop on a local cluster', () => {
     expect(up.stdout).toContain('is ready: 2 nodes, 9 pods, 5 services');
 
     const run = await ambit('local', 'exec', 'shop/client', '--', 'node', 'loadgen.mjs', '--url', 'http://users/api/users/u1/checkout',
-      '--method', 'POST', '--requests', '40', '--concurrency', '4', '--json');
+      '--method', 'POST', '--requests', '40', '--concurrency', '4', '--new-connections', '--json');
     expect(run.code, run.stderr).toBe(0);
     const summary = JSON.parse(run.stdout) as Summary;
     expect(summary.requests).toBe(40);

@@ -170,7 +170,9 @@ describe('ambit local', () => {
   });
 
   it('balances a VIP over both replicas', async () => {
-    const script = `(async () => { const seen = {}; for (let i = 0; i < 40; i++) { const t = await (await fetch('http://echo/')).text(); seen[t.split(' ')[0]] = (seen[t.split(' ')[0]] ?? 0) + 1; } console.log(JSON.stringify(seen)); })()`;
+    // A new connection per request (agent: false): the VIP is balanced per connection.
+    const script = `const http = require('http'); const get = () => new Promise((ok, no) => http.get('http://echo/', { agent: false }, (r) => { let b = ''; r.on('data', (c) => b += c); r.on('end', () => ok(b)); }).on('error', no));
+(async () => { const seen = {}; for (let i = 0; i < 40; i++) { const t = (await get()).split(' ')[0]; seen[t] = (seen[t] ?? 0) + 1; } console.log(JSON.stringify(seen)); })()`;
     const seen = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'app/client', '--', 'node', '-e', script])) as Record<string, number>;
     expect(Object.keys(seen)).toHaveLength(2);
   });
