@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import {
   expandArgv, formatDiagnostic, parseManifests, type DeploymentResource, type Diagnostic, type PodResource, type ServiceResource,
@@ -254,7 +254,10 @@ spec:
   });
 
   it('keeps every Istio and Gateway API sample manifest, unchanged, for the controller', () => {
-    const dir = new URL('../../../shared/conformance/istio/', import.meta.url);
+    // The shared conformance manifests sit next to the checkout (../shared); AMBIT_SHARED_DIR overrides.
+    const shared = process.env.AMBIT_SHARED_DIR ?? new URL('../../../shared/', import.meta.url).pathname;
+    const dir = new URL(`file://${shared.replace(/\/?$/, '/')}conformance/istio/`);
+    if (!existsSync(dir)) throw new Error(`conformance manifests not found at ${dir.pathname}: set AMBIT_SHARED_DIR`);
     const files = readdirSync(dir).filter((f) => f.endsWith('.yaml'));
     expect(files.length).toBeGreaterThan(5);
     for (const f of files) {
