@@ -234,6 +234,54 @@ spec:
     expect(after.pods.map((p) => p.name).sort()).toEqual(before.pods.map((p) => p.name).sort());
   });
 
+  it('follows restart policies, and deletes what manifests name', async () => {
+    const jobs = join(dir, 'jobs.yaml');
+    writeFileSync(jobs, `
+apiVersion: v1
+kind: Pod
+metadata: { name: once, namespace: app }
+spec:
+  restartPolicy: Never
+  containers: [{ name: c, command: ["sh", "-c", "echo done"] }]
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: flaky, namespace: app }
+spec:
+  restartPolicy: OnFailure
+  containers: [{ name: c, command: ["sh", "-c", "echo try >> /tmp/ambit-flaky-${id}; [ $(wc -l < /tmp/ambit-flaky-${id}) -ge 3 ]"] }]
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: broken, namespace: app }
+spec:
+  restartPolicy: Never
+  containers: [{ name: c, command: ["sh", "-c", "exit 4"] }]
+`);
+    try {
+      expect(await ok(['local', 'apply', '--name', CLUSTER, '-f', jobs])).toBe('pod/once created\npod/flaky created\npod/broken created\n');
+      const pods = await until('the pods to finish', async () => {
+        const s = await status();
+        const byName = Object.fromEntries(s.pods.map((p) => [p.name, p]));
+        return ['once', 'flaky', 'broken'].every((n) => ['Succeeded', 'Failed'].includes(byName[n]!.phase)) ? byName : undefined;
+      });
+      expect(pods.once).toMatchObject({ phase: 'Succeeded', restarts: 0 });
+      expect(pods.flaky).toMatchObject({ phase: 'Succeeded', restarts: 2 });
+      expect(pods.broken).toMatchObject({ phase: 'Failed', restarts: 0 });
+      expect(pods.broken!.containers[0]).toMatchObject({ state: 'terminated', exitCode: 4 });
+      expect(await ok(['local', 'logs', '--name', CLUSTER, 'app/once'])).toBe('done\n');
+    } finally {
+      rmSync(`/tmp/ambit-flaky-${id}`, { force: true });
+    }
+
+    expect(await ok(['local', 'delete', '--name', CLUSTER, '-f', jobs])).toBe('pod/broken deleted\npod/flaky deleted\npod/once deleted\n');
+    const again = await ambit(['local', 'delete', '--name', CLUSTER, '-f', jobs]);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain('pod/once in namespace app not found');
+    expect((await status()).pods.map((p) => p.name).filter((n) => ['once', 'flaky', 'broken'].includes(n))).toEqual([]);
+    expect(existsSync(join(stateRoot, CLUSTER, 'pods', 'app.once'))).toBe(false);
+  });
+
   it('runs a second cluster side by side without interference', async () => {
     const other = join(dir, 'other.yaml');
     writeFileSync(other, `
