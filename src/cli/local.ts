@@ -25,7 +25,7 @@ function positiveInt(flag: string, max: number) {
 }
 
 export function register(program: Command): void {
-  const local = program.command('local').description('a whole ambit cluster on this machine: nodes and pods as network namespaces, processes as containers').enablePositionalOptions();
+  const local = program.command('local').description('a whole ambit cluster on this machine: nodes and pods as network namespaces, processes as containers');
 
   local.command('up')
     .description('create (or reuse) a cluster, apply manifests, and wait until every pod runs')
@@ -86,10 +86,9 @@ export function register(program: Command): void {
     .option('-c, --container <name>', 'the container whose env and working directory to use (default: the first)')
     .option('--node <node>', 'run in this node\'s netns instead of a pod')
     .addOption(nameOption())
-    .passThroughOptions()
     .action(async (words: string[], opts: { container?: string; node?: string; name: string }) => {
       const layout = new ClusterLayout(opts.name);
-      // passThroughOptions keeps the `--` that separates the command.
+      // Options go before `--`; everything after it is the command, its own options included.
       const dashes = words.indexOf('--');
       const target = opts.node ? undefined : words[0];
       const cmd = dashes === -1 ? words.slice(opts.node ? 0 : 1) : words.slice(dashes + 1);

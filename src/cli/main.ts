@@ -16,9 +16,7 @@ export function buildProgram(): Command {
     .version(packageVersion(), '-V, --version')
     .showHelpAfterError('(run `ambit help` for the commands)')
     // Usage errors surface as CommanderError so main() decides the exit, instead of commander calling process.exit.
-    .exitOverride()
-    // Lets `ambit local exec POD CMD --flag` pass the command's own options through untouched.
-    .enablePositionalOptions();
+    .exitOverride();
   for (const sub of SUBCOMMANDS) sub.register(program);
   return program;
 }
