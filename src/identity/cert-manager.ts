@@ -185,6 +185,15 @@ export class CertManager {
     })).sort((a, b) => a.identity.localeCompare(b.identity));
   }
 
+  /** Resolves when no request is in flight (for tests and orderly shutdown). */
+  async idle(): Promise<void> {
+    for (;;) {
+      const pending = [...this.entries.values()].flatMap((e) => (e.pending ? [e.pending] : []));
+      if (pending.length === 0) return;
+      await Promise.allSettled(pending);
+    }
+  }
+
   close(): void {
     this.closed = true;
     if (this.bundleTimer !== undefined) this.clock.clearTimeout(this.bundleTimer);
