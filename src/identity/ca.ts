@@ -210,10 +210,17 @@ export class CertificateAuthority {
         new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true),
         new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
         new x509.SubjectAlternativeNameExtension(sans, true),
-        await x509.AuthorityKeyIdentifierExtension.create(this.signingCert),
+        await this.authorityKeyId(),
       ],
     });
     return { chain: [`${cert.toString('pem')}\n`, ...this.chain], serial, notAfter };
+  }
+
+  private akid?: Promise<x509.AuthorityKeyIdentifierExtension>;
+  /** Computed once: it hashes the CA's public key. */
+  private authorityKeyId(): Promise<x509.AuthorityKeyIdentifierExtension> {
+    this.akid ??= x509.AuthorityKeyIdentifierExtension.create(this.signingCert);
+    return this.akid;
   }
 
   private checkIdentity(identity: string): string {
