@@ -204,9 +204,17 @@ async function waitForPods(client: RuntimeClient, layout: ClusterLayout, timeout
       }
     }
     const waiting = status.pods.filter((p) => !SETTLED(p));
-    if (waiting.length === 0) return;
+    const components = status.components.filter((c) => c.state !== 'running');
+    for (const c of status.components) {
+      if (c.state === 'running' && !reported.has(`component ${c.name}`)) {
+        reported.add(`component ${c.name}`);
+        say(`  ${c.name} running${c.node ? ` on ${c.node}` : ''} (${c.detail})`);
+      }
+    }
+    if (waiting.length === 0 && components.length === 0) return;
     if (Date.now() > deadline) {
-      throw new LocalError(`timed out waiting for ${waiting.length} pod(s): ${waiting.map((p) => `${p.namespace}/${p.name} (${p.phase}, ready ${p.ready})`).join(', ')}`, `ambit local status${nameFlag(layout)}`);
+      const what = [...waiting.map((p) => `${p.namespace}/${p.name} (${p.phase}, ready ${p.ready})`), ...components.map((c) => `${c.name} (${c.state}: ${c.detail})`)];
+      throw new LocalError(`timed out waiting for ${what.join(', ')}`, `ambit local status${nameFlag(layout)}; ambit local logs controller${nameFlag(layout)}`);
     }
     if (Date.now() - lastWaiting > 5000) {
       lastWaiting = Date.now();

@@ -70,7 +70,7 @@ export async function runDaemon(layout: ClusterLayout, nodes: number | undefined
       try {
         const url = new URL(req.url ?? '/', 'http://runtime');
         const route = `${req.method} ${url.pathname}`;
-        if (route === 'GET /v1/status') return send(res, 200, runtime.status());
+        if (route === 'GET /v1/status') return send(res, 200, await runtime.status());
         if (route === 'POST /v1/apply') return send(res, 200, await runtime.apply(inputsOf(await readJson(req))));
         if (route === 'POST /v1/delete') return send(res, 200, await runtime.delete(inputsOf(await readJson(req))));
         if (route === 'GET /v1/exec' || route === 'GET /v1/logs') {

@@ -5,7 +5,7 @@
  *
  * Address plan (private ranges; every cluster uses the same plan because no namespace of one
  * cluster can reach another's, or the host's network):
- *   underlay bridge  172.30.0.1/24        control-plane address, in the underlay netns
+ *   underlay bridge  172.30.0.1/24        control-plane address, in the underlay netns (controller :15012)
  *   node-i           172.30.0.(10+i)/24   on the node's eth0
  *   pods of node-i   10.244.i.0/24        gateway 10.244.i.1 on the node side of every pod veth
  *   services         10.96.0.0/16         VIPs, DNAT'd in the node namespaces
@@ -18,6 +18,8 @@ export const DEFAULT_CLUSTER = 'ambit';
 export const MAX_NODES = 50;
 export const UNDERLAY_GATEWAY = '172.30.0.1';
 export const UNDERLAY_PREFIX = 24;
+/** The controller (CA, discovery) listens on the underlay gateway address. */
+export const CONTROLLER_PORT = 15012;
 export const SERVICE_CIDR = '10.96.0.0/16';
 export const CLUSTER_DOMAIN = 'cluster.local';
 

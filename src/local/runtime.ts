@@ -9,14 +9,18 @@
  * every kernel object from the state file — netns, veths, routes, cgroups, rules — and
  * restarts every pod with its old name and address.
  */
-import { createHash, randomUUID } from 'node:crypto';
-import { accessSync, constants, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { accessSync, constants, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { Socket } from 'node:net';
 import { Datapath } from '../ebpf/datapath.js';
+import { socketInNetns } from '../node/netns.js';
+import { ambitBin } from '../util/package.js';
+import { Component } from './component.js';
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { LocalError } from './errors.js';
 import {
-  CLUSTER_DOMAIN, ClusterLayout, MAX_NODES, nodeAddress, nodeName, podCidr, SERVICE_CIDR,
+  CLUSTER_DOMAIN, ClusterLayout, CONTROLLER_PORT, MAX_NODES, nodeAddress, nodeName, podCidr, SERVICE_CIDR, UNDERLAY_GATEWAY,
 } from './layout.js';
 import {
   formatDiagnostic, parseManifests, type DeploymentResource, type Diagnostic, type ManifestInput,
@@ -117,6 +121,7 @@ export class Runtime {
   private readonly pods = new Map<string, LocalPod>();
   private readonly net: ClusterNetwork;
   private readonly hostsCache = new Map<string, string>();
+  private readonly components: Component[] = [];
   private syncTimer?: NodeJS.Timeout;
   private syncError?: string;
   private closed = false;
@@ -165,8 +170,36 @@ export class Runtime {
       this.net.createNode(node.index, this.state.nodes.length);
       mkdirSync(this.layout.nodeCgroup(node.name), { recursive: true });
     }
+    this.writeNodeCredentials();
+    this.startComponents();
     for (const record of Object.values(this.state.pods)) this.startPod(record);
     this.sync();
+  }
+
+  /** Each node agent's bootstrap credential for the CA, made once with its node (0600, in the state dir). */
+  private writeNodeCredentials(): void {
+    for (const node of this.state.nodes) {
+      const dir = join(this.layout.stateDir, 'nodes', node.name);
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      const file = join(dir, 'token');
+      if (!existsSync(file)) writeFileSync(file, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600 });
+    }
+  }
+
+  /** The controller (the CA today) in the underlay netns, on the control-plane address. */
+  private startComponents(): void {
+    const underlay = this.layout.underlayNetns;
+    const controller = new Component({
+      name: 'controller',
+      netns: underlay,
+      cgroup: this.layout.componentCgroup('controller'),
+      argv: [process.execPath, ambitBin(), 'controller', '--local-state', this.layout.stateDir, '--listen', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`],
+      env: { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' },
+      logFile: this.layout.componentLog('controller'),
+      health: () => tcpReachable(`/run/netns/${underlay}`, UNDERLAY_GATEWAY, CONTROLLER_PORT),
+    }, this.log);
+    controller.start();
+    this.components.push(controller);
   }
 
   /** Removes what a previous run left in the kernel, then moves this process into its own cgroup. */
@@ -531,7 +564,7 @@ export class Runtime {
   // -------------------------------------------------------------------------------------------
   // status, exec, shutdown
 
-  status(): ClusterStatus {
+  async status(): Promise<ClusterStatus> {
     const pods = Object.values(this.state.pods).map((record): PodStatus => {
       const live = this.pods.get(`${record.namespace}/${record.name}`);
       const containers = live?.status() ?? [];
@@ -559,6 +592,17 @@ export class Runtime {
     const nodes = this.state.nodes.map((n) => ({ name: n.name, ip: n.ip, podCidr: n.podCidr, pods: pods.filter((p) => p.node === n.name).length }));
     const components: ComponentStatus[] = [
       { name: 'runtime', state: 'running', pid: process.pid, detail: `up since ${this.startedAt.toISOString()}` },
+      ...await Promise.all(this.components.map(async (c): Promise<ComponentStatus> => {
+        const healthy = await c.healthy();
+        const detail = c.spec.name === 'controller' ? `CA on ${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}` : '';
+        return {
+          name: c.spec.name,
+          ...(c.spec.node ? { node: c.spec.node } : {}),
+          state: c.pid === undefined ? 'stopped' : healthy ? 'running' : 'degraded',
+          ...(c.pid ? { pid: c.pid } : {}),
+          detail: `${detail}${c.restarts ? `; ${c.restarts} restarts, last ${c.lastExit ?? ''}` : ''}${healthy ? '' : '; not answering yet'}`,
+        };
+      })),
       ...this.state.nodes.map((n): ComponentStatus => ({
         name: 'service-proxy',
         node: n.name,
@@ -602,6 +646,7 @@ export class Runtime {
     this.closed = true;
     clearTimeout(this.syncTimer);
     await Promise.all([...this.pods.keys()].map((key) => this.stopPod(key, maxGraceMs).catch((err: Error) => this.log.warn({ pod: key, err: err.message }, 'stop failed'))));
+    await Promise.all(this.components.map((c) => c.stop().catch((err: Error) => this.log.warn({ component: c.spec.name, err: err.message }, 'stop failed'))));
   }
 
 }
@@ -614,6 +659,22 @@ export async function removeKernelObjects(layout: ClusterLayout): Promise<void> 
   await removeCgroupTree(layout.cgroupRoot);
   for (const ns of listNetns().filter((n) => layout.ownsNetns(n))) deleteNetns(ns);
   Datapath.remove(layout.pinRoot);
+}
+
+/** A TCP connect from inside a netns: does something listen there? */
+function tcpReachable(netns: string, host: string, port: number, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    let socket: Socket;
+    try {
+      socket = new Socket({ fd: socketInNetns(netns, 4), readable: true, writable: true });
+    } catch {
+      return resolve(false);
+    }
+    const done = (ok: boolean) => { clearTimeout(timer); socket.destroy(); resolve(ok); };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    socket.once('error', () => done(false));
+    socket.connect(port, host, () => done(true));
+  });
 }
 
 function isDirectory(path: string): boolean {

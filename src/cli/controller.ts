@@ -1,0 +1,37 @@
+/** `ambit controller`: the control plane process (started by the local runtime, or a Deployment). */
+import { Command } from 'commander';
+import { runController } from '../control/controller.js';
+import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
+import { CliError } from './errors.js';
+
+function hostPort(value: string): { host: string; port: number } {
+  const m = /^(.*):(\d+)$/.exec(value);
+  if (!m || Number(m[2]) > 65535) throw new CliError(`--listen must be HOST:PORT, got "${value}"`);
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]) };
+}
+
+function seconds(flag: string) {
+  return (value: string) => {
+    if (!/^\d+$/.test(value) || Number(value) < 60) throw new CliError(`${flag} must be a whole number of seconds, at least 60, got "${value}"`);
+    return Number(value);
+  };
+}
+
+export function register(program: Command): void {
+  program.command('controller')
+    .description('run the control plane: the mesh CA (gRPC over TLS) on 15012')
+    .requiredOption('--local-state <dir>', 'a local cluster\'s state directory (CA root, node credentials, pods)')
+    .option('--listen <host:port>', 'where to serve', '0.0.0.0:15012')
+    .option('--trust-domain <domain>', 'SPIFFE trust domain', DEFAULT_TRUST_DOMAIN)
+    .option('--plugin-ca <dir>', 'use this CA (root-cert.pem, cert-chain.pem, ca-key.pem) instead of a self-made root')
+    .option('--cert-ttl <seconds>', 'default workload certificate lifetime', seconds('--cert-ttl'), 24 * 3600)
+    .option('--max-cert-ttl <seconds>', 'longest lifetime a caller may ask for', seconds('--max-cert-ttl'), 7 * 24 * 3600)
+    .action(async (opts: { localState: string; listen: string; trustDomain: string; pluginCa?: string; certTtl: number; maxCertTtl: number }) => {
+      const { host, port } = hostPort(opts.listen);
+      await runController({
+        localState: opts.localState, host, port, trustDomain: opts.trustDomain, pluginCaDir: opts.pluginCa,
+        defaultTtlSeconds: opts.certTtl, maxTtlSeconds: opts.maxCertTtl,
+      });
+      await new Promise(() => { /* serves until a signal */ });
+    });
+}
