@@ -56,6 +56,7 @@ demo-redirect:
 
 bench:
 	npx tsx bench/connect-latency.ts
+	npx tsx bench/ca-issue.ts
 
 clean:
 	rm -rf dist
