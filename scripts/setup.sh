@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to run ambit and its tests, then the npm packages.
-#   scripts/setup.sh          runtime + tests: libbpf1, iproute2, iptables, nftables, nsenter; bpffs; npm ci
+#   scripts/setup.sh          runtime + tests: libbpf1, iproute2, iptables, nftables, nsenter, openssl; bpffs; npm ci
 #   scripts/setup.sh --bpf    also the toolchain that rebuilds bpf/*.bpf.o: clang, llvm, bpftool, libbpf-dev
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(libbpf1 iproute2 iptables nftables util-linux)
+want=(libbpf1 iproute2 iptables nftables util-linux openssl)
 if [[ "${1:-}" == "--bpf" ]]; then want+=(clang llvm bpftool libbpf-dev); fi
 
 missing=()
