@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { BpfError } from '../ebpf/errors.js';
 import { LocalError } from '../local/errors.js';
 import { packageVersion } from '../util/package.js';
+import * as analyze from './analyze.js';
 import * as certs from './certs.js';
 import * as check from './check.js';
 import * as controller from './controller.js';
@@ -10,7 +11,7 @@ import * as local from './local.js';
 import { CliError } from './errors.js';
 
 /** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
-const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [certs, check, controller, local];
+const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, certs, check, controller, local];
 
 export function buildProgram(): Command {
   const program = new Command('ambit')

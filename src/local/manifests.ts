@@ -82,6 +82,8 @@ export interface ParseOptions {
   /** When given, each container's command must exist: absolute, relative to its cwd, or on PATH. */
   commandExists?: (cmd: string, cwd: string) => boolean;
   env?: NodeJS.ProcessEnv;
+  /** Checks a resource of a kind the runtime does not run (the mesh's config), reporting at field paths. */
+  validate?: (obj: Record<string, unknown>, report: { error(path: (string | number)[], message: string): void; warn(path: (string | number)[], message: string): void }) => unknown;
 }
 
 export function formatDiagnostic(d: Diagnostic): string {
@@ -391,16 +393,19 @@ function* documents(input: ManifestInput, out: Diagnostic[]): Generator<{ value:
 export function parseManifests(inputs: ManifestInput[], opts: ParseOptions = {}): ParseResult {
   const diagnostics: Diagnostic[] = [];
   const resources: Resource[] = [];
-  const seen = new Map<string, Source>();
+  const seen = new Map<string, { source: Source; index: number }>();
   for (const input of inputs) {
     for (const { value, ctx } of documents(input, diagnostics)) {
       const resource = toResource(value, ctx, input, opts);
       if (resource && !ctx.failed) {
         const key = `${resource.apiVersion.split('/').slice(0, -1).join('/')}/${resource.kind}/${resource.meta.namespace}/${resource.meta.name}`;
         const first = seen.get(key);
-        if (first) ctx.error(['metadata', 'name'], `duplicate: ${resource.kind} ${resource.meta.namespace ? `${resource.meta.namespace}/` : ''}${resource.meta.name} is also defined in ${first.file} document ${first.doc}`);
-        else {
-          seen.set(key, resource.source);
+        if (first) {
+          // As with `kubectl apply` of several files: the later definition wins.
+          ctx.warn(['metadata', 'name'], `${resource.kind} ${resource.meta.namespace ? `${resource.meta.namespace}/` : ''}${resource.meta.name} is also defined in ${first.source.file} document ${first.source.doc}; this later definition wins`);
+          resources[first.index] = resource;
+        } else {
+          seen.set(key, { source: resource.source, index: resources.length });
           resources.push(resource);
         }
       }
@@ -452,6 +457,7 @@ function toResource(value: unknown, ctx: DocContext, input: ManifestInput, opts:
     object(meta, ['metadata'], ctx, OBJECT_META);
     dnsSubdomain(meta.name, ['metadata', 'name'], ctx);
     if (['v1', 'apps/v1', 'batch/v1'].includes(apiVersion as string)) ctx.warn(['kind'], `${kind as string} is kept for the controller but not run by the local cluster`);
+    opts.validate?.(value, { error: (p, m) => ctx.error(p, m), warn: (p, m) => ctx.warn(p, m) });
     return { ...base, other: true };
   }
 

@@ -12,6 +12,7 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { accessSync, constants, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { Socket } from 'node:net';
+import { validateMeshObject } from '../control/validate.js';
 import { Datapath } from '../ebpf/datapath.js';
 import { socketInNetns } from '../node/netns.js';
 import { ambitBin } from '../util/package.js';
@@ -214,7 +215,7 @@ export class Runtime {
 
   /** Applies manifests all-or-nothing: every check runs before the first change. */
   async apply(inputs: ManifestInput[]): Promise<ApplyResult> {
-    const { resources, diagnostics } = parseManifests(inputs, { commandExists: (cmd, cwd) => this.commandExists(cmd, cwd), env: this.baseEnv });
+    const { resources, diagnostics } = parseManifests(inputs, { commandExists: (cmd, cwd) => this.commandExists(cmd, cwd), env: this.baseEnv, validate: validateMeshObject });
     diagnostics.push(...this.checkCluster(resources));
     if (diagnostics.some((d) => d.severity === 'error')) throw new ApplyError(diagnostics);
     const warnings = diagnostics.filter((d) => d.severity === 'warning').map(formatDiagnostic);

@@ -1,0 +1,385 @@
+/**
+ * Validation of the configuration ambit reads, with the field semantics of each API:
+ * Istio's networking.istio.io (VirtualService, DestinationRule, Gateway, ServiceEntry) and
+ * security.istio.io (AuthorizationPolicy, PeerAuthentication), and the Gateway API's Gateway,
+ * HTTPRoute and GRPCRoute. Unknown fields are errors, as with Istio's CRD schemas; fields ambit
+ * accepts but does not act on draw a warning.
+ */
+import {
+  any, bool, duration, durationMs, int, ipOrCidr, isObject, labels, list, map, number, object, oneOf, port, regex, string,
+  type Path, type Reporter, type Schema,
+} from './schema.js';
+
+const nonEmpty = string({ nonEmpty: true });
+const strings = list(string());
+const percent = object({ value: number(0, 100) });
+const NOT_USED = 'accepted; not used by ambit';
+
+// ---------------------------------------------------------------------------------------------
+// networking.istio.io
+
+const stringMatch: Schema = object(
+  { exact: string(), prefix: string(), regex },
+  // `{}` is Istio's presence match (headers, queryParams, withoutHeaders).
+  { exactlyOne: [{ fields: ['exact', 'prefix', 'regex'] }] },
+);
+
+const portSelector = object({ number: port });
+const destination = object({ host: [nonEmpty, { required: true }], subset: string(), port: portSelector });
+const headerOps = object({ set: map(string()), add: map(string()), remove: strings });
+const headers = object({ request: headerOps, response: headerOps });
+
+const RETRY_ON = new Set([
+  '5xx', 'gateway-error', 'reset', 'reset-before-request', 'connect-failure', 'envoy-ratelimited', 'retriable-4xx', 'refused-stream',
+  'retriable-status-codes', 'retriable-headers', 'http3-post-connect-failure', 'cancelled', 'deadline-exceeded', 'internal',
+  'resource-exhausted', 'unavailable',
+]);
+const retryOn: Schema = (v, p, r) => {
+  if (typeof v !== 'string') return r.error(p, 'must be a comma-separated string');
+  for (const item of v.split(',').map((s) => s.trim())) {
+    if (!RETRY_ON.has(item) && !/^[1-5]\d\d$/.test(item)) r.error(p, `unknown retry condition "${item}" (known: ${[...RETRY_ON].join(', ')}, or an HTTP status code)`);
+  }
+};
+
+const httpMatch = object({
+  name: string(), uri: stringMatch, scheme: stringMatch, method: stringMatch, authority: stringMatch,
+  headers: map(stringMatch), port, sourceLabels: labels, gateways: strings, queryParams: map(stringMatch),
+  ignoreUriCase: bool, withoutHeaders: map(stringMatch), sourceNamespace: string(), statPrefix: string(),
+});
+
+const httpRouteDestination = object({ destination: [destination, { required: true }], weight: int(0, 100), headers });
+
+/** Istio requires weights to total 100 when a route has more than one destination (or any weight). */
+function checkWeights(route: unknown, p: Path, r: Reporter): void {
+  if (!Array.isArray(route) || route.length === 0) return;
+  const weights = route.map((d) => (isObject(d) && typeof d.weight === 'number' ? d.weight : undefined));
+  if (route.length === 1 && (weights[0] === undefined || weights[0] === 100 || weights[0] === 0)) return;
+  if (weights.some((w) => w === undefined)) return r.error(p, 'every destination needs a weight when a route has more than one');
+  const total = weights.reduce<number>((a, b) => a + b!, 0);
+  if (total !== 100) r.error(p, `weights must add up to 100, got ${total}`);
+}
+
+const fault = object({
+  delay: object({ fixedDelay: duration, exponentialDelay: [duration, { warn: NOT_USED }], percentage: percent, percent: [int(0, 100), { warn: 'deprecated: use percentage' }] },
+    { exactlyOne: [{ fields: ['fixedDelay', 'exponentialDelay'], required: true }] }),
+  abort: object({ httpStatus: int(200, 599), grpcStatus: string(), http2Error: string(), percentage: percent },
+    { exactlyOne: [{ fields: ['httpStatus', 'grpcStatus', 'http2Error'], required: true }] }),
+});
+
+const httpRoute = object({
+  name: string(),
+  match: list(httpMatch),
+  route: list(httpRouteDestination),
+  redirect: object({ uri: string(), authority: string(), port, derivePort: oneOf(['FROM_PROTOCOL_DEFAULT', 'FROM_REQUEST_PORT']), scheme: string(), redirectCode: int(300, 399) }),
+  directResponse: object({ status: [int(200, 599), { required: true }], body: object({ string: string(), bytes: string() }) }),
+  delegate: [object({ name: string(), namespace: string() }), { warn: NOT_USED }],
+  rewrite: object({ uri: string(), authority: string(), uriRegexRewrite: object({ match: regex, rewrite: string() }) }),
+  timeout: duration,
+  retries: object({ attempts: int(0), perTryTimeout: duration, retryOn, retryRemoteLocalities: bool }),
+  fault,
+  mirror: destination,
+  mirrors: list(object({ destination: [destination, { required: true }], percentage: percent })),
+  mirrorPercentage: percent,
+  mirrorPercent: [int(0, 100), { warn: 'deprecated: use mirrorPercentage' }],
+  corsPolicy: [any, { warn: NOT_USED }],
+  headers,
+}, {
+  exactlyOne: [{ fields: ['route', 'redirect', 'directResponse', 'delegate'], required: true }],
+  check: (o, p, r) => checkWeights(o.route, [...p, 'route'], r),
+});
+
+const l4Match = object({ destinationSubnets: list(ipOrCidr), port, sourceLabels: labels, gateways: strings, sourceNamespace: string() });
+const routeDestination = object({ destination: [destination, { required: true }], weight: int(0, 100) });
+const tcpRoute = object({ match: list(l4Match), route: [list(routeDestination, { min: 1 }), { required: true }] }, { check: (o, p, r) => checkWeights(o.route, [...p, 'route'], r) });
+const tlsRoute = object({
+  match: [list(object({ sniHosts: [list(nonEmpty, { min: 1 }), { required: true }], destinationSubnets: list(ipOrCidr), port, sourceLabels: labels, gateways: strings, sourceNamespace: string() }), { min: 1 }), { required: true }],
+  route: [list(routeDestination, { min: 1 }), { required: true }],
+}, { check: (o, p, r) => checkWeights(o.route, [...p, 'route'], r) });
+
+const virtualService = object({
+  hosts: list(nonEmpty),
+  gateways: strings,
+  http: list(httpRoute),
+  tcp: list(tcpRoute),
+  tls: list(tlsRoute),
+  exportTo: strings,
+}, {
+  check: (o, p, r) => {
+    if (!Array.isArray(o.hosts) || o.hosts.length === 0) r.error([...p, 'hosts'], 'required: at least one host (delegate VirtualServices are not supported)');
+    if (!o.http && !o.tcp && !o.tls) r.error(p, 'needs at least one of http, tcp, tls');
+  },
+});
+
+const lbSimple = oneOf(['UNSPECIFIED', 'RANDOM', 'PASSTHROUGH', 'ROUND_ROBIN', 'LEAST_REQUEST', 'LEAST_CONN']);
+const consistentHash = object({
+  httpHeaderName: nonEmpty,
+  httpCookie: object({ name: [nonEmpty, { required: true }], path: string(), ttl: duration, attributes: any }),
+  useSourceIp: bool,
+  httpQueryParameterName: nonEmpty,
+  ringHash: object({ minimumRingSize: int(1) }),
+  maglev: object({ tableSize: int(1) }),
+  minimumRingSize: [int(1), { warn: 'deprecated: use ringHash.minimumRingSize' }],
+}, {
+  exactlyOne: [
+    { fields: ['httpHeaderName', 'httpCookie', 'useSourceIp', 'httpQueryParameterName'], required: true },
+    { fields: ['ringHash', 'maglev', 'minimumRingSize'] },
+  ],
+});
+const loadBalancer = object({
+  simple: lbSimple, consistentHash, localityLbSetting: [any, { warn: NOT_USED }], warmupDurationSecs: [duration, { warn: NOT_USED }], warmup: [any, { warn: NOT_USED }],
+}, { exactlyOne: [{ fields: ['simple', 'consistentHash'] }] });
+
+const connectionPool = object({
+  tcp: object({
+    maxConnections: int(1), connectTimeout: duration, tcpKeepalive: [object({ probes: int(0), time: duration, interval: duration }), { warn: NOT_USED }],
+    maxConnectionDuration: duration, idleTimeout: duration,
+  }),
+  http: object({
+    http1MaxPendingRequests: int(1), http2MaxRequests: int(1), maxRequestsPerConnection: int(0), maxRetries: int(0), idleTimeout: duration,
+    h2UpgradePolicy: oneOf(['DEFAULT', 'DO_NOT_UPGRADE', 'UPGRADE']), useClientProtocol: bool, maxConcurrentStreams: int(1),
+  }),
+});
+
+const outlierDetection = object({
+  splitExternalLocalOriginErrors: bool, consecutiveLocalOriginFailures: int(0), consecutiveGatewayErrors: int(0), consecutive5xxErrors: int(0),
+  consecutiveErrors: [int(0), { warn: 'deprecated: use consecutive5xxErrors (ambit reads it as consecutive5xxErrors)' }],
+  interval: duration, baseEjectionTime: duration, maxEjectionPercent: int(0, 100), minHealthPercent: int(0, 100),
+}, {
+  check: (o, p, r) => {
+    if (typeof o.interval === 'string' && /^(\d+(\.\d+)?(h|m|s|ms|us|µs|ns))+$/.test(o.interval) && durationMs(o.interval) < 1) r.error([...p, 'interval'], 'must be at least 1ms');
+  },
+});
+
+const clientTls = object({
+  mode: oneOf(['DISABLE', 'SIMPLE', 'MUTUAL', 'ISTIO_MUTUAL']), clientCertificate: string(), privateKey: string(), caCertificates: string(),
+  credentialName: string(), subjectAltNames: strings, sni: string(), insecureSkipVerify: bool, caCrl: string(),
+});
+
+const trafficPolicyFields = { loadBalancer, connectionPool, outlierDetection, tls: [clientTls, { warn: 'ambit always uses its own mTLS between meshed workloads' }] as [Schema, { warn: string }] };
+const trafficPolicy = object({
+  ...trafficPolicyFields,
+  portLevelSettings: list(object({ port: portSelector, ...trafficPolicyFields })),
+  tunnel: [any, { warn: NOT_USED }],
+  proxyProtocol: [any, { warn: NOT_USED }],
+});
+
+const destinationRule = object({
+  host: [nonEmpty, { required: true }],
+  trafficPolicy,
+  subsets: list(object({ name: [nonEmpty, { required: true }], labels, trafficPolicy })),
+  exportTo: strings,
+  workloadSelector: object({ matchLabels: labels }),
+}, {
+  check: (o, p, r) => {
+    if (!Array.isArray(o.subsets)) return;
+    const seen = new Set<string>();
+    o.subsets.forEach((s, i) => {
+      const name = isObject(s) ? s.name : undefined;
+      if (typeof name === 'string' && seen.has(name)) r.error([...p, 'subsets', i, 'name'], `duplicate subset name "${name}"`);
+      if (typeof name === 'string') seen.add(name);
+    });
+  },
+});
+
+const PROTOCOLS = ['HTTP', 'HTTPS', 'GRPC', 'HTTP2', 'MONGO', 'TCP', 'TLS'];
+const protocol: Schema = (v, p, r) => {
+  if (typeof v !== 'string' || !PROTOCOLS.includes(v.toUpperCase())) r.error(p, `must be one of ${PROTOCOLS.join(', ')} (any case), got ${JSON.stringify(v)}`);
+};
+const servicePort = object({ number: [port, { required: true }], protocol, name: string(), targetPort: port });
+
+const serviceEntry = object({
+  hosts: [list(nonEmpty, { min: 1 }), { required: true }],
+  addresses: list(ipOrCidr),
+  ports: list(servicePort),
+  location: oneOf(['MESH_EXTERNAL', 'MESH_INTERNAL']),
+  resolution: oneOf(['NONE', 'STATIC', 'DNS', 'DNS_ROUND_ROBIN']),
+  endpoints: list(object({ address: string(), ports: map(port), labels, network: string(), locality: string(), weight: int(0), serviceAccount: string() })),
+  workloadSelector: object({ labels }),
+  exportTo: strings,
+  subjectAltNames: strings,
+}, {
+  check: (o, p, r) => {
+    if (o.resolution === 'STATIC' && !o.endpoints && !o.workloadSelector) r.error([...p, 'endpoints'], 'required when resolution is STATIC');
+  },
+});
+
+const istioGateway = object({
+  selector: labels,
+  servers: [list(object({
+    port: [servicePort, { required: true }], bind: string(), hosts: [list(nonEmpty, { min: 1 }), { required: true }],
+    tls: object({
+      httpsRedirect: bool, mode: oneOf(['PASSTHROUGH', 'SIMPLE', 'MUTUAL', 'AUTO_PASSTHROUGH', 'ISTIO_MUTUAL', 'OPTIONAL_MUTUAL']),
+      serverCertificate: string(), privateKey: string(), caCertificates: string(), caCrl: string(), credentialName: string(), credentialNames: strings,
+      tlsCertificates: any, subjectAltNames: strings, verifyCertificateSpki: strings, verifyCertificateHash: strings,
+      minProtocolVersion: string(), maxProtocolVersion: string(), cipherSuites: strings,
+    }),
+    name: string(), defaultEndpoint: string(),
+  }), { min: 1 }), { required: true }],
+});
+
+// ---------------------------------------------------------------------------------------------
+// security.istio.io
+
+const selector = object({ matchLabels: labels });
+const targetRef = object({ group: string(), kind: [nonEmpty, { required: true }], name: [nonEmpty, { required: true }], namespace: string() });
+const portString: Schema = (v, p, r) => {
+  if (typeof v !== 'string' || !/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 65535) r.error(p, `must be a port number as a string ("8080"), got ${JSON.stringify(v)}`);
+};
+
+const CONDITION_KEYS: [RegExp, 'ok' | 'l7' | 'jwt'][] = [
+  [/^source\.ip$/, 'ok'], [/^remote\.ip$/, 'ok'], [/^source\.namespace$/, 'ok'], [/^source\.principal$/, 'ok'],
+  [/^destination\.ip$/, 'ok'], [/^destination\.port$/, 'ok'], [/^connection\.sni$/, 'ok'],
+  [/^request\.headers\[[^\]]+\]$/, 'l7'], [/^request\.auth\.(principal|audiences|presenter)$/, 'jwt'], [/^request\.auth\.claims\[[^\]]+\](\[[^\]]+\])*$/, 'jwt'],
+  [/^request\.regex\.headers\[[^\]]+\]$/, 'l7'], [/^experimental\.envoy\.filters\..+$/, 'jwt'],
+];
+const condition = object({ key: [nonEmpty, { required: true }], values: strings, notValues: strings }, {
+  exactlyOne: [{ fields: ['values', 'notValues'], required: true }],
+  check: (o, p, r) => {
+    if (typeof o.key !== 'string') return;
+    const kind = CONDITION_KEYS.find(([re]) => re.test(o.key as string))?.[1];
+    if (!kind) r.error([...p, 'key'], `unknown condition key "${o.key}"`);
+    else if (kind === 'jwt') r.warn([...p, 'key'], `"${o.key}" needs RequestAuthentication (JWT), which ambit does not support: this condition never matches`);
+  },
+});
+
+const authorizationPolicy = object({
+  selector,
+  targetRef: [targetRef, { warn: NOT_USED }],
+  targetRefs: [list(targetRef), { warn: NOT_USED }],
+  action: oneOf(['ALLOW', 'DENY', 'AUDIT', 'CUSTOM']),
+  provider: object({ name: [nonEmpty, { required: true }] }),
+  rules: list(object({
+    from: list(object({ source: [object({
+      principals: strings, notPrincipals: strings, requestPrincipals: strings, notRequestPrincipals: strings,
+      namespaces: strings, notNamespaces: strings, ipBlocks: list(ipOrCidr), notIpBlocks: list(ipOrCidr),
+      remoteIpBlocks: list(ipOrCidr), notRemoteIpBlocks: list(ipOrCidr), serviceAccounts: strings, notServiceAccounts: strings,
+    }), { required: true }] })),
+    to: list(object({ operation: [object({
+      hosts: strings, notHosts: strings, ports: list(portString), notPorts: list(portString),
+      methods: strings, notMethods: strings, paths: strings, notPaths: strings,
+    }), { required: true }] })),
+    when: list(condition),
+  })),
+}, {
+  check: (o, p, r) => {
+    if (o.action === 'CUSTOM' && !o.provider) r.error([...p, 'provider'], 'required when action is CUSTOM');
+    if (o.provider && o.action !== 'CUSTOM') r.error([...p, 'provider'], 'only allowed when action is CUSTOM');
+    if (o.action === 'CUSTOM') r.warn([...p, 'action'], 'CUSTOM (external authorization) is not supported by ambit: this policy is ignored');
+    if (o.selector && (o.targetRef || o.targetRefs)) r.error(p, 'selector and targetRef(s) cannot both be set');
+  },
+});
+
+const mtlsMode = oneOf(['UNSET', 'DISABLE', 'PERMISSIVE', 'STRICT']);
+const peerAuthentication = object({
+  selector,
+  mtls: object({ mode: mtlsMode }),
+  portLevelMtls: map(object({ mode: mtlsMode }), (k, p, r) => portString(k, p, r)),
+}, {
+  check: (o, p, r) => {
+    if (o.portLevelMtls && !o.selector) r.error([...p, 'portLevelMtls'], 'needs a selector (port-level settings apply to one workload)');
+  },
+});
+
+// ---------------------------------------------------------------------------------------------
+// gateway.networking.k8s.io
+
+const parentRef = object({ group: string(), kind: string(), namespace: string(), name: [nonEmpty, { required: true }], sectionName: string(), port });
+const backendRef = object({ group: string(), kind: string(), name: [nonEmpty, { required: true }], namespace: string(), port, weight: int(0, 1_000_000), filters: any }, {
+  check: (o, p, r) => {
+    if ((o.kind === undefined || o.kind === 'Service') && (o.group === undefined || o.group === '') && o.port === undefined) r.error([...p, 'port'], 'required for a Service backend');
+  },
+});
+const headerModifier = object({ set: list(object({ name: nonEmpty, value: string() })), add: list(object({ name: nonEmpty, value: string() })), remove: strings });
+const httpFilter = object({
+  type: [oneOf(['RequestHeaderModifier', 'ResponseHeaderModifier', 'RequestMirror', 'RequestRedirect', 'URLRewrite', 'ExtensionRef', 'CORS']), { required: true }],
+  requestHeaderModifier: headerModifier, responseHeaderModifier: headerModifier,
+  requestMirror: object({ backendRef: [backendRef, { required: true }], percent: int(0, 100), fraction: object({ numerator: int(0), denominator: int(1) }) }),
+  requestRedirect: object({ scheme: oneOf(['http', 'https']), hostname: string(), path: any, port, statusCode: (v, p, r) => ([301, 302].includes(v as number) ? undefined : r.error(p, `must be 301 or 302, got ${JSON.stringify(v)}`)) }),
+  urlRewrite: object({ hostname: string(), path: object({ type: oneOf(['ReplaceFullPath', 'ReplacePrefixMatch']), replaceFullPath: string(), replacePrefixMatch: string() }) }),
+  extensionRef: [any, { warn: NOT_USED }], cors: [any, { warn: NOT_USED }],
+}, {
+  check: (o, p, r) => {
+    const field = typeof o.type === 'string' ? o.type[0]!.toLowerCase() + o.type.slice(1) : '';
+    const key = field === 'uRLRewrite' ? 'urlRewrite' : field === 'cORS' ? 'cors' : field;
+    if (key && o[key] === undefined) r.error([...p, key], `required when type is ${String(o.type)}`);
+  },
+});
+
+const httpPathMatch = object({ type: oneOf(['Exact', 'PathPrefix', 'RegularExpression']), value: string() }, {
+  check: (o, p, r) => {
+    if (o.type === 'RegularExpression') regex(o.value, [...p, 'value'], r);
+    else if (typeof o.value === 'string' && !o.value.startsWith('/')) r.error([...p, 'value'], 'must start with "/"');
+  },
+});
+const nameValueMatch = object({ type: oneOf(['Exact', 'RegularExpression']), name: [nonEmpty, { required: true }], value: [string(), { required: true }] }, {
+  check: (o, p, r) => { if (o.type === 'RegularExpression') regex(o.value, [...p, 'value'], r); },
+});
+
+const httpRouteRule = object({
+  name: string(),
+  matches: list(object({ path: httpPathMatch, headers: list(nameValueMatch), queryParams: list(nameValueMatch), method: oneOf(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH']) })),
+  filters: list(httpFilter),
+  backendRefs: list(backendRef),
+  timeouts: object({ request: duration, backendRequest: duration }),
+  retry: object({ codes: list(int(400, 599)), attempts: int(0), backoff: duration }),
+  sessionPersistence: [any, { warn: NOT_USED }],
+});
+
+const grpcRouteRule = object({
+  name: string(),
+  matches: list(object({
+    method: object({ type: oneOf(['Exact', 'RegularExpression']), service: string(), method: string() }),
+    headers: list(nameValueMatch),
+  })),
+  filters: list(httpFilter),
+  backendRefs: list(backendRef),
+  sessionPersistence: [any, { warn: NOT_USED }],
+});
+
+const routeSpec = (rule: Schema) => object({ parentRefs: list(parentRef), hostnames: list(nonEmpty), rules: list(rule), useDefaultGateways: [any, { warn: NOT_USED }] });
+
+const gatewayApiGateway = object({
+  gatewayClassName: [nonEmpty, { required: true }],
+  listeners: [list(object({
+    name: [nonEmpty, { required: true }], hostname: string(), port: [port, { required: true }], protocol: [nonEmpty, { required: true }],
+    tls: any, allowedRoutes: any,
+  }), { min: 1 }), { required: true }],
+  addresses: list(object({ type: string(), value: [nonEmpty, { required: true }] })),
+  infrastructure: any,
+  backendTLS: any,
+});
+
+// ---------------------------------------------------------------------------------------------
+
+interface KindRule { versions: string[]; spec: Schema }
+
+/** group/Kind → accepted versions and the spec's schema. */
+export const KINDS: Record<string, KindRule> = {
+  'networking.istio.io/VirtualService': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: virtualService },
+  'networking.istio.io/DestinationRule': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: destinationRule },
+  'networking.istio.io/Gateway': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: istioGateway },
+  'networking.istio.io/ServiceEntry': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: serviceEntry },
+  'security.istio.io/AuthorizationPolicy': { versions: ['v1', 'v1beta1'], spec: authorizationPolicy },
+  'security.istio.io/PeerAuthentication': { versions: ['v1', 'v1beta1'], spec: peerAuthentication },
+  'gateway.networking.k8s.io/Gateway': { versions: ['v1', 'v1beta1'], spec: gatewayApiGateway },
+  'gateway.networking.k8s.io/HTTPRoute': { versions: ['v1', 'v1beta1'], spec: routeSpec(httpRouteRule) },
+  'gateway.networking.k8s.io/GRPCRoute': { versions: ['v1', 'v1alpha2'], spec: routeSpec(grpcRouteRule) },
+};
+
+/** Validates one mesh config object (its apiVersion, kind and spec); silent for kinds ambit does not read. */
+export function validateMeshObject(obj: Record<string, unknown>, r: Reporter): 'checked' | 'not-mesh' {
+  const apiVersion = typeof obj.apiVersion === 'string' ? obj.apiVersion : '';
+  const [group, version] = apiVersion.includes('/') ? apiVersion.split('/') as [string, string] : ['', apiVersion];
+  const rule = KINDS[`${group}/${String(obj.kind)}`];
+  if (!rule) return 'not-mesh';
+  if (!rule.versions.includes(version)) {
+    r.error(['apiVersion'], `${String(obj.kind)} is served as ${rule.versions.map((v) => `${group}/${v}`).join(', ')}, got "${apiVersion}"`);
+    return 'checked';
+  }
+  for (const key of Object.keys(obj)) {
+    if (!['apiVersion', 'kind', 'metadata', 'spec', 'status'].includes(key)) r.error([key], `unknown field "${key}"`);
+  }
+  if (obj.spec === undefined) r.error(['spec'], 'required');
+  else rule.spec(obj.spec, ['spec'], r);
+  return 'checked';
+}
