@@ -1,12 +1,14 @@
 /**
- * `ambit controller`: the control plane process. Today it runs the mesh CA (src/identity) on
- * 15012; the configuration model and the discovery stream join it on the same port.
+ * `ambit controller`: the control plane process. On 15012 (gRPC over TLS) it serves the mesh CA
+ * (src/identity) and the discovery stream of the mesh model built from its config source.
  */
 import { join } from 'node:path';
 import { CertificateAuthority, FileCaStore, readPluginCa } from '../identity/ca.js';
 import { BootstrapTokenAuthenticator, CaServer } from '../identity/ca-server.js';
 import { logger } from '../telemetry/log.js';
-import { LocalNodeDirectory, readBootstrapTokens } from './local-source.js';
+import { DiscoveryServer, discoveryService } from './discovery.js';
+import { LocalClusterSource, LocalNodeDirectory, readBootstrapTokens } from './local-source.js';
+import { buildModel } from './model.js';
 
 export interface ControllerOptions {
   /** A local cluster's state directory: CA root under ca/, node tokens, pods from cluster.json. */
@@ -27,9 +29,18 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
     : await CertificateAuthority.open({ store: new FileCaStore(join(opts.localState, 'ca')) }, caOpts);
   const tokens = readBootstrapTokens(opts.localState);
   log.info({ origin: ca.origin, nodes: Object.keys(tokens) }, 'CA ready');
+  const authenticator = new BootstrapTokenAuthenticator(tokens);
+  const discovery = new DiscoveryServer(authenticator, log);
+  const source = new LocalClusterSource(join(opts.localState, 'cluster.json'));
+  source.start((snapshot) => {
+    const model = buildModel(snapshot, opts.trustDomain);
+    discovery.update(model);
+    log.info({ version: discovery.version, workloads: model.workloads.length, services: model.services.length, policies: model.policies.length, l7: model.l7.length }, 'model updated');
+  });
   const server = await CaServer.start({
     ca,
-    authenticator: new BootstrapTokenAuthenticator(tokens),
+    authenticator,
+    services: [{ definition: discoveryService().service, implementation: discovery.implementation() }],
     directory: new LocalNodeDirectory(join(opts.localState, 'cluster.json'), opts.trustDomain),
     host: opts.host,
     port: opts.port,
@@ -39,6 +50,7 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.once(signal, () => {
       log.info({ signal }, 'controller stopping');
+      source.stop();
       void server.close().then(() => process.exit(0));
     });
   }

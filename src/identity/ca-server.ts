@@ -85,6 +85,8 @@ export interface CaServerOptions {
   /** DNS names the serving certificate carries besides the listen address. */
   dnsNames?: string[];
   log?: Logger;
+  /** More services on the same TLS port (the controller's discovery stream). */
+  services?: { definition: grpc.ServiceDefinition; implementation: grpc.UntypedServiceImplementation }[];
 }
 
 export class CaServer {
@@ -139,6 +141,7 @@ export class CaServer {
           .catch((err: unknown) => refuse(call, err, callback, {}));
       },
     });
+    for (const extra of opts.services ?? []) server.addService(extra.definition, extra.implementation);
     const port = await new Promise<number>((resolve, reject) => {
       server.bindAsync(`${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}`, credentials, (err, p) => (err ? reject(err) : resolve(p)));
     });

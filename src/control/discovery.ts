@@ -1,0 +1,281 @@
+/**
+ * The discovery stream (src/api/discovery.proto): the controller's side, which turns each new
+ * model into per-subscriber snapshots and deltas, and the subscriber's side, which applies them,
+ * ACKs or NACKs, keeps its last good config while the controller is away, and reconnects with
+ * jittered exponential backoff.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import type { Logger } from 'pino';
+import type { Authenticator } from '../identity/ca-server.js';
+import { CaError } from '../identity/ca.js';
+import { silentLogger } from '../telemetry/log.js';
+import { packageRoot } from '../util/package.js';
+import type { MeshModel } from './model.js';
+
+export type SubscriberKind = 'node-agent' | 'waypoint';
+
+export interface WireResource { key: string; type: string; json: string }
+interface WireResponse { version: string; full: boolean; resources: WireResource[]; removed: string[] }
+interface WireRequest { subscribe?: { node: string; kind: string; name: string; last_version: string }; ack?: { version: string }; nack?: { version: string; error: string } }
+
+let definition: grpc.GrpcObject | undefined;
+export function discoveryService(): grpc.ServiceClientConstructor {
+  definition ??= grpc.loadPackageDefinition(protoLoader.loadSync(join(packageRoot(), 'src', 'api', 'discovery.proto'), { keepCase: true, defaults: true, oneofs: true }));
+  return (definition as unknown as { ambit: { discovery: { v1: { Discovery: grpc.ServiceClientConstructor } } } }).ambit.discovery.v1.Discovery;
+}
+
+/** The resources a subscriber gets, keyed: node agents all but L7; a waypoint the services bound to it and their L7 config. */
+export function viewFor(model: MeshModel, kind: SubscriberKind, name = ''): Map<string, { type: string; value: unknown }> {
+  const out = new Map<string, { type: string; value: unknown }>();
+  const put = (type: string, id: string, value: unknown) => out.set(`${type}/${id}`, { type, value });
+  for (const w of model.workloads) put('workload', w.uid, w);
+  for (const p of model.policies) put('policy', `${p.kind}/${p.namespace}/${p.name}`, p);
+  for (const g of model.waypoints) put('waypoint', `${g.namespace}/${g.name}`, g);
+  if (kind === 'node-agent') {
+    for (const s of model.services) put('service', `${s.namespace}/${s.name}`, s);
+    return out;
+  }
+  const [wpNs, wpName] = name.split('/');
+  const served = model.services.filter((s) => s.waypoint?.namespace === wpNs && s.waypoint?.name === wpName);
+  for (const s of served) put('service', `${s.namespace}/${s.name}`, s);
+  const hosts = new Set(served.flatMap((s) => [s.name, `${s.name}.${s.namespace}`, `${s.name}.${s.namespace}.svc`, s.hostname]));
+  for (const c of model.l7) {
+    const spec = c.spec as { hosts?: string[]; host?: string; parentRefs?: { name?: string; namespace?: string }[] };
+    const refs = [...(spec.hosts ?? []), ...(spec.host ? [spec.host] : []), ...(spec.parentRefs ?? []).map((r) => `${r.name ?? ''}.${r.namespace ?? c.namespace}`)];
+    if (refs.some((h) => hosts.has(h) || hosts.has(`${h}.${c.namespace}`))) put('l7', `${c.kind}/${c.namespace}/${c.name}`, c);
+  }
+  return out;
+}
+
+interface SubscriberState {
+  id: string;
+  node: string;
+  kind: SubscriberKind;
+  name: string;
+  call: grpc.ServerDuplexStream<WireRequest, WireResponse>;
+  /** key → hash of what the subscriber holds (as of its last ACK). */
+  acked: Map<string, string>;
+  /** Versions sent and not yet answered, oldest first, each with the state it leads to. */
+  inflight: { version: string; state: Map<string, string> }[];
+  /** After a NACK the subscriber's state is only known to be the last ACKed one: resync in full. */
+  needFull: boolean;
+  lastAck?: string;
+  lastNack?: { version: string; error: string };
+}
+
+export interface SubscriberStatus {
+  node: string;
+  kind: SubscriberKind;
+  name: string;
+  lastAck?: string;
+  lastNack?: { version: string; error: string };
+}
+
+const hashOf = (json: string) => createHash('sha256').update(json).digest('base64url').slice(0, 16);
+
+export class DiscoveryServer {
+  private model?: MeshModel;
+  private generation = 0;
+  private readonly boot = randomBytes(3).toString('hex');
+  private readonly subscribers = new Set<SubscriberState>();
+
+  constructor(private readonly authenticator: Authenticator, private readonly log: Logger = silentLogger) {}
+
+  get version(): string {
+    return `${this.boot}-${this.generation}`;
+  }
+
+  status(): SubscriberStatus[] {
+    return [...this.subscribers].map((s) => ({
+      node: s.node, kind: s.kind, name: s.name,
+      ...(s.lastAck ? { lastAck: s.lastAck } : {}), ...(s.lastNack ? { lastNack: s.lastNack } : {}),
+    }));
+  }
+
+  /** A new model: every subscriber gets what changed for it (nothing when nothing did). */
+  update(model: MeshModel): void {
+    this.model = model;
+    this.generation++;
+    for (const s of this.subscribers) this.push(s, false);
+  }
+
+  /** The gRPC implementation, to add to the control server. */
+  implementation(): grpc.UntypedServiceImplementation {
+    return { Stream: (call: grpc.ServerDuplexStream<WireRequest, WireResponse>) => this.serve(call) };
+  }
+
+  private serve(call: grpc.ServerDuplexStream<WireRequest, WireResponse>): void {
+    let sub: SubscriberState | undefined;
+    const fail = (code: grpc.status, details: string) => {
+      this.log.warn({ peer: call.getPeer(), details }, 'discovery stream refused');
+      call.emit('error', { code, details });
+    };
+    call.on('data', (req: WireRequest) => {
+      if (req.subscribe) {
+        if (sub) return fail(grpc.status.FAILED_PRECONDITION, 'already subscribed on this stream');
+        const { node, kind, name } = req.subscribe;
+        void this.authenticator.authenticate(call.metadata).then((caller) => {
+          if (kind !== 'node-agent' && kind !== 'waypoint') return fail(grpc.status.INVALID_ARGUMENT, `subscribe.kind must be node-agent or waypoint, got "${kind}"`);
+          if (kind === 'node-agent' && node !== caller.node) return fail(grpc.status.PERMISSION_DENIED, `authenticated as node ${caller.node}, cannot subscribe as node ${node}`);
+          if (kind === 'waypoint' && !/^[a-z0-9-]+\/[a-z0-9.-]+$/.test(name)) return fail(grpc.status.INVALID_ARGUMENT, `subscribe.name must be NAMESPACE/NAME for a waypoint, got "${name}"`);
+          sub = { id: randomBytes(4).toString('hex'), node, kind, name, call, acked: new Map(), inflight: [], needFull: false };
+          this.subscribers.add(sub);
+          this.log.info({ node, kind, name, lastVersion: req.subscribe?.last_version }, 'subscriber connected');
+          this.push(sub, true);
+        }, (err: unknown) => fail(grpc.status.UNAUTHENTICATED, err instanceof CaError ? err.message : 'authentication failed'));
+        return;
+      }
+      if (!sub) return fail(grpc.status.FAILED_PRECONDITION, 'subscribe first');
+      if (req.ack) {
+        const i = sub.inflight.findIndex((f) => f.version === req.ack!.version);
+        if (i >= 0) {
+          sub.acked = sub.inflight[i]!.state;
+          sub.inflight.splice(0, i + 1);
+        }
+        sub.lastAck = req.ack.version;
+      } else if (req.nack) {
+        // The subscriber kept its last good config. The bad version is not sent again: the next
+        // model change goes out as a new version, in full, since later deltas built on the
+        // rejected one no longer apply.
+        const i = sub.inflight.findIndex((f) => f.version === req.nack!.version);
+        if (i >= 0) sub.inflight.splice(i);
+        sub.needFull = true;
+        sub.lastNack = { version: req.nack.version, error: req.nack.error };
+        this.log.warn({ node: sub.node, kind: sub.kind, name: sub.name, version: req.nack.version, error: req.nack.error }, 'config rejected by subscriber (NACK)');
+      }
+    });
+    const drop = () => {
+      if (sub) {
+        this.subscribers.delete(sub);
+        this.log.info({ node: sub.node, kind: sub.kind, name: sub.name }, 'subscriber disconnected');
+      }
+    };
+    call.on('end', () => { drop(); call.end(); });
+    call.on('error', drop);
+    call.on('cancelled', drop);
+  }
+
+  private push(sub: SubscriberState, fullRequested: boolean): void {
+    if (!this.model) return;
+    const full = fullRequested || sub.needFull;
+    sub.needFull = false;
+    const view = viewFor(this.model, sub.kind, sub.name);
+    const state = new Map<string, string>();
+    const wire: WireResource[] = [];
+    const base = sub.inflight.at(-1)?.state ?? sub.acked;
+    for (const [key, { type, value }] of view) {
+      const json = JSON.stringify(value);
+      const hash = hashOf(json);
+      state.set(key, hash);
+      if (full || base.get(key) !== hash) wire.push({ key, type, json });
+    }
+    const removed = full ? [] : [...base.keys()].filter((k) => !state.has(k));
+    if (!full && wire.length === 0 && removed.length === 0) return;
+    sub.inflight.push({ version: this.version, state });
+    sub.call.write({ version: this.version, full, resources: wire, removed });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The subscriber
+
+export interface DiscoveryClientOptions {
+  address: string;
+  roots: string[];
+  token: string;
+  node: string;
+  kind: SubscriberKind;
+  name?: string;
+  /** Checks and takes a complete new state; throwing NACKs it (the previous state stays). */
+  apply: (resources: ReadonlyMap<string, WireResource>, version: string) => void;
+  backoff?: { initialMs: number; maxMs: number };
+  log?: Logger;
+  random?: () => number;
+}
+
+export class DiscoveryClient {
+  private state = new Map<string, WireResource>();
+  private version = '';
+  private call?: grpc.ClientDuplexStream<WireRequest, WireResponse>;
+  private readonly client: grpc.Client;
+  private failures = 0;
+  private timer?: NodeJS.Timeout;
+  private closed = false;
+  private readyResolve?: () => void;
+  /** Resolves at the first applied snapshot. */
+  readonly ready: Promise<void>;
+  connected = false;
+  reconnects = 0;
+
+  constructor(private readonly opts: DiscoveryClientOptions) {
+    const Service = discoveryService();
+    this.client = new Service(opts.address, grpc.credentials.createSsl(Buffer.from(opts.roots.join(''))), { 'grpc.ssl_target_name_override': 'localhost' });
+    this.ready = new Promise((r) => { this.readyResolve = r; });
+    this.connect();
+  }
+
+  get appliedVersion(): string {
+    return this.version;
+  }
+
+  get resources(): ReadonlyMap<string, WireResource> {
+    return this.state;
+  }
+
+  private connect(): void {
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${this.opts.token}`);
+    const call = (this.client as unknown as { Stream(md: grpc.Metadata): grpc.ClientDuplexStream<WireRequest, WireResponse> }).Stream(metadata);
+    this.call = call;
+    call.write({ subscribe: { node: this.opts.node, kind: this.opts.kind, name: this.opts.name ?? '', last_version: this.version } });
+    call.on('data', (res: WireResponse) => this.receive(call, res));
+    call.on('error', (err: grpc.ServiceError) => this.lost(call, err.details || err.message));
+    call.on('end', () => this.lost(call, 'stream ended'));
+  }
+
+  private receive(call: grpc.ClientDuplexStream<WireRequest, WireResponse>, res: WireResponse): void {
+    this.connected = true;
+    this.failures = 0;
+    const next = res.full ? new Map<string, WireResource>() : new Map(this.state);
+    for (const r of res.resources) next.set(r.key, r);
+    for (const k of res.removed) next.delete(k);
+    try {
+      this.opts.apply(next, res.version);
+    } catch (err) {
+      const error = (err as Error).message;
+      this.opts.log?.warn({ version: res.version, error }, 'config rejected; keeping the last good one');
+      call.write({ nack: { version: res.version, error } });
+      return;
+    }
+    this.state = next;
+    this.version = res.version;
+    call.write({ ack: { version: res.version } });
+    this.readyResolve?.();
+  }
+
+  private lost(call: grpc.ClientDuplexStream<WireRequest, WireResponse>, why: string): void {
+    if (call !== this.call || this.closed) return;
+    this.call = undefined;
+    this.connected = false;
+    this.failures++;
+    const { initialMs, maxMs } = this.opts.backoff ?? { initialMs: 500, maxMs: 30_000 };
+    const bound = Math.min(maxMs, initialMs * 2 ** Math.min(20, this.failures - 1));
+    const delay = Math.max(initialMs / 2, (this.opts.random ?? Math.random)() * bound);
+    this.opts.log?.warn({ why, retryInMs: Math.round(delay), version: this.version }, 'controller unreachable; serving the last good config');
+    call.cancel();
+    this.timer = setTimeout(() => {
+      this.reconnects++;
+      this.connect();
+    }, delay);
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.call?.cancel();
+    this.client.close();
+  }
+}

@@ -1,0 +1,149 @@
+/**
+ * The mesh model: what users wrote (Kubernetes objects, Istio and Gateway API config) and what
+ * runs (pods with addresses and nodes), turned into the workloads, services, policies and L7
+ * config that node agents and waypoints consume. Pure functions of a SourceSnapshot, so the
+ * same input always gives the same model (and the same versions on the stream).
+ */
+import { formatSpiffeId } from '../identity/spiffe.js';
+import type { NamespaceResource, PodSpec, Resource, ServiceResource } from '../local/manifests.js';
+
+export const DATAPLANE_MODE = 'ambit.dev/dataplane-mode';
+export const USE_WAYPOINT = 'ambit.dev/use-waypoint';
+export const WAYPOINT_CLASS = 'ambit-waypoint';
+
+/** A running pod as a config source reports it. */
+export interface PodInfo {
+  uid: string;
+  namespace: string;
+  name: string;
+  node: string;
+  ip: string;
+  labels: Record<string, string>;
+  spec: PodSpec;
+}
+
+/** Everything a config source knows at one moment. */
+export interface SourceSnapshot {
+  resources: Resource[];
+  pods: PodInfo[];
+}
+
+export interface Workload {
+  uid: string;
+  name: string;
+  namespace: string;
+  serviceAccount: string;
+  identity: string;
+  ips: string[];
+  node: string;
+  labels: Record<string, string>;
+  /** Redirected into the mesh (namespace or pod label ambient, and not opted out). */
+  enrolled: boolean;
+  /** Waypoint for traffic to this workload itself (pod label `ambit.dev/use-waypoint`). */
+  waypoint?: string;
+  /** Container ports by name, for named targetPorts. */
+  ports: Record<string, number>;
+}
+
+export interface ServicePort {
+  name?: string;
+  port: number;
+  targetPort: number | string;
+  protocol: string;
+}
+
+export interface Service {
+  namespace: string;
+  name: string;
+  hostname: string;
+  vips: string[];
+  ports: ServicePort[];
+  /** Workload uids behind the service (selector match). */
+  endpoints: string[];
+  waypoint?: { name: string; namespace: string };
+}
+
+/** A config object handed on as written (validated), for policies and L7. */
+export interface ConfigObject {
+  apiVersion: string;
+  kind: string;
+  namespace: string;
+  name: string;
+  spec: unknown;
+}
+
+export interface MeshModel {
+  workloads: Workload[];
+  services: Service[];
+  policies: ConfigObject[];
+  l7: ConfigObject[];
+  waypoints: ConfigObject[];
+}
+
+const POLICY_KINDS = new Set(['security.istio.io/AuthorizationPolicy', 'security.istio.io/PeerAuthentication']);
+const L7_KINDS = new Set([
+  'networking.istio.io/VirtualService', 'networking.istio.io/DestinationRule', 'networking.istio.io/ServiceEntry',
+  'gateway.networking.k8s.io/HTTPRoute', 'gateway.networking.k8s.io/GRPCRoute',
+]);
+
+function groupKind(r: Resource): string {
+  const group = r.apiVersion.includes('/') ? r.apiVersion.split('/')[0]! : '';
+  return `${group}/${r.kind}`;
+}
+
+function matches(selector: Record<string, string>, labels: Record<string, string>): boolean {
+  const entries = Object.entries(selector);
+  return entries.length > 0 && entries.every(([k, v]) => labels[k] === v);
+}
+
+function configObject(r: Resource): ConfigObject {
+  return { apiVersion: r.apiVersion, kind: r.kind, namespace: r.meta.namespace, name: r.meta.name, spec: r.raw.spec ?? {} };
+}
+
+export function buildModel(snapshot: SourceSnapshot, trustDomain: string, clusterDomain = 'cluster.local'): MeshModel {
+  const namespaces = new Map<string, NamespaceResource>();
+  for (const r of snapshot.resources) if (r.kind === 'Namespace' && !('other' in r)) namespaces.set(r.meta.name, r as NamespaceResource);
+  const nsLabels = (ns: string) => namespaces.get(ns)?.meta.labels ?? {};
+
+  const workloads: Workload[] = snapshot.pods.map((p) => {
+    const podMode = p.labels[DATAPLANE_MODE];
+    const enrolled = podMode === 'none' ? false : podMode === 'ambient' || nsLabels(p.namespace)[DATAPLANE_MODE] === 'ambient';
+    const ports: Record<string, number> = {};
+    for (const c of p.spec.containers) for (const port of c.ports) if (port.name) ports[port.name] = port.containerPort;
+    return {
+      uid: p.uid, name: p.name, namespace: p.namespace, serviceAccount: p.spec.serviceAccountName,
+      identity: formatSpiffeId({ trustDomain, namespace: p.namespace, serviceAccount: p.spec.serviceAccountName }),
+      ips: [p.ip], node: p.node, labels: p.labels, enrolled, ports,
+      ...(p.labels[USE_WAYPOINT] ? { waypoint: p.labels[USE_WAYPOINT] } : {}),
+    };
+  }).sort((a, b) => a.uid.localeCompare(b.uid));
+
+  const vipOf = (svc: ServiceResource): string[] => {
+    const ip = (svc.raw.spec as { clusterIP?: string } | undefined)?.clusterIP ?? svc.spec.clusterIP;
+    return ip && ip !== 'None' ? [ip] : [];
+  };
+
+  const services: Service[] = snapshot.resources
+    .filter((r): r is ServiceResource => r.kind === 'Service' && !('other' in r))
+    .map((svc) => {
+      const { namespace, name } = svc.meta;
+      const waypoint = svc.meta.labels[USE_WAYPOINT] ?? nsLabels(namespace)[USE_WAYPOINT];
+      return {
+        namespace, name,
+        hostname: `${name}.${namespace}.svc.${clusterDomain}`,
+        vips: vipOf(svc),
+        ports: svc.spec.ports.map((p) => ({ ...(p.name ? { name: p.name } : {}), port: p.port, targetPort: p.targetPort, protocol: p.protocol })),
+        endpoints: svc.spec.selector ? workloads.filter((w) => w.namespace === namespace && matches(svc.spec.selector!, w.labels)).map((w) => w.uid) : [],
+        ...(waypoint && waypoint !== 'none' ? { waypoint: { name: waypoint, namespace } } : {}),
+      };
+    })
+    .sort((a, b) => a.hostname.localeCompare(b.hostname));
+
+  const byKind = (kinds: Set<string>) => snapshot.resources.filter((r) => kinds.has(groupKind(r))).map(configObject)
+    .sort((a, b) => `${a.kind}/${a.namespace}/${a.name}`.localeCompare(`${b.kind}/${b.namespace}/${b.name}`));
+  const waypoints = snapshot.resources
+    .filter((r) => groupKind(r) === 'gateway.networking.k8s.io/Gateway' && (r.raw.spec as { gatewayClassName?: string } | undefined)?.gatewayClassName === WAYPOINT_CLASS)
+    .map(configObject);
+
+  return { workloads, services, policies: byKind(POLICY_KINDS), l7: byKind(L7_KINDS), waypoints };
+}

@@ -1,0 +1,206 @@
+/**
+ * The mesh model and the discovery stream: a real controller-side server over gRPC/TLS on
+ * loopback and real subscribers (two node agents, one waypoint): snapshot, deltas, NACK,
+ * authentication, controller restart with reconnect and resync.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DiscoveryClient, DiscoveryServer, discoveryService, type WireResource } from '../../src/control/discovery.js';
+import { buildModel, type MeshModel, type PodInfo, type Service, type Workload } from '../../src/control/model.js';
+import { validateMeshObject } from '../../src/control/validate.js';
+import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
+import { BootstrapTokenAuthenticator, CaServer } from '../../src/identity/ca-server.js';
+import { parseManifests, type PodSpec } from '../../src/local/manifests.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'ambit-disc-'));
+const TOKENS = { 'node-1': 'one', 'node-2': 'two' };
+
+const MANIFESTS = `
+apiVersion: v1
+kind: Namespace
+metadata: { name: shop, labels: { ambit.dev/dataplane-mode: ambient } }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: payment, namespace: shop, labels: { ambit.dev/use-waypoint: wp } }
+spec: { clusterIP: 10.96.0.12, selector: { app: payment }, ports: [{ name: http, port: 80, targetPort: http }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: users, namespace: shop }
+spec: { clusterIP: 10.96.0.10, selector: { app: users }, ports: [{ port: 80, targetPort: 8080 }] }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payment, namespace: shop }
+spec: { hosts: [payment], http: [{ route: [{ destination: { host: payment } }] }] }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: users, namespace: shop }
+spec: { hosts: [users], http: [{ route: [{ destination: { host: users } }] }] }
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: allow-users, namespace: shop }
+spec: { selector: { matchLabels: { app: payment } }, rules: [{ from: [{ source: { principals: [cluster.local/ns/shop/sa/users] } }] }] }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: wp, namespace: shop }
+spec: { gatewayClassName: ambit-waypoint, listeners: [{ name: mesh, port: 15008, protocol: HBONE }] }
+`;
+const { resources, diagnostics } = parseManifests([{ file: 'm.yaml', text: MANIFESTS, dir: '/' }], { validate: validateMeshObject });
+if (diagnostics.some((d) => d.severity === 'error')) throw new Error(JSON.stringify(diagnostics));
+
+const spec = (sa: string, port = 8080): PodSpec => ({ serviceAccountName: sa, restartPolicy: 'Always', terminationGracePeriodSeconds: 30, containers: [{ name: 'c', argv: ['x'], env: [], cwd: '/', ports: [{ name: 'http', containerPort: port, protocol: 'TCP' }] }] });
+const pod = (name: string, node: string, ip: string, labels: Record<string, string>, sa: string): PodInfo => ({ uid: `uid-${name}`, namespace: 'shop', name, node, ip, labels, spec: spec(sa) });
+const PODS = [
+  pod('users-1', 'node-1', '10.244.1.2', { app: 'users' }, 'users'),
+  pod('payment-1', 'node-2', '10.244.2.2', { app: 'payment' }, 'payment'),
+  pod('legacy', 'node-2', '10.244.2.3', { app: 'legacy', 'ambit.dev/dataplane-mode': 'none' }, 'default'),
+];
+const model = (pods = PODS): MeshModel => buildModel({ resources, pods }, 'cluster.local');
+
+describe('the mesh model', () => {
+  it('derives workloads, enrollment, services, endpoints, waypoints, policies and L7', () => {
+    const m = model();
+    const byName = Object.fromEntries(m.workloads.map((w) => [w.name, w])) as Record<string, Workload>;
+    expect(byName['users-1']).toMatchObject({ identity: 'spiffe://cluster.local/ns/shop/sa/users', ips: ['10.244.1.2'], node: 'node-1', enrolled: true, ports: { http: 8080 } });
+    expect(byName.legacy!.enrolled).toBe(false);
+    const payment = m.services.find((s) => s.name === 'payment') as Service;
+    expect(payment).toEqual({
+      namespace: 'shop', name: 'payment', hostname: 'payment.shop.svc.cluster.local', vips: ['10.96.0.12'],
+      ports: [{ name: 'http', port: 80, targetPort: 'http', protocol: 'TCP' }], endpoints: ['uid-payment-1'], waypoint: { name: 'wp', namespace: 'shop' },
+    });
+    expect(m.services.find((s) => s.name === 'users')!.waypoint).toBeUndefined();
+    expect(m.policies.map((p) => p.name)).toEqual(['allow-users']);
+    expect(m.l7.map((c) => c.name)).toEqual(['payment', 'users']);
+    expect(m.waypoints.map((w) => w.name)).toEqual(['wp']);
+  });
+});
+
+interface Subscriber { client: DiscoveryClient; applied: { version: string; keys: string[] }[] }
+
+describe('the discovery stream', () => {
+  let ca: CertificateAuthority;
+  let server: CaServer;
+  let discovery: DiscoveryServer;
+  let port = 0;
+  const subs: Subscriber[] = [];
+
+  async function startServer(m: MeshModel): Promise<void> {
+    discovery = new DiscoveryServer(new BootstrapTokenAuthenticator(TOKENS));
+    discovery.update(m);
+    server = await CaServer.start({
+      ca, authenticator: new BootstrapTokenAuthenticator(TOKENS), directory: { identitiesOnNode: () => new Set() }, host: '127.0.0.1', port,
+      services: [{ definition: discoveryService().service, implementation: discovery.implementation() }],
+    });
+    port = server.port;
+  }
+
+  function subscribe(node: string, kind: 'node-agent' | 'waypoint', name?: string, reject?: (r: ReadonlyMap<string, WireResource>) => string | undefined): Subscriber {
+    const sub: Subscriber = { applied: [], client: undefined as unknown as DiscoveryClient };
+    sub.client = new DiscoveryClient({
+      address: `127.0.0.1:${port}`, roots: ca.trustBundle(), token: TOKENS[node as keyof typeof TOKENS], node, kind, name,
+      backoff: { initialMs: 50, maxMs: 200 },
+      apply: (r, version) => {
+        const why = reject?.(r);
+        if (why) throw new Error(why);
+        sub.applied.push({ version, keys: [...r.keys()].sort() });
+      },
+    });
+    subs.push(sub);
+    return sub;
+  }
+
+  async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
+    const end = Date.now() + ms;
+    while (!cond()) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  beforeAll(async () => {
+    ca = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'ca')) });
+    await startServer(model());
+  });
+
+  afterAll(async () => {
+    for (const s of subs) s.client.close();
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('sends each subscriber its full snapshot: node agents all but L7, a waypoint its services and their L7', async () => {
+    const n1 = subscribe('node-1', 'node-agent');
+    const wp = subscribe('node-2', 'waypoint', 'shop/wp');
+    await Promise.all([n1.client.ready, wp.client.ready]);
+    expect(n1.applied[0]!.keys).toEqual([
+      'policy/AuthorizationPolicy/shop/allow-users', 'service/shop/payment', 'service/shop/users',
+      'waypoint/shop/wp', 'workload/uid-legacy', 'workload/uid-payment-1', 'workload/uid-users-1',
+    ]);
+    expect(wp.applied[0]!.keys).toEqual([
+      'l7/VirtualService/shop/payment', 'policy/AuthorizationPolicy/shop/allow-users', 'service/shop/payment',
+      'waypoint/shop/wp', 'workload/uid-legacy', 'workload/uid-payment-1', 'workload/uid-users-1',
+    ]);
+    await until('the ACKs', () => discovery.status().every((s) => s.lastAck === discovery.version));
+  });
+
+  it('sends deltas with a new version, and nothing to subscribers a change does not concern', async () => {
+    const [n1, wp] = subs as [Subscriber, Subscriber];
+    const before = { n1: n1.applied.length, wp: wp.applied.length };
+    discovery.update(model([...PODS, pod('users-2', 'node-2', '10.244.2.4', { app: 'users' }, 'users')]));
+    await until('the delta', () => n1.applied.length === before.n1 + 1 && wp.applied.length === before.wp + 1);
+    expect(n1.client.appliedVersion).toBe(discovery.version);
+    expect(n1.client.resources.get('workload/uid-users-2')).toBeDefined();
+    expect(JSON.parse(n1.client.resources.get('service/shop/users')!.json)).toMatchObject({ endpoints: ['uid-users-1', 'uid-users-2'] });
+    // Same model again: no new version goes out.
+    const v = n1.client.appliedVersion;
+    discovery.update(model([...PODS, pod('users-2', 'node-2', '10.244.2.4', { app: 'users' }, 'users')]));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(n1.client.appliedVersion).toBe(v);
+  });
+
+  it('records a NACK, keeps the subscriber on its last good config, and moves on with the next version', async () => {
+    const n2 = subscribe('node-2', 'node-agent', undefined, (r) => (r.has('workload/uid-bad') ? 'workload uid-bad: cannot enroll' : undefined));
+    await n2.client.ready;
+    const good = n2.client.appliedVersion;
+    discovery.update(model([...PODS, pod('bad', 'node-2', '10.244.2.9', { app: 'x' }, 'default')]));
+    await until('the NACK', () => discovery.status().some((s) => s.node === 'node-2' && s.kind === 'node-agent' && s.lastNack?.version === discovery.version));
+    expect(n2.client.appliedVersion).toBe(good);
+    expect(n2.client.resources.has('workload/uid-bad')).toBe(false);
+    discovery.update(model());
+    await until('the fixed version', () => n2.client.appliedVersion === discovery.version);
+    expect(n2.client.resources.has('workload/uid-users-2')).toBe(false);
+  });
+
+  it('refuses a node agent subscribing as another node', async () => {
+    const intruder = subscribe('node-1', 'node-agent');
+    await intruder.client.ready;
+    const spoof = new DiscoveryClient({
+      address: `127.0.0.1:${port}`, roots: ca.trustBundle(), token: 'one', node: 'node-2', kind: 'node-agent', backoff: { initialMs: 1000, maxMs: 1000 }, apply: () => undefined,
+    });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(spoof.appliedVersion).toBe('');
+    expect(spoof.connected).toBe(false);
+    spoof.close();
+  });
+
+  it('keeps serving the last good config while the controller is down, then resyncs after its restart', async () => {
+    const n1 = subs[0]!;
+    const held = new Map(n1.client.resources);
+    server.forceClose();
+    await until('the disconnect', () => !n1.client.connected);
+    expect(n1.client.resources).toEqual(held);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(n1.client.resources).toEqual(held);
+    await startServer(model());
+    await until('the resync', () => n1.client.connected && n1.client.appliedVersion === discovery.version, 15_000);
+    expect(n1.client.reconnects).toBeGreaterThan(0);
+    expect([...n1.client.resources.keys()].sort()).toEqual([...model().workloads.map((w) => `workload/${w.uid}`), 'policy/AuthorizationPolicy/shop/allow-users', 'service/shop/payment', 'service/shop/users', 'waypoint/shop/wp'].sort());
+  }, 30_000);
+});
