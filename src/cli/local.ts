@@ -326,6 +326,16 @@ function printStatus(s: ClusterStatus): void {
   }
   say();
   table(['COMPONENT', 'NODE', 'STATE', 'PID', 'DETAIL'], s.components.map((c) => [c.name, c.node ?? '-', c.state, c.pid ? String(c.pid) : '-', c.detail]));
+  if (s.controller) {
+    say();
+    if (s.controller.subscribers.length === 0) say(`config version ${s.controller.version}; no subscribers`);
+    else {
+      table(['SUBSCRIBER', 'NODE', 'APPLIED', 'LAST NACK'], s.controller.subscribers.map((x) => [
+        x.kind === 'waypoint' ? `waypoint ${x.name}` : x.kind, x.node, `${x.lastAck ?? '-'}${x.lastAck === s.controller!.version ? ' (current)' : ''}`,
+        x.lastNack ? `${x.lastNack.version}: ${x.lastNack.error}` : '-',
+      ]));
+    }
+  }
   if (s.others.length > 0) {
     say();
     say(`kept for the controller: ${s.others.map((o) => `${o.kind}${o.namespace ? ` ${o.namespace}/` : ' '}${o.name}`).join(', ')}`);

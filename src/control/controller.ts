@@ -2,6 +2,7 @@
  * `ambit controller`: the control plane process. On 15012 (gRPC over TLS) it serves the mesh CA
  * (src/identity) and the discovery stream of the mesh model built from its config source.
  */
+import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CertificateAuthority, FileCaStore, readPluginCa } from '../identity/ca.js';
 import { BootstrapTokenAuthenticator, CaServer } from '../identity/ca-server.js';
@@ -31,10 +32,19 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
   log.info({ origin: ca.origin, nodes: Object.keys(tokens) }, 'CA ready');
   const authenticator = new BootstrapTokenAuthenticator(tokens);
   const discovery = new DiscoveryServer(authenticator, log);
+  // `ambit local status` shows the subscribers, their versions and any NACK from this file.
+  const statusFile = join(opts.localState, 'controller-status.json');
+  const writeStatus = () => {
+    const tmp = `${statusFile}.tmp`;
+    writeFileSync(tmp, `${JSON.stringify({ version: discovery.version, subscribers: discovery.status() })}\n`);
+    renameSync(tmp, statusFile);
+  };
+  discovery.onStatus = writeStatus;
   const source = new LocalClusterSource(join(opts.localState, 'cluster.json'));
   source.start((snapshot) => {
     const model = buildModel(snapshot, opts.trustDomain);
     discovery.update(model);
+    writeStatus();
     log.info({ version: discovery.version, workloads: model.workloads.length, services: model.services.length, policies: model.policies.length, l7: model.l7.length }, 'model updated');
   });
   const server = await CaServer.start({

@@ -82,7 +82,14 @@ export class DiscoveryServer {
   private readonly boot = randomBytes(3).toString('hex');
   private readonly subscribers = new Set<SubscriberState>();
 
+  /** Called whenever a subscriber connects, leaves, ACKs or NACKs. */
+  onStatus?: (status: SubscriberStatus[]) => void;
+
   constructor(private readonly authenticator: Authenticator, private readonly log: Logger = silentLogger) {}
+
+  private changed(): void {
+    this.onStatus?.(this.status());
+  }
 
   get version(): string {
     return `${this.boot}-${this.generation}`;
@@ -125,6 +132,7 @@ export class DiscoveryServer {
           this.subscribers.add(sub);
           this.log.info({ node, kind, name, lastVersion: req.subscribe?.last_version }, 'subscriber connected');
           this.push(sub, true);
+          this.changed();
         }, (err: unknown) => fail(grpc.status.UNAUTHENTICATED, err instanceof CaError ? err.message : 'authentication failed'));
         return;
       }
@@ -136,6 +144,7 @@ export class DiscoveryServer {
           sub.inflight.splice(0, i + 1);
         }
         sub.lastAck = req.ack.version;
+        this.changed();
       } else if (req.nack) {
         // The subscriber kept its last good config. The bad version is not sent again: the next
         // model change goes out as a new version, in full, since later deltas built on the
@@ -145,11 +154,12 @@ export class DiscoveryServer {
         sub.needFull = true;
         sub.lastNack = { version: req.nack.version, error: req.nack.error };
         this.log.warn({ node: sub.node, kind: sub.kind, name: sub.name, version: req.nack.version, error: req.nack.error }, 'config rejected by subscriber (NACK)');
+        this.changed();
       }
     });
     const drop = () => {
       if (sub) {
-        this.subscribers.delete(sub);
+        if (this.subscribers.delete(sub)) this.changed();
         this.log.info({ node: sub.node, kind: sub.kind, name: sub.name }, 'subscriber disconnected');
       }
     };

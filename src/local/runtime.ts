@@ -10,7 +10,7 @@
  * restarts every pod with its old name and address.
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { accessSync, constants, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { validateMeshObject } from '../control/validate.js';
 import { Datapath } from '../ebpf/datapath.js';
@@ -83,6 +83,8 @@ export interface ClusterStatus {
   pods: PodStatus[];
   services: ServiceStatus[];
   components: ComponentStatus[];
+  /** The controller's discovery subscribers (node agents, waypoints): versions applied, NACKs. */
+  controller?: { version: string; subscribers: { node: string; kind: string; name: string; lastAck?: string; lastNack?: { version: string; error: string } }[] };
   /** Resources kept for the controller (Istio, Gateway API, ...). */
   others: { apiVersion: string; kind: string; namespace: string; name: string }[];
 }
@@ -614,7 +616,11 @@ export class Runtime {
     const others = Object.values(this.state.resources)
       .filter((r) => 'other' in r)
       .map((r) => ({ apiVersion: r.apiVersion, kind: r.kind, namespace: r.meta.namespace, name: r.meta.name }));
-    return { name: this.layout.name, stateDir: this.layout.stateDir, createdAt: this.state.createdAt, nodes, pods, services, components, others };
+    let controller: ClusterStatus['controller'];
+    try {
+      controller = JSON.parse(readFileSync(join(this.layout.stateDir, 'controller-status.json'), 'utf8')) as ClusterStatus['controller'];
+    } catch { /* not written yet */ }
+    return { name: this.layout.name, stateDir: this.layout.stateDir, createdAt: this.state.createdAt, nodes, pods, services, components, ...(controller ? { controller } : {}), others };
   }
 
   /** What `ambit local exec` needs to run a command as one of the pod's processes. */

@@ -1,0 +1,142 @@
+/**
+ * The controller's discovery stream inside a local cluster: a subscriber in node-1's netns
+ * (with node-1's credential) gets the model of what was applied, deltas when manifests change,
+ * keeps its state while the controller is killed, and resyncs when the runtime restarts it.
+ * A NACK shows in `ambit local status`.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ClusterStatus } from '../../src/local/runtime.js';
+
+const ROOT = new URL('../../', import.meta.url).pathname;
+const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-disc-'));
+const CLUSTER = `ds${Math.random().toString(36).slice(2, 6)}`;
+const stateDir = join(stateRoot, CLUSTER);
+const dir = mkdtempSync(join(tmpdir(), 'ambit-disc-m-'));
+const env = { ...process.env, AMBIT_LOCAL_STATE: stateRoot };
+
+function ambit(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), ...args], { cwd: ROOT, env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });
+    child.stderr.on('data', (c: Buffer) => { stderr += c.toString(); });
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+interface Line { version?: string; keys?: string[]; nack?: string }
+class Subscriber {
+  readonly lines: Line[] = [];
+  readonly child: ChildProcess;
+  constructor(node: string, reject?: string) {
+    this.child = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--name', CLUSTER, '--node', node, '--', process.execPath, '--import', 'tsx',
+      join(ROOT, 'test/integration/helpers/subscribe.ts'), '172.30.0.1:15012', join(stateDir, 'nodes', node, 'token'), join(stateDir, 'ca', 'ca-cert.pem'), node, ...(reject ? [reject] : [])], { cwd: ROOT, env, detached: true });
+    let buf = '';
+    this.child.stdout!.on('data', (c: Buffer) => {
+      buf += c.toString();
+      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+        this.lines.push(JSON.parse(buf.slice(0, i)) as Line);
+        buf = buf.slice(i + 1);
+      }
+    });
+  }
+  get last(): Line | undefined { return this.lines.filter((l) => l.version).at(-1); }
+}
+
+async function until<T>(what: string, fn: () => T | undefined, ms = 20_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = fn();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const subs: Subscriber[] = [];
+
+describe('discovery in a local cluster', () => {
+  beforeAll(async () => {
+    writeFileSync(join(dir, 'app.yaml'), `
+apiVersion: v1
+kind: Namespace
+metadata: { name: app, labels: { ambit.dev/dataplane-mode: ambient } }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: a, namespace: app, labels: { app: a } }
+spec: { nodeName: node-1, containers: [{ name: c, command: [sleep, infinity] }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: a, namespace: app }
+spec: { selector: { app: a }, ports: [{ port: 80 }] }
+`);
+    const up = await ambit(['local', 'up', '--name', CLUSTER, '-f', join(dir, 'app.yaml')]);
+    if (up.code !== 0) throw new Error(`up failed: ${up.stdout}\n${up.stderr}`);
+  }, 180_000);
+
+  afterAll(async () => {
+    // Their own process group: the exec'd subscriber goes with the CLI that started it.
+    for (const s of subs) {
+      try { process.kill(-s.child.pid!, 'SIGKILL'); } catch { /* already gone */ }
+    }
+    await ambit(['local', 'down', '--name', CLUSTER]);
+    rmSync(stateRoot, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
+  }, 60_000);
+
+  it('streams the model to a node agent and a delta when manifests change', async () => {
+    const s = new Subscriber('node-1');
+    subs.push(s);
+    const first = await until('the snapshot', () => s.last);
+    expect(first.keys!.filter((k) => !k.startsWith('workload/'))).toEqual(['service/app/a']);
+    expect(first.keys!.filter((k) => k.startsWith('workload/'))).toHaveLength(1);
+    writeFileSync(join(dir, 'b.yaml'), `
+apiVersion: v1
+kind: Pod
+metadata: { name: b, namespace: app, labels: { app: a } }
+spec: { nodeName: node-2, containers: [{ name: c, command: [sleep, infinity] }] }
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: deny-all, namespace: app }
+spec: {}
+`);
+    expect((await ambit(['local', 'apply', '--name', CLUSTER, '-f', join(dir, 'b.yaml')])).code).toBe(0);
+    const second = await until('the delta', () => (s.last!.version !== first.version ? s.last : undefined));
+    expect(second.keys).toContain('policy/AuthorizationPolicy/app/deny-all');
+    expect(second.keys!.filter((k) => k.startsWith('workload/'))).toHaveLength(2);
+    const status = JSON.parse((await ambit(['local', 'status', '--json', '--name', CLUSTER])).stdout) as ClusterStatus;
+    await until('the ACK in status', () => status.controller?.subscribers.some((x) => x.node === 'node-1' && x.lastAck === second.version) || undefined);
+  }, 60_000);
+
+  it('shows a NACK in status, and the subscriber keeps its last good version', async () => {
+    const s = new Subscriber('node-2', 'policy/AuthorizationPolicy/app/deny-all');
+    subs.push(s);
+    const nack = await until('the NACK', () => s.lines.find((l) => l.nack));
+    expect(s.last).toBeUndefined();
+    const expected = `${nack.nack!}: cannot apply policy/AuthorizationPolicy/app/deny-all`;
+    let text = '';
+    for (let i = 0; i < 100 && !text.includes(expected); i++) {
+      text = (await ambit(['local', 'status', '--name', CLUSTER])).stdout;
+      if (!text.includes(expected)) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(text).toContain(expected);
+    expect(text).toMatch(/node-agent\s+node-2\s+-\s+/);
+  }, 60_000);
+
+  it('keeps the config while the controller is down and resyncs after it restarts', async () => {
+    const s = subs[0]!;
+    const before = s.last!;
+    const status = JSON.parse((await ambit(['local', 'status', '--json', '--name', CLUSTER])).stdout) as ClusterStatus;
+    process.kill(status.components.find((c) => c.name === 'controller')!.pid!, 'SIGKILL');
+    const after = await until('the resync', () => (s.last!.version !== before.version ? s.last : undefined), 30_000);
+    expect(after.keys).toEqual(before.keys);
+  }, 60_000);
+});
