@@ -57,6 +57,7 @@ demo-redirect:
 bench:
 	npx tsx bench/connect-latency.ts
 	npx tsx bench/ca-issue.ts
+	npx tsx bench/discovery.ts
 
 clean:
 	rm -rf dist

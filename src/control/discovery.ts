@@ -56,10 +56,10 @@ interface SubscriberState {
   kind: SubscriberKind;
   name: string;
   call: grpc.ServerDuplexStream<WireRequest, WireResponse>;
-  /** key → hash of what the subscriber holds (as of its last ACK). */
-  acked: Map<string, string>;
-  /** Versions sent and not yet answered, oldest first, each with the state it leads to. */
-  inflight: { version: string; state: Map<string, string> }[];
+  /** The version the subscriber holds (its last ACK). */
+  acked?: string;
+  /** Versions sent and not yet answered, oldest first. */
+  inflight: string[];
   /** After a NACK the subscriber's state is only known to be the last ACKed one: resync in full. */
   needFull: boolean;
   lastAck?: string;
@@ -74,10 +74,21 @@ export interface SubscriberStatus {
   lastNack?: { version: string; error: string };
 }
 
+interface Encoded { type: string; json: string; hash: string }
+/** Encoded models kept for subscribers that have not caught up yet. */
+const HISTORY = 8;
+
 const hashOf = (json: string) => createHash('sha256').update(json).digest('base64url').slice(0, 16);
 
 export class DiscoveryServer {
   private model?: MeshModel;
+  /** Each model object serialized and hashed once per model, shared by every subscriber's view. */
+  private encoded = new Map<string, Encoded>();
+  /** The encoded models of recent versions: a subscriber's delta is computed against the one it holds. */
+  private readonly history = new Map<string, Map<string, Encoded>>();
+  /** View keys per version and subscriber kind/name, and deltas per (view, from, to): computed once, shared. */
+  private readonly views = new Map<string, string[]>();
+  private readonly deltas = new Map<string, { resources: WireResource[]; removed: string[] }>();
   private generation = 0;
   private readonly boot = randomBytes(3).toString('hex');
   private readonly subscribers = new Set<SubscriberState>();
@@ -106,6 +117,16 @@ export class DiscoveryServer {
   update(model: MeshModel): void {
     this.model = model;
     this.generation++;
+    const previous = this.encoded;
+    this.encoded = new Map();
+    for (const [key, { type, value }] of viewFor(model, 'node-agent')) this.encode(key, type, value, previous);
+    for (const c of model.l7) this.encode(`l7/${c.kind}/${c.namespace}/${c.name}`, 'l7', c, previous);
+    this.history.set(this.version, this.encoded);
+    // Versions no subscriber holds or awaits any more are dropped; a few recent ones are kept.
+    const needed = new Set([...this.subscribers].flatMap((x) => [x.acked, ...x.inflight]));
+    const versions = [...this.history.keys()];
+    for (const v of versions.slice(0, -HISTORY)) if (!needed.has(v)) this.forget(v);
+    for (const v of versions.slice(0, -HISTORY * 4)) this.forget(v);
     for (const s of this.subscribers) this.push(s, false);
   }
 
@@ -128,7 +149,7 @@ export class DiscoveryServer {
           if (kind !== 'node-agent' && kind !== 'waypoint') return fail(grpc.status.INVALID_ARGUMENT, `subscribe.kind must be node-agent or waypoint, got "${kind}"`);
           if (kind === 'node-agent' && node !== caller.node) return fail(grpc.status.PERMISSION_DENIED, `authenticated as node ${caller.node}, cannot subscribe as node ${node}`);
           if (kind === 'waypoint' && !/^[a-z0-9-]+\/[a-z0-9.-]+$/.test(name)) return fail(grpc.status.INVALID_ARGUMENT, `subscribe.name must be NAMESPACE/NAME for a waypoint, got "${name}"`);
-          sub = { id: randomBytes(4).toString('hex'), node, kind, name, call, acked: new Map(), inflight: [], needFull: false };
+          sub = { id: randomBytes(4).toString('hex'), node, kind, name, call, inflight: [], needFull: false };
           this.subscribers.add(sub);
           this.log.info({ node, kind, name, lastVersion: req.subscribe?.last_version }, 'subscriber connected');
           this.push(sub, true);
@@ -138,9 +159,9 @@ export class DiscoveryServer {
       }
       if (!sub) return fail(grpc.status.FAILED_PRECONDITION, 'subscribe first');
       if (req.ack) {
-        const i = sub.inflight.findIndex((f) => f.version === req.ack!.version);
+        const i = sub.inflight.indexOf(req.ack.version);
         if (i >= 0) {
-          sub.acked = sub.inflight[i]!.state;
+          sub.acked = req.ack.version;
           sub.inflight.splice(0, i + 1);
         }
         sub.lastAck = req.ack.version;
@@ -149,7 +170,7 @@ export class DiscoveryServer {
         // The subscriber kept its last good config. The bad version is not sent again: the next
         // model change goes out as a new version, in full, since later deltas built on the
         // rejected one no longer apply.
-        const i = sub.inflight.findIndex((f) => f.version === req.nack!.version);
+        const i = sub.inflight.indexOf(req.nack.version);
         if (i >= 0) sub.inflight.splice(i);
         sub.needFull = true;
         sub.lastNack = { version: req.nack.version, error: req.nack.error };
@@ -168,24 +189,72 @@ export class DiscoveryServer {
     call.on('cancelled', drop);
   }
 
+  private forget(version: string): void {
+    this.history.delete(version);
+    for (const k of this.views.keys()) if (k.startsWith(`${version}|`)) this.views.delete(k);
+    for (const k of this.deltas.keys()) if (k.includes(`|${version}|`) || k.endsWith(`|${version}`)) this.deltas.delete(k);
+  }
+
+  private encode(key: string, type: string, value: unknown, previous: Map<string, Encoded>): void {
+    const json = JSON.stringify(value);
+    const old = previous.get(key);
+    this.encoded.set(key, old && old.json === json ? old : { type, json, hash: hashOf(json) });
+  }
+
+  private viewKeys(version: string, kind: SubscriberKind, name: string): string[] {
+    const id = `${version}|${kind}/${name}`;
+    let keys = this.views.get(id);
+    if (!keys) {
+      // Node agents see every encoded object but L7; a waypoint's view depends on the model of that version.
+      keys = kind === 'node-agent'
+        ? [...this.history.get(version)!.keys()].filter((k) => !k.startsWith('l7/'))
+        : version === this.version ? [...viewFor(this.model!, kind, name).keys()] : [];
+      this.views.set(id, keys);
+    }
+    return keys;
+  }
+
+  /** What a subscriber holding `from` needs to hold the current version; shared by all subscribers of one view. */
+  private delta(kind: SubscriberKind, name: string, from: string): { resources: WireResource[]; removed: string[] } {
+    const id = `${kind}/${name}|${from}|${this.version}`;
+    let d = this.deltas.get(id);
+    if (!d) {
+      const old = this.history.get(from)!;
+      const oldKeys = new Set(this.viewKeys(from, kind, name));
+      const keys = this.viewKeys(this.version, kind, name);
+      const resources: WireResource[] = [];
+      for (const key of keys) {
+        const e = this.encoded.get(key)!;
+        if (!oldKeys.has(key) || old.get(key)?.hash !== e.hash) resources.push({ key, type: e.type, json: e.json });
+      }
+      const current = new Set(keys);
+      d = { resources, removed: [...oldKeys].filter((k) => !current.has(k)) };
+      this.deltas.set(id, d);
+    }
+    return d;
+  }
+
   private push(sub: SubscriberState, fullRequested: boolean): void {
     if (!this.model) return;
     const full = fullRequested || sub.needFull;
     sub.needFull = false;
-    const view = viewFor(this.model, sub.kind, sub.name);
-    const state = new Map<string, string>();
-    const wire: WireResource[] = [];
-    const base = sub.inflight.at(-1)?.state ?? sub.acked;
-    for (const [key, { type, value }] of view) {
-      const json = JSON.stringify(value);
-      const hash = hashOf(json);
-      state.set(key, hash);
-      if (full || base.get(key) !== hash) wire.push({ key, type, json });
+    const base = sub.inflight.at(-1) ?? sub.acked;
+    if (base === this.version && !full) return;
+    const known = base !== undefined && this.history.has(base) && (sub.kind === 'node-agent' || this.views.has(`${base}|${sub.kind}/${sub.name}`));
+    let message: WireResponse;
+    if (full || !known) {
+      const resources = this.viewKeys(this.version, sub.kind, sub.name).map((key) => {
+        const e = this.encoded.get(key)!;
+        return { key, type: e.type, json: e.json };
+      });
+      message = { version: this.version, full: true, resources, removed: [] };
+    } else {
+      const d = this.delta(sub.kind, sub.name, base);
+      if (d.resources.length === 0 && d.removed.length === 0) return;
+      message = { version: this.version, full: false, ...d };
     }
-    const removed = full ? [] : [...base.keys()].filter((k) => !state.has(k));
-    if (!full && wire.length === 0 && removed.length === 0) return;
-    sub.inflight.push({ version: this.version, state });
-    sub.call.write({ version: this.version, full, resources: wire, removed });
+    sub.inflight.push(this.version);
+    sub.call.write(message);
   }
 }
 

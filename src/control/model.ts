@@ -118,6 +118,22 @@ export function buildModel(snapshot: SourceSnapshot, trustDomain: string, cluste
     };
   }).sort((a, b) => a.uid.localeCompare(b.uid));
 
+  // Workloads by namespace and one label, so that each selector looks at its candidates only.
+  const byLabel = new Map<string, Workload[]>();
+  for (const w of workloads) {
+    for (const [k, v] of Object.entries(w.labels)) {
+      const key = `${w.namespace}\u0000${k}\u0000${v}`;
+      let list = byLabel.get(key);
+      if (!list) byLabel.set(key, (list = []));
+      list.push(w);
+    }
+  }
+  const selected = (namespace: string, selector: Record<string, string>): Workload[] => {
+    const [first] = Object.entries(selector);
+    if (!first) return [];
+    return (byLabel.get(`${namespace}\u0000${first[0]}\u0000${first[1]}`) ?? []).filter((w) => matches(selector, w.labels));
+  };
+
   const vipOf = (svc: ServiceResource): string[] => {
     const ip = (svc.raw.spec as { clusterIP?: string } | undefined)?.clusterIP ?? svc.spec.clusterIP;
     return ip && ip !== 'None' ? [ip] : [];
@@ -133,7 +149,7 @@ export function buildModel(snapshot: SourceSnapshot, trustDomain: string, cluste
         hostname: `${name}.${namespace}.svc.${clusterDomain}`,
         vips: vipOf(svc),
         ports: svc.spec.ports.map((p) => ({ ...(p.name ? { name: p.name } : {}), port: p.port, targetPort: p.targetPort, protocol: p.protocol })),
-        endpoints: svc.spec.selector ? workloads.filter((w) => w.namespace === namespace && matches(svc.spec.selector!, w.labels)).map((w) => w.uid) : [],
+        endpoints: svc.spec.selector ? selected(namespace, svc.spec.selector).map((w) => w.uid) : [],
         ...(waypoint && waypoint !== 'none' ? { waypoint: { name: waypoint, namespace } } : {}),
       };
     })

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DiscoveryClient, DiscoveryServer, discoveryService, type WireResource } from '../../src/control/discovery.js';
+import { DiscoveryClient, DiscoveryServer, discoveryService, viewFor, type WireResource } from '../../src/control/discovery.js';
 import { buildModel, type MeshModel, type PodInfo, type Service, type Workload } from '../../src/control/model.js';
 import { validateMeshObject } from '../../src/control/validate.js';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
@@ -163,6 +163,23 @@ describe('the discovery stream', () => {
     discovery.update(model([...PODS, pod('users-2', 'node-2', '10.244.2.4', { app: 'users' }, 'users')]));
     await new Promise((r) => setTimeout(r, 100));
     expect(n1.client.appliedVersion).toBe(v);
+  });
+
+  it('converges after a burst of versions sent faster than the ACKs come back', async () => {
+    const [n1, wp] = subs as [Subscriber, Subscriber];
+    let last = model();
+    // More versions than the controller keeps for deltas: some subscribers build on versions
+    // still in flight, some on versions already dropped (and get a full snapshot).
+    for (let i = 0; i < 20; i++) {
+      const extra = Array.from({ length: i % 4 }, (_, j) => pod(`burst-${i}-${j}`, j % 2 ? 'node-1' : 'node-2', `10.244.3.${i * 4 + j + 2}`, { app: j % 2 ? 'payment' : 'users' }, 'users'));
+      last = model([...PODS, ...extra]);
+      discovery.update(last);
+    }
+    await until('both on the last version', () => n1.client.appliedVersion === discovery.version && wp.client.appliedVersion === discovery.version);
+    for (const [sub, kind, name] of [[n1, 'node-agent', ''], [wp, 'waypoint', 'shop/wp']] as const) {
+      const want = new Map([...viewFor(last, kind, name)].map(([k, v]) => [k, JSON.stringify(v.value)]));
+      expect(new Map([...sub.client.resources].map(([k, v]) => [k, v.json]))).toEqual(want);
+    }
   });
 
   it('records a NACK, keeps the subscriber on its last good config, and moves on with the next version', async () => {

@@ -1,0 +1,156 @@
+/**
+ * The discovery stream at scale, on loopback: a controller process serving a model of
+ * --pods pods (spread over --agents nodes) and --services services, and --agents simulated node
+ * agents (real DiscoveryClients over gRPC/TLS, all in this process).
+ *
+ *   full sync      from the agents' first connect until every one applied its snapshot
+ *   propagation    one pod change → the time until every agent applied the new version
+ *                  (--changes changes; first with one agent connected — the baseline — then with all)
+ *   controller RSS after the full sync, from the controller process itself
+ *
+ *   npx tsx bench/discovery.ts [--pods 10000] [--services 1000] [--agents 100] [--changes 30]
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { DiscoveryClient, DiscoveryServer, discoveryService } from '../src/control/discovery.js';
+import { buildModel, type PodInfo } from '../src/control/model.js';
+import { CertificateAuthority, FileCaStore } from '../src/identity/ca.js';
+import { BootstrapTokenAuthenticator, CaServer } from '../src/identity/ca-server.js';
+import type { Resource, ServiceResource } from '../src/local/manifests.js';
+
+const { values } = parseArgs({
+  options: {
+    pods: { type: 'string', default: '10000' }, services: { type: 'string', default: '1000' }, agents: { type: 'string', default: '100' },
+    changes: { type: 'string', default: '30' }, serve: { type: 'boolean' }, dir: { type: 'string' },
+  },
+});
+const pods = Number(values.pods);
+const services = Number(values.services);
+const agents = Number(values.agents);
+const changes = Number(values.changes);
+for (const [k, v] of Object.entries({ pods, services, agents, changes })) {
+  if (!Number.isInteger(v) || v < 1 || v > 1_000_000) throw new Error(`--${k} must be a positive integer`);
+}
+const token = (i: number) => `bench-token-${i}`;
+const node = (i: number) => `node-${i}`;
+
+function snapshotPods(revision: number): PodInfo[] {
+  return Array.from({ length: pods }, (_, i) => ({
+    uid: `pod-${i}`, namespace: 'bench', name: `pod-${i}`, node: node((i % agents) + 1),
+    ip: `10.${Math.floor(i / 65536) + 100}.${Math.floor(i / 256) % 256}.${i % 256}`,
+    // Pod 0's label changes with each revision: one pod change per step.
+    labels: { app: `svc-${i % services}`, ...(i === 0 ? { revision: String(revision) } : {}) },
+    spec: { serviceAccountName: `sa-${i % services}`, restartPolicy: 'Always', terminationGracePeriodSeconds: 30, containers: [{ name: 'c', argv: ['x'], env: [], cwd: '/', ports: [{ name: 'http', containerPort: 8080, protocol: 'TCP' }] }] },
+  }));
+}
+
+function snapshotResources(): Resource[] {
+  const ns: Resource = { apiVersion: 'v1', kind: 'Namespace', meta: { name: 'bench', namespace: '', labels: { 'ambit.dev/dataplane-mode': 'ambient' }, annotations: {} }, source: { file: 'bench', doc: 1 }, raw: {} } as Resource;
+  const svcs = Array.from({ length: services }, (_, i): ServiceResource => ({
+    apiVersion: 'v1', kind: 'Service', meta: { name: `svc-${i}`, namespace: 'bench', labels: {}, annotations: {} }, source: { file: 'bench', doc: i + 2 }, raw: {},
+    spec: { type: 'ClusterIP', clusterIP: `10.96.${Math.floor(i / 256)}.${i % 256}`, selector: { app: `svc-${i}` }, ports: [{ name: 'http', port: 80, targetPort: 'http', protocol: 'TCP' }] },
+  }));
+  return [ns, ...svcs];
+}
+
+/** The controller side, in its own process so that its RSS is its own. */
+async function serve(dir: string): Promise<void> {
+  const ca = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'ca')) });
+  const tokens = Object.fromEntries(Array.from({ length: agents }, (_, i) => [node(i + 1), token(i + 1)]));
+  const auth = new BootstrapTokenAuthenticator(tokens);
+  const discovery = new DiscoveryServer(auth);
+  const resources = snapshotResources();
+  let revision = 0;
+  discovery.update(buildModel({ resources, pods: snapshotPods(revision) }, 'cluster.local'));
+  const server = await CaServer.start({
+    ca, authenticator: auth, directory: { identitiesOnNode: () => new Set() }, host: '127.0.0.1', port: 0,
+    services: [{ definition: discoveryService().service, implementation: discovery.implementation() }],
+  });
+  const say = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
+  say({ port: server.port, roots: ca.trustBundle() });
+  for await (const line of createInterface({ input: process.stdin })) {
+    if (line === 'change') {
+      revision++;
+      const t = performance.now();
+      discovery.update(buildModel({ resources, pods: snapshotPods(revision) }, 'cluster.local'));
+      say({ version: discovery.version, modelMs: performance.now() - t });
+    } else if (line === 'rss') {
+      global.gc?.();
+      say({ rss: process.memoryUsage().rss });
+    } else if (line === 'quit') {
+      server.forceClose();
+      process.exit(0);
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'ambit-bench-disc-'));
+  const child: ChildProcess = spawn(process.execPath, ['--expose-gc', '--import', 'tsx', fileURLToPath(import.meta.url), '--serve', '--dir', dir,
+    '--pods', String(pods), '--services', String(services), '--agents', String(agents)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  const next = async <T>() => JSON.parse((await lines.next()).value as string) as T;
+  const clients: DiscoveryClient[] = [];
+  try {
+    const { port, roots } = await next<{ port: number; roots: string[] }>();
+    const connect = (i: number) => new DiscoveryClient({ address: `127.0.0.1:${port}`, roots, token: token(i), node: node(i), kind: 'node-agent', apply: () => undefined });
+
+    const controllerMs: number[] = [];
+    const propagate = async (set: DiscoveryClient[]): Promise<number[]> => {
+      const times: number[] = [];
+      for (let c = 0; c < changes; c++) {
+        const t = performance.now();
+        child.stdin!.write('change\n');
+        const { version, modelMs } = await next<{ version: string; modelMs: number }>();
+        controllerMs.push(modelMs);
+        while (!set.every((x) => x.appliedVersion === version)) await new Promise((r) => setImmediate(r));
+        times.push(performance.now() - t);
+      }
+      return times.sort((a, b) => a - b);
+    };
+
+    clients.push(connect(1));
+    await clients[0]!.ready;
+    const baseline = await propagate(clients);
+
+    let t = performance.now();
+    for (let i = 2; i <= agents; i++) clients.push(connect(i));
+    await Promise.all(clients.map((c) => c.ready));
+    const fullSyncMs = performance.now() - t;
+    child.stdin!.write('rss\n');
+    const { rss } = await next<{ rss: number }>();
+    t = performance.now();
+    const all = await propagate(clients);
+
+    const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
+    const result = {
+      date: new Date().toISOString(), node: process.version, cpus: cpus().length, pods, services, agents, changes,
+      fullSyncMs, controllerRssMb: rss / 2 ** 20, controllerUpdateMsP50: [...controllerMs].sort((a, b) => a - b)[Math.floor(controllerMs.length / 2)]!,
+      propagation1: { p50: pct(baseline, 50), p99: pct(baseline, 99) },
+      propagationAll: { p50: pct(all, 50), p99: pct(all, 99) },
+    };
+    const say = (s: string) => process.stdout.write(`${s}\n`);
+    say(`${pods} pods, ${services} services, ${agents} node agents (${cpus().length} CPUs, Node.js ${process.version})`);
+    say(`full sync of ${agents} agents            ${fullSyncMs.toFixed(0)} ms`);
+    say(`controller RSS after sync          ${result.controllerRssMb.toFixed(0)} MB`);
+    say(`controller model + deltas / change p50 ${result.controllerUpdateMsP50.toFixed(1)} ms`);
+    say(`one pod change → 1 agent           p50 ${result.propagation1.p50.toFixed(1)} ms  p99 ${result.propagation1.p99.toFixed(1)} ms (baseline)`);
+    say(`one pod change → all ${agents} agents    p50 ${result.propagationAll.p50.toFixed(1)} ms  p99 ${result.propagationAll.p99.toFixed(1)} ms  (p99 x baseline ${(result.propagationAll.p99 / result.propagation1.p99).toFixed(1)})`);
+    const out = join(dirname(fileURLToPath(import.meta.url)), 'results', 'discovery.json');
+    mkdirSync(dirname(out), { recursive: true });
+    writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
+  } finally {
+    for (const c of clients) c.close();
+    child.stdin!.write('quit\n');
+    await new Promise((r) => child.once('exit', r));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (values.serve) await serve(values.dir!);
+else await main();
