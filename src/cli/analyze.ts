@@ -11,8 +11,9 @@ export function register(program: Command): void {
     .description('validate manifests (Kubernetes workloads, Istio and Gateway API config) without applying them')
     .requiredOption('-f, --filename <path>', 'manifest file or directory (repeatable; - for stdin)', collect)
     .option('--json', 'machine-readable output')
-    .action((opts: { filename: string[]; json?: boolean }) => {
-      const { resources, diagnostics } = parseManifests(readManifestInputs(opts.filename), { validate: validateMeshObject });
+    .option('--local', 'also check what the local cluster needs to run pods (a command for every container)')
+    .action((opts: { filename: string[]; json?: boolean; local?: boolean }) => {
+      const { resources, diagnostics } = parseManifests(readManifestInputs(opts.filename), { validate: validateMeshObject, imagesOnly: !opts.local });
       const errors = diagnostics.filter((d) => d.severity === 'error');
       if (opts.json) {
         process.stdout.write(`${JSON.stringify({ resources: resources.length, diagnostics }, null, 2)}\n`);

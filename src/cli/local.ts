@@ -1,6 +1,7 @@
 /** `ambit local ...`: a whole cluster on this machine (see docs/LOCAL.md). */
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { readManifestInputs, removeCluster, RuntimeClient, RuntimeRequestError, runtimePid, startRuntime, tail } from '../local/client.js';
 import { runDaemon } from '../local/daemon.js';
@@ -334,6 +335,12 @@ function printStatus(s: ClusterStatus): void {
         x.kind === 'waypoint' ? `waypoint ${x.name}` : x.kind, x.node, `${x.lastAck ?? '-'}${x.lastAck === s.controller!.version ? ' (current)' : ''}`,
         x.lastNack ? `${x.lastNack.version}: ${x.lastNack.error}` : '-',
       ]));
+    }
+    const rejected = s.controller.rejected ?? [];
+    if (rejected.length > 0) {
+      say();
+      say(`rejected by the controller (in ${join(s.stateDir, 'config')}):`);
+      for (const r of rejected) say(`  ${r}`);
     }
   }
   if (s.others.length > 0) {

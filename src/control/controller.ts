@@ -8,12 +8,16 @@ import { CertificateAuthority, FileCaStore, readPluginCa } from '../identity/ca.
 import { BootstrapTokenAuthenticator, CaServer } from '../identity/ca-server.js';
 import { logger } from '../telemetry/log.js';
 import { DiscoveryServer, discoveryService } from './discovery.js';
-import { LocalClusterSource, LocalNodeDirectory, readBootstrapTokens } from './local-source.js';
+import { LocalClusterSource, LocalNodeDirectory, readBootstrapTokens, type ConfigSource } from './local-source.js';
+import { ManifestDirSource, MergedSource } from './manifest-source.js';
+import { formatDiagnostic } from '../local/manifests.js';
 import { buildModel } from './model.js';
 
 export interface ControllerOptions {
   /** A local cluster's state directory: CA root under ca/, node tokens, pods from cluster.json. */
   localState: string;
+  /** A directory of manifests watched for mesh config (and workloads), merged over the local cluster's. */
+  configDir?: string;
   host: string;
   port: number;
   trustDomain: string;
@@ -34,13 +38,24 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
   const discovery = new DiscoveryServer(authenticator, log);
   // `ambit local status` shows the subscribers, their versions and any NACK from this file.
   const statusFile = join(opts.localState, 'controller-status.json');
+  let rejected: string[] = [];
   const writeStatus = () => {
     const tmp = `${statusFile}.tmp`;
-    writeFileSync(tmp, `${JSON.stringify({ version: discovery.version, subscribers: discovery.status() })}\n`);
+    writeFileSync(tmp, `${JSON.stringify({ version: discovery.version, subscribers: discovery.status(), rejected })}\n`);
     renameSync(tmp, statusFile);
   };
   discovery.onStatus = writeStatus;
-  const source = new LocalClusterSource(join(opts.localState, 'cluster.json'));
+  const local = new LocalClusterSource(join(opts.localState, 'cluster.json'));
+  let source: ConfigSource = local;
+  if (opts.configDir) {
+    const dir = new ManifestDirSource(opts.configDir, {
+      onDiagnostics: (diagnostics) => {
+        rejected = diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic);
+        for (const d of diagnostics) log[d.severity === 'error' ? 'error' : 'warn']({ dir: opts.configDir }, formatDiagnostic(d));
+      },
+    });
+    source = new MergedSource([local, dir]);
+  }
   source.start((snapshot) => {
     const model = buildModel(snapshot, opts.trustDomain);
     discovery.update(model);

@@ -72,6 +72,8 @@ export class ClusterLayout {
   get socketPath(): string { return join(this.stateDir, 'runtime.sock'); }
   get pidFile(): string { return join(this.stateDir, 'runtime.pid'); }
   get logDir(): string { return join(this.stateDir, 'logs'); }
+  /** Manifests dropped here are read by the controller directly (watched), besides what `ambit local apply` sends. */
+  get configDir(): string { return join(this.stateDir, 'config'); }
   componentLog(component: string): string { return join(this.logDir, `${component}.log`); }
   podDir(ns: string, pod: string): string { return join(this.stateDir, 'pods', `${ns}.${pod}`); }
   containerLog(ns: string, pod: string, container: string): string { return join(this.podDir(ns, pod), `${container}.log`); }

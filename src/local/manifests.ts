@@ -82,6 +82,8 @@ export interface ParseOptions {
   /** When given, each container's command must exist: absolute, relative to its cwd, or on PATH. */
   commandExists?: (cmd: string, cwd: string) => boolean;
   env?: NodeJS.ProcessEnv;
+  /** Pods that describe workloads running elsewhere (a config directory): no command needed. */
+  imagesOnly?: boolean;
   /** Checks a resource of a kind the runtime does not run (the mesh's config), reporting at field paths. */
   validate?: (obj: Record<string, unknown>, report: { error(path: (string | number)[], message: string): void; warn(path: (string | number)[], message: string): void }) => unknown;
 }
@@ -495,7 +497,7 @@ function podSpec(raw: unknown, p: Path, ctx: DocContext, input: ManifestInput, o
     if (names.has(c.name as string)) ctx.error([...cp, 'name'], `duplicate container name "${String(c.name)}"`);
     names.add(c.name as string);
     const command = (c.command as string[] | undefined) ?? [];
-    if (command.length === 0) ctx.error([...cp, 'command'], 'required: the local cluster runs commands, not images (image is recorded only)');
+    if (command.length === 0 && !opts.imagesOnly) ctx.error([...cp, 'command'], 'required: the local cluster runs commands, not images (image is recorded only)');
     const cwd = typeof c.workingDir === 'string' ? (isAbsolute(c.workingDir) ? c.workingDir : resolve(input.dir, c.workingDir)) : input.dir;
     const env: EnvVar[] = ((c.env as Record<string, unknown>[] | undefined) ?? []).map((e) => {
       const ref = (e.valueFrom as { fieldRef?: { fieldPath?: string } } | undefined)?.fieldRef?.fieldPath;

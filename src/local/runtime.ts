@@ -84,7 +84,7 @@ export interface ClusterStatus {
   services: ServiceStatus[];
   components: ComponentStatus[];
   /** The controller's discovery subscribers (node agents, waypoints): versions applied, NACKs. */
-  controller?: { version: string; subscribers: { node: string; kind: string; name: string; lastAck?: string; lastNack?: { version: string; error: string } }[] };
+  controller?: { version: string; rejected?: string[]; subscribers: { node: string; kind: string; name: string; lastAck?: string; lastNack?: { version: string; error: string } }[] };
   /** Resources kept for the controller (Istio, Gateway API, ...). */
   others: { apiVersion: string; kind: string; namespace: string; name: string }[];
 }
@@ -192,11 +192,12 @@ export class Runtime {
   /** The controller (the CA today) in the underlay netns, on the control-plane address. */
   private startComponents(): void {
     const underlay = this.layout.underlayNetns;
+    mkdirSync(this.layout.configDir, { recursive: true });
     const controller = new Component({
       name: 'controller',
       netns: underlay,
       cgroup: this.layout.componentCgroup('controller'),
-      argv: [process.execPath, ambitBin(), 'controller', '--local-state', this.layout.stateDir, '--listen', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`],
+      argv: [process.execPath, ambitBin(), 'controller', '--local-state', this.layout.stateDir, '--config-dir', this.layout.configDir, '--listen', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`],
       env: { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' },
       logFile: this.layout.componentLog('controller'),
       health: () => tcpReachable(`/run/netns/${underlay}`, UNDERLAY_GATEWAY, CONTROLLER_PORT),

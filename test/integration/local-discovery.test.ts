@@ -131,6 +131,34 @@ spec: {}
     expect(text).toMatch(/node-agent\s+node-2\s+-\s+/);
   }, 60_000);
 
+  it('reads mesh config dropped into the cluster\'s config directory, and shows what it rejected', async () => {
+    const s = subs[0]!;
+    const before = s.last!;
+    writeFileSync(join(stateDir, 'config', 'allow.yaml'), `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: allow-a, namespace: app }
+spec: { selector: { matchLabels: { app: a } }, action: ALLOW, rules: [{ from: [{ source: { namespaces: [app] } }] }] }
+`);
+    const next = await until('the policy from the directory', () => (s.last!.keys!.includes('policy/AuthorizationPolicy/app/allow-a') ? s.last : undefined));
+    expect(next.version).not.toBe(before.version);
+    writeFileSync(join(stateDir, 'config', 'bad.yaml'), `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: a, namespace: app }
+spec: { hosts: [a], http: [{ timeout: soon, route: [{ destination: { host: a } }] }] }
+`);
+    let text = '';
+    for (let i = 0; i < 100 && !text.includes('bad.yaml'); i++) {
+      text = (await ambit(['local', 'status', '--name', CLUSTER])).stdout;
+      if (!text.includes('bad.yaml')) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(text).toContain('rejected by the controller');
+    expect(text).toMatch(/bad\.yaml:\d+: document 1 \(VirtualService app\/a\): spec\.http\[0\]\.timeout: /);
+    // The valid policy keeps flowing.
+    expect(s.last!.keys).toContain('policy/AuthorizationPolicy/app/allow-a');
+  }, 60_000);
+
   it('keeps the config while the controller is down and resyncs after it restarts', async () => {
     const s = subs[0]!;
     const before = s.last!;

@@ -36,4 +36,21 @@ spec:
     expect(err).toMatchObject({ code: 1 });
     expect((err as { stdout: string }).stdout).toBe(`error: ${bad}:7: document 1 (VirtualService default/canary): spec.http[0].route: weights must add up to 100, got 105\n0 resources valid, 1 error, 0 warnings\n`);
   });
+  it('takes image-only pods as Kubernetes would, and asks for commands with --local', async () => {
+    const file = join(dir, 'deploy.yaml');
+    writeFileSync(file, `apiVersion: apps/v1
+kind: Deployment
+metadata: { name: web, namespace: shop }
+spec:
+  selector: { matchLabels: { app: web } }
+  template:
+    metadata: { labels: { app: web } }
+    spec: { containers: [{ name: web, image: nginx:1.27 }] }
+`);
+    const { stdout } = await run(process.execPath, [BIN, 'analyze', '-f', file]);
+    expect(stdout).toMatch(/^1 resource valid, 0 errors/m);
+    const local = await run(process.execPath, [BIN, 'analyze', '--local', '-f', file]).catch((e: { code: number; stdout: string }) => e);
+    expect(local).toMatchObject({ code: 1 });
+    expect(local.stdout).toContain('spec.template.spec.containers[0].command: required');
+  });
 });
