@@ -1,6 +1,7 @@
 /** `ambit local ...`: a whole cluster on this machine (see docs/LOCAL.md). */
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { readManifestInputs, removeCluster, RuntimeClient, RuntimeRequestError, runtimePid, startRuntime, tail } from '../local/client.js';
@@ -229,12 +230,19 @@ async function waitForPods(client: RuntimeClient, layout: ClusterLayout, timeout
 function runForeground(argv: string[], env: NodeJS.ProcessEnv, cwd: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const child = spawn(argv[0]!, argv.slice(1), { stdio: 'inherit', env, cwd });
+    // SIGINT from a terminal reaches the child too (same process group); SIGTERM and SIGHUP sent
+    // to this process alone (a supervisor, kill) are passed on, so the command can shut down.
     const ignore = () => { /* the child got the same signal from the terminal */ };
+    const forward = (signal: NodeJS.Signals) => { child.kill(signal); };
     process.on('SIGINT', ignore);
+    process.on('SIGTERM', forward);
+    process.on('SIGHUP', forward);
     child.on('error', reject);
     child.on('exit', (code, signal) => {
       process.off('SIGINT', ignore);
-      resolve(code ?? 128 + (signal === 'SIGKILL' ? 9 : signal === 'SIGTERM' ? 15 : signal === 'SIGINT' ? 2 : 1));
+      process.off('SIGTERM', forward);
+      process.off('SIGHUP', forward);
+      resolve(code ?? 128 + (signal ? (osConstants.signals[signal] ?? 1) : 1));
     });
   });
 }

@@ -189,6 +189,20 @@ describe('ambit local', () => {
     expect(node.stdout).toContain('172.30.0.12/24');
   });
 
+  it('passes SIGTERM sent to exec on to the command', async () => {
+    const child = spawn(process.execPath, [BIN, 'local', 'exec', '--name', CLUSTER, 'app/client', '--', 'sh', '-c', 'trap "echo terminated; exit 7" TERM; echo ready; while :; do sleep 0.1; done'],
+      { env: { ...process.env, AMBIT_LOCAL_STATE: stateRoot }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    child.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });
+    const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+    await until('the command to start', async () => (stdout.includes('ready') ? true : undefined), 20_000);
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    expect(await exited).toBe(7);
+    clearTimeout(timer);
+    expect(stdout).toContain('terminated');
+  });
+
   it('restarts a killed process and keeps the pod behind its service', async () => {
     const before = await status();
     const pod = before.pods.find((p) => p.owner === 'deployment/echo')!;
