@@ -55,6 +55,7 @@ demo-redirect:
 	npx tsx examples/redirect-demo.ts
 
 bench:
+	scripts/setup.sh --bench
 	npx tsx bench/connect-latency.ts
 	npx tsx bench/ca-issue.ts
 	npx tsx bench/discovery.ts
