@@ -8,10 +8,11 @@ import * as certs from './certs.js';
 import * as check from './check.js';
 import * as controller from './controller.js';
 import * as local from './local.js';
+import * as node from './node.js';
 import { CliError } from './errors.js';
 
 /** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
-const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, certs, check, controller, local];
+const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, certs, check, controller, local, node];
 
 export function buildProgram(): Command {
   const program = new Command('ambit')

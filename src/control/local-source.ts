@@ -108,6 +108,6 @@ export function snapshotOf(state: ClusterState): SourceSnapshot {
     const vip = state.services[`${svc.meta.namespace}/${svc.meta.name}`]?.vip;
     return vip ? { ...svc, spec: { ...svc.spec, clusterIP: vip } } : svc;
   });
-  const pods: PodInfo[] = Object.values(state.pods).map((p) => ({ uid: p.uid, namespace: p.namespace, name: p.name, node: p.node, ip: p.ip, labels: p.labels, spec: p.spec }));
+  const pods: PodInfo[] = Object.values(state.pods).map((p) => ({ uid: p.uid, namespace: p.namespace, name: p.name, node: p.node, ip: p.ip, labels: p.labels, spec: p.spec, ...(p.owner ? { owner: { kind: p.owner.kind, name: p.owner.name } } : {}) }));
   return { resources, pods };
 }

@@ -20,6 +20,8 @@ export interface PodInfo {
   ip: string;
   labels: Record<string, string>;
   spec: PodSpec;
+  /** The controller that made the pod (a Deployment), for the workload name in telemetry. */
+  owner?: { kind: string; name: string };
 }
 
 /** Everything a config source knows at one moment. */
@@ -30,7 +32,10 @@ export interface SourceSnapshot {
 
 export interface Workload {
   uid: string;
+  /** The pod's name. */
   name: string;
+  /** What telemetry calls the workload: the owning Deployment's name, else the pod's. */
+  workload: string;
   namespace: string;
   serviceAccount: string;
   identity: string;
@@ -80,6 +85,13 @@ export interface MeshModel {
   waypoints: ConfigObject[];
 }
 
+/** Whether a pod is in the mesh: its own label, else its namespace's; `none` on the pod opts out. */
+export function isEnrolled(podLabels: Record<string, string>, namespaceLabels: Record<string, string>): boolean {
+  const podMode = podLabels[DATAPLANE_MODE];
+  if (podMode === 'none') return false;
+  return podMode === 'ambient' || namespaceLabels[DATAPLANE_MODE] === 'ambient';
+}
+
 const POLICY_KINDS = new Set(['security.istio.io/AuthorizationPolicy', 'security.istio.io/PeerAuthentication']);
 const L7_KINDS = new Set([
   'networking.istio.io/VirtualService', 'networking.istio.io/DestinationRule', 'networking.istio.io/ServiceEntry',
@@ -106,12 +118,11 @@ export function buildModel(snapshot: SourceSnapshot, trustDomain: string, cluste
   const nsLabels = (ns: string) => namespaces.get(ns)?.meta.labels ?? {};
 
   const workloads: Workload[] = snapshot.pods.map((p) => {
-    const podMode = p.labels[DATAPLANE_MODE];
-    const enrolled = podMode === 'none' ? false : podMode === 'ambient' || nsLabels(p.namespace)[DATAPLANE_MODE] === 'ambient';
+    const enrolled = isEnrolled(p.labels, nsLabels(p.namespace));
     const ports: Record<string, number> = {};
     for (const c of p.spec.containers) for (const port of c.ports) if (port.name) ports[port.name] = port.containerPort;
     return {
-      uid: p.uid, name: p.name, namespace: p.namespace, serviceAccount: p.spec.serviceAccountName,
+      uid: p.uid, name: p.name, workload: p.owner?.name ?? p.name, namespace: p.namespace, serviceAccount: p.spec.serviceAccountName,
       identity: formatSpiffeId({ trustDomain, namespace: p.namespace, serviceAccount: p.spec.serviceAccountName }),
       ips: [p.ip], node: p.node, labels: p.labels, enrolled, ports,
       ...(p.labels[USE_WAYPOINT] ? { waypoint: p.labels[USE_WAYPOINT] } : {}),

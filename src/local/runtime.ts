@@ -10,8 +10,10 @@
  * restarts every pod with its old name and address.
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { Socket } from 'node:net';
+import { isEnrolled } from '../control/model.js';
 import { validateMeshObject } from '../control/validate.js';
 import { Datapath } from '../ebpf/datapath.js';
 import { socketInNetns } from '../node/netns.js';
@@ -21,7 +23,7 @@ import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { LocalError } from './errors.js';
 import {
-  CLUSTER_DOMAIN, ClusterLayout, CONTROLLER_PORT, MAX_NODES, nodeAddress, nodeName, podCidr, SERVICE_CIDR, UNDERLAY_GATEWAY,
+  CLUSTER_DOMAIN, ClusterLayout, CONTROLLER_PORT, MAX_NODES, nodeAddress, nodeName, podCidr, podGateway, SERVICE_CIDR, UNDERLAY_GATEWAY,
 } from './layout.js';
 import {
   formatDiagnostic, parseManifests, type DeploymentResource, type Diagnostic, type ManifestInput,
@@ -204,6 +206,66 @@ export class Runtime {
     }, this.log);
     controller.start();
     this.components.push(controller);
+    for (const node of this.state.nodes) {
+      const name = `node-agent.${node.name}`;
+      const nodeNetns = this.layout.nodeNetns(node.name);
+      const agent = new Component({
+        name: 'node-agent',
+        node: node.name,
+        netns: nodeNetns,
+        cgroup: this.layout.componentCgroup(name),
+        argv: [process.execPath, ambitBin(), 'node', '--node', node.name, '--cluster', this.layout.name,
+          '--controller', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
+          '--token-file', join(this.layout.stateDir, 'nodes', node.name, 'token'),
+          '--ca-file', join(this.layout.stateDir, 'ca', 'ca-cert.pem'),
+          '--probe-source', podGateway(node.index),
+          '--control-socket', this.agentSocket(node.name)],
+        env: { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' },
+        logFile: this.layout.componentLog(name),
+        health: () => tcpReachable(`/run/netns/${nodeNetns}`, node.ip, 15021),
+      }, this.log);
+      agent.start();
+      this.components.push(agent);
+    }
+  }
+
+  private agentSocket(node: string): string {
+    return join(this.layout.stateDir, 'nodes', node, 'agent.sock');
+  }
+
+  private namespaceLabels(namespace: string): Record<string, string> {
+    for (const r of Object.values(this.state.resources)) if (r.kind === 'Namespace' && r.meta.name === namespace) return r.meta.labels;
+    return {};
+  }
+
+  /**
+   * A meshed pod's processes start once its node agent has enrolled it (listeners, map entries,
+   * certificate), so that its first connection is already in the mesh. An agent that does not
+   * answer in time does not keep the pod from running: it starts, and is enrolled when the
+   * agent catches up (its new connections are redirected from then on).
+   */
+  private async admit(pod: LocalPod): Promise<void> {
+    const { record } = pod;
+    if (!isEnrolled(record.labels, this.namespaceLabels(record.namespace))) return;
+    const started = Date.now();
+    const deadline = started + ADMIT_TIMEOUT_MS;
+    let last = '';
+    while (Date.now() < deadline && !pod.stopping) {
+      try {
+        const answer = await agentRequest(this.agentSocket(record.node), `/v1/pods/${encodeURIComponent(record.uid)}?timeoutMs=${Math.max(0, deadline - Date.now())}`, deadline - Date.now() + 1000);
+        if (answer.status === 200) {
+          const r = answer.body as { enrolled: boolean; error?: string };
+          if (r.enrolled) this.log.info({ pod: pod.key, ms: Date.now() - started }, 'pod enrolled by its node agent');
+          else this.log.warn({ pod: pod.key, error: r.error }, 'node agent did not enroll the pod');
+          return;
+        }
+        last = `agent answered ${answer.status}`;
+      } catch (err) {
+        last = (err as Error).message;
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    if (!pod.stopping) this.log.warn({ pod: pod.key, why: last }, `node agent did not confirm enrollment within ${ADMIT_TIMEOUT_MS} ms; starting the pod anyway`);
   }
 
   /** Removes what a previous run left in the kernel, then moves this process into its own cgroup. */
@@ -349,8 +411,11 @@ export class Runtime {
       baseEnv: this.baseEnv,
     }, this.log.child({ pod: `${record.namespace}/${record.name}` }), () => this.scheduleSync());
     this.pods.set(pod.key, pod);
-    pod.start();
-    this.log.info({ pod: pod.key, node: record.node, ip: record.ip }, 'pod started');
+    void this.admit(pod).then(() => {
+      if (pod.stopping || this.pods.get(pod.key) !== pod) return;
+      pod.start();
+      this.log.info({ pod: pod.key, node: record.node, ip: record.ip }, 'pod started');
+    });
     return pod;
   }
 
@@ -666,7 +731,32 @@ export class Runtime {
 export async function removeKernelObjects(layout: ClusterLayout): Promise<void> {
   await removeCgroupTree(layout.cgroupRoot);
   for (const ns of listNetns().filter((n) => layout.ownsNetns(n))) deleteNetns(ns);
+  // Each node agent's pins first (links detached, not just unpinned), then the rest.
+  if (existsSync(layout.pinRoot)) for (const node of readdirSync(layout.pinRoot)) Datapath.remove(join(layout.pinRoot, node));
   Datapath.remove(layout.pinRoot);
+}
+
+const ADMIT_TIMEOUT_MS = 15_000;
+
+/** One GET to a node agent's control socket. */
+function agentRequest(socketPath: string, path: string, timeoutMs: number): Promise<{ status: number; body: unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ socketPath, path, method: 'GET', timeout: timeoutMs }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => { text += c; });
+      res.on('end', () => {
+        try {
+          resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as unknown });
+        } catch {
+          resolve({ status: res.statusCode ?? 0, body: text });
+        }
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error('node agent did not answer')));
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 /** A TCP connect from inside a netns: does something listen there? */

@@ -1,0 +1,116 @@
+/** `ambit node`: the node agent process (the local runtime starts one per node; Kubernetes, a DaemonSet). */
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { splitPemBundle } from '../identity/pki.js';
+import { ClusterLayout, netnsPath } from '../local/layout.js';
+import { AdminServer, ADMIN_PORT } from '../node/admin.js';
+import { NodeAgent, serveTelemetry, type PodLocator } from '../node/agent.js';
+import { logger } from '../telemetry/log.js';
+import { CliError } from './errors.js';
+
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+
+function hostPort(flag: string, value: string): { host: string; port: number } {
+  const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(value);
+  if (!m || Number(m[2]) > 65535) throw new CliError(`${flag} must be HOST:PORT, got "${value}"`);
+  return { host: m[1]!, port: Number(m[2]) };
+}
+
+function readFile(flag: string, path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new CliError(`${flag}: cannot read ${path}: ${(err as Error).message}`);
+  }
+}
+
+/** Pods of a local cluster: netns and cgroup by the cluster's naming. */
+function localLocator(layout: ClusterLayout): PodLocator {
+  return {
+    locate: (w) => ({ netnsPath: netnsPath(layout.podNetns(w.namespace, w.name)), cgroupPath: layout.podCgroup(w.node, w.namespace, w.name) }),
+  };
+}
+
+interface NodeOpts {
+  node: string; controller: string; tokenFile: string; caFile: string; cluster?: string; pinRoot?: string; cgroup?: string;
+  probeSource?: string[]; controlSocket?: string; admin: string; telemetryHost: string; rootNamespace?: string; drainSeconds: string;
+}
+
+export function register(program: Command): void {
+  program.command('node')
+    .description('run the node agent: eBPF redirection, HBONE mTLS, L4 policy, metrics (one per node)')
+    .requiredOption('--node <name>', 'this node\'s name')
+    .requiredOption('--controller <host:port>', 'the controller (CA and discovery)')
+    .requiredOption('--token-file <file>', 'this node\'s credential for the controller')
+    .requiredOption('--ca-file <file>', 'PEM roots that verify the controller (the mesh trust bundle)')
+    .option('--cluster <name>', 'a local cluster: pods, cgroups and pins by its layout')
+    .option('--pin-root <dir>', 'bpffs directory for this agent\'s pins (default: the local cluster\'s)')
+    .option('--cgroup <dir>', 'the cgroup holding this node\'s pods (default: the local cluster\'s)')
+    .option('--probe-source <ip>', 'an address the node\'s probes come from (let through under STRICT); repeatable', collect)
+    .option('--control-socket <path>', 'unix socket where the runtime asks whether a pod is enrolled')
+    .option('--admin <host:port>', 'admin endpoint', `127.0.0.1:${ADMIN_PORT}`)
+    .option('--telemetry-host <host>', 'where /metrics (15020) and /healthz/ready (15021) listen', '0.0.0.0')
+    .option('--root-namespace <ns>', 'Istio root namespace (mesh-wide policy)', 'istio-system')
+    .option('--drain-seconds <n>', 'how long connections of a pod leaving the mesh may take to finish', '5')
+    .action(async (opts: NodeOpts) => {
+      const admin = hostPort('--admin', opts.admin);
+      const controller = hostPort('--controller', opts.controller);
+      const drain = Number(opts.drainSeconds);
+      if (!Number.isFinite(drain) || drain < 0 || drain > 3600) throw new CliError(`--drain-seconds must be 0..3600, got "${opts.drainSeconds}"`);
+      const layout = opts.cluster ? new ClusterLayout(opts.cluster) : undefined;
+      const pinRoot = opts.pinRoot ?? layout?.nodePinRoot(opts.node);
+      const cgroup = opts.cgroup ?? layout?.nodeCgroup(opts.node);
+      if (!pinRoot || !cgroup || !layout) throw new CliError('--cluster is required today (pods are located by a local cluster\'s layout)', 'Kubernetes pod discovery comes with the Kubernetes install');
+      if (!existsSync(cgroup)) throw new CliError(`--cgroup ${cgroup} does not exist`);
+      const log = logger('node');
+      // The controller writes its root on first start; an agent started beside it waits for it.
+      for (let i = 0; i < 600 && !existsSync(opts.caFile); i++) await new Promise((r) => setTimeout(r, 100));
+      const agent = await NodeAgent.start({
+        node: opts.node,
+        controller: { address: `${controller.host}:${controller.port}`, token: readFile('--token-file', opts.tokenFile).trim(), roots: splitPemBundle(readFile('--ca-file', opts.caFile)).slice(-1) },
+        pinRoot, cgroup, locator: localLocator(layout), probeSources: opts.probeSource ?? [], rootNamespace: opts.rootNamespace,
+        drainMs: drain * 1000, log, accessLog: logger('access'),
+      });
+      const servers = await serveTelemetry(agent, opts.telemetryHost);
+      const adminServer = await AdminServer.start({ certificates: agent.certs, agent, logger: log }, admin.host, admin.port);
+      const control = opts.controlSocket ? await serveControl(agent, opts.controlSocket) : undefined;
+      log.info({ node: opts.node, pinRoot, cgroup }, 'node agent started');
+      let stopping = false;
+      const stop = (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        log.info({ signal }, 'node agent stopping: draining pods');
+        void agent.close().finally(() => {
+          for (const s of servers) s.close();
+          control?.close();
+          void adminServer.close();
+          process.exit(0);
+        });
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+      await new Promise(() => { /* serves until a signal */ });
+    });
+}
+
+/** `GET /v1/pods/<uid>?timeoutMs=N` on a unix socket: the runtime starts a meshed pod's processes once this answers. */
+async function serveControl(agent: NodeAgent, path: string): Promise<{ close(): void }> {
+  rmSync(path, { force: true });
+  const server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://agent');
+    const m = /^\/v1\/pods\/([^/]+)$/.exec(url.pathname);
+    const json = (status: number, body: unknown) => res.writeHead(status, { 'content-type': 'application/json' }).end(`${JSON.stringify(body)}\n`);
+    if (!m || req.method !== 'GET') return json(404, { error: 'GET /v1/pods/<uid>' });
+    const timeoutMs = Math.min(60_000, Math.max(0, Number(url.searchParams.get('timeoutMs') ?? 10_000) || 0));
+    agent.podReadiness(decodeURIComponent(m[1]!), timeoutMs).then(
+      (r) => (r ? json(200, r) : json(504, { error: `pod not settled within ${timeoutMs} ms`, version: agent.version })),
+      (err: Error) => json(500, { error: err.message }),
+    );
+  });
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(path, resolve));
+  return { close: () => { server.close(); rmSync(path, { force: true }); } };
+}
+
+export const CONTROL_SOCKET = (stateDir: string, node: string) => join(stateDir, 'nodes', node, 'agent.sock');

@@ -1,0 +1,569 @@
+/**
+ * The node agent (`ambit node`): one per node. It follows the controller's discovery stream,
+ * enrolls the meshed pods of its node into the eBPF datapath (in-pod listeners, map entries,
+ * certificates), and carries their connections:
+ *
+ *   outbound (15001)  original destination → service VIP resolved to an endpoint, or a pod IP;
+ *                     meshed destination: HBONE with the source workload's certificate to the
+ *                     destination pod's 15008; anything else: plain TCP passthrough
+ *   HBONE (15008)     mTLS terminated with the destination workload's certificate, peer SPIFFE
+ *                     ID verified, AuthorizationPolicy (L4), then a connection to the app
+ *   inbound (15006)   plaintext: PeerAuthentication STRICT refuses it, PERMISSIVE lets it
+ *                     through (no principal) under AuthorizationPolicy
+ *
+ * Every socket towards a pod or from it is made inside the pod's netns and marked, so traffic
+ * keeps the pod's addresses and ambit's own hooks leave it alone.
+ */
+import { existsSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2';
+import { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { DiscoveryClient, type WireResource } from '../control/discovery.js';
+import type { Workload } from '../control/model.js';
+import { Datapath } from '../ebpf/datapath.js';
+import type { OrigDst } from '../ebpf/codecs.js';
+import { CaClient } from '../identity/ca-server.js';
+import { CertManager, type WorkloadCertificate } from '../identity/cert-manager.js';
+import { MeshMetrics } from '../telemetry/metrics.js';
+import { ConnectionTracker, resetOrDestroy, splice, type TrackedConnection } from './connections.js';
+import { PodEnroller, type EnrolledPod } from './enroll.js';
+import { HboneError, HbonePool, HboneServer, type TunnelInfo } from './hbone.js';
+import { MeshState, MeshStateError, type Destination } from './mesh-state.js';
+import { AGENT_SOCKET_MARK, socketInNetns } from './netns.js';
+
+export const METRICS_PORT = 15020;
+export const HEALTH_PORT = 15021;
+
+/** Where a pod's netns and cgroup are: the local runtime's layout, or (Kubernetes) the CNI's record. */
+export interface PodLocator {
+  locate(workload: Workload): { netnsPath: string; cgroupPath?: string } | undefined;
+}
+
+export interface NodeAgentOptions {
+  node: string;
+  controller: { address: string; token: string; roots: string[] };
+  /** The bpffs directory for this agent's pins, and the cgroup that holds the node's pods. */
+  pinRoot: string;
+  cgroup: string;
+  objectsDir?: string;
+  locator: PodLocator;
+  /** Addresses the node's own probes come from: let through even under STRICT, as kubelet probes are in Istio. */
+  probeSources?: string[];
+  /** Istio's root namespace for mesh-wide policy. */
+  rootNamespace?: string;
+  /** How long an unenrolled pod's open connections may take to finish. */
+  drainMs?: number;
+  log: Logger;
+  accessLog: Logger;
+}
+
+interface PodEntry {
+  workload: Workload;
+  netnsPath: string;
+  enrolled: EnrolledPod;
+  hbone: HboneServer;
+  cert?: WorkloadCertificate;
+  sockets: Set<Socket | ServerHttp2Stream>;
+}
+
+/** A pod's enrollment as the runtime waits for it: done (with or without the mesh) or failed. */
+export interface PodReadiness { uid: string; enrolled: boolean; error?: string; version: string }
+
+export class NodeAgent {
+  readonly metrics = new MeshMetrics();
+  readonly certs: CertManager;
+  readonly connections: ConnectionTracker;
+  private readonly datapath: Datapath;
+  private readonly enroller: PodEnroller;
+  private readonly pool: HbonePool;
+  private readonly discovery: DiscoveryClient;
+  private readonly pods = new Map<string, PodEntry>();
+  private readonly failures = new Map<string, string>();
+  private readonly unhealthy = new Map<string, number>();
+  private state?: MeshState;
+  private reconciling: Promise<void> = Promise.resolve();
+  private reconcileQueued = false;
+  private readonly waiters = new Set<() => void>();
+  private nacks = 0;
+  private closed = false;
+  readonly started = Date.now();
+
+  private constructor(private readonly opts: NodeAgentOptions, datapath: Datapath) {
+    this.datapath = datapath;
+    const log = opts.log;
+    this.connections = new ConnectionTracker(this.metrics, opts.accessLog);
+    this.pool = new HbonePool({ log });
+    const ca = new CaClient({ address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token });
+    this.certs = new CertManager({ source: ca, log: log.child({ part: 'certs' }) });
+    this.enroller = new PodEnroller(datapath, {
+      outbound: (socket, dst, pod) => void this.outbound(socket, dst, pod),
+      inbound: (socket, pod) => void this.inbound(socket, pod),
+      hbone: (socket, pod) => void this.podByCookie(pod.netnsCookie)?.hbone.handle(socket),
+    }, log);
+    this.registerAgentMetrics();
+    this.discovery = new DiscoveryClient({
+      address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,
+      node: opts.node, kind: 'node-agent', log,
+      apply: (resources, version) => this.apply(resources, version),
+    });
+  }
+
+  /** Loads and attaches the datapath, then follows the controller. */
+  static async start(opts: NodeAgentOptions): Promise<NodeAgent> {
+    const datapath = Datapath.load({ pinRoot: opts.pinRoot, objectsDir: opts.objectsDir, logger: opts.log });
+    const { adopted } = datapath.attachOutbound(opts.cgroup);
+    const adoptedPods = datapath.adoptPodLinks();
+    opts.log.info({ cgroup: opts.cgroup, pinRoot: opts.pinRoot, adopted, adoptedPods: adoptedPods.length }, 'datapath attached');
+    const agent = new NodeAgent(opts, datapath);
+    await agent.certs.start().catch((err: Error) => opts.log.warn({ err: err.message }, 'trust bundle not fetched yet; retrying in the background'));
+    return agent;
+  }
+
+  get version(): string {
+    return this.state?.version ?? '';
+  }
+
+  get ready(): boolean {
+    return this.state !== undefined && !this.closed;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Configuration
+
+  private apply(resources: ReadonlyMap<string, WireResource>, version: string): void {
+    let next: MeshState;
+    try {
+      next = new MeshState(version, resources, { rootNamespace: this.opts.rootNamespace });
+    } catch (err) {
+      this.nacks++;
+      throw err instanceof MeshStateError ? err : new MeshStateError((err as Error).message);
+    }
+    for (const w of next.authorizer.warnings) this.opts.log.warn({ version }, w);
+    this.state = next;
+    this.reconcile();
+  }
+
+  /** Brings enrollment in line with the current state; runs one at a time, coalescing requests. */
+  private reconcile(): void {
+    if (this.reconcileQueued) return;
+    this.reconcileQueued = true;
+    this.reconciling = this.reconciling.then(async () => {
+      this.reconcileQueued = false;
+      const state = this.state;
+      if (!state || this.closed) return;
+      const want = new Map(state.enrolledOn(this.opts.node).map((w) => [w.uid, w]));
+      for (const [uid, entry] of this.pods) {
+        const w = want.get(uid);
+        if (!w || w.ips.join() !== entry.workload.ips.join() || w.identity !== entry.workload.identity) await this.unenroll(uid, w ? 'changed' : 'left the mesh');
+        else entry.workload = w;
+      }
+      await Promise.all([...want.values()].filter((w) => !this.pods.has(w.uid)).map((w) => this.enroll(w)));
+      for (const uid of this.failures.keys()) if (!want.has(uid)) this.failures.delete(uid);
+      this.sweep();
+      for (const wake of this.waiters) wake();
+    }).catch((err: Error) => this.opts.log.error({ err: err.message }, 'reconcile failed'));
+  }
+
+  private async enroll(w: Workload): Promise<void> {
+    const where = this.opts.locator.locate(w);
+    const name = `${w.namespace}/${w.name}`;
+    if (!where || !existsSync(where.netnsPath)) {
+      this.failures.set(w.uid, `network namespace of ${name} not found${where ? ` (${where.netnsPath})` : ''}`);
+      return;
+    }
+    // The certificate first: the pod's first connection must not wait for it.
+    let cert: WorkloadCertificate;
+    try {
+      cert = await this.certs.acquire(w.identity);
+    } catch (err) {
+      this.failures.set(w.uid, `certificate for ${w.identity}: ${(err as Error).message}`);
+      this.opts.log.error({ pod: name, err: (err as Error).message }, 'enrollment waits for a certificate');
+      setTimeout(() => this.reconcile(), 2000).unref();
+      return;
+    }
+    const sockets = new Set<Socket | ServerHttp2Stream>();
+    const hbone = new HboneServer({
+      certificate: () => this.certs.get(w.identity),
+      roots: () => this.certs.trustBundle,
+      onTunnel: (stream, info) => void this.tunnel(w.uid, stream, info),
+      log: this.opts.log,
+    });
+    try {
+      const enrolled = await this.enroller.enroll({ name, netnsPath: where.netnsPath, cgroupPath: where.cgroupPath, ips: w.ips });
+      this.pods.set(w.uid, { workload: w, netnsPath: where.netnsPath, enrolled, hbone, cert, sockets });
+      this.failures.delete(w.uid);
+    } catch (err) {
+      this.certs.release(w.identity);
+      this.failures.set(w.uid, (err as Error).message);
+      this.opts.log.error({ pod: name, err: (err as Error).message }, 'enrollment failed');
+    }
+  }
+
+  private async unenroll(uid: string, why: string): Promise<void> {
+    const entry = this.pods.get(uid);
+    if (!entry) return;
+    this.pods.delete(uid);
+    await this.enroller.unenroll(entry.enrolled.netnsCookie);
+    this.certs.release(entry.workload.identity);
+    const drainMs = this.opts.drainMs ?? 5000;
+    await entry.hbone.close(drainMs);
+    // Connections still open after the drain period are reset.
+    for (const s of entry.sockets) s.destroy();
+    this.opts.log.info({ pod: `${entry.workload.namespace}/${entry.workload.name}`, why }, 'pod unenrolled');
+  }
+
+  /** Removes map entries and pinned links no enrolled pod owns (left by pods gone while the agent was down). */
+  private sweep(): void {
+    const live = new Set([...this.pods.values()].map((p) => p.enrolled.netnsCookie));
+    const { maps } = this.datapath;
+    for (const cookie of [...maps.pods.keys()]) if (!live.has(cookie)) maps.pods.delete(cookie);
+    for (const ip of [...maps.podAddrs.keys()]) {
+      const cookie = maps.podAddrs.get(ip);
+      if (cookie !== undefined && !live.has(cookie)) maps.podAddrs.delete(ip);
+    }
+    for (const cookie of this.datapath.adoptPodLinks()) if (!live.has(cookie)) this.datapath.detachInbound(cookie);
+  }
+
+  /** Resolves once the pod's enrollment is settled for a state that includes it (or after `timeoutMs`). */
+  async podReadiness(uid: string, timeoutMs: number): Promise<PodReadiness | undefined> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const state = this.state;
+      const w = state?.workloads.get(uid);
+      if (state && w && !this.reconcileQueued) {
+        await this.reconciling;
+        const entry = this.pods.get(uid);
+        const mine = w.node === this.opts.node;
+        if (!mine || !w.enrolled || entry) return { uid, enrolled: Boolean(entry), version: state.version };
+        const error = this.failures.get(uid);
+        if (error) return { uid, enrolled: false, error, version: state.version };
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) return undefined;
+      await new Promise<void>((resolve) => {
+        const wake = () => { this.waiters.delete(wake); clearTimeout(t); resolve(); };
+        const t = setTimeout(wake, Math.min(left, 250));
+        this.waiters.add(wake);
+      });
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Data path
+
+  private podByCookie(cookie: bigint): PodEntry | undefined {
+    for (const p of this.pods.values()) if (p.enrolled.netnsCookie === cookie) return p;
+    return undefined;
+  }
+
+  private async outbound(socket: Socket, dst: OrigDst | undefined, pod: EnrolledPod): Promise<void> {
+    socket.on('error', () => { /* handled by splice once joined */ });
+    const src = this.podByCookie(pod.netnsCookie);
+    const state = this.state;
+    if (!src || !state || !dst) {
+      this.opts.log.warn({ pod: pod.spec.name, hasDst: Boolean(dst) }, 'outbound connection without its original destination; reset');
+      resetOrDestroy(socket);
+      return;
+    }
+    const source = { workload: src.workload.workload, namespace: src.workload.namespace, identity: src.workload.identity, labels: src.workload.labels, ip: socket.remoteAddress === '127.0.0.1' || socket.remoteAddress === '::1' ? src.workload.ips[0]! : socket.remoteAddress ?? '' };
+    const called = { ip: dst.addr, port: dst.port };
+    let d = this.pick(state, called.ip, called.port);
+    if (!d) {
+      this.refuse(socket, src, { reporter: 'source', source, destination: { ...called }, mtls: false, path: 'passthrough', pod: src.enrolled.spec.name }, 'UH', `no endpoint serves ${called.ip}:${called.port}`);
+      return;
+    }
+    const service = d.service ? { hostname: d.service.hostname, name: d.service.name, namespace: d.service.namespace } : undefined;
+    if (d.service?.waypoint) {
+      // Until waypoints run, a service bound to one fails closed: its L7 policy is never bypassed.
+      this.refuse(socket, src, { reporter: 'source', source, destination: { ip: d.ip, port: d.port }, ...(service ? { service } : {}), mtls: false, path: 'hbone', pod: src.enrolled.spec.name }, 'UH', `bound to waypoint ${d.service.waypoint.namespace}/${d.service.waypoint.name}, which is not ready`);
+      return;
+    }
+    if (!d.workload?.enrolled) {
+      await this.passthrough(socket, src, d, source, service);
+      return;
+    }
+    // HBONE, with one more endpoint tried when the first cannot be reached.
+    for (let attempt = 0; ; attempt++) {
+      const w = d.workload!;
+      const destination = { workload: w.workload, namespace: w.namespace, identity: w.identity, labels: w.labels, ip: d.ip, port: d.port };
+      const conn = this.connections.begin({ reporter: 'source', source, destination, ...(service ? { service } : {}), mtls: true, path: 'hbone', pod: src.enrolled.spec.name });
+      try {
+        const cert = await this.certs.get(src.workload.identity);
+        const stream = await this.pool.open(
+          { pod: src.workload.uid, cert, roots: this.certs.trustBundle, socket: (family) => socketInNetns(src.netnsPath, family, { mark: AGENT_SOCKET_MARK }) },
+          { address: d.ip, identity: w.identity, authority: `${authorityHost(d.ip)}:${d.port}` },
+          {
+            forwarded: `for=${forwardedFor(source.ip)}`,
+            baggage: `k8s.namespace.name=${src.workload.namespace},k8s.pod.name=${src.workload.name},service.name=${src.workload.workload}`,
+          },
+        );
+        this.join(conn, socket, stream, src);
+        return;
+      } catch (err) {
+        const e = err instanceof HboneError ? err : new HboneError((err as Error).message, 'reset');
+        const retry = attempt === 0 && d.service !== undefined && e.status === undefined && (e.kind === 'refused' || e.kind === 'unreachable' || e.kind === 'timeout');
+        if (retry) {
+          this.unhealthy.set(w.uid, Date.now() + 5000);
+          const next = this.pick(state, called.ip, called.port);
+          this.connections.finish(conn, { flags: 'UF', error: e.message });
+          if (next && next.workload?.uid !== w.uid && next.workload?.enrolled) {
+            d = next;
+            continue;
+          }
+        } else {
+          this.connections.finish(conn, { flags: e.status === 401 || e.status === 403 ? 'RBAC' : e.kind === 'timeout' ? 'UT' : 'UF', error: e.message });
+        }
+        this.opts.log.info({ pod: src.enrolled.spec.name, dst: `${d.ip}:${d.port}`, err: e.message }, 'outbound connection failed');
+        resetOrDestroy(socket);
+        return;
+      }
+    }
+  }
+
+  /** An endpoint for ip:port, avoiding endpoints that just failed when others exist. */
+  private pick(state: MeshState, ip: string, port: number): Destination | undefined {
+    const now = Date.now();
+    for (const [uid, until] of this.unhealthy) if (until < now) this.unhealthy.delete(uid);
+    for (let i = 0; i < 4; i++) {
+      const d = state.resolve(ip, port, this.opts.node);
+      if (!d || !d.workload || !this.unhealthy.has(d.workload.uid)) return d;
+    }
+    return state.resolve(ip, port, this.opts.node);
+  }
+
+  private async passthrough(socket: Socket, src: PodEntry, d: Destination, source: TrackedConnection['source'], service?: TrackedConnection['service']): Promise<void> {
+    const conn = this.connections.begin({
+      reporter: 'source', source, destination: { ip: d.ip, port: d.port, ...(d.workload ? { workload: d.workload.workload, namespace: d.workload.namespace, labels: d.workload.labels } : {}) },
+      ...(service ? { service } : {}), mtls: false, path: 'passthrough', pod: src.enrolled.spec.name,
+    });
+    let upstream: Socket;
+    try {
+      upstream = new Socket({ fd: socketInNetns(src.netnsPath, d.ip.includes(':') ? 6 : 4, { mark: AGENT_SOCKET_MARK }), readable: true, writable: true });
+    } catch (err) {
+      this.connections.finish(conn, { flags: 'UF', error: (err as Error).message });
+      resetOrDestroy(socket);
+      return;
+    }
+    upstream.once('connect', () => this.join(conn, socket, upstream, src));
+    upstream.once('error', (err) => {
+      if (upstream.connecting || !upstream.remoteAddress) {
+        this.connections.finish(conn, { flags: 'UF', error: err.message });
+        resetOrDestroy(socket);
+      }
+    });
+    upstream.connect(d.port, d.ip);
+  }
+
+  /** Joins the source side (`client`) and the destination side (`server`) of a connection of `pod`. */
+  private join(conn: TrackedConnection, client: Socket | ServerHttp2Stream, server: Socket | ServerHttp2Stream | ClientHttp2Stream, pod: PodEntry): void {
+    pod.sockets.add(client);
+    this.connections.count(conn, client, server);
+    splice(client, server, (err) => {
+      pod.sockets.delete(client);
+      this.connections.finish(conn, err ? { flags: conn.flags === '-' ? 'UR' : conn.flags, error: err.message } : {});
+    });
+  }
+
+  private refuse(socket: Socket, pod: PodEntry, info: Parameters<ConnectionTracker['begin']>[0], flags: string, why: string): void {
+    const conn = this.connections.begin(info);
+    this.connections.finish(conn, { flags, error: why });
+    this.opts.log.info({ pod: pod.enrolled.spec.name, why }, 'connection refused');
+    resetOrDestroy(socket);
+  }
+
+  /** A CONNECT stream on the pod's HBONE listener. */
+  private async tunnel(uid: string, stream: ServerHttp2Stream, info: TunnelInfo): Promise<void> {
+    const entry = this.pods.get(uid);
+    const state = this.state;
+    if (!entry || !state) {
+      stream.respond({ ':status': 503, 'ambit-error': 'workload is not enrolled here' }, { endStream: true });
+      return;
+    }
+    const w = entry.workload;
+    const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(info.authority);
+    const ip = m?.[1];
+    const port = Number(m?.[2]);
+    const peer = state.workloadsByIp.get(info.remoteAddress.replace(/^::ffff:/, ''));
+    const source = { ip: info.remoteAddress.replace(/^::ffff:/, ''), identity: info.peerIdentity, ...(peer ? { workload: peer.workload, namespace: peer.namespace, labels: peer.labels } : identityNamespace(info.peerIdentity)) };
+    const destination = { workload: w.workload, namespace: w.namespace, identity: w.identity, labels: w.labels, ip: ip ?? '', port };
+    const conn = this.connections.begin({ reporter: 'destination', source, destination, service: this.serviceFor(state, w, port), mtls: true, path: 'hbone', pod: entry.enrolled.spec.name });
+    if (!ip || !port || port > 65535 || !w.ips.includes(ip)) {
+      stream.respond({ ':status': 400, 'ambit-error': `authority ${info.authority} is not this workload` }, { endStream: true });
+      this.connections.finish(conn, { flags: 'NR', error: `authority ${info.authority} is not ${w.namespace}/${w.name}` });
+      return;
+    }
+    const decision = state.authorizer.evaluate(w, { sourceIdentity: info.peerIdentity, sourceIp: source.ip, destinationIp: ip, destinationPort: port });
+    if (!decision.allowed) {
+      stream.respond({ ':status': 401, 'ambit-error': decision.reason }, { endStream: true });
+      this.connections.finish(conn, { flags: 'RBAC', error: decision.reason, ...(decision.policy ? { policy: decision.policy } : {}) });
+      return;
+    }
+    this.toApp(entry, ip, port, conn, (app) => {
+      stream.respond({ ':status': 200 });
+      this.join(conn, stream, app, entry);
+    }, (status, why) => {
+      stream.respond({ ':status': status, 'ambit-error': why }, { endStream: true });
+    });
+  }
+
+  /** Plaintext steered to the pod's 15006 listener. */
+  private async inbound(socket: Socket, pod: EnrolledPod): Promise<void> {
+    socket.on('error', () => { /* handled by splice once joined */ });
+    const entry = this.podByCookie(pod.netnsCookie);
+    const state = this.state;
+    if (!entry || !state) {
+      resetOrDestroy(socket);
+      return;
+    }
+    const w = entry.workload;
+    const ip = (socket.localAddress ?? '').replace(/^::ffff:/, '');
+    const port = socket.localPort ?? 0;
+    const sourceIp = (socket.remoteAddress ?? '').replace(/^::ffff:/, '');
+    const peer = state.workloadsByIp.get(sourceIp);
+    const source = { ip: sourceIp, ...(peer ? { workload: peer.workload, namespace: peer.namespace, labels: peer.labels } : {}) };
+    const conn = this.connections.begin({ reporter: 'destination', source, destination: { workload: w.workload, namespace: w.namespace, identity: w.identity, labels: w.labels, ip, port }, service: this.serviceFor(state, w, port), mtls: false, path: 'plaintext', pod: entry.enrolled.spec.name });
+    const probe = this.opts.probeSources?.includes(sourceIp) ?? false;
+    if (!probe) {
+      const mode = state.authorizer.peerAuthenticationMode(w, port);
+      if (mode === 'STRICT') {
+        this.connections.finish(conn, { flags: 'NR', error: 'plaintext refused: PeerAuthentication STRICT' });
+        resetOrDestroy(socket);
+        return;
+      }
+      const decision = state.authorizer.evaluate(w, { sourceIp, destinationIp: ip, destinationPort: port });
+      if (!decision.allowed) {
+        this.connections.finish(conn, { flags: 'RBAC', error: decision.reason, ...(decision.policy ? { policy: decision.policy } : {}) });
+        resetOrDestroy(socket);
+        return;
+      }
+    }
+    this.toApp(entry, ip, port, conn, (app) => this.join(conn, socket, app, entry), () => resetOrDestroy(socket));
+  }
+
+  /** Connects to the app from inside its pod, on the address it was called at. */
+  private toApp(entry: PodEntry, ip: string, port: number, conn: TrackedConnection, ok: (app: Socket) => void, fail: (status: number, why: string) => void): void {
+    let app: Socket;
+    try {
+      app = new Socket({ fd: socketInNetns(entry.netnsPath, ip.includes(':') ? 6 : 4, { mark: AGENT_SOCKET_MARK }), readable: true, writable: true });
+    } catch (err) {
+      this.connections.finish(conn, { flags: 'UF', error: (err as Error).message });
+      fail(503, (err as Error).message);
+      return;
+    }
+    const onError = (err: NodeJS.ErrnoException) => {
+      const refused = err.code === 'ECONNREFUSED';
+      this.connections.finish(conn, { flags: refused ? 'UF' : 'UR', error: `${ip}:${port}: ${err.code ?? err.message}` });
+      fail(refused ? 503 : 502, refused ? 'connection refused' : err.message);
+    };
+    app.once('error', onError);
+    app.once('connect', () => {
+      app.off('error', onError);
+      ok(app);
+    });
+    app.connect(port, ip);
+  }
+
+  private serviceFor(state: MeshState, w: Workload, port: number): TrackedConnection['service'] | undefined {
+    for (const s of state.services.values()) {
+      if (s.namespace !== w.namespace || !s.endpoints.includes(w.uid)) continue;
+      if (s.ports.some((p) => MeshState.targetPort(p, w) === port)) return { hostname: s.hostname, name: s.name, namespace: s.namespace };
+    }
+    return undefined;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Introspection
+
+  private registerAgentMetrics(): void {
+    this.metrics.gauge('ambit_enrolled_pods', 'Pods of this node in the mesh', [], (g) => g.set(this.pods.size));
+    this.metrics.gauge('ambit_enrollment_failures', 'Meshed pods of this node the agent could not enroll', [], (g) => g.set(this.failures.size));
+    this.metrics.gauge('ambit_redirect_counters', 'The eBPF datapath counters', ['counter'], (g) => {
+      g.reset();
+      for (const [name, value] of Object.entries(this.datapath.counters())) g.set({ counter: name }, Number(value));
+    });
+    this.metrics.gauge('ambit_certificate_expiry_seconds', 'Seconds until each workload certificate expires', ['identity'], (g) => {
+      g.reset();
+      for (const c of this.certs.list()) if (c.notAfter) g.set({ identity: c.identity }, (Date.parse(c.notAfter) - Date.now()) / 1000);
+    });
+    this.metrics.gauge('ambit_xds_connected', 'Whether the discovery stream is up', [], (g) => g.set(this.discovery.connected ? 1 : 0));
+    this.metrics.gauge('ambit_xds_config', 'The applied config version (label), 1', ['version'], (g) => {
+      g.reset();
+      if (this.state) g.set({ version: this.state.version }, 1);
+    });
+    this.metrics.gauge('ambit_xds_rejected', 'Config versions this agent rejected (NACK)', [], (g) => g.set(this.nacks));
+    this.metrics.gauge('ambit_hbone_pool_connections', 'Pooled outbound HBONE connections', [], (g) => g.set(this.pool.size));
+  }
+
+  configDump(): unknown {
+    const s = this.state;
+    return {
+      node: this.opts.node, version: s?.version ?? null, connected: this.discovery.connected,
+      workloads: s ? [...s.workloads.values()] : [], services: s ? [...s.services.values()] : [],
+      policies: s?.policies ?? [], waypoints: s ? [...s.waypoints.values()] : [], warnings: s?.authorizer.warnings ?? [],
+    };
+  }
+
+  workloads(): unknown {
+    return {
+      node: this.opts.node,
+      enrolled: [...this.pods.values()].map((p) => ({
+        uid: p.workload.uid, namespace: p.workload.namespace, name: p.workload.name, identity: p.workload.identity, ips: p.workload.ips,
+        netns: p.netnsPath, netnsCookie: p.enrolled.netnsCookie.toString(), connections: this.connections.countFor(p.enrolled.spec.name),
+        certificate: p.cert ? { serial: p.cert.serial, notAfter: p.cert.notAfter.toISOString() } : null,
+      })),
+      failed: [...this.failures].map(([uid, error]) => ({ uid, error })),
+    };
+  }
+
+  /** The listeners' handlers are gone, the pinned datapath stays (redirection keeps its state for the next agent). */
+  async close(opts: { uninstall?: boolean } = {}): Promise<void> {
+    this.closed = true;
+    this.discovery.close();
+    await this.reconciling;
+    for (const uid of [...this.pods.keys()]) await this.unenroll(uid, 'agent stopping');
+    this.pool.close();
+    this.certs.close();
+    this.connections.close();
+    this.datapath.close();
+    if (opts.uninstall) Datapath.remove(this.opts.pinRoot);
+  }
+}
+
+function authorityHost(ip: string): string {
+  return ip.includes(':') ? `[${ip}]` : ip;
+}
+
+function forwardedFor(ip: string): string {
+  return ip.includes(':') ? `"[${ip}]"` : ip;
+}
+
+function identityNamespace(id: string | undefined): { namespace?: string } {
+  const m = id ? /\/ns\/([^/]+)\/sa\//.exec(id) : null;
+  return m ? { namespace: m[1] } : {};
+}
+
+/** Serves `/metrics`, `/stats/prometheus` and `/healthz/ready`, as the mesh's dashboards and probes expect. */
+export function serveTelemetry(agent: NodeAgent, host: string, metricsPort = METRICS_PORT, healthPort = HEALTH_PORT): Promise<HttpServer[]> {
+  const metrics = createHttpServer((req: IncomingMessage, res: ServerResponse) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path !== '/metrics' && path !== '/stats/prometheus') {
+      res.writeHead(404).end('not found: try /metrics\n');
+      return;
+    }
+    agent.metrics.text().then((text) => {
+      res.writeHead(200, { 'content-type': agent.metrics.contentType }).end(text);
+    }, (err: Error) => res.writeHead(500).end(`${err.message}\n`));
+  });
+  const health = createHttpServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path !== '/healthz/ready') {
+      res.writeHead(404).end('not found: try /healthz/ready\n');
+      return;
+    }
+    if (agent.ready) res.writeHead(200).end('ready\n');
+    else res.writeHead(503).end('not ready: no config from the controller yet\n');
+  });
+  const listen = (server: HttpServer, port: number) => new Promise<HttpServer>((resolve, reject) => server.once('error', reject).listen(port, host, () => resolve(server)));
+  return Promise.all([listen(metrics, metricsPort), listen(health, healthPort)]);
+}

@@ -1,0 +1,89 @@
+/**
+ * Prometheus metrics with Istio's standard names and labels, so that dashboards, Kiali and
+ * Flagger built for Istio read ambit unchanged; plus ambit's own (`ambit_*`).
+ *
+ * Each TCP connection is reported twice, as in Istio: by the source's node agent
+ * (`reporter="source"`) and by the destination's (`reporter="destination"`).
+ */
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** The labels of Istio's TCP metrics (see Istio's "standard metrics"). */
+export const TCP_LABELS = [
+  'reporter',
+  'source_workload', 'source_workload_namespace', 'source_principal', 'source_app', 'source_version', 'source_cluster',
+  'destination_workload', 'destination_workload_namespace', 'destination_principal', 'destination_app', 'destination_version',
+  'destination_service', 'destination_service_name', 'destination_service_namespace', 'destination_cluster',
+  'request_protocol', 'response_flags', 'connection_security_policy',
+] as const;
+export type TcpLabels = Record<(typeof TCP_LABELS)[number], string>;
+
+export const UNKNOWN = 'unknown';
+
+/** One side of a connection as telemetry names it. */
+export interface Peer {
+  workload?: string;
+  namespace?: string;
+  /** SPIFFE ID; the principal label is written without "spiffe://", as Istio does. */
+  identity?: string;
+  labels?: Record<string, string>;
+}
+
+export function tcpLabels(reporter: 'source' | 'destination', source: Peer, destination: Peer, service: { hostname?: string; name?: string; namespace?: string }, opts: { mtls: boolean; flags?: string; cluster?: string }): TcpLabels {
+  const principal = (p: Peer) => (p.identity ? p.identity.replace(/^spiffe:\/\//, '') : UNKNOWN);
+  const cluster = opts.cluster ?? 'Kubernetes';
+  return {
+    reporter,
+    source_workload: source.workload ?? UNKNOWN,
+    source_workload_namespace: source.namespace ?? UNKNOWN,
+    source_principal: principal(source),
+    source_app: source.labels?.app ?? UNKNOWN,
+    source_version: source.labels?.version ?? UNKNOWN,
+    source_cluster: cluster,
+    destination_workload: destination.workload ?? UNKNOWN,
+    destination_workload_namespace: destination.namespace ?? UNKNOWN,
+    destination_principal: principal(destination),
+    destination_app: destination.labels?.app ?? UNKNOWN,
+    destination_version: destination.labels?.version ?? UNKNOWN,
+    destination_service: service.hostname ?? UNKNOWN,
+    destination_service_name: service.name ?? UNKNOWN,
+    destination_service_namespace: service.namespace ?? UNKNOWN,
+    destination_cluster: cluster,
+    request_protocol: 'tcp',
+    response_flags: opts.flags ?? '-',
+    connection_security_policy: opts.mtls ? 'mutual_tls' : 'none',
+  };
+}
+
+export class MeshMetrics {
+  readonly registry = new Registry();
+  readonly tcpOpened: Counter<(typeof TCP_LABELS)[number]>;
+  readonly tcpClosed: Counter<(typeof TCP_LABELS)[number]>;
+  readonly tcpSent: Counter<(typeof TCP_LABELS)[number]>;
+  readonly tcpReceived: Counter<(typeof TCP_LABELS)[number]>;
+
+  constructor(opts: { defaultMetrics?: boolean } = {}) {
+    const labelNames = [...TCP_LABELS];
+    const registers = [this.registry];
+    this.tcpOpened = new Counter({ name: 'istio_tcp_connections_opened_total', help: 'TCP connections opened', labelNames, registers });
+    this.tcpClosed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'TCP connections closed', labelNames, registers });
+    this.tcpSent = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent in the response direction (destination to source), as Istio counts them', labelNames, registers });
+    this.tcpReceived = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received in the request direction (source to destination), as Istio counts them', labelNames, registers });
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'ambit_process_' });
+  }
+
+  gauge(name: string, help: string, labelNames: string[], collect: (g: Gauge) => void): Gauge {
+    return new Gauge({ name, help, labelNames, registers: [this.registry], collect(this: Gauge) { collect(this); } });
+  }
+
+  counter(name: string, help: string, labelNames: string[] = []): Counter {
+    return new Counter({ name, help, labelNames, registers: [this.registry] });
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}
