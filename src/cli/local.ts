@@ -208,9 +208,10 @@ async function waitForPods(client: RuntimeClient, layout: ClusterLayout, timeout
     const waiting = status.pods.filter((p) => !SETTLED(p));
     const components = status.components.filter((c) => c.state !== 'running');
     for (const c of status.components) {
-      if (c.state === 'running' && !reported.has(`component ${c.name}`)) {
-        reported.add(`component ${c.name}`);
-        say(`  ${c.name} running${c.node ? ` on ${c.node}` : ''} (${c.detail})`);
+      const id = `component ${c.name}${c.node ? ` ${c.node}` : ''}`;
+      if (c.state === 'running' && !reported.has(id)) {
+        reported.add(id);
+        say(`  ${c.name} running${c.node ? ` on ${c.node}` : ''}${c.detail ? ` (${c.detail})` : ''}`);
       }
     }
     if (waiting.length === 0 && components.length === 0) return;

@@ -663,7 +663,9 @@ export class Runtime {
       { name: 'runtime', state: 'running', pid: process.pid, detail: `up since ${this.startedAt.toISOString()}` },
       ...await Promise.all(this.components.map(async (c): Promise<ComponentStatus> => {
         const healthy = await c.healthy();
-        const detail = c.spec.name === 'controller' ? `CA on ${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}` : '';
+        const nodeIp = this.state.nodes.find((n) => n.name === c.spec.node)?.ip;
+        const detail = c.spec.name === 'controller' ? `CA and discovery on ${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`
+          : c.spec.name === 'node-agent' ? `metrics http://${nodeIp ?? '?'}:15020/metrics` : '';
         return {
           name: c.spec.name,
           ...(c.spec.node ? { node: c.spec.node } : {}),

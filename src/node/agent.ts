@@ -422,8 +422,8 @@ export class NodeAgent {
     const sourceIp = (socket.remoteAddress ?? '').replace(/^::ffff:/, '');
     const peer = state.workloadsByIp.get(sourceIp);
     const source = { ip: sourceIp, ...(peer ? { workload: peer.workload, namespace: peer.namespace, labels: peer.labels } : {}) };
-    const conn = this.connections.begin({ reporter: 'destination', source, destination: { workload: w.workload, namespace: w.namespace, identity: w.identity, labels: w.labels, ip, port }, service: this.serviceFor(state, w, port), mtls: false, path: 'plaintext', pod: entry.enrolled.spec.name });
     const probe = this.opts.probeSources?.includes(sourceIp) ?? false;
+    const conn = this.connections.begin({ reporter: 'destination', source, destination: { workload: w.workload, namespace: w.namespace, identity: w.identity, labels: w.labels, ip, port }, service: this.serviceFor(state, w, port), mtls: false, path: 'plaintext', pod: entry.enrolled.spec.name, silent: probe });
     if (!probe) {
       const mode = state.authorizer.peerAuthenticationMode(w, port);
       if (mode === 'STRICT') {

@@ -24,6 +24,8 @@ export interface ConnectionInfo {
   path: 'hbone' | 'passthrough' | 'plaintext';
   /** The pod (namespace/name) on this node the connection belongs to. */
   pod: string;
+  /** Kept out of metrics and the access log (the node's own health probes, as Istio leaves them out). */
+  silent?: boolean;
 }
 
 export interface TrackedConnection extends ConnectionInfo {
@@ -53,7 +55,7 @@ export class ConnectionTracker {
   begin(info: ConnectionInfo): TrackedConnection {
     const conn: TrackedConnection = { ...info, id: randomUUID(), start: Date.now(), received: 0, sent: 0, flags: '-' };
     const labels = this.labels(conn);
-    this.metrics.tcpOpened.inc(labels);
+    if (!conn.silent) this.metrics.tcpOpened.inc(labels);
     this.open.set(conn.id, { conn, labels, flushed: { sent: 0, received: 0 } });
     return conn;
   }
@@ -71,6 +73,7 @@ export class ConnectionTracker {
     if (outcome.flags) conn.flags = outcome.flags;
     if (outcome.error) conn.error = outcome.error;
     if (outcome.policy) conn.policy = outcome.policy;
+    if (conn.silent) return;
     // The flags may have changed since open: closed and bytes carry the final ones.
     const labels = conn.flags === '-' ? entry.labels : this.labels(conn);
     this.metrics.tcpSent.inc(labels, conn.sent - entry.flushed.sent);
@@ -96,6 +99,7 @@ export class ConnectionTracker {
   private flush(): void {
     for (const e of this.open.values()) {
       const { conn, labels, flushed } = e;
+      if (conn.silent) continue;
       if (conn.sent > flushed.sent) this.metrics.tcpSent.inc(labels, conn.sent - flushed.sent);
       if (conn.received > flushed.received) this.metrics.tcpReceived.inc(labels, conn.received - flushed.received);
       e.flushed = { sent: conn.sent, received: conn.received };
