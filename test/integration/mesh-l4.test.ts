@@ -6,7 +6,7 @@
  * metrics, access logs and admin endpoints, the BPF maps.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -295,6 +295,51 @@ spec: { mtls: { mode: STRICT } }
     });
     expect(await get('plain/outsider', 'web')).toBe('ok plain from 10.244.1.3');
   }, 60_000);
+
+  it('resets a call to a meshed port nothing listens on at once, as a refused connect would fail', async () => {
+    const t = Date.now();
+    expect(await get('mesh/client', '10.244.2.2', 9999)).toBe('error ECONNRESET');
+    expect(Date.now() - t).toBeLessThan(5000);
+    const log = readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8');
+    expect(log).toMatch(/"port":9999.*"response_flags":"UF","error":"10\.244\.2\.2:9999: ECONNREFUSED"/);
+  });
+
+  it('shows its config, pods, open connections and log level on the admin endpoint', async () => {
+    const dump = await admin<{ node: string; version: string; workloads: { name: string }[]; services: { name: string }[] }>('node-1', '/config_dump');
+    expect(dump.node).toBe('node-1');
+    expect(dump.version).toMatch(/^[0-9a-f]{6}-\d+$/);
+    expect(dump.workloads.map((w) => w.name)).toEqual(expect.arrayContaining(['client', 'server', 'web', 'outsider']));
+    // A connection held open by the client shows up on both agents.
+    const hold = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--name', CLUSTER, 'mesh/client', '--', 'node', '-e',
+      'const s = require("net").connect(80, "server", () => console.log("open")); setTimeout(() => s.end(), 30000);'], { cwd: ROOT, env, detached: true });
+    children.push(hold);
+    await new Promise((r) => hold.stdout!.once('data', r));
+    const open = await until('the open connection', async () => {
+      const c = await admin<{ connections: { reporter: string; path: string; destination: { workload?: string } }[] }>('node-2', '/connections');
+      return c.connections.find((x) => x.destination.workload === 'server' && x.reporter === 'destination');
+    });
+    expect(open.path).toBe('hbone');
+    process.kill(-hold.pid!, 'SIGKILL');
+    const set = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, '--node', 'node-1', '--', 'node', '-e',
+      'fetch("http://127.0.0.1:15000/logging?level=debug", { method: "POST" }).then((r) => r.text()).then((t) => process.stdout.write(t))'])) as { level: string };
+    expect(set.level).toBe('debug');
+    expect((await admin<{ level: string }>('node-1', '/logging')).level).toBe('debug');
+  }, 60_000);
+
+  it('carries traffic again after its node agent is killed and restarted', async () => {
+    const status = JSON.parse(await ok(['local', 'status', '--json', '--name', CLUSTER])) as ClusterStatus;
+    const agent = status.components.find((c) => c.name === 'node-agent' && c.node === 'node-2')!;
+    process.kill(agent.pid!, 'SIGKILL');
+    await until('the restarted agent', async () => {
+      const s = JSON.parse(await ok(['local', 'status', '--json', '--name', CLUSTER])) as ClusterStatus;
+      const a = s.components.find((c) => c.name === 'node-agent' && c.node === 'node-2')!;
+      return a.pid !== agent.pid && a.state === 'running' ? true : undefined;
+    }, 60_000, 500);
+    await until('the server enrolled again', async () => ((await admin<{ enrolled: { name: string }[] }>('node-2', '/workloads')).enrolled.some((w) => w.name === 'server') ? true : undefined));
+    expect(await get('mesh/client', 'server')).toMatch(/^ok meshed from 10\.244\.2\.2/);
+    const links = readdirSync(join(PIN_ROOT, 'node-2', 'links', 'pods'));
+    expect(links).toHaveLength(1);
+  }, 90_000);
 
   it('leaves no map entry, listener or certificate behind after 100 pods come and go', async () => {
     const mapCount = (node: string, map: string) => {
