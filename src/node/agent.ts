@@ -200,11 +200,13 @@ export class NodeAgent {
     }
   }
 
-  private async unenroll(uid: string, why: string): Promise<void> {
+  /** `keepCapture`: the agent is stopping, not the pod leaving — its redirection stays for the next agent. */
+  private async unenroll(uid: string, why: string, keepCapture = false): Promise<void> {
     const entry = this.pods.get(uid);
     if (!entry) return;
     this.pods.delete(uid);
-    await this.enroller.unenroll(entry.enrolled.netnsCookie);
+    if (keepCapture) await this.enroller.release(entry.enrolled.netnsCookie);
+    else await this.enroller.unenroll(entry.enrolled.netnsCookie);
     this.certs.release(entry.workload.identity);
     const drainMs = this.opts.drainMs ?? 5000;
     await entry.hbone.close(drainMs);
@@ -516,12 +518,16 @@ export class NodeAgent {
     };
   }
 
-  /** The listeners' handlers are gone, the pinned datapath stays (redirection keeps its state for the next agent). */
+  /**
+   * Stops: connections get the drain period, listeners close. The pinned datapath and the pods'
+   * map entries stay, so meshed pods keep being captured (and refused) until the next agent
+   * takes over — nothing leaves the mesh because its agent restarts. `uninstall` removes it all.
+   */
   async close(opts: { uninstall?: boolean } = {}): Promise<void> {
     this.closed = true;
     this.discovery.close();
     await this.reconciling;
-    for (const uid of [...this.pods.keys()]) await this.unenroll(uid, 'agent stopping');
+    await Promise.all([...this.pods.keys()].map((uid) => this.unenroll(uid, opts.uninstall ? 'uninstall' : 'agent stopping', !opts.uninstall)));
     this.pool.close();
     this.certs.close();
     this.connections.close();

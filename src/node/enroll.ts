@@ -172,6 +172,19 @@ export class PodEnroller {
     this.log.info({ pod: pod.spec.name, netnsCookie: cookie.toString() }, 'pod unenrolled');
   }
 
+  /**
+   * Closes the pod's listeners but leaves its map entries and sk_lookup link in place: its
+   * connects keep going to 15001, refused until the next agent listens there, never around the
+   * mesh. For an agent that stops to be replaced.
+   */
+  async release(cookie: bigint): Promise<void> {
+    const pod = this.pods.get(cookie);
+    if (!pod) return;
+    this.pods.delete(cookie);
+    await Promise.all(pod.servers.map(closeServer));
+    pod.servers.length = 0;
+  }
+
   async unenrollAll(): Promise<void> {
     for (const cookie of [...this.pods.keys()]) await this.unenroll(cookie);
   }

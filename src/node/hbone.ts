@@ -167,6 +167,7 @@ export class HbonePool {
         return;
       }
       // Connect first: TLS starts on a socket that is connecting, and reads at once from one that is not.
+      raw.setNoDelay(true);
       raw.connect(port, target.address);
       const secure = tls.connect({
         socket: raw,
@@ -276,6 +277,8 @@ export class HboneServer {
 
   async handle(socket: Socket): Promise<void> {
     socket.on('error', () => { /* a reset before the handshake */ });
+    // HTTP/2 frames many small writes: Nagle's algorithm would hold them back for the peer's ACK.
+    socket.setNoDelay(true);
     try {
       const cert = await this.opts.certificate();
       const roots = this.opts.roots().join('');
