@@ -261,6 +261,8 @@ export class NodeAgent {
 
   private async outbound(socket: Socket, dst: OrigDst | undefined, pod: EnrolledPod): Promise<void> {
     socket.on('error', () => { /* handled by splice once joined */ });
+    // The agent forwards what it reads at once: Nagle's algorithm would only add delay.
+    socket.setNoDelay(true);
     const src = this.podByCookie(pod.netnsCookie);
     const state = this.state;
     if (!src || !state || !dst) {
@@ -347,6 +349,7 @@ export class NodeAgent {
       resetOrDestroy(socket);
       return;
     }
+    upstream.setNoDelay(true);
     upstream.once('connect', () => this.join(conn, socket, upstream, src));
     upstream.once('error', (err) => {
       if (upstream.connecting || !upstream.remoteAddress) {
@@ -412,6 +415,7 @@ export class NodeAgent {
   /** Plaintext steered to the pod's 15006 listener. */
   private async inbound(socket: Socket, pod: EnrolledPod): Promise<void> {
     socket.on('error', () => { /* handled by splice once joined */ });
+    socket.setNoDelay(true);
     const entry = this.podByCookie(pod.netnsCookie);
     const state = this.state;
     if (!entry || !state) {
@@ -458,6 +462,7 @@ export class NodeAgent {
       this.connections.finish(conn, { flags: refused ? 'UF' : 'UR', error: `${ip}:${port}: ${err.code ?? err.message}` });
       fail(refused ? 503 : 502, refused ? 'connection refused' : err.message);
     };
+    app.setNoDelay(true);
     app.once('error', onError);
     app.once('connect', () => {
       app.off('error', onError);
