@@ -59,6 +59,7 @@ bench:
 	npx tsx bench/connect-latency.ts
 	npx tsx bench/ca-issue.ts
 	npx tsx bench/discovery.ts
+	npx tsx bench/l4-hop.ts
 
 clean:
 	rm -rf dist
