@@ -1,6 +1,7 @@
 /**
  * The README's main job, `make demo`, as a test: the shop from examples/shop on a 2-node local
- * cluster, checkouts driven from the client pod through all five services on both nodes.
+ * cluster, checkouts driven from the client pod through all five services, every call carried
+ * by the node agents over mTLS.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
@@ -31,7 +32,7 @@ describe('make demo: the shop on a local cluster', () => {
     rmSync(stateRoot, { recursive: true, force: true });
   }, 60_000);
 
-  it('serves checkouts through users, orders, inventory, payment and shipping on both nodes', async () => {
+  it('serves checkouts through users, orders, inventory, payment and shipping, all over mTLS', async () => {
     const up = await ambit('local', 'up', '-f', 'examples/shop');
     expect(up.code, up.stderr).toBe(0);
     expect(up.stdout).toContain('is ready: 2 nodes, 9 pods, 5 services');
@@ -43,7 +44,16 @@ describe('make demo: the shop on a local cluster', () => {
     expect(summary.requests).toBe(40);
     expect(summary.status).toEqual({ 200: 40 });
     expect(Object.keys(summary.pods).sort()).toEqual(['inventory', 'orders', 'payment', 'shipping', 'users']);
-    expect(Object.keys(summary.pods.users!)).toHaveLength(2);
+    // The node agents carried every hop: connections to each service, reported by the destination, with mTLS.
+    const services = new Set<string>();
+    for (const [node, ip] of [['node-1', '172.30.0.11'], ['node-2', '172.30.0.12']] as const) {
+      const m = await ambit('local', 'exec', '--node', node, '--', 'node', '-e', 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))', `http://${ip}:15020/metrics`);
+      for (const line of m.stdout.split('\n')) {
+        if (!line.startsWith('istio_tcp_connections_opened_total{') || !line.includes('reporter="destination"') || !line.includes('connection_security_policy="mutual_tls"')) continue;
+        services.add(/destination_service_name="([^"]+)"/.exec(line)![1]!);
+      }
+    }
+    expect([...services].sort()).toEqual(['inventory', 'orders', 'payment', 'shipping', 'users']);
 
     const down = await ambit('local', 'down');
     expect(down.code).toBe(0);

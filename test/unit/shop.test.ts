@@ -480,7 +480,8 @@ describe('shop.yaml', () => {
       'Pod/client',
     ]);
     for (const o of objects.slice(1)) expect(o.metadata.namespace).toBe('shop');
-    expect(objects[0].metadata.labels).toBeUndefined();
+    // The namespace is in the mesh: the node agents carry every call between its pods.
+    expect(objects[0].metadata.labels).toEqual({ 'ambit.dev/dataplane-mode': 'ambient' });
   });
 
   it('runs service.mjs in every Deployment, selectable by its Service', () => {
