@@ -5,10 +5,10 @@
 import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CertificateAuthority, FileCaStore, readPluginCa } from '../identity/ca.js';
-import { BootstrapTokenAuthenticator, CaServer } from '../identity/ca-server.js';
+import { CaServer } from '../identity/ca-server.js';
 import { logger } from '../telemetry/log.js';
 import { DiscoveryServer, discoveryService } from './discovery.js';
-import { LocalClusterSource, LocalNodeDirectory, readBootstrapTokens, type ConfigSource } from './local-source.js';
+import { LocalClusterSource, LocalCredentials, LocalNodeDirectory, type ConfigSource } from './local-source.js';
 import { ManifestDirSource, MergedSource } from './manifest-source.js';
 import { formatDiagnostic } from '../local/manifests.js';
 import { buildModel } from './model.js';
@@ -32,9 +32,8 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
   const ca = opts.pluginCaDir
     ? await CertificateAuthority.open({ plugin: readPluginCa(opts.pluginCaDir) }, caOpts)
     : await CertificateAuthority.open({ store: new FileCaStore(join(opts.localState, 'ca')) }, caOpts);
-  const tokens = readBootstrapTokens(opts.localState);
-  log.info({ origin: ca.origin, nodes: Object.keys(tokens) }, 'CA ready');
-  const authenticator = new BootstrapTokenAuthenticator(tokens);
+  const authenticator = new LocalCredentials(opts.localState, opts.trustDomain);
+  log.info({ origin: ca.origin, nodes: authenticator.nodes }, 'CA ready');
   const discovery = new DiscoveryServer(authenticator, log);
   // `ambit local status` shows the subscribers, their versions and any NACK from this file.
   const statusFile = join(opts.localState, 'controller-status.json');

@@ -147,8 +147,9 @@ export class DiscoveryServer {
         const { node, kind, name } = req.subscribe;
         void this.authenticator.authenticate(call.metadata).then((caller) => {
           if (kind !== 'node-agent' && kind !== 'waypoint') return fail(grpc.status.INVALID_ARGUMENT, `subscribe.kind must be node-agent or waypoint, got "${kind}"`);
-          if (kind === 'node-agent' && node !== caller.node) return fail(grpc.status.PERMISSION_DENIED, `authenticated as node ${caller.node}, cannot subscribe as node ${node}`);
+          if (kind === 'node-agent' && (caller.workload || node !== caller.node)) return fail(grpc.status.PERMISSION_DENIED, `authenticated as ${caller.workload ? `waypoint ${caller.workload.namespace}/${caller.workload.name}` : `node ${caller.node}`}, cannot subscribe as node ${node}`);
           if (kind === 'waypoint' && !/^[a-z0-9-]+\/[a-z0-9.-]+$/.test(name)) return fail(grpc.status.INVALID_ARGUMENT, `subscribe.name must be NAMESPACE/NAME for a waypoint, got "${name}"`);
+          if (kind === 'waypoint' && caller.workload && name !== `${caller.workload.namespace}/${caller.workload.name}`) return fail(grpc.status.PERMISSION_DENIED, `authenticated as waypoint ${caller.workload.namespace}/${caller.workload.name}, cannot subscribe as ${name}`);
           sub = { id: randomBytes(4).toString('hex'), node, kind, name, call, inflight: [], needFull: false };
           this.subscribers.add(sub);
           this.log.info({ node, kind, name, lastVersion: req.subscribe?.last_version }, 'subscriber connected');

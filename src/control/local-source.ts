@@ -4,7 +4,10 @@
  */
 import { existsSync, readdirSync, readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import type { NodeDirectory } from '../identity/ca-server.js';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Metadata } from '@grpc/grpc-js';
+import { CaError } from '../identity/ca.js';
+import type { Authenticator, Caller, NodeDirectory } from '../identity/ca-server.js';
 import { formatSpiffeId } from '../identity/spiffe.js';
 import type { Resource, ServiceResource } from '../local/manifests.js';
 import type { ClusterState } from '../local/state.js';
@@ -14,6 +17,63 @@ import type { PodInfo, SourceSnapshot } from './model.js';
 export interface ConfigSource {
   start(onChange: (snapshot: SourceSnapshot) => void): void;
   stop(): void;
+}
+
+/** One credential per waypoint, `<state>/waypoints/<ns>.<name>/token`, written by the runtime with the waypoint. */
+export function readWaypointTokens(stateDir: string): { namespace: string; name: string; token: string }[] {
+  const dir = join(stateDir, 'waypoints');
+  if (!existsSync(dir)) return [];
+  const out: { namespace: string; name: string; token: string }[] = [];
+  for (const entry of readdirSync(dir)) {
+    const m = /^([a-z0-9-]+)\.([a-z0-9.-]+)$/.exec(entry);
+    const file = join(dir, entry, 'token');
+    if (m && existsSync(file)) out.push({ namespace: m[1]!, name: m[2]!, token: readFileSync(file, 'utf8').trim() });
+  }
+  return out;
+}
+
+/**
+ * The local cluster's credentials: each node agent's token, and each waypoint's (good for that
+ * waypoint's identity only). Re-read from the state directory when an unknown token shows up
+ * (at most once a second), so waypoints made after the controller started are known.
+ */
+export class LocalCredentials implements Authenticator {
+  private known: { hash: Buffer; caller: Caller }[] = [];
+  private loadedAt = 0;
+
+  constructor(private readonly stateDir: string, private readonly trustDomain: string) {
+    this.load();
+  }
+
+  private load(): void {
+    const digest = (t: string) => createHash('sha256').update(t).digest();
+    this.known = [
+      ...Object.entries(readBootstrapTokens(this.stateDir)).map(([node, token]) => ({ hash: digest(token), caller: { node } })),
+      ...readWaypointTokens(this.stateDir).map((w) => ({
+        hash: digest(w.token),
+        caller: { node: '', workload: { namespace: w.namespace, name: w.name, identity: formatSpiffeId({ trustDomain: this.trustDomain, namespace: w.namespace, serviceAccount: w.name }) } },
+      })),
+    ];
+    this.loadedAt = Date.now();
+  }
+
+  get nodes(): string[] {
+    return this.known.filter((k) => k.caller.node).map((k) => k.caller.node);
+  }
+
+  authenticate(metadata: Metadata): Promise<Caller> {
+    const value = metadata.get('authorization')[0];
+    const m = typeof value === 'string' ? /^Bearer (\S+)$/.exec(value) : null;
+    if (!m) return Promise.reject(new CaError('UNAUTHENTICATED', 'no credential: send "authorization: Bearer <token>" metadata'));
+    const hash = createHash('sha256').update(m[1]!).digest();
+    const find = () => this.known.find((k) => timingSafeEqual(k.hash, hash))?.caller;
+    let caller = find();
+    if (!caller && Date.now() - this.loadedAt > 1000) {
+      this.load();
+      caller = find();
+    }
+    return caller ? Promise.resolve(caller) : Promise.reject(new CaError('UNAUTHENTICATED', 'unknown bootstrap token'));
+  }
 }
 
 /** node name → token, from `<state>/nodes/<node>/token` (written by the runtime when the node is made). */

@@ -15,9 +15,12 @@ import { packageRoot } from '../util/package.js';
 import { CaError, type CaErrorCode, type CertificateAuthority } from './ca.js';
 import { exportPrivateKeyPem, generateKeyPair } from './pki.js';
 
-/** Who is calling: the node agent of `node`. */
+/** Who is calling: the node agent of `node`, or one workload with a credential of its own (a waypoint). */
 export interface Caller {
+  /** The node whose agent calls; '' for a workload credential. */
   node: string;
+  /** A workload credential: it may get exactly this identity, and subscribe as this waypoint. */
+  workload?: { namespace: string; name: string; identity: string };
 }
 
 /** Turns a call's credentials into a Caller, or throws CaError('UNAUTHENTICATED'). Kubernetes: a ServiceAccount token checked with TokenReview. */
@@ -125,10 +128,14 @@ export class CaServer {
         let node: string | undefined;
         void (async () => {
           const caller = await opts.authenticator.authenticate(call.metadata);
-          node = caller.node;
-          const allowed = await opts.directory.identitiesOnNode(caller.node);
-          if (!allowed.has(identity)) {
-            throw new CaError('PERMISSION_DENIED', `node ${caller.node} runs no pod with identity ${identity}`);
+          node = caller.node || `${caller.workload?.namespace}/${caller.workload?.name}`;
+          if (caller.workload) {
+            if (identity !== caller.workload.identity) throw new CaError('PERMISSION_DENIED', `the credential of ${caller.workload.namespace}/${caller.workload.name} is for ${caller.workload.identity} only, not ${identity}`);
+          } else {
+            const allowed = await opts.directory.identitiesOnNode(caller.node);
+            if (!allowed.has(identity)) {
+              throw new CaError('PERMISSION_DENIED', `node ${caller.node} runs no pod with identity ${identity}`);
+            }
           }
           const signed = await ca.sign({ csr, identity, ttlSeconds: ttl });
           log.info({ node, identity, serial: signed.serial, notAfter: signed.notAfter.toISOString() }, 'certificate issued');
