@@ -161,7 +161,7 @@ function nameFlag(layout: ClusterLayout): string {
   return layout.name === DEFAULT_CLUSTER ? '' : ` --name ${layout.name}`;
 }
 
-async function apply(client: RuntimeClient, verb: 'apply' | 'delete', inputs: ReturnType<typeof readManifestInputs>): Promise<ApplyResult> {
+export async function apply(client: RuntimeClient, verb: 'apply' | 'delete', inputs: ReturnType<typeof readManifestInputs>): Promise<ApplyResult> {
   try {
     return await client.request<ApplyResult>('POST', `/v1/${verb}`, { inputs });
   } catch (err) {
@@ -174,7 +174,7 @@ async function apply(client: RuntimeClient, verb: 'apply' | 'delete', inputs: Re
   }
 }
 
-function printApply(result: ApplyResult): void {
+export function printApply(result: ApplyResult): void {
   for (const w of result.warnings) process.stderr.write(`warning: ${w}\n`);
   for (const line of result.changes) say(line);
 }

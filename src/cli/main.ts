@@ -9,10 +9,11 @@ import * as check from './check.js';
 import * as controller from './controller.js';
 import * as local from './local.js';
 import * as node from './node.js';
+import * as waypoint from './waypoint.js';
 import { CliError } from './errors.js';
 
 /** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
-const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, certs, check, controller, local, node];
+const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, certs, check, controller, local, node, waypoint];
 
 export function buildProgram(): Command {
   const program = new Command('ambit')

@@ -13,7 +13,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { Socket } from 'node:net';
-import { isEnrolled } from '../control/model.js';
+import { isEnrolled, WAYPOINT_CLASS } from '../control/model.js';
 import { validateMeshObject } from '../control/validate.js';
 import { Datapath } from '../ebpf/datapath.js';
 import { socketInNetns } from '../node/netns.js';
@@ -309,7 +309,10 @@ export class Runtime {
     const label = `${r.kind.toLowerCase()}${r.apiVersion.includes('/') ? `.${r.apiVersion.split('/')[0]}` : ''}/${r.meta.name}`;
     const unchanged = previous && sameJson(previous.raw, r.raw);
     this.state.resources[key] = r;
-    if ('other' in r) return `${label} ${previous ? (unchanged ? 'unchanged' : 'configured') : 'created'}`;
+    if ('other' in r) {
+      if (isWaypointGateway(r) || (previous && isWaypointGateway(previous))) await this.reconcileWaypoint(r.meta.namespace, r.meta.name, isWaypointGateway(r), created);
+      return `${label} ${previous ? (unchanged ? 'unchanged' : 'configured') : 'created'}`;
+    }
     if (r.kind === 'Service') this.applyService(r as ServiceResource);
     else if (r.kind === 'Deployment') await this.reconcileDeployment(r as DeploymentResource, created);
     else if (r.kind === 'Pod' && !unchanged) {
@@ -356,8 +359,38 @@ export class Runtime {
     }
   }
 
-  private ownedPods(namespace: string, deployment: string): PodRecord[] {
-    return Object.values(this.state.pods).filter((p) => p.namespace === namespace && p.owner?.name === deployment);
+  private ownedPods(namespace: string, owner: string, kind: 'Deployment' | 'Gateway' = 'Deployment'): PodRecord[] {
+    return Object.values(this.state.pods).filter((p) => p.namespace === namespace && p.owner?.name === owner && p.owner.kind === kind);
+  }
+
+  /**
+   * A Gateway of class ambit-waypoint runs as one pod, `<name>-waypoint`, with the identity
+   * `<ns>/sa/<name>` and a credential good for that identity only; it is not captured itself
+   * (its traffic is HBONE already). Removing the Gateway removes both.
+   */
+  private async reconcileWaypoint(namespace: string, name: string, wanted: boolean, created: string[]): Promise<void> {
+    const owned = this.ownedPods(namespace, name, 'Gateway');
+    const credDir = join(this.layout.stateDir, 'waypoints', `${namespace}.${name}`);
+    if (!wanted) {
+      for (const p of owned) await this.deletePod(`${p.namespace}/${p.name}`);
+      rmSync(credDir, { recursive: true, force: true });
+      return;
+    }
+    if (owned.length > 0) return;
+    mkdirSync(credDir, { recursive: true, mode: 0o700 });
+    const tokenFile = join(credDir, 'token');
+    if (!existsSync(tokenFile)) writeFileSync(tokenFile, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600 });
+    const spec: PodSpec = {
+      serviceAccountName: name, restartPolicy: 'Always', terminationGracePeriodSeconds: 10,
+      containers: [{
+        name: 'waypoint', cwd: this.layout.stateDir, env: [], ports: [{ name: 'hbone', containerPort: 15008, protocol: 'TCP' }],
+        argv: [process.execPath, ambitBin(), 'waypoint', 'run', '--name', `${namespace}/${name}`, '--controller', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
+          '--token-file', tokenFile, '--ca-file', join(this.layout.stateDir, 'ca', 'ca-cert.pem')],
+        readinessProbe: { tcpSocket: { port: 15008 }, periodSeconds: 1, initialDelaySeconds: 0, timeoutSeconds: 1, failureThreshold: 1, successThreshold: 1 },
+      }],
+    } as PodSpec;
+    const labels = { [WAYPOINT_GATEWAY_LABEL]: name, 'ambit.dev/dataplane-mode': 'none', app: `${name}-waypoint` };
+    created.push(this.createPod(namespace, `${name}-waypoint`, labels, {}, spec, { kind: 'Gateway', name, templateHash: '' }).key);
   }
 
   private createPod(namespace: string, name: string, labels: Record<string, string>, annotations: Record<string, string>, spec: PodSpec, owner?: PodRecord['owner']): LocalPod {
@@ -463,13 +496,16 @@ export class Runtime {
     const r = this.state.resources[key];
     if (!r) return;
     delete this.state.resources[key];
-    if ('other' in r) return;
+    if ('other' in r) {
+      if (isWaypointGateway(r)) await this.reconcileWaypoint(r.meta.namespace, r.meta.name, false, []);
+      return;
+    }
     const ns = r.meta.namespace;
     if (r.kind === 'Namespace') {
       for (const [k, other] of Object.entries(this.state.resources)) if (other.meta.namespace === r.meta.name) await this.deleteResource(k);
       for (const p of Object.values(this.state.pods)) if (p.namespace === r.meta.name) await this.deletePod(`${p.namespace}/${p.name}`);
     } else if (r.kind === 'Deployment') {
-      for (const p of this.ownedPods(ns, r.meta.name)) await this.deletePod(`${p.namespace}/${p.name}`);
+      for (const p of this.ownedPods(ns, r.meta.name, 'Deployment')) await this.deletePod(`${p.namespace}/${p.name}`);
     } else if (r.kind === 'Pod') {
       await this.deletePod(`${ns}/${r.meta.name}`);
     } else if (r.kind === 'Service') {
@@ -739,6 +775,14 @@ export async function removeKernelObjects(layout: ClusterLayout): Promise<void> 
 }
 
 const ADMIT_TIMEOUT_MS = 15_000;
+
+/** The label Gateway API implementations put on a gateway's pods. */
+export const WAYPOINT_GATEWAY_LABEL = 'gateway.networking.k8s.io/gateway-name';
+
+function isWaypointGateway(r: Resource): boolean {
+  return r.kind === 'Gateway' && r.apiVersion.startsWith('gateway.networking.k8s.io/')
+    && (r.raw.spec as { gatewayClassName?: string } | undefined)?.gatewayClassName === WAYPOINT_CLASS;
+}
 
 /** One GET to a node agent's control socket. */
 function agentRequest(socketPath: string, path: string, timeoutMs: number): Promise<{ status: number; body: unknown }> {

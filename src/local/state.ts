@@ -25,7 +25,7 @@ export interface PodRecord {
   annotations: Record<string, string>;
   spec: PodSpec;
   /** The Deployment that made it, and the hash of the template it was made from. */
-  owner?: { kind: 'Deployment'; name: string; templateHash: string };
+  owner?: { kind: 'Deployment' | 'Gateway'; name: string; templateHash: string };
   createdAt: string;
 }
 

@@ -20,7 +20,7 @@ import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2';
 import { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { DiscoveryClient, type WireResource } from '../control/discovery.js';
-import type { Workload } from '../control/model.js';
+import type { Service, Workload } from '../control/model.js';
 import { Datapath } from '../ebpf/datapath.js';
 import type { OrigDst } from '../ebpf/codecs.js';
 import { CaClient } from '../identity/ca-server.js';
@@ -31,6 +31,9 @@ import { PodEnroller, type EnrolledPod } from './enroll.js';
 import { HboneError, HbonePool, HboneServer, type TunnelInfo } from './hbone.js';
 import { MeshState, MeshStateError, type Destination } from './mesh-state.js';
 import { AGENT_SOCKET_MARK, socketInNetns } from './netns.js';
+
+/** The label Gateway API implementations put on a gateway's pods (the waypoint pods). */
+const WAYPOINT_GATEWAY_LABEL = 'gateway.networking.k8s.io/gateway-name';
 
 export const METRICS_PORT = 15020;
 export const HEALTH_PORT = 15021;
@@ -279,8 +282,7 @@ export class NodeAgent {
     }
     const service = d.service ? { hostname: d.service.hostname, name: d.service.name, namespace: d.service.namespace } : undefined;
     if (d.service?.waypoint) {
-      // Until waypoints run, a service bound to one fails closed: its L7 policy is never bypassed.
-      this.refuse(socket, src, { reporter: 'source', source, destination: { ip: d.ip, port: d.port }, ...(service ? { service } : {}), mtls: false, path: 'hbone', pod: src.enrolled.spec.name }, 'UH', `bound to waypoint ${d.service.waypoint.namespace}/${d.service.waypoint.name}, which is not ready`);
+      await this.viaWaypoint(socket, src, state, d.service, called, source, service!);
       return;
     }
     if (!d.workload?.enrolled) {
@@ -322,6 +324,37 @@ export class NodeAgent {
         resetOrDestroy(socket);
         return;
       }
+    }
+  }
+
+  /**
+   * A service bound to a waypoint: the connection goes to the waypoint over HBONE, with the
+   * service's VIP:port as the authority; the waypoint applies L7 and picks the endpoint. With no
+   * waypoint pod ready, it is refused: a bound service's L7 policy is never bypassed.
+   */
+  private async viaWaypoint(socket: Socket, src: PodEntry, state: MeshState, svc: Service, called: { ip: string; port: number }, source: TrackedConnection['source'], service: NonNullable<TrackedConnection['service']>): Promise<void> {
+    const ref = svc.waypoint!;
+    const waypoints = [...state.workloads.values()].filter((w) => w.namespace === ref.namespace && w.labels[WAYPOINT_GATEWAY_LABEL] === ref.name && w.ips.length > 0);
+    const wp = waypoints[Math.floor(Math.random() * waypoints.length)];
+    const info = { reporter: 'source' as const, source, destination: { ip: called.ip, port: called.port, ...(wp ? { workload: wp.workload, namespace: wp.namespace, identity: wp.identity } : {}) }, service, mtls: true, path: 'hbone' as const, pod: src.enrolled.spec.name };
+    if (!wp) {
+      this.refuse(socket, src, info, 'UH', `bound to waypoint ${ref.namespace}/${ref.name}, which has no pod`);
+      return;
+    }
+    const conn = this.connections.begin(info);
+    try {
+      const cert = await this.certs.get(src.workload.identity);
+      const stream = await this.pool.open(
+        { pod: src.workload.uid, cert, roots: this.certs.trustBundle, socket: (family) => socketInNetns(src.netnsPath, family, { mark: AGENT_SOCKET_MARK }) },
+        { address: wp.ips[0]!, identity: wp.identity, authority: `${authorityHost(called.ip)}:${called.port}` },
+        { forwarded: `for=${forwardedFor(source.ip)}` },
+      );
+      this.join(conn, socket, stream, src);
+    } catch (err) {
+      const e = err instanceof HboneError ? err : new HboneError((err as Error).message, 'reset');
+      this.connections.finish(conn, { flags: e.kind === 'timeout' ? 'UT' : 'UF', error: `waypoint ${ref.namespace}/${ref.name}: ${e.message}` });
+      this.opts.log.info({ pod: src.enrolled.spec.name, waypoint: `${ref.namespace}/${ref.name}`, err: e.message }, 'waypoint unreachable; connection refused');
+      resetOrDestroy(socket);
     }
   }
 

@@ -271,7 +271,9 @@ export class HboneServer {
     });
     this.server.on('stream', (stream, headers) => this.stream(stream, headers));
     this.server.on('tlsClientError', (err, socket) => {
-      opts.log?.info({ err: err.message, remote: socket.remoteAddress }, 'HBONE handshake refused');
+      // A TCP probe (connect, close) hangs up before any handshake: that is not worth a line.
+      if (err.message === 'socket hang up' || (err as NodeJS.ErrnoException).code === 'ECONNRESET') opts.log?.debug({ remote: socket.remoteAddress }, 'connection closed before the TLS handshake');
+      else opts.log?.info({ err: err.message, remote: socket.remoteAddress }, 'HBONE handshake refused');
     });
   }
 

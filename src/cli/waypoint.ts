@@ -1,0 +1,141 @@
+/**
+ * `ambit waypoint apply|list|delete` (a local cluster today; Kubernetes with the install) and
+ * `ambit waypoint run` (the waypoint process itself, started by the runtime in the waypoint's pod).
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { Command, Option } from 'commander';
+import { stringify } from 'yaml';
+import { RuntimeClient } from '../local/client.js';
+import { ClusterLayout, DEFAULT_CLUSTER } from '../local/layout.js';
+import { readState } from '../local/state.js';
+import { USE_WAYPOINT, WAYPOINT_CLASS } from '../control/model.js';
+import { splitPemBundle } from '../identity/pki.js';
+import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
+import { logger } from '../telemetry/log.js';
+import { CliError } from './errors.js';
+import { apply, printApply } from './local.js';
+
+const clusterOption = () => new Option('--cluster <name>', 'the local cluster').default(DEFAULT_CLUSTER);
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+function checkName(flag: string, value: string): string {
+  if (!DNS_LABEL.test(value) || value.length > 63) throw new CliError(`${flag} must be a DNS label (lower case letters, digits, '-'), got "${value}"`);
+  return value;
+}
+
+/** The Gateway that declares a waypoint, as `ambit waypoint apply` writes it. */
+export function waypointGateway(namespace: string, name: string, forWhat: string): Record<string, unknown> {
+  return {
+    apiVersion: 'gateway.networking.k8s.io/v1',
+    kind: 'Gateway',
+    metadata: { name, namespace, labels: { 'ambit.dev/waypoint-for': forWhat } },
+    spec: { gatewayClassName: WAYPOINT_CLASS, listeners: [{ name: 'mesh', port: 15008, protocol: 'HBONE' }] },
+  };
+}
+
+interface ApplyOpts { namespace: string; name: string; for: string; enrollNamespace?: boolean; cluster: string }
+
+export function register(program: Command): void {
+  const waypoint = program.command('waypoint').description('L7 proxies that services and namespaces opt into');
+
+  waypoint.command('apply')
+    .description('declare a waypoint (a Gateway of class ambit-waypoint) and run it')
+    .requiredOption('-n, --namespace <ns>', 'the waypoint\'s namespace')
+    .option('--name <name>', 'the waypoint\'s name', 'waypoint')
+    .addOption(new Option('--for <what>', 'what it serves').choices(['service', 'namespace']).default('service'))
+    .option('--enroll-namespace', `also bind the namespace to it (label ${USE_WAYPOINT})`)
+    .addOption(clusterOption())
+    .action(async (opts: ApplyOpts) => {
+      checkName('--namespace', opts.namespace);
+      checkName('--name', opts.name);
+      const layout = new ClusterLayout(opts.cluster);
+      const docs: Record<string, unknown>[] = [waypointGateway(opts.namespace, opts.name, opts.for)];
+      if (opts.enrollNamespace) {
+        // The namespace as it is, with the label added: applying it must not drop its other labels.
+        const state = readState(layout.stateFile);
+        const ns = state?.resources[`Namespace/${opts.namespace}`];
+        if (!ns) throw new CliError(`namespace ${opts.namespace} does not exist in cluster ${opts.cluster}`);
+        const meta = (ns.raw.metadata ?? {}) as Record<string, unknown>;
+        docs.unshift({ ...ns.raw, metadata: { ...meta, labels: { ...(meta.labels as Record<string, string> | undefined), [USE_WAYPOINT]: opts.name } } });
+      }
+      const text = docs.map((d) => stringify(d)).join('---\n');
+      printApply(await apply(new RuntimeClient(layout), 'apply', [{ file: `waypoint ${opts.namespace}/${opts.name}`, text, dir: process.cwd() }]));
+    });
+
+  waypoint.command('list')
+    .description('the waypoints, and the services and namespaces bound to them')
+    .option('-n, --namespace <ns>', 'only this namespace')
+    .addOption(clusterOption())
+    .action(async (opts: { namespace?: string; cluster: string }) => {
+      const layout = new ClusterLayout(opts.cluster);
+      const state = readState(layout.stateFile);
+      if (!state) throw new CliError(`cluster ${opts.cluster} does not exist`, 'ambit local up');
+      const status = await new RuntimeClient(layout).request<{ pods: { namespace: string; name: string; ip: string; ready: string; phase: string }[] }>('GET', '/v1/status');
+      const rows: string[][] = [];
+      for (const r of Object.values(state.resources)) {
+        if (r.kind !== 'Gateway' || (r.raw.spec as { gatewayClassName?: string } | undefined)?.gatewayClassName !== WAYPOINT_CLASS) continue;
+        if (opts.namespace && r.meta.namespace !== opts.namespace) continue;
+        const pod = status.pods.find((p) => p.namespace === r.meta.namespace && p.name === `${r.meta.name}-waypoint`);
+        const bound = Object.values(state.resources)
+          .filter((x) => (x.kind === 'Service' && x.meta.namespace === r.meta.namespace) || (x.kind === 'Namespace' && x.meta.name === r.meta.namespace))
+          .filter((x) => x.meta.labels[USE_WAYPOINT] === r.meta.name)
+          .map((x) => (x.kind === 'Namespace' ? `namespace ${x.meta.name}` : `service ${x.meta.name}`));
+        rows.push([r.meta.namespace, r.meta.name, pod ? `${pod.phase} ${pod.ready}` : 'no pod', pod?.ip ?? '-', bound.join(', ') || '-']);
+      }
+      if (rows.length === 0) {
+        process.stdout.write('no waypoints\n');
+        return;
+      }
+      const head = ['NAMESPACE', 'NAME', 'POD', 'IP', 'BOUND'];
+      const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+      for (const r of [head, ...rows]) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
+    });
+
+  waypoint.command('run', { hidden: true })
+    .description('the waypoint process (the runtime starts it in the waypoint\'s pod)')
+    .requiredOption('--name <ns/name>', 'the waypoint (its Gateway)')
+    .requiredOption('--controller <host:port>', 'the controller (CA and discovery)')
+    .requiredOption('--token-file <file>', 'the waypoint\'s credential')
+    .requiredOption('--ca-file <file>', 'PEM roots that verify the controller')
+    .option('--listen <host:port>', 'HBONE listener', '0.0.0.0:15008')
+    .option('--trust-domain <domain>', 'SPIFFE trust domain', DEFAULT_TRUST_DOMAIN)
+    .action(async (opts: { name: string; controller: string; tokenFile: string; caFile: string; listen: string; trustDomain: string }) => {
+      const m = /^([a-z0-9-]+)\/([a-z0-9-]+)$/.exec(opts.name);
+      if (!m) throw new CliError(`--name must be NAMESPACE/NAME, got "${opts.name}"`);
+      const l = /^\[?([^\]]*)\]?:(\d+)$/.exec(opts.listen);
+      if (!l || Number(l[2]) > 65535) throw new CliError(`--listen must be HOST:PORT, got "${opts.listen}"`);
+      const read = (flag: string, path: string) => {
+        try {
+          return readFileSync(path, 'utf8');
+        } catch (err) {
+          throw new CliError(`${flag}: cannot read ${path}: ${(err as Error).message}`);
+        }
+      };
+      for (let i = 0; i < 600 && !existsSync(opts.caFile); i++) await new Promise((r) => setTimeout(r, 100));
+      const { Waypoint } = await import('../waypoint/run.js');
+      const log = logger('waypoint');
+      const wp = await Waypoint.start({
+        namespace: m[1]!, name: m[2]!, trustDomain: opts.trustDomain,
+        controller: { address: opts.controller, token: read('--token-file', opts.tokenFile).trim(), roots: splitPemBundle(read('--ca-file', opts.caFile)).slice(-1) },
+        listen: { host: l[1]!, port: Number(l[2]) }, log, accessLog: logger('access'),
+      });
+      const stop = () => void wp.close().finally(() => process.exit(0));
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
+      await new Promise(() => { /* serves until a signal */ });
+    });
+
+  waypoint.command('delete')
+    .description('remove a waypoint (bound services then fail closed until it is back or unbound)')
+    .argument('<name>')
+    .requiredOption('-n, --namespace <ns>', 'the waypoint\'s namespace')
+    .addOption(clusterOption())
+    .action(async (name: string, opts: { namespace: string; cluster: string }) => {
+      checkName('NAME', name);
+      const layout = new ClusterLayout(opts.cluster);
+      const text = stringify(waypointGateway(opts.namespace, name, 'service'));
+      const result = await apply(new RuntimeClient(layout), 'delete', [{ file: `waypoint ${opts.namespace}/${name}`, text, dir: process.cwd() }]) as Awaited<ReturnType<typeof apply>> & { notFound: string[] };
+      printApply(result);
+      if (result.notFound.length > 0) throw new CliError(`waypoint ${opts.namespace}/${name} not found`);
+    });
+}

@@ -1,0 +1,348 @@
+/**
+ * The waypoint's L7 proxy: HBONE in, HTTP routing, HBONE out.
+ *
+ * A node agent sends traffic for a service bound to this waypoint here: a CONNECT stream whose
+ * `:authority` is the service's `VIP:port`. The stream carries the app's HTTP/1.1; each request
+ * is routed (`Router`: VirtualService / HTTPRoute semantics), sent to one endpoint pod of the
+ * chosen destination over HBONE with the waypoint's own identity, and the response streamed
+ * back. Request bodies are streamed, never buffered whole.
+ */
+import { randomUUID } from 'node:crypto';
+import { createServer, request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2';
+import type { Socket } from 'node:net';
+import { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import type { Service, Workload } from '../control/model.js';
+import type { WorkloadCertificate } from '../identity/cert-manager.js';
+import { silentLogger } from '../telemetry/log.js';
+import { HboneError, HbonePool, HboneServer, type TunnelInfo } from '../node/hbone.js';
+import { RetryPolicy, type AttemptOutcome } from './resilience.js';
+import type { Destination, ForwardAction, HeaderOps, Router } from './routing.js';
+
+/** What the waypoint knows at one config version. */
+export interface WaypointState {
+  version: string;
+  router: Router;
+  /** Services bound to this waypoint, by `vip:port` and by namespace/name. */
+  services: Service[];
+  workloads: Map<string, Workload>;
+}
+
+export interface WaypointProxyOptions {
+  /** This waypoint's SPIFFE ID and certificate. */
+  identity: string;
+  certificate(): Promise<WorkloadCertificate>;
+  roots(): string[];
+  /** A fresh TCP socket fd for outbound HBONE (the waypoint's own netns). */
+  socket(family: 4 | 6): number;
+  log?: Logger;
+  random?: () => number;
+}
+
+/** One request as the access log and metrics see it. */
+export interface RequestRecord {
+  id: string;
+  start: number;
+  method: string;
+  path: string;
+  authority: string;
+  service: string;
+  route?: string;
+  upstream?: string;
+  status?: number;
+  flags: string;
+  sourceIdentity?: string;
+  bytesIn: number;
+  bytesOut: number;
+  durationMs?: number;
+  /** Tries made (1 + retries). */
+  attempts: number;
+}
+
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'host']);
+
+export class WaypointProxy {
+  private state?: WaypointState;
+  private readonly hbone: HboneServer;
+  private readonly pool: HbonePool;
+  private readonly http: Server;
+  private readonly log: Logger;
+  private readonly random: () => number;
+  /** Per-connection facts for the HTTP server: which tunnel a request came in on. */
+  private readonly tunnels = new WeakMap<object, TunnelInfo & { service: Service; port: number }>();
+  onRequest?: (r: RequestRecord) => void;
+
+  constructor(private readonly opts: WaypointProxyOptions) {
+    this.log = opts.log ?? silentLogger;
+    this.random = opts.random ?? Math.random;
+    this.pool = new HbonePool({ log: this.log });
+    this.hbone = new HboneServer({ certificate: opts.certificate, roots: opts.roots, onTunnel: (s, i) => this.tunnel(s, i), log: this.log });
+    this.http = createServer({ keepAlive: true }, (req, res) => void this.serve(req, res));
+    this.http.on('clientError', (err, socket: Duplex) => socket.destroy(err));
+  }
+
+  update(state: WaypointState): void {
+    this.state = state;
+  }
+
+  /** A raw connection accepted on 15008. */
+  handle(socket: Socket): Promise<void> {
+    return this.hbone.handle(socket);
+  }
+
+  private tunnel(stream: ServerHttp2Stream, info: TunnelInfo): void {
+    const state = this.state;
+    const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(info.authority);
+    const service = m && state?.services.find((s) => s.vips.includes(m[1]!) && s.ports.some((p) => p.port === Number(m[2])));
+    if (!m || !service) {
+      stream.respond({ ':status': 503, 'ambit-error': `${info.authority} is not a service of this waypoint` }, { endStream: true });
+      return;
+    }
+    stream.respond({ ':status': 200 });
+    const conn = byteStream(stream);
+    this.tunnels.set(conn, { ...info, service, port: Number(m[2]) });
+    // The tunnel carries the app's HTTP/1.1: serve it as a connection.
+    this.http.emit('connection', conn);
+  }
+
+  private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const tunnel = this.tunnels.get(req.socket);
+    const state = this.state;
+    const record: RequestRecord = {
+      id: String(req.headers['x-request-id'] ?? randomUUID()), start: Date.now(), method: req.method ?? 'GET', path: req.url ?? '/',
+      authority: req.headers.host ?? '', service: tunnel ? `${tunnel.service.name}.${tunnel.service.namespace}` : '', flags: '-', bytesIn: 0, bytesOut: 0, attempts: 0,
+      ...(tunnel?.peerIdentity ? { sourceIdentity: tunnel.peerIdentity } : {}),
+    };
+    const finish = (status: number, flags = '-') => {
+      record.status = status;
+      record.flags = flags;
+      record.durationMs = Date.now() - record.start;
+      this.onRequest?.(record);
+    };
+    if (!tunnel || !state) {
+      res.writeHead(503).end('no config yet\n');
+      finish(503, 'NC');
+      return;
+    }
+    const action = state.router.route({
+      service: tunnel.service, port: tunnel.port, method: record.method, path: record.path, authority: record.authority,
+      headers: req.headers, ...(tunnel.peerIdentity ? { sourceNamespace: /\/ns\/([^/]+)\//.exec(tunnel.peerIdentity)?.[1] } : {}),
+    });
+    if (action.kind === 'no-route') {
+      res.writeHead(404).end('no route\n');
+      finish(404, 'NR');
+      return;
+    }
+    if (action.kind === 'redirect') {
+      res.writeHead(action.status, { location: action.location }).end();
+      finish(action.status);
+      return;
+    }
+    if (action.kind === 'direct-response') {
+      res.writeHead(action.status).end(action.body ?? '');
+      finish(action.status);
+      return;
+    }
+    record.route = action.route;
+    req.on('data', (c: Buffer) => { record.bytesIn += c.length; });
+    // A request without a body can be sent again: only those are retried (a streamed body is gone once sent).
+    const replayable = !req.headers['transfer-encoding'] && (req.headers['content-length'] === undefined || req.headers['content-length'] === '0');
+    const policy = retryPolicy(action, this.random);
+    let routeTimer: NodeJS.Timeout | undefined;
+    let timedOut = false;
+    if (action.timeoutMs) {
+      routeTimer = setTimeout(() => {
+        timedOut = true;
+        if (!res.headersSent) res.writeHead(504).end('upstream request timeout\n');
+        else res.destroy();
+        finish(504, 'UT');
+      }, action.timeoutMs);
+    }
+    try {
+      for (let attempt = 1; ; attempt++) {
+        const dest = state.router.pick(action);
+        if (dest.missing) {
+          res.writeHead(dest.missing.status).end(`${dest.missing.reason}\n`);
+          finish(dest.missing.status, 'NR');
+          return;
+        }
+        const endpoint = this.endpointFor(state, dest);
+        if (!endpoint) {
+          res.writeHead(503).end('no healthy upstream\n');
+          finish(503, 'UH');
+          return;
+        }
+        record.upstream = `${endpoint.ip}:${endpoint.port}`;
+        record.attempts = attempt;
+        const mayRetry = replayable && attempt <= policy.attempts;
+        const retriable = mayRetry ? (o: AttemptOutcome) => policy.shouldRetry(o, attempt) : undefined;
+        const outcome = await this.attempt(req, res, action, dest, endpoint, tunnel.remoteAddress, record, retriable, policy.perTryTimeoutMs);
+        if (timedOut) return;
+        if (outcome.done) {
+          finish(outcome.status, outcome.flags);
+          return;
+        }
+        if (!mayRetry || !policy.shouldRetry(outcome.failure, attempt)) {
+          const status = outcome.failure.status ?? (outcome.failure.error === 'timeout' ? 504 : 503);
+          if (!res.headersSent) res.writeHead(status).end(`${outcome.message}\n`);
+          // URX: the retries were used up on a failure they would have retried.
+          const exhausted = mayRetry === false && replayable && policy.attempts > 0 && policy.shouldRetry(outcome.failure, attempt);
+          finish(status, exhausted ? 'URX' : outcome.failure.error === 'connect-failure' ? 'UF' : outcome.failure.error === 'timeout' ? 'UT' : outcome.failure.status ? '-' : 'UR');
+          return;
+        }
+        await new Promise((r) => setTimeout(r, policy.backoffMs(attempt)));
+        if (timedOut) return;
+      }
+    } finally {
+      clearTimeout(routeTimer);
+    }
+  }
+
+  /**
+   * One try at one endpoint. With `retriable`, a response it says to retry is not passed on
+   * (its body is dropped) and comes back as a failure; everything else streams to the client.
+   */
+  private async attempt(
+    req: IncomingMessage, res: ServerResponse, action: ForwardAction, dest: Destination,
+    endpoint: { ip: string; port: number; workload: Workload }, clientIp: string, record: RequestRecord, retriable: ((o: AttemptOutcome) => boolean) | undefined, perTryMs: number | undefined,
+  ): Promise<{ done: true; status: number; flags?: string } | { done: false; failure: AttemptOutcome; message: string }> {
+    let upstream: ClientHttp2Stream;
+    try {
+      upstream = await this.pool.open(
+        { pod: 'waypoint', cert: await this.opts.certificate(), roots: this.opts.roots(), socket: (f) => this.opts.socket(f) },
+        { address: endpoint.ip, identity: endpoint.workload.identity, authority: `${endpoint.ip}:${endpoint.port}` },
+        { forwarded: `for=${clientIp}` },
+      );
+    } catch (err) {
+      const e = err as HboneError;
+      return { done: false, failure: { error: e.status === 503 && /refused/.test(e.message) ? 'connect-failure' : e.kind === 'timeout' ? 'timeout' : 'connect-failure', requestSent: false }, message: `upstream connect error: ${e.message}` };
+    }
+    const headers = forwardHeaders(req, action.requestHeaders, dest.headers);
+    const authority = action.rewrite?.authority ?? dest.authority;
+    if (authority) headers.host = authority;
+    return new Promise((resolve) => {
+      let settled = false;
+      const settle = (v: Awaited<ReturnType<WaypointProxy['attempt']>>) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(v);
+      };
+      const timer = perTryMs ? setTimeout(() => {
+        out.destroy();
+        upstream.destroy();
+        settle({ done: false, failure: { error: 'timeout', requestSent: true }, message: 'upstream per-try timeout' });
+      }, perTryMs) : undefined;
+      const out = httpRequest({
+        method: record.method, path: action.rewrite?.path ?? record.path, headers,
+        // No agent: with createConnection and no agent, the request goes over this stream.
+        createConnection: () => byteStream(upstream) as unknown as Socket,
+      }, (upstreamRes) => {
+        const status = upstreamRes.statusCode ?? 502;
+        const failure: AttemptOutcome = { status, headers: upstreamRes.headers, requestSent: true };
+        if (retriable?.(failure)) {
+          upstreamRes.resume();
+          upstreamRes.on('end', () => upstream.end());
+          settle({ done: false, failure, message: `upstream answered ${status}` });
+          return;
+        }
+        clearTimeout(timer);
+        const responseHeaders = applyHeaderOps(applyHeaderOps({ ...upstreamRes.headers }, action.responseHeaders), dest.responseHeaders);
+        for (const h of HOP_BY_HOP) delete responseHeaders[h];
+        res.writeHead(status, responseHeaders as OutgoingHttpHeaders);
+        upstreamRes.on('data', (c: Buffer) => { record.bytesOut += c.length; });
+        upstreamRes.pipe(res);
+        upstreamRes.on('end', () => {
+          upstream.end();
+          settle({ done: true, status });
+        });
+        upstreamRes.on('error', () => {
+          res.destroy();
+          settle({ done: true, status, flags: 'UR' });
+        });
+      });
+      out.on('error', (err) => {
+        upstream.destroy();
+        if (res.headersSent) {
+          res.destroy(err);
+          settle({ done: true, status: res.statusCode, flags: 'UR' });
+        } else {
+          settle({ done: false, failure: { error: 'reset', requestSent: true }, message: `upstream reset: ${err.message}` });
+        }
+      });
+      if (retriable) out.end();
+      else req.pipe(out);
+    });
+  }
+
+  /** One endpoint of the destination: a workload behind the service, in the subset, serving the port. */
+  private endpointFor(state: WaypointState, dest: Destination): { ip: string; port: number; workload: Workload } | undefined {
+    const servicePort = dest.service.ports.find((p) => p.port === dest.port) ?? dest.service.ports[0];
+    if (!servicePort) return undefined;
+    const selector = dest.selector ?? {};
+    const candidates: { ip: string; port: number; workload: Workload }[] = [];
+    for (const uid of dest.service.endpoints) {
+      const w = state.workloads.get(uid);
+      if (!w || !w.ips[0]) continue;
+      if (!Object.entries(selector).every(([k, v]) => w.labels[k] === v)) continue;
+      const port = typeof servicePort.targetPort === 'number' ? servicePort.targetPort : /^\d+$/.test(servicePort.targetPort) ? Number(servicePort.targetPort) : w.ports[servicePort.targetPort];
+      if (port !== undefined) candidates.push({ ip: w.ips[0], port, workload: w });
+    }
+    return candidates[Math.floor(this.random() * candidates.length)];
+  }
+
+  async close(): Promise<void> {
+    this.pool.close();
+    await this.hbone.close(1000);
+    this.http.close();
+  }
+}
+
+function applyHeaderOps(headers: Record<string, string | string[] | undefined>, ops: HeaderOps | undefined): Record<string, string | string[] | undefined> {
+  if (!ops) return headers;
+  for (const name of ops.remove) delete headers[name.toLowerCase()];
+  for (const [k, v] of Object.entries(ops.set)) headers[k.toLowerCase()] = v;
+  for (const [k, v] of Object.entries(ops.add)) {
+    const key = k.toLowerCase();
+    const prev = headers[key];
+    headers[key] = prev === undefined ? v : [...(Array.isArray(prev) ? prev : [prev]), v];
+  }
+  return headers;
+}
+
+function forwardHeaders(req: IncomingMessage, ...ops: (HeaderOps | undefined)[]): OutgoingHttpHeaders {
+  const headers: Record<string, string | string[] | undefined> = {};
+  for (const [k, v] of Object.entries(req.headers)) if (!HOP_BY_HOP.has(k) || k === 'host') headers[k] = v;
+  for (const o of ops) applyHeaderOps(headers, o);
+  return headers as OutgoingHttpHeaders;
+}
+
+/** The route's retries (or Istio's default when the route names none) as a policy. */
+function retryPolicy(action: ForwardAction, random: () => number): RetryPolicy {
+  const r = action.retries;
+  if (!r) return new RetryPolicy({ attempts: 0 }, { random });
+  return new RetryPolicy({
+    attempts: r.attempts,
+    ...(r.perTryTimeoutMs ? { perTryTimeout: `${r.perTryTimeoutMs}ms` } : {}),
+    retryOn: [...r.retryOn, ...r.retriableStatusCodes.map(String)].join(','),
+  }, { random });
+}
+
+/**
+ * The HTTP/1.1 machinery writes strings with encodings; an HTTP/2 stream mangles such writes
+ * when they come batched (writev). This duplex hands it Buffers only.
+ */
+function byteStream(stream: Duplex): Duplex {
+  const out = new Duplex({
+    read() { stream.resume(); },
+    write(chunk: Buffer, _enc, cb) { stream.write(chunk, cb); },
+    final(cb) { stream.end(); cb(); },
+    destroy(err, cb) { stream.destroy(err ?? undefined); cb(err); },
+  });
+  stream.on('data', (c: Buffer) => { if (!out.push(c)) stream.pause(); });
+  stream.on('end', () => out.push(null));
+  stream.on('error', (err) => out.destroy(err));
+  stream.on('close', () => { if (!out.destroyed) out.destroy(); });
+  return out;
+}
