@@ -17,8 +17,12 @@ import type { Service, Workload } from '../control/model.js';
 import type { WorkloadCertificate } from '../identity/cert-manager.js';
 import { silentLogger } from '../telemetry/log.js';
 import { HboneError, HbonePool, HboneServer, type TunnelInfo } from '../node/hbone.js';
-import { RetryPolicy, type AttemptOutcome } from './resilience.js';
+import { createBalancer, type Balancer, type Endpoint } from './balancer.js';
+import { OutlierDetector, RetryPolicy, type AttemptOutcome } from './resilience.js';
 import type { Destination, ForwardAction, HeaderOps, Router } from './routing.js';
+
+interface Member extends Endpoint { ip: string; port: number; workload: Workload }
+interface Upstream { shape: string; members: Member[]; balancer: Balancer; outlier: OutlierDetector; outlierSpec: unknown }
 
 /** What the waypoint knows at one config version. */
 export interface WaypointState {
@@ -71,6 +75,8 @@ export class WaypointProxy {
   private readonly random: () => number;
   /** Per-connection facts for the HTTP server: which tunnel a request came in on. */
   private readonly tunnels = new WeakMap<object, TunnelInfo & { service: Service; port: number }>();
+  /** Per destination (service, port, subset): endpoints, balancer, outlier detector. */
+  private readonly upstreams = new Map<string, Upstream>();
   onRequest?: (r: RequestRecord) => void;
 
   constructor(private readonly opts: WaypointProxyOptions) {
@@ -167,17 +173,23 @@ export class WaypointProxy {
           finish(dest.missing.status, 'NR');
           return;
         }
-        const endpoint = this.endpointFor(state, dest);
-        if (!endpoint) {
+        const upstream = this.upstreamOf(state, dest);
+        const picked = upstream?.balancer.pick(upstream.outlier.eligible(upstream.members), { headers: req.headers, sourceIp: tunnel.remoteAddress, query: new URL(record.path, 'http://x').searchParams });
+        const endpoint = picked?.endpoint as Member | undefined;
+        if (!upstream || !endpoint) {
           res.writeHead(503).end('no healthy upstream\n');
           finish(503, 'UH');
           return;
         }
-        record.upstream = `${endpoint.ip}:${endpoint.port}`;
+        if (picked?.setCookie && !res.headersSent) res.setHeader('set-cookie', picked.setCookie);
+        record.upstream = endpoint.address;
         record.attempts = attempt;
         const mayRetry = replayable && attempt <= policy.attempts;
         const retriable = mayRetry ? (o: AttemptOutcome) => policy.shouldRetry(o, attempt) : undefined;
-        const outcome = await this.attempt(req, res, action, dest, endpoint, tunnel.remoteAddress, record, retriable, policy.perTryTimeoutMs);
+        upstream.balancer.onStart?.(endpoint.id);
+        const outcome = await this.attempt(req, res, action, dest, endpoint, tunnel.remoteAddress, record, retriable, policy.perTryTimeoutMs)
+          .finally(() => upstream.balancer.onEnd?.(endpoint.id));
+        upstream.outlier.record(endpoint.id, outcome.done ? { status: outcome.status } : outcome.failure.status !== undefined ? { status: outcome.failure.status } : { error: outcome.failure.error ?? 'reset' });
         if (timedOut) return;
         if (outcome.done) {
           finish(outcome.status, outcome.flags);
@@ -276,20 +288,35 @@ export class WaypointProxy {
     });
   }
 
-  /** One endpoint of the destination: a workload behind the service, in the subset, serving the port. */
-  private endpointFor(state: WaypointState, dest: Destination): { ip: string; port: number; workload: Workload } | undefined {
+  /**
+   * The destination's endpoints (workloads behind the service, in the subset, serving the port),
+   * with their balancer and outlier detector: kept per destination while its endpoints and its
+   * traffic policy stay the same, so that LEAST_REQUEST counts, hash rings and ejections persist
+   * across requests and config versions.
+   */
+  private upstreamOf(state: WaypointState, dest: Destination): Upstream | undefined {
     const servicePort = dest.service.ports.find((p) => p.port === dest.port) ?? dest.service.ports[0];
     if (!servicePort) return undefined;
     const selector = dest.selector ?? {};
-    const candidates: { ip: string; port: number; workload: Workload }[] = [];
+    const members: Member[] = [];
     for (const uid of dest.service.endpoints) {
       const w = state.workloads.get(uid);
       if (!w || !w.ips[0]) continue;
       if (!Object.entries(selector).every(([k, v]) => w.labels[k] === v)) continue;
       const port = typeof servicePort.targetPort === 'number' ? servicePort.targetPort : /^\d+$/.test(servicePort.targetPort) ? Number(servicePort.targetPort) : w.ports[servicePort.targetPort];
-      if (port !== undefined) candidates.push({ ip: w.ips[0], port, workload: w });
+      if (port !== undefined) members.push({ id: w.uid, address: `${w.ips[0]}:${port}`, ip: w.ips[0], port, workload: w });
     }
-    return candidates[Math.floor(this.random() * candidates.length)];
+    const policy = state.router.trafficPolicy(dest);
+    const key = `${dest.service.namespace}/${dest.service.name}:${dest.port}/${dest.subset ?? ''}`;
+    const shape = JSON.stringify([members.map((m) => m.address), policy.loadBalancer ?? null, policy.outlierDetection ?? null]);
+    let u = this.upstreams.get(key);
+    if (!u || u.shape !== shape) {
+      const outlier = u && JSON.stringify(u.outlierSpec ?? null) === JSON.stringify(policy.outlierDetection ?? null) ? u.outlier : new OutlierDetector(policy.outlierDetection, { now: () => Date.now() });
+      outlier.setEndpoints(members.map((m) => m.id));
+      u = { shape, members, balancer: createBalancer(policy.loadBalancer, { random: this.random }), outlier, outlierSpec: policy.outlierDetection };
+      this.upstreams.set(key, u);
+    }
+    return u;
   }
 
   async close(): Promise<void> {

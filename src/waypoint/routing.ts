@@ -33,7 +33,8 @@
  * - Precedence across HTTPRoute/GRPCRoute rules: Istio's order, one entry per match: Exact >
  *   PathPrefix > RegularExpression, then the longer path, then a method match, then more headers,
  *   then more query params; ties keep route order (namespace/name: no timestamps), rule order,
- *   match order. Rules without matches (GRPCRoute only, after defaults) go last.
+ *   match order. Rules without matches (a GRPCRoute rule, or `matches: []`) go last. Routes whose
+ *   filter Istio rejects (ExtensionRef; redirect/rewrite on a GRPCRoute) are dropped (warning).
  * - Matching as Envoy does it: `uri` prefix against the whole `:path` (query included), exact and
  *   regex against the path without the query; regexes are RE2 full matches (anchored; a leading
  *   `(?i)`/`(?s)` becomes a flag); `{}` or regex `*` is a presence match; `withoutHeaders`
@@ -52,11 +53,13 @@
  *   a `host`/`:authority` request header op (set over add), or a destination's header op when
  *   the route sets none (then on the Destination: `authority`).
  * - Redirects build Location as Envoy: scheme (default the request's, `http`), host = the
- *   redirect authority or the request's (its port dropped when a port is set or the scheme
- *   changes from its default port), `:port` unless 80/http or 443/https, path = `uri` (+ the
- *   request's query unless `uri` has one) or the request's. `derivePort: FROM_PROTOCOL_DEFAULT`
- *   (and a Gateway API redirect with a scheme and no port) drops the request's port. Codes: 301
- *   default for VirtualService, 302 for HTTPRoute.
+ *   redirect authority or the request's, `:port` unless 80/http or 443/https, path = `uri` (+ the
+ *   request's query unless `uri` has one) or the request's. The request's port leaves the host
+ *   when the scheme changes from its default port (Envoy) and whenever a port is set or derived
+ *   (`port`, `derivePort`, a Gateway API redirect): stricter than Envoy, which keeps it when the
+ *   port set is the scheme's default, so `port: 80` cannot yield `host:8080`. A Gateway API
+ *   redirect without a port uses the request's port, or the scheme's default when it sets a
+ *   scheme. Codes: 301 by default for VirtualService, 302 for HTTPRoute.
  * - Weights: relative; a single destination weighs 100; zero-weight destinations are dropped
  *   when there are others. Unresolvable destinations stay in the list with `missing` (503 for a
  *   VirtualService host or subset that does not exist, as Envoy's cluster-not-found; 500 for an
@@ -492,7 +495,7 @@ type ActionTemplate =
     mirrors: { dests: DestSet; percent: number }[];
   }
   | RedirectTemplate
-  | { kind: 'direct-response'; status: number; body?: string; responseHeaders?: HeaderOps };
+  | { kind: 'direct-response'; response: RouteAction };
 
 // ---------------------------------------------------------------------------------------------
 // Path rewriting
@@ -544,7 +547,8 @@ function redirectLocation(t: RedirectTemplate, uri: UriInfo | undefined, c: Requ
     const s = t.scheme ?? 'http';
     if ((port === 80 && s === 'http') || (port === 443 && s === 'https')) port = undefined;
   }
-  const host = t.authority ?? redirectHost(c.req.authority, scheme, requestScheme, port !== undefined || t.port === 'protocol-default');
+  // Any port setting replaces the request's port (also one left out of Location as the scheme's default).
+  const host = t.authority ?? redirectHost(c.req.authority, scheme, requestScheme, t.port !== undefined);
   let path: string;
   if (t.uri === undefined) path = c.req.path;
   else if (t.segmentPrefix) path = (uri?.kind === 'prefix' ? replaceSegmentPrefix(c.pathOnly, uri.value, t.uri) : t.uri || '/') + c.query;
@@ -662,6 +666,37 @@ function normalizeOutlier(od: unknown): unknown {
 // ---------------------------------------------------------------------------------------------
 // The router
 
+/** Config by the hosts it names: exact hosts in a map, wildcards (few) scanned; `order` keeps the config's namespace/name order. */
+class HostIndex<T> {
+  private readonly exact = new Map<string, { item: T; order: number }[]>();
+  private readonly wildcards: { item: T; order: number; pattern: string }[] = [];
+  private count = 0;
+
+  add(item: T, hosts: string[]): void {
+    const order = this.count++;
+    for (const h of new Set(hosts)) {
+      if (h.includes('*')) this.wildcards.push({ item, order, pattern: h });
+      else {
+        let list = this.exact.get(h);
+        if (!list) this.exact.set(h, (list = []));
+        list.push({ item, order });
+      }
+    }
+  }
+
+  /** Every item naming the hostname, once, with how specifically (its most specific host). */
+  lookup(hostname: string): { item: T; order: number; score: number }[] {
+    const out = new Map<number, { item: T; order: number; score: number }>();
+    for (const e of this.exact.get(hostname) ?? []) out.set(e.order, { ...e, score: specificity(hostname, hostname) });
+    for (const w of this.wildcards) {
+      const score = specificity(w.pattern, hostname);
+      const seen = out.get(w.order);
+      if (score >= 0 && (!seen || seen.score < score)) out.set(w.order, { item: w.item, order: w.order, score });
+    }
+    return [...out.values()];
+  }
+}
+
 interface GwRoute { cfg: ConfigObject; entries: GwEntry[] }
 interface GwBinding { route: GwRoute; ports?: Set<number>; consumer?: string }
 interface VsChoice { cfg: ConfigObject; entries: Entry[] }
@@ -681,8 +716,9 @@ export class Router {
   private readonly domain: string;
   private readonly servicesByHost = new Map<string, Service>();
   private readonly servicesByName = new Map<string, Service>();
-  private readonly virtualServices: { cfg: ConfigObject; spec: VsSpec; hosts: string[] }[] = [];
-  private readonly destinationRules: { cfg: ConfigObject; spec: DrSpec; host: string }[] = [];
+  /** VirtualServices and DestinationRules by the exact host they name, and those with wildcard hosts. */
+  private readonly virtualServices = new HostIndex<{ cfg: ConfigObject; spec: VsSpec }>();
+  private readonly destinationRules = new HostIndex<{ cfg: ConfigObject; spec: DrSpec; host: string }>();
   private readonly gwBindings = new Map<string, GwBinding[]>();
   private readonly vsCompiled = new Map<ConfigObject, Entry[]>();
   private readonly tables = new Map<string, ServiceTable>();
@@ -708,14 +744,15 @@ export class Router {
         const gateways = spec.gateways ?? [];
         if (gateways.length > 0 && !gateways.includes('mesh')) continue;
         if (!spec.http || spec.http.length === 0) continue;
-        this.virtualServices.push({ cfg, spec, hosts: (spec.hosts ?? []).map((h) => resolveHost(h, cfg.namespace, this.domain)) });
+        this.virtualServices.add({ cfg, spec }, (spec.hosts ?? []).map((h) => resolveHost(h, cfg.namespace, this.domain)));
       } else if (group === 'networking.istio.io' && cfg.kind === 'DestinationRule') {
         const spec = cfg.spec as DrSpec;
         if (spec.workloadSelector !== undefined) {
           this.warn(`DestinationRule ${ref(cfg)}: has a workloadSelector, which selects client sidecars: ignored by waypoints`);
           continue;
         }
-        this.destinationRules.push({ cfg, spec, host: resolveHost(spec.host, cfg.namespace, this.domain) });
+        const host = resolveHost(spec.host, cfg.namespace, this.domain);
+        this.destinationRules.add({ cfg, spec, host }, [host]);
       } else if (group === 'gateway.networking.k8s.io' && (cfg.kind === 'HTTPRoute' || cfg.kind === 'GRPCRoute')) {
         gwRoutes.push(cfg);
       }
@@ -820,9 +857,7 @@ export class Router {
 
   private materialize(e: Entry, c: RequestView): RouteAction {
     const a = e.action;
-    if (a.kind === 'direct-response') {
-      return { kind: 'direct-response', route: e.route, status: a.status, ...(a.body !== undefined ? { body: a.body } : {}), ...(a.responseHeaders ? { responseHeaders: a.responseHeaders } : {}) };
-    }
+    if (a.kind === 'direct-response') return a.response;
     if (a.kind === 'redirect') {
       return { kind: 'redirect', route: e.route, status: a.status, location: redirectLocation(a, e.uri, c), ...(a.responseHeaders ? { responseHeaders: a.responseHeaders } : {}) };
     }
@@ -869,19 +904,16 @@ export class Router {
   }
 
   private chooseVirtualService(svc: Service): { cfg: ConfigObject; spec: VsSpec } | undefined {
-    const candidates: { cfg: ConfigObject; spec: VsSpec; score: number; local: boolean }[] = [];
-    for (const v of this.virtualServices) {
-      if (!visible(v.spec.exportTo, v.cfg.namespace, svc.namespace)) continue;
-      const score = Math.max(...v.hosts.map((h) => specificity(h, svc.hostname)));
-      if (score >= 0) candidates.push({ cfg: v.cfg, spec: v.spec, score, local: v.cfg.namespace === svc.namespace });
-    }
+    const candidates = this.virtualServices.lookup(svc.hostname)
+      .filter((c) => visible(c.item.spec.exportTo, c.item.cfg.namespace, svc.namespace))
+      .map((c) => ({ ...c.item, score: c.score, order: c.order, local: c.item.cfg.namespace === svc.namespace }));
     if (candidates.length === 0) return undefined;
-    // Already in namespace/name order; the sort is stable.
-    candidates.sort((a, b) => b.score - a.score || Number(b.local) - Number(a.local));
+    candidates.sort((a, b) => b.score - a.score || Number(b.local) - Number(a.local) || a.order - b.order);
     const [chosen] = candidates;
     const rivals = candidates.filter((c) => c !== chosen && c.score === chosen!.score);
     if (rivals.length > 0) {
-      this.warn(`${svc.hostname}: several VirtualServices name this host (${[chosen!, ...rivals].map((c) => ref(c.cfg)).join(', ')}); using ${ref(chosen!.cfg)}${chosen!.local && !rivals.every((r) => r.local) ? ' (the service\'s namespace)' : ' (first by namespace/name; Istio would use the oldest)'}`);
+      const why = chosen!.local && rivals.every((r) => !r.local) ? "the one in the service's namespace" : 'the first by namespace/name; Istio would use the oldest';
+      this.warn(`${svc.hostname}: several VirtualServices name this host (${[chosen!, ...rivals].map((c) => ref(c.cfg)).join(', ')}); using ${ref(chosen!.cfg)} (${why})`);
     }
     return chosen;
   }
@@ -890,11 +922,10 @@ export class Router {
   private ruleFor(svc: Service): MergedRule | undefined {
     const cached = this.drCache.get(svc.hostname);
     if (cached !== undefined) return cached ?? undefined;
-    const candidates = this.destinationRules
-      .filter((d) => visible(d.spec.exportTo, d.cfg.namespace, svc.namespace))
-      .map((d) => ({ ...d, score: specificity(d.host, svc.hostname), local: d.cfg.namespace === svc.namespace }))
-      .filter((d) => d.score >= 0)
-      .sort((a, b) => Number(b.local) - Number(a.local) || b.score - a.score);
+    const candidates = this.destinationRules.lookup(svc.hostname)
+      .filter((c) => visible(c.item.spec.exportTo, c.item.cfg.namespace, svc.namespace))
+      .map((c) => ({ ...c.item, score: c.score, order: c.order, local: c.item.cfg.namespace === svc.namespace }))
+      .sort((a, b) => Number(b.local) - Number(a.local) || b.score - a.score || a.order - b.order);
     let merged: MergedRule | null = null;
     const [first] = candidates;
     if (first) {
@@ -1045,8 +1076,11 @@ export class Router {
       const b = rule.directResponse.body;
       const body = b?.string ?? (b?.bytes !== undefined ? Buffer.from(b.bytes, 'base64').toString('utf8') : undefined);
       return {
-        kind: 'direct-response', status: num(rule.directResponse.status) ?? 200,
-        ...(body !== undefined ? { body } : {}), ...(isEmptyOps(responseHeaders) ? {} : { responseHeaders }),
+        kind: 'direct-response',
+        response: {
+          kind: 'direct-response', route: `${ref(cfg)}#${i}`, status: num(rule.directResponse.status) ?? 200,
+          ...(body !== undefined ? { body } : {}), ...(isEmptyOps(responseHeaders) ? {} : { responseHeaders }),
+        },
       };
     }
     let authority = ruleHeaders.authority;
@@ -1168,8 +1202,9 @@ export class Router {
       const rule = rules[i]!;
       const action = this.gwAction(cfg, rule, i, grpc, warn, (reason) => (state.rejected ??= reason));
       const route = `${ref(cfg)}#${i}`;
-      // The CRD's defaults: an HTTPRoute rule without matches matches PathPrefix "/".
-      const matches: (GwMatch | undefined)[] = rule.matches && rule.matches.length > 0 ? rule.matches : grpc ? [undefined] : [{}];
+      // The CRD's default for an HTTPRoute rule without matches is one PathPrefix "/" match; an
+      // explicitly empty list (or a GRPCRoute rule without matches) matches everything, last.
+      const matches: (GwMatch | undefined)[] = rule.matches && rule.matches.length > 0 ? rule.matches : grpc || rule.matches ? [undefined] : [{}];
       for (let j = 0; j < matches.length; j++) {
         try {
           entries.push({ route, action, ...this.gwMatch(matches[j], grpc, (msg) => warn(`rules[${i}].matches[${j}]: ${msg}`)) });
@@ -1272,7 +1307,7 @@ export class Router {
 
     // Istio drops zero-weight backends; none left is the spec's 500.
     const backends = (rule.backendRefs ?? []).filter((b) => (num(b.weight) ?? 1) > 0);
-    if (backends.length === 0) return { kind: 'direct-response', status: 500 };
+    if (backends.length === 0) return { kind: 'direct-response', response: { kind: 'direct-response', route: `${ref(cfg)}#${i}`, status: 500 } };
     const routeAuthority = rewrite?.authority;
     const templates: DestTemplate[] = [];
     for (let j = 0; j < backends.length; j++) {

@@ -46,21 +46,22 @@ async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 30_
 
 /** N GETs over one keep-alive connection from the client pod; prints the count of each answer. */
 const LOAD = `const http = require("http"); const agent = new http.Agent({ keepAlive: true, maxSockets: 1 }); const n = Number(process.argv[1]); const headers = JSON.parse(process.argv[2]); const seen = {};
-(async () => { for (let i = 0; i < n; i++) { const body = await new Promise((resolve) => http.get({ host: "reviews", port: 80, path: "/", agent, headers }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => resolve(r.statusCode + " " + b.trim())); }).on("error", (e) => resolve("error " + (e.code ?? e.message)))); seen[body] = (seen[body] ?? 0) + 1; } console.log(JSON.stringify(seen)); agent.destroy(); })();`;
-async function load(n: number, headers: Record<string, string> = {}): Promise<Record<string, number>> {
-  return JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', LOAD, String(n), JSON.stringify(headers)])) as Record<string, number>;
+process.argv[3] = process.argv[3] ?? "version";
+(async () => { for (let i = 0; i < n; i++) { const body = await new Promise((resolve) => http.get({ host: "reviews", port: 80, path: "/", agent, headers }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => resolve(r.statusCode + " " + b.trim())); }).on("error", (e) => resolve("error " + (e.code ?? e.message)))); const key = process.argv[3] === "pods" ? body : body.split(" ").slice(0, 2).join(" "); seen[key] = (seen[key] ?? 0) + 1; } console.log(JSON.stringify(seen)); agent.destroy(); })();`;
+async function load(n: number, headers: Record<string, string> = {}, by: 'version' | 'pods' = 'version'): Promise<Record<string, number>> {
+  return JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', LOAD, String(n), JSON.stringify(headers), by])) as Record<string, number>;
 }
 
-const VERSION = (v: string, node: string) => `
+const VERSION = (v: string, node: string, name = `reviews-${v}`) => `
 apiVersion: v1
 kind: Pod
-metadata: { name: reviews-${v}, namespace: shop, labels: { app: reviews, version: ${v} } }
+metadata: { name: ${name}, namespace: shop, labels: { app: reviews, version: ${v} } }
 spec:
   nodeName: ${node}
   serviceAccountName: reviews
   containers:
   - name: c
-    command: [node, -e, 'require("http").createServer((q, s) => s.end("${v}")).listen(9080)']
+    command: [node, -e, 'require("http").createServer((q, s) => s.end("${v} ${name}")).listen(9080)']
     ports: [{ name: http, containerPort: 9080 }]
     readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 }
 `;
@@ -84,6 +85,8 @@ spec: { selector: { app: reviews }, ports: [{ name: http, port: 80, targetPort: 
 ${VERSION('v1', 'node-2')}
 ---
 ${VERSION('v2', 'node-1')}
+---
+${VERSION('v1', 'node-1', 'reviews-v1b')}
 ---
 apiVersion: v1
 kind: Service
@@ -124,7 +127,9 @@ metadata: { name: reviews, namespace: shop }
 spec:
   host: reviews
   subsets:
-  - { name: v1, labels: { version: v1 } }
+  - name: v1
+    labels: { version: v1 }
+    trafficPolicy: { loadBalancer: { consistentHash: { httpHeaderName: x-user } } }
   - { name: v2, labels: { version: v2 } }
 ---
 apiVersion: networking.istio.io/v1
@@ -171,6 +176,19 @@ spec:
   it('sends user-type: internal to v2', async () => {
     expect(await load(50, { 'user-type': 'internal' })).toEqual({ '200 v2': 50 });
   }, 60_000);
+
+  it('keeps a user on one endpoint with the subset\'s consistent hash, and spreads users over both', async () => {
+    const pods = new Set<string>();
+    // 16 users: the chance that all land on one of two pods is 2^-15.
+    for (const user of ['ann', 'bob', 'cyd', 'dan', 'eve', 'fay', 'gus', 'hal', 'ida', 'jo', 'kim', 'lou', 'max', 'ned', 'oz', 'pam']) {
+      const seen = await load(20, { 'x-user': user }, 'pods');
+      const v1 = Object.entries(seen).filter(([k]) => k.startsWith('200 v1 '));
+      // The 90/10 split still applies; within v1, one user always lands on one pod.
+      expect(v1, JSON.stringify(seen)).toHaveLength(1);
+      pods.add(v1[0]![0]);
+    }
+    expect([...pods].sort()).toEqual(['200 v1 reviews-v1', '200 v1 reviews-v1b']);
+  }, 120_000);
 
   it('turns an upstream 503 into a 200 with a retry, and answers 504 when the route timeout fires', async () => {
     const GET = (path: string) => `require("http").get({ host: "ratings", path: "${path}", agent: false }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => console.log(r.statusCode + " " + b.trim())); }).on("error", (e) => console.log("error " + e.code))`;

@@ -169,7 +169,7 @@ describe("the write-up's canary", () => {
     const a = forward(router.route(request(svc('backend-service'))));
     expect(a.route).toBe('default/backend-canary#1');
     expect(a.destinations.map((d) => [d.subset, d.weight])).toEqual([['v1', 95], ['v2', 5]]);
-    expect(router.warnings.join('\n')).toMatch(/several VirtualServices name this host \(default\/backend-canary, default\/backend-retries, default\/backend-route, default\/backend-timeouts\); using default\/backend-canary/);
+    expect(router.warnings.join('\n')).toMatch(/several VirtualServices name this host \(default\/backend-canary, default\/backend-retries, default\/backend-route, default\/backend-timeouts\); using default\/backend-canary \(the first by namespace\/name; Istio would use the oldest\)/);
   });
 });
 
@@ -539,6 +539,7 @@ describe('VirtualService rewrites, redirects and direct responses', () => {
     ['a scheme change keeps another port', { path: '/r4', authority: 'api.shop:8080' }, 301, 'https://api.shop:8080/r4'],
     ['FROM_PROTOCOL_DEFAULT drops the port', { path: '/r5', authority: 'api.shop:8080' }, 301, 'https://api.shop/r5'],
     ['no :80 for http', { path: '/r6', authority: 'api.shop' }, 301, 'http://api.shop/r6'],
+    ['port 80 replaces the request port', { path: '/r6', authority: 'api.shop:8080' }, 301, 'http://api.shop/r6'],
   ])('redirects: %s', (_, over, status, location) => {
     expect(router.route(request(api, over))).toEqual({ kind: 'redirect', route: expect.any(String), status, location });
   });
@@ -746,6 +747,15 @@ describe('HTTPRoute matching and precedence', () => {
     expect(forward(router.route(request(api, { path: '/a/b' }))).route).toBe('shop/beta#1');
   });
 
+  it('counts the first of equal header names only, and an explicitly empty matches list last', () => {
+    const { router: r, svc: s } = world([services('shop', ['api', 'first', 'both', 'fallback']), httpRoute('dup', `${parent}
+  rules:
+  - { matches: [], backendRefs: [{ name: fallback, port: 80 }] }
+  - { matches: [{ path: { value: /d }, headers: [{ name: x-h, value: a }, { name: X-H, value: b }] }], backendRefs: [{ name: first, port: 80 }] }`)]);
+    const name = (v: string) => forward(r.route(request(s('api'), { path: '/d', headers: { 'x-h': v } }))).destinations[0]!.service.name;
+    expect([name('a'), name('b')]).toEqual(['first', 'fallback']);
+  });
+
   it('answers no-route when routes apply and none matches', () => {
     const { router: r, svc: s } = world([services('shop', ['api']), httpRoute('only', `${parent}
   rules: [{ matches: [{ path: { type: Exact, value: /only } }], backendRefs: [{ name: api, port: 80 }] }]`)]);
@@ -843,7 +853,9 @@ describe('HTTPRoute backends and filters', () => {
   });
 
   it.each<[string, string, Partial<RouteRequest>, number, string]>([
-    ['302 by default, the request port kept', '{ type: RequestRedirect, requestRedirect: { hostname: new.example } }', { authority: 'api.shop:80' }, 302, 'http://new.example/x?q=1'],
+    ['302 by default, to the hostname', '{ type: RequestRedirect, requestRedirect: { hostname: new.example } }', { authority: 'api.shop:80' }, 302, 'http://new.example/x?q=1'],
+    ['the request port, left out when it is 80', '{ type: RequestRedirect, requestRedirect: { path: { type: ReplaceFullPath, replaceFullPath: /y } } }', { authority: 'api.shop:80' }, 302, 'http://api.shop/y?q=1'],
+    ['the request port', '{ type: RequestRedirect, requestRedirect: { hostname: new.example } }', { port: 8080, authority: 'api.shop:8080' }, 302, 'http://new.example:8080/x?q=1'],
     ['a scheme drops the port', '{ type: RequestRedirect, requestRedirect: { scheme: https, statusCode: 301 } }', { authority: 'api.shop:8080' }, 301, 'https://api.shop/x?q=1'],
     ['a port', '{ type: RequestRedirect, requestRedirect: { port: 8443, scheme: https } }', {}, 302, 'https://api.shop:8443/x?q=1'],
     ['ReplaceFullPath', '{ type: RequestRedirect, requestRedirect: { path: { type: ReplaceFullPath, replaceFullPath: /full } } }', { authority: 'api.shop' }, 302, 'http://api.shop/full?q=1'],
