@@ -5,7 +5,7 @@
  * Each TCP connection is reported twice, as in Istio: by the source's node agent
  * (`reporter="source"`) and by the destination's (`reporter="destination"`).
  */
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** The labels of Istio's TCP metrics (see Istio's "standard metrics"). */
 export const TCP_LABELS = [
@@ -28,7 +28,7 @@ export interface Peer {
   labels?: Record<string, string>;
 }
 
-export function tcpLabels(reporter: 'source' | 'destination', source: Peer, destination: Peer, service: { hostname?: string; name?: string; namespace?: string }, opts: { mtls: boolean; flags?: string; cluster?: string }): TcpLabels {
+export function tcpLabels(reporter: 'source' | 'destination' | 'waypoint', source: Peer, destination: Peer, service: { hostname?: string; name?: string; namespace?: string }, opts: { mtls: boolean; flags?: string; cluster?: string }): TcpLabels {
   const principal = (p: Peer) => (p.identity ? p.identity.replace(/^spiffe:\/\//, '') : UNKNOWN);
   const cluster = opts.cluster ?? 'Kubernetes';
   return {
@@ -52,6 +52,35 @@ export function tcpLabels(reporter: 'source' | 'destination', source: Peer, dest
     response_flags: opts.flags ?? '-',
     connection_security_policy: opts.mtls ? 'mutual_tls' : 'none',
   };
+}
+
+/** The labels of Istio's request metrics: the TCP ones plus the response code. */
+export const HTTP_LABELS = [...TCP_LABELS, 'response_code'] as const;
+export type HttpLabels = Record<(typeof HTTP_LABELS)[number], string>;
+
+/** Istio's request metrics, for waypoints (reporter "waypoint", as Istio's waypoints report). */
+export class RequestMetrics {
+  readonly requests: Counter<(typeof HTTP_LABELS)[number]>;
+  readonly duration: Histogram<(typeof HTTP_LABELS)[number]>;
+  readonly requestBytes: Histogram<(typeof HTTP_LABELS)[number]>;
+  readonly responseBytes: Histogram<(typeof HTTP_LABELS)[number]>;
+
+  constructor(registry: Registry) {
+    const labelNames = [...HTTP_LABELS];
+    const registers = [registry];
+    const bytes = [1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000];
+    this.requests = new Counter({ name: 'istio_requests_total', help: 'Requests', labelNames, registers });
+    this.duration = new Histogram({ name: 'istio_request_duration_milliseconds', help: 'Request duration (ms)', labelNames, registers, buckets: [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000] });
+    this.requestBytes = new Histogram({ name: 'istio_request_bytes', help: 'Request body sizes', labelNames, registers, buckets: bytes });
+    this.responseBytes = new Histogram({ name: 'istio_response_bytes', help: 'Response body sizes', labelNames, registers, buckets: bytes });
+  }
+
+  record(labels: HttpLabels, durationMs: number, requestBytes: number, responseBytes: number): void {
+    this.requests.inc(labels);
+    this.duration.observe(labels, durationMs);
+    this.requestBytes.observe(labels, requestBytes);
+    this.responseBytes.observe(labels, responseBytes);
+  }
 }
 
 export class MeshMetrics {

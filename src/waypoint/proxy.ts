@@ -57,6 +57,10 @@ export interface RequestRecord {
   status?: number;
   flags: string;
   sourceIdentity?: string;
+  /** The caller's address (the source pod: HBONE leaves from inside it). */
+  sourceIp: string;
+  /** The service the request was for. */
+  serviceRef?: Service;
   bytesIn: number;
   bytesOut: number;
   durationMs?: number;
@@ -119,6 +123,7 @@ export class WaypointProxy {
       id: String(req.headers['x-request-id'] ?? randomUUID()), start: Date.now(), method: req.method ?? 'GET', path: req.url ?? '/',
       authority: req.headers.host ?? '', service: tunnel ? `${tunnel.service.name}.${tunnel.service.namespace}` : '', flags: '-', bytesIn: 0, bytesOut: 0, attempts: 0,
       ...(tunnel?.peerIdentity ? { sourceIdentity: tunnel.peerIdentity } : {}),
+      sourceIp: (tunnel?.remoteAddress ?? '').replace(/^::ffff:/, ''), ...(tunnel ? { serviceRef: tunnel.service } : {}),
     };
     const finish = (status: number, flags = '-') => {
       record.status = status;

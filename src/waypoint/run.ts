@@ -3,6 +3,7 @@
  * follows the controller as a `waypoint` subscriber (its services, their L7 config, workloads),
  * and serves HBONE on 15008 with the L7 proxy.
  */
+import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Server } from 'node:net';
 import type { Logger } from 'pino';
 import { DiscoveryClient, type WireResource } from '../control/discovery.js';
@@ -13,7 +14,8 @@ import { formatSpiffeId } from '../identity/spiffe.js';
 import { MeshState } from '../node/mesh-state.js';
 import * as libc from '../../native/libc.js';
 import { tcpSocket } from '../node/netns.js';
-import { WaypointProxy } from './proxy.js';
+import { MeshMetrics, RequestMetrics, tcpLabels } from '../telemetry/metrics.js';
+import { WaypointProxy, type RequestRecord } from './proxy.js';
 import { Router } from './routing.js';
 
 export interface WaypointOptions {
@@ -22,6 +24,7 @@ export interface WaypointOptions {
   trustDomain: string;
   controller: { address: string; token: string; roots: string[] };
   listen: { host: string; port: number };
+  metricsPort?: number;
   log: Logger;
   accessLog: Logger;
 }
@@ -44,7 +47,25 @@ export class Waypoint {
       identity, certificate: () => certs.get(identity), roots: () => certs.trustBundle,
       socket: (family) => tcpSocket(family === 4 ? libc.AF_INET : libc.AF_INET6), log: opts.log,
     });
-    proxy.onRequest = (r) => opts.accessLog.info({
+    const metrics = new MeshMetrics();
+    const requests = new RequestMetrics(metrics.registry);
+    let mesh: MeshState | undefined;
+    proxy.onRequest = (r) => {
+      const src = mesh?.workloadsByIp.get(r.sourceIp);
+      const dst = r.upstream ? mesh?.workloadsByIp.get(r.upstream.split(':')[0]!) : undefined;
+      const svc = r.serviceRef;
+      const labels = {
+        ...tcpLabels('waypoint',
+          { ...(src ? { workload: src.workload, namespace: src.namespace, labels: src.labels } : {}), ...(r.sourceIdentity ? { identity: r.sourceIdentity } : {}) },
+          dst ? { workload: dst.workload, namespace: dst.namespace, identity: dst.identity, labels: dst.labels } : {},
+          svc ? { hostname: svc.hostname, name: svc.name, namespace: svc.namespace } : {},
+          { mtls: true, flags: r.flags }),
+        request_protocol: 'http', response_code: String(r.status ?? 0),
+      };
+      requests.record(labels, r.durationMs ?? 0, r.bytesIn, r.bytesOut);
+      log(r);
+    };
+    const log = (r: RequestRecord) => opts.accessLog.info({
       timestamp: new Date(r.start).toISOString(), request_id: r.id, source: { principal: r.sourceIdentity ?? null },
       destination: { service: r.service, upstream: r.upstream ?? null },
       request: { method: r.method, path: r.path, authority: r.authority, protocol: 'HTTP/1.1' },
@@ -53,10 +74,21 @@ export class Waypoint {
     const discovery = new DiscoveryClient({
       address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,
       node: '', kind: 'waypoint', name: `${opts.namespace}/${opts.name}`, log: opts.log,
-      apply: (resources, version) => proxy.update(stateOf(resources, version)),
+      apply: (resources, version) => {
+        const state = stateOf(resources, version);
+        mesh = state.mesh;
+        proxy.update(state);
+      },
     });
     const server = createServer((socket) => void proxy.handle(socket));
     await new Promise<void>((resolve, reject) => server.once('error', reject).listen(opts.listen.port, opts.listen.host, resolve));
+    // Prometheus on 15020, as the node agents and Istio's proxies serve it.
+    const metricsServer = createHttpServer((req, res) => {
+      const path = (req.url ?? '/').split('?')[0];
+      if (path !== '/metrics' && path !== '/stats/prometheus') return void res.writeHead(404).end('not found: try /metrics\n');
+      metrics.text().then((t) => res.writeHead(200, { 'content-type': metrics.contentType }).end(t), (err: Error) => res.writeHead(500).end(err.message));
+    });
+    await new Promise<void>((resolve, reject) => metricsServer.once('error', reject).listen(opts.metricsPort ?? 15020, opts.listen.host, resolve));
     opts.log.info({ identity, listen: opts.listen }, 'waypoint serving');
     return new Waypoint(identity, proxy, certs, discovery, server);
   }
@@ -70,10 +102,10 @@ export class Waypoint {
 }
 
 /** The waypoint's view as the proxy uses it; throws (a NACK) on what it cannot use. */
-export function stateOf(resources: ReadonlyMap<string, WireResource>, version: string): Parameters<WaypointProxy['update']>[0] {
+export function stateOf(resources: ReadonlyMap<string, WireResource>, version: string): Parameters<WaypointProxy['update']>[0] & { mesh: MeshState } {
   const mesh = new MeshState(version, resources);
   const l7: ConfigObject[] = [];
   for (const r of resources.values()) if (r.type === 'l7') l7.push(JSON.parse(r.json) as ConfigObject);
   const services = [...mesh.services.values()];
-  return { version, router: new Router(l7, services), services, workloads: mesh.workloads };
+  return { version, router: new Router(l7, services), services, workloads: mesh.workloads, mesh };
 }

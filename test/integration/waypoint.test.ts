@@ -170,6 +170,15 @@ spec:
     expect(seen['200 v2']).toBeLessThan(200 + 54);
     const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
     expect(log).toContain('"route":"shop/reviews');
+    // Istio's request metrics from the waypoint, by destination version.
+    const ip = /shop\s+waypoint\s+Running 1\/1\s+(10\.244\.\d+\.\d+)/.exec(await ok(['waypoint', 'list', '--cluster', CLUSTER]))![1]!;
+    const text = await ok(['local', 'exec', '--name', CLUSTER, '--node', 'node-1', '--', 'node', '-e', 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))', `http://${ip}:15020/metrics`]);
+    const count = (version: string) => text.split('\n').filter((l) => l.startsWith('istio_requests_total{') && l.includes('reporter="waypoint"') && l.includes('response_code="200"')
+      && l.includes(`destination_version="${version}"`) && l.includes('source_principal="cluster.local/ns/shop/sa/default"') && l.includes('destination_service_name="reviews"'))
+      .reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
+    expect(count('v1') + count('v2')).toBeGreaterThanOrEqual(seen['200 v1']! + seen['200 v2']!);
+    expect(count('v2')).toBeGreaterThan(0);
+    expect(text).toContain('istio_request_duration_milliseconds_bucket{');
     expect(log).toContain('"principal":"spiffe://cluster.local/ns/shop/sa/default"');
   }, 120_000);
 
