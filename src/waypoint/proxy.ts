@@ -18,11 +18,11 @@ import type { WorkloadCertificate } from '../identity/cert-manager.js';
 import { silentLogger } from '../telemetry/log.js';
 import { HboneError, HbonePool, HboneServer, type TunnelInfo } from '../node/hbone.js';
 import { createBalancer, type Balancer, type Endpoint } from './balancer.js';
-import { OutlierDetector, RetryPolicy, type AttemptOutcome } from './resilience.js';
+import { ConnectionPool, OutlierDetector, RetryPolicy, UPSTREAM_OVERFLOW_FLAG, type AttemptOutcome } from './resilience.js';
 import type { Destination, ForwardAction, HeaderOps, Router } from './routing.js';
 
 interface Member extends Endpoint { ip: string; port: number; workload: Workload }
-interface Upstream { shape: string; members: Member[]; balancer: Balancer; outlier: OutlierDetector; outlierSpec: unknown }
+interface Upstream { shape: string; members: Member[]; balancer: Balancer; outlier: OutlierDetector; outlierSpec: unknown; pool: ConnectionPool; poolSpec: string }
 
 /** What the waypoint knows at one config version. */
 export interface WaypointState {
@@ -162,12 +162,16 @@ export class WaypointProxy {
     const policy = retryPolicy(action, this.random);
     let routeTimer: NodeJS.Timeout | undefined;
     let timedOut = false;
+    /** Ends the try in flight (its upstream stream reset), so that it lets go of its pool slot. */
+    const inFlight: { abort?: () => void } = {};
     if (action.timeoutMs) {
       routeTimer = setTimeout(() => {
         timedOut = true;
         if (!res.headersSent) res.writeHead(504).end('upstream request timeout\n');
         else res.destroy();
         finish(504, 'UT');
+        // Then the try in flight goes, after the answer is on its way.
+        setImmediate(() => inFlight.abort?.());
       }, action.timeoutMs);
     }
     try {
@@ -191,9 +195,20 @@ export class WaypointProxy {
         record.attempts = attempt;
         const mayRetry = replayable && attempt <= policy.attempts;
         const retriable = mayRetry ? (o: AttemptOutcome) => policy.shouldRetry(o, attempt) : undefined;
+        // Circuit breaking: the destination's request and pending limits (DestinationRule connectionPool).
+        const admission = upstream.pool.tryAcquireRequest();
+        if (!admission.ok) {
+          if (!res.headersSent) res.writeHead(503, { 'x-ambit-overflow': admission.reason }).end('upstream overflow\n');
+          finish(503, UPSTREAM_OVERFLOW_FLAG);
+          return;
+        }
+        if (admission.pending) await admission.ready;
         upstream.balancer.onStart?.(endpoint.id);
-        const outcome = await this.attempt(req, res, action, dest, endpoint, tunnel.remoteAddress, record, retriable, policy.perTryTimeoutMs)
-          .finally(() => upstream.balancer.onEnd?.(endpoint.id));
+        const outcome = await this.attempt(req, res, action, dest, endpoint, tunnel.remoteAddress, record, retriable, policy.perTryTimeoutMs, inFlight)
+          .finally(() => {
+            upstream.balancer.onEnd?.(endpoint.id);
+            admission.release();
+          });
         upstream.outlier.record(endpoint.id, outcome.done ? { status: outcome.status } : outcome.failure.status !== undefined ? { status: outcome.failure.status } : { error: outcome.failure.error ?? 'reset' });
         if (timedOut) return;
         if (outcome.done) {
@@ -223,6 +238,7 @@ export class WaypointProxy {
   private async attempt(
     req: IncomingMessage, res: ServerResponse, action: ForwardAction, dest: Destination,
     endpoint: { ip: string; port: number; workload: Workload }, clientIp: string, record: RequestRecord, retriable: ((o: AttemptOutcome) => boolean) | undefined, perTryMs: number | undefined,
+    inFlight: { abort?: () => void },
   ): Promise<{ done: true; status: number; flags?: string } | { done: false; failure: AttemptOutcome; message: string }> {
     let upstream: ClientHttp2Stream;
     try {
@@ -240,6 +256,8 @@ export class WaypointProxy {
     if (authority) headers.host = authority;
     return new Promise((resolve) => {
       let settled = false;
+      /** This try's response is being passed on: a failure now can only cut it. */
+      let streaming = false;
       const settle = (v: Awaited<ReturnType<WaypointProxy['attempt']>>) => {
         if (settled) return;
         settled = true;
@@ -251,6 +269,11 @@ export class WaypointProxy {
         upstream.destroy();
         settle({ done: false, failure: { error: 'timeout', requestSent: true }, message: 'upstream per-try timeout' });
       }, perTryMs) : undefined;
+      inFlight.abort = () => {
+        out.destroy();
+        upstream.destroy();
+        settle({ done: false, failure: { error: 'timeout', requestSent: true }, message: 'upstream request timeout' });
+      };
       const out = httpRequest({
         method: record.method, path: action.rewrite?.path ?? record.path, headers,
         // No agent: with createConnection and no agent, the request goes over this stream.
@@ -265,6 +288,7 @@ export class WaypointProxy {
           return;
         }
         clearTimeout(timer);
+        streaming = true;
         const responseHeaders = applyHeaderOps(applyHeaderOps({ ...upstreamRes.headers }, action.responseHeaders), dest.responseHeaders);
         for (const h of HOP_BY_HOP) delete responseHeaders[h];
         res.writeHead(status, responseHeaders as OutgoingHttpHeaders);
@@ -281,7 +305,8 @@ export class WaypointProxy {
       });
       out.on('error', (err) => {
         upstream.destroy();
-        if (res.headersSent) {
+        if (settled) return;
+        if (streaming) {
           res.destroy(err);
           settle({ done: true, status: res.statusCode, flags: 'UR' });
         } else {
@@ -313,12 +338,15 @@ export class WaypointProxy {
     }
     const policy = state.router.trafficPolicy(dest);
     const key = `${dest.service.namespace}/${dest.service.name}:${dest.port}/${dest.subset ?? ''}`;
-    const shape = JSON.stringify([members.map((m) => m.address), policy.loadBalancer ?? null, policy.outlierDetection ?? null]);
+    const shape = JSON.stringify([members.map((m) => m.address), policy.loadBalancer ?? null, policy.outlierDetection ?? null, policy.connectionPool ?? null]);
     let u = this.upstreams.get(key);
     if (!u || u.shape !== shape) {
       const outlier = u && JSON.stringify(u.outlierSpec ?? null) === JSON.stringify(policy.outlierDetection ?? null) ? u.outlier : new OutlierDetector(policy.outlierDetection, { now: () => Date.now() });
       outlier.setEndpoints(members.map((m) => m.id));
-      u = { shape, members, balancer: createBalancer(policy.loadBalancer, { random: this.random }), outlier, outlierSpec: policy.outlierDetection };
+      // The pool's counts survive an endpoint change; its limits follow the policy.
+      const poolSpec = JSON.stringify(policy.connectionPool ?? null);
+      const pool = u && u.poolSpec === poolSpec ? u.pool : new ConnectionPool(policy.connectionPool, { protocol: 'http1' });
+      u = { shape, members, balancer: createBalancer(policy.loadBalancer, { random: this.random }), outlier, outlierSpec: policy.outlierDetection, pool, poolSpec };
       this.upstreams.set(key, u);
     }
     return u;

@@ -101,8 +101,16 @@ spec:
   containers:
   - name: c
     # Every other request fails with 503; /slow answers after 2 s.
-    command: [node, -e, 'let n = 0; require("http").createServer((q, s) => { if (q.url === "/slow") return setTimeout(() => s.end("slow"), 2000); n++; if (n % 2) { s.statusCode = 503; return s.end("fail " + n); } s.end("ok " + n); }).listen(9080)']
+    command: [node, -e, 'let n = 0; require("http").createServer((q, s) => { if (q.url === "/slow") return setTimeout(() => s.end("slow"), 2000); if (q.url === "/wait") return setTimeout(() => s.end("waited"), 1000); n++; if (n % 2) { s.statusCode = 503; return s.end("fail " + n); } s.end("ok " + n); }).listen(9080)']
     readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: ratings, namespace: shop }
+spec:
+  host: ratings
+  trafficPolicy:
+    connectionPool: { tcp: { maxConnections: 1 }, http: { http1MaxPendingRequests: 1 } }
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -211,6 +219,16 @@ spec:
     const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
     expect(log).toMatch(/"code":200,"flags":"-","duration_ms":\d+,"bytes":\d+,"attempts":2/);
     expect(log).toMatch(/"code":504,"flags":"UT"/);
+  }, 60_000);
+
+  it('answers 503 (UO) past the destination\'s pending-request limit', async () => {
+    // Four at once with room for one in flight and one waiting: two overflow.
+    const PAR = `const http = require("http"); Promise.all([0, 1, 2, 3].map(() => new Promise((resolve) => http.get({ host: "ratings", path: "/wait", agent: false }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => resolve(r.statusCode + " " + b.trim())); }).on("error", (e) => resolve("error " + e.code))))).then((all) => console.log(JSON.stringify(all.sort())));`;
+    const all = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', PAR])) as string[];
+    expect(all.filter((a) => a === '200 waited'), JSON.stringify(all)).toHaveLength(2);
+    expect(all.filter((a) => a === '503 upstream overflow')).toHaveLength(2);
+    const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
+    expect(log).toMatch(/"code":503,"flags":"UO"/);
   }, 60_000);
 
   it('fails closed when the waypoint is gone: refused, never around it', async () => {
