@@ -104,6 +104,30 @@ spec:
     command: [node, -e, 'let n = 0; require("http").createServer((q, s) => { if (q.url === "/slow") return setTimeout(() => s.end("slow"), 2000); if (q.url === "/wait") return setTimeout(() => s.end("waited"), 1000); n++; if (n % 2) { s.statusCode = 503; return s.end("fail " + n); } s.end("ok " + n); }).listen(9080)']
     readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 }
 ---
+apiVersion: v1
+kind: Service
+metadata: { name: details, namespace: shop }
+spec: { selector: { app: details }, ports: [{ port: 80, targetPort: 9080 }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: details-good, namespace: shop, labels: { app: details } }
+spec: { nodeName: node-1, containers: [{ name: c, command: [node, -e, 'require("http").createServer((q, s) => s.end("good")).listen(9080)'], readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 } }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: details-bad, namespace: shop, labels: { app: details } }
+spec: { nodeName: node-2, containers: [{ name: c, command: [node, -e, 'require("http").createServer((q, s) => { s.statusCode = 500; s.end("bad"); }).listen(9080)'], readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 } }] }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: details, namespace: shop }
+spec:
+  host: details
+  trafficPolicy:
+    loadBalancer: { simple: ROUND_ROBIN }
+    outlierDetection: { consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 100 }
+---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: { name: ratings, namespace: shop }
@@ -219,6 +243,18 @@ spec:
     const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
     expect(log).toMatch(/"code":200,"flags":"-","duration_ms":\d+,"bytes":\d+,"attempts":2/);
     expect(log).toMatch(/"code":504,"flags":"UT"/);
+  }, 60_000);
+
+  it('ejects an endpoint that keeps failing, and takes it back after baseEjectionTime', async () => {
+    const SEQ = `const http = require("http"); const agent = new http.Agent({ keepAlive: true, maxSockets: 1 }); (async () => { const out = []; for (let i = 0; i < Number(process.argv[1]); i++) out.push(await new Promise((resolve) => http.get({ host: "details", path: "/", agent }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => resolve(r.statusCode + " " + b)); }).on("error", (e) => resolve("error " + e.code)))); console.log(JSON.stringify(out)); agent.destroy(); })();`;
+    const run = async (n: number) => JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', SEQ, String(n)])) as string[];
+    const first = await run(30);
+    // Round robin reaches the bad pod twice within the first few requests; then it is out.
+    expect(first.slice(0, 6)).toContain('500 bad');
+    expect(first.slice(10), JSON.stringify(first)).toEqual(Array(20).fill('200 good'));
+    await new Promise((r) => setTimeout(r, 4500));
+    const later = await run(10);
+    expect(later, JSON.stringify(later)).toContain('500 bad');
   }, 60_000);
 
   it('answers 503 (UO) past the destination\'s pending-request limit', async () => {
