@@ -125,7 +125,7 @@ export class WaypointProxy {
       ...(tunnel?.peerIdentity ? { sourceIdentity: tunnel.peerIdentity } : {}),
       sourceIp: (tunnel?.remoteAddress ?? '').replace(/^::ffff:/, ''), ...(tunnel ? { serviceRef: tunnel.service } : {}),
     };
-    const finish = (status: number, flags = '-') => {
+    const finish = (status: number, flags = record.flags) => {
       record.status = status;
       record.flags = flags;
       record.durationMs = Date.now() - record.start;
@@ -156,6 +156,23 @@ export class WaypointProxy {
       return;
     }
     record.route = action.route;
+    // Fault injection (VirtualService `fault`): a delay first, then perhaps an abort, each for its percentage of requests.
+    const fault = action.fault;
+    if (fault?.delay && this.random() * 100 < fault.delay.percent) {
+      await new Promise((r) => setTimeout(r, fault.delay!.ms));
+      record.flags = 'DI';
+    }
+    if (fault?.abort && this.random() * 100 < fault.abort.percent) {
+      if (fault.abort.grpcStatus !== undefined) {
+        res.writeHead(200, { 'content-type': 'application/grpc', 'grpc-status': grpcCode(fault.abort.grpcStatus), 'grpc-message': 'fault filter abort' }).end();
+        finish(200, 'FI');
+      } else {
+        const status = fault.abort.status ?? 503;
+        res.writeHead(status).end('fault filter abort');
+        finish(status, 'FI');
+      }
+      return;
+    }
     req.on('data', (c: Buffer) => { record.bytesIn += c.length; });
     // A request without a body can be sent again: only those are retried (a streamed body is gone once sent).
     const replayable = !req.headers['transfer-encoding'] && (req.headers['content-length'] === undefined || req.headers['content-length'] === '0');
@@ -405,4 +422,13 @@ function byteStream(stream: Duplex): Duplex {
   stream.on('error', (err) => out.destroy(err));
   stream.on('close', () => { if (!out.destroyed) out.destroy(); });
   return out;
+}
+
+const GRPC_CODES = ['OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED',
+  'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED'];
+
+/** A gRPC status by name ("UNAVAILABLE") or number, as its number's text. */
+function grpcCode(status: string): string {
+  const i = GRPC_CODES.indexOf(status.toUpperCase());
+  return i >= 0 ? String(i) : /^\d+$/.test(status) ? status : '2';
 }

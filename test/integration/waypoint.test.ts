@@ -145,6 +145,9 @@ spec:
   - match: [{ uri: { exact: /slow } }]
     timeout: 500ms
     route: [{ destination: { host: ratings } }]
+  - match: [{ uri: { exact: /fault } }]
+    fault: { delay: { fixedDelay: 300ms, percentage: { value: 100 } }, abort: { httpStatus: 418, percentage: { value: 100 } } }
+    route: [{ destination: { host: ratings } }]
   - retries: { attempts: 2, retryOn: 5xx }
     route: [{ destination: { host: ratings } }]
 ---
@@ -231,7 +234,7 @@ spec:
     expect([...pods].sort()).toEqual(['200 v1 reviews-v1', '200 v1 reviews-v1b']);
   }, 120_000);
 
-  it('turns an upstream 503 into a 200 with a retry, and answers 504 when the route timeout fires', async () => {
+  it('turns an upstream 503 into a 200 with a retry, answers 504 when the route timeout fires, and injects faults', async () => {
     const GET = (path: string) => `require("http").get({ host: "ratings", path: "${path}", agent: false }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => console.log(r.statusCode + " " + b.trim())); }).on("error", (e) => console.log("error " + e.code))`;
     for (let i = 0; i < 5; i++) {
       const out = (await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', GET('/')])).trim();
@@ -240,7 +243,11 @@ spec:
     const t = Date.now();
     expect((await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', GET('/slow')])).trim()).toBe('504 upstream request timeout');
     expect(Date.now() - t).toBeLessThan(2000 + 1500);
+    const f = Date.now();
+    expect((await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', GET('/fault')])).trim()).toBe('418 fault filter abort');
+    expect(Date.now() - f).toBeGreaterThanOrEqual(300);
     const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
+    expect(log).toMatch(/"code":418,"flags":"FI"/);
     expect(log).toMatch(/"code":200,"flags":"-","duration_ms":\d+,"bytes":\d+,"attempts":2/);
     expect(log).toMatch(/"code":504,"flags":"UT"/);
   }, 60_000);
