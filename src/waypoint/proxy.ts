@@ -177,6 +177,8 @@ export class WaypointProxy {
     // A request without a body can be sent again: only those are retried (a streamed body is gone once sent).
     const replayable = !req.headers['transfer-encoding'] && (req.headers['content-length'] === undefined || req.headers['content-length'] === '0');
     const policy = retryPolicy(action, this.random);
+    // Mirroring: a copy of the request, fire and forget, to each mirror for its percentage (bodiless requests only: a streamed body is read once).
+    if (replayable) for (const m of action.mirrors ?? (action.mirror ? [action.mirror] : [])) if (this.random() * 100 < m.percent) this.mirror(state, m.destination, req, record.path, tunnel.remoteAddress);
     let routeTimer: NodeJS.Timeout | undefined;
     let timedOut = false;
     /** Ends the try in flight (its upstream stream reset), so that it lets go of its pool slot. */
@@ -333,6 +335,29 @@ export class WaypointProxy {
       if (retriable) out.end();
       else req.pipe(out);
     });
+  }
+
+  /** Sends a copy of a request to a mirror destination; its answer is dropped, its failure only logged. */
+  private mirror(state: WaypointState, dest: Destination, req: IncomingMessage, path: string, clientIp: string): void {
+    const upstream = this.upstreamOf(state, dest);
+    const endpoint = upstream?.balancer.pick(upstream.outlier.eligible(upstream.members)).endpoint as Member | undefined;
+    if (!endpoint) return;
+    void (async () => {
+      const stream = await this.pool.open(
+        { pod: 'waypoint', cert: await this.opts.certificate(), roots: this.opts.roots(), socket: (f) => this.opts.socket(f) },
+        { address: endpoint.ip, identity: endpoint.workload.identity, authority: `${endpoint.ip}:${endpoint.port}` },
+        { forwarded: `for=${clientIp}` },
+      );
+      const headers = forwardHeaders(req, dest.headers);
+      // As Envoy marks shadowed requests: the authority gets "-shadow".
+      headers.host = `${String(req.headers.host ?? dest.service.hostname).replace(/:\d+$/, '')}-shadow`;
+      const out = httpRequest({ method: req.method, path, headers, createConnection: () => byteStream(stream) as unknown as Socket }, (r) => {
+        r.resume();
+        r.on('end', () => stream.end());
+      });
+      out.on('error', () => stream.destroy());
+      out.end();
+    })().catch((err: Error) => this.log.debug({ err: err.message, mirror: `${dest.service.namespace}/${dest.service.name}` }, 'mirror failed'));
   }
 
   /**

@@ -61,7 +61,7 @@ spec:
   serviceAccountName: reviews
   containers:
   - name: c
-    command: [node, -e, 'require("http").createServer((q, s) => s.end("${v} ${name}")).listen(9080)']
+    command: [node, -e, 'require("http").createServer((q, s) => { if (q.headers["x-mirror"]) console.log("host " + q.headers.host); s.end("${v} ${name}"); }).listen(9080)']
     ports: [{ name: http, containerPort: 9080 }]
     readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 }
 `;
@@ -175,6 +175,10 @@ spec:
   http:
   - match: [{ headers: { user-type: { exact: internal } } }]
     route: [{ destination: { host: reviews, subset: v2 } }]
+  - match: [{ headers: { x-mirror: { exact: "yes" } } }]
+    route: [{ destination: { host: reviews, subset: v1 } }]
+    mirror: { host: reviews, subset: v2 }
+    mirrorPercentage: { value: 100 }
   - route:
     - { destination: { host: reviews, subset: v1 }, weight: 90 }
     - { destination: { host: reviews, subset: v2 }, weight: 10 }
@@ -219,6 +223,15 @@ spec:
 
   it('sends user-type: internal to v2', async () => {
     expect(await load(50, { 'user-type': 'internal' })).toEqual({ '200 v2': 50 });
+  }, 60_000);
+
+  it('mirrors requests to v2 while v1 answers', async () => {
+    expect(await load(5, { 'x-mirror': 'yes' })).toEqual({ '200 v1': 5 });
+    const logged = await until('the mirrored copies', async () => {
+      const lines = readFileSync(join(stateDir, 'pods', 'shop.reviews-v2', 'c.log'), 'utf8').split('\n').filter((l) => l.startsWith('host '));
+      return lines.length >= 5 ? lines : undefined;
+    }, 10_000);
+    expect(logged.every((l) => l === 'host reviews-shadow')).toBe(true);
   }, 60_000);
 
   it('keeps a user on one endpoint with the subset\'s consistent hash, and spreads users over both', async () => {
