@@ -95,7 +95,7 @@ export function isEnrolled(podLabels: Record<string, string>, namespaceLabels: R
 const POLICY_KINDS = new Set(['security.istio.io/AuthorizationPolicy', 'security.istio.io/PeerAuthentication']);
 const L7_KINDS = new Set([
   'networking.istio.io/VirtualService', 'networking.istio.io/DestinationRule', 'networking.istio.io/ServiceEntry',
-  'gateway.networking.k8s.io/HTTPRoute', 'gateway.networking.k8s.io/GRPCRoute',
+  'gateway.networking.k8s.io/HTTPRoute', 'gateway.networking.k8s.io/GRPCRoute', 'ambit.dev/RateLimit',
 ]);
 
 function groupKind(r: Resource): string {

@@ -350,6 +350,19 @@ const gatewayApiGateway = object({
 });
 
 // ---------------------------------------------------------------------------------------------
+// ambit.dev: local rate limiting at waypoints
+
+/**
+ * RateLimit (ambit.dev/v1alpha1): a token bucket per route of each target Service, enforced by
+ * its waypoint; requests past it get 429 with x-ratelimit-* headers.
+ *   spec: { targetRefs: [{ kind: Service, name }], requestsPerUnit: 100, unit: second|minute|hour, burst?: 150 }
+ */
+const rateLimit = object({
+  targetRefs: [list(object({ group: string(), kind: [oneOf(['Service']), { required: true }], name: [nonEmpty, { required: true }] }), { min: 1 }), { required: true }],
+  requestsPerUnit: [int(1, 1_000_000_000), { required: true }],
+  unit: [oneOf(['second', 'minute', 'hour']), { required: true }],
+  burst: int(1, 1_000_000_000),
+});
 
 interface KindRule { versions: string[]; spec: Schema }
 
@@ -364,6 +377,7 @@ export const KINDS: Record<string, KindRule> = {
   'gateway.networking.k8s.io/Gateway': { versions: ['v1', 'v1beta1'], spec: gatewayApiGateway },
   'gateway.networking.k8s.io/HTTPRoute': { versions: ['v1', 'v1beta1'], spec: routeSpec(httpRouteRule) },
   'gateway.networking.k8s.io/GRPCRoute': { versions: ['v1', 'v1alpha2'], spec: routeSpec(grpcRouteRule) },
+  'ambit.dev/RateLimit': { versions: ['v1alpha1'], spec: rateLimit },
 };
 
 /** Validates one mesh config object (its apiVersion, kind and spec); silent for kinds ambit does not read. */

@@ -13,12 +13,12 @@ import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import type { Service, Workload } from '../control/model.js';
+import type { ConfigObject, Service, Workload } from '../control/model.js';
 import type { WorkloadCertificate } from '../identity/cert-manager.js';
 import { silentLogger } from '../telemetry/log.js';
 import { HboneError, HbonePool, HboneServer, type TunnelInfo } from '../node/hbone.js';
 import { createBalancer, type Balancer, type Endpoint } from './balancer.js';
-import { ConnectionPool, OutlierDetector, RetryPolicy, UPSTREAM_OVERFLOW_FLAG, type AttemptOutcome } from './resilience.js';
+import { ConnectionPool, OutlierDetector, rateLimitHeaders, RetryPolicy, TokenBucket, UPSTREAM_OVERFLOW_FLAG, type AttemptOutcome } from './resilience.js';
 import type { Destination, ForwardAction, HeaderOps, Router } from './routing.js';
 
 interface Member extends Endpoint { ip: string; port: number; workload: Workload }
@@ -31,6 +31,8 @@ export interface WaypointState {
   /** Services bound to this waypoint, by `vip:port` and by namespace/name. */
   services: Service[];
   workloads: Map<string, Workload>;
+  /** ambit.dev RateLimit objects for this waypoint's services. */
+  rateLimits?: ConfigObject[];
 }
 
 export interface WaypointProxyOptions {
@@ -79,6 +81,8 @@ export class WaypointProxy {
   private readonly random: () => number;
   /** Per-connection facts for the HTTP server: which tunnel a request came in on. */
   private readonly tunnels = new WeakMap<object, TunnelInfo & { service: Service; port: number }>();
+  /** Rate-limit buckets by (RateLimit, route, spec). */
+  private readonly buckets = new Map<string, TokenBucket>();
   /** Per destination (service, port, subset): endpoints, balancer, outlier detector. */
   private readonly upstreams = new Map<string, Upstream>();
   onRequest?: (r: RequestRecord) => void;
@@ -156,6 +160,24 @@ export class WaypointProxy {
       return;
     }
     record.route = action.route;
+    // Local rate limiting (ambit.dev RateLimit): one token bucket per route of the target service.
+    for (const rl of state.rateLimits ?? []) {
+      const spec = rl.spec as { targetRefs: { name: string }[]; requestsPerUnit: number; unit: 'second' | 'minute' | 'hour'; burst?: number };
+      if (rl.namespace !== tunnel.service.namespace || !spec.targetRefs.some((t) => t.name === tunnel.service.name)) continue;
+      const key = `${rl.namespace}/${rl.name}|${action.route}|${JSON.stringify(spec)}`;
+      let bucket = this.buckets.get(key);
+      if (!bucket) {
+        const unitMs = { second: 1000, minute: 60_000, hour: 3_600_000 }[spec.unit];
+        bucket = new TokenBucket({ maxTokens: spec.burst ?? spec.requestsPerUnit, tokensPerFill: 1, fillIntervalMs: unitMs / spec.requestsPerUnit }, { now: () => Date.now() });
+        this.buckets.set(key, bucket);
+      }
+      const taken = bucket.take();
+      if (!taken.ok) {
+        res.writeHead(429, rateLimitHeaders(spec.burst ?? spec.requestsPerUnit, taken)).end('local rate limited\n');
+        finish(429, 'RL');
+        return;
+      }
+    }
     // Fault injection (VirtualService `fault`): a delay first, then perhaps an abort, each for its percentage of requests.
     const fault = action.fault;
     if (fault?.delay && this.random() * 100 < fault.delay.percent) {

@@ -105,7 +105,13 @@ export class Waypoint {
 export function stateOf(resources: ReadonlyMap<string, WireResource>, version: string): Parameters<WaypointProxy['update']>[0] & { mesh: MeshState } {
   const mesh = new MeshState(version, resources);
   const l7: ConfigObject[] = [];
-  for (const r of resources.values()) if (r.type === 'l7') l7.push(JSON.parse(r.json) as ConfigObject);
+  const rateLimits: ConfigObject[] = [];
+  for (const r of resources.values()) {
+    if (r.type !== 'l7') continue;
+    const c = JSON.parse(r.json) as ConfigObject;
+    if (c.kind === 'RateLimit' && c.apiVersion.startsWith('ambit.dev/')) rateLimits.push(c);
+    else l7.push(c);
+  }
   const services = [...mesh.services.values()];
-  return { version, router: new Router(l7, services), services, workloads: mesh.workloads, mesh };
+  return { version, router: new Router(l7, services), services, workloads: mesh.workloads, mesh, rateLimits };
 }

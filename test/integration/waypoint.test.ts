@@ -287,6 +287,25 @@ spec:
     expect(log).toMatch(/"code":503,"flags":"UO"/);
   }, 60_000);
 
+  it('answers 429 with x-ratelimit headers past an ambit.dev RateLimit', async () => {
+    writeFileSync(join(dir, 'ratelimit.yaml'), `
+apiVersion: ambit.dev/v1alpha1
+kind: RateLimit
+metadata: { name: details, namespace: shop }
+spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit: minute }
+`);
+    await ok(['local', 'apply', '--name', CLUSTER, '-f', join(dir, 'ratelimit.yaml')]);
+    const HEAD = `const http = require("http"); (async () => { const out = []; for (let i = 0; i < 8; i++) out.push(await new Promise((resolve) => http.get({ host: "details", path: "/", agent: false }, (r) => { r.resume(); r.on("end", () => resolve(r.statusCode + " " + (r.headers["x-ratelimit-limit"] ?? "-") + " " + (r.headers["x-ratelimit-remaining"] ?? "-"))); }).on("error", (e) => resolve("error " + e.code)))); console.log(JSON.stringify(out)); })();`;
+    const out = await until('the limit in effect', async () => {
+      const o = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', HEAD])) as string[];
+      return o.includes('429 5 0') ? o : undefined;
+    });
+    // Five tokens a minute: whatever the first run took, the rest of this one is refused.
+    expect(out.at(-1)).toBe('429 5 0');
+    const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
+    expect(log).toMatch(/"code":429,"flags":"RL"/);
+  }, 60_000);
+
   it('fails closed when the waypoint is gone: refused, never around it', async () => {
     await ok(['waypoint', 'delete', 'waypoint', '-n', 'shop', '--cluster', CLUSTER]);
     const seen = await until('refusals', async () => {

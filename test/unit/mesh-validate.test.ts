@@ -175,6 +175,25 @@ spec: {}`);
     ]);
   });
 
+  it('checks ambit.dev RateLimit', () => {
+    const good = analyze(`apiVersion: ambit.dev/v1alpha1
+kind: RateLimit
+metadata: { name: r, namespace: shop }
+spec: { targetRefs: [{ kind: Service, name: reviews }], requestsPerUnit: 100, unit: second, burst: 150 }`);
+    expect(errors(good.diagnostics)).toEqual([]);
+    const { diagnostics } = analyze(`apiVersion: ambit.dev/v1alpha1
+kind: RateLimit
+metadata: { name: r }
+spec: { targetRefs: [], requestsPerUnit: 0, unit: day, burst: -1, rate: 5 }`);
+    expect(errors(diagnostics)).toEqual([
+      'spec.targetRefs: must have at least 1 item',
+      'spec.requestsPerUnit: must be from 1 to 1000000000, got 0',
+      'spec.unit: must be one of second, minute, hour, got string "day"',
+      'spec.burst: must be from 1 to 1000000000, got -1',
+      'spec.rate: unknown field "rate"',
+    ]);
+  });
+
   it('reports each error with its file, line, document and resource', () => {
     const { diagnostics, resources } = analyze(vs('  - route: [{ destination: { host: reviews }, weight: 50 }, { destination: { host: reviews } }]'), 'vs.yaml');
     expect(resources).toEqual([]);
