@@ -203,6 +203,8 @@ export class WaypointProxy {
     if (replayable) for (const m of action.mirrors ?? (action.mirror ? [action.mirror] : [])) if (this.random() * 100 < m.percent) this.mirror(state, m.destination, req, record.path, tunnel.remoteAddress);
     let routeTimer: NodeJS.Timeout | undefined;
     let timedOut = false;
+    /** The retry slot the try in flight holds, if it is a retry. */
+    let retryLease: { release(): void } | undefined;
     /** Ends the try in flight (its upstream stream reset), so that it lets go of its pool slot. */
     const inFlight: { abort?: () => void } = {};
     if (action.timeoutMs) {
@@ -249,6 +251,8 @@ export class WaypointProxy {
           .finally(() => {
             upstream.balancer.onEnd?.(endpoint.id);
             admission.release();
+            retryLease?.release();
+            retryLease = undefined;
           });
         upstream.outlier.record(endpoint.id, outcome.done ? { status: outcome.status } : outcome.failure.status !== undefined ? { status: outcome.failure.status } : { error: outcome.failure.error ?? 'reset' });
         if (timedOut) return;
@@ -264,11 +268,22 @@ export class WaypointProxy {
           finish(status, exhausted ? 'URX' : outcome.failure.error === 'connect-failure' ? 'UF' : outcome.failure.error === 'timeout' ? 'UT' : outcome.failure.status ? '-' : 'UR');
           return;
         }
+        // Retries in flight to a destination are capped too (connectionPool.http.maxRetries).
+        const lease = upstream.pool.tryAcquireRetry();
+        if (!lease.ok) {
+          const status = outcome.failure.status ?? 503;
+          if (!res.headersSent) res.writeHead(status).end(`${outcome.message}\n`);
+          finish(status, 'URX');
+          return;
+        }
+        retryLease = lease;
         await new Promise((r) => setTimeout(r, policy.backoffMs(attempt)));
         if (timedOut) return;
       }
     } finally {
       clearTimeout(routeTimer);
+      // A retry that never got to its try (no endpoint, overflow) gives its slot back here.
+      retryLease?.release();
     }
   }
 
