@@ -10,6 +10,8 @@ import type { NamespaceResource, PodSpec, Resource, ServiceResource } from '../l
 export const DATAPLANE_MODE = 'ambit.dev/dataplane-mode';
 export const USE_WAYPOINT = 'ambit.dev/use-waypoint';
 export const WAYPOINT_CLASS = 'ambit-waypoint';
+/** The label Gateway API implementations put on a gateway's pods (the waypoint pods). */
+export const WAYPOINT_GATEWAY_LABEL = 'gateway.networking.k8s.io/gateway-name';
 
 /** A running pod as a config source reports it. */
 export interface PodInfo {

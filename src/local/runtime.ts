@@ -13,7 +13,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { Socket } from 'node:net';
-import { isEnrolled, WAYPOINT_CLASS } from '../control/model.js';
+import { isEnrolled, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../control/model.js';
 import { validateMeshObject } from '../control/validate.js';
 import { Datapath } from '../ebpf/datapath.js';
 import { socketInNetns } from '../node/netns.js';
@@ -776,8 +776,6 @@ export async function removeKernelObjects(layout: ClusterLayout): Promise<void> 
 
 const ADMIT_TIMEOUT_MS = 15_000;
 
-/** The label Gateway API implementations put on a gateway's pods. */
-export const WAYPOINT_GATEWAY_LABEL = 'gateway.networking.k8s.io/gateway-name';
 
 function isWaypointGateway(r: Resource): boolean {
   return r.kind === 'Gateway' && r.apiVersion.startsWith('gateway.networking.k8s.io/')

@@ -32,9 +32,6 @@ import { HboneError, HbonePool, HboneServer, type TunnelInfo } from './hbone.js'
 import { MeshState, MeshStateError, type Destination } from './mesh-state.js';
 import { AGENT_SOCKET_MARK, socketInNetns } from './netns.js';
 
-/** The label Gateway API implementations put on a gateway's pods (the waypoint pods). */
-const WAYPOINT_GATEWAY_LABEL = 'gateway.networking.k8s.io/gateway-name';
-
 export const METRICS_PORT = 15020;
 export const HEALTH_PORT = 15021;
 
@@ -82,6 +79,8 @@ export class NodeAgent {
   private readonly pool: HbonePool;
   private readonly discovery: DiscoveryClient;
   private readonly pods = new Map<string, PodEntry>();
+  /** The same entries by netns cookie: every captured connection looks its pod up this way. */
+  private readonly podsByCookie = new Map<bigint, PodEntry>();
   private readonly failures = new Map<string, string>();
   private readonly unhealthy = new Map<string, number>();
   private state?: MeshState;
@@ -194,7 +193,9 @@ export class NodeAgent {
     });
     try {
       const enrolled = await this.enroller.enroll({ name, netnsPath: where.netnsPath, cgroupPath: where.cgroupPath, ips: w.ips });
-      this.pods.set(w.uid, { workload: w, netnsPath: where.netnsPath, enrolled, hbone, cert, sockets });
+      const entry: PodEntry = { workload: w, netnsPath: where.netnsPath, enrolled, hbone, cert, sockets };
+      this.pods.set(w.uid, entry);
+      this.podsByCookie.set(enrolled.netnsCookie, entry);
       this.failures.delete(w.uid);
     } catch (err) {
       this.certs.release(w.identity);
@@ -208,6 +209,7 @@ export class NodeAgent {
     const entry = this.pods.get(uid);
     if (!entry) return;
     this.pods.delete(uid);
+    this.podsByCookie.delete(entry.enrolled.netnsCookie);
     if (keepCapture) await this.enroller.release(entry.enrolled.netnsCookie);
     else await this.enroller.unenroll(entry.enrolled.netnsCookie);
     this.certs.release(entry.workload.identity);
@@ -258,9 +260,9 @@ export class NodeAgent {
   // Data path
 
   private podByCookie(cookie: bigint): PodEntry | undefined {
-    for (const p of this.pods.values()) if (p.enrolled.netnsCookie === cookie) return p;
-    return undefined;
+    return this.podsByCookie.get(cookie);
   }
+
 
   private async outbound(socket: Socket, dst: OrigDst | undefined, pod: EnrolledPod): Promise<void> {
     socket.on('error', () => { /* handled by splice once joined */ });
@@ -334,7 +336,7 @@ export class NodeAgent {
    */
   private async viaWaypoint(socket: Socket, src: PodEntry, state: MeshState, svc: Service, called: { ip: string; port: number }, source: TrackedConnection['source'], service: NonNullable<TrackedConnection['service']>): Promise<void> {
     const ref = svc.waypoint!;
-    const waypoints = [...state.workloads.values()].filter((w) => w.namespace === ref.namespace && w.labels[WAYPOINT_GATEWAY_LABEL] === ref.name && w.ips.length > 0);
+    const waypoints = state.waypointPods.get(`${ref.namespace}/${ref.name}`) ?? [];
     const wp = waypoints[Math.floor(Math.random() * waypoints.length)];
     const info = { reporter: 'source' as const, source, destination: { ip: called.ip, port: called.port, ...(wp ? { workload: wp.workload, namespace: wp.namespace, identity: wp.identity } : {}) }, service, mtls: true, path: 'hbone' as const, pod: src.enrolled.spec.name };
     if (!wp) {
@@ -505,12 +507,12 @@ export class NodeAgent {
   }
 
   private serviceFor(state: MeshState, w: Workload, port: number): TrackedConnection['service'] | undefined {
-    for (const s of state.services.values()) {
-      if (s.namespace !== w.namespace || !s.endpoints.includes(w.uid)) continue;
+    for (const s of state.servicesOf.get(w.uid) ?? []) {
       if (s.ports.some((p) => MeshState.targetPort(p, w) === port)) return { hostname: s.hostname, name: s.name, namespace: s.namespace };
     }
     return undefined;
   }
+
 
   // -------------------------------------------------------------------------------------------
   // Introspection

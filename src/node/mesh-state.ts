@@ -4,7 +4,7 @@
  * the L4 authorizer — and the resolution of an original destination to where a connection goes.
  */
 import type { WireResource } from '../control/discovery.js';
-import type { ConfigObject, Service, ServicePort, Workload } from '../control/model.js';
+import { WAYPOINT_GATEWAY_LABEL, type ConfigObject, type Service, type ServicePort, type Workload } from '../control/model.js';
 import { L4Authorizer } from './authz.js';
 
 export interface Destination {
@@ -16,6 +16,12 @@ export interface Destination {
   /** The service the app called, when it called a VIP. */
   service?: Service;
   servicePort?: ServicePort;
+}
+
+function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
+  const list = map.get(key);
+  if (list) list.push(value);
+  else map.set(key, [value]);
 }
 
 export class MeshStateError extends Error {
@@ -44,6 +50,10 @@ export class MeshState {
   readonly servicesByVip = new Map<string, Service>();
   readonly policies: ConfigObject[] = [];
   readonly waypoints = new Map<string, ConfigObject>();
+  /** Waypoint pods (with an address) by `namespace/gateway-name`. */
+  readonly waypointPods = new Map<string, Workload[]>();
+  /** The services each workload (uid) is an endpoint of. */
+  readonly servicesOf = new Map<string, Service[]>();
   readonly authorizer: L4Authorizer;
 
   constructor(readonly version: string, resources: ReadonlyMap<string, WireResource>, opts: { rootNamespace?: string } = {}) {
@@ -77,6 +87,11 @@ export class MeshState {
           throw new MeshStateError(`${r.key}: unknown resource type "${r.type}"`);
       }
     }
+    for (const w of this.workloads.values()) {
+      const gateway = w.labels[WAYPOINT_GATEWAY_LABEL];
+      if (gateway && w.ips.length > 0) push(this.waypointPods, `${w.namespace}/${gateway}`, w);
+    }
+    for (const svc of this.services.values()) for (const uid of svc.endpoints) push(this.servicesOf, uid, svc);
     this.authorizer = new L4Authorizer(this.policies, opts);
   }
 
