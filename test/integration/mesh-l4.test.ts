@@ -10,9 +10,9 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cli, ROOT, until } from './helpers/cli.js';
 import type { ClusterStatus } from '../../src/local/runtime.js';
 
-const ROOT = new URL('../../', import.meta.url).pathname;
 const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-l4-'));
 const CLUSTER = `l4${Math.random().toString(36).slice(2, 6)}`;
 const stateDir = join(stateRoot, CLUSTER);
@@ -20,23 +20,7 @@ const dir = mkdtempSync(join(tmpdir(), 'ambit-l4-m-'));
 const env = { ...process.env, AMBIT_LOCAL_STATE: stateRoot };
 const PIN_ROOT = `/sys/fs/bpf/ambit-${CLUSTER}`;
 
-interface Run { code: number | null; stdout: string; stderr: string }
-function ambit(args: string[], timeoutMs = 120_000): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), ...args], { cwd: ROOT, env });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });
-    child.stderr.on('data', (c: Buffer) => { stderr += c.toString(); });
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`timed out: ambit ${args.join(' ')}`)); }, timeoutMs);
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
-  });
-}
-async function ok(args: string[]): Promise<string> {
-  const r = await ambit(args);
-  if (r.code !== 0) throw new Error(`ambit ${args.join(' ')} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
-  return r.stdout;
-}
+const { ambit, ok } = cli(env);
 const apply = (name: string, yaml: string) => {
   writeFileSync(join(dir, name), yaml);
   return ok(['local', 'apply', '--name', CLUSTER, '-f', join(dir, name)]);
@@ -66,15 +50,6 @@ function sum(text: string, metric: string, match: (labels: string) => boolean): 
   return n;
 }
 
-async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 20_000, every = 200): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, every));
-  }
-}
 
 const SERVER = (name: string, ns: string, node: string, sa: string, reply: string) => `
 apiVersion: v1

@@ -4,45 +4,19 @@
  * waypoint routes by the Istio VirtualService and DestinationRule applied unchanged (weighted
  * canary, header match) and a removed waypoint fails closed.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cli, until } from './helpers/cli.js';
 
-const ROOT = new URL('../../', import.meta.url).pathname;
 const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-wp-'));
 const CLUSTER = `wp${Math.random().toString(36).slice(2, 6)}`;
 const stateDir = join(stateRoot, CLUSTER);
 const dir = mkdtempSync(join(tmpdir(), 'ambit-wp-m-'));
 const env = { ...process.env, AMBIT_LOCAL_STATE: stateRoot };
 
-interface Run { code: number | null; stdout: string; stderr: string }
-function ambit(args: string[], timeoutMs = 120_000): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), ...args], { cwd: ROOT, env });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });
-    child.stderr.on('data', (c: Buffer) => { stderr += c.toString(); });
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`timed out: ambit ${args.join(' ')}`)); }, timeoutMs);
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
-  });
-}
-async function ok(args: string[]): Promise<string> {
-  const r = await ambit(args);
-  if (r.code !== 0) throw new Error(`ambit ${args.join(' ')} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
-  return r.stdout;
-}
-async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 30_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 300));
-  }
-}
+const { ambit, ok } = cli(env);
 
 /** N GETs over one keep-alive connection from the client pod; prints the count of each answer. */
 const LOAD = `const http = require("http"); const agent = new http.Agent({ keepAlive: true, maxSockets: 1 }); const n = Number(process.argv[1]); const headers = JSON.parse(process.argv[2]); const seen = {};
@@ -201,7 +175,7 @@ spec:
     const seen = await until('routed answers', async () => {
       const s = await load(2000);
       return s['200 v1'] !== undefined ? s : undefined;
-    });
+    }, 30_000, 300);
     // At most 2 of 2,000 may fail: a rare upstream stream reset (NGHTTP2_INTERNAL_ERROR) is still being chased.
     expect((seen['200 v1'] ?? 0) + (seen['200 v2'] ?? 0), JSON.stringify(seen)).toBeGreaterThanOrEqual(1998);
     // Binomial(2000, 0.1): sd 13.4; ±4 sd.
@@ -230,7 +204,7 @@ spec:
     const logged = await until('the mirrored copies', async () => {
       const lines = readFileSync(join(stateDir, 'pods', 'shop.reviews-v2', 'c.log'), 'utf8').split('\n').filter((l) => l.startsWith('host '));
       return lines.length >= 5 ? lines : undefined;
-    }, 10_000);
+    }, 10_000, 300);
     expect(logged.every((l) => l === 'host reviews-shadow')).toBe(true);
   }, 60_000);
 
@@ -299,7 +273,7 @@ spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit
     const out = await until('the limit in effect', async () => {
       const o = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', HEAD])) as string[];
       return o.includes('429 5 0') ? o : undefined;
-    });
+    }, 30_000, 300);
     // Five tokens a minute: whatever the first run took, the rest of this one is refused.
     expect(out.at(-1)).toBe('429 5 0');
     const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
@@ -311,7 +285,7 @@ spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit
     const seen = await until('refusals', async () => {
       const s = await load(5);
       return s['error ECONNRESET'] === 5 ? s : undefined;
-    });
+    }, 30_000, 300);
     expect(seen).toEqual({ 'error ECONNRESET': 5 });
   }, 60_000);
 });
