@@ -55,7 +55,7 @@ export function tcpLabels(reporter: 'source' | 'destination' | 'waypoint', sourc
 }
 
 /** The labels of Istio's request metrics: the TCP ones plus the response code. */
-export const HTTP_LABELS = [...TCP_LABELS, 'response_code'] as const;
+export const HTTP_LABELS = [...TCP_LABELS, 'response_code', 'grpc_response_status'] as const;
 export type HttpLabels = Record<(typeof HTTP_LABELS)[number], string>;
 
 /** Istio's request metrics, for waypoints (reporter "waypoint", as Istio's waypoints report). */

@@ -2,16 +2,26 @@
  * The waypoint's L7 proxy: HBONE in, HTTP routing, HBONE out.
  *
  * A node agent sends traffic for a service bound to this waypoint here: a CONNECT stream whose
- * `:authority` is the service's `VIP:port`. The stream carries the app's HTTP/1.1; each request
- * is routed (`Router`: VirtualService / HTTPRoute semantics), sent to one endpoint pod of the
- * chosen destination over HBONE with the waypoint's own identity, and the response streamed
- * back. Request bodies are streamed, never buffered whole.
+ * `:authority` is the service's `VIP:port`. The first bytes of the stream say what it carries:
+ * - the HTTP/2 connection preface: h2c (prior knowledge), which is how gRPC clients speak in
+ *   plaintext; served by an HTTP/2 server, and sent upstream as h2c too, multiplexed on one
+ *   pooled tunnel per endpoint, trailers and all;
+ * - an HTTP/1.x request line: served by an HTTP/1.1 server, each request upstream on a tunnel
+ *   stream of its own;
+ * - anything else: passed through as TCP to one endpoint of the service (L4 only).
+ * Each request is routed (`Router`: VirtualService / HTTPRoute / GRPCRoute semantics), sent to
+ * one endpoint pod of the chosen destination over HBONE with the waypoint's own identity, and
+ * the response streamed back. Request bodies are streamed, never buffered whole: up to
+ * REPLAY_LIMIT bytes are kept on the side so that a request whose body has ended can be retried.
  */
 import { randomUUID } from 'node:crypto';
-import { createServer, request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
-import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2';
+import { createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type Server } from 'node:http';
+import {
+  connect as http2Connect, constants as h2, createServer as createH2Server,
+  type ClientHttp2Session, type ClientHttp2Stream, type Http2Server, type Http2ServerRequest, type ServerHttp2Session, type ServerHttp2Stream,
+} from 'node:http2';
 import type { Socket } from 'node:net';
-import { Duplex } from 'node:stream';
+import { Duplex, type Readable, type Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { ConfigObject, Service, Workload } from '../control/model.js';
 import type { WorkloadCertificate } from '../identity/cert-manager.js';
@@ -23,6 +33,7 @@ import type { Destination, ForwardAction, HeaderOps, Router } from './routing.js
 
 interface Member extends Endpoint { ip: string; port: number; workload: Workload }
 interface Upstream { shape: string; members: Member[]; balancer: Balancer; outlier: OutlierDetector; outlierSpec: unknown; pool: ConnectionPool; poolSpec: string }
+type Tunnel = TunnelInfo & { service: Service; port: number };
 
 /** What the waypoint knows at one config version. */
 export interface WaypointState {
@@ -53,6 +64,12 @@ export interface RequestRecord {
   method: string;
   path: string;
   authority: string;
+  /** 'HTTP/1.1' or 'HTTP/2'. */
+  protocol: string;
+  /** A gRPC request (content-type application/grpc...). */
+  grpc: boolean;
+  /** The gRPC status the answer carried (trailers, or headers of a trailers-only answer). */
+  grpcStatus?: string;
   service: string;
   route?: string;
   upstream?: string;
@@ -70,17 +87,41 @@ export interface RequestRecord {
   attempts: number;
 }
 
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'host']);
+/** Request bytes kept for a retry; a longer body streams on and is not retried. */
+const REPLAY_LIMIT = 64 * 1024;
+/** How long a pooled upstream h2c session may sit without streams. */
+const H2_IDLE_MS = 60_000;
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'host', 'http2-settings']);
+
+/** What the proxy needs of a downstream request, HTTP/1.1 or HTTP/2. */
+type Req = IncomingMessage | Http2ServerRequest;
+/** What the proxy needs of a downstream response, HTTP/1.1 or HTTP/2. */
+interface Res extends Writable {
+  headersSent: boolean;
+  statusCode: number;
+  writeHead(status: number, headers?: OutgoingHttpHeaders): unknown;
+  setHeader(name: string, value: string | string[]): unknown;
+  /** HTTP/2 only. */
+  addTrailers?(trailers: OutgoingHttpHeaders): void;
+}
+
+type Outcome = { done: true; status: number; flags?: string } | { done: false; failure: AttemptOutcome; message: string };
 
 export class WaypointProxy {
   private state?: WaypointState;
   private readonly hbone: HboneServer;
   private readonly pool: HbonePool;
   private readonly http: Server;
+  private readonly h2: Http2Server;
   private readonly log: Logger;
   private readonly random: () => number;
-  /** Per-connection facts for the HTTP server: which tunnel a request came in on. */
-  private readonly tunnels = new WeakMap<object, TunnelInfo & { service: Service; port: number }>();
+  /** Per-connection facts for the HTTP servers: which tunnel a request came in on. */
+  private readonly tunnels = new WeakMap<object, Tunnel>();
+  /** The tunnel an h2c session is being made for (the server's 'session' event runs synchronously). */
+  private nextH2Tunnel?: Tunnel;
+  /** Upstream h2c sessions, one per endpoint (address and identity). */
+  private readonly h2Sessions = new Map<string, Promise<ClientHttp2Session>>();
   /** Rate-limit buckets by (RateLimit, route, spec). */
   private readonly buckets = new Map<string, TokenBucket>();
   /** Per destination (service, port, subset): endpoints, balancer, outlier detector. */
@@ -94,6 +135,12 @@ export class WaypointProxy {
     this.hbone = new HboneServer({ certificate: opts.certificate, roots: opts.roots, onTunnel: (s, i) => this.tunnel(s, i), log: this.log });
     this.http = createServer({ keepAlive: true }, (req, res) => void this.serve(req, res));
     this.http.on('clientError', (err, socket: Duplex) => socket.destroy(err));
+    this.h2 = createH2Server({}, (req, res) => void this.serve(req, res as unknown as Res));
+    this.h2.on('session', (session: ServerHttp2Session) => {
+      if (this.nextH2Tunnel) this.tunnels.set(session, this.nextH2Tunnel);
+      this.nextH2Tunnel = undefined;
+      session.on('error', (err) => this.log.debug({ err: err.message }, 'downstream h2c session error'));
+    });
   }
 
   update(state: WaypointState): void {
@@ -114,48 +161,119 @@ export class WaypointProxy {
       return;
     }
     stream.respond({ ':status': 200 });
+    const tunnel: Tunnel = { ...info, service, port: Number(m[2]) };
     const conn = byteStream(stream);
-    this.tunnels.set(conn, { ...info, service, port: Number(m[2]) });
-    // The tunnel carries the app's HTTP/1.1: serve it as a connection.
-    this.http.emit('connection', conn);
+    // The first bytes say what the tunnel carries: the h2c preface, an HTTP/1 request line, or other TCP.
+    let head = Buffer.alloc(0);
+    const sniff = (chunk: Buffer) => {
+      head = Buffer.concat([head, chunk]);
+      const h2Prefix = head.subarray(0, H2_PREFACE.length).equals(H2_PREFACE.subarray(0, Math.min(head.length, H2_PREFACE.length)));
+      if (h2Prefix && head.length < H2_PREFACE.length) return;
+      const requestLine = /^[A-Z]{1,20} /.test(head.subarray(0, 21).toString('latin1'));
+      if (!h2Prefix && !requestLine && head.length < 21 && /^[A-Z]*$/.test(head.toString('latin1'))) return;
+      conn.off('data', sniff);
+      conn.pause();
+      conn.unshift(head);
+      if (h2Prefix) {
+        this.nextH2Tunnel = tunnel;
+        this.h2.emit('connection', conn);
+        this.nextH2Tunnel = undefined;
+        conn.resume();
+      } else if (requestLine) {
+        this.tunnels.set(conn, tunnel);
+        this.http.emit('connection', conn);
+        conn.resume();
+      } else {
+        this.passthrough(conn, tunnel);
+      }
+    };
+    conn.on('data', sniff);
   }
 
-  private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const tunnel = this.tunnels.get(req.socket);
+  /** A tunnel that carries neither HTTP/1 nor h2c: its bytes go to one endpoint of the service, as TCP. */
+  private passthrough(conn: Duplex, tunnel: Tunnel): void {
     const state = this.state;
+    const upstream = state && this.upstreamOf(state, { service: tunnel.service, port: tunnel.port, weight: 100 });
+    const endpoint = upstream?.balancer.pick(upstream.outlier.eligible(upstream.members)).endpoint as Member | undefined;
+    if (!endpoint) {
+      conn.destroy();
+      return;
+    }
+    void this.openTunnel(endpoint, tunnel.remoteAddress).then((out) => {
+      conn.pipe(out).pipe(conn);
+      out.on('error', () => conn.destroy());
+      conn.on('error', () => out.destroy());
+      conn.resume();
+    }, (err: Error) => {
+      this.log.debug({ err: err.message, upstream: endpoint.address }, 'TCP passthrough: upstream connect failed');
+      conn.destroy();
+    });
+  }
+
+  private openTunnel(endpoint: Member, clientIp?: string): Promise<ClientHttp2Stream> {
+    return this.opts.certificate().then((cert) => this.pool.open(
+      { pod: 'waypoint', cert, roots: this.opts.roots(), socket: (f) => this.opts.socket(f) },
+      { address: endpoint.ip, identity: endpoint.workload.identity, authority: `${endpoint.ip}:${endpoint.port}` },
+      clientIp ? { forwarded: `for=${clientIp}` } : {},
+    ));
+  }
+
+  private async serve(req: Req, res: Res): Promise<void> {
+    const h2req = 'stream' in req;
+    const tunnel = this.tunnels.get(h2req ? req.stream.session! : req.socket);
+    const state = this.state;
+    const headers = req.headers as IncomingHttpHeaders;
+    const grpc = /^application\/grpc/.test(String(headers['content-type'] ?? ''));
     const record: RequestRecord = {
-      id: String(req.headers['x-request-id'] ?? randomUUID()), start: Date.now(), method: req.method ?? 'GET', path: req.url ?? '/',
-      authority: req.headers.host ?? '', service: tunnel ? `${tunnel.service.name}.${tunnel.service.namespace}` : '', flags: '-', bytesIn: 0, bytesOut: 0, attempts: 0,
+      id: String(headers['x-request-id'] ?? randomUUID()), start: Date.now(), method: req.method ?? 'GET', path: req.url ?? '/',
+      authority: String(headers[':authority'] ?? headers.host ?? ''), protocol: h2req ? 'HTTP/2' : 'HTTP/1.1', grpc,
+      service: tunnel ? `${tunnel.service.name}.${tunnel.service.namespace}` : '', flags: '-', bytesIn: 0, bytesOut: 0, attempts: 0,
       ...(tunnel?.peerIdentity ? { sourceIdentity: tunnel.peerIdentity } : {}),
       sourceIp: (tunnel?.remoteAddress ?? '').replace(/^::ffff:/, ''), ...(tunnel ? { serviceRef: tunnel.service } : {}),
     };
+    let finished = false;
     const finish = (status: number, flags = record.flags) => {
+      if (finished) return;
+      finished = true;
       record.status = status;
       record.flags = flags;
       record.durationMs = Date.now() - record.start;
       this.onRequest?.(record);
     };
+    /** A local answer: for gRPC, a trailers-only response whose grpc-status stands for the HTTP status. */
+    const reply = (status: number, flags: string, body: string, extra: OutgoingHttpHeaders = {}) => {
+      if (res.headersSent) res.destroy();
+      else if (grpc) {
+        record.grpcStatus = String(grpcStatusOf(status, flags));
+        res.writeHead(200, { ...extra, 'content-type': 'application/grpc', 'grpc-status': record.grpcStatus, 'grpc-message': encodeURIComponent(body.trim()) });
+        res.end();
+      } else {
+        res.writeHead(status, extra);
+        res.end(body);
+      }
+      finish(status, flags);
+    };
     if (!tunnel || !state) {
-      res.writeHead(503).end('no config yet\n');
-      finish(503, 'NC');
+      reply(503, 'NC', 'no config yet\n');
       return;
     }
     const action = state.router.route({
       service: tunnel.service, port: tunnel.port, method: record.method, path: record.path, authority: record.authority,
-      headers: req.headers, ...(tunnel.peerIdentity ? { sourceNamespace: /\/ns\/([^/]+)\//.exec(tunnel.peerIdentity)?.[1] } : {}),
+      headers, ...(tunnel.peerIdentity ? { sourceNamespace: /\/ns\/([^/]+)\//.exec(tunnel.peerIdentity)?.[1] } : {}),
     });
     if (action.kind === 'no-route') {
-      res.writeHead(404).end('no route\n');
-      finish(404, 'NR');
+      reply(404, 'NR', 'no route\n');
       return;
     }
     if (action.kind === 'redirect') {
-      res.writeHead(action.status, { location: action.location }).end();
+      res.writeHead(action.status, { location: action.location });
+      res.end();
       finish(action.status);
       return;
     }
     if (action.kind === 'direct-response') {
-      res.writeHead(action.status).end(action.body ?? '');
+      res.writeHead(action.status);
+      res.end(action.body ?? '');
       finish(action.status);
       return;
     }
@@ -173,8 +291,7 @@ export class WaypointProxy {
       }
       const taken = bucket.take();
       if (!taken.ok) {
-        res.writeHead(429, rateLimitHeaders(spec.burst ?? spec.requestsPerUnit, taken)).end('local rate limited\n');
-        finish(429, 'RL');
+        reply(429, 'RL', 'local rate limited\n', rateLimitHeaders(spec.burst ?? spec.requestsPerUnit, taken));
         return;
       }
     }
@@ -186,21 +303,20 @@ export class WaypointProxy {
     }
     if (fault?.abort && this.random() * 100 < fault.abort.percent) {
       if (fault.abort.grpcStatus !== undefined) {
-        res.writeHead(200, { 'content-type': 'application/grpc', 'grpc-status': grpcCode(fault.abort.grpcStatus), 'grpc-message': 'fault filter abort' }).end();
+        record.grpcStatus = grpcCode(fault.abort.grpcStatus);
+        res.writeHead(200, { 'content-type': 'application/grpc', 'grpc-status': record.grpcStatus, 'grpc-message': 'fault filter abort' });
+        res.end();
         finish(200, 'FI');
       } else {
-        const status = fault.abort.status ?? 503;
-        res.writeHead(status).end('fault filter abort');
-        finish(status, 'FI');
+        reply(fault.abort.status ?? 503, 'FI', 'fault filter abort');
       }
       return;
     }
-    req.on('data', (c: Buffer) => { record.bytesIn += c.length; });
-    // A request without a body can be sent again: only those are retried (a streamed body is gone once sent).
-    const replayable = !req.headers['transfer-encoding'] && (req.headers['content-length'] === undefined || req.headers['content-length'] === '0');
+    // The body streams upstream as it comes; its first REPLAY_LIMIT bytes are kept for a retry.
+    const body = new BodyTap(req, REPLAY_LIMIT, (n) => { record.bytesIn += n; });
     const policy = retryPolicy(action, this.random);
     // Mirroring: a copy of the request, fire and forget, to each mirror for its percentage (bodiless requests only: a streamed body is read once).
-    if (replayable) for (const m of action.mirrors ?? (action.mirror ? [action.mirror] : [])) if (this.random() * 100 < m.percent) this.mirror(state, m.destination, req, record.path, tunnel.remoteAddress);
+    if (body.empty) for (const m of action.mirrors ?? (action.mirror ? [action.mirror] : [])) if (this.random() * 100 < m.percent) this.mirror(state, m.destination, req, record.path, tunnel.remoteAddress, h2req);
     let routeTimer: NodeJS.Timeout | undefined;
     let timedOut = false;
     /** The retry slot the try in flight holds, if it is a retry. */
@@ -210,9 +326,7 @@ export class WaypointProxy {
     if (action.timeoutMs) {
       routeTimer = setTimeout(() => {
         timedOut = true;
-        if (!res.headersSent) res.writeHead(504).end('upstream request timeout\n');
-        else res.destroy();
-        finish(504, 'UT');
+        reply(504, 'UT', 'upstream request timeout\n');
         // Then the try in flight goes, after the answer is on its way.
         setImmediate(() => inFlight.abort?.());
       }, action.timeoutMs);
@@ -221,33 +335,31 @@ export class WaypointProxy {
       for (let attempt = 1; ; attempt++) {
         const dest = state.router.pick(action);
         if (dest.missing) {
-          res.writeHead(dest.missing.status).end(`${dest.missing.reason}\n`);
-          finish(dest.missing.status, 'NR');
+          reply(dest.missing.status, 'NR', `${dest.missing.reason}\n`);
           return;
         }
         const upstream = this.upstreamOf(state, dest);
-        const picked = upstream?.balancer.pick(upstream.outlier.eligible(upstream.members), { headers: req.headers, sourceIp: tunnel.remoteAddress, query: new URL(record.path, 'http://x').searchParams });
+        const picked = upstream?.balancer.pick(upstream.outlier.eligible(upstream.members), { headers, sourceIp: tunnel.remoteAddress, query: new URL(record.path, 'http://x').searchParams });
         const endpoint = picked?.endpoint as Member | undefined;
         if (!upstream || !endpoint) {
-          res.writeHead(503).end('no healthy upstream\n');
-          finish(503, 'UH');
+          reply(503, 'UH', 'no healthy upstream\n');
           return;
         }
         if (picked?.setCookie && !res.headersSent) res.setHeader('set-cookie', picked.setCookie);
         record.upstream = endpoint.address;
         record.attempts = attempt;
-        const mayRetry = replayable && attempt <= policy.attempts;
-        const retriable = mayRetry ? (o: AttemptOutcome) => policy.shouldRetry(o, attempt) : undefined;
+        const mayRetry = attempt <= policy.attempts;
+        // A response to retry is held back only while the request could still be sent again.
+        const retriable = mayRetry ? (o: AttemptOutcome) => body.replayable && policy.shouldRetry(o, attempt) : undefined;
         // Circuit breaking: the destination's request and pending limits (DestinationRule connectionPool).
         const admission = upstream.pool.tryAcquireRequest();
         if (!admission.ok) {
-          if (!res.headersSent) res.writeHead(503, { 'x-ambit-overflow': admission.reason }).end('upstream overflow\n');
-          finish(503, UPSTREAM_OVERFLOW_FLAG);
+          reply(503, UPSTREAM_OVERFLOW_FLAG, 'upstream overflow\n', { 'x-ambit-overflow': admission.reason });
           return;
         }
         if (admission.pending) await admission.ready;
         upstream.balancer.onStart?.(endpoint.id);
-        const outcome = await this.attempt(req, res, action, dest, endpoint, tunnel.remoteAddress, record, retriable, policy.perTryTimeoutMs, inFlight)
+        const outcome = await this.attempt(req, res, h2req, action, dest, endpoint, tunnel.remoteAddress, record, body, attempt, retriable, policy.perTryTimeoutMs, inFlight)
           .finally(() => {
             upstream.balancer.onEnd?.(endpoint.id);
             admission.release();
@@ -260,20 +372,25 @@ export class WaypointProxy {
           finish(outcome.status, outcome.flags);
           return;
         }
-        if (!mayRetry || !policy.shouldRetry(outcome.failure, attempt)) {
+        const wouldRetry = policy.shouldRetry(outcome.failure, attempt);
+        if (!mayRetry || !wouldRetry || !body.replayable) {
           const status = outcome.failure.status ?? (outcome.failure.error === 'timeout' ? 504 : 503);
-          if (!res.headersSent) res.writeHead(status).end(`${outcome.message}\n`);
           // URX: the retries were used up on a failure they would have retried.
-          const exhausted = mayRetry === false && replayable && policy.attempts > 0 && policy.shouldRetry(outcome.failure, attempt);
-          finish(status, exhausted ? 'URX' : outcome.failure.error === 'connect-failure' ? 'UF' : outcome.failure.error === 'timeout' ? 'UT' : outcome.failure.status ? '-' : 'UR');
+          const exhausted = !mayRetry && policy.attempts > 0 && wouldRetry;
+          const flags = exhausted ? 'URX' : outcome.failure.error === 'connect-failure' ? 'UF' : outcome.failure.error === 'timeout' ? 'UT' : outcome.failure.status ? '-' : 'UR';
+          if (outcome.failure.status !== undefined && outcome.failure.grpcStatus !== undefined) record.grpcStatus = outcome.failure.grpcStatus;
+          if (outcome.failure.status !== undefined && !res.headersSent) {
+            // The upstream's own answer (held back for a retry that is not coming): pass its status on.
+            res.writeHead(status, outcome.failure.grpcStatus !== undefined ? { 'content-type': 'application/grpc', 'grpc-status': outcome.failure.grpcStatus } : {});
+            res.end(outcome.failure.grpcStatus !== undefined ? undefined : `${outcome.message}\n`);
+            finish(status, flags);
+          } else reply(status, flags, `${outcome.message}\n`);
           return;
         }
         // Retries in flight to a destination are capped too (connectionPool.http.maxRetries).
         const lease = upstream.pool.tryAcquireRetry();
         if (!lease.ok) {
-          const status = outcome.failure.status ?? 503;
-          if (!res.headersSent) res.writeHead(status).end(`${outcome.message}\n`);
-          finish(status, 'URX');
+          reply(outcome.failure.status ?? 503, 'URX', `${outcome.message}\n`);
           return;
         }
         retryLease = lease;
@@ -290,110 +407,160 @@ export class WaypointProxy {
   /**
    * One try at one endpoint. With `retriable`, a response it says to retry is not passed on
    * (its body is dropped) and comes back as a failure; everything else streams to the client.
+   * HTTP/1.1 goes on a tunnel stream of its own; HTTP/2 on the endpoint's pooled h2c session.
    */
   private async attempt(
-    req: IncomingMessage, res: ServerResponse, action: ForwardAction, dest: Destination,
-    endpoint: { ip: string; port: number; workload: Workload }, clientIp: string, record: RequestRecord, retriable: ((o: AttemptOutcome) => boolean) | undefined, perTryMs: number | undefined,
-    inFlight: { abort?: () => void },
-  ): Promise<{ done: true; status: number; flags?: string } | { done: false; failure: AttemptOutcome; message: string }> {
-    let upstream: ClientHttp2Stream;
+    req: Req, res: Res, h2req: boolean, action: ForwardAction, dest: Destination, endpoint: Member, clientIp: string, record: RequestRecord,
+    body: BodyTap, attempt: number, retriable: ((o: AttemptOutcome) => boolean) | undefined, perTryMs: number | undefined, inFlight: { abort?: () => void },
+  ): Promise<Outcome> {
+    const headers = forwardHeaders(req.headers as IncomingHttpHeaders, h2req, action.requestHeaders, dest.headers);
+    const authority = action.rewrite?.authority ?? dest.authority ?? record.authority;
+    const path = action.rewrite?.path ?? record.path;
+    let call: UpstreamCall;
     try {
-      upstream = await this.pool.open(
-        { pod: 'waypoint', cert: await this.opts.certificate(), roots: this.opts.roots(), socket: (f) => this.opts.socket(f) },
-        { address: endpoint.ip, identity: endpoint.workload.identity, authority: `${endpoint.ip}:${endpoint.port}` },
-        { forwarded: `for=${clientIp}` },
-      );
+      call = h2req
+        ? await this.h2Call(endpoint, { ...headers, ':method': record.method, ':path': path, ':authority': authority, ':scheme': 'http' })
+        : this.h1Call(await this.openTunnel(endpoint, clientIp), record.method, path, { ...headers, host: authority });
     } catch (err) {
       const e = err as HboneError;
       return { done: false, failure: { error: e.status === 503 && /refused/.test(e.message) ? 'connect-failure' : e.kind === 'timeout' ? 'timeout' : 'connect-failure', requestSent: false }, message: `upstream connect error: ${e.message}` };
     }
-    const headers = forwardHeaders(req, action.requestHeaders, dest.headers);
-    const authority = action.rewrite?.authority ?? dest.authority;
-    if (authority) headers.host = authority;
-    return new Promise((resolve) => {
+    return new Promise<Outcome>((resolve) => {
       let settled = false;
       /** This try's response is being passed on: a failure now can only cut it. */
       let streaming = false;
-      const settle = (v: Awaited<ReturnType<WaypointProxy['attempt']>>) => {
+      const settle = (v: Outcome) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
         resolve(v);
       };
       const timer = perTryMs ? setTimeout(() => {
-        out.destroy();
-        upstream.destroy();
         settle({ done: false, failure: { error: 'timeout', requestSent: true }, message: 'upstream per-try timeout' });
+        call.abort();
       }, perTryMs) : undefined;
       inFlight.abort = () => {
-        out.destroy();
-        upstream.destroy();
         settle({ done: false, failure: { error: 'timeout', requestSent: true }, message: 'upstream request timeout' });
+        call.abort();
       };
-      const out = httpRequest({
-        method: record.method, path: action.rewrite?.path ?? record.path, headers,
-        // No agent: with createConnection and no agent, the request goes over this stream.
-        createConnection: () => byteStream(upstream) as unknown as Socket,
-      }, (upstreamRes) => {
-        const status = upstreamRes.statusCode ?? 502;
-        const failure: AttemptOutcome = { status, headers: upstreamRes.headers, requestSent: true };
+      call.onResponse = (status, upstreamHeaders, upstreamBody) => {
+        const grpcStatus = upstreamHeaders['grpc-status'] as string | undefined;
+        const failure: AttemptOutcome = { status, headers: upstreamHeaders, requestSent: true, ...(grpcStatus !== undefined ? { grpcStatus } : {}) };
         if (retriable?.(failure)) {
-          upstreamRes.resume();
-          upstreamRes.on('end', () => upstream.end());
-          settle({ done: false, failure, message: `upstream answered ${status}` });
+          upstreamBody.resume();
+          upstreamBody.on('end', () => call.done());
+          settle({ done: false, failure, message: `upstream answered ${status}${grpcStatus !== undefined ? ` grpc-status ${grpcStatus}` : ''}` });
           return;
         }
         clearTimeout(timer);
         streaming = true;
-        const responseHeaders = applyHeaderOps(applyHeaderOps({ ...upstreamRes.headers }, action.responseHeaders), dest.responseHeaders);
-        for (const h of HOP_BY_HOP) delete responseHeaders[h];
+        if (grpcStatus !== undefined) record.grpcStatus = grpcStatus;
+        const responseHeaders = applyHeaderOps(applyHeaderOps({ ...upstreamHeaders }, action.responseHeaders), dest.responseHeaders);
+        for (const h of Object.keys(responseHeaders)) if (HOP_BY_HOP.has(h) || h.startsWith(':')) delete responseHeaders[h];
         res.writeHead(status, responseHeaders as OutgoingHttpHeaders);
-        upstreamRes.on('data', (c: Buffer) => { record.bytesOut += c.length; });
-        upstreamRes.pipe(res);
-        upstreamRes.on('end', () => {
-          upstream.end();
+        upstreamBody.on('data', (c: Buffer) => { record.bytesOut += c.length; });
+        call.onTrailers = (trailers) => {
+          if (trailers['grpc-status'] !== undefined) record.grpcStatus = String(trailers['grpc-status']);
+          res.addTrailers?.(stripPseudo(trailers));
+        };
+        upstreamBody.pipe(res);
+        upstreamBody.on('end', () => {
+          call.done();
           settle({ done: true, status });
         });
-        upstreamRes.on('error', () => {
-          res.destroy();
-          settle({ done: true, status, flags: 'UR' });
-        });
-      });
-      out.on('error', (err) => {
-        upstream.destroy();
+      };
+      call.onError = (err, refused) => {
         if (settled) return;
         if (streaming) {
           res.destroy(err);
           settle({ done: true, status: res.statusCode, flags: 'UR' });
         } else {
-          settle({ done: false, failure: { error: 'reset', requestSent: true }, message: `upstream reset: ${err.message}` });
+          settle({ done: false, failure: { error: refused ? 'refused-stream' : 'reset', requestSent: !refused }, message: `upstream reset: ${err.message}` });
         }
-      });
-      if (retriable) out.end();
-      else req.pipe(out);
+      };
+      // The body: the live request on the first try, what was kept of it on a retry.
+      if (attempt === 1) body.pipeTo(call.body);
+      else body.replayTo(call.body);
     });
   }
 
+  /** An HTTP/1.1 exchange on a fresh tunnel stream. */
+  private h1Call(tunnel: ClientHttp2Stream, method: string, path: string, headers: OutgoingHttpHeaders): UpstreamCall {
+    // No agent: with createConnection and no agent, the request goes over this stream.
+    const out = httpRequest({ method, path, headers, createConnection: () => byteStream(tunnel) as unknown as Socket });
+    const call: UpstreamCall = {
+      body: out,
+      abort: () => { out.destroy(); tunnel.destroy(); },
+      done: () => tunnel.end(),
+    };
+    out.on('response', (r: IncomingMessage) => {
+      call.onResponse?.(r.statusCode ?? 502, r.headers, r);
+      r.on('error', (err) => call.onError?.(err, false));
+    });
+    out.on('error', (err) => {
+      tunnel.destroy();
+      call.onError?.(err, false);
+    });
+    return call;
+  }
+
+  /** An HTTP/2 exchange on the endpoint's pooled h2c session. */
+  private async h2Call(endpoint: Member, headers: OutgoingHttpHeaders): Promise<UpstreamCall> {
+    const session = await this.h2Session(endpoint);
+    const stream = session.request(headers, { endStream: false });
+    const call: UpstreamCall = {
+      body: stream,
+      abort: () => { if (!stream.destroyed) stream.close(h2.NGHTTP2_CANCEL); },
+      done: () => undefined,
+    };
+    stream.on('response', (h) => call.onResponse?.(Number(h[':status'] ?? 502), h, stream));
+    stream.on('trailers', (t) => call.onTrailers?.(t));
+    stream.on('error', (err: Error & { code?: string }) => call.onError?.(err, stream.rstCode === h2.NGHTTP2_REFUSED_STREAM));
+    stream.on('close', () => {
+      if (stream.rstCode && stream.rstCode !== h2.NGHTTP2_NO_ERROR) call.onError?.(new Error(`stream reset (code ${stream.rstCode})`), stream.rstCode === h2.NGHTTP2_REFUSED_STREAM);
+    });
+    return call;
+  }
+
+  /** The endpoint's h2c session over one HBONE tunnel, made on first use and kept while it is used. */
+  private h2Session(endpoint: Member): Promise<ClientHttp2Session> {
+    const key = `${endpoint.address}|${endpoint.workload.identity}`;
+    let pending = this.h2Sessions.get(key);
+    if (!pending) {
+      pending = this.openTunnel(endpoint).then((tunnel) => new Promise<ClientHttp2Session>((resolve, reject) => {
+        const session = http2Connect(`http://${endpoint.address}`, { createConnection: () => byteStream(tunnel) as unknown as Socket });
+        const drop = () => { if (this.h2Sessions.get(key) === pending) this.h2Sessions.delete(key); };
+        session.once('connect', () => resolve(session));
+        session.on('error', (err) => { drop(); reject(err); });
+        session.on('close', () => { drop(); tunnel.destroy(); });
+        session.on('goaway', drop);
+        session.setTimeout(H2_IDLE_MS, () => session.close());
+      }));
+      this.h2Sessions.set(key, pending);
+      pending.catch(() => { if (this.h2Sessions.get(key) === pending) this.h2Sessions.delete(key); });
+    }
+    return pending;
+  }
+
   /** Sends a copy of a request to a mirror destination; its answer is dropped, its failure only logged. */
-  private mirror(state: WaypointState, dest: Destination, req: IncomingMessage, path: string, clientIp: string): void {
+  private mirror(state: WaypointState, dest: Destination, req: Req, path: string, clientIp: string, h2req: boolean): void {
     const upstream = this.upstreamOf(state, dest);
     const endpoint = upstream?.balancer.pick(upstream.outlier.eligible(upstream.members)).endpoint as Member | undefined;
     if (!endpoint) return;
+    const headers = forwardHeaders(req.headers as IncomingHttpHeaders, h2req, dest.headers);
+    // As Envoy marks shadowed requests: the authority gets "-shadow".
+    const authority = `${String(req.headers[':authority'] ?? req.headers.host ?? dest.service.hostname).replace(/:\d+$/, '')}-shadow`;
+    const method = req.method ?? 'GET';
     void (async () => {
-      const stream = await this.pool.open(
-        { pod: 'waypoint', cert: await this.opts.certificate(), roots: this.opts.roots(), socket: (f) => this.opts.socket(f) },
-        { address: endpoint.ip, identity: endpoint.workload.identity, authority: `${endpoint.ip}:${endpoint.port}` },
-        { forwarded: `for=${clientIp}` },
-      );
-      const headers = forwardHeaders(req, dest.headers);
-      // As Envoy marks shadowed requests: the authority gets "-shadow".
-      headers.host = `${String(req.headers.host ?? dest.service.hostname).replace(/:\d+$/, '')}-shadow`;
-      const out = httpRequest({ method: req.method, path, headers, createConnection: () => byteStream(stream) as unknown as Socket }, (r) => {
-        r.resume();
-        r.on('end', () => stream.end());
-      });
-      out.on('error', () => stream.destroy());
-      out.end();
+      const call = h2req
+        ? await this.h2Call(endpoint, { ...headers, ':method': method, ':path': path, ':authority': authority, ':scheme': 'http' })
+        : this.h1Call(await this.openTunnel(endpoint, clientIp), method, path, { ...headers, host: authority });
+      call.onResponse = (_status, _headers, body) => {
+        body.resume();
+        body.on('end', () => call.done());
+      };
+      call.onError = (err) => this.log.debug({ err: err.message, mirror: `${dest.service.namespace}/${dest.service.name}` }, 'mirror failed');
+      call.body.end();
     })().catch((err: Error) => this.log.debug({ err: err.message, mirror: `${dest.service.namespace}/${dest.service.name}` }, 'mirror failed'));
   }
 
@@ -432,9 +599,72 @@ export class WaypointProxy {
   }
 
   async close(): Promise<void> {
+    for (const s of this.h2Sessions.values()) void s.then((session) => session.close(), () => undefined);
+    this.h2Sessions.clear();
     this.pool.close();
     await this.hbone.close(1000);
     this.http.close();
+    this.h2.close();
+  }
+}
+
+/** One exchange with an upstream: the request body goes to `body`; the rest comes to the handlers. */
+interface UpstreamCall {
+  body: Writable;
+  onResponse?: (status: number, headers: IncomingHttpHeaders, body: Readable) => void;
+  onTrailers?: (trailers: IncomingHttpHeaders) => void;
+  /** A failure; `refused`: the upstream refused the stream before reading any of it. */
+  onError?: (err: Error, refused: boolean) => void;
+  /** Cancels the exchange. */
+  abort(): void;
+  /** The response was read to its end. */
+  done(): void;
+}
+
+/**
+ * A request body on its way upstream: streamed as it arrives, with its first `limit` bytes kept
+ * so that a retry can send it again once it has ended (Envoy's per-request buffer, likewise).
+ */
+class BodyTap {
+  private readonly chunks: Buffer[] = [];
+  private size = 0;
+  private overflow = false;
+  private ended = false;
+  readonly empty: boolean;
+
+  constructor(private readonly req: Req, limit: number, counted: (bytes: number) => void) {
+    const h = req.headers as IncomingHttpHeaders;
+    // HTTP/1.1 says in its headers whether a body follows; HTTP/2 only once the stream ends.
+    this.empty = 'stream' in req ? req.stream.endAfterHeaders : !h['transfer-encoding'] && (h['content-length'] === undefined || h['content-length'] === '0');
+    // Paused until a try takes the body (pipe resumes it): listening alone would let it flow away.
+    req.pause();
+    req.on('data', (c: Buffer) => {
+      counted(c.length);
+      if (this.overflow) return;
+      this.size += c.length;
+      if (this.size > limit) {
+        this.overflow = true;
+        this.chunks.length = 0;
+      } else this.chunks.push(c);
+    });
+    req.on('end', () => { this.ended = true; });
+  }
+
+  /** Whether the whole body is at hand, to be sent again. */
+  get replayable(): boolean {
+    return (this.empty || this.ended || this.req.readableEnded) && !this.overflow;
+  }
+
+  /** The first try: the live body, as it comes. */
+  pipeTo(out: Writable): void {
+    if (this.empty) out.end();
+    else this.req.pipe(out);
+  }
+
+  /** A retry: what was kept. */
+  replayTo(out: Writable): void {
+    for (const c of this.chunks) out.write(c);
+    out.end();
   }
 }
 
@@ -450,11 +680,19 @@ function applyHeaderOps(headers: Record<string, string | string[] | undefined>, 
   return headers;
 }
 
-function forwardHeaders(req: IncomingMessage, ...ops: (HeaderOps | undefined)[]): OutgoingHttpHeaders {
+/** The request headers to send upstream: hop-by-hop and pseudo-headers dropped (`te: trailers` kept for HTTP/2), the operations applied. */
+function forwardHeaders(from: IncomingHttpHeaders, h2req: boolean, ...ops: (HeaderOps | undefined)[]): OutgoingHttpHeaders {
   const headers: Record<string, string | string[] | undefined> = {};
-  for (const [k, v] of Object.entries(req.headers)) if (!HOP_BY_HOP.has(k) || k === 'host') headers[k] = v;
+  for (const [k, v] of Object.entries(from)) if (!HOP_BY_HOP.has(k) && !k.startsWith(':')) headers[k] = v;
+  if (h2req && from.te === 'trailers') headers.te = 'trailers';
   for (const o of ops) applyHeaderOps(headers, o);
   return headers as OutgoingHttpHeaders;
+}
+
+function stripPseudo(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(headers)) if (!k.startsWith(':')) out[k] = v;
+  return out;
 }
 
 /** The route's retries (or Istio's default when the route names none) as a policy. */
@@ -472,7 +710,7 @@ function retryPolicy(action: ForwardAction, random: () => number): RetryPolicy {
  * The HTTP/1.1 machinery writes strings with encodings; an HTTP/2 stream mangles such writes
  * when they come batched (writev). This duplex hands it Buffers only.
  */
-function byteStream(stream: Duplex): Duplex {
+export function byteStream(stream: Duplex): Duplex {
   const out = new Duplex({
     read() { stream.resume(); },
     write(chunk: Buffer, _enc, cb) { stream.write(chunk, cb); },
@@ -488,6 +726,22 @@ function byteStream(stream: Duplex): Duplex {
 
 const GRPC_CODES = ['OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED',
   'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED'];
+
+/**
+ * The gRPC status a local answer stands for: gRPC's HTTP-to-gRPC mapping (403 PERMISSION_DENIED,
+ * 404 UNIMPLEMENTED, 429 and 502-504 UNAVAILABLE, ...), with a timeout as DEADLINE_EXCEEDED.
+ */
+function grpcStatusOf(status: number, flags: string): number {
+  if (flags === 'UT') return 4;
+  switch (status) {
+    case 400: return 13;
+    case 401: return 16;
+    case 403: return 7;
+    case 404: return 12;
+    case 429: case 502: case 503: case 504: return 14;
+    default: return 2;
+  }
+}
 
 /** A gRPC status by name ("UNAVAILABLE") or number, as its number's text. */
 function grpcCode(status: string): string {

@@ -60,7 +60,7 @@ export class Waypoint {
           dst ? { workload: dst.workload, namespace: dst.namespace, identity: dst.identity, labels: dst.labels } : {},
           svc ? { hostname: svc.hostname, name: svc.name, namespace: svc.namespace } : {},
           { mtls: true, flags: r.flags }),
-        request_protocol: 'http', response_code: String(r.status ?? 0),
+        request_protocol: r.grpc ? 'grpc' : 'http', response_code: String(r.status ?? 0), grpc_response_status: r.grpcStatus ?? '',
       };
       requests.record(labels, r.durationMs ?? 0, r.bytesIn, r.bytesOut);
       log(r);
@@ -68,8 +68,8 @@ export class Waypoint {
     const log = (r: RequestRecord) => opts.accessLog.info({
       timestamp: new Date(r.start).toISOString(), request_id: r.id, source: { principal: r.sourceIdentity ?? null },
       destination: { service: r.service, upstream: r.upstream ?? null },
-      request: { method: r.method, path: r.path, authority: r.authority, protocol: 'HTTP/1.1' },
-      response: { code: r.status, flags: r.flags, duration_ms: r.durationMs, bytes: r.bytesOut, attempts: r.attempts }, route: r.route ?? null,
+      request: { method: r.method, path: r.path, authority: r.authority, protocol: r.protocol },
+      response: { code: r.status, grpc_status: r.grpcStatus ?? null, flags: r.flags, duration_ms: r.durationMs, bytes: r.bytesOut, attempts: r.attempts }, route: r.route ?? null,
     }, 'request');
     const discovery = new DiscoveryClient({
       address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,

@@ -1,0 +1,320 @@
+/**
+ * The waypoint proxy on loopback, with real mTLS HBONE on both sides: a client tunnels to the
+ * waypoint with a service's VIP:port as authority and speaks HTTP/1.1, h2c or gRPC (framed by
+ * hand, so every byte is known) inside; the waypoint routes and tunnels on to a stand-in
+ * destination node agent (an HBONE server on 127.0.0.2:15008) in front of plain app servers.
+ * Covers protocol detection, gRPC trailers and status codes, streaming in both directions,
+ * retries of requests with bodies, local gRPC answers, and TCP passthrough.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import * as http from 'node:http';
+import * as http2 from 'node:http2';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as libc from '../../native/libc.js';
+import type { ConfigObject, Service, Workload } from '../../src/control/model.js';
+import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
+import { CertManager } from '../../src/identity/cert-manager.js';
+import { HbonePool, HboneServer } from '../../src/node/hbone.js';
+import { tcpSocket } from '../../src/node/netns.js';
+import { byteStream, WaypointProxy, type RequestRecord } from '../../src/waypoint/proxy.js';
+import { Router } from '../../src/waypoint/routing.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'ambit-wpp-'));
+const CLIENT = 'spiffe://cluster.local/ns/shop/sa/client';
+const WAYPOINT = 'spiffe://cluster.local/ns/shop/sa/waypoint';
+const REVIEWS = 'spiffe://cluster.local/ns/shop/sa/reviews';
+const VIP = '10.96.7.7';
+/** The stand-in destination node agent listens on 127.0.0.2:15008 (HBONE's port), the endpoint's address. */
+const ENDPOINT_IP = '127.0.0.2';
+
+let manager: CertManager;
+let proxy: WaypointProxy;
+let waypointPort = 0;
+const closers: (() => unknown)[] = [];
+const records: RequestRecord[] = [];
+const clientPool = new HbonePool();
+/** App ports on 127.0.0.1 by the endpoint's target port. */
+const apps = new Map<number, number>();
+/** Calls seen by the gRPC app, by key. */
+const seen = new Map<string, number>();
+
+const service: Service = {
+  namespace: 'shop', name: 'reviews', hostname: 'reviews.shop.svc.cluster.local', vips: [VIP], endpoints: ['w1'],
+  ports: [
+    { name: 'http', port: 80, targetPort: 9080, protocol: 'TCP' },
+    { name: 'grpc', port: 50051, targetPort: 50051, protocol: 'TCP' },
+    { name: 'tcp', port: 7000, targetPort: 7000, protocol: 'TCP' },
+  ],
+};
+const workload: Workload = {
+  uid: 'w1', name: 'reviews-1', workload: 'reviews', namespace: 'shop', serviceAccount: 'reviews', identity: REVIEWS,
+  ips: [ENDPOINT_IP], node: 'node-1', labels: { app: 'reviews' }, enrolled: true, ports: {},
+};
+
+function listen(server: Server | http.Server | http2.Http2Server, host = '127.0.0.1', port = 0): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject).listen(port, host, () => resolve((server.address() as { port: number }).port));
+    closers.push(() => server.close());
+  });
+}
+
+/** gRPC's length-prefixed message framing. */
+function frame(text: string): Buffer {
+  const body = Buffer.from(text);
+  const head = Buffer.alloc(5);
+  head.writeUInt32BE(body.length, 1);
+  return Buffer.concat([head, body]);
+}
+function unframe(buf: Buffer): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 5 <= buf.length;) {
+    const n = buf.readUInt32BE(i + 1);
+    out.push(buf.subarray(i + 5, i + 5 + n).toString());
+    i += 5 + n;
+  }
+  return out;
+}
+
+function setConfig(l7: ConfigObject[] = []): void {
+  proxy.update({ version: String(Date.now()), router: new Router(l7, [service]), services: [service], workloads: new Map([['w1', workload]]) });
+}
+
+async function tunnel(port: number): Promise<http2.ClientHttp2Stream> {
+  return clientPool.open(
+    { pod: 'client', cert: await manager.acquire(CLIENT), roots: manager.trustBundle, socket: (f) => tcpSocket(f === 4 ? libc.AF_INET : libc.AF_INET6) },
+    { address: '127.0.0.1', port: waypointPort, identity: WAYPOINT, authority: `${VIP}:${port}` },
+  );
+}
+
+/** An h2c session to the service's gRPC port, through the waypoint. */
+async function h2c(): Promise<http2.ClientHttp2Session> {
+  const stream = await tunnel(50051);
+  const session = http2.connect(`http://reviews.shop:50051`, { createConnection: () => stream as unknown as Socket });
+  closers.push(() => session.destroy());
+  return session;
+}
+
+interface GrpcAnswer { status?: string; headers: http2.IncomingHttpHeaders; trailers: http2.IncomingHttpHeaders; messages: string[]; arrivals: number[] }
+
+function grpcCall(session: http2.ClientHttp2Session, path: string, messages: string[], opts: { headers?: Record<string, string>; gapMs?: number } = {}): Promise<GrpcAnswer> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', ...opts.headers });
+    const answer: GrpcAnswer = { headers: {}, trailers: {}, messages: [], arrivals: [] };
+    const started = Date.now();
+    stream.on('response', (h) => { answer.headers = h; });
+    stream.on('trailers', (t) => { answer.trailers = t; });
+    stream.on('data', (c: Buffer) => { answer.messages.push(...unframe(c)); answer.arrivals.push(Date.now() - started); });
+    stream.on('end', () => {
+      answer.status = String(answer.trailers['grpc-status'] ?? answer.headers['grpc-status']);
+      resolve(answer);
+    });
+    stream.on('error', reject);
+    void (async () => {
+      for (const m of messages) {
+        stream.write(frame(m));
+        if (opts.gapMs) await new Promise((r) => setTimeout(r, opts.gapMs));
+      }
+      stream.end();
+    })();
+  });
+}
+
+beforeAll(async () => {
+  const ca = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'mesh')) });
+  manager = new CertManager({ source: {
+    createCertificate: async (csr: string, identity: string, ttl: number) => (await ca.sign({ csr, identity, ttlSeconds: ttl })).chain,
+    trustBundle: () => Promise.resolve(ca.trustBundle()),
+  } });
+  await manager.start();
+
+  // The apps: HTTP/1.1 on 9080, gRPC (h2c) on 50051, a line echo on 7000.
+  const h1 = http.createServer((req, res) => {
+    let n = 0;
+    req.on('data', (c: Buffer) => { n += c.length; });
+    req.on('end', () => res.end(`h1 ${req.method} ${req.url} ${n} ${req.headers.host}`));
+  });
+  apps.set(9080, await listen(h1));
+  const grpc = http2.createServer();
+  grpc.on('stream', (stream, headers) => {
+    const path = String(headers[':path']);
+    const key = String(headers['x-key'] ?? '');
+    seen.set(`${path}|${key}`, (seen.get(`${path}|${key}`) ?? 0) + 1);
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('end', () => {
+      const inbound = unframe(Buffer.concat(chunks));
+      if (path === '/test.Echo/Unary') {
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+        stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0', 'x-echo-count': String(inbound.length) }));
+        stream.end(frame(`echo ${inbound.join(',')}`));
+      } else if (path === '/test.Echo/Flaky' && seen.get(`${path}|${key}`) === 1) {
+        // Trailers-only UNAVAILABLE on the first call of each key.
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '14', 'grpc-message': 'try again' }, { endStream: true });
+      } else if (path === '/test.Echo/Flaky') {
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+        stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+        stream.end(frame(`second ${inbound.join(',')}`));
+      } else if (path === '/test.Echo/Denied') {
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '7', 'grpc-message': 'not you' }, { endStream: true });
+      } else {
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '12' }, { endStream: true });
+      }
+    });
+  });
+  // Server streaming: answers as the request's messages arrive, one by one.
+  grpc.prependListener('stream', (stream, headers) => {
+    if (headers[':path'] !== '/test.Echo/Chat') return;
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+    stream.on('data', (c: Buffer) => { for (const m of unframe(c)) stream.write(frame(`re ${m}`)); });
+    stream.on('end', () => stream.end());
+    stream.removeAllListeners('end');
+    stream.on('end', () => stream.end());
+  });
+  apps.set(50051, await listen(grpc));
+  const echo = createServer((s) => s.pipe(s));
+  apps.set(7000, await listen(echo));
+
+  // The destination's node agent, reduced to its HBONE listener: authority ip:port → the app.
+  const agent = new HboneServer({
+    certificate: () => manager.acquire(REVIEWS), roots: () => manager.trustBundle,
+    onTunnel: (stream, info) => {
+      const port = apps.get(Number(info.authority.split(':')[1]));
+      if (!port) return void stream.respond({ ':status': 503 }, { endStream: true });
+      stream.respond({ ':status': 200 });
+      const app = connect(port, '127.0.0.1');
+      stream.pipe(app).pipe(stream);
+      app.on('error', () => stream.destroy());
+      stream.on('error', () => app.destroy());
+    },
+  });
+  await listen(createServer((s) => void agent.handle(s)), ENDPOINT_IP, 15008);
+  closers.push(() => agent.close());
+
+  proxy = new WaypointProxy({
+    identity: WAYPOINT, certificate: () => manager.acquire(WAYPOINT), roots: () => manager.trustBundle,
+    socket: (f) => tcpSocket(f === 4 ? libc.AF_INET : libc.AF_INET6),
+  });
+  proxy.onRequest = (r) => records.push({ ...r });
+  setConfig();
+  waypointPort = await listen(createServer((s) => void proxy.handle(s)));
+});
+
+afterAll(async () => {
+  clientPool.close();
+  await proxy?.close();
+  for (const c of closers.reverse()) await c();
+  manager?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('waypoint proxy protocols', () => {
+  it('serves HTTP/1.1 from the tunnel, body streamed to the app', async () => {
+    const stream = await tunnel(80);
+    const body = 'x'.repeat(100_000);
+    const answer = await new Promise<string>((resolve, reject) => {
+      const req = http.request({ method: 'POST', path: '/h1', headers: { host: 'reviews', 'content-length': body.length }, createConnection: () => byteStream(stream) as unknown as Socket }, (res) => {
+        let b = '';
+        res.on('data', (c: Buffer) => { b += c.toString(); });
+        res.on('end', () => resolve(`${res.statusCode} ${b}`));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+    expect(answer).toBe('200 h1 POST /h1 100000 reviews');
+    const r = records.at(-1)!;
+    expect(r).toMatchObject({ protocol: 'HTTP/1.1', grpc: false, status: 200, bytesIn: 100_000 });
+  });
+
+  it('serves gRPC unary over h2c: messages, trailers and grpc-status through', async () => {
+    const session = await h2c();
+    const a = await grpcCall(session, '/test.Echo/Unary', ['one', 'two']);
+    expect(a.headers[':status']).toBe(200);
+    expect(a.messages).toEqual(['echo one,two']);
+    expect(a.trailers['x-echo-count']).toBe('2');
+    expect(a.status).toBe('0');
+    const r = records.at(-1)!;
+    expect(r).toMatchObject({ protocol: 'HTTP/2', grpc: true, grpcStatus: '0', status: 200, path: '/test.Echo/Unary' });
+  });
+
+  it('passes a trailers-only gRPC error on', async () => {
+    const session = await h2c();
+    const a = await grpcCall(session, '/test.Echo/Denied', ['x']);
+    expect(a.status).toBe('7');
+    expect(a.headers['grpc-message']).toBe('not you');
+    expect(records.at(-1)).toMatchObject({ grpcStatus: '7' });
+  });
+
+  it('streams both ways: each answer arrives before the client has finished sending', async () => {
+    const session = await h2c();
+    const a = await grpcCall(session, '/test.Echo/Chat', ['a', 'b', 'c', 'd'], { gapMs: 150 });
+    expect(a.messages).toEqual(['re a', 're b', 're c', 're d']);
+    expect(a.status).toBe('0');
+    // Four sends 150 ms apart: the first answer comes long before the last send.
+    expect(a.arrivals[0]).toBeLessThan(300);
+    expect(a.arrivals.at(-1)! - a.arrivals[0]!).toBeGreaterThan(300);
+  });
+
+  it('many calls share one h2c session upstream, concurrently', async () => {
+    const session = await h2c();
+    const answers = await Promise.all(Array.from({ length: 50 }, (_, i) => grpcCall(session, '/test.Echo/Unary', [`m${i}`])));
+    expect(answers.map((a) => a.messages[0])).toEqual(Array.from({ length: 50 }, (_, i) => `echo m${i}`));
+    expect(answers.every((a) => a.status === '0')).toBe(true);
+  });
+
+  it('retries a gRPC UNAVAILABLE (retryOn unavailable) with the request body sent again', async () => {
+    setConfig([{ apiVersion: 'networking.istio.io/v1', kind: 'VirtualService', namespace: 'shop', name: 'reviews', spec: {
+      hosts: ['reviews'], http: [{ route: [{ destination: { host: 'reviews' } }], retries: { attempts: 2, retryOn: 'unavailable' } }],
+    } }]);
+    try {
+      const session = await h2c();
+      const a = await grpcCall(session, '/test.Echo/Flaky', ['payload'], { headers: { 'x-key': 'k1' } });
+      expect(a.status).toBe('0');
+      expect(a.messages).toEqual(['second payload']);
+      expect(seen.get('/test.Echo/Flaky|k1')).toBe(2);
+      expect(records.at(-1)).toMatchObject({ attempts: 2, grpcStatus: '0' });
+    } finally {
+      setConfig();
+    }
+  });
+
+  it('answers gRPC callers in gRPC: no route is UNIMPLEMENTED, a fault abort its grpc status', async () => {
+    setConfig([{ apiVersion: 'networking.istio.io/v1', kind: 'VirtualService', namespace: 'shop', name: 'reviews', spec: {
+      hosts: ['reviews'], http: [
+        { match: [{ uri: { prefix: '/test.Echo/Unary' } }], route: [{ destination: { host: 'reviews' } }], fault: { abort: { grpcStatus: 'RESOURCE_EXHAUSTED', percentage: { value: 100 } } } },
+        { match: [{ uri: { prefix: '/only-this' } }], route: [{ destination: { host: 'reviews' } }] },
+      ],
+    } }]);
+    try {
+      const session = await h2c();
+      const aborted = await grpcCall(session, '/test.Echo/Unary', ['x']);
+      expect(aborted.headers[':status']).toBe(200);
+      expect(aborted.status).toBe('8');
+      const none = await grpcCall(session, '/test.Echo/Other', ['x']);
+      expect(none.headers[':status']).toBe(200);
+      expect(none.status).toBe('12');
+      expect(records.at(-1)).toMatchObject({ status: 404, flags: 'NR', grpcStatus: '12' });
+    } finally {
+      setConfig();
+    }
+  });
+
+  it('passes other TCP through to an endpoint', async () => {
+    const stream = await tunnel(7000);
+    const got = await new Promise<string>((resolve, reject) => {
+      let b = '';
+      stream.on('data', (c: Buffer) => {
+        b += c.toString();
+        if (b.length >= 12) resolve(b);
+      });
+      stream.on('error', reject);
+      stream.write(Buffer.from([0x16, 0x03, 0x01]));
+      stream.write('hello, tcp');
+    });
+    expect(got.slice(3)).toBe('hello, tcp');
+    stream.destroy();
+  });
+});
