@@ -8,10 +8,11 @@ import { stringify } from 'yaml';
 import { RuntimeClient } from '../local/client.js';
 import { ClusterLayout, DEFAULT_CLUSTER } from '../local/layout.js';
 import { readState } from '../local/state.js';
-import { USE_WAYPOINT, WAYPOINT_CLASS } from '../control/model.js';
+import { TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, USE_WAYPOINT, WAYPOINT_CLASS } from '../control/model.js';
 import { splitPemBundle } from '../identity/pki.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { logger } from '../telemetry/log.js';
+import { parseSamplingPercent, validateTracingOptions } from '../telemetry/tracing.js';
 import { CliError } from './errors.js';
 import { apply, printApply } from './local.js';
 
@@ -24,16 +25,30 @@ function checkName(flag: string, value: string): string {
 }
 
 /** The Gateway that declares a waypoint, as `ambit waypoint apply` writes it. */
-export function waypointGateway(namespace: string, name: string, forWhat: string): Record<string, unknown> {
+export function waypointGateway(namespace: string, name: string, forWhat: string, tracing: { endpoint?: string; sampling?: string } = {}): Record<string, unknown> {
+  const annotations = {
+    ...(tracing.endpoint ? { [TRACING_ENDPOINT_ANNOTATION]: tracing.endpoint } : {}),
+    ...(tracing.sampling !== undefined ? { [TRACING_SAMPLING_ANNOTATION]: tracing.sampling } : {}),
+  };
   return {
     apiVersion: 'gateway.networking.k8s.io/v1',
     kind: 'Gateway',
-    metadata: { name, namespace, labels: { 'ambit.dev/waypoint-for': forWhat } },
+    metadata: { name, namespace, labels: { 'ambit.dev/waypoint-for': forWhat }, ...(Object.keys(annotations).length > 0 ? { annotations } : {}) },
     spec: { gatewayClassName: WAYPOINT_CLASS, listeners: [{ name: 'mesh', port: 15008, protocol: 'HBONE' }] },
   };
 }
 
-interface ApplyOpts { namespace: string; name: string; for: string; enrollNamespace?: boolean; cluster: string }
+interface ApplyOpts { namespace: string; name: string; for: string; enrollNamespace?: boolean; tracingEndpoint?: string; tracingSampling?: string; cluster: string }
+
+/** Tracing flags, checked as the waypoint will read them. */
+function tracingOptions(endpoint: string | undefined, sampling: string | undefined): { endpoint?: string; samplingPercent?: number } {
+  try {
+    const o = validateTracingOptions({ serviceName: 'waypoint', ...(endpoint !== undefined ? { endpoint } : {}), ...(sampling !== undefined ? { samplingPercent: parseSamplingPercent(sampling) } : {}) });
+    return { ...(o.endpoint ? { endpoint: o.endpoint } : {}), ...(o.samplingPercent !== undefined ? { samplingPercent: o.samplingPercent } : {}) };
+  } catch (err) {
+    throw new CliError(`${(err as Error).message} (--tracing-endpoint / --tracing-sampling)`);
+  }
+}
 
 export function register(program: Command): void {
   const waypoint = program.command('waypoint').description('L7 proxies that services and namespaces opt into');
@@ -44,12 +59,15 @@ export function register(program: Command): void {
     .option('--name <name>', 'the waypoint\'s name', 'waypoint')
     .addOption(new Option('--for <what>', 'what it serves').choices(['service', 'namespace']).default('service'))
     .option('--enroll-namespace', `also bind the namespace to it (label ${USE_WAYPOINT})`)
+    .option('--tracing-endpoint <url>', 'OTLP/HTTP collector the waypoint exports spans to (e.g. http://otel-collector.observability:4318)')
+    .option('--tracing-sampling <percent>', 'share of new traces recorded, 0-100 (default 1; a caller\'s sampled decision is kept)')
     .addOption(clusterOption())
     .action(async (opts: ApplyOpts) => {
       checkName('--namespace', opts.namespace);
       checkName('--name', opts.name);
+      tracingOptions(opts.tracingEndpoint, opts.tracingSampling);
       const layout = new ClusterLayout(opts.cluster);
-      const docs: Record<string, unknown>[] = [waypointGateway(opts.namespace, opts.name, opts.for)];
+      const docs: Record<string, unknown>[] = [waypointGateway(opts.namespace, opts.name, opts.for, { ...(opts.tracingEndpoint ? { endpoint: opts.tracingEndpoint } : {}), ...(opts.tracingSampling !== undefined ? { sampling: opts.tracingSampling } : {}) })];
       if (opts.enrollNamespace) {
         // The namespace as it is, with the label added: applying it must not drop its other labels.
         const state = readState(layout.stateFile);
@@ -99,7 +117,9 @@ export function register(program: Command): void {
     .requiredOption('--ca-file <file>', 'PEM roots that verify the controller')
     .option('--listen <host:port>', 'HBONE listener', '0.0.0.0:15008')
     .option('--trust-domain <domain>', 'SPIFFE trust domain', DEFAULT_TRUST_DOMAIN)
-    .action(async (opts: { name: string; controller: string; tokenFile: string; caFile: string; listen: string; trustDomain: string }) => {
+    .option('--tracing-endpoint <url>', 'OTLP/HTTP collector for spans')
+    .option('--tracing-sampling <percent>', 'share of new traces recorded, 0-100')
+    .action(async (opts: { name: string; controller: string; tokenFile: string; caFile: string; listen: string; trustDomain: string; tracingEndpoint?: string; tracingSampling?: string }) => {
       const m = /^([a-z0-9-]+)\/([a-z0-9-]+)$/.exec(opts.name);
       if (!m) throw new CliError(`--name must be NAMESPACE/NAME, got "${opts.name}"`);
       const l = /^\[?([^\]]*)\]?:(\d+)$/.exec(opts.listen);
@@ -117,7 +137,7 @@ export function register(program: Command): void {
       const wp = await Waypoint.start({
         namespace: m[1]!, name: m[2]!, trustDomain: opts.trustDomain,
         controller: { address: opts.controller, token: read('--token-file', opts.tokenFile).trim(), roots: splitPemBundle(read('--ca-file', opts.caFile)).slice(-1) },
-        listen: { host: l[1]!, port: Number(l[2]) }, log, accessLog: logger('access'),
+        listen: { host: l[1]!, port: Number(l[2]) }, log, accessLog: logger('access'), tracing: tracingOptions(opts.tracingEndpoint, opts.tracingSampling),
       });
       const stop = () => void wp.close().finally(() => process.exit(0));
       process.once('SIGTERM', stop);

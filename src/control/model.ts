@@ -10,6 +10,9 @@ import type { NamespaceResource, PodSpec, Resource, ServiceResource } from '../l
 export const DATAPLANE_MODE = 'ambit.dev/dataplane-mode';
 export const USE_WAYPOINT = 'ambit.dev/use-waypoint';
 export const WAYPOINT_CLASS = 'ambit-waypoint';
+/** Gateway annotations of a waypoint: where it exports spans (OTLP/HTTP) and the share of new traces it samples (0-100). */
+export const TRACING_ENDPOINT_ANNOTATION = 'ambit.dev/tracing-endpoint';
+export const TRACING_SAMPLING_ANNOTATION = 'ambit.dev/tracing-sampling';
 /** The label Gateway API implementations put on a gateway's pods (the waypoint pods). */
 export const WAYPOINT_GATEWAY_LABEL = 'gateway.networking.k8s.io/gateway-name';
 

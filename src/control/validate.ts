@@ -9,6 +9,7 @@ import {
   any, bool, duration, durationMs, int, ipOrCidr, isObject, labels, list, map, number, object, oneOf, port, regex, string,
   type Path, type Reporter, type Schema,
 } from './schema.js';
+import { TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, WAYPOINT_CLASS } from './model.js';
 
 const nonEmpty = string({ nonEmpty: true });
 const strings = list(string());
@@ -75,7 +76,7 @@ const httpRoute = object({
   delegate: [object({ name: string(), namespace: string() }), { warn: NOT_USED }],
   rewrite: object({ uri: string(), authority: string(), uriRegexRewrite: object({ match: regex, rewrite: string() }) }),
   timeout: duration,
-  retries: object({ attempts: int(0), perTryTimeout: duration, retryOn, retryRemoteLocalities: bool }),
+  retries: object({ attempts: int(0), perTryTimeout: duration, retryOn, retryRemoteLocalities: bool, retryIgnorePreviousHosts: bool, backoff: duration }),
   fault,
   mirror: destination,
   mirrors: list(object({ destination: [destination, { required: true }], percentage: percent })),
@@ -156,8 +157,11 @@ const clientTls = object({
 });
 
 const trafficPolicyFields = { loadBalancer, connectionPool, outlierDetection, tls: [clientTls, { warn: 'ambit always uses its own mTLS between meshed workloads' }] as [Schema, { warn: string }] };
+/** Envoy's retry budget: retries in flight up to percent % of the requests in flight (at least minRetryConcurrency); replaces http.maxRetries. */
+const retryBudget = object({ percent: number(0, 100), minRetryConcurrency: int(0) });
 const trafficPolicy = object({
   ...trafficPolicyFields,
+  retryBudget,
   portLevelSettings: list(object({ port: portSelector, ...trafficPolicyFields })),
   tunnel: [any, { warn: NOT_USED }],
   proxyProtocol: [any, { warn: NOT_USED }],
@@ -222,6 +226,19 @@ const istioGateway = object({
 
 const selector = object({ matchLabels: labels });
 const targetRef = object({ group: string(), kind: [nonEmpty, { required: true }], name: [nonEmpty, { required: true }], namespace: string() });
+/**
+ * What an AuthorizationPolicy binds to at a waypoint: its Gateway, a Service (requests for it
+ * through any waypoint), or in the root namespace the waypoint GatewayClass (every waypoint).
+ */
+const policyTargetRef = object({ group: string(), kind: [nonEmpty, { required: true }], name: [nonEmpty, { required: true }], namespace: string() }, {
+  check: (o, p, r) => {
+    const group = typeof o.group === 'string' ? o.group : '';
+    const ok = (o.kind === 'Gateway' && group === 'gateway.networking.k8s.io') || (o.kind === 'Service' && group === '')
+      || (o.kind === 'GatewayClass' && group === 'gateway.networking.k8s.io');
+    if (!ok) r.warn(p, `${group ? `${group}/` : ''}${String(o.kind)} binds nothing in ambit: a policy targets a Gateway (group gateway.networking.k8s.io, a waypoint), a Service (group ""), or in the root namespace the GatewayClass ambit-waypoint`);
+    if (typeof o.namespace === 'string' && o.namespace !== '') r.warn([...p, 'namespace'], 'a policy binds only within its own namespace: this ref binds nothing');
+  },
+});
 const portString: Schema = (v, p, r) => {
   if (typeof v !== 'string' || !/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 65535) r.error(p, `must be a port number as a string ("8080"), got ${JSON.stringify(v)}`);
 };
@@ -244,8 +261,8 @@ const condition = object({ key: [nonEmpty, { required: true }], values: strings,
 
 const authorizationPolicy = object({
   selector,
-  targetRef: [targetRef, { warn: NOT_USED }],
-  targetRefs: [list(targetRef), { warn: NOT_USED }],
+  targetRef: [policyTargetRef, { warn: 'deprecated: use targetRefs' }],
+  targetRefs: list(policyTargetRef),
   action: oneOf(['ALLOW', 'DENY', 'AUDIT', 'CUSTOM']),
   provider: object({ name: [nonEmpty, { required: true }] }),
   rules: list(object({
@@ -381,6 +398,20 @@ export const KINDS: Record<string, KindRule> = {
 };
 
 /** Validates one mesh config object (its apiVersion, kind and spec); silent for kinds ambit does not read. */
+/** A waypoint Gateway's own annotations (tracing), checked as the waypoint reads them. */
+function waypointAnnotations(obj: Record<string, unknown>, r: Reporter): void {
+  if (obj.kind !== 'Gateway' || !isObject(obj.spec) || obj.spec.gatewayClassName !== WAYPOINT_CLASS) return;
+  const annotations = isObject(obj.metadata) && isObject(obj.metadata.annotations) ? obj.metadata.annotations : {};
+  const endpoint = annotations[TRACING_ENDPOINT_ANNOTATION];
+  if (endpoint !== undefined && (typeof endpoint !== 'string' || !/^https?:\/\/[^/\s]+/.test(endpoint))) {
+    r.error(['metadata', 'annotations', TRACING_ENDPOINT_ANNOTATION], `must be an http(s) URL of an OTLP/HTTP collector, got ${JSON.stringify(endpoint)}`);
+  }
+  const sampling = annotations[TRACING_SAMPLING_ANNOTATION];
+  if (sampling !== undefined && (typeof sampling !== 'string' || !/^\d+(\.\d+)?$/.test(sampling) || Number(sampling) > 100)) {
+    r.error(['metadata', 'annotations', TRACING_SAMPLING_ANNOTATION], `must be a percentage from 0 to 100, got ${JSON.stringify(sampling)}`);
+  }
+}
+
 export function validateMeshObject(obj: Record<string, unknown>, r: Reporter): 'checked' | 'not-mesh' {
   const apiVersion = typeof obj.apiVersion === 'string' ? obj.apiVersion : '';
   const [group, version] = apiVersion.includes('/') ? apiVersion.split('/') as [string, string] : ['', apiVersion];
@@ -395,5 +426,6 @@ export function validateMeshObject(obj: Record<string, unknown>, r: Reporter): '
   }
   if (obj.spec === undefined) r.error(['spec'], 'required');
   else rule.spec(obj.spec, ['spec'], r);
+  waypointAnnotations(obj, r);
   return 'checked';
 }

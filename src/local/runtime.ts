@@ -13,7 +13,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { Socket } from 'node:net';
-import { isEnrolled, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../control/model.js';
+import { isEnrolled, TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../control/model.js';
 import { validateMeshObject } from '../control/validate.js';
 import { Datapath } from '../ebpf/datapath.js';
 import { socketInNetns } from '../node/netns.js';
@@ -376,7 +376,16 @@ export class Runtime {
       rmSync(credDir, { recursive: true, force: true });
       return;
     }
-    if (owned.length > 0) return;
+    // The Gateway's tracing annotations become the waypoint's flags; a change restarts its pod.
+    const gateway = Object.values(this.state.resources).find((x) => x.kind === 'Gateway' && x.meta.namespace === namespace && x.meta.name === name);
+    const annotations = ((gateway?.raw.metadata as { annotations?: Record<string, string> } | undefined)?.annotations) ?? {};
+    const tracingArgs = [
+      ...(annotations[TRACING_ENDPOINT_ANNOTATION] ? ['--tracing-endpoint', annotations[TRACING_ENDPOINT_ANNOTATION]] : []),
+      ...(annotations[TRACING_SAMPLING_ANNOTATION] ? ['--tracing-sampling', annotations[TRACING_SAMPLING_ANNOTATION]] : []),
+    ];
+    const hash = tracingArgs.join(' ');
+    for (const p of owned.filter((p) => p.owner?.templateHash !== hash)) await this.deletePod(`${p.namespace}/${p.name}`);
+    if (owned.some((p) => p.owner?.templateHash === hash)) return;
     mkdirSync(credDir, { recursive: true, mode: 0o700 });
     const tokenFile = join(credDir, 'token');
     if (!existsSync(tokenFile)) writeFileSync(tokenFile, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600 });
@@ -385,12 +394,12 @@ export class Runtime {
       containers: [{
         name: 'waypoint', cwd: this.layout.stateDir, env: [], ports: [{ name: 'hbone', containerPort: 15008, protocol: 'TCP' }],
         argv: [process.execPath, ambitBin(), 'waypoint', 'run', '--name', `${namespace}/${name}`, '--controller', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
-          '--token-file', tokenFile, '--ca-file', join(this.layout.stateDir, 'ca', 'ca-cert.pem')],
+          '--token-file', tokenFile, '--ca-file', join(this.layout.stateDir, 'ca', 'ca-cert.pem'), ...tracingArgs],
         readinessProbe: { tcpSocket: { port: 15008 }, periodSeconds: 1, initialDelaySeconds: 0, timeoutSeconds: 1, failureThreshold: 1, successThreshold: 1 },
       }],
     } as PodSpec;
     const labels = { [WAYPOINT_GATEWAY_LABEL]: name, 'ambit.dev/dataplane-mode': 'none', app: `${name}-waypoint` };
-    created.push(this.createPod(namespace, `${name}-waypoint`, labels, {}, spec, { kind: 'Gateway', name, templateHash: '' }).key);
+    created.push(this.createPod(namespace, `${name}-waypoint`, labels, {}, spec, { kind: 'Gateway', name, templateHash: hash }).key);
   }
 
   private createPod(namespace: string, name: string, labels: Record<string, string>, annotations: Record<string, string>, spec: PodSpec, owner?: PodRecord['owner']): LocalPod {

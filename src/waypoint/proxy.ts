@@ -26,7 +26,9 @@ import type { Logger } from 'pino';
 import type { ConfigObject, Service, Workload } from '../control/model.js';
 import type { WorkloadCertificate } from '../identity/cert-manager.js';
 import { silentLogger } from '../telemetry/log.js';
+import { extract, inject, type Span, type Tracer } from '../telemetry/tracing.js';
 import { HboneError, HbonePool, HboneServer, type TunnelInfo } from '../node/hbone.js';
+import { normalizePath, type L7Authorizer, type L7Request } from './authz.js';
 import { createBalancer, type Balancer, type Endpoint } from './balancer.js';
 import { ConnectionPool, OutlierDetector, rateLimitHeaders, RetryPolicy, TokenBucket, UPSTREAM_OVERFLOW_FLAG, type AttemptOutcome } from './resilience.js';
 import type { Destination, ForwardAction, HeaderOps, Router } from './routing.js';
@@ -44,11 +46,17 @@ export interface WaypointState {
   workloads: Map<string, Workload>;
   /** ambit.dev RateLimit objects for this waypoint's services. */
   rateLimits?: ConfigObject[];
+  /** AuthorizationPolicy bound to this waypoint or its services (targetRefs). */
+  authorizer?: L7Authorizer;
 }
 
 export interface WaypointProxyOptions {
   /** This waypoint's SPIFFE ID and certificate. */
   identity: string;
+  /** Its Gateway, which AuthorizationPolicy targetRefs name. */
+  gateway?: { namespace: string; name: string };
+  /** Spans per request, and trace context passed on (none: headers pass through untouched). */
+  tracer?: Tracer;
   certificate(): Promise<WorkloadCertificate>;
   roots(): string[];
   /** A fresh TCP socket fd for outbound HBONE (the waypoint's own netns). */
@@ -85,6 +93,11 @@ export interface RequestRecord {
   durationMs?: number;
   /** Tries made (1 + retries). */
   attempts: number;
+  /** What authorization decided, when a policy applied. */
+  authz?: string;
+  /** The request's trace (W3C ids), when tracing is on. */
+  traceId?: string;
+  spanId?: string;
 }
 
 /** Request bytes kept for a retry; a longer body streams on and is not retried. */
@@ -169,8 +182,10 @@ export class WaypointProxy {
       head = Buffer.concat([head, chunk]);
       const h2Prefix = head.subarray(0, H2_PREFACE.length).equals(H2_PREFACE.subarray(0, Math.min(head.length, H2_PREFACE.length)));
       if (h2Prefix && head.length < H2_PREFACE.length) return;
-      const requestLine = /^[A-Z]{1,20} /.test(head.subarray(0, 21).toString('latin1'));
-      if (!h2Prefix && !requestLine && head.length < 21 && /^[A-Z]*$/.test(head.toString('latin1'))) return;
+      // HTTP/1 parsers skip empty lines before a request line: so does the sniffing.
+      const text = head.subarray(0, 64).toString('latin1').replace(/^[\r\n]+/, '');
+      const requestLine = /^[A-Z]{1,20} /.test(text);
+      if (!h2Prefix && !requestLine && text.length < 21 && /^[A-Z]*$/.test(text)) return;
       conn.off('data', sniff);
       conn.pause();
       conn.unshift(head);
@@ -199,6 +214,20 @@ export class WaypointProxy {
       conn.destroy();
       return;
     }
+    // Policy on a byte stream: its HTTP attributes cannot be checked, so a DENY policy that
+    // applies refuses it outright (fail closed) and ALLOW rules naming HTTP attributes cannot match.
+    const authorizer = state?.authorizer;
+    if (authorizer) {
+      const target = this.authzTarget(tunnel.service);
+      const decision = authorizer.hasDeny(target)
+        ? { allowed: false, reason: 'a DENY policy applies and a TCP stream cannot be checked against it' }
+        : authorizer.evaluate({ ...this.peerFacts(tunnel), host: '', method: '', path: '', headers: {} }, target);
+      if (!decision.allowed) {
+        this.log.info({ service: `${tunnel.service.namespace}/${tunnel.service.name}`, source: tunnel.peerIdentity, reason: decision.reason }, 'TCP passthrough denied');
+        conn.destroy();
+        return;
+      }
+    }
     void this.openTunnel(endpoint, tunnel.remoteAddress).then((out) => {
       conn.pipe(out).pipe(conn);
       out.on('error', () => conn.destroy());
@@ -208,6 +237,16 @@ export class WaypointProxy {
       this.log.debug({ err: err.message, upstream: endpoint.address }, 'TCP passthrough: upstream connect failed');
       conn.destroy();
     });
+  }
+
+  private authzTarget(service: Service): { service: { name: string; namespace: string }; waypoint: { name: string; namespace: string } } {
+    return { service: { name: service.name, namespace: service.namespace }, waypoint: this.opts.gateway ?? { name: '', namespace: '' } };
+  }
+
+  /** A tunnel's facts as authorization sees them. */
+  private peerFacts(tunnel: Tunnel): Pick<L7Request, 'sourceIdentity' | 'sourceIp' | 'destinationIp' | 'destinationPort'> {
+    const vip = /^\[?([^\]]+?)\]?:\d+$/.exec(tunnel.authority)?.[1] ?? '';
+    return { ...(tunnel.peerIdentity ? { sourceIdentity: tunnel.peerIdentity } : {}), sourceIp: tunnel.remoteAddress.replace(/^::ffff:/, ''), destinationIp: vip, destinationPort: tunnel.port };
   }
 
   private openTunnel(endpoint: Member, clientIp?: string): Promise<ClientHttp2Stream> {
@@ -224,13 +263,18 @@ export class WaypointProxy {
     const state = this.state;
     const headers = req.headers as IncomingHttpHeaders;
     const grpc = /^application\/grpc/.test(String(headers['content-type'] ?? ''));
+    // Paths are normalized (Istio's default, BASE) before policy and routing see them, and sent on so.
+    const rawPath = req.url ?? '/';
+    const q = rawPath.search(/[?#]/);
+    const path = q < 0 ? normalizePath(rawPath) : `${normalizePath(rawPath.slice(0, q))}${rawPath.slice(q)}`;
     const record: RequestRecord = {
-      id: String(headers['x-request-id'] ?? randomUUID()), start: Date.now(), method: req.method ?? 'GET', path: req.url ?? '/',
+      id: String(headers['x-request-id'] ?? randomUUID()), start: Date.now(), method: req.method ?? 'GET', path,
       authority: String(headers[':authority'] ?? headers.host ?? ''), protocol: h2req ? 'HTTP/2' : 'HTTP/1.1', grpc,
       service: tunnel ? `${tunnel.service.name}.${tunnel.service.namespace}` : '', flags: '-', bytesIn: 0, bytesOut: 0, attempts: 0,
       ...(tunnel?.peerIdentity ? { sourceIdentity: tunnel.peerIdentity } : {}),
       sourceIp: (tunnel?.remoteAddress ?? '').replace(/^::ffff:/, ''), ...(tunnel ? { serviceRef: tunnel.service } : {}),
     };
+    const span = this.opts.tracer && tunnel ? this.startSpan(this.opts.tracer, record, tunnel, headers) : undefined;
     let finished = false;
     const finish = (status: number, flags = record.flags) => {
       if (finished) return;
@@ -238,6 +282,7 @@ export class WaypointProxy {
       record.status = status;
       record.flags = flags;
       record.durationMs = Date.now() - record.start;
+      if (span) endSpan(span, record);
       this.onRequest?.(record);
     };
     /** A local answer: for gRPC, a trailers-only response whose grpc-status stands for the HTTP status. */
@@ -256,6 +301,18 @@ export class WaypointProxy {
     if (!tunnel || !state) {
       reply(503, 'NC', 'no config yet\n');
       return;
+    }
+    // L7 authorization (AuthorizationPolicy with targetRefs to this waypoint or the service), before routing.
+    if (state.authorizer) {
+      const decision = state.authorizer.evaluate(
+        { ...this.peerFacts(tunnel), host: record.authority, method: record.method, path: record.path, headers },
+        this.authzTarget(tunnel.service),
+      );
+      if (decision.reason !== 'no policy applies') record.authz = decision.reason;
+      if (!decision.allowed) {
+        reply(403, '-', 'RBAC: access denied\n');
+        return;
+      }
     }
     const action = state.router.route({
       service: tunnel.service, port: tunnel.port, method: record.method, path: record.path, authority: record.authority,
@@ -314,7 +371,10 @@ export class WaypointProxy {
     }
     // The body streams upstream as it comes; its first REPLAY_LIMIT bytes are kept for a retry.
     const body = new BodyTap(req, REPLAY_LIMIT, (n) => { record.bytesIn += n; });
-    const policy = retryPolicy(action, this.random);
+    const firstPolicy = action.destinations[0] ? state.router.trafficPolicy(action.destinations[0]) : {};
+    const policy = retryPolicy(action, this.random, isRecord(firstPolicy.loadBalancer) && firstPolicy.loadBalancer.consistentHash !== undefined);
+    /** Endpoints tried for this request: retries go elsewhere while they can (Envoy's previous-hosts predicate). */
+    const tried = new Set<string>();
     // Mirroring: a copy of the request, fire and forget, to each mirror for its percentage (bodiless requests only: a streamed body is read once).
     if (body.empty) for (const m of action.mirrors ?? (action.mirror ? [action.mirror] : [])) if (this.random() * 100 < m.percent) this.mirror(state, m.destination, req, record.path, tunnel.remoteAddress, h2req);
     let routeTimer: NodeJS.Timeout | undefined;
@@ -339,7 +399,9 @@ export class WaypointProxy {
           return;
         }
         const upstream = this.upstreamOf(state, dest);
-        const picked = upstream?.balancer.pick(upstream.outlier.eligible(upstream.members), { headers, sourceIp: tunnel.remoteAddress, query: new URL(record.path, 'http://x').searchParams });
+        const eligible = upstream ? upstream.outlier.eligible(upstream.members) : [];
+        const fresh = policy.ignorePreviousHosts && tried.size > 0 ? eligible.filter((m) => !tried.has(m.id)) : eligible;
+        const picked = upstream?.balancer.pick(fresh.length > 0 ? fresh : eligible, { headers, sourceIp: tunnel.remoteAddress, query: new URL(record.path, 'http://x').searchParams });
         const endpoint = picked?.endpoint as Member | undefined;
         if (!upstream || !endpoint) {
           reply(503, 'UH', 'no healthy upstream\n');
@@ -348,6 +410,7 @@ export class WaypointProxy {
         if (picked?.setCookie && !res.headersSent) res.setHeader('set-cookie', picked.setCookie);
         record.upstream = endpoint.address;
         record.attempts = attempt;
+        tried.add(endpoint.id);
         const mayRetry = attempt <= policy.attempts;
         // A response to retry is held back only while the request could still be sent again.
         const retriable = mayRetry ? (o: AttemptOutcome) => body.replayable && policy.shouldRetry(o, attempt) : undefined;
@@ -359,7 +422,7 @@ export class WaypointProxy {
         }
         if (admission.pending) await admission.ready;
         upstream.balancer.onStart?.(endpoint.id);
-        const outcome = await this.attempt(req, res, h2req, action, dest, endpoint, tunnel.remoteAddress, record, body, attempt, retriable, policy.perTryTimeoutMs, inFlight)
+        const outcome = await this.attempt(req, res, h2req, action, dest, endpoint, tunnel.remoteAddress, record, span, body, attempt, retriable, policy.perTryTimeoutMs, inFlight)
           .finally(() => {
             upstream.balancer.onEnd?.(endpoint.id);
             admission.release();
@@ -410,10 +473,12 @@ export class WaypointProxy {
    * HTTP/1.1 goes on a tunnel stream of its own; HTTP/2 on the endpoint's pooled h2c session.
    */
   private async attempt(
-    req: Req, res: Res, h2req: boolean, action: ForwardAction, dest: Destination, endpoint: Member, clientIp: string, record: RequestRecord,
+    req: Req, res: Res, h2req: boolean, action: ForwardAction, dest: Destination, endpoint: Member, clientIp: string, record: RequestRecord, span: Span | undefined,
     body: BodyTap, attempt: number, retriable: ((o: AttemptOutcome) => boolean) | undefined, perTryMs: number | undefined, inFlight: { abort?: () => void },
   ): Promise<Outcome> {
     const headers = forwardHeaders(req.headers as IncomingHttpHeaders, h2req, action.requestHeaders, dest.headers);
+    headers['x-request-id'] = record.id;
+    if (span) inject(span.context, headers as Record<string, string>);
     const authority = action.rewrite?.authority ?? dest.authority ?? record.authority;
     const path = action.rewrite?.path ?? record.path;
     let call: UpstreamCall;
@@ -482,6 +547,23 @@ export class WaypointProxy {
       if (attempt === 1) body.pipeTo(call.body);
       else body.replayTo(call.body);
     });
+  }
+
+  /** The request's server span: a child of the caller's trace context (W3C or B3), or a new trace. */
+  private startSpan(tracer: Tracer, record: RequestRecord, tunnel: Tunnel, headers: IncomingHttpHeaders): Span {
+    // Named as Istio's proxies name theirs: the service's host and port, then the path pattern.
+    const span = tracer.startSpan({
+      name: `${tunnel.service.hostname}:${tunnel.port}/*`, kind: 'server', parent: extract(headers),
+      attributes: {
+        'http.request.method': record.method, 'url.path': record.path.replace(/[?#].*$/, ''), 'server.address': record.authority,
+        'network.protocol.version': record.protocol === 'HTTP/2' ? '2' : '1.1', 'guid:x-request-id': record.id,
+        'istio.canonical_service': tunnel.service.name, 'istio.namespace': tunnel.service.namespace, 'istio.mesh_id': 'cluster.local',
+        ...(tunnel.peerIdentity ? { 'peer.principal': tunnel.peerIdentity } : {}), 'node_id': this.opts.identity,
+      },
+    });
+    record.traceId = span.context.traceId;
+    record.spanId = span.context.spanId;
+    return span;
   }
 
   /** An HTTP/1.1 exchange on a fresh tunnel stream. */
@@ -584,14 +666,14 @@ export class WaypointProxy {
     }
     const policy = state.router.trafficPolicy(dest);
     const key = `${dest.service.namespace}/${dest.service.name}:${dest.port}/${dest.subset ?? ''}`;
-    const shape = JSON.stringify([members.map((m) => m.address), policy.loadBalancer ?? null, policy.outlierDetection ?? null, policy.connectionPool ?? null]);
+    const shape = JSON.stringify([members.map((m) => m.address), policy.loadBalancer ?? null, policy.outlierDetection ?? null, policy.connectionPool ?? null, policy.retryBudget ?? null]);
     let u = this.upstreams.get(key);
     if (!u || u.shape !== shape) {
       const outlier = u && JSON.stringify(u.outlierSpec ?? null) === JSON.stringify(policy.outlierDetection ?? null) ? u.outlier : new OutlierDetector(policy.outlierDetection, { now: () => Date.now() });
       outlier.setEndpoints(members.map((m) => m.id));
       // The pool's counts survive an endpoint change; its limits follow the policy.
-      const poolSpec = JSON.stringify(policy.connectionPool ?? null);
-      const pool = u && u.poolSpec === poolSpec ? u.pool : new ConnectionPool(policy.connectionPool, { protocol: 'http1' });
+      const poolSpec = JSON.stringify([policy.connectionPool ?? null, policy.retryBudget ?? null]);
+      const pool = u && u.poolSpec === poolSpec ? u.pool : new ConnectionPool(policy.connectionPool, { protocol: 'http1', retryBudget: policy.retryBudget });
       u = { shape, members, balancer: createBalancer(policy.loadBalancer, { random: this.random }), outlier, outlierSpec: policy.outlierDetection, pool, poolSpec };
       this.upstreams.set(key, u);
     }
@@ -606,6 +688,16 @@ export class WaypointProxy {
     this.http.close();
     this.h2.close();
   }
+}
+
+function endSpan(span: Span, r: RequestRecord): void {
+  span.setAttribute('http.response.status_code', r.status ?? 0);
+  span.setAttribute('response_flags', r.flags);
+  if (r.route) span.setAttribute('http.route', r.route);
+  if (r.upstream) span.setAttribute('upstream_cluster', `${r.upstream}`);
+  if (r.grpcStatus !== undefined) span.setAttribute('rpc.grpc.status_code', Number(r.grpcStatus));
+  if ((r.status ?? 0) >= 500 || (r.grpcStatus !== undefined && r.grpcStatus !== '0')) span.setStatus('error', r.flags !== '-' ? r.flags : undefined);
+  span.end();
 }
 
 /** One exchange with an upstream: the request body goes to `body`; the rest comes to the handlers. */
@@ -695,15 +787,19 @@ function stripPseudo(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
   return out;
 }
 
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
 /** The route's retries (or Istio's default when the route names none) as a policy. */
-function retryPolicy(action: ForwardAction, random: () => number): RetryPolicy {
+function retryPolicy(action: ForwardAction, random: () => number, consistentHash: boolean): RetryPolicy {
   const r = action.retries;
   if (!r) return new RetryPolicy({ attempts: 0 }, { random });
   return new RetryPolicy({
     attempts: r.attempts,
     ...(r.perTryTimeoutMs ? { perTryTimeout: `${r.perTryTimeoutMs}ms` } : {}),
+    ...(r.backoffMs ? { backoff: `${r.backoffMs}ms` } : {}),
+    ...(r.ignorePreviousHosts !== undefined ? { retryIgnorePreviousHosts: r.ignorePreviousHosts } : {}),
     retryOn: [...r.retryOn, ...r.retriableStatusCodes.map(String)].join(','),
-  }, { random });
+  }, { random, consistentHash });
 }
 
 /**

@@ -137,7 +137,7 @@ export interface RouteRewrite {
   path?: string;
 }
 
-export interface RetrySpec { attempts: number; perTryTimeoutMs?: number; retryOn: string[]; retriableStatusCodes: number[]; backoffMs?: number }
+export interface RetrySpec { attempts: number; perTryTimeoutMs?: number; retryOn: string[]; retriableStatusCodes: number[]; backoffMs?: number; ignorePreviousHosts?: boolean }
 export interface FaultSpec { delay?: { ms: number; percent: number }; abort?: { status?: number; grpcStatus?: string; percent: number } }
 
 export interface ForwardAction {
@@ -163,7 +163,7 @@ export type RouteAction =
   /** 404 NR. */
   | { kind: 'no-route' };
 
-export interface TrafficPolicy { loadBalancer?: unknown; connectionPool?: unknown; outlierDetection?: unknown; tls?: unknown }
+export interface TrafficPolicy { loadBalancer?: unknown; connectionPool?: unknown; outlierDetection?: unknown; tls?: unknown; retryBudget?: unknown }
 
 export interface RouterOptions {
   random?: () => number;
@@ -205,7 +205,7 @@ interface VsHttpRoute {
   delegate?: unknown;
   rewrite?: { uri?: string; authority?: string; uriRegexRewrite?: { match: string; rewrite: string } };
   timeout?: string;
-  retries?: { attempts?: Int; perTryTimeout?: string; retryOn?: string };
+  retries?: { attempts?: Int; perTryTimeout?: string; retryOn?: string; backoff?: string; retryIgnorePreviousHosts?: boolean };
   fault?: {
     delay?: { fixedDelay?: string; exponentialDelay?: string; percentage?: Percent; percent?: Int };
     abort?: { httpStatus?: Int; grpcStatus?: string; http2Error?: string; percentage?: Percent };
@@ -220,7 +220,7 @@ interface VsHttpRoute {
 interface VsSpec { hosts?: string[]; gateways?: string[]; http?: VsHttpRoute[]; exportTo?: string[] }
 
 interface PolicyFields { loadBalancer?: unknown; connectionPool?: unknown; outlierDetection?: unknown; tls?: unknown }
-interface DrTrafficPolicy extends PolicyFields { portLevelSettings?: (PolicyFields & { port?: { number?: Int } })[] }
+interface DrTrafficPolicy extends PolicyFields { portLevelSettings?: (PolicyFields & { port?: { number?: Int } })[]; retryBudget?: unknown }
 interface DrSubset { name: string; labels?: Record<string, string>; trafficPolicy?: DrTrafficPolicy }
 interface DrSpec { host: string; trafficPolicy?: DrTrafficPolicy; subsets?: DrSubset[]; exportTo?: string[]; workloadSelector?: unknown }
 
@@ -621,7 +621,11 @@ function vsRetries(r: VsHttpRoute['retries']): RetrySpec | undefined {
     if (codes.length > 0 && !retryOn.includes('retriable-status-codes')) retryOn.push('retriable-status-codes');
   }
   const perTry = positiveMs(r.perTryTimeout);
-  return { attempts, retryOn, retriableStatusCodes: codes, ...(perTry !== undefined ? { perTryTimeoutMs: perTry } : {}) };
+  const backoff = positiveMs(r.backoff);
+  return {
+    attempts, retryOn, retriableStatusCodes: codes, ...(perTry !== undefined ? { perTryTimeoutMs: perTry } : {}), ...(backoff !== undefined ? { backoffMs: backoff } : {}),
+    ...(typeof r.retryIgnorePreviousHosts === 'boolean' ? { ignorePreviousHosts: r.retryIgnorePreviousHosts } : {}),
+  };
 }
 
 function compileFault(f: VsHttpRoute['fault'], warn: (m: string) => void): FaultSpec | undefined {
@@ -808,6 +812,9 @@ export class Router {
     if (merged.connectionPool !== undefined) out.connectionPool = merged.connectionPool;
     if (merged.outlierDetection !== undefined) out.outlierDetection = normalizeOutlier(merged.outlierDetection);
     if (merged.tls !== undefined) out.tls = merged.tls;
+    // The retry budget is set for the whole host or a whole subset (it has no port-level form).
+    const budget = subsetPolicy?.retryBudget ?? dr?.trafficPolicy?.retryBudget;
+    if (budget !== undefined) out.retryBudget = budget;
     this.policyCache.set(key, out);
     return out;
   }

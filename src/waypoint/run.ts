@@ -15,6 +15,8 @@ import { MeshState } from '../node/mesh-state.js';
 import * as libc from '../../native/libc.js';
 import { tcpSocket } from '../node/netns.js';
 import { MeshMetrics, RequestMetrics, tcpLabels } from '../telemetry/metrics.js';
+import { createTracer, type TracingOptions } from '../telemetry/tracing.js';
+import { L7Authorizer } from './authz.js';
 import { WaypointProxy, type RequestRecord } from './proxy.js';
 import { Router } from './routing.js';
 
@@ -27,6 +29,8 @@ export interface WaypointOptions {
   metricsPort?: number;
   log: Logger;
   accessLog: Logger;
+  /** OTLP/HTTP endpoint and sampling; without an endpoint trace context still propagates. */
+  tracing?: Omit<TracingOptions, 'serviceName'>;
 }
 
 export class Waypoint {
@@ -36,6 +40,7 @@ export class Waypoint {
     private readonly certs: CertManager,
     private readonly discovery: DiscoveryClient,
     private readonly server: Server,
+    private readonly closeTracer: () => Promise<void>,
   ) {}
 
   static async start(opts: WaypointOptions): Promise<Waypoint> {
@@ -43,8 +48,9 @@ export class Waypoint {
     const certs = new CertManager({ source: new CaClient({ address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token }), log: opts.log });
     await certs.start().catch((err: Error) => opts.log.warn({ err: err.message }, 'trust bundle not fetched yet; retrying'));
     void certs.acquire(identity).catch((err: Error) => opts.log.error({ err: err.message, identity }, 'no certificate yet'));
+    const tracer = createTracer({ serviceName: `${opts.name}.${opts.namespace}`, ...opts.tracing }, { log: opts.log });
     const proxy = new WaypointProxy({
-      identity, certificate: () => certs.get(identity), roots: () => certs.trustBundle,
+      identity, gateway: { namespace: opts.namespace, name: opts.name }, tracer, certificate: () => certs.get(identity), roots: () => certs.trustBundle,
       socket: (family) => tcpSocket(family === 4 ? libc.AF_INET : libc.AF_INET6), log: opts.log,
     });
     const metrics = new MeshMetrics();
@@ -69,13 +75,14 @@ export class Waypoint {
       timestamp: new Date(r.start).toISOString(), request_id: r.id, source: { principal: r.sourceIdentity ?? null },
       destination: { service: r.service, upstream: r.upstream ?? null },
       request: { method: r.method, path: r.path, authority: r.authority, protocol: r.protocol },
-      response: { code: r.status, grpc_status: r.grpcStatus ?? null, flags: r.flags, duration_ms: r.durationMs, bytes: r.bytesOut, attempts: r.attempts }, route: r.route ?? null,
+      response: { code: r.status, flags: r.flags, duration_ms: r.durationMs, bytes: r.bytesOut, attempts: r.attempts, grpc_status: r.grpcStatus ?? null }, route: r.route ?? null,
+      ...(r.authz ? { authorization: r.authz } : {}), ...(r.traceId ? { trace_id: r.traceId, span_id: r.spanId } : {}),
     }, 'request');
     const discovery = new DiscoveryClient({
       address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,
       node: '', kind: 'waypoint', name: `${opts.namespace}/${opts.name}`, log: opts.log,
       apply: (resources, version) => {
-        const state = stateOf(resources, version);
+        const state = stateOf(resources, version, (msg) => opts.log.warn({ version }, msg));
         mesh = state.mesh;
         proxy.update(state);
       },
@@ -90,19 +97,20 @@ export class Waypoint {
     });
     await new Promise<void>((resolve, reject) => metricsServer.once('error', reject).listen(opts.metricsPort ?? 15020, opts.listen.host, resolve));
     opts.log.info({ identity, listen: opts.listen }, 'waypoint serving');
-    return new Waypoint(identity, proxy, certs, discovery, server);
+    return new Waypoint(identity, proxy, certs, discovery, server, async () => tracer.close());
   }
 
   async close(): Promise<void> {
     this.discovery.close();
     this.server.close();
     await this.proxy.close();
+    await this.closeTracer();
     this.certs.close();
   }
 }
 
 /** The waypoint's view as the proxy uses it; throws (a NACK) on what it cannot use. */
-export function stateOf(resources: ReadonlyMap<string, WireResource>, version: string): Parameters<WaypointProxy['update']>[0] & { mesh: MeshState } {
+export function stateOf(resources: ReadonlyMap<string, WireResource>, version: string, warn?: (msg: string) => void): Parameters<WaypointProxy['update']>[0] & { mesh: MeshState } {
   const mesh = new MeshState(version, resources);
   const l7: ConfigObject[] = [];
   const rateLimits: ConfigObject[] = [];
@@ -113,5 +121,6 @@ export function stateOf(resources: ReadonlyMap<string, WireResource>, version: s
     else l7.push(c);
   }
   const services = [...mesh.services.values()];
-  return { version, router: new Router(l7, services), services, workloads: mesh.workloads, mesh, rateLimits };
+  const authorizer = new L7Authorizer(mesh.policies, warn ? { log: warn } : {});
+  return { version, router: new Router(l7, services), services, workloads: mesh.workloads, mesh, rateLimits, authorizer };
 }
