@@ -225,7 +225,6 @@ const istioGateway = object({
 // security.istio.io
 
 const selector = object({ matchLabels: labels });
-const targetRef = object({ group: string(), kind: [nonEmpty, { required: true }], name: [nonEmpty, { required: true }], namespace: string() });
 /**
  * What an AuthorizationPolicy binds to at a waypoint: its Gateway, a Service (requests for it
  * through any waypoint), or in the root namespace the waypoint GatewayClass (every waypoint).
