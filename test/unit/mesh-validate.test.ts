@@ -194,6 +194,72 @@ spec: { targetRefs: [], requestsPerUnit: 0, unit: day, burst: -1, rate: 5 }`);
     ]);
   });
 
+  it('checks waypoint bindings of AuthorizationPolicies, retry budgets and backoff, and a waypoint\'s tracing annotations', () => {
+    const good = analyze(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: a, namespace: shop }
+spec:
+  targetRefs: [{ kind: Gateway, group: gateway.networking.k8s.io, name: waypoint }, { kind: Service, group: "", name: reviews }]
+  action: DENY
+  rules: [{ to: [{ operation: { paths: [/admin/*] } }] }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: r, namespace: shop }
+spec:
+  host: reviews
+  trafficPolicy: { retryBudget: { percent: 25.5, minRetryConcurrency: 3 } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: r, namespace: shop }
+spec:
+  hosts: [reviews]
+  http: [{ route: [{ destination: { host: reviews } }], retries: { attempts: 3, backoff: 50ms, retryIgnorePreviousHosts: false } }]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: waypoint, namespace: shop, annotations: { ambit.dev/tracing-endpoint: "http://collector.obs:4318", ambit.dev/tracing-sampling: "12.5" } }
+spec: { gatewayClassName: ambit-waypoint, listeners: [{ name: mesh, port: 15008, protocol: HBONE }] }`);
+    expect(errors(good.diagnostics)).toEqual([]);
+    expect(warnings(good.diagnostics)).toEqual([]);
+    const bad = analyze(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: a, namespace: shop }
+spec:
+  targetRefs: [{ kind: ServiceEntry, group: networking.istio.io, name: ext }, { kind: Service, group: "", name: reviews, namespace: other }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: r, namespace: shop }
+spec:
+  host: reviews
+  trafficPolicy: { retryBudget: { percent: 120, minRetryConcurrency: -1 } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: r, namespace: shop }
+spec:
+  hosts: [reviews]
+  http: [{ route: [{ destination: { host: reviews } }], retries: { attempts: 3, backoff: soon } }]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: waypoint, namespace: shop, annotations: { ambit.dev/tracing-endpoint: "collector:4318", ambit.dev/tracing-sampling: "all" } }
+spec: { gatewayClassName: ambit-waypoint, listeners: [{ name: mesh, port: 15008, protocol: HBONE }] }`);
+    expect(errors(bad.diagnostics)).toEqual([
+      'spec.trafficPolicy.retryBudget.percent: must be from 0 to 100, got 120',
+      'spec.trafficPolicy.retryBudget.minRetryConcurrency: must be from 0 to 2147483647, got -1',
+      expect.stringMatching(/^spec\.http\[0\]\.retries\.backoff: /),
+      'metadata.annotations.ambit.dev/tracing-endpoint: must be an http(s) URL of an OTLP/HTTP collector, got "collector:4318"',
+      'metadata.annotations.ambit.dev/tracing-sampling: must be a percentage from 0 to 100, got "all"',
+    ]);
+    expect(warnings(bad.diagnostics)).toEqual([
+      expect.stringMatching(/^spec\.targetRefs\[0\]: networking\.istio\.io\/ServiceEntry binds nothing in ambit/),
+      'spec.targetRefs[1].namespace: a policy binds only within its own namespace: this ref binds nothing',
+    ]);
+  });
+
   it('reports each error with its file, line, document and resource', () => {
     const { diagnostics, resources } = analyze(vs('  - route: [{ destination: { host: reviews }, weight: 50 }, { destination: { host: reviews } }]'), 'vs.yaml');
     expect(resources).toEqual([]);

@@ -20,6 +20,8 @@ import { CertManager } from '../../src/identity/cert-manager.js';
 import { HbonePool, HboneServer } from '../../src/node/hbone.js';
 import { tcpSocket } from '../../src/node/netns.js';
 import { byteStream, WaypointProxy, type RequestRecord } from '../../src/waypoint/proxy.js';
+import { Sampler, Tracer, type ReadableSpan } from '../../src/telemetry/tracing.js';
+import { L7Authorizer } from '../../src/waypoint/authz.js';
 import { Router } from '../../src/waypoint/routing.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-wpp-'));
@@ -78,8 +80,28 @@ function unframe(buf: Buffer): string[] {
   return out;
 }
 
-function setConfig(l7: ConfigObject[] = []): void {
-  proxy.update({ version: String(Date.now()), router: new Router(l7, [service]), services: [service], workloads: new Map([['w1', workload]]) });
+/** Spans the proxy ended, as an exporter would get them. */
+const spans: ReadableSpan[] = [];
+
+function setConfig(l7: ConfigObject[] = [], policies: ConfigObject[] = []): void {
+  proxy.update({
+    version: String(Date.now()), router: new Router(l7, [service]), services: [service], workloads: new Map([['w1', workload]]),
+    authorizer: new L7Authorizer(policies),
+  });
+}
+
+/** One HTTP/1.1 request through the waypoint to port 80; the app's answer, with the trace context it received. */
+async function h1Get(path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string; traceparent?: string }> {
+  const stream = await tunnel(80);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ method: 'GET', path, headers: { host: 'reviews', ...headers }, createConnection: () => byteStream(stream) as unknown as Socket }, (res) => {
+      let b = '';
+      res.on('data', (c: Buffer) => { b += c.toString(); });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b, ...(res.headers['x-traceparent'] ? { traceparent: String(res.headers['x-traceparent']) } : {}) }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 async function tunnel(port: number): Promise<http2.ClientHttp2Stream> {
@@ -134,12 +156,16 @@ beforeAll(async () => {
   const h1 = http.createServer((req, res) => {
     let n = 0;
     req.on('data', (c: Buffer) => { n += c.length; });
-    req.on('end', () => res.end(`h1 ${req.method} ${req.url} ${n} ${req.headers.host}`));
+    req.on('end', () => {
+      if (req.headers.traceparent) res.setHeader('x-traceparent', req.headers.traceparent);
+      res.end(`h1 ${req.method} ${req.url} ${n} ${req.headers.host}`);
+    });
   });
   apps.set(9080, await listen(h1));
   const grpc = http2.createServer();
   grpc.on('stream', (stream, headers) => {
     const path = String(headers[':path']);
+    if (path === '/test.Echo/Chat') return;
     const key = String(headers['x-key'] ?? '');
     seen.set(`${path}|${key}`, (seen.get(`${path}|${key}`) ?? 0) + 1);
     const chunks: Buffer[] = [];
@@ -165,13 +191,11 @@ beforeAll(async () => {
     });
   });
   // Server streaming: answers as the request's messages arrive, one by one.
-  grpc.prependListener('stream', (stream, headers) => {
+  grpc.on('stream', (stream, headers) => {
     if (headers[':path'] !== '/test.Echo/Chat') return;
     stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
     stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
     stream.on('data', (c: Buffer) => { for (const m of unframe(c)) stream.write(frame(`re ${m}`)); });
-    stream.on('end', () => stream.end());
-    stream.removeAllListeners('end');
     stream.on('end', () => stream.end());
   });
   apps.set(50051, await listen(grpc));
@@ -195,6 +219,7 @@ beforeAll(async () => {
   closers.push(() => agent.close());
 
   proxy = new WaypointProxy({
+    tracer: new Tracer({ sampler: new Sampler(100), sink: { add: (span) => spans.push(span) } }),
     identity: WAYPOINT, certificate: () => manager.acquire(WAYPOINT), roots: () => manager.trustBundle,
     socket: (f) => tcpSocket(f === 4 ? libc.AF_INET : libc.AF_INET6),
   });
@@ -300,6 +325,43 @@ describe('waypoint proxy protocols', () => {
     } finally {
       setConfig();
     }
+  });
+
+  it('denies by an AuthorizationPolicy bound to the service: 403 over HTTP, PERMISSION_DENIED over gRPC, on the normalized path', async () => {
+    setConfig([], [{ apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', namespace: 'shop', name: 'no-admin', spec: {
+      targetRefs: [{ kind: 'Service', group: '', name: 'reviews' }], action: 'DENY',
+      rules: [{ to: [{ operation: { paths: ['/admin*', '/test.Echo/Flaky'] } }] }],
+    } }]);
+    try {
+      expect(await h1Get('/admin/x')).toMatchObject({ status: 403, body: 'RBAC: access denied\n' });
+      expect(await h1Get('/ok/../admin')).toMatchObject({ status: 403 });
+      expect(records.at(-1)).toMatchObject({ path: '/admin', status: 403, authz: 'denied by DENY policy shop/no-admin' });
+      // The app gets the path as it was checked.
+      expect((await h1Get('/a/./b/../c?q=1')).body).toBe('h1 GET /a/c?q=1 0 reviews');
+      const denied = await grpcCall(await h2c(), '/test.Echo/Flaky', ['x'], { headers: { 'x-key': 'denied' } });
+      expect(denied.status).toBe('7');
+      expect(seen.get('/test.Echo/Flaky|denied')).toBeUndefined();
+    } finally {
+      setConfig();
+    }
+  });
+
+  it('continues the caller\'s trace: a server span per request, its context sent upstream', async () => {
+    const traceId = '0af7651916cd43dd8448eb211c80319c';
+    const a = await h1Get('/traced', { traceparent: `00-${traceId}-b7ad6b7169203331-01` });
+    const span = spans.find((s) => s.context.traceId === traceId)!;
+    expect(span).toBeDefined();
+    expect(span.context.parentSpanId).toBe('b7ad6b7169203331');
+    expect(span.kind).toBe('server');
+    expect(span.name).toBe('reviews.shop.svc.cluster.local:80/*');
+    expect(span.attributes.get('http.response.status_code')).toBe(200);
+    // The app sees the waypoint's span as its parent.
+    expect(a.traceparent).toBe(`00-${traceId}-${span.context.spanId}-01`);
+    expect(records.at(-1)).toMatchObject({ traceId, spanId: span.context.spanId });
+    // Without a caller's context, a new trace (sampled at 100% here).
+    const b = await h1Get('/untraced');
+    expect(b.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+    expect(b.traceparent!.slice(3, 35)).not.toBe(traceId);
   });
 
   it('passes other TCP through to an endpoint', async () => {
