@@ -285,13 +285,12 @@ export class WaypointProxy {
       if (span) endSpan(span, record);
       this.onRequest?.(record);
     };
-    /** A local answer: for gRPC, a trailers-only response whose grpc-status stands for the HTTP status. */
+    /** A local answer: for gRPC, HTTP 200 with a grpc-status that stands for the HTTP status. */
     const reply = (status: number, flags: string, body: string, extra: OutgoingHttpHeaders = {}) => {
       if (res.headersSent) res.destroy();
       else if (grpc) {
         record.grpcStatus = String(grpcStatusOf(status, flags));
-        res.writeHead(200, { ...extra, 'content-type': 'application/grpc', 'grpc-status': record.grpcStatus, 'grpc-message': encodeURIComponent(body.trim()) });
-        res.end();
+        grpcAnswer(res, record.grpcStatus, encodeURIComponent(body.trim()), extra);
       } else {
         res.writeHead(status, extra);
         res.end(body);
@@ -361,8 +360,7 @@ export class WaypointProxy {
     if (fault?.abort && this.random() * 100 < fault.abort.percent) {
       if (fault.abort.grpcStatus !== undefined) {
         record.grpcStatus = grpcCode(fault.abort.grpcStatus);
-        res.writeHead(200, { 'content-type': 'application/grpc', 'grpc-status': record.grpcStatus, 'grpc-message': 'fault filter abort' });
-        res.end();
+        grpcAnswer(res, record.grpcStatus, encodeURIComponent('fault filter abort'));
         finish(200, 'FI');
       } else {
         reply(fault.abort.status ?? 503, 'FI', 'fault filter abort');
@@ -444,8 +442,11 @@ export class WaypointProxy {
           if (outcome.failure.status !== undefined && outcome.failure.grpcStatus !== undefined) record.grpcStatus = outcome.failure.grpcStatus;
           if (outcome.failure.status !== undefined && !res.headersSent) {
             // The upstream's own answer (held back for a retry that is not coming): pass its status on.
-            res.writeHead(status, outcome.failure.grpcStatus !== undefined ? { 'content-type': 'application/grpc', 'grpc-status': outcome.failure.grpcStatus } : {});
-            res.end(outcome.failure.grpcStatus !== undefined ? undefined : `${outcome.message}\n`);
+            if (outcome.failure.grpcStatus !== undefined) grpcAnswer(res, outcome.failure.grpcStatus, String(outcome.failure.headers?.['grpc-message'] ?? ''));
+            else {
+              res.writeHead(status);
+              res.end(`${outcome.message}\n`);
+            }
             finish(status, flags);
           } else reply(status, flags, `${outcome.message}\n`);
           return;
@@ -522,6 +523,13 @@ export class WaypointProxy {
         if (grpcStatus !== undefined) record.grpcStatus = grpcStatus;
         const responseHeaders = applyHeaderOps(applyHeaderOps({ ...upstreamHeaders }, action.responseHeaders), dest.responseHeaders);
         for (const h of Object.keys(responseHeaders)) if (HOP_BY_HOP.has(h) || h.startsWith(':')) delete responseHeaders[h];
+        // A trailers-only gRPC answer: its status goes on as trailers (an HTTP/2 response here is
+        // headers, then trailers; clients read a status in headers only from a frame that ends the stream).
+        if (grpcStatus !== undefined && res.addTrailers) {
+          res.addTrailers({ 'grpc-status': grpcStatus, ...(responseHeaders['grpc-message'] !== undefined ? { 'grpc-message': responseHeaders['grpc-message'] } : {}) });
+          delete responseHeaders['grpc-status'];
+          delete responseHeaders['grpc-message'];
+        }
         res.writeHead(status, responseHeaders as OutgoingHttpHeaders);
         upstreamBody.on('data', (c: Buffer) => { record.bytesOut += c.length; });
         call.onTrailers = (trailers) => {
@@ -698,6 +706,16 @@ function endSpan(span: Span, r: RequestRecord): void {
   if (r.grpcStatus !== undefined) span.setAttribute('rpc.grpc.status_code', Number(r.grpcStatus));
   if ((r.status ?? 0) >= 500 || (r.grpcStatus !== undefined && r.grpcStatus !== '0')) span.setStatus('error', r.flags !== '-' ? r.flags : undefined);
   span.end();
+}
+
+/** A gRPC answer: HTTP 200, the status in trailers (HTTP/2) or, failing those, in the headers; `message` percent-encoded. */
+function grpcAnswer(res: Res, grpcStatus: string, message: string, extra: OutgoingHttpHeaders = {}): void {
+  const status = { 'grpc-status': grpcStatus, ...(message ? { 'grpc-message': message } : {}) };
+  if (res.addTrailers) {
+    res.writeHead(200, { ...extra, 'content-type': 'application/grpc' });
+    res.addTrailers(status);
+  } else res.writeHead(200, { ...extra, 'content-type': 'application/grpc', ...status });
+  res.end();
 }
 
 /** One exchange with an upstream: the request body goes to `body`; the rest comes to the handlers. */

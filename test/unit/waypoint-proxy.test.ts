@@ -269,7 +269,8 @@ describe('waypoint proxy protocols', () => {
     const session = await h2c();
     const a = await grpcCall(session, '/test.Echo/Denied', ['x']);
     expect(a.status).toBe('7');
-    expect(a.headers['grpc-message']).toBe('not you');
+    // Passed on as trailers: a client reads a status in headers only from a frame that ends the stream.
+    expect(a.trailers['grpc-message']).toBe('not you');
     expect(records.at(-1)).toMatchObject({ grpcStatus: '7' });
   });
 
