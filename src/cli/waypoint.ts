@@ -57,8 +57,8 @@ export function register(program: Command): void {
     .description('declare a waypoint (a Gateway of class ambit-waypoint) and run it')
     .requiredOption('-n, --namespace <ns>', 'the waypoint\'s namespace')
     .option('--name <name>', 'the waypoint\'s name', 'waypoint')
-    .addOption(new Option('--for <what>', 'what it serves').choices(['service', 'namespace']).default('service'))
-    .option('--enroll-namespace', `also bind the namespace to it (label ${USE_WAYPOINT})`)
+    .addOption(new Option('--for <what>', `what it serves: services that opt in with the label ${USE_WAYPOINT}, or the whole namespace (bound at once)`).choices(['service', 'namespace']).default('service'))
+    .option('--enroll-namespace', `bind the namespace to it (label ${USE_WAYPOINT}), as --for namespace does`)
     .option('--tracing-endpoint <url>', 'OTLP/HTTP collector the waypoint exports spans to (e.g. http://otel-collector.observability:4318)')
     .option('--tracing-sampling <percent>', 'share of new traces recorded, 0-100 (default 1; a caller\'s sampled decision is kept)')
     .addOption(clusterOption())
@@ -68,7 +68,8 @@ export function register(program: Command): void {
       tracingOptions(opts.tracingEndpoint, opts.tracingSampling);
       const layout = new ClusterLayout(opts.cluster);
       const docs: Record<string, unknown>[] = [waypointGateway(opts.namespace, opts.name, opts.for, { ...(opts.tracingEndpoint ? { endpoint: opts.tracingEndpoint } : {}), ...(opts.tracingSampling !== undefined ? { sampling: opts.tracingSampling } : {}) })];
-      if (opts.enrollNamespace) {
+      // A waypoint for a namespace binds it; one for services waits for each service's label.
+      if (opts.enrollNamespace || opts.for === 'namespace') {
         // The namespace as it is, with the label added: applying it must not drop its other labels.
         const state = readState(layout.stateFile);
         const ns = state?.resources[`Namespace/${opts.namespace}`];
