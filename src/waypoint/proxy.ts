@@ -15,7 +15,7 @@
  * REPLAY_LIMIT bytes are kept on the side so that a request whose body has ended can be retried.
  */
 import { randomUUID } from 'node:crypto';
-import { createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type Server } from 'node:http';
+import { Agent as HttpAgent, createServer, request as httpRequest, type ClientRequestArgs, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type Server } from 'node:http';
 import {
   connect as http2Connect, constants as h2, createServer as createH2Server,
   type ClientHttp2Session, type ClientHttp2Stream, type Http2Server, type Http2ServerRequest, type ServerHttp2Session, type ServerHttp2Stream,
@@ -104,6 +104,8 @@ export interface RequestRecord {
 const REPLAY_LIMIT = 64 * 1024;
 /** How long a pooled upstream h2c session may sit without streams. */
 const H2_IDLE_MS = 60_000;
+/** How long a kept-alive upstream HTTP/1.1 connection may sit idle: under the 5 s apps (Node's default) keep theirs. */
+const H1_IDLE_MS = 4_000;
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'host', 'http2-settings']);
 
@@ -135,6 +137,8 @@ export class WaypointProxy {
   private nextH2Tunnel?: Tunnel;
   /** Upstream h2c sessions, one per endpoint (address and identity). */
   private readonly h2Sessions = new Map<string, Promise<ClientHttp2Session>>();
+  /** Kept-alive upstream HTTP/1.1 connections per endpoint, each over a tunnel of its own. */
+  private readonly h1Agents = new Map<string, TunnelAgent>();
   /** Rate-limit buckets by (RateLimit, route, spec). */
   private readonly buckets = new Map<string, TokenBucket>();
   /** Per destination (service, port, subset): endpoints, balancer, outlier detector. */
@@ -486,7 +490,7 @@ export class WaypointProxy {
     try {
       call = h2req
         ? await this.h2Call(endpoint, { ...headers, ':method': record.method, ':path': path, ':authority': authority, ':scheme': 'http' })
-        : this.h1Call(await this.openTunnel(endpoint, clientIp), record.method, path, { ...headers, host: authority });
+        : this.h1Call(endpoint, record.method, path, { ...headers, host: authority });
     } catch (err) {
       const e = err as HboneError;
       return { done: false, failure: { error: e.status === 503 && /refused/.test(e.message) ? 'connect-failure' : e.kind === 'timeout' ? 'timeout' : 'connect-failure', requestSent: false }, message: `upstream connect error: ${e.message}` };
@@ -544,6 +548,11 @@ export class WaypointProxy {
       };
       call.onError = (err, refused) => {
         if (settled) return;
+        if (err instanceof HboneError && !streaming) {
+          // The tunnel could not be opened: nothing was sent.
+          settle({ done: false, failure: { error: err.kind === 'timeout' ? 'timeout' : 'connect-failure', requestSent: false }, message: `upstream connect error: ${err.message}` });
+          return;
+        }
         if (streaming) {
           res.destroy(err);
           settle({ done: true, status: res.statusCode, flags: 'UR' });
@@ -574,23 +583,22 @@ export class WaypointProxy {
     return span;
   }
 
-  /** An HTTP/1.1 exchange on a fresh tunnel stream. */
-  private h1Call(tunnel: ClientHttp2Stream, method: string, path: string, headers: OutgoingHttpHeaders): UpstreamCall {
-    // No agent: with createConnection and no agent, the request goes over this stream.
-    const out = httpRequest({ method, path, headers, createConnection: () => byteStream(tunnel) as unknown as Socket });
+  /** An HTTP/1.1 exchange on a kept-alive connection to the endpoint (a new one over a new tunnel when none is free). */
+  private h1Call(endpoint: Member, method: string, path: string, headers: OutgoingHttpHeaders): UpstreamCall {
+    const key = `${endpoint.address}|${endpoint.workload.identity}`;
+    let agent = this.h1Agents.get(key);
+    if (!agent) this.h1Agents.set(key, (agent = new TunnelAgent(() => this.openTunnel(endpoint))));
+    const out = httpRequest({ method, path, headers, agent });
     const call: UpstreamCall = {
       body: out,
-      abort: () => { out.destroy(); tunnel.destroy(); },
-      done: () => tunnel.end(),
+      abort: () => out.destroy(),
+      done: () => undefined,
     };
     out.on('response', (r: IncomingMessage) => {
       call.onResponse?.(r.statusCode ?? 502, r.headers, r);
       r.on('error', (err) => call.onError?.(err, false));
     });
-    out.on('error', (err) => {
-      tunnel.destroy();
-      call.onError?.(err, false);
-    });
+    out.on('error', (err) => call.onError?.(err, false));
     return call;
   }
 
@@ -644,7 +652,7 @@ export class WaypointProxy {
     void (async () => {
       const call = h2req
         ? await this.h2Call(endpoint, { ...headers, ':method': method, ':path': path, ':authority': authority, ':scheme': 'http' })
-        : this.h1Call(await this.openTunnel(endpoint, clientIp), method, path, { ...headers, host: authority });
+        : this.h1Call(endpoint, method, path, { ...headers, host: authority });
       call.onResponse = (_status, _headers, body) => {
         body.resume();
         body.on('end', () => call.done());
@@ -689,6 +697,8 @@ export class WaypointProxy {
   }
 
   async close(): Promise<void> {
+    for (const a of this.h1Agents.values()) a.destroy();
+    this.h1Agents.clear();
     for (const s of this.h2Sessions.values()) void s.then((session) => session.close(), () => undefined);
     this.h2Sessions.clear();
     this.pool.close();
@@ -716,6 +726,46 @@ function grpcAnswer(res: Res, grpcStatus: string, message: string, extra: Outgoi
     res.addTrailers(status);
   } else res.writeHead(200, { ...extra, 'content-type': 'application/grpc', ...status });
   res.end();
+}
+
+/**
+ * An HTTP agent whose connections are HBONE tunnels: keep-alive and reuse as Node's agent does
+ * them (idle connections closed after H1_IDLE_MS, or sooner when the app's Keep-Alive says so).
+ */
+class TunnelAgent extends HttpAgent {
+  constructor(private readonly open: () => Promise<Duplex>) {
+    super({ keepAlive: true, timeout: H1_IDLE_MS });
+  }
+
+  override createConnection(_options: ClientRequestArgs, done: (err: Error | null, socket?: Duplex) => void): undefined {
+    this.open().then((tunnel) => done(null, socketLike(byteStream(tunnel))), (err: Error) => done(err));
+    return undefined;
+  }
+}
+
+/** What Node's HTTP agent and client call on a socket, for a tunnel: idle timeouts real, the rest no-ops. */
+function socketLike(stream: Duplex): Duplex {
+  const s = stream as Duplex & { timeout?: number; setTimeout(ms: number, cb?: () => void): unknown; setKeepAlive(): unknown; setNoDelay(): unknown; ref(): unknown; unref(): unknown };
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => {
+    clearTimeout(timer);
+    if (s.timeout) timer = setTimeout(() => s.emit('timeout'), s.timeout).unref();
+  };
+  s.setTimeout = (ms: number, cb?: () => void) => {
+    s.timeout = ms;
+    if (cb) s.once('timeout', cb);
+    arm();
+    return s;
+  };
+  s.on('data', arm);
+  const write = s.write.bind(s) as (...args: unknown[]) => boolean;
+  s.write = ((...args: unknown[]) => { arm(); return write(...args); }) as typeof s.write;
+  s.on('close', () => clearTimeout(timer));
+  s.setKeepAlive = () => s;
+  s.setNoDelay = () => s;
+  s.ref = () => s;
+  s.unref = () => s;
+  return s;
 }
 
 /** One exchange with an upstream: the request body goes to `body`; the rest comes to the handlers. */

@@ -40,6 +40,8 @@ const records: RequestRecord[] = [];
 const clientPool = new HbonePool();
 /** App ports on 127.0.0.1 by the endpoint's target port. */
 const apps = new Map<number, number>();
+/** Connections the HTTP/1.1 app accepted. */
+let h1Connections = 0;
 /** Calls seen by the gRPC app, by key. */
 const seen = new Map<string, number>();
 
@@ -161,6 +163,7 @@ beforeAll(async () => {
       res.end(`h1 ${req.method} ${req.url} ${n} ${req.headers.host}`);
     });
   });
+  h1.on('connection', () => { h1Connections++; });
   apps.set(9080, await listen(h1));
   const grpc = http2.createServer();
   grpc.on('stream', (stream, headers) => {
@@ -252,6 +255,12 @@ describe('waypoint proxy protocols', () => {
     expect(answer).toBe('200 h1 POST /h1 100000 reviews');
     const r = records.at(-1)!;
     expect(r).toMatchObject({ protocol: 'HTTP/1.1', grpc: false, status: 200, bytesIn: 100_000 });
+  });
+
+  it('keeps upstream HTTP/1.1 connections alive and reuses them', async () => {
+    const before = h1Connections;
+    for (let i = 0; i < 5; i++) expect((await h1Get(`/seq${i}`)).status).toBe(200);
+    expect(h1Connections - before).toBeLessThanOrEqual(1);
   });
 
   it('serves gRPC unary over h2c: messages, trailers and grpc-status through', async () => {
