@@ -170,7 +170,6 @@ interface Facts {
 }
 
 type Predicate = (f: Facts) => boolean;
-const always: Predicate = () => true;
 const never: Predicate = () => false;
 
 const SPIFFE = 'spiffe://';
@@ -227,8 +226,9 @@ class ConnectionFacts implements Facts {
   }
 }
 
-function allOf(preds: Predicate[]): Predicate {
-  if (preds.length === 0) return always;
+/** All of the predicates (none: always true). Shared with the waypoint's L7 evaluator. */
+export function allOf<T>(preds: ((f: T) => boolean)[]): (f: T) => boolean {
+  if (preds.length === 0) return () => true;
   if (preds.length === 1) return preds[0]!;
   return (f) => {
     for (const p of preds) if (!p(f)) return false;
@@ -236,8 +236,9 @@ function allOf(preds: Predicate[]): Predicate {
   };
 }
 
-function anyOf(preds: Predicate[]): Predicate {
-  if (preds.length === 0) return never;
+/** Any of the predicates (none: always false). */
+export function anyOf<T>(preds: ((f: T) => boolean)[]): (f: T) => boolean {
+  if (preds.length === 0) return () => false;
   if (preds.length === 1) return preds[0]!;
   return (f) => {
     for (const p of preds) if (p(f)) return true;

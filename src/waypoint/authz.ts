@@ -51,7 +51,7 @@
  *   not throw: an unexpected error denies the request.
  */
 import { WAYPOINT_CLASS, type ConfigObject } from '../control/model.js';
-import { DEFAULT_ROOT_NAMESPACE, parseCidr, parseIp, stringMatcher, type AuthzDecision } from '../node/authz.js';
+import { allOf, anyOf, DEFAULT_ROOT_NAMESPACE, parseCidr, parseIp, stringMatcher, type AuthzDecision } from '../node/authz.js';
 
 export interface L7Request {
   /** SPIFFE ID of the HBONE peer ("spiffe://cluster.local/ns/shop/sa/web"), undefined for plaintext. */
@@ -290,24 +290,6 @@ class RequestFacts {
 type Predicate = (f: RequestFacts) => boolean;
 const always: Predicate = () => true;
 const never: Predicate = () => false;
-
-function allOf(preds: Predicate[]): Predicate {
-  if (preds.length === 0) return always;
-  if (preds.length === 1) return preds[0]!;
-  return (f) => {
-    for (const p of preds) if (!p(f)) return false;
-    return true;
-  };
-}
-
-function anyOf(preds: Predicate[]): Predicate {
-  if (preds.length === 0) return never;
-  if (preds.length === 1) return preds[0]!;
-  return (f) => {
-    for (const p of preds) if (p(f)) return true;
-    return false;
-  };
-}
 
 /** Compiling one rule: the policy's namespace, and the reasons the rule cannot be enforced. */
 interface Ctx { policyNamespace: string; errors: string[] }

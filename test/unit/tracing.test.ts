@@ -12,21 +12,12 @@ import {
   Sampler, Tracer, tracesUrl, tracingFromEnv, validateTracingOptions,
   type HeaderMap, type OtlpHttpExporterOptions, type ReadableSpan, type SpanContext, type SpanSink,
 } from '../../src/telemetry/tracing.js';
+import { seeded } from './helpers/random.js';
 
 const T = '4bf92f3577b34da6a3ce929d0e0e4736';
 const S = '00f067aa0ba902b7';
 const P = 'e457b5a2e4d86bd1';
 const tp = (flags = '01', trace = T, span = S, version = '00') => `${version}-${trace}-${span}-${flags}`;
-
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 class MemorySink implements SpanSink {
   spans: ReadableSpan[] = [];

@@ -6,17 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { buildMaglev, buildRing, createBalancer, hash32, isPrime, type Balancer, type Endpoint, type HashInput } from '../../src/waypoint/balancer.js';
-
-/** mulberry32: a small seeded PRNG, uniform in [0, 1). */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seeded } from './helpers/random.js';
 
 /** A random that returns the given values in turn. */
 function sequence(...values: number[]): () => number {

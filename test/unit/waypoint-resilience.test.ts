@@ -9,16 +9,7 @@ import {
   ConnectionPool, ISTIO_UNLIMITED, OutlierDetector, RetryBudget, RetryPolicy, TokenBucket, rateLimitHeaders,
   type AttemptOutcome, type Clock,
 } from '../../src/waypoint/resilience.js';
-
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seeded } from './helpers/random.js';
 
 class ManualClock implements Clock {
   constructor(private t = 0) {}

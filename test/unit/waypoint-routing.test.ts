@@ -13,6 +13,7 @@ import { parseManifests } from '../../src/local/manifests.js';
 import {
   DEFAULT_RETRIES, resolveHost, Router, type Destination, type ForwardAction, type RouteAction, type RouteRequest,
 } from '../../src/waypoint/routing.js';
+import { seeded } from './helpers/random.js';
 
 const SHARED = process.env.AMBIT_SHARED_DIR ?? new URL('../../../shared/', import.meta.url).pathname;
 if (!existsSync(SHARED)) throw new Error(`the shared conformance data is not at ${SHARED}: set AMBIT_SHARED_DIR`);
@@ -21,18 +22,6 @@ const sample = (file: string) => readFileSync(join(ISTIO, file), 'utf8');
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
-
-/** mulberry32: a seeded random for reproducible weight picks. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function services(namespace: string, names: string[], ports: number[] = [80]): string {
   return names.map((name) => `apiVersion: v1
