@@ -34,8 +34,9 @@ import { ConnectionPool, OutlierDetector, rateLimitHeaders, RetryPolicy, TokenBu
 import type { Destination, ForwardAction, HeaderOps, Router } from './routing.js';
 
 interface Member extends Endpoint { ip: string; port: number; workload: Workload }
-interface Upstream { shape: string; members: Member[]; balancer: Balancer; outlier: OutlierDetector; outlierSpec: unknown; pool: ConnectionPool; poolSpec: string }
-type Tunnel = TunnelInfo & { service: Service; port: number };
+interface Upstream { version: string; shape: string; members: Member[]; balancer: Balancer; outlier: OutlierDetector; outlierSpec: unknown; pool: ConnectionPool; poolSpec: string }
+type PeerFacts = Pick<L7Request, 'sourceIdentity' | 'sourceIp' | 'destinationIp' | 'destinationPort'>;
+type Tunnel = TunnelInfo & { service: Service; port: number; facts: PeerFacts };
 
 /** What the waypoint knows at one config version. */
 export interface WaypointState {
@@ -137,6 +138,9 @@ export class WaypointProxy {
   private nextH2Tunnel?: Tunnel;
   /** Upstream h2c sessions, one per endpoint (address and identity). */
   private readonly h2Sessions = new Map<string, Promise<ClientHttp2Session>>();
+  /** Retry policies by the route's retries spec, and with or without consistent hashing. */
+  private readonly retryPolicies = new WeakMap<object, Map<boolean, RetryPolicy>>();
+  private noRetries?: RetryPolicy;
   /** Kept-alive upstream HTTP/1.1 connections per endpoint, each over a tunnel of its own. */
   private readonly h1Agents = new Map<string, TunnelAgent>();
   /** Rate-limit buckets by (RateLimit, route, spec). */
@@ -178,7 +182,9 @@ export class WaypointProxy {
       return;
     }
     stream.respond({ ':status': 200 });
-    const tunnel: Tunnel = { ...info, service, port: Number(m[2]) };
+    const port = Number(m[2]);
+    const facts: PeerFacts = { ...(info.peerIdentity ? { sourceIdentity: info.peerIdentity } : {}), sourceIp: info.remoteAddress.replace(/^::ffff:/, ''), destinationIp: m[1]!, destinationPort: port };
+    const tunnel: Tunnel = { ...info, service, port, facts };
     const conn = byteStream(stream);
     // The first bytes say what the tunnel carries: the h2c preface, an HTTP/1 request line, or other TCP.
     let head = Buffer.alloc(0);
@@ -225,7 +231,7 @@ export class WaypointProxy {
       const target = this.authzTarget(tunnel.service);
       const decision = authorizer.hasDeny(target)
         ? { allowed: false, reason: 'a DENY policy applies and a TCP stream cannot be checked against it' }
-        : authorizer.evaluate({ ...this.peerFacts(tunnel), host: '', method: '', path: '', headers: {} }, target);
+        : authorizer.evaluate({ ...tunnel.facts, host: '', method: '', path: '', headers: {} }, target);
       if (!decision.allowed) {
         this.log.info({ service: `${tunnel.service.namespace}/${tunnel.service.name}`, source: tunnel.peerIdentity, reason: decision.reason }, 'TCP passthrough denied');
         conn.destroy();
@@ -245,12 +251,6 @@ export class WaypointProxy {
 
   private authzTarget(service: Service): { service: { name: string; namespace: string }; waypoint: { name: string; namespace: string } } {
     return { service: { name: service.name, namespace: service.namespace }, waypoint: this.opts.gateway ?? { name: '', namespace: '' } };
-  }
-
-  /** A tunnel's facts as authorization sees them. */
-  private peerFacts(tunnel: Tunnel): Pick<L7Request, 'sourceIdentity' | 'sourceIp' | 'destinationIp' | 'destinationPort'> {
-    const vip = /^\[?([^\]]+?)\]?:\d+$/.exec(tunnel.authority)?.[1] ?? '';
-    return { ...(tunnel.peerIdentity ? { sourceIdentity: tunnel.peerIdentity } : {}), sourceIp: tunnel.remoteAddress.replace(/^::ffff:/, ''), destinationIp: vip, destinationPort: tunnel.port };
   }
 
   private openTunnel(endpoint: Member, clientIp?: string): Promise<ClientHttp2Stream> {
@@ -308,7 +308,7 @@ export class WaypointProxy {
     // L7 authorization (AuthorizationPolicy with targetRefs to this waypoint or the service), before routing.
     if (state.authorizer) {
       const decision = state.authorizer.evaluate(
-        { ...this.peerFacts(tunnel), host: record.authority, method: record.method, path: record.path, headers },
+        { ...tunnel.facts, host: record.authority, method: record.method, path: record.path, headers },
         this.authzTarget(tunnel.service),
       );
       if (decision.reason !== 'no policy applies') record.authz = decision.reason;
@@ -374,7 +374,7 @@ export class WaypointProxy {
     // The body streams upstream as it comes; its first REPLAY_LIMIT bytes are kept for a retry.
     const body = new BodyTap(req, REPLAY_LIMIT, (n) => { record.bytesIn += n; });
     const firstPolicy = action.destinations[0] ? state.router.trafficPolicy(action.destinations[0]) : {};
-    const policy = retryPolicy(action, this.random, isRecord(firstPolicy.loadBalancer) && firstPolicy.loadBalancer.consistentHash !== undefined);
+    const policy = this.retryPolicy(action, isRecord(firstPolicy.loadBalancer) && firstPolicy.loadBalancer.consistentHash !== undefined);
     /** Endpoints tried for this request: retries go elsewhere while they can (Envoy's previous-hosts predicate). */
     const tried = new Set<string>();
     // Mirroring: a copy of the request, fire and forget, to each mirror for its percentage (bodiless requests only: a streamed body is read once).
@@ -403,7 +403,7 @@ export class WaypointProxy {
         const upstream = this.upstreamOf(state, dest);
         const eligible = upstream ? upstream.outlier.eligible(upstream.members) : [];
         const fresh = policy.ignorePreviousHosts && tried.size > 0 ? eligible.filter((m) => !tried.has(m.id)) : eligible;
-        const picked = upstream?.balancer.pick(fresh.length > 0 ? fresh : eligible, { headers, sourceIp: tunnel.remoteAddress, query: new URL(record.path, 'http://x').searchParams });
+        const picked = upstream?.balancer.pick(fresh.length > 0 ? fresh : eligible, { headers, sourceIp: tunnel.remoteAddress, get query() { return new URL(record.path, 'http://x').searchParams; } });
         const endpoint = picked?.endpoint as Member | undefined;
         if (!upstream || !endpoint) {
           reply(503, 'UH', 'no healthy upstream\n');
@@ -566,6 +566,16 @@ export class WaypointProxy {
     });
   }
 
+  /** The route's retry policy, made once per route's retries (they are the router's, per config version). */
+  private retryPolicy(action: ForwardAction, consistentHash: boolean): RetryPolicy {
+    if (!action.retries) return (this.noRetries ??= retryPolicy(action, this.random, false));
+    let byHash = this.retryPolicies.get(action.retries);
+    if (!byHash) this.retryPolicies.set(action.retries, (byHash = new Map()));
+    let policy = byHash.get(consistentHash);
+    if (!policy) byHash.set(consistentHash, (policy = retryPolicy(action, this.random, consistentHash)));
+    return policy;
+  }
+
   /** The request's server span: a child of the caller's trace context (W3C or B3), or a new trace. */
   private startSpan(tracer: Tracer, record: RequestRecord, tunnel: Tunnel, headers: IncomingHttpHeaders): Span {
     // Named as Istio's proxies name theirs: the service's host and port, then the path pattern.
@@ -669,6 +679,10 @@ export class WaypointProxy {
    * across requests and config versions.
    */
   private upstreamOf(state: WaypointState, dest: Destination): Upstream | undefined {
+    const key = `${dest.service.namespace}/${dest.service.name}:${dest.port}/${dest.subset ?? ''}`;
+    const known = this.upstreams.get(key);
+    // Endpoints and policy change only with the config version.
+    if (known?.version === state.version) return known;
     const servicePort = dest.service.ports.find((p) => p.port === dest.port) ?? dest.service.ports[0];
     if (!servicePort) return undefined;
     const selector = dest.selector ?? {};
@@ -681,16 +695,16 @@ export class WaypointProxy {
       if (port !== undefined) members.push({ id: w.uid, address: `${w.ips[0]}:${port}`, ip: w.ips[0], port, workload: w });
     }
     const policy = state.router.trafficPolicy(dest);
-    const key = `${dest.service.namespace}/${dest.service.name}:${dest.port}/${dest.subset ?? ''}`;
     const shape = JSON.stringify([members.map((m) => m.address), policy.loadBalancer ?? null, policy.outlierDetection ?? null, policy.connectionPool ?? null, policy.retryBudget ?? null]);
-    let u = this.upstreams.get(key);
-    if (!u || u.shape !== shape) {
+    let u = known;
+    if (u && u.shape === shape) u.version = state.version;
+    else {
       const outlier = u && JSON.stringify(u.outlierSpec ?? null) === JSON.stringify(policy.outlierDetection ?? null) ? u.outlier : new OutlierDetector(policy.outlierDetection, { now: () => Date.now() });
       outlier.setEndpoints(members.map((m) => m.id));
       // The pool's counts survive an endpoint change; its limits follow the policy.
       const poolSpec = JSON.stringify([policy.connectionPool ?? null, policy.retryBudget ?? null]);
       const pool = u && u.poolSpec === poolSpec ? u.pool : new ConnectionPool(policy.connectionPool, { protocol: 'http1', retryBudget: policy.retryBudget });
-      u = { shape, members, balancer: createBalancer(policy.loadBalancer, { random: this.random }), outlier, outlierSpec: policy.outlierDetection, pool, poolSpec };
+      u = { version: state.version, shape, members, balancer: createBalancer(policy.loadBalancer, { random: this.random }), outlier, outlierSpec: policy.outlierDetection, pool, poolSpec };
       this.upstreams.set(key, u);
     }
     return u;
@@ -744,16 +758,18 @@ class TunnelAgent extends HttpAgent {
 }
 
 /** What Node's HTTP agent and client call on a socket, for a tunnel: idle timeouts real, the rest no-ops. */
-function socketLike(stream: Duplex): Duplex {
+export function socketLike(stream: Duplex): Duplex {
   const s = stream as Duplex & { timeout?: number; setTimeout(ms: number, cb?: () => void): unknown; setKeepAlive(): unknown; setNoDelay(): unknown; ref(): unknown; unref(): unknown };
   let timer: NodeJS.Timeout | undefined;
   const arm = () => {
     clearTimeout(timer);
     if (s.timeout) timer = setTimeout(() => s.emit('timeout'), s.timeout).unref();
   };
+  // As net.Socket's: 0 turns the timeout off and takes the callback away again.
   s.setTimeout = (ms: number, cb?: () => void) => {
     s.timeout = ms;
-    if (cb) s.once('timeout', cb);
+    if (cb && ms === 0) s.removeListener('timeout', cb);
+    else if (cb) s.once('timeout', cb);
     arm();
     return s;
   };

@@ -1,0 +1,159 @@
+/**
+ * The waypoint proxy alone, in one process on loopback: how much CPU one HTTP/1.1 request costs
+ * it, against a bare HBONE hop (the same client and app, the tunnel ending at a stand-in node
+ * agent that pipes bytes to the app) measured in the same run. Real mTLS HBONE on both sides, as
+ * test/unit/waypoint-proxy.test.ts builds it: client → waypoint (127.0.0.1) → stand-in node agent
+ * (127.0.0.2:15008) → app. N keep-alive client connections each send requests one after the other.
+ *
+ *   npx tsx bench/waypoint-proxy.ts [--requests 20000] [--connections 4] [--cpu-prof DIR]
+ *
+ * Reports requests per second and process CPU (user + system) per request for both paths and
+ * their ratio; the difference is what the waypoint adds. With --cpu-prof, a V8 CPU profile of
+ * the waypoint run is written to DIR (open it in Chrome DevTools).
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import * as http from 'node:http';
+import { connect, createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Session } from 'node:inspector/promises';
+import { parseArgs } from 'node:util';
+import * as libc from '../native/libc.js';
+import type { Service, Workload } from '../src/control/model.js';
+import { CertificateAuthority, FileCaStore } from '../src/identity/ca.js';
+import { CertManager } from '../src/identity/cert-manager.js';
+import { HbonePool, HboneServer } from '../src/node/hbone.js';
+import { tcpSocket } from '../src/node/netns.js';
+import { L7Authorizer } from '../src/waypoint/authz.js';
+import { byteStream, socketLike, WaypointProxy } from '../src/waypoint/proxy.js';
+import { Router } from '../src/waypoint/routing.js';
+
+const { values } = parseArgs({ options: { requests: { type: 'string', default: '20000' }, connections: { type: 'string', default: '4' }, 'cpu-prof': { type: 'string' } } });
+const REQUESTS = Number(values.requests);
+const CONNECTIONS = Number(values.connections);
+if (!Number.isInteger(REQUESTS) || REQUESTS < 100) throw new Error(`--requests must be an integer ≥ 100, got "${values.requests}"`);
+if (!Number.isInteger(CONNECTIONS) || CONNECTIONS < 1 || CONNECTIONS > 64) throw new Error(`--connections must be 1-64, got "${values.connections}"`);
+
+const CLIENT = 'spiffe://cluster.local/ns/bench/sa/client';
+const WAYPOINT = 'spiffe://cluster.local/ns/bench/sa/waypoint';
+const APP = 'spiffe://cluster.local/ns/bench/sa/app';
+const VIP = '10.96.9.9';
+const AGENT_IP = '127.0.0.2';
+
+const closers: (() => unknown)[] = [];
+function listen(server: Server | http.Server, host: string, port = 0): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject).listen(port, host, () => resolve((server.address() as { port: number }).port));
+    closers.push(() => server.close());
+  });
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'ambit-wpbench-'));
+  closers.push(() => rmSync(dir, { recursive: true, force: true }));
+  const ca = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'ca')) });
+  const certs = new CertManager({ source: {
+    createCertificate: async (csr: string, identity: string, ttl: number) => (await ca.sign({ csr, identity, ttlSeconds: ttl })).chain,
+    trustBundle: () => Promise.resolve(ca.trustBundle()),
+  } });
+  await certs.start();
+  closers.push(() => certs.close());
+  const socket = (f: 4 | 6) => tcpSocket(f === 4 ? libc.AF_INET : libc.AF_INET6);
+
+  // The app: 1 KiB answers.
+  const body = 'x'.repeat(1024);
+  const app = http.createServer((_req, res) => res.end(body));
+  const appPort = await listen(app, '127.0.0.1');
+  // The stand-in node agent on 127.0.0.2:15008: every tunnel to the app.
+  const agent = new HboneServer({
+    certificate: () => certs.acquire(APP), roots: () => certs.trustBundle,
+    onTunnel: (stream) => {
+      stream.respond({ ':status': 200 });
+      const s = connect(appPort, '127.0.0.1');
+      stream.pipe(s).pipe(stream);
+      s.on('error', () => stream.destroy());
+      stream.on('error', () => s.destroy());
+    },
+  });
+  await listen(createServer((s) => void agent.handle(s)), AGENT_IP, 15008);
+  closers.push(() => agent.close());
+
+  const service: Service = { namespace: 'bench', name: 'http', hostname: 'http.bench.svc.cluster.local', vips: [VIP], endpoints: ['w1'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP' }] };
+  const workload: Workload = { uid: 'w1', name: 'app-1', workload: 'app', namespace: 'bench', serviceAccount: 'app', identity: APP, ips: [AGENT_IP], node: 'n1', labels: { app: 'http', v: 'a' }, enrolled: true, ports: {} };
+  const proxy = new WaypointProxy({ identity: WAYPOINT, certificate: () => certs.acquire(WAYPOINT), roots: () => certs.trustBundle, socket });
+  const l7 = [{ apiVersion: 'networking.istio.io/v1', kind: 'VirtualService', namespace: 'bench', name: 'http', spec: {
+    hosts: ['http'], http: [{ match: [{ headers: { 'x-bench': { exact: 'a' } } }], route: [{ destination: { host: 'http' } }] }, { route: [{ destination: { host: 'http' } }] }],
+  } }];
+  proxy.update({ version: '1', router: new Router(l7, [service]), services: [service], workloads: new Map([['w1', workload]]), authorizer: new L7Authorizer([]) });
+  let records = 0;
+  proxy.onRequest = () => { records++; };
+  const waypointPort = await listen(createServer((s) => void proxy.handle(s)), '127.0.0.1');
+  closers.push(() => proxy.close());
+
+  const pool = new HbonePool();
+  closers.push(() => pool.close());
+  /** Keep-alive HTTP/1.1 over a client tunnel: to the waypoint (authority VIP:80) or straight to the stand-in agent. */
+  const run = async (viaWaypoint: boolean): Promise<{ seconds: number; cpuUs: number; requests: number }> => {
+    const cert = await certs.acquire(CLIENT);
+    const target = viaWaypoint
+      ? { address: '127.0.0.1', port: waypointPort, identity: WAYPOINT, authority: `${VIP}:80` }
+      : { address: AGENT_IP, identity: APP, authority: `${AGENT_IP}:8080` };
+    const perConnection = Math.ceil(REQUESTS / CONNECTIONS);
+    const one = async () => {
+      const tunnel = await pool.open({ pod: 'client', cert, roots: certs.trustBundle, socket }, target);
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      (agent as unknown as { createConnection: () => unknown }).createConnection = () => socketLike(byteStream(tunnel));
+      for (let i = 0; i < perConnection; i++) {
+        await new Promise<void>((resolve, reject) => {
+          http.get({ host: 'http', path: '/', agent, headers: { 'x-bench': 'a' } }, (res) => {
+            if (res.statusCode !== 200) reject(new Error(`answer ${res.statusCode}`));
+            res.resume();
+            res.on('end', resolve);
+          }).on('error', reject);
+        });
+      }
+      agent.destroy();
+    };
+    const cpu0 = process.cpuUsage();
+    const t0 = process.hrtime.bigint();
+    await Promise.all(Array.from({ length: CONNECTIONS }, one));
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    const cpu = process.cpuUsage(cpu0);
+    return { seconds, cpuUs: cpu.user + cpu.system, requests: perConnection * CONNECTIONS };
+  };
+
+  await run(false);
+  await run(true);
+  const bare = await run(false);
+  let profile: Session | undefined;
+  if (values['cpu-prof']) {
+    profile = new Session();
+    profile.connect();
+    await profile.post('Profiler.enable');
+    await profile.post('Profiler.start');
+  }
+  const viaWaypoint = await run(true);
+  if (profile && values['cpu-prof']) {
+    const { profile: p } = await profile.post('Profiler.stop');
+    mkdirSync(values['cpu-prof'], { recursive: true });
+    const file = join(values['cpu-prof'], `waypoint-${Date.now()}.cpuprofile`);
+    writeFileSync(file, JSON.stringify(p));
+    process.stdout.write(`CPU profile: ${file}\n`);
+  }
+  if (records < viaWaypoint.requests) throw new Error(`the waypoint saw ${records} requests, fewer than the ${viaWaypoint.requests} sent through it`);
+  const row = (name: string, r: { seconds: number; cpuUs: number; requests: number }) =>
+    `${name.padEnd(18)} ${(r.requests / r.seconds).toFixed(0).padStart(8)} req/s   ${(r.cpuUs / r.requests).toFixed(1).padStart(7)} µs CPU/req`;
+  process.stdout.write(`${REQUESTS} requests, ${CONNECTIONS} keep-alive connections, one process (client, waypoint, agent, app)\n`);
+  process.stdout.write(`${row('bare HBONE hop', bare)}\n${row('through waypoint', viaWaypoint)}\n`);
+  const added = viaWaypoint.cpuUs / viaWaypoint.requests - bare.cpuUs / bare.requests;
+  process.stdout.write(`waypoint adds ${added.toFixed(1)} µs CPU per request; CPU/request ratio ${(viaWaypoint.cpuUs / viaWaypoint.requests / (bare.cpuUs / bare.requests)).toFixed(2)}×\n`);
+}
+
+main().then(async () => {
+  for (const c of closers.reverse()) await c();
+  process.exit(0);
+}, async (err: Error) => {
+  process.stderr.write(`${err.stack ?? err.message}\n`);
+  for (const c of closers.reverse()) await Promise.resolve(c()).catch(() => undefined);
+  process.exit(1);
+});
