@@ -75,13 +75,38 @@ export class RequestMetrics {
     this.responseBytes = new Histogram({ name: 'istio_response_bytes', help: 'Response body sizes', labelNames, registers, buckets: bytes });
   }
 
+  /** The four series of one label set, looked up once by a caller's key rather than hashed per request. */
+  private readonly series = new Map<string, { requests: { inc(): void }; duration: Observer; requestBytes: Observer; responseBytes: Observer }>();
+
   record(labels: HttpLabels, durationMs: number, requestBytes: number, responseBytes: number): void {
     this.requests.inc(labels);
     this.duration.observe(labels, durationMs);
     this.requestBytes.observe(labels, requestBytes);
     this.responseBytes.observe(labels, responseBytes);
   }
+
+  /**
+   * As record(), for a label set named by `key` (which must determine the labels): prom-client
+   * hashes some 25 labels on every call, four times per request; this does it once per key.
+   * Keys are kept up to SERIES_CACHE_LIMIT, then the cache starts over.
+   */
+  recordKeyed(key: string, labels: () => HttpLabels, durationMs: number, requestBytes: number, responseBytes: number): void {
+    let s = this.series.get(key);
+    if (!s) {
+      const l = labels();
+      if (this.series.size >= SERIES_CACHE_LIMIT) this.series.clear();
+      s = { requests: this.requests.labels(l), duration: this.duration.labels(l), requestBytes: this.requestBytes.labels(l), responseBytes: this.responseBytes.labels(l) };
+      this.series.set(key, s);
+    }
+    s.requests.inc();
+    s.duration.observe(durationMs);
+    s.requestBytes.observe(requestBytes);
+    s.responseBytes.observe(responseBytes);
+  }
 }
+
+interface Observer { observe(value: number): void }
+const SERIES_CACHE_LIMIT = 10_000;
 
 export class MeshMetrics {
   readonly registry = new Registry();

@@ -56,28 +56,7 @@ export class Waypoint {
     const metrics = new MeshMetrics();
     const requests = new RequestMetrics(metrics.registry);
     let mesh: MeshState | undefined;
-    proxy.onRequest = (r) => {
-      const src = mesh?.workloadsByIp.get(r.sourceIp);
-      const dst = r.upstream ? mesh?.workloadsByIp.get(r.upstream.split(':')[0]!) : undefined;
-      const svc = r.serviceRef;
-      const labels = {
-        ...tcpLabels('waypoint',
-          { ...(src ? { workload: src.workload, namespace: src.namespace, labels: src.labels } : {}), ...(r.sourceIdentity ? { identity: r.sourceIdentity } : {}) },
-          dst ? { workload: dst.workload, namespace: dst.namespace, identity: dst.identity, labels: dst.labels } : {},
-          svc ? { hostname: svc.hostname, name: svc.name, namespace: svc.namespace } : {},
-          { mtls: true, flags: r.flags }),
-        request_protocol: r.grpc ? 'grpc' : 'http', response_code: String(r.status ?? 0), grpc_response_status: r.grpcStatus ?? '',
-      };
-      requests.record(labels, r.durationMs ?? 0, r.bytesIn, r.bytesOut);
-      log(r);
-    };
-    const log = (r: RequestRecord) => opts.accessLog.info({
-      timestamp: new Date(r.start).toISOString(), request_id: r.id, source: { principal: r.sourceIdentity ?? null },
-      destination: { service: r.service, upstream: r.upstream ?? null },
-      request: { method: r.method, path: r.path, authority: r.authority, protocol: r.protocol },
-      response: { code: r.status, flags: r.flags, duration_ms: r.durationMs, bytes: r.bytesOut, attempts: r.attempts, grpc_status: r.grpcStatus ?? null }, route: r.route ?? null,
-      ...(r.authz ? { authorization: r.authz } : {}), ...(r.traceId ? { trace_id: r.traceId, span_id: r.spanId } : {}),
-    }, 'request');
+    proxy.onRequest = requestReporter(requests, opts.accessLog, () => mesh);
     const discovery = new DiscoveryClient({
       address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,
       node: '', kind: 'waypoint', name: `${opts.namespace}/${opts.name}`, log: opts.log,
@@ -107,6 +86,34 @@ export class Waypoint {
     await this.closeTracer();
     this.certs.close();
   }
+}
+
+/** What becomes of each request: Istio's request metrics (reporter waypoint) and a JSON access-log line. */
+export function requestReporter(requests: RequestMetrics, accessLog: Logger, mesh: () => MeshState | undefined): (r: RequestRecord) => void {
+  return (r) => {
+    const m = mesh();
+    const src = m?.workloadsByIp.get(r.sourceIp);
+    const dst = r.upstream ? m?.workloadsByIp.get(r.upstream.split(':')[0]!) : undefined;
+    const svc = r.serviceRef;
+    const labels = () => ({
+      ...tcpLabels('waypoint',
+        { ...(src ? { workload: src.workload, namespace: src.namespace, labels: src.labels } : {}), ...(r.sourceIdentity ? { identity: r.sourceIdentity } : {}) },
+        dst ? { workload: dst.workload, namespace: dst.namespace, identity: dst.identity, labels: dst.labels } : {},
+        svc ? { hostname: svc.hostname, name: svc.name, namespace: svc.namespace } : {},
+        { mtls: true, flags: r.flags }),
+      request_protocol: r.grpc ? 'grpc' : 'http', response_code: String(r.status ?? 0), grpc_response_status: r.grpcStatus ?? '',
+    });
+    // Everything the labels are made of: the mesh version (workload labels), the peers, the service, the outcome.
+    const key = `${m?.version ?? ''}|${r.sourceIp}|${r.sourceIdentity ?? ''}|${dst?.uid ?? ''}|${svc ? `${svc.namespace}/${svc.name}` : ''}|${r.flags}|${r.grpc ? 1 : 0}|${r.status ?? 0}|${r.grpcStatus ?? ''}`;
+    requests.recordKeyed(key, labels, r.durationMs ?? 0, r.bytesIn, r.bytesOut);
+    accessLog.info({
+      timestamp: new Date(r.start).toISOString(), request_id: r.id, source: { principal: r.sourceIdentity ?? null },
+      destination: { service: r.service, upstream: r.upstream ?? null },
+      request: { method: r.method, path: r.path, authority: r.authority, protocol: r.protocol },
+      response: { code: r.status, flags: r.flags, duration_ms: r.durationMs, bytes: r.bytesOut, attempts: r.attempts, grpc_status: r.grpcStatus ?? null }, route: r.route ?? null,
+      ...(r.authz ? { authorization: r.authz } : {}), ...(r.traceId ? { trace_id: r.traceId, span_id: r.spanId } : {}),
+    }, 'request');
+  };
 }
 
 /** The waypoint's view as the proxy uses it; throws (a NACK) on what it cannot use. */
