@@ -1,0 +1,256 @@
+/**
+ * A stand-in Kubernetes API server over plain HTTP on 127.0.0.1 (port 0) that speaks the real
+ * list/watch protocol for the resource types it is told to serve:
+ *
+ * - LIST  `GET /api/v1/pods`, `GET /apis/<group>/<version>/<plural>` →
+ *   `{kind: PodList, apiVersion, metadata: {resourceVersion}, items}` (all namespaces);
+ * - WATCH `?watch=1&resourceVersion=N&allowWatchBookmarks=true` → newline-delimited JSON events
+ *   ADDED/MODIFIED/DELETED after N from its history, then live ones; BOOKMARK on request; an
+ *   ERROR event with a 410 Status when N is older than the compacted history;
+ * - `PATCH .../<name>/status` (merge patch) recorded in `statusPatches` and applied;
+ * - `POST /apis/authentication.k8s.io/v1/tokenreviews` answered from `tokens`;
+ * - 404 (a Status object) for anything else.
+ *
+ * Resource versions are one global counter, as etcd's are.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface ServedKind { group: string; version: string; kind: string; plural: string }
+
+type Obj = Record<string, unknown> & { metadata: Record<string, unknown> & { name: string; namespace?: string; resourceVersion?: string } };
+interface Event { type: 'ADDED' | 'MODIFIED' | 'DELETED'; rv: number; object: Obj }
+interface Watcher { res: ServerResponse; kind: ServedKind }
+
+export interface TokenReviewAnswer {
+  authenticated: boolean;
+  user?: { username: string; uid?: string; groups?: string[]; extra?: Record<string, string[]> };
+  audiences?: string[];
+  error?: string;
+}
+
+const clone = <T>(v: T): T => JSON.parse(JSON.stringify(v)) as T;
+
+export class FakeApiServer {
+  private server?: Server;
+  private rv = 100;
+  private readonly objects = new Map<string, Map<string, Obj>>();
+  private readonly history = new Map<string, Event[]>();
+  /** Oldest version a watch may resume from, per kind (history before it was compacted). */
+  private readonly compactedAt = new Map<string, number>();
+  private readonly watchers = new Set<Watcher>();
+  private goneNext = 0;
+  readonly statusPatches: { path: string; contentType: string; body: unknown }[] = [];
+  readonly requests: { method: string; url: string }[] = [];
+  readonly tokenReviews: unknown[] = [];
+  /** token → answer; unknown tokens are not authenticated. */
+  readonly tokens = new Map<string, TokenReviewAnswer>();
+  /** Status code to answer status patches with (e.g. 500 to test tolerance). */
+  statusPatchCode = 200;
+  url = '';
+
+  constructor(readonly kinds: ServedKind[]) {
+    for (const k of kinds) {
+      this.objects.set(this.kindKey(k), new Map());
+      this.history.set(this.kindKey(k), []);
+    }
+  }
+
+  /** Starts serving a kind (a CRD installed later). */
+  serve(k: ServedKind): void {
+    this.kinds.push(k);
+    this.objects.set(this.kindKey(k), new Map());
+    this.history.set(this.kindKey(k), []);
+  }
+
+  async start(): Promise<string> {
+    this.server = createServer((req, res) => this.handle(req, res));
+    await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve));
+    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    return this.url;
+  }
+
+  async close(): Promise<void> {
+    this.dropWatches();
+    this.server?.closeAllConnections();
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  }
+
+  get resourceVersion(): number {
+    return this.rv;
+  }
+
+  /** Open watch connections (per plural, or all). */
+  watchCount(plural?: string): number {
+    return [...this.watchers].filter((w) => !plural || w.kind.plural === plural).length;
+  }
+
+  private kindKey(k: { group: string; plural: string }): string {
+    return `${k.group}/${k.plural}`;
+  }
+
+  private find(kind: string, group?: string): ServedKind {
+    const k = this.kinds.find((x) => x.kind === kind && (group === undefined || x.group === group));
+    if (!k) throw new Error(`not served: ${kind}`);
+    return k;
+  }
+
+  private apiVersion(k: ServedKind): string {
+    return k.group ? `${k.group}/${k.version}` : k.version;
+  }
+
+  private record(k: ServedKind, type: Event['type'], obj: Obj): void {
+    const ev: Event = { type, rv: Number(obj.metadata.resourceVersion), object: clone(obj) };
+    this.history.get(this.kindKey(k))!.push(ev);
+    for (const w of this.watchers) if (w.kind === k) w.res.write(`${JSON.stringify({ type, object: ev.object })}\n`);
+  }
+
+  /** Creates or replaces an object (ADDED or MODIFIED); returns its new resourceVersion. */
+  apply(kind: string, object: Record<string, unknown>, group?: string): string {
+    const k = this.find(kind, group);
+    const obj = clone(object) as Obj;
+    obj.apiVersion = this.apiVersion(k);
+    obj.kind = k.kind;
+    const key = `${obj.metadata.namespace ?? ''}/${obj.metadata.name}`;
+    const store = this.objects.get(this.kindKey(k))!;
+    const prev = store.get(key);
+    obj.metadata.resourceVersion = String(++this.rv);
+    obj.metadata.uid ??= prev?.metadata.uid ?? `uid-${k.plural}-${key}`;
+    if (prev && obj.status === undefined && prev.status !== undefined) obj.status = prev.status;
+    store.set(key, obj);
+    this.record(k, prev ? 'MODIFIED' : 'ADDED', obj);
+    return obj.metadata.resourceVersion;
+  }
+
+  delete(kind: string, namespace: string, name: string, group?: string): void {
+    const k = this.find(kind, group);
+    const store = this.objects.get(this.kindKey(k))!;
+    const key = `${namespace}/${name}`;
+    const prev = store.get(key);
+    if (!prev) return;
+    store.delete(key);
+    const obj = clone(prev);
+    obj.metadata.resourceVersion = String(++this.rv);
+    this.record(k, 'DELETED', obj);
+  }
+
+  get(kind: string, namespace: string, name: string, group?: string): Record<string, unknown> | undefined {
+    return this.objects.get(this.kindKey(this.find(kind, group)))!.get(`${namespace}/${name}`);
+  }
+
+  /** A BOOKMARK on every open watch of `kind` at the current version (which moves on first, as unrelated writes would). */
+  bookmark(kind: string, group?: string): string {
+    const k = this.find(kind, group);
+    const rv = String(++this.rv);
+    for (const w of this.watchers) {
+      if (w.kind === k) w.res.write(`${JSON.stringify({ type: 'BOOKMARK', object: { kind: k.kind, apiVersion: this.apiVersion(k), metadata: { resourceVersion: rv } } })}\n`);
+    }
+    return rv;
+  }
+
+  /** Ends every open watch connection abruptly. */
+  dropWatches(): void {
+    for (const w of this.watchers) w.res.destroy();
+    this.watchers.clear();
+  }
+
+  /** Forgets all history up to now: a watch from an older version gets 410 Gone. */
+  compact(): void {
+    for (const k of this.kinds) {
+      this.history.set(this.kindKey(k), []);
+      this.compactedAt.set(this.kindKey(k), this.rv);
+    }
+  }
+
+  /** The next `n` watches answer 410 Gone whatever their version. */
+  goneOnNextWatch(n = 1): void {
+    this.goneNext = n;
+  }
+
+  private send(res: ServerResponse, code: number, body: unknown): void {
+    res.writeHead(code, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(body));
+  }
+
+  private status(res: ServerResponse, code: number, reason: string, message: string): void {
+    this.send(res, code, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code });
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const url = new URL(req.url ?? '/', 'http://x');
+      this.requests.push({ method: req.method ?? '', url: `${url.pathname}${url.search}` });
+      const text = Buffer.concat(chunks).toString('utf8');
+      try {
+        this.route(req, res, url, text);
+      } catch (err) {
+        this.status(res, 500, 'InternalError', String(err));
+      }
+    });
+  }
+
+  private route(req: IncomingMessage, res: ServerResponse, url: URL, text: string): void {
+    if (req.method === 'POST' && url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews') {
+      const review = JSON.parse(text) as { spec?: { token?: string; audiences?: string[] } };
+      this.tokenReviews.push(review);
+      const answer = this.tokens.get(review.spec?.token ?? '') ?? { authenticated: false, error: 'invalid bearer token' };
+      return this.send(res, 201, { kind: 'TokenReview', apiVersion: 'authentication.k8s.io/v1', metadata: { creationTimestamp: null }, spec: review.spec, status: answer });
+    }
+    // /api/v1/[namespaces/ns/]plural[/name[/status]] or /apis/group/version/...
+    const parts = url.pathname.split('/').filter(Boolean);
+    let group = '';
+    let version: string | undefined;
+    let rest: string[];
+    if (parts[0] === 'api') {
+      version = parts[1];
+      rest = parts.slice(2);
+    } else if (parts[0] === 'apis') {
+      group = parts[1] ?? '';
+      version = parts[2];
+      rest = parts.slice(3);
+    } else return this.status(res, 404, 'NotFound', 'the server could not find the requested resource');
+    let namespace: string | undefined;
+    if (rest[0] === 'namespaces' && rest.length >= 3) {
+      namespace = rest[1];
+      rest = rest.slice(2);
+    }
+    const k = this.kinds.find((x) => x.group === group && x.version === version && x.plural === rest[0]);
+    if (!k) return this.status(res, 404, 'NotFound', 'the server could not find the requested resource');
+    const store = this.objects.get(this.kindKey(k))!;
+
+    if (req.method === 'PATCH' && rest.length === 3 && rest[2] === 'status') {
+      const contentType = req.headers['content-type'] ?? '';
+      const body = JSON.parse(text) as Record<string, unknown>;
+      this.statusPatches.push({ path: url.pathname, contentType, body });
+      if (this.statusPatchCode !== 200) return this.status(res, this.statusPatchCode, 'InternalError', 'status write refused by the test');
+      const obj = store.get(`${namespace ?? ''}/${rest[1]}`);
+      if (!obj) return this.status(res, 404, 'NotFound', `${k.plural} "${rest[1]}" not found`);
+      const next = clone(obj);
+      next.status = { ...(obj.status as object | undefined), ...(body.status as object) };
+      this.apply(k.kind, next, k.group);
+      return this.send(res, 200, store.get(`${namespace ?? ''}/${rest[1]}`));
+    }
+    if (req.method !== 'GET' || rest.length !== 1) return this.status(res, 405, 'MethodNotAllowed', 'not supported by the stand-in');
+
+    if (url.searchParams.get('watch') === '1' || url.searchParams.get('watch') === 'true') {
+      const from = Number(url.searchParams.get('resourceVersion') ?? '0');
+      res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' });
+      const compacted = this.compactedAt.get(this.kindKey(k)) ?? 0;
+      if (this.goneNext > 0 || from < compacted) {
+        if (this.goneNext > 0) this.goneNext--;
+        // As the real API server: a 200 stream with one ERROR event carrying a 410 Status.
+        res.end(`${JSON.stringify({ type: 'ERROR', object: { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: `too old resource version: ${from} (${compacted})`, reason: 'Expired', code: 410 } })}\n`);
+        return;
+      }
+      for (const ev of this.history.get(this.kindKey(k))!) if (ev.rv > from) res.write(`${JSON.stringify({ type: ev.type, object: ev.object })}\n`);
+      const w: Watcher = { res, kind: k };
+      this.watchers.add(w);
+      res.on('close', () => this.watchers.delete(w));
+      return;
+    }
+    const items = [...store.values()].filter((o) => namespace === undefined || o.metadata.namespace === namespace);
+    this.send(res, 200, { kind: `${k.kind}List`, apiVersion: this.apiVersion(k), metadata: { resourceVersion: String(this.rv) }, items });
+  }
+}

@@ -1,0 +1,263 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { KubeClient } from '../../src/control/kube/client.js';
+import { KubernetesSource } from '../../src/control/kube-source.js';
+import type { SourceSnapshot } from '../../src/control/model.js';
+import { FakeApiServer, type ServedKind } from '../helpers/fake-apiserver.js';
+
+const SERVED: ServedKind[] = [
+  { group: '', version: 'v1', kind: 'Namespace', plural: 'namespaces' },
+  { group: '', version: 'v1', kind: 'Pod', plural: 'pods' },
+  { group: '', version: 'v1', kind: 'Service', plural: 'services' },
+  { group: '', version: 'v1', kind: 'ServiceAccount', plural: 'serviceaccounts' },
+  { group: 'networking.istio.io', version: 'v1', kind: 'VirtualService', plural: 'virtualservices' },
+  { group: 'gateway.networking.k8s.io', version: 'v1', kind: 'Gateway', plural: 'gateways' },
+];
+
+const servers: FakeApiServer[] = [];
+const sources: KubernetesSource[] = [];
+afterAll(async () => {
+  for (const s of sources) s.stop();
+  for (const s of servers) await s.close();
+});
+
+const pod = (name: string, opts: { ip?: string; node?: string; labels?: Record<string, string> } = {}) => ({
+  metadata: { name, namespace: 'shop', labels: opts.labels ?? { app: name } },
+  spec: { ...(opts.node === '' ? {} : { nodeName: opts.node ?? 'node-a' }), serviceAccountName: name, containers: [{ name: 'app', image: 'x', ports: [{ name: 'http', containerPort: 8080 }] }] },
+  status: opts.ip === '' ? { phase: 'Pending' } : { phase: 'Running', podIP: opts.ip ?? '10.0.0.1' },
+});
+const vs = (name: string, host: string, spec?: Record<string, unknown>) => ({
+  metadata: { name, namespace: 'shop', generation: 1 },
+  spec: spec ?? { hosts: [host], http: [{ route: [{ destination: { host } }] }] },
+});
+
+async function setup(opts: { debounceMs?: number; absentRetryMs?: number } = {}) {
+  const server = new FakeApiServer([...SERVED]);
+  servers.push(server);
+  await server.start();
+  // Invalid before the source starts: rejected in the first list.
+  server.apply('VirtualService', vs('early', 'early', { hosts: ['early'], tcp: 'nope' }));
+  server.apply('Namespace', { metadata: { name: 'shop', labels: { 'ambit.dev/dataplane-mode': 'ambient' } } });
+  server.apply('Service', { metadata: { name: 'cart', namespace: 'shop' }, spec: { clusterIP: '10.96.0.10', selector: { app: 'cart' }, ports: [{ port: 80, targetPort: 8080 }] } });
+  server.apply('Pod', pod('cart', { ip: '10.0.0.5' }));
+  server.apply('Pod', pod('pending', { ip: '' }));
+  const snapshots: SourceSnapshot[] = [];
+  const source = new KubernetesSource(new KubeClient({ server: server.url }), { debounceMs: opts.debounceMs ?? 30, absentRetryMs: opts.absentRetryMs ?? 60_000, backoffMs: 20, resyncMs: 0 });
+  sources.push(source);
+  source.start((s) => snapshots.push(s));
+  const latest = () => snapshots.at(-1);
+  const waitFor = async (what: string, pred: (s: SourceSnapshot) => boolean, ms = 5000) => {
+    const until = Date.now() + ms;
+    for (;;) {
+      const s = latest();
+      if (s && pred(s)) return s;
+      if (Date.now() > until) throw new Error(`timed out waiting for ${what}; last snapshot: ${JSON.stringify(s && { pods: s.pods.map((p) => p.name), resources: s.resources.map((r) => `${r.kind}/${r.meta.name}`) })}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  const watchesOpen = async (plural: string) => {
+    const until = Date.now() + 5000;
+    while (server.watchCount(plural) === 0) {
+      if (Date.now() > until) throw new Error(`no watch on ${plural}`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  };
+  const watchRequests = (plural: string) => server.requests.filter((r) => r.url.includes(`/${plural}?`) && r.url.includes('watch=1'));
+  const listRequests = (plural: string) => server.requests.filter((r) => r.url.includes(`/${plural}?`) && !r.url.includes('watch=1'));
+  await waitFor('the first snapshot', () => true);
+  await watchesOpen('pods');
+  return { server, source, snapshots, latest, waitFor, watchesOpen, watchRequests, listRequests };
+}
+
+const podNames = (s: SourceSnapshot) => s.pods.map((p) => p.name).sort();
+const named = (s: SourceSnapshot, kind: string, name: string) => s.resources.find((r) => r.kind === kind && r.meta.name === name);
+
+describe('KubernetesSource against a stand-in API server', () => {
+  it('lists everything into one snapshot; pods are workloads only with a node and an address', async () => {
+    const { latest, source } = await setup();
+    const s = latest()!;
+    expect(podNames(s)).toEqual(['cart']);
+    expect(s.pods[0]).toMatchObject({ namespace: 'shop', node: 'node-a', ip: '10.0.0.5', spec: { serviceAccountName: 'cart' } });
+    expect(s.pods[0]!.spec.containers[0]!.ports).toEqual([{ name: 'http', containerPort: 8080, protocol: 'TCP' }]);
+    expect(named(s, 'Namespace', 'shop')?.meta.labels).toEqual({ 'ambit.dev/dataplane-mode': 'ambient' });
+    expect(named(s, 'Service', 'cart')).toMatchObject({ spec: { clusterIP: '10.96.0.10', selector: { app: 'cart' }, ports: [{ port: 80, targetPort: 8080, protocol: 'TCP' }] } });
+    expect(s.resources.some((r) => r.kind === 'Pod')).toBe(false);
+    // Kinds whose CRD is absent are skipped, not fatal.
+    expect(source.absentKinds()).toEqual(expect.arrayContaining(['networking.istio.io/DestinationRule', 'security.istio.io/AuthorizationPolicy', 'ambit.dev/RateLimit', 'discovery.k8s.io/EndpointSlice']));
+    expect(source.absentKinds()).not.toContain('networking.istio.io/VirtualService');
+  });
+
+  it('gives the CA the identities of the pods on each node, addressed or not', async () => {
+    const { server, source, waitFor } = await setup();
+    server.apply('Pod', pod('b', { node: 'node-b', ip: '' }));
+    server.apply('Pod', pod('unscheduled', { node: '', ip: '' }));
+    server.apply('Pod', { ...pod('done', { node: 'node-b' }), status: { phase: 'Succeeded', podIP: '10.0.9.9' } });
+    server.apply('Pod', pod('marker', { node: 'node-c' }));
+    await waitFor('marker', (s) => podNames(s).includes('marker'));
+    const dir = source.nodeDirectory('cluster.local');
+    expect([...await dir.identitiesOnNode('node-a')].sort()).toEqual(['spiffe://cluster.local/ns/shop/sa/cart', 'spiffe://cluster.local/ns/shop/sa/pending']);
+    expect([...await dir.identitiesOnNode('node-b')]).toEqual(['spiffe://cluster.local/ns/shop/sa/b']);
+    expect([...await dir.identitiesOnNode('node-z')]).toEqual([]);
+  });
+
+  it('follows adds, modifications and deletions through the watch', async () => {
+    const { server, waitFor } = await setup();
+    server.apply('Pod', pod('web', { ip: '10.0.0.6' }));
+    await waitFor('web added', (s) => podNames(s).includes('web'));
+    server.apply('Pod', pod('pending', { ip: '10.0.0.7' }));
+    await waitFor('pending gets an address', (s) => podNames(s).includes('pending'));
+    server.apply('Pod', pod('web', { ip: '10.0.0.9', labels: { app: 'web', v: '2' } }));
+    const s = await waitFor('web modified', (x) => x.pods.find((p) => p.name === 'web')?.ip === '10.0.0.9');
+    expect(s.pods.find((p) => p.name === 'web')!.labels).toEqual({ app: 'web', v: '2' });
+    server.delete('Pod', 'shop', 'web');
+    server.delete('Service', 'shop', 'cart');
+    const after = await waitFor('web and cart deleted', (x) => !podNames(x).includes('web') && !named(x, 'Service', 'cart'));
+    expect(podNames(after)).toEqual(['cart', 'pending']);
+  });
+
+  it('resumes a dropped watch from the last version seen, without a re-list, losses or duplicates', async () => {
+    const { server, waitFor, watchesOpen, watchRequests, listRequests } = await setup();
+    server.apply('Pod', pod('a1', { ip: '10.0.1.1' }));
+    const seen = server.resourceVersion;
+    await waitFor('a1', (s) => podNames(s).includes('a1'));
+    const lists = listRequests('pods').length;
+    const watches = watchRequests('pods').length;
+    server.dropWatches();
+    // Written while no watch is open: must arrive through the resumed watch.
+    server.apply('Pod', pod('a2', { ip: '10.0.1.2' }));
+    server.delete('Pod', 'shop', 'a1');
+    const s = await waitFor('a2 without a1', (x) => podNames(x).includes('a2') && !podNames(x).includes('a1'));
+    await watchesOpen('pods');
+    expect(podNames(s)).toEqual(['a2', 'cart']);
+    expect(new Set(s.pods.map((p) => p.uid)).size).toBe(s.pods.length);
+    expect(listRequests('pods').length).toBe(lists);
+    const resumed = watchRequests('pods').slice(watches);
+    expect(resumed.length).toBeGreaterThanOrEqual(1);
+    expect(new URL(resumed[0]!.url, 'http://x').searchParams.get('resourceVersion')).toBe(String(seen));
+    expect(resumed[0]!.url).toContain('allowWatchBookmarks=true');
+  });
+
+  it('takes the version of a bookmark', async () => {
+    const { server, source, waitFor, watchesOpen, watchRequests } = await setup();
+    server.apply('Pod', pod('b1', { ip: '10.0.2.1' }));
+    await waitFor('b1', (s) => podNames(s).includes('b1'));
+    const bookmark = server.bookmark('Pod');
+    const until = Date.now() + 5000;
+    while (source.versions().Pod !== bookmark && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+    expect(source.versions().Pod).toBe(bookmark);
+    const watches = watchRequests('pods').length;
+    server.dropWatches();
+    await watchesOpen('pods');
+    const resumed = watchRequests('pods').slice(watches);
+    expect(new URL(resumed[0]!.url, 'http://x').searchParams.get('resourceVersion')).toBe(bookmark);
+  });
+
+  it('re-lists on 410 Gone, and an object deleted during the gap disappears', async () => {
+    const { server, waitFor, watchesOpen, listRequests } = await setup();
+    server.apply('Pod', pod('g1', { ip: '10.0.3.1' }));
+    server.apply('Pod', pod('g2', { ip: '10.0.3.2' }));
+    await waitFor('g1 and g2', (s) => podNames(s).includes('g1') && podNames(s).includes('g2'));
+    const lists = listRequests('pods').length;
+    // In one tick, before the source can reconnect: the connection drops, g1 is deleted and
+    // g3 added, and the history is compacted, so resuming answers 410.
+    server.dropWatches();
+    server.delete('Pod', 'shop', 'g1');
+    server.apply('Pod', pod('g3', { ip: '10.0.3.3' }));
+    server.compact();
+    const s = await waitFor('the re-listed state', (x) => !podNames(x).includes('g1') && podNames(x).includes('g3'));
+    expect(podNames(s)).toEqual(['cart', 'g2', 'g3']);
+    expect(listRequests('pods').length).toBeGreaterThan(lists);
+    await watchesOpen('pods');
+    // And a 410 on an otherwise healthy watch re-lists too.
+    const allLists = () => server.requests.filter((r) => !r.url.includes('watch=1') && r.method === 'GET').length;
+    const before = allLists();
+    server.goneOnNextWatch(1);
+    server.dropWatches();
+    const until = Date.now() + 5000;
+    while (allLists() === before && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    expect(allLists()).toBeGreaterThan(before);
+    await waitFor('still consistent', (x) => podNames(x).join() === 'cart,g2,g3');
+    server.apply('Pod', pod('g4', { ip: '10.0.3.4' }));
+    await waitFor('g4 after the re-list', (x) => podNames(x).includes('g4'));
+  });
+
+  it('leaves out an invalid VirtualService, keeps the last valid version and writes Accepted=False', async () => {
+    const { server, waitFor } = await setup();
+    server.apply('VirtualService', vs('reviews', 'reviews'));
+    server.apply('VirtualService', vs('broken', 'broken', { hosts: ['broken'], http: [{ route: [{ destination: {} }] }] }));
+    await waitFor('reviews', (s) => !!named(s, 'VirtualService', 'reviews'));
+    const until = Date.now() + 5000;
+    while (!server.statusPatches.some((p) => p.path.endsWith('/virtualservices/broken/status')) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    expect(named((await waitFor('reviews', () => true)), 'VirtualService', 'broken')).toBeUndefined();
+    const early = server.statusPatches.find((p) => p.path === '/apis/networking.istio.io/v1/namespaces/shop/virtualservices/early/status');
+    expect(early?.body).toMatchObject({ status: { conditions: [{ type: 'Accepted', status: 'False', reason: 'Invalid' }] } });
+    const patch = server.statusPatches.find((p) => p.path === '/apis/networking.istio.io/v1/namespaces/shop/virtualservices/broken/status')!;
+    expect(patch.contentType).toBe('application/merge-patch+json');
+    expect(patch.body).toMatchObject({ status: { conditions: [{ type: 'Accepted', status: 'False', reason: 'Invalid', message: expect.stringContaining('spec.http[0].route[0].destination.host') }] } });
+
+    // A later invalid version of reviews: the valid one stays in effect.
+    server.apply('VirtualService', { ...vs('reviews', 'reviews'), spec: { hosts: ['reviews'], http: [{ route: [{ destination: { host: 'reviews' } }], bogus: true }] } });
+    const until2 = Date.now() + 5000;
+    while (!server.statusPatches.some((p) => p.path.endsWith('/virtualservices/reviews/status')) && Date.now() < until2) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 100));
+    const kept = await waitFor('reviews kept', (s) => !!named(s, 'VirtualService', 'reviews'));
+    expect(named(kept, 'VirtualService', 'broken')).toBeUndefined();
+    expect((named(kept, 'VirtualService', 'reviews')!.raw.spec as { http: unknown[] }).http[0]).not.toHaveProperty('bogus');
+    // The condition was written once per object, not on every echo of the status write.
+    await new Promise((r) => setTimeout(r, 200));
+    expect(server.statusPatches.filter((p) => p.path.endsWith('/broken/status'))).toHaveLength(1);
+    expect((server.get('VirtualService', 'shop', 'broken')!.status as { conditions: { type: string }[] }).conditions[0]!.type).toBe('Accepted');
+
+    // Fixed: in effect, and Accepted=True.
+    server.apply('VirtualService', vs('reviews', 'reviews-v2'));
+    await waitFor('reviews fixed', (s) => JSON.stringify(named(s, 'VirtualService', 'reviews')?.raw.spec ?? '').includes('reviews-v2'));
+    const until3 = Date.now() + 5000;
+    while (!server.statusPatches.some((p) => p.path.endsWith('/reviews/status') && JSON.stringify(p.body).includes('"True"')) && Date.now() < until3) await new Promise((r) => setTimeout(r, 10));
+    expect(server.statusPatches.filter((p) => p.path.endsWith('/reviews/status')).map((p) => (p.body as { status: { conditions: { status: string }[] } }).status.conditions[0]!.status)).toEqual(['False', 'True']);
+  });
+
+  it('tolerates a failing status write', async () => {
+    const { server, waitFor } = await setup();
+    server.statusPatchCode = 500;
+    server.apply('VirtualService', vs('bad', 'bad', { hosts: ['bad'], nonsense: 1 }));
+    server.apply('VirtualService', vs('good', 'good'));
+    const s = await waitFor('good', (x) => !!named(x, 'VirtualService', 'good'));
+    expect(named(s, 'VirtualService', 'bad')).toBeUndefined();
+    const until = Date.now() + 5000;
+    while (!server.statusPatches.some((p) => p.path.endsWith('/bad/status')) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    expect(server.statusPatches.some((p) => p.path.endsWith('/bad/status'))).toBe(true);
+    server.apply('Pod', pod('after', { ip: '10.0.4.1' }));
+    await waitFor('still running', (x) => podNames(x).includes('after'));
+  });
+
+  it('retries a missing kind and picks it up once its CRD is installed', async () => {
+    const { server, source, waitFor } = await setup({ absentRetryMs: 100 });
+    expect(source.absentKinds()).toContain('ambit.dev/RateLimit');
+    server.serve({ group: 'ambit.dev', version: 'v1alpha1', kind: 'RateLimit', plural: 'ratelimits' });
+    server.apply('RateLimit', { metadata: { name: 'cart', namespace: 'shop' }, spec: { targetRefs: [{ kind: 'Service', name: 'cart' }], requestsPerUnit: 10, unit: 'second' } });
+    const rateLimitErrors = () => source.diagnostics().filter((d) => d.kind === 'RateLimit');
+    const s = await waitFor('the RateLimit', (x) => !!named(x, 'RateLimit', 'cart') || rateLimitErrors().length > 0);
+    expect(rateLimitErrors()).toEqual([]);
+    expect(source.diagnostics().map((d) => d.name)).toEqual(['early']);
+    expect(named(s, 'RateLimit', 'cart')).toBeDefined();
+    expect(source.absentKinds()).not.toContain('ambit.dev/RateLimit');
+  });
+
+  it('closes its watches when stopped', async () => {
+    const { server, source } = await setup();
+    expect(server.watchCount()).toBeGreaterThan(0);
+    source.stop();
+    const until = Date.now() + 5000;
+    while (server.watchCount() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+    expect(server.watchCount()).toBe(0);
+  });
+
+  it('debounces a burst of events into one snapshot', async () => {
+    const { server, snapshots, waitFor } = await setup({ debounceMs: 100 });
+    await new Promise((r) => setTimeout(r, 250));
+    const before = snapshots.length;
+    for (let i = 0; i < 30; i++) server.apply('Pod', pod(`burst-${i}`, { ip: `10.0.5.${i + 1}` }));
+    await waitFor('the burst', (s) => s.pods.length === 31);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(snapshots.length).toBe(before + 1);
+  });
+});
