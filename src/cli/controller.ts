@@ -20,17 +20,22 @@ function seconds(flag: string) {
 export function register(program: Command): void {
   program.command('controller')
     .description('run the control plane: the mesh CA (gRPC over TLS) on 15012')
-    .requiredOption('--local-state <dir>', 'a local cluster\'s state directory (CA root, node credentials, pods)')
+    .option('--local-state <dir>', 'a local cluster\'s state directory (CA root, node credentials, pods)')
+    .option('--kubernetes [kubeconfig]', 'a Kubernetes cluster instead: config watched from its API server, callers checked by TokenReview (in-cluster or $KUBECONFIG, or this file)')
+    .option('--ca-dir <dir>', 'where the self-made CA root is kept without --local-state (e.g. a mounted volume)')
     .option('--config-dir <dir>', 'also read mesh config (and workloads) from the manifests in this directory, watched for changes')
     .option('--listen <host:port>', 'where to serve', '0.0.0.0:15012')
     .option('--trust-domain <domain>', 'SPIFFE trust domain', DEFAULT_TRUST_DOMAIN)
     .option('--plugin-ca <dir>', 'use this CA (root-cert.pem, cert-chain.pem, ca-key.pem) instead of a self-made root')
     .option('--cert-ttl <seconds>', 'default workload certificate lifetime', seconds('--cert-ttl'), 24 * 3600)
     .option('--max-cert-ttl <seconds>', 'longest lifetime a caller may ask for', seconds('--max-cert-ttl'), 7 * 24 * 3600)
-    .action(async (opts: { localState: string; configDir?: string; listen: string; trustDomain: string; pluginCa?: string; certTtl: number; maxCertTtl: number }) => {
+    .action(async (opts: { localState?: string; kubernetes?: true | string; caDir?: string; configDir?: string; listen: string; trustDomain: string; pluginCa?: string; certTtl: number; maxCertTtl: number }) => {
       const { host, port } = hostPort(opts.listen);
+      if (!opts.localState === !opts.kubernetes) throw new CliError('give one of --local-state DIR (a local cluster) or --kubernetes [KUBECONFIG]');
+      if (opts.kubernetes && !opts.pluginCa && !opts.caDir) throw new CliError('with --kubernetes, give --plugin-ca DIR (a CA from a mounted Secret) or --ca-dir DIR (where to keep a self-made root)');
       await runController({
-        localState: opts.localState, configDir: opts.configDir, host, port, trustDomain: opts.trustDomain, pluginCaDir: opts.pluginCa,
+        ...(opts.localState ? { localState: opts.localState } : {}), ...(opts.kubernetes ? { kubernetes: opts.kubernetes } : {}), ...(opts.caDir ? { caDir: opts.caDir } : {}),
+        configDir: opts.configDir, host, port, trustDomain: opts.trustDomain, pluginCaDir: opts.pluginCa,
         defaultTtlSeconds: opts.certTtl, maxTtlSeconds: opts.maxCertTtl,
       });
       await new Promise(() => { /* serves until a signal */ });

@@ -5,7 +5,10 @@
 import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CertificateAuthority, FileCaStore, readPluginCa } from '../identity/ca.js';
-import { CaServer } from '../identity/ca-server.js';
+import { CaServer, type Authenticator, type NodeDirectory } from '../identity/ca-server.js';
+import { TokenReviewAuthenticator } from '../identity/tokenreview.js';
+import { KubeClient } from './kube/client.js';
+import { KubernetesSource } from './kube-source.js';
 import { logger } from '../telemetry/log.js';
 import { DiscoveryServer, discoveryService } from './discovery.js';
 import { LocalClusterSource, LocalCredentials, LocalNodeDirectory, type ConfigSource } from './local-source.js';
@@ -15,7 +18,14 @@ import { buildModel } from './model.js';
 
 export interface ControllerOptions {
   /** A local cluster's state directory: CA root under ca/, node tokens, pods from cluster.json. */
-  localState: string;
+  localState?: string;
+  /**
+   * A Kubernetes cluster instead: config from its API server (KubernetesSource), callers
+   * authenticated by TokenReview. `true` for in-cluster or $KUBECONFIG, or a kubeconfig file.
+   */
+  kubernetes?: true | string;
+  /** Where the self-made CA root is kept when there is no local state (Kubernetes: a mounted volume). */
+  caDir?: string;
   /** A directory of manifests watched for mesh config (and workloads), merged over the local cluster's. */
   configDir?: string;
   host: string;
@@ -26,26 +36,48 @@ export interface ControllerOptions {
   maxTtlSeconds?: number;
 }
 
+/** Where config, callers and nodes come from: the local cluster's state, or a Kubernetes API server. */
+async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>): Promise<{ source: ConfigSource; authenticator: Authenticator; directory: NodeDirectory; describe: Record<string, unknown> }> {
+  if (opts.kubernetes) {
+    const { KubeConfig } = await import('@kubernetes/client-node');
+    const kc = new KubeConfig();
+    if (opts.kubernetes === true) kc.loadFromDefault();
+    else kc.loadFromFile(opts.kubernetes);
+    const client = KubeClient.fromKubeConfig(kc);
+    const kube = new KubernetesSource(client, { log });
+    const authenticator = new TokenReviewAuthenticator({ client, trustDomain: opts.trustDomain, isWaypoint: (ns, name) => kube.isWaypoint(ns, name) });
+    return { source: kube, authenticator, directory: kube.nodeDirectory(opts.trustDomain), describe: { source: 'kubernetes', server: kc.getCurrentCluster()?.server } };
+  }
+  if (!opts.localState) throw new Error('the controller needs a local cluster\'s state directory or a Kubernetes cluster');
+  const authenticator = new LocalCredentials(opts.localState, opts.trustDomain);
+  return {
+    source: new LocalClusterSource(join(opts.localState, 'cluster.json')), authenticator,
+    directory: new LocalNodeDirectory(join(opts.localState, 'cluster.json'), opts.trustDomain), describe: { source: 'local', nodes: authenticator.nodes },
+  };
+}
+
 export async function runController(opts: ControllerOptions): Promise<CaServer> {
   const log = logger('controller');
   const caOpts = { trustDomain: opts.trustDomain, defaultTtlSeconds: opts.defaultTtlSeconds, maxTtlSeconds: opts.maxTtlSeconds };
+  const caDir = opts.caDir ?? (opts.localState ? join(opts.localState, 'ca') : undefined);
+  if (!opts.pluginCaDir && !caDir) throw new Error('the controller needs a CA: a plug-in CA directory, or a directory to keep its own root in');
   const ca = opts.pluginCaDir
     ? await CertificateAuthority.open({ plugin: readPluginCa(opts.pluginCaDir) }, caOpts)
-    : await CertificateAuthority.open({ store: new FileCaStore(join(opts.localState, 'ca')) }, caOpts);
-  const authenticator = new LocalCredentials(opts.localState, opts.trustDomain);
-  log.info({ origin: ca.origin, nodes: authenticator.nodes }, 'CA ready');
+    : await CertificateAuthority.open({ store: new FileCaStore(caDir!) }, caOpts);
+  const { source: primary, authenticator, directory, describe } = await origins(opts, log);
+  log.info({ origin: ca.origin, ...describe }, 'CA ready');
   const discovery = new DiscoveryServer(authenticator, log);
   // `ambit local status` shows the subscribers, their versions and any NACK from this file.
-  const statusFile = join(opts.localState, 'controller-status.json');
+  const statusFile = opts.localState ? join(opts.localState, 'controller-status.json') : undefined;
   let rejected: string[] = [];
   const writeStatus = () => {
+    if (!statusFile) return;
     const tmp = `${statusFile}.tmp`;
     writeFileSync(tmp, `${JSON.stringify({ version: discovery.version, subscribers: discovery.status(), rejected })}\n`);
     renameSync(tmp, statusFile);
   };
   discovery.onStatus = writeStatus;
-  const local = new LocalClusterSource(join(opts.localState, 'cluster.json'));
-  let source: ConfigSource = local;
+  let source: ConfigSource = primary;
   if (opts.configDir) {
     const dir = new ManifestDirSource(opts.configDir, {
       onDiagnostics: (diagnostics) => {
@@ -53,7 +85,7 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
         for (const d of diagnostics) log[d.severity === 'error' ? 'error' : 'warn']({ dir: opts.configDir }, formatDiagnostic(d));
       },
     });
-    source = new MergedSource([local, dir]);
+    source = new MergedSource([primary, dir]);
   }
   source.start((snapshot) => {
     const model = buildModel(snapshot, opts.trustDomain);
@@ -65,7 +97,7 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
     ca,
     authenticator,
     services: [{ definition: discoveryService().service, implementation: discovery.implementation() }],
-    directory: new LocalNodeDirectory(join(opts.localState, 'cluster.json'), opts.trustDomain),
+    directory,
     host: opts.host,
     port: opts.port,
     dnsNames: ['ambit-controller'],

@@ -1,0 +1,120 @@
+/**
+ * `ambit controller --kubernetes` as a process against a stand-in API server: config from the
+ * list/watch protocol, node agents authenticated by TokenReview; a node agent's token gets the
+ * discovery stream (a pod added by a watch event shows up) and certificates for its own node's
+ * pods only.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DiscoveryClient, type WireResource } from '../../src/control/discovery.js';
+import { CaClient } from '../../src/identity/ca-server.js';
+import { CertManager } from '../../src/identity/cert-manager.js';
+import { splitPemBundle } from '../../src/identity/pki.js';
+import { NODE_NAME_EXTRA } from '../../src/identity/tokenreview.js';
+import { FakeApiServer } from '../helpers/fake-apiserver.js';
+
+const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
+const dir = mkdtempSync(join(tmpdir(), 'ambit-ctl-k8s-'));
+const api = new FakeApiServer([
+  { group: '', version: 'v1', kind: 'Namespace', plural: 'namespaces' },
+  { group: '', version: 'v1', kind: 'Pod', plural: 'pods' },
+  { group: '', version: 'v1', kind: 'Service', plural: 'services' },
+]);
+let controller: ChildProcess | undefined;
+let output = '';
+let port = 0;
+const closers: (() => void)[] = [];
+
+const pod = (name: string, node: string, ip: string) => ({
+  metadata: { name, namespace: 'shop', labels: { app: name } },
+  spec: { nodeName: node, serviceAccountName: name, containers: [{ name: 'c', image: 'app', ports: [{ name: 'http', containerPort: 8080 }] }] },
+  status: { phase: 'Running', podIP: ip },
+});
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const p = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return p;
+}
+
+async function until<T>(what: string, f: () => T | undefined, ms = 15_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = f();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; controller said:\n${output}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+beforeAll(async () => {
+  await api.start();
+  api.tokens.set('agent-a', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node-agent', extra: { [NODE_NAME_EXTRA]: ['node-a'] } } });
+  api.apply('Namespace', { metadata: { name: 'shop', labels: { 'ambit.dev/dataplane-mode': 'ambient' } } });
+  api.apply('Service', { metadata: { name: 'web', namespace: 'shop' }, spec: { clusterIP: '10.96.0.20', selector: { app: 'web' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } });
+  api.apply('Pod', pod('web', 'node-a', '10.244.1.5'));
+  api.apply('Pod', pod('db', 'node-b', '10.244.2.5'));
+  const kubeconfig = join(dir, 'kubeconfig');
+  writeFileSync(kubeconfig, `apiVersion: v1
+kind: Config
+clusters: [{ name: c, cluster: { server: "${api.url}", insecure-skip-tls-verify: true } }]
+users: [{ name: u, user: { token: controller-token } }]
+contexts: [{ name: c, context: { cluster: c, user: u } }]
+current-context: c
+`);
+  port = await freePort();
+  controller = spawn(process.execPath, [BIN, 'controller', '--kubernetes', kubeconfig, '--ca-dir', join(dir, 'ca'), '--listen', `127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  controller.stdout!.on('data', (c: Buffer) => { output += c.toString(); });
+  controller.stderr!.on('data', (c: Buffer) => { output += c.toString(); });
+  await until('the controller serving', () => (/"msg":"model updated"/.test(output) ? true : undefined), 30_000);
+}, 60_000);
+
+afterAll(async () => {
+  for (const c of closers) c();
+  controller?.kill('SIGTERM');
+  await api.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('ambit controller --kubernetes', () => {
+  it('rejects starting without a CA or with both sources', async () => {
+    const run = (args: string[]) => new Promise<{ code: number | null; err: string }>((resolve) => {
+      const p = spawn(process.execPath, [BIN, 'controller', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      p.stderr!.on('data', (c: Buffer) => { err += c.toString(); });
+      p.on('close', (code) => resolve({ code, err }));
+    });
+    expect(await run(['--kubernetes'])).toMatchObject({ code: 1, err: expect.stringMatching(/--plugin-ca DIR .* or --ca-dir DIR/) });
+    expect(await run(['--kubernetes', '--local-state', dir, '--ca-dir', dir])).toMatchObject({ code: 1, err: expect.stringMatching(/one of --local-state DIR .* or --kubernetes/) });
+  });
+
+  it('serves a TokenReview-authenticated node agent the mesh from the API server, watch events included', async () => {
+    const roots = splitPemBundle(readFileSync(join(dir, 'ca', 'ca-cert.pem'), 'utf8')).slice(-1);
+    let latest = new Map<string, WireResource>();
+    const client = new DiscoveryClient({
+      address: `127.0.0.1:${port}`, roots, token: 'agent-a', node: 'node-a', kind: 'node-agent', backoff: { initialMs: 100, maxMs: 500 },
+      apply: (resources) => { latest = new Map(resources); },
+    });
+    closers.push(() => client.close());
+    const names = () => [...latest.values()].filter((r) => r.type === 'workload').map((r) => (JSON.parse(r.json) as { name: string }).name).sort();
+    expect(await until('the workloads', () => (names().length >= 2 ? names() : undefined))).toEqual(['db', 'web']);
+    api.apply('Pod', pod('cart', 'node-a', '10.244.1.6'));
+    expect(await until('the new pod', () => (names().includes('cart') ? names() : undefined))).toEqual(['cart', 'db', 'web']);
+    expect(api.tokenReviews.length).toBeGreaterThanOrEqual(1);
+  });
+
+  it('signs certificates for pods on the node agent\'s own node only', async () => {
+    const roots = splitPemBundle(readFileSync(join(dir, 'ca', 'ca-cert.pem'), 'utf8')).slice(-1);
+    const certs = new CertManager({ source: new CaClient({ address: `127.0.0.1:${port}`, roots, token: 'agent-a' }) });
+    closers.push(() => certs.close());
+    const mine = await certs.acquire('spiffe://cluster.local/ns/shop/sa/web');
+    expect(mine.identity).toBe('spiffe://cluster.local/ns/shop/sa/web');
+    await expect(certs.acquire('spiffe://cluster.local/ns/shop/sa/db')).rejects.toThrow(/node-a/);
+  });
+});
