@@ -7,13 +7,15 @@ import * as analyze from './analyze.js';
 import * as certs from './certs.js';
 import * as check from './check.js';
 import * as controller from './controller.js';
+import * as install from './install.js';
 import * as local from './local.js';
+import * as namespace from './namespace.js';
 import * as node from './node.js';
 import * as waypoint from './waypoint.js';
 import { CliError } from './errors.js';
 
 /** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
-const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, certs, check, controller, local, node, waypoint];
+const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, certs, check, controller, install, local, namespace, node, waypoint];
 
 export function buildProgram(): Command {
   const program = new Command('ambit')

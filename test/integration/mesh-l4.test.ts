@@ -252,9 +252,8 @@ spec: { mtls: { mode: STRICT } }
     expect(sum(after, 'ambit_redirect_counters', (l) => l.includes('counter="connect_not_enrolled"'))).toBeGreaterThan(missed);
   });
 
-  it('enrolls and unenrolls a running namespace when its label changes', async () => {
-    const ns = (labels: string) => `apiVersion: v1\nkind: Namespace\nmetadata: { name: plain${labels} }\n`;
-    await apply('plain-ns.yaml', ns(', labels: { ambit.dev/dataplane-mode: ambient }'));
+  it('enrolls and unenrolls a running namespace when its label changes (ambit namespace enable|disable)', async () => {
+    expect(await ok(['namespace', 'enable', 'plain', '--cluster', CLUSTER])).toMatch(/namespace\/plain configured/);
     await until('the plain pods enrolled', async () => {
       const [a, b] = await Promise.all([admin<{ enrolled: { name: string }[] }>('node-1', '/workloads'), admin<{ enrolled: { name: string }[] }>('node-2', '/workloads')]);
       return a.enrolled.some((w) => w.name === 'outsider') && b.enrolled.some((w) => w.name === 'web') ? true : undefined;
@@ -263,7 +262,7 @@ spec: { mtls: { mode: STRICT } }
     expect(await get('plain/outsider', 'web')).toBe('ok plain from 10.244.2.3');
     const text = await metrics('node-2');
     expect(sum(text, 'istio_tcp_connections_opened_total', (l) => l.includes('destination_workload="web"') && l.includes('source_principal="cluster.local/ns/plain/sa/default"'))).toBeGreaterThanOrEqual(1);
-    await apply('plain-ns.yaml', ns(''));
+    expect(await ok(['namespace', 'disable', 'plain', '--cluster', CLUSTER])).toMatch(/namespace\/plain configured/);
     await until('the plain pods unenrolled', async () => {
       const [a, b] = await Promise.all([admin<{ enrolled: { name: string }[] }>('node-1', '/workloads'), admin<{ enrolled: { name: string }[] }>('node-2', '/workloads')]);
       return !a.enrolled.some((w) => w.name === 'outsider') && !b.enrolled.some((w) => w.name === 'web') ? true : undefined;

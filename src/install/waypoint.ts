@@ -1,0 +1,104 @@
+/**
+ * The waypoint template: for each Gateway of class ambit-waypoint, a ServiceAccount named like
+ * the Gateway (its identity: spiffe://<td>/ns/<ns>/sa/<gateway>), a Deployment running
+ * `ambit waypoint run`, and a Service exposing HBONE (15008) and metrics (15020). The waypoint
+ * needs no RBAC: it only presents its projected token to the controller.
+ */
+import {
+  DATAPLANE_MODE, TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL,
+} from '../control/model.js';
+import { commonLabels, type K8sObject } from './objects.js';
+import { controllerAddress, credentialMounts, credentialVolumes, ROOT_CERT_DIR, TOKEN_DIR } from './render.js';
+import { defaultValues, ValuesError, type Values } from './values.js';
+
+export const WAYPOINT_PORTS = { hbone: 15008, metrics: 15020 } as const;
+
+interface GatewayLike {
+  apiVersion?: unknown;
+  kind?: unknown;
+  metadata?: { name?: unknown; namespace?: unknown; uid?: unknown; annotations?: Record<string, unknown> };
+  spec?: { gatewayClassName?: unknown };
+}
+
+/** The objects that run the waypoint a Gateway declares; throws ValuesError for anything else. */
+export function waypointObjects(gateway: GatewayLike, values: Values = defaultValues()): K8sObject[] {
+  const meta = gateway.metadata ?? {};
+  if (gateway.kind !== 'Gateway' || typeof gateway.apiVersion !== 'string' || !gateway.apiVersion.startsWith('gateway.networking.k8s.io/')) {
+    throw new ValuesError('a waypoint is declared by a gateway.networking.k8s.io Gateway');
+  }
+  if (gateway.spec?.gatewayClassName !== WAYPOINT_CLASS) throw new ValuesError(`Gateway ${String(meta.name)} is not of class ${WAYPOINT_CLASS}`);
+  if (typeof meta.name !== 'string' || meta.name === '' || typeof meta.namespace !== 'string' || meta.namespace === '') {
+    throw new ValuesError('the Gateway needs metadata.name and metadata.namespace');
+  }
+  const name = meta.name;
+  const namespace = meta.namespace;
+  const selector = { [WAYPOINT_GATEWAY_LABEL]: name };
+  const labels = { ...commonLabels('waypoint'), ...selector };
+  const ownerReferences = typeof meta.uid === 'string'
+    ? [{ apiVersion: gateway.apiVersion, kind: 'Gateway', name, uid: meta.uid, controller: true, blockOwnerDeletion: true }]
+    : undefined;
+  const metadata = { name, namespace, labels, ...(ownerReferences ? { ownerReferences } : {}) };
+  const annotations = meta.annotations ?? {};
+  const tracing = [
+    ...(typeof annotations[TRACING_ENDPOINT_ANNOTATION] === 'string' ? ['--tracing-endpoint', annotations[TRACING_ENDPOINT_ANNOTATION]] : []),
+    ...(typeof annotations[TRACING_SAMPLING_ANNOTATION] === 'string' ? ['--tracing-sampling', annotations[TRACING_SAMPLING_ANNOTATION]] : []),
+  ];
+
+  const serviceAccount: K8sObject = { apiVersion: 'v1', kind: 'ServiceAccount', metadata, automountServiceAccountToken: false };
+  const deployment: K8sObject = {
+    apiVersion: 'apps/v1',
+    kind: 'Deployment',
+    metadata,
+    spec: {
+      replicas: values.waypoint.replicas,
+      selector: { matchLabels: selector },
+      template: {
+        // The waypoint carries meshed traffic itself: the node agent must not capture it.
+        metadata: { labels: { ...labels, [DATAPLANE_MODE]: 'none' } },
+        spec: {
+          serviceAccountName: name,
+          automountServiceAccountToken: false,
+          securityContext: { runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, seccompProfile: { type: 'RuntimeDefault' } },
+          containers: [{
+            name: 'waypoint',
+            image: values.image,
+            imagePullPolicy: values.imagePullPolicy,
+            args: [
+              'waypoint', 'run',
+              '--name', `${namespace}/${name}`,
+              '--controller', controllerAddress(values),
+              '--token-file', `${TOKEN_DIR}/token`,
+              '--ca-file', `${ROOT_CERT_DIR}/root-cert.pem`,
+              '--listen', `0.0.0.0:${WAYPOINT_PORTS.hbone}`,
+              '--trust-domain', values.trustDomain,
+              ...tracing,
+            ],
+            env: [{ name: 'AMBIT_LOG_LEVEL', value: values.logLevel }],
+            ports: [
+              { name: 'hbone', containerPort: WAYPOINT_PORTS.hbone, protocol: 'TCP' },
+              { name: 'http-metrics', containerPort: WAYPOINT_PORTS.metrics, protocol: 'TCP' },
+            ],
+            readinessProbe: { tcpSocket: { port: WAYPOINT_PORTS.hbone }, periodSeconds: 5 },
+            resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
+            securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
+            volumeMounts: [...credentialMounts(), { name: 'tmp', mountPath: '/tmp' }],
+          }],
+          volumes: [...credentialVolumes(), { name: 'tmp', emptyDir: {} }],
+        },
+      },
+    },
+  };
+  const service: K8sObject = {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata,
+    spec: {
+      selector,
+      ports: [
+        { name: 'hbone', port: WAYPOINT_PORTS.hbone, targetPort: WAYPOINT_PORTS.hbone, protocol: 'TCP' },
+        { name: 'http-metrics', port: WAYPOINT_PORTS.metrics, targetPort: WAYPOINT_PORTS.metrics, protocol: 'TCP' },
+      ],
+    },
+  };
+  return [serviceAccount, deployment, service];
+}

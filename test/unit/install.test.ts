@@ -1,0 +1,392 @@
+/**
+ * `ambit install`: every rendered object validates against its Kubernetes schema
+ * (kubernetes-models), the RateLimit CRD's schema agrees with src/control/validate.ts, `--set`
+ * refuses what it does not know, RBAC is least privilege and the node agent is not privileged.
+ */
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import Ajv from 'ajv';
+import { describe, expect, it } from 'vitest';
+import { parseAllDocuments } from 'yaml';
+import { buildProgram } from '../../src/cli/main.js';
+import { validateMeshObject } from '../../src/control/validate.js';
+import { rateLimitCrd } from '../../src/install/crd.js';
+import type { K8sObject } from '../../src/install/objects.js';
+import {
+  CONTROLLER, NODE_AGENT, NODE_AGENT_CAPABILITIES, renderInstall, renderUninstall, TERMINATION_MARGIN_SECONDS,
+} from '../../src/install/render.js';
+import { checkSchemas } from '../../src/install/schema-check.js';
+import { defaultValues, resolveValues, VALUES } from '../../src/install/values.js';
+import { waypointObjects } from '../../src/install/waypoint.js';
+
+const ROOT = new URL('../../', import.meta.url).pathname;
+const DOCUMENTED_CAPABILITIES = ['BPF', 'NET_ADMIN', 'SYS_ADMIN', 'SYS_RESOURCE', 'SYS_PTRACE'];
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- the tests walk rendered objects by path */
+const find = (objs: K8sObject[], kind: string, name?: string): any => {
+  const o = objs.find((x) => x.kind === kind && (name === undefined || x.metadata.name === name));
+  if (!o) throw new Error(`no ${kind} ${name ?? ''}`);
+  return o;
+};
+
+const gateway = (extra: Record<string, unknown> = {}) => ({
+  apiVersion: 'gateway.networking.k8s.io/v1',
+  kind: 'Gateway',
+  metadata: { name: 'reviews-wp', namespace: 'shop', uid: '6b1f0c52-7d1e-4c1a-9f0e-1d2c3b4a5f60', ...extra },
+  spec: { gatewayClassName: 'ambit-waypoint', listeners: [{ name: 'mesh', port: 15008, protocol: 'HBONE' }] },
+});
+
+async function expectValid(objects: K8sObject[]): Promise<void> {
+  const results = await checkSchemas(objects);
+  expect(results).toHaveLength(objects.length);
+  expect(results.filter((r) => r.errors.length > 0)).toEqual([]);
+}
+
+describe('ambit install: Kubernetes schemas', () => {
+  it('every object of the default installation validates against its Kubernetes schema', async () => {
+    const objects = renderInstall(defaultValues());
+    expect(objects.map((o) => o.kind).sort()).toEqual([
+      'ClusterRole', 'ClusterRole', 'ClusterRoleBinding', 'ClusterRoleBinding', 'CustomResourceDefinition', 'DaemonSet', 'Deployment',
+      'Namespace', 'PodDisruptionBudget', 'Role', 'Role', 'RoleBinding', 'RoleBinding', 'Service', 'ServiceAccount', 'ServiceAccount',
+    ]);
+    await expectValid(objects);
+  });
+
+  it('so does an installation with every value overridden', async () => {
+    const v = resolveValues([
+      'namespace=mesh', 'image=registry.example:5000/team/ambit@sha256:' + 'a'.repeat(64), 'imagePullPolicy=Always', 'trustDomain=prod.example.com',
+      'logLevel=debug', 'rootNamespace=mesh-root', 'controller.replicas=3', 'controller.certTtlSeconds=3600', 'nodeAgent.drainSeconds=0',
+      'nodeAgent.pinRoot=/sys/fs/bpf/mesh/', 'nodeAgent.cgroupRoot=/sys/fs/cgroup/unified', 'waypoint.replicas=2',
+    ]);
+    const objects = renderInstall(v);
+    await expectValid(objects);
+    expect(objects.filter((o) => o.metadata.namespace !== undefined).every((o) => o.metadata.namespace === 'mesh')).toBe(true);
+    const ds = find(objects, 'DaemonSet');
+    expect(ds.spec.template.spec.terminationGracePeriodSeconds).toBe(TERMINATION_MARGIN_SECONDS);
+    expect(ds.spec.template.spec.containers[0].args).toEqual(expect.arrayContaining(['/sys/fs/bpf/mesh', 'ambit-controller.mesh.svc:15012']));
+    expect(find(objects, 'Deployment').spec.replicas).toBe(3);
+    await expectValid(waypointObjects(gateway(), v));
+  });
+
+  it('a schema error is reported, not swallowed', async () => {
+    const [bad] = await checkSchemas([{ apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'x' }, spec: { replicas: 'two' } }]);
+    expect(bad!.errors.join('\n')).toMatch(/replicas/);
+  });
+});
+
+describe('ambit install: the controller', () => {
+  const objects = renderInstall(defaultValues());
+  const deploy = find(objects, 'Deployment', CONTROLLER);
+  const pod = deploy.spec.template.spec;
+
+  it('runs two replicas that elect a leader through a Lease, ready on 15021', () => {
+    expect(deploy.spec.replicas).toBe(2);
+    const env = Object.fromEntries(pod.containers[0].env.map((e: any) => [e.name, e.value ?? e.valueFrom]));
+    expect(env.AMBIT_LEADER_ELECTION).toBe('lease');
+    expect(env.AMBIT_LEADER_ELECTION_LEASE).toBe('ambit-controller');
+    expect(deploy.metadata.annotations['ambit.dev/leader-election']).toMatch(/coordination\.k8s\.io\/v1 Lease ambit-system\/ambit-controller/);
+    expect(pod.containers[0].readinessProbe.httpGet.port).toBe(15021);
+    expect(pod.containers[0].args).toEqual(['controller', '--kubernetes', '--plugin-ca', '/etc/ambit/ca', '--listen', '0.0.0.0:15012', '--trust-domain', 'cluster.local', '--cert-ttl', '86400']);
+  });
+
+  it('has a Service on 15012 and 15021 and a PodDisruptionBudget selecting its pods', () => {
+    const svc = find(objects, 'Service', CONTROLLER);
+    expect(svc.spec.ports.map((p: any) => p.port)).toEqual([15012, 15021]);
+    const labels = deploy.spec.template.metadata.labels;
+    for (const sel of [svc.spec.selector, find(objects, 'PodDisruptionBudget').spec.selector.matchLabels, deploy.spec.selector.matchLabels]) {
+      for (const [k, val] of Object.entries(sel)) expect(labels[k]).toBe(val);
+    }
+    expect(find(objects, 'PodDisruptionBudget').spec.maxUnavailable).toBe(1);
+  });
+});
+
+describe('ambit install: the node agent DaemonSet', () => {
+  const ds = find(renderInstall(defaultValues()), 'DaemonSet', NODE_AGENT);
+  const pod = ds.spec.template.spec;
+  const c = pod.containers[0];
+
+  it('is not privileged and has exactly the documented capabilities', () => {
+    expect(c.securityContext.privileged).toBe(false);
+    expect(c.securityContext.allowPrivilegeEscalation).toBe(false);
+    expect(c.securityContext.capabilities.drop).toEqual(['ALL']);
+    expect([...c.securityContext.capabilities.add].sort()).toEqual([...DOCUMENTED_CAPABILITIES].sort());
+    expect(Object.keys(NODE_AGENT_CAPABILITIES).sort()).toEqual([...DOCUMENTED_CAPABILITIES].sort());
+    const doc = readFileSync(`${ROOT}docs/KUBERNETES.md`, 'utf8');
+    for (const cap of DOCUMENTED_CAPABILITIES) expect(doc, cap).toMatch(new RegExp(`\\| \`${cap}\` \\|`));
+    expect(pod.hostPID).toBe(false);
+    expect(pod.hostNetwork).toBe(true);
+  });
+
+  it('mounts bpffs, the cgroup2 root, /var/run/netns and /proc from the host, without Bidirectional propagation', () => {
+    const hostPaths = Object.fromEntries(pod.volumes.filter((v: any) => v.hostPath).map((v: any) => [v.name, v.hostPath.path]));
+    const mounts = Object.fromEntries(c.volumeMounts.map((m: any) => [m.name, m]));
+    expect(hostPaths).toMatchObject({ bpffs: '/sys/fs/bpf', cgroup: '/sys/fs/cgroup', netns: '/var/run/netns', 'host-proc': '/proc' });
+    expect(mounts['host-proc'].mountPath).toBe('/host/proc');
+    expect(mounts.bpffs.mountPropagation).toBe('HostToContainer');
+    // The API server refuses Bidirectional propagation outside privileged containers.
+    expect(c.volumeMounts.filter((m: any) => m.mountPropagation === 'Bidirectional')).toEqual([]);
+  });
+
+  it('is ready on 15021 and gets its drain time plus a margin to stop', () => {
+    expect(c.readinessProbe.httpGet.port).toBe(15021);
+    expect(pod.terminationGracePeriodSeconds).toBe(30 + TERMINATION_MARGIN_SECONDS);
+    expect(c.args.join(' ')).toContain('--drain-seconds 30');
+    expect(c.lifecycle).toBeUndefined();
+  });
+});
+
+describe('ambit install: the containers\' arguments', () => {
+  /** The long options a subcommand (path from the program) declares. */
+  const flags = (...path: string[]): Set<string> => {
+    let cmd = buildProgram();
+    for (const name of path) cmd = cmd.commands.find((c) => c.name() === name)!;
+    return new Set(cmd.options.map((o) => o.long!));
+  };
+  const used = (args: string[]) => args.filter((a) => a.startsWith('--'));
+  const objects = renderInstall(defaultValues());
+
+  it('every flag the manifests pass is one the subcommand declares', () => {
+    const controller = find(objects, 'Deployment', CONTROLLER).spec.template.spec.containers[0].args as string[];
+    const node = find(objects, 'DaemonSet', NODE_AGENT).spec.template.spec.containers[0].args as string[];
+    const wp = find(waypointObjects(gateway({ annotations: { 'ambit.dev/tracing-endpoint': 'http://otel:4318', 'ambit.dev/tracing-sampling': '1' } })), 'Deployment').spec.template.spec.containers[0].args as string[];
+    expect(controller[0]).toBe('controller');
+    expect(node[0]).toBe('node');
+    expect(wp.slice(0, 2)).toEqual(['waypoint', 'run']);
+    const known = { controller: flags('controller'), node: flags('node'), waypoint: flags('waypoint', 'run') };
+    expect(used(controller).filter((f) => !known.controller.has(f))).toEqual([]);
+    expect(used(node).filter((f) => !known.node.has(f))).toEqual([]);
+    expect(used(wp).filter((f) => !known.waypoint.has(f))).toEqual([]);
+  });
+});
+
+describe('ambit install: least-privilege RBAC', () => {
+  const objects = renderInstall(defaultValues());
+  const rules = (kind: string, name: string): any[] => find(objects, kind, name).rules;
+  const all = objects.filter((o) => o.kind === 'ClusterRole' || o.kind === 'Role').flatMap((o: any) => o.rules as any[]);
+
+  it('no wildcard, and none of the verbs that grant more rights', () => {
+    for (const r of all) {
+      for (const field of ['apiGroups', 'resources', 'verbs', 'resourceNames']) expect(r[field] ?? [], JSON.stringify(r)).not.toContain('*');
+      for (const v of ['escalate', 'bind', 'impersonate', 'delete', 'deletecollection']) expect(r.verbs).not.toContain(v);
+    }
+  });
+
+  it('the node agent reads pods and its node, and nothing of secrets', () => {
+    const node = [...rules('ClusterRole', NODE_AGENT), ...rules('Role', NODE_AGENT)];
+    expect(node.flatMap((r) => r.resources).sort()).toEqual(['daemonsets', 'nodes', 'pods']);
+    expect(node.flatMap((r) => r.verbs).every((v: string) => ['get', 'list', 'watch'].includes(v))).toBe(true);
+    expect(find(objects, 'Role', NODE_AGENT).rules[0].resourceNames).toEqual([NODE_AGENT]);
+  });
+
+  it('the controller reads the mesh config, writes only status, its Lease, its CA Secret and the trust bundle', () => {
+    const cluster = rules('ClusterRole', CONTROLLER);
+    const writes = cluster.filter((r) => r.verbs.some((v: string) => !['get', 'list', 'watch'].includes(v)));
+    for (const r of writes) {
+      const ok = r.resources.every((x: string) => x.endsWith('/status')) || r.resources[0] === 'tokenreviews' || r.resources[0] === 'configmaps';
+      expect(ok, JSON.stringify(r)).toBe(true);
+    }
+    expect(cluster.find((r) => r.resources.includes('tokenreviews')).verbs).toEqual(['create']);
+    expect(cluster.flatMap((r) => r.resources)).not.toContain('secrets');
+    for (const res of ['namespaces', 'pods', 'services', 'endpointslices', 'serviceaccounts', 'authorizationpolicies', 'peerauthentications', 'virtualservices', 'httproutes', 'gateways', 'ratelimits']) {
+      expect(cluster.some((r) => r.resources.includes(res) && r.verbs.includes('watch')), res).toBe(true);
+    }
+    const ns = rules('Role', CONTROLLER);
+    for (const r of ns.filter((x) => x.verbs.some((v: string) => v !== 'create'))) expect(r.resourceNames, JSON.stringify(r)).toHaveLength(1);
+    // No Secret: the CA comes mounted from the Secret ambit-ca, never read through the API.
+    expect(ns.flatMap((r) => r.resources).sort()).toEqual(['leases', 'leases']);
+  });
+
+  it('a waypoint gets a ServiceAccount and no RBAC', () => {
+    expect(waypointObjects(gateway()).map((o) => o.kind)).toEqual(['ServiceAccount', 'Deployment', 'Service']);
+  });
+});
+
+describe('ambit install: waypoints', () => {
+  it('one Deployment and Service per ambit-waypoint Gateway, named and labelled after it, on 15008 and 15020', async () => {
+    const objs = waypointObjects(gateway({ annotations: { 'ambit.dev/tracing-endpoint': 'http://otel:4318', 'ambit.dev/tracing-sampling': '10' } }));
+    await expectValid(objs);
+    const deploy = find(objs, 'Deployment');
+    expect(objs.every((o) => o.metadata.name === 'reviews-wp' && o.metadata.namespace === 'shop')).toBe(true);
+    expect(objs.every((o) => o.metadata.labels?.['gateway.networking.k8s.io/gateway-name'] === 'reviews-wp')).toBe(true);
+    expect(deploy.spec.template.spec.serviceAccountName).toBe('reviews-wp');
+    expect(deploy.spec.template.metadata.labels['ambit.dev/dataplane-mode']).toBe('none');
+    expect(find(objs, 'Service').spec.ports.map((p: any) => p.port)).toEqual([15008, 15020]);
+    expect(deploy.spec.template.spec.containers[0].args).toEqual(expect.arrayContaining(['waypoint', 'run', '--name', 'shop/reviews-wp', '--tracing-endpoint', 'http://otel:4318', '--tracing-sampling', '10']));
+    expect(deploy.metadata.ownerReferences[0]).toMatchObject({ kind: 'Gateway', name: 'reviews-wp', controller: true });
+  });
+
+  it('refuses a Gateway of another class', () => {
+    const g = gateway();
+    expect(() => waypointObjects({ ...g, spec: { gatewayClassName: 'istio' } })).toThrow(/not of class ambit-waypoint/);
+    expect(() => waypointObjects({ ...g, kind: 'Service' })).toThrow(/Gateway/);
+  });
+});
+
+describe('ambit install: --set', () => {
+  it('applies the documented defaults', () => {
+    const v = defaultValues();
+    expect(v).toMatchObject({ namespace: 'ambit-system', trustDomain: 'cluster.local', controller: { replicas: 2 }, nodeAgent: { drainSeconds: 30 } });
+    expect(v.image).toMatch(/^ghcr\.io\/ambit-mesh\/ambit:\d+\.\d+\.\d+/);
+  });
+
+  it('an unknown key names it and lists the known ones', () => {
+    expect(() => resolveValues(['controller.replica=3'])).toThrow(/unknown value "controller\.replica" \(known: namespace, image, .*controller\.replicas/);
+    for (const key of Object.keys(VALUES)) expect(() => resolveValues(['bogus=1'])).toThrow(new RegExp(key.replace(/\./g, '\\.')));
+  });
+
+  it('a bad value names the key and what it takes', () => {
+    expect(() => resolveValues(['controller.replicas=two'])).toThrow(/controller\.replicas must be an integer from 1 to 10, got "two"/);
+    expect(() => resolveValues(['controller.replicas=0'])).toThrow(/controller\.replicas/);
+    expect(() => resolveValues(['namespace=Ambit_System'])).toThrow(/namespace must be a DNS label/);
+    expect(() => resolveValues(['logLevel=loud'])).toThrow(/logLevel must be one of trace, debug, info, warn, error/);
+    expect(() => resolveValues(['nodeAgent.drainSeconds=-1'])).toThrow(/nodeAgent\.drainSeconds/);
+    expect(() => resolveValues(['nodeAgent.pinRoot=relative/dir'])).toThrow(/absolute path/);
+    expect(() => resolveValues(['nodeAgent.pinRoot=/var/lib/ambit'])).toThrow(/nodeAgent\.pinRoot must be a directory under \/sys\/fs\/bpf\//);
+    expect(() => resolveValues(['image=Not An Image'])).toThrow(/image must be an image reference/);
+    expect(() => resolveValues(['namespace'])).toThrow(/--set takes key=value, got "namespace"/);
+  });
+
+  it('a later --set of the same key wins, and values may contain "="', () => {
+    expect(resolveValues(['controller.replicas=3', 'controller.replicas=4']).controller.replicas).toBe(4);
+    expect(resolveValues(['image=ghcr.io/x/ambit:v1']).image).toBe('ghcr.io/x/ambit:v1');
+  });
+});
+
+describe('ambit install: the RateLimit CRD agrees with validate.ts', () => {
+  const schema = structuredClone(find([rateLimitCrd({})], 'CustomResourceDefinition').spec.versions[0].schema.openAPIV3Schema);
+  // kubectl's default strict field validation rejects unknown fields of a structural schema; ajv does it with additionalProperties.
+  const strict = (s: any): void => {
+    if (s.type === 'object' && s.properties) {
+      s.additionalProperties = false;
+      for (const [k, p] of Object.entries(s.properties)) if (k !== 'metadata') strict(p);
+    }
+    if (s.items) strict(s.items);
+  };
+  strict(schema);
+  const validate = new Ajv({ allErrors: true }).compile(schema);
+  const byCrd = (obj: unknown) => validate(obj) === true;
+  const byValidateTs = (obj: Record<string, unknown>) => {
+    const errors: string[] = [];
+    validateMeshObject(obj, { error: (p, m) => errors.push(`${p.join('.')}: ${m}`), warn: () => undefined });
+    return errors.length === 0;
+  };
+  const rl = (spec: unknown) => ({ apiVersion: 'ambit.dev/v1alpha1', kind: 'RateLimit', metadata: { name: 'r', namespace: 'shop' }, spec });
+
+  it('accepts the RateLimit of docs/WAYPOINTS.md', () => {
+    const text = readFileSync(`${ROOT}docs/WAYPOINTS.md`, 'utf8');
+    const blocks = [...text.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1]!).filter((y) => /kind: RateLimit/.test(y));
+    expect(blocks.length).toBeGreaterThanOrEqual(1);
+    for (const b of blocks) {
+      for (const d of parseAllDocuments(b)) {
+        const obj = d.toJS() as Record<string, unknown>;
+        expect(byValidateTs(obj)).toBe(true);
+        expect(byCrd(obj), JSON.stringify(validate.errors)).toBe(true);
+      }
+    }
+  });
+
+  const good = [
+    { targetRefs: [{ kind: 'Service', name: 'reviews' }], requestsPerUnit: 100, unit: 'second' },
+    { targetRefs: [{ group: '', kind: 'Service', name: 'a' }, { kind: 'Service', name: 'b' }], requestsPerUnit: 1, unit: 'hour', burst: 1_000_000_000 },
+  ];
+  const bad = [
+    {},
+    { targetRefs: [], requestsPerUnit: 100, unit: 'second' },
+    { targetRefs: [{ kind: 'Deployment', name: 'x' }], requestsPerUnit: 100, unit: 'second' },
+    { targetRefs: [{ kind: 'Service' }], requestsPerUnit: 100, unit: 'second' },
+    { targetRefs: [{ kind: 'Service', name: '' }], requestsPerUnit: 100, unit: 'second' },
+    { targetRefs: [{ kind: 'Service', name: 'x' }], requestsPerUnit: 0, unit: 'second' },
+    { targetRefs: [{ kind: 'Service', name: 'x' }], requestsPerUnit: 1.5, unit: 'second' },
+    { targetRefs: [{ kind: 'Service', name: 'x' }], requestsPerUnit: 2_000_000_000, unit: 'second' },
+    { targetRefs: [{ kind: 'Service', name: 'x' }], requestsPerUnit: 100, unit: 'day' },
+    { targetRefs: [{ kind: 'Service', name: 'x' }], requestsPerUnit: 100 },
+    { targetRefs: [{ kind: 'Service', name: 'x' }], requestsPerUnit: 100, unit: 'second', burst: 0 },
+    { targetRefs: [{ kind: 'Service', name: 'x' }], requestsPerUnit: 100, unit: 'second', bucket: 5 },
+    { targetRefs: [{ kind: 'Service', name: 'x', port: 80 }], requestsPerUnit: 100, unit: 'second' },
+  ];
+
+  it.each(good.map((s) => [JSON.stringify(s), s]))('both accept %s', (_name, spec) => {
+    expect(byValidateTs(rl(spec))).toBe(true);
+    expect(byCrd(rl(spec)), JSON.stringify(validate.errors)).toBe(true);
+  });
+
+  it.each(bad.map((s) => [JSON.stringify(s), s]))('both reject %s', (_name, spec) => {
+    expect(byValidateTs(rl(spec))).toBe(false);
+    expect(byCrd(rl(spec))).toBe(false);
+  });
+
+  it('the one difference: validate.ts also takes integers as strings (protobuf JSON), the CRD only JSON integers', () => {
+    const spec = { targetRefs: [{ kind: 'Service', name: 'x' }], requestsPerUnit: '100', unit: 'second' };
+    expect(byValidateTs(rl(spec))).toBe(true);
+    expect(byCrd(rl(spec))).toBe(false);
+  });
+
+  it('a RateLimit without spec is refused by both', () => {
+    const obj = { apiVersion: 'ambit.dev/v1alpha1', kind: 'RateLimit', metadata: { name: 'r' } };
+    expect(byValidateTs(obj)).toBe(false);
+    expect(byCrd(obj)).toBe(false);
+  });
+});
+
+describe('ambit install / uninstall: the CLI', () => {
+  const run = (...args: string[]) => spawnSync(process.execPath, [`${ROOT}bin/ambit.js`, ...args], { encoding: 'utf8', timeout: 60_000 });
+  const docs = (text: string) => parseAllDocuments(text).map((d) => d.toJS() as K8sObject).filter(Boolean);
+
+  it('install prints the objects as one YAML stream and reminds of the prerequisites on stderr', () => {
+    const r = run('install', '--set', 'namespace=mesh');
+    expect(r.status, r.stderr).toBe(0);
+    expect(docs(r.stdout)).toEqual(JSON.parse(JSON.stringify(renderInstall(resolveValues(['namespace=mesh'])))));
+    expect(r.stderr).toMatch(/Istio/);
+    expect(r.stderr).toMatch(/Gateway API/);
+  });
+
+  it('install --dry-run checks every object and prints what it checked', () => {
+    const r = run('install', '--dry-run');
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain('apps/v1 DaemonSet ambit-system/ambit-node');
+    expect(r.stdout).toMatch(/16 objects checked .* 0 invalid/);
+    expect(r.stdout).not.toContain('apiVersion:');
+  });
+
+  it('a bad --set exits 2 with the message', () => {
+    const r = run('install', '--set', 'nodeAgent.drain=5');
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/unknown value "nodeAgent\.drain" \(known: .*nodeAgent\.drainSeconds/);
+    expect(r.stdout).toBe('');
+  });
+
+  it('uninstall prints the same objects, the node agents first and the namespace and CRD last', () => {
+    const r = run('uninstall');
+    expect(r.status, r.stderr).toBe(0);
+    const objs = docs(r.stdout);
+    const key = (o: K8sObject) => `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`;
+    expect(objs.map(key).sort()).toEqual(renderInstall(defaultValues()).map(key).sort());
+    expect(objs[0]!.kind).toBe('DaemonSet');
+    expect(objs.slice(-2).map((o) => o.kind)).toEqual(['Namespace', 'CustomResourceDefinition']);
+    expect(renderUninstall(defaultValues()).map(key)).toEqual(objs.map(key));
+  });
+});
+
+const kubectl = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' }).status === 0;
+const offlineEnv = { ...process.env, KUBECONFIG: '/dev/null' };
+/** Client dry-run maps kinds through the API server's discovery: with no server it cannot run. */
+const clientDryRunOffline = kubectl && spawnSync('kubectl', ['create', '--dry-run=client', '--validate=false', '-o', 'name', '-f', '-'], {
+  input: 'apiVersion: v1\nkind: Namespace\nmetadata: {name: probe}\n', encoding: 'utf8', env: offlineEnv, timeout: 20_000,
+}).status === 0;
+
+describe('ambit install: kubectl reads the stream', () => {
+  const stream = () => spawnSync(process.execPath, [`${ROOT}bin/ambit.js`, 'install'], { encoding: 'utf8' }).stdout;
+
+  it.skipIf(!kubectl)('kubectl parses every document offline (label --local), naming each object', () => {
+    const r = spawnSync('kubectl', ['label', '--local', '-f', '-', 'ambit.dev/check=1', '-o', 'name'], { input: stream(), encoding: 'utf8', env: offlineEnv });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout.trim().split('\n')).toHaveLength(renderInstall(defaultValues()).length);
+    expect(r.stdout).toContain('daemonset.apps/ambit-node');
+  });
+
+  // Skipped when kubectl is missing, or (as with every kubectl we know) its client dry-run needs an API server's discovery.
+  it.skipIf(!clientDryRunOffline)('kubectl create --dry-run=client accepts the stream', () => {
+    const r = spawnSync('kubectl', ['create', '--dry-run=client', '--validate=false', '-o', 'name', '-f', '-'], { input: stream(), encoding: 'utf8', env: offlineEnv });
+    expect(r.status, r.stderr).toBe(0);
+  });
+});
