@@ -1,6 +1,8 @@
 /**
- * `ambit waypoint apply|list|delete` (a local cluster today; Kubernetes with the install) and
- * `ambit waypoint run` (the waypoint process itself, started by the runtime in the waypoint's pod).
+ * `ambit waypoint apply|list|delete` (the local cluster by default; `apply` and `delete` also on
+ * a Kubernetes cluster with `--kubeconfig FILE` or `--kube`, where the Gateway is written with
+ * server-side apply and the controller runs the waypoint's Deployment) and `ambit waypoint run`
+ * (the waypoint process itself, started by the runtime or the Deployment in the waypoint's pod).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
@@ -11,6 +13,7 @@ import { readState } from '../local/state.js';
 import { TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, USE_WAYPOINT, WAYPOINT_CLASS } from '../control/model.js';
 import { splitPemBundle } from '../identity/pki.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
+import { KubeClient, type KubeResponse } from '../control/kube/client.js';
 import { logger } from '../telemetry/log.js';
 import { parseSamplingPercent, validateTracingOptions } from '../telemetry/tracing.js';
 import { CliError } from './errors.js';
@@ -38,7 +41,72 @@ export function waypointGateway(namespace: string, name: string, forWhat: string
   };
 }
 
-interface ApplyOpts { namespace: string; name: string; for: string; enrollNamespace?: boolean; tracingEndpoint?: string; tracingSampling?: string; cluster: string }
+interface KubeOpts { kubeconfig?: string; kube?: boolean }
+interface ApplyOpts extends KubeOpts { namespace: string; name: string; for: string; enrollNamespace?: boolean; tracingEndpoint?: string; tracingSampling?: string; cluster: string }
+
+/** The field manager of what `ambit waypoint apply` writes on a Kubernetes cluster. */
+export const CLI_FIELD_MANAGER = 'ambit-cli';
+const GATEWAY_PATH = (namespace: string, name: string) => `/apis/gateway.networking.k8s.io/v1/namespaces/${namespace}/gateways/${name}`;
+
+/** The namespace label binding it to a waypoint, as a merge patch (its other labels stay). */
+export function useWaypointPatch(name: string): { metadata: { labels: Record<string, string> } } {
+  return { metadata: { labels: { [USE_WAYPOINT]: name } } };
+}
+
+/** A client for the cluster of the kubeconfig (or $KUBECONFIG / ~/.kube/config), and its server. */
+async function kubeClient(kubeconfig: string | undefined): Promise<{ client: KubeClient; server: string }> {
+  const { KubeConfig } = await import('@kubernetes/client-node');
+  const config = new KubeConfig();
+  try {
+    if (kubeconfig) config.loadFromFile(kubeconfig);
+    else config.loadFromDefault();
+    return { client: KubeClient.fromKubeConfig(config), server: config.getCurrentCluster()?.server ?? 'the cluster' };
+  } catch (err) {
+    throw new CliError(`cannot read the kubeconfig${kubeconfig ? ` ${kubeconfig}` : ''}: ${(err as Error).message}`);
+  }
+}
+
+/** One request; a transport failure is a CliError naming the server. */
+async function kubeRequest(client: KubeClient, server: string, method: string, path: string, body?: unknown, contentType?: string): Promise<KubeResponse> {
+  try {
+    return await client.request(method, path, body, contentType);
+  } catch (err) {
+    throw new CliError(`cannot reach the Kubernetes API server at ${server}: ${(err as Error).message}`);
+  }
+}
+
+function apiMessage(res: KubeResponse): string {
+  const m = (res.body as { message?: unknown } | undefined)?.message;
+  return typeof m === 'string' ? m : `HTTP ${res.status}`;
+}
+
+async function applyOnKubernetes(opts: ApplyOpts, gateway: Record<string, unknown>): Promise<void> {
+  const { client, server } = await kubeClient(opts.kubeconfig);
+  const ns = await kubeRequest(client, server, 'GET', `/api/v1/namespaces/${opts.namespace}`);
+  if (ns.status === 404) throw new CliError(`namespace ${opts.namespace} does not exist in ${server}`);
+  const res = await kubeRequest(client, server, 'PATCH', `${GATEWAY_PATH(opts.namespace, opts.name)}?fieldManager=${CLI_FIELD_MANAGER}&force=true`, gateway, 'application/apply-patch+yaml');
+  if (res.status === 404) {
+    const msg = apiMessage(res);
+    if (/namespaces? /.test(msg)) throw new CliError(`namespace ${opts.namespace} does not exist in ${server}`);
+    throw new CliError(`${server} does not serve gateway.networking.k8s.io/v1 Gateways: ${msg}`, 'install the Gateway API CRDs (see docs/KUBERNETES.md)');
+  }
+  if (res.status < 200 || res.status >= 300) throw new CliError(`could not apply waypoint ${opts.namespace}/${opts.name}: ${apiMessage(res)}`);
+  process.stdout.write(`gateway.gateway.networking.k8s.io/${opts.name} applied\n`);
+  if (opts.enrollNamespace || opts.for === 'namespace') {
+    const label = await kubeRequest(client, server, 'PATCH', `/api/v1/namespaces/${opts.namespace}`, useWaypointPatch(opts.name), 'application/merge-patch+json');
+    if (label.status === 404) throw new CliError(`namespace ${opts.namespace} does not exist in ${server}`);
+    if (label.status < 200 || label.status >= 300) throw new CliError(`could not label namespace ${opts.namespace}: ${apiMessage(label)}`);
+    process.stdout.write(`namespace/${opts.namespace} labelled ${USE_WAYPOINT}=${opts.name}\n`);
+  }
+}
+
+async function deleteOnKubernetes(namespace: string, name: string, kubeconfig: string | undefined): Promise<void> {
+  const { client, server } = await kubeClient(kubeconfig);
+  const res = await kubeRequest(client, server, 'DELETE', GATEWAY_PATH(namespace, name));
+  if (res.status === 404) throw new CliError(`waypoint ${namespace}/${name} not found in ${server}`);
+  if (res.status < 200 || res.status >= 300) throw new CliError(`could not delete waypoint ${namespace}/${name}: ${apiMessage(res)}`);
+  process.stdout.write(`gateway.gateway.networking.k8s.io/${name} deleted\n`);
+}
 
 /** Tracing flags, checked as the waypoint will read them. */
 function tracingOptions(endpoint: string | undefined, sampling: string | undefined): { endpoint?: string; samplingPercent?: number } {
@@ -62,12 +130,16 @@ export function register(program: Command): void {
     .option('--tracing-endpoint <url>', 'OTLP/HTTP collector the waypoint exports spans to (e.g. http://otel-collector.observability:4318)')
     .option('--tracing-sampling <percent>', 'share of new traces recorded, 0-100 (default 1; a caller\'s sampled decision is kept)')
     .addOption(clusterOption())
+    .option('--kubeconfig <file>', 'a Kubernetes cluster instead of the local one')
+    .option('--kube', 'a Kubernetes cluster from $KUBECONFIG or ~/.kube/config')
     .action(async (opts: ApplyOpts) => {
       checkName('--namespace', opts.namespace);
       checkName('--name', opts.name);
       tracingOptions(opts.tracingEndpoint, opts.tracingSampling);
+      const gateway = waypointGateway(opts.namespace, opts.name, opts.for, { ...(opts.tracingEndpoint ? { endpoint: opts.tracingEndpoint } : {}), ...(opts.tracingSampling !== undefined ? { sampling: opts.tracingSampling } : {}) });
+      if (opts.kubeconfig || opts.kube) return applyOnKubernetes(opts, gateway);
       const layout = new ClusterLayout(opts.cluster);
-      const docs: Record<string, unknown>[] = [waypointGateway(opts.namespace, opts.name, opts.for, { ...(opts.tracingEndpoint ? { endpoint: opts.tracingEndpoint } : {}), ...(opts.tracingSampling !== undefined ? { sampling: opts.tracingSampling } : {}) })];
+      const docs: Record<string, unknown>[] = [gateway];
       // A waypoint for a namespace binds it; one for services waits for each service's label.
       if (opts.enrollNamespace || opts.for === 'namespace') {
         // The namespace as it is, with the label added: applying it must not drop its other labels.
@@ -151,8 +223,12 @@ export function register(program: Command): void {
     .argument('<name>')
     .requiredOption('-n, --namespace <ns>', 'the waypoint\'s namespace')
     .addOption(clusterOption())
-    .action(async (name: string, opts: { namespace: string; cluster: string }) => {
+    .option('--kubeconfig <file>', 'a Kubernetes cluster instead of the local one')
+    .option('--kube', 'a Kubernetes cluster from $KUBECONFIG or ~/.kube/config')
+    .action(async (name: string, opts: { namespace: string; cluster: string } & KubeOpts) => {
       checkName('NAME', name);
+      checkName('--namespace', opts.namespace);
+      if (opts.kubeconfig || opts.kube) return deleteOnKubernetes(opts.namespace, name, opts.kubeconfig);
       const layout = new ClusterLayout(opts.cluster);
       const text = stringify(waypointGateway(opts.namespace, name, 'service'));
       const result = await apply(new RuntimeClient(layout), 'delete', [{ file: `waypoint ${opts.namespace}/${name}`, text, dir: process.cwd() }]) as Awaited<ReturnType<typeof apply>> & { notFound: string[] };

@@ -9,6 +9,8 @@ import { CaServer, type Authenticator, type NodeDirectory } from '../identity/ca
 import { TokenReviewAuthenticator } from '../identity/tokenreview.js';
 import { KubeClient } from './kube/client.js';
 import { KubernetesSource } from './kube-source.js';
+import { isWaypointGateway, WaypointReconciler } from './kube/waypoints.js';
+import { resolveValues, ValuesError } from '../install/values.js';
 import { logger } from '../telemetry/log.js';
 import { DiscoveryServer, discoveryService } from './discovery.js';
 import { LocalClusterSource, LocalCredentials, LocalNodeDirectory, type ConfigSource } from './local-source.js';
@@ -37,7 +39,7 @@ export interface ControllerOptions {
 }
 
 /** Where config, callers and nodes come from: the local cluster's state, or a Kubernetes API server. */
-async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>): Promise<{ source: ConfigSource; authenticator: Authenticator; directory: NodeDirectory; describe: Record<string, unknown> }> {
+async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>): Promise<{ source: ConfigSource; authenticator: Authenticator; directory: NodeDirectory; describe: Record<string, unknown>; client?: KubeClient }> {
   if (opts.kubernetes) {
     const { KubeConfig } = await import('@kubernetes/client-node');
     const kc = new KubeConfig();
@@ -46,7 +48,7 @@ async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>):
     const client = KubeClient.fromKubeConfig(kc);
     const kube = new KubernetesSource(client, { log });
     const authenticator = new TokenReviewAuthenticator({ client, trustDomain: opts.trustDomain, isWaypoint: (ns, name) => kube.isWaypoint(ns, name) });
-    return { source: kube, authenticator, directory: kube.nodeDirectory(opts.trustDomain), describe: { source: 'kubernetes', server: kc.getCurrentCluster()?.server } };
+    return { source: kube, authenticator, directory: kube.nodeDirectory(opts.trustDomain), describe: { source: 'kubernetes', server: kc.getCurrentCluster()?.server }, client };
   }
   if (!opts.localState) throw new Error('the controller needs a local cluster\'s state directory or a Kubernetes cluster');
   const authenticator = new LocalCredentials(opts.localState, opts.trustDomain);
@@ -54,6 +56,25 @@ async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>):
     source: new LocalClusterSource(join(opts.localState, 'cluster.json')), authenticator,
     directory: new LocalNodeDirectory(join(opts.localState, 'cluster.json'), opts.trustDomain), describe: { source: 'local', nodes: authenticator.nodes },
   };
+}
+
+/**
+ * In Kubernetes mode, the controller runs the waypoints' Deployments itself unless
+ * AMBIT_WAYPOINTS_MANAGED=false (the install's `waypoints.managed=false`, which also leaves out
+ * the RBAC for it). AMBIT_WAYPOINT_VALUES holds the install's values the waypoint template needs
+ * (`key=value`, comma-separated, as `--set` takes them); its namespace defaults to POD_NAMESPACE.
+ */
+function waypointReconciler(client: KubeClient | undefined, opts: ControllerOptions, log: ReturnType<typeof logger>): WaypointReconciler | undefined {
+  if (!client || process.env.AMBIT_WAYPOINTS_MANAGED === 'false') return undefined;
+  const sets = (process.env.AMBIT_WAYPOINT_VALUES ?? '').split(',').map((x) => x.trim()).filter(Boolean);
+  if (process.env.POD_NAMESPACE && !sets.some((x) => x.startsWith('namespace='))) sets.unshift(`namespace=${process.env.POD_NAMESPACE}`);
+  sets.push(`trustDomain=${opts.trustDomain}`);
+  try {
+    return new WaypointReconciler(client, { values: resolveValues(sets), log });
+  } catch (err) {
+    if (err instanceof ValuesError) throw new Error(`AMBIT_WAYPOINT_VALUES: ${err.message}`);
+    throw err;
+  }
 }
 
 export async function runController(opts: ControllerOptions): Promise<CaServer> {
@@ -64,7 +85,8 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
   const ca = opts.pluginCaDir
     ? await CertificateAuthority.open({ plugin: readPluginCa(opts.pluginCaDir) }, caOpts)
     : await CertificateAuthority.open({ store: new FileCaStore(caDir!) }, caOpts);
-  const { source: primary, authenticator, directory, describe } = await origins(opts, log);
+  const { source: primary, authenticator, directory, describe, client } = await origins(opts, log);
+  const waypoints = waypointReconciler(client, opts, log);
   log.info({ origin: ca.origin, ...describe }, 'CA ready');
   const discovery = new DiscoveryServer(authenticator, log);
   // `ambit local status` shows the subscribers, their versions and any NACK from this file.
@@ -91,6 +113,8 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
     const model = buildModel(snapshot, opts.trustDomain);
     discovery.update(model);
     writeStatus();
+    // Only the API server's Gateways: one from the manifest directory has no object to own ours.
+    void waypoints?.reconcile(snapshot.resources.filter((r) => r.source.file.startsWith('kubernetes:') && isWaypointGateway(r.raw)).map((r) => r.raw));
     log.info({ version: discovery.version, workloads: model.workloads.length, services: model.services.length, policies: model.policies.length, l7: model.l7.length }, 'model updated');
   });
   const server = await CaServer.start({
@@ -107,6 +131,7 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
     process.once(signal, () => {
       log.info({ signal }, 'controller stopping');
       source.stop();
+      waypoints?.stop();
       void server.close().then(() => process.exit(0));
     });
   }

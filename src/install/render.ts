@@ -70,7 +70,22 @@ const STATUS_OF: Readonly<Record<string, string[]>> = {
   'ambit.dev': ['ratelimits'],
 };
 
-export function controllerClusterRules(): Rule[] {
+/**
+ * What the controller needs to run waypoints (waypoints.managed): it server-side applies each
+ * waypoint's ServiceAccount, Deployment and Service and deletes them once the Gateway is gone.
+ * RBAC cannot limit a rule by label, nor `create` by name: these rules cover every Deployment,
+ * Service and ServiceAccount of the cluster. That is the cost of managed waypoints; the
+ * controller itself only ever deletes objects labelled as its own for a waypoint.
+ */
+export function controllerWaypointRules(): Rule[] {
+  const verbs = ['get', 'list', 'create', 'patch', 'delete'];
+  return [
+    { apiGroups: ['apps'], resources: ['deployments'], verbs },
+    { apiGroups: [''], resources: ['services', 'serviceaccounts'], verbs },
+  ];
+}
+
+export function controllerClusterRules(v?: Pick<Values, 'waypoints'>): Rule[] {
   return [
     ...Object.entries(CONTROLLER_READS).map(([g, resources]) => ({ apiGroups: [g], resources, verbs: READ })),
     ...Object.entries(STATUS_OF).map(([g, resources]) => ({ apiGroups: [g], resources: resources.map((r) => `${r}/status`), verbs: ['get', 'update', 'patch'] })),
@@ -78,7 +93,13 @@ export function controllerClusterRules(): Rule[] {
     // The trust bundle, published to each namespace that runs waypoints (create cannot be limited by name).
     { apiGroups: [''], resources: ['configmaps'], verbs: ['create'] },
     { apiGroups: [''], resources: ['configmaps'], verbs: ['get', 'update', 'patch'], resourceNames: [ROOT_CERT_CONFIGMAP] },
+    ...((v?.waypoints.managed ?? true) ? controllerWaypointRules() : []),
   ];
+}
+
+/** The install's values the controller's waypoint template needs (AMBIT_WAYPOINT_VALUES, `--set` syntax). */
+export function waypointTemplateValues(v: Values): string {
+  return [`namespace=${v.namespace}`, `image=${v.image}`, `imagePullPolicy=${v.imagePullPolicy}`, `logLevel=${v.logLevel}`, `waypoint.replicas=${v.waypoint.replicas}`].join(',');
 }
 
 export function controllerNamespaceRules(): Rule[] {
@@ -177,6 +198,8 @@ export function controllerObjects(v: Values): K8sObject[] {
               { name: 'AMBIT_ROOT_CERT_CONFIGMAP', value: ROOT_CERT_CONFIGMAP },
               { name: 'AMBIT_TOKEN_AUDIENCE', value: TOKEN_AUDIENCE },
               { name: 'AMBIT_ROOT_NAMESPACE', value: v.rootNamespace },
+              { name: 'AMBIT_WAYPOINTS_MANAGED', value: String(v.waypoints.managed) },
+              { name: 'AMBIT_WAYPOINT_VALUES', value: waypointTemplateValues(v) },
               { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
               { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
             ],
@@ -319,7 +342,7 @@ export function renderInstall(v: Values): K8sObject[] {
     rateLimitCrd(commonLabels('crd')),
     sa(CONTROLLER, v.namespace, 'controller'),
     sa(NODE_AGENT, v.namespace, 'node'),
-    ...rbac(CONTROLLER, v.namespace, 'controller', controllerClusterRules(), controllerNamespaceRules()),
+    ...rbac(CONTROLLER, v.namespace, 'controller', controllerClusterRules(v), controllerNamespaceRules()),
     ...rbac(NODE_AGENT, v.namespace, 'node', nodeAgentClusterRules(), nodeAgentNamespaceRules()),
     ...controllerObjects(v),
     nodeAgentDaemonSet(v),

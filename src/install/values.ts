@@ -16,6 +16,7 @@ export interface Values {
   controller: { replicas: number; certTtlSeconds: number };
   nodeAgent: { drainSeconds: number; pinRoot: string; cgroupRoot: string };
   waypoint: { replicas: number };
+  waypoints: { managed: boolean };
 }
 
 /** A bad `--set` or values object: the message names the key. */
@@ -45,6 +46,10 @@ function oneOf(values: readonly string[]): Parse {
     if (!values.includes(raw)) throw new ValuesError(`${key} must be one of ${values.join(', ')}, got "${raw}"`);
     return raw;
   };
+}
+function boolean(raw: string, key: string): boolean {
+  if (raw !== 'true' && raw !== 'false') throw new ValuesError(`${key} must be true or false, got "${raw}"`);
+  return raw === 'true';
 }
 function absolutePath(raw: string, key: string): string {
   if (!raw.startsWith('/') || raw.includes('..') || /\s/.test(raw)) throw new ValuesError(`${key} must be an absolute path without "..", got "${raw}"`);
@@ -90,6 +95,11 @@ export const VALUES: Record<string, ValueSpec> = {
   },
   'nodeAgent.cgroupRoot': { default: () => '/sys/fs/cgroup', parse: absolutePath, help: 'the host\'s cgroup v2 mount' },
   'waypoint.replicas': { default: () => 1, parse: integer(1, 100), help: 'replicas of each waypoint Deployment' },
+  'waypoints.managed': {
+    default: () => true,
+    parse: boolean,
+    help: 'the controller creates each waypoint\'s ServiceAccount, Deployment and Service (needs write access to those kinds cluster-wide); false: no such RBAC, you apply the waypoint template yourself',
+  },
 };
 
 /** The defaults, with every key at its documented value. */

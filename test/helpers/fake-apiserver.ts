@@ -9,6 +9,11 @@
  *   ERROR event with a 410 Status when N is older than the compacted history;
  * - `PATCH .../<name>/status` (merge patch) recorded in `statusPatches` and applied;
  * - `POST /apis/authentication.k8s.io/v1/tokenreviews` answered from `tokens`;
+ * - GET of one object; `PATCH` of an object with `application/apply-patch+yaml` (server-side
+ *   apply: the body replaces the object, uid and status kept; recorded in `applyPatches`) or
+ *   `application/merge-patch+json` (RFC 7386); `DELETE` of an object. A namespaced write into a
+ *   namespace that does not exist answers 404 when Namespaces are served;
+ * - `failNext(...)`: the next matching requests answer an error instead;
  * - 404 (a Status object) for anything else.
  *
  * Resource versions are one global counter, as etcd's are.
@@ -41,7 +46,10 @@ export class FakeApiServer {
   private readonly watchers = new Set<Watcher>();
   private goneNext = 0;
   readonly statusPatches: { path: string; contentType: string; body: unknown }[] = [];
-  readonly requests: { method: string; url: string }[] = [];
+  readonly requests: { method: string; url: string; contentType?: string }[] = [];
+  /** Server-side apply requests: path, query (fieldManager, force), content type and body. */
+  readonly applyPatches: { method: string; path: string; query: Record<string, string>; contentType: string; body: Record<string, unknown> }[] = [];
+  private readonly failures: { method: string; match: string; code: number; count: number }[] = [];
   readonly tokenReviews: unknown[] = [];
   /** token → answer; unknown tokens are not authenticated. */
   readonly tokens = new Map<string, TokenReviewAnswer>();
@@ -138,6 +146,11 @@ export class FakeApiServer {
     return this.objects.get(this.kindKey(this.find(kind, group)))!.get(`${namespace}/${name}`);
   }
 
+  /** The next `count` requests of `method` whose path contains `match` answer `code` (a Status). */
+  failNext(method: string, match = '', code = 500, count = 1): void {
+    this.failures.push({ method, match, code, count });
+  }
+
   /** A BOOKMARK on every open watch of `kind` at the current version (which moves on first, as unrelated writes would). */
   bookmark(kind: string, group?: string): string {
     const k = this.find(kind, group);
@@ -181,8 +194,13 @@ export class FakeApiServer {
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const url = new URL(req.url ?? '/', 'http://x');
-      this.requests.push({ method: req.method ?? '', url: `${url.pathname}${url.search}` });
+      this.requests.push({ method: req.method ?? '', url: `${url.pathname}${url.search}`, ...(req.headers['content-type'] ? { contentType: req.headers['content-type'] } : {}) });
       const text = Buffer.concat(chunks).toString('utf8');
+      const failure = this.failures.find((f) => f.count > 0 && f.method === req.method && url.pathname.includes(f.match));
+      if (failure) {
+        failure.count--;
+        return this.status(res, failure.code, failure.code === 500 ? 'InternalError' : 'Failure', `${req.method ?? ''} ${url.pathname} refused by the test`);
+      }
       try {
         this.route(req, res, url, text);
       } catch (err) {
@@ -232,6 +250,7 @@ export class FakeApiServer {
       this.apply(k.kind, next, k.group);
       return this.send(res, 200, store.get(`${namespace ?? ''}/${rest[1]}`));
     }
+    if (rest.length === 2) return this.one(req, res, url, k, namespace, rest[1]!, text);
     if (req.method !== 'GET' || rest.length !== 1) return this.status(res, 405, 'MethodNotAllowed', 'not supported by the stand-in');
 
     if (url.searchParams.get('watch') === '1' || url.searchParams.get('watch') === 'true') {
@@ -253,4 +272,49 @@ export class FakeApiServer {
     const items = [...store.values()].filter((o) => namespace === undefined || o.metadata.namespace === namespace);
     this.send(res, 200, { kind: `${k.kind}List`, apiVersion: this.apiVersion(k), metadata: { resourceVersion: String(this.rv) }, items });
   }
+
+  /** GET, PATCH (apply or merge) and DELETE of one object. */
+  private one(req: IncomingMessage, res: ServerResponse, url: URL, k: ServedKind, namespace: string | undefined, name: string, text: string): void {
+    const store = this.objects.get(this.kindKey(k))!;
+    const key = `${namespace ?? ''}/${name}`;
+    const notFound = () => this.status(res, 404, 'NotFound', `${k.plural} "${name}" not found`);
+    if (req.method === 'GET') return store.has(key) ? this.send(res, 200, store.get(key)) : notFound();
+    if (req.method === 'DELETE') {
+      if (!store.has(key)) return notFound();
+      this.delete(k.kind, namespace ?? '', name, k.group);
+      return this.send(res, 200, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details: { name, kind: k.plural } });
+    }
+    if (req.method !== 'PATCH') return this.status(res, 405, 'MethodNotAllowed', 'not supported by the stand-in');
+    const nsKind = this.kinds.find((x) => x.group === '' && x.kind === 'Namespace');
+    if (namespace !== undefined && nsKind && !this.objects.get(this.kindKey(nsKind))!.has(`/${namespace}`)) {
+      return this.status(res, 404, 'NotFound', `namespaces "${namespace}" not found`);
+    }
+    const contentType = req.headers['content-type'] ?? '';
+    const body = JSON.parse(text) as Record<string, unknown>;
+    const prev = store.get(key);
+    let next: Record<string, unknown>;
+    if (contentType === 'application/apply-patch+yaml') {
+      this.applyPatches.push({ method: 'PATCH', path: url.pathname, query: Object.fromEntries(url.searchParams), contentType, body });
+      if (!url.searchParams.get('fieldManager')) return this.status(res, 400, 'BadRequest', 'PATCH with apply-patch requires a fieldManager');
+      const meta = (body.metadata ?? {}) as Record<string, unknown>;
+      if (meta.name !== name || (namespace !== undefined && meta.namespace !== namespace)) return this.status(res, 400, 'BadRequest', 'the name or namespace of the body does not match the URL');
+      next = { ...clone(body), metadata: { ...meta, ...(prev ? { uid: prev.metadata.uid } : {}) } };
+    } else if (contentType === 'application/merge-patch+json') {
+      if (!prev) return notFound();
+      next = mergePatch(clone(prev), body) as Record<string, unknown>;
+    } else return this.status(res, 415, 'UnsupportedMediaType', `the stand-in does not take ${contentType}`);
+    this.apply(k.kind, next, k.group);
+    this.send(res, prev ? 200 : 201, store.get(key));
+  }
+}
+
+/** RFC 7386 JSON merge patch. */
+function mergePatch(target: unknown, patch: unknown): unknown {
+  if (typeof patch !== 'object' || patch === null || Array.isArray(patch)) return patch;
+  const out: Record<string, unknown> = typeof target === 'object' && target !== null && !Array.isArray(target) ? { ...(target as Record<string, unknown>) } : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatch(out[k], v);
+  }
+  return out;
 }

@@ -167,7 +167,9 @@ describe('ambit install: least-privilege RBAC', () => {
   it('no wildcard, and none of the verbs that grant more rights', () => {
     for (const r of all) {
       for (const field of ['apiGroups', 'resources', 'verbs', 'resourceNames']) expect(r[field] ?? [], JSON.stringify(r)).not.toContain('*');
-      for (const v of ['escalate', 'bind', 'impersonate', 'delete', 'deletecollection']) expect(r.verbs).not.toContain(v);
+      for (const v of ['escalate', 'bind', 'impersonate', 'deletecollection']) expect(r.verbs).not.toContain(v);
+      // delete: only the waypoint objects the controller runs (waypoints.managed).
+      if (r.verbs.includes('delete')) expect(r.resources.every((x: string) => ['deployments', 'services', 'serviceaccounts'].includes(x)), JSON.stringify(r)).toBe(true);
     }
   });
 
@@ -182,7 +184,8 @@ describe('ambit install: least-privilege RBAC', () => {
     const cluster = rules('ClusterRole', CONTROLLER);
     const writes = cluster.filter((r) => r.verbs.some((v: string) => !['get', 'list', 'watch'].includes(v)));
     for (const r of writes) {
-      const ok = r.resources.every((x: string) => x.endsWith('/status')) || r.resources[0] === 'tokenreviews' || r.resources[0] === 'configmaps';
+      const ok = r.resources.every((x: string) => x.endsWith('/status')) || r.resources[0] === 'tokenreviews' || r.resources[0] === 'configmaps'
+        || r.resources.every((x: string) => ['deployments', 'services', 'serviceaccounts'].includes(x));
       expect(ok, JSON.stringify(r)).toBe(true);
     }
     expect(cluster.find((r) => r.resources.includes('tokenreviews')).verbs).toEqual(['create']);
@@ -194,6 +197,20 @@ describe('ambit install: least-privilege RBAC', () => {
     for (const r of ns.filter((x) => x.verbs.some((v: string) => v !== 'create'))) expect(r.resourceNames, JSON.stringify(r)).toHaveLength(1);
     // No Secret: the CA comes mounted from the Secret ambit-ca, never read through the API.
     expect(ns.flatMap((r) => r.resources).sort()).toEqual(['leases', 'leases']);
+  });
+
+  it('waypoints.managed (default true): write access to Deployments, Services and ServiceAccounts; false removes it', () => {
+    const writes = (rs: any[]) => rs.filter((r) => ['deployments', 'services', 'serviceaccounts'].some((x) => r.resources.includes(x)) && r.verbs.includes('patch'));
+    const managed = writes(rules('ClusterRole', CONTROLLER));
+    expect(managed.flatMap((r) => r.resources).sort()).toEqual(['deployments', 'serviceaccounts', 'services']);
+    for (const r of managed) expect(r.verbs).toEqual(expect.arrayContaining(['create', 'patch', 'delete', 'get', 'list']));
+    const env = (vals: ReturnType<typeof defaultValues>) => find(renderInstall(vals), 'Deployment', CONTROLLER).spec.template.spec.containers[0].env as { name: string; value?: string }[];
+    expect(env(defaultValues()).find((e) => e.name === 'AMBIT_WAYPOINTS_MANAGED')?.value).toBe('true');
+    expect(env(defaultValues()).find((e) => e.name === 'AMBIT_WAYPOINT_VALUES')?.value).toMatch(/^namespace=ambit-system,image=ghcr\.io\/ambit-mesh\/ambit:.*,waypoint\.replicas=1$/);
+    const off = resolveValues(['waypoints.managed=false']);
+    expect(writes(find(renderInstall(off), 'ClusterRole', CONTROLLER).rules)).toEqual([]);
+    expect(env(off).find((e) => e.name === 'AMBIT_WAYPOINTS_MANAGED')?.value).toBe('false');
+    expect(() => resolveValues(['waypoints.managed=yes'])).toThrow(/waypoints\.managed must be true or false, got "yes"/);
   });
 
   it('a waypoint gets a ServiceAccount and no RBAC', () => {

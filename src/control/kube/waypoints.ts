@@ -1,0 +1,272 @@
+/**
+ * The waypoints of a Kubernetes cluster, run by the controller: for every Gateway of class
+ * ambit-waypoint, the ServiceAccount, Deployment and Service `waypointObjects` renders, written
+ * with server-side apply (field manager `ambit-controller`, `force=true`: the controller owns
+ * these objects' fields); and for every such Gateway that is gone, those objects deleted.
+ *
+ * - Idempotent: the hash of each object last applied is remembered, and an unchanged object is
+ *   not sent again (every `resyncMs` the memory is dropped and everything re-applied, in case an
+ *   object was changed or deleted behind the controller's back).
+ * - Only objects labelled `app.kubernetes.io/managed-by: ambit-controller` and
+ *   `gateway.networking.k8s.io/gateway-name: <gateway>` are ever deleted; anything else with the
+ *   same name (a Deployment made from `ambit install`'s waypoint template) is left alone. On the
+ *   first pass the managed objects already in the cluster are listed, so those of a Gateway
+ *   deleted while the controller was down go too (their ownerReferences make the garbage
+ *   collector remove them anyway).
+ * - A failed write is logged and retried, with exponential backoff per object, on the next
+ *   snapshot or on a timer, whichever comes first. Nothing here ever throws into the caller.
+ */
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { K8sObject } from '../../install/objects.js';
+import { waypointObjects } from '../../install/waypoint.js';
+import { defaultValues, type Values } from '../../install/values.js';
+import { silentLogger } from '../../telemetry/log.js';
+import { WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../model.js';
+import type { KubeClient } from './client.js';
+
+export const FIELD_MANAGER = 'ambit-controller';
+export const MANAGED_BY_LABEL = 'app.kubernetes.io/managed-by';
+/** The value of MANAGED_BY_LABEL on the objects the controller writes (the install's say ambit-install). */
+export const MANAGED_BY = 'ambit-controller';
+
+/** Where each kind of a waypoint's objects lives in the API. */
+const KINDS: Readonly<Record<string, { prefix: string; plural: string }>> = {
+  'v1/ServiceAccount': { prefix: '/api/v1', plural: 'serviceaccounts' },
+  'apps/v1/Deployment': { prefix: '/apis/apps/v1', plural: 'deployments' },
+  'v1/Service': { prefix: '/api/v1', plural: 'services' },
+};
+
+export interface WaypointReconcilerOptions {
+  /** The install's values (image, controller address, trust domain, replicas...). */
+  values?: Values;
+  log?: Logger;
+  /** First wait before retrying a failed object (ms, doubled per failure up to maxBackoffMs). */
+  backoffMs?: number;
+  maxBackoffMs?: number;
+  /** Forget what was applied and apply everything again this often (ms; 0 = never). */
+  resyncMs?: number;
+}
+
+interface Ref { key: string; path: string; namespace: string; name: string; gateway: string }
+interface Failure { attempts: number; notBefore: number }
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+
+function refOf(apiVersion: string, kind: string, namespace: string, name: string, gateway: string): Ref | undefined {
+  const k = KINDS[`${apiVersion}/${kind}`];
+  if (!k) return undefined;
+  return {
+    key: `${kind}/${namespace}/${name}`, namespace, name, gateway,
+    path: `${k.prefix}/namespaces/${encodeURIComponent(namespace)}/${k.plural}/${encodeURIComponent(name)}`,
+  };
+}
+
+/** Whether a Gateway (as read from the API) declares a waypoint. */
+export function isWaypointGateway(obj: unknown): boolean {
+  return isObject(obj) && obj.kind === 'Gateway' && typeof obj.apiVersion === 'string' && obj.apiVersion.startsWith('gateway.networking.k8s.io/')
+    && isObject(obj.spec) && obj.spec.gatewayClassName === WAYPOINT_CLASS;
+}
+
+export class WaypointReconciler {
+  private readonly values: Values;
+  private readonly log: Logger;
+  private readonly backoffMs: number;
+  private readonly maxBackoffMs: number;
+  /** Object key → hash of the version last applied successfully. */
+  private readonly applied = new Map<string, string>();
+  /** Gateway key (ns/name) → the objects written for it (what to delete once it is gone). */
+  private readonly owned = new Map<string, Ref[]>();
+  private readonly failures = new Map<string, Failure>();
+  private adopted = false;
+  private latest: Record<string, unknown>[] | undefined;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private retryTimer?: NodeJS.Timeout;
+  private readonly resyncTimer?: NodeJS.Timeout;
+  private stopped = false;
+
+  constructor(private readonly client: KubeClient, opts: WaypointReconcilerOptions = {}) {
+    this.values = opts.values ?? defaultValues();
+    this.log = opts.log ?? silentLogger;
+    this.backoffMs = opts.backoffMs ?? 1000;
+    this.maxBackoffMs = opts.maxBackoffMs ?? 5 * 60_000;
+    const resyncMs = opts.resyncMs ?? 10 * 60_000;
+    if (resyncMs > 0) {
+      this.resyncTimer = setInterval(() => {
+        this.applied.clear();
+        if (this.latest) void this.reconcile(this.latest);
+      }, resyncMs).unref();
+    }
+  }
+
+  /**
+   * The Gateways of class ambit-waypoint as they are now (others are ignored). Resolves once
+   * this state (or a later one) has been worked through; never rejects.
+   */
+  reconcile(gateways: readonly Record<string, unknown>[]): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    this.latest = gateways.filter(isWaypointGateway);
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      do {
+        this.again = false;
+        try {
+          await this.pass(this.latest ?? []);
+        } catch (err) {
+          this.log.error({ err: message(err) }, 'waypoint reconcile failed');
+        }
+      } while (this.again && !this.stopped);
+    })().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    clearInterval(this.resyncTimer);
+  }
+
+  private async pass(gateways: Record<string, unknown>[]): Promise<void> {
+    if (!this.adopted) await this.adopt();
+    const now = Date.now();
+    const present = new Set<string>();
+    for (const gateway of gateways) {
+      const meta = isObject(gateway.metadata) ? gateway.metadata : {};
+      const gwKey = `${String(meta.namespace)}/${String(meta.name)}`;
+      present.add(gwKey);
+      let objects: K8sObject[];
+      try {
+        objects = waypointObjects(gateway, this.values);
+      } catch (err) {
+        this.log.warn({ gateway: gwKey, err: message(err) }, 'cannot render the waypoint');
+        continue;
+      }
+      const refs: Ref[] = [];
+      for (const obj of objects) {
+        const desired = markManaged(obj);
+        const ref = refOf(desired.apiVersion, desired.kind, desired.metadata.namespace ?? '', desired.metadata.name, String(meta.name));
+        if (!ref) continue;
+        refs.push(ref);
+        const hash = createHash('sha256').update(JSON.stringify(desired)).digest('hex');
+        if (this.applied.get(ref.key) === hash) continue;
+        if (!this.due(ref.key, now)) continue;
+        try {
+          const res = await this.client.request('PATCH', `${ref.path}?fieldManager=${FIELD_MANAGER}&force=true`, desired, 'application/apply-patch+yaml');
+          if (res.status < 200 || res.status >= 300) throw new Error(`HTTP ${res.status}: ${statusMessage(res.body)}`);
+          this.applied.set(ref.key, hash);
+          this.failures.delete(ref.key);
+          this.log.info({ gateway: gwKey, object: ref.key }, 'waypoint object applied');
+        } catch (err) {
+          this.failed(ref.key, now, { gateway: gwKey, object: ref.key, err: message(err) }, 'could not apply a waypoint object');
+        }
+      }
+      // Keep what was written before too: a kind dropped from the template must still go on deletion.
+      const prev = this.owned.get(gwKey) ?? [];
+      this.owned.set(gwKey, [...refs, ...prev.filter((p) => !refs.some((r) => r.key === p.key))]);
+    }
+    for (const [gwKey, refs] of [...this.owned]) {
+      if (present.has(gwKey)) continue;
+      const left: Ref[] = [];
+      for (const ref of refs) {
+        if (!this.due(ref.key, now)) {
+          left.push(ref);
+          continue;
+        }
+        try {
+          await this.remove(ref);
+          this.applied.delete(ref.key);
+          this.failures.delete(ref.key);
+        } catch (err) {
+          left.push(ref);
+          this.failed(ref.key, now, { gateway: gwKey, object: ref.key, err: message(err) }, 'could not delete a waypoint object');
+        }
+      }
+      if (left.length > 0) this.owned.set(gwKey, left);
+      else this.owned.delete(gwKey);
+    }
+  }
+
+  /** Deletes one object if it is the controller's for that gateway; absent is done. */
+  private async remove(ref: Ref): Promise<void> {
+    const got = await this.client.request('GET', ref.path);
+    if (got.status === 404) return;
+    if (got.status !== 200) throw new Error(`HTTP ${got.status}: ${statusMessage(got.body)}`);
+    const labels = isObject(got.body) && isObject(got.body.metadata) && isObject(got.body.metadata.labels) ? got.body.metadata.labels : {};
+    if (labels[MANAGED_BY_LABEL] !== MANAGED_BY || labels[WAYPOINT_GATEWAY_LABEL] !== ref.gateway) {
+      this.log.info({ object: ref.key }, 'not managed by the controller for this waypoint: left in place');
+      return;
+    }
+    const res = await this.client.request('DELETE', `${ref.path}?propagationPolicy=Background`);
+    if (res.status !== 404 && (res.status < 200 || res.status >= 300)) throw new Error(`HTTP ${res.status}: ${statusMessage(res.body)}`);
+    this.log.info({ gateway: `${ref.namespace}/${ref.gateway}`, object: ref.key }, 'waypoint object deleted');
+  }
+
+  /** Once: the managed waypoint objects already in the cluster, so those of a Gateway gone meanwhile are deleted. */
+  private async adopt(): Promise<void> {
+    const found: Ref[] = [];
+    for (const [id, k] of Object.entries(KINDS)) {
+      const selector = encodeURIComponent(`${MANAGED_BY_LABEL}=${MANAGED_BY},${WAYPOINT_GATEWAY_LABEL}`);
+      let res;
+      try {
+        res = await this.client.request('GET', `${k.prefix}/${k.plural}?labelSelector=${selector}`);
+      } catch (err) {
+        this.log.warn({ err: message(err) }, 'could not list the managed waypoint objects: trying again next time');
+        return;
+      }
+      if (res.status !== 200 || !isObject(res.body) || !Array.isArray(res.body.items)) {
+        this.log.warn({ status: res.status, kind: id }, 'could not list the managed waypoint objects: trying again next time');
+        return;
+      }
+      for (const item of res.body.items) {
+        const meta = isObject(item) && isObject(item.metadata) ? item.metadata : undefined;
+        const labels = meta && isObject(meta.labels) ? meta.labels : {};
+        if (!meta || labels[MANAGED_BY_LABEL] !== MANAGED_BY || typeof labels[WAYPOINT_GATEWAY_LABEL] !== 'string') continue;
+        const [apiVersion, kind] = id === 'apps/v1/Deployment' ? ['apps/v1', 'Deployment'] : ['v1', id.slice(3)];
+        const ref = refOf(apiVersion, kind, String(meta.namespace), String(meta.name), labels[WAYPOINT_GATEWAY_LABEL]);
+        if (ref) found.push(ref);
+      }
+    }
+    for (const ref of found) {
+      const gwKey = `${ref.namespace}/${ref.gateway}`;
+      const refs = this.owned.get(gwKey) ?? [];
+      if (!refs.some((r) => r.key === ref.key)) this.owned.set(gwKey, [...refs, ref]);
+    }
+    this.adopted = true;
+  }
+
+  private due(key: string, now: number): boolean {
+    const f = this.failures.get(key);
+    return !f || f.notBefore <= now;
+  }
+
+  private failed(key: string, now: number, fields: Record<string, unknown>, msg: string): void {
+    const attempts = (this.failures.get(key)?.attempts ?? 0) + 1;
+    const wait = Math.min(this.backoffMs * 2 ** (attempts - 1), this.maxBackoffMs);
+    this.failures.set(key, { attempts, notBefore: now + wait });
+    this.log.warn({ ...fields, attempts, retryInMs: wait }, msg);
+    // Retried on the next snapshot, or after the wait if no snapshot comes.
+    clearTimeout(this.retryTimer);
+    const next = Math.min(...[...this.failures.values()].map((x) => x.notBefore)) - now;
+    this.retryTimer = setTimeout(() => {
+      if (this.latest) void this.reconcile(this.latest);
+    }, Math.max(next, 0)).unref();
+  }
+}
+
+/** The object as the controller writes it: labelled as its own. */
+function markManaged(obj: K8sObject): K8sObject {
+  const copy = JSON.parse(JSON.stringify(obj)) as K8sObject;
+  copy.metadata.labels = { ...copy.metadata.labels, [MANAGED_BY_LABEL]: MANAGED_BY };
+  return copy;
+}
+
+function statusMessage(body: unknown): string {
+  return isObject(body) && typeof body.message === 'string' ? body.message : '';
+}

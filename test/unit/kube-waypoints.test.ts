@@ -1,0 +1,200 @@
+/**
+ * The controller's WaypointReconciler against the stand-in API server: server-side apply of each
+ * waypoint's ServiceAccount, Deployment and Service, nothing re-sent while nothing changed,
+ * deletion (of its own objects only) when the Gateway goes, retry after a failure; and
+ * `ambit waypoint apply|delete --kubeconfig` against the same stand-in.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { KubeClient } from '../../src/control/kube/client.js';
+import { FIELD_MANAGER, WaypointReconciler } from '../../src/control/kube/waypoints.js';
+import { FakeApiServer, type ServedKind } from '../helpers/fake-apiserver.js';
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- the tests walk stored objects by path */
+
+const KINDS: ServedKind[] = [
+  { group: '', version: 'v1', kind: 'Namespace', plural: 'namespaces' },
+  { group: '', version: 'v1', kind: 'ServiceAccount', plural: 'serviceaccounts' },
+  { group: '', version: 'v1', kind: 'Service', plural: 'services' },
+  { group: 'apps', version: 'v1', kind: 'Deployment', plural: 'deployments' },
+  { group: 'gateway.networking.k8s.io', version: 'v1', kind: 'Gateway', plural: 'gateways' },
+];
+
+const gateway = (annotations: Record<string, string> = {}) => ({
+  apiVersion: 'gateway.networking.k8s.io/v1', kind: 'Gateway',
+  metadata: { name: 'reviews-wp', namespace: 'shop', annotations },
+  spec: { gatewayClassName: 'ambit-waypoint', listeners: [{ name: 'mesh', port: 15008, protocol: 'HBONE' }] },
+});
+
+const OBJECT_PATHS = [
+  '/api/v1/namespaces/shop/serviceaccounts/reviews-wp',
+  '/apis/apps/v1/namespaces/shop/deployments/reviews-wp',
+  '/api/v1/namespaces/shop/services/reviews-wp',
+];
+
+let server: FakeApiServer;
+let reconciler: WaypointReconciler;
+
+beforeEach(async () => {
+  server = new FakeApiServer(KINDS.map((k) => ({ ...k })));
+  await server.start();
+  server.apply('Namespace', { metadata: { name: 'shop' } });
+  reconciler = new WaypointReconciler(new KubeClient({ server: server.url }), { backoffMs: 1, resyncMs: 0 });
+});
+
+afterEach(async () => {
+  reconciler.stop();
+  await server.close();
+});
+
+/** The Gateway as the controller sees it: stored by the API server (uid and all). */
+const stored = (annotations: Record<string, string> = {}) => {
+  server.apply('Gateway', gateway(annotations), 'gateway.networking.k8s.io');
+  return server.get('Gateway', 'shop', 'reviews-wp', 'gateway.networking.k8s.io')!;
+};
+const writes = () => server.requests.filter((r) => r.method !== 'GET');
+const deployment = () => server.get('Deployment', 'shop', 'reviews-wp', 'apps') as any;
+
+describe('WaypointReconciler', () => {
+  it('server-side applies the ServiceAccount, Deployment and Service of an ambit-waypoint Gateway', async () => {
+    const gw = stored();
+    await reconciler.reconcile([gw, { ...gateway(), metadata: { name: 'other', namespace: 'shop' }, spec: { gatewayClassName: 'istio' } }]);
+    expect(server.applyPatches.map((p) => p.path)).toEqual(OBJECT_PATHS);
+    for (const p of server.applyPatches) {
+      expect(p.contentType).toBe('application/apply-patch+yaml');
+      expect(p.query).toEqual({ fieldManager: FIELD_MANAGER, force: 'true' });
+      expect((p.body.metadata as any).labels).toMatchObject({ 'app.kubernetes.io/managed-by': 'ambit-controller', 'gateway.networking.k8s.io/gateway-name': 'reviews-wp' });
+    }
+    expect(FIELD_MANAGER).toBe('ambit-controller');
+    const d = deployment();
+    expect(d.spec.template.spec.serviceAccountName).toBe('reviews-wp');
+    expect(d.metadata.ownerReferences[0]).toMatchObject({ kind: 'Gateway', name: 'reviews-wp', uid: (gw.metadata as any).uid, controller: true });
+    expect(server.get('ServiceAccount', 'shop', 'reviews-wp')).toBeDefined();
+    expect((server.get('Service', 'shop', 'reviews-wp') as any).spec.ports.map((p: any) => p.port)).toEqual([15008, 15020]);
+  });
+
+  it('sends nothing for an identical snapshot, re-applies the Deployment when the tracing annotation changes', async () => {
+    await reconciler.reconcile([stored()]);
+    const before = server.requests.length;
+    await reconciler.reconcile([stored()]);
+    expect(server.requests.length).toBe(before);
+
+    await reconciler.reconcile([stored({ 'ambit.dev/tracing-endpoint': 'http://otel:4318' })]);
+    expect(writes().slice(-1)).toEqual([expect.objectContaining({ method: 'PATCH', url: `${OBJECT_PATHS[1]}?fieldManager=ambit-controller&force=true` })]);
+    expect(server.requests.length).toBe(before + 1);
+    expect(deployment().spec.template.spec.containers[0].args).toEqual(expect.arrayContaining(['--tracing-endpoint', 'http://otel:4318']));
+  });
+
+  it('deletes the three objects once the Gateway is gone, and leaves objects that are not its own', async () => {
+    await reconciler.reconcile([stored()]);
+    await reconciler.reconcile([]);
+    expect(writes().filter((r) => r.method === 'DELETE').map((r) => r.url.split('?')[0])).toEqual(OBJECT_PATHS);
+    expect(deployment()).toBeUndefined();
+    expect(server.get('ServiceAccount', 'shop', 'reviews-wp')).toBeUndefined();
+    expect(server.get('Service', 'shop', 'reviews-wp')).toBeUndefined();
+
+    // A Deployment of the same name made by hand (the install's template) is not touched.
+    await reconciler.reconcile([stored()]);
+    server.apply('Deployment', { metadata: { name: 'reviews-wp', namespace: 'shop', labels: { 'app.kubernetes.io/managed-by': 'ambit-install' } } }, 'apps');
+    await reconciler.reconcile([]);
+    expect(deployment()).toBeDefined();
+    expect(server.get('Service', 'shop', 'reviews-wp')).toBeUndefined();
+  });
+
+  it('on its first pass, deletes the managed objects of a Gateway deleted while it was not running', async () => {
+    await reconciler.reconcile([stored()]);
+    reconciler.stop();
+    const fresh = new WaypointReconciler(new KubeClient({ server: server.url }), { resyncMs: 0 });
+    try {
+      await fresh.reconcile([]);
+    } finally {
+      fresh.stop();
+    }
+    expect(deployment()).toBeUndefined();
+    expect(server.get('ServiceAccount', 'shop', 'reviews-wp')).toBeUndefined();
+  });
+
+  it('a failed apply is logged, never thrown, and retried on the next snapshot', async () => {
+    server.failNext('PATCH', '/deployments/', 500);
+    await expect(reconciler.reconcile([stored()])).resolves.toBeUndefined();
+    expect(server.get('ServiceAccount', 'shop', 'reviews-wp')).toBeDefined();
+    expect(server.get('Service', 'shop', 'reviews-wp')).toBeDefined();
+    await new Promise((r) => setTimeout(r, 20));
+    await reconciler.reconcile([stored()]);
+    expect(deployment()).toBeDefined();
+    const deploymentPatches = server.requests.filter((r) => r.method === 'PATCH' && r.url.includes('/deployments/'));
+    expect(deploymentPatches).toHaveLength(2);
+    // The others were not sent again.
+    expect(server.requests.filter((r) => r.method === 'PATCH' && r.url.includes('/services/'))).toHaveLength(1);
+  });
+
+  it('an unreachable API server does not throw either', async () => {
+    const r = new WaypointReconciler(new KubeClient({ server: 'http://127.0.0.1:1' }), { resyncMs: 0, backoffMs: 60_000 });
+    try {
+      await expect(r.reconcile([stored()])).resolves.toBeUndefined();
+    } finally {
+      r.stop();
+    }
+  });
+});
+
+const run = promisify(execFile);
+const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
+
+describe('ambit waypoint apply|delete --kubeconfig', () => {
+  let dir = '';
+  let kubeconfig = '';
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'ambit-wp-'));
+    kubeconfig = join(dir, 'kubeconfig');
+    writeFileSync(kubeconfig, `apiVersion: v1
+kind: Config
+clusters: [{ name: stand-in, cluster: { server: "${server.url}", insecure-skip-tls-verify: true } }]
+users: [{ name: u, user: { token: t0k3n } }]
+contexts: [{ name: c, context: { cluster: stand-in, user: u } }]
+current-context: c
+`);
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('applies the Gateway server-side and labels the namespace for --for namespace; delete removes it', async () => {
+    server.apply('Namespace', { metadata: { name: 'shop', labels: { team: 'a' } } });
+    const out = await run(process.execPath, [BIN, 'waypoint', 'apply', '-n', 'shop', '--name', 'reviews-wp', '--for', 'namespace', '--tracing-sampling', '5', '--kubeconfig', kubeconfig]);
+    expect(out.stdout).toMatch(/gateway\.gateway\.networking\.k8s\.io\/reviews-wp applied/);
+    expect(out.stdout).toMatch(/namespace\/shop labelled ambit\.dev\/use-waypoint=reviews-wp/);
+    const [apply] = server.applyPatches;
+    expect(apply).toMatchObject({ path: '/apis/gateway.networking.k8s.io/v1/namespaces/shop/gateways/reviews-wp', contentType: 'application/apply-patch+yaml', query: { force: 'true' } });
+    expect(apply!.query.fieldManager).toBeTruthy();
+    const gw = server.get('Gateway', 'shop', 'reviews-wp', 'gateway.networking.k8s.io') as any;
+    expect(gw.spec.gatewayClassName).toBe('ambit-waypoint');
+    expect(gw.metadata.annotations['ambit.dev/tracing-sampling']).toBe('5');
+    const ns = server.get('Namespace', '', 'shop') as any;
+    expect(ns.metadata.labels).toEqual({ team: 'a', 'ambit.dev/use-waypoint': 'reviews-wp' });
+    expect(server.requests.find((r) => r.method === 'PATCH' && r.url === '/api/v1/namespaces/shop')?.contentType).toBe('application/merge-patch+json');
+
+    const del = await run(process.execPath, [BIN, 'waypoint', 'delete', 'reviews-wp', '-n', 'shop', '--kubeconfig', kubeconfig]);
+    expect(del.stdout).toMatch(/gateway\.gateway\.networking\.k8s\.io\/reviews-wp deleted/);
+    expect(server.get('Gateway', 'shop', 'reviews-wp', 'gateway.networking.k8s.io')).toBeUndefined();
+  }, 30_000);
+
+  it('says which namespace or waypoint is missing, and when the API server cannot be reached', async () => {
+    const missing = await run(process.execPath, [BIN, 'waypoint', 'apply', '-n', 'nope', '--kubeconfig', kubeconfig]).catch((e: { code: number; stderr: string }) => e);
+    expect(missing).toMatchObject({ code: 1 });
+    expect((missing as { stderr: string }).stderr).toMatch(/namespace nope does not exist in http:\/\/127\.0\.0\.1:\d+/);
+    const gone = await run(process.execPath, [BIN, 'waypoint', 'delete', 'ghost', '-n', 'shop', '--kubeconfig', kubeconfig]).catch((e: { stderr: string }) => e);
+    expect((gone as { stderr: string }).stderr).toMatch(/waypoint shop\/ghost not found/);
+    writeFileSync(kubeconfig, `apiVersion: v1
+kind: Config
+clusters: [{ name: stand-in, cluster: { server: "http://127.0.0.1:1", insecure-skip-tls-verify: true } }]
+users: [{ name: u, user: { token: t0k3n } }]
+contexts: [{ name: c, context: { cluster: stand-in, user: u } }]
+current-context: c
+`);
+    const down = await run(process.execPath, [BIN, 'waypoint', 'apply', '-n', 'shop', '--kubeconfig', kubeconfig]).catch((e: { stderr: string }) => e);
+    expect((down as { stderr: string }).stderr).toMatch(/cannot reach the Kubernetes API server at http:\/\/127\.0\.0\.1:1/);
+  }, 30_000);
+});
