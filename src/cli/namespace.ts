@@ -12,6 +12,7 @@ import { RuntimeClient } from '../local/client.js';
 import { ClusterLayout, DEFAULT_CLUSTER } from '../local/layout.js';
 import { readState } from '../local/state.js';
 import { CliError } from './errors.js';
+import { apiMessage, isSuccess, kubeClient, kubeRequest } from './kube.js';
 import { apply, printApply } from './local.js';
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -24,38 +25,32 @@ export function dataplanePatch(enable: boolean): { metadata: { labels: Record<st
 }
 
 async function onKubernetes(name: string, enable: boolean, kubeconfig: string | undefined): Promise<void> {
-  const k8s = await import('@kubernetes/client-node');
-  const config = new k8s.KubeConfig();
-  try {
-    if (kubeconfig) config.loadFromFile(kubeconfig);
-    else config.loadFromDefault();
-  } catch (err) {
-    throw new CliError(`cannot read the kubeconfig${kubeconfig ? ` ${kubeconfig}` : ''}: ${(err as Error).message}`);
-  }
-  const api = config.makeApiClient(k8s.CoreV1Api);
-  try {
-    await api.patchNamespace({ name, body: dataplanePatch(enable) }, k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch));
-  } catch (err) {
-    const code = (err as { code?: number }).code;
-    if (code === 404) throw new CliError(`namespace ${name} does not exist in ${config.getCurrentCluster()?.server ?? 'the cluster'}`);
-    throw new CliError(`could not label namespace ${name}: ${(err as Error).message}`);
-  }
+  const client = kubeClient(kubeconfig);
+  const res = await kubeRequest(client, 'PATCH', `/api/v1/namespaces/${name}`, dataplanePatch(enable), 'application/merge-patch+json');
+  if (res.status === 404) throw new CliError(`namespace ${name} does not exist in ${client.server}`);
+  if (!isSuccess(res)) throw new CliError(`could not label namespace ${name}: ${apiMessage(res)}`);
   process.stdout.write(`namespace/${name} ${enable ? 'enabled (ambient)' : 'disabled'}\n`);
 }
 
-async function onLocal(name: string, enable: boolean, cluster: string): Promise<void> {
-  const layout = new ClusterLayout(cluster);
-  const state = readState(layout.stateFile);
+/**
+ * A local cluster's namespace as it is, with one label set (or removed, `value` undefined), to
+ * apply: applying it must not drop its other labels.
+ */
+export function namespaceWithLabel(cluster: string, name: string, key: string, value: string | undefined): Record<string, unknown> {
+  const state = readState(new ClusterLayout(cluster).stateFile);
   if (!state) throw new CliError(`cluster ${cluster} does not exist`, 'ambit local up');
   const ns = state.resources[`Namespace/${name}`];
   if (!ns) throw new CliError(`namespace ${name} does not exist in cluster ${cluster}`);
-  // The namespace as it is, only the label changed: its other labels stay.
   const meta = (ns.raw.metadata ?? {}) as Record<string, unknown>;
   const labels = { ...(meta.labels as Record<string, string> | undefined) };
-  if (enable) labels[DATAPLANE_MODE] = 'ambient';
-  else delete labels[DATAPLANE_MODE];
-  const doc = { ...ns.raw, metadata: { ...meta, labels } };
-  printApply(await apply(new RuntimeClient(layout), 'apply', [{ file: `namespace ${name}`, text: stringify(doc), dir: process.cwd() }]));
+  if (value === undefined) delete labels[key];
+  else labels[key] = value;
+  return { ...ns.raw, metadata: { ...meta, labels } };
+}
+
+async function onLocal(name: string, enable: boolean, cluster: string): Promise<void> {
+  const doc = namespaceWithLabel(cluster, name, DATAPLANE_MODE, enable ? 'ambient' : undefined);
+  printApply(await apply(new RuntimeClient(new ClusterLayout(cluster)), 'apply', [{ file: `namespace ${name}`, text: stringify(doc), dir: process.cwd() }]));
 }
 
 export function register(program: Command): void {

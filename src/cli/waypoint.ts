@@ -13,10 +13,11 @@ import { readState } from '../local/state.js';
 import { TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, USE_WAYPOINT, WAYPOINT_CLASS } from '../control/model.js';
 import { splitPemBundle } from '../identity/pki.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
-import { KubeClient, type KubeResponse } from '../control/kube/client.js';
 import { logger } from '../telemetry/log.js';
 import { parseSamplingPercent, validateTracingOptions } from '../telemetry/tracing.js';
 import { CliError } from './errors.js';
+import { apiMessage, isSuccess, kubeClient, kubeRequest } from './kube.js';
+import { namespaceWithLabel } from './namespace.js';
 import { apply, printApply } from './local.js';
 
 const clusterOption = () => new Option('--cluster <name>', 'the local cluster').default(DEFAULT_CLUSTER);
@@ -53,58 +54,33 @@ export function useWaypointPatch(name: string): { metadata: { labels: Record<str
   return { metadata: { labels: { [USE_WAYPOINT]: name } } };
 }
 
-/** A client for the cluster of the kubeconfig (or $KUBECONFIG / ~/.kube/config), and its server. */
-async function kubeClient(kubeconfig: string | undefined): Promise<{ client: KubeClient; server: string }> {
-  const { KubeConfig } = await import('@kubernetes/client-node');
-  const config = new KubeConfig();
-  try {
-    if (kubeconfig) config.loadFromFile(kubeconfig);
-    else config.loadFromDefault();
-    return { client: KubeClient.fromKubeConfig(config), server: config.getCurrentCluster()?.server ?? 'the cluster' };
-  } catch (err) {
-    throw new CliError(`cannot read the kubeconfig${kubeconfig ? ` ${kubeconfig}` : ''}: ${(err as Error).message}`);
-  }
-}
-
-/** One request; a transport failure is a CliError naming the server. */
-async function kubeRequest(client: KubeClient, server: string, method: string, path: string, body?: unknown, contentType?: string): Promise<KubeResponse> {
-  try {
-    return await client.request(method, path, body, contentType);
-  } catch (err) {
-    throw new CliError(`cannot reach the Kubernetes API server at ${server}: ${(err as Error).message}`);
-  }
-}
-
-function apiMessage(res: KubeResponse): string {
-  const m = (res.body as { message?: unknown } | undefined)?.message;
-  return typeof m === 'string' ? m : `HTTP ${res.status}`;
-}
-
 async function applyOnKubernetes(opts: ApplyOpts, gateway: Record<string, unknown>): Promise<void> {
-  const { client, server } = await kubeClient(opts.kubeconfig);
-  const ns = await kubeRequest(client, server, 'GET', `/api/v1/namespaces/${opts.namespace}`);
+  const client = kubeClient(opts.kubeconfig);
+  const server = client.server;
+  const ns = await kubeRequest(client, 'GET', `/api/v1/namespaces/${opts.namespace}`);
   if (ns.status === 404) throw new CliError(`namespace ${opts.namespace} does not exist in ${server}`);
-  const res = await kubeRequest(client, server, 'PATCH', `${GATEWAY_PATH(opts.namespace, opts.name)}?fieldManager=${CLI_FIELD_MANAGER}&force=true`, gateway, 'application/apply-patch+yaml');
+  const res = await kubeRequest(client, 'PATCH', `${GATEWAY_PATH(opts.namespace, opts.name)}?fieldManager=${CLI_FIELD_MANAGER}&force=true`, gateway, 'application/apply-patch+yaml');
   if (res.status === 404) {
     const msg = apiMessage(res);
     if (/namespaces? /.test(msg)) throw new CliError(`namespace ${opts.namespace} does not exist in ${server}`);
     throw new CliError(`${server} does not serve gateway.networking.k8s.io/v1 Gateways: ${msg}`, 'install the Gateway API CRDs (see docs/KUBERNETES.md)');
   }
-  if (res.status < 200 || res.status >= 300) throw new CliError(`could not apply waypoint ${opts.namespace}/${opts.name}: ${apiMessage(res)}`);
+  if (!isSuccess(res)) throw new CliError(`could not apply waypoint ${opts.namespace}/${opts.name}: ${apiMessage(res)}`);
   process.stdout.write(`gateway.gateway.networking.k8s.io/${opts.name} applied\n`);
   if (opts.enrollNamespace || opts.for === 'namespace') {
-    const label = await kubeRequest(client, server, 'PATCH', `/api/v1/namespaces/${opts.namespace}`, useWaypointPatch(opts.name), 'application/merge-patch+json');
+    const label = await kubeRequest(client, 'PATCH', `/api/v1/namespaces/${opts.namespace}`, useWaypointPatch(opts.name), 'application/merge-patch+json');
     if (label.status === 404) throw new CliError(`namespace ${opts.namespace} does not exist in ${server}`);
-    if (label.status < 200 || label.status >= 300) throw new CliError(`could not label namespace ${opts.namespace}: ${apiMessage(label)}`);
+    if (!isSuccess(label)) throw new CliError(`could not label namespace ${opts.namespace}: ${apiMessage(label)}`);
     process.stdout.write(`namespace/${opts.namespace} labelled ${USE_WAYPOINT}=${opts.name}\n`);
   }
 }
 
 async function deleteOnKubernetes(namespace: string, name: string, kubeconfig: string | undefined): Promise<void> {
-  const { client, server } = await kubeClient(kubeconfig);
-  const res = await kubeRequest(client, server, 'DELETE', GATEWAY_PATH(namespace, name));
+  const client = kubeClient(kubeconfig);
+  const server = client.server;
+  const res = await kubeRequest(client, 'DELETE', GATEWAY_PATH(namespace, name));
   if (res.status === 404) throw new CliError(`waypoint ${namespace}/${name} not found in ${server}`);
-  if (res.status < 200 || res.status >= 300) throw new CliError(`could not delete waypoint ${namespace}/${name}: ${apiMessage(res)}`);
+  if (!isSuccess(res)) throw new CliError(`could not delete waypoint ${namespace}/${name}: ${apiMessage(res)}`);
   process.stdout.write(`gateway.gateway.networking.k8s.io/${name} deleted\n`);
 }
 
@@ -142,12 +118,7 @@ export function register(program: Command): void {
       const docs: Record<string, unknown>[] = [gateway];
       // A waypoint for a namespace binds it; one for services waits for each service's label.
       if (opts.enrollNamespace || opts.for === 'namespace') {
-        // The namespace as it is, with the label added: applying it must not drop its other labels.
-        const state = readState(layout.stateFile);
-        const ns = state?.resources[`Namespace/${opts.namespace}`];
-        if (!ns) throw new CliError(`namespace ${opts.namespace} does not exist in cluster ${opts.cluster}`);
-        const meta = (ns.raw.metadata ?? {}) as Record<string, unknown>;
-        docs.unshift({ ...ns.raw, metadata: { ...meta, labels: { ...(meta.labels as Record<string, string> | undefined), [USE_WAYPOINT]: opts.name } } });
+        docs.unshift(namespaceWithLabel(opts.cluster, opts.namespace, USE_WAYPOINT, opts.name));
       }
       const text = docs.map((d) => stringify(d)).join('---\n');
       printApply(await apply(new RuntimeClient(layout), 'apply', [{ file: `waypoint ${opts.namespace}/${opts.name}`, text, dir: process.cwd() }]));

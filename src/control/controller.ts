@@ -41,14 +41,10 @@ export interface ControllerOptions {
 /** Where config, callers and nodes come from: the local cluster's state, or a Kubernetes API server. */
 async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>): Promise<{ source: ConfigSource; authenticator: Authenticator; directory: NodeDirectory; describe: Record<string, unknown>; client?: KubeClient }> {
   if (opts.kubernetes) {
-    const { KubeConfig } = await import('@kubernetes/client-node');
-    const kc = new KubeConfig();
-    if (opts.kubernetes === true) kc.loadFromDefault();
-    else kc.loadFromFile(opts.kubernetes);
-    const client = KubeClient.fromKubeConfig(kc);
+    const client = KubeClient.fromFile(opts.kubernetes === true ? undefined : opts.kubernetes);
     const kube = new KubernetesSource(client, { log });
     const authenticator = new TokenReviewAuthenticator({ client, trustDomain: opts.trustDomain, isWaypoint: (ns, name) => kube.isWaypoint(ns, name) });
-    return { source: kube, authenticator, directory: kube.nodeDirectory(opts.trustDomain), describe: { source: 'kubernetes', server: kc.getCurrentCluster()?.server }, client };
+    return { source: kube, authenticator, directory: kube.nodeDirectory(opts.trustDomain), describe: { source: 'kubernetes', server: client.server }, client };
   }
   if (!opts.localState) throw new Error('the controller needs a local cluster\'s state directory or a Kubernetes cluster');
   const authenticator = new LocalCredentials(opts.localState, opts.trustDomain);

@@ -174,13 +174,29 @@ const never: Predicate = () => false;
 
 const SPIFFE = 'spiffe://';
 
+/** What policies match of a peer: its principal, and its namespace and service account when it has that shape. */
+export interface PeerIdentity { principal?: string; namespace?: string; serviceAccount?: string }
+
+/**
+ * "spiffe://<td>/ns/<ns>/sa/<sa>": the principal is all after "spiffe://"; namespace and
+ * "<ns>/<sa>" only from exactly that shape. Shared with the waypoint's L7 evaluator.
+ */
+export function peerIdentity(id: string | undefined): PeerIdentity {
+  if (!id?.startsWith(SPIFFE)) return {};
+  const principal = id.slice(SPIFFE.length);
+  const td = principal.indexOf('/');
+  if (td <= 0 || !principal.startsWith('/ns/', td)) return { principal };
+  const nsEnd = principal.indexOf('/', td + 4);
+  if (nsEnd <= td + 4 || !principal.startsWith('/sa/', nsEnd)) return { principal };
+  if (nsEnd + 4 === principal.length || principal.includes('/', nsEnd + 4)) return { principal };
+  const namespace = principal.slice(td + 4, nsEnd);
+  return { principal, namespace, serviceAccount: `${namespace}/${principal.slice(nsEnd + 4)}` };
+}
+
 /** A connection's facts, each worked out when a predicate first asks for it. */
 class ConnectionFacts implements Facts {
   readonly port: number;
-  private identityParsed = false;
-  private principalValue: string | undefined;
-  private namespaceValue: string | undefined;
-  private serviceAccountValue: string | undefined;
+  private peerValue: PeerIdentity | undefined;
   private sourceIp: Ip | null | undefined;
   private destinationIp: Ip | null | undefined;
 
@@ -188,17 +204,17 @@ class ConnectionFacts implements Facts {
     this.port = conn.destinationPort;
   }
 
+  private get peer(): PeerIdentity {
+    return (this.peerValue ??= peerIdentity(this.conn.sourceIdentity));
+  }
   get principal() {
-    this.identity();
-    return this.principalValue;
+    return this.peer.principal;
   }
   get namespace() {
-    this.identity();
-    return this.namespaceValue;
+    return this.peer.namespace;
   }
   get serviceAccount() {
-    this.identity();
-    return this.serviceAccountValue;
+    return this.peer.serviceAccount;
   }
   get source() {
     if (this.sourceIp === undefined) this.sourceIp = parseIp(this.conn.sourceIp) ?? null;
@@ -207,22 +223,6 @@ class ConnectionFacts implements Facts {
   get destination() {
     if (this.destinationIp === undefined) this.destinationIp = parseIp(this.conn.destinationIp) ?? null;
     return this.destinationIp ?? undefined;
-  }
-
-  /** "spiffe://<td>/ns/<ns>/sa/<sa>": the principal is all after "spiffe://". */
-  private identity(): void {
-    if (this.identityParsed) return;
-    this.identityParsed = true;
-    const id = this.conn.sourceIdentity;
-    if (!id?.startsWith(SPIFFE)) return;
-    const principal = (this.principalValue = id.slice(SPIFFE.length));
-    const td = principal.indexOf('/');
-    if (td <= 0 || !principal.startsWith('/ns/', td)) return;
-    const nsEnd = principal.indexOf('/', td + 4);
-    if (nsEnd <= td + 4 || !principal.startsWith('/sa/', nsEnd)) return;
-    if (nsEnd + 4 === principal.length || principal.includes('/', nsEnd + 4)) return;
-    this.namespaceValue = principal.slice(td + 4, nsEnd);
-    this.serviceAccountValue = `${this.namespaceValue}/${principal.slice(nsEnd + 4)}`;
   }
 }
 

@@ -51,7 +51,7 @@
  *   not throw: an unexpected error denies the request.
  */
 import { WAYPOINT_CLASS, type ConfigObject } from '../control/model.js';
-import { allOf, anyOf, DEFAULT_ROOT_NAMESPACE, parseCidr, parseIp, stringMatcher, type AuthzDecision } from '../node/authz.js';
+import { allOf, anyOf, DEFAULT_ROOT_NAMESPACE, parseCidr, parseIp, peerIdentity, stringMatcher, type AuthzDecision, type PeerIdentity } from '../node/authz.js';
 
 export interface L7Request {
   /** SPIFFE ID of the HBONE peer ("spiffe://cluster.local/ns/shop/sa/web"), undefined for plaintext. */
@@ -202,13 +202,8 @@ function stripPort(host: string): string {
   return colon < 0 || host.includes(':', colon + 1) ? host : host.slice(0, colon);
 }
 
-const SPIFFE = 'spiffe://';
-
 class RequestFacts {
-  private identityParsed = false;
-  private principalValue: string | undefined;
-  private namespaceValue: string | undefined;
-  private serviceAccountValue: string | undefined;
+  private peerValue: PeerIdentity | undefined;
   private sourceValue: Ip | null | undefined;
   private remoteValue: Ip | null | undefined;
   private destinationValue: Ip | null | undefined;
@@ -222,17 +217,17 @@ class RequestFacts {
   get method(): string { return this.req.method; }
   get requestPrincipal(): string | undefined { return this.req.requestPrincipal; }
 
+  private get peer(): PeerIdentity {
+    return (this.peerValue ??= peerIdentity(this.req.sourceIdentity));
+  }
   get principal() {
-    this.identity();
-    return this.principalValue;
+    return this.peer.principal;
   }
   get namespace() {
-    this.identity();
-    return this.namespaceValue;
+    return this.peer.namespace;
   }
   get serviceAccount() {
-    this.identity();
-    return this.serviceAccountValue;
+    return this.peer.serviceAccount;
   }
   get source(): Ip | undefined {
     if (this.sourceValue === undefined) this.sourceValue = parseIp(this.req.sourceIp) ?? null;
@@ -265,22 +260,6 @@ class RequestFacts {
     const v = this.req.headers[name];
     if (v === undefined || v === null) return undefined;
     return Array.isArray(v) ? v.map(String) : [String(v)];
-  }
-
-  /** "spiffe://<td>/ns/<ns>/sa/<sa>": the principal is all after "spiffe://". */
-  private identity(): void {
-    if (this.identityParsed) return;
-    this.identityParsed = true;
-    const id = this.req.sourceIdentity;
-    if (!id?.startsWith(SPIFFE)) return;
-    const principal = (this.principalValue = id.slice(SPIFFE.length));
-    const td = principal.indexOf('/');
-    if (td <= 0 || !principal.startsWith('/ns/', td)) return;
-    const nsEnd = principal.indexOf('/', td + 4);
-    if (nsEnd <= td + 4 || !principal.startsWith('/sa/', nsEnd)) return;
-    if (nsEnd + 4 === principal.length || principal.includes('/', nsEnd + 4)) return;
-    this.namespaceValue = principal.slice(td + 4, nsEnd);
-    this.serviceAccountValue = `${this.namespaceValue}/${principal.slice(nsEnd + 4)}`;
   }
 }
 

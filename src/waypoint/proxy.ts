@@ -36,7 +36,8 @@ import type { Destination, ForwardAction, HeaderOps, Router } from './routing.js
 interface Member extends Endpoint { ip: string; port: number; workload: Workload }
 interface Upstream { version: string; shape: string; members: Member[]; balancer: Balancer; outlier: OutlierDetector; outlierSpec: unknown; pool: ConnectionPool; poolSpec: string }
 type PeerFacts = Pick<L7Request, 'sourceIdentity' | 'sourceIp' | 'destinationIp' | 'destinationPort'>;
-type Tunnel = TunnelInfo & { service: Service; port: number; facts: PeerFacts };
+/** A tunnel's facts, worked out once for all the requests it carries. */
+type Tunnel = TunnelInfo & { service: Service; port: number; facts: PeerFacts; sourceNamespace?: string };
 
 /** What the waypoint knows at one config version. */
 export interface WaypointState {
@@ -184,7 +185,8 @@ export class WaypointProxy {
     stream.respond({ ':status': 200 });
     const port = Number(m[2]);
     const facts: PeerFacts = { ...(info.peerIdentity ? { sourceIdentity: info.peerIdentity } : {}), sourceIp: info.remoteAddress.replace(/^::ffff:/, ''), destinationIp: m[1]!, destinationPort: port };
-    const tunnel: Tunnel = { ...info, service, port, facts };
+    const sourceNamespace = info.peerIdentity ? /\/ns\/([^/]+)\//.exec(info.peerIdentity)?.[1] : undefined;
+    const tunnel: Tunnel = { ...info, service, port, facts, ...(sourceNamespace ? { sourceNamespace } : {}) };
     const conn = byteStream(stream);
     // The first bytes say what the tunnel carries: the h2c preface, an HTTP/1 request line, or other TCP.
     let head = Buffer.alloc(0);
@@ -319,7 +321,7 @@ export class WaypointProxy {
     }
     const action = state.router.route({
       service: tunnel.service, port: tunnel.port, method: record.method, path: record.path, authority: record.authority,
-      headers, ...(tunnel.peerIdentity ? { sourceNamespace: /\/ns\/([^/]+)\//.exec(tunnel.peerIdentity)?.[1] } : {}),
+      headers, ...(tunnel.sourceNamespace ? { sourceNamespace: tunnel.sourceNamespace } : {}),
     });
     if (action.kind === 'no-route') {
       reply(404, 'NR', 'no route\n');

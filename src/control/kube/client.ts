@@ -37,6 +37,19 @@ export class KubeClient {
     this.url = new URL(opts.server);
   }
 
+  /** The API server's URL. */
+  get server(): string {
+    return this.opts.server;
+  }
+
+  /** From a kubeconfig file, or without one the defaults ($KUBECONFIG, ~/.kube/config, in-cluster). */
+  static fromFile(file: string | undefined): KubeClient {
+    const kc = new KubeConfig();
+    if (file) kc.loadFromFile(file);
+    else kc.loadFromDefault();
+    return KubeClient.fromKubeConfig(kc);
+  }
+
   /** From a KubeConfig: the current context's cluster and user (defaults: in-cluster, else ~/.kube/config). */
   static fromKubeConfig(kc?: KubeConfig): KubeClient {
     if (!kc) {
