@@ -51,6 +51,7 @@
  *   not throw: an unexpected error denies the request.
  */
 import { WAYPOINT_CLASS, type ConfigObject } from '../control/model.js';
+import { isObject } from '../control/schema.js';
 import { allOf, anyOf, DEFAULT_ROOT_NAMESPACE, parseCidr, parseIp, peerIdentity, stringMatcher, type AuthzDecision, type PeerIdentity } from '../node/authz.js';
 
 export interface L7Request {
@@ -97,10 +98,7 @@ export const WAYPOINT_CLASSES: readonly string[] = [WAYPOINT_CLASS, 'istio-waypo
 const GATEWAY_GROUP = 'gateway.networking.k8s.io';
 
 function asObject(v: unknown): Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
-}
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
+  return isObject(v) ? v : {};
 }
 function asList(v: unknown): unknown[] {
   return Array.isArray(v) ? v : [];

@@ -25,6 +25,7 @@ import { Duplex, type Readable, type Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { ConfigObject, Service, Workload } from '../control/model.js';
 import type { WorkloadCertificate } from '../identity/cert-manager.js';
+import { isObject } from '../control/schema.js';
 import { silentLogger } from '../telemetry/log.js';
 import { extract, inject, type Span, type Tracer } from '../telemetry/tracing.js';
 import { HboneError, HbonePool, HboneServer, type TunnelInfo } from '../node/hbone.js';
@@ -376,7 +377,7 @@ export class WaypointProxy {
     // The body streams upstream as it comes; its first REPLAY_LIMIT bytes are kept for a retry.
     const body = new BodyTap(req, REPLAY_LIMIT, (n) => { record.bytesIn += n; });
     const firstPolicy = action.destinations[0] ? state.router.trafficPolicy(action.destinations[0]) : {};
-    const policy = this.retryPolicy(action, isRecord(firstPolicy.loadBalancer) && firstPolicy.loadBalancer.consistentHash !== undefined);
+    const policy = this.retryPolicy(action, isObject(firstPolicy.loadBalancer) && firstPolicy.loadBalancer.consistentHash !== undefined);
     /** Endpoints tried for this request: retries go elsewhere while they can (Envoy's previous-hosts predicate). */
     const tried = new Set<string>();
     // Mirroring: a copy of the request, fire and forget, to each mirror for its percentage (bodiless requests only: a streamed body is read once).
@@ -872,8 +873,6 @@ function stripPseudo(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
   for (const [k, v] of Object.entries(headers)) if (!k.startsWith(':')) out[k] = v;
   return out;
 }
-
-const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** The route's retries (or Istio's default when the route names none) as a policy. */
 function retryPolicy(action: ForwardAction, random: () => number, consistentHash: boolean): RetryPolicy {

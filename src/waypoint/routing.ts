@@ -82,7 +82,7 @@
  * Returned objects are shared between requests: treat them as read-only.
  */
 import type { ConfigObject, Service } from '../control/model.js';
-import { durationMs } from '../control/schema.js';
+import { durationMs, isObject } from '../control/schema.js';
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -260,10 +260,6 @@ function num(v: unknown): number | undefined {
   if (typeof v === 'number') return v;
   if (typeof v === 'string' && /^-?\d+$/.test(v)) return Number(v);
   return undefined;
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 const ref = (c: ConfigObject) => `${c.namespace}/${c.name}`;
@@ -663,7 +659,7 @@ function atPort(tp: DrTrafficPolicy | undefined, port: number): PolicyFields {
 }
 
 function normalizeOutlier(od: unknown): unknown {
-  if (!isRecord(od) || od.consecutiveErrors === undefined || od.consecutive5xxErrors !== undefined) return od;
+  if (!isObject(od) || od.consecutiveErrors === undefined || od.consecutive5xxErrors !== undefined) return od;
   return { ...od, consecutive5xxErrors: od.consecutiveErrors };
 }
 
@@ -1322,7 +1318,7 @@ export class Router {
       const t = this.gwBackend(cfg, b, backends.length === 1 ? 100 : num(b.weight) ?? 1);
       if (t.missing) warn(`rules[${i}].backendRefs: ${t.missing.reason}: its share of requests gets 500`);
       for (const f of Array.isArray(b.filters) ? (b.filters as unknown[]) : []) {
-        if (!isRecord(f)) continue;
+        if (!isObject(f)) continue;
         const filter = f as unknown as GwFilter;
         if (filter.type === 'RequestHeaderModifier') {
           const ops = headerOps(modifierOps(filter.requestHeaderModifier));
