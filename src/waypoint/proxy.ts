@@ -145,7 +145,9 @@ export class WaypointProxy {
   private noRetries?: RetryPolicy;
   /** Kept-alive upstream HTTP/1.1 connections per endpoint, each over a tunnel of its own. */
   private readonly h1Agents = new Map<string, TunnelAgent>();
-  /** Rate-limit buckets by (RateLimit, route, spec). */
+  /** A RateLimit's name and spec as a key, made once per config object (a bucket outlives config versions while both stay the same). */
+  private readonly rateLimitIds = new WeakMap<ConfigObject, string>();
+  /** Rate-limit buckets by (RateLimit, spec, route). */
   private readonly buckets = new Map<string, TokenBucket>();
   /** Per destination (service, port, subset): endpoints, balancer, outlier detector. */
   private readonly upstreams = new Map<string, Upstream>();
@@ -345,7 +347,9 @@ export class WaypointProxy {
     for (const rl of state.rateLimits ?? []) {
       const spec = rl.spec as { targetRefs: { name: string }[]; requestsPerUnit: number; unit: 'second' | 'minute' | 'hour'; burst?: number };
       if (rl.namespace !== tunnel.service.namespace || !spec.targetRefs.some((t) => t.name === tunnel.service.name)) continue;
-      const key = `${rl.namespace}/${rl.name}|${action.route}|${JSON.stringify(spec)}`;
+      let id = this.rateLimitIds.get(rl);
+      if (id === undefined) this.rateLimitIds.set(rl, (id = `${rl.namespace}/${rl.name}|${JSON.stringify(spec)}`));
+      const key = `${id}|${action.route}`;
       let bucket = this.buckets.get(key);
       if (!bucket) {
         const unitMs = { second: 1000, minute: 60_000, hour: 3_600_000 }[spec.unit];
