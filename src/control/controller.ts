@@ -3,12 +3,16 @@
  * (src/identity) and the discovery stream of the mesh model built from its config source.
  */
 import { renameSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { CertificateAuthority, FileCaStore, readPluginCa } from '../identity/ca.js';
 import { CaServer, type Authenticator, type NodeDirectory } from '../identity/ca-server.js';
 import { TokenReviewAuthenticator } from '../identity/tokenreview.js';
 import { KubeClient } from './kube/client.js';
 import { KubernetesSource } from './kube-source.js';
+import { LeaderElector } from './kube/leader.js';
+import { TrustBundlePublisher } from './kube/trust-bundle.js';
 import { isWaypointGateway, WaypointReconciler } from './kube/waypoints.js';
 import { resolveValues, ValuesError } from '../install/values.js';
 import { logger } from '../telemetry/log.js';
@@ -36,15 +40,19 @@ export interface ControllerOptions {
   pluginCaDir?: string;
   defaultTtlSeconds?: number;
   maxTtlSeconds?: number;
+  /** Where `GET /healthz/ready` is served (Kubernetes: 0.0.0.0:15021); none when unset. */
+  health?: { host: string; port: number };
 }
 
+export const CONTROLLER_READY_PORT = 15021;
+
 /** Where config, callers and nodes come from: the local cluster's state, or a Kubernetes API server. */
-async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>): Promise<{ source: ConfigSource; authenticator: Authenticator; directory: NodeDirectory; describe: Record<string, unknown>; client?: KubeClient }> {
+async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>): Promise<{ source: ConfigSource; authenticator: Authenticator; directory: NodeDirectory; describe: Record<string, unknown>; client?: KubeClient; kube?: KubernetesSource }> {
   if (opts.kubernetes) {
     const client = KubeClient.fromFile(opts.kubernetes === true ? undefined : opts.kubernetes);
     const kube = new KubernetesSource(client, { log });
     const authenticator = new TokenReviewAuthenticator({ client, trustDomain: opts.trustDomain, isWaypoint: (ns, name) => kube.isWaypoint(ns, name) });
-    return { source: kube, authenticator, directory: kube.nodeDirectory(opts.trustDomain), describe: { source: 'kubernetes', server: client.server }, client };
+    return { source: kube, authenticator, directory: kube.nodeDirectory(opts.trustDomain), describe: { source: 'kubernetes', server: client.server }, client, kube };
   }
   if (!opts.localState) throw new Error('the controller needs a local cluster\'s state directory or a Kubernetes cluster');
   const authenticator = new LocalCredentials(opts.localState, opts.trustDomain);
@@ -73,6 +81,93 @@ function waypointReconciler(client: KubeClient | undefined, opts: ControllerOpti
   }
 }
 
+/**
+ * What only one replica may do in a Kubernetes cluster: write status conditions, run the
+ * waypoints' objects and publish the trust bundle. With AMBIT_LEADER_ELECTION=lease (the
+ * install's Deployment) the replica holding the Lease AMBIT_LEADER_ELECTION_LEASE in
+ * POD_NAMESPACE does; otherwise this replica is the only one and always does.
+ */
+class LeaderDuties {
+  private waypoints?: WaypointReconciler;
+  private bundle?: TrustBundlePublisher;
+  private gateways: Record<string, unknown>[] = [];
+  private readonly elector?: LeaderElector;
+  private readonly namespace: string;
+
+  constructor(private readonly client: KubeClient, private readonly kube: KubernetesSource, private readonly ca: CertificateAuthority, private readonly opts: ControllerOptions, private readonly log: ReturnType<typeof logger>) {
+    this.namespace = process.env.POD_NAMESPACE || 'ambit-system';
+    if (process.env.AMBIT_LEADER_ELECTION === 'lease') {
+      this.elector = new LeaderElector(client, {
+        namespace: this.namespace,
+        name: process.env.AMBIT_LEADER_ELECTION_LEASE || 'ambit-controller',
+        identity: process.env.POD_NAME || `${hostname()}-${process.pid}`,
+        log,
+        onStartedLeading: () => this.lead(),
+        onStoppedLeading: () => this.follow(),
+      });
+    }
+  }
+
+  start(): void {
+    if (this.elector) {
+      this.kube.setStatusWriter(false);
+      this.elector.start();
+    } else this.lead();
+  }
+
+  get leading(): boolean {
+    return this.elector ? this.elector.isLeader : true;
+  }
+
+  /** The Gateways of class ambit-waypoint as of the latest snapshot. */
+  update(gateways: Record<string, unknown>[]): void {
+    this.gateways = gateways;
+    void this.waypoints?.reconcile(gateways);
+    void this.bundle?.publish(this.bundleNamespaces());
+  }
+
+  async stop(): Promise<void> {
+    this.follow();
+    await this.elector?.stop();
+  }
+
+  private bundleNamespaces(): Set<string> {
+    const namespaces = new Set([this.namespace]);
+    for (const g of this.gateways) {
+      const ns = (g.metadata as { namespace?: unknown } | undefined)?.namespace;
+      if (typeof ns === 'string') namespaces.add(ns);
+    }
+    return namespaces;
+  }
+
+  private lead(): void {
+    this.kube.setStatusWriter(true);
+    this.waypoints = waypointReconciler(this.client, this.opts, this.log);
+    const configMap = process.env.AMBIT_ROOT_CERT_CONFIGMAP;
+    if (configMap) this.bundle = new TrustBundlePublisher(this.client, { name: configMap, roots: () => this.ca.trustBundle(), log: this.log });
+    this.update(this.gateways);
+  }
+
+  private follow(): void {
+    if (this.elector) this.kube.setStatusWriter(false);
+    this.waypoints?.stop();
+    this.bundle?.stop();
+    this.waypoints = undefined;
+    this.bundle = undefined;
+  }
+}
+
+/** `GET /healthz/ready`: 200 once the CA serves and the first config snapshot has been turned into a model. */
+function serveReadiness(health: { host: string; port: number }, ready: () => string | undefined): Promise<HttpServer> {
+  const server = createHttpServer((req, res) => {
+    if ((req.url ?? '/').split('?')[0] !== '/healthz/ready') return void res.writeHead(404).end('not found: try /healthz/ready\n');
+    const why = ready();
+    if (why) res.writeHead(503).end(`not ready: ${why}\n`);
+    else res.writeHead(200).end('ready\n');
+  });
+  return new Promise((resolve, reject) => server.once('error', reject).listen(health.port, health.host, () => resolve(server)));
+}
+
 export async function runController(opts: ControllerOptions): Promise<CaServer> {
   const log = logger('controller');
   const caOpts = { trustDomain: opts.trustDomain, defaultTtlSeconds: opts.defaultTtlSeconds, maxTtlSeconds: opts.maxTtlSeconds };
@@ -81,8 +176,10 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
   const ca = opts.pluginCaDir
     ? await CertificateAuthority.open({ plugin: readPluginCa(opts.pluginCaDir) }, caOpts)
     : await CertificateAuthority.open({ store: new FileCaStore(caDir!) }, caOpts);
-  const { source: primary, authenticator, directory, describe, client } = await origins(opts, log);
-  const waypoints = waypointReconciler(client, opts, log);
+  const { source: primary, authenticator, directory, describe, client, kube } = await origins(opts, log);
+  const duties = client && kube ? new LeaderDuties(client, kube, ca, opts, log) : undefined;
+  let serving = false;
+  let modelled = false;
   log.info({ origin: ca.origin, ...describe }, 'CA ready');
   const discovery = new DiscoveryServer(authenticator, log);
   // `ambit local status` shows the subscribers, their versions and any NACK from this file.
@@ -110,7 +207,8 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
     discovery.update(model);
     writeStatus();
     // Only the API server's Gateways: one from the manifest directory has no object to own ours.
-    void waypoints?.reconcile(snapshot.resources.filter((r) => r.source.file.startsWith('kubernetes:') && isWaypointGateway(r.raw)).map((r) => r.raw));
+    duties?.update(snapshot.resources.filter((r) => r.source.file.startsWith('kubernetes:') && isWaypointGateway(r.raw)).map((r) => r.raw));
+    modelled = true;
     log.info({ version: discovery.version, workloads: model.workloads.length, services: model.services.length, policies: model.policies.length, l7: model.l7.length }, 'model updated');
   });
   const server = await CaServer.start({
@@ -123,12 +221,15 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
     dnsNames: ['ambit-controller'],
     log,
   });
+  serving = true;
+  duties?.start();
+  const health = opts.health ? await serveReadiness(opts.health, () => (!serving ? 'the CA is not serving yet' : !modelled ? 'no config snapshot from the source yet' : undefined)) : undefined;
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.once(signal, () => {
       log.info({ signal }, 'controller stopping');
       source.stop();
-      waypoints?.stop();
-      void server.close().then(() => process.exit(0));
+      health?.close();
+      void Promise.all([duties?.stop(), server.close()]).then(() => process.exit(0));
     });
   }
   return server;

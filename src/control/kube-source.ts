@@ -114,6 +114,11 @@ function metaOf(obj: Record<string, unknown>): Meta | undefined {
 }
 
 /** What one object contributes: a resource or a pod, or the reasons it was rejected. */
+/** The status message of a rejected object: its errors, each with its path. */
+function rejection(errors: Diagnostic[]): string {
+  return errors.map((d) => `${d.path ? `${d.path}: ` : ''}${d.message}`).join('; ') || 'invalid';
+}
+
 interface Entry {
   raw: Record<string, unknown>;
   /** The last accepted version (kept while a later version is rejected). */
@@ -312,6 +317,8 @@ export class KubernetesSource implements ConfigSource {
   private waypointSet = new Set<string>();
   /** Status patches in flight or done, by object and message, so a write is not repeated. */
   private readonly patched = new Map<string, string>();
+  /** Whether this replica writes status conditions (only the leader does, when replicas elect one). */
+  private statusWriter = true;
 
   constructor(readonly client: KubeClient, private readonly options: KubernetesSourceOptions = {}) {
     this.log = options.log ?? silentLogger;
@@ -344,6 +351,27 @@ export class KubernetesSource implements ConfigSource {
   /** Each kind's resourceVersion (where its watch resumes; '' before the first list or while absent). */
   versions(): Record<string, string> {
     return Object.fromEntries(this.kinds.map((k) => [k.label, k.resourceVersion]));
+  }
+
+  /**
+   * Turns status write-back on or off. Replicas that are not the leader keep validating but leave
+   * the writes to it; a replica that becomes leader writes the conditions of every cached mesh
+   * object whose status does not show its verdict yet.
+   */
+  setStatusWriter(enabled: boolean): void {
+    if (enabled === this.statusWriter) return;
+    this.statusWriter = enabled;
+    this.patched.clear();
+    if (!enabled) return;
+    for (const k of this.kinds) {
+      if (!k.spec.mesh) continue;
+      for (const entry of k.cache.values()) {
+        const meta = metaOf(entry.raw);
+        if (!meta) continue;
+        const message = entry.errors.length > 0 ? rejection(entry.errors) : undefined;
+        this.writeStatus(entry.raw, meta, message);
+      }
+    }
   }
 
   /** An object is gone: its status-write memory goes too. */
@@ -470,7 +498,7 @@ export class KubernetesSource implements ConfigSource {
       this.writeStatus(raw, meta, undefined);
       return { raw, accepted, errors: [] };
     }
-    const message = errors.map((d) => `${d.path ? `${d.path}: ` : ''}${d.message}`).join('; ') || 'invalid';
+    const message = rejection(errors);
     this.log.warn({ object: label, message }, prev?.accepted ? 'rejected; the last accepted version stays in effect' : 'rejected');
     this.writeStatus(raw, meta, message);
     return { raw, ...(prev?.accepted ? { accepted: prev.accepted } : {}), errors };
@@ -481,6 +509,7 @@ export class KubernetesSource implements ConfigSource {
    * it carries our earlier rejection. Other conditions are kept. A failed write is logged.
    */
   private writeStatus(raw: Record<string, unknown>, meta: Meta, message: string | undefined): void {
+    if (!this.statusWriter) return;
     const conditions = isObject(raw.status) && Array.isArray(raw.status.conditions) ? raw.status.conditions.filter(isObject) : [];
     const current = conditions.find((c) => c.type === 'Accepted');
     if (message === undefined && !(current?.status === 'False' && current.reason === 'Invalid')) return;

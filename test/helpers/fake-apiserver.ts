@@ -13,6 +13,11 @@
  *   apply: the body replaces the object, uid and status kept; recorded in `applyPatches`) or
  *   `application/merge-patch+json` (RFC 7386); `DELETE` of an object. A namespaced write into a
  *   namespace that does not exist answers 404 when Namespaces are served;
+ * - `POST` of a new object to its collection (409 AlreadyExists if it exists); `PUT` of one object,
+ *   409 Conflict when its `metadata.resourceVersion` is not the stored one (optimistic concurrency,
+ *   as leader election relies on);
+ * - `GET /version` (`version`); `GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH` answered by
+ *   `podProxy` (404 when unset);
  * - `failNext(...)`: the next matching requests answer an error instead;
  * - 404 (a Status object) for anything else.
  *
@@ -53,6 +58,10 @@ export class FakeApiServer {
   readonly tokenReviews: unknown[] = [];
   /** token → answer; unknown tokens are not authenticated. */
   readonly tokens = new Map<string, TokenReviewAnswer>();
+  /** What `GET /version` answers. */
+  version: Record<string, string> = { major: '1', minor: '30', gitVersion: 'v1.30.0' };
+  /** Answers the API server's pod proxy: (namespace, pod, port, path) → status and body; undefined → 503. */
+  podProxy?: (namespace: string, pod: string, port: number, path: string) => { status: number; body: string } | undefined;
   /** Status code to answer status patches with (e.g. 500 to test tolerance). */
   statusPatchCode = 200;
   url = '';
@@ -216,6 +225,14 @@ export class FakeApiServer {
       const answer = this.tokens.get(review.spec?.token ?? '') ?? { authenticated: false, error: 'invalid bearer token' };
       return this.send(res, 201, { kind: 'TokenReview', apiVersion: 'authentication.k8s.io/v1', metadata: { creationTimestamp: null }, spec: review.spec, status: answer });
     }
+    if (req.method === 'GET' && url.pathname === '/version') return this.send(res, 200, this.version);
+    const proxy = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/:]+):(\d+)\/proxy(\/.*)$/.exec(url.pathname);
+    if (proxy && req.method === 'GET') {
+      const answer = this.podProxy?.(proxy[1]!, proxy[2]!, Number(proxy[3]), proxy[4]!);
+      if (!answer) return this.status(res, 503, 'ServiceUnavailable', `error trying to reach service: dial tcp ${proxy[2]}:${proxy[3]}: connect: connection refused`);
+      res.writeHead(answer.status, { 'content-type': 'text/plain' });
+      return void res.end(answer.body);
+    }
     // /api/v1/[namespaces/ns/]plural[/name[/status]] or /apis/group/version/...
     const parts = url.pathname.split('/').filter(Boolean);
     let group = '';
@@ -251,6 +268,17 @@ export class FakeApiServer {
       return this.send(res, 200, store.get(`${namespace ?? ''}/${rest[1]}`));
     }
     if (rest.length === 2) return this.one(req, res, url, k, namespace, rest[1]!, text);
+    if (req.method === 'POST' && rest.length === 1) {
+      const body = JSON.parse(text) as Obj;
+      const name = body.metadata?.name;
+      if (!name) return this.status(res, 422, 'Invalid', `${k.kind} is invalid: metadata.name: Required value`);
+      if (namespace !== undefined) body.metadata.namespace = namespace;
+      const key = `${namespace ?? ''}/${name}`;
+      if (store.has(key)) return this.status(res, 409, 'AlreadyExists', `${k.plural} "${name}" already exists`);
+      delete body.metadata.resourceVersion;
+      this.apply(k.kind, body, k.group);
+      return this.send(res, 201, store.get(key));
+    }
     if (req.method !== 'GET' || rest.length !== 1) return this.status(res, 405, 'MethodNotAllowed', 'not supported by the stand-in');
 
     if (url.searchParams.get('watch') === '1' || url.searchParams.get('watch') === 'true') {
@@ -283,6 +311,16 @@ export class FakeApiServer {
       if (!store.has(key)) return notFound();
       this.delete(k.kind, namespace ?? '', name, k.group);
       return this.send(res, 200, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details: { name, kind: k.plural } });
+    }
+    if (req.method === 'PUT') {
+      const body = JSON.parse(text) as Obj;
+      const prev = store.get(key);
+      if (!prev) return notFound();
+      if (body.metadata?.resourceVersion !== prev.metadata.resourceVersion) {
+        return this.status(res, 409, 'Conflict', `Operation cannot be fulfilled on ${k.plural} "${name}": the object has been modified; please apply your changes to the latest version and try again`);
+      }
+      this.apply(k.kind, { ...body, metadata: { ...body.metadata, uid: prev.metadata.uid } }, k.group);
+      return this.send(res, 200, store.get(key));
     }
     if (req.method !== 'PATCH') return this.status(res, 405, 'MethodNotAllowed', 'not supported by the stand-in');
     const nsKind = this.kinds.find((x) => x.group === '' && x.kind === 'Namespace');

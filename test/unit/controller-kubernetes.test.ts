@@ -69,7 +69,7 @@ contexts: [{ name: c, context: { cluster: c, user: u } }]
 current-context: c
 `);
   port = await freePort();
-  controller = spawn(process.execPath, [BIN, 'controller', '--kubernetes', kubeconfig, '--ca-dir', join(dir, 'ca'), '--listen', `127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  controller = spawn(process.execPath, [BIN, 'controller', '--kubernetes', kubeconfig, '--ca-dir', join(dir, 'ca'), '--listen', `127.0.0.1:${port}`, '--health', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
   controller.stdout!.on('data', (c: Buffer) => { output += c.toString(); });
   controller.stderr!.on('data', (c: Buffer) => { output += c.toString(); });
   await until('the controller serving', () => (/"msg":"model updated"/.test(output) ? true : undefined), 30_000);
