@@ -51,7 +51,14 @@ async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>):
   if (opts.kubernetes) {
     const client = KubeClient.fromFile(opts.kubernetes === true ? undefined : opts.kubernetes);
     const kube = new KubernetesSource(client, { log });
-    const authenticator = new TokenReviewAuthenticator({ client, trustDomain: opts.trustDomain, isWaypoint: (ns, name) => kube.isWaypoint(ns, name) });
+    // The install's projected tokens are for the audience AMBIT_TOKEN_AUDIENCE; the node agents run
+    // as the ServiceAccount ambit-node in the controller's own namespace.
+    const audience = process.env.AMBIT_TOKEN_AUDIENCE;
+    const authenticator = new TokenReviewAuthenticator({
+      client, trustDomain: opts.trustDomain, isWaypoint: (ns, name) => kube.isWaypoint(ns, name),
+      nodeAgent: { namespace: process.env.POD_NAMESPACE || 'ambit-system', serviceAccount: process.env.AMBIT_NODE_SERVICE_ACCOUNT || 'ambit-node' },
+      ...(audience ? { audiences: [audience] } : {}),
+    });
     return { source: kube, authenticator, directory: kube.nodeDirectory(opts.trustDomain), describe: { source: 'kubernetes', server: client.server }, client, kube };
   }
   if (!opts.localState) throw new Error('the controller needs a local cluster\'s state directory or a Kubernetes cluster');

@@ -31,7 +31,7 @@ export interface TokenReviewClient {
 export interface TokenReviewOptions {
   client: TokenReviewClient;
   trustDomain: string;
-  /** The node agents' ServiceAccount (default ambit-system/ambit-node-agent). */
+  /** The node agents' ServiceAccount (default ambit-system/ambit-node, as `ambit install` makes it). */
   nodeAgent?: { namespace: string; serviceAccount: string };
   /** Whether `namespace/name` is a waypoint (KubernetesSource.isWaypoint); its ServiceAccount is named after it. */
   isWaypoint: (namespace: string, name: string) => boolean;
@@ -64,7 +64,7 @@ export class TokenReviewAuthenticator implements Authenticator {
   private readonly now: () => number;
 
   constructor(private readonly opts: TokenReviewOptions) {
-    this.nodeAgent = opts.nodeAgent ?? { namespace: 'ambit-system', serviceAccount: 'ambit-node-agent' };
+    this.nodeAgent = opts.nodeAgent ?? { namespace: 'ambit-system', serviceAccount: 'ambit-node' };
     this.now = opts.now ?? Date.now;
   }
 

@@ -55,7 +55,7 @@ async function until<T>(what: string, f: () => T | undefined, ms = 15_000): Prom
 
 beforeAll(async () => {
   await api.start();
-  api.tokens.set('agent-a', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node-agent', extra: { [NODE_NAME_EXTRA]: ['node-a'] } } });
+  api.tokens.set('agent-a', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node', extra: { [NODE_NAME_EXTRA]: ['node-a'] } } });
   api.apply('Namespace', { metadata: { name: 'shop', labels: { 'ambit.dev/dataplane-mode': 'ambient' } } });
   api.apply('Service', { metadata: { name: 'web', namespace: 'shop' }, spec: { clusterIP: '10.96.0.20', selector: { app: 'web' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } });
   api.apply('Pod', pod('web', 'node-a', '10.244.1.5'));

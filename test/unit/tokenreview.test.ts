@@ -11,12 +11,12 @@ let client: KubeClient;
 beforeAll(async () => {
   await server.start();
   client = new KubeClient({ server: server.url });
-  server.tokens.set('agent-a', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node-agent', extra: { [NODE_NAME_EXTRA]: ['node-a'] } } });
-  server.tokens.set('agent-unbound', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node-agent' } });
+  server.tokens.set('agent-a', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node', extra: { [NODE_NAME_EXTRA]: ['node-a'] } } });
+  server.tokens.set('agent-unbound', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node' } });
   server.tokens.set('waypoint', { authenticated: true, user: { username: 'system:serviceaccount:shop:shop-waypoint' } });
   server.tokens.set('app', { authenticated: true, user: { username: 'system:serviceaccount:shop:cart' } });
   server.tokens.set('human', { authenticated: true, user: { username: 'alice@example.com' } });
-  server.tokens.set('aud', { authenticated: true, audiences: ['ambit'], user: { username: 'system:serviceaccount:ambit-system:ambit-node-agent', extra: { [NODE_NAME_EXTRA]: ['node-b'] } } });
+  server.tokens.set('aud', { authenticated: true, audiences: ['ambit'], user: { username: 'system:serviceaccount:ambit-system:ambit-node', extra: { [NODE_NAME_EXTRA]: ['node-b'] } } });
 });
 afterAll(() => server.close());
 
@@ -76,7 +76,7 @@ describe('TokenReviewAuthenticator', () => {
     await refusal(a.authenticate(md('later')));
     expect(count()).toBe(start + 2);
     // The token becomes valid: still refused from the cache until the negative entry expires.
-    server.tokens.set('later', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node-agent', extra: { [NODE_NAME_EXTRA]: ['node-c'] } } });
+    server.tokens.set('later', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node', extra: { [NODE_NAME_EXTRA]: ['node-c'] } } });
     now += 5_001;
     await expect(a.authenticate(md('later'))).resolves.toEqual({ node: 'node-c' });
     expect(count()).toBe(start + 3);
@@ -85,7 +85,7 @@ describe('TokenReviewAuthenticator', () => {
     await expect(a.authenticate(md('agent-a'))).resolves.toEqual({ node: 'node-a' });
     now += 30_001;
     await refusal(a.authenticate(md('agent-a')));
-    server.tokens.set('agent-a', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node-agent', extra: { [NODE_NAME_EXTRA]: ['node-a'] } } });
+    server.tokens.set('agent-a', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node', extra: { [NODE_NAME_EXTRA]: ['node-a'] } } });
   });
 
   it('refuses without caching when the API server cannot be asked', async () => {
