@@ -1,14 +1,21 @@
 /** `ambit node`: the node agent process (the local runtime starts one per node; Kubernetes, a DaemonSet). */
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { Command } from 'commander';
+import { cgroup2Mount } from '../ebpf/mounts.js';
 import { splitPemBundle } from '../identity/pki.js';
 import { ClusterLayout, netnsPath } from '../local/layout.js';
 import { AdminServer, ADMIN_PORT } from '../node/admin.js';
-import { NodeAgent, serveTelemetry, type PodLocator } from '../node/agent.js';
+import { HEALTH_PORT, METRICS_PORT, NodeAgent, serveTelemetry, type PodLocator } from '../node/agent.js';
+import { ProcPodLocator } from '../node/pod-locator.js';
+import { stopKind } from '../node/uninstall.js';
 import { logger } from '../telemetry/log.js';
+import { report } from './checks.js';
 import { CliError } from './errors.js';
+import { readFlagFile, tokenFile } from './files.js';
+import { kubeClient } from './kube.js';
+import { runChecks } from './probes.js';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
@@ -18,12 +25,10 @@ function hostPort(flag: string, value: string): { host: string; port: number } {
   return { host: m[1]!, port: Number(m[2]) };
 }
 
-function readFile(flag: string, path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new CliError(`${flag}: cannot read ${path}: ${(err as Error).message}`);
-  }
+function port(flag: string, value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < 1 || n > 65535) throw new CliError(`${flag} must be a port 1-65535, got "${value}"`);
+  return n;
 }
 
 /** Pods of a local cluster: netns and cgroup by the cluster's naming. */
@@ -34,8 +39,9 @@ function localLocator(layout: ClusterLayout): PodLocator {
 }
 
 interface NodeOpts {
-  node: string; controller: string; tokenFile: string; caFile: string; cluster?: string; pinRoot?: string; cgroup?: string;
-  probeSource?: string[]; controlSocket?: string; admin: string; telemetryHost: string; rootNamespace?: string; drainSeconds: string;
+  node: string; controller: string; tokenFile: string; caFile: string; cluster?: string; kubernetes?: true | string; hostProc: string;
+  daemonset: string; cgroupRoot?: string; pinRoot?: string; cgroup?: string; probeSource?: string[]; controlSocket?: string; admin: string; telemetryHost: string;
+  metricsPort: string; healthPort: string; rootNamespace?: string; drainSeconds: string;
 }
 
 export function register(program: Command): void {
@@ -46,12 +52,18 @@ export function register(program: Command): void {
     .requiredOption('--token-file <file>', 'this node\'s credential for the controller')
     .requiredOption('--ca-file <file>', 'PEM roots that verify the controller (the mesh trust bundle)')
     .option('--cluster <name>', 'a local cluster: pods, cgroups and pins by its layout')
+    .option('--kubernetes [kubeconfig]', 'a Kubernetes node: pods found through /proc by their IPs; at SIGTERM, uninstall told from restart by the DaemonSet (in-cluster or $KUBECONFIG, or this file)')
+    .option('--host-proc <dir>', 'the host\'s proc filesystem (Kubernetes mode)', process.env.AMBIT_HOST_PROC ?? '/proc')
+    .option('--cgroup-root <dir>', 'the cgroup2 mount the pods\' cgroup paths are relative to (Kubernetes mode; default: this process\'s cgroup2 mount)')
+    .option('--daemonset <name>', 'this agent\'s DaemonSet in $POD_NAMESPACE (Kubernetes mode)', 'ambit-node')
     .option('--pin-root <dir>', 'bpffs directory for this agent\'s pins (default: the local cluster\'s)')
     .option('--cgroup <dir>', 'the cgroup holding this node\'s pods (default: the local cluster\'s)')
     .option('--probe-source <ip>', 'an address the node\'s probes come from (let through under STRICT); repeatable', collect)
     .option('--control-socket <path>', 'unix socket where the runtime asks whether a pod is enrolled')
     .option('--admin <host:port>', 'admin endpoint', `127.0.0.1:${ADMIN_PORT}`)
-    .option('--telemetry-host <host>', 'where /metrics (15020) and /healthz/ready (15021) listen', '0.0.0.0')
+    .option('--telemetry-host <host>', 'where /metrics and /healthz/ready, /healthz/check listen', '0.0.0.0')
+    .option('--metrics-port <port>', 'the /metrics port', String(METRICS_PORT))
+    .option('--health-port <port>', 'the /healthz/ready and /healthz/check port', String(HEALTH_PORT))
     .option('--root-namespace <ns>', 'Istio root namespace (mesh-wide policy)', 'istio-system')
     .option('--drain-seconds <n>', 'how long connections of a pod leaving the mesh may take to finish', '5')
     .action(async (opts: NodeOpts) => {
@@ -59,21 +71,29 @@ export function register(program: Command): void {
       const controller = hostPort('--controller', opts.controller);
       const drain = Number(opts.drainSeconds);
       if (!Number.isFinite(drain) || drain < 0 || drain > 3600) throw new CliError(`--drain-seconds must be 0..3600, got "${opts.drainSeconds}"`);
+      const telemetry = { metrics: port('--metrics-port', opts.metricsPort), health: port('--health-port', opts.healthPort) };
+      if (!opts.cluster === !opts.kubernetes) throw new CliError('give one of --cluster NAME (a local cluster) or --kubernetes [KUBECONFIG]');
       const layout = opts.cluster ? new ClusterLayout(opts.cluster) : undefined;
       const pinRoot = opts.pinRoot ?? layout?.nodePinRoot(opts.node);
       const cgroup = opts.cgroup ?? layout?.nodeCgroup(opts.node);
-      if (!pinRoot || !cgroup || !layout) throw new CliError('--cluster is required today (pods are located by a local cluster\'s layout)', 'Kubernetes pod discovery comes with the Kubernetes install');
+      if (!pinRoot || !cgroup) throw new CliError('with --kubernetes, give --pin-root DIR (in the host\'s bpffs) and --cgroup DIR (the cgroup holding the pods, e.g. the host\'s cgroup2 root)');
       if (!existsSync(cgroup)) throw new CliError(`--cgroup ${cgroup} does not exist`);
+      if (opts.kubernetes && !existsSync(join(opts.hostProc, 'self'))) throw new CliError(`--host-proc ${opts.hostProc} is not a proc filesystem`);
+      const kube = opts.kubernetes ? kubeClient(opts.kubernetes === true ? undefined : opts.kubernetes) : undefined;
+      const locator: PodLocator = layout ? localLocator(layout) : new ProcPodLocator({ procRoot: opts.hostProc, cgroupRoot: opts.cgroupRoot ?? cgroup2Mount() ?? '/sys/fs/cgroup' });
       const log = logger('node');
       // The controller writes its root on first start; an agent started beside it waits for it.
       for (let i = 0; i < 600 && !existsSync(opts.caFile); i++) await new Promise((r) => setTimeout(r, 100));
       const agent = await NodeAgent.start({
         node: opts.node,
-        controller: { address: `${controller.host}:${controller.port}`, token: readFile('--token-file', opts.tokenFile).trim(), roots: splitPemBundle(readFile('--ca-file', opts.caFile)).slice(-1) },
-        pinRoot, cgroup, locator: localLocator(layout), probeSources: opts.probeSource ?? [], rootNamespace: opts.rootNamespace,
+        controller: { address: `${controller.host}:${controller.port}`, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)).slice(-1) },
+        pinRoot, cgroup, locator, probeSources: opts.probeSource ?? [], rootNamespace: opts.rootNamespace,
         drainMs: drain * 1000, log, accessLog: logger('access'),
       });
-      const servers = await serveTelemetry(agent, opts.telemetryHost);
+      // What `ambit check` says about this node, served on the health port for `ambit check --kube`.
+      let checks: ReturnType<typeof runChecks> | undefined;
+      const nodeReport = async () => report(await (checks ??= runChecks()));
+      const servers = await serveTelemetry(agent, opts.telemetryHost, telemetry.metrics, telemetry.health, nodeReport);
       const adminServer = await AdminServer.start({ certificates: agent.certs, agent, logger: log }, admin.host, admin.port);
       const control = opts.controlSocket ? await serveControl(agent, opts.controlSocket) : undefined;
       log.info({ node: opts.node, pinRoot, cgroup }, 'node agent started');
@@ -82,7 +102,12 @@ export function register(program: Command): void {
         if (stopping) return;
         stopping = true;
         log.info({ signal }, 'node agent stopping: draining pods');
-        void agent.close().finally(() => {
+        // In Kubernetes, an uninstall (the DaemonSet gone or being deleted) also removes the pins.
+        const kind = kube ? stopKind(kube, process.env.POD_NAMESPACE || 'ambit-system', opts.daemonset) : Promise.resolve(undefined);
+        void kind.then((k) => {
+          if (k) log.info({ stop: k.kind, reason: k.reason }, k.kind === 'uninstall' ? 'uninstall: removing every pinned BPF object' : 'restart: the pins stay for the next agent');
+          return agent.close({ uninstall: k?.kind === 'uninstall' });
+        }).catch((err: Error) => log.error({ err: err.message }, 'stopping failed')).finally(() => {
           for (const s of servers) s.close();
           control?.close();
           void adminServer.close();

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { Logger } from 'pino';
-import type { Authenticator } from '../identity/ca-server.js';
+import { authorization, type Authenticator, type Credential } from '../identity/ca-server.js';
 import { CaError } from '../identity/ca.js';
 import { silentLogger } from '../telemetry/log.js';
 import { packageRoot } from '../util/package.js';
@@ -266,7 +266,7 @@ export class DiscoveryServer {
 export interface DiscoveryClientOptions {
   address: string;
   roots: string[];
-  token: string;
+  token: Credential;
   node: string;
   kind: SubscriberKind;
   name?: string;
@@ -308,7 +308,7 @@ export class DiscoveryClient {
 
   private connect(): void {
     const metadata = new grpc.Metadata();
-    metadata.set('authorization', `Bearer ${this.opts.token}`);
+    metadata.set('authorization', authorization(this.opts.token));
     const call = (this.client as unknown as { Stream(md: grpc.Metadata): grpc.ClientDuplexStream<WireRequest, WireResponse> }).Stream(metadata);
     this.call = call;
     call.write({ subscribe: { node: this.opts.node, kind: this.opts.kind, name: this.opts.name ?? '', last_version: this.version } });

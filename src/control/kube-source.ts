@@ -573,6 +573,6 @@ function podInfo(raw: Record<string, unknown>, meta: Meta): PodInfo | undefined 
   }
   return {
     uid: meta.uid ?? `${meta.namespace}/${meta.name}`, namespace: meta.namespace, name: meta.name, node: spec.nodeName, ip: status.podIP,
-    labels: meta.labels, spec: podSpec, ...(owner ? { owner } : {}),
+    labels: meta.labels, spec: podSpec, ...(owner ? { owner } : {}), ...(spec.hostNetwork === true ? { hostNetwork: true } : {}),
   };
 }

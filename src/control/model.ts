@@ -27,6 +27,8 @@ export interface PodInfo {
   spec: PodSpec;
   /** The controller that made the pod (a Deployment), for the workload name in telemetry. */
   owner?: { kind: string; name: string };
+  /** In the node's network namespace (Kubernetes `hostNetwork`): its address is the node's, never enrolled. */
+  hostNetwork?: boolean;
 }
 
 /** Everything a config source knows at one moment. */
@@ -123,7 +125,7 @@ export function buildModel(snapshot: SourceSnapshot, trustDomain: string, cluste
   const nsLabels = (ns: string) => namespaces.get(ns)?.meta.labels ?? {};
 
   const workloads: Workload[] = snapshot.pods.map((p) => {
-    const enrolled = isEnrolled(p.labels, nsLabels(p.namespace));
+    const enrolled = !p.hostNetwork && isEnrolled(p.labels, nsLabels(p.namespace));
     const ports: Record<string, number> = {};
     for (const c of p.spec.containers) for (const port of c.ports) if (port.name) ports[port.name] = port.containerPort;
     return {

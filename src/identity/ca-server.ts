@@ -33,7 +33,7 @@ export interface NodeDirectory {
   identitiesOnNode(node: string): Promise<ReadonlySet<string>> | ReadonlySet<string>;
 }
 
-function bearer(metadata: grpc.Metadata): string {
+function presentedToken(metadata: grpc.Metadata): string {
   const value = metadata.get('authorization')[0];
   const m = typeof value === 'string' ? /^Bearer (\S+)$/.exec(value) : null;
   if (!m) throw new CaError('UNAUTHENTICATED', 'no credential: send "authorization: Bearer <token>" metadata');
@@ -54,7 +54,7 @@ export class BootstrapTokenAuthenticator implements Authenticator {
   }
 
   authenticate(metadata: grpc.Metadata): Promise<Caller> {
-    const hash = digest(bearer(metadata));
+    const hash = digest(presentedToken(metadata));
     let match: string | undefined;
     for (const t of this.tokens) if (timingSafeEqual(t.hash, hash)) match = t.node;
     if (!match) return Promise.reject(new CaError('UNAUTHENTICATED', 'unknown bootstrap token'));
@@ -179,11 +179,23 @@ export class CaRequestError extends Error {
   }
 }
 
+/**
+ * What a client presents to the controller: a token, or a function read at each call — a
+ * Kubernetes projected ServiceAccount token is rotated in its file by the kubelet, so it is
+ * re-read rather than held.
+ */
+export type Credential = string | (() => string);
+
+/** The `authorization` metadata value for a credential. */
+export function authorization(credential: Credential): string {
+  return `Bearer ${typeof credential === 'function' ? credential() : credential}`;
+}
+
 export interface CaClientOptions {
   address: string;
   /** PEM roots that verify the CA's serving certificate (the mesh trust bundle). */
   roots: string[];
-  token: string;
+  token: Credential;
   /** Per-call deadline; default 10 s. */
   timeoutMs?: number;
 }
@@ -200,7 +212,7 @@ export class CaClient implements CertificateSource {
 
   private call<T>(method: string, request: unknown): Promise<T> {
     const metadata = new grpc.Metadata();
-    metadata.set('authorization', `Bearer ${this.opts.token}`);
+    metadata.set('authorization', authorization(this.opts.token));
     const deadline = new Date(Date.now() + (this.opts.timeoutMs ?? 10_000));
     return new Promise((resolve, reject) => {
       this.client[method]!(request, metadata, { deadline }, (err: grpc.ServiceError | null, res: T) => {

@@ -109,24 +109,25 @@ export function controllerNamespaceRules(): Rule[] {
   ];
 }
 
-export function nodeAgentClusterRules(): Rule[] {
-  return [
-    { apiGroups: [''], resources: ['pods'], verbs: READ },
-    { apiGroups: [''], resources: ['nodes'], verbs: ['get'] },
-  ];
-}
-
+/**
+ * The node agent reads nothing cluster-wide: its pods and their identities come from the
+ * controller's discovery stream, their network namespaces from /proc. It only reads its own
+ * DaemonSet, at SIGTERM: deleting or gone means uninstall (remove every pin), else a restart
+ * or upgrade (keep them).
+ */
 export function nodeAgentNamespaceRules(): Rule[] {
-  // Its own DaemonSet: deleting or gone at SIGTERM means uninstall (remove every pin), else an upgrade (keep them).
-  return [{ apiGroups: ['apps'], resources: ['daemonsets'], verbs: ['get', 'list', 'watch'], resourceNames: [NODE_AGENT] }];
+  return [{ apiGroups: ['apps'], resources: ['daemonsets'], verbs: ['get'], resourceNames: [NODE_AGENT] }];
 }
 
+/** A ClusterRole and Role with their bindings for one component (no ClusterRole when it needs no cluster-wide rule). */
 function rbac(name: string, namespace: string, component: string, clusterRules: Rule[], nsRules: Rule[]): K8sObject[] {
   const labels = commonLabels(component);
   const subjects = [{ kind: 'ServiceAccount', name, namespace }];
   return [
-    { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole', metadata: { name, labels }, rules: clusterRules },
-    { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRoleBinding', metadata: { name, labels }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name }, subjects },
+    ...(clusterRules.length === 0 ? [] : [
+      { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole', metadata: { name, labels }, rules: clusterRules },
+      { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRoleBinding', metadata: { name, labels }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name }, subjects },
+    ]),
     { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'Role', metadata: { name, namespace, labels }, rules: nsRules },
     { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'RoleBinding', metadata: { name, namespace, labels }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name }, subjects },
   ];
@@ -197,7 +198,7 @@ export function controllerObjects(v: Values): K8sObject[] {
               { name: 'AMBIT_LEADER_ELECTION_LEASE', value: LEADER_LEASE },
               { name: 'AMBIT_ROOT_CERT_CONFIGMAP', value: ROOT_CERT_CONFIGMAP },
               { name: 'AMBIT_TOKEN_AUDIENCE', value: TOKEN_AUDIENCE },
-              { name: 'AMBIT_ROOT_NAMESPACE', value: v.rootNamespace },
+              { name: 'AMBIT_NODE_SERVICE_ACCOUNT', value: NODE_AGENT },
               { name: 'AMBIT_WAYPOINTS_MANAGED', value: String(v.waypoints.managed) },
               { name: 'AMBIT_WAYPOINT_VALUES', value: waypointTemplateValues(v) },
               { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
@@ -273,12 +274,14 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
             imagePullPolicy: v.imagePullPolicy,
             args: [
               'node',
+              '--kubernetes',
               '--node', '$(NODE_NAME)',
               '--controller', controllerAddress(v),
               '--token-file', `${TOKEN_DIR}/token`,
               '--ca-file', `${ROOT_CERT_DIR}/root-cert.pem`,
               '--pin-root', v.nodeAgent.pinRoot,
               '--cgroup', hostCgroup,
+              '--cgroup-root', hostCgroup,
               '--probe-source', '$(HOST_IP)',
               '--control-socket', `${AGENT_SOCKET_DIR}/agent.sock`,
               '--root-namespace', v.rootNamespace,
@@ -296,6 +299,9 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
               { name: 'http-ready', containerPort: NODE_PORTS.ready, protocol: 'TCP' },
             ],
             readinessProbe: readiness(NODE_PORTS.ready),
+            // A fatal start error (a kernel without what the datapath needs) is the container's
+            // termination message, where `ambit check --kube` and `kubectl describe` show it.
+            terminationMessagePolicy: 'FallbackToLogsOnError',
             resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
             securityContext: {
               privileged: false,
@@ -343,7 +349,7 @@ export function renderInstall(v: Values): K8sObject[] {
     sa(CONTROLLER, v.namespace, 'controller'),
     sa(NODE_AGENT, v.namespace, 'node'),
     ...rbac(CONTROLLER, v.namespace, 'controller', controllerClusterRules(v), controllerNamespaceRules()),
-    ...rbac(NODE_AGENT, v.namespace, 'node', nodeAgentClusterRules(), nodeAgentNamespaceRules()),
+    ...rbac(NODE_AGENT, v.namespace, 'node', [], nodeAgentNamespaceRules()),
     ...controllerObjects(v),
     nodeAgentDaemonSet(v),
   ];

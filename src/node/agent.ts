@@ -23,7 +23,7 @@ import { DiscoveryClient, type WireResource } from '../control/discovery.js';
 import type { Service, Workload } from '../control/model.js';
 import { Datapath } from '../ebpf/datapath.js';
 import type { OrigDst } from '../ebpf/codecs.js';
-import { CaClient } from '../identity/ca-server.js';
+import { CaClient, type Credential } from '../identity/ca-server.js';
 import { CertManager, type WorkloadCertificate } from '../identity/cert-manager.js';
 import { MeshMetrics } from '../telemetry/metrics.js';
 import { ConnectionTracker, resetOrDestroy, splice, type TrackedConnection } from './connections.js';
@@ -38,11 +38,13 @@ export const HEALTH_PORT = 15021;
 /** Where a pod's netns and cgroup are: the local runtime's layout, or (Kubernetes) the CNI's record. */
 export interface PodLocator {
   locate(workload: Workload): { netnsPath: string; cgroupPath?: string } | undefined;
+  /** Why `locate` found nothing, in words for the log and `ambit local status`. */
+  explain?(workload: Workload): string;
 }
 
 export interface NodeAgentOptions {
   node: string;
-  controller: { address: string; token: string; roots: string[] };
+  controller: { address: string; token: Credential; roots: string[] };
   /** The bpffs directory for this agent's pins, and the cgroup that holds the node's pods. */
   pinRoot: string;
   cgroup: string;
@@ -86,6 +88,7 @@ export class NodeAgent {
   private state?: MeshState;
   private reconciling: Promise<void> = Promise.resolve();
   private reconcileQueued = false;
+  private retryTimer?: NodeJS.Timeout;
   private readonly waiters = new Set<() => void>();
   private nacks = 0;
   private closed = false;
@@ -167,11 +170,23 @@ export class NodeAgent {
     }).catch((err: Error) => this.opts.log.error({ err: err.message }, 'reconcile failed'));
   }
 
+  /** One reconcile in 2 s for whatever failed to enroll (however many pods failed). */
+  private retrySoon(): void {
+    if (this.retryTimer || this.closed) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.reconcile();
+    }, 2000).unref();
+  }
+
   private async enroll(w: Workload): Promise<void> {
     const where = this.opts.locator.locate(w);
     const name = `${w.namespace}/${w.name}`;
     if (!where || !existsSync(where.netnsPath)) {
-      this.failures.set(w.uid, `network namespace of ${name} not found${where ? ` (${where.netnsPath})` : ''}`);
+      const why = where ? `${where.netnsPath} does not exist` : this.opts.locator.explain?.(w);
+      this.failures.set(w.uid, `network namespace of ${name} not found${why ? `: ${why}` : ''}`);
+      // A pod the controller knows of may not have its sandbox yet (or the locator's view lags): try again.
+      this.retrySoon();
       return;
     }
     // The certificate first: the pod's first connection must not wait for it.
@@ -181,7 +196,7 @@ export class NodeAgent {
     } catch (err) {
       this.failures.set(w.uid, `certificate for ${w.identity}: ${(err as Error).message}`);
       this.opts.log.error({ pod: name, err: (err as Error).message }, 'enrollment waits for a certificate');
-      setTimeout(() => this.reconcile(), 2000).unref();
+      this.retrySoon();
       return;
     }
     const sockets = new Set<Socket | ServerHttp2Stream>();
@@ -565,6 +580,7 @@ export class NodeAgent {
    */
   async close(opts: { uninstall?: boolean } = {}): Promise<void> {
     this.closed = true;
+    clearTimeout(this.retryTimer);
     this.discovery.close();
     await this.reconciling;
     await Promise.all([...this.pods.keys()].map((uid) => this.unenroll(uid, opts.uninstall ? 'uninstall' : 'agent stopping', !opts.uninstall)));
@@ -589,8 +605,12 @@ function identityNamespace(id: string | undefined): { namespace?: string } {
   return m ? { namespace: m[1] } : {};
 }
 
-/** Serves `/metrics`, `/stats/prometheus` and `/healthz/ready`, as the mesh's dashboards and probes expect. */
-export function serveTelemetry(agent: NodeAgent, host: string, metricsPort = METRICS_PORT, healthPort = HEALTH_PORT): Promise<HttpServer[]> {
+/**
+ * Serves `/metrics`, `/stats/prometheus` and `/healthz/ready`, as the mesh's dashboards and
+ * probes expect, and `/healthz/check`: this node's requirements (`ambit check --json`), which
+ * `ambit check --kube` reads from every agent through the API server.
+ */
+export function serveTelemetry(agent: NodeAgent, host: string, metricsPort = METRICS_PORT, healthPort = HEALTH_PORT, nodeReport?: () => Promise<unknown>): Promise<HttpServer[]> {
   const metrics = createHttpServer((req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
     if (path !== '/metrics' && path !== '/stats/prometheus') {
@@ -603,6 +623,10 @@ export function serveTelemetry(agent: NodeAgent, host: string, metricsPort = MET
   });
   const health = createHttpServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
+    if (path === '/healthz/check' && nodeReport) {
+      nodeReport().then((r) => res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(r)}\n`), (err: Error) => res.writeHead(500).end(`${err.message}\n`));
+      return;
+    }
     if (path !== '/healthz/ready') {
       res.writeHead(404).end('not found: try /healthz/ready\n');
       return;

@@ -68,8 +68,14 @@ function serve(fd: number, onConnection: (socket: Socket) => void): Promise<Serv
   });
 }
 
+/**
+ * Stops accepting: the listening socket closes at once. Connections already accepted are not
+ * waited for (server.close's callback would wait for every one, and a pooled HBONE session the
+ * agent holds to its own pod would never end): their owner drains and resets them.
+ */
 function closeServer(server: Server): Promise<void> {
-  return new Promise((resolve) => server.close(() => resolve()));
+  if (server.listening) server.close();
+  return Promise.resolve();
 }
 
 export class PodEnroller {

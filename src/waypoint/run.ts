@@ -8,7 +8,7 @@ import { createServer, type Server } from 'node:net';
 import type { Logger } from 'pino';
 import { DiscoveryClient, type WireResource } from '../control/discovery.js';
 import type { ConfigObject } from '../control/model.js';
-import { CaClient } from '../identity/ca-server.js';
+import { CaClient, type Credential } from '../identity/ca-server.js';
 import { CertManager } from '../identity/cert-manager.js';
 import { formatSpiffeId } from '../identity/spiffe.js';
 import { MeshState } from '../node/mesh-state.js';
@@ -24,7 +24,7 @@ export interface WaypointOptions {
   namespace: string;
   name: string;
   trustDomain: string;
-  controller: { address: string; token: string; roots: string[] };
+  controller: { address: string; token: Credential; roots: string[] };
   listen: { host: string; port: number };
   metricsPort?: number;
   log: Logger;

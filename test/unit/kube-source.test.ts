@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { KubeClient } from '../../src/control/kube/client.js';
 import { KubernetesSource } from '../../src/control/kube-source.js';
-import type { SourceSnapshot } from '../../src/control/model.js';
+import { buildModel, type SourceSnapshot } from '../../src/control/model.js';
 import { FakeApiServer, type ServedKind } from '../helpers/fake-apiserver.js';
 
 const SERVED: ServedKind[] = [
@@ -84,6 +84,17 @@ describe('KubernetesSource against a stand-in API server', () => {
     // Kinds whose CRD is absent are skipped, not fatal.
     expect(source.absentKinds()).toEqual(expect.arrayContaining(['networking.istio.io/DestinationRule', 'security.istio.io/AuthorizationPolicy', 'ambit.dev/RateLimit', 'discovery.k8s.io/EndpointSlice']));
     expect(source.absentKinds()).not.toContain('networking.istio.io/VirtualService');
+  });
+
+  it('a host-network pod is a workload that is never enrolled (its address is the node\'s)', async () => {
+    const { server, waitFor } = await setup();
+    const p = pod('exporter', { node: 'node-a', ip: '192.168.1.10' });
+    server.apply('Pod', { ...p, spec: { ...p.spec, hostNetwork: true } });
+    const s = await waitFor('exporter', (x) => podNames(x).includes('exporter'));
+    expect(s.pods.find((x) => x.name === 'exporter')).toMatchObject({ hostNetwork: true });
+    const workloads = buildModel(s, 'cluster.local').workloads;
+    expect(workloads.find((w) => w.name === 'exporter')).toMatchObject({ enrolled: false });
+    expect(workloads.find((w) => w.name === 'cart')).toMatchObject({ enrolled: true });
   });
 
   it('gives the CA the identities of the pods on each node, addressed or not', async () => {
