@@ -1,10 +1,11 @@
 /**
- * `ambit waypoint apply|list|delete` (the local cluster by default; `apply` and `delete` also on
- * a Kubernetes cluster with `--kubeconfig FILE` or `--kube`, where the Gateway is written with
- * server-side apply and the controller runs the waypoint's Deployment) and `ambit waypoint run`
+ * `ambit waypoint apply|list|delete` (the local cluster by default; also on a Kubernetes cluster
+ * with `--kubeconfig FILE` or `--kube`, where the Gateway is written with server-side apply, the
+ * controller runs the waypoint's Deployment, and `list` reads the Gateways, their Deployments and
+ * what is bound to them from the API server) and `ambit waypoint run`
  * (the waypoint process itself, started by the runtime or the Deployment in the waypoint's pod).
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
 import { RuntimeClient } from '../local/client.js';
@@ -16,6 +17,7 @@ import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { logger } from '../telemetry/log.js';
 import { parseSamplingPercent, validateTracingOptions } from '../telemetry/tracing.js';
 import { CliError } from './errors.js';
+import { readFlagFile, tokenFile } from './files.js';
 import { apiMessage, isSuccess, kubeClient, kubeRequest } from './kube.js';
 import { namespaceWithLabel } from './namespace.js';
 import { apply, printApply } from './local.js';
@@ -84,6 +86,102 @@ async function deleteOnKubernetes(namespace: string, name: string, kubeconfig: s
   process.stdout.write(`gateway.gateway.networking.k8s.io/${name} deleted\n`);
 }
 
+/** A table as `kubectl get` prints one: left-aligned columns two spaces apart; "no waypoints" when empty. */
+function printWaypointTable(head: string[], rows: string[][]): void {
+  if (rows.length === 0) {
+    process.stdout.write('no waypoints\n');
+    return;
+  }
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  for (const r of [head, ...rows]) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
+}
+
+async function listLocal(opts: { namespace?: string; cluster: string }): Promise<void> {
+  const layout = new ClusterLayout(opts.cluster);
+  const state = readState(layout.stateFile);
+  if (!state) throw new CliError(`cluster ${opts.cluster} does not exist`, 'ambit local up');
+  const status = await new RuntimeClient(layout).request<{ pods: { namespace: string; name: string; ip: string; ready: string; phase: string }[] }>('GET', '/v1/status');
+  const rows: string[][] = [];
+  for (const r of Object.values(state.resources)) {
+    if (r.kind !== 'Gateway' || (r.raw.spec as { gatewayClassName?: string } | undefined)?.gatewayClassName !== WAYPOINT_CLASS) continue;
+    if (opts.namespace && r.meta.namespace !== opts.namespace) continue;
+    const pod = status.pods.find((p) => p.namespace === r.meta.namespace && p.name === `${r.meta.name}-waypoint`);
+    const bound = Object.values(state.resources)
+      .filter((x) => (x.kind === 'Service' && x.meta.namespace === r.meta.namespace) || (x.kind === 'Namespace' && x.meta.name === r.meta.namespace))
+      .filter((x) => x.meta.labels[USE_WAYPOINT] === r.meta.name)
+      .map((x) => (x.kind === 'Namespace' ? `namespace ${x.meta.name}` : `service ${x.meta.name}`));
+    rows.push([r.meta.namespace, r.meta.name, pod ? `${pod.phase} ${pod.ready}` : 'no pod', pod?.ip ?? '-', bound.join(', ') || '-']);
+  }
+  printWaypointTable(['NAMESPACE', 'NAME', 'POD', 'IP', 'BOUND'], rows);
+}
+
+interface KubeMeta { name?: string; namespace?: string; labels?: Record<string, string> }
+interface KubeGateway { metadata?: KubeMeta; spec?: { gatewayClassName?: string }; status?: { conditions?: { type?: string; status?: string }[] } }
+interface KubeList<T> { items?: T[] }
+
+/** A condition's status (True, False, Unknown), or "-" when the Gateway has none of that type yet. */
+function conditionStatus(gw: KubeGateway, type: string): string {
+  return gw.status?.conditions?.find((c) => c.type === type)?.status ?? '-';
+}
+
+/**
+ * The waypoints of a Kubernetes cluster: each ambit-waypoint Gateway with its Deployment's ready
+ * replicas (the controller names it like the Gateway, src/install/waypoint.ts), its Accepted and
+ * Programmed conditions, and the Services and Namespace labelled to use it.
+ */
+async function listOnKubernetes(namespace: string | undefined, kubeconfig: string | undefined): Promise<void> {
+  const client = kubeClient(kubeconfig);
+  const server = client.server;
+  const gatewaysPath = namespace ? `/apis/gateway.networking.k8s.io/v1/namespaces/${namespace}/gateways` : '/apis/gateway.networking.k8s.io/v1/gateways';
+  const res = await kubeRequest(client, 'GET', gatewaysPath);
+  if (res.status === 404) throw new CliError(`${server} does not serve gateway.networking.k8s.io/v1 Gateways: ${apiMessage(res)}`, 'install the Gateway API CRDs (see docs/KUBERNETES.md)');
+  if (!isSuccess(res)) throw new CliError(`could not list Gateways: ${apiMessage(res)}`);
+  const gateways = ((res.body as KubeList<KubeGateway> | undefined)?.items ?? [])
+    .filter((g) => g.spec?.gatewayClassName === WAYPOINT_CLASS && g.metadata?.name && g.metadata.namespace)
+    .sort((a, b) => `${a.metadata!.namespace}/${a.metadata!.name}`.localeCompare(`${b.metadata!.namespace}/${b.metadata!.name}`));
+  const warnings: string[] = [];
+  const namespaces = [...new Set(gateways.map((g) => g.metadata!.namespace!))];
+  // Per namespace: its labels and its Services bound to some waypoint; per Gateway: its Deployment. All at once.
+  const [bindings, deployments] = await Promise.all([
+    Promise.all(namespaces.map(async (ns) => {
+      const [nsRes, svcRes] = await Promise.all([
+        kubeRequest(client, 'GET', `/api/v1/namespaces/${ns}`),
+        kubeRequest(client, 'GET', `/api/v1/namespaces/${ns}/services?labelSelector=${encodeURIComponent(USE_WAYPOINT)}`),
+      ]);
+      if (!isSuccess(nsRes) && nsRes.status !== 404) warnings.push(`could not read namespace ${ns}: ${apiMessage(nsRes)}`);
+      if (!isSuccess(svcRes)) warnings.push(`could not list the services of ${ns}: ${apiMessage(svcRes)}`);
+      const nsLabels = isSuccess(nsRes) ? (nsRes.body as { metadata?: KubeMeta } | undefined)?.metadata?.labels ?? {} : {};
+      const services = isSuccess(svcRes) ? (svcRes.body as KubeList<{ metadata?: KubeMeta }> | undefined)?.items ?? [] : [];
+      return { ns, nsLabels, services };
+    })),
+    Promise.all(gateways.map(async (g) => {
+      const { name, namespace: ns } = g.metadata!;
+      const d = await kubeRequest(client, 'GET', `/apis/apps/v1/namespaces/${ns}/deployments/${name}`);
+      if (d.status === 404) return 'no deployment';
+      if (!isSuccess(d)) {
+        warnings.push(`could not read deployment ${ns}/${name}: ${apiMessage(d)}`);
+        return 'unknown';
+      }
+      const dep = d.body as { spec?: { replicas?: number }; status?: { readyReplicas?: number; replicas?: number } } | undefined;
+      return `${dep?.status?.readyReplicas ?? 0}/${dep?.spec?.replicas ?? dep?.status?.replicas ?? 1}`;
+    })),
+  ]);
+  const rows = gateways.map((g, i) => {
+    const { name, namespace: ns } = g.metadata as Required<Pick<KubeMeta, 'name' | 'namespace'>>;
+    const b = bindings.find((x) => x.ns === ns)!;
+    const bound = [
+      ...(b.nsLabels[USE_WAYPOINT] === name ? [`namespace ${ns}`] : []),
+      ...b.services
+        .filter((s) => s.metadata?.labels?.[USE_WAYPOINT] === name)
+        .map((s) => `service ${s.metadata?.name ?? '?'}`)
+        .sort(),
+    ];
+    return [ns, name, deployments[i]!, conditionStatus(g, 'Accepted'), conditionStatus(g, 'Programmed'), bound.join(', ') || '-'];
+  });
+  printWaypointTable(['NAMESPACE', 'NAME', 'READY', 'ACCEPTED', 'PROGRAMMED', 'BOUND'], rows);
+  for (const w of warnings) process.stderr.write(`ambit: ${w}\n`);
+}
+
 /** Tracing flags, checked as the waypoint will read them. */
 function tracingOptions(endpoint: string | undefined, sampling: string | undefined): { endpoint?: string; samplingPercent?: number } {
   try {
@@ -128,29 +226,14 @@ export function register(program: Command): void {
     .description('the waypoints, and the services and namespaces bound to them')
     .option('-n, --namespace <ns>', 'only this namespace')
     .addOption(clusterOption())
-    .action(async (opts: { namespace?: string; cluster: string }) => {
-      const layout = new ClusterLayout(opts.cluster);
-      const state = readState(layout.stateFile);
-      if (!state) throw new CliError(`cluster ${opts.cluster} does not exist`, 'ambit local up');
-      const status = await new RuntimeClient(layout).request<{ pods: { namespace: string; name: string; ip: string; ready: string; phase: string }[] }>('GET', '/v1/status');
-      const rows: string[][] = [];
-      for (const r of Object.values(state.resources)) {
-        if (r.kind !== 'Gateway' || (r.raw.spec as { gatewayClassName?: string } | undefined)?.gatewayClassName !== WAYPOINT_CLASS) continue;
-        if (opts.namespace && r.meta.namespace !== opts.namespace) continue;
-        const pod = status.pods.find((p) => p.namespace === r.meta.namespace && p.name === `${r.meta.name}-waypoint`);
-        const bound = Object.values(state.resources)
-          .filter((x) => (x.kind === 'Service' && x.meta.namespace === r.meta.namespace) || (x.kind === 'Namespace' && x.meta.name === r.meta.namespace))
-          .filter((x) => x.meta.labels[USE_WAYPOINT] === r.meta.name)
-          .map((x) => (x.kind === 'Namespace' ? `namespace ${x.meta.name}` : `service ${x.meta.name}`));
-        rows.push([r.meta.namespace, r.meta.name, pod ? `${pod.phase} ${pod.ready}` : 'no pod', pod?.ip ?? '-', bound.join(', ') || '-']);
+    .option('--kubeconfig <file>', 'a Kubernetes cluster instead of the local one')
+    .option('--kube', 'a Kubernetes cluster from $KUBECONFIG or ~/.kube/config')
+    .action(async (opts: { namespace?: string; cluster: string } & KubeOpts) => {
+      if (opts.kubeconfig || opts.kube) {
+        if (opts.namespace !== undefined) checkName('--namespace', opts.namespace);
+        return listOnKubernetes(opts.namespace, opts.kubeconfig);
       }
-      if (rows.length === 0) {
-        process.stdout.write('no waypoints\n');
-        return;
-      }
-      const head = ['NAMESPACE', 'NAME', 'POD', 'IP', 'BOUND'];
-      const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-      for (const r of [head, ...rows]) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
+      return listLocal(opts);
     });
 
   waypoint.command('run', { hidden: true })
@@ -168,19 +251,12 @@ export function register(program: Command): void {
       if (!m) throw new CliError(`--name must be NAMESPACE/NAME, got "${opts.name}"`);
       const l = /^\[?([^\]]*)\]?:(\d+)$/.exec(opts.listen);
       if (!l || Number(l[2]) > 65535) throw new CliError(`--listen must be HOST:PORT, got "${opts.listen}"`);
-      const read = (flag: string, path: string) => {
-        try {
-          return readFileSync(path, 'utf8');
-        } catch (err) {
-          throw new CliError(`${flag}: cannot read ${path}: ${(err as Error).message}`);
-        }
-      };
       for (let i = 0; i < 600 && !existsSync(opts.caFile); i++) await new Promise((r) => setTimeout(r, 100));
       const { Waypoint } = await import('../waypoint/run.js');
       const log = logger('waypoint');
       const wp = await Waypoint.start({
         namespace: m[1]!, name: m[2]!, trustDomain: opts.trustDomain,
-        controller: { address: opts.controller, token: read('--token-file', opts.tokenFile).trim(), roots: splitPemBundle(read('--ca-file', opts.caFile)).slice(-1) },
+        controller: { address: opts.controller, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)).slice(-1) },
         listen: { host: l[1]!, port: Number(l[2]) }, log, accessLog: logger('access'), tracing: tracingOptions(opts.tracingEndpoint, opts.tracingSampling),
       });
       const stop = () => void wp.close().finally(() => process.exit(0));
