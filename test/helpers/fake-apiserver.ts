@@ -24,7 +24,8 @@
  * Resource versions are one global counter, as etcd's are.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { writeFileSync } from 'node:fs';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 
 export interface ServedKind { group: string; version: string; kind: string; plural: string }
 
@@ -355,4 +356,25 @@ function mergePatch(target: unknown, patch: unknown): unknown {
     else out[k] = mergePatch(out[k], v);
   }
   return out;
+}
+
+/** Writes a kubeconfig for `server` (the stand-in's URL) with a bearer token; returns the file. */
+export function writeKubeconfig(file: string, server: string, token = 't0k3n'): string {
+  writeFileSync(file, `apiVersion: v1
+kind: Config
+clusters: [{ name: stand-in, cluster: { server: "${server}", insecure-skip-tls-verify: true } }]
+users: [{ name: u, user: { token: ${token} } }]
+contexts: [{ name: c, context: { cluster: stand-in, user: u } }]
+current-context: c
+`);
+  return file;
+}
+
+/** A TCP port free on 127.0.0.1 right now (for a child process to listen on). */
+export async function freePort(): Promise<number> {
+  const s = createNetServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const p = (s.address() as AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return p;
 }

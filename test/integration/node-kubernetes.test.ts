@@ -7,12 +7,11 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NODE_NAME_EXTRA } from '../../src/identity/tokenreview.js';
-import { FakeApiServer } from '../helpers/fake-apiserver.js';
+import { FakeApiServer, freePort, writeKubeconfig } from '../helpers/fake-apiserver.js';
 import { ROOT, until } from './helpers/cli.js';
 import { Lab } from './lab.js';
 import { closeServer, startApp } from './pods.js';
@@ -33,13 +32,6 @@ let podNetns = '';
 let podCgroup = '';
 const procs: ChildProcess[] = [];
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const p = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return p;
-}
 
 interface Proc { proc: ChildProcess; output: () => string; exited: Promise<number | null> }
 
@@ -100,13 +92,7 @@ beforeAll(async () => {
   });
   api.apply('DaemonSet', { metadata: { name: 'ambit-node', namespace: 'ambit-system' }, spec: {} }, 'apps');
   kubeconfig = join(dir, 'kubeconfig');
-  writeFileSync(kubeconfig, `apiVersion: v1
-kind: Config
-clusters: [{ name: c, cluster: { server: "${api.url}", insecure-skip-tls-verify: true } }]
-users: [{ name: u, user: { token: operator-token } }]
-contexts: [{ name: c, context: { cluster: c, user: u } }]
-current-context: c
-`);
+  writeKubeconfig(kubeconfig, api.url, 'operator-token');
   writeFileSync(join(dir, 'token'), 'agent-token\n');
   controllerPort = await freePort();
   const controller = run(['controller', '--kubernetes', kubeconfig, '--ca-dir', join(dir, 'ca'), '--listen', `127.0.0.1:${controllerPort}`, '--health', '127.0.0.1:0'], { AMBIT_TOKEN_AUDIENCE: 'ambit', POD_NAMESPACE: 'ambit-system' });

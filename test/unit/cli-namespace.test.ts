@@ -4,12 +4,13 @@
  * exercised end to end by test/integration/mesh-l4.test.ts.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeKubeconfig } from '../helpers/fake-apiserver.js';
 
 const run = promisify(execFile);
 const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
@@ -35,13 +36,7 @@ beforeAll(async () => {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as { port: number }).port;
   kubeconfig = join(dir, 'kubeconfig');
-  writeFileSync(kubeconfig, `apiVersion: v1
-kind: Config
-clusters: [{ name: stand-in, cluster: { server: "http://127.0.0.1:${port}", insecure-skip-tls-verify: true } }]
-users: [{ name: u, user: { token: t0k3n } }]
-contexts: [{ name: c, context: { cluster: stand-in, user: u } }]
-current-context: c
-`);
+  writeKubeconfig(kubeconfig, `http://127.0.0.1:${port}`);
 });
 
 afterAll(() => {

@@ -4,12 +4,12 @@
  * is bound to it; `-n` narrows to one namespace; a cluster without the Gateway API says so.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FakeApiServer, type ServedKind } from '../helpers/fake-apiserver.js';
+import { FakeApiServer, type ServedKind, writeKubeconfig } from '../helpers/fake-apiserver.js';
 
 const GW = 'gateway.networking.k8s.io';
 const KINDS: ServedKind[] = [
@@ -41,13 +41,7 @@ beforeEach(async () => {
   await server.start();
   dir = mkdtempSync(join(tmpdir(), 'ambit-wp-list-'));
   kubeconfig = join(dir, 'kubeconfig');
-  writeFileSync(kubeconfig, `apiVersion: v1
-kind: Config
-clusters: [{ name: stand-in, cluster: { server: "${server.url}", insecure-skip-tls-verify: true } }]
-users: [{ name: u, user: { token: t0k3n } }]
-contexts: [{ name: c, context: { cluster: stand-in, user: u } }]
-current-context: c
-`);
+  writeKubeconfig(kubeconfig, server.url);
   server.apply('Namespace', { metadata: { name: 'shop', labels: { 'ambit.dev/use-waypoint': 'shop-wp' } } });
   server.apply('Namespace', { metadata: { name: 'bank' } });
   server.apply('Gateway', gateway('shop', 'shop-wp', 'ambit-waypoint', [{ type: 'Accepted', status: 'True' }, { type: 'Programmed', status: 'True' }]), GW);
@@ -94,24 +88,12 @@ describe('ambit waypoint list --kubeconfig', () => {
     await server.close();
     server = new FakeApiServer([{ group: '', version: 'v1', kind: 'Namespace', plural: 'namespaces' }]);
     const url = await server.start();
-    writeFileSync(kubeconfig, `apiVersion: v1
-kind: Config
-clusters: [{ name: stand-in, cluster: { server: "${url}", insecure-skip-tls-verify: true } }]
-users: [{ name: u, user: { token: t0k3n } }]
-contexts: [{ name: c, context: { cluster: stand-in, user: u } }]
-current-context: c
-`);
+    writeKubeconfig(kubeconfig, url);
     const missing = await ambit(['waypoint', 'list', '--kubeconfig', kubeconfig]);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/does not serve gateway\.networking\.k8s\.io\/v1 Gateways/);
     expect(missing.stderr).toMatch(/fix: install the Gateway API CRDs/);
-    writeFileSync(kubeconfig, `apiVersion: v1
-kind: Config
-clusters: [{ name: stand-in, cluster: { server: "http://127.0.0.1:1", insecure-skip-tls-verify: true } }]
-users: [{ name: u, user: { token: t0k3n } }]
-contexts: [{ name: c, context: { cluster: stand-in, user: u } }]
-current-context: c
-`);
+    writeKubeconfig(kubeconfig, 'http://127.0.0.1:1');
     const down = await ambit(['waypoint', 'list', '--kubeconfig', kubeconfig]);
     expect(down.code).toBe(1);
     expect(down.stderr).toMatch(/cannot reach the Kubernetes API server at http:\/\/127\.0\.0\.1:1/);

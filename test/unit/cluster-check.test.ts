@@ -4,7 +4,7 @@
  * for each failure and through the CLI for the exit codes, the text and the JSON.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -14,7 +14,7 @@ import { clusterChecks, labelSelector, type ClusterCheckOptions } from '../../sr
 import type { Check } from '../../src/cli/checks.js';
 import { controllerObjects, nodeAgentDaemonSet } from '../../src/install/render.js';
 import { defaultValues } from '../../src/install/values.js';
-import { FakeApiServer, type ServedKind } from '../helpers/fake-apiserver.js';
+import { FakeApiServer, type ServedKind, writeKubeconfig } from '../helpers/fake-apiserver.js';
 
 const KINDS: ServedKind[] = [
   { group: '', version: 'v1', kind: 'Namespace', plural: 'namespaces' },
@@ -236,13 +236,7 @@ describe('ambit check --kubeconfig', () => {
   let dir = '';
   const kubeconfig = (server: string) => {
     const file = join(dir, `kubeconfig-${server.replace(/\W/g, '')}`);
-    writeFileSync(file, `apiVersion: v1
-kind: Config
-clusters: [{ name: stand-in, cluster: { server: "${server}", insecure-skip-tls-verify: true } }]
-users: [{ name: u, user: { token: t0k3n } }]
-contexts: [{ name: c, context: { cluster: stand-in, user: u } }]
-current-context: c
-`);
+    writeKubeconfig(file, server);
     return file;
   };
   beforeEach(() => {

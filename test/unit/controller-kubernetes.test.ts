@@ -5,8 +5,7 @@
  * pods only.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,7 +14,7 @@ import { CaClient } from '../../src/identity/ca-server.js';
 import { CertManager } from '../../src/identity/cert-manager.js';
 import { splitPemBundle } from '../../src/identity/pki.js';
 import { NODE_NAME_EXTRA } from '../../src/identity/tokenreview.js';
-import { FakeApiServer } from '../helpers/fake-apiserver.js';
+import { FakeApiServer, freePort, writeKubeconfig } from '../helpers/fake-apiserver.js';
 
 const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
 const dir = mkdtempSync(join(tmpdir(), 'ambit-ctl-k8s-'));
@@ -35,13 +34,6 @@ const pod = (name: string, node: string, ip: string) => ({
   status: { phase: 'Running', podIP: ip },
 });
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const p = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return p;
-}
 
 async function until<T>(what: string, f: () => T | undefined, ms = 15_000): Promise<T> {
   const end = Date.now() + ms;
@@ -61,13 +53,7 @@ beforeAll(async () => {
   api.apply('Pod', pod('web', 'node-a', '10.244.1.5'));
   api.apply('Pod', pod('db', 'node-b', '10.244.2.5'));
   const kubeconfig = join(dir, 'kubeconfig');
-  writeFileSync(kubeconfig, `apiVersion: v1
-kind: Config
-clusters: [{ name: c, cluster: { server: "${api.url}", insecure-skip-tls-verify: true } }]
-users: [{ name: u, user: { token: controller-token } }]
-contexts: [{ name: c, context: { cluster: c, user: u } }]
-current-context: c
-`);
+  writeKubeconfig(kubeconfig, api.url, 'controller-token');
   port = await freePort();
   controller = spawn(process.execPath, [BIN, 'controller', '--kubernetes', kubeconfig, '--ca-dir', join(dir, 'ca'), '--listen', `127.0.0.1:${port}`, '--health', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
   controller.stdout!.on('data', (c: Buffer) => { output += c.toString(); });

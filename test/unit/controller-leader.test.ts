@@ -5,12 +5,11 @@
  * port; when the leader stops, the other takes over within a retry period.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FakeApiServer } from '../helpers/fake-apiserver.js';
+import { FakeApiServer, freePort, writeKubeconfig } from '../helpers/fake-apiserver.js';
 
 const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
 const dir = mkdtempSync(join(tmpdir(), 'ambit-ctl-leader-'));
@@ -26,13 +25,6 @@ const api = new FakeApiServer([
 interface Replica { name: string; proc: ChildProcess; output: string; health: number; exited: boolean }
 const replicas: Replica[] = [];
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const p = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return p;
-}
 
 async function until<T>(what: string, f: () => T | undefined | false, ms = 15_000): Promise<T> {
   const end = Date.now() + ms;
@@ -70,13 +62,7 @@ beforeAll(async () => {
   api.apply('Namespace', { metadata: { name: 'ambit-system' } });
   api.apply('Namespace', { metadata: { name: 'shop', labels: { 'ambit.dev/dataplane-mode': 'ambient' } } });
   const kubeconfig = join(dir, 'kubeconfig');
-  writeFileSync(kubeconfig, `apiVersion: v1
-kind: Config
-clusters: [{ name: c, cluster: { server: "${api.url}", insecure-skip-tls-verify: true } }]
-users: [{ name: u, user: { token: controller-token } }]
-contexts: [{ name: c, context: { cluster: c, user: u } }]
-current-context: c
-`);
+  writeKubeconfig(kubeconfig, api.url, 'controller-token');
   // The first replica makes the CA root in the shared directory; the second reads it.
   await start('ctl-a', kubeconfig);
   await until('ctl-a leading', () => holder() === 'ctl-a');

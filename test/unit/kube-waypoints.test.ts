@@ -5,14 +5,14 @@
  * `ambit waypoint apply|delete --kubeconfig` against the same stand-in.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { KubeClient } from '../../src/control/kube/client.js';
 import { FIELD_MANAGER, WaypointReconciler } from '../../src/control/kube/waypoints.js';
-import { FakeApiServer, type ServedKind } from '../helpers/fake-apiserver.js';
+import { FakeApiServer, type ServedKind, writeKubeconfig } from '../helpers/fake-apiserver.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- the tests walk stored objects by path */
 
@@ -151,13 +151,7 @@ describe('ambit waypoint apply|delete --kubeconfig', () => {
   beforeEach(() => {
     dir = mkdtempSync(join(tmpdir(), 'ambit-wp-'));
     kubeconfig = join(dir, 'kubeconfig');
-    writeFileSync(kubeconfig, `apiVersion: v1
-kind: Config
-clusters: [{ name: stand-in, cluster: { server: "${server.url}", insecure-skip-tls-verify: true } }]
-users: [{ name: u, user: { token: t0k3n } }]
-contexts: [{ name: c, context: { cluster: stand-in, user: u } }]
-current-context: c
-`);
+    writeKubeconfig(kubeconfig, server.url);
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -187,13 +181,7 @@ current-context: c
     expect((missing as { stderr: string }).stderr).toMatch(/namespace nope does not exist in http:\/\/127\.0\.0\.1:\d+/);
     const gone = await run(process.execPath, [BIN, 'waypoint', 'delete', 'ghost', '-n', 'shop', '--kubeconfig', kubeconfig]).catch((e: { stderr: string }) => e);
     expect((gone as { stderr: string }).stderr).toMatch(/waypoint shop\/ghost not found/);
-    writeFileSync(kubeconfig, `apiVersion: v1
-kind: Config
-clusters: [{ name: stand-in, cluster: { server: "http://127.0.0.1:1", insecure-skip-tls-verify: true } }]
-users: [{ name: u, user: { token: t0k3n } }]
-contexts: [{ name: c, context: { cluster: stand-in, user: u } }]
-current-context: c
-`);
+    writeKubeconfig(kubeconfig, 'http://127.0.0.1:1');
     const down = await run(process.execPath, [BIN, 'waypoint', 'apply', '-n', 'shop', '--kubeconfig', kubeconfig]).catch((e: { stderr: string }) => e);
     expect((down as { stderr: string }).stderr).toMatch(/cannot reach the Kubernetes API server at http:\/\/127\.0\.0\.1:1/);
   }, 30_000);
