@@ -5,9 +5,11 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import { cgroup2Mount } from '../ebpf/mounts.js';
 import { splitPemBundle } from '../identity/pki.js';
+import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { ClusterLayout, netnsPath } from '../local/layout.js';
 import { AdminServer, ADMIN_PORT } from '../node/admin.js';
 import { HEALTH_PORT, METRICS_PORT, NodeAgent, serveTelemetry, type PodLocator } from '../node/agent.js';
+import { CniServer } from '../node/cni-server.js';
 import { ProcPodLocator } from '../node/pod-locator.js';
 import { stopKind } from '../node/uninstall.js';
 import { logger } from '../telemetry/log.js';
@@ -40,7 +42,7 @@ function localLocator(layout: ClusterLayout): PodLocator {
 
 interface NodeOpts {
   node: string; controller: string; tokenFile: string; caFile: string; cluster?: string; kubernetes?: true | string; hostProc: string;
-  daemonset: string; cgroupRoot?: string; pinRoot?: string; cgroup?: string; probeSource?: string[]; controlSocket?: string; admin: string; telemetryHost: string;
+  daemonset: string; cniSocket?: string; trustDomain: string; cgroupRoot?: string; pinRoot?: string; cgroup?: string; probeSource?: string[]; controlSocket?: string; admin: string; telemetryHost: string;
   metricsPort: string; healthPort: string; rootNamespace?: string; drainSeconds: string;
 }
 
@@ -56,6 +58,8 @@ export function register(program: Command): void {
     .option('--host-proc <dir>', 'the host\'s proc filesystem (Kubernetes mode)', process.env.AMBIT_HOST_PROC ?? '/proc')
     .option('--cgroup-root <dir>', 'the cgroup2 mount the pods\' cgroup paths are relative to (Kubernetes mode; default: this process\'s cgroup2 mount)')
     .option('--daemonset <name>', 'this agent\'s DaemonSet in $POD_NAMESPACE (Kubernetes mode)', 'ambit-node')
+    .option('--cni-socket <path>', 'answer the ambit-cni plugin here: pods enrolled before their containers start (Kubernetes mode)')
+    .option('--trust-domain <domain>', 'SPIFFE trust domain (the identities of pods the CNI plugin hands over)', DEFAULT_TRUST_DOMAIN)
     .option('--pin-root <dir>', 'bpffs directory for this agent\'s pins (default: the local cluster\'s)')
     .option('--cgroup <dir>', 'the cgroup holding this node\'s pods (default: the local cluster\'s)')
     .option('--probe-source <ip>', 'an address the node\'s probes come from (let through under STRICT); repeatable', collect)
@@ -79,6 +83,7 @@ export function register(program: Command): void {
       if (!pinRoot || !cgroup) throw new CliError('with --kubernetes, give --pin-root DIR (in the host\'s bpffs) and --cgroup DIR (the cgroup holding the pods, e.g. the host\'s cgroup2 root)');
       if (!existsSync(cgroup)) throw new CliError(`--cgroup ${cgroup} does not exist`);
       if (opts.kubernetes && !existsSync(join(opts.hostProc, 'self'))) throw new CliError(`--host-proc ${opts.hostProc} is not a proc filesystem`);
+      if (opts.cniSocket && !opts.kubernetes) throw new CliError('--cni-socket needs --kubernetes (the plugin\'s pods are read from the API server)');
       const kube = opts.kubernetes ? kubeClient(opts.kubernetes === true ? undefined : opts.kubernetes) : undefined;
       const locator: PodLocator = layout ? localLocator(layout) : new ProcPodLocator({ procRoot: opts.hostProc, cgroupRoot: opts.cgroupRoot ?? cgroup2Mount() ?? '/sys/fs/cgroup' });
       const log = logger('node');
@@ -96,6 +101,10 @@ export function register(program: Command): void {
       const servers = await serveTelemetry(agent, opts.telemetryHost, telemetry.metrics, telemetry.health, nodeReport);
       const adminServer = await AdminServer.start({ certificates: agent.certs, agent, logger: log }, admin.host, admin.port);
       const control = opts.controlSocket ? await serveControl(agent, opts.controlSocket) : undefined;
+      const cni = kube && opts.cniSocket
+        ? new CniServer({ path: opts.cniSocket, client: kube, target: agent, node: opts.node, trustDomain: opts.trustDomain, hostProc: opts.hostProc, log })
+        : undefined;
+      await cni?.start();
       log.info({ node: opts.node, pinRoot, cgroup }, 'node agent started');
       let stopping = false;
       const stop = (signal: string) => {
@@ -106,6 +115,8 @@ export function register(program: Command): void {
         const kind = kube ? stopKind(kube, process.env.POD_NAMESPACE || 'ambit-system', opts.daemonset) : Promise.resolve(undefined);
         void kind.then((k) => {
           if (k) log.info({ stop: k.kind, reason: k.reason }, k.kind === 'uninstall' ? 'uninstall: removing every pinned BPF object' : 'restart: the pins stay for the next agent');
+          // On restart the CNI socket file stays: sandboxes made meanwhile fail and are retried, never start unmeshed.
+          cni?.close(k?.kind === 'uninstall');
           return agent.close({ uninstall: k?.kind === 'uninstall' });
         }).catch((err: Error) => log.error({ err: err.message }, 'stopping failed')).finally(() => {
           for (const s of servers) s.close();

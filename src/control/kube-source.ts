@@ -540,6 +540,12 @@ export class KubernetesSource implements ConfigSource {
 }
 
 /** A Pod as a workload: only with the node and address the API server filled in. */
+/** A Pod object from the API as the model takes it; undefined when unscheduled, without an IP or finished. */
+export function apiPod(raw: Record<string, unknown>): PodInfo | undefined {
+  const meta = metaOf(raw);
+  return meta ? podInfo(raw, meta) : undefined;
+}
+
 function podInfo(raw: Record<string, unknown>, meta: Meta): PodInfo | undefined {
   const spec = isObject(raw.spec) ? raw.spec : {};
   const status = isObject(raw.status) ? raw.status : {};

@@ -119,22 +119,25 @@ function configObject(r: Resource): ConfigObject {
   return { apiVersion: r.apiVersion, kind: r.kind, namespace: r.meta.namespace, name: r.meta.name, spec: r.raw.spec ?? {} };
 }
 
+/** A pod as the mesh sees it, given its namespace's labels (enrollment by namespace or pod label). */
+export function workloadOf(p: PodInfo, namespaceLabels: Record<string, string>, trustDomain: string): Workload {
+  const enrolled = !p.hostNetwork && isEnrolled(p.labels, namespaceLabels);
+  const ports: Record<string, number> = {};
+  for (const c of p.spec.containers) for (const port of c.ports) if (port.name) ports[port.name] = port.containerPort;
+  return {
+    uid: p.uid, name: p.name, workload: p.owner?.name ?? p.name, namespace: p.namespace, serviceAccount: p.spec.serviceAccountName,
+    identity: formatSpiffeId({ trustDomain, namespace: p.namespace, serviceAccount: p.spec.serviceAccountName }),
+    ips: [p.ip], node: p.node, labels: p.labels, enrolled, ports,
+    ...(p.labels[USE_WAYPOINT] ? { waypoint: p.labels[USE_WAYPOINT] } : {}),
+  };
+}
+
 export function buildModel(snapshot: SourceSnapshot, trustDomain: string, clusterDomain = 'cluster.local'): MeshModel {
   const namespaces = new Map<string, NamespaceResource>();
   for (const r of snapshot.resources) if (r.kind === 'Namespace' && !('other' in r)) namespaces.set(r.meta.name, r as NamespaceResource);
   const nsLabels = (ns: string) => namespaces.get(ns)?.meta.labels ?? {};
 
-  const workloads: Workload[] = snapshot.pods.map((p) => {
-    const enrolled = !p.hostNetwork && isEnrolled(p.labels, nsLabels(p.namespace));
-    const ports: Record<string, number> = {};
-    for (const c of p.spec.containers) for (const port of c.ports) if (port.name) ports[port.name] = port.containerPort;
-    return {
-      uid: p.uid, name: p.name, workload: p.owner?.name ?? p.name, namespace: p.namespace, serviceAccount: p.spec.serviceAccountName,
-      identity: formatSpiffeId({ trustDomain, namespace: p.namespace, serviceAccount: p.spec.serviceAccountName }),
-      ips: [p.ip], node: p.node, labels: p.labels, enrolled, ports,
-      ...(p.labels[USE_WAYPOINT] ? { waypoint: p.labels[USE_WAYPOINT] } : {}),
-    };
-  }).sort((a, b) => a.uid.localeCompare(b.uid));
+  const workloads: Workload[] = snapshot.pods.map((p) => workloadOf(p, nsLabels(p.namespace), trustDomain)).sort((a, b) => a.uid.localeCompare(b.uid));
 
   // Workloads by namespace and one label, so that each selector looks at its candidates only.
   const byLabel = new Map<string, Workload[]>();

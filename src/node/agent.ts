@@ -89,6 +89,11 @@ export class NodeAgent {
   private reconciling: Promise<void> = Promise.resolve();
   private reconcileQueued = false;
   private retryTimer?: NodeJS.Timeout;
+  /**
+   * Pods enrolled on the CNI plugin's word, before the controller streams them (it learns a pod's
+   * IP only once the sandbox is up): kept until then, or until the deadline (ms since epoch).
+   */
+  private readonly held = new Map<string, number>();
   private readonly waiters = new Set<() => void>();
   private nacks = 0;
   private closed = false;
@@ -160,6 +165,8 @@ export class NodeAgent {
       const want = new Map(state.enrolledOn(this.opts.node).map((w) => [w.uid, w]));
       for (const [uid, entry] of this.pods) {
         const w = want.get(uid);
+        if (!w && (this.held.get(uid) ?? 0) > Date.now()) continue;
+        this.held.delete(uid);
         if (!w || w.ips.join() !== entry.workload.ips.join() || w.identity !== entry.workload.identity) await this.unenroll(uid, w ? 'changed' : 'left the mesh');
         else entry.workload = w;
       }
@@ -179,14 +186,45 @@ export class NodeAgent {
     }, 2000).unref();
   }
 
-  private async enroll(w: Workload): Promise<void> {
-    const where = this.opts.locator.locate(w);
+  /**
+   * Enrolls a pod the CNI plugin hands over while its sandbox is being made, before any of its
+   * containers runs: `netnsPath` is the sandbox's, `w` the pod as the API server has it. Resolves
+   * once its listeners, map entries and certificate are in place; rejects with the reason
+   * otherwise (the plugin then fails the sandbox and the kubelet retries). Kept enrolled for
+   * `holdMs` even while the controller does not list it yet.
+   */
+  enrollPod(w: Workload, netnsPath: string, holdMs = 120_000): Promise<void> {
+    const run = this.reconciling.then(async () => {
+      if (this.closed) throw new Error('the node agent is stopping');
+      if (this.pods.has(w.uid)) return;
+      await this.enroll(w, { netnsPath }, false);
+      if (!this.pods.has(w.uid)) throw new Error(this.failures.get(w.uid) ?? `${w.namespace}/${w.name} not enrolled`);
+      this.held.set(w.uid, Date.now() + holdMs);
+    });
+    this.reconciling = run.catch(() => undefined);
+    return run;
+  }
+
+  /** The CNI plugin's DEL: the pod's sandbox is going away. */
+  releasePod(uid: string): Promise<void> {
+    const run = this.reconciling.then(async () => {
+      this.held.delete(uid);
+      this.failures.delete(uid);
+      await this.unenroll(uid, 'sandbox deleted');
+    });
+    this.reconciling = run.catch(() => undefined);
+    return run;
+  }
+
+  /** `given`: where the pod is (from the CNI plugin), else the locator finds it; `retry`: try again later on failure. */
+  private async enroll(w: Workload, given?: { netnsPath: string; cgroupPath?: string }, retry = true): Promise<void> {
+    const where = given ?? this.opts.locator.locate(w);
     const name = `${w.namespace}/${w.name}`;
     if (!where || !existsSync(where.netnsPath)) {
       const why = where ? `${where.netnsPath} does not exist` : this.opts.locator.explain?.(w);
       this.failures.set(w.uid, `network namespace of ${name} not found${why ? `: ${why}` : ''}`);
       // A pod the controller knows of may not have its sandbox yet (or the locator's view lags): try again.
-      this.retrySoon();
+      if (retry) this.retrySoon();
       return;
     }
     // The certificate first: the pod's first connection must not wait for it.
@@ -196,7 +234,7 @@ export class NodeAgent {
     } catch (err) {
       this.failures.set(w.uid, `certificate for ${w.identity}: ${(err as Error).message}`);
       this.opts.log.error({ pod: name, err: (err as Error).message }, 'enrollment waits for a certificate');
-      this.retrySoon();
+      if (retry) this.retrySoon();
       return;
     }
     const sockets = new Set<Socket | ServerHttp2Stream>();

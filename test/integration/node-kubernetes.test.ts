@@ -7,6 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -24,6 +25,7 @@ const api = new FakeApiServer([
 ]);
 const octet = 10 + (process.pid % 200);
 const podIp = `10.206.${octet}.2`;
+const cartIp = `10.206.${octet}.3`;
 const node = `node-${lab.id}`;
 let dir: string;
 let kubeconfig: string;
@@ -46,21 +48,51 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}): Proc {
 
 interface Agent extends Proc { admin: number; health: number; metrics: number }
 
+const agents: Agent[] = [];
+
 async function startAgent(): Promise<Agent> {
+  // One agent at a time: one left running by a failed test goes first.
+  for (const a of agents.splice(0)) {
+    if (a.proc.exitCode === null && a.proc.signalCode === null) a.proc.kill('SIGKILL');
+    await a.exited;
+  }
   const [admin, health, metrics] = [await freePort(), await freePort(), await freePort()];
   const p = run([
     'node', '--kubernetes', kubeconfig, '--node', node, '--controller', `127.0.0.1:${controllerPort}`,
     '--token-file', join(dir, 'token'), '--ca-file', join(dir, 'ca', 'ca-cert.pem'),
     '--pin-root', lab.pinRoot, '--cgroup', lab.cgroupRoot,
     '--admin', `127.0.0.1:${admin}`, '--telemetry-host', '127.0.0.1', '--metrics-port', String(metrics), '--health-port', String(health),
-    '--drain-seconds', '0',
+    '--drain-seconds', '0', '--cni-socket', cniSocket(),
   ], { POD_NAMESPACE: 'ambit-system' });
-  return { ...p, admin, health, metrics };
+  const agent = { ...p, admin, health, metrics };
+  agents.push(agent);
+  return agent;
 }
 
 async function get(port: number, path: string): Promise<{ status: number; body: string }> {
   const res = await fetch(`http://127.0.0.1:${port}${path}`);
   return { status: res.status, body: await res.text() };
+}
+
+const cniSocket = () => join(dir, 'cni.sock');
+
+/** What the container runtime's ambit-cni would send the agent for a sandbox, and the answer. */
+function cni(command: 'ADD' | 'DEL', pod: { namespace: string; name: string; uid: string }, netns: string, ip: string): Promise<{ code: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(cniSocket());
+    let answer = '';
+    socket.on('data', (c: Buffer) => { answer += c.toString(); });
+    socket.on('error', reject);
+    socket.on('end', () => {
+      const nl = answer.indexOf('\n');
+      resolve({ code: Number(answer.slice(0, nl)), body: answer.slice(nl + 1) });
+    });
+    const config = { cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'ambit-cni', prevResult: { cniVersion: '1.0.0', interfaces: [{ name: 'eth0' }], ips: [{ address: `${ip}/32`, interface: 0 }] } };
+    socket.end(`${JSON.stringify({
+      command, containerId: `sandbox-${pod.name}`, netns, ifname: 'eth0',
+      args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${pod.namespace};K8S_POD_NAME=${pod.name};K8S_POD_INFRA_CONTAINER_ID=sandbox-${pod.name};K8S_POD_UID=${pod.uid}`, config,
+    })}\n`);
+  });
 }
 
 const pins = () => (existsSync(lab.pinRoot) ? readdirSync(lab.pinRoot, { recursive: true }) : []);
@@ -135,6 +167,47 @@ describe('ambit node --kubernetes', () => {
     expect(pins().length).toBeGreaterThan(0);
   }, 60_000);
 
+  it('enrolls a pod the CNI plugin hands over before its containers start (the controller has no IP for it yet), and releases it at DEL', async () => {
+    const agent = await startAgent();
+    await until('the agent ready', async () => (await get(agent.health, '/healthz/ready').catch(() => ({ status: 0 }))).status === 200, 30_000);
+    // A new sandbox: netns and address made by the primary CNI, no process yet; the API server's Pod has no IP.
+    const ns = lab.netns('cart');
+    const cg = lab.cgroup('cart');
+    lab.link(podNetns, `10.206.${octet}.1/24`, ns, `${cartIp}/24`);
+    api.apply('Pod', { metadata: { name: 'cart', namespace: 'shop', uid: 'uid-cart', labels: { app: 'cart' } }, spec: { nodeName: node, serviceAccountName: 'cart', containers: [{ name: 'cart', image: 'cart' }] }, status: { phase: 'Pending' } });
+    const add = await cni('ADD', { namespace: 'shop', name: 'cart', uid: 'uid-cart' }, ns, cartIp);
+    expect(add.code, add.body).toBe(0);
+    // The primary plugin's result goes down the chain unchanged.
+    expect(JSON.parse(add.body)).toMatchObject({ cniVersion: '1.0.0', ips: [{ address: `${cartIp}/32` }] });
+    const workloads = JSON.parse((await get(agent.admin, '/workloads')).body) as { enrolled: { name: string; identity: string }[] };
+    expect(workloads.enrolled.find((w) => w.name === 'cart')).toMatchObject({ identity: 'spiffe://cluster.local/ns/shop/sa/cart' });
+    // Its first process's first connect is captured: mTLS with cart's identity to web.
+    const call = await lab.client(ns, cg, podIp, 8080);
+    expect(call.stdout.trim(), agent.output().split('\n').filter((l) => /"level":[45]0/.test(l)).join('\n')).toBe('app 8080');
+    const metrics = (await get(agent.metrics, '/metrics')).body;
+    expect(metrics, metrics.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total')).join('\n')).toMatch(/istio_tcp_connections_opened_total\{[^}]*reporter="destination"[^}]*source_principal="cluster.local\/ns\/shop\/sa\/cart"[^}]*\} 1/);
+
+    // A pod of a namespace outside the mesh passes straight through, not enrolled.
+    api.apply('Namespace', { metadata: { name: 'plain' } });
+    api.apply('Pod', { metadata: { name: 'other', namespace: 'plain', uid: 'uid-other' }, spec: { nodeName: node, containers: [{ name: 'o', image: 'o' }] }, status: { phase: 'Pending' } });
+    const other = await cni('ADD', { namespace: 'plain', name: 'other', uid: 'uid-other' }, ns, '10.206.250.9');
+    expect(other.code).toBe(0);
+    // A pod the API server does not know (yet): the sandbox fails with "try again", the kubelet retries.
+    const ghost = await cni('ADD', { namespace: 'shop', name: 'ghost', uid: 'uid-ghost' }, ns, cartIp);
+    expect(ghost.code).toBe(1);
+    expect(JSON.parse(ghost.body)).toMatchObject({ code: 11, msg: expect.stringMatching(/pod shop\/ghost/) });
+
+    expect(await cni('DEL', { namespace: 'shop', name: 'cart', uid: 'uid-cart' }, ns, cartIp)).toEqual({ code: 0, body: '' });
+    const after = JSON.parse((await get(agent.admin, '/workloads')).body) as { enrolled: { name: string }[] };
+    expect(after.enrolled.map((w) => w.name)).toEqual(['web']);
+    api.delete('Pod', 'shop', 'cart');
+
+    agent.proc.kill('SIGTERM');
+    expect(await agent.exited).toBe(0);
+    // Restart: the socket file stays, so sandboxes made while no agent runs fail and are retried.
+    expect(existsSync(cniSocket())).toBe(true);
+  }, 60_000);
+
   it('removes every pinned object when it stops after its DaemonSet is gone (uninstall)', async () => {
     const agent = await startAgent();
     await until('the pod enrolled again', async () => {
@@ -147,6 +220,7 @@ describe('ambit node --kubernetes', () => {
     expect(await agent.exited).toBe(0);
     expect(agent.output()).toMatch(/"stop":"uninstall"/);
     expect(pins()).toEqual([]);
+    expect(existsSync(cniSocket())).toBe(false);
   }, 60_000);
 
   it('refuses to start without a way to find pods, naming the flags', async () => {
