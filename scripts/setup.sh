@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to run ambit and its tests, then the npm packages.
 #   scripts/setup.sh          runtime + tests: libbpf1, iproute2, iptables, nftables, nsenter, openssl, tcpdump; bpffs; npm ci
-#   scripts/setup.sh --bpf    also the toolchain that rebuilds bpf/*.bpf.o: clang, llvm, bpftool, libbpf-dev
+#   scripts/setup.sh --bpf    also the toolchain that rebuilds bpf/*.bpf.o and builds the CNI plugin: clang, llvm, bpftool, libbpf-dev, libc6-dev
 #   scripts/setup.sh --bench  also what the benchmarks run: gcc, haproxy, iperf3
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 want=(libbpf1 iproute2 iptables nftables util-linux openssl tcpdump)
 for flag in "$@"; do
   case "$flag" in
-    --bpf) want+=(clang llvm bpftool libbpf-dev) ;;
+    --bpf) want+=(clang llvm bpftool libbpf-dev libc6-dev) ;;
     --bench) want+=(gcc libc6-dev haproxy iperf3) ;;
     *) echo "setup: unknown option $flag (known: --bpf, --bench)" >&2; exit 2 ;;
   esac

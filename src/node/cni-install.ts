@@ -1,0 +1,563 @@
+/**
+ * Installs ambit's chained CNI plugin on a node: the `ambit-cni` executable into the host's CNI
+ * bin dir, and an entry `{"type": "ambit-cni", "socket": …}` at the end of the plugin list of the
+ * node's primary network config, so that the container runtime runs it after the primary plugin
+ * for every pod sandbox (see docs/KUBERNETES.md, "Enrollment in Kubernetes"). The binary goes in
+ * first and leaves last: a config naming a plugin that is not there fails every sandbox.
+ *
+ * Which file is primary is the runtime's rule, not ours. containerd (go-cni `loadFromConfDir`)
+ * lists the dir with libcni's `ConfFiles(dir, [".conf", ".conflist", ".json"])` — entries that are
+ * not directories and whose extension is exactly one of those; ConfFiles itself does not sort —
+ * sorts the paths with Go's `sort.Strings` (byte order) and takes the first (`max_conf_num`
+ * defaults to 1). Kubelet's old dockershim and Istio's install-cni (`getDefaultCNINetwork`) walk
+ * the same sorted list but skip files that do not load, where go-cni fails outright. We skip
+ * them too, with a warning: on containerd such a node has no pod network until that file is
+ * fixed anyway, and the watch edits the fixed file then.
+ *
+ * A single-plugin `.conf`/`.json` cannot chain, so it is converted into a `.conflist` of the
+ * original plugin followed by ours, and the original removed. Istio does the same (its
+ * `insertCNIConfig` wraps the plugin into a list named `k8s-pod-network` with cniVersion 0.3.1,
+ * writes it over `x.conf` and renames that to `x.conflist`); we keep the original's `name` and
+ * `cniVersion` instead — the network name keys the runtime's cached results
+ * (`/var/lib/cni/results/<name>-…`) that DEL of already running pods needs — and remember the
+ * original text in the list so that uninstall puts it back byte for byte (Istio's cleanup only
+ * drops its own entry and leaves the list).
+ *
+ * Every write is a temp file in the same dir and a rename: the runtime may read the config or
+ * exec the binary at any moment. Temp names end in `.tmp`, never in a config extension, so a
+ * runtime listing the dir meanwhile never picks a half-written one up. Only changes are written:
+ * our own write fires the dir watch, and the pass it triggers must find nothing to do.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  closeSync, fchmodSync, fsyncSync, openSync, readdirSync, readFileSync, renameSync, statSync,
+  unlinkSync, watch, writeSync, type FSWatcher, type Stats,
+} from 'node:fs';
+import { basename, extname, join } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
+import type { Logger } from 'pino';
+import { silentLogger } from '../telemetry/log.js';
+
+/** The plugin's `type` in the config, which is also its executable's name in the bin dir. */
+export const CNI_PLUGIN_TYPE = 'ambit-cni';
+/** Top-level field of a list ambit made out of a single-plugin config: that config's file name. */
+export const CONVERTED_FROM_KEY = 'ambit.dev/converted-from';
+/** Top-level field of such a list: the original file's text, restored verbatim by uninstall. */
+export const ORIGINAL_KEY = 'ambit.dev/original';
+
+/** go-cni's (containerd's) extensions; kubelet and CRI-O read the same set. */
+const CONFIG_EXTENSIONS = new Set(['.conf', '.conflist', '.json']);
+const TEMP_PREFIX = '.ambit-';
+const TEMP_SUFFIX = '.tmp';
+/** Leftover temp files older than this are a crashed writer's (a live one renames in milliseconds). */
+const STALE_TEMP_MS = 60_000;
+/** Writers (a `cp`, another CNI's installer) emit bursts of events; act once they are done. */
+const DEBOUNCE_MS = 100;
+
+export interface CniInstallerOptions {
+  /** The plugin executable in the image. */
+  binary: string;
+  /** The host's CNI bin dir as the agent sees it (e.g. /host/opt/cni/bin). */
+  binDir: string;
+  /** The host's CNI config dir as the agent sees it (e.g. /host/etc/cni/net.d). */
+  confDir: string;
+  /** The agent's socket path as the HOST sees it (what the plugin connects to), e.g. /var/run/ambit/cni.sock. */
+  socket: string;
+  log?: Logger;
+  /** Re-check the config this often (ms, default 5000); another CNI (or its DaemonSet) may rewrite it. */
+  pollMs?: number;
+}
+
+/** `updated`: our entry was there with another socket (or twice) and was fixed in place. */
+export type EntryResult = 'added' | 'updated' | 'present';
+
+export interface InstallResult {
+  binary: 'written' | 'unchanged';
+  /** The config file that holds our entry (a path in `confDir`). */
+  config: string;
+  entry: EntryResult;
+}
+
+export class CniInstallError extends Error {
+  override readonly name = 'CniInstallError';
+  readonly code = 'AMBIT_E_CNI_INSTALL';
+  constructor(message: string, options?: { cause: unknown }) {
+    super(message, options);
+  }
+}
+
+type Json = Record<string, unknown>;
+
+/** A config file that loads: a `.conflist` with a `plugins` array of objects, or a single plugin with a `type`. */
+interface ConfigFile {
+  name: string;
+  path: string;
+  text: string;
+  json: Json;
+  /** A plugin list (`.conflist`), as opposed to a single plugin config (`.conf`/`.json`). */
+  list: boolean;
+  mode: number;
+}
+
+export class CniInstaller {
+  private readonly log: Logger;
+  private readonly pollMs: number;
+  private readonly target: string;
+  /** Source and destination stats last seen identical, so an unchanged binary is not hashed every pass. */
+  private verifiedBinary?: string;
+  private lastSkipped = '';
+  private lastError?: string;
+  private timer?: NodeJS.Timeout;
+  private debounce?: NodeJS.Timeout;
+  private watcher?: FSWatcher;
+
+  constructor(private readonly opts: CniInstallerOptions) {
+    this.log = (opts.log ?? silentLogger).child({ part: 'cni-install' });
+    this.pollMs = opts.pollMs ?? 5000;
+    this.target = join(opts.binDir, CNI_PLUGIN_TYPE);
+  }
+
+  /** Copies the binary (if different) and adds ambit's entry to the primary config (if missing). Returns what it did. */
+  install(): InstallResult {
+    const binary = this.installBinary();
+    const { config, entry } = this.installEntry();
+    return { binary, config, entry };
+  }
+
+  /** install() now, then again whenever the config dir changes (fs.watch, debounced) and every pollMs; errors logged, retried. */
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => {
+      this.ensureWatch();
+      this.pass();
+    }, this.pollMs).unref();
+    removeStaleTemps([this.opts.binDir, this.opts.confDir], this.log);
+    this.ensureWatch();
+    this.pass();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    clearTimeout(this.debounce);
+    this.timer = undefined;
+    this.watcher?.close();
+    this.watcher = undefined;
+  }
+
+  /**
+   * Stops the loop (it would put the entry back), removes our entry from every config that has
+   * one — a list ambit converted goes back to the original single-plugin file — then the binary.
+   * Idempotent; missing files are logged, not errors. Throws CniInstallError naming the file when
+   * a config that mentions the plugin is not valid JSON (the binary is then left in place).
+   */
+  uninstall(): void {
+    this.stop();
+    for (const name of configNames(this.opts.confDir)) this.removeEntry(name);
+    try {
+      unlinkSync(this.target);
+      this.log.info({ file: this.target }, 'CNI plugin binary removed');
+    } catch (err) {
+      if (!isNotFound(err)) throw new CniInstallError(`remove ${this.target}: ${(err as Error).message}`, { cause: err });
+      this.log.debug({ file: this.target }, 'CNI plugin binary already gone');
+    }
+    this.verifiedBinary = undefined;
+    removeStaleTemps([this.opts.binDir, this.opts.confDir], this.log);
+  }
+
+  /** One pass of the loop: errors are expected while the primary CNI is not installed yet, so they are logged once per distinct message. */
+  private pass(): void {
+    if (!this.timer) return;
+    try {
+      const result = this.install();
+      const changed = result.binary === 'written' || result.entry !== 'present';
+      this.log[changed || this.lastError ? 'info' : 'debug'](result, 'CNI plugin installed');
+      this.lastError = undefined;
+    } catch (err) {
+      const message = (err as Error).message;
+      this.log[message === this.lastError ? 'debug' : 'warn']({ err: message, retryInMs: this.pollMs }, 'CNI plugin not installed; retrying');
+      this.lastError = message;
+    }
+  }
+
+  /** (Re)creates the dir watch; a failed one (dir not there yet, removed) is retried at the next poll. */
+  private ensureWatch(): void {
+    if (this.watcher) return;
+    try {
+      const watcher = watch(this.opts.confDir, { persistent: false }, () => {
+        clearTimeout(this.debounce);
+        this.debounce = setTimeout(() => this.pass(), Math.min(DEBOUNCE_MS, this.pollMs)).unref();
+      });
+      watcher.on('error', (err) => {
+        this.log.debug({ dir: this.opts.confDir, err: err.message }, 'watch failed; polling');
+        watcher.close();
+        if (this.watcher === watcher) this.watcher = undefined;
+      });
+      this.watcher = watcher;
+    } catch (err) {
+      this.log.debug({ dir: this.opts.confDir, err: (err as Error).message }, 'cannot watch the CNI config dir; polling');
+    }
+  }
+
+  private installBinary(): 'written' | 'unchanged' {
+    const source = this.opts.binary;
+    let src: Stats;
+    try {
+      src = statSync(source);
+    } catch (err) {
+      throw new CniInstallError(`plugin binary ${source}: ${(err as Error).message}`, { cause: err });
+    }
+    const dest = statOrUndefined(this.target);
+    if (dest && (dest.mode & 0o777) === 0o755 && dest.size === src.size) {
+      const key = `${statKey(src)}|${statKey(dest)}`;
+      if (this.verifiedBinary === key) return 'unchanged';
+      if (sha256(source) === sha256(this.target)) {
+        this.verifiedBinary = key;
+        return 'unchanged';
+      }
+    }
+    writeAtomic(this.target, readFileSync(source), 0o755);
+    this.verifiedBinary = `${statKey(src)}|${statKey(statSync(this.target))}`;
+    this.log.info({ file: this.target }, 'CNI plugin binary written');
+    return 'written';
+  }
+
+  private installEntry(): { config: string; entry: EntryResult } {
+    const dir = this.opts.confDir;
+    const { usable, skipped } = scanConfigs(dir);
+    this.reportSkipped(skipped);
+    let primary = usable[0];
+    if (!primary) {
+      const ignored = skipped.length ? ` (ignored: ${skipped.join('; ')})` : '';
+      throw new CniInstallError(`no CNI network config in ${dir}: the primary CNI must be installed first${ignored}`);
+    }
+    primary = rewrittenOriginal(primary, usable) ?? primary;
+    if (primary.list) return { config: primary.path, entry: this.addToList(primary) };
+    return { config: this.convert(primary, usable), entry: 'added' };
+  }
+
+  /** Skipped files are warned about when the set changes, not every poll. */
+  private reportSkipped(skipped: string[]): void {
+    const summary = skipped.join('; ');
+    if (summary && summary !== this.lastSkipped) {
+      this.log.warn({ dir: this.opts.confDir, ignored: skipped }, 'ignoring CNI config files that do not load (as kubelet and Istio do; containerd fails on them if they sort first)');
+    }
+    this.lastSkipped = summary;
+  }
+
+  private addToList(file: ConfigFile): EntryResult {
+    const { json, entry } = withEntry(file.json, this.opts.socket);
+    if (entry === 'present') return entry;
+    writeJson(file.path, json, file.mode);
+    this.log.info({ file: file.path, socket: this.opts.socket, entry }, 'ambit-cni entry written');
+    return entry;
+  }
+
+  /** Turns a single-plugin config into a list ending with ours; returns the list's path. */
+  private convert(source: ConfigFile, usable: ConfigFile[]): string {
+    const target = conversionTarget(source, usable);
+    if (!chainable(source.json.cniVersion)) {
+      this.log.warn({ file: source.path, cniVersion: source.json.cniVersion }, 'the primary CNI config predates cniVersion 0.3.0; chained plugins get no prevResult');
+    }
+    writeJson(target, convertToList(source, this.opts.socket), source.mode);
+    for (const stale of usable) {
+      if (stale.path !== target && convertedFrom(stale) === source.name) removeFile(stale.path, this.log);
+    }
+    removeFile(source.path, this.log);
+    this.log.info({ from: source.path, to: target }, 'single-plugin CNI config converted to a list with the ambit-cni entry');
+    return target;
+  }
+
+  private removeEntry(name: string): void {
+    const path = join(this.opts.confDir, name);
+    const text = readOrUndefined(path);
+    if (text === undefined || !text.includes(CNI_PLUGIN_TYPE)) return;
+    const json = parseObject(text);
+    if (typeof json === 'string') throw new CniInstallError(`${path}: ${json}; cannot remove the ${CNI_PLUGIN_TYPE} entry`);
+    if (!Array.isArray(json.plugins) || !json.plugins.some(isOurs)) return;
+    const rest = (json.plugins as unknown[]).filter((p) => !isOurs(p));
+    const from = convertedFrom({ json, list: true });
+    const mode = statOrUndefined(path)?.mode ?? 0o644;
+    if (from !== undefined && rest.length === 1) {
+      this.restoreOriginal(path, json, from, mode);
+      return;
+    }
+    const { [CONVERTED_FROM_KEY]: _from, [ORIGINAL_KEY]: _original, ...kept } = json;
+    writeJson(path, { ...kept, plugins: rest }, mode);
+    this.log.info({ file: path }, 'ambit-cni entry removed');
+  }
+
+  /** Undoes a conversion, unless the primary CNI has meanwhile written its single-plugin file again (then that one wins). */
+  private restoreOriginal(path: string, list: Json, from: string, mode: number): void {
+    const original = join(this.opts.confDir, from);
+    if (statOrUndefined(original)) {
+      this.log.info({ file: path, original }, 'the original CNI config was rewritten since the conversion; removing the converted list');
+    } else {
+      writeAtomic(original, originalText(list), mode & 0o777);
+      this.log.info({ file: path, original }, 'converted CNI config restored to the original');
+    }
+    removeFile(path, this.log);
+  }
+}
+
+/** The entry ambit adds, keys in this order. */
+function ourEntry(socket: string): Json {
+  return { type: CNI_PLUGIN_TYPE, socket };
+}
+
+function isOurs(plugin: unknown): boolean {
+  return isObject(plugin) && plugin.type === CNI_PLUGIN_TYPE;
+}
+
+/** The list with exactly one entry of ours pointing at `socket`: appended last when missing, fixed in place (first one kept) otherwise. */
+function withEntry(list: Json, socket: string): { json: Json; entry: EntryResult } {
+  const plugins = list.plugins as unknown[];
+  const first = plugins.find(isOurs) as Json | undefined;
+  if (!first) return { json: { ...list, plugins: [...plugins, ourEntry(socket)] }, entry: 'added' };
+  if (first.socket === socket && plugins.filter(isOurs).length === 1) return { json: list, entry: 'present' };
+  const fixed = plugins.filter((p) => p === first || !isOurs(p)).map((p) => (p === first ? { ...first, socket } : p));
+  return { json: { ...list, plugins: fixed }, entry: 'updated' };
+}
+
+/** `{cniVersion, name, plugins: [original minus cniVersion/name, ours]}` plus the marks uninstall undoes it by. */
+function convertToList(source: ConfigFile, socket: string): Json {
+  const { cniVersion, name, ...plugin } = source.json;
+  return {
+    ...(cniVersion === undefined ? {} : { cniVersion }),
+    // libcni's own up-conversion (ConfListFromConf) uses the plugin's name, "" when it has none.
+    name: name ?? '',
+    plugins: [plugin, ourEntry(socket)],
+    [CONVERTED_FROM_KEY]: source.name,
+    [ORIGINAL_KEY]: source.text,
+  };
+}
+
+/**
+ * The converted list's name. It must sort first, or the runtime keeps using some other config.
+ * `x.conf` → `x.conflist` sorts right after the original (`.conf` is a prefix of `.conflist`), so
+ * only names starting with `x.conf` followed by a byte below `l` can come between
+ * (`x.conf.json`, `x.conf-old.conf`); `x.json` → `x.conflist` sorts before the original (`c` <
+ * `j`). When a config that loads would sort before the new name, or the name is taken by a file
+ * that is not our conversion of this original, the list is named `x-ambit.conflist`: `-` sorts
+ * before `.`, so it sorts before the original itself, hence before every config that loads.
+ */
+function conversionTarget(source: ConfigFile, usable: ConfigFile[]): string {
+  const base = source.name.slice(0, -extname(source.name).length);
+  const others = usable.filter((f) => f !== source && convertedFrom(f) !== source.name).map((f) => f.name);
+  for (const name of [`${base}.conflist`, `${base}-ambit.conflist`]) {
+    const path = join(source.path, '..', name);
+    const taken = statOrUndefined(path) !== undefined && !usable.some((f) => f.name === name && convertedFrom(f) === source.name);
+    if (!taken && others.every((other) => compareNames(name, other) < 0)) return path;
+  }
+  throw new CniInstallError(`cannot convert ${source.path} to a plugin list: ${base}.conflist and ${base}-ambit.conflist are taken or would not be the first config`);
+}
+
+/**
+ * When the primary is our conversion of `x.conf` and `x.conf` is back (the primary CNI's
+ * DaemonSet rewrote it), the fresh file is what to convert. With the usual naming `x.conf` sorts
+ * first anyway; this matters for `x-ambit.conflist`, which would otherwise shadow it forever.
+ */
+function rewrittenOriginal(primary: ConfigFile, usable: ConfigFile[]): ConfigFile | undefined {
+  const from = convertedFrom(primary);
+  return from === undefined ? undefined : usable.find((f) => f.name === from && !f.list);
+}
+
+/** The original file name a list of ours was converted from (only a plain config name is trusted: it is joined to the dir). */
+function convertedFrom(file: Pick<ConfigFile, 'json' | 'list'>): string | undefined {
+  const from = file.json[CONVERTED_FROM_KEY];
+  if (!file.list || typeof from !== 'string' || basename(from) !== from) return undefined;
+  return CONFIG_EXTENSIONS.has(extname(from)) && extname(from) !== '.conflist' ? from : undefined;
+}
+
+/** The original text when the list still holds that same plugin config, else the list's plugin rebuilt as a single config. */
+function originalText(list: Json): string {
+  const plugin = (list.plugins as unknown[]).find((p) => !isOurs(p)) as Json;
+  const original = typeof list[ORIGINAL_KEY] === 'string' ? (list[ORIGINAL_KEY] as string) : undefined;
+  const parsed = original === undefined ? undefined : parseObject(original);
+  if (original !== undefined && typeof parsed === 'object') {
+    const { cniVersion, name, ...rest } = parsed;
+    if (cniVersion === list.cniVersion && (name ?? '') === list.name && isDeepStrictEqual(rest, plugin)) return original;
+  }
+  return `${JSON.stringify({ ...(list.cniVersion === undefined ? {} : { cniVersion: list.cniVersion }), name: list.name, ...plugin }, null, 2)}\n`;
+}
+
+/** cniVersion 0.3.0 introduced chaining (`prevResult`); absent means 0.1.0. */
+function chainable(cniVersion: unknown): boolean {
+  if (typeof cniVersion !== 'string') return false;
+  const [major = 0, minor = 0] = cniVersion.split('.').map(Number);
+  return major > 0 || minor >= 3;
+}
+
+/** Config file names in the dir in the runtime's order (Go's sort.Strings compares bytes); a missing dir has none, as for libcni. */
+function configNames(dir: string): string[] {
+  let entries;
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch (err) {
+    if (isNotFound(err)) return [];
+    throw new CniInstallError(`read ${dir}: ${(err as Error).message}`, { cause: err });
+  }
+  return entries
+    .filter((e) => !e.isDirectory() && CONFIG_EXTENSIONS.has(extname(e.name)))
+    .map((e) => e.name)
+    .sort(compareNames);
+}
+
+function compareNames(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+/** The configs that load, in order, and why the others do not. */
+function scanConfigs(dir: string): { usable: ConfigFile[]; skipped: string[] } {
+  const usable: ConfigFile[] = [];
+  const skipped: string[] = [];
+  for (const name of configNames(dir)) {
+    const file = loadConfig(dir, name);
+    if (typeof file === 'string') skipped.push(`${name}: ${file}`);
+    else if (file) usable.push(file);
+  }
+  return { usable, skipped };
+}
+
+/** The file, or why it does not load, or undefined when it vanished meanwhile. */
+function loadConfig(dir: string, name: string): ConfigFile | string | undefined {
+  const path = join(dir, name);
+  let text: string;
+  let stats: Stats;
+  try {
+    stats = statSync(path);
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    return isNotFound(err) ? undefined : `cannot read: ${(err as Error).message}`;
+  }
+  const json = parseObject(text);
+  if (typeof json === 'string') return json;
+  const list = extname(name) === '.conflist';
+  const problem = list ? listProblem(json) : typeof json.type === 'string' && json.type ? undefined : 'no plugin "type" (a plugin list in a single-plugin file?)';
+  return problem ?? { name, path, text, json, list, mode: stats.mode & 0o777 };
+}
+
+function listProblem(json: Json): string | undefined {
+  if (!Array.isArray(json.plugins) || json.plugins.length === 0) return 'no "plugins" list';
+  const bad = json.plugins.findIndex((p) => !isObject(p));
+  return bad < 0 ? undefined : `plugins[${bad}] is not an object`;
+}
+
+/** A JSON object, or why the text is not one. */
+function parseObject(text: string): Json | string {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return `not valid JSON (${(err as Error).message})`;
+  }
+  return isObject(value) ? value : 'not a JSON object';
+}
+
+function isObject(value: unknown): value is Json {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function writeJson(path: string, json: Json, mode: number): void {
+  writeAtomic(path, `${JSON.stringify(json, null, 2)}\n`, mode & 0o777);
+}
+
+/**
+ * Writes a temp file next to `path`, syncs it, and renames it over `path`: readers see the old
+ * file or the new one, never a part (a rename also replaces a binary being executed, where an
+ * in-place write would fail with ETXTBSY). The temp file is removed when anything fails.
+ */
+function writeAtomic(path: string, data: string | Buffer, mode: number): void {
+  const temp = join(path, '..', `${TEMP_PREFIX}${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}${TEMP_SUFFIX}`);
+  try {
+    const fd = openSync(temp, 'wx', mode);
+    try {
+      writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
+      fchmodSync(fd, mode);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temp, path);
+  } catch (err) {
+    try {
+      unlinkSync(temp);
+    } catch {
+      // never created, or already renamed
+    }
+    throw new CniInstallError(`write ${path}: ${(err as Error).message}`, { cause: err });
+  }
+  syncDir(join(path, '..'));
+}
+
+/** Makes the rename durable across a host crash; best effort (not every filesystem allows it). */
+function syncDir(dir: string): void {
+  try {
+    const fd = openSync(dir, 'r');
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    // the rename is done; durability is a bonus
+  }
+}
+
+/** Temp files a writer killed mid-write left behind. */
+function removeStaleTemps(dirs: string[], log: Logger): void {
+  for (const dir of dirs) {
+    let names: string[];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      continue;
+    }
+    for (const name of names) {
+      if (!name.startsWith(TEMP_PREFIX) || !name.endsWith(TEMP_SUFFIX)) continue;
+      try {
+        if (Date.now() - statSync(join(dir, name)).mtimeMs > STALE_TEMP_MS) removeFile(join(dir, name), log);
+      } catch (err) {
+        log.debug({ file: join(dir, name), err: (err as Error).message }, 'cannot remove a stale temp file');
+      }
+    }
+  }
+}
+
+function removeFile(path: string, log: Logger): void {
+  try {
+    unlinkSync(path);
+  } catch (err) {
+    if (!isNotFound(err)) throw new CniInstallError(`remove ${path}: ${(err as Error).message}`, { cause: err });
+    log.debug({ file: path }, 'already gone');
+  }
+}
+
+function readOrUndefined(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    if (isNotFound(err)) return undefined;
+    throw new CniInstallError(`read ${path}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+function statOrUndefined(path: string): Stats | undefined {
+  try {
+    return statSync(path);
+  } catch (err) {
+    if (isNotFound(err)) return undefined;
+    throw err;
+  }
+}
+
+function statKey(s: Stats): string {
+  return `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}:${s.mode}`;
+}
+
+function sha256(path: string): string {
+  return createHash('sha256').update(readFileSync(path)).digest('hex');
+}
+
+function isNotFound(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException).code === 'ENOENT';
+}
