@@ -9,6 +9,7 @@ import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { ClusterLayout, netnsPath } from '../local/layout.js';
 import { AdminServer, ADMIN_PORT } from '../node/admin.js';
 import { HEALTH_PORT, METRICS_PORT, NodeAgent, serveTelemetry, type PodLocator } from '../node/agent.js';
+import { CniInstaller } from '../node/cni-install.js';
 import { CniServer } from '../node/cni-server.js';
 import { ProcPodLocator } from '../node/pod-locator.js';
 import { stopKind } from '../node/uninstall.js';
@@ -42,7 +43,7 @@ function localLocator(layout: ClusterLayout): PodLocator {
 
 interface NodeOpts {
   node: string; controller: string; tokenFile: string; caFile: string; cluster?: string; kubernetes?: true | string; hostProc: string;
-  daemonset: string; cniSocket?: string; trustDomain: string; cgroupRoot?: string; pinRoot?: string; cgroup?: string; probeSource?: string[]; controlSocket?: string; admin: string; telemetryHost: string;
+  daemonset: string; cniSocket?: string; cniBinary?: string; cniBinDir: string; cniConfDir: string; trustDomain: string; cgroupRoot?: string; pinRoot?: string; cgroup?: string; probeSource?: string[]; controlSocket?: string; admin: string; telemetryHost: string;
   metricsPort: string; healthPort: string; rootNamespace?: string; drainSeconds: string;
 }
 
@@ -59,6 +60,9 @@ export function register(program: Command): void {
     .option('--cgroup-root <dir>', 'the cgroup2 mount the pods\' cgroup paths are relative to (Kubernetes mode; default: this process\'s cgroup2 mount)')
     .option('--daemonset <name>', 'this agent\'s DaemonSet in $POD_NAMESPACE (Kubernetes mode)', 'ambit-node')
     .option('--cni-socket <path>', 'answer the ambit-cni plugin here: pods enrolled before their containers start (Kubernetes mode)')
+    .option('--cni-binary <file>', 'with --cni-socket: install this ambit-cni plugin on the host and chain it after the primary CNI (removed on uninstall)')
+    .option('--cni-bin-dir <dir>', 'the host\'s CNI plugin directory, as mounted here', '/host/opt/cni/bin')
+    .option('--cni-conf-dir <dir>', 'the host\'s CNI config directory, as mounted here', '/host/etc/cni/net.d')
     .option('--trust-domain <domain>', 'SPIFFE trust domain (the identities of pods the CNI plugin hands over)', DEFAULT_TRUST_DOMAIN)
     .option('--pin-root <dir>', 'bpffs directory for this agent\'s pins (default: the local cluster\'s)')
     .option('--cgroup <dir>', 'the cgroup holding this node\'s pods (default: the local cluster\'s)')
@@ -84,6 +88,8 @@ export function register(program: Command): void {
       if (!existsSync(cgroup)) throw new CliError(`--cgroup ${cgroup} does not exist`);
       if (opts.kubernetes && !existsSync(join(opts.hostProc, 'self'))) throw new CliError(`--host-proc ${opts.hostProc} is not a proc filesystem`);
       if (opts.cniSocket && !opts.kubernetes) throw new CliError('--cni-socket needs --kubernetes (the plugin\'s pods are read from the API server)');
+      if (opts.cniBinary && !opts.cniSocket) throw new CliError('--cni-binary needs --cni-socket (where the plugin reaches this agent)');
+      if (opts.cniBinary && !existsSync(opts.cniBinary)) throw new CliError(`--cni-binary ${opts.cniBinary} does not exist`);
       const kube = opts.kubernetes ? kubeClient(opts.kubernetes === true ? undefined : opts.kubernetes) : undefined;
       const locator: PodLocator = layout ? localLocator(layout) : new ProcPodLocator({ procRoot: opts.hostProc, cgroupRoot: opts.cgroupRoot ?? cgroup2Mount() ?? '/sys/fs/cgroup' });
       const log = logger('node');
@@ -105,6 +111,11 @@ export function register(program: Command): void {
         ? new CniServer({ path: opts.cniSocket, client: kube, target: agent, node: opts.node, trustDomain: opts.trustDomain, hostProc: opts.hostProc, log })
         : undefined;
       await cni?.start();
+      // Chained after the node's primary CNI once this agent answers on the socket (kept in place by a watch).
+      const cniInstall = cni && opts.cniBinary
+        ? new CniInstaller({ binary: opts.cniBinary, binDir: opts.cniBinDir, confDir: opts.cniConfDir, socket: opts.cniSocket!, log })
+        : undefined;
+      cniInstall?.start();
       log.info({ node: opts.node, pinRoot, cgroup }, 'node agent started');
       let stopping = false;
       const stop = (signal: string) => {
@@ -115,7 +126,16 @@ export function register(program: Command): void {
         const kind = kube ? stopKind(kube, process.env.POD_NAMESPACE || 'ambit-system', opts.daemonset) : Promise.resolve(undefined);
         void kind.then((k) => {
           if (k) log.info({ stop: k.kind, reason: k.reason }, k.kind === 'uninstall' ? 'uninstall: removing every pinned BPF object' : 'restart: the pins stay for the next agent');
-          // On restart the CNI socket file stays: sandboxes made meanwhile fail and are retried, never start unmeshed.
+          // On restart the plugin stays chained and the socket file stays: sandboxes made meanwhile
+          // fail and are retried, never start unmeshed. On uninstall the plugin goes first.
+          cniInstall?.stop();
+          if (k?.kind === 'uninstall') {
+            try {
+              cniInstall?.uninstall();
+            } catch (err) {
+              log.error({ err: (err as Error).message }, 'the CNI plugin could not be removed from the node\'s config');
+            }
+          }
           cni?.close(k?.kind === 'uninstall');
           return agent.close({ uninstall: k?.kind === 'uninstall' });
         }).catch((err: Error) => log.error({ err: err.message }, 'stopping failed')).finally(() => {

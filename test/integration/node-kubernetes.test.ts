@@ -5,9 +5,8 @@
  * into the real eBPF datapath. At SIGTERM the agent keeps its pins while its DaemonSet exists (a
  * restart) and removes every one of them once the DaemonSet is gone (an uninstall).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -63,6 +62,7 @@ async function startAgent(): Promise<Agent> {
     '--pin-root', lab.pinRoot, '--cgroup', lab.cgroupRoot,
     '--admin', `127.0.0.1:${admin}`, '--telemetry-host', '127.0.0.1', '--metrics-port', String(metrics), '--health-port', String(health),
     '--drain-seconds', '0', '--cni-socket', cniSocket(),
+    '--cni-binary', join(dir, 'ambit-cni'), '--cni-bin-dir', join(dir, 'opt-cni-bin'), '--cni-conf-dir', join(dir, 'net.d'),
   ], { POD_NAMESPACE: 'ambit-system' });
   const agent = { ...p, admin, health, metrics };
   agents.push(agent);
@@ -75,23 +75,28 @@ async function get(port: number, path: string): Promise<{ status: number; body: 
 }
 
 const cniSocket = () => join(dir, 'cni.sock');
+const PRIMARY_CONFLIST = { name: 'cbr0', cniVersion: '1.0.0', plugins: [{ type: 'flannel', delegate: { hairpinMode: true, isDefaultGateway: true } }, { type: 'portmap', capabilities: { portMappings: true } }] };
+const chain = () => (JSON.parse(readFileSync(join(dir, 'net.d', '10-flannel.conflist'), 'utf8')) as { plugins: { type: string; socket?: string }[] }).plugins;
 
-/** What the container runtime's ambit-cni would send the agent for a sandbox, and the answer. */
+/** The runtime running the real ambit-cni plugin for a sandbox: its exit code and stdout. */
 function cni(command: 'ADD' | 'DEL', pod: { namespace: string; name: string; uid: string }, netns: string, ip: string): Promise<{ code: number; body: string }> {
+  const config = {
+    cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'ambit-cni', socket: cniSocket(),
+    prevResult: { cniVersion: '1.0.0', interfaces: [{ name: 'eth0' }], ips: [{ address: `${ip}/32`, interface: 0 }] },
+  };
   return new Promise((resolve, reject) => {
-    const socket = connect(cniSocket());
-    let answer = '';
-    socket.on('data', (c: Buffer) => { answer += c.toString(); });
-    socket.on('error', reject);
-    socket.on('end', () => {
-      const nl = answer.indexOf('\n');
-      resolve({ code: Number(answer.slice(0, nl)), body: answer.slice(nl + 1) });
+    const child = spawn(join(dir, 'ambit-cni'), [], {
+      env: {
+        CNI_COMMAND: command, CNI_CONTAINERID: `sandbox-${pod.name}`, CNI_NETNS: netns, CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin',
+        CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${pod.namespace};K8S_POD_NAME=${pod.name};K8S_POD_INFRA_CONTAINER_ID=sandbox-${pod.name};K8S_POD_UID=${pod.uid}`,
+      },
+      stdio: ['pipe', 'pipe', 'inherit'],
     });
-    const config = { cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'ambit-cni', prevResult: { cniVersion: '1.0.0', interfaces: [{ name: 'eth0' }], ips: [{ address: `${ip}/32`, interface: 0 }] } };
-    socket.end(`${JSON.stringify({
-      command, containerId: `sandbox-${pod.name}`, netns, ifname: 'eth0',
-      args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${pod.namespace};K8S_POD_NAME=${pod.name};K8S_POD_INFRA_CONTAINER_ID=sandbox-${pod.name};K8S_POD_UID=${pod.uid}`, config,
-    })}\n`);
+    let body = '';
+    child.stdout.on('data', (c: Buffer) => { body += c.toString(); });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? -1, body }));
+    child.stdin.end(JSON.stringify(config));
   });
 }
 
@@ -100,6 +105,11 @@ const pins = () => (existsSync(lab.pinRoot) ? readdirSync(lab.pinRoot, { recursi
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'ambit-k8snode-'));
   lab.defer(() => rmSync(dir, { recursive: true, force: true }));
+  execFileSync(join(ROOT, 'scripts/build-cni.sh'), [join(dir, 'ambit-cni')], { stdio: 'pipe' });
+  // The node's CNI setup, as the agent sees the host's through its mounts: a primary plugin's conflist.
+  mkdirSync(join(dir, 'opt-cni-bin'));
+  mkdirSync(join(dir, 'net.d'));
+  writeFileSync(join(dir, 'net.d', '10-flannel.conflist'), JSON.stringify(PRIMARY_CONFLIST, null, 2));
   // The pod: a sandbox process in its own netns (with the pod IP) and cgroup, under the mesh cgroup.
   const ns = podNetns = lab.netns('pod');
   const cg = podCgroup = lab.cgroup('pod');
@@ -148,6 +158,9 @@ describe('ambit node --kubernetes', () => {
     expect(workloads.enrolled).toHaveLength(1);
     expect(workloads.enrolled[0]).toMatchObject({ name: 'web', netns: expect.stringMatching(/^\/proc\/\d+\/ns\/net$/), certificate: expect.anything() });
     expect(workloads.failed).toEqual([]);
+    // The plugin is installed on the node and chained after the primary CNI, pointing at the agent.
+    expect(chain()).toEqual([...PRIMARY_CONFLIST.plugins, { type: 'ambit-cni', socket: cniSocket() }]);
+    expect(readFileSync(join(dir, 'opt-cni-bin', 'ambit-cni')).equals(readFileSync(join(dir, 'ambit-cni')))).toBe(true);
     expect((await get(agent.health, '/healthz/ready')).status).toBe(200);
     const check = JSON.parse((await get(agent.health, '/healthz/check')).body) as { ok: boolean; checks: { name: string; ok: boolean }[] };
     expect(check.checks.map((c) => c.name)).toContain('kernel >= 5.17');
@@ -167,7 +180,7 @@ describe('ambit node --kubernetes', () => {
     expect(pins().length).toBeGreaterThan(0);
   }, 60_000);
 
-  it('enrolls a pod the CNI plugin hands over before its containers start (the controller has no IP for it yet), and releases it at DEL', async () => {
+  it('enrolls a pod the ambit-cni plugin hands over before its containers start (the controller has no IP for it yet), and releases it at DEL', async () => {
     const agent = await startAgent();
     await until('the agent ready', async () => (await get(agent.health, '/healthz/ready').catch(() => ({ status: 0 }))).status === 200, 30_000);
     // A new sandbox: netns and address made by the primary CNI, no process yet; the API server's Pod has no IP.
@@ -204,8 +217,13 @@ describe('ambit node --kubernetes', () => {
 
     agent.proc.kill('SIGTERM');
     expect(await agent.exited).toBe(0);
-    // Restart: the socket file stays, so sandboxes made while no agent runs fail and are retried.
+    // Restart: the plugin stays chained and the socket file stays, so sandboxes made while no
+    // agent runs fail ("try again") and are retried, never started unmeshed.
     expect(existsSync(cniSocket())).toBe(true);
+    expect(chain().at(-1)).toEqual({ type: 'ambit-cni', socket: cniSocket() });
+    const meanwhile = await cni('ADD', { namespace: 'shop', name: 'cart', uid: 'uid-cart' }, ns, cartIp);
+    expect(meanwhile.code).toBe(1);
+    expect(JSON.parse(meanwhile.body)).toMatchObject({ code: 11, msg: expect.stringMatching(/not reachable/) });
   }, 60_000);
 
   it('removes every pinned object when it stops after its DaemonSet is gone (uninstall)', async () => {
@@ -221,6 +239,9 @@ describe('ambit node --kubernetes', () => {
     expect(agent.output()).toMatch(/"stop":"uninstall"/);
     expect(pins()).toEqual([]);
     expect(existsSync(cniSocket())).toBe(false);
+    // The node's CNI config is as it was, and the plugin binary gone.
+    expect(chain()).toEqual(PRIMARY_CONFLIST.plugins);
+    expect(existsSync(join(dir, 'opt-cni-bin', 'ambit-cni'))).toBe(false);
   }, 60_000);
 
   it('refuses to start without a way to find pods, naming the flags', async () => {
