@@ -25,6 +25,13 @@ export const TOKEN_DIR = '/var/run/secrets/ambit';
 export const ROOT_CERT_DIR = '/var/run/ambit/roots';
 /** The agent's unix socket: where a CNI plugin hands it each new pod's netns and cgroup. */
 export const AGENT_SOCKET_DIR = '/var/run/ambit';
+/** The agent answers the CNI plugin here (the same path on the host and in the agent's container). */
+export const CNI_SOCKET = `${AGENT_SOCKET_DIR}/cni.sock`;
+/** The plugin in the image, copied to the host's CNI bin directory by the agent. */
+export const CNI_BINARY = '/opt/ambit/cni/ambit-cni';
+/** Where the agent sees the host's CNI directories. */
+export const HOST_CNI_BIN = '/host/opt/cni/bin';
+export const HOST_CNI_CONF = '/host/etc/cni/net.d';
 
 export const CONTROLLER_PORTS = { grpc: 15012, ready: 15021 } as const;
 export const NODE_PORTS = { admin: 15000, metrics: 15020, ready: 15021 } as const;
@@ -115,6 +122,15 @@ export function controllerNamespaceRules(): Rule[] {
  * DaemonSet, at SIGTERM: deleting or gone means uninstall (remove every pin), else a restart
  * or upgrade (keep them).
  */
+/**
+ * With the CNI plugin (cni.enabled) the agent decides, while a sandbox is being made, whether the
+ * pod is meshed and who it is: it reads that Pod and its Namespace by name (get only, no list or
+ * watch). RBAC cannot limit this to its node's pods.
+ */
+export function nodeAgentClusterRules(v: Pick<Values, 'cni'>): Rule[] {
+  return v.cni.enabled ? [{ apiGroups: [''], resources: ['pods', 'namespaces'], verbs: ['get'] }] : [];
+}
+
 export function nodeAgentNamespaceRules(): Rule[] {
   return [{ apiGroups: ['apps'], resources: ['daemonsets'], verbs: ['get'], resourceNames: [NODE_AGENT] }];
 }
@@ -286,6 +302,8 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
               '--control-socket', `${AGENT_SOCKET_DIR}/agent.sock`,
               '--root-namespace', v.rootNamespace,
               '--drain-seconds', String(v.nodeAgent.drainSeconds),
+              '--trust-domain', v.trustDomain,
+              ...(v.cni.enabled ? ['--cni-socket', CNI_SOCKET, '--cni-binary', CNI_BINARY, '--cni-bin-dir', HOST_CNI_BIN, '--cni-conf-dir', HOST_CNI_CONF] : []),
             ],
             env: [
               { name: 'AMBIT_LOG_LEVEL', value: v.logLevel },
@@ -322,6 +340,8 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
               { name: 'host-proc', mountPath: '/host/proc', readOnly: true },
               { name: 'agent-socket', mountPath: AGENT_SOCKET_DIR },
               { name: 'tmp', mountPath: '/tmp' },
+              // The CNI plugin's binary and its entry in the node's CNI config (cni.enabled).
+              ...(v.cni.enabled ? [{ name: 'cni-bin', mountPath: HOST_CNI_BIN }, { name: 'cni-conf', mountPath: HOST_CNI_CONF }] : []),
               ...credentialMounts(),
             ],
           }],
@@ -332,6 +352,10 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
             { name: 'host-proc', hostPath: { path: '/proc', type: 'Directory' } },
             { name: 'agent-socket', hostPath: { path: AGENT_SOCKET_DIR, type: 'DirectoryOrCreate' } },
             { name: 'tmp', emptyDir: {} },
+            ...(v.cni.enabled ? [
+              { name: 'cni-bin', hostPath: { path: v.cni.binDir, type: 'Directory' } },
+              { name: 'cni-conf', hostPath: { path: v.cni.confDir, type: 'Directory' } },
+            ] : []),
             ...credentialVolumes(),
           ],
         },
@@ -349,7 +373,7 @@ export function renderInstall(v: Values): K8sObject[] {
     sa(CONTROLLER, v.namespace, 'controller'),
     sa(NODE_AGENT, v.namespace, 'node'),
     ...rbac(CONTROLLER, v.namespace, 'controller', controllerClusterRules(v), controllerNamespaceRules()),
-    ...rbac(NODE_AGENT, v.namespace, 'node', [], nodeAgentNamespaceRules()),
+    ...rbac(NODE_AGENT, v.namespace, 'node', nodeAgentClusterRules(v), nodeAgentNamespaceRules()),
     ...controllerObjects(v),
     nodeAgentDaemonSet(v),
   ];

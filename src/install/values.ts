@@ -17,6 +17,7 @@ export interface Values {
   nodeAgent: { drainSeconds: number; pinRoot: string; cgroupRoot: string };
   waypoint: { replicas: number };
   waypoints: { managed: boolean };
+  cni: { enabled: boolean; binDir: string; confDir: string };
 }
 
 /** A bad `--set` or values object: the message names the key. */
@@ -95,6 +96,13 @@ export const VALUES: Record<string, ValueSpec> = {
   },
   'nodeAgent.cgroupRoot': { default: () => '/sys/fs/cgroup', parse: absolutePath, help: 'the host\'s cgroup v2 mount' },
   'waypoint.replicas': { default: () => 1, parse: integer(1, 100), help: 'replicas of each waypoint Deployment' },
+  'cni.enabled': {
+    default: () => true,
+    parse: boolean,
+    help: 'the node agents chain the ambit-cni plugin after each node\'s primary CNI, so meshed pods are enrolled before their containers start (fail closed); false: pods are found through /proc once running (fail open at start)',
+  },
+  'cni.binDir': { default: () => '/opt/cni/bin', parse: absolutePath, help: 'the host\'s CNI plugin directory (k3s: /var/lib/rancher/k3s/data/current/bin)' },
+  'cni.confDir': { default: () => '/etc/cni/net.d', parse: absolutePath, help: 'the host\'s CNI config directory (k3s: /var/lib/rancher/k3s/agent/etc/cni/net.d)' },
   'waypoints.managed': {
     default: () => true,
     parse: boolean,

@@ -46,7 +46,7 @@ describe('ambit install: Kubernetes schemas', () => {
   it('every object of the default installation validates against its Kubernetes schema', async () => {
     const objects = renderInstall(defaultValues());
     expect(objects.map((o) => o.kind).sort()).toEqual([
-      'ClusterRole', 'ClusterRoleBinding', 'CustomResourceDefinition', 'DaemonSet', 'Deployment',
+      'ClusterRole', 'ClusterRole', 'ClusterRoleBinding', 'ClusterRoleBinding', 'CustomResourceDefinition', 'DaemonSet', 'Deployment',
       'Namespace', 'PodDisruptionBudget', 'Role', 'Role', 'RoleBinding', 'RoleBinding', 'Service', 'ServiceAccount', 'ServiceAccount',
     ]);
     await expectValid(objects);
@@ -173,9 +173,14 @@ describe('ambit install: least-privilege RBAC', () => {
     }
   });
 
-  it('the node agent may only read its own DaemonSet: no cluster-wide rule, nothing of secrets', () => {
-    expect(objects.some((o) => (o.kind === 'ClusterRole' || o.kind === 'ClusterRoleBinding') && o.metadata.name === NODE_AGENT)).toBe(false);
+  it('the node agent gets pods and namespaces by name (for the CNI plugin) and its own DaemonSet, nothing else', () => {
+    expect(find(objects, 'ClusterRole', NODE_AGENT).rules).toEqual([{ apiGroups: [''], resources: ['pods', 'namespaces'], verbs: ['get'] }]);
     expect(find(objects, 'Role', NODE_AGENT).rules).toEqual([{ apiGroups: ['apps'], resources: ['daemonsets'], verbs: ['get'], resourceNames: [NODE_AGENT] }]);
+    // Without the CNI plugin it reads nothing cluster-wide: no ClusterRole at all.
+    const plain = renderInstall(resolveValues(['cni.enabled=false']));
+    expect(plain.some((o) => (o.kind === 'ClusterRole' || o.kind === 'ClusterRoleBinding') && o.metadata.name === NODE_AGENT)).toBe(false);
+    const args = (find(plain, 'DaemonSet', NODE_AGENT).spec.template.spec.containers[0].args as string[]);
+    expect(args.some((a) => a.startsWith('--cni'))).toBe(false);
   });
 
   it('the controller reads the mesh config, writes only status, its Lease, its CA Secret and the trust bundle', () => {
@@ -359,7 +364,7 @@ describe('ambit install / uninstall: the CLI', () => {
     const r = run('install', '--dry-run');
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toContain('apps/v1 DaemonSet ambit-system/ambit-node');
-    expect(r.stdout).toMatch(/14 objects checked .* 0 invalid/);
+    expect(r.stdout).toMatch(/16 objects checked .* 0 invalid/);
     expect(r.stdout).not.toContain('apiVersion:');
   });
 
