@@ -243,7 +243,7 @@ describe('ambit check --kubeconfig', () => {
     dir = mkdtempSync(join(tmpdir(), 'ambit-cluster-check-'));
     // The CLI judges the Lease by the real clock.
     const lease = server.get('Lease', NS, 'ambit-controller', 'coordination.k8s.io') as { spec: Record<string, unknown> };
-    server.apply('Lease', { ...lease, spec: { ...lease.spec, renewTime: new Date().toISOString() } }, 'coordination.k8s.io');
+    server.apply('Lease', { ...lease, spec: { ...lease.spec, renewTime: new Date().toISOString(), leaseDurationSeconds: 600 } }, 'coordination.k8s.io');
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
