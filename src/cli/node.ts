@@ -12,7 +12,7 @@ import { HEALTH_PORT, METRICS_PORT, NodeAgent, serveTelemetry, type PodLocator }
 import { CniInstaller } from '../node/cni-install.js';
 import { CniServer } from '../node/cni-server.js';
 import { ProcPodLocator } from '../node/pod-locator.js';
-import { stopKind } from '../node/uninstall.js';
+import { DaemonSetWatch } from '../node/uninstall.js';
 import { logger } from '../telemetry/log.js';
 import { report } from './checks.js';
 import { CliError } from './errors.js';
@@ -93,6 +93,8 @@ export function register(program: Command): void {
       const kube = opts.kubernetes ? kubeClient(opts.kubernetes === true ? undefined : opts.kubernetes) : undefined;
       const locator: PodLocator = layout ? localLocator(layout) : new ProcPodLocator({ procRoot: opts.hostProc, cgroupRoot: opts.cgroupRoot ?? cgroup2Mount() ?? '/sys/fs/cgroup' });
       const log = logger('node');
+      const daemonSet = kube ? new DaemonSetWatch(kube, process.env.POD_NAMESPACE || 'ambit-system', opts.daemonset) : undefined;
+      daemonSet?.start();
       // The controller writes its root on first start; an agent started beside it waits for it.
       for (let i = 0; i < 600 && !existsSync(opts.caFile); i++) await new Promise((r) => setTimeout(r, 100));
       const agent = await NodeAgent.start({
@@ -123,7 +125,7 @@ export function register(program: Command): void {
         stopping = true;
         log.info({ signal }, 'node agent stopping: draining pods');
         // In Kubernetes, an uninstall (the DaemonSet gone or being deleted) also removes the pins.
-        const kind = kube ? stopKind(kube, process.env.POD_NAMESPACE || 'ambit-system', opts.daemonset) : Promise.resolve(undefined);
+        const kind = daemonSet ? daemonSet.stopKind() : Promise.resolve(undefined);
         void kind.then((k) => {
           if (k) log.info({ stop: k.kind, reason: k.reason }, k.kind === 'uninstall' ? 'uninstall: removing every pinned BPF object' : 'restart: the pins stay for the next agent');
           // On restart the plugin stays chained and the socket file stays: sandboxes made meanwhile

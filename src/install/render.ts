@@ -119,8 +119,8 @@ export function controllerNamespaceRules(): Rule[] {
 /**
  * The node agent reads nothing cluster-wide: its pods and their identities come from the
  * controller's discovery stream, their network namespaces from /proc. It only reads its own
- * DaemonSet, at SIGTERM: deleting or gone means uninstall (remove every pin), else a restart
- * or upgrade (keep them).
+ * DaemonSet, which it watches (by name): deleting or gone at SIGTERM means uninstall (remove
+ * every pin), else a restart or upgrade (keep them).
  */
 /**
  * With the CNI plugin (cni.enabled) the agent decides, while a sandbox is being made, whether the
@@ -132,7 +132,7 @@ export function nodeAgentClusterRules(v: Pick<Values, 'cni'>): Rule[] {
 }
 
 export function nodeAgentNamespaceRules(): Rule[] {
-  return [{ apiGroups: ['apps'], resources: ['daemonsets'], verbs: ['get'], resourceNames: [NODE_AGENT] }];
+  return [{ apiGroups: ['apps'], resources: ['daemonsets'], verbs: ['get', 'list', 'watch'], resourceNames: [NODE_AGENT] }];
 }
 
 /** A ClusterRole and Role with their bindings for one component (no ClusterRole when it needs no cluster-wide rule). */

@@ -233,10 +233,15 @@ describe('ambit node --kubernetes', () => {
       return r && (JSON.parse(r.body) as { enrolled: unknown[] }).enrolled.length > 0;
     }, 30_000).catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
     expect(agent.output()).toMatch(/"adopted":true/);
+    // kubectl delete -f removes the agent's Role right after its DaemonSet: by SIGTERM the agent
+    // may not read its DaemonSet any more. It saw the deletion through its watch.
+    await until('the agent watching its DaemonSet', () => api.watchCount('daemonsets') > 0, 10_000);
     api.delete('DaemonSet', 'ambit-system', 'ambit-node', 'apps');
+    await new Promise((r) => setTimeout(r, 300));
+    api.failNext('GET', '/daemonsets', 403, 100);
     agent.proc.kill('SIGTERM');
     expect(await agent.exited).toBe(0);
-    expect(agent.output()).toMatch(/"stop":"uninstall"/);
+    expect(agent.output()).toMatch(/"stop":"uninstall","reason":"DaemonSet ambit-system\/ambit-node was deleted"/);
     expect(pins()).toEqual([]);
     expect(existsSync(cniSocket())).toBe(false);
     // The node's CNI config is as it was, and the plugin binary gone.

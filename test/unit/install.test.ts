@@ -173,9 +173,9 @@ describe('ambit install: least-privilege RBAC', () => {
     }
   });
 
-  it('the node agent gets pods and namespaces by name (for the CNI plugin) and its own DaemonSet, nothing else', () => {
+  it('the node agent gets pods and namespaces by name (for the CNI plugin) and follows its own DaemonSet, nothing else', () => {
     expect(find(objects, 'ClusterRole', NODE_AGENT).rules).toEqual([{ apiGroups: [''], resources: ['pods', 'namespaces'], verbs: ['get'] }]);
-    expect(find(objects, 'Role', NODE_AGENT).rules).toEqual([{ apiGroups: ['apps'], resources: ['daemonsets'], verbs: ['get'], resourceNames: [NODE_AGENT] }]);
+    expect(find(objects, 'Role', NODE_AGENT).rules).toEqual([{ apiGroups: ['apps'], resources: ['daemonsets'], verbs: ['get', 'list', 'watch'], resourceNames: [NODE_AGENT] }]);
     // Without the CNI plugin it reads nothing cluster-wide: no ClusterRole at all.
     const plain = renderInstall(resolveValues(['cni.enabled=false']));
     expect(plain.some((o) => (o.kind === 'ClusterRole' || o.kind === 'ClusterRoleBinding') && o.metadata.name === NODE_AGENT)).toBe(false);
