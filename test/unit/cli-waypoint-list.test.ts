@@ -3,12 +3,11 @@
  * server), each with its Deployment's ready replicas, its Accepted/Programmed conditions and what
  * is bound to it; `-n` narrows to one namespace; a cluster without the Gateway API says so.
  */
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { cli } from '../integration/helpers/cli.js';
 import { FakeApiServer, type ServedKind, writeKubeconfig } from '../helpers/fake-apiserver.js';
 
 const GW = 'gateway.networking.k8s.io';
@@ -19,12 +18,7 @@ const KINDS: ServedKind[] = [
   { group: GW, version: 'v1', kind: 'Gateway', plural: 'gateways' },
 ];
 
-const run = promisify(execFile);
-const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
-type Ran = { code: number; stdout: string; stderr: string };
-const ambit = (args: string[]): Promise<Ran> => run(process.execPath, [BIN, ...args])
-  .then(({ stdout, stderr }) => ({ code: 0, stdout, stderr }))
-  .catch((e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
+const { ambit } = cli(process.env);
 
 let server: FakeApiServer;
 let dir = '';

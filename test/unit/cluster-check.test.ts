@@ -3,17 +3,16 @@
  * the objects `ambit install` renders (so the selectors and names are the real ones), in process
  * for each failure and through the CLI for the exit codes, the text and the JSON.
  */
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { KubeClient } from '../../src/control/kube/client.js';
 import { clusterChecks, labelSelector, type ClusterCheckOptions } from '../../src/cli/cluster-check.js';
 import type { Check } from '../../src/cli/checks.js';
 import { controllerObjects, nodeAgentDaemonSet } from '../../src/install/render.js';
 import { defaultValues } from '../../src/install/values.js';
+import { cli } from '../integration/helpers/cli.js';
 import { FakeApiServer, type ServedKind, writeKubeconfig } from '../helpers/fake-apiserver.js';
 
 const KINDS: ServedKind[] = [
@@ -225,12 +224,7 @@ describe('cluster checks, in process', () => {
   });
 });
 
-const run = promisify(execFile);
-const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
-type Ran = { code: number; stdout: string; stderr: string };
-const ambit = (args: string[]): Promise<Ran> => run(process.execPath, [BIN, ...args])
-  .then(({ stdout, stderr }) => ({ code: 0, stdout, stderr }))
-  .catch((e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
+const { ambit } = cli(process.env);
 
 describe('ambit check --kubeconfig', () => {
   let dir = '';

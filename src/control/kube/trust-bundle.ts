@@ -14,6 +14,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { silentLogger } from '../../telemetry/log.js';
 import type { KubeClient } from './client.js';
+import { Coalescer } from './coalesce.js';
 import { FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL } from './waypoints.js';
 
 export const ROOT_CERT_KEY = 'root-cert.pem';
@@ -37,8 +38,7 @@ export class TrustBundlePublisher {
   private readonly written = new Map<string, string>();
   private readonly failures = new Map<string, number>();
   private namespaces = new Set<string>();
-  private running?: Promise<void>;
-  private again = false;
+  private readonly passes = new Coalescer(() => this.pass(), () => this.stopped);
   private retryTimer?: NodeJS.Timeout;
   private readonly resyncTimer?: NodeJS.Timeout;
   private stopped = false;
@@ -60,19 +60,7 @@ export class TrustBundlePublisher {
   publish(namespaces: Iterable<string>): Promise<void> {
     if (this.stopped) return Promise.resolve();
     this.namespaces = new Set(namespaces);
-    if (this.running) {
-      this.again = true;
-      return this.running;
-    }
-    this.running = (async () => {
-      do {
-        this.again = false;
-        await this.pass();
-      } while (this.again && !this.stopped);
-    })().finally(() => {
-      this.running = undefined;
-    });
-    return this.running;
+    return this.passes.request();
   }
 
   stop(): void {

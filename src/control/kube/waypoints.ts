@@ -24,6 +24,7 @@ import { defaultValues, type Values } from '../../install/values.js';
 import { silentLogger } from '../../telemetry/log.js';
 import { WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../model.js';
 import type { KubeClient } from './client.js';
+import { Coalescer } from './coalesce.js';
 
 export const FIELD_MANAGER = 'ambit-controller';
 export const MANAGED_BY_LABEL = 'app.kubernetes.io/managed-by';
@@ -81,8 +82,13 @@ export class WaypointReconciler {
   private readonly failures = new Map<string, Failure>();
   private adopted = false;
   private latest: Record<string, unknown>[] | undefined;
-  private running: Promise<void> | undefined;
-  private again = false;
+  private readonly passes = new Coalescer(async () => {
+    try {
+      await this.pass(this.latest ?? []);
+    } catch (err) {
+      this.log.error({ err: message(err) }, 'waypoint reconcile failed');
+    }
+  }, () => this.stopped);
   private retryTimer?: NodeJS.Timeout;
   private readonly resyncTimer?: NodeJS.Timeout;
   private stopped = false;
@@ -108,23 +114,7 @@ export class WaypointReconciler {
   reconcile(gateways: readonly Record<string, unknown>[]): Promise<void> {
     if (this.stopped) return Promise.resolve();
     this.latest = gateways.filter(isWaypointGateway);
-    if (this.running) {
-      this.again = true;
-      return this.running;
-    }
-    this.running = (async () => {
-      do {
-        this.again = false;
-        try {
-          await this.pass(this.latest ?? []);
-        } catch (err) {
-          this.log.error({ err: message(err) }, 'waypoint reconcile failed');
-        }
-      } while (this.again && !this.stopped);
-    })().finally(() => {
-      this.running = undefined;
-    });
-    return this.running;
+    return this.passes.request();
   }
 
   stop(): void {
