@@ -9,6 +9,8 @@ import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { ClusterLayout, netnsPath } from '../local/layout.js';
 import { AdminServer, ADMIN_PORT } from '../node/admin.js';
 import { HEALTH_PORT, METRICS_PORT, NodeAgent, serveTelemetry, type PodLocator } from '../node/agent.js';
+import type { Logger } from 'pino';
+import type { KubeClient } from '../control/kube/client.js';
 import { CniInstaller } from '../node/cni-install.js';
 import { CniServer } from '../node/cni-server.js';
 import { ProcPodLocator } from '../node/pod-locator.js';
@@ -42,9 +44,47 @@ function localLocator(layout: ClusterLayout): PodLocator {
 }
 
 interface NodeOpts {
-  node: string; controller: string; tokenFile: string; caFile: string; cluster?: string; kubernetes?: true | string; hostProc: string;
-  daemonset: string; cniSocket?: string; cniBinary?: string; cniBinDir: string; cniConfDir: string; trustDomain: string; cgroupRoot?: string; pinRoot?: string; cgroup?: string; probeSource?: string[]; controlSocket?: string; admin: string; telemetryHost: string;
-  metricsPort: string; healthPort: string; rootNamespace?: string; drainSeconds: string;
+  node: string; controller: string; tokenFile: string; caFile: string; cluster?: string; pinRoot?: string; cgroup?: string;
+  probeSource?: string[]; controlSocket?: string; admin: string; telemetryHost: string; metricsPort: string; healthPort: string;
+  rootNamespace?: string; drainSeconds: string;
+  // Kubernetes mode
+  kubernetes?: true | string; hostProc: string; cgroupRoot?: string; daemonset: string; trustDomain: string;
+  cniSocket?: string; cniBinary?: string; cniBinDir: string; cniConfDir: string;
+}
+
+/**
+ * What the agent runs besides itself on a Kubernetes node: the watch on its DaemonSet, the CNI
+ * plugin's server and the plugin's installation; and how they stop — on restart the plugin stays
+ * chained and the socket file stays (sandboxes made meanwhile fail and are retried, never start
+ * unmeshed), on uninstall the plugin goes first.
+ */
+async function kubernetesParts(opts: NodeOpts, kube: KubeClient, agent: NodeAgent, daemonSet: DaemonSetWatch, log: Logger): Promise<{ stop(): Promise<{ uninstall: boolean }> }> {
+  const cni = opts.cniSocket
+    ? new CniServer({ path: opts.cniSocket, client: kube, target: agent, node: opts.node, trustDomain: opts.trustDomain, hostProc: opts.hostProc, log })
+    : undefined;
+  await cni?.start();
+  // Chained after the node's primary CNI once this agent answers on the socket (kept in place by a watch).
+  const install = cni && opts.cniBinary
+    ? new CniInstaller({ binary: opts.cniBinary, binDir: opts.cniBinDir, confDir: opts.cniConfDir, socket: opts.cniSocket!, log })
+    : undefined;
+  install?.start();
+  return {
+    async stop() {
+      const k = await daemonSet.stopKind();
+      log.info({ stop: k.kind, reason: k.reason }, k.kind === 'uninstall' ? 'uninstall: removing the CNI plugin and every pinned BPF object' : 'restart: the pins and the CNI plugin stay for the next agent');
+      const uninstall = k.kind === 'uninstall';
+      install?.stop();
+      if (uninstall) {
+        try {
+          install?.uninstall();
+        } catch (err) {
+          log.error({ err: (err as Error).message }, 'the CNI plugin could not be removed from the node\'s config');
+        }
+      }
+      cni?.close(uninstall);
+      return { uninstall };
+    },
+  };
 }
 
 export function register(program: Command): void {
@@ -109,15 +149,7 @@ export function register(program: Command): void {
       const servers = await serveTelemetry(agent, opts.telemetryHost, telemetry.metrics, telemetry.health, nodeReport);
       const adminServer = await AdminServer.start({ certificates: agent.certs, agent, logger: log }, admin.host, admin.port);
       const control = opts.controlSocket ? await serveControl(agent, opts.controlSocket) : undefined;
-      const cni = kube && opts.cniSocket
-        ? new CniServer({ path: opts.cniSocket, client: kube, target: agent, node: opts.node, trustDomain: opts.trustDomain, hostProc: opts.hostProc, log })
-        : undefined;
-      await cni?.start();
-      // Chained after the node's primary CNI once this agent answers on the socket (kept in place by a watch).
-      const cniInstall = cni && opts.cniBinary
-        ? new CniInstaller({ binary: opts.cniBinary, binDir: opts.cniBinDir, confDir: opts.cniConfDir, socket: opts.cniSocket!, log })
-        : undefined;
-      cniInstall?.start();
+      const k8s = kube && daemonSet ? await kubernetesParts(opts, kube, agent, daemonSet, log) : undefined;
       log.info({ node: opts.node, pinRoot, cgroup }, 'node agent started');
       let stopping = false;
       const stop = (signal: string) => {
@@ -125,27 +157,15 @@ export function register(program: Command): void {
         stopping = true;
         log.info({ signal }, 'node agent stopping: draining pods');
         // In Kubernetes, an uninstall (the DaemonSet gone or being deleted) also removes the pins.
-        const kind = daemonSet ? daemonSet.stopKind() : Promise.resolve(undefined);
-        void kind.then((k) => {
-          if (k) log.info({ stop: k.kind, reason: k.reason }, k.kind === 'uninstall' ? 'uninstall: removing every pinned BPF object' : 'restart: the pins stay for the next agent');
-          // On restart the plugin stays chained and the socket file stays: sandboxes made meanwhile
-          // fail and are retried, never start unmeshed. On uninstall the plugin goes first.
-          cniInstall?.stop();
-          if (k?.kind === 'uninstall') {
-            try {
-              cniInstall?.uninstall();
-            } catch (err) {
-              log.error({ err: (err as Error).message }, 'the CNI plugin could not be removed from the node\'s config');
-            }
-          }
-          cni?.close(k?.kind === 'uninstall');
-          return agent.close({ uninstall: k?.kind === 'uninstall' });
-        }).catch((err: Error) => log.error({ err: err.message }, 'stopping failed')).finally(() => {
-          for (const s of servers) s.close();
-          control?.close();
-          void adminServer.close();
-          process.exit(0);
-        });
+        const parts = k8s ? k8s.stop() : Promise.resolve({ uninstall: false });
+        void parts.then(({ uninstall }) => agent.close({ uninstall }))
+          .catch((err: Error) => log.error({ err: err.message }, 'stopping failed'))
+          .finally(() => {
+            for (const s of servers) s.close();
+            control?.close();
+            void adminServer.close();
+            process.exit(0);
+          });
       };
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
