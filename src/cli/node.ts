@@ -16,7 +16,7 @@ import { CniServer } from '../node/cni-server.js';
 import { ProcPodLocator } from '../node/pod-locator.js';
 import { DaemonSetWatch } from '../node/uninstall.js';
 import { logger } from '../telemetry/log.js';
-import { report } from './checks.js';
+import { report, type Check } from './checks.js';
 import { CliError } from './errors.js';
 import { readFlagFile, tokenFile } from './files.js';
 import { kubeClient } from './kube.js';
@@ -58,7 +58,7 @@ interface NodeOpts {
  * chained and the socket file stays (sandboxes made meanwhile fail and are retried, never start
  * unmeshed), on uninstall the plugin goes first.
  */
-async function kubernetesParts(opts: NodeOpts, kube: KubeClient, agent: NodeAgent, daemonSet: DaemonSetWatch, log: Logger): Promise<{ stop(): Promise<{ uninstall: boolean }> }> {
+async function kubernetesParts(opts: NodeOpts, kube: KubeClient, agent: NodeAgent, daemonSet: DaemonSetWatch, log: Logger): Promise<{ checks(): Check[]; stop(): Promise<{ uninstall: boolean }> }> {
   const cni = opts.cniSocket
     ? new CniServer({ path: opts.cniSocket, client: kube, target: agent, node: opts.node, trustDomain: opts.trustDomain, hostProc: opts.hostProc, log })
     : undefined;
@@ -69,6 +69,7 @@ async function kubernetesParts(opts: NodeOpts, kube: KubeClient, agent: NodeAgen
     : undefined;
   install?.start();
   return {
+    checks: () => (install ? [install.check()] : []),
     async stop() {
       const k = await daemonSet.stopKind();
       log.info({ stop: k.kind, reason: k.reason }, k.kind === 'uninstall' ? 'uninstall: removing the CNI plugin and every pinned BPF object' : 'restart: the pins and the CNI plugin stay for the next agent');
@@ -143,13 +144,14 @@ export function register(program: Command): void {
         pinRoot, cgroup, locator, probeSources: opts.probeSource ?? [], rootNamespace: opts.rootNamespace,
         drainMs: drain * 1000, log, accessLog: logger('access'),
       });
-      // What `ambit check` says about this node, served on the health port for `ambit check --kube`.
+      const k8s = kube && daemonSet ? await kubernetesParts(opts, kube, agent, daemonSet, log) : undefined;
+      // What `ambit check` says about this node (and whether the CNI plugin is chained), served on
+      // the health port for `ambit check --kube`.
       let checks: ReturnType<typeof runChecks> | undefined;
-      const nodeReport = async () => report(await (checks ??= runChecks()));
+      const nodeReport = async () => report([...await (checks ??= runChecks()), ...(k8s?.checks() ?? [])]);
       const servers = await serveTelemetry(agent, opts.telemetryHost, telemetry.metrics, telemetry.health, nodeReport);
       const adminServer = await AdminServer.start({ certificates: agent.certs, agent, logger: log }, admin.host, admin.port);
       const control = opts.controlSocket ? await serveControl(agent, opts.controlSocket) : undefined;
-      const k8s = kube && daemonSet ? await kubernetesParts(opts, kube, agent, daemonSet, log) : undefined;
       log.info({ node: opts.node, pinRoot, cgroup }, 'node agent started');
       let stopping = false;
       const stop = (signal: string) => {

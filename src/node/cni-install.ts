@@ -107,6 +107,7 @@ export class CniInstaller {
   private verifiedBinary?: string;
   private lastSkipped = '';
   private lastError?: string;
+  private lastResult?: InstallResult;
   private timer?: NodeJS.Timeout;
   private debounce?: NodeJS.Timeout;
   private watcher?: FSWatcher;
@@ -134,6 +135,16 @@ export class CniInstaller {
     removeStaleTemps([this.opts.binDir, this.opts.confDir], this.log);
     this.ensureWatch();
     this.pass();
+  }
+
+  /** The last pass's outcome, as a line of the node's `ambit check` (`/healthz/check`). */
+  check(): { name: string; ok: boolean; detail: string; hint?: string } {
+    const name = 'CNI plugin chained';
+    if (this.lastResult) return { name, ok: true, detail: `${CNI_PLUGIN_TYPE} last in ${basename(this.lastResult.config)}` };
+    return {
+      name, ok: false, detail: this.lastError ?? 'not installed yet',
+      hint: 'the node\'s primary CNI must have written its config first; check cni.confDir and cni.binDir of the install',
+    };
   }
 
   stop(): void {
@@ -172,10 +183,12 @@ export class CniInstaller {
       const changed = result.binary === 'written' || result.entry !== 'present';
       this.log[changed || this.lastError ? 'info' : 'debug'](result, 'CNI plugin installed');
       this.lastError = undefined;
+      this.lastResult = result;
     } catch (err) {
       const message = (err as Error).message;
       this.log[message === this.lastError ? 'debug' : 'warn']({ err: message, retryInMs: this.pollMs }, 'CNI plugin not installed; retrying');
       this.lastError = message;
+      this.lastResult = undefined;
     }
   }
 

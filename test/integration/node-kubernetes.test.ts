@@ -164,6 +164,7 @@ describe('ambit node --kubernetes', () => {
     expect((await get(agent.health, '/healthz/ready')).status).toBe(200);
     const check = JSON.parse((await get(agent.health, '/healthz/check')).body) as { ok: boolean; checks: { name: string; ok: boolean }[] };
     expect(check.checks.map((c) => c.name)).toContain('kernel >= 5.17');
+    expect(check.checks.find((c) => c.name === 'CNI plugin chained')).toMatchObject({ ok: true, detail: 'ambit-cni last in 10-flannel.conflist' });
     expect(typeof check.ok).toBe('boolean');
     expect(pins().length).toBeGreaterThan(0);
     // Its connects are captured: the pod calling its own IP goes out through the agent as HBONE

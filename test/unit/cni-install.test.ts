@@ -342,8 +342,11 @@ describe('CniInstaller.start', () => {
     cni.start();
     await new Promise((r) => setTimeout(r, 250));
     expect(records.filter((r) => r.level === 40 && r.msg === 'CNI plugin not installed; retrying')).toHaveLength(1);
+    // What the node's `ambit check` says meanwhile, and after.
+    expect(cni.check()).toMatchObject({ name: 'CNI plugin chained', ok: false, detail: expect.stringMatching(/no CNI network config/) });
     writeJson('10-flannel.conflist', FLANNEL);
     await vi.waitFor(() => expect((readJson('10-flannel.conflist').plugins as unknown[]).length).toBe(3), { timeout: 2000, interval: 20 });
+    expect(cni.check()).toEqual({ name: 'CNI plugin chained', ok: true, detail: 'ambit-cni last in 10-flannel.conflist' });
     cni.stop();
   });
 
