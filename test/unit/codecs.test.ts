@@ -1,11 +1,11 @@
 // The byte layouts shared with the kernel side, and the address forms they use.
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { addrToBytes, bytesToAddr, parseCidr } from '../../src/ebpf/addr.js';
 import { origDstCodec, podConfigCodec, sockKeyCodec, type PodConfig } from '../../src/ebpf/codecs.js';
 import { errnoName } from '../../src/ebpf/errors.js';
 import { AMBIT, LAYOUTS } from '../../src/ebpf/layout.generated.js';
 import { cgroup2Mount, bpffsMount, readMounts } from '../../src/ebpf/mounts.js';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -85,6 +85,7 @@ describe('errors and mounts', () => {
 
   it('finds cgroup v2 on unified and hybrid hosts, and bpffs', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ambit-mounts-'));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
     const file = join(dir, 'mounts');
     writeFileSync(file, 'cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n');
     expect(cgroup2Mount(readMounts(file))).toBe('/sys/fs/cgroup');
