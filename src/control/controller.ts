@@ -46,6 +46,9 @@ export interface ControllerOptions {
 
 export const CONTROLLER_READY_PORT = 15021;
 
+/** The controller's own namespace (the Deployment's POD_NAMESPACE; the install's default otherwise). */
+const ownNamespace = (): string => process.env.POD_NAMESPACE || 'ambit-system';
+
 /** Where config, callers and nodes come from: the local cluster's state, or a Kubernetes API server. */
 async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>): Promise<{ source: ConfigSource; authenticator: Authenticator; directory: NodeDirectory; describe: Record<string, unknown>; client?: KubeClient; kube?: KubernetesSource }> {
   if (opts.kubernetes) {
@@ -56,7 +59,7 @@ async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>):
     const audience = process.env.AMBIT_TOKEN_AUDIENCE;
     const authenticator = new TokenReviewAuthenticator({
       client, trustDomain: opts.trustDomain, isWaypoint: (ns, name) => kube.isWaypoint(ns, name),
-      nodeAgent: { namespace: process.env.POD_NAMESPACE || 'ambit-system', serviceAccount: process.env.AMBIT_NODE_SERVICE_ACCOUNT || 'ambit-node' },
+      nodeAgent: { namespace: ownNamespace(), serviceAccount: process.env.AMBIT_NODE_SERVICE_ACCOUNT || 'ambit-node' },
       ...(audience ? { audiences: [audience] } : {}),
     });
     return { source: kube, authenticator, directory: kube.nodeDirectory(opts.trustDomain), describe: { source: 'kubernetes', server: client.server }, client, kube };
@@ -102,7 +105,7 @@ class LeaderDuties {
   private readonly namespace: string;
 
   constructor(private readonly client: KubeClient, private readonly kube: KubernetesSource, private readonly ca: CertificateAuthority, private readonly opts: ControllerOptions, private readonly log: ReturnType<typeof logger>) {
-    this.namespace = process.env.POD_NAMESPACE || 'ambit-system';
+    this.namespace = ownNamespace();
     if (process.env.AMBIT_LEADER_ELECTION === 'lease') {
       this.elector = new LeaderElector(client, {
         namespace: this.namespace,
@@ -120,10 +123,6 @@ class LeaderDuties {
       this.kube.setStatusWriter(false);
       this.elector.start();
     } else this.lead();
-  }
-
-  get leading(): boolean {
-    return this.elector ? this.elector.isLeader : true;
   }
 
   /** The Gateways of class ambit-waypoint as of the latest snapshot. */
@@ -164,7 +163,7 @@ class LeaderDuties {
   }
 }
 
-/** `GET /healthz/ready`: 200 once the CA serves and the first config snapshot has been turned into a model. */
+/** `GET /healthz/ready`: 200 once `ready` gives no reason not to be (the first config snapshot turned into a model). */
 function serveReadiness(health: { host: string; port: number }, ready: () => string | undefined): Promise<HttpServer> {
   const server = createHttpServer((req, res) => {
     if ((req.url ?? '/').split('?')[0] !== '/healthz/ready') return void res.writeHead(404).end('not found: try /healthz/ready\n');
@@ -185,7 +184,6 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
     : await CertificateAuthority.open({ store: new FileCaStore(caDir!) }, caOpts);
   const { source: primary, authenticator, directory, describe, client, kube } = await origins(opts, log);
   const duties = client && kube ? new LeaderDuties(client, kube, ca, opts, log) : undefined;
-  let serving = false;
   let modelled = false;
   log.info({ origin: ca.origin, ...describe }, 'CA ready');
   const discovery = new DiscoveryServer(authenticator, log);
@@ -228,9 +226,9 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
     dnsNames: ['ambit-controller'],
     log,
   });
-  serving = true;
   duties?.start();
-  const health = opts.health ? await serveReadiness(opts.health, () => (!serving ? 'the CA is not serving yet' : !modelled ? 'no config snapshot from the source yet' : undefined)) : undefined;
+  // Served once the CA serves: readiness waits only for the first model.
+  const health = opts.health ? await serveReadiness(opts.health, () => (modelled ? undefined : 'no config snapshot from the source yet')) : undefined;
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.once(signal, () => {
       log.info({ signal }, 'controller stopping');

@@ -35,6 +35,7 @@ import { silentLogger } from '../telemetry/log.js';
 import { KubeApiError, KubeClient } from './kube/client.js';
 import type { ConfigSource } from './local-source.js';
 import { WAYPOINT_CLASS, type PodInfo, type SourceSnapshot } from './model.js';
+import { isObject } from './schema.js';
 import { validateMeshObject } from './validate.js';
 
 export interface KindSpec {
@@ -87,7 +88,6 @@ export interface KubernetesSourceOptions {
 /** The watch said 410 Gone: the version we hold has been compacted away. */
 class GoneError extends Error {}
 
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const sleep = (ms: number, signal: AbortSignal) => new Promise<void>((resolve) => {
   if (signal.aborted) return resolve();
   const t = setTimeout(done, ms);

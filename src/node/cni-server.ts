@@ -23,6 +23,7 @@ import type { Logger } from 'pino';
 import type { KubeClient } from '../control/kube/client.js';
 import { apiPod } from '../control/kube-source.js';
 import { workloadOf, type Workload } from '../control/model.js';
+import { isObject } from '../control/schema.js';
 import { silentLogger } from '../telemetry/log.js';
 
 /** What the agent does for the plugin (NodeAgent implements it). */
@@ -66,8 +67,6 @@ class CniFailure extends Error {
     super(message);
   }
 }
-
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** `K=V;K=V` (CNI_ARGS) as a map. */
 export function parseCniArgs(args: string): Record<string, string> {

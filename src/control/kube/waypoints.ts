@@ -23,6 +23,7 @@ import { waypointObjects } from '../../install/waypoint.js';
 import { defaultValues, type Values } from '../../install/values.js';
 import { silentLogger } from '../../telemetry/log.js';
 import { WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../model.js';
+import { isObject } from '../schema.js';
 import type { KubeClient } from './client.js';
 import { Coalescer } from './coalesce.js';
 
@@ -52,7 +53,6 @@ export interface WaypointReconcilerOptions {
 interface Ref { key: string; path: string; namespace: string; name: string; gateway: string }
 interface Failure { attempts: number; notBefore: number }
 
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 function refOf(apiVersion: string, kind: string, namespace: string, name: string, gateway: string): Ref | undefined {
