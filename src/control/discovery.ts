@@ -138,18 +138,24 @@ export class DiscoveryServer {
 
   private serve(call: grpc.ServerDuplexStream<WireRequest, WireResponse>): void {
     let sub: SubscriberState | undefined;
+    let subscribing = false;
     const fail = (code: grpc.status, details: string) => {
       this.log.warn({ peer: call.getPeer(), details }, 'discovery stream refused');
       call.emit('error', { code, details });
     };
     call.on('data', (req: WireRequest) => {
       if (req.subscribe) {
-        if (sub) return fail(grpc.status.FAILED_PRECONDITION, 'already subscribed on this stream');
+        // One subscription per stream, also while the first one is still being authenticated.
+        if (sub || subscribing) return fail(grpc.status.FAILED_PRECONDITION, 'already subscribed on this stream');
+        subscribing = true;
         const { node, kind, name } = req.subscribe;
         void this.authenticator.authenticate(call.metadata).then((caller) => {
-          if (kind !== 'node-agent' && kind !== 'waypoint') return fail(grpc.status.INVALID_ARGUMENT, `subscribe.kind must be node-agent or waypoint, got "${kind}"`);
-          if (kind === 'node-agent' && (caller.workload || node !== caller.node)) return fail(grpc.status.PERMISSION_DENIED, `authenticated as ${caller.workload ? `waypoint ${caller.workload.namespace}/${caller.workload.name}` : `node ${caller.node}`}, cannot subscribe as node ${node}`);
-          if (kind === 'waypoint' && !/^[a-z0-9-]+\/[a-z0-9.-]+$/.test(name)) return fail(grpc.status.INVALID_ARGUMENT, `subscribe.name must be NAMESPACE/NAME for a waypoint, got "${name}"`);
+          if (kind !== 'node-agent' && kind !== 'waypoint') return fail(grpc.status.INVALID_ARGUMENT, `subscribe.kind must be node-agent or waypoint, got "${kind.slice(0, 64)}"`);
+          // The kind is bound to the credential: a node agent's (no workload) subscribes only as
+          // its own node, a waypoint's only as that waypoint.
+          if (kind === 'node-agent' && (caller.workload || node !== caller.node)) return fail(grpc.status.PERMISSION_DENIED, `authenticated as ${caller.workload ? `waypoint ${caller.workload.namespace}/${caller.workload.name}` : `node ${caller.node}`}, cannot subscribe as node ${node.slice(0, 253)}`);
+          if (kind === 'waypoint' && !/^[a-z0-9-]+\/[a-z0-9.-]+$/.test(name)) return fail(grpc.status.INVALID_ARGUMENT, `subscribe.name must be NAMESPACE/NAME for a waypoint, got "${name.slice(0, 253)}"`);
+          if (kind === 'waypoint' && !caller.workload) return fail(grpc.status.PERMISSION_DENIED, `authenticated as the node agent of node ${caller.node}, cannot subscribe as waypoint ${name}: a waypoint subscribes with its own credential`);
           if (kind === 'waypoint' && caller.workload && name !== `${caller.workload.namespace}/${caller.workload.name}`) return fail(grpc.status.PERMISSION_DENIED, `authenticated as waypoint ${caller.workload.namespace}/${caller.workload.name}, cannot subscribe as ${name}`);
           sub = { id: randomBytes(4).toString('hex'), node, kind, name, call, inflight: [], needFull: false };
           this.subscribers.add(sub);
@@ -290,6 +296,8 @@ export class DiscoveryClient {
   readonly ready: Promise<void>;
   connected = false;
   reconnects = 0;
+  /** How the last stream ended with an error: the controller's status code and reason (a refusal names what was wrong). */
+  lastError?: { code: grpc.status; details: string };
 
   constructor(private readonly opts: DiscoveryClientOptions) {
     const Service = discoveryService();
@@ -313,7 +321,10 @@ export class DiscoveryClient {
     this.call = call;
     call.write({ subscribe: { node: this.opts.node, kind: this.opts.kind, name: this.opts.name ?? '', last_version: this.version } });
     call.on('data', (res: WireResponse) => this.receive(call, res));
-    call.on('error', (err: grpc.ServiceError) => this.lost(call, err.details || err.message));
+    call.on('error', (err: grpc.ServiceError) => {
+      if (call === this.call) this.lastError = { code: err.code, details: err.details || err.message };
+      this.lost(call, err.details || err.message);
+    });
     call.on('end', () => this.lost(call, 'stream ended'));
   }
 

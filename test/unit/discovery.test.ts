@@ -11,11 +11,19 @@ import { DiscoveryClient, DiscoveryServer, discoveryService, viewFor, type WireR
 import { buildModel, type MeshModel, type PodInfo, type Service, type Workload } from '../../src/control/model.js';
 import { validateMeshObject } from '../../src/control/validate.js';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
-import { BootstrapTokenAuthenticator, CaServer } from '../../src/identity/ca-server.js';
+import * as grpc from '@grpc/grpc-js';
+import { BootstrapTokenAuthenticator, CaServer, type Authenticator } from '../../src/identity/ca-server.js';
 import { parseManifests, type PodSpec } from '../../src/local/manifests.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-disc-'));
 const TOKENS = { 'node-1': 'one', 'node-2': 'two' };
+/** The waypoint shop/wp's own credential. */
+const WP_TOKEN = 'wp-secret';
+const WP_CALLER = { node: '', workload: { namespace: 'shop', name: 'wp', identity: 'spiffe://cluster.local/ns/shop/sa/wp' } };
+const nodes = new BootstrapTokenAuthenticator(TOKENS);
+const credentials: Authenticator = {
+  authenticate: (md) => (md.get('authorization')[0] === `Bearer ${WP_TOKEN}` ? Promise.resolve(WP_CALLER) : nodes.authenticate(md)),
+};
 
 const MANIFESTS = `
 apiVersion: v1
@@ -92,10 +100,10 @@ describe('the discovery stream', () => {
   const subs: Subscriber[] = [];
 
   async function startServer(m: MeshModel): Promise<void> {
-    discovery = new DiscoveryServer(new BootstrapTokenAuthenticator(TOKENS));
+    discovery = new DiscoveryServer(credentials);
     discovery.update(m);
     server = await CaServer.start({
-      ca, authenticator: new BootstrapTokenAuthenticator(TOKENS), directory: { identitiesOnNode: () => new Set() }, host: '127.0.0.1', port,
+      ca, authenticator: credentials, directory: { identitiesOnNode: () => new Set() }, host: '127.0.0.1', port,
       services: [{ definition: discoveryService().service, implementation: discovery.implementation() }],
     });
     port = server.port;
@@ -104,7 +112,7 @@ describe('the discovery stream', () => {
   function subscribe(node: string, kind: 'node-agent' | 'waypoint', name?: string, reject?: (r: ReadonlyMap<string, WireResource>) => string | undefined): Subscriber {
     const sub: Subscriber = { applied: [], client: undefined as unknown as DiscoveryClient };
     sub.client = new DiscoveryClient({
-      address: `127.0.0.1:${port}`, roots: ca.trustBundle(), token: TOKENS[node as keyof typeof TOKENS], node, kind, name,
+      address: `127.0.0.1:${port}`, roots: ca.trustBundle(), token: kind === 'waypoint' ? WP_TOKEN : TOKENS[node as keyof typeof TOKENS], node, kind, name,
       backoff: { initialMs: 50, maxMs: 200 },
       apply: (r, version) => {
         const why = reject?.(r);
@@ -205,6 +213,25 @@ describe('the discovery stream', () => {
     expect(spoof.appliedVersion).toBe('');
     expect(spoof.connected).toBe(false);
     spoof.close();
+  });
+
+  it('binds the subscriber kind to the credential: a node agent cannot subscribe as a waypoint, a waypoint not as a node agent', async () => {
+    const attempt = (token: string, node: string, kind: 'node-agent' | 'waypoint', name?: string) => new DiscoveryClient({
+      address: `127.0.0.1:${port}`, roots: ca.trustBundle(), token, node, kind, ...(name ? { name } : {}), backoff: { initialMs: 5_000, maxMs: 5_000 }, apply: () => undefined,
+    });
+    const asWaypoint = attempt(TOKENS['node-2'], 'node-2', 'waypoint', 'shop/wp');
+    const asNode = attempt(WP_TOKEN, 'node-2', 'node-agent');
+    try {
+      await until('both refusals', () => asWaypoint.lastError !== undefined && asNode.lastError !== undefined);
+      expect(asWaypoint.lastError).toEqual({ code: grpc.status.PERMISSION_DENIED, details: 'authenticated as the node agent of node node-2, cannot subscribe as waypoint shop/wp: a waypoint subscribes with its own credential' });
+      expect(asNode.lastError).toEqual({ code: grpc.status.PERMISSION_DENIED, details: 'authenticated as waypoint shop/wp, cannot subscribe as node node-2' });
+      expect(asWaypoint.appliedVersion).toBe('');
+      expect(asNode.appliedVersion).toBe('');
+      expect(discovery.status().filter((s) => s.kind === 'waypoint').map((s) => s.name)).toEqual(['shop/wp']);
+    } finally {
+      asWaypoint.close();
+      asNode.close();
+    }
   });
 
   it('keeps serving the last good config while the controller is down, then resyncs after its restart', async () => {
