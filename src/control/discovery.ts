@@ -18,7 +18,40 @@ import type { MeshModel } from './model.js';
 export type SubscriberKind = 'node-agent' | 'waypoint';
 
 export interface WireResource { key: string; type: string; json: string }
-interface WireResponse { version: string; full: boolean; resources: WireResource[]; removed: string[] }
+interface WireResponse { version: string; full: boolean; resources: WireResource[]; removed: string[]; more?: boolean }
+
+/**
+ * A version is written in parts of about this many bytes (keys, types and JSON of its resources,
+ * removed keys): gRPC receivers take 4 MiB per message by default, and a full snapshot of
+ * 50,000 pods is ~17 MB. The subscriber applies the version once its last part is in.
+ */
+export const PART_BYTES = 1 << 20;
+/**
+ * The most a subscriber accepts in one message: a part, or one resource larger than a part
+ * alone in its message (a Service with ~300,000 endpoints would be 16 MiB).
+ */
+export const MAX_MESSAGE_BYTES = 16 << 20;
+
+/** A response cut into consecutive parts of about `limit` bytes each (one when it is smaller). */
+export function partsOf(message: WireResponse, limit = PART_BYTES): WireResponse[] {
+  const out: WireResponse[] = [];
+  let part: WireResponse = { version: message.version, full: message.full, resources: [], removed: [] };
+  let size = 0;
+  const add = (bytes: number, put: () => void) => {
+    if (size > 0 && size + bytes > limit) {
+      out.push({ ...part, more: true });
+      part = { version: message.version, full: message.full, resources: [], removed: [] };
+      size = 0;
+    }
+    put();
+    size += bytes;
+  };
+  // Per-field framing (tag, length) is a few bytes; 16 per resource covers it.
+  for (const key of message.removed) add(Buffer.byteLength(key) + 4, () => part.removed.push(key));
+  for (const r of message.resources) add(Buffer.byteLength(r.key) + Buffer.byteLength(r.type) + Buffer.byteLength(r.json) + 16, () => part.resources.push(r));
+  out.push({ ...part, more: false });
+  return out;
+}
 interface WireRequest { subscribe?: { node: string; kind: string; name: string; last_version: string }; ack?: { version: string }; nack?: { version: string; error: string } }
 
 let definition: grpc.GrpcObject | undefined;
@@ -262,7 +295,7 @@ export class DiscoveryServer {
       message = { version: this.version, full: false, ...d };
     }
     sub.inflight.push(this.version);
-    sub.call.write(message);
+    for (const part of partsOf(message)) sub.call.write(part);
   }
 }
 
@@ -286,6 +319,8 @@ export interface DiscoveryClientOptions {
 export class DiscoveryClient {
   private state = new Map<string, WireResource>();
   private version = '';
+  /** The parts of a version received so far, until its last part (more = false) arrives. */
+  private partial?: WireResponse;
   private call?: grpc.ClientDuplexStream<WireRequest, WireResponse>;
   private readonly client: grpc.Client;
   private failures = 0;
@@ -301,7 +336,9 @@ export class DiscoveryClient {
 
   constructor(private readonly opts: DiscoveryClientOptions) {
     const Service = discoveryService();
-    this.client = new Service(opts.address, grpc.credentials.createSsl(Buffer.from(opts.roots.join(''))), { 'grpc.ssl_target_name_override': 'localhost' });
+    this.client = new Service(opts.address, grpc.credentials.createSsl(Buffer.from(opts.roots.join(''))), {
+      'grpc.ssl_target_name_override': 'localhost', 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    });
     this.ready = new Promise((r) => { this.readyResolve = r; });
     this.connect();
   }
@@ -319,6 +356,7 @@ export class DiscoveryClient {
     metadata.set('authorization', authorization(this.opts.token));
     const call = (this.client as unknown as { Stream(md: grpc.Metadata): grpc.ClientDuplexStream<WireRequest, WireResponse> }).Stream(metadata);
     this.call = call;
+    this.partial = undefined;
     call.write({ subscribe: { node: this.opts.node, kind: this.opts.kind, name: this.opts.name ?? '', last_version: this.version } });
     call.on('data', (res: WireResponse) => this.receive(call, res));
     call.on('error', (err: grpc.ServiceError) => {
@@ -328,9 +366,21 @@ export class DiscoveryClient {
     call.on('end', () => this.lost(call, 'stream ended'));
   }
 
-  private receive(call: grpc.ClientDuplexStream<WireRequest, WireResponse>, res: WireResponse): void {
+  private receive(call: grpc.ClientDuplexStream<WireRequest, WireResponse>, part: WireResponse): void {
+    if (call !== this.call) return;
     this.connected = true;
     this.failures = 0;
+    // Parts of one version are gathered; it is applied (and ACKed) once, at its last part.
+    let res = part;
+    if (this.partial && this.partial.version !== part.version) this.partial = undefined;
+    if (part.more || this.partial) {
+      const into = this.partial ??= { version: part.version, full: part.full, resources: [], removed: [] };
+      for (const r of part.resources) into.resources.push(r);
+      for (const k of part.removed) into.removed.push(k);
+      if (part.more) return;
+      this.partial = undefined;
+      res = into;
+    }
     const next = res.full ? new Map<string, WireResource>() : new Map(this.state);
     for (const r of res.resources) next.set(r.key, r);
     for (const k of res.removed) next.delete(k);
