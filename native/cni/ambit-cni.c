@@ -6,12 +6,21 @@
  * body to stdout and exits with the code. VERSION is answered here; CHECK, STATUS and GC
  * are no-ops.
  *
+ * Whether ambit is installed on this node is told by a marker file next to this executable,
+ * `<this binary>.installed` (on the host's persistent disk, like the binary and the chain entry):
+ * the node agent writes it after the binary and before the entry, and removes it first on
+ * uninstall. The agent's socket lives in a tmpfs (/var/run), so after a reboot it is gone while
+ * the chain entry is still there: with the marker present, an unreachable agent fails ADD with
+ * "try again" until the agent is back; only without the marker (uninstalled, or uninstall cut
+ * short) does the plugin pass the primary result through.
+ *
  * The runtime blocks pod sandbox creation on this process, so everything is bounded:
  * input size, JSON nesting depth and time. It depends on libc only, so it can be copied
  * onto any node as one static file. Build with scripts/build-cni.sh.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -32,6 +41,7 @@
 #define MAX_TIMEOUT_S 3600.0
 #define DEFAULT_SOCKET "/var/run/ambit/cni.sock"
 #define DEFAULT_VERSION "1.0.0"
+#define MARKER_SUFFIX ".installed" /* <this executable>.installed: ambit is installed on the node */
 
 /* Well-known CNI error codes (spec, "Error codes"). */
 enum {
@@ -713,8 +723,8 @@ static void build_request(struct buf *b, const char *command, const struct confi
 
 enum outcome {
 	AGENT_ANSWERED,
-	AGENT_ABSENT,      /* the socket path does not exist: no agent on this node */
-	AGENT_UNREACHABLE, /* connect failed otherwise: the agent is installed but down */
+	AGENT_ABSENT,      /* the socket path does not exist: no agent running (or none installed) */
+	AGENT_UNREACHABLE, /* connect failed otherwise, e.g. refused: no agent behind the socket */
 	AGENT_TIMEOUT,
 	AGENT_BROKEN, /* the connection failed after connect */
 };
@@ -848,6 +858,28 @@ static int parse_answer(const struct buf *a, struct span *body)
 	return code;
 }
 
+/* ---------------------------------------------------------------- installed or not */
+
+/*
+ * Whether ambit is installed on this node: the marker next to this executable exists. Any
+ * doubt (no /proc, a path too long, a marker that cannot be checked) counts as installed, so
+ * the plugin fails closed. *marker gets the marker's path, or a note saying why it is unknown.
+ */
+static int ambit_installed(char *marker, size_t cap)
+{
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	if (n <= 0 || (size_t)n + sizeof MARKER_SUFFIX > cap) {
+		snprintf(marker, cap, "(marker path unknown: %s)", n <= 0 ? strerror(errno) : "too long");
+		return 1;
+	}
+	exe[n] = '\0';
+	snprintf(marker, cap, "%s%s", exe, MARKER_SUFFIX);
+	if (access(marker, F_OK) == 0)
+		return 1;
+	return !(errno == ENOENT || errno == ENOTDIR);
+}
+
 /* ---------------------------------------------------------------- commands */
 
 static int cmd_version(void)
@@ -861,7 +893,7 @@ static int cmd_version(void)
 	return rc;
 }
 
-/* No agent on this node: a chained plugin must hand the previous result on unchanged. */
+/* Ambit not installed on this node: a chained plugin must hand the previous result on unchanged. */
 static int pass_through(const struct config *cfg)
 {
 	if (cfg->prev.p)
@@ -882,12 +914,17 @@ static int relay(int code, struct span body)
 	return code;
 }
 
-/* Reports why ADD got no usable answer; every case is transient from the runtime's view. */
-static int add_failed(enum outcome out, const struct config *cfg, int err)
+/*
+ * Reports why ADD got no usable answer; every case is transient from the runtime's view.
+ * `marker`: the install marker that made an unreachable agent an error (named, with the way
+ * out, for a node ambit was removed from while it was away).
+ */
+static int add_failed(enum outcome out, const struct config *cfg, int err, const char *marker)
 {
 	const char *what = "unreadable answer from the ambit node agent at ";
 	const char *details = NULL;
 	char msg[256];
+	char why[PATH_MAX + 512];
 	switch (out) {
 	case AGENT_UNREACHABLE:
 		what = "ambit node agent not reachable at ";
@@ -901,6 +938,14 @@ static int add_failed(enum outcome out, const struct config *cfg, int err)
 		what = "no answer in time from the ambit node agent at ";
 		break;
 	case AGENT_ABSENT:
+		what = "ambit node agent not running at ";
+		snprintf(why, sizeof why,
+			 "no socket: the node restarted or the agent has not started yet; ambit is installed on this node (%s), "
+			 "so pods wait for its agent. If ambit was removed from the cluster while this node was away, delete "
+			 "that file and the ambit-cni entry of the node's CNI config",
+			 marker);
+		details = why;
+		break;
 	case AGENT_ANSWERED:
 		break;
 	}
@@ -914,21 +959,24 @@ static int add_failed(enum outcome out, const struct config *cfg, int err)
 }
 
 /*
- * ADD fails closed: if the agent is installed but cannot be reached, the pod must not start
- * outside the mesh. Code 11 makes the kubelet retry the sandbox later.
+ * ADD fails closed: if ambit is installed (the marker) but its agent cannot be reached, the pod
+ * must not start outside the mesh. Code 11 makes the kubelet retry the sandbox later. Only an
+ * unreachable agent with no marker (ambit uninstalled) lets the pod through.
  */
 static int cmd_add(const struct config *cfg)
 {
 	struct buf answer = { 0 };
 	struct span body;
+	char marker[PATH_MAX + 64] = "";
 	int err = 0, code;
 	enum outcome out = talk("ADD", cfg, cfg->timeout_s, &answer, &err);
-	if (out == AGENT_ABSENT)
+	int unreachable = out == AGENT_ABSENT || out == AGENT_UNREACHABLE;
+	if (unreachable && !ambit_installed(marker, sizeof marker))
 		code = pass_through(cfg);
 	else if (out == AGENT_ANSWERED && (code = parse_answer(&answer, &body)) >= 0)
 		code = relay(code, body);
 	else
-		code = add_failed(out, cfg, err);
+		code = add_failed(out, cfg, err, marker);
 	free(answer.data);
 	return code;
 }
@@ -1001,5 +1049,9 @@ int main(void)
 	}
 	if (cfg_err)
 		return fail(cfg_err, why, NULL);
+	/* The agent tells sandboxes apart by it: a late DEL of an old one must not hit the new one. */
+	const char *container = getenv("CNI_CONTAINERID");
+	if (!is_del && (!container || !*container))
+		return fail(CNI_ERR_ENV, "CNI_CONTAINERID is not set", "the runtime must name the sandbox");
 	return is_del ? cmd_del(&cfg) : cmd_add(&cfg);
 }

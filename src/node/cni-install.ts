@@ -5,6 +5,13 @@
  * for every pod sandbox (see docs/KUBERNETES.md, "Enrollment in Kubernetes"). The binary goes in
  * first and leaves last: a config naming a plugin that is not there fails every sandbox.
  *
+ * Next to the binary goes the marker `ambit-cni.installed`: "ambit is installed on this node". The
+ * agent's socket lives in a tmpfs, so after a reboot it is gone while the chain entry, the binary
+ * and the marker (all on the host's disk) stay; the plugin then fails sandboxes ("try again")
+ * until the agent is back, where without the marker it would pass pods through unmeshed. The
+ * marker is written after the binary and before the entry, and removed first on uninstall: an
+ * uninstall cut short after that (a config it cannot edit) leaves a plugin that passes through.
+ *
  * Which file is primary is the runtime's rule, not ours. containerd (go-cni `loadFromConfDir`)
  * lists the dir with libcni's `ConfFiles(dir, [".conf", ".conflist", ".json"])` — entries that are
  * not directories and whose extension is exactly one of those; ConfFiles itself does not sort —
@@ -40,6 +47,13 @@ import { silentLogger } from '../telemetry/log.js';
 
 /** The plugin's `type` in the config, which is also its executable's name in the bin dir. */
 export const CNI_PLUGIN_TYPE = 'ambit-cni';
+/** Next to the plugin in the bin dir (`<plugin>.installed`, the name the plugin derives from its own path). */
+export const INSTALLED_MARKER = `${CNI_PLUGIN_TYPE}.installed`;
+/** What the marker says to whoever finds it on a node. */
+const MARKER_TEXT = 'ambit is installed on this node. While this file exists, the ambit-cni plugin fails new pod\n'
+  + 'sandboxes with "try again" whenever the ambit node agent does not answer, so that no meshed pod\n'
+  + 'starts outside the mesh. `ambit uninstall` removes it. Delete it by hand, with the ambit-cni entry\n'
+  + 'of the node\'s CNI config, only on a node ambit was removed from while the node was away.\n';
 /** Top-level field of a list ambit made out of a single-plugin config: that config's file name. */
 export const CONVERTED_FROM_KEY = 'ambit.dev/converted-from';
 /** Top-level field of such a list: the original file's text, restored verbatim by uninstall. */
@@ -73,6 +87,8 @@ export type EntryResult = 'added' | 'updated' | 'present';
 
 export interface InstallResult {
   binary: 'written' | 'unchanged';
+  /** The install marker next to the binary. */
+  marker: 'written' | 'unchanged';
   /** The config file that holds our entry (a path in `confDir`). */
   config: string;
   entry: EntryResult;
@@ -103,6 +119,7 @@ export class CniInstaller {
   private readonly log: Logger;
   private readonly pollMs: number;
   private readonly target: string;
+  private readonly marker: string;
   /** Source and destination stats last seen identical, so an unchanged binary is not hashed every pass. */
   private verifiedBinary?: string;
   private lastSkipped = '';
@@ -116,13 +133,15 @@ export class CniInstaller {
     this.log = (opts.log ?? silentLogger).child({ part: 'cni-install' });
     this.pollMs = opts.pollMs ?? 5000;
     this.target = join(opts.binDir, CNI_PLUGIN_TYPE);
+    this.marker = join(opts.binDir, INSTALLED_MARKER);
   }
 
-  /** Copies the binary (if different) and adds ambit's entry to the primary config (if missing). Returns what it did. */
+  /** Copies the binary (if different), writes the marker and adds ambit's entry to the primary config (if missing). Returns what it did. */
   install(): InstallResult {
     const binary = this.installBinary();
+    const marker = this.installMarker();
     const { config, entry } = this.installEntry();
-    return { binary, config, entry };
+    return { binary, marker, config, entry };
   }
 
   /** install() now, then again whenever the config dir changes (fs.watch, debounced) and every pollMs; errors logged, retried. */
@@ -156,14 +175,25 @@ export class CniInstaller {
   }
 
   /**
-   * Stops the loop (it would put the entry back), removes our entry from every config that has
-   * one — a list ambit converted goes back to the original single-plugin file — then the binary.
-   * Idempotent; missing files are logged, not errors. Throws CniInstallError naming the file when
-   * a config that mentions the plugin is not valid JSON (the binary is then left in place).
+   * Stops the loop (it would put the entry back), removes the marker (from then on a plugin that
+   * cannot reach the agent lets pods through), our entry from every config that has one — a list
+   * ambit converted goes back to the original single-plugin file — then the binary. Idempotent;
+   * missing files are logged, not errors. Throws CniInstallError naming the file when a config that
+   * mentions the plugin is not valid JSON, after cleaning every other one (the binary is then left
+   * in place).
    */
   uninstall(): void {
     this.stop();
-    for (const name of configNames(this.opts.confDir)) this.removeEntry(name);
+    removeFile(this.marker, this.log);
+    const failed: string[] = [];
+    for (const name of configNames(this.opts.confDir)) {
+      try {
+        this.removeEntry(name);
+      } catch (err) {
+        failed.push((err as Error).message);
+      }
+    }
+    if (failed.length) throw new CniInstallError(failed.join('; '));
     try {
       unlinkSync(this.target);
       this.log.info({ file: this.target }, 'CNI plugin binary removed');
@@ -180,7 +210,7 @@ export class CniInstaller {
     if (!this.timer) return;
     try {
       const result = this.install();
-      const changed = result.binary === 'written' || result.entry !== 'present';
+      const changed = result.binary === 'written' || result.marker === 'written' || result.entry !== 'present';
       this.log[changed || this.lastError ? 'info' : 'debug'](result, 'CNI plugin installed');
       this.lastError = undefined;
       this.lastResult = result;
@@ -231,6 +261,15 @@ export class CniInstaller {
     writeAtomic(this.target, readFileSync(source), 0o755);
     this.verifiedBinary = `${statKey(src)}|${statKey(statSync(this.target))}`;
     this.log.info({ file: this.target }, 'CNI plugin binary written');
+    return 'written';
+  }
+
+  /** The marker, rewritten only when missing or altered (our own writes must not fire the loop again). */
+  private installMarker(): 'written' | 'unchanged' {
+    const stats = statOrUndefined(this.marker);
+    if (stats?.isFile() && (stats.mode & 0o777) === 0o644 && readOrUndefined(this.marker) === MARKER_TEXT) return 'unchanged';
+    writeAtomic(this.marker, MARKER_TEXT, 0o644);
+    this.log.info({ file: this.marker }, 'CNI install marker written: sandboxes fail closed while the agent is away');
     return 'written';
   }
 

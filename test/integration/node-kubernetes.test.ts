@@ -78,17 +78,20 @@ const cniSocket = () => join(dir, 'cni.sock');
 const PRIMARY_CONFLIST = { name: 'cbr0', cniVersion: '1.0.0', plugins: [{ type: 'flannel', delegate: { hairpinMode: true, isDefaultGateway: true } }, { type: 'portmap', capabilities: { portMappings: true } }] };
 const chain = () => (JSON.parse(readFileSync(join(dir, 'net.d', '10-flannel.conflist'), 'utf8')) as { plugins: { type: string; socket?: string }[] }).plugins;
 
-/** The runtime running the real ambit-cni plugin for a sandbox: its exit code and stdout. */
-function cni(command: 'ADD' | 'DEL', pod: { namespace: string; name: string; uid: string }, netns: string, ip: string): Promise<{ code: number; body: string }> {
+/** The plugin as the agent installed it on the "host", next to its install marker. */
+const installedPlugin = () => join(dir, 'opt-cni-bin', 'ambit-cni');
+
+/** The runtime running the installed ambit-cni plugin for a sandbox: its exit code and stdout. */
+function cni(command: 'ADD' | 'DEL', pod: { namespace: string; name: string; uid: string }, netns: string, ip: string, sandbox = `sandbox-${pod.name}`): Promise<{ code: number; body: string }> {
   const config = {
     cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'ambit-cni', socket: cniSocket(),
     prevResult: { cniVersion: '1.0.0', interfaces: [{ name: 'eth0' }], ips: [{ address: `${ip}/32`, interface: 0 }] },
   };
   return new Promise((resolve, reject) => {
-    const child = spawn(join(dir, 'ambit-cni'), [], {
+    const child = spawn(installedPlugin(), [], {
       env: {
-        CNI_COMMAND: command, CNI_CONTAINERID: `sandbox-${pod.name}`, CNI_NETNS: netns, CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin',
-        CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${pod.namespace};K8S_POD_NAME=${pod.name};K8S_POD_INFRA_CONTAINER_ID=sandbox-${pod.name};K8S_POD_UID=${pod.uid}`,
+        CNI_COMMAND: command, CNI_CONTAINERID: sandbox, CNI_NETNS: netns, CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin',
+        CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${pod.namespace};K8S_POD_NAME=${pod.name};K8S_POD_INFRA_CONTAINER_ID=${sandbox};K8S_POD_UID=${pod.uid}`,
       },
       stdio: ['pipe', 'pipe', 'inherit'],
     });
@@ -184,6 +187,7 @@ describe('ambit node --kubernetes', () => {
   it('enrolls a pod the ambit-cni plugin hands over before its containers start (the controller has no IP for it yet), and releases it at DEL', async () => {
     const agent = await startAgent();
     await until('the agent ready', async () => (await get(agent.health, '/healthz/ready').catch(() => ({ status: 0 }))).status === 200, 30_000);
+    await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && existsSync(installedPlugin()), 10_000);
     // A new sandbox: netns and address made by the primary CNI, no process yet; the API server's Pod has no IP.
     const ns = lab.netns('cart');
     const cg = lab.cgroup('cart');
@@ -227,6 +231,22 @@ describe('ambit node --kubernetes', () => {
     expect(JSON.parse(meanwhile.body)).toMatchObject({ code: 11, msg: expect.stringMatching(/not reachable/) });
   }, 60_000);
 
+  it('after a reboot (socket gone with the tmpfs, plugin, marker and chain entry still on disk, no agent yet), ADD fails with "try again", not through', async () => {
+    const agent = await startAgent();
+    await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && existsSync(installedPlugin()), 30_000)
+      .catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
+    // Power lost: nothing stops cleanly; the reboot empties /var/run.
+    agent.proc.kill('SIGKILL');
+    await agent.exited;
+    rmSync(cniSocket(), { force: true });
+    expect(chain().at(-1)).toEqual({ type: 'ambit-cni', socket: cniSocket() });
+    const add = await cni('ADD', { namespace: 'shop', name: 'web', uid: 'uid-web' }, podNetns, podIp, 'sandbox-after-reboot');
+    expect(add.code, add.body).toBe(1);
+    expect(JSON.parse(add.body)).toMatchObject({ code: 11, msg: `ambit node agent not running at ${cniSocket()}`, details: expect.stringContaining('ambit-cni.installed') });
+    // DEL never blocks a pod's removal.
+    expect((await cni('DEL', { namespace: 'shop', name: 'web', uid: 'uid-web' }, podNetns, podIp, 'sandbox-after-reboot')).code).toBe(0);
+  }, 60_000);
+
   it('removes every pinned object when it stops after its DaemonSet is gone (uninstall)', async () => {
     const agent = await startAgent();
     await until('the pod enrolled again', async () => {
@@ -247,7 +267,7 @@ describe('ambit node --kubernetes', () => {
     expect(existsSync(cniSocket())).toBe(false);
     // The node's CNI config is as it was, and the plugin binary gone.
     expect(chain()).toEqual(PRIMARY_CONFLIST.plugins);
-    expect(existsSync(join(dir, 'opt-cni-bin', 'ambit-cni'))).toBe(false);
+    expect(readdirSync(join(dir, 'opt-cni-bin'))).toEqual([]);
   }, 60_000);
 
   it('refuses to start without a way to find pods, naming the flags', async () => {

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { basename, extname, join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { CniInstallError, CniInstaller, CONVERTED_FROM_KEY, type CniInstallerOptions } from '../../src/node/cni-install.js';
+import { CniInstallError, CniInstaller, CONVERTED_FROM_KEY, INSTALLED_MARKER, type CniInstallerOptions } from '../../src/node/cni-install.js';
 
 const SOCKET = '/var/run/ambit/cni.sock';
 
@@ -81,7 +81,7 @@ function capture(): { log: Logger; records: Array<Record<string, unknown>> } {
 describe('CniInstaller.install', () => {
   it('appends the entry last to a flannel conflist, keeps every other field, copies the binary 0755', () => {
     const path = writeJson('10-flannel.conflist', FLANNEL);
-    expect(installer().install()).toEqual({ binary: 'written', config: path, entry: 'added' });
+    expect(installer().install()).toEqual({ binary: 'written', marker: 'written', config: path, entry: 'added' });
 
     const text = readFileSync(path, 'utf8');
     expect(text).toBe(`${JSON.stringify({ ...FLANNEL, plugins: [...FLANNEL.plugins, { type: 'ambit-cni', socket: SOCKET }] }, null, 2)}\n`);
@@ -102,8 +102,8 @@ describe('CniInstaller.install', () => {
 
     // A fresh installer (no cached verification) compares the binary's content.
     for (const again of [installer(), installer()]) {
-      expect(again.install()).toEqual({ binary: 'unchanged', config: path, entry: 'present' });
-      expect(again.install()).toEqual({ binary: 'unchanged', config: path, entry: 'present' });
+      expect(again.install()).toEqual({ binary: 'unchanged', marker: 'unchanged', config: path, entry: 'present' });
+      expect(again.install()).toEqual({ binary: 'unchanged', marker: 'unchanged', config: path, entry: 'present' });
     }
     expect(statSync(path)).toMatchObject({ mtimeMs: conf.mtimeMs, ino: conf.ino });
     expect(statSync(target)).toMatchObject({ mtimeMs: bin.mtimeMs, ino: bin.ino });
@@ -120,6 +120,23 @@ describe('CniInstaller.install', () => {
     expect(readFileSync(target, 'utf8')).toContain('v2');
   });
 
+  it('writes the install marker next to the binary, before the entry, and puts it back when it goes', () => {
+    const marker = join(binDir, INSTALLED_MARKER);
+    // No primary config yet: the pass stops at the entry, after the binary and the marker.
+    expect(() => installer().install()).toThrow(/no CNI network config/);
+    expect(readdirSync(binDir).sort()).toEqual(['ambit-cni', INSTALLED_MARKER]);
+    writeJson('10-flannel.conflist', FLANNEL);
+    expect(installer().install()).toMatchObject({ marker: 'unchanged', entry: 'added' });
+    expect(INSTALLED_MARKER).toBe('ambit-cni.installed');
+    expect(statSync(marker).mode & 0o777).toBe(0o644);
+    expect(readFileSync(marker, 'utf8')).toMatch(/ambit is installed on this node.*fails new pod\nsandboxes/s);
+    rmSync(marker);
+    expect(installer().install().marker).toBe('written');
+    writeFileSync(marker, 'edited\n');
+    expect(installer().install().marker).toBe('written');
+    expect(readFileSync(marker, 'utf8')).toMatch(/^ambit is installed/);
+  });
+
   it('edits only the first of two conflists', () => {
     const first = writeJson('10-a.conflist', { ...FLANNEL, name: 'a' });
     const second = writeJson('20-b.conflist', { ...FLANNEL, name: 'b' });
@@ -133,7 +150,7 @@ describe('CniInstaller.install', () => {
     writeFileSync(join(confDir, '10-bridge.conf'), BRIDGE_CONF);
     writeJson('99-loopback.conf', { cniVersion: '0.4.0', name: 'lo', type: 'loopback' });
     const result = installer().install();
-    expect(result).toEqual({ binary: 'written', config: join(confDir, '10-bridge.conflist'), entry: 'added' });
+    expect(result).toEqual({ binary: 'written', marker: 'written', config: join(confDir, '10-bridge.conflist'), entry: 'added' });
     expect(primary()).toBe('10-bridge.conflist');
     expect(readdirSync(confDir).sort()).toEqual(['10-bridge.conflist', '99-loopback.conf']);
     const list = readJson('10-bridge.conflist');
@@ -147,7 +164,7 @@ describe('CniInstaller.install', () => {
       [CONVERTED_FROM_KEY]: '10-bridge.conf',
     });
     expect(Object.keys((list.plugins as object[])[0]!)).toEqual(['type', 'bridge', 'ipam']);
-    expect(installer().install()).toEqual({ binary: 'unchanged', config: join(confDir, '10-bridge.conflist'), entry: 'present' });
+    expect(installer().install()).toEqual({ binary: 'unchanged', marker: 'unchanged', config: join(confDir, '10-bridge.conflist'), entry: 'present' });
   });
 
   it('converts a .json config too (.conflist sorts before .json)', () => {
@@ -296,11 +313,21 @@ describe('CniInstaller.uninstall', () => {
     expect(() => installer().uninstall()).not.toThrow();
   });
 
-  it('names a malformed config that holds its entry, and keeps the binary', () => {
+  it('removes the install marker with the binary', () => {
     writeJson('10-flannel.conflist', FLANNEL);
     installer().install();
-    writeFileSync(join(confDir, '10-flannel.conflist'), '{"plugins": [{"type": "ambit-cni"');
-    expect(() => installer().uninstall()).toThrow(/10-flannel\.conflist: not valid JSON.*cannot remove the ambit-cni entry/);
+    expect(readdirSync(binDir).sort()).toEqual(['ambit-cni', INSTALLED_MARKER]);
+    installer().uninstall();
+    expect(readdirSync(binDir)).toEqual([]);
+  });
+
+  it('names a malformed config that holds its entry, still cleans the others, removes the marker and keeps the binary', () => {
+    writeJson('20-flannel.conflist', FLANNEL);
+    installer().install();
+    writeFileSync(join(confDir, '10-broken.conflist'), '{"plugins": [{"type": "ambit-cni"');
+    expect(() => installer().uninstall()).toThrow(/10-broken\.conflist: not valid JSON.*cannot remove the ambit-cni entry/);
+    // The entry left is in a file no runtime can load; without the marker a plugin run from it passes pods through.
+    expect(readJson('20-flannel.conflist')).toEqual(FLANNEL);
     expect(readdirSync(binDir)).toEqual(['ambit-cni']);
   });
 

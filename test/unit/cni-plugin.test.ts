@@ -5,7 +5,7 @@
  * "<exit code>\n<body>", or never answers.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -145,6 +145,17 @@ describe.skipIf(!compiler)('ambit-cni plugin' + (compiler ? '' : ' (skipped: no 
 
   const parse = (text: string): Record<string, unknown> => JSON.parse(text) as Record<string, unknown>;
 
+  /** Runs body with ambit installed on the "node": the marker next to the plugin, as the installer writes it. */
+  async function installed(body: (marker: string) => Promise<void>): Promise<void> {
+    const marker = `${plugin}.installed`;
+    writeFileSync(marker, 'ambit\n');
+    try {
+      await body(marker);
+    } finally {
+      rmSync(marker, { force: true });
+    }
+  }
+
   describe('VERSION, no-ops and bad commands', () => {
     it('VERSION reports the supported versions in the config cniVersion', async () => {
       const r = await run('VERSION', '{"cniVersion":"0.4.0"}');
@@ -245,7 +256,7 @@ describe.skipIf(!compiler)('ambit-cni plugin' + (compiler ? '' : ' (skipped: no 
   });
 
   describe('when the agent is absent, down or silent', () => {
-    it('no socket file: ADD passes prevResult through verbatim, DEL exits 0', async () => {
+    it('not installed (no marker) and no socket file: ADD passes prevResult through verbatim, DEL exits 0', async () => {
       const path = join(dir, 'missing', 'cni.sock');
       // Spacing kept on purpose: the output must be these very bytes.
       const prev = '{ "cniVersion": "1.0.0",  "ips": [ {"address": "10.1.2.3/24"} ] }';
@@ -263,17 +274,51 @@ describe.skipIf(!compiler)('ambit-cni plugin' + (compiler ? '' : ' (skipped: no 
       expect(parse(r.stdout)).toEqual({ cniVersion: '0.4.0' });
     });
 
-    it('a socket nobody listens on: ADD fails closed with code 11, DEL exits 0', async () => {
+    it('installed (marker) but no socket file, as after a reboot (/var/run is a tmpfs): ADD fails closed with code 11, DEL exits 0', async () => {
+      const path = join(dir, 'rebooted', 'cni.sock');
+      const cfg = config({ socket: path, prevResult: PREV });
+      await installed(async (marker) => {
+        const add = await run('ADD', cfg);
+        expect(add.code).toBe(1);
+        const result = parse(add.stdout);
+        expect(result).toMatchObject({ cniVersion: '1.0.0', code: 11, msg: `ambit node agent not running at ${path}` });
+        expect(String(result.details)).toContain(`ambit is installed on this node (${marker})`);
+        expect(String(result.details)).toMatch(/delete that file and the ambit-cni entry/);
+        const del = await run('DEL', cfg);
+        expect(del.code).toBe(0);
+        expect(del.stdout).toBe('');
+      });
+    });
+
+    it('a socket nobody listens on: ADD fails closed with code 11 when installed, DEL exits 0', async () => {
       const path = staleSocket();
       const cfg = config({ socket: path, prevResult: PREV });
-      const add = await run('ADD', cfg);
-      expect(add.code).toBe(1);
-      const result = parse(add.stdout);
-      expect(result).toMatchObject({ cniVersion: '1.0.0', code: 11, msg: `ambit node agent not reachable at ${path}` });
-      expect(String(result.details)).toMatch(/refused/i);
-      const del = await run('DEL', cfg);
-      expect(del.code).toBe(0);
-      expect(del.stdout).toBe('');
+      await installed(async () => {
+        const add = await run('ADD', cfg);
+        expect(add.code).toBe(1);
+        const result = parse(add.stdout);
+        expect(result).toMatchObject({ cniVersion: '1.0.0', code: 11, msg: `ambit node agent not reachable at ${path}` });
+        expect(String(result.details)).toMatch(/refused/i);
+        const del = await run('DEL', cfg);
+        expect(del.code).toBe(0);
+        expect(del.stdout).toBe('');
+      });
+    });
+
+    it('a socket nobody listens on and no marker (an uninstall cut short): ADD passes through', async () => {
+      const add = await run('ADD', config({ socket: staleSocket(), prevResult: PREV }));
+      expect(add.code).toBe(0);
+      expect(parse(add.stdout)).toEqual(PREV);
+    });
+
+    it('ADD without CNI_CONTAINERID is error 4 (the agent tells sandboxes apart by it)', async () => {
+      await withStandIn('0\n{}', async (agent) => {
+        const { CNI_CONTAINERID: _id, ...env } = POD_ENV;
+        const add = await run('ADD', config({ socket: agent.path, prevResult: PREV }), env);
+        expect(add.code).toBe(1);
+        expect(parse(add.stdout)).toMatchObject({ code: 4, msg: 'CNI_CONTAINERID is not set' });
+        expect(agent.requests).toEqual([]);
+      });
     });
 
     it('an agent that never answers: ADD times out after timeoutSeconds with code 11, DEL exits 0', async () => {
