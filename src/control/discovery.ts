@@ -182,7 +182,7 @@ export class DiscoveryServer {
         if (sub || subscribing) return fail(grpc.status.FAILED_PRECONDITION, 'already subscribed on this stream');
         subscribing = true;
         const { node, kind, name } = req.subscribe;
-        void this.authenticator.authenticate(call.metadata).then((caller) => {
+        void this.authenticator.authenticate(call.metadata, call.getPeer()).then((caller) => {
           if (kind !== 'node-agent' && kind !== 'waypoint') return fail(grpc.status.INVALID_ARGUMENT, `subscribe.kind must be node-agent or waypoint, got "${kind.slice(0, 64)}"`);
           // The kind is bound to the credential: a node agent's (no workload) subscribes only as
           // its own node, a waypoint's only as that waypoint.

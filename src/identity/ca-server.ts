@@ -21,11 +21,17 @@ export interface Caller {
   node: string;
   /** A workload credential: it may get exactly this identity, and subscribe as this waypoint. */
   workload?: { namespace: string; name: string; identity: string };
+  /** When the credential expires (ms since the epoch): a discovery stream is checked again then. */
+  expiresAt?: number;
 }
 
-/** Turns a call's credentials into a Caller, or throws CaError('UNAUTHENTICATED'). Kubernetes: a ServiceAccount token checked with TokenReview. */
+/**
+ * Turns a call's credentials into a Caller, or throws CaError('UNAUTHENTICATED'). Kubernetes: a
+ * ServiceAccount token checked with TokenReview. `peer` is the caller's address as gRPC gives it
+ * (`call.getPeer()`), for per-caller limits.
+ */
 export interface Authenticator {
-  authenticate(metadata: grpc.Metadata): Promise<Caller>;
+  authenticate(metadata: grpc.Metadata, peer?: string): Promise<Caller>;
 }
 
 /** The identities of the pods scheduled on a node (from the local cluster, or the Kubernetes API). */
@@ -127,7 +133,7 @@ export class CaServer {
         const ttl = Number(call.request.validity_duration);
         let node: string | undefined;
         void (async () => {
-          const caller = await opts.authenticator.authenticate(call.metadata);
+          const caller = await opts.authenticator.authenticate(call.metadata, call.getPeer());
           node = caller.node || `${caller.workload?.namespace}/${caller.workload?.name}`;
           if (caller.workload) {
             if (identity !== caller.workload.identity) throw new CaError('PERMISSION_DENIED', `the credential of ${caller.workload.namespace}/${caller.workload.name} is for ${caller.workload.identity} only, not ${identity}`);
@@ -143,7 +149,7 @@ export class CaServer {
         })().catch((err: unknown) => refuse(call, err, callback, { node, identity }));
       },
       GetTrustBundle: (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-        opts.authenticator.authenticate(call.metadata)
+        opts.authenticator.authenticate(call.metadata, call.getPeer())
           .then(() => callback(null, { roots: ca.trustBundle() }))
           .catch((err: unknown) => refuse(call, err, callback, {}));
       },

@@ -2,7 +2,7 @@ import { Metadata } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KubeClient } from '../../src/control/kube/client.js';
 import { CaError } from '../../src/identity/ca.js';
-import { NODE_NAME_EXTRA, TokenReviewAuthenticator, type TokenReviewOptions } from '../../src/identity/tokenreview.js';
+import { NODE_NAME_EXTRA, peerAddress, TokenReviewAuthenticator, type TokenReviewOptions } from '../../src/identity/tokenreview.js';
 import { FakeApiServer } from '../helpers/fake-apiserver.js';
 
 const server = new FakeApiServer([]);
@@ -96,4 +96,95 @@ describe('TokenReviewAuthenticator', () => {
     });
     expect(await refusal(broken.authenticate(md('agent-a')))).toMatch(/token review failed: HTTP 500: etcd is down/);
   });
+
+  it('keeps an accepted token until its expiry (its JWT exp), then asks again, and the caller carries that expiry', async () => {
+    let now = 2_000_000_000_000;
+    const token = jwt(now / 1000 + 60);
+    server.tokens.set(token, { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node', extra: { [NODE_NAME_EXTRA]: ['node-e'] } } });
+    const a = make({ now: () => now });
+    const start = server.tokenReviews.length;
+    await expect(a.authenticate(md(token))).resolves.toEqual({ node: 'node-e', expiresAt: now + 60_000 });
+    now += 59_000;
+    await expect(a.authenticate(md(token))).resolves.toEqual({ node: 'node-e', expiresAt: now + 1_000 });
+    expect(server.tokenReviews.length).toBe(start + 1);
+    // Expired: asked again (the API server now refuses it).
+    server.tokens.delete(token);
+    now += 1_001;
+    expect(await refusal(a.authenticate(md(token)))).toMatch(/invalid bearer token/);
+    expect(server.tokenReviews.length).toBe(start + 2);
+  });
+
+  it('keeps refused tokens apart: a flood of bad tokens evicts no accepted one', async () => {
+    const a = make({ maxEntries: 50, maxNegativeEntries: 50, rateLimit: { perSecond: 1e6, burst: 1e6 }, peerRateLimit: { perSecond: 1e6, burst: 1e6 } });
+    await a.authenticate(md('agent-a'));
+    await a.authenticate(md('waypoint'));
+    const reviews = server.tokenReviews.length;
+    for (let batch = 0; batch < 5; batch++) {
+      await Promise.all(Array.from({ length: 100 }, (_, i) => refusal(a.authenticate(md(`junk-${batch}-${i}`)))));
+    }
+    expect(server.tokenReviews.length).toBe(reviews + 500);
+    await expect(a.authenticate(md('agent-a'))).resolves.toEqual({ node: 'node-a' });
+    await expect(a.authenticate(md('waypoint'))).resolves.toMatchObject({ workload: { name: 'shop-waypoint' } });
+    expect(server.tokenReviews.length).toBe(reviews + 500);
+    // The negative cache is bounded: the oldest refused token is asked about again, the newest is not.
+    await refusal(a.authenticate(md('junk-4-99')));
+    expect(server.tokenReviews.length).toBe(reviews + 500);
+    await refusal(a.authenticate(md('junk-0-0')));
+    expect(server.tokenReviews.length).toBe(reviews + 501);
+  });
+
+  it('rate-limits reviews per caller address and in all: over the limit is refused at once without a review; cached tokens still pass', async () => {
+    let now = 3_000_000;
+    const a = make({ now: () => now, peerRateLimit: { perSecond: 1, burst: 3 }, rateLimit: { perSecond: 2, burst: 6 } });
+    const attacker = 'ipv4:10.0.0.66:40000';
+    await a.authenticate(md('agent-a'), attacker);
+    const reviews = server.tokenReviews.length;
+    for (let i = 0; i < 2; i++) expect(await refusal(a.authenticate(md(`flood-${i}`), attacker))).toMatch(/invalid bearer token/);
+    const t = performance.now();
+    for (let i = 2; i < 50; i++) expect(await refusal(a.authenticate(md(`flood-${i}`), attacker))).toBe('too many token reviews from 10.0.0.66: try again in 1000 ms');
+    expect(performance.now() - t).toBeLessThan(500);
+    expect(server.tokenReviews.length).toBe(reviews + 2);
+    expect(a.counts.limited).toBe(48);
+    // Its accepted token is cached: no review, no limit.
+    await expect(a.authenticate(md('agent-a'), attacker)).resolves.toEqual({ node: 'node-a' });
+    // Another caller still gets reviews, until the global bucket (6, 3 taken) is empty.
+    await expect(a.authenticate(md('waypoint'), '10.0.0.7:5000')).resolves.toMatchObject({ workload: { name: 'shop-waypoint' } });
+    await refusal(a.authenticate(md('other-1'), '[fd00::8]:5000'));
+    await refusal(a.authenticate(md('other-2'), '[fd00::9]:5000'));
+    expect(await refusal(a.authenticate(md('other-3'), '[fd00::a]:5000'))).toBe('too many token reviews: try again in 500 ms');
+    expect(server.tokenReviews.length).toBe(reviews + 5);
+    // Buckets refill with time.
+    now += 1_000;
+    expect(await refusal(a.authenticate(md('flood-50'), attacker))).toMatch(/invalid bearer token/);
+    expect(server.tokenReviews.length).toBe(reviews + 6);
+  });
+
+  it('refuses an over-long token unread, and a review the API server does not answer in time (not cached)', async () => {
+    const a = make();
+    const reviews = server.tokenReviews.length;
+    expect(await refusal(a.authenticate(md('x'.repeat(20_000))))).toBe('bearer token of 20000 bytes: longer than the 16384 a ServiceAccount token may have');
+    expect(server.tokenReviews.length).toBe(reviews);
+    let calls = 0;
+    const hung = new TokenReviewAuthenticator({
+      client: { request: () => { calls++; return new Promise(() => undefined); } }, trustDomain: 'cluster.local', isWaypoint: () => false, reviewTimeoutMs: 100,
+    });
+    const t = performance.now();
+    expect(await refusal(hung.authenticate(md('agent-a')))).toBe('token review failed: no answer from the API server within 100 ms');
+    expect(performance.now() - t).toBeLessThan(2_000);
+    await refusal(hung.authenticate(md('agent-a')));
+    expect(calls).toBe(2);
+  });
+
+  it('reads the caller address out of gRPC peers', () => {
+    expect(peerAddress('127.0.0.1:5555')).toBe('127.0.0.1');
+    expect(peerAddress('ipv4:10.1.2.3:80')).toBe('10.1.2.3');
+    expect(peerAddress('[fd00::1]:5555')).toBe('fd00::1');
+    expect(peerAddress('ipv6:[::1]:1')).toBe('::1');
+    expect(peerAddress(undefined)).toBe('');
+  });
 });
+
+/** A JWT-shaped token (unsigned: the stand-in API server vouches for it) expiring at `exp` (s). */
+function jwt(exp: number): string {
+  return ['eyJhbGciOiJSUzI1NiJ9', Buffer.from(JSON.stringify({ exp, sub: 'system:serviceaccount:ambit-system:ambit-node' })).toString('base64url'), 'c2ln'].join('.');
+}
