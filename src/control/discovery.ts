@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { Logger } from 'pino';
-import { authorization, type Authenticator, type Credential } from '../identity/ca-server.js';
+import { authorization, type Authenticator, type Caller, type Credential } from '../identity/ca-server.js';
 import { CaError } from '../identity/ca.js';
 import { silentLogger } from '../telemetry/log.js';
 import { packageRoot } from '../util/package.js';
@@ -98,6 +98,17 @@ interface SubscriberState {
   needFull: boolean;
   lastAck?: string;
   lastNack?: { version: string; error: string };
+  /** When its credential is checked again (its expiry, or recheckMs from the last check). */
+  recheck?: NodeJS.Timeout;
+}
+
+export interface DiscoveryServerOptions {
+  /**
+   * A stream's credential is checked again when it expires (Caller.expiresAt) and at least this
+   * often (ms; default 5 min), so a revoked one is noticed; if it is no longer good the stream is
+   * closed with UNAUTHENTICATED and the subscriber reconnects with its current token.
+   */
+  recheckMs?: number;
 }
 
 export interface SubscriberStatus {
@@ -111,6 +122,9 @@ export interface SubscriberStatus {
 interface Encoded { type: string; json: string; hash: string }
 /** Encoded models kept for subscribers that have not caught up yet. */
 const HISTORY = 8;
+
+/** Whether a credential's expiry (by this controller's clock) has passed; API servers accept tokens a little after it. */
+const expired = (caller: Caller): boolean => caller.expiresAt !== undefined && caller.expiresAt <= Date.now();
 
 const hashOf = (json: string) => createHash('sha256').update(json).digest('base64url').slice(0, 16);
 
@@ -130,7 +144,11 @@ export class DiscoveryServer {
   /** Called whenever a subscriber connects, leaves, ACKs or NACKs. */
   onStatus?: (status: SubscriberStatus[]) => void;
 
-  constructor(private readonly authenticator: Authenticator, private readonly log: Logger = silentLogger) {}
+  private readonly recheckMs: number;
+
+  constructor(private readonly authenticator: Authenticator, private readonly log: Logger = silentLogger, opts: DiscoveryServerOptions = {}) {
+    this.recheckMs = opts.recheckMs ?? 5 * 60_000;
+  }
 
   private changed(): void {
     this.onStatus?.(this.status());
@@ -183,6 +201,7 @@ export class DiscoveryServer {
         subscribing = true;
         const { node, kind, name } = req.subscribe;
         void this.authenticator.authenticate(call.metadata, call.getPeer()).then((caller) => {
+          if (expired(caller)) return fail(grpc.status.UNAUTHENTICATED, `credential expired at ${new Date(caller.expiresAt!).toISOString()}: reconnect with a fresh token`);
           if (kind !== 'node-agent' && kind !== 'waypoint') return fail(grpc.status.INVALID_ARGUMENT, `subscribe.kind must be node-agent or waypoint, got "${kind.slice(0, 64)}"`);
           // The kind is bound to the credential: a node agent's (no workload) subscribes only as
           // its own node, a waypoint's only as that waypoint.
@@ -195,6 +214,7 @@ export class DiscoveryServer {
           this.log.info({ node, kind, name, lastVersion: req.subscribe?.last_version }, 'subscriber connected');
           this.push(sub, true);
           this.changed();
+          this.recheck(sub, caller, fail);
         }, (err: unknown) => fail(grpc.status.UNAUTHENTICATED, err instanceof CaError ? err.message : 'authentication failed'));
         return;
       }
@@ -220,6 +240,7 @@ export class DiscoveryServer {
       }
     });
     const drop = () => {
+      clearTimeout(sub?.recheck);
       if (sub) {
         if (this.subscribers.delete(sub)) this.changed();
         this.log.info({ node: sub.node, kind: sub.kind, name: sub.name }, 'subscriber disconnected');
@@ -228,6 +249,34 @@ export class DiscoveryServer {
     call.on('end', () => { drop(); call.end(); });
     call.on('error', drop);
     call.on('cancelled', drop);
+  }
+
+  /**
+   * Checks the stream's credential again when it expires (or after recheckMs): still good and
+   * still the same caller keeps the stream; otherwise it is closed with UNAUTHENTICATED.
+   */
+  private recheck(sub: SubscriberState, caller: Caller, fail: (code: grpc.status, details: string) => void): void {
+    const due = Math.min(caller.expiresAt ?? Infinity, Date.now() + this.recheckMs);
+    sub.recheck = setTimeout(() => {
+      if (!this.subscribers.has(sub)) return;
+      const who = { node: sub.node, kind: sub.kind, name: sub.name };
+      this.authenticator.authenticate(sub.call.metadata, sub.call.getPeer()).then((again) => {
+        if (!this.subscribers.has(sub)) return;
+        if (expired(again)) {
+          this.log.info(who, 'credential expired: stream closed');
+          return fail(grpc.status.UNAUTHENTICATED, `credential expired at ${new Date(again.expiresAt!).toISOString()}: reconnect with a fresh token`);
+        }
+        if (again.node !== caller.node || again.workload?.identity !== caller.workload?.identity) {
+          return fail(grpc.status.UNAUTHENTICATED, 'the credential now names another caller: reconnect');
+        }
+        this.recheck(sub, again, fail);
+      }, (err: unknown) => {
+        if (!this.subscribers.has(sub)) return;
+        this.log.info({ ...who, err: err instanceof Error ? err.message : String(err) }, 'credential no longer valid: stream closed');
+        fail(grpc.status.UNAUTHENTICATED, `credential no longer valid (${err instanceof CaError ? err.message : 'authentication failed'}): reconnect with a fresh token`);
+      });
+    }, Math.min(Math.max(0, due - Date.now()), 2 ** 31 - 1));
+    sub.recheck.unref();
   }
 
   private forget(version: string): void {

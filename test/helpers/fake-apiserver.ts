@@ -8,7 +8,8 @@
  *   ADDED/MODIFIED/DELETED after N from its history, then live ones; BOOKMARK on request; an
  *   ERROR event with a 410 Status when N is older than the compacted history;
  * - `PATCH .../<name>/status` (merge patch) recorded in `statusPatches` and applied;
- * - `POST /apis/authentication.k8s.io/v1/tokenreviews` answered from `tokens`;
+ * - `POST /apis/authentication.k8s.io/v1/tokenreviews` answered from `tokens`; `issueToken` makes
+ *   a JWT-shaped token that is accepted until its `exp` and refused as expired after it;
  * - GET of one object; `PATCH` of an object with `application/apply-patch+yaml` (server-side
  *   apply: the body replaces the object, uid and status kept; recorded in `applyPatches`) or
  *   `application/merge-patch+json` (RFC 7386); `DELETE` of an object. A namespaced write into a
@@ -59,6 +60,8 @@ export class FakeApiServer {
   readonly tokenReviews: unknown[] = [];
   /** token → answer; unknown tokens are not authenticated. */
   readonly tokens = new Map<string, TokenReviewAnswer>();
+  /** Tokens made by issueToken → when they expire (ms since the epoch). */
+  private readonly tokenExpiry = new Map<string, number>();
   /** What `GET /version` answers. */
   version: Record<string, string> = { major: '1', minor: '30', gitVersion: 'v1.30.0' };
   /** Answers the API server's pod proxy: (namespace, pod, port, path) → status and body; undefined → 503. */
@@ -72,6 +75,19 @@ export class FakeApiServer {
       this.objects.set(this.kindKey(k), new Map());
       this.history.set(this.kindKey(k), []);
     }
+  }
+
+  /**
+   * A short-lived token, as the kubelet's projected tokens are: JWT-shaped (unsigned) with an
+   * `exp` `ttlMs` from now, answered with `answer` until then and refused as expired after.
+   */
+  issueToken(answer: TokenReviewAnswer, ttlMs: number): string {
+    const exp = Math.ceil((Date.now() + ttlMs) / 1000);
+    const payload = Buffer.from(JSON.stringify({ exp, iat: Math.floor(Date.now() / 1000), sub: answer.user?.username ?? '', jti: Math.random().toString(36).slice(2) })).toString('base64url');
+    const token = `eyJhbGciOiJSUzI1NiJ9.${payload}.c3RhbmQtaW4`;
+    this.tokens.set(token, answer);
+    this.tokenExpiry.set(token, exp * 1000);
+    return token;
   }
 
   /** Starts serving a kind (a CRD installed later). */
@@ -223,7 +239,10 @@ export class FakeApiServer {
     if (req.method === 'POST' && url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews') {
       const review = JSON.parse(text) as { spec?: { token?: string; audiences?: string[] } };
       this.tokenReviews.push(review);
-      const answer = this.tokens.get(review.spec?.token ?? '') ?? { authenticated: false, error: 'invalid bearer token' };
+      const expiry = this.tokenExpiry.get(review.spec?.token ?? '');
+      const answer = expiry !== undefined && expiry <= Date.now()
+        ? { authenticated: false, error: '[invalid bearer token, service account token has expired]' }
+        : this.tokens.get(review.spec?.token ?? '') ?? { authenticated: false, error: 'invalid bearer token' };
       return this.send(res, 201, { kind: 'TokenReview', apiVersion: 'authentication.k8s.io/v1', metadata: { creationTimestamp: null }, spec: review.spec, status: answer });
     }
     if (req.method === 'GET' && url.pathname === '/version') return this.send(res, 200, this.version);
