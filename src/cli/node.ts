@@ -1,14 +1,14 @@
 /** `ambit node`: the node agent process (the local runtime starts one per node; Kubernetes, a DaemonSet). */
 import { existsSync, rmSync } from 'node:fs';
-import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { cgroup2Mount } from '../ebpf/mounts.js';
 import { splitPemBundle } from '../identity/pki.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { ClusterLayout, netnsPath } from '../local/layout.js';
-import { AdminServer, ADMIN_PORT } from '../node/admin.js';
-import { HEALTH_PORT, METRICS_PORT, NodeAgent, serveTelemetry, type PodLocator } from '../node/agent.js';
+import { AdminServer, ADMIN_PORT, adminRoutes, serveAdmin, type AdminSources } from '../node/admin.js';
+import { HEALTH_PORT, METRICS_PORT, NodeAgent, type PodLocator } from '../node/agent.js';
+import { serveTelemetry } from '../node/telemetry-http.js';
 import type { Logger } from 'pino';
 import type { KubeClient } from '../control/kube/client.js';
 import { CniInstaller } from '../node/cni-install.js';
@@ -16,6 +16,7 @@ import { CniServer } from '../node/cni-server.js';
 import { ProcPodLocator } from '../node/pod-locator.js';
 import { DaemonSetWatch } from '../node/uninstall.js';
 import { logger } from '../telemetry/log.js';
+import { listenUnix, localServer, sendJson } from '../util/local-http.js';
 import { report, type Check } from './checks.js';
 import { CliError } from './errors.js';
 import { readFlagFile, tokenFile } from './files.js';
@@ -149,9 +150,10 @@ export function register(program: Command): void {
       // the health port for `ambit check --kube`.
       let checks: ReturnType<typeof runChecks> | undefined;
       const nodeReport = async () => report([...await (checks ??= runChecks()), ...(k8s?.checks() ?? [])]);
-      const servers = await serveTelemetry(agent, opts.telemetryHost, telemetry.metrics, telemetry.health, nodeReport);
-      const adminServer = await AdminServer.start({ certificates: agent.certs, agent, logger: log }, admin.host, admin.port);
-      const control = opts.controlSocket ? await serveControl(agent, opts.controlSocket) : undefined;
+      const servers = await serveTelemetry(agent, opts.telemetryHost, telemetry.metrics, telemetry.health, nodeReport, log);
+      const adminSources: AdminSources = { certificates: agent.certs, agent, logger: log, ...(opts.controlSocket ? { changesAt: opts.controlSocket } : {}) };
+      const adminServer = await AdminServer.start(adminSources, admin.host, admin.port);
+      const control = opts.controlSocket ? await serveControl(agent, opts.controlSocket, adminSources, log) : undefined;
       log.info({ node: opts.node, pinRoot, cgroup }, 'node agent started');
       let stopping = false;
       const stop = (signal: string) => {
@@ -175,22 +177,34 @@ export function register(program: Command): void {
     });
 }
 
-/** `GET /v1/pods/<uid>?timeoutMs=N` on a unix socket: the runtime starts a meshed pod's processes once this answers. */
-async function serveControl(agent: NodeAgent, path: string): Promise<{ close(): void }> {
-  rmSync(path, { force: true });
-  const server = createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://agent');
-    const m = /^\/v1\/pods\/([^/]+)$/.exec(url.pathname);
-    const json = (status: number, body: unknown) => res.writeHead(status, { 'content-type': 'application/json' }).end(`${JSON.stringify(body)}\n`);
-    if (!m || req.method !== 'GET') return json(404, { error: 'GET /v1/pods/<uid>' });
-    const timeoutMs = Math.min(60_000, Math.max(0, Number(url.searchParams.get('timeoutMs') ?? 10_000) || 0));
-    agent.podReadiness(decodeURIComponent(m[1]!), timeoutMs).then(
-      (r) => (r ? json(200, r) : json(504, { error: `pod not settled within ${timeoutMs} ms`, version: agent.version })),
-      (err: Error) => json(500, { error: err.message }),
-    );
+/**
+ * The agent's control socket (a unix socket, mode 0600: root only). `GET /v1/pods/<uid>?timeoutMs=N`:
+ * the runtime starts a meshed pod's processes once this answers. It also serves the admin routes,
+ * and is the only place that changes the agent (`POST /logging?level=debug`): the admin port
+ * can be reached by any process on the node.
+ */
+export async function serveControl(agent: Pick<NodeAgent, 'podReadiness' | 'version'>, path: string, admin: AdminSources, log: Logger): Promise<{ close(): void }> {
+  // A readiness question may wait up to 60 s for its answer.
+  const server = localServer({ name: 'control socket', log, json: true, limits: { idleTimeoutMs: 70_000 } }, async (req, res) => {
+    if (serveAdmin(admin, true, req, res)) return;
+    const [v1, pods, uid, ...rest] = req.segments;
+    if (v1 !== 'v1' || pods !== 'pods' || !uid || rest.length) return sendJson(res, 404, { error: `no route ${req.path}: GET /v1/pods/<uid>`, routes: ['/v1/pods/<uid>', ...adminRoutes(admin)] });
+    if (req.method !== 'GET') return sendJson(res, 405, { error: `${req.method} not allowed: GET /v1/pods/<uid>` });
+    const asked = req.query.get('timeoutMs') ?? '10000';
+    if (!/^\d{1,9}$/.test(asked)) return sendJson(res, 400, { error: `timeoutMs must be a number of milliseconds, got ${JSON.stringify(asked.slice(0, 32))}` });
+    const timeoutMs = Math.min(60_000, Number(asked));
+    const r = await agent.podReadiness(uid, timeoutMs);
+    if (r) sendJson(res, 200, r);
+    else sendJson(res, 504, { error: `pod not settled within ${timeoutMs} ms`, version: agent.version });
   });
-  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(path, resolve));
-  return { close: () => { server.close(); rmSync(path, { force: true }); } };
+  await listenUnix(server, path);
+  return {
+    close: () => {
+      server.close();
+      server.closeAllConnections();
+      rmSync(path, { force: true });
+    },
+  };
 }
 
 export const CONTROL_SOCKET = (stateDir: string, node: string) => join(stateDir, 'nodes', node, 'agent.sock');

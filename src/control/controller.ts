@@ -3,9 +3,10 @@
  * (src/identity) and the discovery stream of the mesh model built from its config source.
  */
 import { renameSync, writeFileSync } from 'node:fs';
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import type { Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import type { Logger } from 'pino';
 import { CertificateAuthority, FileCaStore, readPluginCa } from '../identity/ca.js';
 import { CaServer, type Authenticator, type NodeDirectory } from '../identity/ca-server.js';
 import { TokenReviewAuthenticator } from '../identity/tokenreview.js';
@@ -16,6 +17,7 @@ import { TrustBundlePublisher } from './kube/trust-bundle.js';
 import { isWaypointGateway, WaypointReconciler } from './kube/waypoints.js';
 import { resolveValues, ValuesError } from '../install/values.js';
 import { logger } from '../telemetry/log.js';
+import { HttpError, listenTcp, localServer } from '../util/local-http.js';
 import { DiscoveryServer, discoveryService } from './discovery.js';
 import { LocalClusterSource, LocalCredentials, LocalNodeDirectory, type ConfigSource } from './local-source.js';
 import { ManifestDirSource, MergedSource } from './manifest-source.js';
@@ -164,14 +166,15 @@ class LeaderDuties {
 }
 
 /** `GET /healthz/ready`: 200 once `ready` gives no reason not to be (the first config snapshot turned into a model). */
-function serveReadiness(health: { host: string; port: number }, ready: () => string | undefined): Promise<HttpServer> {
-  const server = createHttpServer((req, res) => {
-    if ((req.url ?? '/').split('?')[0] !== '/healthz/ready') return void res.writeHead(404).end('not found: try /healthz/ready\n');
+function serveReadiness(health: { host: string; port: number }, ready: () => string | undefined, log: Logger): Promise<HttpServer> {
+  const server = localServer({ name: 'health', log }, (req, res) => {
+    if (req.path !== '/healthz/ready') throw new HttpError(404, 'not found: try /healthz/ready');
+    if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, `${req.method} not allowed: GET /healthz/ready`);
     const why = ready();
     if (why) res.writeHead(503).end(`not ready: ${why}\n`);
     else res.writeHead(200).end('ready\n');
   });
-  return new Promise((resolve, reject) => server.once('error', reject).listen(health.port, health.host, () => resolve(server)));
+  return listenTcp(server, health.port, health.host);
 }
 
 export async function runController(opts: ControllerOptions): Promise<CaServer> {
@@ -228,7 +231,7 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
   });
   duties?.start();
   // Served once the CA serves: readiness waits only for the first model.
-  const health = opts.health ? await serveReadiness(opts.health, () => (modelled ? undefined : 'no config snapshot from the source yet')) : undefined;
+  const health = opts.health ? await serveReadiness(opts.health, () => (modelled ? undefined : 'no config snapshot from the source yet'), log) : undefined;
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.once(signal, () => {
       log.info({ signal }, 'controller stopping');

@@ -1,7 +1,7 @@
 /**
  * `ambit local runtime`: the long-running process of one local cluster. It owns the Runtime
  * and answers the CLI on a unix socket in the cluster's state directory (HTTP + JSON, root
- * only: the directory is 0700).
+ * only: the socket is 0600 in a 0700 directory; a hardened local server, `src/util/local-http.ts`).
  *
  *   GET  /v1/status                          the cluster
  *   POST /v1/apply   {inputs}                apply manifests (all or nothing)
@@ -10,8 +10,9 @@
  *   POST /v1/shutdown                        stop every pod and exit (the state stays)
  */
 import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { logger } from '../telemetry/log.js';
+import { listenUnix, localServer } from '../util/local-http.js';
 import { LocalError } from './errors.js';
 import type { ClusterLayout } from './layout.js';
 import type { ManifestInput } from './manifests.js';
@@ -65,37 +66,34 @@ export async function runDaemon(layout: ClusterLayout, nodes: number | undefined
     return stopping;
   };
 
-  const server = createServer((req, res) => {
-    void (async () => {
-      try {
-        const url = new URL(req.url ?? '/', 'http://runtime');
-        const route = `${req.method} ${url.pathname}`;
-        if (route === 'GET /v1/status') return send(res, 200, await runtime.status());
-        if (route === 'POST /v1/apply') return send(res, 200, await runtime.apply(inputsOf(await readJson(req))));
-        if (route === 'POST /v1/delete') return send(res, 200, await runtime.delete(inputsOf(await readJson(req))));
-        if (route === 'GET /v1/exec' || route === 'GET /v1/logs') {
-          const [ns, name] = (url.searchParams.get('pod') ?? '').split('/');
-          if (!ns || !name) throw new LocalError('expected pod=NAMESPACE/NAME');
-          const container = url.searchParams.get('container') ?? undefined;
-          return send(res, 200, route === 'GET /v1/exec' ? runtime.execTarget(ns, name, container) : { file: runtime.podLogFile(ns, name, container) });
-        }
-        if (route === 'POST /v1/shutdown') {
-          send(res, 200, { stopping: true });
-          await stop('shutdown requested');
-          process.exit(0);
-        }
-        send(res, 404, { error: `no route ${route}` });
-      } catch (err) {
-        if (err instanceof ApplyError) return send(res, 422, { error: err.message, diagnostics: err.diagnostics });
-        if (err instanceof LocalError || err instanceof SyntaxError) return send(res, 400, { error: err.message, hint: (err as LocalError).hint });
-        log.error({ err: (err as Error).stack }, 'request failed');
-        send(res, 500, { error: (err as Error).message });
+  // Applying manifests can take as long as the pods take to start: no idle limit on answers.
+  const server = localServer({ name: 'runtime socket', log, json: true, limits: { idleTimeoutMs: 0 } }, async (req, res) => {
+    try {
+      const route = `${req.method} ${req.path}`;
+      if (route === 'GET /v1/status') return send(res, 200, await runtime.status());
+      if (route === 'POST /v1/apply') return send(res, 200, await runtime.apply(inputsOf(await readJson(req.raw))));
+      if (route === 'POST /v1/delete') return send(res, 200, await runtime.delete(inputsOf(await readJson(req.raw))));
+      if (route === 'GET /v1/exec' || route === 'GET /v1/logs') {
+        const [ns, name] = (req.query.get('pod') ?? '').split('/');
+        if (!ns || !name) throw new LocalError('expected pod=NAMESPACE/NAME');
+        const container = req.query.get('container') ?? undefined;
+        return send(res, 200, route === 'GET /v1/exec' ? runtime.execTarget(ns, name, container) : { file: runtime.podLogFile(ns, name, container) });
       }
-    })();
+      if (route === 'POST /v1/shutdown') {
+        send(res, 200, { stopping: true });
+        await stop('shutdown requested');
+        process.exit(0);
+      }
+      send(res, 404, { error: `no route ${route}` });
+    } catch (err) {
+      if (err instanceof ApplyError) return send(res, 422, { error: err.message, diagnostics: err.diagnostics });
+      if (err instanceof LocalError || err instanceof SyntaxError) return send(res, 400, { error: err.message, hint: (err as LocalError).hint });
+      // Anything else: the hardened server logs it with the request and its stack, and answers 500.
+      throw err;
+    }
   });
-  rmSync(layout.socketPath, { force: true });
-  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(layout.socketPath, resolve));
-  chmodSync(layout.socketPath, 0o600);
+  // Made 0600 from its first moment (and the state directory is 0700).
+  await listenUnix(server, layout.socketPath);
   writeFileSync(layout.pidFile, `${process.pid}\n`);
   log.info({ socket: layout.socketPath, pid: process.pid }, 'runtime ready');
 

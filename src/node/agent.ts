@@ -15,7 +15,6 @@
  * keeps the pod's addresses and ambit's own hooks leave it alone.
  */
 import { existsSync } from 'node:fs';
-import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2';
 import { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -643,35 +642,5 @@ function identityNamespace(id: string | undefined): { namespace?: string } {
   return m ? { namespace: m[1] } : {};
 }
 
-/**
- * Serves `/metrics`, `/stats/prometheus` and `/healthz/ready`, as the mesh's dashboards and
- * probes expect, and `/healthz/check`: this node's requirements (`ambit check --json`), which
- * `ambit check --kube` reads from every agent through the API server.
- */
-export function serveTelemetry(agent: NodeAgent, host: string, metricsPort = METRICS_PORT, healthPort = HEALTH_PORT, nodeReport?: () => Promise<unknown>): Promise<HttpServer[]> {
-  const metrics = createHttpServer((req: IncomingMessage, res: ServerResponse) => {
-    const path = (req.url ?? '/').split('?')[0];
-    if (path !== '/metrics' && path !== '/stats/prometheus') {
-      res.writeHead(404).end('not found: try /metrics\n');
-      return;
-    }
-    agent.metrics.text().then((text) => {
-      res.writeHead(200, { 'content-type': agent.metrics.contentType }).end(text);
-    }, (err: Error) => res.writeHead(500).end(`${err.message}\n`));
-  });
-  const health = createHttpServer((req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
-    if (path === '/healthz/check' && nodeReport) {
-      nodeReport().then((r) => res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(r)}\n`), (err: Error) => res.writeHead(500).end(`${err.message}\n`));
-      return;
-    }
-    if (path !== '/healthz/ready') {
-      res.writeHead(404).end('not found: try /healthz/ready\n');
-      return;
-    }
-    if (agent.ready) res.writeHead(200).end('ready\n');
-    else res.writeHead(503).end('not ready: no config from the controller yet\n');
-  });
-  const listen = (server: HttpServer, port: number) => new Promise<HttpServer>((resolve, reject) => server.once('error', reject).listen(port, host, () => resolve(server)));
-  return Promise.all([listen(metrics, metricsPort), listen(health, healthPort)]);
-}
+/** Moved to its own module; kept here for callers that import it from the agent. */
+export { serveTelemetry } from './telemetry-http.js';

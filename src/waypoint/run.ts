@@ -3,7 +3,6 @@
  * follows the controller as a `waypoint` subscriber (its services, their L7 config, workloads),
  * and serves HBONE on 15008 with the L7 proxy.
  */
-import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Server } from 'node:net';
 import type { Logger } from 'pino';
 import { DiscoveryClient, type WireResource } from '../control/discovery.js';
@@ -16,6 +15,7 @@ import * as libc from '../../native/libc.js';
 import { tcpSocket } from '../node/netns.js';
 import { MeshMetrics, RequestMetrics, tcpLabels } from '../telemetry/metrics.js';
 import { createTracer, type TracingOptions } from '../telemetry/tracing.js';
+import { HttpError, listenTcp, localServer } from '../util/local-http.js';
 import { L7Authorizer } from './authz.js';
 import { WaypointProxy, type RequestRecord } from './proxy.js';
 import { Router } from './routing.js';
@@ -69,12 +69,13 @@ export class Waypoint {
     const server = createServer((socket) => void proxy.handle(socket));
     await new Promise<void>((resolve, reject) => server.once('error', reject).listen(opts.listen.port, opts.listen.host, resolve));
     // Prometheus on 15020, as the node agents and Istio's proxies serve it.
-    const metricsServer = createHttpServer((req, res) => {
-      const path = (req.url ?? '/').split('?')[0];
-      if (path !== '/metrics' && path !== '/stats/prometheus') return void res.writeHead(404).end('not found: try /metrics\n');
-      metrics.text().then((t) => res.writeHead(200, { 'content-type': metrics.contentType }).end(t), (err: Error) => res.writeHead(500).end(err.message));
+    const metricsServer = localServer({ name: 'metrics', log: opts.log }, async (req, res) => {
+      if (req.path !== '/metrics' && req.path !== '/stats/prometheus') throw new HttpError(404, 'not found: try /metrics');
+      if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, `${req.method} not allowed: GET /metrics`);
+      const text = await metrics.text();
+      res.writeHead(200, { 'content-type': metrics.contentType }).end(text);
     });
-    await new Promise<void>((resolve, reject) => metricsServer.once('error', reject).listen(opts.metricsPort ?? 15020, opts.listen.host, resolve));
+    await listenTcp(metricsServer, opts.metricsPort ?? 15020, opts.listen.host);
     opts.log.info({ identity, listen: opts.listen }, 'waypoint serving');
     return new Waypoint(identity, proxy, certs, discovery, server, async () => tracer.close());
   }

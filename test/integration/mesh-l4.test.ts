@@ -7,6 +7,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -294,8 +295,18 @@ spec: { mtls: { mode: STRICT } }
     });
     expect(open.path).toBe('hbone');
     process.kill(-hold.pid!, 'SIGKILL');
-    const set = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, '--node', 'node-1', '--', 'node', '-e',
-      'fetch("http://127.0.0.1:15000/logging?level=debug", { method: "POST" }).then((r) => r.text()).then((t) => process.stdout.write(t))'])) as { level: string };
+    // Changing the level is refused on TCP (any process on the node reaches it), served on the agent's 0600 control socket.
+    const tcp = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, '--node', 'node-1', '--', 'node', '-e',
+      'fetch("http://127.0.0.1:15000/logging?level=debug", { method: "POST" }).then(async (r) => process.stdout.write(JSON.stringify({ status: r.status, ...await r.json() })))'])) as { status: number; error: string };
+    expect(tcp.status).toBe(403);
+    expect(tcp.error).toContain('send it to the agent\'s control socket');
+    const set = await new Promise<{ level: string }>((resolve, reject) => {
+      request({ socketPath: join(stateDir, 'nodes', 'node-1', 'agent.sock'), path: '/logging?level=debug', method: 'POST' }, (r) => {
+        let b = '';
+        r.on('data', (c: Buffer) => { b += c.toString(); });
+        r.on('end', () => resolve(JSON.parse(b) as { level: string }));
+      }).on('error', reject).end();
+    });
     expect(set.level).toBe('debug');
     expect((await admin<{ level: string }>('node-1', '/logging')).level).toBe('debug');
   }, 60_000);
