@@ -11,7 +11,8 @@
  * - `POST /apis/authentication.k8s.io/v1/tokenreviews` answered from `tokens`; `issueToken` makes
  *   a JWT-shaped token that is accepted until its `exp` and refused as expired after it;
  * - GET of one object; `PATCH` of an object with `application/apply-patch+yaml` (server-side
- *   apply: the body replaces the object, uid and status kept; recorded in `applyPatches`) or
+ *   apply: the body replaces the object, uid and status kept; recorded in `applyPatches`; a
+ *   `metadata.resourceVersion` in the body is a precondition, 409 Conflict when stale) or
  *   `application/merge-patch+json` (RFC 7386); `DELETE` of an object. A namespaced write into a
  *   namespace that does not exist answers 404 when Namespaces are served;
  * - `POST` of a new object to its collection (409 AlreadyExists if it exists); `PUT` of one object,
@@ -356,6 +357,9 @@ export class FakeApiServer {
       if (!url.searchParams.get('fieldManager')) return this.status(res, 400, 'BadRequest', 'PATCH with apply-patch requires a fieldManager');
       const meta = (body.metadata ?? {}) as Record<string, unknown>;
       if (meta.name !== name || (namespace !== undefined && meta.namespace !== namespace)) return this.status(res, 400, 'BadRequest', 'the name or namespace of the body does not match the URL');
+      if (prev && meta.resourceVersion !== undefined && meta.resourceVersion !== prev.metadata.resourceVersion) {
+        return this.status(res, 409, 'Conflict', `Operation cannot be fulfilled on ${k.plural} "${name}": the object has been modified; please apply your changes to the latest version and try again`);
+      }
       next = { ...clone(body), metadata: { ...meta, ...(prev ? { uid: prev.metadata.uid } : {}) } };
     } else if (contentType === 'application/merge-patch+json') {
       if (!prev) return notFound();

@@ -63,13 +63,18 @@ describe('WaypointReconciler', () => {
   it('server-side applies the ServiceAccount, Deployment and Service of an ambit-waypoint Gateway', async () => {
     const gw = stored();
     await reconciler.reconcile([gw, { ...gateway(), metadata: { name: 'other', namespace: 'shop' }, spec: { gatewayClassName: 'istio' } }]);
-    expect(server.applyPatches.map((p) => p.path)).toEqual(OBJECT_PATHS);
-    for (const p of server.applyPatches) {
-      expect(p.contentType).toBe('application/apply-patch+yaml');
-      expect(p.query).toEqual({ fieldManager: FIELD_MANAGER, force: 'true' });
-      expect((p.body.metadata as any).labels).toMatchObject({ 'app.kubernetes.io/managed-by': 'ambit-controller', 'gateway.networking.k8s.io/gateway-name': 'reviews-wp' });
+    // Each read first, then created (POST fails rather than overwrite an object made meanwhile).
+    expect(writes()).toEqual(OBJECT_PATHS.map((path) => ({ method: 'POST', url: `${path.slice(0, path.lastIndexOf('/'))}?fieldManager=ambit-controller`, contentType: 'application/json' })));
+    for (const [kind, group] of [['ServiceAccount', ''], ['Deployment', 'apps'], ['Service', '']] as const) {
+      expect((server.get(kind, 'shop', 'reviews-wp', group) as any).metadata.labels).toMatchObject({ 'app.kubernetes.io/managed-by': 'ambit-controller', 'gateway.networking.k8s.io/gateway-name': 'reviews-wp' });
     }
     expect(FIELD_MANAGER).toBe('ambit-controller');
+    // Then server-side applied, at the resourceVersion just read.
+    const read = deployment().metadata.resourceVersion;
+    await reconciler.reconcile([stored({ 'ambit.dev/tracing-sampling': '5' })]);
+    const apply = server.applyPatches.at(-1)!;
+    expect(apply).toMatchObject({ path: OBJECT_PATHS[1], contentType: 'application/apply-patch+yaml', query: { fieldManager: FIELD_MANAGER, force: 'true' } });
+    expect((apply.body.metadata as any).resourceVersion).toBe(read);
     const d = deployment();
     expect(d.spec.template.spec.serviceAccountName).toBe('reviews-wp');
     expect(d.metadata.ownerReferences[0]).toMatchObject({ kind: 'Gateway', name: 'reviews-wp', uid: (gw.metadata as any).uid, controller: true });
@@ -83,9 +88,10 @@ describe('WaypointReconciler', () => {
     await reconciler.reconcile([stored()]);
     expect(server.requests.length).toBe(before);
 
+    const written = writes().length;
     await reconciler.reconcile([stored({ 'ambit.dev/tracing-endpoint': 'http://otel:4318' })]);
     expect(writes().slice(-1)).toEqual([expect.objectContaining({ method: 'PATCH', url: `${OBJECT_PATHS[1]}?fieldManager=ambit-controller&force=true` })]);
-    expect(server.requests.length).toBe(before + 1);
+    expect(writes().length).toBe(written + 1);
     expect(deployment().spec.template.spec.containers[0].args).toEqual(expect.arrayContaining(['--tracing-endpoint', 'http://otel:4318']));
   });
 
@@ -119,17 +125,67 @@ describe('WaypointReconciler', () => {
   });
 
   it('a failed apply is logged, never thrown, and retried on the next snapshot', async () => {
-    server.failNext('PATCH', '/deployments/', 500);
+    server.failNext('POST', '/deployments', 500);
     await expect(reconciler.reconcile([stored()])).resolves.toBeUndefined();
     expect(server.get('ServiceAccount', 'shop', 'reviews-wp')).toBeDefined();
     expect(server.get('Service', 'shop', 'reviews-wp')).toBeDefined();
     await new Promise((r) => setTimeout(r, 20));
     await reconciler.reconcile([stored()]);
     expect(deployment()).toBeDefined();
-    const deploymentPatches = server.requests.filter((r) => r.method === 'PATCH' && r.url.includes('/deployments/'));
-    expect(deploymentPatches).toHaveLength(2);
+    const deploymentWrites = server.requests.filter((r) => r.method === 'POST' && r.url.includes('/deployments'));
+    expect(deploymentWrites).toHaveLength(2);
     // The others were not sent again.
-    expect(server.requests.filter((r) => r.method === 'PATCH' && r.url.includes('/services/'))).toHaveLength(1);
+    expect(server.requests.filter((r) => r.method !== 'GET' && r.url.includes('/services'))).toHaveLength(1);
+  });
+
+  it('leaves alone a Service of the same name that is not its own, writes none of the waypoint\'s objects, and says why in the Gateway\'s status', async () => {
+    const mine = { metadata: { name: 'reviews-wp', namespace: 'shop', labels: { app: 'reviews' } }, spec: { selector: { app: 'reviews' }, ports: [{ name: 'http', port: 9080 }] } };
+    server.apply('Service', mine);
+    const before = server.get('Service', 'shop', 'reviews-wp');
+    server.apply('Gateway', { ...gateway(), status: { conditions: [{ type: 'Accepted', status: 'True', reason: 'Accepted', message: 'accepted by ambit' }] } }, 'gateway.networking.k8s.io');
+    const gw = server.get('Gateway', 'shop', 'reviews-wp', 'gateway.networking.k8s.io')!;
+    await reconciler.reconcile([gw]);
+    expect(server.get('Service', 'shop', 'reviews-wp')).toEqual(before);
+    // Its pods would otherwise be reached through someone else's Service: nothing is written.
+    expect(server.get('ServiceAccount', 'shop', 'reviews-wp')).toBeUndefined();
+    expect(deployment()).toBeUndefined();
+    expect(writes().map((r) => `${r.method} ${r.url}`)).toEqual(['PATCH /apis/gateway.networking.k8s.io/v1/namespaces/shop/gateways/reviews-wp/status']);
+    const conditions = () => (server.get('Gateway', 'shop', 'reviews-wp', 'gateway.networking.k8s.io') as any).status.conditions as any[];
+    expect(conditions().map((c) => [c.type, c.status, c.reason])).toEqual([['Accepted', 'True', 'Accepted'], ['Programmed', 'False', 'ObjectNotOwned']]);
+    expect(conditions()[1].message).toBe("Service/shop/reviews-wp exists and is not ambit's (no app.kubernetes.io/managed-by: ambit-controller label): ambit writes none of this waypoint's objects while one of their names is taken; delete or rename that object, or name the Gateway otherwise");
+
+    // The next snapshot (the Gateway now shows it) writes nothing again.
+    await new Promise((r) => setTimeout(r, 5));
+    await reconciler.reconcile([server.get('Gateway', 'shop', 'reviews-wp', 'gateway.networking.k8s.io')!]);
+    expect(writes()).toHaveLength(1);
+    expect(server.get('Service', 'shop', 'reviews-wp')).toEqual(before);
+
+    // Once that Service is gone, the waypoint's objects are made and the Gateway is Programmed.
+    server.delete('Service', 'shop', 'reviews-wp');
+    await expect.poll(async () => {
+      await reconciler.reconcile([server.get('Gateway', 'shop', 'reviews-wp', 'gateway.networking.k8s.io')!]);
+      return conditions().find((c) => c.type === 'Programmed')?.status;
+    }, { timeout: 5_000 }).toBe('True');
+    expect(deployment()).toBeDefined();
+    expect((server.get('Service', 'shop', 'reviews-wp') as any).metadata.labels['app.kubernetes.io/managed-by']).toBe('ambit-controller');
+    expect(conditions().map((c) => [c.type, c.status, c.reason])).toEqual([['Accepted', 'True', 'Accepted'], ['Programmed', 'True', 'Programmed']]);
+  });
+
+  it('does not make a waypoint run as a ServiceAccount that is someone else\'s, nor overwrite a Deployment of the install\'s template', async () => {
+    server.apply('ServiceAccount', { metadata: { name: 'reviews-wp', namespace: 'shop', labels: { 'app.kubernetes.io/managed-by': 'Helm' } } });
+    server.apply('Deployment', { metadata: { name: 'reviews-wp', namespace: 'shop', labels: { 'app.kubernetes.io/managed-by': 'ambit-install', 'gateway.networking.k8s.io/gateway-name': 'reviews-wp' } }, spec: { replicas: 3 } }, 'apps');
+    await reconciler.reconcile([stored()]);
+    expect(server.applyPatches).toHaveLength(0);
+    expect(server.requests.filter((r) => r.method === 'POST')).toHaveLength(0);
+    expect(deployment().spec).toEqual({ replicas: 3 });
+    expect(server.get('Service', 'shop', 'reviews-wp')).toBeUndefined();
+    const programmed = ((server.get('Gateway', 'shop', 'reviews-wp', 'gateway.networking.k8s.io') as any).status.conditions as any[]).find((c) => c.type === 'Programmed');
+    expect(programmed).toMatchObject({ status: 'False', reason: 'ObjectNotOwned' });
+    expect(programmed.message).toMatch(/^ServiceAccount\/shop\/reviews-wp exists and is not ambit's \(app.kubernetes.io\/managed-by: Helm\); Deployment\/shop\/reviews-wp exists and is not ambit's \(app.kubernetes.io\/managed-by: ambit-install\): /);
+    // Deleting the Gateway leaves them too.
+    await reconciler.reconcile([]);
+    expect(deployment()).toBeDefined();
+    expect(server.get('ServiceAccount', 'shop', 'reviews-wp')).toBeDefined();
   });
 
   it('an unreachable API server does not throw either', async () => {

@@ -13,6 +13,15 @@
  *   first pass the managed objects already in the cluster are listed, so those of a Gateway
  *   deleted while the controller was down go too (their ownerReferences make the garbage
  *   collector remove them anyway).
+ * - Only objects the controller owns are ever written: before writing, each of a waypoint's
+ *   objects is read; one that exists without the controller's labels for that gateway (nor a
+ *   controller reference to the Gateway) belongs to someone else — a Service or Deployment of the
+ *   same name, a ServiceAccount other pods run as — and then none of that waypoint's objects is
+ *   written (its pods would run as, or be reached through, an object that is not ambit's): the
+ *   Gateway gets `Programmed=False, reason ObjectNotOwned` naming the object, and the check is
+ *   retried with backoff; once the conflict is gone, `Programmed=True`. A missing object is
+ *   created (POST, which fails rather than overwrite one made meanwhile); an owned one is
+ *   applied with the resourceVersion just read as a precondition.
  * - A failed write is logged and retried, with exponential backoff per object, on the next
  *   snapshot or on a timer, whichever comes first. Nothing here ever throws into the caller.
  */
@@ -50,7 +59,13 @@ export interface WaypointReconcilerOptions {
   resyncMs?: number;
 }
 
-interface Ref { key: string; path: string; namespace: string; name: string; gateway: string }
+interface Ref { key: string; path: string; collection: string; namespace: string; name: string; gateway: string }
+/** What is in the cluster under a waypoint object's name. */
+type Found = { state: 'absent' } | { state: 'ours'; resourceVersion?: string } | { state: 'foreign'; why: string };
+
+/** The Programmed condition the controller writes on a waypoint's Gateway. */
+interface Condition { type: 'Programmed'; status: 'True' | 'False'; reason: string; message: string }
+export const NOT_OWNED_REASON = 'ObjectNotOwned';
 interface Failure { attempts: number; notBefore: number }
 
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
@@ -58,10 +73,8 @@ const message = (err: unknown): string => (err instanceof Error ? err.message : 
 function refOf(apiVersion: string, kind: string, namespace: string, name: string, gateway: string): Ref | undefined {
   const k = KINDS[`${apiVersion}/${kind}`];
   if (!k) return undefined;
-  return {
-    key: `${kind}/${namespace}/${name}`, namespace, name, gateway,
-    path: `${k.prefix}/namespaces/${encodeURIComponent(namespace)}/${k.plural}/${encodeURIComponent(name)}`,
-  };
+  const collection = `${k.prefix}/namespaces/${encodeURIComponent(namespace)}/${k.plural}`;
+  return { key: `${kind}/${namespace}/${name}`, namespace, name, gateway, collection, path: `${collection}/${encodeURIComponent(name)}` };
 }
 
 /** Whether a Gateway (as read from the API) declares a waypoint. */
@@ -80,6 +93,10 @@ export class WaypointReconciler {
   /** Gateway key (ns/name) → the objects written for it (what to delete once it is gone). */
   private readonly owned = new Map<string, Ref[]>();
   private readonly failures = new Map<string, Failure>();
+  /** Gateway key → why its objects are not written (objects of the same names that are not ours). */
+  private readonly conflicts = new Map<string, string>();
+  /** Gateway key → the Programmed condition last written, until the Gateway is seen carrying it. */
+  private readonly written = new Map<string, string>();
   private adopted = false;
   private latest: Record<string, unknown>[] | undefined;
   private readonly passes = new Coalescer(async () => {
@@ -102,6 +119,7 @@ export class WaypointReconciler {
     if (resyncMs > 0) {
       this.resyncTimer = setInterval(() => {
         this.applied.clear();
+        this.written.clear();
         if (this.latest) void this.reconcile(this.latest);
       }, resyncMs).unref();
     }
@@ -139,27 +157,26 @@ export class WaypointReconciler {
         continue;
       }
       const refs: Ref[] = [];
+      const desired = new Map<string, { ref: Ref; body: K8sObject; hash: string }>();
       for (const obj of objects) {
-        const desired = markManaged(obj);
-        const ref = refOf(desired.apiVersion, desired.kind, desired.metadata.namespace ?? '', desired.metadata.name, String(meta.name));
+        const body = markManaged(obj);
+        const ref = refOf(body.apiVersion, body.kind, body.metadata.namespace ?? '', body.metadata.name, String(meta.name));
         if (!ref) continue;
         refs.push(ref);
-        const hash = createHash('sha256').update(JSON.stringify(desired)).digest('hex');
-        if (this.applied.get(ref.key) === hash) continue;
-        if (!this.due(ref.key, now)) continue;
-        try {
-          const res = await this.client.request('PATCH', `${ref.path}?fieldManager=${FIELD_MANAGER}&force=true`, desired, 'application/apply-patch+yaml');
-          if (res.status < 200 || res.status >= 300) throw new Error(`HTTP ${res.status}: ${statusMessage(res.body)}`);
-          this.applied.set(ref.key, hash);
-          this.failures.delete(ref.key);
-          this.log.info({ gateway: gwKey, object: ref.key }, 'waypoint object applied');
-        } catch (err) {
-          this.failed(ref.key, now, { gateway: gwKey, object: ref.key, err: message(err) }, 'could not apply a waypoint object');
-        }
+        desired.set(ref.key, { ref, body, hash: createHash('sha256').update(JSON.stringify(body)).digest('hex') });
       }
+      const todo = [...desired.values()].filter((d) => this.applied.get(d.ref.key) !== d.hash && this.due(d.ref.key, now));
+      if (todo.length > 0) await this.write(gwKey, gateway, [...desired.values()], todo, now);
+      await this.programmed(gwKey, gateway, refs, now);
       // Keep what was written before too: a kind dropped from the template must still go on deletion.
       const prev = this.owned.get(gwKey) ?? [];
       this.owned.set(gwKey, [...refs, ...prev.filter((p) => !refs.some((r) => r.key === p.key))]);
+    }
+    for (const gwKey of [...this.conflicts.keys(), ...this.written.keys()]) {
+      if (present.has(gwKey)) continue;
+      this.conflicts.delete(gwKey);
+      this.written.delete(gwKey);
+      this.failures.delete(`status/${gwKey}`);
     }
     for (const [gwKey, refs] of [...this.owned]) {
       if (present.has(gwKey)) continue;
@@ -180,6 +197,108 @@ export class WaypointReconciler {
       }
       if (left.length > 0) this.owned.set(gwKey, left);
       else this.owned.delete(gwKey);
+    }
+  }
+
+  /**
+   * Writes a waypoint's objects that changed (`todo`) once all of its objects (`all`) are found
+   * absent or the controller's own: a missing one is created, an owned one applied with the
+   * resourceVersion read as a precondition. When any is someone else's, nothing is written.
+   */
+  private async write(gwKey: string, gateway: Record<string, unknown>, all: { ref: Ref; body: K8sObject }[], todo: { ref: Ref; body: K8sObject; hash: string }[], now: number): Promise<void> {
+    const uid = isObject(gateway.metadata) ? gateway.metadata.uid : undefined;
+    const found = new Map<string, Found>();
+    for (const { ref } of all) {
+      try {
+        found.set(ref.key, await this.find(ref, typeof uid === 'string' ? uid : undefined));
+      } catch (err) {
+        for (const t of todo) this.failed(t.ref.key, now, { gateway: gwKey, object: ref.key, err: message(err) }, 'could not read a waypoint object');
+        return;
+      }
+    }
+    const foreign = all.flatMap(({ ref }) => {
+      const f = found.get(ref.key)!;
+      return f.state === 'foreign' ? [`${ref.key} exists and is not ambit's (${f.why})`] : [];
+    });
+    if (foreign.length > 0) {
+      const why = `${foreign.join('; ')}: ambit writes none of this waypoint's objects while one of their names is taken; delete or rename that object, or name the Gateway otherwise`;
+      this.conflicts.set(gwKey, why);
+      for (const t of todo) this.failed(t.ref.key, now, { gateway: gwKey, object: t.ref.key, reason: NOT_OWNED_REASON, err: why }, 'waypoint object not owned by the controller: left alone');
+      return;
+    }
+    this.conflicts.delete(gwKey);
+    for (const { ref, body, hash } of todo) {
+      const f = found.get(ref.key)!;
+      try {
+        const res = f.state === 'absent'
+          ? await this.client.request('POST', `${ref.collection}?fieldManager=${FIELD_MANAGER}`, body)
+          : await this.client.request('PATCH', `${ref.path}?fieldManager=${FIELD_MANAGER}&force=true`,
+            f.state === 'ours' && f.resourceVersion ? { ...body, metadata: { ...body.metadata, resourceVersion: f.resourceVersion } } : body, 'application/apply-patch+yaml');
+        // 409: made or changed since it was read; it is read and judged again on the retry.
+        if (res.status < 200 || res.status >= 300) throw new Error(`HTTP ${res.status}: ${statusMessage(res.body)}`);
+        this.applied.set(ref.key, hash);
+        this.failures.delete(ref.key);
+        this.log.info({ gateway: gwKey, object: ref.key }, f.state === 'absent' ? 'waypoint object created' : 'waypoint object applied');
+      } catch (err) {
+        this.failed(ref.key, now, { gateway: gwKey, object: ref.key, err: message(err) }, 'could not apply a waypoint object');
+      }
+    }
+  }
+
+  /** Whether the object under a waypoint object's name is absent, the controller's for that gateway, or someone else's. */
+  private async find(ref: Ref, gatewayUid: string | undefined): Promise<Found> {
+    const got = await this.client.request('GET', ref.path);
+    if (got.status === 404) return { state: 'absent' };
+    if (got.status !== 200 || !isObject(got.body)) throw new Error(`HTTP ${got.status}: ${statusMessage(got.body)}`);
+    const meta = isObject(got.body.metadata) ? got.body.metadata : {};
+    const labels = isObject(meta.labels) ? meta.labels : {};
+    const rv = typeof meta.resourceVersion === 'string' ? { resourceVersion: meta.resourceVersion } : {};
+    if (labels[MANAGED_BY_LABEL] === MANAGED_BY && labels[WAYPOINT_GATEWAY_LABEL] === ref.gateway) return { state: 'ours', ...rv };
+    const owners = Array.isArray(meta.ownerReferences) ? meta.ownerReferences.filter(isObject) : [];
+    if (gatewayUid && owners.some((o) => o.kind === 'Gateway' && o.controller === true && o.uid === gatewayUid)) return { state: 'ours', ...rv };
+    const by = labels[MANAGED_BY_LABEL];
+    return { state: 'foreign', why: typeof by === 'string' ? `${MANAGED_BY_LABEL}: ${by.slice(0, 63)}` : `no ${MANAGED_BY_LABEL}: ${MANAGED_BY} label` };
+  }
+
+  /**
+   * The Gateway's Programmed condition: False (ObjectNotOwned) while one of its objects' names is
+   * taken; True once all of them are written after that. Written (merge patch of the status,
+   * other conditions kept, at the resourceVersion read) only when the Gateway does not show it.
+   */
+  private async programmed(gwKey: string, gateway: Record<string, unknown>, refs: Ref[], now: number): Promise<void> {
+    const conflict = this.conflicts.get(gwKey);
+    const shown = conditionsOf(gateway).find((c) => c.type === 'Programmed');
+    let want: Condition | undefined;
+    if (conflict) want = { type: 'Programmed', status: 'False', reason: NOT_OWNED_REASON, message: conflict };
+    else if (shown?.reason === NOT_OWNED_REASON && refs.every((r) => this.applied.has(r.key))) {
+      want = { type: 'Programmed', status: 'True', reason: 'Programmed', message: 'the waypoint\'s ServiceAccount, Deployment and Service are applied' };
+    }
+    if (!want) return;
+    const id = JSON.stringify(want);
+    if (shown && shown.status === want.status && shown.reason === want.reason && shown.message === want.message) {
+      this.written.delete(gwKey);
+      return;
+    }
+    const key = `status/${gwKey}`;
+    if (this.written.get(gwKey) === id || !this.due(key, now)) return;
+    const meta = isObject(gateway.metadata) ? gateway.metadata : {};
+    const path = `/apis/${String(gateway.apiVersion)}/namespaces/${encodeURIComponent(String(meta.namespace))}/gateways/${encodeURIComponent(String(meta.name))}`;
+    try {
+      // Read now, so that conditions others wrote since the snapshot (Accepted) are kept.
+      const got = await this.client.request('GET', path);
+      if (got.status !== 200 || !isObject(got.body)) throw new Error(`HTTP ${got.status}: ${statusMessage(got.body)}`);
+      const current = conditionsOf(got.body);
+      const generation = isObject(got.body.metadata) && typeof got.body.metadata.generation === 'number' ? { observedGeneration: got.body.metadata.generation } : {};
+      const rv = isObject(got.body.metadata) && typeof got.body.metadata.resourceVersion === 'string' ? { metadata: { resourceVersion: got.body.metadata.resourceVersion } } : {};
+      const condition = { ...want, ...generation, lastTransitionTime: new Date().toISOString().replace(/\.\d+Z$/, 'Z') };
+      const body = { ...rv, status: { conditions: [...current.filter((c) => c.type !== 'Programmed'), condition] } };
+      const res = await this.client.request('PATCH', `${path}/status`, body, 'application/merge-patch+json');
+      if (res.status < 200 || res.status >= 300) throw new Error(`HTTP ${res.status}: ${statusMessage(res.body)}`);
+      this.written.set(gwKey, id);
+      this.failures.delete(key);
+      this.log.info({ gateway: gwKey, condition: want }, 'waypoint status written');
+    } catch (err) {
+      this.failed(key, now, { gateway: gwKey, err: message(err) }, 'could not write the waypoint\'s status');
     }
   }
 
@@ -255,6 +374,10 @@ function markManaged(obj: K8sObject): K8sObject {
   const copy = JSON.parse(JSON.stringify(obj)) as K8sObject;
   copy.metadata.labels = { ...copy.metadata.labels, [MANAGED_BY_LABEL]: MANAGED_BY };
   return copy;
+}
+
+function conditionsOf(obj: Record<string, unknown>): Record<string, unknown>[] {
+  return isObject(obj.status) && Array.isArray(obj.status.conditions) ? obj.status.conditions.filter(isObject) : [];
 }
 
 function statusMessage(body: unknown): string {
