@@ -20,13 +20,11 @@ import * as tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { WorkloadCertificate } from '../identity/cert-manager.js';
 import { silentLogger } from '../telemetry/log.js';
+import { HBONE_CODE_HEADER, HBONE_CODES, HboneLimiter, hboneLimits, isHboneCode, refuseTunnel, type HboneCode, type HboneLimits } from './hbone-limits.js';
+
+export { HBONE_CODE_HEADER, HBONE_CODES, HboneLimiter, refuseTunnel, type HboneCode, type HboneLimits } from './hbone-limits.js';
 
 export const HBONE_PORT = 15008;
-
-/** Per-stream and per-connection HTTP/2 windows: large enough that one tunnel is not window-bound. */
-const STREAM_WINDOW = 4 * 1024 * 1024;
-const SESSION_WINDOW = 32 * 1024 * 1024;
-const H2_SETTINGS: http2.Settings = { initialWindowSize: STREAM_WINDOW, maxConcurrentStreams: 1000, enablePush: false };
 
 /** Node's TLS takes keys as PEM: each certificate's key is exported once, in memory only. */
 const keyPems = new WeakMap<WorkloadCertificate, string>();
@@ -50,6 +48,8 @@ export class HboneError extends Error {
     /** What the app should see: 'refused' (nothing listens, or policy said no), 'reset', 'timeout', 'unreachable'. */
     readonly kind: 'refused' | 'reset' | 'timeout' | 'unreachable',
     readonly status?: number,
+    /** The far end's `ambit-code`, when it refused the stream with a known one. */
+    readonly code?: HboneCode,
   ) {
     super(message);
   }
@@ -74,17 +74,25 @@ export interface HboneTarget {
   authority: string;
 }
 
-interface PoolEntry {
-  key: string;
-  session?: http2.ClientHttp2Session;
-  connecting?: Promise<http2.ClientHttp2Session>;
+/** One pooled connection and the streams it carries now. */
+interface PooledSession {
+  session: http2.ClientHttp2Session;
   streams: number;
   idle?: NodeJS.Timeout;
+}
+
+interface PoolEntry {
+  key: string;
+  sessions: PooledSession[];
+  connecting?: Promise<PooledSession>;
 }
 
 export interface HbonePoolOptions {
   idleMs?: number;
   connectTimeoutMs?: number;
+  /** Flow-control windows this client advertises (the response direction); the defaults are the server's. */
+  streamWindow?: number;
+  sessionWindow?: number;
   log?: Logger;
 }
 
@@ -92,6 +100,8 @@ export class HbonePool {
   private readonly entries = new Map<string, PoolEntry>();
   private readonly idleMs: number;
   private readonly connectTimeoutMs: number;
+  private readonly sessionWindow: number;
+  private readonly settings: http2.Settings;
   private readonly log: Logger;
   /** Connections made and reused, for metrics and tests. */
   readonly stats = { connections: 0, reused: 0 };
@@ -99,11 +109,17 @@ export class HbonePool {
   constructor(opts: HbonePoolOptions = {}) {
     this.idleMs = opts.idleMs ?? 60_000;
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
+    const windows = hboneLimits({ streamWindow: opts.streamWindow, sessionWindow: opts.sessionWindow });
+    this.sessionWindow = windows.sessionWindow;
+    this.settings = { initialWindowSize: windows.streamWindow, enablePush: false };
     this.log = opts.log ?? silentLogger;
   }
 
+  /** Open pooled connections. */
   get size(): number {
-    return [...this.entries.values()].filter((e) => e.session).length;
+    let n = 0;
+    for (const e of this.entries.values()) n += e.sessions.length;
+    return n;
   }
 
   /** A CONNECT stream, once the far end answered 200. */
@@ -111,19 +127,19 @@ export class HbonePool {
     const port = target.port ?? HBONE_PORT;
     const key = `${source.pod}|${source.cert.serial}|${target.identity}|${target.address}:${port}`;
     let entry = this.entries.get(key);
-    if (!entry) this.entries.set(key, (entry = { key, streams: 0 }));
-    const session = await this.session(entry, source, target, port);
-    entry.streams++;
-    clearTimeout(entry.idle);
-    const stream = session.request({ ':method': 'CONNECT', ':authority': target.authority, ...headers }, { endStream: false });
+    if (!entry) this.entries.set(key, (entry = { key, sessions: [] }));
+    // The stream's slot is taken by session(), before any other open() can see the connection.
+    const pooled = await this.session(entry, source, target, port);
+    clearTimeout(pooled.idle);
+    const stream = pooled.session.request({ ':method': 'CONNECT', ':authority': target.authority, ...headers }, { endStream: false });
     let released = false;
     const release = () => {
       if (released) return;
       released = true;
-      entry.streams--;
-      if (entry.streams === 0 && this.entries.get(key) === entry) {
-        entry.idle = setTimeout(() => this.drop(entry, 'idle'), this.idleMs);
-        entry.idle.unref();
+      pooled.streams--;
+      if (pooled.streams === 0 && entry.sessions.includes(pooled)) {
+        pooled.idle = setTimeout(() => this.drop(entry, pooled, 'idle'), this.idleMs);
+        pooled.idle.unref();
       }
     };
     stream.once('close', release);
@@ -136,8 +152,9 @@ export class HbonePool {
       stream.once('response', (h) => {
         const status = Number(h[':status']);
         if (status === 200) return resolve(stream);
-        const kind = status === 401 || status === 403 || status === 503 ? 'refused' : status === 504 ? 'timeout' : 'reset';
-        fail(new HboneError(`${target.authority} via ${target.address}:${port}: ${status} ${String(h['ambit-error'] ?? '')}`.trim(), kind, status));
+        const code = h[HBONE_CODE_HEADER];
+        const kind = status === 401 || status === 403 || status === 429 || status === 503 ? 'refused' : status === 504 ? 'timeout' : 'reset';
+        fail(new HboneError(`${target.authority} via ${target.address}:${port}: ${status}${typeof code === 'string' ? ` ${code}` : ''}`, kind, status, isHboneCode(code) ? code : undefined));
       });
       stream.once('error', (err) => fail(new HboneError(`${target.authority} via ${target.address}:${port}: ${err.message}`, 'reset')));
       stream.once('close', () => {
@@ -146,17 +163,35 @@ export class HbonePool {
     });
   }
 
-  private async session(entry: PoolEntry, source: HboneSource, target: HboneTarget, port: number): Promise<http2.ClientHttp2Session> {
-    const s = entry.session;
-    if (s && !s.closed && !s.destroyed) {
-      this.stats.reused++;
-      return s;
+  /**
+   * A connection of `entry` with room for one more stream (the server's SETTINGS say how many
+   * it takes), or a new one, with that stream's slot taken: beyond the server's cap, streams
+   * would wait unseen in nghttp2's queue rather than fail or flow.
+   */
+  private async session(entry: PoolEntry, source: HboneSource, target: HboneTarget, port: number): Promise<PooledSession> {
+    for (;;) {
+      for (const p of entry.sessions) {
+        const s = p.session;
+        if (s.closed || s.destroyed) continue;
+        if (p.streams < (s.remoteSettings.maxConcurrentStreams ?? Infinity)) {
+          p.streams++;
+          this.stats.reused++;
+          return p;
+        }
+      }
+      if (!entry.connecting) {
+        entry.connecting = this.connect(entry, source, target, port).finally(() => {
+          entry.connecting = undefined;
+          if (entry.sessions.length === 0 && this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
+        });
+        return entry.connecting;
+      }
+      // Another open() is connecting: its failure is ours too; once it is up, take it if it has room.
+      await entry.connecting;
     }
-    entry.connecting ??= this.connect(entry, source, target, port).finally(() => { entry.connecting = undefined; });
-    return entry.connecting;
   }
 
-  private connect(entry: PoolEntry, source: HboneSource, target: HboneTarget, port: number): Promise<http2.ClientHttp2Session> {
+  private connect(entry: PoolEntry, source: HboneSource, target: HboneTarget, port: number): Promise<PooledSession> {
     const family = target.address.includes(':') ? 6 : 4;
     return new Promise((resolve, reject) => {
       let raw: Socket;
@@ -186,46 +221,59 @@ export class HbonePool {
       const timer = setTimeout(() => secure.destroy(new HboneError(`connect to ${target.address}:${port} timed out`, 'timeout')), this.connectTimeoutMs);
       const session = http2.connect(`https://${family === 6 ? `[${target.address}]` : target.address}:${port}`, {
         createConnection: () => secure,
-        settings: H2_SETTINGS,
+        settings: this.settings,
       });
+      // Made for the open() that asked: its slot is taken.
+      const pooled: PooledSession = { session, streams: 1 };
       const onError = (err: Error & { code?: string }) => {
         clearTimeout(timer);
         const kind = err instanceof HboneError ? err.kind : err.code === 'ECONNREFUSED' ? 'refused' : err.code === 'ETIMEDOUT' ? 'timeout' : err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH' ? 'unreachable' : 'reset';
         reject(new HboneError(`HBONE to ${target.address}:${port}: ${err.message}`, kind));
-        this.drop(entry, err.message, session);
+        this.drop(entry, pooled, err.message);
       };
+      // A server that closes before its SETTINGS (a listener over its connection cap resets at once).
+      const onEarlyClose = () => onError(new HboneError(`HBONE to ${target.address}:${port}: the server closed the connection before HTTP/2 began (over its connection limit?)`, 'reset'));
       session.once('error', onError);
-      session.once('connect', () => {
+      session.once('close', onEarlyClose);
+      // Ready once connected and the server's SETTINGS (its stream cap) are known.
+      let connected = false;
+      let settled = false;
+      const ready = () => {
+        if (!connected || !settled) return;
         clearTimeout(timer);
         session.off('error', onError);
-        session.setLocalWindowSize(SESSION_WINDOW);
+        session.off('close', onEarlyClose);
+        session.setLocalWindowSize(this.sessionWindow);
         session.on('error', (err) => this.log.debug({ err: err.message, target: target.address }, 'HBONE connection error'));
-        session.once('close', () => this.drop(entry, 'closed', session));
-        session.once('goaway', () => this.drop(entry, 'goaway', session));
-        entry.session = session;
+        session.once('close', () => this.drop(entry, pooled, 'closed'));
+        session.once('goaway', () => this.drop(entry, pooled, 'goaway'));
+        if (this.entries.get(entry.key) !== entry) this.entries.set(entry.key, entry);
+        entry.sessions.push(pooled);
         this.stats.connections++;
-        resolve(session);
-      });
+        resolve(pooled);
+      };
+      session.once('connect', () => { connected = true; ready(); });
+      session.once('remoteSettings', () => { settled = true; ready(); });
     });
   }
 
-  private drop(entry: PoolEntry, why: string, session = entry.session): void {
-    if (session && entry.session !== session && entry.session) {
-      session.destroy();
-      return;
+  /** Forgets a connection: closed gracefully when idle, destroyed otherwise (streams in flight are reset). */
+  private drop(entry: PoolEntry, pooled: PooledSession, why: string): void {
+    clearTimeout(pooled.idle);
+    const i = entry.sessions.indexOf(pooled);
+    if (i >= 0) entry.sessions.splice(i, 1);
+    if (entry.sessions.length === 0 && !entry.connecting && this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
+    const s = pooled.session;
+    if (!s.destroyed) {
+      if (why === 'idle') s.close();
+      else s.destroy();
     }
-    clearTimeout(entry.idle);
-    if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
-    if (session && !session.destroyed) {
-      if (why === 'idle') session.close();
-      else session.destroy();
-    }
-    entry.session = undefined;
   }
 
   /** Closes every pooled connection (streams in flight are reset). */
   close(): void {
-    for (const entry of [...this.entries.values()]) this.drop(entry, 'shutdown');
+    for (const entry of [...this.entries.values()]) for (const p of [...entry.sessions]) this.drop(entry, p, 'shutdown');
+    this.entries.clear();
   }
 }
 
@@ -246,6 +294,17 @@ export interface HboneServerOptions {
   roots(): string[];
   onTunnel(stream: http2.ServerHttp2Stream, info: TunnelInfo): void;
   log?: Logger;
+  /** The node's shared accounting of peers and pods; a server without one has its own, made with `limits`. */
+  limiter?: HboneLimiter;
+  limits?: Partial<HboneLimits>;
+  /** This listener's pod in the limiter's per-pod counts and in refusal logs. */
+  pod?: string;
+}
+
+/** A server connection's open streams, and its idle timer while it has none. */
+interface ServerSession {
+  streams: number;
+  idle?: NodeJS.Timeout;
 }
 
 /** One workload's HBONE listener: accepted sockets are handed to `handle`. */
@@ -253,32 +312,65 @@ export class HboneServer {
   private readonly server: http2.Http2SecureServer;
   private serial = '';
   private bundle = '';
-  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly sessions = new Map<http2.Http2Session, ServerSession>();
+  readonly limiter: HboneLimiter;
+  private readonly limits: HboneLimits;
+  private readonly pod: string;
 
   constructor(private readonly opts: HboneServerOptions) {
+    this.limiter = opts.limiter ?? new HboneLimiter({ limits: opts.limits, log: opts.log });
+    this.limits = opts.limiter ? hboneLimits({ ...opts.limiter.limits, ...opts.limits }) : this.limiter.limits;
+    this.pod = opts.pod ?? `hbone-${randomUUID()}`;
+    const l = this.limits;
     this.server = http2.createSecureServer({
       requestCert: true,
       rejectUnauthorized: true,
       minVersion: 'TLSv1.3',
-      settings: H2_SETTINGS,
       allowHTTP1: false,
+      // Node's default is 120 s: a peer could hold a socket (and a connection slot) that long for one SYN.
+      handshakeTimeout: l.handshakeTimeoutMs,
+      unknownProtocolTimeout: l.handshakeTimeoutMs,
+      maxSessionMemory: l.maxSessionMemoryMb,
+      // A CONNECT has a handful of headers (authority, forwarded, trace context): no need for nghttp2's 64 KiB.
+      maxHeaderListPairs: 64,
+      settings: { initialWindowSize: l.streamWindow, maxConcurrentStreams: l.maxStreamsPerConnection, maxHeaderListSize: 16 * 1024, enablePush: false },
     });
     this.server.on('session', (session) => {
-      this.sessions.add(session);
-      session.setLocalWindowSize(SESSION_WINDOW);
-      session.once('close', () => this.sessions.delete(session));
+      const state: ServerSession = { streams: 0 };
+      this.sessions.set(session, state);
+      session.setLocalWindowSize(l.sessionWindow);
+      this.idleWhenEmpty(session, state);
+      session.once('close', () => {
+        clearTimeout(state.idle);
+        this.sessions.delete(session);
+      });
       session.on('error', () => { /* the socket's end is reported by its streams */ });
     });
     this.server.on('stream', (stream, headers) => this.stream(stream, headers));
-    this.server.on('tlsClientError', (err, socket) => {
+    this.server.on('tlsClientError', (err: Error & { code?: string }, socket) => {
+      const remote = socket.remoteAddress ?? '';
       // A TCP probe (connect, close) hangs up before any handshake: that is not worth a line.
-      if (err.message === 'socket hang up' || (err as NodeJS.ErrnoException).code === 'ECONNRESET') opts.log?.debug({ remote: socket.remoteAddress }, 'connection closed before the TLS handshake');
-      else opts.log?.info({ err: err.message, remote: socket.remoteAddress }, 'HBONE handshake refused');
+      if (err.message === 'socket hang up' || err.code === 'ECONNRESET') opts.log?.debug({ remote }, 'connection closed before the TLS handshake');
+      else if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') this.limiter.refuse('handshake_timeout', { peer: remote, pod: this.pod, timeoutMs: l.handshakeTimeoutMs });
+      else this.limiter.refuse('handshake_failed', { peer: remote, pod: this.pod, err: err.message });
     });
   }
 
   async handle(socket: Socket): Promise<void> {
     socket.on('error', () => { /* a reset before the handshake */ });
+    const remote = socket.remoteAddress;
+    if (!remote) {
+      // Gone before it was accepted.
+      socket.destroy();
+      return;
+    }
+    // Counted before the handshake: handshakes are what a flood makes us pay for.
+    const admitted = this.limiter.admitConnection(remote, this.pod);
+    if (typeof admitted === 'string') {
+      socket.resetAndDestroy();
+      return;
+    }
+    socket.once('close', () => admitted.release());
     // HTTP/2 frames many small writes: Nagle's algorithm would hold them back for the peer's ACK.
     socket.setNoDelay(true);
     try {
@@ -290,35 +382,75 @@ export class HboneServer {
         this.bundle = roots;
       }
     } catch (err) {
-      this.opts.log?.warn({ err: (err as Error).message }, 'HBONE connection refused: no certificate for this workload yet');
+      this.limiter.refuse('no_certificate', { peer: remote, pod: this.pod, err: (err as Error).message });
       socket.destroy();
       return;
     }
+    if (socket.destroyed) return;
     this.server.emit('connection', socket);
+  }
+
+  /** Arms the idle timer of a connection with no stream: a held-open connection costs a slot of its peer's cap. */
+  private idleWhenEmpty(session: http2.Http2Session, state: ServerSession): void {
+    clearTimeout(state.idle);
+    if (state.streams > 0) return;
+    state.idle = setTimeout(() => {
+      this.opts.log?.debug({ remote: session.socket?.remoteAddress, idleMs: this.limits.idleTimeoutMs }, 'idle HBONE connection closed');
+      session.close();
+      // A peer that ignores GOAWAY still loses the connection.
+      setTimeout(() => session.destroy(), this.limits.handshakeTimeoutMs).unref();
+    }, this.limits.idleTimeoutMs);
+    state.idle.unref();
   }
 
   private stream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
     stream.on('error', () => { /* reported where the tunnel is piped */ });
-    if (headers[':method'] !== 'CONNECT' || !headers[':authority']) {
-      stream.respond({ ':status': 405, 'ambit-error': 'HBONE accepts CONNECT only' }, { endStream: true });
+    const session = stream.session;
+    const state = session ? this.sessions.get(session) : undefined;
+    if (!session || !state) {
+      stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
       return;
     }
-    const socket = stream.session?.socket as tls.TLSSocket | undefined;
+    state.streams++;
+    clearTimeout(state.idle);
+    stream.once('close', () => {
+      state.streams--;
+      if (!session.closed && !session.destroyed) this.idleWhenEmpty(session, state);
+    });
+    const socket = session.socket as tls.TLSSocket | undefined;
+    const remoteAddress = socket?.remoteAddress ?? '';
+    if (headers[':method'] !== 'CONNECT' || !headers[':authority']) {
+      refuseTunnel(stream, 405, HBONE_CODES.badRequest);
+      return;
+    }
+    const admission = this.limiter.admitStream(remoteAddress, this.pod, { authority: headers[':authority'] });
+    if (typeof admission === 'string') {
+      refuseTunnel(stream, 429, admission === 'peer_streams' ? HBONE_CODES.peerStreamLimit : admission === 'pod_streams' ? HBONE_CODES.podStreamLimit : HBONE_CODES.nodeStreamLimit);
+      return;
+    }
+    stream.once('close', () => admission.release());
     const peer = socket?.getPeerCertificate?.();
     this.opts.onTunnel(stream, {
       peerIdentity: spiffeIdOf(peer),
       authority: headers[':authority'],
       headers,
-      remoteAddress: socket?.remoteAddress ?? '',
+      remoteAddress,
       remotePort: socket?.remotePort ?? 0,
       tlsVersion: socket?.getProtocol?.() ?? undefined,
       id: randomUUID(),
     });
   }
 
+  /** Connections and streams this listener holds now. */
+  usage(): { connections: number; streams: number } {
+    let streams = 0;
+    for (const s of this.sessions.values()) streams += s.streams;
+    return { connections: this.sessions.size, streams };
+  }
+
   /** Closes every connection: GOAWAY, then streams in flight get `graceMs` before they are reset. */
   async close(graceMs = 0): Promise<void> {
-    const sessions = [...this.sessions];
+    const sessions = [...this.sessions.keys()];
     for (const s of sessions) s.close();
     if (graceMs > 0 && sessions.length > 0) {
       await Promise.race([

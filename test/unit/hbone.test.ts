@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as libc from '../../native/libc.js';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
 import { CertManager, type WorkloadCertificate } from '../../src/identity/cert-manager.js';
-import { HboneError, HbonePool, HboneServer, type HboneSource, type TunnelInfo } from '../../src/node/hbone.js';
+import { HBONE_CODES, HboneError, HbonePool, HboneServer, refuseTunnel, type HboneSource, type TunnelInfo } from '../../src/node/hbone.js';
 import { tcpSocket } from '../../src/node/netns.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-hbone-'));
@@ -63,7 +63,7 @@ beforeAll(async () => {
     onTunnel: (stream, info) => {
       tunnels.push(info);
       if (info.authority === '10.0.0.9:81') {
-        stream.respond({ ':status': 503, 'ambit-error': 'connection refused' }, { endStream: true });
+        refuseTunnel(stream, 503, HBONE_CODES.upstreamRefused);
         return;
       }
       echo(stream);
@@ -100,12 +100,12 @@ describe('HBONE', () => {
     pool.close();
   });
 
-  it('maps a 503 from the far end to a refusal the app can see', async () => {
+  it('maps a 503 from the far end to a refusal the app can see, with its code', async () => {
     const pool = new HbonePool();
     const cert = await manager.acquire(USERS);
     const err = await pool.open(source(cert, manager.trustBundle), { address: '127.0.0.1', port, identity: PAYMENT, authority: '10.0.0.9:81' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(HboneError);
-    expect(err).toMatchObject({ kind: 'refused', status: 503 });
+    expect(err).toMatchObject({ kind: 'refused', status: 503, code: 'upstream_refused', message: `10.0.0.9:81 via 127.0.0.1:${port}: 503 upstream_refused` });
     pool.close();
   });
 
