@@ -26,6 +26,8 @@
 
 #define AMBIT_MAX_PODS 65536
 #define AMBIT_MAX_CONNECTIONS 262144
+/* Health probes in flight from the node's prober (the kubelet) at one time. */
+#define AMBIT_MAX_PROBES 16384
 
 /* Indices of the counters map. */
 #define AMBIT_CTR_CONNECT_REDIRECTED 0
@@ -37,7 +39,11 @@
 #define AMBIT_CTR_INBOUND_STEERED 6
 #define AMBIT_CTR_INBOUND_PASSED 7
 #define AMBIT_CTR_ERRORS 8
-#define AMBIT_CTR_COUNT 9
+#define AMBIT_CTR_INBOUND_UNKNOWN_ADDR 9
+#define AMBIT_CTR_PROBE_RECORDED 10
+#define AMBIT_CTR_COUNT 11
+/* Slots in the counters map: more than in use, so that a new counter keeps the pinned map's shape. */
+#define AMBIT_CTR_SLOTS 32
 
 /*
  * Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (::ffff:a.b.c.d), so one key and

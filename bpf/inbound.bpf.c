@@ -2,10 +2,12 @@
 /*
  * Inbound capture: attached to each enrolled pod's network namespace, steers TCP connections
  * that arrive from outside the pod to the agent's in-pod plaintext listener (15006).
- * Left alone: HBONE (15008, already mTLS), the listener's own port, ports the pod excludes,
- * and connections the pod makes to itself (the agent's own hand-off to the application
+ * Left alone: HBONE (15008, already mTLS), the listener's own port (the agent refuses what
+ * arrives there directly), ports the pod excludes, and connections the pod makes to itself (the agent's own hand-off to the application
  * connects from inside the pod). A packet from outside cannot claim a pod address as its
  * source: the kernel drops such martians (accept_local=0), so the source check is safe.
+ * A destination address of an enrolled netns that is not one of the pod's known addresses is
+ * dropped: every address of a meshed pod is steered or refused, none bypasses the mesh.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -13,18 +15,6 @@
 #include "net.bpf.h"
 
 #define LOOPBACK_IFINDEX 1
-
-/*
- * Pod address -> the pod's netns cookie. sk_lookup programs cannot call
- * bpf_get_netns_cookie(), so the destination address names the pod instead; the program is
- * attached only to enrolled pods' namespaces, whose addresses are unique on a node.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, AMBIT_MAX_PODS * 2);
-	__type(key, struct ambit_addr);
-	__type(value, __u64);
-} ambit_pod_addrs SEC(".maps");
 
 /* netns cookie -> the agent's inbound listener in that pod. */
 struct {
@@ -57,8 +47,15 @@ int ambit_sk_lookup(struct bpf_sk_lookup *ctx)
 			      ctx->remote_ip6[2], ctx->remote_ip6[3]);
 	}
 	netns_cookie = bpf_map_lookup_elem(&ambit_pod_addrs, &local);
-	if (!netns_cookie)
-		return SK_PASS;
+	if (!netns_cookie) {
+		/*
+		 * The program runs only in enrolled pods' namespaces: an address the agent was not
+		 * told of (an IPv6 link-local, a second address the pod's status does not list) would
+		 * reach the application around the mesh. Refused; the agent counts it.
+		 */
+		count(AMBIT_CTR_INBOUND_UNKNOWN_ADDR);
+		return SK_DROP;
+	}
 	/* From the pod to itself: not inbound. */
 	remote_cookie = bpf_map_lookup_elem(&ambit_pod_addrs, &remote);
 	if (addr_is_loopback(remote.addr) || (remote_cookie && *remote_cookie == *netns_cookie))

@@ -19,9 +19,33 @@ struct {
 	__type(value, struct ambit_pod_config);
 } ambit_pods SEC(".maps");
 
+/*
+ * Pod address -> the pod's netns cookie. sk_lookup programs cannot call
+ * bpf_get_netns_cookie(), so the destination address names the pod instead; the program is
+ * attached only to enrolled pods' namespaces, whose addresses are unique on a node.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AMBIT_MAX_PODS * 2);
+	__type(key, struct ambit_addr);
+	__type(value, __u64);
+} ambit_pod_addrs SEC(".maps");
+
+/*
+ * Connections the node's prober (the kubelet's cgroup) opened to a pod, keyed as the pod sees
+ * them (netns_cookie 0, client = the prober's address and port, listener = the pod's): the agent
+ * exempts exactly these from STRICT and policy, not everything that comes from the node's IP.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, AMBIT_MAX_PROBES);
+	__type(key, struct ambit_sock_key);
+	__type(value, __u64);
+} ambit_probe_flows SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, AMBIT_CTR_COUNT);
+	__uint(max_entries, AMBIT_CTR_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } ambit_counters SEC(".maps");

@@ -181,10 +181,50 @@ int ambit_sockops(struct bpf_sock_ops *skops)
 		if (skops->args[1] != BPF_TCP_CLOSE)
 			break;
 		sock_key(skops, &key);
+		/* A prober's socket (see ambit_probe_sockops) also reports its close here. */
+		if (!bpf_map_lookup_elem(&ambit_pods, &key.netns_cookie))
+			break;
 		if (bpf_map_delete_elem(&ambit_orig_dst, &key) == 0)
 			count(AMBIT_CTR_ORIGDST_DELETED);
 		else
 			count(AMBIT_CTR_ORIGDST_MISSING);
+		break;
+	}
+	return 1;
+}
+
+/*
+ * Attached to the cgroup of the node's health prober (the kubelet): a connection it opens to
+ * an enrolled pod's address is recorded by its addresses and ports as the pod will see them,
+ * so that the agent can tell the kubelet's probes from anything else that comes from the
+ * node's IP (host-network pods, NodePort traffic). Deleted when the socket closes.
+ */
+SEC("sockops")
+int ambit_probe_sockops(struct bpf_sock_ops *skops)
+{
+	struct ambit_sock_key key = {};
+	__u64 cookie;
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		sock_key(skops, &key);
+		if (!bpf_map_lookup_elem(&ambit_pod_addrs, key.listener_addr))
+			break;
+		key.netns_cookie = 0;
+		cookie = bpf_get_socket_cookie(skops);
+		if (bpf_map_update_elem(&ambit_probe_flows, &key, &cookie, BPF_ANY)) {
+			count(AMBIT_CTR_ERRORS);
+			break;
+		}
+		count(AMBIT_CTR_PROBE_RECORDED);
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != BPF_TCP_CLOSE)
+			break;
+		sock_key(skops, &key);
+		key.netns_cookie = 0;
+		bpf_map_delete_elem(&ambit_probe_flows, &key);
 		break;
 	}
 	return 1;

@@ -46,7 +46,7 @@ function localLocator(layout: ClusterLayout): PodLocator {
 
 interface NodeOpts {
   node: string; controller: string; tokenFile: string; caFile: string; cluster?: string; pinRoot?: string; cgroup?: string;
-  probeSource?: string[]; controlSocket?: string; admin: string; telemetryHost: string; metricsPort: string; healthPort: string;
+  probeCgroup?: string[]; controlSocket?: string; admin: string; telemetryHost: string; metricsPort: string; healthPort: string;
   rootNamespace?: string; drainSeconds: string;
   // Kubernetes mode
   kubernetes?: true | string; hostProc: string; cgroupRoot?: string; daemonset: string; trustDomain: string;
@@ -108,7 +108,7 @@ export function register(program: Command): void {
     .option('--trust-domain <domain>', 'SPIFFE trust domain (the identities of pods the CNI plugin hands over)', DEFAULT_TRUST_DOMAIN)
     .option('--pin-root <dir>', 'bpffs directory for this agent\'s pins (default: the local cluster\'s)')
     .option('--cgroup <dir>', 'the cgroup holding this node\'s pods (default: the local cluster\'s)')
-    .option('--probe-source <ip>', 'an address the node\'s probes come from (let through under STRICT); repeatable', collect)
+    .option('--probe-cgroup <dir>', 'the cgroup of the node\'s health prober (the kubelet): only its connections to pods skip STRICT and policy; repeatable', collect)
     .option('--control-socket <path>', 'unix socket where the runtime asks whether a pod is enrolled')
     .option('--admin <host:port>', 'admin endpoint', `127.0.0.1:${ADMIN_PORT}`)
     .option('--telemetry-host <host>', 'where /metrics and /healthz/ready, /healthz/check listen', '0.0.0.0')
@@ -142,7 +142,7 @@ export function register(program: Command): void {
       const agent = await NodeAgent.start({
         node: opts.node,
         controller: { address: `${controller.host}:${controller.port}`, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)).slice(-1) },
-        pinRoot, cgroup, locator, probeSources: opts.probeSource ?? [], rootNamespace: opts.rootNamespace,
+        pinRoot, cgroup, locator, probeCgroups: opts.probeCgroup ?? [], rootNamespace: opts.rootNamespace,
         drainMs: drain * 1000, log, accessLog: logger('access'),
       });
       const k8s = kube && daemonSet ? await kubernetesParts(opts, kube, agent, daemonSet, log) : undefined;

@@ -6,6 +6,7 @@
  *   <pinRoot>/maps/<map>            shared maps (reused across objects and restarts)
  *   <pinRoot>/links/<program>       connect4, connect6, sockops on the mesh cgroup
  *   <pinRoot>/links/pods/<cookie>   sk_lookup on one pod's netns
+ *   <pinRoot>/links/probes/<name>   sockops on the cgroup of the node's health prober (kubelet)
  */
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -24,6 +25,7 @@ export const OUTBOUND_OBJECT = 'outbound.bpf.o';
 export const INBOUND_OBJECT = 'inbound.bpf.o';
 const OUTBOUND_PROGRAMS = ['ambit_connect4', 'ambit_connect6', 'ambit_sockops'] as const;
 const SK_LOOKUP_PROGRAM = 'ambit_sk_lookup';
+const PROBE_PROGRAM = 'ambit_probe_sockops';
 
 /** The committed objects: `bpf/` at the repository (or package) root, or $AMBIT_BPF_DIR. */
 export function defaultObjectsDir(): string {
@@ -50,12 +52,15 @@ export interface DatapathMaps {
   podAddrs: BpfMap<string, bigint>;
   inboundListeners: BpfMap<bigint, bigint>;
   origDst: BpfMap<SockKey, OrigDst>;
+  /** Connections of the node's prober to pods, as the pods see them (netnsCookie 0) → socket cookie. */
+  probeFlows: BpfMap<SockKey, bigint>;
   counters: BpfMap<number, bigint>;
 }
 
 export const COUNTER_NAMES = [
   'connect_redirected', 'connect_excluded', 'connect_not_enrolled', 'origdst_recorded',
   'origdst_missing', 'origdst_deleted', 'inbound_steered', 'inbound_passed', 'errors',
+  'inbound_unknown_addr', 'probe_recorded',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
 
@@ -63,6 +68,7 @@ export class Datapath {
   readonly maps: DatapathMaps;
   private readonly outboundLinks = new Map<string, BpfLink>();
   private readonly podLinks = new Map<bigint, BpfLink>();
+  private readonly probeLinks = new Map<string, BpfLink>();
   private outboundCgroup: string | undefined;
 
   private constructor(
@@ -75,6 +81,7 @@ export class Datapath {
       podAddrs: inbound.map('ambit_pod_addrs', addrCodec, u64Codec),
       inboundListeners: inbound.map('ambit_inbound_listeners', u64Codec, u64Codec),
       origDst: outbound.map('ambit_orig_dst', sockKeyCodec, origDstCodec),
+      probeFlows: outbound.map('ambit_probe_flows', sockKeyCodec, u64Codec),
       counters: outbound.map('ambit_counters', u32Codec, u64Codec, true),
     };
   }
@@ -195,6 +202,46 @@ export class Datapath {
     this.podLinks.delete(netnsCookie);
   }
 
+  /**
+   * Records the connections that processes of `cgroupPaths` (the kubelet's cgroup) open to
+   * enrolled pods, so that `isProbe` can tell them apart. Replaces the probe cgroups of an
+   * earlier agent: links to cgroups no longer named are detached.
+   */
+  attachProbes(cgroupPaths: string[]): void {
+    const dir = join(this.pinRoot, 'links', 'probes');
+    const program = this.outbound.program(PROBE_PROGRAM);
+    const wanted = new Map(cgroupPaths.map((p) => [probeLinkName(p), resolve(p)]));
+    for (const entry of existsSync(dir) ? readdirSync(dir) : []) {
+      if (wanted.has(entry)) continue;
+      const link = BpfLink.openPinned(join(dir, entry));
+      if (!link) continue;
+      link.detach();
+      link.unpin();
+      link.close();
+    }
+    for (const [name, path] of wanted) {
+      const pinned = this.probeLinks.get(name) ?? BpfLink.openPinned(join(dir, name));
+      if (pinned) {
+        pinned.update(program);
+        this.probeLinks.set(name, pinned);
+        continue;
+      }
+      const link = BpfLink.attachCgroup(program, path);
+      try {
+        link.pin(join(dir, name));
+      } catch (err) {
+        link.close();
+        throw err;
+      }
+      this.probeLinks.set(name, link);
+    }
+  }
+
+  /** Whether a connection a pod accepted (client → pod address:port) was opened by the node's prober. */
+  isProbe(client: { addr: string; port: number }, pod: { addr: string; port: number }): boolean {
+    return this.maps.probeFlows.get({ netnsCookie: 0n, clientAddr: client.addr, clientPort: client.port, listenerAddr: pod.addr, listenerPort: pod.port }) !== undefined;
+  }
+
   /** The counters summed over CPUs. */
   counters(): Record<CounterName, bigint> {
     const out = {} as Record<CounterName, bigint>;
@@ -211,8 +258,9 @@ export class Datapath {
 
   /** Releases this process's handles. Pinned links and maps stay: redirection goes on. */
   close(): void {
-    for (const link of [...this.outboundLinks.values(), ...this.podLinks.values()]) link.close();
+    for (const link of [...this.outboundLinks.values(), ...this.podLinks.values(), ...this.probeLinks.values()]) link.close();
     this.outboundLinks.clear();
+    this.probeLinks.clear();
     this.podLinks.clear();
     this.inbound.close();
     this.outbound.close();
@@ -239,6 +287,15 @@ export class Datapath {
     }
     rmSync(pinRoot, { recursive: true, force: true });
   }
+}
+
+/** A pin name for a cgroup path: readable, and unique per path (bpffs refuses dots in names). */
+function probeLinkName(cgroupPath: string): string {
+  const abs = resolve(cgroupPath);
+  const tail = abs.split('/').filter(Boolean).slice(-2).join('_').replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 80);
+  let h = 0;
+  for (const c of abs) h = (Math.imul(h, 31) + c.charCodeAt(0)) >>> 0;
+  return `${tail || 'root'}-${h.toString(16)}`;
 }
 
 export { AMBIT };

@@ -298,7 +298,7 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
               '--pin-root', v.nodeAgent.pinRoot,
               '--cgroup', hostCgroup,
               '--cgroup-root', hostCgroup,
-              '--probe-source', '$(HOST_IP)',
+              '--probe-cgroup', `${hostCgroup}/${v.nodeAgent.kubeletCgroup}`,
               '--control-socket', `${AGENT_SOCKET_DIR}/agent.sock`,
               '--root-namespace', v.rootNamespace,
               '--drain-seconds', String(v.nodeAgent.drainSeconds),
@@ -309,7 +309,6 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
               { name: 'AMBIT_LOG_LEVEL', value: v.logLevel },
               { name: 'AMBIT_HOST_PROC', value: '/host/proc' },
               { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
-              { name: 'HOST_IP', valueFrom: { fieldRef: { fieldPath: 'status.hostIP' } } },
               { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
             ],
             ports: [

@@ -14,7 +14,7 @@ export interface Values {
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error';
   rootNamespace: string;
   controller: { replicas: number; certTtlSeconds: number };
-  nodeAgent: { drainSeconds: number; pinRoot: string; cgroupRoot: string };
+  nodeAgent: { drainSeconds: number; pinRoot: string; cgroupRoot: string; kubeletCgroup: string };
   waypoint: { replicas: number };
   waypoints: { managed: boolean };
   cni: { enabled: boolean; binDir: string; confDir: string };
@@ -95,6 +95,14 @@ export const VALUES: Record<string, ValueSpec> = {
     help: 'bpffs directory of the agent\'s pins (under /sys/fs/bpf/)',
   },
   'nodeAgent.cgroupRoot': { default: () => '/sys/fs/cgroup', parse: absolutePath, help: 'the host\'s cgroup v2 mount' },
+  'nodeAgent.kubeletCgroup': {
+    default: () => 'system.slice/kubelet.service',
+    parse: (raw, key) => {
+      if (!/^[A-Za-z0-9_.@:-]+(\/[A-Za-z0-9_.@:-]+)*$/.test(raw) || raw.split('/').some((p) => p === '..' || p === '.')) throw new ValuesError(`${key} must be a cgroup path relative to the cgroup v2 mount (e.g. system.slice/kubelet.service), got "${raw}"`);
+      return raw;
+    },
+    help: 'the kubelet\'s cgroup, relative to the cgroup v2 mount: only connections from it (health probes) skip STRICT and policy (kubeadm, EKS, GKE: system.slice/kubelet.service)',
+  },
   'waypoint.replicas': { default: () => 1, parse: integer(1, 100), help: 'replicas of each waypoint Deployment' },
   'cni.enabled': {
     default: () => true,

@@ -218,7 +218,7 @@ export class Runtime {
           '--controller', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
           '--token-file', join(this.layout.stateDir, 'nodes', node.name, 'token'),
           '--ca-file', join(this.layout.stateDir, 'ca', 'ca-cert.pem'),
-          '--probe-source', podGateway(node.index),
+          '--probe-cgroup', this.layout.componentCgroup('runtime'),
           '--control-socket', this.agentSocket(node.name)],
         env: { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' },
         logFile: this.layout.componentLog(name),

@@ -20,7 +20,7 @@ import { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { DiscoveryClient, type WireResource } from '../control/discovery.js';
 import type { Service, Workload } from '../control/model.js';
-import { Datapath } from '../ebpf/datapath.js';
+import { AMBIT, Datapath } from '../ebpf/datapath.js';
 import type { OrigDst } from '../ebpf/codecs.js';
 import { CaClient, type Credential } from '../identity/ca-server.js';
 import { CertManager, type WorkloadCertificate } from '../identity/cert-manager.js';
@@ -33,6 +33,26 @@ import { AGENT_SOCKET_MARK, socketInNetns } from './netns.js';
 
 export const METRICS_PORT = 15020;
 export const HEALTH_PORT = 15021;
+
+/**
+ * The agent's own listeners inside every meshed pod. Nothing is ever forwarded to them: a
+ * connection or tunnel addressed to one would make the agent dial itself, over and over.
+ */
+export const POD_RESERVED_PORTS: ReadonlySet<number> = new Set([AMBIT.PORT_OUTBOUND, AMBIT.PORT_INBOUND, AMBIT.PORT_HBONE]);
+
+/**
+ * What a refused HBONE peer is told (the `ambit-error` header): a stable code, never a policy
+ * name or an internal reason — those go to the access log and the agent's log.
+ */
+export const TUNNEL_REFUSALS = {
+  notEnrolled: 'workload_not_enrolled',
+  badAuthority: 'authority_not_this_workload',
+  reservedPort: 'reserved_port',
+  denied: 'policy_denied',
+  waypointRequired: 'waypoint_required',
+  upstreamRefused: 'upstream_refused',
+  upstreamFailed: 'upstream_failed',
+} as const;
 
 /** Where a pod's netns and cgroup are: the local runtime's layout, or (Kubernetes) the CNI's record. */
 export interface PodLocator {
@@ -49,8 +69,12 @@ export interface NodeAgentOptions {
   cgroup: string;
   objectsDir?: string;
   locator: PodLocator;
-  /** Addresses the node's own probes come from: let through even under STRICT, as kubelet probes are in Istio. */
-  probeSources?: string[];
+  /**
+   * Cgroups of the node's health prober (the kubelet's, e.g. /sys/fs/cgroup/system.slice/kubelet.service):
+   * the connections their processes open to a pod — and only those — are let through under STRICT
+   * and policy, counted and logged. Nothing is exempted for coming from the node's IP.
+   */
+  probeCgroups?: string[];
   /** Istio's root namespace for mesh-wide policy. */
   rootNamespace?: string;
   /** How long an unenrolled pod's open connections may take to finish. */
@@ -123,6 +147,12 @@ export class NodeAgent {
     const datapath = Datapath.load({ pinRoot: opts.pinRoot, objectsDir: opts.objectsDir, logger: opts.log });
     const { adopted } = datapath.attachOutbound(opts.cgroup);
     const adoptedPods = datapath.adoptPodLinks();
+    const probeCgroups = (opts.probeCgroups ?? []).filter((path) => {
+      if (existsSync(path)) return true;
+      opts.log.warn({ cgroup: path }, 'the prober cgroup does not exist: its health probes get no exemption (refused under STRICT)');
+      return false;
+    });
+    datapath.attachProbes(probeCgroups);
     opts.log.info({ cgroup: opts.cgroup, pinRoot: opts.pinRoot, adopted, adoptedPods: adoptedPods.length }, 'datapath attached');
     const agent = new NodeAgent(opts, datapath);
     await agent.certs.start().catch((err: Error) => opts.log.warn({ err: err.message }, 'trust bundle not fetched yet; retrying in the background'));
@@ -343,6 +373,10 @@ export class NodeAgent {
       await this.passthrough(socket, src, d, source, service);
       return;
     }
+    if (POD_RESERVED_PORTS.has(d.port)) {
+      this.refuse(socket, src, { reporter: 'source', source, destination: { ...called }, mtls: false, path: 'hbone', pod: src.enrolled.spec.name }, 'NR', `${d.ip}:${d.port} is a node agent's own listener in a meshed pod: never a destination`);
+      return;
+    }
     // HBONE, with one more endpoint tried when the first cannot be reached.
     for (let attempt = 0; ; attempt++) {
       const w = d.workload!;
@@ -469,7 +503,7 @@ export class NodeAgent {
     const entry = this.pods.get(uid);
     const state = this.state;
     if (!entry || !state) {
-      stream.respond({ ':status': 503, 'ambit-error': 'workload is not enrolled here' }, { endStream: true });
+      stream.respond({ ':status': 503, 'ambit-error': TUNNEL_REFUSALS.notEnrolled }, { endStream: true });
       return;
     }
     const w = entry.workload;
@@ -480,22 +514,34 @@ export class NodeAgent {
     const source = { ip: info.remoteAddress.replace(/^::ffff:/, ''), identity: info.peerIdentity, ...(peer ? { workload: peer.workload, namespace: peer.namespace, labels: peer.labels } : identityNamespace(info.peerIdentity)) };
     const destination = { workload: w.workload, namespace: w.namespace, identity: w.identity, labels: w.labels, ip: ip ?? '', port };
     const conn = this.connections.begin({ reporter: 'destination', source, destination, service: this.serviceFor(state, w, port), mtls: true, path: 'hbone', pod: entry.enrolled.spec.name });
+    // The peer is told a code; the reason and the deciding policy go to the access log only.
+    const refuse = (status: number, code: string, outcome: { flags: string; error: string; policy?: string }) => {
+      stream.respond({ ':status': status, 'ambit-error': code }, { endStream: true });
+      this.connections.finish(conn, outcome);
+    };
     if (!ip || !port || port > 65535 || !w.ips.includes(ip)) {
-      stream.respond({ ':status': 400, 'ambit-error': `authority ${info.authority} is not this workload` }, { endStream: true });
-      this.connections.finish(conn, { flags: 'NR', error: `authority ${info.authority} is not ${w.namespace}/${w.name}` });
+      refuse(400, TUNNEL_REFUSALS.badAuthority, { flags: 'NR', error: `authority ${info.authority} is not ${w.namespace}/${w.name}` });
+      return;
+    }
+    if (POD_RESERVED_PORTS.has(port)) {
+      refuse(400, TUNNEL_REFUSALS.reservedPort, { flags: 'NR', error: `port ${port} is the node agent's own listener in the pod: never a tunnel's target` });
+      return;
+    }
+    const waypoint = state.waypointFor(w, port);
+    if (waypoint && !(info.peerIdentity && state.waypointIdentities(waypoint).has(info.peerIdentity))) {
+      refuse(403, TUNNEL_REFUSALS.waypointRequired, { flags: 'RBAC', error: `${w.namespace}/${w.name}:${port} is bound to waypoint ${waypoint.namespace}/${waypoint.name}: only its pods may connect, not ${info.peerIdentity ?? 'a peer without identity'}` });
       return;
     }
     const decision = state.authorizer.evaluate(w, { sourceIdentity: info.peerIdentity, sourceIp: source.ip, destinationIp: ip, destinationPort: port });
     if (!decision.allowed) {
-      stream.respond({ ':status': 401, 'ambit-error': decision.reason }, { endStream: true });
-      this.connections.finish(conn, { flags: 'RBAC', error: decision.reason, ...(decision.policy ? { policy: decision.policy } : {}) });
+      refuse(401, TUNNEL_REFUSALS.denied, { flags: 'RBAC', error: decision.reason, ...(decision.policy ? { policy: decision.policy } : {}) });
       return;
     }
     this.toApp(entry, ip, port, conn, (app) => {
       stream.respond({ ':status': 200 });
       this.join(conn, stream, app, entry);
-    }, (status, why) => {
-      stream.respond({ ':status': status, 'ambit-error': why }, { endStream: true });
+    }, (status) => {
+      stream.respond({ ':status': status, 'ambit-error': status === 503 ? TUNNEL_REFUSALS.upstreamRefused : TUNNEL_REFUSALS.upstreamFailed }, { endStream: true });
     });
   }
 
@@ -515,9 +561,23 @@ export class NodeAgent {
     const sourceIp = (socket.remoteAddress ?? '').replace(/^::ffff:/, '');
     const peer = state.workloadsByIp.get(sourceIp);
     const source = { ip: sourceIp, ...(peer ? { workload: peer.workload, namespace: peer.namespace, labels: peer.labels } : {}) };
-    const probe = this.opts.probeSources?.includes(sourceIp) ?? false;
-    const conn = this.connections.begin({ reporter: 'destination', source, destination: { workload: w.workload, namespace: w.namespace, identity: w.identity, labels: w.labels, ip, port }, service: this.serviceFor(state, w, port), mtls: false, path: 'plaintext', pod: entry.enrolled.spec.name, silent: probe });
+    const probe = this.datapath.isProbe({ addr: sourceIp, port: socket.remotePort ?? 0 }, { addr: ip, port });
+    const conn = this.connections.begin({ reporter: 'destination', source, destination: { workload: w.workload, namespace: w.namespace, identity: w.identity, labels: w.labels, ip, port }, service: this.serviceFor(state, w, port), mtls: false, path: 'plaintext', pod: entry.enrolled.spec.name, ...(probe ? { exempt: 'kubelet-probe' as const } : {}) });
+    // sk_lookup steers only what comes from outside the pod, keeping its destination port: a
+    // connection on the listener's own port, or from the pod itself, came here directly. Carried
+    // on, it would make the agent dial its own listener again and again.
+    if (POD_RESERVED_PORTS.has(port) || isLoopback(sourceIp) || w.ips.includes(sourceIp)) {
+      this.connections.finish(conn, { flags: 'NR', error: `addressed to the node agent's own listener (${ip}:${port} from ${sourceIp}): refused` });
+      resetOrDestroy(socket);
+      return;
+    }
     if (!probe) {
+      const waypoint = state.waypointFor(w, port);
+      if (waypoint) {
+        this.connections.finish(conn, { flags: 'NR', error: `plaintext refused: ${w.namespace}/${w.name}:${port} is bound to waypoint ${waypoint.namespace}/${waypoint.name}, whose L7 policy it would skip` });
+        resetOrDestroy(socket);
+        return;
+      }
       const mode = state.authorizer.peerAuthenticationMode(w, port);
       if (mode === 'STRICT') {
         this.connections.finish(conn, { flags: 'NR', error: 'plaintext refused: PeerAuthentication STRICT' });
@@ -627,6 +687,10 @@ export class NodeAgent {
     this.datapath.close();
     if (opts.uninstall) Datapath.remove(this.opts.pinRoot);
   }
+}
+
+function isLoopback(ip: string): boolean {
+  return ip === '::1' || ip.startsWith('127.');
 }
 
 function authorityHost(ip: string): string {

@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import type { Counter } from 'prom-client';
 import { tcpLabels, type MeshMetrics, type Peer, type TcpLabels } from '../telemetry/metrics.js';
 
 export interface ConnectionEndpoint extends Peer {
@@ -24,8 +25,12 @@ export interface ConnectionInfo {
   path: 'hbone' | 'passthrough' | 'plaintext';
   /** The pod (namespace/name) on this node the connection belongs to. */
   pod: string;
-  /** Kept out of metrics and the access log (the node's own health probes, as Istio leaves them out). */
-  silent?: boolean;
+  /**
+   * Let through without STRICT or policy: the node's own health probes (recorded by the kernel
+   * as the kubelet's). Kept out of Istio's TCP metrics, as Istio leaves probes out, but logged
+   * with this reason and counted in `ambit_exempt_connections_total`.
+   */
+  exempt?: 'kubelet-probe';
 }
 
 export interface TrackedConnection extends ConnectionInfo {
@@ -45,8 +50,10 @@ const FLUSH_MS = 5000;
 export class ConnectionTracker {
   private readonly open = new Map<string, { conn: TrackedConnection; labels: TcpLabels; flushed: { sent: number; received: number } }>();
   private readonly timer: NodeJS.Timeout;
+  private readonly exempted: Counter;
 
   constructor(private readonly metrics: MeshMetrics, private readonly access: Logger, private readonly cluster = 'Kubernetes') {
+    this.exempted = metrics.counter('ambit_exempt_connections_total', 'Connections let through without STRICT or policy, by reason (kubelet-probe: the node\'s health probes)', ['reason']);
     this.timer = setInterval(() => this.flush(), FLUSH_MS);
     this.timer.unref();
   }
@@ -55,7 +62,8 @@ export class ConnectionTracker {
   begin(info: ConnectionInfo): TrackedConnection {
     const conn: TrackedConnection = { ...info, id: randomUUID(), start: Date.now(), received: 0, sent: 0, flags: '-' };
     const labels = this.labels(conn);
-    if (!conn.silent) this.metrics.tcpOpened.inc(labels);
+    if (conn.exempt) this.exempted.inc({ reason: conn.exempt });
+    else this.metrics.tcpOpened.inc(labels);
     this.open.set(conn.id, { conn, labels, flushed: { sent: 0, received: 0 } });
     return conn;
   }
@@ -73,7 +81,10 @@ export class ConnectionTracker {
     if (outcome.flags) conn.flags = outcome.flags;
     if (outcome.error) conn.error = outcome.error;
     if (outcome.policy) conn.policy = outcome.policy;
-    if (conn.silent) return;
+    if (conn.exempt) {
+      this.log(conn);
+      return;
+    }
     // The flags may have changed since open: closed and bytes carry the final ones.
     const labels = conn.flags === '-' ? entry.labels : this.labels(conn);
     this.metrics.tcpSent.inc(labels, conn.sent - entry.flushed.sent);
@@ -99,7 +110,7 @@ export class ConnectionTracker {
   private flush(): void {
     for (const e of this.open.values()) {
       const { conn, labels, flushed } = e;
-      if (conn.silent) continue;
+      if (conn.exempt) continue;
       if (conn.sent > flushed.sent) this.metrics.tcpSent.inc(labels, conn.sent - flushed.sent);
       if (conn.received > flushed.received) this.metrics.tcpReceived.inc(labels, conn.received - flushed.received);
       e.flushed = { sent: conn.sent, received: conn.received };
@@ -125,6 +136,7 @@ export class ConnectionTracker {
         protocol: 'TCP', path: c.path, duration_ms: Date.now() - c.start,
         bytes_received: c.received, bytes_sent: c.sent, response_flags: c.flags,
         ...(c.error ? { error: c.error } : {}), ...(c.policy ? { policy: c.policy } : {}),
+        ...(c.exempt ? { exempt: c.exempt } : {}),
       },
       tls: { enabled: c.mtls, ...(c.mtls ? { version: 'TLSv1.3', mode: 'mutual' } : {}) },
     }, 'connection');

@@ -95,6 +95,24 @@ export class MeshState {
     this.authorizer = new L4Authorizer(this.policies, opts);
   }
 
+  /**
+   * The waypoint that traffic to `w` on `port` must come through: the pod's own
+   * `ambit.dev/use-waypoint` label (every port), else a waypoint bound to a service `w` serves
+   * `port` for (through the service's label or its namespace's). Undefined: no L7 binding.
+   */
+  waypointFor(w: Workload, port: number): { namespace: string; name: string } | undefined {
+    if (w.waypoint && w.waypoint !== 'none') return { namespace: w.namespace, name: w.waypoint };
+    for (const svc of this.servicesOf.get(w.uid) ?? []) {
+      if (svc.waypoint && svc.ports.some((p) => MeshState.targetPort(p, w) === port)) return svc.waypoint;
+    }
+    return undefined;
+  }
+
+  /** The SPIFFE identities of a waypoint's pods: the only peers a workload bound to it accepts L7-bound traffic from. */
+  waypointIdentities(ref: { namespace: string; name: string }): Set<string> {
+    return new Set((this.waypointPods.get(`${ref.namespace}/${ref.name}`) ?? []).map((w) => w.identity));
+  }
+
   /** The workloads of `node` that are in the mesh. */
   enrolledOn(node: string): Workload[] {
     return [...this.workloads.values()].filter((w) => w.node === node && w.enrolled);
