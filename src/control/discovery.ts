@@ -109,7 +109,13 @@ export interface DiscoveryServerOptions {
    * closed with UNAUTHENTICATED and the subscriber reconnects with its current token.
    */
   recheckMs?: number;
+  /** A stream that has not sent its Subscribe this long after opening is closed (ms; default 10 s). */
+  subscribeTimeoutMs?: number;
 }
+
+/** A NACK's error is kept (status, logs) up to this many characters. */
+export const MAX_NACK_ERROR = 1024;
+const clip = (s: string, max: number): string => (s.length > max ? `${s.slice(0, max)}… (${s.length - max} more characters)` : s);
 
 export interface SubscriberStatus {
   node: string;
@@ -145,9 +151,11 @@ export class DiscoveryServer {
   onStatus?: (status: SubscriberStatus[]) => void;
 
   private readonly recheckMs: number;
+  private readonly subscribeTimeoutMs: number;
 
   constructor(private readonly authenticator: Authenticator, private readonly log: Logger = silentLogger, opts: DiscoveryServerOptions = {}) {
     this.recheckMs = opts.recheckMs ?? 5 * 60_000;
+    this.subscribeTimeoutMs = opts.subscribeTimeoutMs ?? 10_000;
   }
 
   private changed(): void {
@@ -190,10 +198,15 @@ export class DiscoveryServer {
   private serve(call: grpc.ServerDuplexStream<WireRequest, WireResponse>): void {
     let sub: SubscriberState | undefined;
     let subscribing = false;
+    let ended = false;
     const fail = (code: grpc.status, details: string) => {
       this.log.warn({ peer: call.getPeer(), details }, 'discovery stream refused');
       call.emit('error', { code, details });
     };
+    // A stream that never subscribes holds a connection for nothing.
+    const hello = setTimeout(() => {
+      if (!sub && !subscribing && !ended) fail(grpc.status.DEADLINE_EXCEEDED, `no subscribe within ${this.subscribeTimeoutMs} ms of opening the stream`);
+    }, this.subscribeTimeoutMs).unref();
     call.on('data', (req: WireRequest) => {
       if (req.subscribe) {
         // One subscription per stream, also while the first one is still being authenticated.
@@ -201,6 +214,8 @@ export class DiscoveryServer {
         subscribing = true;
         const { node, kind, name } = req.subscribe;
         void this.authenticator.authenticate(call.metadata, call.getPeer()).then((caller) => {
+          // The stream may have gone while its credential was being checked.
+          if (ended) return;
           if (expired(caller)) return fail(grpc.status.UNAUTHENTICATED, `credential expired at ${new Date(caller.expiresAt!).toISOString()}: reconnect with a fresh token`);
           if (kind !== 'node-agent' && kind !== 'waypoint') return fail(grpc.status.INVALID_ARGUMENT, `subscribe.kind must be node-agent or waypoint, got "${kind.slice(0, 64)}"`);
           // The kind is bound to the credential: a node agent's (no workload) subscribes only as
@@ -211,7 +226,7 @@ export class DiscoveryServer {
           if (kind === 'waypoint' && caller.workload && name !== `${caller.workload.namespace}/${caller.workload.name}`) return fail(grpc.status.PERMISSION_DENIED, `authenticated as waypoint ${caller.workload.namespace}/${caller.workload.name}, cannot subscribe as ${name}`);
           sub = { id: randomBytes(4).toString('hex'), node, kind, name, call, inflight: [], needFull: false };
           this.subscribers.add(sub);
-          this.log.info({ node, kind, name, lastVersion: req.subscribe?.last_version }, 'subscriber connected');
+          this.log.info({ node, kind, name, lastVersion: clip(req.subscribe?.last_version ?? '', 64) }, 'subscriber connected');
           this.push(sub, true);
           this.changed();
           this.recheck(sub, caller, fail);
@@ -225,7 +240,7 @@ export class DiscoveryServer {
           sub.acked = req.ack.version;
           sub.inflight.splice(0, i + 1);
         }
-        sub.lastAck = req.ack.version;
+        sub.lastAck = clip(req.ack.version, 64);
         this.changed();
       } else if (req.nack) {
         // The subscriber kept its last good config. The bad version is not sent again: the next
@@ -234,12 +249,15 @@ export class DiscoveryServer {
         const i = sub.inflight.indexOf(req.nack.version);
         if (i >= 0) sub.inflight.splice(i);
         sub.needFull = true;
-        sub.lastNack = { version: req.nack.version, error: req.nack.error };
-        this.log.warn({ node: sub.node, kind: sub.kind, name: sub.name, version: req.nack.version, error: req.nack.error }, 'config rejected by subscriber (NACK)');
+        // What a subscriber says is kept and logged within bounds.
+        sub.lastNack = { version: clip(req.nack.version, 64), error: clip(req.nack.error, MAX_NACK_ERROR) };
+        this.log.warn({ node: sub.node, kind: sub.kind, name: sub.name, ...sub.lastNack }, 'config rejected by subscriber (NACK)');
         this.changed();
       }
     });
     const drop = () => {
+      ended = true;
+      clearTimeout(hello);
       clearTimeout(sub?.recheck);
       if (sub) {
         if (this.subscribers.delete(sub)) this.changed();

@@ -3,11 +3,12 @@
  * loopback and real subscribers (two node agents, one waypoint): snapshot, deltas, NACK,
  * authentication, controller restart with reconnect and resync.
  */
+import { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DiscoveryClient, DiscoveryServer, discoveryService, viewFor, type WireResource } from '../../src/control/discovery.js';
+import { DiscoveryClient, DiscoveryServer, discoveryService, MAX_NACK_ERROR, viewFor, type WireResource } from '../../src/control/discovery.js';
 import { buildModel, type MeshModel, type PodInfo, type Service, type Workload } from '../../src/control/model.js';
 import { validateMeshObject } from '../../src/control/validate.js';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
@@ -247,4 +248,64 @@ describe('the discovery stream', () => {
     expect(n1.client.reconnects).toBeGreaterThan(0);
     expect([...n1.client.resources.keys()].sort()).toEqual([...model().workloads.map((w) => `workload/${w.uid}`), 'policy/AuthorizationPolicy/shop/allow-users', 'service/shop/payment', 'service/shop/users', 'waypoint/shop/wp'].sort());
   }, 30_000);
+});
+
+describe('the discovery stream against a hostile subscriber', () => {
+  /** A server-side stream as grpc-js hands it over, driven by the test. */
+  class FakeCall extends EventEmitter {
+    readonly metadata = new grpc.Metadata();
+    readonly written: { version: string; more?: boolean }[] = [];
+    status?: { code: grpc.status; details: string };
+    constructor(token: string) {
+      super();
+      this.metadata.set('authorization', `Bearer ${token}`);
+      this.on('error', (e: { code: grpc.status; details: string }) => { this.status ??= e; });
+    }
+    getPeer() { return '10.0.0.9:5555'; }
+    write(m: { version: string; more?: boolean }) { this.written.push(m); return true; }
+    end() { /* the stream closed */ }
+  }
+  const open = (d: DiscoveryServer, token: string) => {
+    const call = new FakeCall(token);
+    (d.implementation().Stream as (c: unknown) => void)(call);
+    return call;
+  };
+
+  it('closes a stream that sends no Subscribe in time', async () => {
+    const d = new DiscoveryServer(credentials, undefined, { subscribeTimeoutMs: 50 });
+    d.update(model());
+    const call = open(d, TOKENS['node-1']);
+    await expect.poll(() => call.status, { timeout: 2_000 }).toEqual({ code: grpc.status.DEADLINE_EXCEEDED, details: 'no subscribe within 50 ms of opening the stream' });
+  });
+
+  it('leaves no subscriber behind when the stream goes while its credential is being checked', async () => {
+    let admit: (() => void) | undefined;
+    const slow: Authenticator = { authenticate: (md) => new Promise((resolve) => { admit = () => resolve(nodes.authenticate(md)); }) };
+    const d = new DiscoveryServer(slow);
+    d.update(model());
+    const call = open(d, TOKENS['node-1']);
+    call.emit('data', { subscribe: { node: 'node-1', kind: 'node-agent', name: '', last_version: '' } });
+    call.emit('cancelled');
+    admit!();
+    await new Promise((r) => setImmediate(r));
+    await nodes.authenticate(call.metadata);
+    expect(d.status()).toEqual([]);
+    expect(call.written).toEqual([]);
+  });
+
+  it('refuses a second Subscribe sent before the first is authenticated, and keeps a NACK\'s error within bounds', async () => {
+    const d = new DiscoveryServer(credentials);
+    d.update(model());
+    const call = open(d, TOKENS['node-1']);
+    call.emit('data', { subscribe: { node: 'node-1', kind: 'node-agent', name: '', last_version: '' } });
+    call.emit('data', { subscribe: { node: 'node-1', kind: 'node-agent', name: '', last_version: '' } });
+    expect(call.status).toEqual({ code: grpc.status.FAILED_PRECONDITION, details: 'already subscribed on this stream' });
+
+    const ok = open(d, TOKENS['node-2']);
+    ok.emit('data', { subscribe: { node: 'node-2', kind: 'node-agent', name: '', last_version: 'x'.repeat(100_000) } });
+    await expect.poll(() => ok.written.length).toBe(1);
+    ok.emit('data', { nack: { version: ok.written[0]!.version, error: 'e'.repeat(1_000_000) } });
+    const nack = d.status().find((s) => s.node === 'node-2')!.lastNack!;
+    expect(nack.error).toBe(`${'e'.repeat(MAX_NACK_ERROR)}… (${1_000_000 - MAX_NACK_ERROR} more characters)`);
+  });
 });
