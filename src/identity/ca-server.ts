@@ -134,6 +134,8 @@ export class CaServer {
         let node: string | undefined;
         void (async () => {
           const caller = await opts.authenticator.authenticate(call.metadata, call.getPeer());
+          // An API server accepts a token a little after its expiry; the CA does not.
+          if (caller.expiresAt !== undefined && caller.expiresAt <= Date.now()) throw new CaError('UNAUTHENTICATED', `credential expired at ${new Date(caller.expiresAt).toISOString()}: present a fresh token`);
           node = caller.node || `${caller.workload?.namespace}/${caller.workload?.name}`;
           if (caller.workload) {
             if (identity !== caller.workload.identity) throw new CaError('PERMISSION_DENIED', `the credential of ${caller.workload.namespace}/${caller.workload.name} is for ${caller.workload.identity} only, not ${identity}`);

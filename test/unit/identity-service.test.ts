@@ -56,6 +56,25 @@ afterAll(async () => {
 });
 
 describe('the CA service', () => {
+  it("gives the authenticator the caller's address, and refuses a credential past its expiry", async () => {
+    const peers: (string | undefined)[] = [];
+    const expiresAt = Date.now() - 1_000;
+    const other = await CaServer.start({
+      ca, authenticator: { authenticate: (_md, peer) => { peers.push(peer); return Promise.resolve({ node: 'node-1', expiresAt }); } },
+      directory: { identitiesOnNode: (node) => new Set(PODS[node] ?? []) }, host: '127.0.0.1', port: 0,
+    });
+    const c = new CaClient({ address: `127.0.0.1:${other.port}`, roots: ca.trustBundle(), token: 'whatever' });
+    try {
+      const r = await status(c.createCertificate(await createCsr(await generateKeyPair(), USERS), USERS, 3600));
+      expect(r).toEqual({ code: grpc.status.UNAUTHENTICATED, message: `CreateCertificate: credential expired at ${new Date(expiresAt).toISOString()}: present a fresh token` });
+      expect(peers).toHaveLength(1);
+      expect(peers[0]).toMatch(/^(ipv4:)?127\.0\.0\.1:\d+$/);
+    } finally {
+      c.close();
+      other.forceClose();
+    }
+  });
+
   it('issues a node the certificates of its own pods, over TLS verified with the trust bundle', async () => {
     const c = client('token-one');
     const chain = await c.createCertificate(await createCsr(await generateKeyPair(), USERS), USERS, 3600);
