@@ -27,7 +27,7 @@ import { CertManager, type WorkloadCertificate } from '../identity/cert-manager.
 import { MeshMetrics } from '../telemetry/metrics.js';
 import { ConnectionTracker, resetOrDestroy, splice, type TrackedConnection } from './connections.js';
 import { PodEnroller, type EnrolledPod } from './enroll.js';
-import { HboneError, HbonePool, HboneServer, type TunnelInfo } from './hbone.js';
+import { HboneError, HboneLimiter, HbonePool, HboneServer, type TunnelInfo } from './hbone.js';
 import { MeshState, MeshStateError, type Destination } from './mesh-state.js';
 import { AGENT_SOCKET_MARK, socketInNetns } from './netns.js';
 
@@ -102,6 +102,8 @@ export class NodeAgent {
   private readonly datapath: Datapath;
   private readonly enroller: PodEnroller;
   private readonly pool: HbonePool;
+  /** Shared by every pod's HBONE listener: a peer's connections and streams are counted across the node. */
+  private readonly hboneLimiter = new HboneLimiter({ log: () => this.opts.log });
   private readonly discovery: DiscoveryClient;
   private readonly pods = new Map<string, PodEntry>();
   /** The same entries by netns cookie: every captured connection looks its pod up this way. */
@@ -272,6 +274,8 @@ export class NodeAgent {
       roots: () => this.certs.trustBundle,
       onTunnel: (stream, info) => void this.tunnel(w.uid, stream, info),
       log: this.opts.log,
+      limiter: this.hboneLimiter,
+      pod: name,
     });
     try {
       const enrolled = await this.enroller.enroll({ name, netnsPath: where.netnsPath, cgroupPath: where.cgroupPath, ips: w.ips });
@@ -647,6 +651,7 @@ export class NodeAgent {
     });
     this.metrics.gauge('ambit_xds_rejected', 'Config versions this agent rejected (NACK)', [], (g) => g.set(this.nacks));
     this.metrics.gauge('ambit_hbone_pool_connections', 'Pooled outbound HBONE connections', [], (g) => g.set(this.pool.size));
+    this.hboneLimiter.registerMetrics(this.metrics);
   }
 
   configDump(): unknown {

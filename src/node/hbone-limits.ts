@@ -167,7 +167,11 @@ export class BoundedLog {
   private suppressed = 0;
   private timer?: NodeJS.Timeout;
 
-  constructor(private readonly log: Logger, private readonly maxLines: number, private readonly intervalMs: number, private readonly now: () => number = Date.now) {}
+  private readonly log: () => Logger;
+
+  constructor(log: Logger | (() => Logger), private readonly maxLines: number, private readonly intervalMs: number, private readonly now: () => number = Date.now) {
+    this.log = typeof log === 'function' ? log : () => log;
+  }
 
   info(fields: Record<string, unknown>, msg: string): void {
     const t = this.now();
@@ -178,7 +182,7 @@ export class BoundedLog {
     }
     if (this.lines < this.maxLines) {
       this.lines++;
-      this.log.info(fields, msg);
+      this.log().info(fields, msg);
       return;
     }
     this.suppressed++;
@@ -193,14 +197,15 @@ export class BoundedLog {
     clearTimeout(this.timer);
     this.timer = undefined;
     if (this.suppressed === 0) return;
-    this.log.warn({ suppressed: this.suppressed, intervalMs: this.intervalMs }, 'HBONE refusals not logged: more than the log allows per interval');
+    this.log().warn({ suppressed: this.suppressed, intervalMs: this.intervalMs }, 'HBONE refusals not logged: more than the log allows per interval');
     this.suppressed = 0;
   }
 }
 
 export interface HboneLimiterOptions {
   limits?: Partial<HboneLimits>;
-  log?: Logger;
+  /** Where refusals are logged; a function when the logger is not made yet where the limiter is. */
+  log?: Logger | (() => Logger);
 }
 
 /** The per-node accounting of HBONE connections and streams, by peer IP and by pod. */
@@ -218,7 +223,8 @@ export class HboneLimiter {
 
   constructor(opts: HboneLimiterOptions = {}) {
     this.limits = hboneLimits(opts.limits);
-    this.refusalLog = new BoundedLog(opts.log ?? silentLogger, this.limits.logLinesPerInterval, this.limits.logIntervalMs);
+    const log = opts.log;
+    this.refusalLog = new BoundedLog(typeof log === 'function' ? log : () => log ?? silentLogger, this.limits.logLinesPerInterval, this.limits.logIntervalMs);
   }
 
   /** A connection from `peer` to `pod`'s listener, or the reason it is refused (already counted and logged). */
