@@ -29,7 +29,7 @@ import { ConnectionTracker, resetOrDestroy, splice, type TrackedConnection } fro
 import { PodEnroller, type EnrolledPod } from './enroll.js';
 import { HboneError, HboneLimiter, HbonePool, HboneServer, type TunnelInfo } from './hbone.js';
 import { MeshState, MeshStateError, type Destination } from './mesh-state.js';
-import { AGENT_SOCKET_MARK, socketInNetns } from './netns.js';
+import { AGENT_SOCKET_MARK, netnsCookie, socketInNetns } from './netns.js';
 
 export const METRICS_PORT = 15020;
 export const HEALTH_PORT = 15021;
@@ -119,6 +119,11 @@ export class NodeAgent {
    * IP only once the sandbox is up): kept until then, or until the deadline (ms since epoch).
    */
   private readonly held = new Map<string, number>();
+  /**
+   * The sandbox (CNI container ID) of each pod enrolled on the plugin's word: a late or repeated
+   * DEL of an older sandbox of the same pod leaves the current one enrolled.
+   */
+  private readonly sandboxes = new Map<string, string>();
   private readonly waiters = new Set<() => void>();
   private nacks = 0;
   private closed = false;
@@ -196,9 +201,12 @@ export class NodeAgent {
       const want = new Map(state.enrolledOn(this.opts.node).map((w) => [w.uid, w]));
       for (const [uid, entry] of this.pods) {
         const w = want.get(uid);
-        if (!w && (this.held.get(uid) ?? 0) > Date.now()) continue;
+        const stale = !w || w.ips.join() !== entry.workload.ips.join() || w.identity !== entry.workload.identity;
+        // A held pod's sandbox is newer than the controller's view (a replaced sandbox's new IP is not reported yet).
+        if (stale && (this.held.get(uid) ?? 0) > Date.now()) continue;
         this.held.delete(uid);
-        if (!w || w.ips.join() !== entry.workload.ips.join() || w.identity !== entry.workload.identity) await this.unenroll(uid, w ? 'changed' : 'left the mesh');
+        if (stale) this.sandboxes.delete(uid);
+        if (stale) await this.unenroll(uid, w ? 'changed' : 'left the mesh');
         else entry.workload = w;
       }
       await Promise.all([...want.values()].filter((w) => !this.pods.has(w.uid)).map((w) => this.enroll(w)));
@@ -222,26 +230,61 @@ export class NodeAgent {
    * containers runs: `netnsPath` is the sandbox's, `w` the pod as the API server has it. Resolves
    * once its listeners, map entries and certificate are in place; rejects with the reason
    * otherwise (the plugin then fails the sandbox and the kubelet retries). Kept enrolled for
-   * `holdMs` even while the controller does not list it yet.
+   * `holdMs` even while the controller does not list it yet, or lists it with an older sandbox's IP.
+   *
+   * `sandbox` is the CNI container ID. The same pod (UID) in another netns is a new sandbox (the
+   * kubelet recreates one whose pause process died, or after a reboot): the old enrollment goes —
+   * its netns is unusable by then — and the new one is enrolled. The same netns again (a repeated
+   * ADD) changes nothing.
    */
-  enrollPod(w: Workload, netnsPath: string, holdMs = 120_000): Promise<void> {
+  enrollPod(w: Workload, netnsPath: string, sandbox: string, holdMs = 120_000): Promise<void> {
     const run = this.reconciling.then(async () => {
       if (this.closed) throw new Error('the node agent is stopping');
-      if (this.pods.has(w.uid)) return;
+      // Read first: an ADD naming a netns that is not there fails without touching the current enrollment.
+      const cookie = netnsCookie(netnsPath);
+      const current = this.pods.get(w.uid);
+      if (current?.enrolled.netnsCookie === cookie) {
+        this.sandboxes.set(w.uid, sandbox);
+        this.held.set(w.uid, Date.now() + holdMs);
+        return;
+      }
+      if (current) {
+        // Not awaited: the old sandbox's capture ends here and now; its drain must not hold up the new one's start.
+        this.unenroll(w.uid, `sandbox replaced by ${sandbox}`).catch((err: Error) => this.opts.log.error({ pod: `${w.namespace}/${w.name}`, err: err.message }, 'unenrolling the replaced sandbox failed'));
+      }
+      this.sandboxes.delete(w.uid);
       await this.enroll(w, { netnsPath }, false);
       if (!this.pods.has(w.uid)) throw new Error(this.failures.get(w.uid) ?? `${w.namespace}/${w.name} not enrolled`);
+      this.sandboxes.set(w.uid, sandbox);
       this.held.set(w.uid, Date.now() + holdMs);
     });
     this.reconciling = run.catch(() => undefined);
     return run;
   }
 
-  /** The CNI plugin's DEL: the pod's sandbox is going away. */
-  releasePod(uid: string): Promise<void> {
-    const run = this.reconciling.then(async () => {
-      this.held.delete(uid);
-      this.failures.delete(uid);
-      await this.unenroll(uid, 'sandbox deleted');
+  /**
+   * The CNI plugin's DEL: sandbox `containerId` (netns `netnsPath`, empty when the runtime no longer
+   * has it) of pod `uid` (found by the sandbox when the runtime gave none) is going away. Only the
+   * pod's current sandbox is released: a late or repeated DEL of an older one changes nothing. A
+   * pod enrolled without the plugin (through the locator, or before this agent started) is released
+   * only when `netnsPath` is its netns; in doubt it stays, until the controller drops it.
+   * Resolves once capture has stopped, without waiting for its connections to drain.
+   */
+  releasePod(uid: string | undefined, containerId: string, netnsPath: string): Promise<void> {
+    const run = this.reconciling.then(() => {
+      const pod = uid || [...this.sandboxes].find(([, id]) => id === containerId)?.[0];
+      if (!pod) return;
+      const entry = this.pods.get(pod);
+      const current = this.sandboxes.get(pod);
+      const ours = current !== undefined ? current === containerId : entry !== undefined && sameNetns(entry.enrolled.netnsCookie, netnsPath);
+      if (entry && !ours) {
+        this.opts.log.info({ pod: `${entry.workload.namespace}/${entry.workload.name}`, sandbox: containerId, current: current ?? entry.netnsPath }, 'DEL of a sandbox the pod is no longer in: its current one stays enrolled');
+        return;
+      }
+      this.held.delete(pod);
+      this.failures.delete(pod);
+      if (current === containerId) this.sandboxes.delete(pod);
+      this.unenroll(pod, 'sandbox deleted').catch((err: Error) => this.opts.log.error({ uid: pod, err: err.message }, 'unenrolling a deleted sandbox failed'));
     });
     this.reconciling = run.catch(() => undefined);
     return run;
@@ -696,6 +739,16 @@ export class NodeAgent {
 
 function isLoopback(ip: string): boolean {
   return ip === '::1' || ip.startsWith('127.');
+}
+
+/** Whether `netnsPath` is the netns with this cookie; false when it cannot be read (gone, empty). */
+function sameNetns(cookie: bigint, netnsPath: string): boolean {
+  if (!netnsPath) return false;
+  try {
+    return netnsCookie(netnsPath) === cookie;
+  } catch {
+    return false;
+  }
 }
 
 function authorityHost(ip: string): string {

@@ -231,6 +231,62 @@ describe('ambit node --kubernetes', () => {
     expect(JSON.parse(meanwhile.body)).toMatchObject({ code: 11, msg: expect.stringMatching(/not reachable/) });
   }, 60_000);
 
+  it('a new sandbox of a pod replaces the old one; a late or repeated DEL of the old sandbox leaves the new one enrolled and captured', async () => {
+    const agent = await startAgent();
+    await until('the agent ready', async () => (await get(agent.health, '/healthz/ready').catch(() => ({ status: 0 }))).status === 200, 30_000);
+    await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && existsSync(installedPlugin()), 10_000);
+    const pod = { namespace: 'shop', name: 'orders', uid: 'uid-orders' };
+    /** A sandbox: a netns linked to web's, with its own address and a route to web's IP. */
+    const sandbox = (name: string, subnet: number) => {
+      const ns = lab.netns(name);
+      lab.link(podNetns, `10.${subnet}.${octet}.1/24`, ns, `10.${subnet}.${octet}.2/24`);
+      execFileSync('ip', ['-n', ns.split('/').at(-1)!, 'route', 'add', `${podIp}/32`, 'via', `10.${subnet}.${octet}.1`]);
+      return { ns, ip: `10.${subnet}.${octet}.2`, cg: lab.cgroup(name) };
+    };
+    const enrolledOrders = async () => (JSON.parse((await get(agent.admin, '/workloads')).body) as { enrolled: { name: string; netns: string }[] }).enrolled.filter((w) => w.name === 'orders');
+    /** Connections web accepted over HBONE with orders' certificate: only captured connects get there. */
+    const mtlsFromOrders = async () => {
+      const m = new RegExp('istio_tcp_connections_opened_total\\{[^}]*reporter="destination"[^}]*source_principal="cluster.local/ns/shop/sa/orders"[^}]*\\} (\\d+)').exec((await get(agent.metrics, '/metrics')).body);
+      return m ? Number(m[1]) : 0;
+    };
+    const old = sandbox('orders-a', 207);
+    api.apply('Pod', { metadata: { name: 'orders', namespace: 'shop', uid: 'uid-orders', labels: { app: 'orders' } }, spec: { nodeName: node, serviceAccountName: 'orders', containers: [{ name: 'o', image: 'o' }] }, status: { phase: 'Pending' } });
+    expect((await cni('ADD', pod, old.ns, old.ip, 'sandbox-orders-a')).code).toBe(0);
+    // The kubelet reports the first sandbox's IP; the controller streams the pod with it.
+    api.apply('Pod', { metadata: { name: 'orders', namespace: 'shop', uid: 'uid-orders', labels: { app: 'orders' } }, spec: { nodeName: node, serviceAccountName: 'orders', containers: [{ name: 'o', image: 'o' }] }, status: { phase: 'Running', podIP: old.ip } });
+    await until('the controller streaming orders', async () => JSON.stringify(JSON.parse((await get(agent.admin, '/config_dump')).body)).includes(old.ip), 20_000);
+
+    // Its pause process died: the kubelet makes a new sandbox (new netns, new address) for the same pod.
+    const now = sandbox('orders-b', 208);
+    const add = await cni('ADD', pod, now.ns, now.ip, 'sandbox-orders-b');
+    expect(add.code, add.body).toBe(0);
+    expect(await enrolledOrders()).toEqual([expect.objectContaining({ netns: now.ns })]);
+    // Any config change makes the agent reconcile, while the controller still has the old sandbox's IP.
+    api.apply('Pod', { metadata: { name: 'noise', namespace: 'shop', uid: 'uid-noise' }, spec: { nodeName: 'elsewhere', containers: [{ name: 'n', image: 'n' }] }, status: { phase: 'Running', podIP: '10.250.0.9' } });
+    await until('the agent holding the new config', async () => JSON.stringify(JSON.parse((await get(agent.admin, '/config_dump')).body)).includes('10.250.0.9'), 20_000);
+    const call = async () => {
+      const before = await mtlsFromOrders();
+      const r = await lab.client(now.ns, now.cg, podIp, 8080);
+      expect(r.stdout.trim(), agent.output().split('\n').filter((l) => /"level":[45]0/.test(l)).join('\n')).toBe('app 8080');
+      await until('the call counted as orders\' mTLS', async () => (await mtlsFromOrders()) === before + 1, 10_000);
+    };
+    await call();
+
+    // The runtime cleans the old sandbox up late, and once more on its next GC pass.
+    for (const netns of [old.ns, '']) {
+      expect(await cni('DEL', pod, netns, old.ip, 'sandbox-orders-a')).toEqual({ code: 0, body: '' });
+      expect(await enrolledOrders()).toEqual([expect.objectContaining({ netns: now.ns })]);
+      await call();
+    }
+    // The current sandbox's DEL releases it.
+    expect(await cni('DEL', pod, now.ns, now.ip, 'sandbox-orders-b')).toEqual({ code: 0, body: '' });
+    expect(await enrolledOrders()).toEqual([]);
+    api.delete('Pod', 'shop', 'orders');
+    api.delete('Pod', 'shop', 'noise');
+    agent.proc.kill('SIGTERM');
+    expect(await agent.exited).toBe(0);
+  }, 90_000);
+
   it('after a reboot (socket gone with the tmpfs, plugin, marker and chain entry still on disk, no agent yet), ADD fails with "try again", not through', async () => {
     const agent = await startAgent();
     await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && existsSync(installedPlugin()), 30_000)
