@@ -181,6 +181,11 @@ export function localServer(opts: LocalServerOptions, handler: LocalHandler): Se
     const body = json ? `${JSON.stringify({ error: message })}\n` : `${message}\n`;
     socket.end(`HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Bad Request'}\r\nconnection: close\r\ncontent-type: ${json ? 'application/json' : 'text/plain; charset=utf-8'}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
   });
+  // Once listening, an error here is a failed accept (EMFILE when the process is out of file
+  // descriptors): the endpoint goes on with the connections it can take, the agent does not die.
+  server.on('error', (err: NodeJS.ErrnoException) => {
+    if (server.listening) log.warn({ code: err.code, err: err.message }, 'accepting a connection failed');
+  });
   // CONNECT is for proxies; without this listener Node would drop the socket without a word.
   server.on('connect', (req: IncomingMessage, socket: Socket) => {
     const body = json ? `${JSON.stringify({ error: 'CONNECT is not served here' })}\n` : 'CONNECT is not served here\n';

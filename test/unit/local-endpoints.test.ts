@@ -210,6 +210,12 @@ describe('the hardened server', () => {
     expect((await raw(port, get('/'))).status).toBe(200);
   });
 
+  it('logs a failed accept (out of file descriptors) and keeps serving', async () => {
+    server.emit('error', Object.assign(new Error('accept EMFILE'), { code: 'EMFILE', syscall: 'accept' }));
+    expect(lines.find((l) => l.msg === 'accepting a connection failed')).toMatchObject({ level: 40, endpoint: 'test', code: 'EMFILE' });
+    expect((await raw(port, get('/'))).status).toBe(200);
+  });
+
   it('answers an HttpError with its status', async () => {
     const r = await raw(port, get('/refused'));
     expect(r.status).toBe(409);
