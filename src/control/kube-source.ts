@@ -27,6 +27,7 @@
  * spec.nodeName and status.podIP.
  */
 import { setMaxListeners } from 'node:events';
+import { isIP } from 'node:net';
 import type { Logger } from 'pino';
 import type { NodeDirectory } from '../identity/ca-server.js';
 import { formatSpiffeId } from '../identity/spiffe.js';
@@ -577,8 +578,12 @@ function podInfo(raw: Record<string, unknown>, meta: Meta): PodInfo | undefined 
       ? { kind: 'Deployment', name: ref.name.slice(0, -hash.length - 1) }
       : { kind: ref.kind, name: ref.name };
   }
+  // Every address of a dual-stack pod (status.podIPs, podIP first): each is steered by the agent.
+  const extra = (Array.isArray(status.podIPs) ? status.podIPs.filter(isObject) : [])
+    .map((a) => a.ip).filter((a): a is string => typeof a === 'string' && isIP(a) !== 0 && a !== status.podIP);
   return {
     uid: meta.uid ?? `${meta.namespace}/${meta.name}`, namespace: meta.namespace, name: meta.name, node: spec.nodeName, ip: status.podIP,
+    ...(extra.length > 0 ? { ips: [status.podIP, ...new Set(extra)] } : {}),
     labels: meta.labels, spec: podSpec, ...(owner ? { owner } : {}), ...(spec.hostNetwork === true ? { hostNetwork: true } : {}),
   };
 }

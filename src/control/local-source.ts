@@ -10,6 +10,7 @@ import { CaError } from '../identity/ca.js';
 import type { Authenticator, Caller, NodeDirectory } from '../identity/ca-server.js';
 import { formatSpiffeId } from '../identity/spiffe.js';
 import type { Resource, ServiceResource } from '../local/manifests.js';
+import { podAddress6 } from '../local/layout.js';
 import type { ClusterState } from '../local/state.js';
 import type { PodInfo, SourceSnapshot } from './model.js';
 
@@ -168,6 +169,6 @@ export function snapshotOf(state: ClusterState): SourceSnapshot {
     const vip = state.services[`${svc.meta.namespace}/${svc.meta.name}`]?.vip;
     return vip ? { ...svc, spec: { ...svc.spec, clusterIP: vip } } : svc;
   });
-  const pods: PodInfo[] = Object.values(state.pods).map((p) => ({ uid: p.uid, namespace: p.namespace, name: p.name, node: p.node, ip: p.ip, labels: p.labels, spec: p.spec, ...(p.owner ? { owner: { kind: p.owner.kind, name: p.owner.name } } : {}) }));
+  const pods: PodInfo[] = Object.values(state.pods).map((p) => ({ uid: p.uid, namespace: p.namespace, name: p.name, node: p.node, ip: p.ip, ips: [p.ip, podAddress6(p.ip)], labels: p.labels, spec: p.spec, ...(p.owner ? { owner: { kind: p.owner.kind, name: p.owner.name } } : {}) }));
   return { resources, pods };
 }

@@ -23,6 +23,8 @@ export interface PodInfo {
   name: string;
   node: string;
   ip: string;
+  /** Every address of a dual-stack pod, `ip` first (Kubernetes status.podIPs); absent: `ip` alone. */
+  ips?: string[];
   labels: Record<string, string>;
   spec: PodSpec;
   /** The controller that made the pod (a Deployment), for the workload name in telemetry. */
@@ -127,7 +129,7 @@ export function workloadOf(p: PodInfo, namespaceLabels: Record<string, string>, 
   return {
     uid: p.uid, name: p.name, workload: p.owner?.name ?? p.name, namespace: p.namespace, serviceAccount: p.spec.serviceAccountName,
     identity: formatSpiffeId({ trustDomain, namespace: p.namespace, serviceAccount: p.spec.serviceAccountName }),
-    ips: [p.ip], node: p.node, labels: p.labels, enrolled, ports,
+    ips: p.ips ?? [p.ip], node: p.node, labels: p.labels, enrolled, ports,
     ...(p.labels[USE_WAYPOINT] ? { waypoint: p.labels[USE_WAYPOINT] } : {}),
   };
 }

@@ -53,6 +53,26 @@ export function podGateway(index: number): string {
   return `10.244.${index}.1`;
 }
 
+/**
+ * Pods are dual-stack: each gets an IPv6 address derived from its IPv4 one (10.244.N.X →
+ * fd00:10:244:N::X), so no state file changes and a pod's second address exists to be secured.
+ */
+export function podAddress6(ip4: string): string {
+  const [, , n, x] = ip4.split('.');
+  return `fd00:10:244:${n}::${x}`;
+}
+
+export function podCidr6(index: number): string {
+  return `fd00:10:244:${index}::/64`;
+}
+
+export function nodeAddress6(index: number): string {
+  return `fd00:172:30::${10 + index}`;
+}
+
+/** The IPv6 next hop every pod uses: the node side of its veth. */
+export const POD_GATEWAY6 = 'fe80::1';
+
 /** Root of every cluster's state directory; tests point it elsewhere with AMBIT_LOCAL_STATE. */
 export function stateRoot(): string {
   return process.env.AMBIT_LOCAL_STATE ?? '/var/lib/ambit/local';

@@ -4,8 +4,12 @@
  *
  *   underlay netns   br0 172.30.0.1/24 ── uN ─┐ (one veth per node)
  *   node-N netns     eth0 172.30.0.(10+N) ────┘   forwarding on, routes to the other nodes'
- *                    lo 10.244.N.1 (pod gateway)  pod ranges, service VIPs DNAT'd by nftables
- *                    vpodX ── eth0 of a pod (10.244.N.X/32, default via 10.244.N.1)
+ *                         fd00:172:30::(10+N)      pod ranges, service VIPs DNAT'd by nftables
+ *                    lo 10.244.N.1 (pod gateway)
+ *                    vpodX fe80::1 ── eth0 of a pod (10.244.N.X/32, default via 10.244.N.1;
+ *                                     fd00:10:244:N::X/128, default via fe80::1)
+ *
+ * Pods are dual-stack (as Kubernetes' status.podIPs can be); services stay IPv4.
  *
  * Pods get point-to-point veths rather than a bridge: every packet between two pods, even on
  * one node, crosses the node's IP layer, so service DNAT and its reverse always apply (a
@@ -16,7 +20,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { LocalError } from './errors.js';
 import {
-  ClusterLayout, nodeAddress, podCidr, podGateway, SERVICE_CIDR, UNDERLAY_GATEWAY, UNDERLAY_PREFIX,
+  ClusterLayout, nodeAddress, nodeAddress6, podAddress6, podCidr, podCidr6, podGateway, POD_GATEWAY6, SERVICE_CIDR, UNDERLAY_GATEWAY, UNDERLAY_PREFIX,
 } from './layout.js';
 
 function run(cmd: string, args: string[], input?: string): string {
@@ -85,13 +89,16 @@ export class ClusterNetwork {
     ip('-n', node, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', port, 'netns', underlay);
     ip('-n', underlay, 'link', 'set', port, 'master', 'br0', 'up');
     ip('-n', node, 'addr', 'add', `${nodeAddress(index)}/${UNDERLAY_PREFIX}`, 'dev', 'eth0');
+    ip('-n', node, '-6', 'addr', 'add', `${nodeAddress6(index)}/64`, 'dev', 'eth0', 'nodad');
     ip('-n', node, 'link', 'set', 'eth0', 'up');
     ip('-n', node, 'addr', 'add', `${podGateway(index)}/32`, 'dev', 'lo');
     sysctl(node, 'net.ipv4.ip_forward', '1');
+    sysctl(node, 'net.ipv6.conf.all.forwarding', '1');
     // Un-DNAT'd traffic to the service range is delivered locally and refused (see the nft input chain).
     ip('-n', node, 'route', 'add', 'local', SERVICE_CIDR, 'dev', 'lo');
     for (let other = 1; other <= nodeCount; other++) {
       if (other !== index) ip('-n', node, 'route', 'add', podCidr(other), 'via', nodeAddress(other));
+      if (other !== index) ip('-n', node, '-6', 'route', 'add', podCidr6(other), 'via', nodeAddress6(other));
     }
     ip('-n', underlay, 'route', 'replace', podCidr(index), 'via', nodeAddress(index));
     this.syncServices(index, [], []);
@@ -106,11 +113,15 @@ export class ClusterNetwork {
     try {
       ip('-n', node, 'link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', podNs);
       ip('-n', node, 'link', 'set', hostIf, 'up');
+      ip('-n', node, '-6', 'addr', 'add', `${POD_GATEWAY6}/64`, 'dev', hostIf, 'nodad');
       ip('-n', node, 'route', 'replace', `${podIp}/32`, 'dev', hostIf, 'src', podGateway(nodeIndex));
+      ip('-n', node, '-6', 'route', 'replace', `${podAddress6(podIp)}/128`, 'dev', hostIf);
       ip('-n', podNs, 'addr', 'add', `${podIp}/32`, 'dev', 'eth0');
+      ip('-n', podNs, '-6', 'addr', 'add', `${podAddress6(podIp)}/128`, 'dev', 'eth0', 'nodad');
       ip('-n', podNs, 'link', 'set', 'eth0', 'up');
       ip('-n', podNs, 'route', 'add', podGateway(nodeIndex), 'dev', 'eth0', 'scope', 'link');
       ip('-n', podNs, 'route', 'add', 'default', 'via', podGateway(nodeIndex), 'dev', 'eth0');
+      ip('-n', podNs, '-6', 'route', 'add', 'default', 'via', POD_GATEWAY6, 'dev', 'eth0');
     } catch (err) {
       // Deleting the pod netns deletes the veth pair and the node's route with it.
       deleteNetns(podNs);

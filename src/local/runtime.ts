@@ -23,7 +23,7 @@ import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { LocalError } from './errors.js';
 import {
-  CLUSTER_DOMAIN, ClusterLayout, CONTROLLER_PORT, MAX_NODES, nodeAddress, nodeName, podCidr, podGateway, SERVICE_CIDR, UNDERLAY_GATEWAY,
+  CLUSTER_DOMAIN, ClusterLayout, CONTROLLER_PORT, MAX_NODES, nodeAddress, nodeName, podAddress6, podCidr, SERVICE_CIDR, UNDERLAY_GATEWAY,
 } from './layout.js';
 import {
   formatDiagnostic, parseManifests, type DeploymentResource, type Diagnostic, type ManifestInput,
@@ -52,6 +52,8 @@ export interface PodStatus {
   name: string;
   node: string;
   ip: string;
+  /** Both of the pod's addresses: IPv4 first, then its IPv6 (see podAddress6). */
+  ips: string[];
   phase: Phase;
   ready: string;
   restarts: number;
@@ -687,6 +689,7 @@ export class Runtime {
         name: record.name,
         node: record.node,
         ip: record.ip,
+        ips: [record.ip, podAddress6(record.ip)],
         phase: live?.phase ?? 'Pending',
         ready: `${containers.filter((c) => c.ready && c.state === 'running').length}/${record.spec.containers.length}`,
         restarts: live?.restarts ?? 0,

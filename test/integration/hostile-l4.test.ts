@@ -111,6 +111,7 @@ spec: { nodeName: node-1, containers: [{ name: c, command: [sleep, infinity] }] 
 `;
 
 let ip: Record<string, string> = {};
+let ip6: Record<string, string> = {};
 const isReady = (p: { ready: string }) => { const [n, of] = p.ready.split('/'); return n === of; };
 
 describe('hostile input on the L4 data path', () => {
@@ -123,6 +124,7 @@ describe('hostile input on the L4 data path', () => {
       return agents === 2 && s.pods.length === 4 && s.pods.every(isReady) ? s : undefined;
     }, 120_000, 500);
     ip = Object.fromEntries(status.pods.map((p) => [p.name, p.ip]));
+    ip6 = Object.fromEntries(status.pods.map((p) => [p.name, p.ips[1]!]));
     await until('server and bound enrolled', async () => {
       const w = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, '--node', 'node-2', '--', 'node', '-e',
         'fetch("http://127.0.0.1:15000/workloads").then((r) => r.text()).then((t) => process.stdout.write(t))'])) as { enrolled: { name: string }[] };
@@ -199,6 +201,16 @@ spec:
     expect(counter(await metrics('node-2'), 'inbound_unknown_addr')).toBeGreaterThan(before);
   });
 
+  it('carries a dual-stack pod\'s IPv6 address through the agent, as its IPv4 one', async () => {
+    // Plaintext from outside the mesh to the second address: steered to the agent and logged.
+    expect(await fromPod('plain/outsider', ip6.server!, 8080)).toBe('ok app server');
+    expect(accessLog('node-2').some((l) => l.destination.ip === ip6.server && l.destination.port === 8080 && l.source.ip === ip6.outsider)).toBe(true);
+    // A meshed client's call to it goes over HBONE, to the address it called.
+    expect(await fromPod('mesh/client', ip6.server!, 8080)).toBe('ok app server');
+    const tunnelled = accessLog('node-2').filter((l) => l.destination.ip === ip6.server && l.source.ip === ip6.client);
+    expect(tunnelled.length).toBeGreaterThanOrEqual(1);
+  });
+
   it('exempts only the node\'s prober from STRICT: its probes pass, other host processes are refused', async () => {
     await apply('strict.yaml', `
 apiVersion: security.istio.io/v1
@@ -208,6 +220,8 @@ spec: { mtls: { mode: STRICT } }
 `);
     // A process on the node (host network) is not the prober: refused like any plaintext.
     await until('STRICT in effect', async () => ((await fromNode('node-2', ip.server!, 8080)) === 'error ECONNRESET' ? true : undefined), 10_000, 100);
+    // Under STRICT the pod's IPv6 address refuses plaintext as its IPv4 one does.
+    expect(await fromPod('plain/outsider', ip6.server!, 8080)).toBe('error ECONNRESET');
     // The runtime's readiness probes still reach the app: the pod stays ready, and they are logged as exempt.
     await until('probes logged as exempt under STRICT', () => {
       const since = accessLog('node-2').filter((l) => l.connection.exempt === 'kubelet-probe' && l.destination.ip === ip.server);
