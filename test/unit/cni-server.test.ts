@@ -4,7 +4,7 @@
  * garbage, wrong types, bad names and paths, huge, slow and too many requests — answered with an
  * error naming what was wrong, never a crash, and the server still serving afterwards.
  */
-import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -137,6 +137,24 @@ describe('CniServer', () => {
     expect(stats.isSocket()).toBe(true);
     expect(stats.mode & 0o777).toBe(0o600);
     expect(readdirSync(dir)).toEqual(['cni.sock']);
+  });
+
+  it('makes a socket directory others could write to (and swap the socket in) 0755; a path too long for a socket is an error naming it', async () => {
+    const shared = join(dir, 'shared');
+    mkdirSync(shared);
+    chmodSync(shared, 0o777);
+    const other = new CniServer({ path: join(shared, 'cni.sock'), client: new KubeClient({ server: api.url }), node: 'node-a', trustDomain: 'cluster.local', target });
+    await other.start();
+    try {
+      expect(statSync(shared).mode & 0o777).toBe(0o755);
+      expect(statSync(join(shared, 'cni.sock')).mode & 0o777).toBe(0o600);
+    } finally {
+      other.close(true);
+    }
+    const deep = join(dir, 'd'.repeat(100), 'cni.sock');
+    await expect(new CniServer({ path: deep, client: new KubeClient({ server: api.url }), node: 'node-a', trustDomain: 'cluster.local', target }).start())
+      .rejects.toThrow(/the path is too long for a unix socket .* use a shorter --cni-socket/);
+    expect(readdirSync(join(dir, 'd'.repeat(100)))).toEqual([]);
   });
 
   it('ADD of a meshed pod enrolls it in its sandbox with its API identity and the primary plugin\'s address, and passes the result on', async () => {
