@@ -874,6 +874,10 @@ static int ambit_installed(char *marker, size_t cap)
 		return 1;
 	}
 	exe[n] = '\0';
+	/* The installer replaces the binary by a rename: a run of the old one sees its path so marked. */
+	static const char deleted[] = " (deleted)";
+	if ((size_t)n > sizeof deleted - 1 && strcmp(exe + n - (sizeof deleted - 1), deleted) == 0)
+		exe[n - (sizeof deleted - 1)] = '\0';
 	snprintf(marker, cap, "%s%s", exe, MARKER_SUFFIX);
 	if (access(marker, F_OK) == 0)
 		return 1;

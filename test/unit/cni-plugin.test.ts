@@ -5,7 +5,7 @@
  * "<exit code>\n<body>", or never answers.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -288,6 +288,25 @@ describe.skipIf(!compiler)('ambit-cni plugin' + (compiler ? '' : ' (skipped: no 
         expect(del.code).toBe(0);
         expect(del.stdout).toBe('');
       });
+    });
+
+    it('installed, and its own binary replaced while it runs (an upgrade): still finds the marker', async () => {
+      const swap = join(dir, 'swap');
+      mkdirSync(swap);
+      const path = join(swap, 'ambit-cni');
+      copyFileSync(plugin, path);
+      writeFileSync(`${path}.installed`, 'ambit\n');
+      const child = spawn(path, [], { env: { ...POD_ENV, CNI_COMMAND: 'ADD' }, stdio: ['pipe', 'pipe', 'inherit'] });
+      let stdout = '';
+      child.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });
+      const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
+      // Executing: the installer renames the new binary over it (so /proc/self/exe reads "… (deleted)").
+      await new Promise((resolve, reject) => child.once('spawn', resolve).once('error', reject));
+      copyFileSync(plugin, `${path}.new`);
+      renameSync(`${path}.new`, path);
+      child.stdin.end(config({ socket: join(swap, 'cni.sock'), prevResult: PREV }));
+      expect(await closed).toBe(1);
+      expect(parse(stdout)).toMatchObject({ code: 11, msg: expect.stringMatching(/not running/), details: expect.stringContaining(`(${path}.installed)`) });
     });
 
     it('a socket nobody listens on: ADD fails closed with code 11 when installed, DEL exits 0', async () => {
