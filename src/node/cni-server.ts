@@ -25,7 +25,7 @@
  * checked field by field and answered with an error naming what was wrong, and sizes, time and the
  * number of connections are bounded so that no client can crash the agent or hold its memory.
  */
-import { chmodSync, mkdirSync, mkdtempSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { createServer, isIP, type Server, type Socket } from 'node:net';
 import { dirname, join, posix } from 'node:path';
 import type { Logger } from 'pino';
@@ -96,6 +96,8 @@ interface CniRequest {
 const TRY_AGAIN = 11;
 const INVALID = 100;
 
+/** The private directories the socket is bound in before it is renamed into place. */
+const STAGING_PREFIX = '.ambit-cni-';
 /** sun_path of struct sockaddr_un holds 107 bytes and a NUL. */
 const MAX_SOCKET_PATH = 107;
 /** The CNI spec's container ID: alphanumerics, `_`, `.` and `-`, not starting with a separator. */
@@ -193,7 +195,9 @@ export class CniServer {
       chmodSync(dir, stats.mode & 0o755);
       this.log.warn({ dir, mode: (stats.mode & 0o777).toString(8) }, 'the CNI socket\'s directory was writable by others: made 0755 or narrower');
     }
-    const staging = mkdtempSync(join(dir, '.c'));
+    // A staging directory left by an agent killed between these lines holds nothing but a dead socket.
+    for (const name of readdirSync(dir)) if (name.startsWith(STAGING_PREFIX)) rmSync(join(dir, name), { recursive: true, force: true });
+    const staging = mkdtempSync(join(dir, STAGING_PREFIX));
     const temp = join(staging, 's');
     if (Buffer.byteLength(temp) > MAX_SOCKET_PATH) {
       rmSync(staging, { recursive: true, force: true });

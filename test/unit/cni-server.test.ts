@@ -111,8 +111,11 @@ beforeAll(async () => {
   pod('shop', 'cart', { 'pod-template-hash': '7d9f' });
   pod('plain', 'other');
   pod('plain', 'opted', { 'ambit.dev/dataplane-mode': 'ambient' });
-  // A previous agent's socket file, left in place by its restart: replaced, never removed first.
+  // A previous agent's socket file, left in place by its restart: replaced, never removed first;
+  // and the staging directory of one killed while binding.
   writeFileSync(socketPath, 'stale');
+  mkdirSync(join(dir, '.ambit-cni-Xy12ab'));
+  writeFileSync(join(dir, '.ambit-cni-Xy12ab', 's'), '');
   server = new CniServer({
     path: socketPath, client: new KubeClient({ server: api.url }), node: 'node-a', trustDomain: 'cluster.local', hostProc: '/host/proc', limits: LIMITS, target,
   });
@@ -132,7 +135,7 @@ afterAll(async () => {
 });
 
 describe('CniServer', () => {
-  it('creates its socket mode 0600 whatever the umask, over the old file, leaving no staging behind', () => {
+  it('creates its socket mode 0600 whatever the umask, over the old file, leaving no staging behind (nor an older one)', () => {
     const stats = statSync(socketPath);
     expect(stats.isSocket()).toBe(true);
     expect(stats.mode & 0o777).toBe(0o600);
