@@ -113,6 +113,11 @@ export interface DiscoveryServerOptions {
   subscribeTimeoutMs?: number;
 }
 
+/** Versions sent to a subscriber and not answered yet, at most. */
+export const MAX_INFLIGHT = 2;
+/** Streams open at once for one subscriber (a node agent's node, a waypoint's replicas); a newer one closes the oldest. */
+export const MAX_STREAMS: Readonly<Record<SubscriberKind, number>> = { 'node-agent': 2, waypoint: 16 };
+
 /** A NACK's error is kept (status, logs) up to this many characters. */
 export const MAX_NACK_ERROR = 1024;
 const clip = (s: string, max: number): string => (s.length > max ? `${s.slice(0, max)}… (${s.length - max} more characters)` : s);
@@ -225,6 +230,13 @@ export class DiscoveryServer {
           if (kind === 'waypoint' && !caller.workload) return fail(grpc.status.PERMISSION_DENIED, `authenticated as the node agent of node ${caller.node}, cannot subscribe as waypoint ${name}: a waypoint subscribes with its own credential`);
           if (kind === 'waypoint' && caller.workload && name !== `${caller.workload.namespace}/${caller.workload.name}`) return fail(grpc.status.PERMISSION_DENIED, `authenticated as waypoint ${caller.workload.namespace}/${caller.workload.name}, cannot subscribe as ${name}`);
           sub = { id: randomBytes(4).toString('hex'), node, kind, name, call, inflight: [], needFull: false };
+          // One credential cannot pile up streams (each holds a snapshot in flight): beyond a
+          // few for the same subscriber, the oldest goes (a restarted agent's half-open one).
+          const same = [...this.subscribers].filter((o) => o.kind === kind && o.node === node && o.name === name);
+          for (const old of same.slice(0, Math.max(0, same.length - MAX_STREAMS[kind] + 1))) {
+            this.subscribers.delete(old);
+            old.call.emit('error', { code: grpc.status.RESOURCE_EXHAUSTED, details: `replaced by a newer stream of the same ${kind}: at most ${MAX_STREAMS[kind]} at once` });
+          }
           this.subscribers.add(sub);
           this.log.info({ node, kind, name, lastVersion: clip(req.subscribe?.last_version ?? '', 64) }, 'subscriber connected');
           this.push(sub, true);
@@ -242,6 +254,8 @@ export class DiscoveryServer {
         }
         sub.lastAck = clip(req.ack.version, 64);
         this.changed();
+        // Versions held back while too many were unanswered go now, as one.
+        this.push(sub, false);
       } else if (req.nack) {
         // The subscriber kept its last good config. The bad version is not sent again: the next
         // model change goes out as a new version, in full, since later deltas built on the
@@ -253,6 +267,7 @@ export class DiscoveryServer {
         sub.lastNack = { version: clip(req.nack.version, 64), error: clip(req.nack.error, MAX_NACK_ERROR) };
         this.log.warn({ node: sub.node, kind: sub.kind, name: sub.name, ...sub.lastNack }, 'config rejected by subscriber (NACK)');
         this.changed();
+        if (req.nack.version !== this.version) this.push(sub, false);
       }
     });
     const drop = () => {
@@ -344,6 +359,9 @@ export class DiscoveryServer {
 
   private push(sub: SubscriberState, fullRequested: boolean): void {
     if (!this.model) return;
+    // Paced by the subscriber's answers: one that reads or answers nothing holds at most
+    // MAX_INFLIGHT versions of the controller's memory; the rest goes, as one, at its next answer.
+    if (sub.inflight.length >= MAX_INFLIGHT) return;
     const full = fullRequested || sub.needFull;
     sub.needFull = false;
     const base = sub.inflight.at(-1) ?? sub.acked;

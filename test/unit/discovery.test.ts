@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DiscoveryClient, DiscoveryServer, discoveryService, MAX_NACK_ERROR, viewFor, type WireResource } from '../../src/control/discovery.js';
+import { DiscoveryClient, DiscoveryServer, discoveryService, MAX_INFLIGHT, MAX_NACK_ERROR, MAX_STREAMS, viewFor, type WireResource } from '../../src/control/discovery.js';
 import { buildModel, type MeshModel, type PodInfo, type Service, type Workload } from '../../src/control/model.js';
 import { validateMeshObject } from '../../src/control/validate.js';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
@@ -307,5 +307,31 @@ describe('the discovery stream against a hostile subscriber', () => {
     ok.emit('data', { nack: { version: ok.written[0]!.version, error: 'e'.repeat(1_000_000) } });
     const nack = d.status().find((s) => s.node === 'node-2')!.lastNack!;
     expect(nack.error).toBe(`${'e'.repeat(MAX_NACK_ERROR)}… (${1_000_000 - MAX_NACK_ERROR} more characters)`);
+  });
+
+  it('holds back versions from a subscriber that answers nothing, and sends the latest as one at its next ACK', async () => {
+    const d = new DiscoveryServer(credentials);
+    d.update(model());
+    const call = open(d, TOKENS['node-1']);
+    call.emit('data', { subscribe: { node: 'node-1', kind: 'node-agent', name: '', last_version: '' } });
+    await expect.poll(() => call.written.length).toBe(1);
+    for (let i = 0; i < 50; i++) d.update(model([...PODS, pod(`flood-${i}`, 'node-1', `10.244.9.${i + 2}`, { app: 'users' }, 'users')]));
+    expect(call.written).toHaveLength(MAX_INFLIGHT);
+    call.emit('data', { ack: { version: call.written[1]!.version } });
+    expect(call.written).toHaveLength(MAX_INFLIGHT + 1);
+    expect(call.written.at(-1)!.version).toBe(d.version);
+  });
+
+  it('keeps at most a few streams per subscriber: a newer one closes the oldest', async () => {
+    const d = new DiscoveryServer(credentials);
+    d.update(model());
+    const calls = [0, 1, 2].map(() => open(d, TOKENS['node-1']));
+    for (const c of calls) {
+      c.emit('data', { subscribe: { node: 'node-1', kind: 'node-agent', name: '', last_version: '' } });
+      await expect.poll(() => c.written.length).toBe(1);
+    }
+    expect(calls[0]!.status).toEqual({ code: grpc.status.RESOURCE_EXHAUSTED, details: `replaced by a newer stream of the same node-agent: at most ${MAX_STREAMS['node-agent']} at once` });
+    expect(calls.slice(1).map((c) => c.status)).toEqual([undefined, undefined]);
+    expect(d.status()).toHaveLength(MAX_STREAMS['node-agent']);
   });
 });
