@@ -344,7 +344,7 @@ export class CniServer {
     const meta = isObject(pod.metadata) ? pod.metadata : {};
     if (uid && meta.uid !== uid) throw new CniFailure(TRY_AGAIN, `pod ${namespace}/${name} in the API server is not the sandbox's (uid ${String(meta.uid)}, sandbox for ${uid})`);
     // The controller's view of the pod, as it will stream it once the kubelet reports the IP.
-    const info = apiPod({ ...pod, spec: { ...(isObject(pod.spec) ? pod.spec : {}), nodeName: this.opts.node }, status: { phase: 'Pending', podIP: ips[0] } });
+    const info = apiPod({ ...pod, spec: { ...(isObject(pod.spec) ? pod.spec : {}), nodeName: this.opts.node }, status: { phase: 'Pending', podIP: ips[0], podIPs: ips.map((ip) => ({ ip })) } });
     if (!info) throw new CniFailure(INVALID, `pod ${namespace}/${name} could not be read as a pod`);
     const nsMeta = isObject(ns.metadata) ? ns.metadata : {};
     const w = workloadOf(info, isObject(nsMeta.labels) ? nsMeta.labels as Record<string, string> : {}, this.opts.trustDomain);

@@ -160,14 +160,14 @@ describe('CniServer', () => {
     expect(readdirSync(join(dir, 'd'.repeat(100)))).toEqual([]);
   });
 
-  it('ADD of a meshed pod enrolls it in its sandbox with its API identity and the primary plugin\'s address, and passes the result on', async () => {
+  it('ADD of a meshed pod enrolls it in its sandbox with its API identity and the primary plugin\'s addresses (both families), and passes the result on', async () => {
     const answer = await call(request('ADD', 'shop', 'cart'));
     expect(answer.code, answer.body).toBe(0);
     expect(JSON.parse(answer.body)).toEqual(prevResult);
     expect(enrolled.at(-1)).toMatchObject({
       netns: '/var/run/netns/cni-1',
       sandbox: 'c-cart',
-      w: { uid: 'uid-cart', name: 'cart', workload: 'cart', namespace: 'shop', identity: 'spiffe://cluster.local/ns/shop/sa/cart', ips: ['10.244.1.7'], node: 'node-a', enrolled: true, ports: { http: 8080 } },
+      w: { uid: 'uid-cart', name: 'cart', workload: 'cart', namespace: 'shop', identity: 'spiffe://cluster.local/ns/shop/sa/cart', ips: ['10.244.1.7', 'fd00::7'], node: 'node-a', enrolled: true, ports: { http: 8080 } },
     });
   });
 
