@@ -264,10 +264,16 @@ describe('unix sockets', () => {
   });
 });
 
+const MAIN = JSON.stringify(join(ROOT, 'src/cli/main.ts'));
+
 /** A process that installs ambit's handlers, names its command, then fails as `body` says. */
 function crash(command: string, body: string): Promise<{ code: number | null; stdout: string; stderr: string; ms: number }> {
-  const script = join(dir, `crash-${Math.random().toString(36).slice(2)}.ts`);
-  writeFileSync(script, `import { exitOnUnexpected } from ${JSON.stringify(join(ROOT, 'src/cli/main.ts'))};\nexitOnUnexpected(() => ${JSON.stringify(command)});\nsetInterval(() => undefined, 1000);\n${body}\n`);
+  return runScript(`import { exitOnUnexpected } from ${MAIN};\nexitOnUnexpected(() => ${JSON.stringify(command)});\nsetInterval(() => undefined, 1000);\n${body}\n`);
+}
+
+function runScript(source: string): Promise<{ code: number | null; stdout: string; stderr: string; ms: number }> {
+  const script = join(dir, `crash-${Math.random().toString(36).slice(2)}.mts`);
+  writeFileSync(script, source);
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const child = spawn(process.execPath, ['--import', 'tsx', script], { cwd: ROOT, env: { ...process.env, AMBIT_LOG_LEVEL: 'info' } });
@@ -296,6 +302,18 @@ describe('an unexpected error in a service process', () => {
     expect(r.stdout).toContain('"origin":"unhandledRejection"');
     expect(r.stdout).toContain('"command":"waypoint run"');
     expect(r.stdout).toContain('lost rejection');
+  });
+
+  it('is told apart by the subcommand commander runs (ambit waypoint run)', async () => {
+    const r = await runScript(`import { buildProgram, exitOnUnexpected } from ${MAIN};
+exitOnUnexpected();
+const program = buildProgram();
+const run = program.commands.find((c) => c.name() === 'waypoint')!.commands.find((c) => c.name() === 'run')!;
+run.action(() => { setTimeout(() => { throw new Error('bug in the waypoint'); }, 10); return new Promise(() => undefined); });
+await program.parseAsync(['node', 'ambit', 'waypoint', 'run', '--name', 'ns/wp', '--controller', '127.0.0.1:1', '--token-file', 't', '--ca-file', 'c']);
+`);
+    expect(r.code).toBe(70);
+    expect(JSON.parse(r.stdout.trim().split('\n').at(-1)!)).toMatchObject({ level: 60, command: 'waypoint run', origin: 'uncaughtException', err: { message: 'bug in the waypoint' } });
   });
 
   it('in a one-shot command, goes to stderr as a bug report', async () => {
