@@ -14,7 +14,7 @@
  *   stack; the process goes on serving (an HttpError answers its own status instead);
  * - a unix socket is created mode 0600 with no moment at which it is wider.
  */
-import { chmodSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -217,13 +217,38 @@ export function listenTcp(server: Server, port: number, host: string): Promise<S
 // sockaddr_un's sun_path holds 107 bytes and a NUL.
 const MAX_SOCKET_PATH = 107;
 
+const STAGING = '.ambit-sock-';
+/** A staging directory this old was left by a process killed while binding (binding takes milliseconds). */
+const STALE_STAGING_MS = 60_000;
+
+/** Removes the staging directories of processes that died between binding and renaming. */
+function removeStaleStaging(parent: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(parent);
+  } catch {
+    return; // mkdtemp below says what is wrong with the directory
+  }
+  for (const name of names) {
+    if (!name.startsWith(STAGING)) continue;
+    const dir = join(parent, name);
+    try {
+      if (Date.now() - statSync(dir).mtimeMs > STALE_STAGING_MS) rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // gone meanwhile: another process cleaned it up
+    }
+  }
+}
+
 /**
  * Listens on a unix socket at `path`, mode 0600 from its first moment: it is bound inside a fresh
- * 0700 directory beside `path`, made 0600, then renamed over `path` (which also replaces a stale
- * socket atomically). Only root (or the owner) can connect.
+ * 0700 directory beside `path` (`.ambit-sock-XXXXXX`), made 0600, then renamed over `path`
+ * (which also replaces a stale socket atomically). Only root (or the owner) can connect. Staging
+ * directories left by a process killed while binding are removed here.
  */
 export async function listenUnix(server: Server, path: string): Promise<Server> {
-  const dir = mkdtempSync(join(dirname(path), '.s'));
+  removeStaleStaging(dirname(path));
+  const dir = mkdtempSync(join(dirname(path), STAGING));
   const temp = join(dir, 's');
   try {
     const need = Math.max(Buffer.byteLength(path), Buffer.byteLength(temp));

@@ -5,7 +5,7 @@
  * on the 0600 unix socket; an unexpected error in a service process exits it for its supervisor.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -135,7 +135,7 @@ describe('the control socket', () => {
     const st = statSync(path);
     expect(st.isSocket()).toBe(true);
     expect(st.mode & 0o777).toBe(0o600);
-    expect(readdirSync(dir).filter((f) => f.startsWith('.s'))).toEqual([]);
+    expect(readdirSync(dir).filter((f) => f.startsWith('.ambit-sock-'))).toEqual([]);
   });
 
   it('answers /v1/pods/%E0 with 400 and keeps serving', async () => {
@@ -251,6 +251,18 @@ describe('the node agent\'s telemetry listeners (15020, 15021)', () => {
 });
 
 describe('unix sockets', () => {
+  it('remove a staging directory left by a process killed while binding, and leave one in use', async () => {
+    const stale = join(dir, '.ambit-sock-old123');
+    const fresh = join(dir, '.ambit-sock-new123');
+    for (const d of [stale, fresh]) mkdirSync(d);
+    utimesSync(stale, new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000));
+    const server = localServer({ name: 'z', log: pino({ level: 'silent' }) }, (_req, res) => void res.end('ok\n'));
+    await listenUnix(server, join(dir, 'z.sock'));
+    await new Promise((r) => server.close(r));
+    expect(readdirSync(dir).filter((f) => f.startsWith('.ambit-sock-'))).toEqual(['.ambit-sock-new123']);
+    rmSync(fresh, { recursive: true });
+  });
+
   it('are never wider than 0600, and a path too long to bind is refused by name', async () => {
     const path = join(dir, 'x.sock');
     const server = localServer({ name: 'x', log: pino({ level: 'silent' }) }, (_req, res) => void res.end('ok\n'));
@@ -260,7 +272,7 @@ describe('unix sockets', () => {
     const long = join(dir, 'l'.repeat(100));
     const other = localServer({ name: 'y', log: pino({ level: 'silent' }) }, (_req, res) => void res.end('ok\n'));
     await expect(listenUnix(other, long)).rejects.toThrow(/^socket path .* is too long: a unix socket path holds 107 bytes/);
-    expect(readdirSync(dir).filter((f) => f.startsWith('.s'))).toEqual([]);
+    expect(readdirSync(dir).filter((f) => f.startsWith('.ambit-sock-'))).toEqual([]);
   });
 });
 
