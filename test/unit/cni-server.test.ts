@@ -332,6 +332,20 @@ describe('CniServer under hostile input', () => {
     await expect.poll(async () => (await call(request('ADD', 'shop', 'cart'))).code, { timeout: 5_000 }).toBe(0);
   });
 
+  it('cuts off a client that does not read its answer, freeing its place', async () => {
+    await withServer({ limits: { maxConnections: 1, answerTimeoutMs: 300 } }, async (path) => {
+      // A pod outside the mesh: its answer is the primary result, here padded to 1.8 MB, more than the socket buffers hold.
+      const big = { ...request('ADD', 'plain', 'other'), config: { cniVersion: '1.0.0', prevResult: { ...prevResult, pad: 'x'.repeat(1_800_000) } } };
+      const reader = open([Buffer.from(JSON.stringify(big))], path);
+      reader.socket.end();
+      reader.socket.pause();
+      // Its one place is taken until the agent gives up on it.
+      expect(errorOf(await call(request('ADD', 'shop', 'cart'), path))).toMatchObject({ code: 11, msg: 'ambit node agent busy: 1 CNI requests in progress' });
+      await expect.poll(async () => (await call(request('ADD', 'shop', 'cart'), path)).code, { timeout: 5_000 }).toBe(0);
+      reader.socket.destroy();
+    });
+  });
+
   it('answers "try again" when an enrollment does not finish in time', async () => {
     stall = true;
     try {
