@@ -57,6 +57,8 @@ export interface FuzzResult {
   crashes: number;
   /** The first few crashes of each kind, with their inputs. */
   samples: Crash[];
+  /** Every crash by kind and message (first line, numbers and quoted text blanked), counted. */
+  distinct: Record<string, number>;
   outcomes: Record<string, number>;
   ms: number;
   /** RSS (bytes) once the component is up, after 10% of the inputs, and at the end (after a GC when exposed). */
@@ -115,8 +117,11 @@ export async function fuzz<I, C>(target: FuzzTarget<I, C>, opts: FuzzOptions): P
   let lastIndex = -1;
   let lastInput: I | undefined;
 
+  const distinct: Record<string, number> = {};
   const record = (c: Crash) => {
     crashes++;
+    const key = `${c.kind}: ${c.message.split('\n')[0]!.replace(/"(?:[^"\\]|\\.)*"/g, '"…"').replace(/\d+/g, 'N').slice(0, 160)}`;
+    distinct[key] = (distinct[key] ?? 0) + 1;
     if ((kept[c.kind] ?? 0) < keep) {
       kept[c.kind] = (kept[c.kind] ?? 0) + 1;
       samples.push(c);
@@ -156,7 +161,9 @@ export async function fuzz<I, C>(target: FuzzTarget<I, C>, opts: FuzzOptions): P
             else outcomes[r] = (outcomes[r] ?? 0) + 1;
           } catch (err) {
             const e = err as Error;
-            record({ kind: 'exception', message: e.message, stack: e.stack, input: render(input), index });
+            // A Finding's cause is where the component threw.
+            const stack = e.cause instanceof Error ? `${e.cause.stack ?? ''}` : e.stack;
+            record({ kind: 'exception', message: e.message, stack, input: render(input), index });
           } finally {
             inFlight.delete(index);
             lastIndex = index;
@@ -186,7 +193,7 @@ export async function fuzz<I, C>(target: FuzzTarget<I, C>, opts: FuzzOptions): P
   const after = process.memoryUsage();
   if (opts.runs < 10) warm = after.rss;
   return {
-    target: target.name, what: target.what, seed: opts.seed, runs: done, crashes, samples, outcomes, ms: Date.now() - started,
+    target: target.name, what: target.what, seed: opts.seed, runs: done, crashes, samples, distinct, outcomes, ms: Date.now() - started,
     rss: { before: before.rss, warm, after: after.rss }, heapUsed: { before: before.heapUsed, after: after.heapUsed },
     ...(stopped ? { stopped } : {}),
   };
