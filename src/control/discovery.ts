@@ -147,7 +147,9 @@ export class DiscoveryServer {
   private readonly history = new Map<string, Map<string, Encoded>>();
   /** View keys per version and subscriber kind/name, and deltas per (view, from, to): computed once, shared. */
   private readonly views = new Map<string, string[]>();
-  private readonly deltas = new Map<string, { resources: WireResource[]; removed: string[] }>();
+  private readonly deltas = new Map<string, { resources: WireResource[]; removed: string[]; parts?: WireResponse[] }>();
+  /** Full snapshots per version and view, in parts. */
+  private readonly snapshots = new Map<string, WireResponse[]>();
   private generation = 0;
   private readonly boot = randomBytes(3).toString('hex');
   private readonly subscribers = new Set<SubscriberState>();
@@ -316,6 +318,7 @@ export class DiscoveryServer {
     this.history.delete(version);
     for (const k of this.views.keys()) if (k.startsWith(`${version}|`)) this.views.delete(k);
     for (const k of this.deltas.keys()) if (k.includes(`|${version}|`) || k.endsWith(`|${version}`)) this.deltas.delete(k);
+    for (const k of this.snapshots.keys()) if (k.startsWith(`${version}|`)) this.snapshots.delete(k);
   }
 
   private encode(key: string, type: string, value: unknown, previous: Map<string, Encoded>): void {
@@ -338,7 +341,7 @@ export class DiscoveryServer {
   }
 
   /** What a subscriber holding `from` needs to hold the current version; shared by all subscribers of one view. */
-  private delta(kind: SubscriberKind, name: string, from: string): { resources: WireResource[]; removed: string[] } {
+  private delta(kind: SubscriberKind, name: string, from: string): { resources: WireResource[]; removed: string[]; parts?: WireResponse[] } {
     const id = `${kind}/${name}|${from}|${this.version}`;
     let d = this.deltas.get(id);
     if (!d) {
@@ -367,20 +370,30 @@ export class DiscoveryServer {
     const base = sub.inflight.at(-1) ?? sub.acked;
     if (base === this.version && !full) return;
     const known = base !== undefined && this.history.has(base) && (sub.kind === 'node-agent' || this.views.has(`${base}|${sub.kind}/${sub.name}`));
-    let message: WireResponse;
-    if (full || !known) {
-      const resources = this.viewKeys(this.version, sub.kind, sub.name).map((key) => {
+    let parts: WireResponse[];
+    if (full || !known) parts = this.snapshot(sub.kind, sub.name);
+    else {
+      const d = this.delta(sub.kind, sub.name, base);
+      if (d.resources.length === 0 && d.removed.length === 0) return;
+      parts = d.parts ??= partsOf({ version: this.version, full: false, resources: d.resources, removed: d.removed });
+    }
+    sub.inflight.push(this.version);
+    for (const part of parts) sub.call.write(part);
+  }
+
+  /** The current version of a view in full, in parts: computed once, shared by every subscriber of that view. */
+  private snapshot(kind: SubscriberKind, name: string): WireResponse[] {
+    const id = `${this.version}|${kind}/${name}`;
+    let parts = this.snapshots.get(id);
+    if (!parts) {
+      const resources = this.viewKeys(this.version, kind, name).map((key) => {
         const e = this.encoded.get(key)!;
         return { key, type: e.type, json: e.json };
       });
-      message = { version: this.version, full: true, resources, removed: [] };
-    } else {
-      const d = this.delta(sub.kind, sub.name, base);
-      if (d.resources.length === 0 && d.removed.length === 0) return;
-      message = { version: this.version, full: false, ...d };
+      parts = partsOf({ version: this.version, full: true, resources, removed: [] });
+      this.snapshots.set(id, parts);
     }
-    sub.inflight.push(this.version);
-    for (const part of partsOf(message)) sub.call.write(part);
+    return parts;
   }
 }
 
