@@ -210,7 +210,8 @@ describe('the discovery stream', () => {
     const spoof = new DiscoveryClient({
       address: `127.0.0.1:${port}`, roots: ca.trustBundle(), token: 'one', node: 'node-2', kind: 'node-agent', backoff: { initialMs: 1000, maxMs: 1000 }, apply: () => undefined,
     });
-    await new Promise((r) => setTimeout(r, 300));
+    await until('the refusal', () => spoof.lastError !== undefined);
+    expect(spoof.lastError).toEqual({ code: grpc.status.PERMISSION_DENIED, details: 'authenticated as node node-1, cannot subscribe as node node-2' });
     expect(spoof.appliedVersion).toBe('');
     expect(spoof.connected).toBe(false);
     spoof.close();
