@@ -35,7 +35,7 @@ import { parseManifests, type Diagnostic, type OtherResource, type PodSpec, type
 import { silentLogger } from '../telemetry/log.js';
 import { KubeApiError, KubeClient } from './kube/client.js';
 import type { ConfigSource } from './local-source.js';
-import { WAYPOINT_CLASS, type PodInfo, type SourceSnapshot } from './model.js';
+import { WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL, type PodInfo, type SourceSnapshot } from './model.js';
 import { isObject } from './schema.js';
 import { validateMeshObject } from './validate.js';
 
@@ -385,9 +385,18 @@ export class KubernetesSource implements ConfigSource {
     return this.kinds.filter((k) => k.absent).map((k) => k.label);
   }
 
-  /** Whether `namespace/name` is a waypoint (a Gateway of class ambit-waypoint), for TokenReviewAuthenticator. */
+  /**
+   * Whether the ServiceAccount `namespace/name` is a waypoint's credential, for
+   * TokenReviewAuthenticator: there is a Gateway of class ambit-waypoint of that name, and the
+   * account was made for it (labelled `gateway.networking.k8s.io/gateway-name: <name>`, as the
+   * controller and the install's template make it) — not an account of the same name that other
+   * pods run as, which creating a Gateway would otherwise turn into a waypoint's credential.
+   */
   isWaypoint(namespace: string, name: string): boolean {
-    return this.waypointSet.has(`${namespace}/${name}`);
+    if (!this.waypointSet.has(`${namespace}/${name}`)) return false;
+    const account = this.kinds.find((k) => k.spec.group === '' && k.spec.kind === 'ServiceAccount')?.cache.get(`${namespace}/${name}`);
+    const labels = account && isObject(account.raw.metadata) && isObject(account.raw.metadata.labels) ? account.raw.metadata.labels : {};
+    return labels[WAYPOINT_GATEWAY_LABEL] === name;
   }
 
   /** Every rejected object's diagnostics, as they are now. */

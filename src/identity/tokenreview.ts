@@ -44,7 +44,7 @@ export interface TokenReviewOptions {
   trustDomain: string;
   /** The node agents' ServiceAccount (default ambit-system/ambit-node, as `ambit install` makes it). */
   nodeAgent?: { namespace: string; serviceAccount: string };
-  /** Whether `namespace/name` is a waypoint (KubernetesSource.isWaypoint); its ServiceAccount is named after it. */
+  /** Whether the ServiceAccount `namespace/name` is a waypoint's (KubernetesSource.isWaypoint: a waypoint Gateway of that name, the account made for it). */
   isWaypoint: (namespace: string, name: string) => boolean;
   /** Audiences the token must be for (TokenReview spec.audiences); default: the API server's. */
   audiences?: string[];
@@ -250,6 +250,6 @@ export class TokenReviewAuthenticator implements Authenticator {
         ...expiry,
       };
     }
-    throw new CaError('UNAUTHENTICATED', `${username} is neither the node agent (${this.nodeAgent.namespace}/${this.nodeAgent.serviceAccount}) nor a waypoint`);
+    throw new CaError('UNAUTHENTICATED', `${username} is neither the node agent (${this.nodeAgent.namespace}/${this.nodeAgent.serviceAccount}) nor a waypoint (the account of a Gateway of class ambit-waypoint, made for it)`);
   }
 }
