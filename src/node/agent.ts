@@ -306,6 +306,8 @@ export class NodeAgent {
     try {
       cert = await this.certs.acquire(w.identity);
     } catch (err) {
+      // acquire() counted this pod before the fetch failed: the retry counts it again.
+      this.certs.release(w.identity);
       this.failures.set(w.uid, `certificate for ${w.identity}: ${(err as Error).message}`);
       this.opts.log.error({ pod: name, err: (err as Error).message }, 'enrollment waits for a certificate');
       if (retry) this.retrySoon();
