@@ -249,11 +249,12 @@ export class DiscoveryServer {
       }
       if (!sub) return fail(grpc.status.FAILED_PRECONDITION, 'subscribe first');
       if (req.ack) {
+        // Only an answer to a version sent and not yet answered counts: repeated or made-up ones
+        // change nothing (and write no status file).
         const i = sub.inflight.indexOf(req.ack.version);
-        if (i >= 0) {
-          sub.acked = req.ack.version;
-          sub.inflight.splice(0, i + 1);
-        }
+        if (i < 0) return;
+        sub.acked = req.ack.version;
+        sub.inflight.splice(0, i + 1);
         sub.lastAck = clip(req.ack.version, 64);
         this.changed();
         // Versions held back while too many were unanswered go now, as one.
@@ -263,7 +264,8 @@ export class DiscoveryServer {
         // model change goes out as a new version, in full, since later deltas built on the
         // rejected one no longer apply.
         const i = sub.inflight.indexOf(req.nack.version);
-        if (i >= 0) sub.inflight.splice(i);
+        if (i < 0) return;
+        sub.inflight.splice(i);
         sub.needFull = true;
         // What a subscriber says is kept and logged within bounds.
         sub.lastNack = { version: clip(req.nack.version, 64), error: clip(req.nack.error, MAX_NACK_ERROR) };

@@ -335,4 +335,25 @@ describe('the discovery stream against a hostile subscriber', () => {
     expect(calls.slice(1).map((c) => c.status)).toEqual([undefined, undefined]);
     expect(d.status()).toHaveLength(MAX_STREAMS['node-agent']);
   });
+
+  it('counts only answers to versions it sent: repeated and made-up ACKs and NACKs change nothing', async () => {
+    const d = new DiscoveryServer(credentials);
+    d.update(model());
+    let changes = 0;
+    d.onStatus = () => { changes++; };
+    const call = open(d, TOKENS['node-1']);
+    call.emit('data', { subscribe: { node: 'node-1', kind: 'node-agent', name: '', last_version: '' } });
+    await expect.poll(() => call.written.length).toBe(1);
+    const sent = call.written[0]!.version;
+    call.emit('data', { ack: { version: sent } });
+    const after = changes;
+    for (let i = 0; i < 1000; i++) {
+      call.emit('data', { ack: { version: sent } });
+      call.emit('data', { ack: { version: `made-up-${i}` } });
+      call.emit('data', { nack: { version: `made-up-${i}`, error: 'noise' } });
+    }
+    expect(changes).toBe(after);
+    expect(d.status()[0]).toEqual({ node: 'node-1', kind: 'node-agent', name: '', lastAck: sent });
+    expect(call.written).toHaveLength(1);
+  });
 });
