@@ -16,6 +16,7 @@ import type { Resource, ServiceResource } from '../../src/local/manifests.js';
 const PODS = 50_000;
 const SERVICES = 1_000;
 const dir = mkdtempSync(join(tmpdir(), 'ambit-disc-scale-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function model(revision: number): MeshModel {
   const pods: PodInfo[] = Array.from({ length: PODS }, (_, i) => ({
@@ -45,9 +46,8 @@ describe('the discovery stream at 50,000 pods', () => {
     });
   });
 
-  afterAll(async () => {
+  afterAll(() => {
     server.forceClose();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   it('delivers a full snapshot larger than 4 MiB, and a delta touching every pod, whole', async () => {

@@ -17,6 +17,8 @@ import { BootstrapTokenAuthenticator, CaServer, type Authenticator } from '../..
 import { parseManifests, type PodSpec } from '../../src/local/manifests.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-disc-'));
+// At file level: the directory goes even when a filter skips the block that uses it.
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const TOKENS = { 'node-1': 'one', 'node-2': 'two' };
 /** The waypoint shop/wp's own credential. */
 const WP_TOKEN = 'wp-secret';
@@ -141,7 +143,6 @@ describe('the discovery stream', () => {
   afterAll(async () => {
     for (const s of subs) s.client.close();
     await server.close();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   it('sends each subscriber its full snapshot: node agents all but L7, a waypoint its services and their L7', async () => {
