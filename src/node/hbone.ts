@@ -20,7 +20,7 @@ import * as tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { WorkloadCertificate } from '../identity/cert-manager.js';
 import { silentLogger } from '../telemetry/log.js';
-import { HBONE_CODE_HEADER, HBONE_CODES, HboneLimiter, hboneLimits, isHboneCode, refuseTunnel, type HboneCode, type HboneLimits } from './hbone-limits.js';
+import { DEFAULT_HBONE_LIMITS, HBONE_CODE_HEADER, HBONE_CODES, HboneLimiter, hboneLimits, isHboneCode, refuseTunnel, type HboneCode, type HboneLimits } from './hbone-limits.js';
 
 export { HBONE_CODE_HEADER, HBONE_CODES, HboneLimiter, refuseTunnel, type HboneCode, type HboneLimits } from './hbone-limits.js';
 
@@ -318,7 +318,8 @@ export class HboneServer {
   private readonly pod: string;
 
   constructor(private readonly opts: HboneServerOptions) {
-    this.limiter = opts.limiter ?? new HboneLimiter({ limits: opts.limits, log: opts.log });
+    // A listener with a limiter of its own (a waypoint's) is all its limiter counts: the pod's caps are the node's.
+    this.limiter = opts.limiter ?? new HboneLimiter({ limits: { maxConnectionsPerPod: DEFAULT_HBONE_LIMITS.maxConnections, maxStreamsPerPod: DEFAULT_HBONE_LIMITS.maxStreams, ...opts.limits }, log: opts.log });
     this.limits = opts.limiter ? hboneLimits({ ...opts.limiter.limits, ...opts.limits }) : this.limiter.limits;
     this.pod = opts.pod ?? `hbone-${randomUUID()}`;
     const l = this.limits;
