@@ -27,7 +27,7 @@ import { CertManager, type WorkloadCertificate } from '../identity/cert-manager.
 import { MeshMetrics } from '../telemetry/metrics.js';
 import { ConnectionTracker, resetOrDestroy, splice, type TrackedConnection } from './connections.js';
 import { PodEnroller, type EnrolledPod } from './enroll.js';
-import { HboneError, HboneLimiter, HbonePool, HboneServer, type TunnelInfo } from './hbone.js';
+import { HBONE_CODES, HboneError, HboneLimiter, HbonePool, HboneServer, refuseTunnel, type HboneCode, type TunnelInfo } from './hbone.js';
 import { MeshState, MeshStateError, type Destination } from './mesh-state.js';
 import { AGENT_SOCKET_MARK, netnsCookie, socketInNetns } from './netns.js';
 
@@ -39,20 +39,6 @@ export const HEALTH_PORT = 15021;
  * connection or tunnel addressed to one would make the agent dial itself, over and over.
  */
 export const POD_RESERVED_PORTS: ReadonlySet<number> = new Set([AMBIT.PORT_OUTBOUND, AMBIT.PORT_INBOUND, AMBIT.PORT_HBONE]);
-
-/**
- * What a refused HBONE peer is told (the `ambit-error` header): a stable code, never a policy
- * name or an internal reason — those go to the access log and the agent's log.
- */
-export const TUNNEL_REFUSALS = {
-  notEnrolled: 'workload_not_enrolled',
-  badAuthority: 'authority_not_this_workload',
-  reservedPort: 'reserved_port',
-  denied: 'policy_denied',
-  waypointRequired: 'waypoint_required',
-  upstreamRefused: 'upstream_refused',
-  upstreamFailed: 'upstream_failed',
-} as const;
 
 /** Where a pod's netns and cgroup are: the local runtime's layout, or (Kubernetes) the CNI's record. */
 export interface PodLocator {
@@ -552,7 +538,7 @@ export class NodeAgent {
     const entry = this.pods.get(uid);
     const state = this.state;
     if (!entry || !state) {
-      stream.respond({ ':status': 503, 'ambit-error': TUNNEL_REFUSALS.notEnrolled }, { endStream: true });
+      refuseTunnel(stream, 503, HBONE_CODES.notEnrolled);
       return;
     }
     const w = entry.workload;
@@ -564,33 +550,33 @@ export class NodeAgent {
     const destination = { workload: w.workload, namespace: w.namespace, identity: w.identity, labels: w.labels, ip: ip ?? '', port };
     const conn = this.connections.begin({ reporter: 'destination', source, destination, service: this.serviceFor(state, w, port), mtls: true, path: 'hbone', pod: entry.enrolled.spec.name });
     // The peer is told a code; the reason and the deciding policy go to the access log only.
-    const refuse = (status: number, code: string, outcome: { flags: string; error: string; policy?: string }) => {
-      stream.respond({ ':status': status, 'ambit-error': code }, { endStream: true });
+    const refuse = (status: number, code: HboneCode, outcome: { flags: string; error: string; policy?: string }) => {
+      refuseTunnel(stream, status, code);
       this.connections.finish(conn, outcome);
     };
     if (!ip || !port || port > 65535 || !w.ips.includes(ip)) {
-      refuse(400, TUNNEL_REFUSALS.badAuthority, { flags: 'NR', error: `authority ${info.authority} is not ${w.namespace}/${w.name}` });
+      refuse(400, HBONE_CODES.wrongDestination, { flags: 'NR', error: `authority ${info.authority} is not ${w.namespace}/${w.name}` });
       return;
     }
     if (POD_RESERVED_PORTS.has(port)) {
-      refuse(400, TUNNEL_REFUSALS.reservedPort, { flags: 'NR', error: `port ${port} is the node agent's own listener in the pod: never a tunnel's target` });
+      refuse(400, HBONE_CODES.reservedPort, { flags: 'NR', error: `port ${port} is the node agent's own listener in the pod: never a tunnel's target` });
       return;
     }
     const waypoint = state.waypointFor(w, port);
     if (waypoint && !(info.peerIdentity && state.waypointIdentities(waypoint).has(info.peerIdentity))) {
-      refuse(403, TUNNEL_REFUSALS.waypointRequired, { flags: 'RBAC', error: `${w.namespace}/${w.name}:${port} is bound to waypoint ${waypoint.namespace}/${waypoint.name}: only its pods may connect, not ${info.peerIdentity ?? 'a peer without identity'}` });
+      refuse(403, HBONE_CODES.waypointRequired, { flags: 'RBAC', error: `${w.namespace}/${w.name}:${port} is bound to waypoint ${waypoint.namespace}/${waypoint.name}: only its pods may connect, not ${info.peerIdentity ?? 'a peer without identity'}` });
       return;
     }
     const decision = state.authorizer.evaluate(w, { sourceIdentity: info.peerIdentity, sourceIp: source.ip, destinationIp: ip, destinationPort: port });
     if (!decision.allowed) {
-      refuse(401, TUNNEL_REFUSALS.denied, { flags: 'RBAC', error: decision.reason, ...(decision.policy ? { policy: decision.policy } : {}) });
+      refuse(401, HBONE_CODES.denied, { flags: 'RBAC', error: decision.reason, ...(decision.policy ? { policy: decision.policy } : {}) });
       return;
     }
     this.toApp(entry, ip, port, conn, (app) => {
       stream.respond({ ':status': 200 });
       this.join(conn, stream, app, entry);
     }, (status) => {
-      stream.respond({ ':status': status, 'ambit-error': status === 503 ? TUNNEL_REFUSALS.upstreamRefused : TUNNEL_REFUSALS.upstreamFailed }, { endStream: true });
+      refuseTunnel(stream, status, status === 503 ? HBONE_CODES.upstreamRefused : HBONE_CODES.upstreamFailed);
     });
   }
 

@@ -10,7 +10,7 @@
  * Answers to the peer carry a stable code (`ambit-code`), never a policy name or an internal
  * reason: those go to the log and the access log only.
  */
-import type { ServerHttp2Stream } from 'node:http2';
+import { constants as h2, type ServerHttp2Stream } from 'node:http2';
 import type { Logger } from 'pino';
 import type { MeshMetrics } from '../telemetry/metrics.js';
 import { silentLogger } from '../telemetry/log.js';
@@ -31,6 +31,10 @@ export const HBONE_CODES = {
   notEnrolled: 'not_enrolled',
   /** 401: an AuthorizationPolicy (or STRICT mTLS) said no. Which one is in the destination's log only. */
   denied: 'denied',
+  /** 400: the authority's port is one of the node agent's own in-pod listeners (15001, 15006, 15008). */
+  reservedPort: 'reserved_port',
+  /** 403: the destination port is bound to a waypoint, and the peer is not one of its pods. */
+  waypointRequired: 'waypoint_required',
   /** 503: nothing listens at the destination port. */
   upstreamRefused: 'upstream_refused',
   /** 504: the destination did not answer in time. */
@@ -58,7 +62,7 @@ export function isHboneCode(value: unknown): value is HboneCode {
 export function refuseTunnel(stream: ServerHttp2Stream, status: number, code: HboneCode): void {
   if (stream.destroyed || stream.closed) return;
   if (stream.headersSent) {
-    stream.close();
+    stream.close(h2.NGHTTP2_CANCEL);
     return;
   }
   stream.respond({ ':status': status, [HBONE_CODE_HEADER]: code }, { endStream: true });

@@ -183,7 +183,7 @@ spec:
       const [a] = await connectAs('spiffe://cluster.local/ns/mesh/sa/client', [`${ip.server}:8080`]);
       return a!.status !== 200 ? a : undefined;
     });
-    expect(answer).toEqual({ status: 401, error: 'policy_denied' });
+    expect(answer).toEqual({ status: 401, error: 'denied' });
     expect(accessLog('node-2').some((l) => l.connection.policy === 'mesh/secret-policy-name')).toBe(true);
     await remove('deny.yaml');
   });
@@ -278,7 +278,7 @@ session.on("error", (e) => { console.log(JSON.stringify({ error: e.message })); 
   const out = [];
   for (const a of auths) out.push(await new Promise((resolve) => {
     const s = session.request({ ":method": "CONNECT", ":authority": a });
-    s.on("response", (h) => { resolve({ status: h[":status"], error: h["ambit-error"] ?? null }); s.close(); });
+    s.on("response", (h) => { resolve({ status: h[":status"], error: h["ambit-code"] ?? null }); s.close(); });
     s.on("error", (e) => resolve({ status: 0, error: e.message }));
   }));
   console.log(JSON.stringify(out)); session.close();
