@@ -355,6 +355,11 @@ export class HboneServer {
       else if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') this.limiter.refuse('handshake_timeout', { peer: remote, pod: this.pod, timeoutMs: l.handshakeTimeoutMs });
       else this.limiter.refuse('handshake_failed', { peer: remote, pod: this.pod, err: err.message });
     });
+    // TLS done, but no h2 in ALPN: nothing this listener speaks.
+    this.server.on('unknownProtocol', (socket: tls.TLSSocket) => {
+      this.limiter.refuse('handshake_failed', { peer: socket.remoteAddress ?? '', pod: this.pod, err: `ALPN ${socket.alpnProtocol || 'absent'}, not h2` });
+      socket.destroy();
+    });
   }
 
   async handle(socket: Socket): Promise<void> {

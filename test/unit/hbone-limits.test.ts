@@ -175,6 +175,16 @@ describe('HBONE limits: the server', () => {
     await expect.poll(() => limiter.refused().handshake_failed).toBe(1);
   });
 
+  it('closes a TLS connection that does not speak HTTP/2 at once, and counts it as handshake_failed', async () => {
+    const { port, limiter } = await serve({ handshakeTimeoutMs: 60_000 });
+    const s = tls.connect({ host: '127.0.0.1', port, cert: clientCert.chain.join(''), key: clientCert.key.export({ type: 'pkcs8', format: 'pem' }) as string, ca: manager.trustBundle, ALPNProtocols: ['http/1.1'], checkServerIdentity: () => undefined });
+    s.on('error', () => undefined);
+    const started = Date.now();
+    await new Promise((r) => s.once('close', r));
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(limiter.refused().handshake_failed).toBe(1);
+  });
+
   it('closes a connection left with no stream for the idle timeout, but not one with a stream open', async () => {
     const { port, hbone } = await serve({ idleTimeoutMs: 200 });
     const pool = new HbonePool({ idleMs: 60_000 });
