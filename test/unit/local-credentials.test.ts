@@ -6,8 +6,9 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
 import { Metadata } from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { DiscoveryClient, DiscoveryServer, discoveryService } from '../../src/control/discovery.js';
 import { LocalCredentials } from '../../src/control/local-source.js';
 import { buildModel } from '../../src/control/model.js';
@@ -77,7 +78,9 @@ describe('local credentials', () => {
     await own.ready;
     const other = subscribe('waypoint', 'shop/other');
     const node = subscribe('node-agent');
-    await new Promise((r) => setTimeout(r, 300));
+    // Each is refused by its error, and never applies a version.
+    await vi.waitFor(() => expect(other.lastError?.code).toBe(grpc.status.PERMISSION_DENIED));
+    await vi.waitFor(() => expect(node.lastError?.code).toBe(grpc.status.PERMISSION_DENIED));
     expect(other.appliedVersion).toBe('');
     expect(node.appliedVersion).toBe('');
     for (const c of [own, other, node]) c.close();
