@@ -6,12 +6,14 @@
  * certificate and accepting only a server that presents the expected SPIFFE ID. TCP
  * connections are made by the caller's `socket()` (inside the source pod's netns, so traffic
  * leaves with the pod's IP) and pooled per (source pod, source certificate, destination identity,
- * listener address): many streams share one connection, which closes after `idleMs` with no
- * stream.
+ * listener address): many streams share one connection, up to the server's SETTINGS cap (then
+ * another connection is opened), and a connection closes after `idleMs` with no stream.
  *
  * Server: `HboneServer.handle(socket)` terminates mTLS for one workload (its certificate, the
  * mesh trust bundle, client certificates required) and hands each CONNECT stream to `onTunnel`
- * with the peer's SPIFFE ID.
+ * with the peer's SPIFFE ID — within the limits of `hbone-limits.ts`: connections and streams
+ * admitted per peer, pod and node, the handshake timed, idle connections closed, windows that
+ * bound what a peer that never reads can make it hold.
  */
 import { randomUUID } from 'node:crypto';
 import * as http2 from 'node:http2';
