@@ -71,8 +71,8 @@ export function refuseTunnel(stream: ServerHttp2Stream, status: number, code: Hb
 /** Why the limiter (or the server using it) refused something: the metric's `reason` label. */
 export type RefusalReason =
   | 'peer_connections' | 'pod_connections' | 'node_connections' | 'peer_streams' | 'pod_streams' | 'node_streams'
-  | 'handshake_timeout' | 'handshake_failed' | 'no_certificate';
-export const REFUSAL_REASONS: readonly RefusalReason[] = ['peer_connections', 'pod_connections', 'node_connections', 'peer_streams', 'pod_streams', 'node_streams', 'handshake_timeout', 'handshake_failed', 'no_certificate'];
+  | 'handshake_timeout' | 'handshake_failed' | 'no_certificate' | 'rapid_reset';
+export const REFUSAL_REASONS: readonly RefusalReason[] = ['peer_connections', 'pod_connections', 'node_connections', 'peer_streams', 'pod_streams', 'node_streams', 'handshake_timeout', 'handshake_failed', 'no_certificate', 'rapid_reset'];
 
 export interface HboneLimits {
   /** Concurrent connections from one peer IP to all HBONE listeners of this node. */

@@ -307,7 +307,14 @@ export interface HboneServerOptions {
 interface ServerSession {
   streams: number;
   idle?: NodeJS.Timeout;
+  /** Streams its peer reset before they reached `onTunnel`, since `resetSince`. */
+  resets: number;
+  resetSince: number;
 }
+
+/** More streams than this reset by the peer before they are answered, within `RAPID_RESET_WINDOW_MS`, is a rapid-reset flood. */
+const RAPID_RESET_LIMIT = 100;
+const RAPID_RESET_WINDOW_MS = 10_000;
 
 /** One workload's HBONE listener: accepted sockets are handed to `handle`. */
 export class HboneServer {
@@ -339,7 +346,7 @@ export class HboneServer {
       settings: { initialWindowSize: l.streamWindow, maxConcurrentStreams: l.maxStreamsPerConnection, maxHeaderListSize: 16 * 1024, enablePush: false },
     });
     this.server.on('session', (session) => {
-      const state: ServerSession = { streams: 0 };
+      const state: ServerSession = { streams: 0, resets: 0, resetSince: Date.now() };
       this.sessions.set(session, state);
       session.setLocalWindowSize(l.sessionWindow);
       this.idleWhenEmpty(session, state);
@@ -437,16 +444,41 @@ export class HboneServer {
       return;
     }
     stream.once('close', () => admission.release());
-    const peer = socket?.getPeerCertificate?.();
-    this.opts.onTunnel(stream, {
-      peerIdentity: spiffeIdOf(peer),
-      authority: headers[':authority'],
-      headers,
-      remoteAddress,
-      remotePort: socket?.remotePort ?? 0,
-      tlsVersion: socket?.getProtocol?.() ?? undefined,
-      id: randomUUID(),
+    const authority = headers[':authority'];
+    // Once the frames read with this one are processed: a stream its peer reset in the same read
+    // (a rapid-reset flood: HEADERS, RST_STREAM, ...) is dropped before it costs a policy check
+    // and a connection to the app.
+    setImmediate(() => {
+      if (stream.destroyed || stream.closed) {
+        this.rapidReset(session, state, remoteAddress);
+        return;
+      }
+      const peer = socket?.getPeerCertificate?.();
+      this.opts.onTunnel(stream, {
+        peerIdentity: spiffeIdOf(peer),
+        authority,
+        headers,
+        remoteAddress,
+        remotePort: socket?.remotePort ?? 0,
+        tlsVersion: socket?.getProtocol?.() ?? undefined,
+        id: randomUUID(),
+      });
     });
+  }
+
+  /**
+   * Counts a stream its peer reset before it was answered. nghttp2 ends such a flood itself only
+   * after 1000 resets, and then leaves the connection open but unread: it is destroyed here first.
+   */
+  private rapidReset(session: http2.Http2Session, state: ServerSession, remote: string): void {
+    const now = Date.now();
+    if (now - state.resetSince > RAPID_RESET_WINDOW_MS) {
+      state.resets = 0;
+      state.resetSince = now;
+    }
+    if (++state.resets <= RAPID_RESET_LIMIT || session.destroyed) return;
+    this.limiter.refuse('rapid_reset', { peer: remote, pod: this.pod, resets: state.resets, windowMs: RAPID_RESET_WINDOW_MS });
+    session.destroy();
   }
 
   /** Connections and streams this listener holds now. */

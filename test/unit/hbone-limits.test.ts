@@ -299,6 +299,33 @@ describe('HBONE limits: the server', () => {
     expect(limiter.refused().peer_streams).toBe(16);
   });
 
+  it('drops streams reset before they are answered without a tunnel, and closes a connection that floods them', async () => {
+    let tunnels = 0;
+    const { port, limiter, hbone } = await serve({}, (stream) => {
+      tunnels++;
+      stream.respond({ ':status': 200 });
+    });
+    const s = tls.connect({ host: '127.0.0.1', port, cert: clientCert.chain.join(''), key: clientCert.key.export({ type: 'pkcs8', format: 'pem' }) as string, ca: manager.trustBundle, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined });
+    const session = http2.connect(`https://127.0.0.1:${port}`, { createConnection: () => s });
+    session.on('error', () => undefined);
+    cleanups.push(() => session.destroy());
+    await new Promise((r) => session.once('remoteSettings', r));
+    // HEADERS then RST_STREAM, 50 streams per write (within the server's 100 per connection), for
+    // at most 10 writes: what a rapid-reset attack sends.
+    for (let round = 0; round < 10 && !session.closed && !session.destroyed; round++) {
+      for (let i = 0; i < 50; i++) {
+        const req = session.request({ ':method': 'CONNECT', ':authority': '10.0.0.9:80' }, { endStream: false });
+        req.on('error', () => undefined);
+        req.close(http2.constants.NGHTTP2_CANCEL);
+      }
+      await new Promise((r) => setImmediate(r));
+    }
+    await expect.poll(() => limiter.refused().rapid_reset, { timeout: 5000 }).toBe(1);
+    await expect.poll(() => hbone.usage().connections, { timeout: 5000 }).toBe(0);
+    expect(limiter.usage()).toMatchObject({ connections: 0, streams: 0 });
+    expect(tunnels).toBeLessThan(50);
+  });
+
   it('exports the refusals by reason and the open connections and streams as metrics', async () => {
     const metrics = new MeshMetrics({ defaultMetrics: false });
     const limiter = new HboneLimiter({ limits: { maxStreamsPerPeer: 1 } });
