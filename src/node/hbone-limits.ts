@@ -210,6 +210,11 @@ export interface HboneLimiterOptions {
   limits?: Partial<HboneLimits>;
   /** Where refusals are logged; a function when the logger is not made yet where the limiter is. */
   log?: Logger | (() => Logger);
+  /**
+   * A stream cap for one peer in place of `maxStreamsPerPeer`, by its verified SPIFFE ID (and IP):
+   * a waypoint carries many clients' tunnels from one address. Undefined: the default cap.
+   */
+  peerStreamCap?(peer: { ip: string; identity?: string }): number | undefined;
 }
 
 /** The per-node accounting of HBONE connections and streams, by peer IP and by pod. */
@@ -224,9 +229,11 @@ export class HboneLimiter {
   private readonly refusedCounts = new Map<RefusalReason, number>();
   private readonly refusalLog: BoundedLog;
   private readonly listeners = new Set<(reason: RefusalReason) => void>();
+  private readonly peerStreamCap?: HboneLimiterOptions['peerStreamCap'];
 
   constructor(opts: HboneLimiterOptions = {}) {
     this.limits = hboneLimits(opts.limits);
+    this.peerStreamCap = opts.peerStreamCap;
     const log = opts.log;
     this.refusalLog = new BoundedLog(typeof log === 'function' ? log : () => log ?? silentLogger, this.limits.logLinesPerInterval, this.limits.logIntervalMs);
   }
@@ -248,9 +255,10 @@ export class HboneLimiter {
   }
 
   /** A CONNECT stream from `peer` to `pod`, or the reason it is refused (already counted and logged). */
-  admitStream(peer: string, pod: string, detail: Record<string, unknown> = {}): Admission | RefusalReason {
+  admitStream(peer: string, pod: string, detail: Record<string, unknown> = {}, identity?: string): Admission | RefusalReason {
     const peerKey = normalizeIp(peer);
-    if (this.peerStreams.get(peerKey) >= this.limits.maxStreamsPerPeer) return this.refuse('peer_streams', { peer: peerKey, pod, limit: this.limits.maxStreamsPerPeer, ...detail });
+    const peerCap = this.peerStreamCap?.({ ip: peerKey, ...(identity ? { identity } : {}) }) ?? this.limits.maxStreamsPerPeer;
+    if (this.peerStreams.get(peerKey) >= peerCap) return this.refuse('peer_streams', { peer: peerKey, pod, limit: peerCap, ...detail });
     if (this.podStreams.get(pod) >= this.limits.maxStreamsPerPod) return this.refuse('pod_streams', { peer: peerKey, pod, limit: this.limits.maxStreamsPerPod, ...detail });
     if (this.streams >= this.limits.maxStreams) return this.refuse('node_streams', { peer: peerKey, pod, limit: this.limits.maxStreams, ...detail });
     this.streams++;

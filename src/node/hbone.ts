@@ -438,7 +438,9 @@ export class HboneServer {
       refuseTunnel(stream, 405, HBONE_CODES.badRequest);
       return;
     }
-    const admission = this.limiter.admitStream(remoteAddress, this.pod, { authority: headers[':authority'] });
+    // The verified peer identity: a peer the node trusts with more (a waypoint) may have a larger stream cap.
+    const peerIdentity = spiffeIdOf(socket?.getPeerCertificate?.());
+    const admission = this.limiter.admitStream(remoteAddress, this.pod, { authority: headers[':authority'], ...(peerIdentity ? { identity: peerIdentity } : {}) }, peerIdentity);
     if (typeof admission === 'string') {
       refuseTunnel(stream, 429, admission === 'peer_streams' ? HBONE_CODES.peerStreamLimit : admission === 'pod_streams' ? HBONE_CODES.podStreamLimit : HBONE_CODES.nodeStreamLimit);
       return;
@@ -453,9 +455,8 @@ export class HboneServer {
         this.rapidReset(session, state, remoteAddress);
         return;
       }
-      const peer = socket?.getPeerCertificate?.();
       this.opts.onTunnel(stream, {
-        peerIdentity: spiffeIdOf(peer),
+        peerIdentity,
         authority,
         headers,
         remoteAddress,

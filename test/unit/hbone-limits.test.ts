@@ -220,6 +220,16 @@ describe('HBONE limits: the server', () => {
     expect(again.closed).toBe(false);
   });
 
+  it('gives a peer the node trusts with more (by its verified identity) its own stream cap', async () => {
+    const limiter = new HboneLimiter({ limits: { maxStreamsPerPeer: 2 }, peerStreamCap: (peer) => (peer.identity === USERS && peer.ip === '127.0.0.1' ? 5 : undefined) });
+    const { port } = await serve({}, accept, { limiter });
+    const pool = new HbonePool();
+    cleanups.push(() => pool.close());
+    for (let i = 0; i < 5; i++) await pool.open(source(), target(port));
+    await expect(pool.open(source(), target(port))).rejects.toMatchObject({ status: 429, code: HBONE_CODES.peerStreamLimit });
+    expect(limiter.peerUsage('127.0.0.1').streams).toBe(5);
+  });
+
   it('refuses a pod\'s streams beyond its cap, from all peers together', async () => {
     const { port, limiter } = await serve({ maxStreamsPerPod: 2 });
     const pool = new HbonePool();
