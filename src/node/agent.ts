@@ -89,7 +89,11 @@ export class NodeAgent {
   private readonly enroller: PodEnroller;
   private readonly pool: HbonePool;
   /** Shared by every pod's HBONE listener: a peer's connections and streams are counted across the node. */
-  private readonly hboneLimiter = new HboneLimiter({ log: () => this.opts.log });
+  private readonly hboneLimiter: HboneLimiter = new HboneLimiter({
+    log: () => this.opts.log,
+    // A waypoint's pod (by its verified identity, not a label a pod may give itself) carries many clients' tunnels from one address.
+    peerStreamCap: ({ identity }): number | undefined => (identity && [...(this.state?.waypointPods.values() ?? [])].some((pods) => pods.some((w) => w.identity === identity)) ? 4 * this.hboneLimiter.limits.maxStreamsPerPeer : undefined),
+  });
   private readonly discovery: DiscoveryClient;
   private readonly pods = new Map<string, PodEntry>();
   /** The same entries by netns cookie: every captured connection looks its pod up this way. */
