@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer target for the ambit-cni plugin's JSON scanner (scan-fuzz.c) with
-# AddressSanitizer and UndefinedBehaviorSanitizer, into $1 (default native/cni/fuzz/build/scan-fuzz).
+# AddressSanitizer and UndefinedBehaviorSanitizer, into $1 (default native/cni/build/scan-fuzz, beside the plugin's own build).
 # Needs clang and its libFuzzer/sanitizer runtimes (Debian: clang and libclang-rt-<version>-dev;
 # `scripts/setup.sh --fuzz` installs them).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:-$here/build/scan-fuzz}
+out=${1:-$here/../build/scan-fuzz}
 cc=${CC:-clang}
 if ! command -v "$cc" >/dev/null 2>&1; then
   echo "native/cni/fuzz/build.sh: $cc not found (scripts/setup.sh --fuzz installs clang and its fuzzing runtime)" >&2

@@ -16,7 +16,7 @@ import { meshPki, type MeshPki } from '../mesh-pki.js';
 
 const ID = 'spiffe://cluster.local/ns/shop/sa/users';
 
-type Csr = { kind: 'valid' } | { kind: 'other'; which: number } | { kind: 'flip'; at: number; byte: number } | { kind: 'truncate'; at: number }
+type Csr = { kind: 'valid' } | { kind: 'other'; which: number } | { kind: 'flip'; at: number; byte: number } | { kind: 'flipKey'; at: number; byte: number } | { kind: 'truncate'; at: number }
   | { kind: 'base64'; bytes: Uint8Array } | { kind: 'text'; text: string } | { kind: 'double' } | { kind: 'armor'; label: string; body: string };
 
 export interface CaInput { csr: Csr; identity: string; ttl: number }
@@ -36,6 +36,7 @@ const csr: fc.Arbitrary<Csr> = fc.oneof(
   { weight: 3, arbitrary: fc.constant({ kind: 'valid' as const }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('other' as const), which: fc.nat() }) },
   { weight: 4, arbitrary: fc.record({ kind: fc.constant('flip' as const), at: fc.nat(), byte: fc.integer({ min: 0, max: 255 }) }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('flipKey' as const), at: fc.nat(), byte: fc.integer({ min: 0, max: 255 }) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('truncate' as const), at: fc.nat() }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('base64' as const), bytes: fc.uint8Array({ maxLength: 400 }) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('text' as const), text: fc.oneof(latin1(200), fc.string({ maxLength: 200 })) }) },
@@ -43,7 +44,8 @@ const csr: fc.Arbitrary<Csr> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('armor' as const), label: fc.constantFrom('CERTIFICATE REQUEST', 'NEW CERTIFICATE REQUEST', 'CERTIFICATE', 'PRIVATE KEY', ''), body: fc.oneof(fc.base64String({ maxLength: 200 }), latin1(100)) }) },
 );
 
-interface CaCtx { pki: MeshPki; valid: string; der: Buffer; others: string[] }
+/** `keyAt`: where the request's public key algorithm and curve are in its DER. */
+interface CaCtx { pki: MeshPki; valid: string; der: Buffer; keyAt: number; others: string[] }
 
 const armor = (der: Buffer, label = 'CERTIFICATE REQUEST') => `-----BEGIN ${label}-----\n${der.toString('base64').replace(/.{64}/g, '$&\n')}\n-----END ${label}-----\n`;
 
@@ -52,6 +54,7 @@ function pemOf(ctx: CaCtx, c: Csr): string {
     case 'valid': return ctx.valid;
     case 'other': return ctx.others[c.which % ctx.others.length]!;
     case 'flip': { const d = Buffer.from(ctx.der); d[c.at % d.length] = c.byte; return armor(d); }
+    case 'flipKey': { const d = Buffer.from(ctx.der); d[ctx.keyAt + (c.at % 24)] = c.byte; return armor(d); }
     case 'truncate': return armor(ctx.der.subarray(0, c.at % ctx.der.length));
     case 'base64': return armor(Buffer.from(c.bytes));
     case 'text': return c.text;
@@ -86,7 +89,10 @@ export const caTarget: FuzzTarget<CaInput, CaCtx> = {
   async setup() {
     const pki = await meshPki('ca');
     const valid = await createCsr(await generateKeyPair(), ID);
-    return { pki, valid, der: Buffer.from(new x509.Pkcs10CertificateRequest(valid).rawData), others: await otherCsrs() };
+    const der = Buffer.from(new x509.Pkcs10CertificateRequest(valid).rawData);
+    // The key's algorithm identifier (id-ecPublicKey) and curve (prime256v1), where a parser of keys is most exposed.
+    const keyAt = Math.max(0, der.indexOf(Buffer.from('06072a8648ce3d0201', 'hex')) - 2);
+    return { pki, valid, der, keyAt, others: await otherCsrs() };
   },
   async run(ctx, input) {
     const pem = pemOf(ctx, input.csr);
