@@ -1,11 +1,16 @@
 /**
  * The node agent's local HTTP endpoints under raw hostile requests: the admin endpoint (15000,
- * `AdminServer`, with a real certificate manager and connection tracker behind it) and the
- * telemetry listeners (15020 metrics, 15021 health, `serveTelemetry`), each on loopback.
+ * `AdminServer`, with a real certificate manager and connection tracker behind it), the
+ * telemetry listeners (15020 metrics, 15021 health, `serveTelemetry`), each on loopback, and the
+ * control socket (`serveControl`, a unix socket the runtime asks about pods).
  */
-import { get, type Server } from 'node:http';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { get, request, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import * as fc from 'fast-check';
+import { serveControl } from '../../../src/cli/node.js';
 import { AdminServer } from '../../../src/node/admin.js';
 import { ConnectionTracker } from '../../../src/node/connections.js';
 import { MeshMetrics } from '../../../src/telemetry/metrics.js';
@@ -90,5 +95,40 @@ export const telemetryTarget: FuzzTarget<HttpRequestInput & { health: boolean },
   },
   async teardown(ctx) {
     await Promise.all(ctx.servers.map((s) => new Promise((r) => { s.closeAllConnections(); s.close(r); })));
+  },
+};
+
+interface ControlCtx { control: { close(): void }; dir: string; path: string; pki: MeshPki }
+
+/** The control socket answers GET /v1/pods/<uid> (and the admin routes) on a unix socket. */
+export const controlSocketTarget: FuzzTarget<HttpRequestInput, ControlCtx> = {
+  name: 'control-socket',
+  what: 'raw HTTP/1.x request bytes to the node agent\'s control socket (serveControl: GET /v1/pods/<uid>, the admin routes, POST /logging)',
+  input: httpRequest.map((r) => ({ raw: r.raw.replace(/^(\S+ )\/healthz/, '$1/v1/pods/') })),
+  concurrency: 8,
+  async setup() {
+    const pki = await meshPki('control');
+    const dir = mkdtempSync(join(tmpdir(), 'ambit-fuzz-control-'));
+    const path = join(dir, 'agent.sock');
+    // The agent's answer for a pod: uid-1 is enrolled, any other is not settled yet (504).
+    const agent = { version: '1', podReadiness: (uid: string) => Promise.resolve(uid === 'uid-1' ? { uid, enrolled: true, version: '1' } : undefined) };
+    const control = await serveControl(agent as never, path, { certificates: pki.certs, logger: quietLogger() } as never, quietLogger() as never);
+    return { control, dir, path, pki };
+  },
+  run: (ctx, input) => sendRaw({ path: ctx.path }, Buffer.from(input.raw, 'latin1')).then(statusTag),
+  alive: (ctx) => new Promise((resolve, reject) => {
+    const req = request({ socketPath: ctx.path, path: '/v1/pods/uid-1', agent: false }, (res) => {
+      res.resume();
+      if (res.statusCode === 200) resolve();
+      else reject(new Error(`GET /v1/pods/uid-1: ${res.statusCode ?? '?'} instead of 200`));
+    });
+    req.on('error', reject);
+    req.setTimeout(3000, () => req.destroy(new Error('GET /v1/pods/uid-1: no answer in 3 s')));
+    req.end();
+  }),
+  async teardown(ctx) {
+    ctx.control.close();
+    ctx.pki.close();
+    rmSync(ctx.dir, { recursive: true, force: true });
   },
 };
