@@ -8,7 +8,7 @@ BPF_HEADERS := $(wildcard bpf/*.h)
 BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu \
 	-fdebug-prefix-map=$(CURDIR)=.
 
-.PHONY: setup setup-bpf build lint typecheck test test-unit test-integration bpf bpf-check bench demo demo-redirect clean
+.PHONY: setup setup-bpf build lint typecheck test test-unit test-integration bpf bpf-check bench fuzz fuzz-ci demo demo-redirect clean
 
 setup:
 	scripts/setup.sh
@@ -60,6 +60,15 @@ bench:
 	npx tsx bench/ca-issue.ts
 	npx tsx bench/discovery.ts
 	npx tsx bench/l4-hop.ts
+
+# Fuzzing: every target at 100,000 inputs and the CNI scanner under libFuzzer + ASan
+# (bench/results/fuzz.md); fuzz-ci is the short fixed-seed run the unit tests make.
+fuzz:
+	scripts/setup.sh --fuzz
+	npx tsx bench/fuzz.ts --runs $(or $(RUNS),100000) --seed $(or $(SEED),1)
+
+fuzz-ci:
+	npx vitest run test/unit/fuzz-*.test.ts
 
 clean:
 	rm -rf dist

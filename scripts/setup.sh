@@ -3,16 +3,25 @@
 #   scripts/setup.sh          runtime + tests: libbpf1, iproute2, iptables, nftables, nsenter, openssl, tcpdump; bpffs; npm ci
 #   scripts/setup.sh --bpf    also the toolchain that rebuilds bpf/*.bpf.o and builds the CNI plugin: clang, llvm, bpftool, libbpf-dev, libc6-dev
 #   scripts/setup.sh --bench  also what the benchmarks run: gcc, haproxy, iperf3
+#   scripts/setup.sh --fuzz   also clang with its libFuzzer and sanitizer runtimes (the CNI scanner's fuzzer)
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=(libbpf1 iproute2 iptables nftables util-linux openssl tcpdump)
+# The major version of the clang installed, else of the one Debian would install.
+clang_major() {
+  local v
+  if v=$(clang -dumpversion 2>/dev/null); then echo "${v%%.*}"; return; fi
+  apt-cache show clang 2>/dev/null | sed -n 's/^Version: \([0-9]*:\)\{0,1\}\([0-9]*\).*/\2/p' | head -1
+}
 for flag in "$@"; do
   case "$flag" in
     --bpf) want+=(clang llvm bpftool libbpf-dev libc6-dev) ;;
     --bench) want+=(gcc libc6-dev haproxy iperf3) ;;
-    *) echo "setup: unknown option $flag (known: --bpf, --bench)" >&2; exit 2 ;;
+    # Debian ships clang's libFuzzer/ASan runtimes apart, per clang version (libclang-rt-14-dev on bookworm).
+    --fuzz) want+=(clang libc6-dev "libclang-rt-$(clang_major)-dev") ;;
+    *) echo "setup: unknown option $flag (known: --bpf, --bench, --fuzz)" >&2; exit 2 ;;
   esac
 done
 
