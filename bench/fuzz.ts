@@ -8,12 +8,13 @@
  * after 10% of the inputs and at the end; writes bench/results/fuzz.md and fuzz.json.
  *
  *   npx tsx bench/fuzz.ts [--runs N] [--seed S] [--only a,b] [--jobs J] [--out FILE]
+ *   npx tsx bench/fuzz.ts --from-json bench/results/fuzz.json   (writes the report again from a run's JSON)
  *
  * Slow targets (a TLS handshake, a TCP connection pair or more per input) run a stated fraction
  * of N; the table says how many inputs each got.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,7 +37,7 @@ const TARGETS: { name: string; module: string; exportName: string; share: number
   { name: 'capture-bytes-agent-sockets', module: '../test/fuzz/targets/capture.js', exportName: 'captureAgentSocketsTarget', share: 0.01 },
 ];
 
-interface Options { runs: number; seed: number; only?: string[]; jobs: number; out: string }
+interface Options { runs: number; seed: number; only?: string[]; jobs: number; out: string; fromJson?: string }
 
 function options(argv: string[]): Options & { child?: string } {
   const o: Options & { child?: string } = { runs: 100_000, seed: 1, jobs: 1, out: join(root, 'bench', 'results', 'fuzz.md') };
@@ -58,7 +59,8 @@ function options(argv: string[]): Options & { child?: string } {
     else if (a === '--only') o.only = v().split(',');
     else if (a === '--out') o.out = v();
     else if (a === '--child') o.child = v();
-    else throw new Error(`unknown option ${a} (known: --runs N, --seed S, --only a,b, --jobs J, --out FILE)`);
+    else if (a === '--from-json') o.fromJson = v();
+    else throw new Error(`unknown option ${a} (known: --runs N, --seed S, --only a,b, --jobs J, --out FILE, --from-json FILE)`);
   }
   const unknown = o.only?.filter((t) => t !== 'cni-scanner' && !TARGETS.some((x) => x.name === t));
   if (unknown?.length) throw new Error(`unknown target ${unknown.join(', ')} (known: ${[...TARGETS.map((t) => t.name), 'cni-scanner'].join(', ')})`);
@@ -155,12 +157,12 @@ function report(o: Options, results: FuzzResult[], c: ScannerResult | undefined,
   const lines = [
     '# Fuzzing',
     '',
-    `\`npx tsx bench/fuzz.ts --runs ${o.runs} --seed ${o.seed}\` on ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC, Node.js ${process.version}. Each target in its own process; RSS read after a GC once the component is up (before), after 10% of the inputs (warm) and at the end (after). "growth" is after − warm: what the run kept beyond warm-up.`,
+    `\`npx tsx bench/fuzz.ts --runs ${o.runs} --seed ${o.seed}\` on ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC, Node.js ${process.version}. Each target in its own process; RSS read after a GC once the component is up (before), after 10% of the inputs (warm) and at the end (after). "growth" is after − warm: what the process kept beyond warm-up; the JS heap (after a GC, same moments) says whether that is live objects (a leak) or memory the allocator kept.`,
     '',
-    '| target | inputs | crashes | answers (most common) | time | RSS before | warm | after | growth |',
-    '|---|---:|---:|---|---:|---:|---:|---:|---:|',
-    ...results.map((r) => `| ${r.target} | ${r.runs.toLocaleString('en')} | ${r.crashes}${r.stopped ? ` (${r.stopped})` : ''} | ${topOutcomes(r)} | ${(r.ms / 1000).toFixed(0)} s | ${mb(r.rss.before)} | ${mb(r.rss.warm)} | ${mb(r.rss.after)} | ${r.rss.before ? `${r.rss.after - r.rss.warm >= 0 ? '+' : ''}${((r.rss.after - r.rss.warm) / 1048576).toFixed(0)} MB` : ''} |`),
-    ...(c ? [c.skipped ? `| cni-scanner (C, libFuzzer) | 0 | skipped: ${c.skipped} | | | | | | |` : `| cni-scanner (C, libFuzzer + ASan/UBSan) | ${c.runs.toLocaleString('en')} | ${c.crashes} | ${c.cov ?? ''} | ${(c.ms / 1000).toFixed(0)} s | | | peak ${c.rssMb ?? '?'} MB | |`] : []),
+    '| target | inputs | crashes | answers (most common) | time | RSS before | warm | after | growth | JS heap before → after |',
+    '|---|---:|---:|---|---:|---:|---:|---:|---:|---:|',
+    ...results.map((r) => `| ${r.target} | ${r.runs.toLocaleString('en')} | ${r.crashes}${r.stopped ? ` (${r.stopped})` : ''} | ${topOutcomes(r)} | ${(r.ms / 1000).toFixed(0)} s | ${mb(r.rss.before)} | ${mb(r.rss.warm)} | ${mb(r.rss.after)} | ${r.rss.before ? `${r.rss.after - r.rss.warm >= 0 ? '+' : ''}${((r.rss.after - r.rss.warm) / 1048576).toFixed(0)} MB` : ''} | ${r.heapUsed.before ? `${mb(r.heapUsed.before)} → ${mb(r.heapUsed.after)}` : ''} |`),
+    ...(c ? [c.skipped ? `| cni-scanner (C, libFuzzer) | 0 | skipped: ${c.skipped} | | | | | | | |` : `| cni-scanner (C, libFuzzer + ASan/UBSan) | ${c.runs.toLocaleString('en')} | ${c.crashes} | ${c.cov ?? ''} | ${(c.ms / 1000).toFixed(0)} s | | | peak ${c.rssMb ?? '?'} MB | | |`] : []),
     '',
     '## Targets',
     '',
@@ -186,6 +188,12 @@ async function main(): Promise<void> {
   if (o.child) {
     await child(o.child, o);
     process.exit(0); // a target's leftovers (timers, pooled sockets) must not hold the process
+  }
+  if (o.fromJson) {
+    const saved = JSON.parse(readFileSync(o.fromJson, 'utf8')) as { options: { runs: number; seed: number }; started: string; results: FuzzResult[]; scanner?: ScannerResult };
+    writeFileSync(o.out, report({ ...o, ...saved.options }, saved.results, saved.scanner, new Date(saved.started)));
+    process.stdout.write(`written: ${o.out}\n`);
+    return;
   }
   const started = new Date();
   const names = TARGETS.map((t) => t.name).filter((n) => !o.only || o.only.includes(n));
