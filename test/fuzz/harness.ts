@@ -120,7 +120,7 @@ export async function fuzz<I, C>(target: FuzzTarget<I, C>, opts: FuzzOptions): P
   const distinct: Record<string, number> = {};
   const record = (c: Crash) => {
     crashes++;
-    const key = `${c.kind}: ${c.message.split('\n')[0]!.replace(/"(?:[^"\\]|\\.)*"/g, '"…"').replace(/\d+/g, 'N').slice(0, 160)}`;
+    const key = crashKey(`${c.kind}: ${c.message.split('\n')[0]!}`);
     distinct[key] = (distinct[key] ?? 0) + 1;
     if ((kept[c.kind] ?? 0) < keep) {
       kept[c.kind] = (kept[c.kind] ?? 0) + 1;
@@ -205,6 +205,19 @@ export async function fuzz<I, C>(target: FuzzTarget<I, C>, opts: FuzzOptions): P
     record({ kind: 'dead', message: `after ${total} inputs the component no longer serves: ${message}`, stack: r === TIMEOUT ? undefined : r.stack, input: lastInput === undefined ? '' : render(lastInput), index: lastIndex });
     stopped = `dead after ${total} inputs`;
   }
+}
+
+/**
+ * A crash message with what varies per input blanked (quoted text, numbers, the property read,
+ * the alias named), so that one cause counts as one line.
+ */
+export function crashKey(message: string): string {
+  return message
+    .replace(/"(?:[^"\\]|\\.)*"/g, '"…"')
+    .replace(/\(reading '.*'\)$/, "(reading '…')")
+    .replace(/(alias\)?): .*$/, '$1: …')
+    .replace(/\d+/g, 'N')
+    .slice(0, 160);
 }
 
 /** One line per crash sample, for a test's failure message and the report. */
