@@ -9,6 +9,7 @@
  *
  *   npx tsx bench/fuzz.ts [--runs N] [--seed S] [--only a,b] [--jobs J] [--out FILE]
  *   npx tsx bench/fuzz.ts --from-json bench/results/fuzz.json   (writes the report again from a run's JSON)
+ *   npx tsx bench/fuzz.ts --only a,b --merge   (runs a and b, and puts them in the report in place of their last results)
  *
  * One target, whose inputs mostly wait out a 3-s bound, runs 1% of N; the table says how many
  * inputs each got.
@@ -35,12 +36,13 @@ const TARGETS: { name: string; module: string; exportName: string; share: number
   { name: 'hbone-frames', module: '../test/fuzz/targets/hbone.js', exportName: 'hboneFramesTarget', share: 1, slow: true },
   { name: 'discovery', module: '../test/fuzz/targets/discovery.js', exportName: 'discoveryTarget', share: 1 },
   { name: 'ca-csr', module: '../test/fuzz/targets/ca.js', exportName: 'caTarget', share: 1 },
+  { name: 'ca-grpc', module: '../test/fuzz/targets/ca-grpc.js', exportName: 'caWireTarget', share: 1 },
   { name: 'analyze', module: '../test/fuzz/targets/analyze.js', exportName: 'analyzeTarget', share: 1 },
   { name: 'capture-bytes', module: '../test/fuzz/targets/capture.js', exportName: 'captureBytesTarget', share: 1, slow: true },
   { name: 'capture-bytes-agent-sockets', module: '../test/fuzz/targets/capture.js', exportName: 'captureAgentSocketsTarget', share: 0.01, slow: true },
 ];
 
-interface Options { runs: number; seed: number; only?: string[]; jobs: number; out: string; fromJson?: string }
+interface Options { runs: number; seed: number; only?: string[]; jobs: number; out: string; fromJson?: string; merge?: boolean }
 
 function options(argv: string[]): Options & { child?: string } {
   const o: Options & { child?: string } = { runs: 100_000, seed: 1, jobs: 1, out: join(root, 'bench', 'results', 'fuzz.md') };
@@ -63,7 +65,8 @@ function options(argv: string[]): Options & { child?: string } {
     else if (a === '--out') o.out = v();
     else if (a === '--child') o.child = v();
     else if (a === '--from-json') o.fromJson = v();
-    else throw new Error(`unknown option ${a} (known: --runs N, --seed S, --only a,b, --jobs J, --out FILE, --from-json FILE)`);
+    else if (a === '--merge') o.merge = true;
+    else throw new Error(`unknown option ${a} (known: --runs N, --seed S, --only a,b, --jobs J, --out FILE, --from-json FILE, --merge)`);
   }
   const unknown = o.only?.filter((t) => t !== 'cni-scanner' && !TARGETS.some((x) => x.name === t));
   if (unknown?.length) throw new Error(`unknown target ${unknown.join(', ')} (known: ${[...TARGETS.map((t) => t.name), 'cni-scanner'].join(', ')})`);
@@ -222,10 +225,21 @@ async function main(): Promise<void> {
     process.stderr.write(`cni-scanner: ${o.runs} libFuzzer inputs\n`);
     c = scanner(o);
   }
+  const jsonOut = o.out.replace(/\.md$/, '.json');
+  if (o.merge) {
+    // Same runs and seed only: a report states one command line.
+    const saved = JSON.parse(readFileSync(jsonOut, 'utf8')) as { options: { runs: number; seed: number }; results: FuzzResult[]; scanner?: ScannerResult };
+    if (saved.options.runs !== o.runs || saved.options.seed !== o.seed) throw new Error(`--merge: ${jsonOut} was run with --runs ${saved.options.runs} --seed ${saved.options.seed}`);
+    const mine = new Set(results.map((r) => r.target));
+    results.push(...saved.results.filter((r) => !mine.has(r.target)));
+    const all = TARGETS.map((t) => t.name);
+    results.sort((a, b) => all.indexOf(a.target) - all.indexOf(b.target));
+    c ??= saved.scanner;
+  }
   const md = report(o, results, c, started);
   mkdirSync(dirname(o.out), { recursive: true });
   writeFileSync(o.out, md);
-  writeFileSync(o.out.replace(/\.md$/, '.json'), `${JSON.stringify({ options: { runs: o.runs, seed: o.seed }, started: started.toISOString(), results, scanner: c }, null, 2)}\n`);
+  writeFileSync(jsonOut, `${JSON.stringify({ options: { runs: o.runs, seed: o.seed }, started: started.toISOString(), results, scanner: c }, null, 2)}\n`);
   process.stdout.write(md.split('\n## Targets')[0]!);
   process.stdout.write(`\nwritten: ${o.out}\n`);
 }
