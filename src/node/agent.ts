@@ -34,6 +34,9 @@ import { AGENT_SOCKET_MARK, netnsCookie, socketInNetns } from './netns.js';
 export const METRICS_PORT = 15020;
 export const HEALTH_PORT = 15021;
 
+/** A connection that moves no byte either way for this long is reset (Istio's default TCP idle timeout). */
+export const TCP_IDLE_TIMEOUT_MS = 60 * 60 * 1000;
+
 /**
  * The agent's own listeners inside every meshed pod. Nothing is ever forwarded to them: a
  * connection or tunnel addressed to one would make the agent dial itself, over and over.
@@ -527,7 +530,7 @@ export class NodeAgent {
     splice(client, server, (err) => {
       pod.sockets.delete(client);
       this.connections.finish(conn, err ? { flags: conn.flags === '-' ? 'UR' : conn.flags, error: err.message } : {});
-    });
+    }, { idleMs: TCP_IDLE_TIMEOUT_MS });
   }
 
   private refuse(socket: Socket, pod: PodEntry, info: Parameters<ConnectionTracker['begin']>[0], flags: string, why: string): void {

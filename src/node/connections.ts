@@ -145,16 +145,41 @@ export class ConnectionTracker {
 
 /**
  * Joins two streams both ways. Half-closes pass through; an error or reset on one side
- * destroys the other (`onReset` decides how: a TCP socket is reset so that the peer sees it).
+ * destroys the other (`onReset` decides how: a TCP socket is reset so that the peer sees it);
+ * with `idleMs`, a join that moves no byte for that long is reset.
  */
-export function splice(a: Duplex, b: Duplex, done: (error?: Error) => void): void {
+export function splice(a: Duplex, b: Duplex, done: (error?: Error) => void, opts: { idleMs?: number } = {}): void {
   let finished = false;
   let closed = 0;
+  let idle: NodeJS.Timeout | undefined;
   const finish = (err?: Error) => {
     if (finished) return;
     finished = true;
+    clearTimeout(idle);
     done(err);
   };
+  // No byte either way for idleMs: both sides are reset. A peer that vanished while its
+  // counterpart does not read (so nothing is written to the vanished one, and its reset is never
+  // seen) would otherwise hold both sockets, and the agent's memory, for good.
+  if (opts.idleMs) {
+    const idleMs = opts.idleMs;
+    let moved = false;
+    const mark = () => { moved = true; };
+    a.on('data', mark);
+    b.on('data', mark);
+    const check = () => {
+      if (finished) return;
+      if (!moved) {
+        resetOrDestroy(a);
+        resetOrDestroy(b);
+        finish(new Error(`idle for ${idleMs} ms`));
+        return;
+      }
+      moved = false;
+      idle = setTimeout(check, idleMs).unref();
+    };
+    idle = setTimeout(check, idleMs).unref();
+  }
   const fail = (from: Duplex, to: Duplex) => (err: Error) => {
     resetOrDestroy(to);
     from.destroy();
@@ -167,6 +192,16 @@ export function splice(a: Duplex, b: Duplex, done: (error?: Error) => void): voi
   b.once('close', onClose);
   a.pipe(b);
   b.pipe(a);
+  // A side can be gone before the join: the client hung up (or reset) while its tunnel or
+  // upstream was being opened. It will not emit 'close' or 'error' again; without this the join
+  // would never end and both sides would be held for good.
+  for (const [gone, other] of [[a, b], [b, a]] as const) {
+    const errored = (gone as Duplex & { errored?: Error | null }).errored;
+    if (errored) fail(gone, other)(errored);
+    // Closed without its end: aborted, so the other side is reset. Ended: the pipe passes the end on.
+    else if (gone.closed && !gone.readableEnded) fail(gone, other)(new Error('closed before it was joined'));
+    else if (gone.closed) onClose();
+  }
 }
 
 /** A TCP socket is reset (RST) so that its peer sees the failure; anything else is destroyed. */
