@@ -3,6 +3,7 @@
  * into the lookups the data path needs on every connection — workloads by IP, services by VIP,
  * the L4 authorizer — and the resolution of an original destination to where a connection goes.
  */
+import { isIP } from 'node:net';
 import type { WireResource } from '../control/discovery.js';
 import { WAYPOINT_GATEWAY_LABEL, type ConfigObject, type Service, type ServicePort, type Workload } from '../control/model.js';
 import { L4Authorizer } from './authz.js';
@@ -28,17 +29,69 @@ export class MeshStateError extends Error {
   override readonly name = 'MeshStateError';
 }
 
+/**
+ * Shape checks for what the controller streams. A resource that is not what the data path reads
+ * makes the whole version a NACK (the agent keeps its last good config) — never a state that
+ * throws later, on a connection.
+ */
+type Check = (v: unknown, at: string) => string | undefined;
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const str: Check = (v, at) => (typeof v === 'string' ? undefined : `${at} must be a string`);
+const bool: Check = (v, at) => (typeof v === 'boolean' ? undefined : `${at} must be a boolean`);
+const port: Check = (v, at) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535 ? undefined : `${at} must be a port number`);
+const ip: Check = (v, at) => (typeof v === 'string' && isIP(v) !== 0 ? undefined : `${at} must be an IP address`);
+const optional = (c: Check): Check => (v, at) => (v === undefined ? undefined : c(v, at));
+const list = (c: Check): Check => (v, at) => {
+  if (!Array.isArray(v)) return `${at} must be a list`;
+  for (let i = 0; i < v.length; i++) {
+    const e = c(v[i], `${at}[${i}]`);
+    if (e) return e;
+  }
+  return undefined;
+};
+const map = (c: Check): Check => (v, at) => {
+  if (!isRecord(v)) return `${at} must be an object`;
+  for (const [k, x] of Object.entries(v)) {
+    const e = c(x, `${at}.${k}`);
+    if (e) return e;
+  }
+  return undefined;
+};
+const shape = (fields: Record<string, Check>): Check => (v, at) => {
+  if (!isRecord(v)) return `${at || 'the resource'} must be an object`;
+  for (const [k, c] of Object.entries(fields)) {
+    const e = c(v[k], at ? `${at}.${k}` : k);
+    if (e) return e;
+  }
+  return undefined;
+};
+const CHECKS: Record<string, Check> = {
+  workload: shape({
+    uid: str, name: str, workload: str, namespace: str, serviceAccount: str, identity: str, ips: list(ip), node: str,
+    labels: map(str), enrolled: bool, waypoint: optional(str), ports: map(port),
+  }),
+  service: shape({
+    namespace: str, name: str, hostname: str, vips: list(ip), endpoints: list(str),
+    ports: list(shape({ name: optional(str), port, targetPort: (v, at) => (typeof v === 'string' ? undefined : port(v, at)), protocol: str })),
+    waypoint: optional(shape({ name: str, namespace: str })),
+  }),
+  policy: shape({ apiVersion: str, kind: str, namespace: str, name: str }),
+  waypoint: shape({ apiVersion: str, kind: str, namespace: str, name: str }),
+};
+
 /** Parsed objects are kept across versions: a delta parses only what changed. */
 const parsed = new WeakMap<WireResource, unknown>();
 function parse<T>(r: WireResource): T {
   let v = parsed.get(r);
   if (v === undefined) {
     try {
-      v = JSON.parse(r.json);
+      v = JSON.parse(r.json) as unknown;
     } catch (err) {
       throw new MeshStateError(`${r.key}: not JSON: ${(err as Error).message}`);
     }
-    parsed.set(r, v);
+    const wrong = CHECKS[r.type]?.(v, '');
+    if (wrong) throw new MeshStateError(`${r.key}: ${wrong}`);
+    parsed.set(r, v ?? null);
   }
   return v as T;
 }
@@ -61,14 +114,12 @@ export class MeshState {
       switch (r.type) {
         case 'workload': {
           const w = parse<Workload>(r);
-          if (typeof w.uid !== 'string' || !Array.isArray(w.ips)) throw new MeshStateError(`${r.key}: a workload needs uid and ips`);
           this.workloads.set(w.uid, w);
           for (const ip of w.ips) this.workloadsByIp.set(ip, w);
           break;
         }
         case 'service': {
           const s = parse<Service>(r);
-          if (!Array.isArray(s.vips) || !Array.isArray(s.ports) || !Array.isArray(s.endpoints)) throw new MeshStateError(`${r.key}: a service needs vips, ports and endpoints`);
           this.services.set(`${s.namespace}/${s.name}`, s);
           for (const vip of s.vips) this.servicesByVip.set(vip, s);
           break;

@@ -53,7 +53,16 @@ describe('MeshState', () => {
 
   it('rejects resources it cannot use, naming them', () => {
     expect(() => new MeshState('v2', new Map([['workload/x', { key: 'workload/x', type: 'workload', json: '{"uid":' }]]))).toThrow(MeshStateError);
-    expect(() => new MeshState('v2', wire([{ type: 'service', key: 'service/shop/x', value: { name: 'x' } }]))).toThrow('service/shop/x: a service needs vips, ports and endpoints');
+    expect(() => new MeshState('v2', wire([{ type: 'service', key: 'service/shop/x', value: { name: 'x' } }]))).toThrow('service/shop/x: namespace must be a string');
+    // Each field the data path reads is checked, by its path: a bad one is a NACK, not a state that throws on a connection.
+    const svc = { namespace: 'shop', name: 'x', hostname: 'x.shop', vips: ['10.96.0.9'], endpoints: ['u1'], ports: [{ port: 80, targetPort: 'http', protocol: 'TCP' }] };
+    expect(() => new MeshState('v2', wire([{ type: 'service', key: 'service/shop/x', value: { ...svc, ports: [{ port: 70000, targetPort: 80, protocol: 'TCP' }] } }]))).toThrow('service/shop/x: ports[0].port must be a port number');
+    expect(() => new MeshState('v2', wire([{ type: 'service', key: 'service/shop/x', value: { ...svc, vips: ['not-an-ip'] } }]))).toThrow('service/shop/x: vips[0] must be an IP address');
+    const w = { uid: 'u1', name: 'a', workload: 'a', namespace: 'shop', serviceAccount: 'sa', identity: 'spiffe://x', ips: ['10.0.0.1'], node: 'n', labels: {}, enrolled: true, ports: {} };
+    expect(() => new MeshState('v2', wire([{ type: 'workload', key: 'workload/u1', value: { ...w, labels: undefined } }]))).toThrow('workload/u1: labels must be an object');
+    expect(() => new MeshState('v2', wire([{ type: 'workload', key: 'workload/u1', value: { ...w, labels: { app: 7 } } }]))).toThrow('workload/u1: labels.app must be a string');
+    expect(() => new MeshState('v2', wire([{ type: 'policy', key: 'policy/p', value: { apiVersion: 1, kind: 'AuthorizationPolicy', namespace: 'shop', name: 'p', spec: {} } }]))).toThrow('policy/p: apiVersion must be a string');
+    expect(new MeshState('v2', wire([{ type: 'workload', key: 'workload/u1', value: w }, { type: 'service', key: 'service/shop/x', value: svc }])).workloads.size).toBe(1);
     expect(() => new MeshState('v2', wire([{ type: 'route', key: 'route/x', value: {} }]))).toThrow('route/x: unknown resource type "route"');
   });
 });
