@@ -270,8 +270,21 @@ async function checkKeyMatches(key: CryptoKey, cert: x509.X509Certificate): Prom
   }
 }
 
-/** Parses and checks a CSR: PEM PKCS#10, signature, an ECDSA P-256 key, and a SAN that is exactly `identity`. */
+/**
+ * Parses and checks a CSR: PEM PKCS#10, signature, an ECDSA P-256 key, and a SAN that is exactly
+ * `identity`. The parser reads parts of the request lazily, so a malformed key or extension can
+ * throw from any step: every such error is the caller's bad request, and says so.
+ */
 async function checkCsr(pem: string, identity: string): Promise<x509.Pkcs10CertificateRequest> {
+  try {
+    return await readCsr(pem, identity);
+  } catch (err) {
+    if (err instanceof CaError) throw err;
+    throw new CaError('INVALID_ARGUMENT', `csr: a malformed part of the request cannot be read (${(err as Error).message})`);
+  }
+}
+
+async function readCsr(pem: string, identity: string): Promise<x509.Pkcs10CertificateRequest> {
   let csr: x509.Pkcs10CertificateRequest;
   try {
     csr = new x509.Pkcs10CertificateRequest(pem);
