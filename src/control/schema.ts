@@ -106,7 +106,8 @@ export function object(fields: Record<string, Field>, opts: {
       if (o.required && (v[name] === undefined || v[name] === null)) r.error([...p, name], 'required');
     }
     for (const [k, x] of Object.entries(v)) {
-      const field = fields[k];
+      // Own fields only: a key such as "constructor" must not find Object.prototype's.
+      const field = Object.hasOwn(fields, k) ? fields[k] : undefined;
       if (!field) {
         r.error([...p, k], `unknown field "${k}"`);
         continue;

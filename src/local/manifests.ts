@@ -382,7 +382,15 @@ function* documents(input: ManifestInput, out: Diagnostic[]): Generator<{ value:
       }
       continue;
     }
-    const value: unknown = doc.toJS({ maxAliasCount: 100 });
+    // Aliases are resolved here, not by the parser: an alias to an anchor defined later (or
+    // nowhere), or one that expands past the count, is this document's error, not a crash.
+    let value: unknown;
+    try {
+      value = doc.toJS({ maxAliasCount: 100 });
+    } catch (err) {
+      out.push({ severity: 'error', source, message: `invalid YAML: ${(err as Error).message.split('\n')[0]}` });
+      continue;
+    }
     if (value === null || value === undefined) continue;
     if (isObject(value) && value.kind === 'List' && Array.isArray(value.items)) {
       for (const [i, item] of value.items.entries()) yield { value: item, ctx: new DocContext(source, doc, lines, ['items', i]) };

@@ -1,5 +1,6 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import { validateMeshObject } from '../../src/control/validate.js';
 import {
   expandArgv, formatDiagnostic, parseManifests, type DeploymentResource, type Diagnostic, type PodResource, type ServiceResource,
 } from '../../src/local/manifests.js';
@@ -270,5 +271,23 @@ spec:
         expect(r.raw.kind).toBe(r.kind);
       }
     }
+  });
+});
+
+describe('hostile manifests', () => {
+  it('reports an alias to a missing or later anchor as invalid YAML, and goes on with the other documents', () => {
+    const { resources, diagnostics } = parse(`<<: *missing\n---\na: &a [1, 2]\nb: [*a]\nc: [*b]\n---\n${POD}`);
+    expect(errors(diagnostics).some((e) => /invalid YAML: Unresolved alias/.test(e))).toBe(true);
+    expect(resources.map((r) => r.kind)).toContain('Pod');
+  });
+
+  it('calls a field named after an Object.prototype member unknown, not a schema', () => {
+    const { diagnostics } = parse(`apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: vs, namespace: shop }
+spec: { hosts: [a], constructor: 1, toString: { x: 1 } }
+`, { validate: validateMeshObject });
+    expect(errors(diagnostics).join('\n')).toMatch(/unknown field "constructor"/);
+    expect(errors(diagnostics).join('\n')).toMatch(/unknown field "toString"/);
   });
 });
