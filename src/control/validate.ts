@@ -315,7 +315,7 @@ const httpFilter = object({
   extensionRef: [any, { warn: NOT_USED }], cors: [any, { warn: NOT_USED }],
 }, {
   check: (o, p, r) => {
-    const field = typeof o.type === 'string' ? o.type[0]!.toLowerCase() + o.type.slice(1) : '';
+    const field = typeof o.type === 'string' && o.type !== '' ? o.type[0]!.toLowerCase() + o.type.slice(1) : '';
     const key = field === 'uRLRewrite' ? 'urlRewrite' : field === 'cORS' ? 'cors' : field;
     if (key && o[key] === undefined) r.error([...p, key], `required when type is ${String(o.type)}`);
   },

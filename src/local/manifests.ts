@@ -582,6 +582,10 @@ function service(base: Omit<ServiceResource, 'kind' | 'spec'>, raw: unknown, ctx
     ctx.error(['spec', 'ports'], 'required: at least one port');
     return undefined;
   }
+  if (!Array.isArray(raw.ports) || raw.ports.length === 0 || !raw.ports.every(isObject)) {
+    ctx.error(['spec', 'ports'], 'must be a list of port objects, at least one');
+    return undefined;
+  }
   const ports = (raw.ports as Record<string, unknown>[]).map((p) => ({
     ...(typeof p.name === 'string' ? { name: p.name } : {}),
     port: p.port as number,

@@ -291,3 +291,25 @@ spec: { hosts: [a], constructor: 1, toString: { x: 1 } }
     expect(errors(diagnostics).join('\n')).toMatch(/unknown field "toString"/);
   });
 });
+
+describe('hostile services', () => {
+  it('names a service whose ports are not a list of objects, instead of crashing', () => {
+    for (const ports of ['[null]', '[1]', '{ a: 1 }', '[]']) {
+      const { diagnostics } = parse(`apiVersion: v1\nkind: Service\nmetadata: { name: s, namespace: shop }\nspec: { selector: { app: a }, ports: ${ports} }\n`, { validate: validateMeshObject });
+      expect(errors(diagnostics).join('\n')).toMatch(/spec\.ports/);
+    }
+  });
+});
+
+describe('hostile routes', () => {
+  it('names an HTTPRoute filter with an empty type, instead of crashing', () => {
+    const { diagnostics } = parse(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: r, namespace: shop }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: users, port: 80 }]
+  rules: [{ filters: [{ type: "" }], backendRefs: [{ name: users, port: 80 }] }]
+`, { validate: validateMeshObject });
+    expect(errors(diagnostics).join('\n')).toMatch(/filters\[0\]\.type/);
+  });
+});
