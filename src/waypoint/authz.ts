@@ -86,6 +86,18 @@ export interface L7Decision extends AuthzDecision {
   audit?: string;
 }
 
+/** What a tunnel carries before any request: who sent it, and where to. */
+export type TunnelFacts = Pick<L7Request, 'sourceIdentity' | 'sourceIp' | 'destinationIp' | 'destinationPort'>;
+
+/**
+ * The decision for a tunnel at CONNECT time. `deny`: every request it could carry would be
+ * denied; `allow`: every one allowed (requests are still checked one by one); `request`: it
+ * depends on what the requests carry (host, method, path, headers).
+ */
+export interface TunnelDecision extends L7Decision {
+  verdict: 'allow' | 'deny' | 'request';
+}
+
 export interface L7AuthorizerOptions {
   /** Istio's root namespace, whose GatewayClass-bound policies apply to every waypoint. */
   rootNamespace?: string;
@@ -265,14 +277,77 @@ class RequestFacts {
 // Predicates
 
 type Predicate = (f: RequestFacts) => boolean;
+/**
+ * What a predicate says from a tunnel's facts alone (peer identity and address, destination
+ * address and port): true or false for every request the tunnel could carry, or undefined when
+ * the answer depends on a request's attributes (host, method, path, headers).
+ */
+type TunnelPredicate = (f: RequestFacts) => boolean | undefined;
+/** A compiled test: `match` runs per request (the hot path); `tunnel` at CONNECT time. */
+interface Test { match: Predicate; tunnel: TunnelPredicate }
+
 const always: Predicate = () => true;
 const never: Predicate = () => false;
+const needsRequest: TunnelPredicate = () => undefined;
+const ALWAYS: Test = { match: always, tunnel: always };
+const NEVER: Test = { match: never, tunnel: never };
+/** A test on the tunnel's facts: the same answer at CONNECT time as per request. */
+const onTunnel = (match: Predicate): Test => ({ match, tunnel: match });
+/** A test on a request's attributes: unknown at CONNECT time. */
+const onRequest = (match: Predicate): Test => ({ match, tunnel: needsRequest });
+
+/** Every test (none: true); at CONNECT time false if one is false, unknown if one is unknown. */
+function all(tests: Test[]): Test {
+  if (tests.length === 1) return tests[0]!;
+  const tunnels = tests.map((t) => t.tunnel);
+  return {
+    match: allOf(tests.map((t) => t.match)),
+    tunnel: (f) => {
+      let unknown = false;
+      for (const t of tunnels) {
+        const v = t(f);
+        if (v === false) return false;
+        if (v === undefined) unknown = true;
+      }
+      return unknown ? undefined : true;
+    },
+  };
+}
+
+/** Any test (none: false); at CONNECT time true if one is true, unknown if one is unknown. */
+function any(tests: Test[]): Test {
+  if (tests.length === 1) return tests[0]!;
+  const tunnels = tests.map((t) => t.tunnel);
+  return {
+    match: anyOf(tests.map((t) => t.match)),
+    tunnel: (f) => {
+      let unknown = false;
+      for (const t of tunnels) {
+        const v = t(f);
+        if (v === true) return true;
+        if (v === undefined) unknown = true;
+      }
+      return unknown ? undefined : false;
+    },
+  };
+}
+
+function not(t: Test): Test {
+  const { match, tunnel } = t;
+  return {
+    match: (f) => !match(f),
+    tunnel: (f) => {
+      const v = tunnel(f);
+      return v === undefined ? undefined : !v;
+    },
+  };
+}
 
 /** Compiling one rule: the policy's namespace, and the reasons the rule cannot be enforced. */
 interface Ctx { policyNamespace: string; errors: string[] }
 
 /** Compiles a non-empty list of values (for `field`) into a test. */
-type Compile = (values: string[], field: string, ctx: Ctx) => Predicate;
+type Compile = (values: string[], field: string, ctx: Ctx) => Test;
 
 /** A list of strings, undefined when absent; anything else is an error. */
 function stringList(obj: Record<string, unknown>, key: string, where: string, ctx: Ctx): string[] | undefined {
@@ -293,25 +368,26 @@ function stringList(obj: Record<string, unknown>, key: string, where: string, ct
 const notName = (name: string) => `not${name[0]!.toUpperCase()}${name.slice(1)}`;
 
 /** A field and its `not` form: some value matches / no value matches; absent or empty lists do not constrain. */
-function positiveNegative(obj: Record<string, unknown>, name: string, where: string, ctx: Ctx, compile: Compile): Predicate[] {
-  const preds: Predicate[] = [];
+function positiveNegative(obj: Record<string, unknown>, name: string, where: string, ctx: Ctx, compile: Compile): Test[] {
+  const preds: Test[] = [];
   const values = stringList(obj, name, where, ctx);
   if (values?.length) preds.push(compile(values, `${where}.${name}`, ctx));
   const notValues = stringList(obj, notName(name), where, ctx);
   if (notValues?.length) {
-    const test = compile(notValues, `${where}.${notName(name)}`, ctx);
-    preds.push((f) => !test(f));
+    preds.push(not(compile(notValues, `${where}.${notName(name)}`, ctx)));
   }
   return preds;
 }
 
-const strings = (get: (f: RequestFacts) => string | undefined): Compile => (values) => {
+/** Strings read from the tunnel's facts (`tunnel`) or from each request. */
+const strings = (get: (f: RequestFacts) => string | undefined, from: 'tunnel' | 'request'): Compile => (values) => {
   const m = stringMatcher(values);
-  return (f) => m(get(f));
+  const match: Predicate = (f) => m(get(f));
+  return from === 'tunnel' ? onTunnel(match) : onRequest(match);
 };
 
-/** An attribute a waypoint never has: `values` fail, `notValues` pass. */
-const absent: Compile = () => never;
+/** An attribute a waypoint never has: `values` fail, `notValues` pass (known at CONNECT time too). */
+const absent: Compile = () => NEVER;
 
 const cidrs = (get: (f: RequestFacts) => Ip | undefined): Compile => (values, field, ctx) => {
   const list: Cidr[] = [];
@@ -320,12 +396,12 @@ const cidrs = (get: (f: RequestFacts) => Ip | undefined): Compile => (values, fi
     if (c) list.push(c);
     else ctx.errors.push(`${field}: "${v}" is not an IP address or CIDR`);
   }
-  return (f) => {
+  return onTunnel((f) => {
     const ip = get(f);
     if (ip === undefined) return false;
     for (const c of list) if (cidrContains(c, ip)) return true;
     return false;
-  };
+  });
 };
 
 const ports: Compile = (values, field, ctx) => {
@@ -334,7 +410,7 @@ const ports: Compile = (values, field, ctx) => {
     if (/^\d{1,5}$/.test(v) && Number(v) <= 65535) set.add(Number(v));
     else ctx.errors.push(`${field}: "${v}" is not a port number`);
   }
-  return (f) => set.has(f.port);
+  return onTunnel((f) => set.has(f.port));
 };
 
 /** "<ns>/<sa>", or "<sa>" in the policy's namespace; exact, no wildcards (Istio's rules). */
@@ -345,7 +421,7 @@ const serviceAccounts: Compile = (values, field, ctx) => {
     if (extra !== undefined || !ns || !sa || v.includes('*')) ctx.errors.push(`${field}: "${v}" is not "<namespace>/<service account>" or "<service account>"`);
     else set.add(`${ns}/${sa}`);
   }
-  return (f) => f.serviceAccount !== undefined && set.has(f.serviceAccount);
+  return onTunnel((f) => f.serviceAccount !== undefined && set.has(f.serviceAccount));
 };
 
 /** Case-insensitive; a pattern without a port is matched against the host without its port. */
@@ -354,12 +430,12 @@ const hosts: Compile = (values) => {
   const withoutPort: string[] = [];
   for (const raw of values) {
     const v = raw.toLowerCase();
-    if (v === '*') return (f) => f.host !== '';
+    if (v === '*') return onRequest((f) => f.host !== '');
     (v.replace(/\[[^\]]*\]/g, '').includes(':') ? withPort : withoutPort).push(v);
   }
   const full = withPort.length > 0 ? stringMatcher(withPort) : undefined;
   const bare = withoutPort.length > 0 ? stringMatcher(withoutPort) : undefined;
-  return (f) => (bare !== undefined && bare(f.hostNoPort)) || (full !== undefined && full(f.host));
+  return onRequest((f) => (bare !== undefined && bare(f.hostNoPort)) || (full !== undefined && full(f.host)));
 };
 
 const paths: Compile = (values, field, ctx) => {
@@ -375,25 +451,25 @@ const paths: Compile = (values, field, ctx) => {
     } else plain.push(v);
   }
   const m = plain.length > 0 ? stringMatcher(plain) : undefined;
-  return (f) => {
+  return onRequest((f) => {
     const path = f.path;
     if (m?.(path)) return true;
     for (const re of templates) if (re.test(path)) return true;
     return false;
-  };
+  });
 };
 
 /** request.headers[name]: "*" = present; otherwise some value of the header matches. */
 const header = (name: string): Compile => (values) => {
   const present = values.includes('*');
   const m = stringMatcher(values.filter((v) => v !== '*'));
-  return (f) => {
+  return onRequest((f) => {
     const hv = f.header(name);
     if (hv === undefined) return false;
     if (present) return true;
     for (const v of hv) if (m(v)) return true;
     return false;
-  };
+  });
 };
 
 /** RE2 syntax to an anchored JS RegExp: a leading `(?flags)` becomes flags, `(?P<` a named group. */
@@ -419,12 +495,12 @@ const regexHeader = (name: string): Compile => (values, field, ctx) => {
       ctx.errors.push(`${field}: regex ${JSON.stringify(v)} does not compile (${(err as Error).message})`);
     }
   }
-  return (f) => {
+  return onRequest((f) => {
     const hv = f.header(name);
     if (hv === undefined) return false;
     for (const v of hv) for (const re of res) if (re.test(v)) return true;
     return false;
-  };
+  });
 };
 
 const bracketed = (key: string, prefix: string): string | undefined => {
@@ -439,12 +515,12 @@ function conditionCompiler(key: string): Compile | undefined {
     case 'source.ip': return cidrs((f) => f.source);
     case 'remote.ip': return cidrs((f) => f.remote);
     case 'destination.ip': return cidrs((f) => f.destination);
-    case 'source.namespace': return strings((f) => f.namespace);
-    case 'source.principal': return strings((f) => f.principal);
+    case 'source.namespace': return strings((f) => f.namespace, 'tunnel');
+    case 'source.principal': return strings((f) => f.principal, 'tunnel');
     case 'source.serviceAccount': return serviceAccounts;
     case 'destination.port': return ports;
     case 'connection.sni': return absent;
-    case 'request.auth.principal': return strings((f) => f.requestPrincipal);
+    case 'request.auth.principal': return strings((f) => f.requestPrincipal, 'request');
   }
   if (key.startsWith('request.auth.') || key.startsWith('experimental.envoy.filters.')) return absent;
   const h = bracketed(key, 'request.headers');
@@ -466,28 +542,28 @@ function unknownFields(obj: Record<string, unknown>, known: Set<string>, where: 
   for (const k of Object.keys(obj)) if (!known.has(k)) ctx.errors.push(`${where}: unknown field "${k}"`);
 }
 
-function compileSource(s: Record<string, unknown>, where: string, ctx: Ctx): Predicate {
+function compileSource(s: Record<string, unknown>, where: string, ctx: Ctx): Test {
   unknownFields(s, SOURCE_KEYS, where, ctx);
   const field = (name: string, compile: Compile) => positiveNegative(s, name, where, ctx, compile);
-  return allOf([
-    ...field('principals', strings((f) => f.principal)),
-    ...field('requestPrincipals', strings((f) => f.requestPrincipal)),
-    ...field('namespaces', strings((f) => f.namespace)),
+  return all([
+    ...field('principals', strings((f) => f.principal, 'tunnel')),
+    ...field('requestPrincipals', strings((f) => f.requestPrincipal, 'request')),
+    ...field('namespaces', strings((f) => f.namespace, 'tunnel')),
     ...field('serviceAccounts', serviceAccounts),
     ...field('ipBlocks', cidrs((f) => f.source)),
     ...field('remoteIpBlocks', cidrs((f) => f.remote)),
   ]);
 }
 
-function compileOperation(o: Record<string, unknown>, where: string, ctx: Ctx): Predicate {
+function compileOperation(o: Record<string, unknown>, where: string, ctx: Ctx): Test {
   unknownFields(o, OPERATION_KEYS, where, ctx);
   const field = (name: string, compile: Compile) => positiveNegative(o, name, where, ctx, compile);
-  return allOf([...field('hosts', hosts), ...field('ports', ports), ...field('methods', strings((f) => f.method)), ...field('paths', paths)]);
+  return all([...field('hosts', hosts), ...field('ports', ports), ...field('methods', strings((f) => f.method, 'request')), ...field('paths', paths)]);
 }
 
 /** `from`/`to`: a list of `{ <inner>: {...} }`; absent or empty does not constrain. */
 function compileClauses(rule: Record<string, unknown>, list: 'from' | 'to', inner: 'source' | 'operation', ctx: Ctx,
-  compile: (o: Record<string, unknown>, where: string, ctx: Ctx) => Predicate): Predicate | undefined {
+  compile: (o: Record<string, unknown>, where: string, ctx: Ctx) => Test): Test | undefined {
   const v = rule[list];
   if (v === undefined || v === null) return undefined;
   if (!Array.isArray(v)) {
@@ -495,19 +571,19 @@ function compileClauses(rule: Record<string, unknown>, list: 'from' | 'to', inne
     return undefined;
   }
   if (v.length === 0) return undefined;
-  return anyOf(v.map((entry, i) => {
+  return any(v.map((entry, i) => {
     const where = `${list}[${i}]`;
     const e = asObject(entry);
     unknownFields(e, new Set([inner]), where, ctx);
     if (!isObject(e[inner])) {
       ctx.errors.push(`${where}.${inner}: required`);
-      return never;
+      return NEVER;
     }
     return compile(e[inner], `${where}.${inner}`, ctx);
   }));
 }
 
-function compileCondition(c: unknown, where: string, ctx: Ctx): Predicate[] {
+function compileCondition(c: unknown, where: string, ctx: Ctx): Test[] {
   if (!isObject(c)) {
     ctx.errors.push(`${where}: must be an object`);
     return [];
@@ -528,22 +604,19 @@ function compileCondition(c: unknown, where: string, ctx: Ctx): Predicate[] {
     ctx.errors.push(`${where}: needs values or notValues`);
     return [];
   }
-  const preds: Predicate[] = [];
+  const preds: Test[] = [];
   if (values?.length) preds.push(compile(values, `${where}(${c.key}).values`, ctx));
-  if (notValues?.length) {
-    const test = compile(notValues, `${where}(${c.key}).notValues`, ctx);
-    preds.push((f) => !test(f));
-  }
+  if (notValues?.length) preds.push(not(compile(notValues, `${where}(${c.key}).notValues`, ctx)));
   return preds;
 }
 
-function compileRule(rule: unknown, ctx: Ctx): Predicate {
+function compileRule(rule: unknown, ctx: Ctx): Test {
   if (!isObject(rule)) {
     ctx.errors.push('must be an object');
-    return never;
+    return NEVER;
   }
   unknownFields(rule, RULE_KEYS, 'rule', ctx);
-  const clauses: Predicate[] = [];
+  const clauses: Test[] = [];
   const from = compileClauses(rule, 'from', 'source', ctx, compileSource);
   if (from) clauses.push(from);
   const to = compileClauses(rule, 'to', 'operation', ctx, compileOperation);
@@ -552,7 +625,7 @@ function compileRule(rule: unknown, ctx: Ctx): Predicate {
     if (!Array.isArray(rule.when)) ctx.errors.push('when: must be a list');
     else rule.when.forEach((c, i) => clauses.push(...compileCondition(c, `when[${i}]`, ctx)));
   }
-  return allOf(clauses);
+  return all(clauses);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -570,6 +643,8 @@ interface CompiledPolicy {
   decision: L7Decision;
   /** Any rule matches; a policy without rules matches nothing. */
   matches: Predicate;
+  /** The same from a tunnel's facts alone: undefined when it depends on the requests. */
+  matchesTunnel: TunnelPredicate;
 }
 
 type Warn = (message: string) => void;
@@ -622,23 +697,23 @@ function compilePolicy(p: ConfigObject, action: Action, rank: number, warn: Warn
   const key = `${p.namespace}/${p.name}`;
   const spec = asObject(p.spec);
   const rules = spec.rules === undefined || spec.rules === null ? [] : spec.rules;
-  let matches: Predicate;
+  let matches: Test;
   if (!Array.isArray(rules)) {
     warn(`rules: must be a list; the policy cannot be enforced: ${EFFECT[action]}`);
-    matches = action === 'DENY' ? always : never;
+    matches = action === 'DENY' ? ALWAYS : NEVER;
   } else {
-    matches = anyOf(rules.map((r, i) => {
+    matches = any(rules.map((r, i) => {
       const ctx: Ctx = { policyNamespace: p.namespace, errors: [] };
       const pred = compileRule(r, ctx);
       if (ctx.errors.length === 0) return pred;
       warn(`rules[${i}] cannot be enforced (${ctx.errors.join('; ')}): ${EFFECT[action]}`);
-      return action === 'DENY' ? always : never;
+      return action === 'DENY' ? ALWAYS : NEVER;
     }));
   }
   const decision: L7Decision = action === 'DENY'
     ? { allowed: false, reason: `denied by DENY policy ${key}`, policy: key }
     : { allowed: true, reason: `allowed by ALLOW policy ${key}`, policy: key };
-  return { key, action, rank, decision, matches };
+  return { key, action, rank, decision, matches: matches.match, matchesTunnel: matches.tunnel };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -692,9 +767,52 @@ export class L7Authorizer {
     }
   }
 
-  /** Whether a DENY policy applies to requests for `target` (whatever they carry). */
-  hasDeny(target: L7Target): boolean {
-    return this.policiesFor(target).deny.length > 0;
+  /**
+   * What the policies say of a tunnel from its facts alone, before any of its bytes: a DENY
+   * policy that matches whatever the requests carry denies; so do ALLOW policies none of which
+   * could match (each rule fails on the tunnel's facts). A TCP stream, which has no request
+   * attributes, may pass only on `allow`. Does not throw: an unexpected error denies.
+   */
+  decideTunnel(peer: TunnelFacts, target: L7Target): TunnelDecision {
+    try {
+      return this.decideOnTunnel(peer, target);
+    } catch (err) {
+      const message = `waypoint authorization failed, tunnel refused: ${(err as Error).message}`;
+      this.log?.(message);
+      return { verdict: 'deny', allowed: false, reason: message };
+    }
+  }
+
+  private decideOnTunnel(peer: TunnelFacts, target: L7Target): TunnelDecision {
+    const { deny, allow, audit } = this.policiesFor(target);
+    if (deny.length === 0 && allow.length === 0 && audit.length === 0) return { verdict: 'allow', allowed: true, reason: 'no policy applies' };
+    // Only the tunnel's facts are read: the request's attributes are never asked for.
+    const facts = new RequestFacts({ ...peer, host: '', method: '', path: '', headers: {} });
+    const audited = audit.find((p) => p.matchesTunnel(facts) === true);
+    const withAudit = (d: TunnelDecision): TunnelDecision => (audited ? { ...d, audit: audited.key } : d);
+    let undecidedDeny: CompiledPolicy | undefined;
+    for (const p of deny) {
+      const v = p.matchesTunnel(facts);
+      if (v === true) return withAudit({ ...p.decision, verdict: 'deny' });
+      if (v === undefined) undecidedDeny ??= p;
+    }
+    let allowedBy: CompiledPolicy | undefined;
+    let undecidedAllow: CompiledPolicy | undefined;
+    for (const p of allow) {
+      const v = p.matchesTunnel(facts);
+      if (v === true) {
+        allowedBy = p;
+        break;
+      }
+      if (v === undefined) undecidedAllow ??= p;
+    }
+    if (allow.length > 0 && !allowedBy && !undecidedAllow) {
+      return withAudit({ verdict: 'deny', allowed: false, reason: `no ALLOW policy matched (${allow.length} ${allow.length === 1 ? 'applies' : 'apply'}; none can match this peer)` });
+    }
+    if (undecidedDeny) return withAudit({ verdict: 'request', allowed: false, reason: `DENY policy ${undecidedDeny.key} matches on request attributes`, policy: undecidedDeny.key });
+    if (allow.length === 0) return withAudit({ verdict: 'allow', allowed: true, reason: 'no ALLOW policy applies' });
+    if (allowedBy) return withAudit({ ...allowedBy.decision, verdict: 'allow' });
+    return withAudit({ verdict: 'request', allowed: false, reason: `ALLOW policy ${undecidedAllow!.key} matches on request attributes`, policy: undecidedAllow!.key });
   }
 
   /** The decision for one request for `target.service` arriving at `target.waypoint`. */

@@ -29,7 +29,9 @@ import { isObject } from '../control/schema.js';
 import { silentLogger } from '../telemetry/log.js';
 import { extract, inject, type Span, type Tracer } from '../telemetry/tracing.js';
 import { HboneError, HbonePool, HboneServer, type TunnelInfo } from '../node/hbone.js';
+import { HBONE_CODES, refuseTunnel } from '../node/hbone-limits.js';
 import { normalizePath, type L7Authorizer, type L7Request } from './authz.js';
+import { detect, DETECT_TIMEOUT_MS, HEADERS_TIMEOUT_MS, MAX_H2_STREAMS, MAX_HEADER_BYTES, MAX_HEADERS } from './detect.js';
 import { createBalancer, type Balancer, type Endpoint } from './balancer.js';
 import { ConnectionPool, OutlierDetector, rateLimitHeaders, RetryPolicy, TokenBucket, UPSTREAM_OVERFLOW_FLAG, type AttemptOutcome } from './resilience.js';
 import type { Destination, ForwardAction, HeaderOps, Router } from './routing.js';
@@ -38,7 +40,22 @@ interface Member extends Endpoint { ip: string; port: number; workload: Workload
 interface Upstream { version: string; shape: string; members: Member[]; balancer: Balancer; outlier: OutlierDetector; outlierSpec: unknown; pool: ConnectionPool; poolSpec: string }
 type PeerFacts = Pick<L7Request, 'sourceIdentity' | 'sourceIp' | 'destinationIp' | 'destinationPort'>;
 /** A tunnel's facts, worked out once for all the requests it carries. */
-type Tunnel = TunnelInfo & { service: Service; port: number; facts: PeerFacts; sourceNamespace?: string };
+type Tunnel = TunnelInfo & { stream: ServerHttp2Stream; service: Service; port: number; facts: PeerFacts; sourceNamespace?: string };
+
+/** A tunnel refused at CONNECT time, as the access log sees it. */
+export interface TunnelRefusal {
+  id: string;
+  start: number;
+  authority: string;
+  service: Service;
+  sourceIdentity?: string;
+  sourceIp: string;
+  /** What the CONNECT was answered. */
+  status: number;
+  /** Why, naming the deciding policy. */
+  reason: string;
+  policy?: string;
+}
 
 /** What the waypoint knows at one config version. */
 export interface WaypointState {
@@ -66,6 +83,10 @@ export interface WaypointProxyOptions {
   socket(family: 4 | 6): number;
   log?: Logger;
   random?: () => number;
+  /** How long a tunnel may take to send the bytes protocol detection needs (default DETECT_TIMEOUT_MS). */
+  detectTimeoutMs?: number;
+  /** How long an HTTP/1.1 request's line and headers may take (default HEADERS_TIMEOUT_MS; checked every second). */
+  headersTimeoutMs?: number;
 }
 
 /** One request as the access log and metrics see it. */
@@ -109,7 +130,6 @@ const REPLAY_LIMIT = 64 * 1024;
 const H2_IDLE_MS = 60_000;
 /** How long a kept-alive upstream HTTP/1.1 connection may sit idle: under the 5 s apps (Node's default) keep theirs. */
 const H1_IDLE_MS = 4_000;
-const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'host', 'http2-settings']);
 
 /** What the proxy needs of a downstream request, HTTP/1.1 or HTTP/2. */
@@ -151,16 +171,29 @@ export class WaypointProxy {
   private readonly buckets = new Map<string, TokenBucket>();
   /** Per destination (service, port, subset): endpoints, balancer, outlier detector. */
   private readonly upstreams = new Map<string, Upstream>();
+  private readonly detectTimeoutMs: number;
   onRequest?: (r: RequestRecord) => void;
+  /** A tunnel refused at CONNECT time by authorization. */
+  onTunnelRefused?: (r: TunnelRefusal) => void;
 
   constructor(private readonly opts: WaypointProxyOptions) {
     this.log = opts.log ?? silentLogger;
     this.random = opts.random ?? Math.random;
+    this.detectTimeoutMs = opts.detectTimeoutMs ?? DETECT_TIMEOUT_MS;
     this.pool = new HbonePool({ log: this.log });
     this.hbone = new HboneServer({ certificate: opts.certificate, roots: opts.roots, onTunnel: (s, i) => this.tunnel(s, i), log: this.log });
-    this.http = createServer({ keepAlive: true }, (req, res) => void this.serve(req, res));
-    this.http.on('clientError', (err, socket: Duplex) => socket.destroy(err));
-    this.h2 = createH2Server({}, (req, res) => void this.serve(req, res as unknown as Res));
+    // The parser keeps one header over the limit, so that serve() can tell a request that has too many.
+    this.http = createServer({ keepAlive: true, maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: opts.headersTimeoutMs ?? HEADERS_TIMEOUT_MS, connectionsCheckingInterval: 1_000 }, (req, res) => void this.serve(req, res));
+    this.http.maxHeadersCount = MAX_HEADERS + 1;
+    // It never listens (tunnels are handed to it): 'listening' starts Node's tracking of its
+    // connections, which is what enforces headersTimeout.
+    this.http.emit('listening');
+    this.http.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.clientError(err, socket));
+    // h2c per tunnel: bounded header lists (pseudo-headers are counted as pairs) and streams.
+    this.h2 = createH2Server({
+      maxHeaderListPairs: MAX_HEADERS + 4,
+      settings: { maxConcurrentStreams: MAX_H2_STREAMS, maxHeaderListSize: MAX_HEADER_BYTES, enablePush: false },
+    }, (req, res) => void this.serve(req, res as unknown as Res));
     this.h2.on('session', (session: ServerHttp2Session) => {
       if (this.nextH2Tunnel) this.tunnels.set(session, this.nextH2Tunnel);
       this.nextH2Tunnel = undefined;
@@ -181,35 +214,72 @@ export class WaypointProxy {
     const state = this.state;
     const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(info.authority);
     const service = m && state?.services.find((s) => s.vips.includes(m[1]!) && s.ports.some((p) => p.port === Number(m[2])));
-    if (!m || !service) {
-      stream.respond({ ':status': 503, 'ambit-error': `${info.authority} is not a service of this waypoint` }, { endStream: true });
+    if (!state || !m || !service) {
+      // As a node agent answers for a workload it does not serve: the peer gets a code, no more.
+      refuseTunnel(stream, 503, HBONE_CODES.notEnrolled);
       return;
     }
-    stream.respond({ ':status': 200 });
     const port = Number(m[2]);
     const facts: PeerFacts = { ...(info.peerIdentity ? { sourceIdentity: info.peerIdentity } : {}), sourceIp: info.remoteAddress.replace(/^::ffff:/, ''), destinationIp: m[1]!, destinationPort: port };
+    // L4 authorization before the 200: what the tunnel's facts alone decide is answered now.
+    if (state.authorizer) {
+      const decision = state.authorizer.decideTunnel(facts, this.authzTarget(service));
+      if (decision.verdict === 'deny') {
+        // The peer learns a stable code; the policy is named in the log and the access log only.
+        refuseTunnel(stream, 401, HBONE_CODES.denied);
+        const refusal: TunnelRefusal = {
+          id: info.id, start: Date.now(), authority: info.authority, service, sourceIp: facts.sourceIp, status: 401, reason: decision.reason,
+          ...(info.peerIdentity ? { sourceIdentity: info.peerIdentity } : {}), ...(decision.policy ? { policy: decision.policy } : {}),
+        };
+        this.log.info({ service: `${service.namespace}/${service.name}`, source: info.peerIdentity ?? facts.sourceIp, policy: decision.policy, reason: decision.reason }, 'tunnel refused by authorization policy');
+        this.onTunnelRefused?.(refusal);
+        return;
+      }
+    }
+    stream.respond({ ':status': 200 });
     const sourceNamespace = info.peerIdentity ? /\/ns\/([^/]+)\//.exec(info.peerIdentity)?.[1] : undefined;
-    const tunnel: Tunnel = { ...info, service, port, facts, ...(sourceNamespace ? { sourceNamespace } : {}) };
+    const tunnel: Tunnel = { ...info, stream, service, port, facts, ...(sourceNamespace ? { sourceNamespace } : {}) };
     const conn = byteStream(stream);
-    // The first bytes say what the tunnel carries: the h2c preface, an HTTP/1 request line, or other TCP.
-    let head = Buffer.alloc(0);
-    const sniff = (chunk: Buffer) => {
-      head = Buffer.concat([head, chunk]);
-      const h2Prefix = head.subarray(0, H2_PREFACE.length).equals(H2_PREFACE.subarray(0, Math.min(head.length, H2_PREFACE.length)));
-      if (h2Prefix && head.length < H2_PREFACE.length) return;
-      // HTTP/1 parsers skip empty lines before a request line: so does the sniffing.
-      const text = head.subarray(0, 64).toString('latin1').replace(/^[\r\n]+/, '');
-      const requestLine = /^[A-Z]{1,20} /.test(text);
-      if (!h2Prefix && !requestLine && text.length < 21 && /^[A-Z]*$/.test(text)) return;
+    // A peer's reset surfaces as an error on `conn`: with no listener it would take the process
+    // down. Whoever takes the tunnel over (HTTP server, passthrough) reports errors its own way.
+    conn.on('error', (err: Error) => this.log.debug({ err: err.message, tunnel: info.id }, 'tunnel error'));
+    // The first bytes say what the tunnel carries: the h2c preface, an HTTP/1 request line, or
+    // other TCP. At most DETECT_MAX_BYTES are held for that, for at most detectTimeoutMs.
+    let head: Buffer = Buffer.alloc(0);
+    let httpLike = false;
+    const timer = setTimeout(() => {
       conn.off('data', sniff);
+      const where = { service: `${service.namespace}/${service.name}`, source: info.peerIdentity ?? facts.sourceIp, bytes: head.length };
+      if (httpLike) {
+        this.log.info(where, 'protocol detection timed out on a partial request line: 408');
+        answerAndClose(stream, 408, 'Request Timeout', 'request line not received in time\n');
+      } else {
+        this.log.info(where, 'protocol detection timed out: no bytes, tunnel closed');
+        closeTunnel(stream);
+      }
+    }, this.detectTimeoutMs);
+    const sniff = (chunk: Buffer) => {
+      head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+      const found = detect(head);
+      if (found.kind === 'wait') {
+        httpLike = found.httpLike;
+        return;
+      }
+      clearTimeout(timer);
+      conn.off('data', sniff);
+      if (found.kind === 'bad-http') {
+        this.log.info({ service: `${service.namespace}/${service.name}`, source: info.peerIdentity ?? facts.sourceIp, reason: found.reason }, 'bad request at protocol detection: 400');
+        answerAndClose(stream, 400, 'Bad Request', `${found.reason}\n`);
+        return;
+      }
       conn.pause();
       conn.unshift(head);
-      if (h2Prefix) {
+      if (found.kind === 'h2c') {
         this.nextH2Tunnel = tunnel;
         this.h2.emit('connection', conn);
         this.nextH2Tunnel = undefined;
         conn.resume();
-      } else if (requestLine) {
+      } else if (found.kind === 'http1') {
         this.tunnels.set(conn, tunnel);
         this.http.emit('connection', conn);
         conn.resume();
@@ -218,39 +288,55 @@ export class WaypointProxy {
       }
     };
     conn.on('data', sniff);
+    conn.once('close', () => clearTimeout(timer));
+  }
+
+  /**
+   * An HTTP/1.1 request the parser refused (a head over MAX_HEADER_BYTES, bad syntax, headers
+   * not in within HEADERS_TIMEOUT_MS): answered 431, 400 or 408 when no response is under way
+   * on the connection, then the tunnel is closed.
+   */
+  private clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    const tunnel = this.tunnels.get(socket);
+    // As Node's own handler: a response already started on the connection cannot be followed by another.
+    const busy = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
+    const [status, text] = err.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large']
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] : [400, 'Bad Request'];
+    this.log.info({ err: err.code ?? err.message, status, service: tunnel ? `${tunnel.service.namespace}/${tunnel.service.name}` : undefined, source: tunnel?.peerIdentity }, 'HTTP/1.1 request refused by the parser');
+    if (!tunnel || busy || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const why = status === 431 ? `request line and headers over ${MAX_HEADER_BYTES} bytes` : status === 408 ? 'request headers not received in time' : `malformed request (${err.code ?? 'parse error'})`;
+    answerAndClose(tunnel.stream, status, text, `${why}\n`);
   }
 
   /** A tunnel that carries neither HTTP/1 nor h2c: its bytes go to one endpoint of the service, as TCP. */
   private passthrough(conn: Duplex, tunnel: Tunnel): void {
     const state = this.state;
+    // Policy on a byte stream: it has no HTTP attributes, so it passes only when the tunnel's
+    // facts alone allow it; a DENY policy that could match on HTTP attributes refuses it (fail
+    // closed) and ALLOW rules naming HTTP attributes cannot match.
+    const decision = state?.authorizer?.decideTunnel(tunnel.facts, this.authzTarget(tunnel.service));
+    if (decision && decision.verdict !== 'allow') {
+      this.log.info({ service: `${tunnel.service.namespace}/${tunnel.service.name}`, source: tunnel.peerIdentity, policy: decision.policy, reason: decision.reason }, 'TCP passthrough denied');
+      resetTunnel(tunnel.stream);
+      return;
+    }
     const upstream = state && this.upstreamOf(state, { service: tunnel.service, port: tunnel.port, weight: 100 });
     const endpoint = upstream?.balancer.pick(upstream.outlier.eligible(upstream.members)).endpoint as Member | undefined;
     if (!endpoint) {
-      conn.destroy();
+      resetTunnel(tunnel.stream);
       return;
-    }
-    // Policy on a byte stream: its HTTP attributes cannot be checked, so a DENY policy that
-    // applies refuses it outright (fail closed) and ALLOW rules naming HTTP attributes cannot match.
-    const authorizer = state?.authorizer;
-    if (authorizer) {
-      const target = this.authzTarget(tunnel.service);
-      const decision = authorizer.hasDeny(target)
-        ? { allowed: false, reason: 'a DENY policy applies and a TCP stream cannot be checked against it' }
-        : authorizer.evaluate({ ...tunnel.facts, host: '', method: '', path: '', headers: {} }, target);
-      if (!decision.allowed) {
-        this.log.info({ service: `${tunnel.service.namespace}/${tunnel.service.name}`, source: tunnel.peerIdentity, reason: decision.reason }, 'TCP passthrough denied');
-        conn.destroy();
-        return;
-      }
     }
     void this.openTunnel(endpoint, tunnel.remoteAddress).then((out) => {
       conn.pipe(out).pipe(conn);
-      out.on('error', () => conn.destroy());
+      out.on('error', () => resetTunnel(tunnel.stream));
       conn.on('error', () => out.destroy());
       conn.resume();
     }, (err: Error) => {
       this.log.debug({ err: err.message, upstream: endpoint.address }, 'TCP passthrough: upstream connect failed');
-      conn.destroy();
+      resetTunnel(tunnel.stream);
     });
   }
 
@@ -308,6 +394,13 @@ export class WaypointProxy {
     };
     if (!tunnel || !state) {
       reply(503, 'NC', 'no config yet\n');
+      return;
+    }
+    // HTTP/1.1's parser keeps one header over MAX_HEADERS (h2c refuses such a stream itself):
+    // one more would have been dropped, unseen by policy and routing, so the request is refused.
+    if (!h2req && req.rawHeaders.length > 2 * MAX_HEADERS) {
+      res.setHeader('connection', 'close');
+      reply(431, '-', `more than ${MAX_HEADERS} header fields\n`);
       return;
     }
     // L7 authorization (AuthorizationPolicy with targetRefs to this waypoint or the service), before routing.
@@ -889,6 +982,44 @@ function retryPolicy(action: ForwardAction, random: () => number, consistentHash
     ...(r.ignorePreviousHosts !== undefined ? { retryIgnorePreviousHosts: r.ignorePreviousHosts } : {}),
     retryOn: [...r.retryOn, ...r.retriableStatusCodes.map(String)].join(','),
   }, { random, consistentHash });
+}
+
+/**
+ * Resets a tunnel stream, never from inside the session's read: this code runs in 'data'
+ * handlers, and Node 20's http2 resetting a stream while nghttp2 is still processing the
+ * incoming bytes can spin in SendPendingData until the process dies of std::bad_alloc (Node
+ * issue #64113, fixed upstream by deferring the reset).
+ */
+function resetLater(stream: ServerHttp2Stream, code: number): void {
+  setImmediate(() => { if (!stream.destroyed) stream.close(code); });
+}
+
+/**
+ * Ends a tunnel with a plain HTTP/1.1 answer of the waypoint's own, then resets the stream with
+ * NO_ERROR once the answer is out (RFC 9113 8.1: the rest of the request is not wanted), so that
+ * a peer still sending is not read any further.
+ */
+function answerAndClose(stream: ServerHttp2Stream, status: number, text: string, body: string): void {
+  if (stream.destroyed) return;
+  if (stream.writableEnded) return closeTunnel(stream);
+  const head = `HTTP/1.1 ${status} ${text}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n`;
+  stream.end(Buffer.from(head + body), () => resetLater(stream, h2.NGHTTP2_NO_ERROR));
+}
+
+/** Ends a tunnel without a word: END_STREAM, then a NO_ERROR reset so that the peer's side closes too. */
+function closeTunnel(stream: ServerHttp2Stream): void {
+  if (stream.destroyed) return;
+  if (stream.writableEnded) resetLater(stream, h2.NGHTTP2_NO_ERROR);
+  else stream.end(() => resetLater(stream, h2.NGHTTP2_NO_ERROR));
+}
+
+/**
+ * Resets a tunnel with CONNECT_ERROR (RFC 9113 8.5, the TCP stream failed), which the caller's
+ * node agent turns into a TCP reset for the app: a plain destroy would reset it with NO_ERROR,
+ * which reads as neither an end nor a failure.
+ */
+function resetTunnel(stream: ServerHttp2Stream): void {
+  resetLater(stream, h2.NGHTTP2_CONNECT_ERROR);
 }
 
 /**

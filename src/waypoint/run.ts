@@ -17,7 +17,7 @@ import { MeshMetrics, RequestMetrics, tcpLabels } from '../telemetry/metrics.js'
 import { createTracer, type TracingOptions } from '../telemetry/tracing.js';
 import { HttpError, listenTcp, localServer } from '../util/local-http.js';
 import { L7Authorizer } from './authz.js';
-import { WaypointProxy, type RequestRecord } from './proxy.js';
+import { WaypointProxy, type RequestRecord, type TunnelRefusal } from './proxy.js';
 import { Router } from './routing.js';
 
 export interface WaypointOptions {
@@ -57,6 +57,7 @@ export class Waypoint {
     const requests = new RequestMetrics(metrics.registry);
     let mesh: MeshState | undefined;
     proxy.onRequest = requestReporter(requests, opts.accessLog, () => mesh);
+    proxy.onTunnelRefused = refusalReporter(opts.accessLog);
     const discovery = new DiscoveryClient({
       address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,
       node: '', kind: 'waypoint', name: `${opts.namespace}/${opts.name}`, log: opts.log,
@@ -115,6 +116,15 @@ export function requestReporter(requests: RequestMetrics, accessLog: Logger, mes
       ...(r.authz ? { authorization: r.authz } : {}), ...(r.traceId ? { trace_id: r.traceId, span_id: r.spanId } : {}),
     }, 'request');
   };
+}
+
+/** A tunnel refused at CONNECT time: one access-log line naming the policy (the peer was told only the code `denied`). */
+export function refusalReporter(accessLog: Logger): (r: TunnelRefusal) => void {
+  return (r) => accessLog.info({
+    timestamp: new Date(r.start).toISOString(), tunnel_id: r.id, source: { principal: r.sourceIdentity ?? null, ip: r.sourceIp },
+    destination: { service: `${r.service.name}.${r.service.namespace}`, authority: r.authority },
+    response: { code: r.status, flags: 'RBAC' }, authorization: r.reason, policy: r.policy ?? null,
+  }, 'tunnel refused');
 }
 
 /** The waypoint's view as the proxy uses it; throws (a NACK) on what it cannot use. */
