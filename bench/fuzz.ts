@@ -1,6 +1,6 @@
 /**
  * Fuzzing at size: every target of test/fuzz (the node agent's listeners, HBONE, discovery, the
- * CA, captured bytes, ambit analyze) with 100,000 inputs each from a fixed seed, and the ambit-cni
+ * CA, captured bytes, the waypoint's protocol detection, ambit analyze) with 100,000 inputs each from a fixed seed, and the ambit-cni
  * plugin's JSON scanner under libFuzzer with ASan/UBSan. Each target runs in its own Node.js
  * process (with --expose-gc, so RSS is read after a collection): a target that takes its process
  * down is a crash too, and one target's memory does not blur another's. Reports crashes (with
@@ -38,6 +38,7 @@ const TARGETS: { name: string; module: string; exportName: string; share: number
   { name: 'discovery', module: '../test/fuzz/targets/discovery.js', exportName: 'discoveryTarget', share: 1 },
   { name: 'ca-csr', module: '../test/fuzz/targets/ca.js', exportName: 'caTarget', share: 1 },
   { name: 'ca-grpc', module: '../test/fuzz/targets/ca-grpc.js', exportName: 'caWireTarget', share: 1 },
+  { name: 'waypoint-detect', module: '../test/fuzz/targets/waypoint-detect.js', exportName: 'waypointDetectTarget', share: 1 },
   { name: 'analyze', module: '../test/fuzz/targets/analyze.js', exportName: 'analyzeTarget', share: 1 },
   { name: 'capture-bytes', module: '../test/fuzz/targets/capture.js', exportName: 'captureBytesTarget', share: 0.1, slow: true },
   { name: 'capture-bytes-agent-sockets', module: '../test/fuzz/targets/capture.js', exportName: 'captureAgentSocketsTarget', share: 0.01, slow: true },
