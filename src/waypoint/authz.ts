@@ -44,6 +44,11 @@
  *     the HBONE tunnel) and, as ambit has no RequestAuthentication, the JWT attributes
  *     (requestPrincipals, request.auth.*) and experimental.* metadata. An absent attribute fails
  *     `values` and passes `notValues`.
+ * - At CONNECT. decideTunnel() evaluates the same compiled rules on a tunnel's facts alone
+ *   (principal, namespace, service account, source IP, destination IP and port), every request
+ *   attribute unknown (three-valued: a rule is true, false, or depends on the request). A DENY
+ *   that is true, or ALLOW policies that are all false, deny every request the tunnel could
+ *   carry: the proxy refuses it before answering 200. It never decides against evaluate().
  * - Invalid values. Where Istio drops a rule it cannot translate, ambit fails closed: a rule
  *   that cannot be compiled (a bad CIDR, port, regex or path template, an unknown condition key
  *   or field) matches nothing in an ALLOW or AUDIT policy, and every request in a DENY policy.
