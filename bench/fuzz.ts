@@ -77,6 +77,13 @@ function options(argv: string[]): Options & { child?: string } {
 
 const runsFor = (o: Options, share: number) => Math.max(1, Math.round(o.runs * share));
 
+/** When merging: the start of the run merged into (the report covers from then). */
+function saved0(o: Options): Date | undefined {
+  if (!o.merge) return undefined;
+  const saved = JSON.parse(readFileSync(o.out.replace(/\.md$/, '.json'), 'utf8')) as { started?: string };
+  return saved.started ? new Date(saved.started) : undefined;
+}
+
 /** In the child: one target, its result as JSON on fd 3. */
 async function child(name: string, o: Options): Promise<void> {
   const t = TARGETS.find((x) => x.name === name)!;
@@ -161,11 +168,12 @@ function topOutcomes(r: FuzzResult): string {
   return all.length > 4 ? `${shown}, … (${all.length} kinds)` : shown;
 }
 
-function report(o: Options, results: FuzzResult[], c: ScannerResult | undefined, started: Date): string {
+function report(o: Options, results: FuzzResult[], c: ScannerResult | undefined, started: Date, until?: Date): string {
+  const when = (d: Date) => d.toISOString().slice(0, 16).replace('T', ' ');
   const lines = [
     '# Fuzzing',
     '',
-    `\`npx tsx bench/fuzz.ts --runs ${o.runs} --seed ${o.seed}\` on ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC, Node.js ${process.version}. Each target in its own process; RSS read after a GC once the component is up (before), after 10% of the inputs (warm) and at the end (after). "growth" is after − warm: what the process kept beyond warm-up; the JS heap (after a GC, same moments) says whether that is live objects (a leak) or memory the allocator kept.`,
+    `\`npx tsx bench/fuzz.ts --runs ${o.runs} --seed ${o.seed}\` on ${when(started)}${until ? `–${when(until).slice(11)}` : ''} UTC${until ? ' (some targets run again with --only … --merge)' : ''}, Node.js ${process.version}. Each target in its own process; RSS read after a GC once the component is up (before), after 10% of the inputs (warm) and at the end (after). "growth" is after − warm: what the process kept beyond warm-up; the JS heap (after a GC, same moments) says whether that is live objects (a leak) or memory the allocator kept.`,
     '',
     '| target | inputs | crashes | answers (most common) | time | RSS before | warm | after | growth | JS heap before → after |',
     '|---|---:|---:|---|---:|---:|---:|---:|---:|---:|',
@@ -202,8 +210,8 @@ async function main(): Promise<void> {
     process.exit(0); // a target's leftovers (timers, pooled sockets) must not hold the process
   }
   if (o.fromJson) {
-    const saved = JSON.parse(readFileSync(o.fromJson, 'utf8')) as { options: { runs: number; seed: number }; started: string; results: FuzzResult[]; scanner?: ScannerResult };
-    writeFileSync(o.out, report({ ...o, ...saved.options }, saved.results, saved.scanner, new Date(saved.started)));
+    const saved = JSON.parse(readFileSync(o.fromJson, 'utf8')) as { options: { runs: number; seed: number }; started: string; until?: string; results: FuzzResult[]; scanner?: ScannerResult };
+    writeFileSync(o.out, report({ ...o, ...saved.options }, saved.results, saved.scanner, new Date(saved.started), saved.until ? new Date(saved.until) : undefined));
     process.stdout.write(`written: ${o.out}\n`);
     return;
   }
@@ -238,10 +246,11 @@ async function main(): Promise<void> {
     results.sort((a, b) => all.indexOf(a.target) - all.indexOf(b.target));
     c ??= saved.scanner;
   }
-  const md = report(o, results, c, started);
+  const first = saved0(o) ?? started;
+  const md = report(o, results, c, first, o.merge ? new Date() : undefined);
   mkdirSync(dirname(o.out), { recursive: true });
   writeFileSync(o.out, md);
-  writeFileSync(jsonOut, `${JSON.stringify({ options: { runs: o.runs, seed: o.seed }, started: started.toISOString(), results, scanner: c }, null, 2)}\n`);
+  writeFileSync(jsonOut, `${JSON.stringify({ options: { runs: o.runs, seed: o.seed }, started: first.toISOString(), ...(o.merge ? { until: new Date().toISOString() } : {}), results, scanner: c }, null, 2)}\n`);
   process.stdout.write(md.split('\n## Targets')[0]!);
   process.stdout.write(`\nwritten: ${o.out}\n`);
 }
