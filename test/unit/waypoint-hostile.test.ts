@@ -30,7 +30,7 @@ const LEGACY = 'spiffe://cluster.local/ns/legacy/sa/batch';
 const WAYPOINT = 'spiffe://cluster.local/ns/shop/sa/waypoint';
 const REVIEWS = 'spiffe://cluster.local/ns/shop/sa/reviews';
 const VIP = '10.96.7.8';
-const ENDPOINT_IP = '127.0.0.2';
+const ENDPOINT_IP = '127.0.0.3';
 /** Short bounds, so that the tests see them fire. */
 const DETECT_MS = 600;
 const HEADERS_MS = 1_000;
