@@ -29,7 +29,7 @@ import { isObject } from '../control/schema.js';
 import { silentLogger } from '../telemetry/log.js';
 import { extract, inject, type Span, type Tracer } from '../telemetry/tracing.js';
 import { HboneError, HbonePool, HboneServer, type TunnelInfo } from '../node/hbone.js';
-import { HBONE_CODES, refuseTunnel } from '../node/hbone-limits.js';
+import { HBONE_CODES, refuseTunnel, type HboneLimiter } from '../node/hbone-limits.js';
 import { normalizePath, type L7Authorizer, type L7Request } from './authz.js';
 import { detect, DETECT_TIMEOUT_MS, HEADERS_TIMEOUT_MS, MAX_H2_STREAMS, MAX_HEADER_BYTES, MAX_HEADERS } from './detect.js';
 import { createBalancer, type Balancer, type Endpoint } from './balancer.js';
@@ -149,6 +149,11 @@ type Outcome = { done: true; status: number; flags?: string } | { done: false; f
 export class WaypointProxy {
   private state?: WaypointState;
   private readonly hbone: HboneServer;
+
+  /** The HBONE listener's caps and refusal counts, for the waypoint's metrics. */
+  get hboneLimiter(): HboneLimiter {
+    return this.hbone.limiter;
+  }
   private readonly pool: HbonePool;
   private readonly http: Server;
   private readonly h2: Http2Server;

@@ -55,6 +55,7 @@ export class Waypoint {
     });
     const metrics = new MeshMetrics();
     const requests = new RequestMetrics(metrics.registry);
+    proxy.hboneLimiter.registerMetrics(metrics);
     let mesh: MeshState | undefined;
     proxy.onRequest = requestReporter(requests, opts.accessLog, () => mesh);
     proxy.onTunnelRefused = refusalReporter(opts.accessLog);
@@ -78,7 +79,10 @@ export class Waypoint {
     });
     await listenTcp(metricsServer, opts.metricsPort ?? 15020, opts.listen.host);
     opts.log.info({ identity, listen: opts.listen }, 'waypoint serving');
-    return new Waypoint(identity, proxy, certs, discovery, server, async () => tracer.close());
+    return new Waypoint(identity, proxy, certs, discovery, server, async () => {
+      metricsServer.close();
+      await tracer.close();
+    });
   }
 
   async close(): Promise<void> {
