@@ -143,11 +143,12 @@ beforeAll(async () => {
 beforeEach(() => setConfig());
 
 afterAll(async () => {
+  // The temp dir goes even when a close fails or hangs past the hook's timeout.
+  rmSync(dir, { recursive: true, force: true });
   clientPool.close();
   await proxy?.close();
   for (const c of closers.reverse()) await c();
   manager?.close();
-  rmSync(dir, { recursive: true, force: true });
 });
 
 describe('protocol detection is bounded in bytes and time', () => {
