@@ -6,19 +6,15 @@
  * 0600 and the runtime still admits meshed pods through them.
  */
 import { connect } from 'node:net';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, until } from './helpers/cli.js';
+import { until } from './helpers/cli.js';
+import { localCluster } from './helpers/cluster.js';
 import type { ClusterStatus } from '../../src/local/runtime.js';
 
-const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-ep-'));
-const CLUSTER = `ep${Math.random().toString(36).slice(2, 6)}`;
-const stateDir = join(stateRoot, CLUSTER);
-const dir = mkdtempSync(join(tmpdir(), 'ambit-ep-m-'));
-const env = { ...process.env, AMBIT_LOCAL_STATE: stateRoot };
-const { ambit, ok } = cli(env);
+const cluster = localCluster('ep');
+const { stateDir } = cluster;
 const NODE_1_IP = '172.30.0.11';
 const controlSocket = join(stateDir, 'nodes', 'node-1', 'agent.sock');
 
@@ -57,7 +53,7 @@ spec: { nodeName: node-1, containers: [{ name: c, command: [sleep, infinity] }] 
 /** Raw bytes to host:port from inside node-1's netns (where the agent listens); prints the status line and body. */
 const RAW = `const s = require("net").connect(Number(process.argv[2]), process.argv[1], () => s.write(process.argv[3].replace(/\\\\r\\\\n/g, "\\r\\n"))); let b = ""; s.on("data", (c) => b += c); s.on("error", (e) => { console.log("error " + e.code); process.exit(0); }); s.on("close", () => { const [h, body] = b.split("\\r\\n\\r\\n"); console.log(JSON.stringify({ status: h.split("\\r\\n")[0], body })); process.exit(0); }); setTimeout(() => { console.log("no answer"); process.exit(0); }, 5000);`;
 async function rawFromNode1(host: string, port: number, request: string): Promise<{ status: string; body: string }> {
-  const out = (await ok(['local', 'exec', '--name', CLUSTER, '--node', 'node-1', '--', 'node', '-e', RAW, host, String(port), request])).trim();
+  const out = (await cluster.exec({ node: 'node-1' }, ['node', '-e', RAW, host, String(port), request])).trim();
   if (!out.startsWith('{')) throw new Error(`no HTTP answer from ${host}:${port}: ${out}`);
   return JSON.parse(out) as { status: string; body: string };
 }
@@ -78,12 +74,12 @@ function rawUnix(path: string, request: string): Promise<{ status: string; body:
   });
 }
 
-const status = async () => JSON.parse(await ok(['local', 'status', '--json', '--name', CLUSTER])) as ClusterStatus;
+const status = () => cluster.status();
 const agentOf = (s: ClusterStatus, node: string) => s.components.find((c) => c.name === 'node-agent' && c.node === node)!;
 
 async function meshedCall(): Promise<string> {
   const GET = 'require("http").get({ host: "server", port: 80, path: "/", agent: false, timeout: 3000 }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => console.log(b)); }).on("error", (e) => console.log("error " + e.code));';
-  return (await ok(['local', 'exec', '--name', CLUSTER, 'mesh/client', '--', 'node', '-e', GET])).trim();
+  return (await cluster.exec('mesh/client', ['node', '-e', GET])).trim();
 }
 
 function openedOverMtls(metrics: string): number {
@@ -99,8 +95,7 @@ describe('a node agent\'s local endpoints under hostile requests', () => {
   let pid: number;
 
   beforeAll(async () => {
-    writeFileSync(join(dir, 'm.yaml'), MANIFESTS);
-    await ok(['local', 'up', '--name', CLUSTER, '-f', join(dir, 'm.yaml')]);
+    await cluster.up(MANIFESTS);
     const s = await until('both node agents', async () => {
       const st = await status();
       return st.components.filter((c) => c.name === 'node-agent' && c.state === 'running').length === 2 ? st : undefined;
@@ -108,11 +103,7 @@ describe('a node agent\'s local endpoints under hostile requests', () => {
     pid = agentOf(s, 'node-1').pid!;
   }, 240_000);
 
-  afterAll(async () => {
-    await ambit(['local', 'down', '--name', CLUSTER]);
-    rmSync(stateRoot, { recursive: true, force: true });
-    rmSync(dir, { recursive: true, force: true });
-  }, 120_000);
+  afterAll(() => cluster.down(), 120_000);
 
   it('has its control socket and the runtime\'s socket at mode 0600, and the runtime admitted the meshed pods through them', () => {
     expect(statSync(controlSocket).mode & 0o777).toBe(0o600);

@@ -9,18 +9,12 @@
  *   - both are in node-2's metrics (ambit_hbone_refused_total{reason});
  *   - meshed traffic to the same pods still flows afterwards.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ClusterStatus } from '../../src/local/runtime.js';
-import { cli, until } from './helpers/cli.js';
+import { until } from './helpers/cli.js';
+import { localCluster } from './helpers/cluster.js';
 
-const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-hblim-'));
-const CLUSTER = `hl${Math.random().toString(36).slice(2, 6)}`;
-const dir = mkdtempSync(join(tmpdir(), 'ambit-hblim-m-'));
-const env = { ...process.env, AMBIT_LOCAL_STATE: stateRoot };
-const { ambit, ok } = cli(env);
+const cluster = localCluster('hblim');
 
 const SERVER = (name: string) => `
 apiVersion: v1
@@ -81,35 +75,28 @@ for (const [host, n] of targets) for (let i = 0; i < Number(n); i++) {
 }
 setTimeout(() => { console.log(JSON.stringify(out)); process.exit(0); }, 20000);`;
 
-async function metrics(node: string, ip: string): Promise<string> {
-  return ok(['local', 'exec', '--name', CLUSTER, '--node', node, '--', 'node', '-e', 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))', `http://${ip}:15020/metrics`]);
-}
+const metrics = (node: string, ip: string) => cluster.nodeFetch(node, `http://${ip}:15020/metrics`);
 
 describe('HBONE limits on the node agent', () => {
   let status: ClusterStatus;
 
   beforeAll(async () => {
-    writeFileSync(join(dir, 'm.yaml'), MANIFEST);
-    await ok(['local', 'up', '--name', CLUSTER, '-f', join(dir, 'm.yaml')]);
+    await cluster.up(MANIFEST);
     status = await until('both node agents and both servers enrolled', async () => {
-      const s = JSON.parse(await ok(['local', 'status', '--json', '--name', CLUSTER])) as ClusterStatus;
+      const s = await cluster.status();
       const agents = s.components.filter((c) => c.name === 'node-agent' && c.state === 'running').length;
       return agents === 2 && s.pods.every((p) => p.phase === 'Running') ? s : undefined;
     }, 120_000);
   }, 180_000);
 
-  afterAll(async () => {
-    await ambit(['local', 'down', '--name', CLUSTER]);
-    rmSync(stateRoot, { recursive: true, force: true });
-    rmSync(dir, { recursive: true, force: true });
-  }, 60_000);
+  afterAll(() => cluster.down(), 60_000);
 
   it('resets one peer\'s connections beyond 128 across the node\'s pods, and closes the rest at the handshake timeout', async () => {
     const ip = (name: string) => status.pods.find((p) => p.name === name)!.ip;
     const node2 = status.nodes.find((n) => n.name === 'node-2')!.ip;
     // Both pods enrolled on node-2: their HBONE listeners are open.
     await until('both servers enrolled on node-2', async () => /^ambit_enrolled_pods 2$/m.test(await metrics('node-2', node2)) || undefined, 30_000);
-    const out = await ok(['local', 'exec', '--name', CLUSTER, 'plain/outsider', '--', 'node', '-e', HOLD, `${ip('server-a')}=64`, `${ip('server-b')}=66`]);
+    const out = await cluster.exec('plain/outsider', ['node', '-e', HOLD, `${ip('server-a')}=64`, `${ip('server-b')}=66`]);
     const ends = JSON.parse(out.trim().split('\n').pop()!) as { host: string; end: string; ms: number }[];
     const reset = ends.filter((e) => e.end === 'reset');
     const closed = ends.filter((e) => e.end === 'closed');
@@ -136,7 +123,7 @@ describe('HBONE limits on the node agent', () => {
     const GET = 'require("http").get({ host: process.argv[1], path: "/", agent: false, timeout: 3000 }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => console.log("ok " + b)); }).on("error", (e) => console.log("error " + e.code))';
     for (const name of ['server-a', 'server-b']) {
       const answer = await until(`${name} through the mesh`, async () => {
-        const a = (await ok(['local', 'exec', '--name', CLUSTER, 'mesh/client', '--', 'node', '-e', GET, name])).trim();
+        const a = (await cluster.exec('mesh/client', ['node', '-e', GET, name])).trim();
         return a.startsWith('ok') ? a : undefined;
       }, 20_000);
       expect(answer).toBe(`ok ${name}`);

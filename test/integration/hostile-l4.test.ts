@@ -11,27 +11,17 @@
  *   - a pod bound to a waypoint accepts its L7-bound ports only from the waypoint;
  *   - a refused HBONE peer learns a code, never a policy name.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
 import { CertManager } from '../../src/identity/cert-manager.js';
-import type { ClusterStatus } from '../../src/local/runtime.js';
-import { cli, until } from './helpers/cli.js';
+import { until } from './helpers/cli.js';
+import { isReady, localCluster } from './helpers/cluster.js';
 
-const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-hostile-'));
-const CLUSTER = `ho${Math.random().toString(36).slice(2, 6)}`;
-const stateDir = join(stateRoot, CLUSTER);
-const dir = mkdtempSync(join(tmpdir(), 'ambit-hostile-m-'));
-const env = { ...process.env, AMBIT_LOCAL_STATE: stateRoot };
-const { ambit, ok } = cli(env);
-
-const apply = (name: string, yaml: string) => {
-  writeFileSync(join(dir, name), yaml);
-  return ok(['local', 'apply', '--name', CLUSTER, '-f', join(dir, name)]);
-};
-const remove = (name: string) => ok(['local', 'delete', '--name', CLUSTER, '-f', join(dir, name)]);
+const cluster = localCluster('hostile');
+const { apply, remove, metrics, accessLog } = cluster;
 
 /**
  * One TCP exchange from inside a pod or a node: connects, writes a request, prints
@@ -46,20 +36,9 @@ s.on("connect", () => s.write("GET / HTTP/1.1\\r\\nhost: x\\r\\nconnection: clos
 s.on("data", (c) => { got += c; });
 s.on("end", () => end(got ? "ok " + got.split("\\r\\n").pop() : "closed"));
 s.on("error", (e) => end("error " + (e.code ?? e.message)));`;
-async function talk(where: string[], host: string, port: number): Promise<string> {
-  return (await ok(['local', 'exec', '--name', CLUSTER, ...where, '--', 'node', '-e', TALK, host, String(port)])).trim();
-}
-const fromPod = (pod: string, host: string, port: number) => talk([pod], host, port);
-const fromNode = (node: string, host: string, port: number) => talk(['--node', node], host, port);
-
-const accessLog = (node: string) => readFileSync(join(stateDir, 'logs', `node-agent.${node}.log`), 'utf8').split('\n')
-  .filter((l) => l.includes('"component":"access"')).map((l) => JSON.parse(l) as {
-    source: { ip: string }; destination: { ip: string; port?: number; workload: string | null };
-    connection: { response_flags: string; error?: string; exempt?: string; policy?: string };
-  });
-const metrics = async (node: string) => ok(['local', 'exec', '--name', CLUSTER, '--node', node, '--', 'node', '-e',
-  'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))', `http://${NODE_IP[node]}:15020/metrics`]);
-const NODE_IP: Record<string, string> = { 'node-1': '172.30.0.11', 'node-2': '172.30.0.12' };
+const talk = async (where: string | { node: string }, host: string, port: number) => (await cluster.exec(where, ['node', '-e', TALK, host, String(port)])).trim();
+const fromPod = (pod: string, host: string, port: number) => talk(pod, host, port);
+const fromNode = (node: string, host: string, port: number) => talk({ node }, host, port);
 function counter(text: string, name: string): number {
   const m = new RegExp(`^ambit_redirect_counters\\{counter="${name}"\\} (\\S+)$`, 'm').exec(text);
   return m ? Number(m[1]) : 0;
@@ -112,31 +91,24 @@ spec: { nodeName: node-1, containers: [{ name: c, command: [sleep, infinity] }] 
 
 let ip: Record<string, string> = {};
 let ip6: Record<string, string> = {};
-const isReady = (p: { ready: string }) => { const [n, of] = p.ready.split('/'); return n === of; };
 
 describe('hostile input on the L4 data path', () => {
   beforeAll(async () => {
-    writeFileSync(join(dir, 'base.yaml'), BASE);
-    await ok(['local', 'up', '--name', CLUSTER, '-f', join(dir, 'base.yaml')]);
+    await cluster.up(BASE);
     const status = await until('every pod ready and both agents running', async () => {
-      const s = JSON.parse(await ok(['local', 'status', '--json', '--name', CLUSTER])) as ClusterStatus;
+      const s = await cluster.status();
       const agents = s.components.filter((c) => c.name === 'node-agent' && c.state === 'running').length;
       return agents === 2 && s.pods.length === 4 && s.pods.every(isReady) ? s : undefined;
     }, 120_000, 500);
     ip = Object.fromEntries(status.pods.map((p) => [p.name, p.ip]));
     ip6 = Object.fromEntries(status.pods.map((p) => [p.name, p.ips[1]!]));
     await until('server and bound enrolled', async () => {
-      const w = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, '--node', 'node-2', '--', 'node', '-e',
-        'fetch("http://127.0.0.1:15000/workloads").then((r) => r.text()).then((t) => process.stdout.write(t))'])) as { enrolled: { name: string }[] };
+      const w = JSON.parse(await cluster.nodeFetch('node-2', 'http://127.0.0.1:15000/workloads')) as { enrolled: { name: string }[] };
       return w.enrolled.length === 2 || undefined;
     });
   }, 180_000);
 
-  afterAll(async () => {
-    await ambit(['local', 'down', '--name', CLUSTER]);
-    rmSync(stateRoot, { recursive: true, force: true });
-    rmSync(dir, { recursive: true, force: true });
-  }, 60_000);
+  afterAll(() => cluster.down(), 60_000);
 
   it('refuses plaintext sent straight to a pod\'s 15006 listener, once, with no loop', async () => {
     expect(await fromPod('plain/outsider', ip.server!, 15006)).toBe('error ECONNRESET');
@@ -191,7 +163,7 @@ spec:
   it('refuses a meshed pod\'s IPv6 link-local address, which it was never told of', async () => {
     // The pod's eth0 has a link-local address; the node reaches it through the pod's veth.
     const addr = await until('the link-local address', async () => {
-      const out = await ok(['local', 'exec', '--name', CLUSTER, 'mesh/server', '--', 'ip', '-6', '-o', 'addr', 'show', 'dev', 'eth0', 'scope', 'link']);
+      const out = await cluster.exec('mesh/server', ['ip', '-6', '-o', 'addr', 'show', 'dev', 'eth0', 'scope', 'link']);
       return out.includes('tentative') ? undefined : /inet6 (fe80::[0-9a-f:]+)\//.exec(out)?.[1];
     });
     const veth = `vpod${ip.server!.split('.')[3]}`;
@@ -227,7 +199,7 @@ spec: { mtls: { mode: STRICT } }
       const since = accessLog('node-2').filter((l) => l.connection.exempt === 'kubelet-probe' && l.destination.ip === ip.server);
       return since.length >= 3 || undefined;
     }, 15_000);
-    const s = JSON.parse(await ok(['local', 'status', '--json', '--name', CLUSTER])) as ClusterStatus;
+    const s = await cluster.status();
     expect(isReady(s.pods.find((p) => p.name === 'server')!)).toBe(true);
     expect(await metrics('node-2')).toMatch(/^ambit_exempt_connections_total\{reason="kubelet-probe"\} [1-9]/m);
     const refused = accessLog('node-2').filter((l) => l.destination.ip === ip.server && l.destination.port === 8080 && l.connection.response_flags === 'NR' && !l.connection.exempt);
@@ -253,7 +225,7 @@ spec: { mtls: { mode: STRICT } }
  * for `identity`: what a peer holding a stolen or own workload certificate can try.
  */
 async function connectAs(identity: string, authorities: string[]): Promise<{ status: number; error: string | null }[]> {
-  const ca = await CertificateAuthority.open({ store: new FileCaStore(join(stateDir, 'ca')) });
+  const ca = await CertificateAuthority.open({ store: new FileCaStore(join(cluster.stateDir, 'ca')) });
   const certs = new CertManager({
     source: {
       createCertificate: async (csr: string, id: string, ttl: number) => (await ca.sign({ csr, identity: id, ttlSeconds: ttl })).chain,
@@ -283,7 +255,7 @@ session.on("error", (e) => { console.log(JSON.stringify({ error: e.message })); 
   }));
   console.log(JSON.stringify(out)); session.close();
 })();`;
-    const out = await ok(['local', 'exec', '--name', CLUSTER, '--node', 'node-1', '--', 'node', '-e', script, files, target, ...authorities]);
+    const out = await cluster.exec({ node: 'node-1' }, ['node', '-e', script, files, target, ...authorities]);
     return JSON.parse(out.trim()) as { status: number; error: string | null }[];
   } finally {
     certs.close();
