@@ -95,7 +95,7 @@ export class NodeAgent {
   private readonly hboneLimiter: HboneLimiter = new HboneLimiter({
     log: () => this.opts.log,
     // A waypoint's pod (by its verified identity, not a label a pod may give itself) carries many clients' tunnels from one address.
-    peerStreamCap: ({ identity }): number | undefined => (identity && [...(this.state?.waypointPods.values() ?? [])].some((pods) => pods.some((w) => w.identity === identity)) ? 4 * this.hboneLimiter.limits.maxStreamsPerPeer : undefined),
+    peerStreamCap: ({ identity }): number | undefined => (identity && this.state?.allWaypointIdentities.has(identity) ? 4 * this.hboneLimiter.limits.maxStreamsPerPeer : undefined),
   });
   private readonly discovery: DiscoveryClient;
   private readonly pods = new Map<string, PodEntry>();
@@ -198,8 +198,10 @@ export class NodeAgent {
         // A held pod's sandbox is newer than the controller's view (a replaced sandbox's new IP is not reported yet).
         if (stale && (this.held.get(uid) ?? 0) > Date.now()) continue;
         this.held.delete(uid);
-        if (stale) this.sandboxes.delete(uid);
-        if (stale) await this.unenroll(uid, w ? 'changed' : 'left the mesh');
+        if (stale) {
+          this.sandboxes.delete(uid);
+          await this.unenroll(uid, w ? 'changed' : 'left the mesh');
+        }
         else entry.workload = w;
       }
       await Promise.all([...want.values()].filter((w) => !this.pods.has(w.uid)).map((w) => this.enroll(w)));

@@ -5,6 +5,7 @@
  */
 import { isIP } from 'node:net';
 import type { WireResource } from '../control/discovery.js';
+import { isObject } from '../control/schema.js';
 import { WAYPOINT_GATEWAY_LABEL, type ConfigObject, type Service, type ServicePort, type Workload } from '../control/model.js';
 import { L4Authorizer } from './authz.js';
 
@@ -35,7 +36,6 @@ export class MeshStateError extends Error {
  * throws later, on a connection.
  */
 type Check = (v: unknown, at: string) => string | undefined;
-const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const str: Check = (v, at) => (typeof v === 'string' ? undefined : `${at} must be a string`);
 const bool: Check = (v, at) => (typeof v === 'boolean' ? undefined : `${at} must be a boolean`);
 const port: Check = (v, at) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535 ? undefined : `${at} must be a port number`);
@@ -50,7 +50,7 @@ const list = (c: Check): Check => (v, at) => {
   return undefined;
 };
 const map = (c: Check): Check => (v, at) => {
-  if (!isRecord(v)) return `${at} must be an object`;
+  if (!isObject(v)) return `${at} must be an object`;
   for (const [k, x] of Object.entries(v)) {
     const e = c(x, `${at}.${k}`);
     if (e) return e;
@@ -58,7 +58,7 @@ const map = (c: Check): Check => (v, at) => {
   return undefined;
 };
 const shape = (fields: Record<string, Check>): Check => (v, at) => {
-  if (!isRecord(v)) return `${at || 'the resource'} must be an object`;
+  if (!isObject(v)) return `${at || 'the resource'} must be an object`;
   for (const [k, c] of Object.entries(fields)) {
     const e = c(v[k], at ? `${at}.${k}` : k);
     if (e) return e;
@@ -96,6 +96,8 @@ function parse<T>(r: WireResource): T {
   return v as T;
 }
 
+const NO_IDENTITIES: ReadonlySet<string> = new Set();
+
 export class MeshState {
   readonly workloads = new Map<string, Workload>();
   readonly workloadsByIp = new Map<string, Workload>();
@@ -105,6 +107,9 @@ export class MeshState {
   readonly waypoints = new Map<string, ConfigObject>();
   /** Waypoint pods (with an address) by `namespace/gateway-name`. */
   readonly waypointPods = new Map<string, Workload[]>();
+  /** The SPIFFE identities of each waypoint's pods, by `namespace/gateway-name`, and of all of them. */
+  private readonly waypointIds = new Map<string, Set<string>>();
+  readonly allWaypointIdentities = new Set<string>();
   /** The services each workload (uid) is an endpoint of. */
   readonly servicesOf = new Map<string, Service[]>();
   readonly authorizer: L4Authorizer;
@@ -140,7 +145,13 @@ export class MeshState {
     }
     for (const w of this.workloads.values()) {
       const gateway = w.labels[WAYPOINT_GATEWAY_LABEL];
-      if (gateway && w.ips.length > 0) push(this.waypointPods, `${w.namespace}/${gateway}`, w);
+      if (!gateway || w.ips.length === 0) continue;
+      const key = `${w.namespace}/${gateway}`;
+      push(this.waypointPods, key, w);
+      let ids = this.waypointIds.get(key);
+      if (!ids) this.waypointIds.set(key, (ids = new Set()));
+      ids.add(w.identity);
+      this.allWaypointIdentities.add(w.identity);
     }
     for (const svc of this.services.values()) for (const uid of svc.endpoints) push(this.servicesOf, uid, svc);
     this.authorizer = new L4Authorizer(this.policies, opts);
@@ -160,8 +171,8 @@ export class MeshState {
   }
 
   /** The SPIFFE identities of a waypoint's pods: the only peers a workload bound to it accepts L7-bound traffic from. */
-  waypointIdentities(ref: { namespace: string; name: string }): Set<string> {
-    return new Set((this.waypointPods.get(`${ref.namespace}/${ref.name}`) ?? []).map((w) => w.identity));
+  waypointIdentities(ref: { namespace: string; name: string }): ReadonlySet<string> {
+    return this.waypointIds.get(`${ref.namespace}/${ref.name}`) ?? NO_IDENTITIES;
   }
 
   /** The workloads of `node` that are in the mesh. */

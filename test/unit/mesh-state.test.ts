@@ -1,7 +1,7 @@
 /** The node agent's view of the mesh: parsing the discovery resources and resolving destinations. */
 import { describe, expect, it } from 'vitest';
 import type { WireResource } from '../../src/control/discovery.js';
-import type { Service, Workload } from '../../src/control/model.js';
+import { WAYPOINT_GATEWAY_LABEL, type Service, type Workload } from '../../src/control/model.js';
 import { MeshState, MeshStateError } from '../../src/node/mesh-state.js';
 
 const workload = (uid: string, ip: string, node: string, ports: Record<string, number> = { http: 8080 }, enrolled = true): Workload => ({
@@ -49,6 +49,23 @@ describe('MeshState', () => {
   it('takes a pod IP as it is, and anything else as outside the mesh', () => {
     expect(state.resolve('10.244.1.2', 3000)).toMatchObject({ ip: '10.244.1.2', port: 3000, workload: { uid: 'users-1' } });
     expect(state.resolve('192.0.2.7', 443)).toEqual({ ip: '192.0.2.7', port: 443 });
+  });
+
+  it('knows which waypoint a workload port is bound to, and the identities of that waypoint\'s pods', () => {
+    const wp = { ...workload('wp-1', '10.244.1.9', 'node-1'), identity: 'spiffe://cluster.local/ns/shop/sa/wp', labels: { [WAYPOINT_GATEWAY_LABEL]: 'wp' } };
+    const pinned = { ...workload('pinned-1', '10.244.1.8', 'node-1'), waypoint: 'wp' };
+    const state = new MeshState('v1', wire([
+      ...[W[0]!, wp, pinned].map((w) => ({ type: 'workload', key: `workload/${w.uid}`, value: w })),
+      { type: 'service', key: 'service/shop/users', value: { ...service('users', '10.96.0.10', ['users-1']), waypoint: { namespace: 'shop', name: 'wp' } } },
+    ]));
+    // Through a bound service: only the ports it targets. Through the pod's own label: every port.
+    expect(state.waypointFor(W[0]!, 8080)).toEqual({ namespace: 'shop', name: 'wp' });
+    expect(state.waypointFor(W[0]!, 9999)).toBeUndefined();
+    expect(state.waypointFor(pinned, 9999)).toEqual({ namespace: 'shop', name: 'wp' });
+    expect([...state.waypointIdentities({ namespace: 'shop', name: 'wp' })]).toEqual(['spiffe://cluster.local/ns/shop/sa/wp']);
+    expect(state.waypointIdentities({ namespace: 'shop', name: 'other' }).size).toBe(0);
+    expect(state.allWaypointIdentities.has('spiffe://cluster.local/ns/shop/sa/wp')).toBe(true);
+    expect(state.allWaypointIdentities.has(W[0]!.identity)).toBe(false);
   });
 
   it('rejects resources it cannot use, naming them', () => {
