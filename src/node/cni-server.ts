@@ -25,15 +25,16 @@
  * checked field by field and answered with an error naming what was wrong, and sizes, time and the
  * number of connections are bounded so that no client can crash the agent or hold its memory.
  */
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { createServer, isIP, type Server, type Socket } from 'node:net';
-import { dirname, join, posix } from 'node:path';
+import { dirname, posix } from 'node:path';
 import type { Logger } from 'pino';
 import type { KubeClient } from '../control/kube/client.js';
 import { apiPod } from '../control/kube-source.js';
 import { workloadOf, type Workload } from '../control/model.js';
 import { isObject } from '../control/schema.js';
 import { silentLogger } from '../telemetry/log.js';
+import { listenUnix, SocketPathTooLongError } from '../util/local-http.js';
 
 /** What the agent does for the plugin (NodeAgent implements it). */
 export interface CniTarget {
@@ -98,8 +99,6 @@ const INVALID = 100;
 
 /** The private directories the socket is bound in before it is renamed into place. */
 const STAGING_PREFIX = '.ambit-cni-';
-/** sun_path of struct sockaddr_un holds 107 bytes and a NUL. */
-const MAX_SOCKET_PATH = 107;
 /** The CNI spec's container ID: alphanumerics, `_`, `.` and `-`, not starting with a separator. */
 const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$/;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
@@ -195,25 +194,14 @@ export class CniServer {
       chmodSync(dir, stats.mode & 0o755);
       this.log.warn({ dir, mode: (stats.mode & 0o777).toString(8) }, 'the CNI socket\'s directory was writable by others: made 0755 or narrower');
     }
-    // A staging directory left by an agent killed between these lines holds nothing but a dead socket.
-    for (const name of readdirSync(dir)) if (name.startsWith(STAGING_PREFIX)) rmSync(join(dir, name), { recursive: true, force: true });
-    const staging = mkdtempSync(join(dir, STAGING_PREFIX));
-    const temp = join(staging, 's');
-    if (Buffer.byteLength(temp) > MAX_SOCKET_PATH) {
-      rmSync(staging, { recursive: true, force: true });
-      throw new Error(`CNI socket ${path}: the path is too long for a unix socket (binding goes through ${temp}, over ${MAX_SOCKET_PATH} bytes); use a shorter --cni-socket`);
-    }
     // allowHalfOpen: the plugin half-closes after its request and reads the answer after that.
     const server = createServer({ allowHalfOpen: true }, (socket) => this.connection(socket));
     try {
-      await new Promise<void>((resolve, reject) => server.once('error', reject).listen(temp, resolve));
-      chmodSync(temp, 0o600);
-      renameSync(temp, path);
+      // The directory is this agent's alone: a staging directory there is a killed agent's, whatever its age.
+      await listenUnix(server, path, { staging: STAGING_PREFIX, stagingMaxAgeMs: 0 });
     } catch (err) {
-      server.close();
+      if (err instanceof SocketPathTooLongError) throw new Error(`CNI socket ${path}: the path is too long for a unix socket (${err.message}); use a shorter --cni-socket`, { cause: err });
       throw new Error(`CNI socket ${path}: ${(err as Error).message}`, { cause: err });
-    } finally {
-      rmSync(staging, { recursive: true, force: true });
     }
     this.server = server;
     this.log.info({ socket: path }, 'CNI requests served');

@@ -16,7 +16,7 @@
  */
 import { chmodSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import type { Server as NetServer, Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 
@@ -221,8 +221,13 @@ const STAGING = '.ambit-sock-';
 /** A staging directory this old was left by a process killed while binding (binding takes milliseconds). */
 const STALE_STAGING_MS = 60_000;
 
-/** Removes the staging directories of processes that died between binding and renaming. */
-function removeStaleStaging(parent: string): void {
+/** A socket path longer than a unix socket address holds. */
+export class SocketPathTooLongError extends Error {
+  override readonly name = 'SocketPathTooLongError';
+}
+
+/** Removes the staging directories (named `prefix…`) of processes that died between binding and renaming. */
+function removeStaleStaging(parent: string, prefix: string, maxAgeMs: number): void {
   let names: string[];
   try {
     names = readdirSync(parent);
@@ -230,10 +235,10 @@ function removeStaleStaging(parent: string): void {
     return; // mkdtemp below says what is wrong with the directory
   }
   for (const name of names) {
-    if (!name.startsWith(STAGING)) continue;
+    if (!name.startsWith(prefix)) continue;
     const dir = join(parent, name);
     try {
-      if (Date.now() - statSync(dir).mtimeMs > STALE_STAGING_MS) rmSync(dir, { recursive: true, force: true });
+      if (Date.now() - statSync(dir).mtimeMs >= maxAgeMs) rmSync(dir, { recursive: true, force: true });
     } catch {
       // gone meanwhile: another process cleaned it up
     }
@@ -246,13 +251,19 @@ function removeStaleStaging(parent: string): void {
  * (which also replaces a stale socket atomically). Only root (or the owner) can connect. Staging
  * directories left by a process killed while binding are removed here.
  */
-export async function listenUnix(server: Server, path: string): Promise<Server> {
-  removeStaleStaging(dirname(path));
-  const dir = mkdtempSync(join(dirname(path), STAGING));
+export async function listenUnix<S extends NetServer>(server: S, path: string, opts: {
+  /** The staging directories' prefix (default `.ambit-sock-`). */
+  staging?: string;
+  /** Staging directories at least this old are a dead process's (default 60 s; 0 where only this process binds). */
+  stagingMaxAgeMs?: number;
+} = {}): Promise<S> {
+  const prefix = opts.staging ?? STAGING;
+  removeStaleStaging(dirname(path), prefix, opts.stagingMaxAgeMs ?? STALE_STAGING_MS);
+  const dir = mkdtempSync(join(dirname(path), prefix));
   const temp = join(dir, 's');
   try {
     const need = Math.max(Buffer.byteLength(path), Buffer.byteLength(temp));
-    if (need > MAX_SOCKET_PATH) throw new Error(`socket path ${path} is too long: a unix socket path holds ${MAX_SOCKET_PATH} bytes, binding this one needs ${need}`);
+    if (need > MAX_SOCKET_PATH) throw new SocketPathTooLongError(`socket path ${path} is too long: a unix socket path holds ${MAX_SOCKET_PATH} bytes, binding this one needs ${need}`);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject).listen(temp, () => {
         server.off('error', reject);
