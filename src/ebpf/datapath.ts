@@ -18,7 +18,7 @@ import {
 import { AMBIT } from './layout.generated.js';
 import { BpfLink } from './link.js';
 import type { BpfMap } from './map.js';
-import { BpfObject } from './object.js';
+import { BpfObject, type BpfProgram } from './object.js';
 import { setLibbpfLogger, type LogSink } from './libbpf-log.js';
 
 export const OUTBOUND_OBJECT = 'outbound.bpf.o';
@@ -118,22 +118,9 @@ export class Datapath {
     let adopted = false;
     this.outboundCgroup = resolve(cgroupPath);
     for (const name of OUTBOUND_PROGRAMS) {
-      const program = this.outbound.program(name);
-      const pinned = BpfLink.openPinned(this.linkPath(name));
-      if (pinned) {
-        pinned.update(program);
-        this.outboundLinks.set(name, pinned);
-        adopted = true;
-        continue;
-      }
-      const link = BpfLink.attachCgroup(program, cgroupPath);
-      try {
-        link.pin(this.linkPath(name));
-      } catch (err) {
-        link.close();
-        throw err;
-      }
+      const { link, adopted: was } = adoptOrAttach(this.linkPath(name), this.outbound.program(name), undefined, (p) => BpfLink.attachCgroup(p, cgroupPath));
       this.outboundLinks.set(name, link);
+      adopted ||= was;
     }
     return { adopted };
   }
@@ -175,21 +162,7 @@ export class Datapath {
 
   /** Attaches sk_lookup to one pod's netns (idempotent per netns cookie). */
   attachInbound(netnsPath: string, netnsCookie: bigint): void {
-    const path = this.podLinkPath(netnsCookie);
-    const program = this.inbound.program(SK_LOOKUP_PROGRAM);
-    const pinned = this.podLinks.get(netnsCookie) ?? BpfLink.openPinned(path);
-    if (pinned) {
-      pinned.update(program);
-      this.podLinks.set(netnsCookie, pinned);
-      return;
-    }
-    const link = BpfLink.attachNetns(program, netnsPath);
-    try {
-      link.pin(path);
-    } catch (err) {
-      link.close();
-      throw err;
-    }
+    const { link } = adoptOrAttach(this.podLinkPath(netnsCookie), this.inbound.program(SK_LOOKUP_PROGRAM), this.podLinks.get(netnsCookie), (p) => BpfLink.attachNetns(p, netnsPath));
     this.podLinks.set(netnsCookie, link);
   }
 
@@ -220,19 +193,7 @@ export class Datapath {
       link.close();
     }
     for (const [name, path] of wanted) {
-      const pinned = this.probeLinks.get(name) ?? BpfLink.openPinned(join(dir, name));
-      if (pinned) {
-        pinned.update(program);
-        this.probeLinks.set(name, pinned);
-        continue;
-      }
-      const link = BpfLink.attachCgroup(program, path);
-      try {
-        link.pin(join(dir, name));
-      } catch (err) {
-        link.close();
-        throw err;
-      }
+      const { link } = adoptOrAttach(join(dir, name), program, this.probeLinks.get(name), (p) => BpfLink.attachCgroup(p, path));
       this.probeLinks.set(name, link);
     }
   }
@@ -287,6 +248,26 @@ export class Datapath {
     }
     rmSync(pinRoot, { recursive: true, force: true });
   }
+}
+
+/**
+ * The link pinned at `path` (held already, or left by an earlier agent) with `program` swapped
+ * in, so redirection never stops; else a new link from `attach`, pinned there.
+ */
+function adoptOrAttach(path: string, program: BpfProgram, held: BpfLink | undefined, attach: (program: BpfProgram) => BpfLink): { link: BpfLink; adopted: boolean } {
+  const pinned = held ?? BpfLink.openPinned(path);
+  if (pinned) {
+    pinned.update(program);
+    return { link: pinned, adopted: true };
+  }
+  const link = attach(program);
+  try {
+    link.pin(path);
+  } catch (err) {
+    link.close();
+    throw err;
+  }
+  return { link, adopted: false };
 }
 
 /** A pin name for a cgroup path: readable, and unique per path (bpffs refuses dots in names). */
