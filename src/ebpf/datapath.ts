@@ -200,6 +200,8 @@ export class Datapath {
 
   /** Whether a connection a pod accepted (client → pod address:port) was opened by the node's prober. */
   isProbe(client: { addr: string; port: number }, pod: { addr: string; port: number }): boolean {
+    // No prober attached: nothing to look up (a map lookup is a syscall, on every plaintext connection).
+    if (this.probeLinks.size === 0) return false;
     return this.maps.probeFlows.get({ netnsCookie: 0n, clientAddr: client.addr, clientPort: client.port, listenerAddr: pod.addr, listenerPort: pod.port }) !== undefined;
   }
 
