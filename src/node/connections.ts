@@ -145,7 +145,7 @@ export class ConnectionTracker {
 
 /**
  * Joins two streams both ways. Half-closes pass through; an error or reset on one side
- * destroys the other (`onReset` decides how: a TCP socket is reset so that the peer sees it);
+ * destroys the other (through `resetOrDestroy`: a TCP socket is reset so that its peer sees it);
  * with `idleMs`, a join that moves no byte for that long is reset.
  */
 export function splice(a: Duplex, b: Duplex, done: (error?: Error) => void, opts: { idleMs?: number } = {}): void {
