@@ -61,7 +61,8 @@ async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>):
     const audience = process.env.AMBIT_TOKEN_AUDIENCE;
     const authenticator = new TokenReviewAuthenticator({
       client, trustDomain: opts.trustDomain, isWaypoint: (ns, name) => kube.isWaypoint(ns, name),
-      nodeAgent: { namespace: ownNamespace(), serviceAccount: process.env.AMBIT_NODE_SERVICE_ACCOUNT || 'ambit-node' },
+      nodeAgent: { namespace: ownNamespace(), serviceAccount: process.env.AMBIT_NODE_SERVICE_ACCOUNT || 'ambit-node', daemonSet: process.env.AMBIT_NODE_DAEMONSET || 'ambit-node' },
+      cachedPod: (ns, name) => kube.cachedPod(ns, name),
       ...(audience ? { audiences: [audience] } : {}),
     });
     return { source: kube, authenticator, directory: kube.nodeDirectory(opts.trustDomain), describe: { source: 'kubernetes', server: client.server }, client, kube };

@@ -399,6 +399,14 @@ export class KubernetesSource implements ConfigSource {
     return labels[WAYPOINT_GATEWAY_LABEL] === name;
   }
 
+  /**
+   * A pod as the watch cache holds it now (undefined when not there), for
+   * TokenReviewAuthenticator's binding of a node agent's token to its node through its pod.
+   */
+  cachedPod(namespace: string, name: string): Record<string, unknown> | undefined {
+    return this.kinds.find((k) => k.spec.group === '' && k.spec.kind === 'Pod')?.cache.get(`${namespace}/${name}`)?.raw;
+  }
+
   /** Every rejected object's diagnostics, as they are now. */
   diagnostics(): Diagnostic[] {
     return this.kinds.flatMap((k) => [...k.cache.values()].flatMap((e) => e.errors));

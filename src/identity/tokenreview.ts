@@ -4,9 +4,13 @@
  * /apis/authentication.k8s.io/v1/tokenreviews), and the user it names becomes the Caller:
  *
  * - `system:serviceaccount:<ns>:<sa>` of the node agent's ServiceAccount → the node agent of the
- *   node in the token's bound-pod extra `authentication.kubernetes.io/node-name` (Kubernetes
- *   1.30+ puts it in tokens bound to a pod); without it the token is refused, since any pod of
- *   that account could otherwise claim any node;
+ *   node in the token's bound-pod extra `authentication.kubernetes.io/node-name`. API servers put
+ *   it in pod-bound tokens from Kubernetes 1.30 (ServiceAccountTokenPodNodeInfo: alpha and off in
+ *   1.29, beta and on in 1.30, GA in 1.32). Before that (1.27–1.29) the extra names only the pod
+ *   (`authentication.kubernetes.io/pod-name` and `pod-uid`, in every pod-bound token since 1.11):
+ *   the node is then read from that pod, which must exist with the token's uid, run as the node
+ *   agent's account, belong to the node agent's DaemonSet and be scheduled. A token naming
+ *   neither is refused, since any pod of that account could otherwise claim any node;
  * - the ServiceAccount of a waypoint (a waypoint's pods run as the account named after it, as
  *   the local cluster's waypoint credentials are) → that waypoint workload, good for its own
  *   identity only;
@@ -33,6 +37,11 @@ import type { Authenticator, Caller } from './ca-server.js';
 import { formatSpiffeId } from './spiffe.js';
 
 export const NODE_NAME_EXTRA = 'authentication.kubernetes.io/node-name';
+export const POD_NAME_EXTRA = 'authentication.kubernetes.io/pod-name';
+export const POD_UID_EXTRA = 'authentication.kubernetes.io/pod-uid';
+
+/** How a review ended, for metrics: a review that was not made because of the rate limit is `rate_limited`. */
+export type ReviewOutcome = 'accepted' | 'refused' | 'rate_limited' | 'timeout' | 'error';
 
 /** What this needs of an API client (src/control/kube/client.ts's KubeClient is one). */
 export interface TokenReviewClient {
@@ -42,8 +51,19 @@ export interface TokenReviewClient {
 export interface TokenReviewOptions {
   client: TokenReviewClient;
   trustDomain: string;
-  /** The node agents' ServiceAccount (default ambit-system/ambit-node, as `ambit install` makes it). */
-  nodeAgent?: { namespace: string; serviceAccount: string };
+  /**
+   * The node agents' ServiceAccount and DaemonSet (default ambit-system, account and DaemonSet
+   * ambit-node, as `ambit install` makes them).
+   */
+  nodeAgent?: { namespace: string; serviceAccount: string; daemonSet?: string };
+  /**
+   * A pod as the controller's watch cache holds it (KubernetesSource.cachedPod), for tokens that
+   * name their pod but not their node; a pod not there (or older than the token's) is read with a
+   * GET through `client`.
+   */
+  cachedPod?: (namespace: string, name: string) => Record<string, unknown> | undefined;
+  /** Called once per review made (or refused for the rate limit), with how it ended. */
+  onReview?: (outcome: ReviewOutcome) => void;
   /** Whether the ServiceAccount `namespace/name` is a waypoint's (KubernetesSource.isWaypoint: a waypoint Gateway of that name, the account made for it). */
   isWaypoint: (namespace: string, name: string) => boolean;
   /** Audiences the token must be for (TokenReview spec.audiences); default: the API server's. */
@@ -76,6 +96,11 @@ interface TokenReviewStatus {
   audiences?: string[];
   user?: { username?: string; extra?: Record<string, string[]> };
 }
+
+/** No answer from the API server in time: refused, not cached, counted apart. */
+class ReviewTimeout extends Error {}
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 const SA_USER = /^system:serviceaccount:([a-z0-9]([-a-z0-9]*[a-z0-9])?):([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$/;
 /** Caller addresses whose bucket is kept (the least recently used go first; a new one starts full). */
@@ -140,13 +165,13 @@ export class TokenReviewAuthenticator implements Authenticator {
   private readonly inflight = new Map<string, Promise<Caller>>();
   private readonly peers = new Map<string, TokenBucket>();
   private readonly global: TokenBucket;
-  private readonly nodeAgent: { namespace: string; serviceAccount: string };
+  private readonly nodeAgent: { namespace: string; serviceAccount: string; daemonSet: string };
   private readonly now: () => number;
   /** Reviews made, and refused for the rate limit (for tests and logs). */
   readonly counts = { reviews: 0, limited: 0 };
 
   constructor(private readonly opts: TokenReviewOptions) {
-    this.nodeAgent = opts.nodeAgent ?? { namespace: 'ambit-system', serviceAccount: 'ambit-node' };
+    this.nodeAgent = { namespace: 'ambit-system', serviceAccount: 'ambit-node', daemonSet: 'ambit-node', ...opts.nodeAgent };
     this.now = opts.now ?? Date.now;
     const g = opts.rateLimit ?? { perSecond: 50, burst: 200 };
     this.global = new TokenBucket(g.perSecond, g.burst, this.now());
@@ -172,14 +197,17 @@ export class TokenReviewAuthenticator implements Authenticator {
     const limited = this.limit(peerAddress(peer), now);
     if (limited) {
       this.counts.limited++;
+      this.opts.onReview?.('rate_limited');
       return Promise.reject(new CaError('UNAUTHENTICATED', limited));
     }
     const pending = this.review(token).then((caller) => {
+      this.opts.onReview?.('accepted');
       const at = this.now();
       const until = Math.min(caller.expiresAt ?? Infinity, at + (this.opts.positiveTtlMs ?? 5 * 60_000));
       if (until > at) this.remember(this.accepted, key, { until, caller }, this.opts.maxEntries ?? 10_000);
       return caller;
     }, (err: unknown) => {
+      this.opts.onReview?.(err instanceof CaError ? 'refused' : err instanceof ReviewTimeout ? 'timeout' : 'error');
       if (err instanceof CaError) this.remember(this.refused, key, { until: this.now() + (this.opts.negativeTtlMs ?? 5_000), error: err }, this.opts.maxNegativeEntries ?? 10_000);
       throw err instanceof CaError ? err : new CaError('UNAUTHENTICATED', `token review failed: ${err instanceof Error ? err.message : String(err)}`);
     }).finally(() => this.inflight.delete(key));
@@ -217,12 +245,7 @@ export class TokenReviewAuthenticator implements Authenticator {
       spec: { token, ...(this.opts.audiences ? { audiences: this.opts.audiences } : {}) },
     };
     this.counts.reviews++;
-    const timeoutMs = this.opts.reviewTimeoutMs ?? 5_000;
-    let timer: NodeJS.Timeout | undefined;
-    const res = await Promise.race([
-      this.opts.client.request('POST', '/apis/authentication.k8s.io/v1/tokenreviews', body),
-      new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`no answer from the API server within ${timeoutMs} ms`)), timeoutMs); }),
-    ]).finally(() => clearTimeout(timer));
+    const res = await this.ask('POST', '/apis/authentication.k8s.io/v1/tokenreviews', body);
     if (res.status !== 200 && res.status !== 201) {
       throw new Error(`HTTP ${res.status}: ${(res.body as { message?: string } | undefined)?.message ?? ''}`);
     }
@@ -239,9 +262,15 @@ export class TokenReviewAuthenticator implements Authenticator {
     const expiresAt = jwtExpiry(token);
     const expiry = expiresAt !== undefined ? { expiresAt } : {};
     if (namespace === this.nodeAgent.namespace && account === this.nodeAgent.serviceAccount) {
-      const node = status.user?.extra?.[NODE_NAME_EXTRA]?.[0];
-      if (!node) throw new CaError('UNAUTHENTICATED', `a node agent token must be bound to a pod on a node (no ${NODE_NAME_EXTRA} in the token)`);
-      return { node, ...expiry };
+      const extra = status.user?.extra ?? {};
+      const node = extra[NODE_NAME_EXTRA]?.[0];
+      if (node) return { node, ...expiry };
+      const podName = extra[POD_NAME_EXTRA]?.[0];
+      const podUid = extra[POD_UID_EXTRA]?.[0];
+      if (!podName || !podUid) {
+        throw new CaError('UNAUTHENTICATED', `a node agent token must be bound to its pod: it names neither its node (${NODE_NAME_EXTRA}, in pod-bound tokens from Kubernetes 1.30) nor its pod (${POD_NAME_EXTRA} and ${POD_UID_EXTRA}, in pod-bound tokens since Kubernetes 1.11); mount a projected serviceAccountToken volume, not a Secret's token`);
+      }
+      return { node: await this.nodeOfAgentPod(namespace, podName, podUid), ...expiry };
     }
     if (this.opts.isWaypoint(namespace, account)) {
       return {
@@ -252,4 +281,59 @@ export class TokenReviewAuthenticator implements Authenticator {
     }
     throw new CaError('UNAUTHENTICATED', `${username} is neither the node agent (${this.nodeAgent.namespace}/${this.nodeAgent.serviceAccount}) nor a waypoint (the account of a Gateway of class ambit-waypoint, made for it)`);
   }
+  /** An API request bounded by reviewTimeoutMs (ReviewTimeout when it takes longer). */
+  private async ask(method: string, path: string, body?: unknown): Promise<{ status: number; body: unknown }> {
+    const timeoutMs = this.opts.reviewTimeoutMs ?? 5_000;
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([
+      this.opts.client.request(method, path, body),
+      new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new ReviewTimeout(`no answer from the API server within ${timeoutMs} ms`)), timeoutMs); }),
+    ]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * The node of the node agent whose token names pod `namespace/name` with `uid` (Kubernetes
+   * before 1.30). The pod's spec.nodeName cannot change once set, so the binding holds for the
+   * token's life. The owner reference keeps other pods that run as the agent's account (a debug
+   * pod, a Job) from claiming a node; whoever may create pods in that namespace is trusted anyway.
+   */
+  private async nodeOfAgentPod(namespace: string, name: string, uid: string): Promise<string> {
+    const what = `the token's pod ${namespace}/${name}`;
+    let pod = this.opts.cachedPod?.(namespace, name);
+    // The cache may lag: a new pod (the agent asks as soon as it starts) or a replaced one of the same name.
+    if (!pod || uidOf(pod) !== uid || !nodeNameOf(pod)) pod = await this.readPod(namespace, name);
+    if (!pod) throw new CaError('UNAUTHENTICATED', `${what} does not exist (deleted since the token was issued?)`);
+    if (uidOf(pod) !== uid) throw new CaError('UNAUTHENTICATED', `${what} has uid ${uidOf(pod) ?? '(none)'}, not the token's ${uid}: the pod was replaced, and a token is good only for its own pod`);
+    const spec = isRecord(pod.spec) ? pod.spec : {};
+    const account = typeof spec.serviceAccountName === 'string' ? spec.serviceAccountName : 'default';
+    if (account !== this.nodeAgent.serviceAccount) throw new CaError('UNAUTHENTICATED', `${what} runs as ServiceAccount ${account}, not the node agent's ${this.nodeAgent.serviceAccount}`);
+    const meta = isRecord(pod.metadata) ? pod.metadata : {};
+    const owners = Array.isArray(meta.ownerReferences) ? meta.ownerReferences.filter(isRecord) : [];
+    const owned = owners.some((o) => o.controller === true && o.kind === 'DaemonSet' && o.name === this.nodeAgent.daemonSet && typeof o.apiVersion === 'string' && o.apiVersion.startsWith('apps/'));
+    if (!owned) throw new CaError('UNAUTHENTICATED', `${what} is not a pod of the DaemonSet ${namespace}/${this.nodeAgent.daemonSet} (no such controller owner reference)`);
+    const node = nodeNameOf(pod);
+    if (!node) throw new CaError('UNAUTHENTICATED', `${what} is not scheduled on a node yet (no spec.nodeName)`);
+    const phase = isRecord(pod.status) ? pod.status.phase : undefined;
+    if (phase === 'Succeeded' || phase === 'Failed') throw new CaError('UNAUTHENTICATED', `${what} has finished (phase ${phase})`);
+    return node;
+  }
+
+  /** GET of one pod: the object, undefined when it does not exist, an Error (not cached) when the API server fails. */
+  private async readPod(namespace: string, name: string): Promise<Record<string, unknown> | undefined> {
+    const res = await this.ask('GET', `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`);
+    if (res.status === 404) return undefined;
+    if (res.status !== 200 || !isRecord(res.body)) {
+      const hint = res.status === 403 ? ' (the controller needs get on pods)' : '';
+      throw new Error(`reading pod ${namespace}/${name}: HTTP ${res.status}${hint}: ${(res.body as { message?: string } | undefined)?.message ?? ''}`);
+    }
+    return res.body;
+  }
+}
+
+function uidOf(pod: Record<string, unknown>): string | undefined {
+  return isRecord(pod.metadata) && typeof pod.metadata.uid === 'string' ? pod.metadata.uid : undefined;
+}
+
+function nodeNameOf(pod: Record<string, unknown>): string | undefined {
+  return isRecord(pod.spec) && typeof pod.spec.nodeName === 'string' && pod.spec.nodeName ? pod.spec.nodeName : undefined;
 }

@@ -13,7 +13,7 @@ import { DiscoveryClient, type WireResource } from '../../src/control/discovery.
 import { CaClient } from '../../src/identity/ca-server.js';
 import { CertManager } from '../../src/identity/cert-manager.js';
 import { splitPemBundle } from '../../src/identity/pki.js';
-import { NODE_NAME_EXTRA } from '../../src/identity/tokenreview.js';
+import { NODE_NAME_EXTRA, POD_NAME_EXTRA, POD_UID_EXTRA } from '../../src/identity/tokenreview.js';
 import { FakeApiServer, freePort, writeKubeconfig } from '../helpers/fake-apiserver.js';
 
 const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
@@ -52,6 +52,13 @@ beforeAll(async () => {
   api.apply('Service', { metadata: { name: 'web', namespace: 'shop' }, spec: { clusterIP: '10.96.0.20', selector: { app: 'web' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } });
   api.apply('Pod', pod('web', 'node-a', '10.244.1.5'));
   api.apply('Pod', pod('db', 'node-b', '10.244.2.5'));
+  // The node agent of node-b on Kubernetes 1.27–1.29: its token names its pod, not its node.
+  api.apply('Pod', {
+    metadata: { name: 'ambit-node-x7k2p', namespace: 'ambit-system', uid: 'agent-b-uid', ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'ambit-node', uid: 'ds', controller: true }] },
+    spec: { nodeName: 'node-b', serviceAccountName: 'ambit-node', containers: [{ name: 'agent', image: 'ambit' }] },
+    status: { phase: 'Running' },
+  });
+  api.tokens.set('agent-b-129', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node', extra: { [POD_NAME_EXTRA]: ['ambit-node-x7k2p'], [POD_UID_EXTRA]: ['agent-b-uid'] } } });
   const kubeconfig = join(dir, 'kubeconfig');
   writeKubeconfig(kubeconfig, api.url, 'controller-token');
   port = await freePort();
@@ -102,5 +109,13 @@ describe('ambit controller --kubernetes', () => {
     const mine = await certs.acquire('spiffe://cluster.local/ns/shop/sa/web');
     expect(mine.identity).toBe('spiffe://cluster.local/ns/shop/sa/web');
     await expect(certs.acquire('spiffe://cluster.local/ns/shop/sa/db')).rejects.toThrow(/node-a/);
+  });
+
+  it('binds a node agent token without node-name (Kubernetes 1.27–1.29) to the node of its pod', async () => {
+    const roots = splitPemBundle(readFileSync(join(dir, 'ca', 'ca-cert.pem'), 'utf8')).slice(-1);
+    const certs = new CertManager({ source: new CaClient({ address: `127.0.0.1:${port}`, roots, token: 'agent-b-129' }) });
+    closers.push(() => certs.close());
+    expect((await certs.acquire('spiffe://cluster.local/ns/shop/sa/db')).identity).toBe('spiffe://cluster.local/ns/shop/sa/db');
+    await expect(certs.acquire('spiffe://cluster.local/ns/shop/sa/web')).rejects.toThrow('CreateCertificate: node node-b runs no pod with identity spiffe://cluster.local/ns/shop/sa/web');
   });
 });

@@ -2,10 +2,10 @@ import { Metadata } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KubeClient } from '../../src/control/kube/client.js';
 import { CaError } from '../../src/identity/ca.js';
-import { NODE_NAME_EXTRA, peerAddress, TokenReviewAuthenticator, type TokenReviewOptions } from '../../src/identity/tokenreview.js';
+import { NODE_NAME_EXTRA, peerAddress, POD_NAME_EXTRA, POD_UID_EXTRA, TokenReviewAuthenticator, type ReviewOutcome, type TokenReviewOptions } from '../../src/identity/tokenreview.js';
 import { FakeApiServer } from '../helpers/fake-apiserver.js';
 
-const server = new FakeApiServer([]);
+const server = new FakeApiServer([{ group: '', version: 'v1', kind: 'Pod', plural: 'pods' }]);
 let client: KubeClient;
 
 beforeAll(async () => {
@@ -51,7 +51,7 @@ describe('TokenReviewAuthenticator', () => {
   it('refuses unknown tokens, unbound node agent tokens, other accounts, non-ServiceAccounts and missing credentials', async () => {
     const a = make();
     expect(await refusal(a.authenticate(md('nope')))).toMatch(/refused by the API server: invalid bearer token/);
-    expect(await refusal(a.authenticate(md('agent-unbound')))).toMatch(/bound to a pod on a node/);
+    expect(await refusal(a.authenticate(md('agent-unbound')))).toBe(`a node agent token must be bound to its pod: it names neither its node (${NODE_NAME_EXTRA}, in pod-bound tokens from Kubernetes 1.30) nor its pod (${POD_NAME_EXTRA} and ${POD_UID_EXTRA}, in pod-bound tokens since Kubernetes 1.11); mount a projected serviceAccountToken volume, not a Secret's token`);
     expect(await refusal(a.authenticate(md('app')))).toMatch(/neither the node agent .* nor a waypoint/);
     expect(await refusal(a.authenticate(md('human')))).toMatch(/not a ServiceAccount/);
     expect(await refusal(a.authenticate(md()))).toMatch(/no credential/);
@@ -175,12 +175,116 @@ describe('TokenReviewAuthenticator', () => {
     expect(calls).toBe(2);
   });
 
+  it('counts each review by its outcome: accepted, refused, rate limited, timed out, failed', async () => {
+    const seen: ReviewOutcome[] = [];
+    const a = make({ onReview: (o) => seen.push(o), peerRateLimit: { perSecond: 0.001, burst: 2 } });
+    await a.authenticate(md('agent-a'), '10.9.9.9:1');
+    await a.authenticate(md('agent-a'), '10.9.9.9:1'); // cached: no review
+    await refusal(a.authenticate(md('bogus'), '10.9.9.9:1'));
+    await refusal(a.authenticate(md('bogus-2'), '10.9.9.9:1'));
+    expect(seen).toEqual(['accepted', 'refused', 'rate_limited']);
+    const hung = new TokenReviewAuthenticator({ client: { request: () => new Promise(() => undefined) }, trustDomain: 'cluster.local', isWaypoint: () => false, reviewTimeoutMs: 50, onReview: (o) => seen.push(o) });
+    await refusal(hung.authenticate(md('agent-a')));
+    const broken = new TokenReviewAuthenticator({ client: { request: () => Promise.resolve({ status: 500, body: {} }) }, trustDomain: 'cluster.local', isWaypoint: () => false, onReview: (o) => seen.push(o) });
+    await refusal(broken.authenticate(md('agent-a')));
+    expect(seen).toEqual(['accepted', 'refused', 'rate_limited', 'timeout', 'error']);
+  });
+
   it('reads the caller address out of gRPC peers', () => {
     expect(peerAddress('127.0.0.1:5555')).toBe('127.0.0.1');
     expect(peerAddress('ipv4:10.1.2.3:80')).toBe('10.1.2.3');
     expect(peerAddress('[fd00::1]:5555')).toBe('fd00::1');
     expect(peerAddress('ipv6:[::1]:1')).toBe('::1');
     expect(peerAddress(undefined)).toBe('');
+  });
+});
+
+/**
+ * Kubernetes 1.27–1.29: a pod-bound token names its pod (pod-name, pod-uid) but not its node, so
+ * the node agent's node is read from its pod.
+ */
+describe('TokenReviewAuthenticator without the node-name extra', () => {
+  const agentPod = (name: string, uid: string, node: string | undefined, over: { serviceAccountName?: string; owner?: Record<string, unknown> | null; phase?: string } = {}) => ({
+    metadata: {
+      name, namespace: 'ambit-system', uid,
+      ...(over.owner === null ? {} : { ownerReferences: [over.owner ?? { apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'ambit-node', uid: 'ds-uid', controller: true, blockOwnerDeletion: true }] }),
+    },
+    spec: { ...(node ? { nodeName: node } : {}), serviceAccountName: over.serviceAccountName ?? 'ambit-node', containers: [{ name: 'agent', image: 'ambit' }] },
+    status: { phase: over.phase ?? 'Running' },
+  });
+  /** A token of the node agent's account bound to pod `name` with `uid`, without the node. */
+  const podToken = (token: string, name: string, uid: string) => {
+    server.tokens.set(token, { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node', extra: { [POD_NAME_EXTRA]: [name], [POD_UID_EXTRA]: [uid] } } });
+  };
+  const gets = (name: string) => server.requests.filter((r) => r.method === 'GET' && r.url === `/api/v1/namespaces/ambit-system/pods/${name}`).length;
+
+  beforeAll(() => {
+    server.apply('Pod', agentPod('ambit-node-aaaaa', 'uid-a', 'node-a'));
+    server.apply('Pod', agentPod('ambit-node-bbbbb', 'uid-b', 'node-b'));
+    server.apply('Pod', agentPod('ambit-node-new', 'uid-new-2', 'node-a'));
+    server.apply('Pod', agentPod('debug', 'uid-debug', 'node-a', { owner: null }));
+    server.apply('Pod', agentPod('rs-pod', 'uid-rs', 'node-a', { owner: { apiVersion: 'apps/v1', kind: 'ReplicaSet', name: 'ambit-node-7d9f', uid: 'rs', controller: true } }));
+    server.apply('Pod', agentPod('other-sa', 'uid-other', 'node-a', { serviceAccountName: 'default' }));
+    server.apply('Pod', agentPod('pending', 'uid-pending', undefined));
+    server.apply('Pod', agentPod('done', 'uid-done', 'node-a', { phase: 'Failed' }));
+    podToken('pod-a', 'ambit-node-aaaaa', 'uid-a');
+    podToken('pod-b', 'ambit-node-bbbbb', 'uid-b');
+    podToken('pod-replaced', 'ambit-node-new', 'uid-new-1');
+    podToken('pod-gone', 'ambit-node-gone', 'uid-gone');
+    podToken('pod-debug', 'debug', 'uid-debug');
+    podToken('pod-rs', 'rs-pod', 'uid-rs');
+    podToken('pod-other-sa', 'other-sa', 'uid-other');
+    podToken('pod-pending', 'pending', 'uid-pending');
+    podToken('pod-done', 'done', 'uid-done');
+    server.tokens.set('pod-name-only', { authenticated: true, user: { username: 'system:serviceaccount:ambit-system:ambit-node', extra: { [POD_NAME_EXTRA]: ['ambit-node-aaaaa'] } } });
+  });
+
+  it('binds the token to the node its pod runs on, read with a GET when the pod cache does not hold it', async () => {
+    const before = gets('ambit-node-aaaaa');
+    await expect(make({ cachedPod: () => undefined }).authenticate(md('pod-a'))).resolves.toEqual({ node: 'node-a' });
+    expect(gets('ambit-node-aaaaa')).toBe(before + 1);
+  });
+
+  it('binds a pod on another node to that node, not any other', async () => {
+    await expect(make().authenticate(md('pod-b'))).resolves.toEqual({ node: 'node-b' });
+  });
+
+  it('reads the pod from the controller\'s cache when it holds it, and asks the API server when the cached one is older', async () => {
+    const cached = agentPod('ambit-node-aaaaa', 'uid-a', 'node-a');
+    const before = gets('ambit-node-aaaaa');
+    await expect(make({ cachedPod: (ns, name) => (ns === 'ambit-system' && name === 'ambit-node-aaaaa' ? cached : undefined) }).authenticate(md('pod-a'))).resolves.toEqual({ node: 'node-a' });
+    expect(gets('ambit-node-aaaaa')).toBe(before);
+    // The cache still holds the pod that had this name before (another uid): the API server decides.
+    const stale = agentPod('ambit-node-aaaaa', 'uid-old', 'node-b');
+    await expect(make({ cachedPod: () => stale }).authenticate(md('pod-a'))).resolves.toEqual({ node: 'node-a' });
+    expect(gets('ambit-node-aaaaa')).toBe(before + 1);
+  });
+
+  it('refuses a token whose pod was replaced by one of the same name (uid mismatch) or deleted', async () => {
+    expect(await refusal(make().authenticate(md('pod-replaced')))).toBe('the token\'s pod ambit-system/ambit-node-new has uid uid-new-2, not the token\'s uid-new-1: the pod was replaced, and a token is good only for its own pod');
+    expect(await refusal(make().authenticate(md('pod-gone')))).toBe('the token\'s pod ambit-system/ambit-node-gone does not exist (deleted since the token was issued?)');
+  });
+
+  it('refuses pods that are not the node agent DaemonSet\'s, run as another account, are unscheduled or finished', async () => {
+    const a = make();
+    expect(await refusal(a.authenticate(md('pod-debug')))).toBe('the token\'s pod ambit-system/debug is not a pod of the DaemonSet ambit-system/ambit-node (no such controller owner reference)');
+    expect(await refusal(a.authenticate(md('pod-rs')))).toMatch(/rs-pod is not a pod of the DaemonSet ambit-system\/ambit-node/);
+    expect(await refusal(a.authenticate(md('pod-other-sa')))).toBe('the token\'s pod ambit-system/other-sa runs as ServiceAccount default, not the node agent\'s ambit-node');
+    expect(await refusal(a.authenticate(md('pod-pending')))).toBe('the token\'s pod ambit-system/pending is not scheduled on a node yet (no spec.nodeName)');
+    expect(await refusal(a.authenticate(md('pod-done')))).toBe('the token\'s pod ambit-system/done has finished (phase Failed)');
+    // The DaemonSet's name is configurable (AMBIT_NODE_DAEMONSET).
+    await expect(make({ nodeAgent: { namespace: 'ambit-system', serviceAccount: 'ambit-node', daemonSet: 'ambit-node-7d9f' } }).authenticate(md('pod-a'))).rejects.toThrow(/not a pod of the DaemonSet ambit-system\/ambit-node-7d9f/);
+  });
+
+  it('refuses a token naming its pod without its uid', async () => {
+    expect(await refusal(make().authenticate(md('pod-name-only')))).toMatch(/names neither its node .* nor its pod/);
+  });
+
+  it('refuses without caching when the pod cannot be read', async () => {
+    const a = make();
+    server.failNext('GET', '/pods/ambit-node-bbbbb', 500);
+    expect(await refusal(a.authenticate(md('pod-b')))).toBe('token review failed: reading pod ambit-system/ambit-node-bbbbb: HTTP 500: GET /api/v1/namespaces/ambit-system/pods/ambit-node-bbbbb refused by the test');
+    await expect(a.authenticate(md('pod-b'))).resolves.toEqual({ node: 'node-b' });
   });
 });
 
