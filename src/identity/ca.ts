@@ -1,16 +1,17 @@
 /**
  * The mesh CA: a self-made root (ECDSA P-256, created on first start and persisted through a
- * CaStore) or a plug-in CA (the user's root, intermediate and key), signing workload SVIDs:
- * X.509 certificates whose only SAN is the workload's SPIFFE ID.
+ * CaStore) or a plug-in CA (the user's root, intermediates and key: ECDSA P-256/P-384 or RSA, as
+ * Istio's cacerts), signing workload SVIDs: X.509 certificates whose only SAN is the workload's
+ * SPIFFE ID. Workload keys are always ECDSA P-256; the CA signs with its own key's algorithm.
  *
  * Every refusal is a CaError whose code maps onto a gRPC status and whose message says exactly
  * what was wrong with the request.
  */
-import { webcrypto } from 'node:crypto';
+import { webcrypto, X509Certificate } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  certificateFacts, EC_P256, exportPrivateKeyPem, sanNames, type CryptoKey, type EcKeyImportParams, generateKeyPair, importPrivateKeyPem, randomSerial, SIGNING, splitPemBundle, x509,
+  type CaKey, certificateFacts, EC_P256, exportPrivateKeyPem, generateKeyPair, importCaKeyPem, randomSerial, sanNames, SIGNING, splitPemBundle, type CryptoKey, x509,
 } from './pki.js';
 import { DEFAULT_TRUST_DOMAIN, parseSpiffeId, SpiffeIdError } from './spiffe.js';
 
@@ -61,23 +62,146 @@ export class FileCaStore implements CaStore {
   }
 }
 
-/** A user-supplied CA (Istio's "plug-in CA" files): the intermediate signs, the root is the trust anchor. */
+/**
+ * A user-supplied CA, as Istio's plug-in `cacerts`: the signing certificate and its key, the
+ * intermediates up to the root, and the root(s) clients trust.
+ */
 export interface PluginCaFiles {
-  /** PEM of the root (the trust anchor served to clients). */
+  /** PEM of the root (the trust anchor served to clients); several roots while one replaces another. */
   rootCert: string;
-  /** PEM of the signing certificate, optionally followed by intermediates up to (not including) the root. */
+  /**
+   * PEM chain: the signing certificate first (unless `caCert` gives it), then any intermediates,
+   * optionally the root. Istio's tooling writes [signing, root]; older docs left it empty when the
+   * root itself signs. Intermediates are found by issuer, so their order does not matter.
+   */
   certChain: string;
-  /** PEM PKCS#8 key of the signing certificate. */
+  /** PEM key of the signing certificate: PKCS#8, SEC1 EC or PKCS#1 RSA. */
   key: string;
+  /** Istio's `ca-cert.pem`: the signing certificate alone, when it is given apart from the chain. */
+  caCert?: string;
+  /** Where each part was read from, for messages; the file names when absent. */
+  paths?: Partial<Record<'rootCert' | 'certChain' | 'key' | 'caCert', string>>;
 }
 
+/** The file names of a plug-in CA directory (and of the `ambit-ca` Secret's keys), as Istio's cacerts. */
+export const PLUGIN_CA_FILES = { rootCert: 'root-cert.pem', certChain: 'cert-chain.pem', key: 'ca-key.pem', caCert: 'ca-cert.pem' } as const;
+
+/**
+ * Reads a plug-in CA directory: root-cert.pem and ca-key.pem, and cert-chain.pem or ca-cert.pem
+ * (or both). Only presence is checked here; `checkCaFiles` checks what they hold.
+ */
 export function readPluginCa(dir: string): PluginCaFiles {
-  const read = (name: string) => {
-    const path = join(dir, name);
-    if (!existsSync(path)) throw new CaError('FAILED_PRECONDITION', `plug-in CA: ${path} is missing (expected root-cert.pem, cert-chain.pem, ca-key.pem)`);
-    return readFileSync(path, 'utf8');
+  const path = (name: string) => join(dir, name);
+  const read = (name: string) => (existsSync(path(name)) ? readFileSync(path(name), 'utf8') : undefined);
+  const expected = `expected ${PLUGIN_CA_FILES.rootCert}, ${PLUGIN_CA_FILES.key}, and ${PLUGIN_CA_FILES.certChain} or ${PLUGIN_CA_FILES.caCert}`;
+  const required = (name: string) => {
+    const text = read(name);
+    if (text === undefined) throw new CaError('FAILED_PRECONDITION', `plug-in CA: ${path(name)} is missing (${expected})`);
+    return text;
   };
-  return { rootCert: read('root-cert.pem'), certChain: read('cert-chain.pem'), key: read('ca-key.pem') };
+  const rootCert = required(PLUGIN_CA_FILES.rootCert);
+  const key = required(PLUGIN_CA_FILES.key);
+  const certChain = read(PLUGIN_CA_FILES.certChain);
+  const caCert = read(PLUGIN_CA_FILES.caCert);
+  if (certChain === undefined && caCert === undefined) {
+    throw new CaError('FAILED_PRECONDITION', `plug-in CA: ${dir} has neither ${PLUGIN_CA_FILES.certChain} nor ${PLUGIN_CA_FILES.caCert} (${expected})`);
+  }
+  return {
+    rootCert, key, certChain: certChain ?? '', ...(caCert === undefined ? {} : { caCert }),
+    paths: {
+      rootCert: path(PLUGIN_CA_FILES.rootCert), key: path(PLUGIN_CA_FILES.key),
+      certChain: path(PLUGIN_CA_FILES.certChain), ...(caCert === undefined ? {} : { caCert: path(PLUGIN_CA_FILES.caCert) }),
+    },
+  };
+}
+
+/** A CA whose files passed every check: what it signs with and what it serves. */
+export interface CheckedCa {
+  key: CaKey;
+  signingCert: x509.X509Certificate;
+  /** PEM, the signing certificate first, the root it leads to last. */
+  chain: string[];
+  /** PEM, every root of root-cert.pem. */
+  roots: string[];
+}
+
+/** Longest chain followed from the signing certificate to a root. */
+const MAX_CHAIN = 8;
+
+interface Cert { pem: string; node: X509Certificate; x: x509.X509Certificate; file: string }
+
+function parseCerts(text: string, file: string): Cert[] {
+  return splitPemBundle(text).map((pem, i) => {
+    try {
+      return { pem, node: new X509Certificate(pem), x: new x509.X509Certificate(pem), file };
+    } catch (err) {
+      throw new CaError('FAILED_PRECONDITION', `${file}: certificate ${i + 1} cannot be parsed (${(err as Error).message})`);
+    }
+  });
+}
+
+const describeCert = (c: Cert) => `"${c.x.subject}" (${c.file})`;
+
+/**
+ * Checks a CA's files the way the controller depends on them: the key is of a kind that signs
+ * and belongs to the signing certificate; every certificate from it to a root of root-cert.pem is
+ * issued and signed by the next, is a CA (basicConstraints CA:TRUE, keyCertSign when keyUsage is
+ * present) and is within its validity period. Every refusal names the file and what is wrong.
+ */
+export async function checkCaFiles(files: PluginCaFiles, now: number = Date.now()): Promise<CheckedCa> {
+  const paths = {
+    rootCert: files.paths?.rootCert ?? PLUGIN_CA_FILES.rootCert,
+    certChain: files.paths?.certChain ?? PLUGIN_CA_FILES.certChain,
+    key: files.paths?.key ?? PLUGIN_CA_FILES.key,
+    caCert: files.paths?.caCert ?? PLUGIN_CA_FILES.caCert,
+  };
+  const fail = (message: string): never => { throw new CaError('FAILED_PRECONDITION', message); };
+  const roots = parseCerts(files.rootCert, paths.rootCert);
+  if (roots.length === 0) fail(`${paths.rootCert}: no PEM certificate in it`);
+  const chain = parseCerts(files.certChain, paths.certChain);
+  const caCert = files.caCert === undefined ? [] : parseCerts(files.caCert, paths.caCert);
+  if (files.caCert !== undefined && caCert.length !== 1) fail(`${paths.caCert}: expected exactly one PEM certificate (the signing certificate), found ${caCert.length}`);
+  // Istio: when ca-cert.pem is the root itself, cert-chain.pem may be empty.
+  const signing = caCert[0] ?? chain[0] ?? roots[0]!;
+
+  let key: CaKey;
+  try {
+    key = await importCaKeyPem(files.key);
+  } catch (err) {
+    return fail(`${paths.key}: ${(err as Error).message}`);
+  }
+  if (!signing.node.checkPrivateKey(key.keyObject)) {
+    fail(`${paths.key}: the key does not belong to the signing certificate ${describeCert(signing)}`);
+  }
+
+  const path: Cert[] = [signing];
+  const pool = [...caCert, ...chain];
+  const isRoot = (c: Cert) => roots.some((r) => r.node.raw.equals(c.node.raw));
+  let last = signing;
+  while (!isRoot(last)) {
+    if (last.node.checkIssued(last.node) && last.node.verify(last.node.publicKey)) {
+      fail(`${last.file}: the chain ends at the self-signed ${describeCert(last)}, which is not in ${paths.rootCert}: put that root in ${paths.rootCert}, or the chain of the root that is there in ${paths.certChain}`);
+    }
+    const issuer = [...roots, ...pool].find((c) => !c.node.raw.equals(last.node.raw) && last.node.checkIssued(c.node));
+    if (!issuer) {
+      fail(`${paths.certChain}: no certificate in it or in ${paths.rootCert} issued ${describeCert(last)}, whose issuer is "${last.x.issuer}": the chain must lead from the signing certificate to a root in ${paths.rootCert}`);
+    } else {
+      if (!last.node.verify(issuer.node.publicKey)) fail(`${last.file}: the signature of ${describeCert(last)} does not verify with the key of its issuer ${describeCert(issuer)}`);
+      if (path.some((c) => c.node.raw.equals(issuer.node.raw)) || path.length >= MAX_CHAIN) fail(`${paths.certChain}: the chain from ${describeCert(signing)} loops or is longer than ${MAX_CHAIN} certificates without reaching a root in ${paths.rootCert}`);
+      path.push(issuer);
+      last = issuer;
+    }
+  }
+
+  for (const c of path) {
+    const basic = c.x.getExtension(x509.BasicConstraintsExtension);
+    if (!basic?.ca) fail(`${c.file}: ${describeCert(c)} is not a CA certificate (basicConstraints CA:TRUE is missing)`);
+    const usage = c.x.getExtension(x509.KeyUsagesExtension);
+    if (usage && (usage.usages & x509.KeyUsageFlags.keyCertSign) === 0) fail(`${c.file}: ${describeCert(c)} may not sign certificates (its keyUsage lacks keyCertSign)`);
+    if (c.x.notAfter.getTime() <= now) fail(`${c.file}: ${describeCert(c)} expired on ${c.x.notAfter.toISOString()}`);
+    if (c.x.notBefore.getTime() > now) fail(`${c.file}: ${describeCert(c)} is not valid before ${c.x.notBefore.toISOString()}`);
+  }
+  return { key, signingCert: signing.x, chain: path.map((c) => c.pem), roots: roots.map((r) => r.pem) };
 }
 
 export interface CaOptions {
@@ -112,10 +236,7 @@ const BACKDATE_MS = 60_000;
 
 export class CertificateAuthority {
   private constructor(
-    private readonly signingKey: CryptoKey,
-    private readonly signingCert: x509.X509Certificate,
-    /** Signing certificate first, root last. */
-    private readonly chain: string[],
+    private readonly checked: CheckedCa,
     readonly trustDomain: string,
     readonly defaultTtlSeconds: number,
     readonly maxTtlSeconds: number,
@@ -130,45 +251,42 @@ export class CertificateAuthority {
     const maxTtl = opts.maxTtlSeconds ?? 7 * 24 * HOUR;
     if (defaultTtl > maxTtl) throw new CaError('FAILED_PRECONDITION', `default TTL ${defaultTtl}s is over the maximum TTL ${maxTtl}s`);
     const now = opts.now ?? Date.now;
-    let material: CaMaterial;
+    let files: PluginCaFiles;
     let origin: CertificateAuthority['origin'];
     if ('plugin' in source) {
-      material = { chain: [...splitPemBundle(source.plugin.certChain), ...splitPemBundle(source.plugin.rootCert)], key: source.plugin.key };
+      files = source.plugin;
       origin = 'plugin';
     } else {
-      const stored = await source.store.load();
-      if (stored) {
-        material = stored;
+      let material = await source.store.load();
+      if (material) {
         origin = 'loaded';
       } else {
-        material = await createRoot(trustDomain, opts.rootTtlSeconds ?? 10 * 365 * 24 * HOUR, now);
+        material = await createRoot({ trustDomain, ttlSeconds: opts.rootTtlSeconds ?? 10 * 365 * 24 * HOUR, now: now() });
         await source.store.save(material);
         origin = 'created';
       }
+      const where = source.store instanceof FileCaStore ? source.store.dir : 'the CA store';
+      const chainFile = join(where, 'ca-cert.pem');
+      const chain = material.chain.map((c) => (c.endsWith('\n') ? c : `${c}\n`));
+      files = { certChain: chain.join(''), rootCert: chain[chain.length - 1] ?? '', key: material.key, paths: { certChain: chainFile, rootCert: chainFile, key: join(where, 'ca-key.pem') } };
     }
-    material = { ...material, chain: material.chain.map((c) => (c.endsWith('\n') ? c : `${c}\n`)) };
-    if (material.chain.length === 0) throw new CaError('FAILED_PRECONDITION', 'CA: no certificate in the chain');
-    const signingCert = new x509.X509Certificate(material.chain[0]!);
-    let key: CryptoKey;
-    try {
-      key = await importPrivateKeyPem(material.key, signingCert.publicKey.algorithm as EcKeyImportParams);
-    } catch (err) {
-      throw new CaError('FAILED_PRECONDITION', `CA: the key cannot be read as PKCS#8 ECDSA: ${(err as Error).message}`);
-    }
-    await checkKeyMatches(key, signingCert);
-    const basic = signingCert.getExtension(x509.BasicConstraintsExtension);
-    if (!basic?.ca) throw new CaError('FAILED_PRECONDITION', `CA: the signing certificate ${signingCert.subject} is not a CA (basicConstraints CA:FALSE)`);
-    return new CertificateAuthority(key, signingCert, material.chain, trustDomain, defaultTtl, maxTtl, now, origin);
+    const checked = await checkCaFiles(files, now());
+    return new CertificateAuthority(checked, trustDomain, defaultTtl, maxTtl, now, origin);
   }
 
-  /** The trust anchors clients verify against (the root). */
+  /** How this CA signs, e.g. "ECDSA P-256" or "RSA 4096". */
+  get keyDescription(): string {
+    return this.checked.key.description;
+  }
+
+  /** The trust anchors clients verify against: every root of root-cert.pem (a self-made CA: its one root). */
   trustBundle(): string[] {
-    return [this.chain[this.chain.length - 1]!];
+    return [...this.checked.roots];
   }
 
   /** The CA chain that follows a leaf: signing certificate up to the root. */
   caChain(): string[] {
-    return [...this.chain];
+    return [...this.checked.chain];
   }
 
   /** Checks a CSR and signs it for `identity`. */
@@ -187,7 +305,7 @@ export class CertificateAuthority {
   private async issue(publicKey: x509.PublicKey, names: { uris?: string[]; dns?: string[]; ips?: string[] }, ttlSeconds: number): Promise<SignedCertificate> {
     const now = this.now();
     const notAfter = new Date(now + ttlSeconds * 1000);
-    const caNotAfter = this.signingCert.notAfter;
+    const caNotAfter = this.checked.signingCert.notAfter;
     if (notAfter > caNotAfter) throw new CaError('FAILED_PRECONDITION', `the CA certificate expires at ${caNotAfter.toISOString()}, before the requested ${notAfter.toISOString()}`);
     const serial = randomSerial();
     const sans = [
@@ -199,12 +317,13 @@ export class CertificateAuthority {
       serialNumber: serial,
       // Workload SVIDs carry their identity in the SAN only (SPIFFE X.509-SVID), so the subject names the trust domain.
       subject: `O=${this.trustDomain}`,
-      issuer: this.signingCert.subject,
+      issuer: this.checked.signingCert.subject,
       notBefore: new Date(now - BACKDATE_MS),
       notAfter,
-      signingAlgorithm: SIGNING,
+      // The CA key's own algorithm (ECDSA P-384 signs with SHA-384, RSA with SHA-256), as Istio's CA does.
+      signingAlgorithm: this.checked.key.algorithm,
       publicKey,
-      signingKey: this.signingKey,
+      signingKey: this.checked.key.signingKey,
       extensions: [
         new x509.BasicConstraintsExtension(false, undefined, true),
         new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true),
@@ -213,13 +332,13 @@ export class CertificateAuthority {
         await this.authorityKeyId(),
       ],
     });
-    return { chain: [`${cert.toString('pem')}\n`, ...this.chain], serial, notAfter };
+    return { chain: [`${cert.toString('pem')}\n`, ...this.checked.chain], serial, notAfter };
   }
 
   private akid?: Promise<x509.AuthorityKeyIdentifierExtension>;
   /** Computed once: it hashes the CA's public key. */
   private authorityKeyId(): Promise<x509.AuthorityKeyIdentifierExtension> {
-    this.akid ??= x509.AuthorityKeyIdentifierExtension.create(this.signingCert);
+    this.akid ??= x509.AuthorityKeyIdentifierExtension.create(this.checked.signingCert);
     return this.akid;
   }
 
@@ -242,14 +361,25 @@ export class CertificateAuthority {
   }
 }
 
-async function createRoot(trustDomain: string, ttlSeconds: number, now: () => number): Promise<CaMaterial> {
+export interface RootOptions {
+  trustDomain: string;
+  ttlSeconds: number;
+  /** The root's organization (O=); default "ambit". */
+  org?: string;
+  /** Epoch ms the root's validity starts from (less a minute for clock skew). */
+  now: number;
+}
+
+/** A new self-signed ECDSA P-256 root: CA:TRUE, keyCertSign and cRLSign, PKCS#8 key. */
+export async function createRoot(opts: RootOptions): Promise<CaMaterial> {
   const keys = await generateKeyPair();
-  const t = now();
+  const org = opts.org ?? 'ambit';
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: randomSerial(),
-    name: `O=ambit, CN=ambit root CA for ${trustDomain}`,
-    notBefore: new Date(t - BACKDATE_MS),
-    notAfter: new Date(t + ttlSeconds * 1000),
+    // As JSON, so that an organization with a comma or an equals sign stays one attribute.
+    name: [{ O: [org] }, { CN: [`${org} root CA for ${opts.trustDomain}`] }],
+    notBefore: new Date(opts.now - BACKDATE_MS),
+    notAfter: new Date(opts.now + opts.ttlSeconds * 1000),
     signingAlgorithm: SIGNING,
     keys,
     extensions: [
@@ -258,16 +388,7 @@ async function createRoot(trustDomain: string, ttlSeconds: number, now: () => nu
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     ],
   });
-  return { chain: [cert.toString('pem')], key: await exportPrivateKeyPem(keys.privateKey) };
-}
-
-async function checkKeyMatches(key: CryptoKey, cert: x509.X509Certificate): Promise<void> {
-  const probe = Buffer.from('ambit ca key check');
-  const signature = await webcrypto.subtle.sign({ ...SIGNING }, key, probe);
-  const publicKey = await cert.publicKey.export(cert.publicKey.algorithm as EcKeyImportParams, ['verify']);
-  if (!(await webcrypto.subtle.verify({ ...SIGNING }, publicKey, signature, probe))) {
-    throw new CaError('FAILED_PRECONDITION', `CA: the key does not belong to the signing certificate ${cert.subject}`);
-  }
+  return { chain: [`${cert.toString('pem')}\n`], key: await exportPrivateKeyPem(keys.privateKey) };
 }
 
 /**
