@@ -123,6 +123,11 @@ export const bpf_map_get_next_key = bind<(fd: number, key: Buffer | null, next: 
 export const bpf_obj_get_info_by_fd = bind<(fd: number, info: Buffer, len: number[]) => number>(
   'int bpf_obj_get_info_by_fd(int fd, _Out_ void *info, _Inout_ uint32_t *info_len)');
 export const bpf_obj_get = bind<(path: string) => number>('int bpf_obj_get(const char *pathname)');
+/** Programs attached to a cgroup for one attach type; with BPF_F_QUERY_EFFECTIVE, those that run, in the order they run. */
+export const bpf_prog_query = bind<(targetFd: number, type: number, queryFlags: number, attachFlags: number[], progIds: Buffer, progCnt: number[]) => number>(
+  'int bpf_prog_query(int target_fd, int type, uint32_t query_flags, _Out_ uint32_t *attach_flags, void *prog_ids, _Inout_ uint32_t *prog_cnt)');
+/** A new fd for a loaded program by its kernel id (-errno when it is gone); the caller closes it. */
+export const bpf_prog_get_fd_by_id = bind<(id: number) => number>('int bpf_prog_get_fd_by_id(uint32_t id)');
 export const libbpf_num_possible_cpus = bind<() => number>('int libbpf_num_possible_cpus(void)');
 
 /** Builds the open options struct by hand: LIBBPF_OPTS is a macro, not a symbol. */

@@ -1,4 +1,5 @@
 /** What `ambit check` decides, as pure functions of what the probes read: one verdict per node requirement. */
+import type { SockAddrFindings } from '../ebpf/cgroup-programs.js';
 import { BpfError } from '../ebpf/errors.js';
 import { bpffsMount, cgroup2Mount, type Mount } from '../ebpf/mounts.js';
 
@@ -15,6 +16,8 @@ export interface Check {
   verifierLog?: string;
   /** libbpf's warnings while opening or loading a failed object. */
   libbpfLog?: string[];
+  /** What the finding means for `ambit install` (`--set key=value ...`), pass or fail. */
+  implies?: string;
 }
 
 export interface Report {
@@ -182,6 +185,181 @@ export function checkObjectsDir(dir: string, files: string[] | undefined): Check
   };
 }
 
+export const SOCKET_LB_CHECK = 'socket load balancing';
+
+/** Whether another program (a CNI's socket load balancer) rewrites connect() before ambit's capture. */
+export function checkSocketLb(f: SockAddrFindings): Check {
+  const name = SOCKET_LB_CHECK;
+  if (f.conflicts.length > 0) {
+    return {
+      name, ok: false,
+      detail: `${f.conflicts.map((c) => c.summary).join('; ')} on ${f.cgroup}: ambit would see pod addresses where applications asked for Services (service-bound waypoints and VirtualServices would not apply)`,
+      hint: [...new Set(f.conflicts.map((c) => c.fix))].join('; '),
+    };
+  }
+  const others = f.hooks.flatMap((h) => h.programs.filter((p) => p.owner !== 'ambit' && p.owner !== 'other-ambit').map((p) => `${h.hook}: ${p.name}`));
+  const cleared = f.cleared.map((c) => `${c.hook}: ${c.program.name} (${c.why})`);
+  const parts = [f.ambitAttached ? `ambit's connect4/connect6 run before any other program on ${f.cgroup}` : `no other program on connect4/connect6 of ${f.cgroup}`];
+  if (cleared.length > 0) parts.push(`cleared: ${cleared.join('; ')}`);
+  const rest = others.filter((o) => !f.cleared.some((c) => o === `${c.hook}: ${c.program.name}`));
+  if (rest.length > 0) parts.push(`others attached: ${rest.join(', ')}`);
+  return { name, ok: true, detail: parts.join('; ') };
+}
+
+/** The socket-LB check when the programs could not be listed. */
+export function checkSocketLbFailed(cgroup: string, err: unknown): Check {
+  const check: Check = {
+    name: SOCKET_LB_CHECK, ok: false, detail: `cannot list the programs on ${cgroup}: ${err instanceof Error ? err.message.split('\n', 1)[0] : String(err)}`,
+    hint: 'run as root (CAP_BPF and CAP_SYS_ADMIN list the programs of a cgroup), with --cgroup naming the cgroup v2 directory ambit attaches to',
+  };
+  if (err instanceof BpfError) check.code = err.code;
+  return check;
+}
+
+// --- `ambit check --pre` on a node: what the machine implies for `ambit install`. ---
+
+export const DEFAULT_KUBELET_CGROUP = 'system.slice/kubelet.service';
+
+/** /sys/module/apparmor/parameters/enabled ("Y"/"N"); undefined: the module is not there. */
+export function checkAppArmor(enabled: string | undefined): Check {
+  const name = 'AppArmor';
+  if (enabled === undefined || enabled.trim() !== 'Y') return { name, ok: true, detail: enabled === undefined ? 'not in this kernel' : 'disabled' };
+  return {
+    name, ok: true, detail: 'enabled',
+    implies: 'no install value: the node agent runs under the container runtime\'s default profile (unprivileged, only the capabilities it lists); if its log shows AppArmor denials (dmesg: apparmor="DENIED"), give its pod appArmorProfile: {type: Unconfined}',
+  };
+}
+
+/** /sys/fs/selinux/enforce ("1" enforcing, "0" permissive); undefined: SELinux is off. */
+export function checkSelinux(enforce: string | undefined): Check {
+  const name = 'SELinux';
+  if (enforce === undefined) return { name, ok: true, detail: 'not enabled' };
+  if (enforce.trim() !== '1') return { name, ok: true, detail: 'permissive (denials are logged, not enforced)' };
+  return {
+    name, ok: false, detail: 'enforcing: a container_t process may not use the host\'s bpffs, cgroups and pod network namespaces',
+    hint: 'the node agent needs SELinux type spc_t, as Istio\'s ztunnel and istio-cni on OpenShift; no install value sets it yet: after install, kubectl -n ambit-system patch daemonset ambit-node -p \'{"spec":{"template":{"spec":{"securityContext":{"seLinuxOptions":{"type":"spc_t"}}}}}}\'',
+  };
+}
+
+export interface KubeletCgroup {
+  /** Relative to the cgroup v2 mount, e.g. system.slice/kubelet.service. */
+  path: string;
+  /** How it was found: "process kubelet (pid 812)" or "exists". */
+  how: string;
+}
+
+/** The kubelet's cgroup v2 path from /proc/<pid>/cgroup text ("0::/system.slice/kubelet.service"). */
+export function parseCgroupV2Path(procCgroup: string): string | undefined {
+  const m = /^0::\/(.*)$/m.exec(procCgroup);
+  return m ? m[1]!.trim() : undefined;
+}
+
+/** The kubelet's cgroup, and the install values for it and for where cgroup v2 is mounted. */
+export function checkKubeletCgroup(mounts: Mount[], found: KubeletCgroup | undefined): Check {
+  const name = 'kubelet cgroup';
+  const { layout, path: mount } = cgroupLayout(mounts);
+  if (mount === undefined) return { name, ok: false, detail: `no cgroup v2 (${layout})`, hint: 'fix the cgroup v2 check first' };
+  const root = mount === '/sys/fs/cgroup' ? '' : ` --set nodeAgent.cgroupRoot=${mount}`;
+  if (!found) {
+    return {
+      name, ok: false, detail: `no kubelet process and none of ${KUBELET_CGROUP_CANDIDATES.join(', ')} under ${mount}`,
+      hint: `find the kubelet's cgroup (cat /proc/$(pidof kubelet)/cgroup) and pass it relative to ${mount}: --set nodeAgent.kubeletCgroup=<path>; without it health probes count as plaintext and STRICT refuses them`,
+      implies: `--set nodeAgent.kubeletCgroup=<path>${root}`.trim(),
+    };
+  }
+  if (found.path === '' || found.path === '/') {
+    return {
+      name, ok: false, detail: `the kubelet runs in the root cgroup of ${mount} (${found.how}): every process there would count as the health prober`,
+      hint: 'run the kubelet in its own cgroup (systemd: a kubelet.service unit), then check again',
+    };
+  }
+  return { name, ok: true, detail: `${mount}/${found.path} (${found.how}; ${layout})`, implies: `--set nodeAgent.kubeletCgroup=${found.path}${root}` };
+}
+
+/** Where kubelets live: systemd's unit (kubeadm, EKS, GKE, AKS), k3s's server and agent units (the kubelet runs inside k3s). */
+export const KUBELET_CGROUP_CANDIDATES = ['system.slice/kubelet.service', 'system.slice/k3s.service', 'system.slice/k3s-agent.service'] as const;
+
+/** The host's CNI config directories, k3s's own first found wins after the standard one. */
+export const CNI_CONF_DIRS = ['/etc/cni/net.d', '/var/lib/rancher/k3s/agent/etc/cni/net.d'] as const;
+const K3S_CNI_BIN = '/var/lib/rancher/k3s/data/current/bin';
+
+export interface CniConfigFile { name: string; text: string }
+
+/** The config the runtime uses: the first name in byte order ending .conf/.conflist/.json that parses with a plugin type. */
+export function primaryCniConfig(files: CniConfigFile[]): { name: string; type: string; network: string } | undefined {
+  const sorted = files.filter((f) => /\.(conf|conflist|json)$/.test(f.name)).sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
+  for (const f of sorted) {
+    let json: unknown;
+    try {
+      json = JSON.parse(f.text);
+    } catch {
+      continue;
+    }
+    if (typeof json !== 'object' || json === null) continue;
+    const j = json as { name?: unknown; type?: unknown; plugins?: unknown };
+    const first = f.name.endsWith('.conflist') ? (Array.isArray(j.plugins) ? j.plugins[0] as { type?: unknown } | undefined : undefined) : j;
+    if (typeof first?.type !== 'string' || first.type === '') continue;
+    return { name: f.name, type: first.type, network: typeof j.name === 'string' ? j.name : '' };
+  }
+  return undefined;
+}
+
+/** ambit's `cni.chained` value for a primary plugin: the CNI that wrote it. */
+export function chainedFor(type: string, network: string): string {
+  switch (type) {
+    case 'cilium-cni': return 'cilium';
+    case 'calico': return network === 'gke-pod-network' ? 'gke' : 'calico';
+    case 'aws-cni': return 'aws-vpc-cni';
+    case 'flannel': return 'flannel';
+    default:
+      // kindnet and GKE both write a ptp config; its network name tells them apart.
+      if (network === 'kindnet') return 'kindnet';
+      if (network === 'gke-pod-network') return 'gke';
+      return type;
+  }
+}
+
+/** The node's primary CNI config (`dirs` in order; the first holding a config wins) and the values it implies. */
+export function checkCniConfig(found: { dir: string; files: CniConfigFile[] }[]): Check {
+  const name = 'CNI config';
+  for (const { dir, files } of found) {
+    const primary = primaryCniConfig(files);
+    if (!primary) continue;
+    const chained = chainedFor(primary.type, primary.network);
+    const k3s = dir.startsWith('/var/lib/rancher/k3s/');
+    const where = dir === '/etc/cni/net.d' ? '' : ` --set cni.confDir=${dir}${k3s ? ` --set cni.binDir=${K3S_CNI_BIN}` : ''}`;
+    return {
+      name, ok: true,
+      detail: `${dir}/${primary.name}: primary plugin ${primary.type}${primary.network ? ` (network "${primary.network}")` : ''}`,
+      implies: `--set cni.chained=${chained}${where}`,
+    };
+  }
+  const dirs = found.map((f) => f.dir);
+  return {
+    name, ok: false, detail: `no CNI config that loads in ${dirs.join(' or ')}`,
+    hint: 'ambit chains its plugin after the node\'s primary CNI: install the cluster\'s CNI first, give its directory with --set cni.confDir=DIR, or --set cni.enabled=false (pods found once running, fail open at start)',
+  };
+}
+
+export type Platform = 'generic' | 'kubeadm' | 'eks' | 'gke' | 'k3s' | 'aks';
+
+/** Files that each platform leaves on its nodes, most specific first. */
+export const PLATFORM_MARKERS: readonly { platform: Platform; path: string }[] = [
+  { platform: 'k3s', path: '/var/lib/rancher/k3s' },
+  { platform: 'eks', path: '/etc/eks' },
+  { platform: 'gke', path: '/home/kubernetes/bin' },
+  { platform: 'aks', path: '/etc/kubernetes/azure.json' },
+  { platform: 'kubeadm', path: '/var/lib/kubelet/kubeadm-flags.env' },
+];
+
+/** The platform from the first marker present (`present` says which of PLATFORM_MARKERS' paths exist). */
+export function checkPlatform(present: (path: string) => boolean): Check {
+  const name = 'platform';
+  const hit = PLATFORM_MARKERS.find((m) => present(m.path));
+  if (!hit) return { name, ok: true, detail: `generic: none of ${PLATFORM_MARKERS.map((m) => m.path).join(', ')}`, implies: '--set platform=generic' };
+  return { name, ok: true, detail: `${hit.platform} (found ${hit.path})`, implies: `--set platform=${hit.platform}` };
+}
+
 export const VERIFIER_TAIL_LINES = 10;
 
 /** The human report: one aligned line per check, the fix beside each failure, and a verdict. */
@@ -192,6 +370,7 @@ export function renderText(r: Report): string {
     let line = `${c.ok ? '✓' : '✗'} ${c.name.padEnd(width)}  ${c.detail}`;
     if (!c.ok && c.code) line += ` [${c.code}]`;
     if (!c.ok && c.hint) line += ` — fix: ${c.hint}`;
+    if (c.implies) line += ` → ${c.implies}`;
     lines.push(line);
     if (c.verifierLog) {
       const log = c.verifierLog.split('\n');
