@@ -56,7 +56,11 @@ const MARKER_TEXT = 'ambit is installed on this node. While this file exists, th
   + 'of the node\'s CNI config, only on a node ambit was removed from while the node was away.\n';
 /** Top-level field of a list ambit made out of a single-plugin config: that config's file name. */
 export const CONVERTED_FROM_KEY = 'ambit.dev/converted-from';
-/** Top-level field of such a list: the original file's text, restored verbatim by uninstall. */
+/**
+ * Top-level field of such a list, and of a primary CNI's own list ambit added its entry to: the
+ * file's text before, restored verbatim by uninstall when the rest of the list is still that. The
+ * runtime ignores top-level fields it does not know; a primary CNI that rewrites its file drops it.
+ */
 export const ORIGINAL_KEY = 'ambit.dev/original';
 
 /** go-cni's (containerd's) extensions; kubelet and CRI-O read the same set. */
@@ -67,6 +71,9 @@ const TEMP_SUFFIX = '.tmp';
 const STALE_TEMP_MS = 60_000;
 /** Writers (a `cp`, another CNI's installer) emit bursts of events; act once they are done. */
 const DEBOUNCE_MS = 100;
+/** This many re-adds of a removed entry within the window: another writer removes it on every change. */
+const FIGHT_COUNT = 5;
+const FIGHT_WINDOW_MS = 60_000;
 
 export interface CniInstallerOptions {
   /** The plugin executable in the image. */
@@ -80,6 +87,12 @@ export interface CniInstallerOptions {
   log?: Logger;
   /** Re-check the config this often (ms, default 5000); another CNI (or its DaemonSet) may rewrite it. */
   pollMs?: number;
+  /**
+   * The primary CNI's plugin type (`--cni-primary`, e.g. cilium-cni, calico, aws-cni, flannel,
+   * ptp): chain only into the config whose first plugin has this type, and nothing meanwhile.
+   * Unset: the runtime's primary config (the first in byte order), whatever it is.
+   */
+  primary?: string;
 }
 
 /** `updated`: our entry was there with another socket (or twice) and was fixed in place. */
@@ -92,6 +105,8 @@ export interface InstallResult {
   /** The config file that holds our entry (a path in `confDir`). */
   config: string;
   entry: EntryResult;
+  /** With a `primary` type: the file the runtime uses instead (it sorts first), when it is not `config`. */
+  shadowedBy?: string;
 }
 
 export class CniInstallError extends Error {
@@ -125,6 +140,10 @@ export class CniInstaller {
   private lastSkipped = '';
   private lastError?: string;
   private lastResult?: InstallResult;
+  /** When the entry was last re-added to the file that had it (another writer removed it), within the fight window. */
+  private readds: number[] = [];
+  private lastFightWarning = 0;
+  private watchedInode?: string;
   private timer?: NodeJS.Timeout;
   private debounce?: NodeJS.Timeout;
   private watcher?: FSWatcher;
@@ -140,29 +159,43 @@ export class CniInstaller {
   install(): InstallResult {
     const binary = this.installBinary();
     const marker = this.installMarker();
-    const { config, entry } = this.installEntry();
-    return { binary, marker, config, entry };
+    const { config, entry, shadowedBy } = this.installEntry();
+    return { binary, marker, config, entry, ...(shadowedBy ? { shadowedBy } : {}) };
   }
 
   /** install() now, then again whenever the config dir changes (fs.watch, debounced) and every pollMs; errors logged, retried. */
   start(): void {
     if (this.timer) return;
-    this.timer = setInterval(() => {
-      this.ensureWatch();
-      this.pass();
-    }, this.pollMs).unref();
+    this.timer = setInterval(() => this.pass(), this.pollMs).unref();
     removeStaleTemps([this.opts.binDir, this.opts.confDir], this.log);
-    this.ensureWatch();
     this.pass();
   }
 
   /** The last pass's outcome, as a line of the node's `ambit check` (`/healthz/check`). */
   check(): { name: string; ok: boolean; detail: string; hint?: string } {
     const name = 'CNI plugin chained';
-    if (this.lastResult) return { name, ok: true, detail: `${CNI_PLUGIN_TYPE} last in ${basename(this.lastResult.config)}` };
+    const result = this.lastResult;
+    if (result?.shadowedBy) {
+      return {
+        name, ok: false,
+        detail: `${CNI_PLUGIN_TYPE} last in ${basename(result.config)}, but the runtime uses ${result.shadowedBy}, which sorts first`,
+        hint: `remove ${result.shadowedBy} from the node's CNI config dir if it is a leftover, or give cni.chained the type of its first plugin`,
+      };
+    }
+    const fights = this.recentReadds();
+    if (result && fights >= FIGHT_COUNT) {
+      return {
+        name, ok: false,
+        detail: `${CNI_PLUGIN_TYPE} last in ${basename(result.config)}, but another writer removed it ${fights} times in the last minute`,
+        hint: 'another agent rewrites that file on every change (Cilium does with cni.exclusive=true: set cni.exclusive=false); pods made while the entry is missing start outside the mesh until the agent enrolls them',
+      };
+    }
+    if (result) return { name, ok: true, detail: `${CNI_PLUGIN_TYPE} last in ${basename(result.config)}` };
     return {
       name, ok: false, detail: this.lastError ?? 'not installed yet',
-      hint: 'the node\'s primary CNI must have written its config first; check cni.confDir and cni.binDir of the install',
+      hint: this.opts.primary
+        ? `the ${this.opts.primary} plugin writes its config once its own agent runs; check that it does, and cni.chained, cni.confDir and cni.binDir of the install`
+        : 'the node\'s primary CNI must have written its config first; check cni.confDir and cni.binDir of the install',
     };
   }
 
@@ -208,10 +241,16 @@ export class CniInstaller {
   /** One pass of the loop: errors are expected while the primary CNI is not installed yet, so they are logged once per distinct message. */
   private pass(): void {
     if (!this.timer) return;
+    // The events of a dir being replaced are the old watch's last: follow the new dir now, not at the next poll.
+    this.ensureWatch();
     try {
       const result = this.install();
       const changed = result.binary === 'written' || result.marker === 'written' || result.entry !== 'present';
       this.log[changed || this.lastError ? 'info' : 'debug'](result, 'CNI plugin installed');
+      if (result.shadowedBy && result.shadowedBy !== this.lastResult?.shadowedBy) {
+        this.log.warn({ config: result.config, shadowedBy: result.shadowedBy, primary: this.opts.primary }, `chained into ${this.opts.primary}'s config, but the runtime uses ${result.shadowedBy} (first in byte order): pods get neither until it goes`);
+      }
+      if (result.entry === 'added' && this.lastResult?.config === result.config) this.noteReadd(result.config);
       this.lastError = undefined;
       this.lastResult = result;
     } catch (err) {
@@ -222,11 +261,42 @@ export class CniInstaller {
     }
   }
 
-  /** (Re)creates the dir watch; a failed one (dir not there yet, removed) is retried at the next poll. */
+  /**
+   * A re-add to the same file: another writer dropped our entry. Some rewrite the file on every
+   * change in the dir (Cilium with cni.exclusive=true), and the two loops then chase each other;
+   * that is logged once a minute and shown by check().
+   */
+  private noteReadd(config: string): void {
+    const now = Date.now();
+    this.readds = [...this.readds.filter((t) => now - t < FIGHT_WINDOW_MS), now];
+    if (this.readds.length >= FIGHT_COUNT && now - this.lastFightWarning >= FIGHT_WINDOW_MS) {
+      this.lastFightWarning = now;
+      this.log.error({ file: config, readds: this.readds.length, windowMs: FIGHT_WINDOW_MS }, 'another writer keeps removing the ambit-cni entry; for Cilium set cni.exclusive=false');
+    }
+  }
+
+  private recentReadds(): number {
+    const now = Date.now();
+    return this.readds.filter((t) => now - t < FIGHT_WINDOW_MS).length;
+  }
+
+  /**
+   * (Re)creates the dir watch; a failed one (dir not there yet, removed) is retried at the next
+   * poll. A dir removed and made again (a CNI installer that replaces the whole dir) leaves an
+   * inotify watch on the old inode that never fires again, so the watch follows the dir's inode.
+   */
   private ensureWatch(): void {
-    if (this.watcher) return;
+    if (this.watcher) {
+      if (inodeOf(this.opts.confDir) === this.watchedInode) return;
+      this.log.debug({ dir: this.opts.confDir }, 'the CNI config dir was replaced; watching the new one');
+      this.watcher.close();
+      this.watcher = undefined;
+    }
     try {
-      const watcher = watch(this.opts.confDir, { persistent: false }, () => {
+      this.watchedInode = inodeOf(this.opts.confDir);
+      const watcher = watch(this.opts.confDir, { persistent: false }, (_event, file) => {
+        // The dir itself gone (inotify's DELETE_SELF, reported under the dir's name): this watch is dead.
+        if (file === basename(this.opts.confDir) && inodeOf(this.opts.confDir) !== this.watchedInode) this.watchedInode = 'gone';
         clearTimeout(this.debounce);
         this.debounce = setTimeout(() => this.pass(), Math.min(DEBOUNCE_MS, this.pollMs)).unref();
       });
@@ -273,18 +343,24 @@ export class CniInstaller {
     return 'written';
   }
 
-  private installEntry(): { config: string; entry: EntryResult } {
+  private installEntry(): { config: string; entry: EntryResult; shadowedBy?: string } {
     const dir = this.opts.confDir;
     const { usable, skipped } = scanConfigs(dir);
     this.reportSkipped(skipped);
-    let primary = usable[0];
-    if (!primary) {
-      const ignored = skipped.length ? ` (ignored: ${skipped.join('; ')})` : '';
-      throw new CniInstallError(`no CNI network config in ${dir}: the primary CNI must be installed first${ignored}`);
+    const want = this.opts.primary;
+    const ignored = skipped.length ? ` (ignored: ${skipped.join('; ')})` : '';
+    let primary = want ? usable.find((f) => firstType(f) === want) : usable[0];
+    if (!primary && want) {
+      const found = usable.map((f) => `${f.name}: ${firstType(f)}`).join(', ');
+      throw new CniInstallError(`no ${want} network config in ${dir} yet (cni.chained ${want}): nothing chained until ${want} writes it${found ? `; found ${found}` : ''}${ignored}`);
     }
+    if (!primary) throw new CniInstallError(`no CNI network config in ${dir}: the primary CNI must be installed first${ignored}`);
     primary = rewrittenOriginal(primary, usable) ?? primary;
-    if (primary.list) return { config: primary.path, entry: this.addToList(primary) };
-    return { config: this.convert(primary, usable), entry: 'added' };
+    const config = primary.list ? primary.path : this.convert(primary, usable);
+    const entry = primary.list ? this.addToList(primary) : 'added';
+    // containerd takes the first file by name, loading or not (kubelet and Istio skip one that does not load).
+    const first = configNames(dir)[0];
+    return { config, entry, ...(want && first && first !== basename(config) ? { shadowedBy: first } : {}) };
   }
 
   /** Skipped files are warned about when the set changes, not every poll. */
@@ -299,7 +375,9 @@ export class CniInstaller {
   private addToList(file: ConfigFile): EntryResult {
     const { json, entry } = withEntry(file.json, this.opts.socket);
     if (entry === 'present') return entry;
-    writeJson(file.path, json, file.mode);
+    // The text as the primary CNI wrote it (its indentation, key order, final newline), for uninstall.
+    const original = entry === 'added' && typeof file.json[ORIGINAL_KEY] !== 'string' ? { [ORIGINAL_KEY]: file.text } : {};
+    writeJson(file.path, { ...json, ...original }, file.mode);
     this.log.info({ file: file.path, socket: this.opts.socket, entry }, 'ambit-cni entry written');
     return entry;
   }
@@ -333,8 +411,15 @@ export class CniInstaller {
       this.restoreOriginal(path, json, from, mode);
       return;
     }
-    const { [CONVERTED_FROM_KEY]: _from, [ORIGINAL_KEY]: _original, ...kept } = json;
-    writeJson(path, { ...kept, plugins: rest }, mode);
+    const { [CONVERTED_FROM_KEY]: _from, [ORIGINAL_KEY]: original, ...kept } = json;
+    const restored = { ...kept, plugins: rest };
+    const parsed = typeof original === 'string' ? parseObject(original) : undefined;
+    if (typeof original === 'string' && typeof parsed === 'object' && isDeepStrictEqual(parsed, restored)) {
+      writeAtomic(path, original, mode & 0o777);
+      this.log.info({ file: path }, 'ambit-cni entry removed; the file is back to its original text');
+      return;
+    }
+    writeJson(path, restored, mode);
     this.log.info({ file: path }, 'ambit-cni entry removed');
   }
 
@@ -370,6 +455,12 @@ function withEntry(list: Json, socket: string): { json: Json; entry: EntryResult
   return { json: { ...list, plugins: fixed }, entry: 'updated' };
 }
 
+/** The type of a config's first plugin (a single-plugin config's own): the network's primary plugin. */
+function firstType(file: ConfigFile): string {
+  const plugin = file.list ? (file.json.plugins as Json[])[0] : file.json;
+  return typeof plugin?.type === 'string' ? plugin.type : '';
+}
+
 /** `{cniVersion, name, plugins: [original minus cniVersion/name, ours]}` plus the marks uninstall undoes it by. */
 function convertToList(source: ConfigFile, socket: string): Json {
   const { cniVersion, name, ...plugin } = source.json;
@@ -394,7 +485,10 @@ function convertToList(source: ConfigFile, socket: string): Json {
  */
 function conversionTarget(source: ConfigFile, usable: ConfigFile[]): string {
   const base = source.name.slice(0, -extname(source.name).length);
-  const others = usable.filter((f) => f !== source && convertedFrom(f) !== source.name).map((f) => f.name);
+  // Only configs that sorted after the original (or its earlier conversion) must stay after the
+  // list; without a --cni-primary that is every other one. One that sorted before shadows it either way.
+  const start = [source, ...usable.filter((f) => convertedFrom(f) === source.name)].map((f) => f.name).sort(compareNames)[0]!;
+  const others = usable.filter((f) => f !== source && convertedFrom(f) !== source.name && compareNames(f.name, start) > 0).map((f) => f.name);
   for (const name of [`${base}.conflist`, `${base}-ambit.conflist`]) {
     const path = join(source.path, '..', name);
     const taken = statOrUndefined(path) !== undefined && !usable.some((f) => f.name === name && convertedFrom(f) === source.name);
@@ -599,6 +693,16 @@ function statOrUndefined(path: string): Stats | undefined {
   } catch (err) {
     if (isNotFound(err)) return undefined;
     throw err;
+  }
+}
+
+/** The dir's identity, to tell a replaced dir from the watched one (its inode number is often reused at once); undefined while it is missing. */
+function inodeOf(path: string): string | undefined {
+  try {
+    const s = statSync(path);
+    return `${s.dev}:${s.ino}:${s.birthtimeMs}`;
+  } catch {
+    return undefined;
   }
 }
 

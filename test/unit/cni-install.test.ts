@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { basename, extname, join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { CniInstallError, CniInstaller, CONVERTED_FROM_KEY, INSTALLED_MARKER, type CniInstallerOptions } from '../../src/node/cni-install.js';
+import { CniInstallError, CniInstaller, CONVERTED_FROM_KEY, INSTALLED_MARKER, ORIGINAL_KEY, type CniInstallerOptions } from '../../src/node/cni-install.js';
 
 const SOCKET = '/var/run/ambit/cni.sock';
 
@@ -84,8 +84,10 @@ describe('CniInstaller.install', () => {
     expect(installer().install()).toEqual({ binary: 'written', marker: 'written', config: path, entry: 'added' });
 
     const text = readFileSync(path, 'utf8');
-    expect(text).toBe(`${JSON.stringify({ ...FLANNEL, plugins: [...FLANNEL.plugins, { type: 'ambit-cni', socket: SOCKET }] }, null, 2)}\n`);
-    expect(Object.keys(JSON.parse(text) as object)).toEqual(['name', 'cniVersion', 'plugins']);
+    // The file's text before goes with it, so that uninstall can give it back as it was.
+    const original = `${JSON.stringify(FLANNEL, null, 2)}\n`;
+    expect(text).toBe(`${JSON.stringify({ ...FLANNEL, plugins: [...FLANNEL.plugins, { type: 'ambit-cni', socket: SOCKET }], [ORIGINAL_KEY]: original }, null, 2)}\n`);
+    expect(Object.keys(JSON.parse(text) as object)).toEqual(['name', 'cniVersion', 'plugins', ORIGINAL_KEY]);
     const target = join(binDir, 'ambit-cni');
     expect(readFileSync(target, 'utf8')).toBe(readFileSync(binary, 'utf8'));
     expect(statSync(target).mode & 0o777).toBe(0o755);
@@ -384,5 +386,21 @@ describe('CniInstaller.start', () => {
     const { ino, mtimeMs } = statSync(path);
     await new Promise((r) => setTimeout(r, 350));
     expect(statSync(path)).toMatchObject({ ino, mtimeMs });
+  });
+});
+
+describe('CniInstaller watch', () => {
+  it('follows a config dir that is removed and made again (the old inotify watch never fires again)', async () => {
+    const path = writeJson('10-flannel.conflist', FLANNEL);
+    const cni = installer({ pollMs: 3000 });
+    cni.start();
+    rmSync(confDir, { recursive: true });
+    mkdirSync(confDir);
+    writeFileSync(path, JSON.stringify(FLANNEL));
+    // The next poll finds the new dir, re-chains and watches it...
+    await expect.poll(() => (readJson('10-flannel.conflist').plugins as unknown[]).length, { timeout: 5000, interval: 20 }).toBe(3);
+    // ...so a rewrite right after is back well before the poll after that.
+    writeFileSync(path, JSON.stringify(FLANNEL));
+    await expect.poll(() => (readJson('10-flannel.conflist').plugins as unknown[]).length, { timeout: 1000, interval: 10 }).toBe(3);
   });
 });
