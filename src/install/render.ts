@@ -7,7 +7,7 @@
 import { DATAPLANE_MODE } from '../control/model.js';
 import { rateLimitCrd } from './crd.js';
 import { commonLabels, type K8sObject } from './objects.js';
-import type { Values } from './values.js';
+import { CNI_PRIMARY_TYPES, type Values } from './values.js';
 
 export const CONTROLLER = 'ambit-controller';
 export const NODE_AGENT = 'ambit-node';
@@ -33,7 +33,7 @@ export const CNI_BINARY = '/opt/ambit/cni/ambit-cni';
 export const HOST_CNI_BIN = '/host/opt/cni/bin';
 export const HOST_CNI_CONF = '/host/etc/cni/net.d';
 
-export const CONTROLLER_PORTS = { grpc: 15012, ready: 15021 } as const;
+export const CONTROLLER_PORTS = { grpc: 15012, monitoring: 15014, ready: 15021 } as const;
 export const NODE_PORTS = { admin: 15000, metrics: 15020, ready: 15021 } as const;
 /** Margin over the drain time before the kubelet kills the agent: closing listeners, unpinning on uninstall. */
 export const TERMINATION_MARGIN_SECONDS = 15;
@@ -51,6 +51,46 @@ export const NODE_AGENT_CAPABILITIES: Readonly<Record<string, string>> = {
 };
 
 export const LEADER_ELECTION_ANNOTATION = 'ambit.dev/leader-election';
+
+/** The controller's uid and gid, and the group its pod's volumes are given to (fsGroup). */
+export const CONTROLLER_UID = 1000;
+/** The CA Secret's files: root-owned, group fsGroup (the controller's group), read by owner and group only. */
+export const CA_SECRET_MODE = 0o440;
+
+/** ambit's pods run on Linux nodes only: the agent tolerates every taint, so a Windows pool would get it too. */
+export const LINUX_NODES: Readonly<Record<string, string>> = { 'kubernetes.io/os': 'linux' };
+
+/** The annotation that sets a container's AppArmor profile (beta API; see nodeAgentAppArmor). */
+export const APPARMOR_ANNOTATION_PREFIX = 'container.apparmor.security.beta.kubernetes.io/';
+
+/**
+ * The node agent's AppArmor profile, as the pod annotation rather than the securityContext field
+ * `appArmorProfile`: the field exists from Kubernetes 1.30 and a 1.27–1.29 API server (and
+ * kubectl's strict field validation) rejects it as unknown. From 1.30 the API server copies the
+ * annotation into the field when a pod is created (and warns that the annotation is deprecated);
+ * the copying is planned to stop in 1.36, so the annotation serves 1.27 through 1.35.
+ * `unconfined` is needed because containerd's default profile denies the writes under
+ * /sys/fs/bpf the agent makes; a node without AppArmor admits `unconfined` (and refuses the
+ * others).
+ */
+export function nodeAgentAppArmor(v: Values): Record<string, string> {
+  return { [`${APPARMOR_ANNOTATION_PREFIX}node`]: v.nodeAgent.appArmorProfile };
+}
+
+/** The annotations Prometheus's kubernetes-pods scrape config reads. */
+export function prometheusAnnotations(port: number): Record<string, string> {
+  return { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(port), 'prometheus.io/path': '/metrics' };
+}
+
+/** `imagePullSecrets` of a pod spec, or nothing when none is set. */
+export function pullSecrets(v: Pick<Values, 'imagePullSecrets'>): { imagePullSecrets?: { name: string }[] } {
+  return v.imagePullSecrets.length === 0 ? {} : { imagePullSecrets: v.imagePullSecrets.map((name) => ({ name })) };
+}
+
+/** An HTTP probe of one of a component's endpoints. */
+export function httpProbe(path: string, port: number, periodSeconds: number, failureThreshold: number): Record<string, unknown> {
+  return { httpGet: { path, port }, periodSeconds, failureThreshold, timeoutSeconds: 5 };
+}
 
 function sa(name: string, namespace: string, component: string): K8sObject {
   return { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name, namespace, labels: commonLabels(component) }, automountServiceAccountToken: false };
@@ -79,9 +119,9 @@ const STATUS_OF: Readonly<Record<string, string[]>> = {
 
 /**
  * What the controller needs to run waypoints (waypoints.managed): it server-side applies each
- * waypoint's ServiceAccount, Deployment and Service and deletes them once the Gateway is gone.
- * RBAC cannot limit a rule by label, nor `create` by name: these rules cover every Deployment,
- * Service and ServiceAccount of the cluster. That is the cost of managed waypoints; the
+ * waypoint's ServiceAccount, Deployment, Service and PodDisruptionBudget and deletes them once
+ * the Gateway is gone. RBAC cannot limit a rule by label, nor `create` by name: these rules cover
+ * every Deployment, Service, ServiceAccount and PodDisruptionBudget of the cluster. That is the cost of managed waypoints; the
  * controller itself only ever deletes objects labelled as its own for a waypoint.
  */
 export function controllerWaypointRules(): Rule[] {
@@ -89,6 +129,7 @@ export function controllerWaypointRules(): Rule[] {
   return [
     { apiGroups: ['apps'], resources: ['deployments'], verbs },
     { apiGroups: [''], resources: ['services', 'serviceaccounts'], verbs },
+    { apiGroups: ['policy'], resources: ['poddisruptionbudgets'], verbs },
   ];
 }
 
@@ -104,9 +145,15 @@ export function controllerClusterRules(v?: Pick<Values, 'waypoints'>): Rule[] {
   ];
 }
 
-/** The install's values the controller's waypoint template needs (AMBIT_WAYPOINT_VALUES, `--set` syntax). */
+/**
+ * The install's values the controller's waypoint template needs (AMBIT_WAYPOINT_VALUES, `--set`
+ * syntax, comma-separated: so the pull secrets, a list, are separated by spaces there).
+ */
 export function waypointTemplateValues(v: Values): string {
-  return [`namespace=${v.namespace}`, `image=${v.image}`, `imagePullPolicy=${v.imagePullPolicy}`, `logLevel=${v.logLevel}`, `waypoint.replicas=${v.waypoint.replicas}`].join(',');
+  return [
+    `namespace=${v.namespace}`, `image=${v.image}`, `imagePullPolicy=${v.imagePullPolicy}`, `logLevel=${v.logLevel}`, `waypoint.replicas=${v.waypoint.replicas}`,
+    ...(v.imagePullSecrets.length > 0 ? [`imagePullSecrets=${v.imagePullSecrets.join(' ')}`] : []),
+  ].join(',');
 }
 
 export function controllerNamespaceRules(): Rule[] {
@@ -191,12 +238,16 @@ export function controllerObjects(v: Values): K8sObject[] {
       selector: { matchLabels: selector },
       strategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
       template: {
-        metadata: { labels },
+        metadata: { labels, annotations: prometheusAnnotations(CONTROLLER_PORTS.monitoring) },
         spec: {
           serviceAccountName: CONTROLLER,
           // It talks to the API server: the default token, audience the API server.
           automountServiceAccountToken: true,
-          securityContext: { runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, seccompProfile: { type: 'RuntimeDefault' } },
+          nodeSelector: LINUX_NODES,
+          ...pullSecrets(v),
+          // fsGroup: the kubelet gives the Secret's files (root-owned) to this group, so the
+          // controller reads the CA through the group bits of CA_SECRET_MODE.
+          securityContext: { runAsNonRoot: true, runAsUser: CONTROLLER_UID, runAsGroup: CONTROLLER_UID, fsGroup: CONTROLLER_UID, seccompProfile: { type: 'RuntimeDefault' } },
           affinity: {
             podAntiAffinity: {
               preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 100, podAffinityTerm: { topologyKey: 'kubernetes.io/hostname', labelSelector: { matchLabels: selector } } }],
@@ -222,14 +273,18 @@ export function controllerObjects(v: Values): K8sObject[] {
             ],
             ports: [
               { name: 'grpc-tls', containerPort: CONTROLLER_PORTS.grpc, protocol: 'TCP' },
+              { name: 'http-monitoring', containerPort: CONTROLLER_PORTS.monitoring, protocol: 'TCP' },
               { name: 'http-ready', containerPort: CONTROLLER_PORTS.ready, protocol: 'TCP' },
             ],
             readinessProbe: readiness(CONTROLLER_PORTS.ready),
+            livenessProbe: httpProbe('/healthz/live', CONTROLLER_PORTS.ready, 10, 3),
+            // Up to 2 minutes to start (the API server's first lists) before liveness counts.
+            startupProbe: httpProbe('/healthz/live', CONTROLLER_PORTS.ready, 5, 24),
             resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
             securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
             volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }, { name: 'ca', mountPath: CA_MOUNT, readOnly: true }],
           }],
-          volumes: [{ name: 'tmp', emptyDir: {} }, { name: 'ca', secret: { secretName: CA_SECRET, defaultMode: 0o400 } }],
+          volumes: [{ name: 'tmp', emptyDir: {} }, { name: 'ca', secret: { secretName: CA_SECRET, defaultMode: CA_SECRET_MODE } }],
         },
       },
     },
@@ -242,6 +297,7 @@ export function controllerObjects(v: Values): K8sObject[] {
       selector,
       ports: [
         { name: 'grpc-tls', port: CONTROLLER_PORTS.grpc, targetPort: CONTROLLER_PORTS.grpc, protocol: 'TCP' },
+        { name: 'http-monitoring', port: CONTROLLER_PORTS.monitoring, targetPort: CONTROLLER_PORTS.monitoring, protocol: 'TCP' },
         { name: 'http-ready', port: CONTROLLER_PORTS.ready, targetPort: CONTROLLER_PORTS.ready, protocol: 'TCP' },
       ],
     },
@@ -273,10 +329,12 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
       selector: { matchLabels: selectorLabels('node') },
       updateStrategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } },
       template: {
-        metadata: { labels },
+        metadata: { labels, annotations: { ...nodeAgentAppArmor(v), ...prometheusAnnotations(NODE_PORTS.metrics) } },
         spec: {
           serviceAccountName: NODE_AGENT,
           automountServiceAccountToken: true,
+          nodeSelector: LINUX_NODES,
+          ...pullSecrets(v),
           hostNetwork: true,
           dnsPolicy: 'ClusterFirstWithHostNet',
           // Pod netns are reached through /host/proc and /var/run/netns, not the host's PID namespace.
@@ -298,12 +356,13 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
               '--pin-root', v.nodeAgent.pinRoot,
               '--cgroup', hostCgroup,
               '--cgroup-root', hostCgroup,
-              '--probe-cgroup', `${hostCgroup}/${v.nodeAgent.kubeletCgroup}`,
+              ...v.nodeAgent.kubeletCgroup.flatMap((c) => ['--probe-cgroup', `${hostCgroup}/${c}`]),
               '--control-socket', `${AGENT_SOCKET_DIR}/agent.sock`,
               '--root-namespace', v.rootNamespace,
               '--drain-seconds', String(v.nodeAgent.drainSeconds),
               '--trust-domain', v.trustDomain,
               ...(v.cni.enabled ? ['--cni-socket', CNI_SOCKET, '--cni-binary', CNI_BINARY, '--cni-bin-dir', HOST_CNI_BIN, '--cni-conf-dir', HOST_CNI_CONF] : []),
+              ...(v.cni.enabled && v.cni.chained !== 'auto' ? ['--cni-primary', CNI_PRIMARY_TYPES[v.cni.chained]!] : []),
             ],
             env: [
               { name: 'AMBIT_LOG_LEVEL', value: v.logLevel },
@@ -316,6 +375,10 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
               { name: 'http-ready', containerPort: NODE_PORTS.ready, protocol: 'TCP' },
             ],
             readinessProbe: readiness(NODE_PORTS.ready),
+            livenessProbe: httpProbe('/healthz/live', NODE_PORTS.ready, 10, 3),
+            // Generous: loading and verifying the BPF objects and adopting the pins of the agent
+            // before can take minutes on a loaded node; liveness counts only once this passed.
+            startupProbe: httpProbe('/healthz/live', NODE_PORTS.ready, 5, 60),
             // A fatal start error (a kernel without what the datapath needs) is the container's
             // termination message, where `ambit check --kube` and `kubectl describe` show it.
             terminationMessagePolicy: 'FallbackToLogsOnError',
@@ -327,6 +390,10 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
               runAsUser: 0,
               runAsGroup: 0,
               seccompProfile: { type: 'RuntimeDefault' },
+              // spc_t ("super privileged container", as Istio's node components use on SELinux
+              // hosts): container_t may not touch bpffs, host cgroups or other pods' netns.
+              // Ignored where SELinux is off.
+              seLinuxOptions: { type: 'spc_t' },
               capabilities: { drop: ['ALL'], add: Object.keys(NODE_AGENT_CAPABILITIES) },
             },
             volumeMounts: [
@@ -363,11 +430,98 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
   };
 }
 
+/** The priority classes GKE admits outside kube-system only under a ResourceQuota scoped to them. */
+export const CRITICAL_PRIORITY_CLASSES = ['system-node-critical', 'system-cluster-critical'];
+
+/**
+ * criticalPodsQuota: GKE (like an API server whose ResourceQuota admission config lists
+ * PriorityClass scopes as limitedResources) refuses pods of the system-*-critical classes
+ * outside kube-system unless their namespace has a ResourceQuota whose scopeSelector matches
+ * that class. The node agent is system-node-critical. The ceiling is one no cluster reaches:
+ * the quota is there to be matched, not to limit.
+ */
+export function criticalPodsQuota(v: Values): K8sObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'ResourceQuota',
+    metadata: { name: 'ambit-critical-pods', namespace: v.namespace, labels: commonLabels('quota') },
+    spec: {
+      hard: { pods: '100000' },
+      scopeSelector: { matchExpressions: [{ scopeName: 'PriorityClass', operator: 'In', values: CRITICAL_PRIORITY_CLASSES }] },
+    },
+  };
+}
+
+export const PODMONITOR_API = 'monitoring.coreos.com/v1';
+
+/**
+ * monitoring.podMonitor: prometheus-operator PodMonitors for the controller, the node agents
+ * and every waypoint (in any namespace: they select by label), scraping the named ports.
+ */
+export function podMonitors(v: Values): K8sObject[] {
+  const monitor = (component: string, port: string, namespaceSelector: Record<string, unknown>, matchLabels: Record<string, string>): K8sObject => ({
+    apiVersion: PODMONITOR_API,
+    kind: 'PodMonitor',
+    metadata: { name: `ambit-${component}`, namespace: v.namespace, labels: commonLabels('monitoring') },
+    spec: { selector: { matchLabels }, namespaceSelector, podMetricsEndpoints: [{ port, path: '/metrics', interval: '30s' }] },
+  });
+  return [
+    monitor('controller', 'http-monitoring', { matchNames: [v.namespace] }, selectorLabels('controller')),
+    monitor('node', 'http-metrics', { matchNames: [v.namespace] }, selectorLabels('node')),
+    monitor('waypoint', 'http-metrics', { any: true }, { 'app.kubernetes.io/component': 'waypoint', 'app.kubernetes.io/part-of': 'ambit' }),
+  ];
+}
+
+/**
+ * What is wrong with a PodMonitor we render, checked by hand: kubernetes-models has no schema for
+ * prometheus-operator's CRD. Covers the fields podMonitors() writes, as the CRD defines them.
+ */
+export function podMonitorErrors(o: K8sObject): string[] {
+  const errors: string[] = [];
+  const spec = o.spec as Record<string, unknown> | undefined;
+  if (o.apiVersion !== PODMONITOR_API || o.kind !== 'PodMonitor') errors.push(`/: not a ${PODMONITOR_API} PodMonitor`);
+  if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(o.metadata.name)) errors.push('/metadata/name: must be a DNS subdomain');
+  const selector = spec?.selector as { matchLabels?: Record<string, unknown> } | undefined;
+  if (!selector?.matchLabels || Object.keys(selector.matchLabels).length === 0 || Object.values(selector.matchLabels).some((x) => typeof x !== 'string')) {
+    errors.push('/spec/selector/matchLabels: must map label names to strings (an empty selector would match every pod)');
+  }
+  const ns = spec?.namespaceSelector as { any?: unknown; matchNames?: unknown } | undefined;
+  if (!ns || !(ns.any === true || (Array.isArray(ns.matchNames) && ns.matchNames.length > 0 && ns.matchNames.every((x) => typeof x === 'string')))) {
+    errors.push('/spec/namespaceSelector: must be {any: true} or {matchNames: [names]}');
+  }
+  const endpoints = spec?.podMetricsEndpoints;
+  if (!Array.isArray(endpoints) || endpoints.length === 0) errors.push('/spec/podMetricsEndpoints: must list at least one endpoint');
+  else {
+    endpoints.forEach((e: Record<string, unknown>, i) => {
+      // A container port name: IANA_SVC_NAME, at most 15 characters.
+      if (typeof e.port !== 'string' || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(e.port) || e.port.length > 15) errors.push(`/spec/podMetricsEndpoints/${i}/port: must be a container port name`);
+      if (typeof e.path !== 'string' || !e.path.startsWith('/')) errors.push(`/spec/podMetricsEndpoints/${i}/path: must be an absolute path`);
+      if (e.interval !== undefined && (typeof e.interval !== 'string' || !/^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$/.test(e.interval))) errors.push(`/spec/podMetricsEndpoints/${i}/interval: must be a duration like 30s`);
+    });
+  }
+  return errors;
+}
+
+/**
+ * Pod Security admission: the node agent uses hostNetwork, hostPath volumes and added
+ * capabilities, which only the `privileged` level admits; enforced (and audited and warned) at
+ * that level so that a cluster-wide default of baseline or restricted does not refuse it.
+ */
+export const POD_SECURITY_LABELS: Readonly<Record<string, string>> = {
+  'pod-security.kubernetes.io/enforce': 'privileged',
+  'pod-security.kubernetes.io/audit': 'privileged',
+  'pod-security.kubernetes.io/warn': 'privileged',
+};
+
 /** Every object of the installation, in the order `kubectl apply` should create them. */
 export function renderInstall(v: Values): K8sObject[] {
-  const ns: K8sObject = { apiVersion: 'v1', kind: 'Namespace', metadata: { name: v.namespace, labels: { ...commonLabels('namespace'), [DATAPLANE_MODE]: 'none' } } };
+  const ns: K8sObject = {
+    apiVersion: 'v1', kind: 'Namespace',
+    metadata: { name: v.namespace, labels: { ...commonLabels('namespace'), [DATAPLANE_MODE]: 'none', ...POD_SECURITY_LABELS } },
+  };
   return [
     ns,
+    ...(v.criticalPodsQuota ? [criticalPodsQuota(v)] : []),
     rateLimitCrd(commonLabels('crd')),
     sa(CONTROLLER, v.namespace, 'controller'),
     sa(NODE_AGENT, v.namespace, 'node'),
@@ -375,18 +529,20 @@ export function renderInstall(v: Values): K8sObject[] {
     ...rbac(NODE_AGENT, v.namespace, 'node', nodeAgentClusterRules(v), nodeAgentNamespaceRules()),
     ...controllerObjects(v),
     nodeAgentDaemonSet(v),
+    ...(v.monitoring.podMonitor ? podMonitors(v) : []),
   ];
 }
 
 /**
  * The same objects in the order `kubectl delete -f -` should remove them: the node agents first
- * (each removes every pinned BPF object when its DaemonSet is being deleted), the namespace and
- * the CRD (and with it every RateLimit) last.
+ * (each removes every pinned BPF object when its DaemonSet is being deleted), the CRD (and with
+ * it every RateLimit) last. The namespace only with `purge`: it holds the Secret ambit-ca, the
+ * operator's CA key, which nothing else has a copy of.
  */
-export function renderUninstall(v: Values): K8sObject[] {
+export function renderUninstall(v: Values, opts: { purge?: boolean } = {}): K8sObject[] {
   const all = renderInstall(v);
   const first = all.filter((o) => o.kind === 'DaemonSet');
-  const last = all.filter((o) => o.kind === 'Namespace' || o.kind === 'CustomResourceDefinition');
-  const middle = all.filter((o) => !first.includes(o) && !last.includes(o)).reverse();
+  const last = all.filter((o) => (o.kind === 'Namespace' && opts.purge) || o.kind === 'CustomResourceDefinition');
+  const middle = all.filter((o) => !first.includes(o) && !last.includes(o) && o.kind !== 'Namespace').reverse();
   return [...first, ...middle, ...last];
 }

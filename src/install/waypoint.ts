@@ -1,14 +1,17 @@
 /**
  * The waypoint template: for each Gateway of class ambit-waypoint, a ServiceAccount named like
  * the Gateway (its identity: spiffe://<td>/ns/<ns>/sa/<gateway>), a Deployment running
- * `ambit waypoint run`, and a Service exposing HBONE (15008) and metrics (15020). The waypoint
- * needs no RBAC: it only presents its projected token to the controller.
+ * `ambit waypoint run` (waypoint.replicas, spread over nodes), a Service exposing HBONE (15008)
+ * and metrics (15020), and a PodDisruptionBudget. The waypoint needs no RBAC: it only presents
+ * its projected token to the controller.
  */
 import {
   DATAPLANE_MODE, TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL,
 } from '../control/model.js';
 import { commonLabels, type K8sObject } from './objects.js';
-import { controllerAddress, credentialMounts, credentialVolumes, ROOT_CERT_DIR, TOKEN_DIR } from './render.js';
+import {
+  controllerAddress, credentialMounts, credentialVolumes, httpProbe, LINUX_NODES, prometheusAnnotations, pullSecrets, ROOT_CERT_DIR, TOKEN_DIR,
+} from './render.js';
 import { defaultValues, ValuesError, type Values } from './values.js';
 
 export const WAYPOINT_PORTS = { hbone: 15008, metrics: 15020 } as const;
@@ -54,10 +57,18 @@ export function waypointObjects(gateway: GatewayLike, values: Values = defaultVa
       selector: { matchLabels: selector },
       template: {
         // The waypoint carries meshed traffic itself: the node agent must not capture it.
-        metadata: { labels: { ...labels, [DATAPLANE_MODE]: 'none' } },
+        metadata: { labels: { ...labels, [DATAPLANE_MODE]: 'none' }, annotations: prometheusAnnotations(WAYPOINT_PORTS.metrics) },
         spec: {
           serviceAccountName: name,
           automountServiceAccountToken: false,
+          nodeSelector: LINUX_NODES,
+          ...pullSecrets(values),
+          // Preferred, not required: a one-node cluster still runs every replica.
+          affinity: {
+            podAntiAffinity: {
+              preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 100, podAffinityTerm: { topologyKey: 'kubernetes.io/hostname', labelSelector: { matchLabels: selector } } }],
+            },
+          },
           securityContext: { runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, seccompProfile: { type: 'RuntimeDefault' } },
           containers: [{
             name: 'waypoint',
@@ -78,7 +89,10 @@ export function waypointObjects(gateway: GatewayLike, values: Values = defaultVa
               { name: 'hbone', containerPort: WAYPOINT_PORTS.hbone, protocol: 'TCP' },
               { name: 'http-metrics', containerPort: WAYPOINT_PORTS.metrics, protocol: 'TCP' },
             ],
-            readinessProbe: { tcpSocket: { port: WAYPOINT_PORTS.hbone }, periodSeconds: 5 },
+            // Ready once it has its config and certificate; served beside the metrics.
+            readinessProbe: httpProbe('/healthz/ready', WAYPOINT_PORTS.metrics, 5, 3),
+            livenessProbe: httpProbe('/healthz/live', WAYPOINT_PORTS.metrics, 10, 3),
+            startupProbe: httpProbe('/healthz/live', WAYPOINT_PORTS.metrics, 5, 24),
             resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
             securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
             volumeMounts: [...credentialMounts(), { name: 'tmp', mountPath: '/tmp' }],
@@ -100,5 +114,19 @@ export function waypointObjects(gateway: GatewayLike, values: Values = defaultVa
       ],
     },
   };
-  return [serviceAccount, deployment, service];
+  const pdb: K8sObject = {
+    apiVersion: 'policy/v1',
+    kind: 'PodDisruptionBudget',
+    metadata,
+    spec: {
+      // maxUnavailable 1 whatever the replicas: at 1 replica a drain may still evict the pod
+      // (minAvailable 1 would block every drain of its node), at 2 or more one stays up.
+      maxUnavailable: 1,
+      // A pod that is not ready serves nothing: evicting it never costs availability, and a
+      // waypoint stuck unready (no certificate) must not block node drains.
+      unhealthyPodEvictionPolicy: 'AlwaysAllow',
+      selector: { matchLabels: selector },
+    },
+  };
+  return [serviceAccount, deployment, service, pdb];
 }

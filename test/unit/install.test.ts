@@ -89,9 +89,9 @@ describe('ambit install: the controller', () => {
     expect(pod.containers[0].args).toEqual(['controller', '--kubernetes', '--plugin-ca', '/etc/ambit/ca', '--listen', '0.0.0.0:15012', '--trust-domain', 'cluster.local', '--cert-ttl', '86400']);
   });
 
-  it('has a Service on 15012 and 15021 and a PodDisruptionBudget selecting its pods', () => {
+  it('has a Service on 15012, 15014 (metrics) and 15021 and a PodDisruptionBudget selecting its pods', () => {
     const svc = find(objects, 'Service', CONTROLLER);
-    expect(svc.spec.ports.map((p: any) => p.port)).toEqual([15012, 15021]);
+    expect(svc.spec.ports.map((p: any) => [p.name, p.port])).toEqual([['grpc-tls', 15012], ['http-monitoring', 15014], ['http-ready', 15021]]);
     const labels = deploy.spec.template.metadata.labels;
     for (const sel of [svc.spec.selector, find(objects, 'PodDisruptionBudget').spec.selector.matchLabels, deploy.spec.selector.matchLabels]) {
       for (const [k, val] of Object.entries(sel)) expect(labels[k]).toBe(val);
@@ -169,7 +169,7 @@ describe('ambit install: least-privilege RBAC', () => {
       for (const field of ['apiGroups', 'resources', 'verbs', 'resourceNames']) expect(r[field] ?? [], JSON.stringify(r)).not.toContain('*');
       for (const v of ['escalate', 'bind', 'impersonate', 'deletecollection']) expect(r.verbs).not.toContain(v);
       // delete: only the waypoint objects the controller runs (waypoints.managed).
-      if (r.verbs.includes('delete')) expect(r.resources.every((x: string) => ['deployments', 'services', 'serviceaccounts'].includes(x)), JSON.stringify(r)).toBe(true);
+      if (r.verbs.includes('delete')) expect(r.resources.every((x: string) => ['deployments', 'services', 'serviceaccounts', 'poddisruptionbudgets'].includes(x)), JSON.stringify(r)).toBe(true);
     }
   });
 
@@ -188,7 +188,7 @@ describe('ambit install: least-privilege RBAC', () => {
     const writes = cluster.filter((r) => r.verbs.some((v: string) => !['get', 'list', 'watch'].includes(v)));
     for (const r of writes) {
       const ok = r.resources.every((x: string) => x.endsWith('/status')) || r.resources[0] === 'tokenreviews' || r.resources[0] === 'configmaps'
-        || r.resources.every((x: string) => ['deployments', 'services', 'serviceaccounts'].includes(x));
+        || r.resources.every((x: string) => ['deployments', 'services', 'serviceaccounts', 'poddisruptionbudgets'].includes(x));
       expect(ok, JSON.stringify(r)).toBe(true);
     }
     expect(cluster.find((r) => r.resources.includes('tokenreviews')).verbs).toEqual(['create']);
@@ -202,14 +202,15 @@ describe('ambit install: least-privilege RBAC', () => {
     expect(ns.flatMap((r) => r.resources).sort()).toEqual(['leases', 'leases']);
   });
 
-  it('waypoints.managed (default true): write access to Deployments, Services and ServiceAccounts; false removes it', () => {
-    const writes = (rs: any[]) => rs.filter((r) => ['deployments', 'services', 'serviceaccounts'].some((x) => r.resources.includes(x)) && r.verbs.includes('patch'));
+  it('waypoints.managed (default true): write access to Deployments, Services, ServiceAccounts and PodDisruptionBudgets; false removes it', () => {
+    const writes = (rs: any[]) => rs.filter((r) => ['deployments', 'services', 'serviceaccounts', 'poddisruptionbudgets'].some((x) => r.resources.includes(x)) && r.verbs.includes('patch'));
     const managed = writes(rules('ClusterRole', CONTROLLER));
-    expect(managed.flatMap((r) => r.resources).sort()).toEqual(['deployments', 'serviceaccounts', 'services']);
+    expect(managed.flatMap((r) => r.resources).sort()).toEqual(['deployments', 'poddisruptionbudgets', 'serviceaccounts', 'services']);
+    expect(managed.find((r) => r.resources.includes('poddisruptionbudgets')).apiGroups).toEqual(['policy']);
     for (const r of managed) expect(r.verbs).toEqual(expect.arrayContaining(['create', 'patch', 'delete', 'get', 'list']));
     const env = (vals: ReturnType<typeof defaultValues>) => find(renderInstall(vals), 'Deployment', CONTROLLER).spec.template.spec.containers[0].env as { name: string; value?: string }[];
     expect(env(defaultValues()).find((e) => e.name === 'AMBIT_WAYPOINTS_MANAGED')?.value).toBe('true');
-    expect(env(defaultValues()).find((e) => e.name === 'AMBIT_WAYPOINT_VALUES')?.value).toMatch(/^namespace=ambit-system,image=ghcr\.io\/ambit-mesh\/ambit:.*,waypoint\.replicas=1$/);
+    expect(env(defaultValues()).find((e) => e.name === 'AMBIT_WAYPOINT_VALUES')?.value).toMatch(/^namespace=ambit-system,image=ghcr\.io\/ambit-mesh\/ambit:.*,waypoint\.replicas=2$/);
     const off = resolveValues(['waypoints.managed=false']);
     expect(writes(find(renderInstall(off), 'ClusterRole', CONTROLLER).rules)).toEqual([]);
     expect(env(off).find((e) => e.name === 'AMBIT_WAYPOINTS_MANAGED')?.value).toBe('false');
@@ -217,7 +218,7 @@ describe('ambit install: least-privilege RBAC', () => {
   });
 
   it('a waypoint gets a ServiceAccount and no RBAC', () => {
-    expect(waypointObjects(gateway()).map((o) => o.kind)).toEqual(['ServiceAccount', 'Deployment', 'Service']);
+    expect(waypointObjects(gateway()).map((o) => o.kind)).toEqual(['ServiceAccount', 'Deployment', 'Service', 'PodDisruptionBudget']);
   });
 });
 
@@ -250,7 +251,7 @@ describe('ambit install: --set', () => {
   });
 
   it('an unknown key names it and lists the known ones', () => {
-    expect(() => resolveValues(['controller.replica=3'])).toThrow(/unknown value "controller\.replica" \(known: namespace, image, .*controller\.replicas/);
+    expect(() => resolveValues(['controller.replica=3'])).toThrow(/unknown value "controller\.replica" \(known: platform, namespace, image, .*controller\.replicas/);
     for (const key of Object.keys(VALUES)) expect(() => resolveValues(['bogus=1'])).toThrow(new RegExp(key.replace(/\./g, '\\.')));
   });
 
@@ -375,15 +376,20 @@ describe('ambit install / uninstall: the CLI', () => {
     expect(r.stdout).toBe('');
   });
 
-  it('uninstall prints the same objects, the node agents first and the namespace and CRD last', () => {
+  it('uninstall prints the same objects but the namespace, the node agents first and the CRD last; --purge adds the namespace', () => {
     const r = run('uninstall');
     expect(r.status, r.stderr).toBe(0);
     const objs = docs(r.stdout);
     const key = (o: K8sObject) => `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`;
-    expect(objs.map(key).sort()).toEqual(renderInstall(defaultValues()).map(key).sort());
+    expect(objs.map(key).sort()).toEqual(renderInstall(defaultValues()).filter((o) => o.kind !== 'Namespace').map(key).sort());
     expect(objs[0]!.kind).toBe('DaemonSet');
-    expect(objs.slice(-2).map((o) => o.kind)).toEqual(['Namespace', 'CustomResourceDefinition']);
+    expect(objs.at(-1)!.kind).toBe('CustomResourceDefinition');
     expect(renderUninstall(defaultValues()).map(key)).toEqual(objs.map(key));
+    const purge = run('uninstall', '--purge');
+    expect(purge.status, purge.stderr).toBe(0);
+    const all = docs(purge.stdout);
+    expect(all.map(key).sort()).toEqual(renderInstall(defaultValues()).map(key).sort());
+    expect(all.slice(-2).map((o) => o.kind)).toEqual(['Namespace', 'CustomResourceDefinition']);
   });
 });
 

@@ -1,6 +1,6 @@
 /**
  * The controller's WaypointReconciler against the stand-in API server: server-side apply of each
- * waypoint's ServiceAccount, Deployment and Service, nothing re-sent while nothing changed,
+ * waypoint's ServiceAccount, Deployment, Service and PodDisruptionBudget, nothing re-sent while nothing changed,
  * deletion (of its own objects only) when the Gateway goes, retry after a failure; and
  * `ambit waypoint apply|delete --kubeconfig` against the same stand-in.
  */
@@ -21,6 +21,7 @@ const KINDS: ServedKind[] = [
   { group: '', version: 'v1', kind: 'ServiceAccount', plural: 'serviceaccounts' },
   { group: '', version: 'v1', kind: 'Service', plural: 'services' },
   { group: 'apps', version: 'v1', kind: 'Deployment', plural: 'deployments' },
+  { group: 'policy', version: 'v1', kind: 'PodDisruptionBudget', plural: 'poddisruptionbudgets' },
   { group: 'gateway.networking.k8s.io', version: 'v1', kind: 'Gateway', plural: 'gateways' },
 ];
 
@@ -34,6 +35,7 @@ const OBJECT_PATHS = [
   '/api/v1/namespaces/shop/serviceaccounts/reviews-wp',
   '/apis/apps/v1/namespaces/shop/deployments/reviews-wp',
   '/api/v1/namespaces/shop/services/reviews-wp',
+  '/apis/policy/v1/namespaces/shop/poddisruptionbudgets/reviews-wp',
 ];
 
 let server: FakeApiServer;
@@ -60,12 +62,12 @@ const writes = () => server.requests.filter((r) => r.method !== 'GET');
 const deployment = () => server.get('Deployment', 'shop', 'reviews-wp', 'apps') as any;
 
 describe('WaypointReconciler', () => {
-  it('server-side applies the ServiceAccount, Deployment and Service of an ambit-waypoint Gateway', async () => {
+  it('server-side applies the ServiceAccount, Deployment, Service and PodDisruptionBudget of an ambit-waypoint Gateway', async () => {
     const gw = stored();
     await reconciler.reconcile([gw, { ...gateway(), metadata: { name: 'other', namespace: 'shop' }, spec: { gatewayClassName: 'istio' } }]);
     // Each read first, then created (POST fails rather than overwrite an object made meanwhile).
     expect(writes()).toEqual(OBJECT_PATHS.map((path) => ({ method: 'POST', url: `${path.slice(0, path.lastIndexOf('/'))}?fieldManager=ambit-controller`, contentType: 'application/json' })));
-    for (const [kind, group] of [['ServiceAccount', ''], ['Deployment', 'apps'], ['Service', '']] as const) {
+    for (const [kind, group] of [['ServiceAccount', ''], ['Deployment', 'apps'], ['Service', ''], ['PodDisruptionBudget', 'policy']] as const) {
       expect((server.get(kind, 'shop', 'reviews-wp', group) as any).metadata.labels).toMatchObject({ 'app.kubernetes.io/managed-by': 'ambit-controller', 'gateway.networking.k8s.io/gateway-name': 'reviews-wp' });
     }
     expect(FIELD_MANAGER).toBe('ambit-controller');
@@ -80,6 +82,12 @@ describe('WaypointReconciler', () => {
     expect(d.metadata.ownerReferences[0]).toMatchObject({ kind: 'Gateway', name: 'reviews-wp', uid: (gw.metadata as any).uid, controller: true });
     expect(server.get('ServiceAccount', 'shop', 'reviews-wp')).toBeDefined();
     expect((server.get('Service', 'shop', 'reviews-wp') as any).spec.ports.map((p: any) => p.port)).toEqual([15008, 15020]);
+    const pdb = server.get('PodDisruptionBudget', 'shop', 'reviews-wp', 'policy') as any;
+    expect(pdb.spec).toEqual({ maxUnavailable: 1, unhealthyPodEvictionPolicy: 'AlwaysAllow', selector: { matchLabels: { 'gateway.networking.k8s.io/gateway-name': 'reviews-wp' } } });
+    expect(pdb.metadata.ownerReferences[0]).toMatchObject({ kind: 'Gateway', name: 'reviews-wp', controller: true });
+    // Two replicas by default, the PodDisruptionBudget selecting exactly the Deployment's pods.
+    expect(d.spec.replicas).toBe(2);
+    expect(d.spec.selector.matchLabels).toEqual(pdb.spec.selector.matchLabels);
   });
 
   it('sends nothing for an identical snapshot, re-applies the Deployment when the tracing annotation changes', async () => {
@@ -95,13 +103,14 @@ describe('WaypointReconciler', () => {
     expect(deployment().spec.template.spec.containers[0].args).toEqual(expect.arrayContaining(['--tracing-endpoint', 'http://otel:4318']));
   });
 
-  it('deletes the three objects once the Gateway is gone, and leaves objects that are not its own', async () => {
+  it('deletes the four objects once the Gateway is gone, and leaves objects that are not its own', async () => {
     await reconciler.reconcile([stored()]);
     await reconciler.reconcile([]);
     expect(writes().filter((r) => r.method === 'DELETE').map((r) => r.url.split('?')[0])).toEqual(OBJECT_PATHS);
     expect(deployment()).toBeUndefined();
     expect(server.get('ServiceAccount', 'shop', 'reviews-wp')).toBeUndefined();
     expect(server.get('Service', 'shop', 'reviews-wp')).toBeUndefined();
+    expect(server.get('PodDisruptionBudget', 'shop', 'reviews-wp', 'policy')).toBeUndefined();
 
     // A Deployment of the same name made by hand (the install's template) is not touched.
     await reconciler.reconcile([stored()]);
@@ -122,6 +131,9 @@ describe('WaypointReconciler', () => {
     }
     expect(deployment()).toBeUndefined();
     expect(server.get('ServiceAccount', 'shop', 'reviews-wp')).toBeUndefined();
+    // Found by listing poddisruptionbudgets.policy by label, as the other kinds.
+    expect(server.requests.some((r) => r.method === 'GET' && r.url.startsWith('/apis/policy/v1/poddisruptionbudgets?labelSelector='))).toBe(true);
+    expect(server.get('PodDisruptionBudget', 'shop', 'reviews-wp', 'policy')).toBeUndefined();
   });
 
   it('a failed apply is logged, never thrown, and retried on the next snapshot', async () => {

@@ -15,9 +15,11 @@ import type { Logger } from 'pino';
 import { silentLogger } from '../../telemetry/log.js';
 import type { KubeClient } from './client.js';
 import { Coalescer } from './coalesce.js';
+import { PART_OF } from '../../install/objects.js';
 import { FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL } from './waypoints.js';
 
 export const ROOT_CERT_KEY = 'root-cert.pem';
+export const PART_OF_LABEL = 'app.kubernetes.io/part-of';
 
 export interface TrustBundleOptions {
   /** The ConfigMap's name (the install's `ambit-root-cert`). */
@@ -98,7 +100,8 @@ export class TrustBundlePublisher {
     const name = this.opts.name;
     const body = {
       apiVersion: 'v1', kind: 'ConfigMap',
-      metadata: { name, namespace, labels: { [MANAGED_BY_LABEL]: MANAGED_BY } },
+      // Labelled like the controller's waypoint objects, so that uninstall finds every copy by label.
+      metadata: { name, namespace, labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [PART_OF_LABEL]: PART_OF } },
       data: { [ROOT_CERT_KEY]: bundle },
     };
     const path = `/api/v1/namespaces/${encodeURIComponent(namespace)}/configmaps/${encodeURIComponent(name)}?fieldManager=${FIELD_MANAGER}&force=true`;

@@ -1,6 +1,7 @@
 /**
  * The waypoints of a Kubernetes cluster, run by the controller: for every Gateway of class
- * ambit-waypoint, the ServiceAccount, Deployment and Service `waypointObjects` renders, written
+ * ambit-waypoint, the ServiceAccount, Deployment, Service and PodDisruptionBudget
+ * `waypointObjects` renders, written
  * with server-side apply (field manager `ambit-controller`, `force=true`: the controller owns
  * these objects' fields); and for every such Gateway that is gone, those objects deleted.
  *
@@ -46,6 +47,7 @@ const KINDS: Readonly<Record<string, { prefix: string; plural: string }>> = {
   'v1/ServiceAccount': { prefix: '/api/v1', plural: 'serviceaccounts' },
   'apps/v1/Deployment': { prefix: '/apis/apps/v1', plural: 'deployments' },
   'v1/Service': { prefix: '/api/v1', plural: 'services' },
+  'policy/v1/PodDisruptionBudget': { prefix: '/apis/policy/v1', plural: 'poddisruptionbudgets' },
 };
 
 export interface WaypointReconcilerOptions {
@@ -271,7 +273,7 @@ export class WaypointReconciler {
     let want: Condition | undefined;
     if (conflict) want = { type: 'Programmed', status: 'False', reason: NOT_OWNED_REASON, message: conflict };
     else if (shown?.reason === NOT_OWNED_REASON && refs.every((r) => this.applied.has(r.key))) {
-      want = { type: 'Programmed', status: 'True', reason: 'Programmed', message: 'the waypoint\'s ServiceAccount, Deployment and Service are applied' };
+      want = { type: 'Programmed', status: 'True', reason: 'Programmed', message: 'the waypoint\'s ServiceAccount, Deployment, Service and PodDisruptionBudget are applied' };
     }
     if (!want) return;
     const id = JSON.stringify(want);
@@ -337,8 +339,8 @@ export class WaypointReconciler {
         const meta = isObject(item) && isObject(item.metadata) ? item.metadata : undefined;
         const labels = meta && isObject(meta.labels) ? meta.labels : {};
         if (!meta || labels[MANAGED_BY_LABEL] !== MANAGED_BY || typeof labels[WAYPOINT_GATEWAY_LABEL] !== 'string') continue;
-        const [apiVersion, kind] = id === 'apps/v1/Deployment' ? ['apps/v1', 'Deployment'] : ['v1', id.slice(3)];
-        const ref = refOf(apiVersion, kind, String(meta.namespace), String(meta.name), labels[WAYPOINT_GATEWAY_LABEL]);
+        const slash = id.lastIndexOf('/');
+        const ref = refOf(id.slice(0, slash), id.slice(slash + 1), String(meta.namespace), String(meta.name), labels[WAYPOINT_GATEWAY_LABEL]);
         if (ref) found.push(ref);
       }
     }
