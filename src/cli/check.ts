@@ -1,18 +1,21 @@
 /**
  * `ambit check`: verifies that this node can run ambit, one line per requirement, before anything
- * is installed. With `--kubeconfig FILE` or `--kube` it checks a Kubernetes cluster through its API
- * server instead (cluster-check.ts): `--pre` before `ambit install`, else the installation itself.
+ * is installed; `--pre` adds what the node implies for `ambit install` (platform, AppArmor, SELinux,
+ * the kubelet's cgroup, the CNI config). With `--kubeconfig FILE` or `--kube` it checks a Kubernetes
+ * cluster through its API server instead (cluster-check.ts): `--pre` before `ambit install`, else
+ * the installation itself.
  */
+import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { clusterChecks, DEFAULT_NAMESPACE, renderClusterText } from './cluster-check.js';
 import { renderJson, renderText, report } from './checks.js';
 import { CliError } from './errors.js';
 import { kubeClient } from './kube.js';
-import { runChecks } from './probes.js';
+import { DEFAULT_PIN_ROOT, runChecks } from './probes.js';
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
-interface Opts { json?: boolean; kubeconfig?: string; kube?: boolean; pre?: boolean; namespace?: string }
+interface Opts { json?: boolean; kubeconfig?: string; kube?: boolean; pre?: boolean; namespace?: string; cgroup?: string; pinRoot?: string }
 
 export function register(program: Command): void {
   program
@@ -21,10 +24,13 @@ export function register(program: Command): void {
     .option('--json', 'print the results as JSON: { ok, checks: [{ name, ok, detail, hint? }] }')
     .option('--kubeconfig <file>', 'check a Kubernetes cluster (API server, prerequisites, nodes, the installation) instead of this node')
     .option('--kube', 'check the Kubernetes cluster of $KUBECONFIG or ~/.kube/config')
-    .option('--pre', 'with --kubeconfig/--kube: before `ambit install` (prerequisites and the CA Secret only)')
+    .option('--pre', 'before `ambit install`: on a node, also what it implies for the install values (platform, AppArmor, SELinux, kubelet cgroup, CNI config); with --kubeconfig/--kube, the cluster\'s prerequisites, platform and CNI')
     .option('--namespace <ns>', `with --kubeconfig/--kube: ambit's namespace (default ${DEFAULT_NAMESPACE})`)
+    .option('--cgroup <dir>', 'on a node: the cgroup v2 directory ambit attaches to, whose connect() programs are checked (default: the cgroup v2 mount)')
+    .option('--pin-root <dir>', `on a node: the agent's bpffs pin root, which tells ambit's programs from others' (default ${DEFAULT_PIN_ROOT})`)
     .action(async (options: Opts) => {
       if (options.kubeconfig || options.kube) {
+        if (options.cgroup !== undefined || options.pinRoot !== undefined) throw new CliError('--cgroup and --pin-root check this node: drop --kubeconfig/--kube, or run `ambit check` on the node', undefined, 2);
         const namespace = options.namespace ?? DEFAULT_NAMESPACE;
         if (!DNS_LABEL.test(namespace) || namespace.length > 63) throw new CliError(`--namespace must be a DNS label (lower case letters, digits, '-'), got "${namespace}"`, undefined, 2);
         const client = kubeClient(options.kubeconfig);
@@ -33,8 +39,13 @@ export function register(program: Command): void {
         process.exitCode = result.ok ? 0 : 1;
         return;
       }
-      if (options.pre || options.namespace !== undefined) throw new CliError('--pre and --namespace check a cluster: add --kubeconfig FILE or --kube', undefined, 2);
-      const result = report(await runChecks());
+      if (options.namespace !== undefined) throw new CliError('--namespace checks a cluster: add --kubeconfig FILE or --kube', undefined, 2);
+      if (options.cgroup !== undefined && !existsSync(options.cgroup)) throw new CliError(`--cgroup ${options.cgroup} does not exist`, undefined, 2);
+      const result = report(await runChecks({
+        pre: options.pre === true,
+        ...(options.cgroup !== undefined ? { cgroup: options.cgroup } : {}),
+        ...(options.pinRoot !== undefined ? { pinRoot: options.pinRoot } : {}),
+      }));
       process.stdout.write(options.json ? renderJson(result) : renderText(result));
       process.exitCode = result.ok ? 0 : 1;
     });

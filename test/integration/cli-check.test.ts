@@ -4,7 +4,11 @@ import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Datapath } from '../../src/ebpf/datapath.js';
+import { BpfLink } from '../../src/ebpf/link.js';
+import { BpfObject } from '../../src/ebpf/object.js';
+import { Lab } from './lab.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(root, 'bin', 'ambit.js');
@@ -53,7 +57,19 @@ describe('on this node', () => {
     }
     expect(lineFor(r.stdout, 'BPF object outbound.bpf.o')).toMatch(/^✓ .*ambit_connect4, ambit_connect6, ambit_sockops/);
     expect(lineFor(r.stdout, 'BPF object inbound.bpf.o')).toMatch(/^✓ .*ambit_sk_lookup/);
+    expect(lineFor(r.stdout, 'socket load balancing')).toMatch(/^✓ socket load balancing +(no other program on connect4\/connect6 of |ambit's connect4\/connect6 run before any other program on )\//);
     expect(r.stdout).toMatch(/all \d+ checks passed/);
+  });
+
+  it('--pre adds what this node implies for the install values, each with its value or its fix', () => {
+    const r = ambit(['check', '--pre', '--json'], { AMBIT_BPF_DIR: undefined });
+    const report = JSON.parse(r.stdout) as JsonReport & { checks: Array<{ implies?: string }> };
+    const pre = report.checks.slice(-5);
+    expect(pre.map((c) => c.name)).toEqual(['platform', 'AppArmor', 'SELinux', 'kubelet cgroup', 'CNI config']);
+    expect(pre[0]).toMatchObject({ ok: true, implies: expect.stringMatching(/^--set platform=(generic|kubeadm|eks|gke|k3s|aks)$/) });
+    for (const c of pre) if (!c.ok) expect(c.hint).toBeTruthy();
+    for (const c of pre.filter((x) => x.name === 'kubelet cgroup' || x.name === 'CNI config')) expect(c.implies ?? c.hint).toMatch(/--set (nodeAgent\.kubeletCgroup|cni\.)/);
+    expect(r.status).toBe(report.ok ? 0 : 1);
   });
 
   it('reports the same as JSON', () => {
@@ -119,5 +135,35 @@ describe('when something is wrong', () => {
     expect(r.stdout).toBe('');
     expect(r.stderr).toContain("unknown option '--bogus'");
     expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+});
+
+describe('another program\'s socket load balancer on the cgroup', () => {
+  // The fixture rewrites a ClusterIP in connect4, named as Cilium's socket LB; attached before ambit's datapath.
+  const lab = new Lab();
+  beforeAll(() => {
+    const obj = BpfObject.load(join(root, 'test', 'fixtures', 'bpf', 'socklb.bpf.o'));
+    lab.defer(() => obj.close());
+    const link = BpfLink.attachCgroup(obj.program('cil_sock4_connect'), lab.cgroupRoot);
+    lab.defer(() => link.close());
+    const datapath = Datapath.load({ pinRoot: lab.pinRoot });
+    lab.defer(() => datapath.close());
+    datapath.attachOutbound(lab.cgroupRoot);
+  });
+  afterAll(() => lab.cleanup());
+
+  it('fails the socket load balancing line with the program and what to change in Cilium', () => {
+    const r = ambit(['check', '--cgroup', lab.cgroupRoot, '--pin-root', lab.pinRoot], { AMBIT_BPF_DIR: undefined });
+    expect(r.status).toBe(1);
+    const line = lineFor(r.stdout, 'socket load balancing');
+    expect(line).toMatch(/^✗ socket load balancing +connect4: cil_sock4_conne \(id \d+, cilium\) runs before ambit_connect4 on /);
+    expect(line).toMatch(/— fix: .*socketLB\.hostNamespaceOnly=true .*cni\.exclusive=false/);
+    expect(r.stdout).toMatch(/1 of \d+ checks failed/);
+  });
+
+  it('refuses a --cgroup that does not exist', () => {
+    const r = ambit(['check', '--cgroup', join(lab.cgroupRoot, 'nope')]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/--cgroup .*\/nope does not exist/);
   });
 });
