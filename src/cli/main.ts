@@ -5,6 +5,7 @@ import { LocalError } from '../local/errors.js';
 import { logger } from '../telemetry/log.js';
 import { packageVersion } from '../util/package.js';
 import * as analyze from './analyze.js';
+import * as ca from './ca.js';
 import * as certs from './certs.js';
 import * as check from './check.js';
 import * as controller from './controller.js';
@@ -16,7 +17,7 @@ import * as waypoint from './waypoint.js';
 import { CliError } from './errors.js';
 
 /** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
-const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, certs, check, controller, install, local, namespace, node, waypoint];
+const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, ca, certs, check, controller, install, local, namespace, node, waypoint];
 
 /**
  * The subcommands that run as services under a supervisor (the local runtime, systemd, the
