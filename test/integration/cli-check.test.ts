@@ -19,7 +19,7 @@ afterAll(() => {
 
 interface JsonReport {
   ok: boolean;
-  checks: Array<{ name: string; ok: boolean; detail: string; hint?: string; code?: string; verifierLog?: string }>;
+  checks: Array<{ name: string; ok: boolean; detail: string; hint?: string; code?: string; verifierLog?: string; implies?: string }>;
 }
 
 /** Runs `node bin/ambit.js <args>`, optionally under a wrapper command; an env value of undefined unsets it. */
@@ -63,7 +63,7 @@ describe('on this node', () => {
 
   it('--pre adds what this node implies for the install values, each with its value or its fix', () => {
     const r = ambit(['check', '--pre', '--json'], { AMBIT_BPF_DIR: undefined });
-    const report = JSON.parse(r.stdout) as JsonReport & { checks: Array<{ implies?: string }> };
+    const report = JSON.parse(r.stdout) as JsonReport;
     const pre = report.checks.slice(-5);
     expect(pre.map((c) => c.name)).toEqual(['platform', 'AppArmor', 'SELinux', 'kubelet cgroup', 'CNI config']);
     expect(pre[0]).toMatchObject({ ok: true, implies: expect.stringMatching(/^--set platform=(generic|kubeadm|eks|gke|k3s|aks)$/) });
