@@ -1,8 +1,10 @@
 /**
- * The Kubernetes objects of an ambit installation, rendered from Values: the namespace, the CRDs
- * ambit owns, least-privilege RBAC per component, the controller Deployment (+ Service, PDB) and
- * the node agent DaemonSet. Waypoints are rendered per Gateway by waypoint.ts. docs/KUBERNETES.md
- * gives the reason for every RBAC rule and every capability.
+ * The Kubernetes objects of an ambit installation, rendered from Values: the namespace (Pod
+ * Security level privileged), the CRDs ambit owns, least-privilege RBAC per component, the
+ * controller Deployment (+ Service, PDB) and the node agent DaemonSet; with criticalPodsQuota a
+ * ResourceQuota for critical pods (GKE), with monitoring.podMonitor the PodMonitors. Waypoints
+ * are rendered per Gateway by waypoint.ts. docs/KUBERNETES.md gives the reason for every RBAC
+ * rule and every capability.
  */
 import { DATAPLANE_MODE } from '../control/model.js';
 import { rateLimitCrd } from './crd.js';
