@@ -1,6 +1,7 @@
 /**
  * `ambit controller`: the control plane process. On 15012 (gRPC over TLS) it serves the mesh CA
- * (src/identity) and the discovery stream of the mesh model built from its config source.
+ * (src/identity) and the discovery stream of the mesh model built from its config source; on
+ * 15021 its probes (`/healthz/ready`, `/healthz/live`) and on 15014 its Prometheus metrics.
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
@@ -16,12 +17,13 @@ import { LeaderElector } from './kube/leader.js';
 import { TrustBundlePublisher } from './kube/trust-bundle.js';
 import { isWaypointGateway, WaypointReconciler } from './kube/waypoints.js';
 import { resolveValues, ValuesError } from '../install/values.js';
+import { ControllerMetrics, type ConfigCount } from '../telemetry/controller-metrics.js';
 import { logger } from '../telemetry/log.js';
 import { HttpError, listenTcp, localServer } from '../util/local-http.js';
 import { DiscoveryServer, discoveryService } from './discovery.js';
 import { LocalClusterSource, LocalCredentials, LocalNodeDirectory, type ConfigSource } from './local-source.js';
 import { ManifestDirSource, MergedSource } from './manifest-source.js';
-import { formatDiagnostic } from '../local/manifests.js';
+import { formatDiagnostic, type Diagnostic, type Resource } from '../local/manifests.js';
 import { buildModel } from './model.js';
 
 export interface ControllerOptions {
@@ -42,17 +44,31 @@ export interface ControllerOptions {
   pluginCaDir?: string;
   defaultTtlSeconds?: number;
   maxTtlSeconds?: number;
-  /** Where `GET /healthz/ready` is served (Kubernetes: 0.0.0.0:15021); none when unset. */
+  /** Where `GET /healthz/ready` and `GET /healthz/live` are served (Kubernetes: 0.0.0.0:15021); none when unset. */
   health?: { host: string; port: number };
+  /** Where `GET /metrics` is served (Kubernetes: 0.0.0.0:15014, as istiod); none when unset. */
+  monitoring?: { host: string; port: number };
 }
 
 export const CONTROLLER_READY_PORT = 15021;
+export const CONTROLLER_MONITORING_PORT = 15014;
+
+/** A running controller. */
+export interface Controller {
+  server: CaServer;
+  metrics: ControllerMetrics;
+  /** The health and metrics servers' ports as bound (port 0 in the options picks one). */
+  healthPort?: number;
+  monitoringPort?: number;
+  /** Stops watching, serving and leading. */
+  close(): Promise<void>;
+}
 
 /** The controller's own namespace (the Deployment's POD_NAMESPACE; the install's default otherwise). */
 const ownNamespace = (): string => process.env.POD_NAMESPACE || 'ambit-system';
 
 /** Where config, callers and nodes come from: the local cluster's state, or a Kubernetes API server. */
-async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>): Promise<{ source: ConfigSource; authenticator: Authenticator; directory: NodeDirectory; describe: Record<string, unknown>; client?: KubeClient; kube?: KubernetesSource }> {
+async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>, metrics: ControllerMetrics): Promise<{ source: ConfigSource; authenticator: Authenticator; directory: NodeDirectory; describe: Record<string, unknown>; client?: KubeClient; kube?: KubernetesSource }> {
   if (opts.kubernetes) {
     const client = KubeClient.fromFile(opts.kubernetes === true ? undefined : opts.kubernetes);
     const kube = new KubernetesSource(client, { log });
@@ -63,6 +79,7 @@ async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>):
       client, trustDomain: opts.trustDomain, isWaypoint: (ns, name) => kube.isWaypoint(ns, name),
       nodeAgent: { namespace: ownNamespace(), serviceAccount: process.env.AMBIT_NODE_SERVICE_ACCOUNT || 'ambit-node', daemonSet: process.env.AMBIT_NODE_DAEMONSET || 'ambit-node' },
       cachedPod: (ns, name) => kube.cachedPod(ns, name),
+      onReview: (outcome) => metrics.review(outcome),
       ...(audience ? { audiences: [audience] } : {}),
     });
     return { source: kube, authenticator, directory: kube.nodeDirectory(opts.trustDomain), describe: { source: 'kubernetes', server: client.server }, client, kube };
@@ -107,7 +124,7 @@ class LeaderDuties {
   private readonly elector?: LeaderElector;
   private readonly namespace: string;
 
-  constructor(private readonly client: KubeClient, private readonly kube: KubernetesSource, private readonly ca: CertificateAuthority, private readonly opts: ControllerOptions, private readonly log: ReturnType<typeof logger>) {
+  constructor(private readonly client: KubeClient, private readonly kube: KubernetesSource, private readonly ca: CertificateAuthority, private readonly opts: ControllerOptions, private readonly log: ReturnType<typeof logger>, private readonly metrics: ControllerMetrics) {
     this.namespace = ownNamespace();
     if (process.env.AMBIT_LEADER_ELECTION === 'lease') {
       this.elector = new LeaderElector(client, {
@@ -150,6 +167,7 @@ class LeaderDuties {
   }
 
   private lead(): void {
+    this.metrics.setLeader(true);
     this.kube.setStatusWriter(true);
     this.waypoints = waypointReconciler(this.client, this.opts, this.log);
     const configMap = process.env.AMBIT_ROOT_CERT_CONFIGMAP;
@@ -158,6 +176,7 @@ class LeaderDuties {
   }
 
   private follow(): void {
+    this.metrics.setLeader(false);
     if (this.elector) this.kube.setStatusWriter(false);
     this.waypoints?.stop();
     this.bundle?.stop();
@@ -166,11 +185,17 @@ class LeaderDuties {
   }
 }
 
-/** `GET /healthz/ready`: 200 once `ready` gives no reason not to be (the first config snapshot turned into a model). */
-function serveReadiness(health: { host: string; port: number }, ready: () => string | undefined, log: Logger): Promise<HttpServer> {
+/**
+ * `GET /healthz/ready`: 200 once `ready` gives no reason not to be (the first config snapshot
+ * turned into a model). `GET /healthz/live`: 200 whenever this event loop answers. A liveness
+ * failure restarts the container, so it depends on nothing outside the process: an API server
+ * that is away is no reason to restart (the controller keeps serving its last model).
+ */
+function serveHealth(health: { host: string; port: number }, ready: () => string | undefined, log: Logger): Promise<HttpServer> {
   const server = localServer({ name: 'health', log }, (req, res) => {
-    if (req.path !== '/healthz/ready') throw new HttpError(404, 'not found: try /healthz/ready');
-    if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, `${req.method} not allowed: GET /healthz/ready`);
+    if (req.path !== '/healthz/ready' && req.path !== '/healthz/live') throw new HttpError(404, 'not found: try /healthz/ready or /healthz/live');
+    if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, `${req.method} not allowed: GET ${req.path}`);
+    if (req.path === '/healthz/live') return void res.writeHead(200).end('alive\n');
     const why = ready();
     if (why) res.writeHead(503).end(`not ready: ${why}\n`);
     else res.writeHead(200).end('ready\n');
@@ -178,22 +203,61 @@ function serveReadiness(health: { host: string; port: number }, ready: () => str
   return listenTcp(server, health.port, health.host);
 }
 
-export async function runController(opts: ControllerOptions): Promise<CaServer> {
+/** `GET /metrics`: the controller's Prometheus metrics (ControllerMetrics). */
+function serveMetrics(at: { host: string; port: number }, metrics: ControllerMetrics, log: Logger): Promise<HttpServer> {
+  const server = localServer({ name: 'metrics', log }, async (req, res) => {
+    if (req.path !== '/metrics') throw new HttpError(404, 'not found: try /metrics');
+    if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, `${req.method} not allowed: GET /metrics`);
+    const text = await metrics.text();
+    res.writeHead(200, { 'content-type': metrics.contentType }).end(text);
+  });
+  return listenTcp(server, at.port, at.host);
+}
+
+/**
+ * Config objects per kind: those in the snapshot (accepted; pods are counted as workloads) and
+ * those rejected by validation, each object once however many errors it has.
+ */
+export function configCounts(resources: readonly Resource[], diagnostics: readonly Diagnostic[]): ConfigCount[] {
+  const byKind = new Map<string, ConfigCount>();
+  const of = (kind: string): ConfigCount => {
+    let c = byKind.get(kind);
+    if (!c) byKind.set(kind, c = { kind, accepted: 0, rejected: 0 });
+    return c;
+  };
+  for (const r of resources) if (r.kind !== 'Pod') of(r.kind).accepted++;
+  const seen = new Set<string>();
+  for (const d of diagnostics) {
+    if (d.severity !== 'error') continue;
+    // A document that could not be read has no kind or name: it counts once per file and document.
+    const key = d.kind && d.name ? `${d.kind}/${d.namespace ?? ''}/${d.name}` : `${d.source.file}#${d.source.doc}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    of(d.kind ?? 'unknown').rejected++;
+  }
+  return [...byKind.values()].sort((a, b) => a.kind.localeCompare(b.kind));
+}
+
+export async function runController(opts: ControllerOptions): Promise<Controller> {
   const log = logger('controller');
+  const metrics = new ControllerMetrics();
   const caOpts = { trustDomain: opts.trustDomain, defaultTtlSeconds: opts.defaultTtlSeconds, maxTtlSeconds: opts.maxTtlSeconds };
   const caDir = opts.caDir ?? (opts.localState ? join(opts.localState, 'ca') : undefined);
   if (!opts.pluginCaDir && !caDir) throw new Error('the controller needs a CA: a plug-in CA directory, or a directory to keep its own root in');
   const ca = opts.pluginCaDir
     ? await CertificateAuthority.open({ plugin: readPluginCa(opts.pluginCaDir) }, caOpts)
     : await CertificateAuthority.open({ store: new FileCaStore(caDir!) }, caOpts);
-  const { source: primary, authenticator, directory, describe, client, kube } = await origins(opts, log);
-  const duties = client && kube ? new LeaderDuties(client, kube, ca, opts, log) : undefined;
+  metrics.setRoot(ca.trustBundle()[0]!);
+  const { source: primary, authenticator, directory, describe, client, kube } = await origins(opts, log, metrics);
+  const duties = client && kube ? new LeaderDuties(client, kube, ca, opts, log, metrics) : undefined;
   let modelled = false;
   log.info({ origin: ca.origin, ...describe }, 'CA ready');
-  const discovery = new DiscoveryServer(authenticator, log);
+  const discovery = new DiscoveryServer(authenticator, log, { observer: metrics });
+  metrics.watchStreams(() => discovery.status());
   // `ambit local status` shows the subscribers, their versions and any NACK from this file.
   const statusFile = opts.localState ? join(opts.localState, 'controller-status.json') : undefined;
   let rejected: string[] = [];
+  let dirDiagnostics: Diagnostic[] = [];
   const writeStatus = () => {
     if (!statusFile) return;
     const tmp = `${statusFile}.tmp`;
@@ -205,6 +269,7 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
   if (opts.configDir) {
     const dir = new ManifestDirSource(opts.configDir, {
       onDiagnostics: (diagnostics) => {
+        dirDiagnostics = diagnostics;
         rejected = diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic);
         for (const d of diagnostics) log[d.severity === 'error' ? 'error' : 'warn']({ dir: opts.configDir }, formatDiagnostic(d));
       },
@@ -215,6 +280,7 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
     const model = buildModel(snapshot, opts.trustDomain);
     discovery.update(model);
     writeStatus();
+    metrics.setModel({ services: model.services.length, workloads: model.workloads.length }, configCounts(snapshot.resources, [...(kube?.diagnostics() ?? []), ...dirDiagnostics]));
     // Only the API server's Gateways: one from the manifest directory has no object to own ours.
     duties?.update(snapshot.resources.filter((r) => r.source.file.startsWith('kubernetes:') && isWaypointGateway(r.raw)).map((r) => r.raw));
     modelled = true;
@@ -229,17 +295,29 @@ export async function runController(opts: ControllerOptions): Promise<CaServer> 
     port: opts.port,
     dnsNames: ['ambit-controller'],
     log,
+    onCertificate: (outcome) => metrics.certificate(outcome),
   });
+  // Without leader election this replica is the only one: it leads (LeaderDuties tells otherwise).
+  metrics.setLeader(!duties || process.env.AMBIT_LEADER_ELECTION !== 'lease');
   duties?.start();
   // Served once the CA serves: readiness waits only for the first model.
-  const health = opts.health ? await serveReadiness(opts.health, () => (modelled ? undefined : 'no config snapshot from the source yet'), log) : undefined;
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.once(signal, () => {
-      log.info({ signal }, 'controller stopping');
+  const health = opts.health ? await serveHealth(opts.health, () => (modelled ? undefined : 'no config snapshot from the source yet'), log) : undefined;
+  const monitoring = opts.monitoring ? await serveMetrics(opts.monitoring, metrics, log) : undefined;
+  const portOf = (s: HttpServer | undefined) => {
+    const a = s?.address();
+    return a && typeof a === 'object' ? a.port : undefined;
+  };
+  const healthPort = portOf(health);
+  const monitoringPort = portOf(monitoring);
+  return {
+    server, metrics,
+    ...(healthPort !== undefined ? { healthPort } : {}),
+    ...(monitoringPort !== undefined ? { monitoringPort } : {}),
+    async close() {
       source.stop();
       health?.close();
-      void Promise.all([duties?.stop(), server.close()]).then(() => process.exit(0));
-    });
-  }
-  return server;
+      monitoring?.close();
+      await Promise.all([duties?.stop(), server.close()]);
+    },
+  };
 }

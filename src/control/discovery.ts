@@ -111,6 +111,30 @@ export interface DiscoveryServerOptions {
   recheckMs?: number;
   /** A stream that has not sent its Subscribe this long after opening is closed (ms; default 10 s). */
   subscribeTimeoutMs?: number;
+  /** Told of every push and NACK, for metrics (ControllerMetrics). */
+  observer?: DiscoveryObserver;
+}
+
+export interface DiscoveryObserver {
+  /** A version written to a subscriber: its bytes (as partsOf counts them) and the seconds building and writing it took. */
+  pushed(kind: SubscriberKind, bytes: number, seconds: number): void;
+  /** A subscriber NACKed a version sent to it. */
+  rejected(kind: SubscriberKind): void;
+}
+
+/** The bytes of a push's parts, computed once per parts array (snapshots and deltas are shared by subscribers). */
+const partBytes = new WeakMap<WireResponse[], number>();
+function bytesOf(parts: WireResponse[]): number {
+  let n = partBytes.get(parts);
+  if (n === undefined) {
+    n = 0;
+    for (const p of parts) {
+      for (const k of p.removed) n += Buffer.byteLength(k) + 4;
+      for (const r of p.resources) n += Buffer.byteLength(r.key) + Buffer.byteLength(r.type) + Buffer.byteLength(r.json) + 16;
+    }
+    partBytes.set(parts, n);
+  }
+  return n;
 }
 
 /** Versions sent to a subscriber and not answered yet, at most. */
@@ -159,10 +183,12 @@ export class DiscoveryServer {
 
   private readonly recheckMs: number;
   private readonly subscribeTimeoutMs: number;
+  private readonly observer?: DiscoveryObserver;
 
   constructor(private readonly authenticator: Authenticator, private readonly log: Logger = silentLogger, opts: DiscoveryServerOptions = {}) {
     this.recheckMs = opts.recheckMs ?? 5 * 60_000;
     this.subscribeTimeoutMs = opts.subscribeTimeoutMs ?? 10_000;
+    this.observer = opts.observer;
   }
 
   private changed(): void {
@@ -270,6 +296,7 @@ export class DiscoveryServer {
         // What a subscriber says is kept and logged within bounds.
         sub.lastNack = { version: clip(req.nack.version, 64), error: clip(req.nack.error, MAX_NACK_ERROR) };
         this.log.warn({ node: sub.node, kind: sub.kind, name: sub.name, ...sub.lastNack }, 'config rejected by subscriber (NACK)');
+        this.observer?.rejected(sub.kind);
         this.changed();
         if (req.nack.version !== this.version) this.push(sub, false);
       }
@@ -367,6 +394,7 @@ export class DiscoveryServer {
     // Paced by the subscriber's answers: one that reads or answers nothing holds at most
     // MAX_INFLIGHT versions of the controller's memory; the rest goes, as one, at its next answer.
     if (sub.inflight.length >= MAX_INFLIGHT) return;
+    const started = performance.now();
     const full = fullRequested || sub.needFull;
     sub.needFull = false;
     const base = sub.inflight.at(-1) ?? sub.acked;
@@ -381,6 +409,7 @@ export class DiscoveryServer {
     }
     sub.inflight.push(this.version);
     for (const part of parts) sub.call.write(part);
+    this.observer?.pushed(sub.kind, bytesOf(parts), (performance.now() - started) / 1000);
   }
 
   /** The current version of a view in full, in parts: computed once, shared by every subscriber of that view. */

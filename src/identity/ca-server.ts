@@ -96,6 +96,8 @@ export interface CaServerOptions {
   log?: Logger;
   /** More services on the same TLS port (the controller's discovery stream). */
   services?: { definition: grpc.ServiceDefinition; implementation: grpc.UntypedServiceImplementation }[];
+  /** Told how each CreateCertificate ended (issued, or the refusal's status), for metrics. */
+  onCertificate?: (outcome: 'issued' | CaErrorCode | 'INTERNAL') => void;
 }
 
 export class CaServer {
@@ -147,8 +149,12 @@ export class CaServer {
           }
           const signed = await ca.sign({ csr, identity, ttlSeconds: ttl });
           log.info({ node, identity, serial: signed.serial, notAfter: signed.notAfter.toISOString() }, 'certificate issued');
+          opts.onCertificate?.('issued');
           callback(null, { cert_chain: signed.chain });
-        })().catch((err: unknown) => refuse(call, err, callback, { node, identity }));
+        })().catch((err: unknown) => {
+          opts.onCertificate?.(err instanceof CaError ? err.code : 'INTERNAL');
+          refuse(call, err, callback, { node, identity });
+        });
       },
       GetTrustBundle: (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
         opts.authenticator.authenticate(call.metadata, call.getPeer())
