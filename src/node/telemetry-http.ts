@@ -1,6 +1,6 @@
 /**
  * The node agent's telemetry listeners: `/metrics` and `/stats/prometheus` on 15020, as the
- * mesh's dashboards expect; `/healthz/ready` on 15021, as probes expect, and `/healthz/check`:
+ * mesh's dashboards expect; `/healthz/ready` and `/healthz/live` on 15021, as probes expect, and `/healthz/check`:
  * this node's requirements (`ambit check --json`), which `ambit check --kube` reads from every
  * agent through the API server. Both are reachable from the node's network, so both are
  * hardened local servers (`src/util/local-http.ts`) and change nothing.
@@ -22,13 +22,16 @@ export function serveTelemetry(
     res.writeHead(200, { 'content-type': agent.metrics.contentType }).end(text);
   });
   const health = localServer({ name: 'health', log }, async (req, res) => {
-    if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, `${req.method} not allowed: GET /healthz/ready`);
+    if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, `${req.method} not allowed: GET ${req.path}`);
+    // Liveness: a failure restarts the agent, so it answers whenever this event loop does and depends
+    // on nothing else — not the controller, not the API server (the datapath keeps working without them).
+    if (req.path === '/healthz/live') return void res.writeHead(200).end('alive\n');
     if (req.path === '/healthz/check' && nodeReport) {
       const r = await nodeReport();
       res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(r)}\n`);
       return;
     }
-    if (req.path !== '/healthz/ready') throw new HttpError(404, 'not found: try /healthz/ready');
+    if (req.path !== '/healthz/ready') throw new HttpError(404, 'not found: try /healthz/ready or /healthz/live');
     if (agent.ready) res.writeHead(200).end('ready\n');
     else res.writeHead(503).end('not ready: no config from the controller yet\n');
   });

@@ -1,7 +1,9 @@
 /**
  * `ambit waypoint run`: the waypoint process. It gets its certificate with its own credential,
  * follows the controller as a `waypoint` subscriber (its services, their L7 config, workloads),
- * and serves HBONE on 15008 with the L7 proxy.
+ * and serves HBONE on 15008 with the L7 proxy. On 15020: `/metrics`, `GET /healthz/ready` (200
+ * once it has its first config and its certificate, 503 with the reason before) and
+ * `GET /healthz/live`.
  */
 import { createServer, type Server } from 'node:net';
 import type { Logger } from 'pino';
@@ -57,6 +59,7 @@ export class Waypoint {
     const requests = new RequestMetrics(metrics.registry);
     proxy.hboneLimiter.registerMetrics(metrics);
     let mesh: MeshState | undefined;
+    let configured = false;
     proxy.onRequest = requestReporter(requests, opts.accessLog, () => mesh);
     proxy.onTunnelRefused = refusalReporter(opts.accessLog);
     const discovery = new DiscoveryClient({
@@ -66,14 +69,32 @@ export class Waypoint {
         const state = stateOf(resources, version, (msg) => opts.log.warn({ version }, msg));
         mesh = state.mesh;
         proxy.update(state);
+        configured = true;
       },
     });
     const server = createServer((socket) => void proxy.handle(socket));
     await new Promise<void>((resolve, reject) => server.once('error', reject).listen(opts.listen.port, opts.listen.host, resolve));
-    // Prometheus on 15020, as the node agents and Istio's proxies serve it.
+    // Ready once it can serve: a config applied (the services it serves, their routes) and its own certificate.
+    const unready = (): string | undefined => {
+      const why: string[] = [];
+      if (!configured) why.push('no config from the controller yet');
+      const cert = certs.list().find((c) => c.identity === identity);
+      if (!cert?.notAfter || Date.parse(cert.notAfter) <= Date.now()) why.push(`no certificate for ${identity} yet${cert?.lastError ? ` (${cert.lastError})` : ''}`);
+      return why.length > 0 ? why.join('; ') : undefined;
+    };
+    // Prometheus on 15020, as the node agents and Istio's proxies serve it, and the probes.
     const metricsServer = localServer({ name: 'metrics', log: opts.log }, async (req, res) => {
-      if (req.path !== '/metrics' && req.path !== '/stats/prometheus') throw new HttpError(404, 'not found: try /metrics');
-      if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, `${req.method} not allowed: GET /metrics`);
+      if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, `${req.method} not allowed: GET ${req.path}`);
+      if (req.path === '/healthz/ready') {
+        const why = unready();
+        if (why) res.writeHead(503).end(`not ready: ${why}\n`);
+        else res.writeHead(200).end('ready\n');
+        return;
+      }
+      // Liveness: a failure restarts the container, so it answers whenever this event loop does and
+      // depends on nothing outside the process (a controller that is away is readiness's business).
+      if (req.path === '/healthz/live') return void res.writeHead(200).end('alive\n');
+      if (req.path !== '/metrics' && req.path !== '/stats/prometheus') throw new HttpError(404, 'not found: try /metrics, /healthz/ready or /healthz/live');
       const text = await metrics.text();
       res.writeHead(200, { 'content-type': metrics.contentType }).end(text);
     });
