@@ -4,7 +4,10 @@
  *
  * Always: the API server answers (and is 1.27 or newer), the prerequisite CRDs (Istio's, the
  * Gateway API's) are there, and every node runs Linux on a kernel `checkKernel` accepts.
- * `pre` (before `ambit install`): the CA Secret the controller mounts is in ambit's namespace.
+ * `pre` (before `ambit install`): the platform (from the nodes' providerID, labels and kubelet
+ * version, or kubeadm-config), the primary CNI (from the CNI DaemonSets), the CNI settings ambit
+ * depends on (Cilium's socket LB and cni-exclusive, Calico eBPF's connect-time load balancer), the
+ * CA Secret the controller mounts in ambit's namespace, and the `ambit install --set ...` line.
  * Otherwise (after install): the namespace, the RateLimit CRD, the controller Deployment and its
  * leader Lease, the trust-bundle ConfigMap, the node agent DaemonSet, and each agent's own node
  * check, read through the API server's pod proxy (`GET :15021/healthz/check`, the JSON of
@@ -19,7 +22,7 @@ import { ROOT_CERT_KEY } from '../control/kube/trust-bundle.js';
 import { RATELIMIT_GROUP } from '../install/crd.js';
 import { CA_SECRET, CONTROLLER, LEADER_LEASE, NODE_AGENT, NODE_PORTS, ROOT_CERT_CONFIGMAP } from '../install/render.js';
 import { VALUES } from '../install/values.js';
-import { checkKernel, MIN_KERNEL, renderText, type Check, type Report } from './checks.js';
+import { checkKernel, MIN_KERNEL, renderText, type Check, type Platform, type Report } from './checks.js';
 import { apiMessage } from './kube.js';
 
 /** The manifests use APIs of this Kubernetes release (they are validated against its schemas). */
@@ -152,7 +155,10 @@ async function checkApiServer(r: Reader): Promise<{ check: Check; reachable: boo
       reachable: true,
     };
   }
-  return { check: { name, ok: true, detail: `${shown} at ${r.server}` }, reachable: true };
+  // ServiceAccount tokens carry the node they were issued on from 1.30 (KEP-4193); before, the
+  // controller finds an agent's node through the pod the token is bound to.
+  const note = major === 1 && minor < 30 ? ' (before 1.30 tokens name no node: the controller reads it from the token\'s pod binding)' : '';
+  return { check: { name, ok: true, detail: `${shown} at ${r.server}${note}` }, reachable: true };
 }
 
 async function checkCrds(r: Reader, name: string, crds: readonly string[], hint: string): Promise<Check> {
@@ -168,9 +174,8 @@ async function checkCrds(r: Reader, name: string, crds: readonly string[], hint:
 }
 
 /** Every node: Linux, and a kernel `ambit check` accepts. One check, readable with 100 nodes. */
-async function checkNodes(r: Reader): Promise<Check> {
+async function checkNodes(f: Fetched): Promise<Check> {
   const name = 'nodes\' kernels';
-  const f = await r.get('/api/v1/nodes');
   if (f.kind === 'error') return readFailure(name, 'the nodes', f);
   const nodes: Obj[] = f.kind === 'found' && Array.isArray((f.body as Obj)?.items) ? (f.body as Obj).items : [];
   if (nodes.length === 0) return { name, ok: false, detail: 'the cluster has no nodes', hint: 'add nodes: the node agent runs on each' };
@@ -368,6 +373,183 @@ async function checkInstalled(r: Reader, namespace: string, now: number): Promis
   ];
 }
 
+// --- `--pre`: the platform, the primary CNI and the CNI settings ambit depends on. ---
+
+export const INSTALL_COMMAND_CHECK = 'install command';
+
+/** One node's platform from what the cloud and the distribution put on it; undefined: nothing specific. */
+export function nodePlatform(node: Obj): Exclude<Platform, 'kubeadm' | 'generic'> | undefined {
+  const providerID = typeof node?.spec?.providerID === 'string' ? node.spec.providerID as string : '';
+  const labels = (node?.metadata?.labels ?? {}) as Record<string, unknown>;
+  const kubelet = typeof node?.status?.nodeInfo?.kubeletVersion === 'string' ? node.status.nodeInfo.kubeletVersion as string : '';
+  const has = (prefix: string) => Object.keys(labels).some((k) => k.startsWith(prefix));
+  if (kubelet.includes('+k3s')) return 'k3s';
+  if (providerID.startsWith('gce://') && has('cloud.google.com/gke-nodepool')) return 'gke';
+  if (providerID.startsWith('aws://') && (has('eks.amazonaws.com/') || kubelet.includes('-eks-'))) return 'eks';
+  if (providerID.startsWith('azure://') && has('kubernetes.azure.com/')) return 'aks';
+  return undefined;
+}
+
+/** The cluster's platform: the nodes' (most of them), else kubeadm when kube-system/kubeadm-config exists, else generic. */
+export function detectPlatform(nodes: Obj[], kubeadmConfig: boolean): { platform: Platform; evidence: string } {
+  const counts = new Map<Platform, number>();
+  for (const n of nodes) {
+    const p = nodePlatform(n);
+    if (p) counts.set(p, (counts.get(p) ?? 0) + 1);
+  }
+  const [top] = [...counts.entries()].sort((a, b) => b[1] - a[1]);
+  if (top) {
+    const why = { gke: 'providerID gce://, label cloud.google.com/gke-nodepool', eks: 'providerID aws://, eks.amazonaws.com/ labels', aks: 'providerID azure://, kubernetes.azure.com/ labels', k3s: 'kubelet version +k3s' }[top[0] as 'gke' | 'eks' | 'aks' | 'k3s'];
+    const others = [...counts.entries()].filter(([p]) => p !== top[0]).map(([p, n]) => `${n} look like ${p}`);
+    return { platform: top[0], evidence: `${why} on ${top[1]} of ${nodes.length} nodes${others.length ? `; ${others.join(', ')}` : ''}` };
+  }
+  if (kubeadmConfig) return { platform: 'kubeadm', evidence: 'ConfigMap kube-system/kubeadm-config' };
+  return { platform: 'generic', evidence: 'no cloud providerID or distribution marker on the nodes, no kubeadm-config' };
+}
+
+/** The CNI DaemonSets ambit knows, the primary first: a policy-only Calico or a chained Cilium leaves aws-node primary. */
+export const CNI_DAEMONSETS: readonly { name: string; chained: string; what: string }[] = [
+  { name: 'anetd', chained: 'gke', what: 'GKE Dataplane V2 (Cilium)' },
+  { name: 'aws-node', chained: 'aws-vpc-cni', what: 'Amazon VPC CNI' },
+  { name: 'cilium', chained: 'cilium', what: 'Cilium' },
+  { name: 'calico-node', chained: 'calico', what: 'Calico' },
+  { name: 'kube-flannel-ds', chained: 'flannel', what: 'flannel' },
+  { name: 'kindnet', chained: 'kindnet', what: 'kindnet' },
+];
+/** Where those DaemonSets live: the manifests' kube-system, the Tigera operator's calico-system, flannel's own namespace. */
+export const CNI_NAMESPACES = ['kube-system', 'calico-system', 'kube-flannel'] as const;
+
+export function detectCni(daemonSets: { namespace: string; name: string }[], platform: Platform): { chained: string; detail: string } {
+  const present = CNI_DAEMONSETS.filter((c) => daemonSets.some((d) => d.name === c.name));
+  const where = (name: string) => daemonSets.filter((d) => d.name === name).map((d) => `${d.namespace}/${d.name}`).join(', ');
+  const primary = present[0];
+  // GKE's own CNI (Dataplane V1; Calico there only enforces policy) has no DaemonSet of its own.
+  if (platform === 'gke' && primary?.name !== 'anetd') {
+    return { chained: 'gke', detail: `GKE's CNI (Dataplane V1)${present.length ? `; also ${present.map((c) => `${c.what} (DaemonSet ${where(c.name)})`).join(', ')}` : ''}` };
+  }
+  if (!primary) {
+    if (platform === 'k3s') return { chained: 'flannel', detail: 'k3s\'s embedded flannel (no CNI DaemonSet)' };
+    return { chained: 'auto', detail: `no CNI DaemonSet ambit knows (${CNI_DAEMONSETS.map((c) => c.name).join(', ')}) in ${CNI_NAMESPACES.join(', ')}: each node agent reads its node's CNI config` };
+  }
+  const also = present.slice(1).map((c) => `${c.what} (DaemonSet ${where(c.name)})`);
+  return { chained: primary.chained, detail: `${primary.what} (DaemonSet ${where(primary.name)})${also.length ? `; also ${also.join(', ')}` : ''}` };
+}
+
+const CILIUM_HELM = 'helm upgrade cilium cilium/cilium -n kube-system --reuse-values';
+const CILIUM_RESTART = 'kubectl -n kube-system rollout restart daemonset/cilium (the agent compiles the setting into its datapath at start)';
+
+/**
+ * Cilium's settings from ConfigMap kube-system/cilium-config: socket LB (on with
+ * kube-proxy-replacement=true|strict, or bpf-lb-sock=true) must be limited to the host netns
+ * (bpf-lb-sock-hostns-only), and cni-exclusive must be false, or Cilium removes ambit's chain entry.
+ */
+export function checkCiliumConfig(data: Record<string, unknown> | undefined, managedByGke: boolean): Check {
+  const name = 'Cilium settings';
+  if (!data) {
+    return managedByGke
+      ? { name, ok: true, detail: 'GKE Dataplane V2: GKE manages anetd and has no kube-system/cilium-config to read; the node agents check the programs on their nodes (ambit check --kube, after install)' }
+      : { name, ok: false, detail: 'ConfigMap kube-system/cilium-config not found', hint: 'check Cilium\'s namespace and ConfigMap (kubectl get configmap -A | grep cilium-config); ambit needs bpf-lb-sock-hostns-only: "true" and cni-exclusive: "false" there' };
+  }
+  const str = (k: string) => (typeof data[k] === 'string' ? (data[k] as string).trim().toLowerCase() : undefined);
+  const kpr = str('kube-proxy-replacement');
+  const sock = str('bpf-lb-sock');
+  const hostnsOnly = str('bpf-lb-sock-hostns-only') === 'true';
+  // kube-proxy-replacement true (strict before 1.14) turns socket LB on whatever bpf-lb-sock says.
+  const socketLb = sock === 'true' || kpr === 'true' || kpr === 'strict';
+  const exclusive = str('cni-exclusive') !== 'false';
+  const shown = `kube-proxy-replacement=${kpr ?? '(unset)'}, bpf-lb-sock=${sock ?? '(unset)'}, bpf-lb-sock-hostns-only=${str('bpf-lb-sock-hostns-only') ?? '(unset)'}, cni-exclusive=${str('cni-exclusive') ?? '(unset: true)'}`;
+  const problems: string[] = [];
+  const sets: string[] = [];
+  if (socketLb && !hostnsOnly) {
+    problems.push('socket load balancing rewrites pods\' Service connections before ambit sees them');
+    sets.push('--set socketLB.hostNamespaceOnly=true');
+  }
+  if (exclusive && !managedByGke) {
+    problems.push('cni-exclusive makes Cilium remove other CNI configs, ambit\'s chain entry among them');
+    sets.push('--set cni.exclusive=false');
+  }
+  if (problems.length === 0) return { name, ok: true, detail: `${shown}: socket LB ${socketLb ? 'limited to the host netns' : 'off'}, other CNI plugins kept` };
+  const hint = managedByGke
+    ? 'GKE manages anetd\'s cilium-config and reverts changes to it: ambit cannot capture Service traffic by Service address on this cluster\'s pods'
+    : `as Istio ambient requires: ${CILIUM_HELM} ${sets.join(' ')}; then ${CILIUM_RESTART}`;
+  return { name, ok: false, detail: `${shown}: ${problems.join('; ')}`, hint };
+}
+
+/**
+ * Calico eBPF's connect-time load balancer, from FelixConfiguration default (and the operator's
+ * Installation): bpfConnectTimeLoadBalancing (TCP|Enabled|Disabled; the older
+ * bpfConnectTimeLoadBalancingEnabled bool) must be Disabled.
+ */
+export function checkCalicoConfig(felix: Obj | undefined, installation: Obj | undefined): Check {
+  const name = 'Calico eBPF';
+  const spec = (felix?.spec ?? {}) as Record<string, unknown>;
+  const dataplane = installation?.spec?.calicoNetwork?.linuxDataplane as string | undefined;
+  const bpf = spec.bpfEnabled === true || dataplane === 'BPF';
+  if (!bpf) return { name, ok: true, detail: `not in eBPF mode (FelixConfiguration default bpfEnabled=${String(spec.bpfEnabled ?? false)}${dataplane ? `, Installation linuxDataplane=${dataplane}` : ''}): no connect-time load balancer` };
+  const ctlb = typeof spec.bpfConnectTimeLoadBalancing === 'string' ? spec.bpfConnectTimeLoadBalancing
+    : spec.bpfConnectTimeLoadBalancingEnabled === false ? 'Disabled'
+    : spec.bpfConnectTimeLoadBalancingEnabled === true ? 'Enabled' : undefined;
+  const shown = ctlb === undefined ? 'bpfConnectTimeLoadBalancing unset (Calico\'s default load-balances TCP at connect time)' : `bpfConnectTimeLoadBalancing=${ctlb}`;
+  if (ctlb === 'Disabled') return { name, ok: true, detail: `eBPF mode, ${shown}` };
+  const patch = { bpfConnectTimeLoadBalancing: 'Disabled', bpfHostNetworkedNATWithoutCTLB: 'Enabled', ...(spec.bpfConnectTimeLoadBalancingEnabled === true ? { bpfConnectTimeLoadBalancingEnabled: false } : {}) };
+  return {
+    name, ok: false,
+    detail: `eBPF mode, ${shown}: pods' Service connections are rewritten to pod addresses before ambit sees them (Calico documents connect-time load balancing as not compatible with Istio ambient)`,
+    hint: `kubectl patch felixconfiguration default --type merge -p '${JSON.stringify({ spec: patch })}' (host-networked processes keep reaching Services through bpfHostNetworkedNATWithoutCTLB)`,
+  };
+}
+
+async function checkPlatformAndCni(r: Reader, nodesF: Fetched): Promise<{ checks: Check[]; install: Check }> {
+  const nodes: Obj[] = nodesF.kind === 'found' && Array.isArray((nodesF.body as Obj)?.items) ? (nodesF.body as Obj).items : [];
+  const [kubeadm, ...dsLists] = await Promise.all([
+    r.get('/api/v1/namespaces/kube-system/configmaps/kubeadm-config'),
+    ...CNI_NAMESPACES.map((ns) => r.get(`/apis/apps/v1/namespaces/${ns}/daemonsets`)),
+  ]);
+  const checks: Check[] = [];
+  const { platform, evidence } = detectPlatform(nodes, kubeadm.kind === 'found');
+  checks.push({ name: 'platform', ok: true, detail: `${platform} (${evidence})`, implies: `--set platform=${platform}` });
+
+  const dsError = dsLists.find((f) => f.kind === 'error');
+  const daemonSets = dsLists.flatMap((f) => (f.kind === 'found' && Array.isArray((f.body as Obj)?.items) ? (f.body as Obj).items as Obj[] : []))
+    .map((d) => ({ namespace: String(d?.metadata?.namespace ?? ''), name: String(d?.metadata?.name ?? '') }));
+  let chained = 'auto';
+  if (dsError?.kind === 'error') {
+    checks.push(readFailure('primary CNI', `the DaemonSets of ${CNI_NAMESPACES.join(', ')}`, dsError));
+  } else {
+    const cni = detectCni(daemonSets, platform);
+    chained = cni.chained;
+    checks.push({ name: 'primary CNI', ok: true, detail: cni.detail, implies: `--set cni.chained=${cni.chained}` });
+  }
+  const names = new Set(daemonSets.map((d) => d.name));
+  if (names.has('cilium') || names.has('anetd')) {
+    const cm = await r.get('/api/v1/namespaces/kube-system/configmaps/cilium-config');
+    checks.push(cm.kind === 'error' ? readFailure('Cilium settings', 'ConfigMap kube-system/cilium-config', cm)
+      : checkCiliumConfig(cm.kind === 'found' ? ((cm.body as Obj)?.data ?? {}) : undefined, names.has('anetd') && !names.has('cilium')));
+  }
+  if (names.has('calico-node')) {
+    const felix = await firstFound(r, ['/apis/crd.projectcalico.org/v1/felixconfigurations/default', '/apis/projectcalico.org/v3/felixconfigurations/default']);
+    const installation = await r.get('/apis/operator.tigera.io/v1/installations/default');
+    const failed = [felix, installation].find((f) => f.kind === 'error');
+    checks.push(failed?.kind === 'error' ? readFailure('Calico eBPF', 'FelixConfiguration default', failed)
+      : checkCalicoConfig(felix.kind === 'found' ? felix.body as Obj : undefined, installation.kind === 'found' ? installation.body as Obj : undefined));
+  }
+  const command = `ambit install --set platform=${platform} --set cni.chained=${chained}`;
+  const changes = checks.filter((c) => !c.ok).length;
+  return {
+    checks,
+    install: { name: INSTALL_COMMAND_CHECK, ok: true, detail: `${command} | kubectl apply -f -${changes > 0 ? ` (after the ${changes === 1 ? 'change' : 'changes'} above)` : ''}` },
+  };
+}
+
+/** The first of `paths` that exists (a CRD served under either group); missing when none does. */
+async function firstFound(r: Reader, paths: string[]): Promise<Fetched> {
+  for (const path of paths) {
+    const f = await r.get(path);
+    if (f.kind !== 'missing') return f;
+  }
+  return { kind: 'missing' };
+}
+
 /** Every check of the cluster behind `client`, in a stable order. */
 export async function clusterChecks(client: KubeClient, opts: ClusterCheckOptions = {}): Promise<Check[]> {
   const r = new Reader(client, opts.timeoutMs ?? 10_000);
@@ -375,13 +557,16 @@ export async function clusterChecks(client: KubeClient, opts: ClusterCheckOption
   const api = await checkApiServer(r);
   if (!api.reachable) return [api.check];
   const now = (opts.now ?? Date.now)();
-  const [istio, gatewayApi, nodes, rest] = await Promise.all([
+  const nodeList = r.get('/api/v1/nodes');
+  const [istio, gatewayApi, nodes, platform, rest] = await Promise.all([
     checkCrds(r, 'Istio CRDs', ISTIO_CRDS, ISTIO_HINT),
     checkCrds(r, 'Gateway API CRDs', GATEWAY_API_CRDS, GATEWAY_API_HINT),
-    checkNodes(r),
+    nodeList.then(checkNodes),
+    opts.pre ? nodeList.then((f) => checkPlatformAndCni(r, f)) : Promise.resolve(undefined),
     opts.pre ? checkPre(r, namespace) : checkInstalled(r, namespace, now),
   ]);
-  return [api.check, istio, gatewayApi, nodes, ...rest];
+  if (!platform) return [api.check, istio, gatewayApi, nodes, ...rest];
+  return [api.check, istio, gatewayApi, nodes, ...platform.checks, ...rest, platform.install];
 }
 
 /** The text report, with a verdict about the cluster rather than this node. */

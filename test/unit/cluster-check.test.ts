@@ -25,6 +25,8 @@ const KINDS: ServedKind[] = [
   { group: 'apps', version: 'v1', kind: 'DaemonSet', plural: 'daemonsets' },
   { group: 'coordination.k8s.io', version: 'v1', kind: 'Lease', plural: 'leases' },
   { group: 'apiextensions.k8s.io', version: 'v1', kind: 'CustomResourceDefinition', plural: 'customresourcedefinitions' },
+  { group: 'crd.projectcalico.org', version: 'v1', kind: 'FelixConfiguration', plural: 'felixconfigurations' },
+  { group: 'operator.tigera.io', version: 'v1', kind: 'Installation', plural: 'installations' },
 ];
 
 const CRDS = [
@@ -148,8 +150,10 @@ describe('cluster checks, in process', () => {
     const pre = await checks({ pre: true });
     expect(pre.map((c) => [c.name, c.ok])).toEqual([
       ['API server reachable', true], ['Istio CRDs', true], ['Gateway API CRDs', true], ['nodes\' kernels', true],
-      [`namespace ${NS}`, true], [`Secret ${NS}/ambit-ca`, true],
+      ['platform', true], ['primary CNI', true],
+      [`namespace ${NS}`, true], [`Secret ${NS}/ambit-ca`, true], ['install command', true],
     ]);
+    expect(byName(pre, 'install command').detail).toBe('ambit install --set platform=generic --set cni.chained=auto | kubectl apply -f -');
     // Never the Secret's values.
     expect(JSON.stringify(pre)).not.toMatch(/Uk9PVA|S0VZ/);
 
@@ -263,8 +267,9 @@ describe('ambit check --kubeconfig', () => {
     const out = await ambit(['check', '--pre', '--kubeconfig', kubeconfig(server.url)]);
     expect(out.code).toBe(1);
     expect(out.stdout).toMatch(/✗ Secret ambit-system\/ambit-ca\s+missing — fix: .*kubectl -n ambit-system create secret generic ambit-ca --from-file=root-cert\.pem --from-file=cert-chain\.pem --from-file=ca-key\.pem/);
-    expect(out.stdout).toMatch(/1 of 6 checks failed: fix them before installing ambit\n$/);
-    expect(out.stdout).not.toMatch(/Deployment|DaemonSet/);
+    expect(out.stdout).toMatch(/1 of 9 checks failed: fix them before installing ambit\n$/);
+    expect(out.stdout).toMatch(/✓ install command +ambit install --set platform=generic --set cni\.chained=auto \| kubectl apply -f -\n/);
+    expect(out.stdout).not.toMatch(/Deployment ambit-controller|DaemonSet ambit-node/);
 
     const elsewhere = await ambit(['check', '--pre', '--namespace', 'mesh', '--json', '--kubeconfig', kubeconfig(server.url)]);
     const parsed = JSON.parse(elsewhere.stdout) as { ok: boolean; checks: Check[] };
@@ -281,9 +286,147 @@ describe('ambit check --kubeconfig', () => {
     expect(out.stdout).not.toMatch(/\n\s+at /);
   }, 60_000);
 
-  it('refuses --pre without a cluster', async () => {
-    const out = await ambit(['check', '--pre']);
+  it('refuses --namespace without a cluster, and --cgroup with one', async () => {
+    const out = await ambit(['check', '--namespace', 'mesh']);
     expect(out.code).toBe(2);
-    expect(out.stderr).toMatch(/--pre and --namespace check a cluster: add --kubeconfig FILE or --kube/);
+    expect(out.stderr).toMatch(/--namespace checks a cluster: add --kubeconfig FILE or --kube/);
+    const both = await ambit(['check', '--cgroup', '/sys/fs/cgroup', '--kubeconfig', kubeconfig(server.url)]);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toMatch(/--cgroup and --pin-root check this node/);
   }, 60_000);
+});
+
+/**
+ * `--pre` on the platforms ambit meets, with the objects as those clusters carry them: node
+ * providerIDs, labels and kubelet versions, the CNI's DaemonSets, cilium-config, FelixConfiguration.
+ */
+describe('--pre: platform, CNI and the CNI settings ambit depends on', () => {
+  const node = (name: string, extra: { providerID?: string; labels?: Record<string, string>; kubelet: string; kernel: string }) => server.apply('Node', {
+    metadata: { name, labels: { 'kubernetes.io/os': 'linux', ...extra.labels } },
+    spec: extra.providerID ? { providerID: extra.providerID } : {},
+    status: { nodeInfo: { kernelVersion: extra.kernel, operatingSystem: 'linux', kubeletVersion: extra.kubelet, containerRuntimeVersion: 'containerd://1.7.22' } },
+  });
+  const ds = (namespace: string, name: string) => server.apply('DaemonSet', { metadata: { name, namespace }, spec: { selector: { matchLabels: { 'k8s-app': name } } } }, 'apps');
+  const replaceNodes = (add: () => void) => {
+    for (const n of NODES) server.delete('Node', '', n);
+    add();
+  };
+  const pre = () => checks({ pre: true });
+
+  it('GKE (Dataplane V1): gke from providerID and node-pool label, GKE\'s own CNI', async () => {
+    replaceNodes(() => {
+      for (const [i, zone] of ['us-central1-a', 'us-central1-b'].entries()) {
+        node(`gke-shop-default-pool-3f1c-${i}`, { providerID: `gce://shop-prod/${zone}/gke-shop-default-pool-3f1c-${i}`, labels: { 'cloud.google.com/gke-nodepool': 'default-pool', 'cloud.google.com/gke-os-distribution': 'cos' }, kubelet: 'v1.30.5-gke.1014001', kernel: '6.1.100+' });
+      }
+    });
+    for (const name of ['kube-proxy', 'fluentbit-gke', 'gke-metadata-server', 'netd', 'pdcsi-node']) ds('kube-system', name);
+    const all = await pre();
+    expect(byName(all, 'platform')).toMatchObject({ ok: true, detail: 'gke (providerID gce://, label cloud.google.com/gke-nodepool on 2 of 2 nodes)', implies: '--set platform=gke' });
+    expect(byName(all, 'primary CNI')).toMatchObject({ ok: true, detail: 'GKE\'s CNI (Dataplane V1)', implies: '--set cni.chained=gke' });
+    expect(byName(all, 'nodes\' kernels').detail).toBe('2 Linux nodes, kernel >= 5.17 (6.1.100+)');
+    expect(all.map((c) => c.name)).not.toContain('Cilium settings');
+    expect(byName(all, 'install command').detail).toBe('ambit install --set platform=gke --set cni.chained=gke | kubectl apply -f -');
+  });
+
+  it('GKE Dataplane V2: anetd is GKE\'s Cilium; its settings are GKE\'s', async () => {
+    replaceNodes(() => node('gke-shop-pool-2-9a1b-0', { providerID: 'gce://shop-prod/europe-west1-b/gke-shop-pool-2-9a1b-0', labels: { 'cloud.google.com/gke-nodepool': 'pool-2' }, kubelet: 'v1.31.1-gke.1678000', kernel: '6.6.44+' }));
+    ds('kube-system', 'anetd');
+    ds('kube-system', 'kube-dns');
+    const all = await pre();
+    expect(byName(all, 'primary CNI')).toMatchObject({ detail: 'GKE Dataplane V2 (Cilium) (DaemonSet kube-system/anetd)', implies: '--set cni.chained=gke' });
+    expect(byName(all, 'Cilium settings')).toMatchObject({ ok: true, detail: expect.stringMatching(/^GKE Dataplane V2: GKE manages anetd/) });
+    // Where GKE's cilium-config can be read and load-balances pod sockets, the fix is not a setting.
+    server.apply('ConfigMap', { metadata: { name: 'cilium-config', namespace: 'kube-system' }, data: { 'kube-proxy-replacement': 'true' } });
+    const again = byName(await pre(), 'Cilium settings');
+    expect(again.ok).toBe(false);
+    expect(again.hint).toMatch(/GKE manages anetd's cilium-config/);
+    expect(again.detail).not.toMatch(/cni-exclusive makes/);
+  });
+
+  it('EKS with the VPC CNI (and Calico for policy): eks, aws-vpc-cni, and the 1.29 token note', async () => {
+    server.version = { major: '1', minor: '29+', gitVersion: 'v1.29.8-eks-a737599' };
+    replaceNodes(() => node('ip-10-0-10-170.ec2.internal', { providerID: 'aws:///us-east-1a/i-08736224042c4ee75', labels: { 'eks.amazonaws.com/nodegroup': 'main', 'eks.amazonaws.com/capacityType': 'ON_DEMAND' }, kubelet: 'v1.29.6-eks-1552ad0', kernel: '5.10.225-213.878.amzn2.x86_64' }));
+    ds('kube-system', 'aws-node');
+    ds('kube-system', 'kube-proxy');
+    ds('calico-system', 'calico-node');
+    const all = await pre();
+    expect(byName(all, 'API server reachable').detail).toMatch(/^v1\.29\.8-eks-a737599 at .* \(before 1\.30 tokens name no node: the controller reads it from the token's pod binding\)$/);
+    expect(byName(all, 'platform').implies).toBe('--set platform=eks');
+    expect(byName(all, 'primary CNI')).toMatchObject({ detail: 'Amazon VPC CNI (DaemonSet kube-system/aws-node); also Calico (DaemonSet calico-system/calico-node)', implies: '--set cni.chained=aws-vpc-cni' });
+    // No FelixConfiguration: Calico enforces policy, not in eBPF mode.
+    expect(byName(all, 'Calico eBPF')).toMatchObject({ ok: true, detail: expect.stringMatching(/^not in eBPF mode/) });
+    // Amazon Linux 2's 5.10 is too old for ambit.
+    expect(byName(all, 'nodes\' kernels')).toMatchObject({ ok: false, detail: expect.stringMatching(/5\.10\.225-213\.878\.amzn2\.x86_64 is older than 5\.17/) });
+    expect(byName(all, 'install command').detail).toBe('ambit install --set platform=eks --set cni.chained=aws-vpc-cni | kubectl apply -f -');
+  });
+
+  it('kubeadm with Calico eBPF: connect-time load balancing must be turned off', async () => {
+    server.apply('ConfigMap', { metadata: { name: 'kubeadm-config', namespace: 'kube-system' }, data: { ClusterConfiguration: 'apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\nkubernetesVersion: v1.30.4\n' } });
+    ds('calico-system', 'calico-node');
+    ds('calico-system', 'csi-node-driver');
+    server.apply('Installation', { metadata: { name: 'default' }, spec: { calicoNetwork: { linuxDataplane: 'BPF', bgp: 'Enabled' } } }, 'operator.tigera.io');
+    server.apply('FelixConfiguration', { metadata: { name: 'default' }, spec: { bpfEnabled: true, bpfLogLevel: '', floatingIPs: 'Disabled', logSeverityScreen: 'Info' } }, 'crd.projectcalico.org');
+    const all = await pre();
+    expect(byName(all, 'platform')).toMatchObject({ detail: 'kubeadm (ConfigMap kube-system/kubeadm-config)', implies: '--set platform=kubeadm' });
+    expect(byName(all, 'primary CNI').implies).toBe('--set cni.chained=calico');
+    const calico = byName(all, 'Calico eBPF');
+    expect(calico).toMatchObject({ ok: false, detail: expect.stringMatching(/^eBPF mode, bpfConnectTimeLoadBalancing unset/) });
+    expect(calico.hint).toBe('kubectl patch felixconfiguration default --type merge -p \'{"spec":{"bpfConnectTimeLoadBalancing":"Disabled","bpfHostNetworkedNATWithoutCTLB":"Enabled"}}\' (host-networked processes keep reaching Services through bpfHostNetworkedNATWithoutCTLB)');
+    expect(byName(all, 'install command').detail).toBe('ambit install --set platform=kubeadm --set cni.chained=calico | kubectl apply -f - (after the change above)');
+
+    // The deprecated bool, still on, is turned off too.
+    server.apply('FelixConfiguration', { metadata: { name: 'default' }, spec: { bpfEnabled: true, bpfConnectTimeLoadBalancingEnabled: true } }, 'crd.projectcalico.org');
+    expect(byName(await pre(), 'Calico eBPF').hint).toMatch(/"bpfConnectTimeLoadBalancingEnabled":false/);
+    server.apply('FelixConfiguration', { metadata: { name: 'default' }, spec: { bpfEnabled: true, bpfConnectTimeLoadBalancing: 'Disabled', bpfHostNetworkedNATWithoutCTLB: 'Enabled' } }, 'crd.projectcalico.org');
+    expect(byName(await pre(), 'Calico eBPF')).toMatchObject({ ok: true, detail: 'eBPF mode, bpfConnectTimeLoadBalancing=Disabled' });
+  });
+
+  it('kubeadm with Cilium\'s kube-proxy replacement: socket LB not limited to the host, cni-exclusive on', async () => {
+    server.apply('ConfigMap', { metadata: { name: 'kubeadm-config', namespace: 'kube-system' }, data: { ClusterConfiguration: 'kind: ClusterConfiguration\n' } });
+    ds('kube-system', 'cilium');
+    ds('kube-system', 'cilium-envoy');
+    // As the Cilium 1.16 chart renders it with kubeProxyReplacement=true and the defaults.
+    const ciliumConfig = { 'kube-proxy-replacement': 'true', 'kube-proxy-replacement-healthz-bind-address': '', 'bpf-lb-sock': 'false', 'bpf-lb-sock-hostns-only': 'false', 'cni-exclusive': 'true', 'enable-ipv4': 'true', 'routing-mode': 'tunnel', 'tunnel-protocol': 'vxlan' };
+    server.apply('ConfigMap', { metadata: { name: 'cilium-config', namespace: 'kube-system' }, data: ciliumConfig });
+    const all = await pre();
+    expect(byName(all, 'primary CNI')).toMatchObject({ detail: 'Cilium (DaemonSet kube-system/cilium)', implies: '--set cni.chained=cilium' });
+    const cilium = byName(all, 'Cilium settings');
+    expect(cilium).toMatchObject({
+      ok: false,
+      detail: 'kube-proxy-replacement=true, bpf-lb-sock=false, bpf-lb-sock-hostns-only=false, cni-exclusive=true: socket load balancing rewrites pods\' Service connections before ambit sees them; cni-exclusive makes Cilium remove other CNI configs, ambit\'s chain entry among them',
+    });
+    expect(cilium.hint).toBe('as Istio ambient requires: helm upgrade cilium cilium/cilium -n kube-system --reuse-values --set socketLB.hostNamespaceOnly=true --set cni.exclusive=false; then kubectl -n kube-system rollout restart daemonset/cilium (the agent compiles the setting into its datapath at start)');
+    expect(byName(all, 'install command').detail).toMatch(/--set platform=kubeadm --set cni\.chained=cilium \| kubectl apply -f - \(after the change above\)$/);
+
+    // Without kube-proxy replacement, bpf-lb-sock turns socket LB on by itself.
+    server.apply('ConfigMap', { metadata: { name: 'cilium-config', namespace: 'kube-system' }, data: { ...ciliumConfig, 'kube-proxy-replacement': 'false', 'bpf-lb-sock': 'true', 'cni-exclusive': 'false' } });
+    expect(byName(await pre(), 'Cilium settings').hint).toMatch(/--reuse-values --set socketLB\.hostNamespaceOnly=true;/);
+    server.apply('ConfigMap', { metadata: { name: 'cilium-config', namespace: 'kube-system' }, data: { ...ciliumConfig, 'kube-proxy-replacement': 'false', 'cni-exclusive': 'false' } });
+    expect(byName(await pre(), 'Cilium settings')).toMatchObject({ ok: true, detail: expect.stringMatching(/socket LB off, other CNI plugins kept$/) });
+
+    // With hostNamespaceOnly and cni.exclusive=false, as Istio ambient requires: nothing to change.
+    server.apply('ConfigMap', { metadata: { name: 'cilium-config', namespace: 'kube-system' }, data: { ...ciliumConfig, 'bpf-lb-sock-hostns-only': 'true', 'cni-exclusive': 'false' } });
+    const fixed = await pre();
+    expect(byName(fixed, 'Cilium settings')).toMatchObject({ ok: true, detail: expect.stringMatching(/socket LB limited to the host netns, other CNI plugins kept$/) });
+    expect(fixed.filter((c) => !c.ok)).toEqual([]);
+    expect(byName(fixed, 'install command').detail).toBe('ambit install --set platform=kubeadm --set cni.chained=cilium | kubectl apply -f -');
+  });
+
+  it('k3s: +k3s kubelets, the embedded flannel', async () => {
+    replaceNodes(() => {
+      node('k3s-server', { providerID: 'k3s://k3s-server', labels: { 'node-role.kubernetes.io/control-plane': 'true' }, kubelet: 'v1.30.4+k3s1', kernel: '6.8.0-45-generic' });
+      node('k3s-agent-1', { providerID: 'k3s://k3s-agent-1', kubelet: 'v1.30.4+k3s1', kernel: '6.8.0-45-generic' });
+    });
+    ds('kube-system', 'svclb-traefik-3a8b1c2d');
+    const all = await pre();
+    expect(byName(all, 'platform')).toMatchObject({ detail: 'k3s (kubelet version +k3s on 2 of 2 nodes)', implies: '--set platform=k3s' });
+    expect(byName(all, 'primary CNI')).toMatchObject({ detail: 'k3s\'s embedded flannel (no CNI DaemonSet)', implies: '--set cni.chained=flannel' });
+    expect(byName(all, 'install command').detail).toBe('ambit install --set platform=k3s --set cni.chained=flannel | kubectl apply -f -');
+  });
+
+  it('a DaemonSet list that is refused is a failed check, not a guess', async () => {
+    server.failNext('GET', '/namespaces/kube-system/daemonsets', 403);
+    const cni = byName(await pre(), 'primary CNI');
+    expect(cni).toMatchObject({ ok: false, detail: expect.stringMatching(/^cannot read the DaemonSets of kube-system, calico-system, kube-flannel: forbidden/) });
+  });
 });
