@@ -8,7 +8,7 @@ BPF_HEADERS := $(wildcard bpf/*.h)
 BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu \
 	-fdebug-prefix-map=$(CURDIR)=.
 
-.PHONY: setup setup-bpf build lint typecheck test test-unit test-integration bpf bpf-check bench fuzz fuzz-ci demo demo-redirect clean
+.PHONY: setup setup-bpf build cni image image-push lint typecheck test test-unit test-integration bpf bpf-check bench fuzz fuzz-ci demo demo-redirect clean
 
 setup:
 	scripts/setup.sh
@@ -16,8 +16,31 @@ setup:
 setup-bpf:
 	scripts/setup.sh --bpf
 
+# What ships (src/ and native/) into dist/; tests and benches run from their sources.
 build:
-	npx tsc -p tsconfig.json
+	npx tsc -p tsconfig.build.json
+
+# The CNI plugin as the image has it: static, checked to need no interpreter or shared library.
+cni:
+	scripts/build-cni.sh --static
+
+# The image (deploy/Dockerfile) through docker buildx, for every platform in PLATFORMS. A
+# multi-platform image cannot be loaded into docker's classic image store, so `image` loads it
+# only when PLATFORMS names one platform; otherwise it is built (every platform checked, kept in
+# the build cache) and `image-push` pushes it. Cross-building needs QEMU's binfmt handlers
+# (docker run --privileged --rm tonistiigi/binfmt --install arm64) and a docker-container builder
+# (docker buildx create --use).
+IMAGE ?= ghcr.io/ambit-mesh/ambit:$(shell node -p "require('./package.json').version")
+PLATFORMS ?= linux/amd64,linux/arm64
+comma := ,
+BUILDX = docker buildx build -f deploy/Dockerfile --platform $(PLATFORMS) -t $(IMAGE)
+
+image:
+	$(BUILDX) $(if $(findstring $(comma),$(PLATFORMS)),,--load) .
+	@$(if $(findstring $(comma),$(PLATFORMS)),echo "built $(IMAGE) for $(PLATFORMS) (build cache only: make image-push to push it, or PLATFORMS=linux/amd64 to load one platform)",echo "built $(IMAGE) for $(PLATFORMS), loaded into docker")
+
+image-push:
+	$(BUILDX) --push .
 
 typecheck:
 	npx tsc -p tsconfig.json --noEmit
