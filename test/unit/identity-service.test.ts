@@ -143,7 +143,9 @@ function fakeSource(clockCa: CertificateAuthority): CertificateSource & { calls:
 describe('the certificate manager', () => {
   async function setup(opts: { random?: () => number } = {}) {
     const clock = new ManualClock(Date.parse('2026-11-28T12:00:00Z'));
-    const clockCa = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'ca')) }, { now: () => clock.now(), defaultTtlSeconds: 3600 });
+    // Its own root, made at the manual clock's time: the shared one was made at the real time,
+    // which is after this clock's, and a CA refuses a root that is not valid yet.
+    const clockCa = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'ca-clock')) }, { now: () => clock.now(), defaultTtlSeconds: 3600 });
     const source = fakeSource(clockCa);
     const manager = new CertManager({ source, clock, random: opts.random ?? (() => 0.5), backoff: { initialMs: 1000, maxMs: 16_000 } });
     await manager.start();
