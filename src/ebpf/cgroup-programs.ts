@@ -140,7 +140,11 @@ export function analyzeSockAddr(cgroup: string, raw: { hook: SockAddrHook; progr
         cleared.push({ hook, program, why: 'Cilium\'s datapath is built with ENABLE_SOCKET_LB_HOST_ONLY (socketLB.hostNamespaceOnly=true): it leaves pod sockets alone' });
         continue;
       }
-      const conflict = { hook, program, owner: p.owner, before, fix: fixFor(p.owner) };
+      // Cilium's programs stay attached when limited to the host netns; only its node_config.h tells.
+      const fix = p.owner === 'cilium' && ciliumMode === undefined
+        ? `${fixFor(p.owner)} (if Cilium runs with it already, this could not be confirmed: its ${CILIUM_NODE_CONFIG} is not readable here)`
+        : fixFor(p.owner);
+      const conflict = { hook, program, owner: p.owner, before, fix };
       conflicts.push({ ...conflict, summary: describeConflict(conflict) });
     }
   }

@@ -296,6 +296,10 @@ describe('other programs on connect4/connect6 (socket load balancing)', () => {
     expect(checkSocketLb(hostOnly).detail).toMatch(/cleared: connect4: cil_sock4_conne \(Cilium's datapath is built with ENABLE_SOCKET_LB_HOST_ONLY/);
     const full = analyzeSockAddr('/sys/fs/cgroup', hooks([cilium4, ambit4]), { ownIds: own, ciliumNodeConfig: '#define ENABLE_SOCKET_LB_FULL 1\n' });
     expect(full.conflicts).toHaveLength(1);
+    expect(full.conflicts[0]!.fix).not.toMatch(/could not be confirmed/);
+    // Unreadable: still a conflict, saying it could not be confirmed either way.
+    const unknown = analyzeSockAddr('/sys/fs/cgroup', hooks([cilium4, ambit4]), { ownIds: own });
+    expect(unknown.conflicts[0]!.fix).toMatch(/could not be confirmed: its \/var\/run\/cilium\/state\/globals\/node_config\.h is not readable here\)$/);
   });
 
   it('a listing that fails is a failed check naming the cgroup and how to run it', () => {
