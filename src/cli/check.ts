@@ -20,8 +20,8 @@ interface Opts { json?: boolean; kubeconfig?: string; kube?: boolean; pre?: bool
 export function register(program: Command): void {
   program
     .command('check')
-    .description('verify this node can run ambit: kernel, BTF, cgroup v2, bpffs, capabilities, libbpf, and that the BPF objects load; with --kubeconfig/--kube, a Kubernetes cluster instead')
-    .option('--json', 'print the results as JSON: { ok, checks: [{ name, ok, detail, hint? }] }')
+    .description('verify this node can run ambit: kernel, BTF, cgroup v2, bpffs, capabilities, libbpf, that the BPF objects load, and that no other program (a CNI\'s socket load balancer) rewrites connect() before ambit\'s; with --kubeconfig/--kube, a Kubernetes cluster instead')
+    .option('--json', 'print the results as JSON: { ok, checks: [{ name, ok, detail, hint?, implies? }] }')
     .option('--kubeconfig <file>', 'check a Kubernetes cluster (API server, prerequisites, nodes, the installation) instead of this node')
     .option('--kube', 'check the Kubernetes cluster of $KUBECONFIG or ~/.kube/config')
     .option('--pre', 'before `ambit install`: on a node, also what it implies for the install values (platform, AppArmor, SELinux, kubelet cgroup, CNI config); with --kubeconfig/--kube, the cluster\'s prerequisites, platform and CNI')
