@@ -226,7 +226,7 @@ export function checkAppArmor(enabled: string | undefined): Check {
   if (enabled === undefined || enabled.trim() !== 'Y') return { name, ok: true, detail: enabled === undefined ? 'not in this kernel' : 'disabled' };
   return {
     name, ok: true, detail: 'enabled',
-    implies: 'no install value: the node agent runs under the container runtime\'s default profile (unprivileged, only the capabilities it lists); if its log shows AppArmor denials (dmesg: apparmor="DENIED"), give its pod appArmorProfile: {type: Unconfined}',
+    implies: 'nothing to set: the install runs the node agent AppArmor-unconfined (nodeAgent.appArmorProfile=unconfined, the default), since containerd\'s default profile denies the writes under /sys/fs/bpf it needs',
   };
 }
 
@@ -236,8 +236,8 @@ export function checkSelinux(enforce: string | undefined): Check {
   if (enforce === undefined) return { name, ok: true, detail: 'not enabled' };
   if (enforce.trim() !== '1') return { name, ok: true, detail: 'permissive (denials are logged, not enforced)' };
   return {
-    name, ok: false, detail: 'enforcing: a container_t process may not use the host\'s bpffs, cgroups and pod network namespaces',
-    hint: 'the node agent needs SELinux type spc_t, as Istio\'s ztunnel and istio-cni on OpenShift; no install value sets it yet: after install, kubectl -n ambit-system patch daemonset ambit-node -p \'{"spec":{"template":{"spec":{"securityContext":{"seLinuxOptions":{"type":"spc_t"}}}}}}\'',
+    name, ok: true, detail: 'enforcing',
+    implies: 'nothing to set: the install runs the node agent as SELinux type spc_t (a container_t process may not use the host\'s bpffs, cgroups and pod network namespaces), as Istio\'s node components run on such hosts',
   };
 }
 
@@ -281,7 +281,6 @@ export const KUBELET_CGROUP_CANDIDATES = ['system.slice/kubelet.service', 'syste
 
 /** The host's CNI config directories, k3s's own first found wins after the standard one. */
 export const CNI_CONF_DIRS = ['/etc/cni/net.d', '/var/lib/rancher/k3s/agent/etc/cni/net.d'] as const;
-const K3S_CNI_BIN = '/var/lib/rancher/k3s/data/current/bin';
 
 export interface CniConfigFile { name: string; text: string }
 
@@ -327,7 +326,9 @@ export function checkCniConfig(found: { dir: string; files: CniConfigFile[] }[])
     if (!primary) continue;
     const chained = chainedFor(primary.type, primary.network);
     const k3s = dir.startsWith('/var/lib/rancher/k3s/');
-    const where = dir === '/etc/cni/net.d' ? '' : ` --set cni.confDir=${dir}${k3s ? ` --set cni.binDir=${K3S_CNI_BIN}` : ''}`;
+    // k3s's preset sets its config and bin directories and the kubelet's cgroup (k3s before
+    // v1.28.15/v1.29.10/v1.30.6/v1.31.2 keeps plugins in data/current/bin: set cni.binDir to it).
+    const where = k3s ? ' --set platform=k3s' : dir === '/etc/cni/net.d' ? '' : ` --set cni.confDir=${dir}`;
     return {
       name, ok: true,
       detail: `${dir}/${primary.name}: primary plugin ${primary.type}${primary.network ? ` (network "${primary.network}")` : ''}`,

@@ -347,7 +347,7 @@ describe('--pre: what a node implies for the install values', () => {
     expect(checks.map((c) => c.name)).toEqual(['platform', 'AppArmor', 'SELinux', 'kubelet cgroup', 'CNI config']);
     expect(byName(checks, 'platform')).toMatchObject({ ok: true, detail: 'kubeadm (found /var/lib/kubelet/kubeadm-flags.env)', implies: '--set platform=kubeadm' });
     expect(byName(checks, 'AppArmor')).toMatchObject({ ok: true, detail: 'enabled' });
-    expect(byName(checks, 'AppArmor').implies).toMatch(/^no install value: .*appArmorProfile: \{type: Unconfined\}/);
+    expect(byName(checks, 'AppArmor').implies).toMatch(/^nothing to set: .*nodeAgent\.appArmorProfile=unconfined/);
     expect(byName(checks, 'SELinux')).toEqual({ name: 'SELinux', ok: true, detail: 'not enabled' });
     expect(byName(checks, 'kubelet cgroup')).toEqual({
       name: 'kubelet cgroup', ok: true, detail: '/sys/fs/cgroup/system.slice/kubelet.service (process kubelet (pid 812); unified)',
@@ -371,7 +371,7 @@ describe('--pre: what a node implies for the install values', () => {
       ok: true, detail: '/sys/fs/cgroup/unified/system.slice/k3s-agent.service (process k3s-agent (pid 655); hybrid)',
       implies: '--set nodeAgent.kubeletCgroup=system.slice/k3s-agent.service --set nodeAgent.cgroupRoot=/sys/fs/cgroup/unified',
     });
-    expect(byName(checks, 'CNI config').implies).toBe('--set cni.chained=flannel --set cni.confDir=/var/lib/rancher/k3s/agent/etc/cni/net.d --set cni.binDir=/var/lib/rancher/k3s/data/current/bin');
+    expect(byName(checks, 'CNI config').implies).toBe('--set cni.chained=flannel --set platform=k3s');
   });
 
   it('an EKS node with the VPC CNI and SELinux enforcing', () => {
@@ -389,8 +389,8 @@ describe('--pre: what a node implies for the install values', () => {
     expect(byName(checks, 'kubelet cgroup').detail).toMatch(/exists; no kubelet process seen/);
     expect(byName(checks, 'CNI config').implies).toBe('--set cni.chained=aws-vpc-cni');
     const selinux = byName(checks, 'SELinux');
-    expect(selinux.ok).toBe(false);
-    expect(selinux.hint).toMatch(/spc_t.*kubectl -n ambit-system patch daemonset ambit-node/);
+    expect(selinux).toMatchObject({ ok: true, detail: 'enforcing' });
+    expect(selinux.implies).toMatch(/^nothing to set: the install runs the node agent as SELinux type spc_t/);
     expect(checkSelinux('0')).toMatchObject({ ok: true, detail: 'permissive (denials are logged, not enforced)' });
   });
 
