@@ -1,6 +1,6 @@
 /** `ambit node`: the node agent process (the local runtime starts one per node; Kubernetes, a DaemonSet). */
 import { existsSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { Command } from 'commander';
 import { cgroup2Mount } from '../ebpf/mounts.js';
 import { splitPemBundle } from '../identity/pki.js';
@@ -14,7 +14,8 @@ import type { KubeClient } from '../control/kube/client.js';
 import { CniInstaller } from '../node/cni-install.js';
 import { CniServer } from '../node/cni-server.js';
 import { ProcPodLocator } from '../node/pod-locator.js';
-import { DaemonSetWatch } from '../node/uninstall.js';
+import { KubeConfig } from '@kubernetes/client-node';
+import { CLEANUP_DEFAULTS, cleanupNode, DaemonSetWatch, freshTokenClient } from '../node/uninstall.js';
 import { logger } from '../telemetry/log.js';
 import { listenUnix, localServer, sendJson } from '../util/local-http.js';
 import { report, type Check } from './checks.js';
@@ -50,7 +51,7 @@ interface NodeOpts {
   rootNamespace?: string; drainSeconds: string;
   // Kubernetes mode
   kubernetes?: true | string; hostProc: string; cgroupRoot?: string; daemonset: string; trustDomain: string;
-  cniSocket?: string; cniBinary?: string; cniBinDir: string; cniConfDir: string;
+  cniSocket?: string; cniBinary?: string; cniBinDir: string; cniConfDir: string; cniPrimary?: string;
 }
 
 /**
@@ -66,7 +67,7 @@ async function kubernetesParts(opts: NodeOpts, kube: KubeClient, agent: NodeAgen
   await cni?.start();
   // Chained after the node's primary CNI once this agent answers on the socket (kept in place by a watch).
   const install = cni && opts.cniBinary
-    ? new CniInstaller({ binary: opts.cniBinary, binDir: opts.cniBinDir, confDir: opts.cniConfDir, socket: opts.cniSocket!, log })
+    ? new CniInstaller({ binary: opts.cniBinary, binDir: opts.cniBinDir, confDir: opts.cniConfDir, socket: opts.cniSocket!, log, primary: opts.cniPrimary })
     : undefined;
   install?.start();
   return {
@@ -89,13 +90,31 @@ async function kubernetesParts(opts: NodeOpts, kube: KubeClient, agent: NodeAgen
   };
 }
 
+interface CleanupOpts { pinRoot: string; cniBinDir: string; cniConfDir: string; socketDir: string; hostRoot?: string }
+
+/** A CNI plugin type as `--cni-primary` takes it: an executable's name in the CNI bin dir. */
+const PLUGIN_TYPE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+/** The client that decides uninstall or restart: it presents the agent's token as it is in its file now. */
+function decisionClient(kubeconfig: string | undefined): KubeClient {
+  try {
+    const kc = new KubeConfig();
+    if (kubeconfig) kc.loadFromFile(kubeconfig);
+    else kc.loadFromDefault();
+    return freshTokenClient(kc);
+  } catch (err) {
+    throw new CliError(`cannot read the kubeconfig${kubeconfig ? ` ${kubeconfig}` : ''}: ${(err as Error).message}`);
+  }
+}
+
 export function register(program: Command): void {
-  program.command('node')
+  const node = program.command('node')
     .description('run the node agent: eBPF redirection, HBONE mTLS, L4 policy, metrics (one per node)')
-    .requiredOption('--node <name>', 'this node\'s name')
-    .requiredOption('--controller <host:port>', 'the controller (CA and discovery)')
-    .requiredOption('--token-file <file>', 'this node\'s credential for the controller')
-    .requiredOption('--ca-file <file>', 'PEM roots that verify the controller (the mesh trust bundle)')
+    // Checked in the action rather than as required options: commander would require them of `node cleanup` too.
+    .option('--node <name>', 'this node\'s name (required)')
+    .option('--controller <host:port>', 'the controller (CA and discovery) (required)')
+    .option('--token-file <file>', 'this node\'s credential for the controller (required)')
+    .option('--ca-file <file>', 'PEM roots that verify the controller (the mesh trust bundle) (required)')
     .option('--cluster <name>', 'a local cluster: pods, cgroups and pins by its layout')
     .option('--kubernetes [kubeconfig]', 'a Kubernetes node: pods found through /proc by their IPs; at SIGTERM, uninstall told from restart by the DaemonSet (in-cluster or $KUBECONFIG, or this file)')
     .option('--host-proc <dir>', 'the host\'s proc filesystem (Kubernetes mode)', process.env.AMBIT_HOST_PROC ?? '/proc')
@@ -105,6 +124,7 @@ export function register(program: Command): void {
     .option('--cni-binary <file>', 'with --cni-socket: install this ambit-cni plugin on the host and chain it after the primary CNI (removed on uninstall)')
     .option('--cni-bin-dir <dir>', 'the host\'s CNI plugin directory, as mounted here', '/host/opt/cni/bin')
     .option('--cni-conf-dir <dir>', 'the host\'s CNI config directory, as mounted here', '/host/etc/cni/net.d')
+    .option('--cni-primary <type>', 'with --cni-binary: chain only into the config whose first plugin has this type (cilium-cni, calico, aws-cni, flannel, ptp...), nothing until it exists; "auto" or unset: the runtime\'s first config')
     .option('--trust-domain <domain>', 'SPIFFE trust domain (the identities of pods the CNI plugin hands over)', DEFAULT_TRUST_DOMAIN)
     .option('--pin-root <dir>', 'bpffs directory for this agent\'s pins (default: the local cluster\'s)')
     .option('--cgroup <dir>', 'the cgroup holding this node\'s pods (default: the local cluster\'s)')
@@ -117,6 +137,13 @@ export function register(program: Command): void {
     .option('--root-namespace <ns>', 'Istio root namespace (mesh-wide policy)', 'istio-system')
     .option('--drain-seconds <n>', 'how long connections of a pod leaving the mesh may take to finish', '5')
     .action(async (opts: NodeOpts) => {
+      for (const [flag, value] of [['--node <name>', opts.node], ['--controller <host:port>', opts.controller], ['--token-file <file>', opts.tokenFile], ['--ca-file <file>', opts.caFile]] as const) {
+        if (!value) throw new CliError(`required option '${flag}' not specified`);
+      }
+      if (opts.cniPrimary === 'auto') opts.cniPrimary = undefined;
+      if (opts.cniPrimary !== undefined && !PLUGIN_TYPE.test(opts.cniPrimary)) throw new CliError(`--cni-primary must be a CNI plugin type (its executable's name, e.g. cilium-cni, calico, aws-cni, flannel, ptp) or "auto", got "${opts.cniPrimary}"`);
+      if (opts.cniPrimary === 'ambit-cni') throw new CliError('--cni-primary names the plugin ambit chains after, not ambit-cni itself');
+      if (opts.cniPrimary && !opts.cniBinary) throw new CliError('--cni-primary needs --cni-binary (the plugin it chains)');
       const admin = hostPort('--admin', opts.admin);
       const controller = hostPort('--controller', opts.controller);
       const drain = Number(opts.drainSeconds);
@@ -135,7 +162,7 @@ export function register(program: Command): void {
       const kube = opts.kubernetes ? kubeClient(opts.kubernetes === true ? undefined : opts.kubernetes) : undefined;
       const locator: PodLocator = layout ? localLocator(layout) : new ProcPodLocator({ procRoot: opts.hostProc, cgroupRoot: opts.cgroupRoot ?? cgroup2Mount() ?? '/sys/fs/cgroup' });
       const log = logger('node');
-      const daemonSet = kube ? new DaemonSetWatch(kube, process.env.POD_NAMESPACE || 'ambit-system', opts.daemonset) : undefined;
+      const daemonSet = kube ? new DaemonSetWatch(decisionClient(opts.kubernetes === true ? undefined : opts.kubernetes as string), process.env.POD_NAMESPACE || 'ambit-system', opts.daemonset) : undefined;
       daemonSet?.start();
       // The controller writes its root on first start; an agent started beside it waits for it.
       for (let i = 0; i < 600 && !existsSync(opts.caFile); i++) await new Promise((r) => setTimeout(r, 100));
@@ -174,6 +201,33 @@ export function register(program: Command): void {
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
       await new Promise(() => { /* serves until a signal */ });
+    });
+
+  node.command('cleanup')
+    .description('remove what ambit left on a node it was removed from while its agent was away: the CNI entry, marker and binary, the agent\'s sockets, every pin (refused while an agent runs)')
+    .option('--pin-root <dir>', 'the agent\'s pins in the host\'s bpffs', CLEANUP_DEFAULTS.pinRoot)
+    .option('--cni-bin-dir <dir>', 'the host\'s CNI plugin directory (cni.binDir of the install)', CLEANUP_DEFAULTS.cniBinDir)
+    .option('--cni-conf-dir <dir>', 'the host\'s CNI config directory (cni.confDir of the install)', CLEANUP_DEFAULTS.cniConfDir)
+    .option('--socket-dir <dir>', 'the agent\'s socket directory on the host', CLEANUP_DEFAULTS.socketDir)
+    .option('--host-root <dir>', 'where the host\'s filesystem is mounted (e.g. /host under kubectl debug node/NAME --profile=sysadmin); every path above is under it')
+    .action(async (own: CleanupOpts, cmd: Command) => {
+      // `node` knows --pin-root, --cni-bin-dir and --cni-conf-dir too and takes them wherever they
+      // are on the line (the program's options are not positional): those given are the user's.
+      const parent = cmd.parent!;
+      const given = (key: 'pinRoot' | 'cniBinDir' | 'cniConfDir'): string => (parent.getOptionValueSource(key) === 'cli' ? parent.getOptionValue(key) as string : own[key]);
+      const opts: CleanupOpts = { ...own, pinRoot: given('pinRoot'), cniBinDir: given('cniBinDir'), cniConfDir: given('cniConfDir') };
+      for (const [flag, value] of [['--pin-root', opts.pinRoot], ['--cni-bin-dir', opts.cniBinDir], ['--cni-conf-dir', opts.cniConfDir], ['--socket-dir', opts.socketDir], ['--host-root', opts.hostRoot ?? '/']] as const) {
+        if (!isAbsolute(value)) throw new CliError(`${flag} must be an absolute path, got "${value}"`);
+      }
+      if (opts.hostRoot && !existsSync(opts.hostRoot)) throw new CliError(`--host-root ${opts.hostRoot} does not exist`);
+      let removed: string[];
+      try {
+        removed = await cleanupNode(opts);
+      } catch (err) {
+        throw new CliError((err as Error).message);
+      }
+      for (const line of removed) console.log(line);
+      console.log(removed.length ? `ambit removed from this node (${removed.length} item${removed.length === 1 ? '' : 's'})` : 'nothing of ambit\'s on this node');
     });
 }
 

@@ -207,35 +207,11 @@ export class CniInstaller {
     this.watcher = undefined;
   }
 
-  /**
-   * Stops the loop (it would put the entry back), removes the marker (from then on a plugin that
-   * cannot reach the agent lets pods through), our entry from every config that has one — a list
-   * ambit converted goes back to the original single-plugin file — then the binary. Idempotent;
-   * missing files are logged, not errors. Throws CniInstallError naming the file when a config that
-   * mentions the plugin is not valid JSON, after cleaning every other one (the binary is then left
-   * in place).
-   */
-  uninstall(): void {
+  /** Stops the loop (it would put the entry back), then removeCniInstall: returns what it removed. */
+  uninstall(): string[] {
     this.stop();
-    removeFile(this.marker, this.log);
-    const failed: string[] = [];
-    for (const name of configNames(this.opts.confDir)) {
-      try {
-        this.removeEntry(name);
-      } catch (err) {
-        failed.push((err as Error).message);
-      }
-    }
-    if (failed.length) throw new CniInstallError(failed.join('; '));
-    try {
-      unlinkSync(this.target);
-      this.log.info({ file: this.target }, 'CNI plugin binary removed');
-    } catch (err) {
-      if (!isNotFound(err)) throw new CniInstallError(`remove ${this.target}: ${(err as Error).message}`, { cause: err });
-      this.log.debug({ file: this.target }, 'CNI plugin binary already gone');
-    }
     this.verifiedBinary = undefined;
-    removeStaleTemps([this.opts.binDir, this.opts.confDir], this.log);
+    return removeCniInstall({ binDir: this.opts.binDir, confDir: this.opts.confDir, log: this.log });
   }
 
   /** One pass of the loop: errors are expected while the primary CNI is not installed yet, so they are logged once per distinct message. */
@@ -396,44 +372,79 @@ export class CniInstaller {
     this.log.info({ from: source.path, to: target }, 'single-plugin CNI config converted to a list with the ambit-cni entry');
     return target;
   }
+}
 
-  private removeEntry(name: string): void {
-    const path = join(this.opts.confDir, name);
-    const text = readOrUndefined(path);
-    if (text === undefined || !text.includes(CNI_PLUGIN_TYPE)) return;
-    const json = parseObject(text);
-    if (typeof json === 'string') throw new CniInstallError(`${path}: ${json}; cannot remove the ${CNI_PLUGIN_TYPE} entry`);
-    if (!Array.isArray(json.plugins) || !json.plugins.some(isOurs)) return;
-    const rest = (json.plugins as unknown[]).filter((p) => !isOurs(p));
-    const from = convertedFrom({ json, list: true });
-    const mode = statOrUndefined(path)?.mode ?? 0o644;
-    if (from !== undefined && rest.length === 1) {
-      this.restoreOriginal(path, json, from, mode);
-      return;
+/**
+ * What uninstall does, also for `ambit node cleanup` on a node whose agent is gone: removes the
+ * marker (from then on a plugin that cannot reach the agent lets pods through), our entry from
+ * every config that has one — a list ambit converted goes back to the original single-plugin
+ * file, a primary CNI's list to its original text — then the binary. Idempotent; returns what it
+ * removed or restored, one line each. Throws CniInstallError naming the file when a config that
+ * mentions the plugin is not valid JSON, after cleaning every other one (the binary is then left
+ * in place).
+ */
+export function removeCniInstall(opts: { binDir: string; confDir: string; log?: Logger }): string[] {
+  const log = opts.log ?? silentLogger;
+  const done: string[] = [];
+  const marker = join(opts.binDir, INSTALLED_MARKER);
+  if (removeFile(marker, log)) done.push(`removed ${marker} (install marker)`);
+  const failed: string[] = [];
+  for (const name of configNames(opts.confDir)) {
+    try {
+      const what = removeEntry(opts.confDir, name, log);
+      if (what) done.push(what);
+    } catch (err) {
+      failed.push((err as Error).message);
     }
-    const { [CONVERTED_FROM_KEY]: _from, [ORIGINAL_KEY]: original, ...kept } = json;
-    const restored = { ...kept, plugins: rest };
-    const parsed = typeof original === 'string' ? parseObject(original) : undefined;
-    if (typeof original === 'string' && typeof parsed === 'object' && isDeepStrictEqual(parsed, restored)) {
-      writeAtomic(path, original, mode & 0o777);
-      this.log.info({ file: path }, 'ambit-cni entry removed; the file is back to its original text');
-      return;
-    }
-    writeJson(path, restored, mode);
-    this.log.info({ file: path }, 'ambit-cni entry removed');
   }
+  if (failed.length) throw new CniInstallError(failed.join('; '));
+  const target = join(opts.binDir, CNI_PLUGIN_TYPE);
+  if (removeFile(target, log)) {
+    log.info({ file: target }, 'CNI plugin binary removed');
+    done.push(`removed ${target} (plugin binary)`);
+  }
+  removeStaleTemps([opts.binDir, opts.confDir], log);
+  return done;
+}
 
-  /** Undoes a conversion, unless the primary CNI has meanwhile written its single-plugin file again (then that one wins). */
-  private restoreOriginal(path: string, list: Json, from: string, mode: number): void {
-    const original = join(this.opts.confDir, from);
-    if (statOrUndefined(original)) {
-      this.log.info({ file: path, original }, 'the original CNI config was rewritten since the conversion; removing the converted list');
-    } else {
-      writeAtomic(original, originalText(list), mode & 0o777);
-      this.log.info({ file: path, original }, 'converted CNI config restored to the original');
-    }
-    removeFile(path, this.log);
+function removeEntry(dir: string, name: string, log: Logger): string | undefined {
+  const path = join(dir, name);
+  const text = readOrUndefined(path);
+  if (text === undefined || !text.includes(CNI_PLUGIN_TYPE)) return undefined;
+  const json = parseObject(text);
+  if (typeof json === 'string') throw new CniInstallError(`${path}: ${json}; cannot remove the ${CNI_PLUGIN_TYPE} entry`);
+  if (!Array.isArray(json.plugins) || !json.plugins.some(isOurs)) return undefined;
+  const rest = (json.plugins as unknown[]).filter((p) => !isOurs(p));
+  const from = convertedFrom({ json, list: true });
+  const mode = statOrUndefined(path)?.mode ?? 0o644;
+  if (from !== undefined && rest.length === 1) return restoreOriginal(path, json, from, mode, log);
+  const { [CONVERTED_FROM_KEY]: _from, [ORIGINAL_KEY]: original, ...kept } = json;
+  const restored = { ...kept, plugins: rest };
+  const parsed = typeof original === 'string' ? parseObject(original) : undefined;
+  if (typeof original === 'string' && typeof parsed === 'object' && isDeepStrictEqual(parsed, restored)) {
+    writeAtomic(path, original, mode & 0o777);
+    log.info({ file: path }, 'ambit-cni entry removed; the file is back to its original text');
+    return `removed the ${CNI_PLUGIN_TYPE} entry from ${path} (its original text restored)`;
   }
+  writeJson(path, restored, mode);
+  log.info({ file: path }, 'ambit-cni entry removed');
+  return `removed the ${CNI_PLUGIN_TYPE} entry from ${path}`;
+}
+
+/** Undoes a conversion, unless the primary CNI has meanwhile written its single-plugin file again (then that one wins). */
+function restoreOriginal(path: string, list: Json, from: string, mode: number, log: Logger): string {
+  const original = join(path, '..', from);
+  let what: string;
+  if (statOrUndefined(original)) {
+    log.info({ file: path, original }, 'the original CNI config was rewritten since the conversion; removing the converted list');
+    what = `removed ${path} (ambit's conversion of ${from}, which its CNI has written again)`;
+  } else {
+    writeAtomic(original, originalText(list), mode & 0o777);
+    log.info({ file: path, original }, 'converted CNI config restored to the original');
+    what = `removed ${path} and restored ${original} (the single-plugin config it was converted from)`;
+  }
+  removeFile(path, log);
+  return what;
 }
 
 /** The entry ambit adds, keys in this order. */
@@ -669,12 +680,15 @@ function removeStaleTemps(dirs: string[], log: Logger): void {
   }
 }
 
-function removeFile(path: string, log: Logger): void {
+/** Whether there was a file to remove. */
+function removeFile(path: string, log: Logger): boolean {
   try {
     unlinkSync(path);
+    return true;
   } catch (err) {
     if (!isNotFound(err)) throw new CniInstallError(`remove ${path}: ${(err as Error).message}`, { cause: err });
     log.debug({ file: path }, 'already gone');
+    return false;
   }
 }
 

@@ -3,10 +3,11 @@
  * stand-in API server: a pod is only a Pod object (node, IP) plus a process in a real network
  * namespace and cgroup; the agent finds the netns through /proc by the pod's IP and enrolls it
  * into the real eBPF datapath. At SIGTERM the agent keeps its pins while its DaemonSet exists (a
- * restart) and removes every one of them once the DaemonSet is gone (an uninstall).
+ * restart) and removes every one of them once the DaemonSet is gone or the API server refuses
+ * the agent's credentials (an uninstall); `ambit node cleanup` clears a node whose agent missed it.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -104,6 +105,15 @@ function cni(command: 'ADD' | 'DEL', pod: { namespace: string; name: string; uid
 }
 
 const pins = () => (existsSync(lab.pinRoot) ? readdirSync(lab.pinRoot, { recursive: true }) : []);
+
+/** Uses up the refusals an earlier test asked the stand-in API server for (failNext has no undo). */
+async function drainRefusals(): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const res = await fetch(`${api.url}/apis/apps/v1/namespaces/ambit-system/daemonsets/ambit-node`);
+    if (res.status < 400 || res.status === 404) return;
+  }
+  throw new Error('the stand-in API server keeps refusing DaemonSet reads');
+}
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'ambit-k8snode-'));
@@ -324,6 +334,88 @@ describe('ambit node --kubernetes', () => {
     // The node's CNI config is as it was, and the plugin binary gone.
     expect(chain()).toEqual(PRIMARY_CONFLIST.plugins);
     expect(readdirSync(join(dir, 'opt-cni-bin'))).toEqual([]);
+  }, 60_000);
+
+  it('treats a 401 at SIGTERM (its ServiceAccount deleted with the installation) as uninstall: pins, CNI entry, marker and socket go', async () => {
+    // Installed again after the uninstall above, whose stand-in refusals (403) must not answer this agent.
+    await drainRefusals();
+    api.apply('DaemonSet', { metadata: { name: 'ambit-node', namespace: 'ambit-system' }, spec: {} }, 'apps');
+    const agent = await startAgent();
+    await until('the plugin chained and the pod enrolled', async () => {
+      const r = await get(agent.admin, '/workloads').catch(() => undefined);
+      return chain().at(-1)?.type === 'ambit-cni' && r && (JSON.parse(r.body) as { enrolled: unknown[] }).enrolled.length > 0;
+    }, 30_000).catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
+    expect(pins().length).toBeGreaterThan(0);
+    expect(existsSync(join(dir, 'opt-cni-bin', 'ambit-cni.installed'))).toBe(true);
+    // kubectl delete -f: the ServiceAccount goes before the agent's pod is told to stop; the
+    // DaemonSet's own deletion is not seen (the API server refuses the agent from then on).
+    api.failNext('GET', '/daemonsets', 401, 20);
+    agent.proc.kill('SIGTERM');
+    expect(await agent.exited).toBe(0);
+    expect(agent.output()).toMatch(/"stop":"uninstall","reason":"reading DaemonSet ambit-system\/ambit-node: HTTP 401 for the agent's current token: its ServiceAccount is gone"/);
+    expect(pins()).toEqual([]);
+    expect(existsSync(cniSocket())).toBe(false);
+    // The primary CNI's file is back as it wrote it, byte for byte; the plugin and its marker gone.
+    expect(readFileSync(join(dir, 'net.d', '10-flannel.conflist'), 'utf8')).toBe(JSON.stringify(PRIMARY_CONFLIST, null, 2));
+    expect(readdirSync(join(dir, 'opt-cni-bin'))).toEqual([]);
+  }, 60_000);
+
+  it('keeps everything when the API server fails at SIGTERM with a 5xx (a restart it cannot tell from an uninstall)', async () => {
+    await drainRefusals();
+    const agent = await startAgent();
+    await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && pins().length > 0, 30_000)
+      .catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
+    api.failNext('GET', '/daemonsets', 503, 20);
+    agent.proc.kill('SIGTERM');
+    expect(await agent.exited).toBe(0);
+    expect(agent.output()).toMatch(/"stop":"unknown","reason":"reading DaemonSet ambit-system\/ambit-node: HTTP 503"/);
+    expect(pins().length).toBeGreaterThan(0);
+    expect(chain().at(-1)).toEqual({ type: 'ambit-cni', socket: cniSocket() });
+    expect(existsSync(join(dir, 'opt-cni-bin', 'ambit-cni.installed'))).toBe(true);
+  }, 60_000);
+
+  it('`ambit node cleanup` refuses while the agent answers, then clears a node whose agent missed the uninstall (--host-root as under kubectl debug node)', async () => {
+    const agent = await startAgent();
+    // The last test's agent left its entry and pins: wait for this one to serve (its CNI socket is up by then).
+    await until('the agent serving', async () => (await get(agent.health, '/healthz/check').catch(() => ({ status: 0 }))).status > 0, 30_000)
+      .catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
+    // The node as `kubectl debug node/NAME --profile=sysadmin` shows it: the host's root under a
+    // directory (here `dir`, the host's bpffs reached through it as through the host's /sys).
+    mkdirSync(join(dir, 'sys', 'fs'), { recursive: true });
+    symlinkSync('/sys/fs/bpf', join(dir, 'sys', 'fs', 'bpf'));
+    const cleanupArgs = ['node', 'cleanup', '--host-root', dir, '--pin-root', lab.pinRoot, '--cni-bin-dir', '/opt-cni-bin', '--cni-conf-dir', '/net.d', '--socket-dir', '/'];
+    const refused = run(cleanupArgs);
+    expect(await refused.exited).toBe(1);
+    expect(refused.output()).toContain(`an ambit node agent answers on ${cniSocket()}: it owns this node's state`);
+    expect(pins().length).toBeGreaterThan(0);
+    expect(chain().at(-1)?.type).toBe('ambit-cni');
+
+    // The agent is gone for good (crashlooping, its node cordoned...) while ambit is removed.
+    agent.proc.kill('SIGKILL');
+    await agent.exited;
+    api.delete('DaemonSet', 'ambit-system', 'ambit-node', 'apps');
+    const pinned = readdirSync(lab.pinRoot, { recursive: true, withFileTypes: true }).filter((e) => !e.isDirectory()).length;
+    const cleanup = run(cleanupArgs);
+    expect(await cleanup.exited, cleanup.output()).toBe(0);
+    const lines = cleanup.output().trim().split('\n');
+    expect(lines).toEqual(expect.arrayContaining([
+      `removed ${join(dir, 'opt-cni-bin', 'ambit-cni.installed')} (install marker)`,
+      `removed the ambit-cni entry from ${join(dir, 'net.d', '10-flannel.conflist')} (its original text restored)`,
+      `removed ${join(dir, 'opt-cni-bin', 'ambit-cni')} (plugin binary)`,
+      `removed ${cniSocket()} (agent socket)`,
+      `removed ${join(dir, lab.pinRoot)}`,
+    ]));
+    expect(lines.filter((l) => l.startsWith(`removed pin ${join(dir, lab.pinRoot)}/`))).toHaveLength(pinned);
+    expect(lines.at(-1)).toBe(`ambit removed from this node (${lines.length - 1} items)`);
+    expect(pins()).toEqual([]);
+    expect(existsSync(lab.pinRoot)).toBe(false);
+    expect(readFileSync(join(dir, 'net.d', '10-flannel.conflist'), 'utf8')).toBe(JSON.stringify(PRIMARY_CONFLIST, null, 2));
+    expect(readdirSync(join(dir, 'opt-cni-bin'))).toEqual([]);
+    expect(existsSync(cniSocket())).toBe(false);
+    // Once more: nothing left.
+    const again = run(cleanupArgs);
+    expect(await again.exited).toBe(0);
+    expect(again.output().trim()).toBe('nothing of ambit\'s on this node');
   }, 60_000);
 
   it('refuses to start without a way to find pods, naming the flags', async () => {
