@@ -34,6 +34,8 @@ export const CNI_BINARY = '/opt/ambit/cni/ambit-cni';
 /** Where the agent sees the host's CNI directories. */
 export const HOST_CNI_BIN = '/host/opt/cni/bin';
 export const HOST_CNI_CONF = '/host/etc/cni/net.d';
+/** Where Cilium keeps node_config.h, mounted at the same path with cni.chained=cilium (src/ebpf/cgroup-programs.ts reads it). */
+export const CILIUM_GLOBALS_DIR = '/var/run/cilium/state/globals';
 
 export const CONTROLLER_PORTS = { grpc: 15012, monitoring: 15014, ready: 15021 } as const;
 export const NODE_PORTS = { admin: 15000, metrics: 15020, ready: 15021 } as const;
@@ -410,6 +412,10 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
               { name: 'tmp', mountPath: '/tmp' },
               // The CNI plugin's binary and its entry in the node's CNI config (cni.enabled).
               ...(v.cni.enabled ? [{ name: 'cni-bin', mountPath: HOST_CNI_BIN }, { name: 'cni-conf', mountPath: HOST_CNI_CONF }] : []),
+              // Cilium's socket LB stays attached at the cgroup root even when limited to the host's
+              // netns (socketLB.hostNamespaceOnly); only the header Cilium compiles its datapath with
+              // says so, and the agent reads it to tell a safe Cilium from one that rewrites pods' Services.
+              ...(v.cni.chained === 'cilium' ? [{ name: 'cilium-globals', mountPath: CILIUM_GLOBALS_DIR, readOnly: true, mountPropagation: 'HostToContainer' }] : []),
               ...credentialMounts(),
             ],
           }],
@@ -424,6 +430,8 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
               { name: 'cni-bin', hostPath: { path: v.cni.binDir, type: 'Directory' } },
               { name: 'cni-conf', hostPath: { path: v.cni.confDir, type: 'Directory' } },
             ] : []),
+            // DirectoryOrCreate: the agent may start before Cilium's agent has written it.
+            ...(v.cni.chained === 'cilium' ? [{ name: 'cilium-globals', hostPath: { path: CILIUM_GLOBALS_DIR, type: 'DirectoryOrCreate' } }] : []),
             ...credentialVolumes(),
           ],
         },

@@ -6,10 +6,12 @@
  * `ambit install --dry-run` for every preset.
  */
 import { spawn } from 'node:child_process';
+import { dirname } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { CILIUM_NODE_CONFIG } from '../../src/ebpf/cgroup-programs.js';
 import type { K8sObject } from '../../src/install/objects.js';
 import {
-  CONTROLLER, NODE_AGENT, podMonitorErrors, renderInstall, waypointTemplateValues,
+  CILIUM_GLOBALS_DIR, CONTROLLER, NODE_AGENT, podMonitorErrors, renderInstall, waypointTemplateValues,
 } from '../../src/install/render.js';
 import { checkSchemas } from '../../src/install/schema-check.js';
 import { CNI_PRIMARY_TYPES, PLATFORMS, PRESETS, resolveValues, type Values } from '../../src/install/values.js';
@@ -195,6 +197,15 @@ describe('values on every pod', () => {
     for (const [name, type] of Object.entries(CNI_PRIMARY_TYPES)) expect(primary([`cni.chained=${name}`]), name).toBe(type);
     expect(primary(['cni.chained=cilium', 'cni.enabled=false'])).toBeUndefined();
     expect(() => resolveValues(['cni.chained=weave'])).toThrow(/cni\.chained must be one of auto, cilium, calico, aws-vpc-cni, gke, flannel, kindnet, azure-cni, ptp, bridge, got "weave"/);
+  });
+
+  it('cni.chained=cilium: the agent reads Cilium\'s node_config.h (read-only, at the path the socket-LB check reads), and only then', () => {
+    const pod = (sets: string[]) => find(renderInstall(resolveValues(sets)), 'DaemonSet', NODE_AGENT).spec.template.spec;
+    const cilium = pod(['cni.chained=cilium']);
+    expect(cilium.volumes).toContainEqual({ name: 'cilium-globals', hostPath: { path: CILIUM_GLOBALS_DIR, type: 'DirectoryOrCreate' } });
+    expect(cilium.containers[0].volumeMounts).toContainEqual({ name: 'cilium-globals', mountPath: CILIUM_GLOBALS_DIR, readOnly: true, mountPropagation: 'HostToContainer' });
+    expect(dirname(CILIUM_NODE_CONFIG)).toBe(CILIUM_GLOBALS_DIR);
+    for (const sets of [[], ['cni.chained=calico']]) expect(JSON.stringify(pod(sets))).not.toContain('cilium');
   });
 
   it('nodeAgent.kubeletCgroup takes several cgroups, each a --probe-cgroup, and refuses a path that climbs', () => {
