@@ -124,7 +124,7 @@ export function register(program: Command): void {
     .option('--cni-binary <file>', 'with --cni-socket: install this ambit-cni plugin on the host and chain it after the primary CNI (removed on uninstall)')
     .option('--cni-bin-dir <dir>', 'the host\'s CNI plugin directory, as mounted here', '/host/opt/cni/bin')
     .option('--cni-conf-dir <dir>', 'the host\'s CNI config directory, as mounted here', '/host/etc/cni/net.d')
-    .option('--cni-primary <type>', 'with --cni-binary: chain only into the config whose first plugin has this type (cilium-cni, calico, aws-cni, flannel, ptp...), nothing until it exists; "auto" or unset: the runtime\'s first config')
+    .option('--cni-primary <type>', 'with --cni-binary: chain only into the config whose first plugin has this type (cilium-cni, calico, aws-cni, flannel, ptp...; alternatives comma-separated: gke,ptp), nothing until it exists; "auto" or unset: the runtime\'s first config')
     .option('--trust-domain <domain>', 'SPIFFE trust domain (the identities of pods the CNI plugin hands over)', DEFAULT_TRUST_DOMAIN)
     .option('--pin-root <dir>', 'bpffs directory for this agent\'s pins (default: the local cluster\'s)')
     .option('--cgroup <dir>', 'the cgroup holding this node\'s pods (default: the local cluster\'s)')
@@ -141,8 +141,8 @@ export function register(program: Command): void {
         if (!value) throw new CliError(`required option '${flag}' not specified`);
       }
       if (opts.cniPrimary === 'auto') opts.cniPrimary = undefined;
-      if (opts.cniPrimary !== undefined && !PLUGIN_TYPE.test(opts.cniPrimary)) throw new CliError(`--cni-primary must be a CNI plugin type (its executable's name, e.g. cilium-cni, calico, aws-cni, flannel, ptp) or "auto", got "${opts.cniPrimary}"`);
-      if (opts.cniPrimary === 'ambit-cni') throw new CliError('--cni-primary names the plugin ambit chains after, not ambit-cni itself');
+      if (opts.cniPrimary !== undefined && !opts.cniPrimary.split(',').every((t) => PLUGIN_TYPE.test(t))) throw new CliError(`--cni-primary must be a CNI plugin type (its executable's name, e.g. cilium-cni, calico, aws-cni, flannel, ptp) or "auto", got "${opts.cniPrimary}"`);
+      if (opts.cniPrimary?.split(',').includes('ambit-cni')) throw new CliError('--cni-primary names the plugin ambit chains after, not ambit-cni itself');
       if (opts.cniPrimary && !opts.cniBinary) throw new CliError('--cni-primary needs --cni-binary (the plugin it chains)');
       const admin = hostPort('--admin', opts.admin);
       const controller = hostPort('--controller', opts.controller);

@@ -16,8 +16,9 @@ export type Platform = (typeof PLATFORMS)[number];
  * - cilium: cilium-cni (05-cilium.conflist; also GKE Dataplane V2)
  * - calico: calico (10-calico.conflist)
  * - aws-vpc-cni: aws-cni (10-aws.conflist, followed by egress-cni and portmap)
- * - gke: gke (GKE's netd writes its own `gke` plugin into 10-gke-ptp.conflist when
- *   /home/kubernetes/bin/gke exists, else `ptp`: such older nodes take cni.chained=ptp)
+ * - gke: gke,ptp (GKE's netd writes its own `gke` plugin into 10-gke-ptp.conflist when
+ *   /home/kubernetes/bin/gke exists, else `ptp`; Dataplane V2's list starts with either too,
+ *   cilium-cni after it: the agent takes whichever it finds)
  * - flannel: flannel (10-flannel.conflist)
  * - kindnet: ptp (kind's 10-kindnet.conflist runs the reference ptp plugin)
  * - azure-cni: azure-vnet (AKS's 10-azure.conflist)
@@ -27,7 +28,7 @@ export const CNI_PRIMARY_TYPES: Readonly<Record<string, string>> = {
   cilium: 'cilium-cni',
   calico: 'calico',
   'aws-vpc-cni': 'aws-cni',
-  gke: 'gke',
+  gke: 'gke,ptp',
   flannel: 'flannel',
   kindnet: 'ptp',
   'azure-cni': 'azure-vnet',

@@ -90,6 +90,7 @@ export interface CniInstallerOptions {
   /**
    * The primary CNI's plugin type (`--cni-primary`, e.g. cilium-cni, calico, aws-cni, flannel,
    * ptp): chain only into the config whose first plugin has this type, and nothing meanwhile.
+   * Alternatives are comma-separated (`gke,ptp`: GKE's netd writes either, by node version).
    * Unset: the runtime's primary config (the first in byte order), whatever it is.
    */
   primary?: string;
@@ -325,7 +326,8 @@ export class CniInstaller {
     this.reportSkipped(skipped);
     const want = this.opts.primary;
     const ignored = skipped.length ? ` (ignored: ${skipped.join('; ')})` : '';
-    let primary = want ? usable.find((f) => firstType(f) === want) : usable[0];
+    const types = want?.split(',');
+    let primary = types ? usable.find((f) => types.includes(firstType(f))) : usable[0];
     if (!primary && want) {
       const found = usable.map((f) => `${f.name}: ${firstType(f)}`).join(', ');
       throw new CniInstallError(`no ${want} network config in ${dir} yet (cni.chained ${want}): nothing chained until ${want} writes it${found ? `; found ${found}` : ''}${ignored}`);

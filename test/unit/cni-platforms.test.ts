@@ -23,8 +23,8 @@ const PLATFORMS = [
   { platform: 'Cilium', fixture: '05-cilium.conflist', file: '05-cilium.conflist', primary: 'cilium-cni' },
   { platform: 'Calico (operator)', fixture: '10-calico.conflist', file: '10-calico.conflist', primary: 'calico' },
   { platform: 'AWS VPC CNI', fixture: '10-aws.conflist', file: '10-aws.conflist', primary: 'aws-cni' },
-  { platform: 'GKE dataplane v1', fixture: '10-gke-ptp.conflist', file: '10-gke-ptp.conflist', primary: 'ptp' },
-  { platform: 'GKE dataplane v2', fixture: '10-gke-ptp-dpv2.conflist', file: '10-gke-ptp.conflist', primary: 'ptp' },
+  { platform: 'GKE dataplane v1', fixture: '10-gke-ptp.conflist', file: '10-gke-ptp.conflist', primary: 'gke,ptp' },
+  { platform: 'GKE dataplane v2', fixture: '10-gke-ptp-dpv2.conflist', file: '10-gke-ptp.conflist', primary: 'gke,ptp' },
   { platform: 'flannel', fixture: '10-flannel.conflist', file: '10-flannel.conflist', primary: 'flannel' },
   { platform: 'kind (kindnet)', fixture: '10-kindnet.conflist', file: '10-kindnet.conflist', primary: 'ptp' },
   { platform: 'k3s (flannel)', fixture: '10-flannel-k3s.conflist', file: '10-flannel.conflist', primary: 'flannel' },
@@ -187,6 +187,15 @@ describe('--cni-primary', () => {
     expect(cni.install()).toMatchObject({ config: join(confDir, '10-net.conflist'), entry: 'added', shadowedBy: '00-other.conflist' });
     cni.uninstall();
     expect(readFileSync(join(confDir, '10-net.conf'), 'utf8')).toBe(conf);
+  });
+
+  it('takes alternatives (cni.chained=gke: GKE\'s netd writes its own gke plugin on newer nodes, ptp on older ones)', () => {
+    const ptp = fixture('10-gke-ptp.conflist');
+    const gke = JSON.stringify({ ...JSON.parse(ptp) as Json, plugins: (JSON.parse(ptp) as { plugins: Json[] }).plugins.map((p, i) => (i === 0 ? { ...p, type: 'gke' } : p)) }, null, 2);
+    writeFileSync(join(confDir, '00-leftover.conflist'), '{"cniVersion": "1.0.0", "name": "other", "plugins": [{"type": "bridge"}]}');
+    writeFileSync(join(confDir, '10-gke-ptp.conflist'), gke);
+    expect(installer({ primary: 'gke,ptp' }).install()).toMatchObject({ config: join(confDir, '10-gke-ptp.conflist'), entry: 'added' });
+    expect(() => installer({ primary: 'cilium-cni,calico' }).install()).toThrow(/no cilium-cni,calico network config in .* yet/);
   });
 
   it('without the flag, chains into the first config whatever its plugin (as before)', () => {

@@ -192,7 +192,7 @@ describe('values on every pod', () => {
     expect(primary([])).toBeUndefined();
     expect(primary(['cni.chained=auto'])).toBeUndefined();
     expect(CNI_PRIMARY_TYPES).toEqual({
-      cilium: 'cilium-cni', calico: 'calico', 'aws-vpc-cni': 'aws-cni', gke: 'gke', flannel: 'flannel', kindnet: 'ptp', 'azure-cni': 'azure-vnet', ptp: 'ptp', bridge: 'bridge',
+      cilium: 'cilium-cni', calico: 'calico', 'aws-vpc-cni': 'aws-cni', gke: 'gke,ptp', flannel: 'flannel', kindnet: 'ptp', 'azure-cni': 'azure-vnet', ptp: 'ptp', bridge: 'bridge',
     });
     for (const [name, type] of Object.entries(CNI_PRIMARY_TYPES)) expect(primary([`cni.chained=${name}`]), name).toBe(type);
     expect(primary(['cni.chained=cilium', 'cni.enabled=false'])).toBeUndefined();
