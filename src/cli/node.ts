@@ -168,7 +168,7 @@ export function register(program: Command): void {
       for (let i = 0; i < 600 && !existsSync(opts.caFile); i++) await new Promise((r) => setTimeout(r, 100));
       const agent = await NodeAgent.start({
         node: opts.node,
-        controller: { address: `${controller.host}:${controller.port}`, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)).slice(-1) },
+        controller: { address: `${controller.host}:${controller.port}`, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)) },
         pinRoot, cgroup, locator, probeCgroups: opts.probeCgroup ?? [], rootNamespace: opts.rootNamespace,
         drainMs: drain * 1000, log, accessLog: logger('access'),
       });
@@ -176,7 +176,7 @@ export function register(program: Command): void {
       // What `ambit check` says about this node (and whether the CNI plugin is chained), served on
       // the health port for `ambit check --kube`.
       let checks: ReturnType<typeof runChecks> | undefined;
-      const nodeReport = async () => report([...await (checks ??= runChecks()), ...(k8s?.checks() ?? [])]);
+      const nodeReport = async () => report([...await (checks ??= runChecks({ cgroup, pinRoot })), ...(k8s?.checks() ?? [])]);
       const servers = await serveTelemetry(agent, opts.telemetryHost, telemetry.metrics, telemetry.health, nodeReport, log);
       const adminSources: AdminSources = { certificates: agent.certs, agent, logger: log, ...(opts.controlSocket ? { changesAt: opts.controlSocket } : {}) };
       const adminServer = await AdminServer.start(adminSources, admin.host, admin.port);

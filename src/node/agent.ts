@@ -20,6 +20,7 @@ import { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { DiscoveryClient, type WireResource } from '../control/discovery.js';
 import type { Service, Workload } from '../control/model.js';
+import { detectSocketLbConflicts } from '../ebpf/cgroup-programs.js';
 import { AMBIT, Datapath } from '../ebpf/datapath.js';
 import type { OrigDst } from '../ebpf/codecs.js';
 import { CaClient, type Credential } from '../identity/ca-server.js';
@@ -154,6 +155,7 @@ export class NodeAgent {
     });
     datapath.attachProbes(probeCgroups);
     opts.log.info({ cgroup: opts.cgroup, pinRoot: opts.pinRoot, adopted, adoptedPods: adoptedPods.length }, 'datapath attached');
+    warnSocketLb(opts, datapath);
     const agent = new NodeAgent(opts, datapath);
     await agent.certs.start().catch((err: Error) => opts.log.warn({ err: err.message }, 'trust bundle not fetched yet; retrying in the background'));
     return agent;
@@ -763,3 +765,18 @@ function identityNamespace(id: string | undefined): { namespace?: string } {
 
 /** Moved to its own module; kept here for callers that import it from the agent. */
 export { serveTelemetry } from './telemetry-http.js';
+
+/**
+ * Another program's socket load balancer (Cilium's kube-proxy replacement, Calico eBPF) running
+ * before ambit's connect hooks turns a Service address into a backend pod's before ambit sees it:
+ * service-bound waypoints and VirtualServices then never apply. The agent cannot reorder another
+ * CNI's programs, so it says what to change, once at start (and `ambit check` says it too).
+ */
+function warnSocketLb(opts: NodeAgentOptions, datapath: Datapath): void {
+  try {
+    const found = detectSocketLbConflicts({ cgroupPath: opts.cgroup, pinRoot: opts.pinRoot, ownProgramIds: Object.values(datapath.outboundProgramIds().attached) });
+    for (const c of found.conflicts) opts.log.warn({ hook: c.hook, program: c.program, owner: c.owner }, `${c.summary}: ${c.fix}`);
+  } catch (err) {
+    opts.log.warn({ cgroup: opts.cgroup, err: (err as Error).message }, 'could not list the other programs on the cgroup\'s connect hooks');
+  }
+}
