@@ -6,6 +6,7 @@
  * the installation itself.
  */
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Command } from 'commander';
 import { clusterChecks, DEFAULT_NAMESPACE, renderClusterText } from './cluster-check.js';
 import { renderJson, renderText, report } from './checks.js';
@@ -15,7 +16,7 @@ import { DEFAULT_PIN_ROOT, runChecks } from './probes.js';
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
-interface Opts { json?: boolean; kubeconfig?: string; kube?: boolean; pre?: boolean; namespace?: string; cgroup?: string; pinRoot?: string }
+interface Opts { json?: boolean; kubeconfig?: string; kube?: boolean; pre?: boolean; namespace?: string; cgroup?: string; pinRoot?: string; hostRoot?: string }
 
 export function register(program: Command): void {
   program
@@ -28,9 +29,10 @@ export function register(program: Command): void {
     .option('--namespace <ns>', `with --kubeconfig/--kube: ambit's namespace (default ${DEFAULT_NAMESPACE})`)
     .option('--cgroup <dir>', 'on a node: the cgroup v2 directory ambit attaches to, whose connect() programs are checked (default: the cgroup v2 mount)')
     .option('--pin-root <dir>', `on a node: the agent's bpffs pin root, which tells ambit's programs from others' (default ${DEFAULT_PIN_ROOT})`)
+    .option('--host-root <dir>', 'with --pre on a node: where the host\'s / is mounted (kubectl debug node/NAME mounts it at /host)')
     .action(async (options: Opts) => {
       if (options.kubeconfig || options.kube) {
-        if (options.cgroup !== undefined || options.pinRoot !== undefined) throw new CliError('--cgroup and --pin-root check this node: drop --kubeconfig/--kube, or run `ambit check` on the node', undefined, 2);
+        if (options.cgroup !== undefined || options.pinRoot !== undefined || options.hostRoot !== undefined) throw new CliError('--cgroup, --pin-root and --host-root check this node: drop --kubeconfig/--kube, or run `ambit check` on the node', undefined, 2);
         const namespace = options.namespace ?? DEFAULT_NAMESPACE;
         if (!DNS_LABEL.test(namespace) || namespace.length > 63) throw new CliError(`--namespace must be a DNS label (lower case letters, digits, '-'), got "${namespace}"`, undefined, 2);
         const client = kubeClient(options.kubeconfig);
@@ -40,11 +42,14 @@ export function register(program: Command): void {
         return;
       }
       if (options.namespace !== undefined) throw new CliError('--namespace checks a cluster: add --kubeconfig FILE or --kube', undefined, 2);
+      if (options.hostRoot !== undefined && !options.pre) throw new CliError('--host-root is for --pre (what the host implies for the install values)', undefined, 2);
+      if (options.hostRoot !== undefined && !existsSync(join(options.hostRoot, 'proc', 'self'))) throw new CliError(`--host-root ${options.hostRoot} has no proc filesystem at proc/: give the directory the host's / is mounted at`, undefined, 2);
       if (options.cgroup !== undefined && !existsSync(options.cgroup)) throw new CliError(`--cgroup ${options.cgroup} does not exist`, undefined, 2);
       const result = report(await runChecks({
         pre: options.pre === true,
         ...(options.cgroup !== undefined ? { cgroup: options.cgroup } : {}),
         ...(options.pinRoot !== undefined ? { pinRoot: options.pinRoot } : {}),
+        ...(options.hostRoot !== undefined ? { hostRoot: options.hostRoot } : {}),
       }));
       process.stdout.write(options.json ? renderJson(result) : renderText(result));
       process.exitCode = result.ok ? 0 : 1;

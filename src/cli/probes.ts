@@ -23,6 +23,8 @@ export interface NodeCheckOptions {
   cgroup?: string;
   /** The agent's pin root, whose links tell ambit's programs from others' (default: the install's). */
   pinRoot?: string;
+  /** Where the host's root is seen, for the pre-install findings (`kubectl debug node` mounts it at /host). */
+  hostRoot?: string;
 }
 
 export const DEFAULT_PIN_ROOT = VALUES['nodeAgent.pinRoot']!.default() as string;
@@ -37,7 +39,7 @@ export async function runChecks(opts: NodeCheckOptions = {}): Promise<Check[]> {
     checkBpffs(mounts),
     ...checkCapabilities(readFileSync('/proc/self/status', 'utf8')),
     ...(await probeBpf(cgroup, opts.pinRoot ?? DEFAULT_PIN_ROOT)),
-    ...(opts.pre ? preChecks('/') : []),
+    ...(opts.pre ? preChecks(opts.hostRoot ?? '/') : []),
   ];
 }
 

@@ -1,8 +1,8 @@
 // `ambit check` as an operator runs it: the real CLI in a child process, against this node's kernel.
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Datapath } from '../../src/ebpf/datapath.js';
@@ -70,6 +70,34 @@ describe('on this node', () => {
     for (const c of pre) if (!c.ok) expect(c.hint).toBeTruthy();
     for (const c of pre.filter((x) => x.name === 'kubelet cgroup' || x.name === 'CNI config')) expect(c.implies ?? c.hint).toMatch(/--set (nodeAgent\.kubeletCgroup|cni\.)/);
     expect(r.status).toBe(report.ok ? 0 : 1);
+  });
+
+  it('--pre --host-root reads another root, as from a `kubectl debug node` pod (the host at /host)', () => {
+    const host = mkdtempSync(join(tmpdir(), 'ambit-host-root-'));
+    tmpDirs.push(host);
+    const files: Record<string, string> = {
+      'proc/self/status': '',
+      'proc/mounts': 'cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n',
+      'etc/eks/bootstrap.sh': '',
+      'sys/fs/cgroup/system.slice/kubelet.service/cgroup.procs': '',
+      'etc/cni/net.d/10-aws.conflist': '{"cniVersion": "0.4.0", "name": "aws-cni", "plugins": [{"type": "aws-cni"}, {"type": "portmap"}]}',
+    };
+    for (const [path, text] of Object.entries(files)) {
+      mkdirSync(dirname(join(host, path)), { recursive: true });
+      writeFileSync(join(host, path), text);
+    }
+    const r = ambit(['check', '--pre', '--json', '--host-root', host], { AMBIT_BPF_DIR: undefined });
+    const pre = (JSON.parse(r.stdout) as JsonReport).checks.slice(-5);
+    expect(pre.find((c) => c.name === 'platform')).toMatchObject({ ok: true, implies: '--set platform=eks' });
+    expect(pre.find((c) => c.name === 'kubelet cgroup')).toMatchObject({ ok: true, implies: '--set nodeAgent.kubeletCgroup=system.slice/kubelet.service' });
+    expect(pre.find((c) => c.name === 'CNI config')).toMatchObject({ ok: true, implies: '--set cni.chained=aws-vpc-cni' });
+
+    const noPre = ambit(['check', '--host-root', host]);
+    expect(noPre.status).toBe(2);
+    expect(noPre.stderr).toMatch(/--host-root is for --pre/);
+    const notHost = ambit(['check', '--pre', '--host-root', join(host, 'etc')]);
+    expect(notHost.status).toBe(2);
+    expect(notHost.stderr).toMatch(/--host-root .*\/etc has no proc filesystem/);
   });
 
   it('reports the same as JSON', () => {
