@@ -29,7 +29,7 @@ export function register(program: Command): void {
     .option('--health <host:port>', `where GET /healthz/ready and /healthz/live are served (default with --kubernetes: 0.0.0.0:${CONTROLLER_READY_PORT}; otherwise not served)`)
     .option('--monitoring <host:port>', `where GET /metrics (Prometheus) is served (default with --kubernetes: 0.0.0.0:${CONTROLLER_MONITORING_PORT}; otherwise not served)`)
     .option('--trust-domain <domain>', 'SPIFFE trust domain', DEFAULT_TRUST_DOMAIN)
-    .option('--plugin-ca <dir>', 'use this CA (root-cert.pem, cert-chain.pem, ca-key.pem) instead of a self-made root')
+    .option('--plugin-ca <dir>', 'use this CA (root-cert.pem, ca-key.pem, and cert-chain.pem or ca-cert.pem, as Istio\'s cacerts; EC or RSA keys) instead of a self-made root')
     .option('--cert-ttl <seconds>', 'default workload certificate lifetime', seconds('--cert-ttl'), 24 * 3600)
     .option('--max-cert-ttl <seconds>', 'longest lifetime a caller may ask for', seconds('--max-cert-ttl'), 7 * 24 * 3600)
     .action(async (opts: { localState?: string; kubernetes?: true | string; caDir?: string; configDir?: string; listen: string; health?: string; monitoring?: string; trustDomain: string; pluginCa?: string; certTtl: number; maxCertTtl: number }) => {

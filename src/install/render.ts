@@ -15,8 +15,7 @@ export const CONTROLLER = 'ambit-controller';
 export const NODE_AGENT = 'ambit-node';
 /** The Lease the controller replicas elect their leader with (coordination.k8s.io/v1). */
 export const LEADER_LEASE = 'ambit-controller';
-/** The Secret holding the CA root (cert and key) the controller makes on first start. */
-/** The mesh CA (root-cert.pem, cert-chain.pem, ca-key.pem), made by the operator before install, as Istio's cacerts. */
+/** The mesh CA (root-cert.pem, cert-chain.pem, ca-key.pem, ca-cert.pem, as Istio's cacerts), made before install by `ambit ca create`. */
 export const CA_SECRET = 'ambit-ca';
 export const CA_MOUNT = '/etc/ambit/ca';
 /** The ConfigMap the controller writes the trust bundle to, in its namespace and in each waypoint's. */
