@@ -155,7 +155,7 @@ export class NodeAgent {
     });
     datapath.attachProbes(probeCgroups);
     opts.log.info({ cgroup: opts.cgroup, pinRoot: opts.pinRoot, adopted, adoptedPods: adoptedPods.length }, 'datapath attached');
-    warnSocketLb(opts, datapath);
+    warnSocketLb(opts.log, opts.cgroup, opts.pinRoot, datapath);
     const agent = new NodeAgent(opts, datapath);
     await agent.certs.start().catch((err: Error) => opts.log.warn({ err: err.message }, 'trust bundle not fetched yet; retrying in the background'));
     return agent;
@@ -772,11 +772,14 @@ export { serveTelemetry } from './telemetry-http.js';
  * service-bound waypoints and VirtualServices then never apply. The agent cannot reorder another
  * CNI's programs, so it says what to change, once at start (and `ambit check` says it too).
  */
-function warnSocketLb(opts: NodeAgentOptions, datapath: Datapath): void {
+export function warnSocketLb(log: Logger, cgroup: string, pinRoot: string, datapath: Datapath, ciliumNodeConfigPath?: string): void {
   try {
-    const found = detectSocketLbConflicts({ cgroupPath: opts.cgroup, pinRoot: opts.pinRoot, ownProgramIds: Object.values(datapath.outboundProgramIds().attached) });
-    for (const c of found.conflicts) opts.log.warn({ hook: c.hook, program: c.program, owner: c.owner }, `${c.summary}: ${c.fix}`);
+    const found = detectSocketLbConflicts({
+      cgroupPath: cgroup, pinRoot, ownProgramIds: Object.values(datapath.outboundProgramIds().attached),
+      ...(ciliumNodeConfigPath ? { ciliumNodeConfigPath } : {}),
+    });
+    for (const c of found.conflicts) log.warn({ hook: c.hook, program: c.program, owner: c.owner }, `${c.summary}: ${c.fix}`);
   } catch (err) {
-    opts.log.warn({ cgroup: opts.cgroup, err: (err as Error).message }, 'could not list the other programs on the cgroup\'s connect hooks');
+    log.warn({ cgroup, err: (err as Error).message }, 'could not list the other programs on the cgroup\'s connect hooks');
   }
 }

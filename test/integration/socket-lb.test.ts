@@ -6,12 +6,14 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkSocketLb } from '../../src/cli/checks.js';
 import { describeConflict, detectSocketLbConflicts, effectivePrograms, type SockAddrFindings } from '../../src/ebpf/cgroup-programs.js';
 import { Datapath } from '../../src/ebpf/datapath.js';
 import { BpfLink } from '../../src/ebpf/link.js';
 import { BpfObject } from '../../src/ebpf/object.js';
+import { warnSocketLb } from '../../src/node/agent.js';
 import { Lab } from './lab.js';
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/bpf/socklb.bpf.o', import.meta.url));
@@ -75,6 +77,15 @@ describe('a socket load balancer attached before ambit', () => {
     expect(check.ok).toBe(false);
     expect(check.detail).toContain(`${FIXTURE_NAME} (id ${fixtureId}, cilium) runs before ambit_connect4`);
     expect(check.hint).toMatch(/socketLB\.hostNamespaceOnly=true/);
+  });
+
+  it('the node agent says it in its log at start: the program, the hook and what to change', () => {
+    const lines: { level: number; msg: string; program?: { id: number } }[] = [];
+    const log = pino({ level: 'info' }, { write: (line: string) => { lines.push(JSON.parse(line) as (typeof lines)[number]); } });
+    warnSocketLb(log, lab.cgroupRoot, lab.pinRoot, datapath, noCilium);
+    const warning = lines.find((l) => l.program?.id === fixtureId);
+    expect(warning).toMatchObject({ level: 40, hook: 'connect4', owner: 'cilium' });
+    expect(warning!.msg).toMatch(new RegExp(`^connect4: ${FIXTURE_NAME} \\(id ${fixtureId}, cilium\\) runs before ambit_connect4: .*socketLB\\.hostNamespaceOnly=true`));
   });
 
   it('clears Cilium when its datapath is built host-namespace-only', () => {
