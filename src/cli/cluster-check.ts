@@ -209,13 +209,14 @@ async function checkNodes(f: Fetched): Promise<Check> {
 async function checkPre(r: Reader, namespace: string): Promise<Check[]> {
   const nsName = `namespace ${namespace}`;
   const secretName = `Secret ${namespace}/${CA_SECRET}`;
-  const create = `kubectl -n ${namespace} create secret generic ${CA_SECRET} ${CA_SECRET_KEYS.map((k) => `--from-file=${k}`).join(' ')}`;
+  const nsFlag = namespace === DEFAULT_NAMESPACE ? '' : ` -n ${namespace}`;
+  const create = `ambit ca create${nsFlag} | kubectl apply -f - (a new root), or ambit ca create${nsFlag} --from DIR | kubectl apply -f - (your CA: root-cert.pem, ca-key.pem, cert-chain.pem or ca-cert.pem)`;
   const ns = await r.get(`/api/v1/namespaces/${namespace}`);
   if (ns.kind === 'error') return [readFailure(nsName, `namespace ${namespace}`, ns)];
   if (ns.kind === 'missing') {
     return [
       { name: nsName, ok: true, detail: 'does not exist yet (ambit install creates it)' },
-      { name: secretName, ok: false, detail: `missing: the namespace ${namespace} does not exist`, hint: `the controller mounts the mesh CA from it: kubectl create namespace ${namespace} && ${create}` },
+      { name: secretName, ok: false, detail: `missing: the namespace ${namespace} does not exist`, hint: `the controller mounts the mesh CA from it; this makes the namespace and the Secret: ${create}` },
     ];
   }
   const nsCheck: Check = { name: nsName, ok: true, detail: 'exists' };
@@ -226,7 +227,7 @@ async function checkPre(r: Reader, namespace: string): Promise<Check[]> {
   const data = { ...((s.body as Obj)?.data ?? {}), ...((s.body as Obj)?.stringData ?? {}) } as Record<string, unknown>;
   const missing = CA_SECRET_KEYS.filter((k) => typeof data[k] !== 'string' || data[k] === '');
   if (missing.length > 0) {
-    return [nsCheck, { name: secretName, ok: false, detail: `missing keys: ${missing.join(', ')}`, hint: `recreate it with all three keys: kubectl -n ${namespace} delete secret ${CA_SECRET} && ${create}` }];
+    return [nsCheck, { name: secretName, ok: false, detail: `missing keys: ${missing.join(', ')}`, hint: `recreate it with all three keys: kubectl -n ${namespace} delete secret ${CA_SECRET}, then ${create}` }];
   }
   return [nsCheck, { name: secretName, ok: true, detail: `${CA_SECRET_KEYS.join(', ')} present` }];
 }

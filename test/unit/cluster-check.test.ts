@@ -163,7 +163,7 @@ describe('cluster checks, in process', () => {
     server.delete('Namespace', '', NS);
     const fresh = await checks({ pre: true });
     expect(byName(fresh, `namespace ${NS}`)).toMatchObject({ ok: true, detail: 'does not exist yet (ambit install creates it)' });
-    expect(byName(fresh, `Secret ${NS}/ambit-ca`).hint).toMatch(/kubectl create namespace ambit-system && kubectl -n ambit-system create secret generic ambit-ca/);
+    expect(byName(fresh, `Secret ${NS}/ambit-ca`).hint).toMatch(/this makes the namespace and the Secret: ambit ca create \| kubectl apply -f - \(a new root\), or ambit ca create --from DIR/);
   });
 
   it('fails an expired lease, and a controller with no ready replica; one of two ready is still ok', async () => {
@@ -266,7 +266,7 @@ describe('ambit check --kubeconfig', () => {
     server.delete('Secret', NS, 'ambit-ca');
     const out = await ambit(['check', '--pre', '--kubeconfig', kubeconfig(server.url)]);
     expect(out.code).toBe(1);
-    expect(out.stdout).toMatch(/✗ Secret ambit-system\/ambit-ca\s+missing — fix: .*kubectl -n ambit-system create secret generic ambit-ca --from-file=root-cert\.pem --from-file=cert-chain\.pem --from-file=ca-key\.pem/);
+    expect(out.stdout).toMatch(/✗ Secret ambit-system\/ambit-ca\s+missing — fix: the controller mounts the mesh CA from it: ambit ca create \| kubectl apply -f -/);
     expect(out.stdout).toMatch(/1 of 9 checks failed: fix them before installing ambit\n$/);
     expect(out.stdout).toMatch(/✓ install command +ambit install --set platform=generic --set cni\.chained=auto \| kubectl apply -f -\n/);
     expect(out.stdout).not.toMatch(/Deployment ambit-controller|DaemonSet ambit-node/);
@@ -292,7 +292,7 @@ describe('ambit check --kubeconfig', () => {
     expect(out.stderr).toMatch(/--namespace checks a cluster: add --kubeconfig FILE or --kube/);
     const both = await ambit(['check', '--cgroup', '/sys/fs/cgroup', '--kubeconfig', kubeconfig(server.url)]);
     expect(both.code).toBe(2);
-    expect(both.stderr).toMatch(/--cgroup and --pin-root check this node/);
+    expect(both.stderr).toMatch(/--cgroup, --pin-root and --host-root check this node/);
   }, 60_000);
 });
 
