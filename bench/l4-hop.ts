@@ -1,38 +1,47 @@
 /**
- * One L4 hop between two pods on two nodes of a local ambit cluster, three ways in one run:
+ * One L4 hop between two pods on two nodes of a local ambit cluster, four ways in one run:
  *   direct        client pod → server pod, namespace `plain` (not meshed)
  *   ambit L4      the same in namespace `mesh`, labelled ambit.dev/dataplane-mode: ambient: the
  *                 node agents redirect, carry the bytes over mTLS/HBONE and deliver
  *   HAProxy pair  in `plain`: client → haproxy-client (node-1; TCP mode, plaintext in, TLS 1.3
  *                 out with a client certificate) → haproxy-server (node-2; terminates TLS,
  *                 verifies the client certificate against the bench's CA) → server pod
+ *   node relay    in `plain`: client → relay-client (node-1) → relay-server (node-2) → server
+ *                 pod, both bench/hbone-relay.mjs: ambit's wire (HTTP/2 CONNECT over pooled
+ *                 mutual TLS 1.3, ambit's default windows and stream cap) in bare Node.js
+ *                 processes, without the mesh (the floor: how much is Node, how much is ambit);
+ *                 once per --relay-node binary
  * Run as root:
  *   npx tsx bench/l4-hop.ts [--duration S] [--warmup S] [--rates 1000,5000] [--connections 4]
- *                           [--no-haproxy] [--no-iperf] [--pods 1,10,100] [--keep]
+ *                           [--no-haproxy] [--no-relay] [--relay-node PATH[,PATH]] [--no-iperf]
+ *                           [--pods 1,10,100] [--out DIR] [--keep]
  *
  * Per scenario it measures latency at fixed request rates (bench/http-load.c, wrk2-style, from
  * each request's scheduled send time) against bench/http-server.c (1 KiB answers), the CPU the
- * proxies spend per 1,000 requests (utime + stime of the node agents or of the two haproxy
- * processes, from /proc), their RSS after the runs, and bulk throughput with iperf3. Then the
- * node-1 agent's RSS with 1, 10 and 100 enrolled pods.
+ * proxies spend per 1,000 requests (utime + stime of the node agents, of the two haproxy
+ * processes or of the two relays, from /proc), their RSS after the runs, and bulk throughput
+ * with iperf3. Then the node-1 agent's RSS with 1, 10 and 100 enrolled pods.
  *
  * Every path is checked: the ambit scenario counts only when the node-2 agent's
  * istio_tcp_connections_opened_total{reporter="destination"} grew over the runs (otherwise the
  * traffic went around the mesh: WARNING, path_verified false, exit status 1); the HAProxy
  * scenario only when haproxy-server's TLS frontends (verify required) and the backends behind
- * them passed connections, from their stats sockets.
+ * them passed connections, from their stats sockets; a node relay only when relay-server's count
+ * of the CONNECT streams it carried (written to a file on SIGUSR2) grew.
  *
  * The cluster (`ambit local up --name l4hop-<random>`, state under the bench's temp dir) is
  * removed at the end, on failure and on Ctrl-C, unless --keep; the C programs and certificates
  * live in the temp dir, which goes with it. The bench then checks that nothing is left: no
  * `ambit-<cluster>.*` netns, no cgroup, no process naming the temp dir or the cluster.
- * Results: bench/results/l4-hop.json and bench/results/l4-hop.md.
+ * Results: bench/results/l4-hop.json and bench/results/l4-hop.md (or under --out DIR).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { accessSync, constants as fsConstants, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { hboneLimits } from '../src/node/hbone-limits.js';
 import {
-  BenchRun, Cluster, METRICS_PORT, MESH_LABEL, RESULTS, SATURATED_S, agents, build, comparePercentiles, cpuDelta, cpuFields, cpuSample,
+  BenchRun, Cluster, HERE, METRICS_PORT, MESH_LABEL, RESULTS, SATURATED_S, UsageError, agents, build, comparePercentiles, cpuDelta, cpuFields, cpuSample,
   fetchMetrics, fixedRateRuns, fmt, fmtSigned, haproxyCommon, haproxyStats, haproxyTcpRoutes, haproxyTlsBind, haproxyTlsServer, idleCpuPercent, intListArg,
   interrupted, loadAtStart, loadNow, machine, makeCertificates, mdMachineLine, mdTable, namespace, need, parseBenchOptions, parseMetrics, pod, podOf, podProcess,
   reachable, round, runFields, runMain, runWarnings, say, table, tail, version, vmRssKb, warn, writeManifests,
@@ -53,14 +62,32 @@ const IDLE_SAMPLE_MS = 3000;
 const AGENT_SETTLE_MS = 2000;
 /** node-1 holds 253 pod addresses; the bench's own pods take a few. */
 const MAX_RSS_PODS = 240;
+/** The node relay: its script, relay-server's port (HBONE's) and the SPIFFE IDs in its certificates. */
+const RELAY_SCRIPT = join(HERE, 'hbone-relay.mjs');
+const RELAY_PORT = 15008;
+const RELAY_SERVER_ID = 'spiffe://cluster.local/ns/plain/sa/relay-server';
+const RELAY_CLIENT_ID = 'spiffe://cluster.local/ns/plain/sa/relay-client';
+/** How long a relay gets to write its stream count after SIGUSR2. */
+const RELAY_STATS_TIMEOUT_MS = 5000;
 
 // ---------------------------------------------------------------------------------------------
 // Options
 
+/** A node binary the relay pods run: one "node relay" scenario each. */
+interface RelayNode {
+  path: string;
+  /** `process.version` of the binary. */
+  version: string;
+  /** Its main thread's /proc comm ("node"; "MainThread" from Node.js 24): how its process is found in the pod. */
+  comm: string;
+}
+
 interface Options extends CommonOptions {
   haproxy: boolean;
+  relayNodes: RelayNode[];
   iperf: boolean;
   pods: number[];
+  out: string;
 }
 
 const USAGE = `usage: npx tsx bench/l4-hop.ts [options]   (as root)
@@ -69,22 +96,61 @@ const USAGE = `usage: npx tsx bench/l4-hop.ts [options]   (as root)
   --rates R,R        request rates, requests/s (default 1000,5000)
   --connections N    keep-alive connections per run (default 4)
   --no-haproxy       skip the HAProxy pair
+  --no-relay         skip the node relay (bench/hbone-relay.mjs)
+  --relay-node PATH  the node binary the relay pods run (default: the one running the bench);
+                     repeated or comma-separated: one node relay scenario per binary
   --no-iperf         skip the iperf3 throughput runs
   --pods N,N         enrolled pods on node-1 for the node agent's RSS steps (default 1,10,100)
+  --out DIR          where l4-hop.json and l4-hop.md go (default bench/results)
   --keep             leave the cluster and the temp dir up (prints how to remove them)`;
 
 function parseOptions(argv: string[]): Options {
   const { common, values } = parseBenchOptions(argv, USAGE, { duration: '10', warmup: '2', rates: '1000,5000', connections: '4' }, {
     'no-haproxy': { type: 'boolean', default: false },
+    'no-relay': { type: 'boolean', default: false },
+    'relay-node': { type: 'string', multiple: true },
     'no-iperf': { type: 'boolean', default: false },
     pods: { type: 'string', default: '1,10,100' },
+    out: { type: 'string', default: RESULTS },
   });
+  // parseArgs gives a `multiple` option as an array.
+  const relayPaths = (values['relay-node'] as unknown as string[] | undefined)?.flatMap((v) => v.split(',')).map((v) => v.trim()) ?? [process.execPath];
+  if (values['no-relay'] && values['relay-node'] !== undefined) throw new UsageError('--relay-node and --no-relay: choose one');
   return {
     ...common,
     haproxy: !values['no-haproxy'],
+    relayNodes: values['no-relay'] ? [] : relayNodeBinaries(relayPaths),
     iperf: !values['no-iperf'],
     pods: intListArg('pods', String(values.pods), 1, MAX_RSS_PODS),
+    out: resolve(String(values.out)),
   };
+}
+
+/** Each --relay-node binary's version and comm; one that does not run, an old one or a version given twice is a usage error. */
+function relayNodeBinaries(paths: string[]): RelayNode[] {
+  const out: RelayNode[] = [];
+  for (const p of paths) {
+    if (p === '') throw new UsageError('--relay-node: empty path');
+    const path = resolve(p);
+    try {
+      accessSync(path, fsConstants.X_OK);
+    } catch {
+      throw new UsageError(`--relay-node ${p}: not an executable file`);
+    }
+    let probe: { version: string; comm: string };
+    try {
+      const script = "process.stdout.write(JSON.stringify({ version: process.version, comm: require('node:fs').readFileSync('/proc/self/comm', 'utf8').trim() }))";
+      probe = JSON.parse(execFileSync(path, ['-e', script], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 })) as typeof probe;
+    } catch (err) {
+      throw new UsageError(`--relay-node ${p}: did not run a Node.js script with -e (${(err as Error).message.split('\n')[0]})`);
+    }
+    // parseArgs with `multiple` and socket.resetAndDestroy() came in Node.js 18.
+    const major = Number(/^v(\d+)\./.exec(probe.version)?.[1]);
+    if (!(major >= 18)) throw new UsageError(`--relay-node ${p}: Node.js ${probe.version}; bench/hbone-relay.mjs needs 18 or later`);
+    if (out.some((r) => r.version === probe.version)) throw new UsageError(`--relay-node: two binaries of Node.js ${probe.version} (${out.find((r) => r.version === probe.version)?.path}, ${path}): one scenario per version`);
+    out.push({ path, version: probe.version, comm: probe.comm });
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -94,18 +160,24 @@ function checkTools(options: Options): { cc: string; haproxy?: string; openssl?:
   return {
     cc: need('cc', 'gcc'),
     sleep: need('sleep', 'coreutils'),
-    ...(options.haproxy ? { haproxy: need('haproxy', 'haproxy'), openssl: need('openssl', 'openssl') } : {}),
+    ...(options.haproxy ? { haproxy: need('haproxy', 'haproxy') } : {}),
+    ...(options.haproxy || options.relayNodes.length > 0 ? { openssl: need('openssl', 'openssl') } : {}),
     ...(options.iperf ? { iperf3: need('iperf3', 'iperf3') } : {}),
   };
 }
 
-/** An ECDSA P-256 CA, and a server and a client certificate it signs (PEM: certificate + key). */
-function certificates(openssl: string, dir: string): { ca: string; server: string; client: string } {
+/**
+ * An ECDSA P-256 CA, and the certificates it signs (PEM: certificate + key): a server and a
+ * client one for the HAProxy pair, and for the relays, SPIFFE IDs in URI SANs as ambit's are.
+ */
+function certificates(openssl: string, dir: string): { ca: string; server: string; client: string; relayServer: string; relayClient: string } {
   const { ca, leaf } = makeCertificates(openssl, dir, 'ambit l4-hop bench CA', [
     { file: 'server', san: 'DNS:haproxy-server', usage: 'serverAuth' },
     { file: 'client', san: 'DNS:haproxy-client,URI:spiffe://cluster.local/ns/plain/sa/client', usage: 'clientAuth' },
+    { file: 'relay-server', san: `URI:${RELAY_SERVER_ID}`, usage: 'serverAuth' },
+    { file: 'relay-client', san: `URI:${RELAY_CLIENT_ID}`, usage: 'clientAuth' },
   ]);
-  return { ca, server: leaf.server as string, client: leaf.client as string };
+  return { ca, server: leaf.server as string, client: leaf.client as string, relayServer: leaf['relay-server'] as string, relayClient: leaf['relay-client'] as string };
 }
 
 function haproxyServerConfig(sock: string, certs: { ca: string; server: string }, http: string, iperf: string): string {
@@ -127,9 +199,101 @@ ${haproxyTcpRoutes([
 }
 
 // ---------------------------------------------------------------------------------------------
+// The node relay: bench/hbone-relay.mjs on both nodes
+
+/** `relay` with one --relay-node binary, `relay-<version>` with several. */
+type RelayKey = 'relay' | `relay-v${string}`;
+const isRelay = (k: string): k is RelayKey => k === 'relay' || k.startsWith('relay-v');
+
+interface RelaySample { phase: string; server: number; client: number }
+
+/** One relay pair: its binary, its pods, where each relay writes its stream count, and what its check found. */
+interface RelayPair {
+  key: RelayKey;
+  label: string;
+  node: RelayNode;
+  server: string;
+  client: string;
+  serverStats: string;
+  clientStats: string;
+  samples: RelaySample[];
+  problems: string[];
+}
+
+function relayPairs(nodes: RelayNode[], tmp: string): RelayPair[] {
+  return nodes.map((node) => {
+    const suffix = nodes.length > 1 ? `-${node.version.replace(/\./g, '-')}` : '';
+    return {
+      key: nodes.length > 1 ? `relay-${node.version}` as RelayKey : 'relay',
+      label: `node relay (${node.version})`,
+      node,
+      server: `relay-server${suffix}`,
+      client: `relay-client${suffix}`,
+      serverStats: join(tmp, `relay-server${suffix}.stats.json`),
+      clientStats: join(tmp, `relay-client${suffix}.stats.json`),
+      samples: [],
+      problems: [],
+    };
+  });
+}
+
+/** ambit's HTTP/2 settings for HBONE (its defaults, src/node/hbone-limits.ts) as relay flags: the floor follows them. */
+function relayH2Flags(server: boolean): string[] {
+  const l = hboneLimits();
+  return [
+    '--stream-window', String(l.streamWindow), '--session-window', String(l.sessionWindow),
+    ...(server ? ['--max-streams', String(l.maxStreamsPerConnection), '--max-session-memory-mb', String(l.maxSessionMemoryMb)] : []),
+  ];
+}
+
+function relayServerCommand(r: RelayPair, certs: { ca: string; relayServer: string }): string[] {
+  return [r.node.path, RELAY_SCRIPT, '--mode', 'server', '--listen', String(RELAY_PORT), '--cert', certs.relayServer, '--ca', certs.ca, '--stats', r.serverStats, ...relayH2Flags(true)];
+}
+
+/** relay-client: plaintext in on each route's port, a CONNECT stream to the route's backend through `server`. */
+function relayClientCommand(r: RelayPair, certs: { ca: string; relayClient: string }, server: string, routes: { port: number; backend: string }[]): string[] {
+  return [
+    r.node.path, RELAY_SCRIPT, '--mode', 'client', '--server', `${server}:${RELAY_PORT}`, '--server-id', RELAY_SERVER_ID,
+    ...routes.flatMap((route) => ['--route', `${route.port}=${route.backend}:${route.port}`]),
+    '--cert', certs.relayClient, '--ca', certs.ca, '--stats', r.clientStats, ...relayH2Flags(false),
+  ];
+}
+
+type RelayStats = { streams: number; dumps: number };
+const readRelayStats = (file: string): RelayStats | undefined => {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as RelayStats;
+  } catch {
+    return undefined; // not written yet
+  }
+};
+
+/** Waits for a relay's first stats file, which it writes once it listens (and its runtime has named its main thread). */
+async function relayListening(file: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!readRelayStats(file)) {
+    if (Date.now() > deadline || interrupted()) throw new Error(`no ${file} within ${timeoutMs / 1000} s: the relay did not start listening (see \`ambit local logs\`)`);
+    await sleep(100);
+  }
+}
+
+/** The CONNECT streams a relay carried so far: SIGUSR2 makes it write the count to its stats file. */
+async function relayStreams(pid: number, file: string): Promise<number> {
+  const before = readRelayStats(file)?.dumps ?? -1;
+  process.kill(pid, 'SIGUSR2');
+  const deadline = Date.now() + RELAY_STATS_TIMEOUT_MS;
+  for (;;) {
+    const now = readRelayStats(file);
+    if (now && now.dumps > before) return now.streams;
+    if (Date.now() > deadline) throw new Error(`no new stream count in ${file} within ${RELAY_STATS_TIMEOUT_MS / 1000} s of SIGUSR2 to pid ${pid}`);
+    await sleep(50);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Scenarios
 
-type ScenarioKey = 'direct' | 'ambit' | 'haproxy';
+type ScenarioKey = 'direct' | 'ambit' | 'haproxy' | RelayKey;
 
 interface Scenario extends RateScenario<ScenarioKey> {
   iperf: Endpoint;
@@ -189,6 +353,8 @@ async function main(): Promise<void> {
     const iperfVersion = tools.iperf3 ? version(tools.iperf3, ['--version']) : '';
 
     const loadStart = loadAtStart('ambit L4 hop', name);
+    const relays = certs ? relayPairs(options.relayNodes, tmp) : [];
+    if (relays.length > 0) say(`node relay: ${relays.map((r) => `${r.node.version} (${r.node.path})`).join(', ')}`);
     say(`rates ${options.rates.join(', ')} req/s x ${options.connections} connections, ${options.duration} s each (+${options.warmup} s warmup)`);
 
     // ---- the cluster: clients on node-1, servers on node-2, in both namespaces
@@ -207,23 +373,38 @@ async function main(): Promise<void> {
     const ipOf = (ns: string, p: string) => podOf(status, ns, p).ip;
     const serverSock = join(tmp, 'haproxy-server.sock');
     const clientSock = join(tmp, 'haproxy-client.sock');
-    if (tools.haproxy && certs) {
-      // haproxy-server first: haproxy-client's configuration needs its address.
-      writeFileSync(join(tmp, 'haproxy-server.cfg'), haproxyServerConfig(serverSock, certs, ipOf('plain', 'http-server'), tools.iperf3 ? ipOf('plain', 'iperf3-server') : '127.0.0.1'));
-      await cluster.up(writeManifests(join(tmp, 'manifests', '2-haproxy-server'), [
-        pod('plain', 'haproxy-server', 'node-2', [tools.haproxy, '-db', '-f', join(tmp, 'haproxy-server.cfg')], { image: IMAGE }),
-      ]), 60);
+    if (certs && (tools.haproxy || relays.length > 0)) {
+      // The proxies' server halves first: their client halves need their addresses.
+      const servers: Doc[] = [];
+      if (tools.haproxy) {
+        writeFileSync(join(tmp, 'haproxy-server.cfg'), haproxyServerConfig(serverSock, certs, ipOf('plain', 'http-server'), tools.iperf3 ? ipOf('plain', 'iperf3-server') : '127.0.0.1'));
+        servers.push(pod('plain', 'haproxy-server', 'node-2', [tools.haproxy, '-db', '-f', join(tmp, 'haproxy-server.cfg')], { image: IMAGE }));
+      }
+      for (const r of relays) servers.push(pod('plain', r.server, 'node-2', relayServerCommand(r, certs), { image: IMAGE }));
+      await cluster.up(writeManifests(join(tmp, 'manifests', '2-proxy-servers'), servers), 60);
       status = await cluster.status();
-      writeFileSync(join(tmp, 'haproxy-client.cfg'), haproxyClientConfig(clientSock, certs, ipOf('plain', 'haproxy-server')));
-      await cluster.up(writeManifests(join(tmp, 'manifests', '3-haproxy-client'), [
-        pod('plain', 'haproxy-client', 'node-1', [tools.haproxy, '-db', '-f', join(tmp, 'haproxy-client.cfg')], { image: IMAGE }),
-      ]), 60);
+      const clients: Doc[] = [];
+      if (tools.haproxy) {
+        writeFileSync(join(tmp, 'haproxy-client.cfg'), haproxyClientConfig(clientSock, certs, ipOf('plain', 'haproxy-server')));
+        clients.push(pod('plain', 'haproxy-client', 'node-1', [tools.haproxy, '-db', '-f', join(tmp, 'haproxy-client.cfg')], { image: IMAGE }));
+      }
+      const relayRoutes = [
+        { port: HTTP_PORT, backend: ipOf('plain', 'http-server') },
+        ...(tools.iperf3 ? [{ port: IPERF_PORT, backend: ipOf('plain', 'iperf3-server') }] : []),
+      ];
+      for (const r of relays) clients.push(pod('plain', r.client, 'node-1', relayClientCommand(r, certs, ipOf('plain', r.server), relayRoutes), { image: IMAGE }));
+      await cluster.up(writeManifests(join(tmp, 'manifests', '3-proxy-clients'), clients), 60);
       status = await cluster.status();
+      for (const r of relays) {
+        await relayListening(r.serverStats, 30_000);
+        await relayListening(r.clientStats, 30_000);
+      }
     }
 
     // ---- who does the proxying
     const nodeAgents = agents(status);
     const haproxyPids = (p: string): Proxy[] => [podProcess(cluster.layout, status, 'plain', p, 'haproxy')];
+    const relayPids = (r: RelayPair): Proxy[] => [podProcess(cluster.layout, status, 'plain', r.client, r.node.comm), podProcess(cluster.layout, status, 'plain', r.server, r.node.comm)];
     const scenarios: Scenario[] = [
       {
         key: 'direct', label: 'direct', ns: 'plain', proxies: [],
@@ -245,6 +426,10 @@ async function main(): Promise<void> {
         http: { ip: hc, port: HTTP_PORT },
         iperf: { ip: hc, port: IPERF_PORT },
       });
+    }
+    for (const r of relays) {
+      const rc = ipOf('plain', r.client);
+      scenarios.push({ key: r.key, label: r.label, ns: 'plain', proxies: relayPids(r), http: { ip: rc, port: HTTP_PORT }, iperf: { ip: rc, port: IPERF_PORT } });
     }
     const byKey = (k: ScenarioKey) => scenarios.find((s) => s.key === k);
     if (nodeAgents.length === 0) {
@@ -280,6 +465,18 @@ async function main(): Promise<void> {
       }
     };
     await haproxySnapshot('before');
+    const relaySnapshot = async (phase: string) => {
+      for (const r of relays) {
+        const [client, server] = byKey(r.key)?.proxies ?? [];
+        if (!client || !server) continue;
+        try {
+          r.samples.push({ phase, server: await relayStreams(server.pid, r.serverStats), client: await relayStreams(client.pid, r.clientStats) });
+        } catch (err) {
+          r.problems.push(`stream counts at "${phase}": ${(err as Error).message}`);
+        }
+      }
+    };
+    await relaySnapshot('before');
 
     // ---- the proxies' CPU while nothing is sent: a baseline included in every CPU figure below
     const allProxies = running.flatMap((s) => s.proxies);
@@ -290,6 +487,7 @@ async function main(): Promise<void> {
     if (!latency) return;
     opened.push({ phase: 'after latency', ...await openedConnections(cluster, node2) });
     await haproxySnapshot('after latency');
+    await relaySnapshot('after latency');
 
     // ---- RSS of the proxies after the fixed-rate runs
     const rss: Record<string, { process: string; pid: number; rss_kb?: number }[]> = {};
@@ -313,6 +511,7 @@ async function main(): Promise<void> {
       if (interrupted()) return;
       opened.push({ phase: 'after iperf3', ...await openedConnections(cluster, node2) });
       await haproxySnapshot('after iperf3');
+      await relaySnapshot('after iperf3');
     }
 
     // ---- path verification: counters after
@@ -348,6 +547,23 @@ async function main(): Promise<void> {
         if (!(delta > 0)) haproxyProblems.push(`haproxy ${label} sessions did not grow from "${a.phase}" to "${b.phase}" (+${delta})`);
       }
       haproxyDeltas[`${a.phase} → ${b.phase}`] = d;
+    }
+    const relayVerified: Record<string, boolean> = {};
+    for (const r of relays) {
+      const why = byKey(r.key)?.unreachable;
+      if (why) r.problems.push(`unreachable: ${why}`);
+      for (let i = 1; i < r.samples.length; i++) {
+        const [a, b] = [r.samples[i - 1], r.samples[i]];
+        if (!a || !b) continue;
+        if (!(b.server > a.server)) r.problems.push(`${r.server}'s CONNECT streams did not grow from "${a.phase}" to "${b.phase}" (${a.server} → ${b.server})`);
+      }
+      // Each connection the load generator opened through relay-client is one stream relay-server carried.
+      const connects = latency.flatMap((l) => l.rows).filter((row) => row.scenario === r.key).reduce((n, row) => n + row.result.connects, 0);
+      const [before, after] = [r.samples[0], r.samples[1]];
+      if (before && after?.phase === 'after latency' && after.server > before.server && after.server - before.server < connects) {
+        warn(`${r.label}: ${r.server} carried ${after.server - before.server} streams over the fixed-rate runs, which opened ${connects} connections`);
+      }
+      relayVerified[r.key] = r.problems.length === 0;
     }
     const loadEnd = loadNow();
     const haproxyVerified = byKey('haproxy') ? haproxyProblems.length === 0 && !byKey('haproxy')?.unreachable : undefined;
@@ -393,12 +609,13 @@ async function main(): Promise<void> {
       scenarios: l.rows.map((r) => {
         const c = r.result.corrected_us;
         const d = r.scenario === 'direct' ? undefined : direct(l.rate);
-        const h = r.scenario === 'ambit' ? hap(l.rate) : undefined;
+        const h = r.scenario === 'ambit' || isRelay(r.scenario) ? hap(l.rate) : undefined;
         return {
           scenario: r.scenario,
           label: r.label,
           ...(r.scenario === 'ambit' ? { path_verified: pathVerified } : {}),
           ...(r.scenario === 'haproxy' ? { path_verified: haproxyVerified } : {}),
+          ...(isRelay(r.scenario) ? { path_verified: relayVerified[r.scenario] } : {}),
           ...runFields(r.result, l.rate, options),
           added_vs_direct_us: d ? comparePercentiles(c, d, true) : undefined,
           ratio_vs_direct: d ? comparePercentiles(c, d, false) : undefined,
@@ -423,12 +640,16 @@ async function main(): Promise<void> {
         proxy_cpu_s_per_gb: r.cpu.total !== undefined && r.result.bytes > 0 ? round(r.cpu.total / (r.result.bytes / 1e9), 3) : undefined,
       } : { error: r.error }),
     }));
-    const rssJson = Object.fromEntries(Object.entries(rss).map(([k, procs]) => [k, {
-      processes: procs,
-      total_kb: procs.every((p) => p.rss_kb !== undefined) ? procs.reduce((s, p) => s + (p.rss_kb ?? 0), 0) : undefined,
-    }]));
+    const rssTotal = (procs: { rss_kb?: number }[] | undefined) => (procs?.every((p) => p.rss_kb !== undefined) ? procs.reduce((s, p) => s + (p.rss_kb ?? 0), 0) : undefined);
+    const rssHap = rssTotal(rss.haproxy);
+    const rssJson: RssJson = Object.fromEntries(Object.entries(rss).map(([k, procs]) => {
+      const total = rssTotal(procs);
+      return [k, { processes: procs, total_kb: total, ratio_vs_haproxy: k !== 'haproxy' && total !== undefined && rssHap ? round(total / rssHap, 2) : undefined }];
+    }));
+    const ambitVsRelay = ambitVsRelays(relays.filter((r) => byKey(r.key) && !byKey(r.key)?.unreachable), latencyJson, rssJson, iperfJson);
     const skipped = [
       ...(options.haproxy ? [] : ['HAProxy pair (--no-haproxy)']),
+      ...(options.relayNodes.length > 0 ? [] : ['node relay (--no-relay)']),
       ...(options.iperf ? [] : ['iperf3 throughput (--no-iperf)']),
       ...scenarios.filter((s) => s.unreachable).map((s) => `${s.label}: unreachable (${s.unreachable})`),
       ...(agentRssSkipped ? [`node agent RSS steps: ${agentRssSkipped}`] : []),
@@ -438,14 +659,18 @@ async function main(): Promise<void> {
       ...machine(),
       haproxy_version: haproxyVersion || undefined,
       iperf3_version: iperfVersion || undefined,
+      relay_nodes: relays.length > 0 ? relays.map((r) => ({ scenario: r.key, node_version: r.node.version, path: r.node.path })) : undefined,
+      relay_http2: relays.length > 0 ? (({ streamWindow, sessionWindow, maxStreamsPerConnection, maxSessionMemoryMb }) => ({ streamWindow, sessionWindow, maxStreamsPerConnection, maxSessionMemoryMb }))(hboneLimits()) : undefined,
       cluster: name,
       load_average: { start: loadStart, end: loadEnd },
       options: { duration_s: options.duration, warmup_s: options.warmup, rates: options.rates, connections: options.connections, response_bytes: 1024, iperf_seconds: IPERF_SECONDS, pods: options.pods },
       path_verified: pathVerified,
       haproxy_verified: haproxyVerified,
+      relay_verified: relays.length > 0 ? relayVerified : undefined,
       verification: {
         ambit: { node_agents: nodeAgents.map((a) => ({ node: a.node, pid: a.pid })), metric: `${OPENED_METRIC}{reporter="destination"} on node-2`, samples: opened, connections_opened_by_fixed_rate_runs: meshConnects, problems: ambitProblems },
         haproxy: byKey('haproxy') ? { session_deltas: haproxyDeltas, problems: haproxyProblems } : undefined,
+        relay: relays.length > 0 ? Object.fromEntries(relays.map((r) => [r.key, { streams_carried: r.samples, problems: r.problems }])) : undefined,
       },
       skipped: skipped.length > 0 ? skipped : undefined,
       unit: 'microseconds, from each request\'s scheduled send time (corrected for coordinated omission)',
@@ -453,11 +678,12 @@ async function main(): Promise<void> {
       proxy_idle_cpu_percent: idlePercent,
       proxy_rss_after_runs: rssJson,
       throughput: iperfJson.length > 0 ? iperfJson : undefined,
+      ambit_vs_node_relay: ambitVsRelay.length > 0 ? ambitVsRelay : undefined,
       agent_rss: agentRssSkipped ? { skipped: agentRssSkipped } : { node: 'node-1', steps: agentRss },
     };
 
     // stdout
-    const mark = (k: ScenarioKey) => (k === 'ambit' && !pathVerified ? ' (!)' : k === 'haproxy' && haproxyVerified === false ? ' (!)' : '');
+    const mark = (k: ScenarioKey) => ((k === 'ambit' && !pathVerified) || (k === 'haproxy' && haproxyVerified === false) || (isRelay(k) && relayVerified[k] === false) ? ' (!)' : '');
     for (const l of latencyJson) {
       say();
       say(`${l.rate} req/s, ${options.connections} connections, ${options.duration} s (+${options.warmup} s warmup); latency in us from the scheduled send; order: ${l.order.join(', ')}`);
@@ -479,7 +705,7 @@ async function main(): Promise<void> {
     if (Object.keys(rssJson).length > 0) {
       say();
       say('proxy RSS after the fixed-rate runs:');
-      for (const [k, v] of Object.entries(rssJson)) say(`  ${byKey(k as ScenarioKey)?.label ?? k}: ${v.processes.map((p) => `${p.process} ${fmt((p.rss_kb ?? NaN) / 1024)} MB`).join(', ')}; total ${fmt((v.total_kb ?? NaN) / 1024)} MB`);
+      for (const [k, v] of Object.entries(rssJson)) say(`  ${byKey(k as ScenarioKey)?.label ?? k}: ${v.processes.map((p) => `${p.process} ${fmt((p.rss_kb ?? NaN) / 1024)} MB`).join(', ')}; total ${fmt((v.total_kb ?? NaN) / 1024)} MB${v.ratio_vs_haproxy !== undefined ? ` (${fmt(v.ratio_vs_haproxy, 2)}x HAProxy)` : ''}`);
     }
     if (iperfJson.length > 0) {
       say();
@@ -487,6 +713,12 @@ async function main(): Promise<void> {
       for (const line of table(['scenario', 'Gbit/s', 'x direct', 'x HAProxy', 'retransmits', 'proxy CPU-s/GB'], iperfJson.map((r) => [
         `${r.label}${mark(r.scenario)}`, fmt(r.gbit_s, 2), fmt(r.ratio_vs_direct, 2), fmt(r.ratio_vs_haproxy, 2), r.retransmits === undefined ? '-' : String(r.retransmits), fmt(r.proxy_cpu_s_per_gb, 3),
       ]))) say(line);
+    }
+    if (ambitVsRelay.length > 0) {
+      say();
+      say(`ambit ÷ node relay (both in the same run; above 1: ambit costs more than Node's TLS and HTTP/2 alone)${pathVerified ? '' : ' — ambit\'s path NOT verified'}:`);
+      const t = ambitVsRelayTable(ambitVsRelay);
+      for (const line of table(t.header, t.rows)) say(line);
     }
     say();
     if (agentRssSkipped) say(`node agent RSS steps skipped: ${agentRssSkipped}`);
@@ -509,38 +741,111 @@ async function main(): Promise<void> {
     } else if (haproxyVerified) {
       say(`HAProxy path verified: sessions through haproxy-server's TLS frontends (verify required) ${Object.entries(haproxyDeltas).map(([phase, d]) => `${phase}: ${Object.entries(d).map(([k, v]) => `${k} +${v}`).join(', ')}`).join('; ')}`);
     }
+    for (const r of relays) {
+      if (!relayVerified[r.key]) {
+        warn(`${r.label}: path NOT verified:`);
+        for (const p of r.problems) say(`  - ${p}`);
+      } else {
+        say(`${r.label} path verified: CONNECT streams carried by ${r.server} (mTLS, client certificate required) ${r.samples.map((x) => x.server).join(' → ')}, by ${r.client} ${r.samples.map((x) => x.client).join(' → ')}`);
+      }
+    }
 
-    mkdirSync(RESULTS, { recursive: true });
-    const jsonPath = join(RESULTS, 'l4-hop.json');
-    const mdPath = join(RESULTS, 'l4-hop.md');
+    mkdirSync(options.out, { recursive: true });
+    const jsonPath = join(options.out, 'l4-hop.json');
+    const mdPath = join(options.out, 'l4-hop.md');
     writeFileSync(jsonPath, `${JSON.stringify(result, null, 2)}\n`);
-    writeFileSync(mdPath, markdown(result, latencyJson, iperfJson, rssJson, byKey));
+    writeFileSync(mdPath, markdown(result, latencyJson, iperfJson, rssJson, ambitVsRelay, byKey));
     say(`results: ${jsonPath}, ${mdPath}`);
 
     const failed = latencyJson.some((l) => l.scenarios.some((r) => r.errors > 0)) || scenarios.some((s) => s.unreachable) || iperf.some((r) => r.error);
-    if (!pathVerified || haproxyVerified === false || failed) process.exitCode = 1;
+    if (!pathVerified || haproxyVerified === false || Object.values(relayVerified).includes(false) || failed) process.exitCode = 1;
   } finally {
     await bench.finish();
   }
 }
 type LatencyJson = { rate: number; order: ScenarioKey[]; scenarios: { scenario: ScenarioKey; label: string; path_verified?: boolean; corrected_us: Percentiles; added_vs_direct_us?: Record<string, number>; ratio_vs_direct?: Record<string, number>; ratio_vs_haproxy?: Record<string, number>; proxy_cpu_s_per_1k_req?: number; errors: number; late: number; behind_schedule_s: number }[] }[];
 type IperfJson = { scenario: ScenarioKey; label: string; gbit_s?: number; bytes?: number; ratio_vs_direct?: number; ratio_vs_haproxy?: number; retransmits?: number; proxy_cpu_s?: number; proxy_cpu_s_per_gb?: number; error?: string }[];
-type RssJson = Record<string, { processes: { process: string; rss_kb?: number }[]; total_kb?: number }>;
+type RssJson = Record<string, { processes: { process: string; rss_kb?: number }[]; total_kb?: number; ratio_vs_haproxy?: number }>;
+
+/** ambit's figure over one node relay's, per measure: above 1, ambit costs more than Node's TLS and HTTP/2 alone. */
+interface AmbitVsRelay {
+  scenario: RelayKey;
+  label: string;
+  latency: { rate: number; p50?: number; p99?: number; added_p50?: number; added_p99?: number; proxy_cpu_s_per_1k_req?: number }[];
+  rss?: number;
+  gbit_s?: number;
+  proxy_cpu_s_per_gb?: number;
+}
+
+function ambitVsRelays(relays: RelayPair[], latency: LatencyJson, rss: RssJson, iperf: IperfJson): AmbitVsRelay[] {
+  // Ratios of two positive figures only: an added latency at or below direct's has none.
+  const ratio = (a: number | undefined, b: number | undefined) => (a !== undefined && b !== undefined && a > 0 && b > 0 ? round(a / b, 2) : undefined);
+  const ambitIperf = iperf.find((r) => r.scenario === 'ambit');
+  if (!latency.some((l) => l.scenarios.some((r) => r.scenario === 'ambit')) && !ambitIperf) return [];
+  return relays.map((relay) => {
+    const relayIperf = iperf.find((r) => r.scenario === relay.key);
+    return {
+      scenario: relay.key,
+      label: relay.label,
+      latency: latency.map((l) => {
+        const a = l.scenarios.find((r) => r.scenario === 'ambit');
+        const b = l.scenarios.find((r) => r.scenario === relay.key);
+        return {
+          rate: l.rate,
+          p50: ratio(a?.corrected_us.p50, b?.corrected_us.p50),
+          p99: ratio(a?.corrected_us.p99, b?.corrected_us.p99),
+          added_p50: ratio(a?.added_vs_direct_us?.p50, b?.added_vs_direct_us?.p50),
+          added_p99: ratio(a?.added_vs_direct_us?.p99, b?.added_vs_direct_us?.p99),
+          proxy_cpu_s_per_1k_req: ratio(a?.proxy_cpu_s_per_1k_req, b?.proxy_cpu_s_per_1k_req),
+        };
+      }),
+      rss: ratio(rss.ambit?.total_kb, rss[relay.key]?.total_kb),
+      gbit_s: ratio(ambitIperf?.gbit_s, relayIperf?.gbit_s),
+      proxy_cpu_s_per_gb: ratio(ambitIperf?.proxy_cpu_s_per_gb, relayIperf?.proxy_cpu_s_per_gb),
+    };
+  });
+}
+
+/** One row per measure, one column per relay; measures no relay has a figure for are left out. */
+function ambitVsRelayTable(v: AmbitVsRelay[]): { header: string[]; rows: string[][] } {
+  const rows: string[][] = [];
+  const row = (name: string, pick: (x: AmbitVsRelay) => number | undefined) => {
+    const cells = v.map((x) => fmt(pick(x), 2));
+    if (cells.some((c) => c !== '-')) rows.push([name, ...cells]);
+  };
+  for (const { rate } of v[0]?.latency ?? []) {
+    const at = (x: AmbitVsRelay) => x.latency.find((l) => l.rate === rate);
+    row(`p50 at ${rate} req/s`, (x) => at(x)?.p50);
+    row(`p99 at ${rate} req/s`, (x) => at(x)?.p99);
+    row(`added p50 at ${rate} req/s`, (x) => at(x)?.added_p50);
+    row(`added p99 at ${rate} req/s`, (x) => at(x)?.added_p99);
+    row(`CPU-s / 1k req at ${rate} req/s`, (x) => at(x)?.proxy_cpu_s_per_1k_req);
+  }
+  row('RSS after the runs', (x) => x.rss);
+  row('iperf3 Gbit/s', (x) => x.gbit_s);
+  row('iperf3 CPU-s / GB', (x) => x.proxy_cpu_s_per_gb);
+  return { header: ['ambit ÷', ...v.map((x) => x.label)], rows };
+}
 
 function markdown(
-  meta: { date: string; kernel: string; node: string; cpus: number; cpu_model: string; load_average: { start: number[]; end: number[] }; proxy_idle_cpu_percent: Record<string, number | null>; haproxy_version?: string; iperf3_version?: string; options: { duration_s: number; warmup_s: number; connections: number }; path_verified: boolean; haproxy_verified?: boolean; verification: { ambit: { problems: string[] } }; agent_rss: { skipped?: string; steps?: { pods: number; enrolled: number; rss_kb?: number }[] }; skipped?: string[] },
-  latency: LatencyJson, iperf: IperfJson, rss: RssJson, byKey: (k: ScenarioKey) => Scenario | undefined,
+  meta: { date: string; kernel: string; node: string; cpus: number; cpu_model: string; load_average: { start: number[]; end: number[] }; proxy_idle_cpu_percent: Record<string, number | null>; haproxy_version?: string; iperf3_version?: string; relay_nodes?: { node_version: string }[]; options: { duration_s: number; warmup_s: number; connections: number }; path_verified: boolean; haproxy_verified?: boolean; relay_verified?: Record<string, boolean>; verification: { ambit: { problems: string[] }; relay?: Record<string, { problems: string[] }> }; agent_rss: { skipped?: string; steps?: { pods: number; enrolled: number; rss_kb?: number }[] }; skipped?: string[] },
+  latency: LatencyJson, iperf: IperfJson, rss: RssJson, vsRelay: AmbitVsRelay[], byKey: (k: ScenarioKey) => Scenario | undefined,
 ): string {
   const lines: string[] = [];
-  const verified = (k: ScenarioKey) => (k === 'ambit' ? meta.path_verified : k === 'haproxy' ? meta.haproxy_verified !== false : true);
+  const verified = (k: ScenarioKey) => (k === 'ambit' ? meta.path_verified : k === 'haproxy' ? meta.haproxy_verified !== false : isRelay(k) ? meta.relay_verified?.[k] !== false : true);
   const label = (k: ScenarioKey, l: string) => (verified(k) ? l : `${l} (path not verified)`);
   lines.push('# l4-hop: one L4 hop between two nodes', '');
-  lines.push(mdMachineLine(meta, [meta.haproxy_version, meta.iperf3_version]), '');
-  lines.push(`HTTP/1.1 keep-alive, 1 KiB responses, ${meta.options.connections} connections, ${meta.options.duration_s} s per rate per scenario (+${meta.options.warmup_s} s warmup). Latency in µs from each request's scheduled send time (coordinated omission corrected); "+" is added over direct, "x" a ratio. CPU: proxies' utime+stime per 1,000 requests (ambit: both node agents; HAProxy: both haproxy processes).`, '');
+  const relayVersions = meta.relay_nodes?.map((r) => r.node_version).join(', ');
+  lines.push(mdMachineLine(meta, [meta.haproxy_version, meta.iperf3_version, relayVersions ? `node relay on Node.js ${relayVersions}` : undefined]), '');
+  lines.push(`HTTP/1.1 keep-alive, 1 KiB responses, ${meta.options.connections} connections, ${meta.options.duration_s} s per rate per scenario (+${meta.options.warmup_s} s warmup). Latency in µs from each request's scheduled send time (coordinated omission corrected); "+" is added over direct, "x" a ratio. CPU: proxies' utime+stime per 1,000 requests (ambit: both node agents; HAProxy: both haproxy processes; node relay: both relay processes).`, '');
+  if (relayVersions) lines.push('Node relay: `bench/hbone-relay.mjs` on both nodes, ambit\'s wire (HTTP/2 CONNECT streams over one pooled mutual TLS 1.3 connection, ambit\'s default windows and stream cap) and nothing else: the floor under ambit in Node.js.', '');
   if (!meta.path_verified) {
     lines.push(`**ambit L4: path not verified** — ${meta.verification.ambit.problems.join('; ')}. Its figures are not the mesh's.`, '');
   }
   if (meta.haproxy_verified === false) lines.push('**HAProxy pair: path not verified** (see the JSON).', '');
+  for (const [k, ok] of Object.entries(meta.relay_verified ?? {})) {
+    if (!ok) lines.push(`**${byKey(k as ScenarioKey)?.label ?? k}: path not verified** — ${meta.verification.relay?.[k]?.problems.join('; ') ?? 'see the JSON'}.`, '');
+  }
   lines.push('## Latency', '');
   const rows: string[][] = [];
   for (const l of latency) {
@@ -557,8 +862,8 @@ function markdown(
   if (idle.length > 0) lines.push(`Proxy CPU while idle (sampled before the runs; included in CPU-s / 1k req): ${idle.map(([k, v]) => `${k} ${fmt(v)}%`).join(', ')}.`, '');
   if (Object.keys(rss).length > 0) {
     lines.push('## Proxy memory (RSS after the fixed-rate runs)', '');
-    lines.push(...mdTable(['scenario', 'processes (MB each)', 'RSS MB'], Object.entries(rss).map(([k, v]) => [
-      label(k as ScenarioKey, byKey(k as ScenarioKey)?.label ?? k), v.processes.map((p) => `${p.process} ${fmt((p.rss_kb ?? NaN) / 1024)}`).join(', '), fmt((v.total_kb ?? NaN) / 1024),
+    lines.push(...mdTable(['scenario', 'processes (MB each)', 'RSS MB', 'x HAProxy'], Object.entries(rss).map(([k, v]) => [
+      label(k as ScenarioKey, byKey(k as ScenarioKey)?.label ?? k), v.processes.map((p) => `${p.process} ${fmt((p.rss_kb ?? NaN) / 1024)}`).join(', '), fmt((v.total_kb ?? NaN) / 1024), fmt(v.ratio_vs_haproxy, 2),
     ]), 2), '');
   }
   if (iperf.length > 0) {
@@ -566,6 +871,12 @@ function markdown(
     lines.push(...mdTable(['scenario', 'Gbit/s', 'x direct', 'x HAProxy', 'retransmits', 'proxy CPU-s / GB'], iperf.map((r) => [
       label(r.scenario, r.label), r.error ? `failed: ${r.error.split('\n')[0]}` : fmt(r.gbit_s, 2), fmt(r.ratio_vs_direct, 2), fmt(r.ratio_vs_haproxy, 2), r.retransmits === undefined ? '-' : String(r.retransmits), fmt(r.proxy_cpu_s_per_gb, 3),
     ])), '');
+  }
+  if (vsRelay.length > 0) {
+    lines.push('## ambit ÷ node relay', '');
+    lines.push(`ambit L4's figure over the node relay's, from the tables above: above 1, what ambit costs beyond Node.js's TLS and HTTP/2 themselves; "added" is over direct.${meta.path_verified ? '' : ' **ambit\'s path was not verified.**'}`, '');
+    const t = ambitVsRelayTable(vsRelay);
+    lines.push(...mdTable(t.header, t.rows), '');
   }
   lines.push('## Node agent RSS on node-1', '');
   if (meta.agent_rss.skipped) lines.push(`Skipped: ${meta.agent_rss.skipped}.`, '');
