@@ -41,10 +41,10 @@ import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { hboneLimits } from '../src/node/hbone-limits.js';
 import {
-  BenchRun, Cluster, HERE, METRICS_PORT, MESH_LABEL, RESULTS, SATURATED_S, UsageError, agents, build, comparePercentiles, cpuDelta, cpuFields, cpuSample,
+  BenchRun, COMMON_USAGE, Cluster, HERE, METRICS_PORT, MESH_LABEL, RESULTS, SATURATED_S, UsageError, agents, build, comparePercentiles, cpuDelta, cpuFields, cpuSample,
   fetchMetrics, fixedRateRuns, fmt, fmtSigned, haproxyCommon, haproxyStats, haproxyTcpRoutes, haproxyTlsBind, haproxyTlsServer, idleCpuPercent, intListArg,
   interrupted, loadAtStart, loadNow, machine, makeCertificates, mdMachineLine, mdTable, namespace, need, parseBenchOptions, parseMetrics, pod, podOf, podProcess,
-  reachable, round, runFields, runMain, runWarnings, say, table, tail, version, vmRssKb, warn, writeManifests,
+  prepareAmbit, reachable, round, runFields, runMain, runWarnings, say, table, tail, version, vmRssKb, warn, writeManifests,
   type CommonOptions, type Doc, type Endpoint, type Percentiles, type Proxy, type RateScenario, type Status,
 } from './lib.js';
 
@@ -102,7 +102,8 @@ const USAGE = `usage: npx tsx bench/l4-hop.ts [options]   (as root)
   --no-iperf         skip the iperf3 throughput runs
   --pods N,N         enrolled pods on node-1 for the node agent's RSS steps (default 1,10,100)
   --out DIR          where l4-hop.json and l4-hop.md go (default bench/results)
-  --keep             leave the cluster and the temp dir up (prints how to remove them)`;
+  --keep             leave the cluster and the temp dir up (prints how to remove them)
+${COMMON_USAGE}`;
 
 function parseOptions(argv: string[]): Options {
   const { common, values } = parseBenchOptions(argv, USAGE, { duration: '10', warmup: '2', rates: '1000,5000', connections: '4' }, {
@@ -340,6 +341,7 @@ async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('run as root: the local cluster makes network namespaces, cgroups and nftables tables');
   const tools = checkTools(options);
 
+  const ambitRuns = prepareAmbit(options);
   // The cluster and the temp dir go at the end, on failure and on Ctrl-C (unless --keep).
   const bench = new BenchRun('l4hop', options.keep);
   const { tmp, name, cluster } = bench;
@@ -662,6 +664,7 @@ async function main(): Promise<void> {
       relay_nodes: relays.length > 0 ? relays.map((r) => ({ scenario: r.key, node_version: r.node.version, path: r.node.path })) : undefined,
       relay_http2: relays.length > 0 ? (({ streamWindow, sessionWindow, maxStreamsPerConnection, maxSessionMemoryMb }) => ({ streamWindow, sessionWindow, maxStreamsPerConnection, maxSessionMemoryMb }))(hboneLimits()) : undefined,
       cluster: name,
+      ambit_runs: ambitRuns,
       load_average: { start: loadStart, end: loadEnd },
       options: { duration_s: options.duration, warmup_s: options.warmup, rates: options.rates, connections: options.connections, response_bytes: 1024, iperf_seconds: IPERF_SECONDS, pods: options.pods },
       path_verified: pathVerified,

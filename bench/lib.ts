@@ -6,12 +6,12 @@
  * text, the proxies' CPU time and RSS from /proc, the fixed-rate load runs (bench/http-load.c),
  * and formatting (tables on stdout, markdown).
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { accessSync, constants as fsConstants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
-import { delimiter, dirname, join } from 'node:path';
+import { delimiter, dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
@@ -19,6 +19,8 @@ import { stringify } from 'yaml';
 import { ClusterLayout } from '../src/local/layout.js';
 
 export const HERE = dirname(fileURLToPath(import.meta.url));
+/** The checkout the bench runs from. */
+const ROOT = dirname(HERE);
 const AMBIT_CLI = join(HERE, '..', 'bin', 'ambit.js');
 export const RESULTS = join(HERE, 'results');
 
@@ -48,6 +50,10 @@ export interface CommonOptions {
   rates: number[];
   connections: number;
   keep: boolean;
+  /** Run ambit's processes from the TypeScript sources through tsx, not from a build (--source). */
+  source: boolean;
+  /** Write V8 CPU profiles of the controller and node agents here (--profile DIR). */
+  profile?: string;
 }
 
 export function numberArg(name: string, text: string, min: number, max: number): number {
@@ -90,6 +96,8 @@ export function parseBenchOptions(
         connections: { type: 'string', default: defaults.connections },
         ...extra,
         keep: { type: 'boolean', default: false },
+        source: { type: 'boolean', default: false },
+        profile: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
       strict: true,
@@ -111,6 +119,8 @@ export function parseBenchOptions(
     rates: intListArg('rates', text('rates'), 1, 100_000),
     connections,
     keep: values.keep === true,
+    source: values.source === true,
+    ...(typeof values.profile === 'string' ? { profile: resolve(values.profile) } : {}),
   };
   for (const rate of common.rates) {
     if (rate * common.duration < connections) throw new UsageError(`--rates ${rate} x --duration ${common.duration} gives fewer requests than --connections ${connections}`);
@@ -839,4 +849,32 @@ export function runWarnings(label: string, rate: number, r: { errors: number; la
   if (r.behind_schedule_s > SATURATED_S) out.push(`${label} at ${rate} req/s: did not keep up with the rate (the last answer came ${r.behind_schedule_s} s after the last request was due): its latencies measure a growing queue`);
   if (r.connects > connections) out.push(`${label} at ${rate} req/s: ${r.connects} connections opened for ${connections} (keep-alive broke)`);
   return out;
+}
+
+/** Common options every rate bench takes, for its usage text. */
+export const COMMON_USAGE = `  --source           run ambit from its TypeScript sources (tsx) instead of the build the image ships
+  --profile DIR      V8 CPU profiles of the controller and node agents into DIR (written when they stop)`;
+
+/**
+ * ambit's processes as they ship: the sources compiled (tsconfig.build.json) into .bench-dist/
+ * in the checkout (so their imports find node_modules), run by bin/ambit.js through AMBIT_DIST.
+ * Through tsx instead, each process also carries tsx's loader thread and its transform caches:
+ * tens of MB of RSS and start-up CPU that no deployment has. Sets the environment the cluster's
+ * daemon hands its components; returns what the results should say ran.
+ */
+export function prepareAmbit(options: Pick<CommonOptions, 'source' | 'profile'>): string {
+  if (options.profile) {
+    mkdirSync(options.profile, { recursive: true });
+    process.env.AMBIT_CPU_PROFILE_DIR = options.profile;
+  }
+  if (options.source) {
+    delete process.env.AMBIT_DIST;
+    return 'sources through tsx (--source)';
+  }
+  const out = join(ROOT, '.bench-dist');
+  say('building ambit (tsc -p tsconfig.build.json) into .bench-dist/...');
+  const r = spawnSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.build.json'), '--outDir', out], { cwd: ROOT, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`tsc -p tsconfig.build.json failed: ${tail(`${r.stdout}\n${r.stderr}`, 10)}`);
+  process.env.AMBIT_DIST = out;
+  return 'the build (tsconfig.build.json, as the image runs it)';
 }

@@ -38,9 +38,9 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, sta
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  BenchRun, Cluster, HERE, MESH_LABEL, METRICS_PORT, RESULTS, SATURATED_S, agents, build, cpuFields, fetchMetrics, fixedRateRuns, fmt, fmtSigned,
+  BenchRun, COMMON_USAGE, Cluster, HERE, MESH_LABEL, METRICS_PORT, RESULTS, SATURATED_S, agents, build, cpuFields, fetchMetrics, fixedRateRuns, fmt, fmtSigned,
   haproxyCommon, haproxyStats, haproxyTcpRoutes, haproxyTlsBind, haproxyTlsServer, idleCpuPercent, interrupted, loadAtStart, loadNow, machine,
-  makeCertificates, mdMachineLine, mdTable, namespace, need, parseBenchOptions, parseMetrics, per1k, pod, podOf, podProcess, reachable, round,
+  makeCertificates, mdMachineLine, mdTable, namespace, need, parseBenchOptions, parseMetrics, per1k, pod, podOf, podProcess, prepareAmbit, reachable, round,
   runFields, runMain, runWarnings, say, sourceDigest, table, version, vmRssKb, warn, writeManifests,
   type Doc, type LatencyRow, type Percentiles, type Proxy, type RateScenario, type Sample,
 } from './lib.js';
@@ -81,7 +81,8 @@ const USAGE = `usage: npx tsx bench/waypoint.ts [options]   (as root)
   --warmup S         unrecorded seconds at the same rate before each run (default 2)
   --rates R,R        request rates, requests/s (default 1000)
   --connections N    keep-alive connections per run (default 4)
-  --keep             leave the cluster and the temp dir up (prints how to remove them)`;
+  --keep             leave the cluster and the temp dir up (prints how to remove them)
+${COMMON_USAGE}`;
 
 // ---------------------------------------------------------------------------------------------
 // Manifests and configurations
@@ -274,6 +275,7 @@ async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('run as root: the local cluster makes network namespaces, cgroups and nftables tables');
   const tools = { cc: need('cc', 'gcc'), sleep: need('sleep', 'coreutils'), haproxy: need('haproxy', 'haproxy'), openssl: need('openssl', 'openssl') };
 
+  prepareAmbit(options);
   // The cluster and the temp dir go at the end, on failure and on Ctrl-C (unless --keep).
   const bench = new BenchRun('l7hop', options.keep);
   const { tmp, name, cluster } = bench;

@@ -23,6 +23,7 @@ import { CliError } from './errors.js';
 import { readFlagFile, tokenFile } from './files.js';
 import { kubeClient } from './kube.js';
 import { runChecks } from './probes.js';
+import { cpuProfileFromEnv } from '../telemetry/profile.js';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
@@ -182,6 +183,7 @@ export function register(program: Command): void {
       const adminServer = await AdminServer.start(adminSources, admin.host, admin.port);
       const control = opts.controlSocket ? await serveControl(agent, opts.controlSocket, adminSources, log) : undefined;
       log.info({ node: opts.node, pinRoot, cgroup }, 'node agent started');
+      const profiler = await cpuProfileFromEnv(`node-agent.${opts.node}`);
       let stopping = false;
       const stop = (signal: string) => {
         if (stopping) return;
@@ -191,10 +193,11 @@ export function register(program: Command): void {
         const parts = k8s ? k8s.stop() : Promise.resolve({ uninstall: false });
         void parts.then(({ uninstall }) => agent.close({ uninstall }))
           .catch((err: Error) => log.error({ err: err.message }, 'stopping failed'))
-          .finally(() => {
+          .finally(async () => {
             for (const s of servers) s.close();
             control?.close();
             void adminServer.close();
+            if (profiler) log.info({ profile: await profiler.stop() }, 'CPU profile written');
             process.exit(0);
           });
       };

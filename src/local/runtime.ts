@@ -201,8 +201,8 @@ export class Runtime {
       name: 'controller',
       netns: underlay,
       cgroup: this.layout.componentCgroup('controller'),
-      argv: [process.execPath, ambitBin(), 'controller', '--local-state', this.layout.stateDir, '--config-dir', this.layout.configDir, '--listen', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`],
-      env: { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' },
+      argv: [process.execPath, ...nodeFlags(), ambitBin(), 'controller', '--local-state', this.layout.stateDir, '--config-dir', this.layout.configDir, '--listen', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`],
+      env: this.componentEnv(),
       logFile: this.layout.componentLog('controller'),
       health: () => tcpReachable(`/run/netns/${underlay}`, UNDERLAY_GATEWAY, CONTROLLER_PORT),
     }, this.log);
@@ -216,19 +216,29 @@ export class Runtime {
         node: node.name,
         netns: nodeNetns,
         cgroup: this.layout.componentCgroup(name),
-        argv: [process.execPath, ambitBin(), 'node', '--node', node.name, '--cluster', this.layout.name,
+        argv: [process.execPath, ...nodeFlags(), ambitBin(), 'node', '--node', node.name, '--cluster', this.layout.name,
           '--controller', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
           '--token-file', join(this.layout.stateDir, 'nodes', node.name, 'token'),
           '--ca-file', join(this.layout.stateDir, 'ca', 'ca-cert.pem'),
           '--probe-cgroup', this.layout.componentCgroup('runtime'),
           '--control-socket', this.agentSocket(node.name)],
-        env: { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' },
+        env: this.componentEnv(),
         logFile: this.layout.componentLog(name),
         health: () => tcpReachable(`/run/netns/${nodeNetns}`, node.ip, 15021),
       }, this.log);
       agent.start();
       this.components.push(agent);
     }
+  }
+
+  /** The controller's and node agents' environment: the daemon's log level, profiling settings and build (AMBIT_DIST, bin/ambit.js). */
+  private componentEnv(): Record<string, string> {
+    const env: Record<string, string> = { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' };
+    for (const key of ['AMBIT_CPU_PROFILE_DIR', 'AMBIT_CPU_PROFILE_INTERVAL_US', 'AMBIT_DIST']) {
+      const value = process.env[key];
+      if (value) env[key] = value;
+    }
+    return env;
   }
 
   private agentSocket(node: string): string {
@@ -394,7 +404,8 @@ export class Runtime {
     const spec: PodSpec = {
       serviceAccountName: name, restartPolicy: 'Always', terminationGracePeriodSeconds: 10,
       containers: [{
-        name: 'waypoint', cwd: this.layout.stateDir, env: [], ports: [{ name: 'hbone', containerPort: 15008, protocol: 'TCP' }],
+        // A bench's build (AMBIT_DIST, bin/ambit.js) runs the waypoints too.
+        name: 'waypoint', cwd: this.layout.stateDir, env: process.env.AMBIT_DIST ? [{ name: 'AMBIT_DIST', value: process.env.AMBIT_DIST }] : [], ports: [{ name: 'hbone', containerPort: 15008, protocol: 'TCP' }],
         argv: [process.execPath, ambitBin(), 'waypoint', 'run', '--name', `${namespace}/${name}`, '--controller', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
           '--token-file', tokenFile, '--ca-file', join(this.layout.stateDir, 'ca', 'ca-cert.pem'), ...tracingArgs],
         readinessProbe: { tcpSocket: { port: 15008 }, periodSeconds: 1, initialDelaySeconds: 0, timeoutSeconds: 1, failureThreshold: 1, successThreshold: 1 },
@@ -843,4 +854,14 @@ function isDirectory(path: string): boolean {
 function orderForApply(resources: Resource[]): Resource[] {
   const rank = (r: Resource) => 'other' in r ? 5 : ({ Namespace: 0, ServiceAccount: 1, Service: 2, Deployment: 3, Pod: 4 } as Record<string, number>)[r.kind] ?? 5;
   return [...resources].sort((a, b) => rank(a) - rank(b));
+}
+
+/**
+ * Node.js flags for the controller and the node agents: `AMBIT_NODE_OPTIONS` as the cluster's
+ * daemon saw it, split on spaces, so a bench can trace them (`--trace-gc`, heap flags) without
+ * touching the CLI's own Node. Not `--cpu-prof`: its SIGPROF makes the kernel's verifier give up
+ * on the agent's programs (EAGAIN); AMBIT_CPU_PROFILE_DIR profiles once they are loaded.
+ */
+function nodeFlags(): string[] {
+  return (process.env.AMBIT_NODE_OPTIONS ?? '').split(/\s+/).filter((f) => f !== '');
 }
