@@ -14,7 +14,6 @@ import type { KubeClient } from '../control/kube/client.js';
 import { CniInstaller } from '../node/cni-install.js';
 import { CniServer } from '../node/cni-server.js';
 import { ProcPodLocator } from '../node/pod-locator.js';
-import { KubeConfig } from '@kubernetes/client-node';
 import { CLEANUP_DEFAULTS, cleanupNode, DaemonSetWatch, freshTokenClient } from '../node/uninstall.js';
 import { logger } from '../telemetry/log.js';
 import { listenUnix, localServer, sendJson } from '../util/local-http.js';
@@ -96,15 +95,22 @@ interface CleanupOpts { pinRoot: string; cniBinDir: string; cniConfDir: string; 
 /** A CNI plugin type as `--cni-primary` takes it: an executable's name in the CNI bin dir. */
 const PLUGIN_TYPE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
-/** The client that decides uninstall or restart: it presents the agent's token as it is in its file now. */
-function decisionClient(kubeconfig: string | undefined): KubeClient {
+/**
+ * The client that decides uninstall or restart: it presents the agent's token as it is in its
+ * file now. In a pod that is the in-cluster client's own behaviour; with a kubeconfig file (tests,
+ * a node agent outside a pod) the client library is loaded for it.
+ */
+async function decisionClient(kubeconfig: string | undefined): Promise<KubeClient> {
+  const client = kubeClient(kubeconfig);
+  const path = kubeconfig ?? process.env.KUBECONFIG?.split(':').find((p) => p !== '');
+  if (!path) return client;
   try {
+    const { KubeConfig } = await import('@kubernetes/client-node');
     const kc = new KubeConfig();
-    if (kubeconfig) kc.loadFromFile(kubeconfig);
-    else kc.loadFromDefault();
+    kc.loadFromFile(path);
     return freshTokenClient(kc);
   } catch (err) {
-    throw new CliError(`cannot read the kubeconfig${kubeconfig ? ` ${kubeconfig}` : ''}: ${(err as Error).message}`);
+    throw new CliError(`cannot read the kubeconfig ${path}: ${(err as Error).message}`);
   }
 }
 
@@ -163,7 +169,7 @@ export function register(program: Command): void {
       const kube = opts.kubernetes ? kubeClient(opts.kubernetes === true ? undefined : opts.kubernetes) : undefined;
       const locator: PodLocator = layout ? localLocator(layout) : new ProcPodLocator({ procRoot: opts.hostProc, cgroupRoot: opts.cgroupRoot ?? cgroup2Mount() ?? '/sys/fs/cgroup' });
       const log = logger('node');
-      const daemonSet = kube ? new DaemonSetWatch(decisionClient(opts.kubernetes === true ? undefined : opts.kubernetes as string), process.env.POD_NAMESPACE || 'ambit-system', opts.daemonset) : undefined;
+      const daemonSet = kube ? new DaemonSetWatch(await decisionClient(opts.kubernetes === true ? undefined : opts.kubernetes as string), process.env.POD_NAMESPACE || 'ambit-system', opts.daemonset) : undefined;
       daemonSet?.start();
       // The controller writes its root on first start; an agent started beside it waits for it.
       for (let i = 0; i < 600 && !existsSync(opts.caFile); i++) await new Promise((r) => setTimeout(r, 100));

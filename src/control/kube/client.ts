@@ -1,12 +1,23 @@
 /**
- * A small Kubernetes API client: one request, or one watch stream read line by line. Credentials
- * and TLS come from a KubeConfig (in-cluster or a kubeconfig file) through
- * `@kubernetes/client-node`'s `applyToHTTPSOptions`, so exec plugins and token refresh work as
- * with kubectl; the list/watch protocol itself is ours (see kube-source.ts for why).
+ * A small Kubernetes API client: one request, or one watch stream read line by line. In a pod it
+ * speaks to the API server as its ServiceAccount (the token re-read from its file for every
+ * request, as the kubelet rotates it; the cluster's CA); with a kubeconfig file, credentials and
+ * TLS come from `@kubernetes/client-node`'s `applyToHTTPSOptions`, so exec plugins and token
+ * refresh work as with kubectl. That library is loaded only then, on the first request: its
+ * modules cost a process ~25 MB of heap, which no node agent, controller or waypoint in a pod,
+ * nor any process of the local cluster, should pay. The list/watch protocol itself is ours (see
+ * kube-source.ts for why).
  */
+import { existsSync, readFileSync } from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { KubeConfig } from '@kubernetes/client-node';
+import { homedir } from 'node:os';
+import { delimiter, join } from 'node:path';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { parse } from 'yaml';
+
+/** Where a pod's ServiceAccount credentials are mounted. */
+export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
 export interface KubeResponse {
   status: number;
@@ -42,24 +53,60 @@ export class KubeClient {
     return this.opts.server;
   }
 
-  /** From a kubeconfig file, or without one the defaults ($KUBECONFIG, ~/.kube/config, in-cluster). */
+  /**
+   * From a kubeconfig file, or without one as kubectl would: $KUBECONFIG's files, ~/.kube/config,
+   * else the pod's ServiceAccount (in-cluster).
+   */
   static fromFile(file: string | undefined): KubeClient {
-    const kc = new KubeConfig();
-    if (file) kc.loadFromFile(file);
-    else kc.loadFromDefault();
-    return KubeClient.fromKubeConfig(kc);
+    const path = file ?? defaultKubeconfig();
+    if (path === undefined) return KubeClient.inCluster();
+    const server = kubeconfigServer(path);
+    let loaded: Promise<KubeConfig> | undefined;
+    return new KubeClient({
+      server,
+      prepare: async (o) => {
+        loaded ??= import('@kubernetes/client-node').then(({ KubeConfig: Config }) => {
+          const kc = new Config();
+          kc.loadFromFile(path);
+          return kc;
+        });
+        await (await loaded).applyToHTTPSOptions(o);
+      },
+    });
   }
 
-  /** From a KubeConfig: the current context's cluster and user (defaults: in-cluster, else ~/.kube/config). */
-  static fromKubeConfig(kc?: KubeConfig): KubeClient {
-    if (!kc) {
-      kc = new KubeConfig();
-      kc.loadFromDefault();
-    }
+  /** From a KubeConfig already loaded: the current context's cluster and user. */
+  static fromKubeConfig(kc: KubeConfig): KubeClient {
     const cluster = kc.getCurrentCluster();
     if (!cluster) throw new Error('the kubeconfig has no current cluster');
-    const config = kc;
-    return new KubeClient({ server: cluster.server, prepare: (o) => config.applyToHTTPSOptions(o) });
+    return new KubeClient({ server: cluster.server, prepare: (o) => kc.applyToHTTPSOptions(o) });
+  }
+
+  /**
+   * The pod's own ServiceAccount: the API server from KUBERNETES_SERVICE_HOST/PORT, the cluster's
+   * CA, and the projected token as it is in its file at each request (never a copy the kubelet
+   * has replaced: a 401 is then about the current token).
+   */
+  static inCluster(dir = SERVICE_ACCOUNT_DIR): KubeClient {
+    const host = process.env.KUBERNETES_SERVICE_HOST;
+    const port = process.env.KUBERNETES_SERVICE_PORT ?? '443';
+    if (!host) throw new Error('not in a pod (no KUBERNETES_SERVICE_HOST) and no kubeconfig ($KUBECONFIG, ~/.kube/config)');
+    const ca = readFileSync(join(dir, 'ca.crt'));
+    const tokenFile = join(dir, 'token');
+    let token = readFileSync(tokenFile, 'utf8').trim();
+    return new KubeClient({
+      server: `https://${host.includes(':') ? `[${host}]` : host}:${port}`,
+      prepare: (o) => {
+        try {
+          token = readFileSync(tokenFile, 'utf8').trim() || token;
+        } catch {
+          // mid-rotation: the token read moments ago is as fresh as it gets
+        }
+        o.ca = ca;
+        o.headers = { ...o.headers, authorization: `Bearer ${token}` };
+        return Promise.resolve();
+      },
+    });
   }
 
   private async options(method: string, path: string, headers: Record<string, string>): Promise<https.RequestOptions> {
@@ -178,4 +225,28 @@ export class KubeClient {
       req.end();
     });
   }
+}
+
+/** kubectl's choice without --kubeconfig: the first of $KUBECONFIG's files, ~/.kube/config; undefined: in-cluster. */
+function defaultKubeconfig(): string | undefined {
+  for (const path of (process.env.KUBECONFIG ?? '').split(delimiter)) if (path !== '' && existsSync(path)) return path;
+  const home = join(homedir(), '.kube', 'config');
+  if (existsSync(home)) return home;
+  if (process.env.KUBERNETES_SERVICE_HOST) return undefined;
+  throw new Error('no kubeconfig ($KUBECONFIG, ~/.kube/config) and not in a pod (no KUBERNETES_SERVICE_HOST)');
+}
+
+/** The API server of a kubeconfig's current context, read without the client library. */
+export function kubeconfigServer(path: string): string {
+  const doc = parse(readFileSync(path, 'utf8')) as {
+    'current-context'?: string;
+    contexts?: { name?: string; context?: { cluster?: string } }[];
+    clusters?: { name?: string; cluster?: { server?: string } }[];
+  } | null;
+  const current = doc?.['current-context'];
+  const context = doc?.contexts?.find((c) => c.name === current) ?? (doc?.contexts?.length === 1 ? doc.contexts[0] : undefined);
+  const cluster = doc?.clusters?.find((c) => c.name === context?.context?.cluster);
+  const server = cluster?.cluster?.server;
+  if (typeof server !== 'string' || server === '') throw new Error(`${path}: no server for the current context${current ? ` "${current}"` : ''}`);
+  return server;
 }
