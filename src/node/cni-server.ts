@@ -301,7 +301,13 @@ export class CniServer {
     if (socket.destroyed) return;
     const timer = setTimeout(() => socket.destroy(), this.limits.answerTimeoutMs);
     socket.once('close', () => clearTimeout(timer));
-    socket.end(`${code}\n${body}`, () => socket.destroy());
+    // What the client still sends (a request refused before it was read) is read and dropped: a
+    // unix socket closed with unread bytes resets its peer, which then never reads this answer.
+    // The socket goes once the answer is written and the client has ended, or at the timer.
+    socket.removeAllListeners('data');
+    socket.on('data', () => { /* dropped */ });
+    socket.resume();
+    socket.end(`${code}\n${body}`);
   }
 
   private async handle(req: CniRequest): Promise<string> {
