@@ -60,6 +60,10 @@ const IPERF_SECONDS = 5;
 const IDLE_SAMPLE_MS = 3000;
 /** Time the node agent gets after the pods of an RSS step run. */
 const AGENT_SETTLE_MS = 2000;
+/** Idle connections held open at most (the agents hold one socket per connection per side). */
+const MAX_IDLE = 10_000;
+/** How long the idle connections' CPU is sampled once they are all open. */
+const IDLE_CONN_SAMPLE_MS = 10_000;
 /** node-1 holds 253 pod addresses; the bench's own pods take a few. */
 const MAX_RSS_PODS = 240;
 /** The node relay: its script, relay-server's port (HBONE's) and the SPIFFE IDs in its certificates. */
@@ -87,6 +91,7 @@ interface Options extends CommonOptions {
   relayNodes: RelayNode[];
   iperf: boolean;
   pods: number[];
+  idle: number[];
   out: string;
 }
 
@@ -101,6 +106,7 @@ const USAGE = `usage: npx tsx bench/l4-hop.ts [options]   (as root)
                      repeated or comma-separated: one node relay scenario per binary
   --no-iperf         skip the iperf3 throughput runs
   --pods N,N         enrolled pods on node-1 for the node agent's RSS steps (default 1,10,100)
+  --idle N,N         idle connections held through the mesh for the per-connection memory and idle CPU (default 1000,5000; 0: skip)
   --out DIR          where l4-hop.json and l4-hop.md go (default bench/results)
   --keep             leave the cluster and the temp dir up (prints how to remove them)
 ${COMMON_USAGE}`;
@@ -112,6 +118,7 @@ function parseOptions(argv: string[]): Options {
     'relay-node': { type: 'string', multiple: true },
     'no-iperf': { type: 'boolean', default: false },
     pods: { type: 'string', default: '1,10,100' },
+    idle: { type: 'string', default: '1000,5000' },
     out: { type: 'string', default: RESULTS },
   });
   // parseArgs gives a `multiple` option as an array.
@@ -123,6 +130,7 @@ function parseOptions(argv: string[]): Options {
     relayNodes: values['no-relay'] ? [] : relayNodeBinaries(relayPaths),
     iperf: !values['no-iperf'],
     pods: intListArg('pods', String(values.pods), 1, MAX_RSS_PODS),
+    idle: String(values.idle) === '0' ? [] : intListArg('idle', String(values.idle), 1, MAX_IDLE),
     out: resolve(String(values.out)),
   };
 }
@@ -570,6 +578,53 @@ async function main(): Promise<void> {
     const loadEnd = loadNow();
     const haproxyVerified = byKey('haproxy') ? haproxyProblems.length === 0 && !byKey('haproxy')?.unreachable : undefined;
 
+    // ---- idle connections held through the mesh: each agent's memory per connection, and its CPU while they idle
+    interface IdleStep { connections: number; open?: number; failed?: number; rss_kb_before: Record<string, number | undefined>; rss_kb_held: Record<string, number | undefined>; kb_per_connection: Record<string, number | null>; idle_cpu_percent: Record<string, number | null>; error?: string }
+    const idleSteps: IdleStep[] = [];
+    const meshServer = byKey('ambit');
+    if (options.idle.length > 0 && meshServer && !meshServer.unreachable && nodeAgents.length > 0) {
+      const agentProxies = meshServer.proxies;
+      const rssOf = () => Object.fromEntries(agentProxies.map((p) => [p.name, vmRssKb(p.pid)]));
+      for (const n of options.idle) {
+        if (interrupted()) return;
+        process.stderr.write(`idle connections: ${n} through the mesh...\n`);
+        const ready = join(tmp, `idle-${n}.json`);
+        const holdS = Math.ceil((IDLE_CONN_SAMPLE_MS + 60_000) / 1000);
+        const before = rssOf();
+        const held = cluster.exec('mesh/client', [process.execPath, join(HERE, 'idle-hold.mjs'), meshServer.http.ip, String(meshServer.http.port), String(n), ready, String(holdS)], (holdS + 120) * 1000);
+        const step: IdleStep = { connections: n, rss_kb_before: before, rss_kb_held: {}, kb_per_connection: {}, idle_cpu_percent: {} };
+        try {
+          const opened = await Promise.race([
+            (async () => {
+              for (;;) {
+                try {
+                  return JSON.parse(readFileSync(ready, 'utf8')) as { open: number; failed: number };
+                } catch {
+                  await sleep(200);
+                }
+              }
+            })(),
+            held.then((r) => { throw new Error(`idle-hold.mjs exited before its connections were up (exit ${r.code}): ${tail(`${r.stdout}\n${r.stderr}`, 4)}`); }),
+          ]);
+          step.open = opened.open;
+          step.failed = opened.failed;
+          await sleep(AGENT_SETTLE_MS);
+          step.idle_cpu_percent = await idleCpuPercent(agentProxies, IDLE_CONN_SAMPLE_MS);
+          step.rss_kb_held = rssOf();
+          for (const p of agentProxies) {
+            const [a, b] = [before[p.name], step.rss_kb_held[p.name]];
+            step.kb_per_connection[p.name] = a === undefined || b === undefined || opened.open === 0 ? null : round((b - a) / opened.open, 2);
+          }
+          if (opened.failed > 0) warn(`idle connections: ${opened.failed} of ${n} were refused (one pod holds at most maxStreamsPerPeer tunnels to a node); the figures are per connection held`);
+        } catch (err) {
+          step.error = (err as Error).message;
+          warn(`idle connections ${n}: ${step.error}`);
+        }
+        idleSteps.push(step);
+        await held;
+      }
+    }
+
     // ---- node agent RSS with 1, 10, 100 enrolled pods on node-1
     const agentRss: { pods: number; enrolled: number; rss_kb?: number }[] = [];
     let agentRssSkipped: string | undefined;
@@ -683,6 +738,7 @@ async function main(): Promise<void> {
       throughput: iperfJson.length > 0 ? iperfJson : undefined,
       ambit_vs_node_relay: ambitVsRelay.length > 0 ? ambitVsRelay : undefined,
       agent_rss: agentRssSkipped ? { skipped: agentRssSkipped } : { node: 'node-1', steps: agentRss },
+      idle_connections: idleSteps.length > 0 ? idleSteps : undefined,
     };
 
     // stdout
@@ -726,6 +782,10 @@ async function main(): Promise<void> {
     say();
     if (agentRssSkipped) say(`node agent RSS steps skipped: ${agentRssSkipped}`);
     else say(`node-1 agent RSS: ${agentRss.map((a) => `${a.enrolled} pods ${fmt((a.rss_kb ?? NaN) / 1024)} MB`).join(', ')}`);
+    for (const st of idleSteps) {
+      if (st.error) continue;
+      say(`${st.open} idle connections held through the mesh: ${Object.keys(st.kb_per_connection).map((k) => `${k} ${fmtSigned(st.kb_per_connection[k] ?? undefined)} KB/connection, ${fmt(st.idle_cpu_percent[k] ?? NaN, 1)}% CPU idle`).join('; ')}`);
+    }
     for (const why of skipped) if (!why.startsWith('node agent')) say(`skipped ${why}`);
     for (const l of latencyJson) {
       for (const r of l.scenarios) {
@@ -831,7 +891,7 @@ function ambitVsRelayTable(v: AmbitVsRelay[]): { header: string[]; rows: string[
 }
 
 function markdown(
-  meta: { date: string; kernel: string; node: string; cpus: number; cpu_model: string; load_average: { start: number[]; end: number[] }; proxy_idle_cpu_percent: Record<string, number | null>; haproxy_version?: string; iperf3_version?: string; relay_nodes?: { node_version: string }[]; options: { duration_s: number; warmup_s: number; connections: number }; path_verified: boolean; haproxy_verified?: boolean; relay_verified?: Record<string, boolean>; verification: { ambit: { problems: string[] }; relay?: Record<string, { problems: string[] }> }; agent_rss: { skipped?: string; steps?: { pods: number; enrolled: number; rss_kb?: number }[] }; skipped?: string[] },
+  meta: { date: string; kernel: string; node: string; cpus: number; cpu_model: string; load_average: { start: number[]; end: number[] }; proxy_idle_cpu_percent: Record<string, number | null>; haproxy_version?: string; iperf3_version?: string; relay_nodes?: { node_version: string }[]; options: { duration_s: number; warmup_s: number; connections: number }; path_verified: boolean; haproxy_verified?: boolean; relay_verified?: Record<string, boolean>; verification: { ambit: { problems: string[] }; relay?: Record<string, { problems: string[] }> }; agent_rss: { skipped?: string; steps?: { pods: number; enrolled: number; rss_kb?: number }[] }; skipped?: string[]; idle_connections?: { connections: number; open?: number; kb_per_connection: Record<string, number | null>; idle_cpu_percent: Record<string, number | null>; error?: string }[] },
   latency: LatencyJson, iperf: IperfJson, rss: RssJson, vsRelay: AmbitVsRelay[], byKey: (k: ScenarioKey) => Scenario | undefined,
 ): string {
   const lines: string[] = [];
@@ -884,6 +944,14 @@ function markdown(
   lines.push('## Node agent RSS on node-1', '');
   if (meta.agent_rss.skipped) lines.push(`Skipped: ${meta.agent_rss.skipped}.`, '');
   else lines.push(...mdTable(['enrolled pods', 'RSS MB'], (meta.agent_rss.steps ?? []).map((s) => [String(s.enrolled), fmt((s.rss_kb ?? NaN) / 1024)])), '');
+  if (meta.idle_connections) {
+    lines.push('## Idle connections held through the mesh', '', 'Each connection, from the one client pod, made one request through both agents, then stayed open and silent. Memory per connection is each agent\'s RSS growth over the connections held; CPU is sampled for 10 s while they idle. One pod may hold at most `maxStreamsPerPeer` tunnels to a node (docs/DATAPATH.md, HBONE limits): connections past it are refused (429), and the figures are per connection actually held.', '');
+    const agentNames = [...new Set(meta.idle_connections.flatMap((st) => Object.keys(st.kb_per_connection)))];
+    lines.push(...mdTable(['connections held', ...agentNames.flatMap((a) => [`${a} KB / connection`, `${a} idle CPU %`])], meta.idle_connections.map((st) => [
+      st.error ? `${st.connections} (failed: ${st.error})` : st.open === st.connections ? String(st.open) : `${st.open} of ${st.connections} (the others refused)`,
+      ...agentNames.flatMap((a) => [fmt(st.kb_per_connection[a] ?? NaN, 1), fmt(st.idle_cpu_percent[a] ?? NaN, 1)]),
+    ])), '');
+  }
   const other = (meta.skipped ?? []).filter((s) => !s.startsWith('node agent'));
   if (other.length > 0) lines.push('Skipped: ' + other.join('; ') + '.', '');
   return `${lines.join('\n').trimEnd()}\n`;
