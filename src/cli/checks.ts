@@ -282,27 +282,6 @@ export const KUBELET_CGROUP_CANDIDATES = ['system.slice/kubelet.service', 'syste
 /** The host's CNI config directories, k3s's own first found wins after the standard one. */
 export const CNI_CONF_DIRS = ['/etc/cni/net.d', '/var/lib/rancher/k3s/agent/etc/cni/net.d'] as const;
 
-export interface CniConfigFile { name: string; text: string }
-
-/** The config the runtime uses: the first name in byte order ending .conf/.conflist/.json that parses with a plugin type. */
-export function primaryCniConfig(files: CniConfigFile[]): { name: string; type: string; network: string } | undefined {
-  const sorted = files.filter((f) => /\.(conf|conflist|json)$/.test(f.name)).sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
-  for (const f of sorted) {
-    let json: unknown;
-    try {
-      json = JSON.parse(f.text);
-    } catch {
-      continue;
-    }
-    if (typeof json !== 'object' || json === null) continue;
-    const j = json as { name?: unknown; type?: unknown; plugins?: unknown };
-    const first = f.name.endsWith('.conflist') ? (Array.isArray(j.plugins) ? j.plugins[0] as { type?: unknown } | undefined : undefined) : j;
-    if (typeof first?.type !== 'string' || first.type === '') continue;
-    return { name: f.name, type: first.type, network: typeof j.name === 'string' ? j.name : '' };
-  }
-  return undefined;
-}
-
 /** ambit's `cni.chained` value for a primary plugin: the CNI that wrote it. */
 export function chainedFor(type: string, network: string): string {
   switch (type) {
@@ -319,10 +298,9 @@ export function chainedFor(type: string, network: string): string {
 }
 
 /** The node's primary CNI config (`dirs` in order; the first holding a config wins) and the values it implies. */
-export function checkCniConfig(found: { dir: string; files: CniConfigFile[] }[]): Check {
+export function checkCniConfig(found: { dir: string; primary?: { name: string; type: string; network: string } }[]): Check {
   const name = 'CNI config';
-  for (const { dir, files } of found) {
-    const primary = primaryCniConfig(files);
+  for (const { dir, primary } of found) {
     if (!primary) continue;
     const chained = chainedFor(primary.type, primary.network);
     const k3s = dir.startsWith('/var/lib/rancher/k3s/');

@@ -9,10 +9,11 @@ import { release } from 'node:os';
 import { join } from 'node:path';
 import { cgroup2Mount, readMounts, type Mount } from '../ebpf/mounts.js';
 import { VALUES } from '../install/values.js';
+import { runtimeConfig } from '../node/cni-install.js';
 import {
   BTF_PATH, checkAppArmor, checkBpffs, checkBtf, checkCapabilities, checkCgroup2, checkCniConfig, checkKernel,
   checkKubeletCgroup, checkLibbpf, checkObject, checkObjectsDir, checkPlatform, checkSelinux, checkSocketLb,
-  checkSocketLbFailed, CNI_CONF_DIRS, KUBELET_CGROUP_CANDIDATES, parseCgroupV2Path, type Check, type CniConfigFile,
+  checkSocketLbFailed, CNI_CONF_DIRS, KUBELET_CGROUP_CANDIDATES, parseCgroupV2Path, type Check,
   type KubeletCgroup, type ObjectOutcome,
 } from './checks.js';
 
@@ -60,7 +61,7 @@ export function preChecks(root: string): Check[] {
     checkAppArmor(readText(at('/sys/module/apparmor/parameters/enabled'))),
     checkSelinux(readText(at('/sys/fs/selinux/enforce'))),
     checkKubeletCgroup(mounts, findKubeletCgroup(root, mounts)),
-    checkCniConfig(CNI_CONF_DIRS.map((dir) => ({ dir, files: configFiles(at(dir)) }))),
+    checkCniConfig(CNI_CONF_DIRS.map((dir) => ({ dir, primary: primaryConfig(at(dir)) }))),
   ];
 }
 
@@ -88,17 +89,13 @@ export function findKubeletCgroup(root: string, mounts: Mount[]): KubeletCgroup 
   return hit ? { path: hit, how: 'exists; no kubelet process seen' } : undefined;
 }
 
-function configFiles(dir: string): CniConfigFile[] {
-  let names: string[];
+/** The runtime's config in `dir`, as the CNI installer judges it; none when the dir cannot be read. */
+function primaryConfig(dir: string): ReturnType<typeof runtimeConfig> {
   try {
-    names = readdirSync(dir, { withFileTypes: true }).filter((e) => !e.isDirectory()).map((e) => e.name);
+    return runtimeConfig(dir);
   } catch {
-    return [];
+    return undefined;
   }
-  return names.flatMap((name) => {
-    const text = readText(join(dir, name));
-    return text === undefined ? [] : [{ name, text }];
-  });
 }
 
 function objectFiles(dir: string): string[] | undefined {

@@ -468,6 +468,16 @@ function withEntry(list: Json, socket: string): { json: Json; entry: EntryResult
   return { json: { ...list, plugins: fixed }, entry: 'updated' };
 }
 
+/**
+ * The network config the container runtime uses in `dir` (the first in byte order that loads,
+ * by the rule this installer chains by), for `ambit check --pre`: its file name, its first
+ * plugin's type and the network's name; undefined when none loads.
+ */
+export function runtimeConfig(dir: string): { name: string; type: string; network: string } | undefined {
+  const first = scanConfigs(dir).usable[0];
+  return first && { name: first.name, type: firstType(first), network: typeof first.json.name === 'string' ? first.json.name : '' };
+}
+
 /** The type of a config's first plugin (a single-plugin config's own): the network's primary plugin. */
 function firstType(file: ConfigFile): string {
   const plugin = file.list ? (file.json.plugins as Json[])[0] : file.json;

@@ -7,10 +7,11 @@ import { afterAll, describe, expect, it } from 'vitest';
 import {
   cgroupLayout, chainedFor, checkAppArmor, checkBpffs, checkBtf, checkCapabilities, checkCgroup2, checkKernel,
   checkKubeletCgroup, checkLibbpf, checkObject, checkObjectsDir, checkSelinux, checkSocketLb, checkSocketLbFailed,
-  hasCapability, parseCapEff, parseCgroupV2Path, parseKernelRelease, primaryCniConfig, renderJson, renderText, report,
+  hasCapability, parseCapEff, parseCgroupV2Path, parseKernelRelease, renderJson, renderText, report,
   type Check,
 } from '../../src/cli/checks.js';
 import { preChecks } from '../../src/cli/probes.js';
+import { runtimeConfig } from '../../src/node/cni-install.js';
 import { analyzeSockAddr, ciliumSocketLbMode, type AttachedProgram } from '../../src/ebpf/cgroup-programs.js';
 import { BpfError } from '../../src/ebpf/errors.js';
 import { readMounts, type Mount } from '../../src/ebpf/mounts.js';
@@ -415,14 +416,19 @@ describe('--pre: what a node implies for the install values', () => {
   });
 
   it('the primary CNI config is the first in byte order that loads, as containerd picks it', () => {
-    expect(primaryCniConfig([
-      { name: 'README', text: 'not a config' },
-      { name: '00-broken.conflist', text: '{ not json' },
-      { name: '10-calico.conflist', text: '{"name":"k8s-pod-network","cniVersion":"0.3.1","plugins":[{"type":"calico"},{"type":"bandwidth"},{"type":"portmap"}]}' },
-      { name: '05-Empty.conflist', text: '{"name":"x","plugins":[]}' },
-      { name: '87-podman.conflist', text: '{"name":"podman","plugins":[{"type":"bridge"}]}' },
-    ])).toEqual({ name: '10-calico.conflist', type: 'calico', network: 'k8s-pod-network' });
-    expect(primaryCniConfig([{ name: '10-bridge.conf', text: '{"cniVersion":"0.3.1","name":"bridge","type":"bridge"}' }])).toEqual({ name: '10-bridge.conf', type: 'bridge', network: 'bridge' });
+    const confDir = (files: Record<string, string>) => {
+      const d = mkdtempSync(join(tmp, 'cni-conf-'));
+      for (const [name, text] of Object.entries(files)) writeFileSync(join(d, name), text);
+      return d;
+    };
+    expect(runtimeConfig(confDir({
+      README: 'not a config',
+      '00-broken.conflist': '{ not json',
+      '10-calico.conflist': '{"name":"k8s-pod-network","cniVersion":"0.3.1","plugins":[{"type":"calico"},{"type":"bandwidth"},{"type":"portmap"}]}',
+      '05-Empty.conflist': '{"name":"x","plugins":[]}',
+      '87-podman.conflist': '{"name":"podman","plugins":[{"type":"bridge"}]}',
+    }))).toEqual({ name: '10-calico.conflist', type: 'calico', network: 'k8s-pod-network' });
+    expect(runtimeConfig(confDir({ '10-bridge.conf': '{"cniVersion":"0.3.1","name":"bridge","type":"bridge"}' }))).toEqual({ name: '10-bridge.conf', type: 'bridge', network: 'bridge' });
   });
 
   it('maps each primary plugin to the cni.chained value', () => {
