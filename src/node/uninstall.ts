@@ -15,11 +15,11 @@
  * down under running pods is worse than leaving pins that redirect nowhere. `ambit node cleanup`
  * (cleanupNode) clears a node whose agent missed the uninstall.
  */
-import { readdirSync, readFileSync, rmSync, statfsSync } from 'node:fs';
+import { readdirSync, rmSync, statfsSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { KubeApiError, KubeClient } from '../control/kube/client.js';
+import { freshToken, KubeApiError, KubeClient } from '../control/kube/client.js';
 import { removeCniInstall } from './cni-install.js';
 
 export type StopKind = 'uninstall' | 'restart' | 'unknown';
@@ -58,17 +58,14 @@ export function freshTokenClient(kc: KubeConfig): KubeClient {
   const cluster = kc.getCurrentCluster();
   if (!cluster) throw new Error('the kubeconfig has no current cluster');
   const tokenFile = kc.getCurrentUser()?.authProvider?.config?.tokenFile as string | undefined;
+  const token = tokenFile ? freshToken(tokenFile) : undefined;
   return new KubeClient({
     server: cluster.server,
     prepare: async (o) => {
       await kc.applyToHTTPSOptions(o);
-      if (!tokenFile) return;
-      try {
-        const token = readFileSync(tokenFile, 'utf8').trim();
-        if (token) o.headers = { ...o.headers, Authorization: `Bearer ${token}` };
-      } catch {
-        // mid-rotation: the library's copy, read moments ago, is as fresh as it gets
-      }
+      // Unreadable mid-rotation: the library's copy, read moments ago, is as fresh as it gets.
+      const current = token?.();
+      if (current) o.headers = { ...o.headers, Authorization: `Bearer ${current}` };
     },
   });
 }

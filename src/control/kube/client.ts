@@ -93,17 +93,12 @@ export class KubeClient {
     if (!host) throw new Error('not in a pod (no KUBERNETES_SERVICE_HOST) and no kubeconfig ($KUBECONFIG, ~/.kube/config)');
     const ca = readFileSync(join(dir, 'ca.crt'));
     const tokenFile = join(dir, 'token');
-    let token = readFileSync(tokenFile, 'utf8').trim();
+    const token = freshToken(tokenFile, readFileSync(tokenFile, 'utf8').trim());
     return new KubeClient({
       server: `https://${host.includes(':') ? `[${host}]` : host}:${port}`,
       prepare: (o) => {
-        try {
-          token = readFileSync(tokenFile, 'utf8').trim() || token;
-        } catch {
-          // mid-rotation: the token read moments ago is as fresh as it gets
-        }
         o.ca = ca;
-        o.headers = { ...o.headers, authorization: `Bearer ${token}` };
+        o.headers = { ...o.headers, authorization: `Bearer ${token()}` };
         return Promise.resolve();
       },
     });
@@ -225,6 +220,22 @@ export class KubeClient {
       req.end();
     });
   }
+}
+
+/**
+ * A projected ServiceAccount token as it is in `file` at each call, which the kubelet rewrites as
+ * it rotates it; mid-rotation (unreadable or empty) the last one read, else `initial`.
+ */
+export function freshToken(file: string, initial?: string): () => string | undefined {
+  let last = initial;
+  return () => {
+    try {
+      last = readFileSync(file, 'utf8').trim() || last;
+    } catch {
+      // mid-rotation: the token read moments ago is as fresh as it gets
+    }
+    return last;
+  };
 }
 
 /** kubectl's choice without --kubeconfig: the first of $KUBECONFIG's files, ~/.kube/config; undefined: in-cluster. */
