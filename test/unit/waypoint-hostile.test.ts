@@ -8,27 +8,24 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import * as http from 'node:http';
 import * as http2 from 'node:http2';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import * as libc from '../../native/libc.js';
-import type { ConfigObject, Service, Workload } from '../../src/control/model.js';
-import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
+import type { ConfigObject } from '../../src/control/model.js';
 import { CertManager } from '../../src/identity/cert-manager.js';
-import { HboneError, HbonePool, HboneServer } from '../../src/node/hbone.js';
-import { tcpSocket } from '../../src/node/netns.js';
+import { HboneError, HbonePool } from '../../src/node/hbone.js';
 import { L7Authorizer } from '../../src/waypoint/authz.js';
 import { MAX_HEADERS, MAX_LEADING_BLANK_BYTES } from '../../src/waypoint/detect.js';
 import { byteStream, WaypointProxy, type RequestRecord, type TunnelRefusal } from '../../src/waypoint/proxy.js';
 import { Router } from '../../src/waypoint/routing.js';
+import {
+  CLIENT, listener, loopbackSocket, meshCertificates, reviewsService, reviewsWorkload, standInAgent, WAYPOINT, waypointTunnel,
+} from './helpers/waypoint-rig.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-wph-'));
-const CLIENT = 'spiffe://cluster.local/ns/shop/sa/client';
 const LEGACY = 'spiffe://cluster.local/ns/legacy/sa/batch';
-const WAYPOINT = 'spiffe://cluster.local/ns/shop/sa/waypoint';
-const REVIEWS = 'spiffe://cluster.local/ns/shop/sa/reviews';
 const VIP = '10.96.7.8';
 const ENDPOINT_IP = '127.0.0.3';
 /** Short bounds, so that the tests see them fire. */
@@ -45,25 +42,13 @@ const logLines: Record<string, unknown>[] = [];
 const clientPool = new HbonePool();
 const apps = new Map<number, number>();
 
-const service: Service = {
-  namespace: 'shop', name: 'reviews', hostname: 'reviews.shop.svc.cluster.local', vips: [VIP], endpoints: ['w1'],
-  ports: [
-    { name: 'http', port: 80, targetPort: 9080, protocol: 'TCP' },
-    { name: 'h2c', port: 81, targetPort: 9081, protocol: 'TCP' },
-    { name: 'tcp', port: 7000, targetPort: 7000, protocol: 'TCP' },
-  ],
-};
-const workload: Workload = {
-  uid: 'w1', name: 'reviews-1', workload: 'reviews', namespace: 'shop', serviceAccount: 'reviews', identity: REVIEWS,
-  ips: [ENDPOINT_IP], node: 'node-1', labels: { app: 'reviews' }, enrolled: true, ports: {},
-};
-
-function listen(server: Server | http.Server | http2.Http2Server, host = '127.0.0.1', port = 0): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject).listen(port, host, () => resolve((server.address() as { port: number }).port));
-    closers.push(() => server.close());
-  });
-}
+const service = reviewsService(VIP, [
+  { name: 'http', port: 80, targetPort: 9080, protocol: 'TCP' },
+  { name: 'h2c', port: 81, targetPort: 9081, protocol: 'TCP' },
+  { name: 'tcp', port: 7000, targetPort: 7000, protocol: 'TCP' },
+]);
+const workload = reviewsWorkload(ENDPOINT_IP);
+const listen = listener(closers);
 
 const policy = (name: string, spec: Record<string, unknown>): ConfigObject =>
   ({ apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', namespace: 'shop', name, spec: { targetRefs: [{ kind: 'Service', group: '', name: 'reviews' }], ...spec } });
@@ -72,11 +57,8 @@ function setConfig(policies: ConfigObject[] = []): void {
   proxy.update({ version: String(Date.now()), router: new Router([], [service]), services: [service], workloads: new Map([['w1', workload]]), authorizer: new L7Authorizer(policies) });
 }
 
-async function tunnel(port: number, identity = CLIENT): Promise<http2.ClientHttp2Stream> {
-  return clientPool.open(
-    { pod: identity, cert: await manager.acquire(identity), roots: manager.trustBundle, socket: (f) => tcpSocket(f === 4 ? libc.AF_INET : libc.AF_INET6) },
-    { address: '127.0.0.1', port: waypointPort, identity: WAYPOINT, authority: `${VIP}:${port}` },
-  );
+function tunnel(port: number, identity = CLIENT): Promise<http2.ClientHttp2Stream> {
+  return waypointTunnel(clientPool, manager, waypointPort, `${VIP}:${port}`, identity);
 }
 
 /** What the waypoint sends back on a tunnel until it ends: the bytes, how it ended, and when. */
@@ -102,12 +84,7 @@ async function rawRequest(bytes: string | Buffer): Promise<Ending> {
 }
 
 beforeAll(async () => {
-  const ca = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'mesh')) });
-  manager = new CertManager({ source: {
-    createCertificate: async (csr: string, identity: string, ttl: number) => (await ca.sign({ csr, identity, ttlSeconds: ttl })).chain,
-    trustBundle: () => Promise.resolve(ca.trustBundle()),
-  } });
-  await manager.start();
+  manager = await meshCertificates(dir);
   const h1 = http.createServer((req, res) => {
     req.resume();
     req.on('end', () => res.end(`h1 ${req.method} ${req.url} headers=${req.rawHeaders.length / 2}`));
@@ -116,24 +93,11 @@ beforeAll(async () => {
   const h2app = http2.createServer((req, res) => res.end(`h2 ${req.url}`));
   apps.set(9081, await listen(h2app));
   apps.set(7000, await listen(createServer((s) => s.pipe(s))));
-  const agent = new HboneServer({
-    certificate: () => manager.acquire(REVIEWS), roots: () => manager.trustBundle,
-    onTunnel: (stream, info) => {
-      const port = apps.get(Number(info.authority.split(':')[1]));
-      if (!port) return void stream.respond({ ':status': 503 }, { endStream: true });
-      stream.respond({ ':status': 200 });
-      const app = connect(port, '127.0.0.1');
-      stream.pipe(app).pipe(stream);
-      app.on('error', () => stream.destroy());
-      stream.on('error', () => app.destroy());
-    },
-  });
-  await listen(createServer((s) => void agent.handle(s)), ENDPOINT_IP, 15008);
-  closers.push(() => agent.close());
+  await standInAgent(manager, apps, ENDPOINT_IP, closers);
   const log = pino({ level: 'info', base: undefined }, { write: (line: string) => void logLines.push(JSON.parse(line) as Record<string, unknown>) });
   proxy = new WaypointProxy({
     identity: WAYPOINT, certificate: () => manager.acquire(WAYPOINT), roots: () => manager.trustBundle,
-    socket: (f) => tcpSocket(f === 4 ? libc.AF_INET : libc.AF_INET6), log, detectTimeoutMs: DETECT_MS, headersTimeoutMs: HEADERS_MS,
+    socket: loopbackSocket, log, detectTimeoutMs: DETECT_MS, headersTimeoutMs: HEADERS_MS,
   });
   proxy.onRequest = (r) => records.push({ ...r });
   proxy.onTunnelRefused = (r) => refusals.push(r);

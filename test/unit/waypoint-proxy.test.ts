@@ -9,25 +9,22 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import * as http from 'node:http';
 import * as http2 from 'node:http2';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import * as libc from '../../native/libc.js';
-import type { ConfigObject, Service, Workload } from '../../src/control/model.js';
-import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
+import type { ConfigObject } from '../../src/control/model.js';
 import { CertManager } from '../../src/identity/cert-manager.js';
-import { HbonePool, HboneServer } from '../../src/node/hbone.js';
-import { tcpSocket } from '../../src/node/netns.js';
+import { HbonePool } from '../../src/node/hbone.js';
 import { byteStream, WaypointProxy, type RequestRecord } from '../../src/waypoint/proxy.js';
 import { Sampler, Tracer, type ReadableSpan } from '../../src/telemetry/tracing.js';
 import { L7Authorizer } from '../../src/waypoint/authz.js';
 import { Router } from '../../src/waypoint/routing.js';
+import {
+  CLIENT, listener, loopbackSocket, meshCertificates, reviewsService, reviewsWorkload, standInAgent, WAYPOINT, waypointTunnel,
+} from './helpers/waypoint-rig.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-wpp-'));
-const CLIENT = 'spiffe://cluster.local/ns/shop/sa/client';
-const WAYPOINT = 'spiffe://cluster.local/ns/shop/sa/waypoint';
-const REVIEWS = 'spiffe://cluster.local/ns/shop/sa/reviews';
 const VIP = '10.96.7.7';
 /** The stand-in destination node agent listens on 127.0.0.2:15008 (HBONE's port), the endpoint's address. */
 const ENDPOINT_IP = '127.0.0.2';
@@ -45,25 +42,13 @@ let h1Connections = 0;
 /** Calls seen by the gRPC app, by key. */
 const seen = new Map<string, number>();
 
-const service: Service = {
-  namespace: 'shop', name: 'reviews', hostname: 'reviews.shop.svc.cluster.local', vips: [VIP], endpoints: ['w1'],
-  ports: [
-    { name: 'http', port: 80, targetPort: 9080, protocol: 'TCP' },
-    { name: 'grpc', port: 50051, targetPort: 50051, protocol: 'TCP' },
-    { name: 'tcp', port: 7000, targetPort: 7000, protocol: 'TCP' },
-  ],
-};
-const workload: Workload = {
-  uid: 'w1', name: 'reviews-1', workload: 'reviews', namespace: 'shop', serviceAccount: 'reviews', identity: REVIEWS,
-  ips: [ENDPOINT_IP], node: 'node-1', labels: { app: 'reviews' }, enrolled: true, ports: {},
-};
-
-function listen(server: Server | http.Server | http2.Http2Server, host = '127.0.0.1', port = 0): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject).listen(port, host, () => resolve((server.address() as { port: number }).port));
-    closers.push(() => server.close());
-  });
-}
+const service = reviewsService(VIP, [
+  { name: 'http', port: 80, targetPort: 9080, protocol: 'TCP' },
+  { name: 'grpc', port: 50051, targetPort: 50051, protocol: 'TCP' },
+  { name: 'tcp', port: 7000, targetPort: 7000, protocol: 'TCP' },
+]);
+const workload = reviewsWorkload(ENDPOINT_IP);
+const listen = listener(closers);
 
 /** gRPC's length-prefixed message framing. */
 function frame(text: string): Buffer {
@@ -106,11 +91,8 @@ async function h1Get(path: string, headers: Record<string, string> = {}): Promis
   });
 }
 
-async function tunnel(port: number): Promise<http2.ClientHttp2Stream> {
-  return clientPool.open(
-    { pod: 'client', cert: await manager.acquire(CLIENT), roots: manager.trustBundle, socket: (f) => tcpSocket(f === 4 ? libc.AF_INET : libc.AF_INET6) },
-    { address: '127.0.0.1', port: waypointPort, identity: WAYPOINT, authority: `${VIP}:${port}` },
-  );
+function tunnel(port: number): Promise<http2.ClientHttp2Stream> {
+  return waypointTunnel(clientPool, manager, waypointPort, `${VIP}:${port}`, CLIENT, 'client');
 }
 
 /** An h2c session to the service's gRPC port, through the waypoint. */
@@ -147,12 +129,7 @@ function grpcCall(session: http2.ClientHttp2Session, path: string, messages: str
 }
 
 beforeAll(async () => {
-  const ca = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'mesh')) });
-  manager = new CertManager({ source: {
-    createCertificate: async (csr: string, identity: string, ttl: number) => (await ca.sign({ csr, identity, ttlSeconds: ttl })).chain,
-    trustBundle: () => Promise.resolve(ca.trustBundle()),
-  } });
-  await manager.start();
+  manager = await meshCertificates(dir);
 
   // The apps: HTTP/1.1 on 9080, gRPC (h2c) on 50051, a line echo on 7000.
   const h1 = http.createServer((req, res) => {
@@ -206,25 +183,12 @@ beforeAll(async () => {
   apps.set(7000, await listen(echo));
 
   // The destination's node agent, reduced to its HBONE listener: authority ip:port → the app.
-  const agent = new HboneServer({
-    certificate: () => manager.acquire(REVIEWS), roots: () => manager.trustBundle,
-    onTunnel: (stream, info) => {
-      const port = apps.get(Number(info.authority.split(':')[1]));
-      if (!port) return void stream.respond({ ':status': 503 }, { endStream: true });
-      stream.respond({ ':status': 200 });
-      const app = connect(port, '127.0.0.1');
-      stream.pipe(app).pipe(stream);
-      app.on('error', () => stream.destroy());
-      stream.on('error', () => app.destroy());
-    },
-  });
-  await listen(createServer((s) => void agent.handle(s)), ENDPOINT_IP, 15008);
-  closers.push(() => agent.close());
+  await standInAgent(manager, apps, ENDPOINT_IP, closers);
 
   proxy = new WaypointProxy({
     tracer: new Tracer({ sampler: new Sampler(100), sink: { add: (span) => spans.push(span) } }),
     identity: WAYPOINT, certificate: () => manager.acquire(WAYPOINT), roots: () => manager.trustBundle,
-    socket: (f) => tcpSocket(f === 4 ? libc.AF_INET : libc.AF_INET6),
+    socket: loopbackSocket,
   });
   proxy.onRequest = (r) => records.push({ ...r });
   setConfig();
