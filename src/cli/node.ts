@@ -10,7 +10,7 @@ import { AdminServer, ADMIN_PORT, adminRoutes, serveAdmin, type AdminSources } f
 import { HEALTH_PORT, METRICS_PORT, NodeAgent, type PodLocator } from '../node/agent.js';
 import { serveTelemetry } from '../node/telemetry-http.js';
 import type { Logger } from 'pino';
-import type { KubeClient } from '../control/kube/client.js';
+import { defaultKubeconfig, type KubeClient } from '../control/kube/client.js';
 import { CniInstaller } from '../node/cni-install.js';
 import { CniServer } from '../node/cni-server.js';
 import { ProcPodLocator } from '../node/pod-locator.js';
@@ -101,9 +101,13 @@ const PLUGIN_TYPE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
  * a node agent outside a pod) the client library is loaded for it.
  */
 async function decisionClient(kubeconfig: string | undefined): Promise<KubeClient> {
-  const client = kubeClient(kubeconfig);
-  const path = kubeconfig ?? process.env.KUBECONFIG?.split(':').find((p) => p !== '');
-  if (!path) return client;
+  let path: string | undefined;
+  try {
+    path = kubeconfig ?? defaultKubeconfig();
+  } catch (err) {
+    throw new CliError(`cannot read the kubeconfig: ${(err as Error).message}`);
+  }
+  if (!path) return kubeClient(undefined);
   try {
     const { KubeConfig } = await import('@kubernetes/client-node');
     const kc = new KubeConfig();

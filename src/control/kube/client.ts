@@ -239,7 +239,7 @@ export function freshToken(file: string, initial?: string): () => string | undef
 }
 
 /** kubectl's choice without --kubeconfig: the first of $KUBECONFIG's files, ~/.kube/config; undefined: in-cluster. */
-function defaultKubeconfig(): string | undefined {
+export function defaultKubeconfig(): string | undefined {
   for (const path of (process.env.KUBECONFIG ?? '').split(delimiter)) if (path !== '' && existsSync(path)) return path;
   const home = join(homedir(), '.kube', 'config');
   if (existsSync(home)) return home;
