@@ -13,6 +13,7 @@ import type { Logger } from 'pino';
 import { defaultKubeconfig, type KubeClient } from '../control/kube/client.js';
 import { CniInstaller } from '../node/cni-install.js';
 import { CniServer } from '../node/cni-server.js';
+import { HboneLimitsError, parseHboneLimits, type HboneLimits } from '../node/hbone-limits.js';
 import { ProcPodLocator } from '../node/pod-locator.js';
 import { CLEANUP_DEFAULTS, cleanupNode, DaemonSetWatch, freshTokenClient } from '../node/uninstall.js';
 import { logger } from '../telemetry/log.js';
@@ -32,6 +33,17 @@ function hostPort(flag: string, value: string): { host: string; port: number } {
   return { host: m[1]!, port: Number(m[2]) };
 }
 
+/** `--hbone-limits` (or AMBIT_HBONE_LIMITS), checked here so a typo stops the agent with the name of what was wrong. */
+function flagHboneLimits(text: string | undefined): Partial<HboneLimits> | undefined {
+  if (text === undefined || text.trim() === '') return undefined;
+  try {
+    return parseHboneLimits(text);
+  } catch (err) {
+    if (err instanceof HboneLimitsError) throw new CliError(`--hbone-limits: ${err.message}`);
+    throw err;
+  }
+}
+
 function port(flag: string, value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n < 1 || n > 65535) throw new CliError(`${flag} must be a port 1-65535, got "${value}"`);
@@ -48,7 +60,7 @@ function localLocator(layout: ClusterLayout): PodLocator {
 interface NodeOpts {
   node: string; controller: string; tokenFile: string; caFile: string; cluster?: string; pinRoot?: string; cgroup?: string;
   probeCgroup?: string[]; controlSocket?: string; admin: string; telemetryHost: string; metricsPort: string; healthPort: string;
-  rootNamespace?: string; drainSeconds: string;
+  rootNamespace?: string; drainSeconds: string; hboneLimits?: string;
   // Kubernetes mode
   kubernetes?: true | string; hostProc: string; cgroupRoot?: string; daemonset: string; trustDomain: string;
   cniSocket?: string; cniBinary?: string; cniBinDir: string; cniConfDir: string; cniPrimary?: string;
@@ -147,6 +159,7 @@ export function register(program: Command): void {
     .option('--health-port <port>', 'the /healthz/ready and /healthz/check port', String(HEALTH_PORT))
     .option('--root-namespace <ns>', 'Istio root namespace (mesh-wide policy)', 'istio-system')
     .option('--drain-seconds <n>', 'how long connections of a pod leaving the mesh may take to finish', '5')
+    .option('--hbone-limits <list>', 'HBONE limits over the defaults, NAME=VALUE comma-separated (maxStreamsPerPeer=1024,streamWindow=512Ki; docs/DATAPATH.md)', process.env.AMBIT_HBONE_LIMITS)
     .action(async (opts: NodeOpts) => {
       for (const [flag, value] of [['--node <name>', opts.node], ['--controller <host:port>', opts.controller], ['--token-file <file>', opts.tokenFile], ['--ca-file <file>', opts.caFile]] as const) {
         if (!value) throw new CliError(`required option '${flag}' not specified`);
@@ -160,6 +173,7 @@ export function register(program: Command): void {
       const drain = Number(opts.drainSeconds);
       if (!Number.isFinite(drain) || drain < 0 || drain > 3600) throw new CliError(`--drain-seconds must be 0..3600, got "${opts.drainSeconds}"`);
       const telemetry = { metrics: port('--metrics-port', opts.metricsPort), health: port('--health-port', opts.healthPort) };
+      const hboneLimits = flagHboneLimits(opts.hboneLimits);
       if (!opts.cluster === !opts.kubernetes) throw new CliError('give one of --cluster NAME (a local cluster) or --kubernetes [KUBECONFIG]');
       const layout = opts.cluster ? new ClusterLayout(opts.cluster) : undefined;
       const pinRoot = opts.pinRoot ?? layout?.nodePinRoot(opts.node);
@@ -181,7 +195,7 @@ export function register(program: Command): void {
         node: opts.node,
         controller: { address: `${controller.host}:${controller.port}`, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)) },
         pinRoot, cgroup, locator, probeCgroups: opts.probeCgroup ?? [], rootNamespace: opts.rootNamespace,
-        drainMs: drain * 1000, log, accessLog: logger('access'),
+        drainMs: drain * 1000, ...(hboneLimits ? { hboneLimits } : {}), log, accessLog: logger('access'),
       });
       const k8s = kube && daemonSet ? await kubernetesParts(opts, kube, agent, daemonSet, log) : undefined;
       // What `ambit check` says about this node (and whether the CNI plugin is chained), served on

@@ -363,6 +363,7 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
               '--control-socket', `${AGENT_SOCKET_DIR}/agent.sock`,
               '--root-namespace', v.rootNamespace,
               '--drain-seconds', String(v.nodeAgent.drainSeconds),
+              ...(v.nodeAgent.hboneLimits ? ['--hbone-limits', v.nodeAgent.hboneLimits] : []),
               '--trust-domain', v.trustDomain,
               ...(v.cni.enabled ? ['--cni-socket', CNI_SOCKET, '--cni-binary', CNI_BINARY, '--cni-bin-dir', HOST_CNI_BIN, '--cni-conf-dir', HOST_CNI_CONF] : []),
               ...(v.cni.enabled && v.cni.chained !== 'auto' ? ['--cni-primary', CNI_PRIMARY_TYPES[v.cni.chained]!] : []),

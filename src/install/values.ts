@@ -4,6 +4,7 @@
  * that names the key (and, for an unknown key, lists the known ones).
  */
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
+import { HboneLimitsError, parseHboneLimits } from '../node/hbone-limits.js';
 import { packageVersion } from '../util/package.js';
 
 /** The platforms `platform` presets defaults for (docs/KUBERNETES.md says what each changes and why). */
@@ -47,7 +48,7 @@ export interface Values {
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error';
   rootNamespace: string;
   controller: { replicas: number; certTtlSeconds: number };
-  nodeAgent: { drainSeconds: number; pinRoot: string; cgroupRoot: string; kubeletCgroup: string[]; appArmorProfile: string };
+  nodeAgent: { drainSeconds: number; hboneLimits: string; pinRoot: string; cgroupRoot: string; kubeletCgroup: string[]; appArmorProfile: string };
   waypoint: { replicas: number };
   waypoints: { managed: boolean };
   cni: { enabled: boolean; binDir: string; confDir: string; chained: string };
@@ -152,6 +153,19 @@ export const VALUES: Record<string, ValueSpec> = {
   'controller.replicas': { default: () => 2, parse: integer(1, 10), help: 'controller replicas (one leader elected through a Lease; all serve the CA and discovery)' },
   'controller.certTtlSeconds': { default: () => 24 * 3600, parse: integer(600, 7 * 24 * 3600), help: 'default workload certificate lifetime (at most the controller\'s --max-cert-ttl, 7 days)' },
   'nodeAgent.drainSeconds': { default: () => 30, parse: integer(0, 3600), help: 'how long connections may take to finish when the agent stops or a pod leaves the mesh' },
+  'nodeAgent.hboneLimits': {
+    default: () => '',
+    parse: (raw, key) => {
+      try {
+        parseHboneLimits(raw);
+      } catch (err) {
+        if (err instanceof HboneLimitsError) throw new ValuesError(`${key}: ${err.message}`);
+        throw err;
+      }
+      return raw.split(',').map((s) => s.trim()).filter((s) => s !== '').join(',');
+    },
+    help: 'HBONE limits over the defaults, NAME=VALUE comma-separated (e.g. maxStreamsPerPeer=1024,maxStreams=16384): what one peer, one pod and the node may hold (docs/DATAPATH.md, "HBONE limits")',
+  },
   'nodeAgent.pinRoot': {
     default: () => '/sys/fs/bpf/ambit',
     parse: (raw, key) => {

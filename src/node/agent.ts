@@ -28,7 +28,7 @@ import { CertManager, type WorkloadCertificate } from '../identity/cert-manager.
 import { MeshMetrics } from '../telemetry/metrics.js';
 import { ConnectionTracker, resetOrDestroy, splice, type TrackedConnection } from './connections.js';
 import { PodEnroller, type EnrolledPod } from './enroll.js';
-import { HBONE_CODES, HboneError, HboneLimiter, HbonePool, HboneServer, refuseTunnel, type HboneCode, type TunnelInfo } from './hbone.js';
+import { HBONE_CODES, HboneError, HboneLimiter, HbonePool, HboneServer, refuseTunnel, type HboneCode, type HboneLimits, type TunnelInfo } from './hbone.js';
 import { MeshState, MeshStateError, type Destination } from './mesh-state.js';
 import { AGENT_SOCKET_MARK, netnsCookie, socketInNetns } from './netns.js';
 
@@ -69,6 +69,8 @@ export interface NodeAgentOptions {
   rootNamespace?: string;
   /** How long an unenrolled pod's open connections may take to finish. */
   drainMs?: number;
+  /** HBONE limits over the defaults (docs/DATAPATH.md, "HBONE limits"). */
+  hboneLimits?: Partial<HboneLimits>;
   log: Logger;
   accessLog: Logger;
 }
@@ -93,11 +95,7 @@ export class NodeAgent {
   private readonly enroller: PodEnroller;
   private readonly pool: HbonePool;
   /** Shared by every pod's HBONE listener: a peer's connections and streams are counted across the node. */
-  private readonly hboneLimiter: HboneLimiter = new HboneLimiter({
-    log: () => this.opts.log,
-    // A waypoint's pod (by its verified identity, not a label a pod may give itself) carries many clients' tunnels from one address.
-    peerStreamCap: ({ identity }): number | undefined => (identity && this.state?.allWaypointIdentities.has(identity) ? 4 * this.hboneLimiter.limits.maxStreamsPerPeer : undefined),
-  });
+  private readonly hboneLimiter: HboneLimiter;
   private readonly discovery: DiscoveryClient;
   private readonly pods = new Map<string, PodEntry>();
   /** The same entries by netns cookie: every captured connection looks its pod up this way. */
@@ -127,7 +125,14 @@ export class NodeAgent {
     this.datapath = datapath;
     const log = opts.log;
     this.connections = new ConnectionTracker(this.metrics, opts.accessLog);
-    this.pool = new HbonePool({ log });
+    this.hboneLimiter = new HboneLimiter({
+      log,
+      ...(opts.hboneLimits ? { limits: opts.hboneLimits } : {}),
+      // A waypoint's pod (by its verified identity, not a label a pod may give itself) carries many clients' tunnels from one address.
+      peerStreamCap: ({ identity }): number | undefined => (identity && this.state?.allWaypointIdentities.has(identity) ? 4 * this.hboneLimiter.limits.maxStreamsPerPeer : undefined),
+    });
+    // The windows this agent advertises as a client are the ones its listeners advertise.
+    this.pool = new HbonePool({ log, streamWindow: this.hboneLimiter.limits.streamWindow, sessionWindow: this.hboneLimiter.limits.sessionWindow });
     const ca = new CaClient({ address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token });
     this.certs = new CertManager({ source: ca, log: log.child({ part: 'certs' }) });
     this.enroller = new PodEnroller(datapath, {

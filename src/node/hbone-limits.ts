@@ -146,6 +146,28 @@ export function hboneLimits(overrides: Partial<HboneLimits> = {}): HboneLimits {
   return limits;
 }
 
+/**
+ * Limits as an operator writes them: `name=value` pairs, comma-separated
+ * (`maxStreamsPerPeer=1024,maxStreams=16384`). Sizes may carry `Ki` or `Mi`
+ * (`streamWindow=512Ki`). Each pair is checked, then the whole set with the defaults
+ * (`hboneLimits`), so a typo is an error that names it, never a limit silently left at its default.
+ */
+export function parseHboneLimits(text: string): Partial<HboneLimits> {
+  const out: Partial<HboneLimits> = {};
+  for (const item of text.split(',').map((s) => s.trim()).filter((s) => s !== '')) {
+    const m = /^([A-Za-z]+)=(\d+)(Ki|Mi)?$/.exec(item);
+    if (!m) throw new HboneLimitsError(`HBONE limit "${item}" is not NAME=INTEGER (e.g. maxStreamsPerPeer=1024, streamWindow=512Ki)`);
+    const key = m[1]!;
+    if (!(key in DEFAULT_HBONE_LIMITS)) throw new HboneLimitsError(`unknown HBONE limit "${key}" (known: ${Object.keys(DEFAULT_HBONE_LIMITS).join(', ')})`);
+    if (key in out) throw new HboneLimitsError(`HBONE limit ${key} is given twice`);
+    const value = Number(m[2]) * (m[3] === 'Ki' ? 1024 : m[3] === 'Mi' ? 1024 * 1024 : 1);
+    if (!Number.isSafeInteger(value)) throw new HboneLimitsError(`HBONE limit ${key} is too large: ${item}`);
+    out[key as keyof HboneLimits] = value;
+  }
+  hboneLimits(out);
+  return out;
+}
+
 /** A slot taken from the limiter; `release` gives it back (once, however often it is called). */
 export interface Admission { release(): void }
 

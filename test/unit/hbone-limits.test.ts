@@ -17,7 +17,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import * as libc from '../../native/libc.js';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
 import { CertManager, type WorkloadCertificate } from '../../src/identity/cert-manager.js';
-import { BoundedLog, HBONE_CODES, HboneLimiter, HboneLimitsError, hboneLimits, type HboneLimits } from '../../src/node/hbone-limits.js';
+import { cli } from '../integration/helpers/cli.js';
+import { BoundedLog, HBONE_CODES, HboneLimiter, HboneLimitsError, hboneLimits, parseHboneLimits, type HboneLimits } from '../../src/node/hbone-limits.js';
 import { HboneError, HbonePool, HboneServer, type HboneSource } from '../../src/node/hbone.js';
 import { tcpSocket } from '../../src/node/netns.js';
 import { MeshMetrics } from '../../src/telemetry/metrics.js';
@@ -85,6 +86,20 @@ describe('HBONE limits: configuration', () => {
     expect(() => hboneLimits({ streamWindow: 1 << 20, sessionWindow: 1 << 19 })).toThrow(/sessionWindow \(524288\) must be at least streamWindow \(1048576\)/);
     expect(() => hboneLimits({ maxStreamz: 3 } as Partial<HboneLimits>)).toThrow(/unknown HBONE limit "maxStreamz"/);
     expect(() => new HboneServer({ certificate: () => manager.acquire(PAYMENT), roots: () => [], onTunnel: accept, limits: { idleTimeoutMs: -1 } })).toThrow(/idleTimeoutMs must be a positive integer/);
+  });
+
+  it('reads limits as an operator writes them (NAME=VALUE, Ki/Mi), and names what is wrong', () => {
+    expect(parseHboneLimits('maxStreamsPerPeer=1024, maxStreams=16384,streamWindow=512Ki,sessionWindow=8Mi')).toEqual({ maxStreamsPerPeer: 1024, maxStreams: 16384, streamWindow: 512 * 1024, sessionWindow: 8 * 1024 * 1024 });
+    expect(parseHboneLimits('')).toEqual({});
+    expect(() => parseHboneLimits('maxStreamsPerPeer')).toThrow(/HBONE limit "maxStreamsPerPeer" is not NAME=INTEGER/);
+    expect(() => parseHboneLimits('maxStreamsPerPeer=-1')).toThrow(/"maxStreamsPerPeer=-1" is not NAME=INTEGER/);
+    expect(() => parseHboneLimits('maxStreamsPerPeer=1e3')).toThrow(/is not NAME=INTEGER/);
+    expect(() => parseHboneLimits('maxStreamPerPeer=10')).toThrow(/unknown HBONE limit "maxStreamPerPeer" \(known: maxConnectionsPerPeer/);
+    expect(() => parseHboneLimits('maxStreams=10,maxStreams=20')).toThrow(/maxStreams is given twice/);
+    expect(() => parseHboneLimits('maxStreams=0')).toThrow(/maxStreams must be a positive integer, got 0/);
+    // Checked as a set: a stream window over the default session window is refused.
+    expect(() => parseHboneLimits('streamWindow=8Mi')).toThrow(/sessionWindow \(4194304\) must be at least streamWindow \(8388608\)/);
+    expect(() => parseHboneLimits('maxStreams=99999999999999999999')).toThrow(/too large/);
   });
 
   it('counts a peer across pods, a pod across peers and the node, and forgets keys that reach zero', () => {
@@ -362,5 +377,19 @@ describe('HBONE limits: the server', () => {
     const refusals = lines.filter((l) => l.msg === 'HBONE refused');
     expect(refusals.length).toBe(2);
     expect(refusals[0]).toMatchObject({ reason: 'peer_streams', peer: '127.0.0.1', pod: 'shop/payment-1', limit: 1, authority: '10.0.0.9:100' });
+  });
+});
+
+describe('HBONE limits: the node agent\'s flag', () => {
+  const { ambit } = cli({ ...process.env, AMBIT_HBONE_LIMITS: '' });
+  const required = ['node', '--node', 'n1', '--controller', '127.0.0.1:1', '--token-file', '/nonexistent', '--ca-file', '/nonexistent', '--cluster', 'none'];
+
+  it('stops the agent at start with the name of the bad limit, from the flag or from AMBIT_HBONE_LIMITS', async () => {
+    const flag = await ambit([...required, '--hbone-limits', 'maxStreams=0']);
+    expect(flag.code).not.toBe(0);
+    expect(flag.stderr).toContain('--hbone-limits: HBONE limit maxStreams must be a positive integer, got 0');
+    const env = await cli({ ...process.env, AMBIT_HBONE_LIMITS: 'maxStreamPerPeer=5' }).ambit(required);
+    expect(env.code).not.toBe(0);
+    expect(env.stderr).toContain('--hbone-limits: unknown HBONE limit "maxStreamPerPeer"');
   });
 });

@@ -57,6 +57,7 @@ describe('ambit install: Kubernetes schemas', () => {
       'namespace=mesh', 'image=registry.example:5000/team/ambit@sha256:' + 'a'.repeat(64), 'imagePullPolicy=Always', 'trustDomain=prod.example.com',
       'logLevel=debug', 'rootNamespace=mesh-root', 'controller.replicas=3', 'controller.certTtlSeconds=3600', 'nodeAgent.drainSeconds=0',
       'nodeAgent.pinRoot=/sys/fs/bpf/mesh/', 'nodeAgent.cgroupRoot=/sys/fs/cgroup/unified', 'waypoint.replicas=2',
+      'nodeAgent.hboneLimits=maxStreamsPerPeer=1024, maxStreams=16384',
     ]);
     const objects = renderInstall(v);
     await expectValid(objects);
@@ -64,6 +65,7 @@ describe('ambit install: Kubernetes schemas', () => {
     const ds = find(objects, 'DaemonSet');
     expect(ds.spec.template.spec.terminationGracePeriodSeconds).toBe(TERMINATION_MARGIN_SECONDS);
     expect(ds.spec.template.spec.containers[0].args).toEqual(expect.arrayContaining(['/sys/fs/bpf/mesh', 'ambit-controller.mesh.svc:15012']));
+    expect(ds.spec.template.spec.containers[0].args.join(' ')).toContain('--hbone-limits maxStreamsPerPeer=1024,maxStreams=16384');
     expect(find(objects, 'Deployment').spec.replicas).toBe(3);
     await expectValid(waypointObjects(gateway(), v));
   });
@@ -131,6 +133,7 @@ describe('ambit install: the node agent DaemonSet', () => {
     expect(c.readinessProbe.httpGet.port).toBe(15021);
     expect(pod.terminationGracePeriodSeconds).toBe(30 + TERMINATION_MARGIN_SECONDS);
     expect(c.args.join(' ')).toContain('--drain-seconds 30');
+    expect(c.args).not.toContain('--hbone-limits');
     expect(c.lifecycle).toBeUndefined();
   });
 });
@@ -261,6 +264,7 @@ describe('ambit install: --set', () => {
     expect(() => resolveValues(['namespace=Ambit_System'])).toThrow(/namespace must be a DNS label/);
     expect(() => resolveValues(['logLevel=loud'])).toThrow(/logLevel must be one of trace, debug, info, warn, error/);
     expect(() => resolveValues(['nodeAgent.drainSeconds=-1'])).toThrow(/nodeAgent\.drainSeconds/);
+    expect(() => resolveValues(['nodeAgent.hboneLimits=maxStreamPerPeer=10'])).toThrow(/nodeAgent\.hboneLimits: unknown HBONE limit "maxStreamPerPeer"/);
     expect(() => resolveValues(['nodeAgent.pinRoot=relative/dir'])).toThrow(/absolute path/);
     expect(() => resolveValues(['nodeAgent.pinRoot=/var/lib/ambit'])).toThrow(/nodeAgent\.pinRoot must be a directory under \/sys\/fs\/bpf\//);
     expect(() => resolveValues(['image=Not An Image'])).toThrow(/image must be an image reference/);
