@@ -39,7 +39,7 @@ import { execFileSync } from 'node:child_process';
 import { accessSync, constants as fsConstants, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { hboneLimits } from '../src/node/hbone-limits.js';
+import { DEFAULT_HBONE_LIMITS, hboneLimits } from '../src/node/hbone-limits.js';
 import {
   BenchRun, COMMON_USAGE, Cluster, HERE, METRICS_PORT, MESH_LABEL, RESULTS, SATURATED_S, UsageError, agents, build, comparePercentiles, cpuDelta, cpuFields, cpuSample,
   fetchMetrics, fixedRateRuns, fmt, fmtSigned, haproxyCommon, haproxyStats, haproxyTcpRoutes, haproxyTlsBind, haproxyTlsServer, idleCpuPercent, intListArg,
@@ -344,12 +344,26 @@ async function openedConnections(cluster: Cluster, node: { name: string; ip: str
 
 // ---------------------------------------------------------------------------------------------
 
+/** The HBONE limits that let one client pod hold `max(idle)` connections to one node, or undefined when the defaults do. */
+function idleHboneLimits(idle: number[]): string | undefined {
+  const most = Math.max(0, ...idle);
+  // Headroom for the fixed-rate runs' connections and the probes that may still be open.
+  const streams = most + 256;
+  if (streams <= DEFAULT_HBONE_LIMITS.maxStreamsPerPeer) return undefined;
+  return `maxStreamsPerPeer=${streams},maxStreamsPerPod=${Math.max(streams, DEFAULT_HBONE_LIMITS.maxStreamsPerPod)},maxStreams=${Math.max(streams, DEFAULT_HBONE_LIMITS.maxStreams)}`;
+}
+
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
   if (process.getuid?.() !== 0) throw new Error('run as root: the local cluster makes network namespaces, cgroups and nftables tables');
   const tools = checkTools(options);
 
   const ambitRuns = prepareAmbit(options);
+  // One client pod holds every idle connection: the agents' caps on one peer's (and one pod's,
+  // and the node's) concurrent streams are raised to fit them, as an operator would for such a
+  // workload (docs/DATAPATH.md, HBONE limits). The caps cost nothing per request.
+  const idleLimits = idleHboneLimits(options.idle);
+  if (idleLimits && process.env.AMBIT_HBONE_LIMITS === undefined) process.env.AMBIT_HBONE_LIMITS = idleLimits;
   // The cluster and the temp dir go at the end, on failure and on Ctrl-C (unless --keep).
   const bench = new BenchRun('l4hop', options.keep);
   const { tmp, name, cluster } = bench;
@@ -734,6 +748,7 @@ async function main(): Promise<void> {
       unit: 'microseconds, from each request\'s scheduled send time (corrected for coordinated omission)',
       latency: latencyJson,
       proxy_idle_cpu_percent: idlePercent,
+      ...(process.env.AMBIT_HBONE_LIMITS ? { hbone_limits: process.env.AMBIT_HBONE_LIMITS } : {}),
       proxy_rss_after_runs: rssJson,
       throughput: iperfJson.length > 0 ? iperfJson : undefined,
       ambit_vs_node_relay: ambitVsRelay.length > 0 ? ambitVsRelay : undefined,
@@ -891,7 +906,7 @@ function ambitVsRelayTable(v: AmbitVsRelay[]): { header: string[]; rows: string[
 }
 
 function markdown(
-  meta: { date: string; kernel: string; node: string; cpus: number; cpu_model: string; load_average: { start: number[]; end: number[] }; proxy_idle_cpu_percent: Record<string, number | null>; haproxy_version?: string; iperf3_version?: string; relay_nodes?: { node_version: string }[]; options: { duration_s: number; warmup_s: number; connections: number }; path_verified: boolean; haproxy_verified?: boolean; relay_verified?: Record<string, boolean>; verification: { ambit: { problems: string[] }; relay?: Record<string, { problems: string[] }> }; agent_rss: { skipped?: string; steps?: { pods: number; enrolled: number; rss_kb?: number }[] }; skipped?: string[]; idle_connections?: { connections: number; open?: number; kb_per_connection: Record<string, number | null>; idle_cpu_percent: Record<string, number | null>; error?: string }[] },
+  meta: { date: string; kernel: string; node: string; cpus: number; cpu_model: string; load_average: { start: number[]; end: number[] }; proxy_idle_cpu_percent: Record<string, number | null>; hbone_limits?: string; haproxy_version?: string; iperf3_version?: string; relay_nodes?: { node_version: string }[]; options: { duration_s: number; warmup_s: number; connections: number }; path_verified: boolean; haproxy_verified?: boolean; relay_verified?: Record<string, boolean>; verification: { ambit: { problems: string[] }; relay?: Record<string, { problems: string[] }> }; agent_rss: { skipped?: string; steps?: { pods: number; enrolled: number; rss_kb?: number }[] }; skipped?: string[]; idle_connections?: { connections: number; open?: number; kb_per_connection: Record<string, number | null>; idle_cpu_percent: Record<string, number | null>; error?: string }[] },
   latency: LatencyJson, iperf: IperfJson, rss: RssJson, vsRelay: AmbitVsRelay[], byKey: (k: ScenarioKey) => Scenario | undefined,
 ): string {
   const lines: string[] = [];
@@ -945,7 +960,7 @@ function markdown(
   if (meta.agent_rss.skipped) lines.push(`Skipped: ${meta.agent_rss.skipped}.`, '');
   else lines.push(...mdTable(['enrolled pods', 'RSS MB'], (meta.agent_rss.steps ?? []).map((s) => [String(s.enrolled), fmt((s.rss_kb ?? NaN) / 1024)])), '');
   if (meta.idle_connections) {
-    lines.push('## Idle connections held through the mesh', '', 'Each connection, from the one client pod, made one request through both agents, then stayed open and silent. Memory per connection is each agent\'s RSS growth over the connections held; CPU is sampled for 10 s while they idle. One pod may hold at most `maxStreamsPerPeer` tunnels to a node (docs/DATAPATH.md, HBONE limits): connections past it are refused (429), and the figures are per connection actually held.', '');
+    lines.push('## Idle connections held through the mesh', '', 'Each connection, from the one client pod, made one request through both agents, then stayed open and silent. Memory per connection is each agent\'s RSS growth over the connections held; CPU is sampled for 10 s while they idle. One pod may hold at most `maxStreamsPerPeer` tunnels to a node (docs/DATAPATH.md, HBONE limits): connections past it are refused (429), and the figures are per connection actually held.' + (meta.hbone_limits ? ` The agents ran with \`--hbone-limits ${meta.hbone_limits}\` so that one pod could hold them all.` : ''), '');
     const agentNames = [...new Set(meta.idle_connections.flatMap((st) => Object.keys(st.kb_per_connection)))];
     lines.push(...mdTable(['connections held', ...agentNames.flatMap((a) => [`${a} KB / connection`, `${a} idle CPU %`])], meta.idle_connections.map((st) => [
       st.error ? `${st.connections} (failed: ${st.error})` : st.open === st.connections ? String(st.open) : `${st.open} of ${st.connections} (the others refused)`,

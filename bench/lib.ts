@@ -300,11 +300,17 @@ export class BenchRun {
         say(`--keep: cluster ${this.name} and ${this.tmp} left up; remove them with:\n  ${this.removeHint}`);
         return;
       }
-      try {
-        if (this.created) await this.cluster.down();
-      } finally {
-        rmSync(this.tmp, { recursive: true, force: true });
+      // The temp dir holds the cluster's state: removed only once the cluster is down, so that a
+      // failed (or interrupted) down can still be finished by hand.
+      if (this.created) {
+        try {
+          await this.cluster.down();
+        } catch (err) {
+          warn(`could not remove cluster ${this.name} (${(err as Error).message}); remove it with:\n  ${this.removeHint}`);
+          throw err;
+        }
       }
+      rmSync(this.tmp, { recursive: true, force: true });
     })());
   }
 

@@ -231,10 +231,13 @@ export class Runtime {
     }
   }
 
-  /** The controller's and node agents' environment: the daemon's log level, profiling settings and build (AMBIT_DIST, bin/ambit.js). */
+  /**
+   * The controller's and node agents' environment: the daemon's log level, profiling settings,
+   * build (AMBIT_DIST, bin/ambit.js) and the agents' HBONE limits (AMBIT_HBONE_LIMITS).
+   */
   private componentEnv(): Record<string, string> {
     const env: Record<string, string> = { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' };
-    for (const key of ['AMBIT_CPU_PROFILE_DIR', 'AMBIT_CPU_PROFILE_INTERVAL_US', 'AMBIT_DIST']) {
+    for (const key of ['AMBIT_CPU_PROFILE_DIR', 'AMBIT_CPU_PROFILE_INTERVAL_US', 'AMBIT_DIST', 'AMBIT_HBONE_LIMITS']) {
       const value = process.env[key];
       if (value) env[key] = value;
     }

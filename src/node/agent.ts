@@ -535,11 +535,10 @@ export class NodeAgent {
   /** Joins the source side (`client`) and the destination side (`server`) of a connection of `pod`. */
   private join(conn: TrackedConnection, client: Socket | ServerHttp2Stream, server: Socket | ServerHttp2Stream | ClientHttp2Stream, pod: PodEntry): void {
     pod.sockets.add(client);
-    this.connections.count(conn, client, server);
     splice(client, server, (err) => {
       pod.sockets.delete(client);
       this.connections.finish(conn, err ? { flags: conn.flags === '-' ? 'UR' : conn.flags, error: err.message } : {});
-    }, { idleMs: TCP_IDLE_TIMEOUT_MS });
+    }, { idleMs: TCP_IDLE_TIMEOUT_MS, counter: conn });
   }
 
   private refuse(socket: Socket, pod: PodEntry, info: Parameters<ConnectionTracker['begin']>[0], flags: string, why: string): void {

@@ -90,14 +90,13 @@ function captureTarget(name: string, allowHalfOpen: boolean, what: string): Fuzz
           upstream.removeAllListeners('error');
           upstream.write(head);
           let calls = 0;
-          ctx.tracker.count(conn, client, upstream);
           // The agent's idle timeout is an hour; here it is short enough to be seen ending a join
           // whose peer vanished while the application does not read.
           splice(client, upstream, (err) => {
             calls++;
             ctx.tracker.finish(conn, err ? { flags: 'UR', error: err.message } : {});
             ctx.result.get(id)?.({ err, received: conn.received, sent: conn.sent, calls });
-          }, { idleMs: 500 });
+          }, { idleMs: 500, counter: conn });
         });
       });
     });
