@@ -210,13 +210,14 @@ export function splice(a: Duplex, b: Duplex, done: (error?: Error) => void, opts
       a.once('drain', () => b.resume());
     }
   });
-  a.once('end', () => b.end());
-  b.once('end', () => a.end());
+  // 'end' and 'close' come once: `on`, not `once`, which wraps each listener in two more objects.
+  a.on('end', () => b.end());
+  b.on('end', () => a.end());
   a.on('error', fail(a, b));
   b.on('error', fail(b, a));
   const onClose = () => { if (++closed === 2) finish(); };
-  a.once('close', onClose);
-  b.once('close', onClose);
+  a.on('close', onClose);
+  b.on('close', onClose);
   // A side read before the join (a peeked header) is paused, not flowing: start both.
   a.resume();
   b.resume();
