@@ -12,6 +12,7 @@ import { X509Certificate } from 'node:crypto';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { SubscriberKind } from '../control/discovery.js';
 import type { ReviewOutcome } from '../identity/tokenreview.js';
+import { EVENT_LOOP_SAMPLE_MS } from './metrics.js';
 
 /** How one certificate request ended: issued, or the status it was refused with. */
 export type CertificateOutcome = 'issued' | 'UNAUTHENTICATED' | 'PERMISSION_DENIED' | 'INVALID_ARGUMENT' | 'FAILED_PRECONDITION' | 'INTERNAL';
@@ -72,7 +73,7 @@ export class ControllerMetrics {
     }
     for (const outcome of ['accepted', 'refused', 'rate_limited', 'timeout', 'error'] satisfies ReviewOutcome[]) this.reviews.inc({ outcome }, 0);
     for (const reason of ['unauthenticated', 'permission_denied', 'invalid_argument', 'failed_precondition', 'internal']) this.refused.inc({ reason }, 0);
-    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
   }
 
   /** Where the open discovery streams are read at each scrape (DiscoveryServer.status). */

@@ -105,6 +105,13 @@ export class RequestMetrics {
   }
 }
 
+/**
+ * How often the event loop's delay is sampled for the default process metrics. prom-client's
+ * default, 10 ms, wakes an idle process 100 times a second: 0.9 % of a core for a proxy that has
+ * nothing to do. Every 100 ms still sees any stall worth a look.
+ */
+export const EVENT_LOOP_SAMPLE_MS = 100;
+
 interface Observer { observe(value: number): void }
 const SERIES_CACHE_LIMIT = 10_000;
 
@@ -141,7 +148,7 @@ export class MeshMetrics {
     this.tcpClosed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'TCP connections closed', labelNames, registers, collect });
     this.tcpSent = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent in the response direction (destination to source), as Istio counts them', labelNames, registers, collect });
     this.tcpReceived = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received in the request direction (source to destination), as Istio counts them', labelNames, registers, collect });
-    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'ambit_process_' });
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'ambit_process_', eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
   }
 
   /**
