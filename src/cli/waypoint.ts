@@ -14,6 +14,7 @@ import { readState } from '../local/state.js';
 import { TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, USE_WAYPOINT, WAYPOINT_CLASS } from '../control/model.js';
 import { splitPemBundle } from '../identity/pki.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
+import { cpuProfileFromEnv } from '../telemetry/profile.js';
 import { logger } from '../telemetry/log.js';
 import { parseSamplingPercent, validateTracingOptions } from '../telemetry/tracing.js';
 import { CliError } from './errors.js';
@@ -259,7 +260,12 @@ export function register(program: Command): void {
         controller: { address: opts.controller, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)).slice(-1) },
         listen: { host: l[1]!, port: Number(l[2]) }, log, accessLog: logger('access'), tracing: tracingOptions(opts.tracingEndpoint, opts.tracingSampling),
       });
-      const stop = () => void wp.close().finally(() => process.exit(0));
+      // AMBIT_CPU_PROFILE_DIR: a V8 CPU profile of this waypoint, written when it stops (benches).
+      const profiler = await cpuProfileFromEnv(`waypoint.${m[1]}.${m[2]}`);
+      const stop = () => void wp.close().finally(async () => {
+        if (profiler) log.info({ profile: await profiler.stop() }, 'CPU profile written');
+        process.exit(0);
+      });
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
       await new Promise(() => { /* serves until a signal */ });

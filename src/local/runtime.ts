@@ -407,9 +407,9 @@ export class Runtime {
     const spec: PodSpec = {
       serviceAccountName: name, restartPolicy: 'Always', terminationGracePeriodSeconds: 10,
       containers: [{
-        // A bench's build (AMBIT_DIST, bin/ambit.js) runs the waypoints too.
-        name: 'waypoint', cwd: this.layout.stateDir, env: process.env.AMBIT_DIST ? [{ name: 'AMBIT_DIST', value: process.env.AMBIT_DIST }] : [], ports: [{ name: 'hbone', containerPort: 15008, protocol: 'TCP' }],
-        argv: [process.execPath, ambitBin(), 'waypoint', 'run', '--name', `${namespace}/${name}`, '--controller', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
+        // A bench's build (AMBIT_DIST, bin/ambit.js) runs the waypoints too, and its profiling settings reach them.
+        name: 'waypoint', cwd: this.layout.stateDir, env: WAYPOINT_ENV.flatMap((name) => (process.env[name] ? [{ name, value: process.env[name] }] : [])), ports: [{ name: 'hbone', containerPort: 15008, protocol: 'TCP' }],
+        argv: [process.execPath, ...nodeFlags(), ambitBin(), 'waypoint', 'run', '--name', `${namespace}/${name}`, '--controller', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
           '--token-file', tokenFile, '--ca-file', join(this.layout.stateDir, 'ca', 'ca-cert.pem'), ...tracingArgs],
         readinessProbe: { tcpSocket: { port: 15008 }, periodSeconds: 1, initialDelaySeconds: 0, timeoutSeconds: 1, failureThreshold: 1, successThreshold: 1 },
       }],
@@ -859,8 +859,11 @@ function orderForApply(resources: Resource[]): Resource[] {
   return [...resources].sort((a, b) => rank(a) - rank(b));
 }
 
+/** What of the daemon's environment reaches waypoint pods: a bench's build and its profiling settings. */
+const WAYPOINT_ENV = ['AMBIT_DIST', 'AMBIT_CPU_PROFILE_DIR', 'AMBIT_CPU_PROFILE_INTERVAL_US'] as const;
+
 /**
- * Node.js flags for the controller and the node agents: `AMBIT_NODE_OPTIONS` as the cluster's
+ * Node.js flags for the controller, the node agents and the waypoints: `AMBIT_NODE_OPTIONS` as the cluster's
  * daemon saw it, split on spaces, so a bench can trace them (`--trace-gc`, heap flags) without
  * touching the CLI's own Node. Not `--cpu-prof`: its SIGPROF makes the kernel's verifier give up
  * on the agent's programs (EAGAIN); AMBIT_CPU_PROFILE_DIR profiles once they are loaded.

@@ -5,7 +5,7 @@
  * Each TCP connection is reported twice, as in Istio: by the source's node agent
  * (`reporter="source"`) and by the destination's (`reporter="destination"`).
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** The labels of Istio's TCP metrics (see Istio's "standard metrics"). */
 export const TCP_LABELS = [
@@ -58,50 +58,162 @@ export function tcpLabels(reporter: 'source' | 'destination' | 'waypoint', sourc
 export const HTTP_LABELS = [...TCP_LABELS, 'response_code', 'grpc_response_status'] as const;
 export type HttpLabels = Record<(typeof HTTP_LABELS)[number], string>;
 
-/** Istio's request metrics, for waypoints (reporter "waypoint", as Istio's waypoints report). */
-export class RequestMetrics {
-  readonly requests: Counter<(typeof HTTP_LABELS)[number]>;
-  readonly duration: Histogram<(typeof HTTP_LABELS)[number]>;
-  readonly requestBytes: Histogram<(typeof HTTP_LABELS)[number]>;
-  readonly responseBytes: Histogram<(typeof HTTP_LABELS)[number]>;
+/** Istio's buckets for request durations (ms) and for request and response sizes (bytes). */
+export const DURATION_BUCKETS_MS = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000] as const;
+export const SIZE_BUCKETS = [1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000] as const;
 
-  constructor(registry: Registry) {
-    const labelNames = [...HTTP_LABELS];
-    const registers = [registry];
-    const bytes = [1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000];
-    this.requests = new Counter({ name: 'istio_requests_total', help: 'Requests', labelNames, registers });
-    this.duration = new Histogram({ name: 'istio_request_duration_milliseconds', help: 'Request duration (ms)', labelNames, registers, buckets: [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000] });
-    this.requestBytes = new Histogram({ name: 'istio_request_bytes', help: 'Request body sizes', labelNames, registers, buckets: bytes });
-    this.responseBytes = new Histogram({ name: 'istio_response_bytes', help: 'Response body sizes', labelNames, registers, buckets: bytes });
+/** One histogram's counts for one label set: per bucket (not cumulative), sum, count. */
+class HistogramCounts {
+  readonly buckets: Float64Array;
+  sum = 0;
+  count = 0;
+  constructor(private readonly bounds: readonly number[]) {
+    this.buckets = new Float64Array(bounds.length);
   }
 
-  /** The four series of one label set, looked up once by a caller's key rather than hashed per request. */
-  private readonly series = new Map<string, { requests: { inc(): void }; duration: Observer; requestBytes: Observer; responseBytes: Observer }>();
+  observe(value: number): void {
+    const b = this.bounds;
+    let i = 0;
+    while (i < b.length && value > b[i]!) i++;
+    if (i < b.length) this.buckets[i]!++;
+    this.sum += value;
+    this.count++;
+  }
+}
+
+/** The four request metrics of one label set. */
+interface RequestSeries {
+  readonly labels: HttpLabels;
+  requests: number;
+  readonly duration: HistogramCounts;
+  readonly requestBytes: HistogramCounts;
+  readonly responseBytes: HistogramCounts;
+}
+
+interface MetricValue { value: number; labels: Record<string, string | number>; metricName?: string; sharedLabels?: Record<string, string> }
+
+/**
+ * One of the request metrics as prom-client's registry reads it (`get`, `getForPromString`,
+ * `reset`), its values made from the series at read time.
+ */
+class SeriesView {
+  readonly aggregator = 'sum';
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly type: 'counter' | 'histogram',
+    private readonly values: () => MetricValue[],
+    private readonly clear: () => void,
+  ) {}
+
+  async getForPromString(): Promise<{ name: string; help: string; type: string; values: MetricValue[]; aggregator: string }> {
+    return { name: this.name, help: this.help, type: this.type, values: this.values(), aggregator: this.aggregator };
+  }
+
+  async get(): Promise<{ name: string; help: string; type: string; values: MetricValue[]; aggregator: string }> {
+    const data = await this.getForPromString();
+    // The JSON form carries every label on the value itself.
+    data.values = data.values.map(({ sharedLabels, labels, ...v }) => ({ ...v, labels: { ...sharedLabels, ...labels } }));
+    return data;
+  }
+
+  reset(): void {
+    this.clear();
+  }
+}
+
+/**
+ * Istio's request metrics, for waypoints (reporter "waypoint", as Istio's waypoints report):
+ * `istio_requests_total`, `istio_request_duration_milliseconds`, `istio_request_bytes` and
+ * `istio_response_bytes`, with Istio's buckets.
+ *
+ * prom-client checks and hashes the 21 labels on every increment and observation, four times per
+ * request, even through `labels()`. Here a request finds its series once (by the caller's key,
+ * or by its label values) and counts into plain numbers; the registry reads them as four metrics.
+ */
+export class RequestMetrics {
+  /** By label values: one series per label set, as Prometheus sees it. */
+  private readonly byLabels = new Map<string, RequestSeries>();
+  /** By the caller's key (which determines the labels): a cache in front of byLabels, bounded. */
+  private readonly byKey = new Map<string, RequestSeries>();
+
+  constructor(registry: Registry) {
+    const clear = () => {
+      this.byLabels.clear();
+      this.byKey.clear();
+    };
+    const views = [
+      new SeriesView('istio_requests_total', 'Requests', 'counter', () => [...this.byLabels.values()].map((s) => ({ value: s.requests, labels: s.labels })), clear),
+      new SeriesView('istio_request_duration_milliseconds', 'Request duration (ms)', 'histogram', () => this.histogramValues('istio_request_duration_milliseconds', DURATION_BUCKETS_MS, (s) => s.duration), clear),
+      new SeriesView('istio_request_bytes', 'Request body sizes', 'histogram', () => this.histogramValues('istio_request_bytes', SIZE_BUCKETS, (s) => s.requestBytes), clear),
+      new SeriesView('istio_response_bytes', 'Response body sizes', 'histogram', () => this.histogramValues('istio_response_bytes', SIZE_BUCKETS, (s) => s.responseBytes), clear),
+    ];
+    for (const v of views) registry.registerMetric(v as unknown as Parameters<Registry['registerMetric']>[0]);
+  }
 
   record(labels: HttpLabels, durationMs: number, requestBytes: number, responseBytes: number): void {
-    this.requests.inc(labels);
-    this.duration.observe(labels, durationMs);
-    this.requestBytes.observe(labels, requestBytes);
-    this.responseBytes.observe(labels, responseBytes);
+    this.count(this.seriesOf(labels), durationMs, requestBytes, responseBytes);
   }
 
   /**
-   * As record(), for a label set named by `key` (which must determine the labels): prom-client
-   * hashes some 25 labels on every call, four times per request; this does it once per key.
-   * Keys are kept up to SERIES_CACHE_LIMIT, then the cache starts over.
+   * As record(), for a label set named by `key` (which must determine the labels): the labels are
+   * built and looked up only the first time a key is seen. Keys are kept up to
+   * SERIES_CACHE_LIMIT, then that cache (not the series) starts over.
    */
   recordKeyed(key: string, labels: () => HttpLabels, durationMs: number, requestBytes: number, responseBytes: number): void {
-    let s = this.series.get(key);
+    let s = this.byKey.get(key);
     if (!s) {
-      const l = labels();
-      if (this.series.size >= SERIES_CACHE_LIMIT) this.series.clear();
-      s = { requests: this.requests.labels(l), duration: this.duration.labels(l), requestBytes: this.requestBytes.labels(l), responseBytes: this.responseBytes.labels(l) };
-      this.series.set(key, s);
+      s = this.seriesOf(labels());
+      if (this.byKey.size >= SERIES_CACHE_LIMIT) this.byKey.clear();
+      this.byKey.set(key, s);
     }
-    s.requests.inc();
+    this.count(s, durationMs, requestBytes, responseBytes);
+  }
+
+  /** Label sets seen (what the metrics expose). */
+  get size(): number {
+    return this.byLabels.size;
+  }
+
+  private count(s: RequestSeries, durationMs: number, requestBytes: number, responseBytes: number): void {
+    s.requests++;
     s.duration.observe(durationMs);
     s.requestBytes.observe(requestBytes);
     s.responseBytes.observe(responseBytes);
+  }
+
+  private seriesOf(labels: HttpLabels): RequestSeries {
+    // Each value prefixed by its length: no value, whatever it holds, can make two sets one key.
+    let key = '';
+    for (const name of HTTP_LABELS) {
+      const v = labels[name];
+      key += `${v.length}:${v}`;
+    }
+    let s = this.byLabels.get(key);
+    if (!s) {
+      const own = {} as HttpLabels;
+      for (const name of HTTP_LABELS) own[name] = labels[name];
+      s = { labels: own, requests: 0, duration: new HistogramCounts(DURATION_BUCKETS_MS), requestBytes: new HistogramCounts(SIZE_BUCKETS), responseBytes: new HistogramCounts(SIZE_BUCKETS) };
+      this.byLabels.set(key, s);
+    }
+    return s;
+  }
+
+  /** A histogram's exposition: cumulative `_bucket` lines with `le`, then `_sum` and `_count`, per series. */
+  private histogramValues(name: string, bounds: readonly number[], counts: (s: RequestSeries) => HistogramCounts): MetricValue[] {
+    const out: MetricValue[] = [];
+    for (const s of this.byLabels.values()) {
+      const h = counts(s);
+      let acc = 0;
+      for (let i = 0; i < bounds.length; i++) {
+        acc += h.buckets[i]!;
+        out.push({ value: acc, labels: { le: bounds[i]! }, sharedLabels: s.labels, metricName: `${name}_bucket` });
+      }
+      out.push({ value: h.count, labels: { le: '+Inf' }, sharedLabels: s.labels, metricName: `${name}_bucket` });
+      out.push({ value: h.sum, labels: {}, sharedLabels: s.labels, metricName: `${name}_sum` });
+      out.push({ value: h.count, labels: {}, sharedLabels: s.labels, metricName: `${name}_count` });
+    }
+    return out;
   }
 }
 
@@ -112,7 +224,6 @@ export class RequestMetrics {
  */
 export const EVENT_LOOP_SAMPLE_MS = 100;
 
-interface Observer { observe(value: number): void }
 const SERIES_CACHE_LIMIT = 10_000;
 
 /**
