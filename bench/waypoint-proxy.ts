@@ -5,7 +5,11 @@
  * test/unit/waypoint-proxy.test.ts builds it: client → waypoint (127.0.0.1) → stand-in node agent
  * (127.0.0.2:15008) → app. N keep-alive client connections each send requests one after the other.
  *
- *   npx tsx bench/waypoint-proxy.ts [--requests 20000] [--connections 4] [--cpu-prof DIR] [--no-report]
+ *   npx tsx bench/waypoint-proxy.ts [--requests 20000] [--connections 4] [--protocol http1|h2c|grpc] [--cpu-prof DIR] [--no-report]
+ *
+ * --protocol h2c: the client speaks HTTP/2 with prior knowledge inside its tunnel, the app is an
+ * h2c server, and the waypoint carries each request on the app's pooled h2c session; grpc: the
+ * same with gRPC unary calls (one framed message each way, grpc-status in the trailers).
  *
  * Reports requests per second and process CPU (user + system) per request for both paths and
  * their ratio; the difference is what the waypoint adds. The waypoint reports every request as the
@@ -15,7 +19,8 @@
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as http from 'node:http';
-import { connect, createServer, type Server } from 'node:net';
+import * as http2 from 'node:http2';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Session } from 'node:inspector/promises';
@@ -34,7 +39,11 @@ import { byteStream, socketLike, WaypointProxy } from '../src/waypoint/proxy.js'
 import { requestReporter } from '../src/waypoint/run.js';
 import { Router } from '../src/waypoint/routing.js';
 
-const { values } = parseArgs({ options: { requests: { type: 'string', default: '20000' }, connections: { type: 'string', default: '4' }, 'cpu-prof': { type: 'string' }, 'no-report': { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: { requests: { type: 'string', default: '20000' }, connections: { type: 'string', default: '4' }, protocol: { type: 'string', default: 'http1' }, 'cpu-prof': { type: 'string' }, 'no-report': { type: 'boolean', default: false } } });
+const PROTOCOLS = ['http1', 'h2c', 'grpc'] as const;
+type Protocol = (typeof PROTOCOLS)[number];
+if (!(PROTOCOLS as readonly string[]).includes(String(values.protocol))) throw new Error(`--protocol must be one of ${PROTOCOLS.join(', ')}, got "${values.protocol}"`);
+const PROTOCOL = values.protocol as Protocol;
 const REQUESTS = Number(values.requests);
 const CONNECTIONS = Number(values.connections);
 if (!Number.isInteger(REQUESTS) || REQUESTS < 100) throw new Error(`--requests must be an integer ≥ 100, got "${values.requests}"`);
@@ -66,9 +75,22 @@ async function main(): Promise<void> {
   closers.push(() => certs.close());
   const socket = (f: 4 | 6) => tcpSocket(f === 4 ? libc.AF_INET : libc.AF_INET6);
 
-  // The app: 1 KiB answers.
+  // The app: 1 KiB answers; over h2c for --protocol h2c and grpc (a unary call: one framed
+  // message each way, grpc-status 0 in the trailers).
   const body = 'x'.repeat(1024);
-  const app = http.createServer((_req, res) => res.end(body));
+  const grpcAnswer = grpcFrame(Buffer.from(body));
+  const app = PROTOCOL === 'http1'
+    ? http.createServer((_req, res) => res.end(body))
+    : http2.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        if (PROTOCOL === 'grpc') {
+          res.writeHead(200, { 'content-type': 'application/grpc' });
+          res.addTrailers({ 'grpc-status': '0' });
+          res.end(grpcAnswer);
+        } else res.end(body);
+      });
+    });
   const appPort = await listen(app, '127.0.0.1');
   // The stand-in node agent on 127.0.0.2:15008: every tunnel to the app.
   const agent = new HboneServer({
@@ -76,6 +98,8 @@ async function main(): Promise<void> {
     onTunnel: (stream) => {
       stream.respond({ ':status': 200 });
       const s = connect(appPort, '127.0.0.1');
+      // As the node agent's own sockets to an app: HTTP/2's separate HEADERS and DATA writes are not held back by Nagle.
+      s.setNoDelay(true);
       stream.pipe(s).pipe(stream);
       s.on('error', () => stream.destroy());
       stream.on('error', () => s.destroy());
@@ -107,7 +131,35 @@ async function main(): Promise<void> {
       ? { address: '127.0.0.1', port: waypointPort, identity: WAYPOINT, authority: `${VIP}:80` }
       : { address: AGENT_IP, identity: APP, authority: `${AGENT_IP}:8080` };
     const perConnection = Math.ceil(REQUESTS / CONNECTIONS);
-    const one = async () => {
+    const grpcRequest = grpcFrame(Buffer.from('ping'));
+    /** h2c (or gRPC unary) over a client tunnel: one session per connection, one stream per request. */
+    const oneH2 = async () => {
+      const tunnel = await pool.open({ pod: 'client', cert, roots: certs.trustBundle, socket }, target);
+      const session = http2.connect('http://http', { createConnection: () => byteStream(tunnel) as unknown as Socket });
+      session.on('error', () => undefined);
+      for (let i = 0; i < perConnection; i++) {
+        await new Promise<void>((resolve, reject) => {
+          const grpc = PROTOCOL === 'grpc';
+          const stream = session.request(grpc
+            ? { ':method': 'POST', ':path': '/bench.Echo/Unary', 'content-type': 'application/grpc', te: 'trailers', 'x-bench': 'a' }
+            : { ':method': 'GET', ':path': '/', 'x-bench': 'a' }, { endStream: !grpc });
+          let status = 0;
+          let grpcStatus: string | undefined;
+          stream.on('response', (h) => { status = Number(h[':status']); grpcStatus ??= h['grpc-status'] as string | undefined; });
+          stream.on('trailers', (t) => { grpcStatus = t['grpc-status'] as string | undefined; });
+          stream.on('error', reject);
+          stream.resume();
+          stream.on('end', () => {
+            if (status !== 200) reject(new Error(`answer ${status}`));
+            else if (grpc && grpcStatus !== '0') reject(new Error(`grpc-status ${grpcStatus ?? 'missing'}`));
+            else resolve();
+          });
+          if (grpc) stream.end(grpcRequest);
+        });
+      }
+      session.close();
+    };
+    const one = PROTOCOL !== 'http1' ? oneH2 : async () => {
       const tunnel = await pool.open({ pod: 'client', cert, roots: certs.trustBundle, socket }, target);
       const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
       (agent as unknown as { createConnection: () => unknown }).createConnection = () => socketLike(byteStream(tunnel));
@@ -151,10 +203,17 @@ async function main(): Promise<void> {
   if (records < viaWaypoint.requests) throw new Error(`the waypoint saw ${records} requests, fewer than the ${viaWaypoint.requests} sent through it`);
   const row = (name: string, r: { seconds: number; cpuUs: number; requests: number }) =>
     `${name.padEnd(18)} ${(r.requests / r.seconds).toFixed(0).padStart(8)} req/s   ${(r.cpuUs / r.requests).toFixed(1).padStart(7)} µs CPU/req`;
-  process.stdout.write(`${REQUESTS} requests, ${CONNECTIONS} keep-alive connections, one process (client, waypoint, agent, app)\n`);
+  process.stdout.write(`${REQUESTS} requests (${PROTOCOL === 'http1' ? 'HTTP/1.1' : PROTOCOL === 'h2c' ? 'HTTP/2 (h2c)' : 'gRPC unary over h2c'}), ${CONNECTIONS} keep-alive connections, one process (client, waypoint, agent, app)\n`);
   process.stdout.write(`${row('bare HBONE hop', bare)}\n${row('through waypoint', viaWaypoint)}\n`);
   const added = viaWaypoint.cpuUs / viaWaypoint.requests - bare.cpuUs / bare.requests;
   process.stdout.write(`waypoint adds ${added.toFixed(1)} µs CPU per request; CPU/request ratio ${(viaWaypoint.cpuUs / viaWaypoint.requests / (bare.cpuUs / bare.requests)).toFixed(2)}×\n`);
+}
+
+/** A gRPC message frame: not compressed, 4-byte big-endian length, the bytes. */
+function grpcFrame(message: Buffer): Buffer {
+  const head = Buffer.alloc(5);
+  head.writeUInt32BE(message.length, 1);
+  return Buffer.concat([head, message]);
 }
 
 main().then(async () => {
