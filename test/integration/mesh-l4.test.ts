@@ -165,8 +165,11 @@ describe('the ambient L4 data path', () => {
     const source = await metrics('node-1');
     expect(sum(source, 'istio_tcp_connections_opened_total', (l) => l.includes('reporter="source"') && both(l))).toBeGreaterThanOrEqual(1);
     expect(sum(source, 'ambit_redirect_counters', (l) => l.includes('counter="connect_redirected"'))).toBeGreaterThanOrEqual(1);
-    const log = readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8').split('\n').filter((l) => l.includes('"component":"access"')).map((l) => JSON.parse(l) as { reporter: string; source: { principal: string }; destination: { workload: string }; tls: { enabled: boolean } });
-    expect(log.some((e) => e.reporter === 'destination' && e.source.principal === 'spiffe://cluster.local/ns/mesh/sa/client' && e.destination.workload === 'server' && e.tls.enabled === true)).toBe(true);
+    // The agent writes its log in batches (up to a second late).
+    await until('the access-log line of the call', () => {
+      const log = readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8').split('\n').filter((l) => l.includes('"component":"access"')).map((l) => JSON.parse(l) as { reporter: string; source: { principal: string }; destination: { workload: string }; tls: { enabled: boolean } });
+      return log.some((e) => e.reporter === 'destination' && e.source.principal === 'spiffe://cluster.local/ns/mesh/sa/client' && e.destination.workload === 'server' && e.tls.enabled === true);
+    }, 5000);
     const workloads = await admin<{ enrolled: { name: string }[] }>('node-2', '/workloads');
     expect(workloads.enrolled.map((w) => w.name)).toEqual(['server']);
   });
@@ -220,8 +223,7 @@ spec:
     expect(deniedAfter).toBeLessThan(1000);
     expect(allowedAfter).toBeLessThan(1000);
     expect(allowListAfter).toBeLessThan(1000);
-    const log = readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8');
-    expect(log).toContain('"policy":"mesh/deny-client"');
+    await until('the denial in the access log', () => readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8').includes('"policy":"mesh/deny-client"'), 5000);
   }, 60_000);
 
   it('lets plaintext from outside the mesh in under PERMISSIVE and refuses it under STRICT', async () => {
@@ -275,8 +277,7 @@ spec: { mtls: { mode: STRICT } }
     const t = Date.now();
     expect(await get('mesh/client', '10.244.2.2', 9999)).toBe('error ECONNRESET');
     expect(Date.now() - t).toBeLessThan(5000);
-    const log = readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8');
-    expect(log).toMatch(/"port":9999.*"response_flags":"UF","error":"10\.244\.2\.2:9999: ECONNREFUSED"/);
+    await until('the refused call in the access log', () => /"port":9999.*"response_flags":"UF","error":"10\.244\.2\.2:9999: ECONNREFUSED"/.test(readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8')), 5000);
   });
 
   it('shows its config, pods, open connections and log level on the admin endpoint', async () => {

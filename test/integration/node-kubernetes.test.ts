@@ -319,7 +319,8 @@ describe('ambit node --kubernetes', () => {
       const r = await get(agent.admin, '/workloads').catch(() => undefined);
       return r && (JSON.parse(r.body) as { enrolled: unknown[] }).enrolled.length > 0;
     }, 30_000).catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
-    expect(agent.output()).toMatch(/"adopted":true/);
+    // The agent writes its log in batches (up to a second late).
+    await until('the adoption logged', () => /"adopted":true/.test(agent.output()), 5000);
     // kubectl delete -f removes the agent's Role right after its DaemonSet: by SIGTERM the agent
     // may not read its DaemonSet any more. It saw the deletion through its watch.
     await until('the agent watching its DaemonSet', () => api.watchCount('daemonsets') > 0, 10_000);

@@ -13,6 +13,18 @@ import { cli, until } from './helpers/cli.js';
 
 const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-wp-'));
 const CLUSTER = `wp${Math.random().toString(36).slice(2, 6)}`;
+
+/**
+ * The waypoint's log once every pattern is in it: the waypoint writes its log in batches (up to a
+ * second late), so a line about a request just answered may not be there yet.
+ */
+async function waypointLog(...patterns: (RegExp | string)[]): Promise<string> {
+  const file = join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log');
+  const has = (text: string) => patterns.every((p) => (typeof p === 'string' ? text.includes(p) : p.test(text)));
+  await until(`the waypoint's log to show ${patterns.join(', ')}`, () => has(readFileSync(file, 'utf8')), 5000, 100).catch(() => undefined);
+  // Whatever it holds by then: the test's own expectations say what is missing.
+  return readFileSync(file, 'utf8');
+}
 const stateDir = join(stateRoot, CLUSTER);
 const dir = mkdtempSync(join(tmpdir(), 'ambit-wp-m-'));
 const env = { ...process.env, AMBIT_LOCAL_STATE: stateRoot };
@@ -269,7 +281,7 @@ spec:
     // Binomial(2000, 0.1): sd 13.4; ±4 sd.
     expect(seen['200 v2']).toBeGreaterThan(200 - 54);
     expect(seen['200 v2']).toBeLessThan(200 + 54);
-    const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
+    const log = await waypointLog('"route":"shop/reviews');
     expect(log).toContain('"route":"shop/reviews');
     // Istio's request metrics from the waypoint, by destination version.
     const ip = /shop\s+waypoint\s+Running 1\/1\s+(10\.244\.\d+\.\d+)/.exec(await ok(['waypoint', 'list', '--cluster', CLUSTER]))![1]!;
@@ -324,7 +336,7 @@ spec:
     const f = Date.now();
     expect((await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', GET('/fault')])).trim()).toBe('418 fault filter abort');
     expect(Date.now() - f).toBeGreaterThanOrEqual(300);
-    const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
+    const log = await waypointLog(/"code":418,"flags":"FI"/, /"code":200,"flags":"-","duration_ms":\d+,"bytes":\d+,"attempts":2/, /"code":504,"flags":"UT"/);
     expect(log).toMatch(/"code":418,"flags":"FI"/);
     expect(log).toMatch(/"code":200,"flags":"-","duration_ms":\d+,"bytes":\d+,"attempts":2/);
     expect(log).toMatch(/"code":504,"flags":"UT"/);
@@ -348,7 +360,7 @@ spec:
     const all = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', PAR])) as string[];
     expect(all.filter((a) => a === '200 waited'), JSON.stringify(all)).toHaveLength(2);
     expect(all.filter((a) => a === '503 upstream overflow')).toHaveLength(2);
-    const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
+    const log = await waypointLog(/"code":503,"flags":"UO"/);
     expect(log).toMatch(/"code":503,"flags":"UO"/);
   }, 60_000);
 
@@ -367,7 +379,7 @@ spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit
     }, 30_000, 300);
     // Five tokens a minute: whatever the first run took, the rest of this one is refused.
     expect(out.at(-1)).toBe('429 5 0');
-    const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
+    const log = await waypointLog(/"code":429,"flags":"RL"/);
     expect(log).toMatch(/"code":429,"flags":"RL"/);
   }, 60_000);
 
@@ -381,7 +393,7 @@ spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit
     expect(await get('/%61dmin')).toBe('403 RBAC: access denied');
     expect(await get('/administrator')).toMatch(/^200 v[12] /);
     expect(await get('/')).toMatch(/^200 v[12] /);
-    const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
+    const log = await waypointLog(/"path":"\/admin\/users","authority":"reviews"[^\n]*"code":403[^\n]*"authorization":"denied by DENY policy shop\/reviews-no-admin"/);
     expect(log).toMatch(/"path":"\/admin\/users","authority":"reviews"[^\n]*"code":403[^\n]*"authorization":"denied by DENY policy shop\/reviews-no-admin"/);
   }, 60_000);
 
@@ -394,7 +406,7 @@ spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit
     // Each answer came as its message was sent (300 ms apart), not all at the end.
     expect(out.gaps[1]).toBeGreaterThan(150);
     expect(out.gaps[2]).toBeGreaterThan(150);
-    const log = readFileSync(join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log'), 'utf8');
+    const log = await waypointLog(/"path":"\/test.Echo\/Unary","authority":"echo:50051","protocol":"HTTP\/2"\}[^\n]*"code":200[^\n]*"grpc_status":"5"/, /"path":"\/test.Echo\/Chat"[^\n]*"grpc_status":"0"/);
     expect(log).toMatch(/"path":"\/test.Echo\/Unary","authority":"echo:50051","protocol":"HTTP\/2"\}[^\n]*"code":200[^\n]*"grpc_status":"5"/);
     expect(log).toMatch(/"path":"\/test.Echo\/Chat"[^\n]*"grpc_status":"0"/);
   }, 60_000);
