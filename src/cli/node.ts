@@ -16,7 +16,7 @@ import { CniServer } from '../node/cni-server.js';
 import { HboneLimitsError, parseHboneLimits, type HboneLimits } from '../node/hbone-limits.js';
 import { ProcPodLocator } from '../node/pod-locator.js';
 import { CLEANUP_DEFAULTS, cleanupNode, DaemonSetWatch, freshTokenClient } from '../node/uninstall.js';
-import { bufferLogs, logger } from '../telemetry/log.js';
+import { logger } from '../telemetry/log.js';
 import { listenUnix, localServer, sendJson } from '../util/local-http.js';
 import { report, type Check } from './checks.js';
 import { CliError } from './errors.js';
@@ -161,8 +161,6 @@ export function register(program: Command): void {
     .option('--drain-seconds <n>', 'how long connections of a pod leaving the mesh may take to finish', '5')
     .option('--hbone-limits <list>', 'HBONE limits over the defaults, NAME=VALUE comma-separated (maxStreamsPerPeer=1024,streamWindow=512Ki; docs/DATAPATH.md)', process.env.AMBIT_HBONE_LIMITS)
     .action(async (opts: NodeOpts) => {
-      // A line per connection: written in batches (telemetry/log.ts).
-      bufferLogs();
       for (const [flag, value] of [['--node <name>', opts.node], ['--controller <host:port>', opts.controller], ['--token-file <file>', opts.tokenFile], ['--ca-file <file>', opts.caFile]] as const) {
         if (!value) throw new CliError(`required option '${flag}' not specified`);
       }

@@ -15,7 +15,7 @@ import { TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, USE_WAYPOINT,
 import { splitPemBundle } from '../identity/pki.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { cpuProfileFromEnv } from '../telemetry/profile.js';
-import { bufferLogs, logger } from '../telemetry/log.js';
+import { logger } from '../telemetry/log.js';
 import { parseSamplingPercent, validateTracingOptions } from '../telemetry/tracing.js';
 import { CliError } from './errors.js';
 import { readFlagFile, tokenFile } from './files.js';
@@ -254,8 +254,6 @@ export function register(program: Command): void {
       if (!l || Number(l[2]) > 65535) throw new CliError(`--listen must be HOST:PORT, got "${opts.listen}"`);
       for (let i = 0; i < 600 && !existsSync(opts.caFile); i++) await new Promise((r) => setTimeout(r, 100));
       const { Waypoint } = await import('../waypoint/run.js');
-      // A line per request: written in batches (telemetry/log.ts).
-      bufferLogs();
       const log = logger('waypoint');
       const wp = await Waypoint.start({
         namespace: m[1]!, name: m[2]!, trustDomain: opts.trustDomain,

@@ -165,7 +165,7 @@ describe('the ambient L4 data path', () => {
     const source = await metrics('node-1');
     expect(sum(source, 'istio_tcp_connections_opened_total', (l) => l.includes('reporter="source"') && both(l))).toBeGreaterThanOrEqual(1);
     expect(sum(source, 'ambit_redirect_counters', (l) => l.includes('counter="connect_redirected"'))).toBeGreaterThanOrEqual(1);
-    // The agent writes its log in batches (up to a second late).
+    // The access-log line is written when the connection closes, which may come after the call returned.
     await until('the access-log line of the call', () => {
       const log = readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8').split('\n').filter((l) => l.includes('"component":"access"')).map((l) => JSON.parse(l) as { reporter: string; source: { principal: string }; destination: { workload: string }; tls: { enabled: boolean } });
       return log.some((e) => e.reporter === 'destination' && e.source.principal === 'spiffe://cluster.local/ns/mesh/sa/client' && e.destination.workload === 'server' && e.tls.enabled === true);

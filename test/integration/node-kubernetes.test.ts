@@ -319,7 +319,7 @@ describe('ambit node --kubernetes', () => {
       const r = await get(agent.admin, '/workloads').catch(() => undefined);
       return r && (JSON.parse(r.body) as { enrolled: unknown[] }).enrolled.length > 0;
     }, 30_000).catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
-    // The agent writes its log in batches (up to a second late).
+    // Logged as the pod is adopted, which may come a moment after its enrollment is visible.
     await until('the adoption logged', () => /"adopted":true/.test(agent.output()), 5000);
     // kubectl delete -f removes the agent's Role right after its DaemonSet: by SIGTERM the agent
     // may not read its DaemonSet any more. It saw the deletion through its watch.

@@ -15,8 +15,8 @@ const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-wp-'));
 const CLUSTER = `wp${Math.random().toString(36).slice(2, 6)}`;
 
 /**
- * The waypoint's log once every pattern is in it: the waypoint writes its log in batches (up to a
- * second late), so a line about a request just answered may not be there yet.
+ * The waypoint's log once every pattern is in it: a request's access-log line is written when it
+ * ends, which may come after the client has its answer.
  */
 async function waypointLog(...patterns: (RegExp | string)[]): Promise<string> {
   const file = join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log');
