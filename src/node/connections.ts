@@ -194,25 +194,21 @@ export function splice(a: Duplex, b: Duplex, done: (error?: Error) => void, opts
     sweeper.add(join);
   }
   const counter = opts.counter;
-  a.on('data', (chunk: Buffer) => {
-    if (counter) counter.received += chunk.length;
-    if (sweeper) join.last = sweeper.now;
-    if (!b.write(chunk)) {
-      a.pause();
-      b.once('drain', () => a.resume());
-    }
-  });
-  b.on('data', (chunk: Buffer) => {
-    if (counter) counter.sent += chunk.length;
-    if (sweeper) join.last = sweeper.now;
-    if (!a.write(chunk)) {
-      b.pause();
-      a.once('drain', () => b.resume());
-    }
-  });
-  // 'end' and 'close' come once: `on`, not `once`, which wraps each listener in two more objects.
-  a.on('end', () => b.end());
-  b.on('end', () => a.end());
+  // One direction: counts, marks activity, writes, and stops reading while `to` is full.
+  // 'end' comes once: `on`, not `once`, which wraps each listener in two more objects.
+  const relay = (from: Duplex, to: Duplex, counted: keyof ByteCounter) => {
+    from.on('data', (chunk: Buffer) => {
+      if (counter) counter[counted] += chunk.length;
+      if (sweeper) join.last = sweeper.now;
+      if (!to.write(chunk)) {
+        from.pause();
+        to.once('drain', () => from.resume());
+      }
+    });
+    from.on('end', () => to.end());
+  };
+  relay(a, b, 'received');
+  relay(b, a, 'sent');
   a.on('error', fail(a, b));
   b.on('error', fail(b, a));
   const onClose = () => { if (++closed === 2) finish(); };
