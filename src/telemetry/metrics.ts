@@ -58,6 +58,19 @@ export function tcpLabels(reporter: 'source' | 'destination' | 'waypoint', sourc
 export const HTTP_LABELS = [...TCP_LABELS, 'response_code', 'grpc_response_status'] as const;
 export type HttpLabels = Record<(typeof HTTP_LABELS)[number], string>;
 
+/**
+ * A label set's values as one string, each prefixed by its length: no value, whatever it holds,
+ * can make two sets one key.
+ */
+function labelKey<N extends string>(names: readonly N[], labels: Record<N, string>): string {
+  let key = '';
+  for (const name of names) {
+    const v = labels[name];
+    key += `${v.length}:${v}`;
+  }
+  return key;
+}
+
 /** Istio's buckets for request durations (ms) and for request and response sizes (bytes). */
 export const DURATION_BUCKETS_MS = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000] as const;
 export const SIZE_BUCKETS = [1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000] as const;
@@ -183,12 +196,7 @@ export class RequestMetrics {
   }
 
   private seriesOf(labels: HttpLabels): RequestSeries {
-    // Each value prefixed by its length: no value, whatever it holds, can make two sets one key.
-    let key = '';
-    for (const name of HTTP_LABELS) {
-      const v = labels[name];
-      key += `${v.length}:${v}`;
-    }
+    const key = labelKey(HTTP_LABELS, labels);
     let s = this.byLabels.get(key);
     if (!s) {
       const own = {} as HttpLabels;
@@ -267,12 +275,7 @@ export class MeshMetrics {
    * counts reach the counters at the next read of the metrics.
    */
   takeTcp(labels: TcpLabels): TcpSeries {
-    // Each value prefixed by its length: no value, whatever it holds, can make two sets one key.
-    let key = '';
-    for (const name of TCP_LABELS) {
-      const v = labels[name];
-      key += `${v.length}:${v}`;
-    }
+    const key = labelKey(TCP_LABELS, labels);
     const found = this.tcp.get(key);
     if (found) {
       found.users++;
