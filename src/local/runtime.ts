@@ -237,7 +237,7 @@ export class Runtime {
    */
   private componentEnv(): Record<string, string> {
     const env: Record<string, string> = { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' };
-    for (const key of ['AMBIT_CPU_PROFILE_DIR', 'AMBIT_CPU_PROFILE_INTERVAL_US', 'AMBIT_DIST', 'AMBIT_HBONE_LIMITS']) {
+    for (const key of [...BUILD_AND_PROFILE_ENV, 'AMBIT_HBONE_LIMITS']) {
       const value = process.env[key];
       if (value) env[key] = value;
     }
@@ -408,7 +408,7 @@ export class Runtime {
       serviceAccountName: name, restartPolicy: 'Always', terminationGracePeriodSeconds: 10,
       containers: [{
         // A bench's build (AMBIT_DIST, bin/ambit.js) runs the waypoints too, and its profiling settings reach them.
-        name: 'waypoint', cwd: this.layout.stateDir, env: WAYPOINT_ENV.flatMap((name) => (process.env[name] ? [{ name, value: process.env[name] }] : [])), ports: [{ name: 'hbone', containerPort: 15008, protocol: 'TCP' }],
+        name: 'waypoint', cwd: this.layout.stateDir, env: BUILD_AND_PROFILE_ENV.flatMap((name) => (process.env[name] ? [{ name, value: process.env[name] }] : [])), ports: [{ name: 'hbone', containerPort: 15008, protocol: 'TCP' }],
         argv: [process.execPath, ...nodeFlags(), ambitBin(), 'waypoint', 'run', '--name', `${namespace}/${name}`, '--controller', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
           '--token-file', tokenFile, '--ca-file', join(this.layout.stateDir, 'ca', 'ca-cert.pem'), ...tracingArgs],
         readinessProbe: { tcpSocket: { port: 15008 }, periodSeconds: 1, initialDelaySeconds: 0, timeoutSeconds: 1, failureThreshold: 1, successThreshold: 1 },
@@ -859,8 +859,8 @@ function orderForApply(resources: Resource[]): Resource[] {
   return [...resources].sort((a, b) => rank(a) - rank(b));
 }
 
-/** What of the daemon's environment reaches waypoint pods: a bench's build and its profiling settings. */
-const WAYPOINT_ENV = ['AMBIT_DIST', 'AMBIT_CPU_PROFILE_DIR', 'AMBIT_CPU_PROFILE_INTERVAL_US'] as const;
+/** What of the daemon's environment reaches the controller, the node agents and waypoint pods: a bench's build and its profiling settings. */
+const BUILD_AND_PROFILE_ENV = ['AMBIT_DIST', 'AMBIT_CPU_PROFILE_DIR', 'AMBIT_CPU_PROFILE_INTERVAL_US'] as const;
 
 /**
  * Node.js flags for the controller, the node agents and the waypoints: `AMBIT_NODE_OPTIONS` as the cluster's
