@@ -32,10 +32,10 @@ import { join } from 'node:path';
 import * as tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { CertificateAuthority, FileCaStore } from '../src/identity/ca.js';
 import { CertManager } from '../src/identity/cert-manager.js';
 import { DEFAULT_HBONE_LIMITS, HboneLimiter, type HboneLimits } from '../src/node/hbone-limits.js';
 import { HboneServer } from '../src/node/hbone.js';
+import { meshCertManager } from './lib.js';
 
 const SERVER = 'spiffe://cluster.local/ns/bench/sa/app';
 const PEER = 'spiffe://cluster.local/ns/bench/sa/flood';
@@ -50,19 +50,9 @@ const LEGACY: Partial<HboneLimits> = {
 
 interface AgentReport { rss: number; heapUsed: number; external: number; arrayBuffers: number; usage: { connections: number; streams: number }; refused: Record<string, number> }
 
-async function certManager(dir: string): Promise<CertManager> {
-  const ca = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'ca')) });
-  const certs = new CertManager({ source: {
-    createCertificate: async (csr: string, identity: string, ttl: number) => (await ca.sign({ csr, identity, ttlSeconds: ttl })).chain,
-    trustBundle: () => Promise.resolve(ca.trustBundle()),
-  } });
-  await certs.start();
-  return certs;
-}
-
 /** The child: the agent's listener and an echo app; answers 'report' with its memory and counts. */
 async function agent(dir: string, limits: Partial<HboneLimits>): Promise<void> {
-  const certs = await certManager(dir);
+  const certs = await meshCertManager(dir);
   // Port 80 of the app echoes; port 81 accepts and never reads (an app that has stalled).
   const echo = createServer((s) => { s.on('error', () => undefined); s.pipe(s); });
   const stalled = createServer((s) => { s.on('error', () => undefined); s.pause(); });
@@ -134,7 +124,7 @@ async function main(): Promise<void> {
   };
   process.once('SIGINT', () => { cleanup(); process.exit(130); });
   try {
-    const certs = await certManager(dir);
+    const certs = await meshCertManager(dir);
     const cert = await certs.acquire(PEER);
     await certs.acquire(SERVER);
     const agentProcess = fork(fileURLToPath(import.meta.url), [], {

@@ -28,8 +28,6 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { destination as pinoDestination, pino } from 'pino';
-import { CertificateAuthority, FileCaStore } from '../src/identity/ca.js';
-import { CertManager } from '../src/identity/cert-manager.js';
 import { L4Authorizer } from '../src/node/authz.js';
 import { ConnectionTracker, splice, type ConnectionInfo } from '../src/node/connections.js';
 import { HbonePool, HboneServer, type HboneSource } from '../src/node/hbone.js';
@@ -38,7 +36,7 @@ import * as libc from '../native/libc.js';
 import { MeshMetrics } from '../src/telemetry/metrics.js';
 import { silentLogger } from '../src/telemetry/log.js';
 import type { ConfigObject, Workload } from '../src/control/model.js';
-import { machine, mdTable, fmt, RESULTS, round, say, shuffled, table } from './lib.js';
+import { fmt, machine, mdTable, meshCertManager, RESULTS, round, say, shuffled, table } from './lib.js';
 
 const USAGE = `usage: npx tsx bench/hop-parts.ts [--rounds N] [--out DIR]
   --rounds N   interleaved rounds; each figure is their median (default 5)
@@ -114,12 +112,7 @@ async function main(): Promise<void> {
   const cleanups: (() => unknown)[] = [() => rmSync(dir, { recursive: true, force: true })];
   try {
     // ---- the mesh CA and one certificate per side
-    const ca = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'ca')) });
-    const certs = new CertManager({ source: {
-      createCertificate: async (csr: string, identity: string, ttl: number) => (await ca.sign({ csr, identity, ttlSeconds: ttl })).chain,
-      trustBundle: () => Promise.resolve(ca.trustBundle()),
-    } });
-    await certs.start();
+    const certs = await meshCertManager(dir);
     cleanups.push(() => certs.close());
     const clientCert = await certs.acquire(CLIENT_ID);
 

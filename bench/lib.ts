@@ -17,8 +17,21 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { stringify } from 'yaml';
 import { ClusterLayout } from '../src/local/layout.js';
+import { CertificateAuthority, FileCaStore } from '../src/identity/ca.js';
+import { CertManager } from '../src/identity/cert-manager.js';
 
 export const HERE = dirname(fileURLToPath(import.meta.url));
+
+/** A mesh CA in `dir` and a started CertManager on it: in-process benches' workload certificates. */
+export async function meshCertManager(dir: string): Promise<CertManager> {
+  const ca = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'ca')) });
+  const certs = new CertManager({ source: {
+    createCertificate: async (csr: string, identity: string, ttl: number) => (await ca.sign({ csr, identity, ttlSeconds: ttl })).chain,
+    trustBundle: () => Promise.resolve(ca.trustBundle()),
+  } });
+  await certs.start();
+  return certs;
+}
 /** The checkout the bench runs from. */
 const ROOT = dirname(HERE);
 const AMBIT_CLI = join(HERE, '..', 'bin', 'ambit.js');

@@ -27,8 +27,6 @@ import { Session } from 'node:inspector/promises';
 import { parseArgs } from 'node:util';
 import * as libc from '../native/libc.js';
 import type { Service, Workload } from '../src/control/model.js';
-import { CertificateAuthority, FileCaStore } from '../src/identity/ca.js';
-import { CertManager } from '../src/identity/cert-manager.js';
 import { HbonePool, HboneServer } from '../src/node/hbone.js';
 import { tcpSocket } from '../src/node/netns.js';
 import { L7Authorizer } from '../src/waypoint/authz.js';
@@ -38,6 +36,7 @@ import { createTracer } from '../src/telemetry/tracing.js';
 import { byteStream, socketLike, WaypointProxy } from '../src/waypoint/proxy.js';
 import { requestReporter } from '../src/waypoint/run.js';
 import { Router } from '../src/waypoint/routing.js';
+import { meshCertManager } from './lib.js';
 
 const { values } = parseArgs({ options: { requests: { type: 'string', default: '20000' }, connections: { type: 'string', default: '4' }, protocol: { type: 'string', default: 'http1' }, 'cpu-prof': { type: 'string' }, 'no-report': { type: 'boolean', default: false } } });
 const PROTOCOLS = ['http1', 'h2c', 'grpc'] as const;
@@ -66,12 +65,7 @@ function listen(server: Server | http.Server, host: string, port = 0): Promise<n
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ambit-wpbench-'));
   closers.push(() => rmSync(dir, { recursive: true, force: true }));
-  const ca = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'ca')) });
-  const certs = new CertManager({ source: {
-    createCertificate: async (csr: string, identity: string, ttl: number) => (await ca.sign({ csr, identity, ttlSeconds: ttl })).chain,
-    trustBundle: () => Promise.resolve(ca.trustBundle()),
-  } });
-  await certs.start();
+  const certs = await meshCertManager(dir);
   closers.push(() => certs.close());
   const socket = (f: 4 | 6) => tcpSocket(f === 4 ? libc.AF_INET : libc.AF_INET6);
 
