@@ -42,7 +42,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DEFAULT_HBONE_LIMITS, hboneLimits } from '../src/node/hbone-limits.js';
 import {
   BenchRun, COMMON_USAGE, Cluster, HERE, METRICS_PORT, MESH_LABEL, RESULTS, SATURATED_S, UsageError, agents, build, comparePercentiles, cpuDelta, cpuFields, cpuSample,
-  fetchMetrics, fixedRateRuns, fmt, fmtSigned, haproxyCommon, haproxyStats, haproxyTcpRoutes, haproxyTlsBind, haproxyTlsServer, idleCpuPercent, intListArg,
+  fetchMetrics, fixedRateRuns, fmt, httpLoader, fmtSigned, haproxyCommon, haproxyStats, haproxyTcpRoutes, haproxyTlsBind, haproxyTlsServer, idleCpuPercent, intListArg,
   interrupted, loadAtStart, loadNow, machine, makeCertificates, mdMachineLine, mdTable, namespace, need, parseBenchOptions, parseMetrics, pod, podOf, podProcess,
   prepareAmbit, reachable, round, runFields, runMain, runWarnings, say, table, tail, version, vmRssKb, warn, writeManifests,
   type CommonOptions, type Doc, type Endpoint, type Percentiles, type Proxy, type RateScenario, type Status,
@@ -370,7 +370,7 @@ async function main(): Promise<void> {
   bench.handleSignals();
 
   try {
-    const loadBin = build(tools.cc, tmp, 'http-load');
+    const load = httpLoader(cluster, build(tools.cc, tmp, 'http-load'));
     const serverBin = build(tools.cc, tmp, 'http-server');
     const certs = tools.openssl ? certificates(tools.openssl, tmp) : undefined;
     const haproxyVersion = tools.haproxy ? version(tools.haproxy, ['-v']) : '';
@@ -463,7 +463,7 @@ async function main(): Promise<void> {
     // ---- every path answers before anything is measured
     for (const s of scenarios) {
       if (interrupted()) return;
-      const why = await reachable(cluster, loadBin, s);
+      const why = await reachable(load, s);
       if (why) {
         s.unreachable = why;
         warn(`${s.label}: ${s.http.ip}:${s.http.port} does not answer from ${s.ns}/client; the scenario is skipped: ${why}`);
@@ -507,7 +507,7 @@ async function main(): Promise<void> {
     const idlePercent = await idleCpuPercent(allProxies, IDLE_SAMPLE_MS);
 
     // ---- latency at fixed rates, scenarios in a new random order per rate
-    const latency = await fixedRateRuns(cluster, loadBin, running, scenarios, options);
+    const latency = await fixedRateRuns(load, running, scenarios, options);
     if (!latency) return;
     opened.push({ phase: 'after latency', ...await openedConnections(cluster, node2) });
     await haproxySnapshot('after latency');

@@ -738,23 +738,111 @@ export interface LoadResult {
 export interface LoadTarget {
   ns: string;
   http: Endpoint;
-  /** http-load's --host-header (default: the IP). */
-  hostHeader?: string;
+  /** The requests' Host (HTTP/1.1) or :authority (HTTP/2); default: the IP. */
+  host?: string;
+  /** Headers every request carries besides it. */
+  headers?: Record<string, string>;
 }
 
-export async function loadRun(cluster: Cluster, bin: string, s: LoadTarget, args: { rate: number; connections: number; duration: number; warmup: number }): Promise<LoadResult> {
-  const cmd = [bin, '--host', s.http.ip, '--port', String(s.http.port), '--rate', String(args.rate), '--connections', String(args.connections),
-    '--duration', String(args.duration), '--warmup', String(args.warmup), '--drain', String(DRAIN_S), ...(s.hostHeader ? ['--host-header', s.hostHeader] : [])];
-  const r = await cluster.exec(`${s.ns}/client`, cmd, (args.duration + args.warmup + DRAIN_S + 60) * 1000);
-  const line = r.stdout.trim().split('\n').pop() ?? '';
-  let result: LoadResult;
-  try {
-    result = JSON.parse(line) as LoadResult;
-  } catch {
-    throw new Error(`http-load in ${s.ns}/client gave no result (exit ${r.code}${r.timedOut ? ', timed out' : ''}):\n${tail(`${r.stdout}\n${r.stderr}`)}`);
+export interface LoadArgs { rate: number; connections: number; duration: number; warmup: number }
+
+/** A fixed-rate load from a scenario's client pod: one run, its counts and latencies. */
+export type Loader = (s: LoadTarget, args: LoadArgs) => Promise<LoadResult>;
+
+/**
+ * HTTP/1.1 keep-alive, bench/http-load.c (wrk2-style: latency from each request's scheduled send).
+ * http-load has no option for extra headers: they ride in --host-header's value, after its own
+ * CRLF.
+ */
+export function httpLoader(cluster: Cluster, bin: string): Loader {
+  return async (s, args) => {
+    const extra = Object.entries(s.headers ?? {}).map(([k, v]) => `\r\n${k}: ${v}`).join('');
+    const host = s.host || extra ? `${s.host ?? s.http.ip}${extra}` : undefined;
+    const cmd = [bin, '--host', s.http.ip, '--port', String(s.http.port), '--rate', String(args.rate), '--connections', String(args.connections),
+      '--duration', String(args.duration), '--warmup', String(args.warmup), '--drain', String(DRAIN_S), ...(host ? ['--host-header', host] : [])];
+    const r = await cluster.exec(`${s.ns}/client`, cmd, (args.duration + args.warmup + DRAIN_S + 60) * 1000);
+    const line = r.stdout.trim().split('\n').pop() ?? '';
+    let result: LoadResult;
+    try {
+      result = JSON.parse(line) as LoadResult;
+    } catch {
+      throw new Error(`http-load in ${s.ns}/client gave no result (exit ${r.code}${r.timedOut ? ', timed out' : ''}):\n${tail(`${r.stdout}\n${r.stderr}`)}`);
+    }
+    if (result.error) throw new Error(`http-load in ${s.ns}/client could not connect to ${s.http.ip}:${s.http.port}: ${result.first_error}`);
+    return result;
+  };
+}
+
+/** What an HTTP/2 load sends: GET, or POST with a body (gRPC unary: a framed message). */
+export interface H2Request { path: string; body?: string; headers?: Record<string, string> }
+
+/** Streams h2load may keep open per connection before a due request has to wait. */
+export const H2_STREAMS = 100;
+
+/**
+ * HTTP/2 with prior knowledge (h2c), h2load from nghttp2-client: `--rps` paces each connection at
+ * rate / connections, and `--log-file` gives every request's send time, status and duration.
+ * h2load sends a due request at once while fewer than H2_STREAMS are open on its connection, so
+ * the latencies run from the scheduled send as long as the path keeps up; when it does not,
+ * fewer requests are answered than were due, which the result reports (late, behind_schedule_s).
+ * The first `warmup` seconds of the log are left out of the percentiles.
+ */
+export function h2Loader(cluster: Cluster, h2load: string, logDir: string, request: H2Request): Loader {
+  let runs = 0;
+  return async (s, args) => {
+    const log = join(logDir, `h2load-${process.pid}-${++runs}.tsv`);
+    const perConnection = args.rate / args.connections;
+    const headers = { ...(s.host ? { ':authority': s.host } : {}), ...request.headers, ...s.headers };
+    const cmd = [h2load, '-c', String(args.connections), '-m', String(H2_STREAMS), '--rps', String(perConnection), '-D', String(args.duration + args.warmup),
+      '--log-file', log, ...Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]), ...(request.body ? ['-d', request.body] : []),
+      `http://${s.http.ip}:${s.http.port}${request.path}`];
+    try {
+      const r = await cluster.exec(`${s.ns}/client`, cmd, (args.duration + args.warmup + 60) * 1000);
+      const summary = /requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/.exec(r.stdout);
+      if (!summary) throw new Error(`h2load in ${s.ns}/client gave no result (exit ${r.code}${r.timedOut ? ', timed out' : ''}):\n${tail(`${r.stdout}\n${r.stderr}`)}`);
+      const [, started, done, , failed, errored, timeout] = summary.slice(1).map(Number) as number[];
+      const connects = Number(/(\d+) client\(s\)/.exec(r.stdout)?.[1] ?? args.connections);
+      if (done === 0 && started === 0) throw new Error(`h2load in ${s.ns}/client could not connect to ${s.http.ip}:${s.http.port}:\n${tail(`${r.stdout}\n${r.stderr}`)}`);
+      return h2Result(existsSync(log) ? readFileSync(log, 'utf8') : '', args, { started: started as number, done: done as number, failed: (failed as number) + (errored as number) + (timeout as number), connects });
+    } finally {
+      rmSync(log, { force: true });
+    }
+  };
+}
+
+/** An h2load run's result from its log (send µs since the epoch, status, µs to the end of the answer) and summary. */
+export function h2Result(log: string, args: LoadArgs, summary: { started: number; done: number; failed: number; connects: number }): LoadResult {
+  const rows: { start: number; status: number; us: number }[] = [];
+  for (const line of log.split('\n')) {
+    const [start, status, us] = line.split('\t').map(Number);
+    if (Number.isFinite(start) && Number.isFinite(status) && Number.isFinite(us)) rows.push({ start: start as number, status: status as number, us: us as number });
   }
-  if (result.error) throw new Error(`http-load in ${s.ns}/client could not connect to ${s.http.ip}:${s.http.port}: ${result.first_error}`);
-  return result;
+  const t0 = rows.reduce((m, r) => Math.min(m, r.start), Infinity);
+  const recorded = rows.filter((r) => r.start >= t0 + args.warmup * 1e6);
+  const ok = recorded.filter((r) => r.status >= 200 && r.status < 300);
+  const scheduled = Math.round(args.rate * args.duration);
+  const last = rows.reduce((m, r) => Math.max(m, r.start + r.us), -Infinity);
+  const latencies = percentiles(ok.map((r) => r.us));
+  const non200 = recorded.length - ok.length;
+  const late = Math.max(0, scheduled - recorded.length);
+  return {
+    rate: args.rate, scheduled, completed: ok.length, errors: non200 + summary.failed, late, completed_all: summary.done, 
+    // Failed streams, answers that were not 2xx, and the streams cut when the run stopped.
+    errors_all: summary.failed + (rows.length - rows.filter((r) => r.status >= 200 && r.status < 300).length) + Math.max(0, summary.started - summary.done),
+    non_200: non200, connects: summary.connects, connect_errors: 0, achieved_rps: round(ok.length / args.duration, 1),
+    // From the first send to the last answer; with every due request answered, warmup + duration.
+    elapsed_s: rows.length > 0 ? round((last - t0) / 1e6 + late / args.rate, 3) : NaN,
+    corrected_us: latencies, uncorrected_us: { ...latencies },
+    first_error: summary.failed > 0 ? `${summary.failed} of ${summary.started} streams failed, errored or timed out` : non200 > 0 ? `${non200} answers not 2xx` : '',
+  };
+}
+
+/** Percentiles (µs) of a list of latencies (µs). */
+export function percentiles(us: number[]): Percentiles {
+  const sorted = Float64Array.from(us).sort();
+  const at = (q: number) => (sorted.length === 0 ? NaN : round(sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] as number, 1));
+  const mean = sorted.length === 0 ? NaN : round(sorted.reduce((a, b) => a + b, 0) / sorted.length, 1);
+  return { p50: at(0.5), p75: at(0.75), p90: at(0.9), p99: at(0.99), p999: at(0.999), p9999: at(0.9999), max: at(1), mean };
 }
 
 /** A run that gave no result: every recorded request counts as failed. */
@@ -768,12 +856,12 @@ export function failedRun(rate: number, duration: number, why: string): LoadResu
 }
 
 /** A few requests through the scenario's path, retried while the servers start. */
-export async function reachable(cluster: Cluster, bin: string, s: LoadTarget, attempts = 6): Promise<string | undefined> {
+export async function reachable(load: Loader, s: LoadTarget, attempts = 6): Promise<string | undefined> {
   let last = '';
   for (let attempt = 0; attempt < attempts && !interruptedFlag; attempt++) {
     if (attempt > 0) await sleep(1000);
     try {
-      const r = await loadRun(cluster, bin, s, { rate: 50, connections: 1, duration: 1, warmup: 0 });
+      const r = await load(s, { rate: 50, connections: 1, duration: 1, warmup: 0 });
       if (r.completed === r.scheduled && r.errors === 0) return undefined;
       last = `${r.completed} of ${r.scheduled} requests answered (${r.first_error || 'late'})`;
     } catch (err) {
@@ -801,7 +889,7 @@ export interface RatePhase<K extends string> { rate: number; order: K[]; rows: L
  * proxies' CPU sampled around it; rows sorted back into `all`'s order. Undefined when interrupted.
  */
 export async function fixedRateRuns<K extends string>(
-  cluster: Cluster, bin: string, running: RateScenario<K>[], all: RateScenario<K>[], options: CommonOptions,
+  load: Loader, running: RateScenario<K>[], all: RateScenario<K>[], options: CommonOptions,
 ): Promise<RatePhase<K>[] | undefined> {
   const latency: RatePhase<K>[] = [];
   for (const rate of options.rates) {
@@ -814,7 +902,7 @@ export async function fixedRateRuns<K extends string>(
       const cpu0 = cpuSample(s.proxies);
       let result: LoadResult;
       try {
-        result = await loadRun(cluster, bin, s, { rate, connections: options.connections, duration: options.duration, warmup: options.warmup });
+        result = await load(s, { rate, connections: options.connections, duration: options.duration, warmup: options.warmup });
       } catch (err) {
         if (interruptedFlag) return undefined;
         warn(`${s.label} at ${rate} req/s: ${(err as Error).message}`);

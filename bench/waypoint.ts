@@ -15,10 +15,18 @@
  *                   waypoint's node; mode http, TLS in with verify required, an ACL on
  *                   `x-bench: a` → backend a, else backend b, TLS out) → haproxy-server → http-a
  * Every request carries `x-bench: a`. Run as root:
- *   npx tsx bench/waypoint.ts [--duration 20] [--warmup 2] [--rates 1000] [--connections 4] [--keep]
+ *   npx tsx bench/waypoint.ts [--protocol http1|h2c|grpc] [--duration 20] [--warmup 2] [--rates 1000] [--connections 4] [--keep]
  *
- * Per rate and scenario: latency at a fixed rate (bench/http-load.c, wrk2-style, from each
- * request's scheduled send time) against bench/http-server.c; the proxies' CPU per 1,000 requests
+ * --protocol picks what the client speaks, end to end:
+ *   http1  HTTP/1.1 keep-alive: bench/http-load.c (wrk2-style, latency from each request's
+ *          scheduled send time) against bench/http-server.c (1 KiB answers)
+ *   h2c    HTTP/2 with prior knowledge: h2load --rps (nghttp2-client) against nghttpd --no-tls
+ *          (1 KiB answers); the waypoint carries it on pooled upstream h2c sessions, haproxy-l7
+ *          speaks h2 on both sides (`proto h2`)
+ *   grpc   gRPC unary calls over h2c: h2load POSTs a framed 64-byte message with
+ *          `content-type: application/grpc` and `te: trailers` to /bench.Bench/Echo, nghttpd
+ *          answers a framed 1 KiB message with `grpc-status: 0` in the trailers
+ * Per rate and scenario: latency at a fixed rate; the proxies' CPU per 1,000 requests
  * (/proc utime + stime) for the whole proxy path and for the L7 proxy alone (the waypoint
  * process; haproxy-l7); the L7 hop's added latency (waypoint − L4; HAProxy L7 − pair) and the
  * ratio of the two; the RSS of the waypoint and of haproxy-l7 after the runs.
@@ -32,17 +40,19 @@
  *
  * The cluster (`l7hop-<random>`, state under the bench's temp dir) is removed at the end, on
  * failure and on Ctrl-C, unless --keep; then nothing of it may be left (netns, cgroup,
- * processes). Results: bench/results/waypoint.json and bench/results/waypoint.md.
+ * processes). Results: bench/results/waypoint.json and bench/results/waypoint.md (http1),
+ * waypoint-h2c.* and waypoint-grpc.* for the others.
  */
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  BenchRun, COMMON_USAGE, Cluster, HERE, MESH_LABEL, METRICS_PORT, RESULTS, SATURATED_S, agents, build, cpuFields, fetchMetrics, fixedRateRuns, fmt, fmtSigned,
+  BenchRun, COMMON_USAGE, Cluster, HERE, MESH_LABEL, METRICS_PORT, RESULTS, SATURATED_S, UsageError, agents, build, cpuFields, fetchMetrics, fixedRateRuns, fmt, fmtSigned,
+  H2_STREAMS, h2Loader, httpLoader,
   haproxyCommon, haproxyStats, haproxyTcpRoutes, haproxyTlsBind, haproxyTlsServer, idleCpuPercent, interrupted, loadAtStart, loadNow, machine,
   makeCertificates, mdMachineLine, mdTable, namespace, need, parseBenchOptions, parseMetrics, per1k, pod, podOf, podProcess, prepareAmbit, reachable, round,
   runFields, runMain, runWarnings, say, sourceDigest, table, version, vmRssKb, warn, writeManifests,
-  type Doc, type LatencyRow, type Percentiles, type Proxy, type RateScenario, type Sample,
+  type Doc, type LatencyRow, type Loader, type Percentiles, type Proxy, type RateScenario, type Sample,
 } from './lib.js';
 
 const IMAGE = 'ambit.dev/bench/waypoint';
@@ -58,12 +68,14 @@ const TLS_B = 8444;
 const L7_TLS = 8443;
 const BENCH_HEADER = 'x-bench';
 const BENCH_VALUE = 'a';
-/**
- * http-load has no option for extra headers (and bench/http-load.c is not this bench's to
- * change): the header rides in --host-header's value, after its own CRLF, so every request is
- * `GET / HTTP/1.1`, `Host: http`, `x-bench: a`.
- */
-const HOST_HEADER = `http\r\n${BENCH_HEADER}: ${BENCH_VALUE}`;
+/** Every request: Host (or :authority) `http`, `x-bench: a`. */
+const REQUEST = { host: 'http', headers: { [BENCH_HEADER]: BENCH_VALUE } };
+const PROTOCOLS = { http1: 'HTTP/1.1', h2c: 'HTTP/2 (h2c, prior knowledge)', grpc: 'gRPC unary (over h2c)' } as const;
+type Protocol = keyof typeof PROTOCOLS;
+/** The gRPC scenario's method, request message and answer (bytes of the protobuf payloads). */
+const GRPC_PATH = '/bench.Bench/Echo';
+const GRPC_REQUEST_BYTES = 64;
+const RESPONSE_BYTES = 1024;
 const REQUESTS_METRIC = 'istio_requests_total';
 const OPENED_METRIC = 'istio_tcp_connections_opened_total';
 const WAYPOINT_POD = 'waypoint-waypoint';
@@ -77,6 +89,7 @@ type ScenarioKey = 'ambit' | 'waypoint' | 'haproxy' | 'haproxy-l7';
 type Scenario = RateScenario<ScenarioKey>;
 
 const USAGE = `usage: npx tsx bench/waypoint.ts [options]   (as root)
+  --protocol P       http1 (default), h2c or grpc: what the client speaks, end to end
   --duration S       recorded seconds per rate per scenario (default 20)
   --warmup S         unrecorded seconds at the same rate before each run (default 2)
   --rates R,R        request rates, requests/s (default 1000)
@@ -88,10 +101,10 @@ ${COMMON_USAGE}`;
 // Manifests and configurations
 
 /** client on node-1, http-a and http-b (subsets a and b of Service http) on node-2. */
-function workloads(ns: string, tools: { sleep: string }, serverBin: string, service: boolean): Doc[] {
+function workloads(ns: string, tools: { sleep: string }, server: string[], service: boolean): Doc[] {
   const docs: Doc[] = [
     pod(ns, 'client', 'node-1', [tools.sleep, 'infinity'], { image: IMAGE }),
-    ...['a', 'b'].map((v) => pod(ns, `http-${v}`, 'node-2', [serverBin, String(HTTP_PORT)], { image: IMAGE, labels: { app: 'http', version: v }, readinessPort: HTTP_PORT })),
+    ...['a', 'b'].map((v) => pod(ns, `http-${v}`, 'node-2', server, { image: IMAGE, labels: { app: 'http', version: v }, readinessPort: HTTP_PORT })),
   ];
   if (service) {
     docs.push({
@@ -100,6 +113,39 @@ function workloads(ns: string, tools: { sleep: string }, serverBin: string, serv
     });
   }
   return docs;
+}
+
+/**
+ * What the servers run and the client sends, per protocol: bench/http-server.c and http-load for
+ * HTTP/1.1; nghttpd and h2load for h2c and gRPC, the files they serve and send written into `dir`.
+ */
+function protocolParts(protocol: Protocol, cluster: Cluster, tools: { cc: string; h2load?: string; nghttpd?: string }, dir: string): { server: string[]; load: Loader; loadBin?: string } {
+  if (protocol === 'http1') {
+    const loadBin = build(tools.cc, dir, 'http-load');
+    return { server: [build(tools.cc, dir, 'http-server'), String(HTTP_PORT)], load: httpLoader(cluster, loadBin), loadBin };
+  }
+  const [h2load, nghttpd] = [tools.h2load as string, tools.nghttpd as string];
+  const docroot = join(dir, `docroot-${protocol}`);
+  if (protocol === 'h2c') {
+    mkdirSync(docroot, { recursive: true });
+    writeFileSync(join(docroot, 'index.html'), Buffer.alloc(RESPONSE_BYTES, 'x'));
+    return { server: [nghttpd, '--no-tls', '-d', docroot, String(HTTP_PORT)], load: h2Loader(cluster, h2load, dir, { path: '/' }) };
+  }
+  // gRPC's length-prefixed message: a zero flag byte, the length (4 bytes, big-endian), the payload.
+  const framed = (bytes: number, fill: number) => {
+    const b = Buffer.alloc(5 + bytes, fill);
+    b[0] = 0;
+    b.writeUInt32BE(bytes, 1);
+    return b;
+  };
+  mkdirSync(join(docroot, dirname(GRPC_PATH)), { recursive: true });
+  writeFileSync(join(docroot, GRPC_PATH), framed(RESPONSE_BYTES, 0x2a));
+  const body = join(dir, 'grpc-request.bin');
+  writeFileSync(body, framed(GRPC_REQUEST_BYTES, 0x07));
+  return {
+    server: [nghttpd, '--no-tls', '-d', docroot, '--trailer', 'grpc-status: 0', String(HTTP_PORT)],
+    load: h2Loader(cluster, h2load, dir, { path: GRPC_PATH, body, headers: { 'content-type': 'application/grpc', te: 'trailers' } }),
+  };
 }
 
 /** The waypoint's routing: `x-bench: a` → subset a, anything else → subset b. */
@@ -150,12 +196,15 @@ ${haproxyTcpRoutes([
  * (the default, written out): idle server connections are reused across requests. One log line
  * per request to stdout (`option httplog`), as the waypoint writes an access-log line per request.
  */
-function haproxyL7Config(sock: string, certs: Certs, server: string): string {
-  const upstream = (name: string, port: number) => haproxyTlsServer(name, server, port, 'haproxy-server', { ca: certs.ca, crt: certs.l7 });
+function haproxyL7Config(sock: string, certs: Certs, server: string, protocol: Protocol): string {
+  // HTTP/2 on both sides for h2c and gRPC: haproxy-client and haproxy-server pass the client's
+  // and the app's h2c through untouched (TCP mode), so haproxy-l7 is the hop that speaks it.
+  const h2 = protocol === 'http1' ? '' : ' proto h2';
+  const upstream = (name: string, port: number) => `${haproxyTlsServer(name, server, port, 'haproxy-server', { ca: certs.ca, crt: certs.l7 })}${h2}`;
   return `${haproxyCommon(sock)}
 frontend l7_tls
     mode http
-    ${haproxyTlsBind(L7_TLS, { ca: certs.ca, crt: certs.l7 })}
+    ${haproxyTlsBind(L7_TLS, { ca: certs.ca, crt: certs.l7 })}${h2}
     option http-keep-alive
     timeout http-request 10s
     timeout http-keep-alive 2m
@@ -203,7 +252,8 @@ const isWaypointRequest = (s: Sample) => s.name === REQUESTS_METRIC && s.labels.
 function requestsBy(list: Sample[]): Map<string, number> {
   const out = new Map<string, number>();
   for (const s of list.filter(isWaypointRequest)) {
-    const key = `code=${s.labels.response_code ?? '?'} flags=${s.labels.response_flags ?? '?'} version=${s.labels.destination_version ?? '?'}`;
+    const grpc = s.labels.grpc_response_status ? ` grpc=${s.labels.grpc_response_status}` : '';
+    const key = `code=${s.labels.response_code ?? '?'}${grpc} flags=${s.labels.response_flags ?? '?'} version=${s.labels.destination_version ?? '?'}`;
     out.set(key, (out.get(key) ?? 0) + s.value);
   }
   return out;
@@ -271,9 +321,14 @@ function waypointLog(path: string, offset: number): { bytes: number; requests: n
 // ---------------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
-  const { common: options } = parseBenchOptions(process.argv.slice(2), USAGE, { duration: '20', warmup: '2', rates: '1000', connections: '4' });
+  const { common: options, values } = parseBenchOptions(process.argv.slice(2), USAGE, { duration: '20', warmup: '2', rates: '1000', connections: '4' }, { protocol: { type: 'string', default: 'http1' } });
+  const protocol = String(values.protocol) as Protocol;
+  if (!Object.hasOwn(PROTOCOLS, protocol)) throw new UsageError(`--protocol: expected one of ${Object.keys(PROTOCOLS).join(', ')}, got "${protocol}"`);
   if (process.getuid?.() !== 0) throw new Error('run as root: the local cluster makes network namespaces, cgroups and nftables tables');
-  const tools = { cc: need('cc', 'gcc'), sleep: need('sleep', 'coreutils'), haproxy: need('haproxy', 'haproxy'), openssl: need('openssl', 'openssl') };
+  const tools = {
+    cc: need('cc', 'gcc'), sleep: need('sleep', 'coreutils'), haproxy: need('haproxy', 'haproxy'), openssl: need('openssl', 'openssl'),
+    ...(protocol !== 'http1' ? { h2load: need('h2load', 'nghttp2-client'), nghttpd: need('nghttpd', 'nghttp2-server') } : {}),
+  };
 
   prepareAmbit(options);
   // The cluster and the temp dir go at the end, on failure and on Ctrl-C (unless --keep).
@@ -282,20 +337,19 @@ async function main(): Promise<void> {
   bench.handleSignals();
 
   try {
-    const loadBin = build(tools.cc, tmp, 'http-load');
-    const serverBin = build(tools.cc, tmp, 'http-server');
+    const { server, load } = protocolParts(protocol, cluster, tools, tmp);
     const certs = certificates(tools.openssl, tmp);
     const haproxyVersion = version(tools.haproxy, ['-v']);
     const srcDigest = sourceDigest();
     const ambitVersion = (JSON.parse(readFileSync(join(HERE, '..', 'package.json'), 'utf8')) as { version?: string }).version ?? '';
 
     const loadStart = loadAtStart('waypoint (the L7 hop)', name);
-    say(`rates ${options.rates.join(', ')} req/s x ${options.connections} connections, ${options.duration} s each (+${options.warmup} s warmup)`);
+    say(`${PROTOCOLS[protocol]}, rates ${options.rates.join(', ')} req/s x ${options.connections} connections, ${options.duration} s each (+${options.warmup} s warmup)`);
 
     // ---- the cluster: clients on node-1, servers on node-2, in the three namespaces
     const base: Doc[] = [
       namespace('plain'), namespace('mesh', { [MESH_LABEL]: 'ambient' }), namespace('wp', { [MESH_LABEL]: 'ambient' }),
-      ...workloads('plain', tools, serverBin, false), ...workloads('mesh', tools, serverBin, true), ...workloads('wp', tools, serverBin, true),
+      ...workloads('plain', tools, server, false), ...workloads('mesh', tools, server, true), ...workloads('wp', tools, server, true),
       ...routing('wp'),
     ];
     bench.created = true; // up may fail half-way: down removes whatever it made
@@ -331,7 +385,7 @@ async function main(): Promise<void> {
       status = await cluster.status();
     };
     await haproxyPod('server', 'node-2', haproxyServerConfig(socks.server, certs, ipOf('plain', 'http-a'), ipOf('plain', 'http-b')));
-    await haproxyPod('l7', l7Node, haproxyL7Config(socks.l7, certs, ipOf('plain', 'haproxy-server')));
+    await haproxyPod('l7', l7Node, haproxyL7Config(socks.l7, certs, ipOf('plain', 'haproxy-server'), protocol));
     await haproxyPod('client', 'node-1', haproxyClientConfig(socks.client, certs, ipOf('plain', 'haproxy-server'), ipOf('plain', 'haproxy-l7')));
 
     // ---- who does the proxying
@@ -347,10 +401,10 @@ async function main(): Promise<void> {
       return svc.vip;
     };
     const scenarios: Scenario[] = [
-      { key: 'ambit', label: 'ambit L4', ns: 'mesh', http: { ip: vip('mesh'), port: SERVICE_PORT }, hostHeader: HOST_HEADER, proxies: agentProxies },
-      { key: 'waypoint', label: 'ambit waypoint', ns: 'wp', http: { ip: vip('wp'), port: SERVICE_PORT }, hostHeader: HOST_HEADER, proxies: [...agentProxies, waypointProc] },
-      { key: 'haproxy', label: 'HAProxy pair', ns: 'plain', http: { ip: ipOf('plain', 'haproxy-client'), port: PAIR_PORT }, hostHeader: HOST_HEADER, proxies: [hapClient, hapServer] },
-      { key: 'haproxy-l7', label: 'HAProxy L7', ns: 'plain', http: { ip: ipOf('plain', 'haproxy-client'), port: L7_PATH_PORT }, hostHeader: HOST_HEADER, proxies: [hapClient, hapL7, hapServer] },
+      { key: 'ambit', label: 'ambit L4', ns: 'mesh', http: { ip: vip('mesh'), port: SERVICE_PORT }, ...REQUEST, proxies: agentProxies },
+      { key: 'waypoint', label: 'ambit waypoint', ns: 'wp', http: { ip: vip('wp'), port: SERVICE_PORT }, ...REQUEST, proxies: [...agentProxies, waypointProc] },
+      { key: 'haproxy', label: 'HAProxy pair', ns: 'plain', http: { ip: ipOf('plain', 'haproxy-client'), port: PAIR_PORT }, ...REQUEST, proxies: [hapClient, hapServer] },
+      { key: 'haproxy-l7', label: 'HAProxy L7', ns: 'plain', http: { ip: ipOf('plain', 'haproxy-client'), port: L7_PATH_PORT }, ...REQUEST, proxies: [hapClient, hapL7, hapServer] },
     ];
     const byKey = (k: ScenarioKey) => scenarios.find((s) => s.key === k) as Scenario;
 
@@ -361,7 +415,7 @@ async function main(): Promise<void> {
     for (const s of scenarios) {
       if (interrupted()) return;
       if (s.key !== 'waypoint') {
-        const why = await reachable(cluster, loadBin, s);
+        const why = await reachable(load, s);
         if (why) s.unreachable = why;
       } else {
         // Until the node agents send wp's traffic to the waypoint and it routes: its count moves.
@@ -369,7 +423,7 @@ async function main(): Promise<void> {
         for (;;) {
           if (interrupted()) return;
           const before = await waypointMetrics();
-          const why = await reachable(cluster, loadBin, s, 1);
+          const why = await reachable(load, s, 1);
           const after = await waypointMetrics();
           if (!why && before.samples && after.samples) {
             const grew = sum(after.samples, isWaypointRequest) - sum(before.samples, isWaypointRequest);
@@ -408,7 +462,7 @@ async function main(): Promise<void> {
     const idlePercent = await idleCpuPercent(allProxies, IDLE_SAMPLE_MS);
 
     // ---- latency at fixed rates, scenarios in a new random order per rate
-    const latency = await fixedRateRuns(cluster, loadBin, running, scenarios, options);
+    const latency = await fixedRateRuns(load, running, scenarios, options);
     if (!latency) return;
 
     // ---- counters after; RSS
@@ -450,7 +504,7 @@ async function main(): Promise<void> {
       if (waypointCounted < wpSent.answered - tol || waypointCounted > wpSent.answered + wpSent.failed + tol) {
         waypointProblems.push(`${REQUESTS_METRIC}{reporter="waypoint"} grew by ${waypointCounted}; the waypoint runs got ${wpSent.answered} answers (${wpSent.failed} failed or late)`);
       }
-      const routedA = waypointByOutcome[`code=200 flags=- version=${BENCH_VALUE}`] ?? 0;
+      const routedA = waypointByOutcome[`code=200${protocol === 'grpc' ? ' grpc=0' : ''} flags=- version=${BENCH_VALUE}`] ?? 0;
       if (routedA < wpSent.ok - tol) waypointProblems.push(`only ${routedA} of ${wpSent.ok} requests were answered 200 by subset ${BENCH_VALUE} (the header route): ${JSON.stringify(waypointByOutcome)}`);
     }
     // The L4 path: node-2's agent accepted the `mesh` client's connections.
@@ -553,13 +607,14 @@ async function main(): Promise<void> {
     const rssRatio = rss.waypoint?.rss_kb && rss['haproxy-l7']?.rss_kb ? round(rss.waypoint.rss_kb / rss['haproxy-l7'].rss_kb, 1) : undefined;
     const result = {
       benchmark: 'waypoint',
+      protocol,
       ...machine(),
       ambit_version: ambitVersion || undefined,
       src_sha256: srcDigest,
       haproxy_version: haproxyVersion || undefined,
       cluster: name,
       load_average: { start: loadStart, end: loadEnd },
-      options: { duration_s: options.duration, warmup_s: options.warmup, rates: options.rates, connections: options.connections, response_bytes: 1024, header: `${BENCH_HEADER}: ${BENCH_VALUE}` },
+      options: { duration_s: options.duration, warmup_s: options.warmup, rates: options.rates, connections: options.connections, response_bytes: RESPONSE_BYTES, ...(protocol === 'grpc' ? { grpc_request_bytes: GRPC_REQUEST_BYTES, grpc_path: GRPC_PATH } : {}), header: `${BENCH_HEADER}: ${BENCH_VALUE}` },
       placement: { client: 'node-1', servers: 'node-2', waypoint: l7Node, 'haproxy-client': 'node-1', 'haproxy-l7': l7Node, 'haproxy-server': 'node-2' },
       path_verified: { 'ambit L4': l4Verified, 'ambit waypoint': waypointVerified, haproxy: haproxyVerified },
       verification: {
@@ -572,7 +627,7 @@ async function main(): Promise<void> {
       },
       waypoint_log: log,
       restarted_during_runs: restarted.length > 0 ? restarted : undefined,
-      unit: 'microseconds, from each request\'s scheduled send time (corrected for coordinated omission)',
+      unit: protocol === 'http1' ? 'microseconds, from each request\'s scheduled send time (corrected for coordinated omission)' : `microseconds, from each request's send by h2load --rps (due requests wait only beyond ${H2_STREAMS} open streams per connection)`,
       latency: latencyJson,
       proxy_idle_cpu_percent: idlePercent,
       rss_after_runs_kb: rss,
@@ -584,7 +639,7 @@ async function main(): Promise<void> {
     const mark = (k: ScenarioKey) => (verified(k) ? '' : ' (!)');
     for (const l of latencyJson) {
       say();
-      say(`${l.rate} req/s, ${options.connections} connections, ${options.duration} s (+${options.warmup} s warmup); latency in us from the scheduled send; order: ${l.order.join(', ')}`);
+      say(`${l.rate} req/s, ${options.connections} connections, ${options.duration} s (+${options.warmup} s warmup); latency in us from the ${protocol === 'http1' ? 'scheduled ' : ''}send; order: ${l.order.join(', ')}`);
       for (const line of table(['scenario', 'served req/s', 'p50', 'p90', 'p99', 'p99.9', 'path CPU-s/1k', 'L7 proxy CPU-s/1k', 'err/late'], l.scenarios.map((r) => [
         `${r.label}${mark(r.scenario)}`, fmt(r.served_rps, 0), fmt(r.corrected_us.p50), fmt(r.corrected_us.p90), fmt(r.corrected_us.p99), fmt(r.corrected_us.p999),
         fmt(r.proxy_cpu_s_per_1k_req, 3), fmt(r.l7_proxy_cpu_s_per_1k_req, 3), `${r.errors}/${r.late}`,
@@ -611,8 +666,9 @@ async function main(): Promise<void> {
     if (l4Verified) say(`ambit L4 path verified: node-2's agent accepted ${l4Opened} connections from namespace mesh`);
 
     mkdirSync(RESULTS, { recursive: true });
-    const jsonPath = join(RESULTS, 'waypoint.json');
-    const mdPath = join(RESULTS, 'waypoint.md');
+    const resultName = protocol === 'http1' ? 'waypoint' : `waypoint-${protocol}`;
+    const jsonPath = join(RESULTS, `${resultName}.json`);
+    const mdPath = join(RESULTS, `${resultName}.md`);
     writeFileSync(jsonPath, `${JSON.stringify(result, null, 2)}\n`);
     writeFileSync(mdPath, markdown(result, latencyJson));
     say(`results: ${jsonPath}, ${mdPath}`);
@@ -643,7 +699,7 @@ type LatencyJson = { rate: number; order: string[]; scenarios: { scenario: Scena
 function markdown(
   meta: {
     date: string; kernel: string; node: string; cpus: number; cpu_model: string; load_average: { start: number[]; end: number[] }; ambit_version?: string; src_sha256: string; haproxy_version?: string;
-    options: { duration_s: number; warmup_s: number; connections: number }; placement: Record<string, string>; proxy_idle_cpu_percent: Record<string, number | null>;
+    protocol: Protocol; options: { duration_s: number; warmup_s: number; connections: number }; placement: Record<string, string>; proxy_idle_cpu_percent: Record<string, number | null>;
     rss_after_runs_kb: Record<string, { rss_kb?: number }>; rss_ratio_waypoint_to_haproxy_l7?: number;
     verification: { waypoint: { counted?: number; answered_by_http_load: number; by_outcome: Record<string, number>; upstream_connections_per_request?: number; problems: string[] }; ambit_l4: { problems: string[] }; haproxy: { problems: string[] } };
     waypoint_log: { errors: number; warnings: number; not_ok: Record<string, number>; first: string[] }; restarted_during_runs?: string[]; skipped?: string[];
@@ -651,10 +707,16 @@ function markdown(
   latency: LatencyJson,
 ): string {
   const lines: string[] = [];
-  lines.push('# waypoint: what the L7 hop costs — ambit\'s waypoint and an HAProxy HTTP hop', '');
+  lines.push(`# waypoint (${PROTOCOLS[meta.protocol]}): what the L7 hop costs — ambit's waypoint and an HAProxy HTTP hop`, '');
   lines.push(mdMachineLine(meta, [meta.ambit_version ? `ambit ${meta.ambit_version} (src/ sha256 ${meta.src_sha256})` : undefined, meta.haproxy_version]), '');
-  lines.push(`HTTP/1.1 keep-alive, 1 KiB responses, every request with \`${BENCH_HEADER}: ${BENCH_VALUE}\`, ${meta.options.connections} connections, ${meta.options.duration_s} s per rate per scenario (+${meta.options.warmup_s} s warmup). `
-    + `Client on node-1, servers on node-2, the waypoint (and haproxy-l7 beside it) on ${meta.placement.waypoint}. Latency in µs from each request's scheduled send time (coordinated omission corrected). `
+  const what = {
+    http1: 'HTTP/1.1 keep-alive (bench/http-load.c against bench/http-server.c), 1 KiB responses',
+    h2c: 'HTTP/2 with prior knowledge (h2load --rps against nghttpd; haproxy-l7 speaks h2 on both sides), 1 KiB responses',
+    grpc: `gRPC unary calls over h2c (h2load --rps POSTs a ${GRPC_REQUEST_BYTES}-byte framed message to ${GRPC_PATH}; nghttpd answers a 1 KiB framed message, grpc-status 0 in the trailers; haproxy-l7 speaks h2 on both sides)`,
+  }[meta.protocol];
+  const from = meta.protocol === 'http1' ? 'each request\'s scheduled send time (coordinated omission corrected)' : `each request's send (h2load --rps sends a due request at once while fewer than ${H2_STREAMS} streams are open on its connection)`;
+  lines.push(`${what}, every request with \`${BENCH_HEADER}: ${BENCH_VALUE}\`, ${meta.options.connections} connections, ${meta.options.duration_s} s per rate per scenario (+${meta.options.warmup_s} s warmup). `
+    + `Client on node-1, servers on node-2, the waypoint (and haproxy-l7 beside it) on ${meta.placement.waypoint}. Latency in µs from ${from}. `
     + '"Served": answers per second over the whole run, warmup and drain included (below the rate: the path did not keep up). '
     + 'CPU: utime+stime per 1,000 requests — "path": every proxy on the path (ambit: both node agents, plus the waypoint; HAProxy: haproxy-client and haproxy-server, plus haproxy-l7), "L7 proxy": the waypoint process or haproxy-l7 alone.', '');
   for (const [what, v] of [['ambit waypoint', meta.verification.waypoint], ['ambit L4', meta.verification.ambit_l4], ['HAProxy', meta.verification.haproxy]] as const) {

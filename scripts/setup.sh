@@ -2,7 +2,7 @@
 # Installs what a fresh Debian machine lacks to run ambit and its tests, then the npm packages.
 #   scripts/setup.sh          runtime + tests: libbpf1, iproute2, iptables, nftables, nsenter, openssl, tcpdump; bpffs; npm ci
 #   scripts/setup.sh --bpf    also the toolchain that rebuilds bpf/*.bpf.o and builds the CNI plugin: clang, llvm, bpftool, libbpf-dev, libc6-dev
-#   scripts/setup.sh --bench  also what the benchmarks run: gcc, haproxy, iperf3
+#   scripts/setup.sh --bench  also what the benchmarks run: gcc, haproxy, iperf3, h2load and nghttpd (nghttp2)
 #   scripts/setup.sh --fuzz   also clang with its libFuzzer and sanitizer runtimes (the CNI scanner's fuzzer)
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
@@ -18,7 +18,7 @@ clang_major() {
 for flag in "$@"; do
   case "$flag" in
     --bpf) want+=(clang llvm bpftool libbpf-dev libc6-dev) ;;
-    --bench) want+=(gcc libc6-dev haproxy iperf3) ;;
+    --bench) want+=(gcc libc6-dev haproxy iperf3 nghttp2-client nghttp2-server) ;;
     # Debian ships clang's libFuzzer/ASan runtimes apart, per clang version (libclang-rt-14-dev on bookworm).
     --fuzz) want+=(clang libc6-dev "libclang-rt-$(clang_major)-dev") ;;
     *) echo "setup: unknown option $flag (known: --bpf, --bench, --fuzz)" >&2; exit 2 ;;
