@@ -45,7 +45,7 @@ import { Datapath, type CounterName } from '../src/ebpf/datapath.js';
 import { AMBIT } from '../src/ebpf/layout.generated.js';
 import { Lab } from '../src/local/lab.js';
 import { PodEnroller, type PodHandlers } from '../src/node/enroll.js';
-import { listenInNetns } from '../src/node/netns.js';
+import { listenInNetns } from '../src/host/netns.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const APP_PORT = 8080;

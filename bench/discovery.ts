@@ -17,11 +17,11 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { DiscoveryClient, DiscoveryServer, discoveryService } from '../src/control/discovery.js';
-import { buildModel, type PodInfo } from '../src/control/model.js';
+import { DiscoveryClient, DiscoveryServer, discoveryService } from '../src/discovery/discovery.js';
+import { buildModel, type PodInfo } from '../src/config/model.js';
 import { CertificateAuthority, FileCaStore } from '../src/identity/ca.js';
 import { BootstrapTokenAuthenticator, CaServer } from '../src/identity/ca-server.js';
-import type { Resource, ServiceResource } from '../src/local/manifests.js';
+import type { Resource, ServiceResource } from '../src/kube/manifests.js';
 
 const { values } = parseArgs({
   options: {

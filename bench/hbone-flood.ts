@@ -33,8 +33,8 @@ import * as tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { CertManager } from '../src/identity/cert-manager.js';
-import { DEFAULT_HBONE_LIMITS, HboneLimiter, type HboneLimits } from '../src/node/hbone-limits.js';
-import { HboneServer } from '../src/node/hbone.js';
+import { DEFAULT_HBONE_LIMITS, HboneLimiter, type HboneLimits } from '../src/hbone/limits.js';
+import { HboneServer } from '../src/hbone/hbone.js';
 import { meshCertManager } from './lib.js';
 
 const SERVER = 'spiffe://cluster.local/ns/bench/sa/app';

@@ -28,14 +28,13 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { destination as pinoDestination, pino } from 'pino';
-import { L4Authorizer } from '../src/node/authz.js';
+import { L4Authorizer } from '../src/authz/l4.js';
 import { ConnectionTracker, splice, type ConnectionInfo } from '../src/node/connections.js';
-import { HbonePool, HboneServer, type HboneSource } from '../src/node/hbone.js';
-import { tcpSocket } from '../src/node/netns.js';
-import * as libc from '../native/libc.js';
+import { HbonePool, HboneServer, type HboneSource } from '../src/hbone/hbone.js';
+import { tcpSocketOf } from '../src/host/netns.js';
 import { MeshMetrics } from '../src/telemetry/metrics.js';
 import { silentLogger } from '../src/telemetry/log.js';
-import type { ConfigObject, Workload } from '../src/control/model.js';
+import type { ConfigObject, Workload } from '../src/config/model.js';
 import { fmt, machine, mdTable, meshCertManager, RESULTS, round, say, shuffled, table } from './lib.js';
 
 const USAGE = `usage: npx tsx bench/hop-parts.ts [--rounds N] [--out DIR]
@@ -131,7 +130,7 @@ async function main(): Promise<void> {
     cleanups.push(() => hboneListener.close());
     const pool = new HbonePool();
     cleanups.push(() => pool.close());
-    const source: HboneSource = { pod: 'shop/productpage-v1-xyz', cert: clientCert, roots: certs.trustBundle, socket: (family) => tcpSocket(family === 4 ? libc.AF_INET : libc.AF_INET6) };
+    const source: HboneSource = { pod: 'shop/productpage-v1-xyz', cert: clientCert, roots: certs.trustBundle, socket: (family: 4 | 6) => tcpSocketOf(family) };
     const target = { address: '127.0.0.1', port: hbonePort, identity: SERVER_ID, authority: '10.1.0.7:9080' };
     const oneTunnel = async () => {
       const stream = await pool.open(source, target);

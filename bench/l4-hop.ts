@@ -39,7 +39,7 @@ import { execFileSync } from 'node:child_process';
 import { accessSync, constants as fsConstants, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DEFAULT_HBONE_LIMITS, hboneLimits } from '../src/node/hbone-limits.js';
+import { DEFAULT_HBONE_LIMITS, hboneLimits } from '../src/hbone/limits.js';
 import {
   BenchRun, COMMON_USAGE, Cluster, HERE, METRICS_PORT, MESH_LABEL, RESULTS, SATURATED_S, UsageError, agents, build, comparePercentiles, cpuDelta, cpuFields, cpuSample,
   fetchMetrics, fixedRateRuns, fmt, httpLoader, fmtSigned, haproxyCommon, haproxyStats, haproxyTcpRoutes, haproxyTlsBind, haproxyTlsServer, idleCpuPercent, intListArg,
@@ -246,7 +246,7 @@ function relayPairs(nodes: RelayNode[], tmp: string): RelayPair[] {
   });
 }
 
-/** ambit's HTTP/2 settings for HBONE (its defaults, src/node/hbone-limits.ts) as relay flags: the floor follows them. */
+/** ambit's HTTP/2 settings for HBONE (its defaults, src/hbone/limits.ts) as relay flags: the floor follows them. */
 function relayH2Flags(server: boolean): string[] {
   const l = hboneLimits();
   return [

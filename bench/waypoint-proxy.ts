@@ -25,10 +25,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Session } from 'node:inspector/promises';
 import { parseArgs } from 'node:util';
-import * as libc from '../native/libc.js';
-import type { Service, Workload } from '../src/control/model.js';
-import { HbonePool, HboneServer } from '../src/node/hbone.js';
-import { tcpSocket } from '../src/node/netns.js';
+import type { Service, Workload } from '../src/config/model.js';
+import { HbonePool, HboneServer } from '../src/hbone/hbone.js';
+import { tcpSocketOf } from '../src/host/netns.js';
 import { L7Authorizer } from '../src/waypoint/authz.js';
 import pino from 'pino';
 import { MeshMetrics, RequestMetrics } from '../src/telemetry/metrics.js';
@@ -67,7 +66,7 @@ async function main(): Promise<void> {
   closers.push(() => rmSync(dir, { recursive: true, force: true }));
   const certs = await meshCertManager(dir);
   closers.push(() => certs.close());
-  const socket = (f: 4 | 6) => tcpSocket(f === 4 ? libc.AF_INET : libc.AF_INET6);
+  const socket = (family: 4 | 6) => tcpSocketOf(family);
 
   // The app: 1 KiB answers; over h2c for --protocol h2c and grpc (a unary call: one framed
   // message each way, grpc-status 0 in the trailers).

@@ -8,7 +8,7 @@
 import { createServer, Socket } from 'node:net';
 import { Datapath } from '../src/ebpf/datapath.js';
 import { PodEnroller } from '../src/node/enroll.js';
-import { AGENT_SOCKET_MARK, listenInNetns, socketInNetns } from '../src/node/netns.js';
+import { AGENT_SOCKET_MARK, listenInNetns, socketInNetns } from '../src/host/netns.js';
 import { Lab } from '../src/local/lab.js';
 
 const say = (line: string) => process.stdout.write(`${line}\n`);

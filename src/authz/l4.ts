@@ -23,7 +23,7 @@
  *   (root namespace, no selector), else PERMISSIVE; UNSET inherits from the next level, and a
  *   port-level mode (by target port, selector policies only) overrides the workload's mode.
  */
-import type { ConfigObject, Workload } from '../control/model.js';
+import type { ConfigObject, Workload } from '../config/model.js';
 
 export interface L4Connection {
   /** SPIFFE ID of the peer ("spiffe://cluster.local/ns/shop/sa/users"), undefined for plaintext. */

@@ -1,8 +1,8 @@
 /** `ambit analyze -f PATH...`: the diagnostics the controller and the local cluster would give, offline. */
 import { Command } from 'commander';
-import { validateMeshObject } from '../control/validate.js';
+import { validateMeshObject } from '../config/validate.js';
 import { readManifestInputs } from '../local/client.js';
-import { formatDiagnostic, parseManifests } from '../local/manifests.js';
+import { formatDiagnostic, parseManifests } from '../kube/manifests.js';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 

@@ -17,7 +17,7 @@
  * message (a 404 is "missing", which each check judges). Independent objects are read
  * concurrently; the order of the checks is fixed.
  */
-import type { KubeClient, KubeResponse } from '../control/kube/client.js';
+import type { KubeClient, KubeResponse } from '../kube/client.js';
 import { ROOT_CERT_KEY } from '../control/kube/trust-bundle.js';
 import { RATELIMIT_GROUP } from '../install/crd.js';
 import { CA_SECRET, CONTROLLER, LEADER_LEASE, NODE_AGENT, NODE_PORTS, ROOT_CERT_CONFIGMAP } from '../install/render.js';

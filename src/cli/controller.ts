@@ -1,6 +1,7 @@
 /** `ambit controller`: the control plane process (started by the local runtime, or a Deployment). */
 import { Command } from 'commander';
 import { CONTROLLER_MONITORING_PORT, CONTROLLER_READY_PORT, runController } from '../control/controller.js';
+import { localOrigins } from '../local/controller-origins.js';
 import { logger } from '../telemetry/log.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { CliError } from './errors.js';
@@ -39,7 +40,7 @@ export function register(program: Command): void {
       if (!opts.localState === !opts.kubernetes) throw new CliError('give one of --local-state DIR (a local cluster) or --kubernetes [KUBECONFIG]');
       if (opts.kubernetes && !opts.pluginCa && !opts.caDir) throw new CliError('with --kubernetes, give --plugin-ca DIR (a CA from a mounted Secret) or --ca-dir DIR (where to keep a self-made root)');
       const controller = await runController({
-        ...(opts.localState ? { localState: opts.localState } : {}), ...(opts.kubernetes ? { kubernetes: opts.kubernetes } : {}), ...(opts.caDir ? { caDir: opts.caDir } : {}),
+        ...(opts.localState ? { local: { stateDir: opts.localState, origins: localOrigins(opts.localState, opts.trustDomain) } } : {}), ...(opts.kubernetes ? { kubernetes: opts.kubernetes } : {}), ...(opts.caDir ? { caDir: opts.caDir } : {}),
         configDir: opts.configDir, host, port, trustDomain: opts.trustDomain, pluginCaDir: opts.pluginCa,
         defaultTtlSeconds: opts.certTtl, maxTtlSeconds: opts.maxCertTtl, ...(health ? { health } : {}), ...(monitoring ? { monitoring } : {}),
       });

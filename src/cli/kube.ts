@@ -1,5 +1,5 @@
 /** What the CLI's commands share when they talk to a Kubernetes API server (`--kubeconfig FILE` or `--kube`). */
-import { KubeClient, type KubeResponse } from '../control/kube/client.js';
+import { KubeClient, type KubeResponse } from '../kube/client.js';
 import { CliError } from './errors.js';
 
 /** A client for the cluster of the kubeconfig (or $KUBECONFIG / ~/.kube/config). */

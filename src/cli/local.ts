@@ -8,7 +8,7 @@ import { readManifestInputs, removeCluster, RuntimeClient, RuntimeRequestError, 
 import { runDaemon } from '../local/daemon.js';
 import { LocalError } from '../local/errors.js';
 import { ClusterLayout, DEFAULT_CLUSTER, MAX_NODES } from '../local/layout.js';
-import { formatDiagnostic } from '../local/manifests.js';
+import { formatDiagnostic } from '../kube/manifests.js';
 import { launchArgv } from '../local/process.js';
 import type { ApplyResult, ClusterStatus, PodStatus } from '../local/runtime.js';
 import { readState } from '../local/state.js';

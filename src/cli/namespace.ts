@@ -7,7 +7,7 @@
  */
 import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
-import { DATAPLANE_MODE } from '../control/model.js';
+import { DATAPLANE_MODE } from '../config/model.js';
 import { RuntimeClient } from '../local/client.js';
 import { ClusterLayout, DEFAULT_CLUSTER } from '../local/layout.js';
 import { readState } from '../local/state.js';

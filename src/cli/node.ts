@@ -10,10 +10,10 @@ import { AdminServer, ADMIN_PORT, adminRoutes, serveAdmin, type AdminSources } f
 import { HEALTH_PORT, METRICS_PORT, NodeAgent, type PodLocator } from '../node/agent.js';
 import { serveTelemetry } from '../node/telemetry-http.js';
 import type { Logger } from 'pino';
-import { defaultKubeconfig, type KubeClient } from '../control/kube/client.js';
+import { defaultKubeconfig, type KubeClient } from '../kube/client.js';
 import { CniInstaller } from '../node/cni-install.js';
 import { CniServer } from '../node/cni-server.js';
-import { HboneLimitsError, parseHboneLimits, type HboneLimits } from '../node/hbone-limits.js';
+import { HboneLimitsError, parseHboneLimits, type HboneLimits } from '../hbone/limits.js';
 import { ProcPodLocator } from '../node/pod-locator.js';
 import { CLEANUP_DEFAULTS, cleanupNode, DaemonSetWatch, freshTokenClient } from '../node/uninstall.js';
 import { logger } from '../telemetry/log.js';

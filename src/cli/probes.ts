@@ -106,20 +106,19 @@ function objectFiles(dir: string): string[] | undefined {
 async function probeBpf(cgroup: string | undefined, pinRoot: string): Promise<Check[]> {
   // Imported here, not at the top: koffi is a native addon, and when it cannot load on this
   // platform the other checks must still report.
-  let native: typeof import('../../native/libbpf.js');
   let object: typeof import('../ebpf/object.js');
   let datapath: typeof import('../ebpf/datapath.js');
   let programs: typeof import('../ebpf/cgroup-programs.js');
   try {
-    [native, object, datapath, programs] = await Promise.all([
-      import('../../native/libbpf.js'), import('../ebpf/object.js'), import('../ebpf/datapath.js'), import('../ebpf/cgroup-programs.js'),
+    [object, datapath, programs] = await Promise.all([
+      import('../ebpf/object.js'), import('../ebpf/datapath.js'), import('../ebpf/cgroup-programs.js'),
     ]);
   } catch (err) {
     const reason = `native bindings (koffi) do not load: ${(err as Error).message}`;
     return [checkLibbpf(false, reason), checkObject('*.bpf.o', { loaded: false, skipped: reason })];
   }
 
-  const available = native.libbpfAvailable();
+  const available = object.libbpfAvailable();
   const dir = datapath.defaultObjectsDir();
   const files = objectFiles(dir);
   const dirProblem = checkObjectsDir(dir, files);

@@ -11,7 +11,7 @@ import { stringify } from 'yaml';
 import { RuntimeClient } from '../local/client.js';
 import { ClusterLayout, DEFAULT_CLUSTER } from '../local/layout.js';
 import { readState } from '../local/state.js';
-import { TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, USE_WAYPOINT, WAYPOINT_CLASS } from '../control/model.js';
+import { TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, USE_WAYPOINT, WAYPOINT_CLASS } from '../config/model.js';
 import { splitPemBundle } from '../identity/pki.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { cpuProfileFromEnv } from '../telemetry/profile.js';

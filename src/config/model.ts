@@ -5,7 +5,7 @@
  * same input always gives the same model (and the same versions on the stream).
  */
 import { formatSpiffeId } from '../identity/spiffe.js';
-import type { NamespaceResource, PodSpec, Resource, ServiceResource } from '../local/manifests.js';
+import type { NamespaceResource, PodSpec, Resource, ServiceResource } from '../kube/manifests.js';
 
 export const DATAPLANE_MODE = 'ambit.dev/dataplane-mode';
 export const USE_WAYPOINT = 'ambit.dev/use-waypoint';

@@ -9,26 +9,29 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { CertificateAuthority, FileCaStore, readPluginCa } from '../identity/ca.js';
-import { CaServer, type Authenticator, type NodeDirectory } from '../identity/ca-server.js';
+import { CaServer } from '../identity/ca-server.js';
 import { TokenReviewAuthenticator } from '../identity/tokenreview.js';
-import { KubeClient } from './kube/client.js';
+import { KubeClient } from '../kube/client.js';
 import { KubernetesSource } from './kube-source.js';
 import { LeaderElector } from './kube/leader.js';
 import { TrustBundlePublisher } from './kube/trust-bundle.js';
 import { isWaypointGateway, WaypointReconciler } from './kube/waypoints.js';
 import { resolveValues, ValuesError } from '../install/values.js';
-import { ControllerMetrics, type ConfigCount } from '../telemetry/controller-metrics.js';
+import { ControllerMetrics, type ConfigCount } from './metrics.js';
 import { logger } from '../telemetry/log.js';
 import { HttpError, listenTcp, localServer } from '../util/local-http.js';
-import { DiscoveryServer, discoveryService } from './discovery.js';
-import { LocalClusterSource, LocalCredentials, LocalNodeDirectory, type ConfigSource } from './local-source.js';
+import { DiscoveryServer, discoveryService } from '../discovery/discovery.js';
+import type { ConfigSource, ControllerOrigins } from '../config/source.js';
 import { ManifestDirSource, MergedSource } from './manifest-source.js';
-import { formatDiagnostic, type Diagnostic, type Resource } from '../local/manifests.js';
-import { buildModel } from './model.js';
+import { formatDiagnostic, type Diagnostic, type Resource } from '../kube/manifests.js';
+import { buildModel } from '../config/model.js';
 
 export interface ControllerOptions {
-  /** A local cluster's state directory: CA root under ca/, node tokens, pods from cluster.json. */
-  localState?: string;
+  /**
+   * A local cluster: its state directory (the CA root under ca/, controller-status.json for
+   * `ambit local status`) and where config, callers and nodes come from (localOrigins()).
+   */
+  local?: { stateDir: string; origins: ControllerOrigins };
   /**
    * A Kubernetes cluster instead: config from its API server (KubernetesSource), callers
    * authenticated by TokenReview. `true` for in-cluster or $KUBECONFIG, or a kubeconfig file.
@@ -68,7 +71,7 @@ export interface Controller {
 const ownNamespace = (): string => process.env.POD_NAMESPACE || 'ambit-system';
 
 /** Where config, callers and nodes come from: the local cluster's state, or a Kubernetes API server. */
-async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>, metrics: ControllerMetrics): Promise<{ source: ConfigSource; authenticator: Authenticator; directory: NodeDirectory; describe: Record<string, unknown>; client?: KubeClient; kube?: KubernetesSource }> {
+async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>, metrics: ControllerMetrics): Promise<ControllerOrigins & { client?: KubeClient; kube?: KubernetesSource }> {
   if (opts.kubernetes) {
     const client = KubeClient.fromFile(opts.kubernetes === true ? undefined : opts.kubernetes);
     const kube = new KubernetesSource(client, { log });
@@ -84,12 +87,8 @@ async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>, 
     });
     return { source: kube, authenticator, directory: kube.nodeDirectory(opts.trustDomain), describe: { source: 'kubernetes', server: client.server }, client, kube };
   }
-  if (!opts.localState) throw new Error('the controller needs a local cluster\'s state directory or a Kubernetes cluster');
-  const authenticator = new LocalCredentials(opts.localState, opts.trustDomain);
-  return {
-    source: new LocalClusterSource(join(opts.localState, 'cluster.json')), authenticator,
-    directory: new LocalNodeDirectory(join(opts.localState, 'cluster.json'), opts.trustDomain), describe: { source: 'local', nodes: authenticator.nodes },
-  };
+  if (!opts.local) throw new Error('the controller needs a local cluster\'s state directory or a Kubernetes cluster');
+  return opts.local.origins;
 }
 
 /**
@@ -242,7 +241,7 @@ export async function runController(opts: ControllerOptions): Promise<Controller
   const log = logger('controller');
   const metrics = new ControllerMetrics();
   const caOpts = { trustDomain: opts.trustDomain, defaultTtlSeconds: opts.defaultTtlSeconds, maxTtlSeconds: opts.maxTtlSeconds };
-  const caDir = opts.caDir ?? (opts.localState ? join(opts.localState, 'ca') : undefined);
+  const caDir = opts.caDir ?? (opts.local ? join(opts.local.stateDir, 'ca') : undefined);
   if (!opts.pluginCaDir && !caDir) throw new Error('the controller needs a CA: a plug-in CA directory, or a directory to keep its own root in');
   const ca = opts.pluginCaDir
     ? await CertificateAuthority.open({ plugin: readPluginCa(opts.pluginCaDir) }, caOpts)
@@ -255,7 +254,7 @@ export async function runController(opts: ControllerOptions): Promise<Controller
   const discovery = new DiscoveryServer(authenticator, log, { observer: metrics });
   metrics.watchStreams(() => discovery.status());
   // `ambit local status` shows the subscribers, their versions and any NACK from this file.
-  const statusFile = opts.localState ? join(opts.localState, 'controller-status.json') : undefined;
+  const statusFile = opts.local ? join(opts.local.stateDir, 'controller-status.json') : undefined;
   let rejected: string[] = [];
   let dirDiagnostics: Diagnostic[] = [];
   const writeStatus = () => {

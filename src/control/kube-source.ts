@@ -27,17 +27,17 @@
  * spec.nodeName and status.podIP.
  */
 import { setMaxListeners } from 'node:events';
-import { isIP } from 'node:net';
 import type { Logger } from 'pino';
 import type { NodeDirectory } from '../identity/ca-server.js';
 import { formatSpiffeId } from '../identity/spiffe.js';
-import { parseManifests, type Diagnostic, type OtherResource, type PodSpec, type Resource, type ServiceResource } from '../local/manifests.js';
+import { parseManifests, type Diagnostic, type OtherResource, type Resource, type ServiceResource } from '../kube/manifests.js';
 import { silentLogger } from '../telemetry/log.js';
-import { KubeApiError, KubeClient } from './kube/client.js';
-import type { ConfigSource } from './local-source.js';
-import { WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL, type PodInfo, type SourceSnapshot } from './model.js';
-import { isObject } from './schema.js';
-import { validateMeshObject } from './validate.js';
+import { KubeApiError, KubeClient } from '../kube/client.js';
+import type { ConfigSource } from '../config/source.js';
+import { metaOf, podInfo, type ObjectMeta } from '../config/api-objects.js';
+import { WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL, type PodInfo, type SourceSnapshot } from '../config/model.js';
+import { isObject } from '../config/schema.js';
+import { validateMeshObject } from '../config/validate.js';
 
 export interface KindSpec {
   group: string;
@@ -99,20 +99,6 @@ const sleep = (ms: number, signal: AbortSignal) => new Promise<void>((resolve) =
   }
   signal.addEventListener('abort', done);
 });
-
-interface Meta { name: string; namespace: string; resourceVersion: string; labels: Record<string, string>; annotations: Record<string, string>; uid?: string }
-function metaOf(obj: Record<string, unknown>): Meta | undefined {
-  const m = obj.metadata;
-  if (!isObject(m) || typeof m.name !== 'string') return undefined;
-  return {
-    name: m.name,
-    namespace: typeof m.namespace === 'string' ? m.namespace : '',
-    resourceVersion: typeof m.resourceVersion === 'string' ? m.resourceVersion : '',
-    labels: isObject(m.labels) ? m.labels as Record<string, string> : {},
-    annotations: isObject(m.annotations) ? m.annotations as Record<string, string> : {},
-    ...(typeof m.uid === 'string' ? { uid: m.uid } : {}),
-  };
-}
 
 /** What one object contributes: a resource or a pod, or the reasons it was rejected. */
 /** The status message of a rejected object: its errors, each with its path. */
@@ -468,7 +454,7 @@ export class KubernetesSource implements ConfigSource {
   }
 
   /** A core object, as the API server validated it. */
-  readCore(spec: KindSpec, raw: Record<string, unknown>, meta: Meta): Entry {
+  readCore(spec: KindSpec, raw: Record<string, unknown>, meta: ObjectMeta): Entry {
     const base = {
       apiVersion: String(raw.apiVersion), kind: spec.kind, raw,
       source: { file: `kubernetes:${spec.kind}/${meta.namespace ? `${meta.namespace}/` : ''}${meta.name}`, doc: 1 },
@@ -507,7 +493,7 @@ export class KubernetesSource implements ConfigSource {
   }
 
   /** A mesh config object, validated as the manifest directory source does. */
-  readMesh(raw: Record<string, unknown>, meta: Meta, prev: Entry | undefined): Entry {
+  readMesh(raw: Record<string, unknown>, meta: ObjectMeta, prev: Entry | undefined): Entry {
     const label = `${String(raw.kind)} ${meta.namespace}/${meta.name}`;
     const { resources, diagnostics } = parseManifests([{ file: `kubernetes:${label}`, text: JSON.stringify(raw), dir: '/' }], { validate: validateMeshObject, imagesOnly: true });
     const errors = diagnostics.filter((d) => d.severity === 'error');
@@ -526,7 +512,7 @@ export class KubernetesSource implements ConfigSource {
    * Accepted=False (reason Invalid) on a rejected object; Accepted=True once it is fixed, when
    * it carries our earlier rejection. Other conditions are kept. A failed write is logged.
    */
-  private writeStatus(raw: Record<string, unknown>, meta: Meta, message: string | undefined): void {
+  private writeStatus(raw: Record<string, unknown>, meta: ObjectMeta, message: string | undefined): void {
     if (!this.statusWriter) return;
     const conditions = isObject(raw.status) && Array.isArray(raw.status.conditions) ? raw.status.conditions.filter(isObject) : [];
     const current = conditions.find((c) => c.type === 'Accepted');
@@ -555,52 +541,4 @@ export class KubernetesSource implements ConfigSource {
       this.log.warn({ object: objKey, err: err instanceof Error ? err.message : String(err) }, 'could not write the status condition');
     });
   }
-}
-
-/** A Pod as a workload: only with the node and address the API server filled in. */
-/** A Pod object from the API as the model takes it; undefined when unscheduled, without an IP or finished. */
-export function apiPod(raw: Record<string, unknown>): PodInfo | undefined {
-  const meta = metaOf(raw);
-  return meta ? podInfo(raw, meta) : undefined;
-}
-
-function podInfo(raw: Record<string, unknown>, meta: Meta): PodInfo | undefined {
-  const spec = isObject(raw.spec) ? raw.spec : {};
-  const status = isObject(raw.status) ? raw.status : {};
-  if (typeof spec.nodeName !== 'string' || !spec.nodeName || typeof status.podIP !== 'string' || !status.podIP) return undefined;
-  if (status.phase === 'Succeeded' || status.phase === 'Failed') return undefined;
-  const containers = (Array.isArray(spec.containers) ? spec.containers.filter(isObject) : []).map((c) => ({
-    name: String(c.name), argv: [], env: [], cwd: '',
-    ports: (Array.isArray(c.ports) ? c.ports.filter(isObject) : []).map((p) => ({
-      ...(typeof p.name === 'string' ? { name: p.name } : {}),
-      containerPort: Number(p.containerPort),
-      protocol: (typeof p.protocol === 'string' ? p.protocol : 'TCP') as 'TCP',
-    })),
-    ...(typeof c.image === 'string' ? { image: c.image } : {}),
-  }));
-  const podSpec: PodSpec = {
-    nodeName: spec.nodeName,
-    serviceAccountName: typeof spec.serviceAccountName === 'string' ? spec.serviceAccountName : 'default',
-    restartPolicy: (typeof spec.restartPolicy === 'string' ? spec.restartPolicy : 'Always') as PodSpec['restartPolicy'],
-    terminationGracePeriodSeconds: typeof spec.terminationGracePeriodSeconds === 'number' ? spec.terminationGracePeriodSeconds : 30,
-    containers,
-  };
-  const metadata = isObject(raw.metadata) ? raw.metadata : {};
-  const ref = Array.isArray(metadata.ownerReferences) ? metadata.ownerReferences.filter(isObject).find((o) => o.controller === true) : undefined;
-  let owner: PodInfo['owner'];
-  if (ref && typeof ref.kind === 'string' && typeof ref.name === 'string') {
-    // A Deployment's pods belong to a ReplicaSet named <deployment>-<pod-template-hash>.
-    const hash = meta.labels['pod-template-hash'];
-    owner = ref.kind === 'ReplicaSet' && hash && ref.name.endsWith(`-${hash}`)
-      ? { kind: 'Deployment', name: ref.name.slice(0, -hash.length - 1) }
-      : { kind: ref.kind, name: ref.name };
-  }
-  // Every address of a dual-stack pod (status.podIPs, podIP first): each is steered by the agent.
-  const extra = (Array.isArray(status.podIPs) ? status.podIPs.filter(isObject) : [])
-    .map((a) => a.ip).filter((a): a is string => typeof a === 'string' && isIP(a) !== 0 && a !== status.podIP);
-  return {
-    uid: meta.uid ?? `${meta.namespace}/${meta.name}`, namespace: meta.namespace, name: meta.name, node: spec.nodeName, ip: status.podIP,
-    ...(extra.length > 0 ? { ips: [status.podIP, ...new Set(extra)] } : {}),
-    labels: meta.labels, spec: podSpec, ...(owner ? { owner } : {}), ...(spec.hostNetwork === true ? { hostNetwork: true } : {}),
-  };
 }

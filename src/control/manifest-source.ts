@@ -16,10 +16,10 @@
  */
 import { readdirSync, readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { join, relative } from 'node:path';
-import { formatDiagnostic, parseManifests, type Diagnostic, type PodResource, type Resource } from '../local/manifests.js';
-import type { ConfigSource } from './local-source.js';
-import type { PodInfo, SourceSnapshot } from './model.js';
-import { validateMeshObject } from './validate.js';
+import { formatDiagnostic, parseManifests, type Diagnostic, type PodResource, type Resource } from '../kube/manifests.js';
+import type { ConfigSource } from '../config/source.js';
+import type { PodInfo, SourceSnapshot } from '../config/model.js';
+import { validateMeshObject } from '../config/validate.js';
 
 const MANIFEST = /\.(ya?ml|json)$/;
 

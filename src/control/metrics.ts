@@ -10,9 +10,9 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { SubscriberKind } from '../control/discovery.js';
+import type { SubscriberKind } from '../discovery/discovery.js';
 import type { ReviewOutcome } from '../identity/tokenreview.js';
-import { EVENT_LOOP_SAMPLE_MS } from './metrics.js';
+import { EVENT_LOOP_SAMPLE_MS } from '../telemetry/metrics.js';
 
 /** How one certificate request ended: issued, or the status it was refused with. */
 export type CertificateOutcome = 'issued' | 'UNAUTHENTICATED' | 'PERMISSION_DENIED' | 'INVALID_ARGUMENT' | 'FAILED_PRECONDITION' | 'INTERNAL';

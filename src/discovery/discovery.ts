@@ -13,7 +13,7 @@ import { authorization, type Authenticator, type Caller, type Credential } from 
 import { CaError } from '../identity/ca.js';
 import { silentLogger } from '../telemetry/log.js';
 import { packageRoot } from '../util/package.js';
-import type { MeshModel } from './model.js';
+import type { MeshModel } from '../config/model.js';
 
 export type SubscriberKind = 'node-agent' | 'waypoint';
 

@@ -4,10 +4,10 @@
  * the L4 authorizer — and the resolution of an original destination to where a connection goes.
  */
 import { isIP } from 'node:net';
-import type { WireResource } from '../control/discovery.js';
-import { isObject } from '../control/schema.js';
-import { WAYPOINT_GATEWAY_LABEL, type ConfigObject, type Service, type ServicePort, type Workload } from '../control/model.js';
-import { L4Authorizer } from './authz.js';
+import type { WireResource } from './discovery.js';
+import { isObject } from '../config/schema.js';
+import { WAYPOINT_GATEWAY_LABEL, type ConfigObject, type Service, type ServicePort, type Workload } from '../config/model.js';
+import { L4Authorizer } from '../authz/l4.js';
 
 export interface Destination {
   /** Where the tunnel or passthrough goes. */

@@ -11,6 +11,9 @@ import { withLibbpfLog } from './libbpf-log.js';
 import { objectInfo, requireBpffs } from './kernel-objects.js';
 import { BpfMap } from './map.js';
 
+/** Whether libbpf.so.1 loads on this host. */
+export { libbpfAvailable } from '../../native/libbpf.js';
+
 const VERIFIER_LOG_SIZE = 1 << 20;
 
 export interface BpfProgram {

@@ -22,9 +22,9 @@ import * as tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { WorkloadCertificate } from '../identity/cert-manager.js';
 import { silentLogger } from '../telemetry/log.js';
-import { DEFAULT_HBONE_LIMITS, HBONE_CODE_HEADER, HBONE_CODES, HboneLimiter, hboneLimits, isHboneCode, refuseTunnel, type HboneCode, type HboneLimits } from './hbone-limits.js';
+import { DEFAULT_HBONE_LIMITS, HBONE_CODE_HEADER, HBONE_CODES, HboneLimiter, hboneLimits, isHboneCode, refuseTunnel, type HboneCode, type HboneLimits } from './limits.js';
 
-export { HBONE_CODE_HEADER, HBONE_CODES, HboneLimiter, refuseTunnel, type HboneCode, type HboneLimits } from './hbone-limits.js';
+export { HBONE_CODE_HEADER, HBONE_CODES, HboneLimiter, refuseTunnel, type HboneCode, type HboneLimits } from './limits.js';
 
 export const HBONE_PORT = 15008;
 

@@ -91,6 +91,9 @@ export function tcpSocket(family: number, options: SocketOptions = {}): number {
   return fd;
 }
 
+/** A non-blocking TCP socket for IPv4 or IPv6, made in the current netns. */
+export const tcpSocketOf = (version: 4 | 6, options: SocketOptions = {}): number => tcpSocket(version === 4 ? libc.AF_INET : libc.AF_INET6, options);
+
 /** A listening TCP socket on host:port inside the netns at `netnsPath`; returns its fd. */
 export function listenInNetns(netnsPath: string, host: string, port: number, options: SocketOptions = {}): number {
   return inNetns(netnsPath, () => {

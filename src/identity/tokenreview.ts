@@ -43,7 +43,7 @@ export const POD_UID_EXTRA = 'authentication.kubernetes.io/pod-uid';
 /** How a review ended, for metrics: a review that was not made because of the rate limit is `rate_limited`. */
 export type ReviewOutcome = 'accepted' | 'refused' | 'rate_limited' | 'timeout' | 'error';
 
-/** What this needs of an API client (src/control/kube/client.ts's KubeClient is one). */
+/** What this needs of an API client (src/kube/client.ts's KubeClient is one). */
 export interface TokenReviewClient {
   request(method: string, path: string, body?: unknown): Promise<{ status: number; body: unknown }>;
 }

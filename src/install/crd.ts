@@ -2,7 +2,7 @@
  * The CustomResourceDefinitions ambit owns: only ambit.dev RateLimit. Istio's and the Gateway
  * API's CRDs are prerequisites installed from those projects.
  *
- * The RateLimit schema mirrors `rateLimit` in src/control/validate.ts field for field (required
+ * The RateLimit schema mirrors `rateLimit` in src/config/validate.ts field for field (required
  * fields, enums, integer ranges, at least one targetRef). Unknown fields are not listed here as
  * `additionalProperties: false` (structural schemas forbid it): the API server prunes them, and
  * kubectl's default strict field validation rejects them, as validate.ts does. One deliberate

@@ -6,7 +6,7 @@
  * are rendered per Gateway by waypoint.ts. docs/KUBERNETES.md gives the reason for every RBAC
  * rule and every capability.
  */
-import { DATAPLANE_MODE } from '../control/model.js';
+import { DATAPLANE_MODE } from '../config/model.js';
 import { rateLimitCrd } from './crd.js';
 import { commonLabels, type K8sObject } from './objects.js';
 import { CNI_PRIMARY_TYPES, type Values } from './values.js';

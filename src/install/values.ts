@@ -4,7 +4,7 @@
  * that names the key (and, for an unknown key, lists the known ones).
  */
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
-import { HboneLimitsError, parseHboneLimits } from '../node/hbone-limits.js';
+import { HboneLimitsError, parseHboneLimits } from '../hbone/limits.js';
 import { packageVersion } from '../util/package.js';
 
 /** The platforms `platform` presets defaults for (docs/KUBERNETES.md says what each changes and why). */

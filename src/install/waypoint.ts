@@ -7,7 +7,7 @@
  */
 import {
   DATAPLANE_MODE, TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL,
-} from '../control/model.js';
+} from '../config/model.js';
 import { commonLabels, type K8sObject } from './objects.js';
 import {
   controllerAddress, credentialMounts, credentialVolumes, httpProbe, LINUX_NODES, prometheusAnnotations, pullSecrets, ROOT_CERT_DIR, TOKEN_DIR,

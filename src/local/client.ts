@@ -9,7 +9,7 @@ import { dirname, extname, join, resolve } from 'node:path';
 import { ambitBin } from '../util/package.js';
 import { LocalError } from './errors.js';
 import type { ClusterLayout } from './layout.js';
-import type { Diagnostic, ManifestInput } from './manifests.js';
+import type { Diagnostic, ManifestInput } from '../kube/manifests.js';
 import { removeKernelObjects } from './runtime.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

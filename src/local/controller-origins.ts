@@ -9,16 +9,11 @@ import type { Metadata } from '@grpc/grpc-js';
 import { CaError } from '../identity/ca.js';
 import type { Authenticator, Caller, NodeDirectory } from '../identity/ca-server.js';
 import { formatSpiffeId } from '../identity/spiffe.js';
-import type { Resource, ServiceResource } from '../local/manifests.js';
-import { podAddress6 } from '../local/layout.js';
-import type { ClusterState } from '../local/state.js';
-import type { PodInfo, SourceSnapshot } from './model.js';
-
-/** Where the controller's configuration comes from: the local cluster, a manifest directory, or the Kubernetes API. */
-export interface ConfigSource {
-  start(onChange: (snapshot: SourceSnapshot) => void): void;
-  stop(): void;
-}
+import type { Resource, ServiceResource } from '../kube/manifests.js';
+import { podAddress6 } from './layout.js';
+import type { ClusterState } from './state.js';
+import type { PodInfo, SourceSnapshot } from '../config/model.js';
+import type { ConfigSource, ControllerOrigins } from '../config/source.js';
 
 /** One credential per waypoint, `<state>/waypoints/<ns>.<name>/token`, written by the runtime with the waypoint. */
 export function readWaypointTokens(stateDir: string): { namespace: string; name: string; token: string }[] {
@@ -171,4 +166,13 @@ export function snapshotOf(state: ClusterState): SourceSnapshot {
   });
   const pods: PodInfo[] = Object.values(state.pods).map((p) => ({ uid: p.uid, namespace: p.namespace, name: p.name, node: p.node, ip: p.ip, ips: [p.ip, podAddress6(p.ip)], labels: p.labels, spec: p.spec, ...(p.owner ? { owner: { kind: p.owner.kind, name: p.owner.name } } : {}) }));
   return { resources, pods };
+}
+
+/** The controller's origins in a local cluster: pods and config from cluster.json, callers by the tokens the runtime wrote. */
+export function localOrigins(stateDir: string, trustDomain: string): ControllerOrigins {
+  const authenticator = new LocalCredentials(stateDir, trustDomain);
+  return {
+    source: new LocalClusterSource(join(stateDir, 'cluster.json')), authenticator,
+    directory: new LocalNodeDirectory(join(stateDir, 'cluster.json'), trustDomain), describe: { source: 'local', nodes: authenticator.nodes },
+  };
 }

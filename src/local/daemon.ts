@@ -15,7 +15,7 @@ import { logger } from '../telemetry/log.js';
 import { listenUnix, localServer } from '../util/local-http.js';
 import { LocalError } from './errors.js';
 import type { ClusterLayout } from './layout.js';
-import type { ManifestInput } from './manifests.js';
+import type { ManifestInput } from '../kube/manifests.js';
 import { ApplyError, Runtime } from './runtime.js';
 import { runtimePid } from './client.js';
 

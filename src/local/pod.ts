@@ -9,8 +9,8 @@ import { request } from 'node:http';
 import { Socket } from 'node:net';
 import { constants } from 'node:os';
 import type { Logger } from 'pino';
-import { socketInNetns } from '../node/netns.js';
-import { expandArgv, type Container, type Probe } from './manifests.js';
+import { socketInNetns } from '../host/netns.js';
+import { expandArgv, type Container, type Probe } from '../kube/manifests.js';
 import { cgroupProcs, launchArgv, removeCgroupTree, signalCgroup } from './process.js';
 import type { PodRecord } from './state.js';
 

@@ -13,10 +13,10 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { Socket } from 'node:net';
-import { isEnrolled, TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../control/model.js';
-import { validateMeshObject } from '../control/validate.js';
+import { isEnrolled, TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../config/model.js';
+import { validateMeshObject } from '../config/validate.js';
 import { Datapath } from '../ebpf/datapath.js';
-import { socketInNetns } from '../node/netns.js';
+import { socketInNetns } from '../host/netns.js';
 import { ambitBin } from '../util/package.js';
 import { Component } from './component.js';
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -28,7 +28,7 @@ import {
 import {
   formatDiagnostic, parseManifests, type DeploymentResource, type Diagnostic, type ManifestInput,
   type PodResource, type PodSpec, type Resource, type ServiceResource,
-} from './manifests.js';
+} from '../kube/manifests.js';
 import { ClusterNetwork, deleteNetns, listNetns, type ServiceRule } from './net.js';
 import { LocalPod, type ContainerStatus, type Phase } from './pod.js';
 import { removeCgroupTree } from './process.js';

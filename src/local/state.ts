@@ -6,7 +6,7 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { LocalError } from './errors.js';
-import type { PodSpec, Resource } from './manifests.js';
+import type { PodSpec, Resource } from '../kube/manifests.js';
 
 export interface NodeRecord {
   name: string;

@@ -18,8 +18,8 @@ import { existsSync } from 'node:fs';
 import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2';
 import { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { DiscoveryClient, type WireResource } from '../control/discovery.js';
-import type { Service, Workload } from '../control/model.js';
+import { DiscoveryClient, type WireResource } from '../discovery/discovery.js';
+import type { Service, Workload } from '../config/model.js';
 import { detectSocketLbConflicts } from '../ebpf/cgroup-programs.js';
 import { AMBIT, Datapath } from '../ebpf/datapath.js';
 import type { OrigDst } from '../ebpf/codecs.js';
@@ -28,9 +28,9 @@ import { CertManager, type WorkloadCertificate } from '../identity/cert-manager.
 import { MeshMetrics } from '../telemetry/metrics.js';
 import { ConnectionTracker, resetOrDestroy, splice, type TrackedConnection } from './connections.js';
 import { PodEnroller, type EnrolledPod } from './enroll.js';
-import { HBONE_CODES, HboneError, HboneLimiter, HbonePool, HboneServer, refuseTunnel, type HboneCode, type HboneLimits, type TunnelInfo } from './hbone.js';
-import { MeshState, MeshStateError, type Destination } from './mesh-state.js';
-import { AGENT_SOCKET_MARK, netnsCookie, socketInNetns } from './netns.js';
+import { HBONE_CODES, HboneError, HboneLimiter, HbonePool, HboneServer, refuseTunnel, type HboneCode, type HboneLimits, type TunnelInfo } from '../hbone/hbone.js';
+import { MeshState, MeshStateError, type Destination } from '../discovery/mesh-state.js';
+import { AGENT_SOCKET_MARK, netnsCookie, socketInNetns } from '../host/netns.js';
 
 export const METRICS_PORT = 15020;
 export const HEALTH_PORT = 15021;

@@ -29,10 +29,10 @@ import { chmodSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { createServer, isIP, type Server, type Socket } from 'node:net';
 import { dirname, posix } from 'node:path';
 import type { Logger } from 'pino';
-import type { KubeClient } from '../control/kube/client.js';
-import { apiPod } from '../control/kube-source.js';
-import { workloadOf, type Workload } from '../control/model.js';
-import { isObject } from '../control/schema.js';
+import type { KubeClient } from '../kube/client.js';
+import { apiPod } from '../config/api-objects.js';
+import { workloadOf, type Workload } from '../config/model.js';
+import { isObject } from '../config/schema.js';
 import { silentLogger } from '../telemetry/log.js';
 import { listenUnix, SocketPathTooLongError } from '../util/local-http.js';
 

@@ -11,7 +11,7 @@ import { podConfigCodec, type OrigDst, type PodConfig } from '../ebpf/codecs.js'
 import type { Datapath } from '../ebpf/datapath.js';
 import { AMBIT } from '../ebpf/layout.generated.js';
 import { silentLogger } from '../telemetry/log.js';
-import { AGENT_SOCKET_MARK, closeFd, listenInNetns, netnsCookie } from './netns.js';
+import { AGENT_SOCKET_MARK, closeFd, listenInNetns, netnsCookie } from '../host/netns.js';
 
 export interface PodSpec {
   /** namespace/name, for messages. */

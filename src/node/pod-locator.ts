@@ -10,7 +10,7 @@
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Workload } from '../control/model.js';
+import type { Workload } from '../config/model.js';
 import { addrToBytes, bytesToAddr } from '../ebpf/addr.js';
 import type { PodLocator } from './agent.js';
 

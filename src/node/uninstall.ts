@@ -19,7 +19,7 @@ import { readdirSync, rmSync, statfsSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { freshToken, KubeApiError, KubeClient } from '../control/kube/client.js';
+import { freshToken, KubeApiError, KubeClient } from '../kube/client.js';
 import { removeCniInstall } from './cni-install.js';
 
 export type StopKind = 'uninstall' | 'restart' | 'unknown';

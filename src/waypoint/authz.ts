@@ -5,7 +5,7 @@
  *
  * Semantics (Istio's, for waypoints):
  * - Scope. Only policies with targetRef(s) act here; those with a selector or neither are the
- *   node agent's (src/node/authz.ts). A ref binds within the policy's namespace (a ref naming
+ *   node agent's (src/authz/l4.ts). A ref binds within the policy's namespace (a ref naming
  *   another `namespace` binds nothing): kind Gateway (group gateway.networking.k8s.io) = every
  *   request through that waypoint; kind Service (group "") = requests for that service, through
  *   any waypoint. In the root namespace (istio-system unless configured), kind GatewayClass
@@ -55,9 +55,9 @@
  *   Each is reported once, at compile time, in `warnings` and through `log`. evaluate() does
  *   not throw: an unexpected error denies the request.
  */
-import { WAYPOINT_CLASS, type ConfigObject } from '../control/model.js';
-import { isObject } from '../control/schema.js';
-import { allOf, anyOf, DEFAULT_ROOT_NAMESPACE, parseCidr, parseIp, peerIdentity, stringMatcher, type AuthzDecision, type PeerIdentity } from '../node/authz.js';
+import { WAYPOINT_CLASS, type ConfigObject } from '../config/model.js';
+import { isObject } from '../config/schema.js';
+import { allOf, anyOf, DEFAULT_ROOT_NAMESPACE, parseCidr, parseIp, peerIdentity, stringMatcher, type AuthzDecision, type PeerIdentity } from '../authz/l4.js';
 
 export interface L7Request {
   /** SPIFFE ID of the HBONE peer ("spiffe://cluster.local/ns/shop/sa/web"), undefined for plaintext. */
@@ -129,7 +129,7 @@ function isAuthorizationPolicy(p: ConfigObject): boolean {
 export function appliesAtWaypoint(policy: ConfigObject): boolean {
   if (!isAuthorizationPolicy(policy)) return false;
   const spec = asObject(policy.spec);
-  // The node agent's own test (src/node/authz.ts), so that every policy lands on exactly one side.
+  // The node agent's own test (src/authz/l4.ts), so that every policy lands on exactly one side.
   return spec.targetRef !== undefined || asList(spec.targetRefs).length > 0;
 }
 

@@ -42,7 +42,7 @@
  * - `localityLbSetting`, `warmupDurationSecs` and `warmup` are accepted and not used: ambit has
  *   no localities, and new endpoints get their full share at once. Each shows up in `notes`.
  */
-import { durationMs, isObject } from '../control/schema.js';
+import { durationMs, isObject } from '../config/schema.js';
 
 export interface Endpoint {
   /** The workload's uid. */

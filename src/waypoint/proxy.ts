@@ -23,13 +23,13 @@ import {
 import type { Socket } from 'node:net';
 import { Duplex, type Readable, type Writable } from 'node:stream';
 import type { Logger } from 'pino';
-import type { ConfigObject, Service, Workload } from '../control/model.js';
+import type { ConfigObject, Service, Workload } from '../config/model.js';
 import type { WorkloadCertificate } from '../identity/cert-manager.js';
-import { isObject } from '../control/schema.js';
+import { isObject } from '../config/schema.js';
 import { silentLogger } from '../telemetry/log.js';
 import { extract, inject, type Span, type Tracer } from '../telemetry/tracing.js';
-import { HboneError, HbonePool, HboneServer, type TunnelInfo } from '../node/hbone.js';
-import { HBONE_CODES, refuseTunnel, type HboneLimiter } from '../node/hbone-limits.js';
+import { HboneError, HbonePool, HboneServer, type TunnelInfo } from '../hbone/hbone.js';
+import { HBONE_CODES, refuseTunnel, type HboneLimiter } from '../hbone/limits.js';
 import { normalizePath, type L7Authorizer, type L7Request, type L7Target } from './authz.js';
 import { detect, DETECT_TIMEOUT_MS, HEADERS_TIMEOUT_MS, MAX_H2_STREAMS, MAX_HEADER_BYTES, MAX_HEADERS } from './detect.js';
 import { createBalancer, type Balancer, type Endpoint } from './balancer.js';

@@ -6,7 +6,7 @@
  * comes from an injected clock, randomness from an injected `random`; the proxy reports what
  * happened and acts on the answers.
  */
-import { durationMs, isObject } from '../control/schema.js';
+import { durationMs, isObject } from '../config/schema.js';
 
 export interface Clock {
   /** Milliseconds, monotonic. */

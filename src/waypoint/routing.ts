@@ -81,8 +81,8 @@
  *   `consecutive5xxErrors` when that is unset.
  * Returned objects are shared between requests: treat them as read-only.
  */
-import type { ConfigObject, Service } from '../control/model.js';
-import { durationMs, isObject } from '../control/schema.js';
+import type { ConfigObject, Service } from '../config/model.js';
+import { durationMs, isObject } from '../config/schema.js';
 
 // ---------------------------------------------------------------------------------------------
 // Public types

@@ -7,14 +7,13 @@
  */
 import { createServer, type Server } from 'node:net';
 import type { Logger } from 'pino';
-import { DiscoveryClient, type WireResource } from '../control/discovery.js';
-import type { ConfigObject } from '../control/model.js';
+import { DiscoveryClient, type WireResource } from '../discovery/discovery.js';
+import type { ConfigObject } from '../config/model.js';
 import { CaClient, type Credential } from '../identity/ca-server.js';
 import { CertManager } from '../identity/cert-manager.js';
 import { formatSpiffeId } from '../identity/spiffe.js';
-import { MeshState } from '../node/mesh-state.js';
-import * as libc from '../../native/libc.js';
-import { tcpSocket } from '../node/netns.js';
+import { MeshState } from '../discovery/mesh-state.js';
+import { tcpSocketOf } from '../host/netns.js';
 import { MeshMetrics, RequestMetrics, tcpLabels } from '../telemetry/metrics.js';
 import { createTracer, type TracingOptions } from '../telemetry/tracing.js';
 import { HttpError, listenTcp, localServer } from '../util/local-http.js';
@@ -53,7 +52,7 @@ export class Waypoint {
     const tracer = createTracer({ serviceName: `${opts.name}.${opts.namespace}`, ...opts.tracing }, { log: opts.log });
     const proxy = new WaypointProxy({
       identity, gateway: { namespace: opts.namespace, name: opts.name }, tracer, certificate: () => certs.get(identity), roots: () => certs.trustBundle,
-      socket: (family) => tcpSocket(family === 4 ? libc.AF_INET : libc.AF_INET6), log: opts.log,
+      socket: (family: 4 | 6) => tcpSocketOf(family), log: opts.log,
     });
     const metrics = new MeshMetrics();
     const requests = new RequestMetrics(metrics.registry);

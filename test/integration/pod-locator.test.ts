@@ -7,7 +7,7 @@ import { existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, sta
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Workload } from '../../src/control/model.js';
+import type { Workload } from '../../src/config/model.js';
 import { cgroup2Mount } from '../../src/ebpf/mounts.js';
 import {
   normalizeIp, parseCgroupV2, parseFibTrieLocal, parseIfInet6, parseStartTime, PodLocatorError, ProcPodLocator,

@@ -1,7 +1,7 @@
 /** Test stand-ins for the agent's proxies and for pod applications: each answers one line that says who got the connection. */
 import { createServer, type Server, type Socket } from 'node:net';
 import type { PodHandlers } from '../../src/node/enroll.js';
-import { listenInNetns } from '../../src/node/netns.js';
+import { listenInNetns } from '../../src/host/netns.js';
 
 function plain(addr: string | undefined): string {
   return (addr ?? '').replace(/^::ffff:/, '');

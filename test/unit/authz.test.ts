@@ -7,10 +7,10 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { buildModel, type ConfigObject, type Workload } from '../../src/control/model.js';
-import { validateMeshObject } from '../../src/control/validate.js';
-import { parseManifests } from '../../src/local/manifests.js';
-import { L4Authorizer, parseCidr, parseIp, type AuthzDecision, type L4Connection } from '../../src/node/authz.js';
+import { buildModel, type ConfigObject, type Workload } from '../../src/config/model.js';
+import { validateMeshObject } from '../../src/config/validate.js';
+import { parseManifests } from '../../src/kube/manifests.js';
+import { L4Authorizer, parseCidr, parseIp, type AuthzDecision, type L4Connection } from '../../src/authz/l4.js';
 
 const SHARED = process.env.AMBIT_SHARED_DIR ?? new URL('../../../shared/', import.meta.url).pathname;
 if (!existsSync(SHARED)) throw new Error(`the shared conformance data is not at ${SHARED}: set AMBIT_SHARED_DIR`);

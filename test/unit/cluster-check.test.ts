@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { KubeClient } from '../../src/control/kube/client.js';
+import { KubeClient } from '../../src/kube/client.js';
 import { clusterChecks, labelSelector, type ClusterCheckOptions } from '../../src/cli/cluster-check.js';
 import type { Check } from '../../src/cli/checks.js';
 import { controllerObjects, nodeAgentDaemonSet } from '../../src/install/render.js';

@@ -9,8 +9,8 @@ import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KubeClient } from '../../src/control/kube/client.js';
-import type { Workload } from '../../src/control/model.js';
+import { KubeClient } from '../../src/kube/client.js';
+import type { Workload } from '../../src/config/model.js';
 import { CniServer, parseCniArgs, resultIps, type CniLimits, type CniServerOptions, type CniTarget } from '../../src/node/cni-server.js';
 import { FakeApiServer } from '../helpers/fake-apiserver.js';
 

@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DiscoveryClient, type WireResource } from '../../src/control/discovery.js';
+import { DiscoveryClient, type WireResource } from '../../src/discovery/discovery.js';
 import { CaClient } from '../../src/identity/ca-server.js';
 import { CertManager } from '../../src/identity/cert-manager.js';
 import { splitPemBundle } from '../../src/identity/pki.js';

@@ -9,12 +9,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { configCounts, runController, type Controller } from '../../src/control/controller.js';
-import { DiscoveryClient } from '../../src/control/discovery.js';
+import { DiscoveryClient } from '../../src/discovery/discovery.js';
 import { CaClient } from '../../src/identity/ca-server.js';
 import { CertManager } from '../../src/identity/cert-manager.js';
 import { splitPemBundle } from '../../src/identity/pki.js';
 import { NODE_NAME_EXTRA } from '../../src/identity/tokenreview.js';
-import type { Resource } from '../../src/local/manifests.js';
+import type { Resource } from '../../src/kube/manifests.js';
 import { FakeApiServer, writeKubeconfig } from '../helpers/fake-apiserver.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-ctl-metrics-'));

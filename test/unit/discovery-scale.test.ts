@@ -7,11 +7,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DiscoveryClient, DiscoveryServer, discoveryService, PART_BYTES, partsOf, type WireResource } from '../../src/control/discovery.js';
-import { buildModel, type MeshModel, type PodInfo } from '../../src/control/model.js';
+import { DiscoveryClient, DiscoveryServer, discoveryService, PART_BYTES, partsOf, type WireResource } from '../../src/discovery/discovery.js';
+import { buildModel, type MeshModel, type PodInfo } from '../../src/config/model.js';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
 import { BootstrapTokenAuthenticator, CaServer } from '../../src/identity/ca-server.js';
-import type { Resource, ServiceResource } from '../../src/local/manifests.js';
+import type { Resource, ServiceResource } from '../../src/kube/manifests.js';
 
 const PODS = 50_000;
 const SERVICES = 1_000;

@@ -8,13 +8,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DiscoveryClient, DiscoveryServer, discoveryService, MAX_INFLIGHT, MAX_NACK_ERROR, MAX_STREAMS, viewFor, type WireResource } from '../../src/control/discovery.js';
-import { buildModel, type MeshModel, type PodInfo, type Service, type Workload } from '../../src/control/model.js';
-import { validateMeshObject } from '../../src/control/validate.js';
+import { DiscoveryClient, DiscoveryServer, discoveryService, MAX_INFLIGHT, MAX_NACK_ERROR, MAX_STREAMS, viewFor, type WireResource } from '../../src/discovery/discovery.js';
+import { buildModel, type MeshModel, type PodInfo, type Service, type Workload } from '../../src/config/model.js';
+import { validateMeshObject } from '../../src/config/validate.js';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
 import * as grpc from '@grpc/grpc-js';
 import { BootstrapTokenAuthenticator, CaServer, type Authenticator } from '../../src/identity/ca-server.js';
-import { parseManifests, type PodSpec } from '../../src/local/manifests.js';
+import { parseManifests, type PodSpec } from '../../src/kube/manifests.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-disc-'));
 // At file level: the directory goes even when a filter skips the block that uses it.

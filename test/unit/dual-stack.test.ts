@@ -1,7 +1,7 @@
 /** A dual-stack pod's every address reaches the node agent: Kubernetes status.podIPs, the local cluster's derived IPv6. */
 import { describe, expect, it } from 'vitest';
-import { apiPod } from '../../src/control/kube-source.js';
-import { workloadOf } from '../../src/control/model.js';
+import { apiPod } from '../../src/config/api-objects.js';
+import { workloadOf } from '../../src/config/model.js';
 import { podAddress6 } from '../../src/local/layout.js';
 
 const pod = (status: Record<string, unknown>) => apiPod({

@@ -14,13 +14,12 @@ import * as tls from 'node:tls';
 import { pino, type Logger } from 'pino';
 import { Writable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import * as libc from '../../native/libc.js';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
 import { CertManager, type WorkloadCertificate } from '../../src/identity/cert-manager.js';
 import { cli } from '../integration/helpers/cli.js';
-import { BoundedLog, HBONE_CODES, HboneLimiter, HboneLimitsError, hboneLimits, parseHboneLimits, type HboneLimits } from '../../src/node/hbone-limits.js';
-import { HboneError, HbonePool, HboneServer, type HboneSource } from '../../src/node/hbone.js';
-import { tcpSocket } from '../../src/node/netns.js';
+import { BoundedLog, HBONE_CODES, HboneLimiter, HboneLimitsError, hboneLimits, parseHboneLimits, type HboneLimits } from '../../src/hbone/limits.js';
+import { HboneError, HbonePool, HboneServer, type HboneSource } from '../../src/hbone/hbone.js';
+import { tcpSocketOf } from '../../src/host/netns.js';
 import { MeshMetrics } from '../../src/telemetry/metrics.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-hbone-limits-'));
@@ -31,7 +30,7 @@ let clientCert: WorkloadCertificate;
 const cleanups: (() => unknown)[] = [];
 
 function source(pod = 'users-1'): HboneSource {
-  return { pod, cert: clientCert, roots: manager.trustBundle, socket: (family) => tcpSocket(family === 4 ? libc.AF_INET : libc.AF_INET6) };
+  return { pod, cert: clientCert, roots: manager.trustBundle, socket: (family: 4 | 6) => tcpSocketOf(family) };
 }
 
 /** A log that keeps its lines, for the bounded-rate checks. */

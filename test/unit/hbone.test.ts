@@ -9,11 +9,10 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import * as libc from '../../native/libc.js';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
 import { CertManager, type WorkloadCertificate } from '../../src/identity/cert-manager.js';
-import { HBONE_CODES, HboneError, HbonePool, HboneServer, refuseTunnel, type HboneSource, type TunnelInfo } from '../../src/node/hbone.js';
-import { tcpSocket } from '../../src/node/netns.js';
+import { HBONE_CODES, HboneError, HbonePool, HboneServer, refuseTunnel, type HboneSource, type TunnelInfo } from '../../src/hbone/hbone.js';
+import { tcpSocketOf } from '../../src/host/netns.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-hbone-'));
 const USERS = 'spiffe://cluster.local/ns/shop/sa/users';
@@ -26,7 +25,7 @@ const tunnels: TunnelInfo[] = [];
 let hbone: HboneServer;
 
 function source(cert: WorkloadCertificate, roots: string[], pod = 'users-1'): HboneSource {
-  return { pod, cert, roots, socket: (family) => tcpSocket(family === 4 ? libc.AF_INET : libc.AF_INET6) };
+  return { pod, cert, roots, socket: (family: 4 | 6) => tcpSocketOf(family) };
 }
 
 function echo(stream: ServerHttp2Stream): void {

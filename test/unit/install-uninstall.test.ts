@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { CONTROLLER_WRITTEN_SELECTOR, controllerWrittenKinds } from '../../src/cli/install.js';
-import { KubeClient } from '../../src/control/kube/client.js';
+import { KubeClient } from '../../src/kube/client.js';
 import { TrustBundlePublisher } from '../../src/control/kube/trust-bundle.js';
 import { WaypointReconciler } from '../../src/control/kube/waypoints.js';
 import type { K8sObject } from '../../src/install/objects.js';

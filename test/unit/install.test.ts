@@ -1,6 +1,6 @@
 /**
  * `ambit install`: every rendered object validates against its Kubernetes schema
- * (kubernetes-models), the RateLimit CRD's schema agrees with src/control/validate.ts, `--set`
+ * (kubernetes-models), the RateLimit CRD's schema agrees with src/config/validate.ts, `--set`
  * refuses what it does not know, RBAC is least privilege and the node agent is not privileged.
  */
 import { spawnSync } from 'node:child_process';
@@ -9,7 +9,7 @@ import Ajv from 'ajv';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { buildProgram } from '../../src/cli/main.js';
-import { validateMeshObject } from '../../src/control/validate.js';
+import { validateMeshObject } from '../../src/config/validate.js';
 import { rateLimitCrd } from '../../src/install/crd.js';
 import type { K8sObject } from '../../src/install/objects.js';
 import {

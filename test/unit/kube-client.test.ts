@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KubeClient, kubeconfigServer } from '../../src/control/kube/client.js';
+import { KubeClient, kubeconfigServer } from '../../src/kube/client.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-kube-client-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

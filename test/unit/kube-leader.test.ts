@@ -3,7 +3,7 @@
  * resourceVersion on PUT, as the real one does), with short durations.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { KubeClient } from '../../src/control/kube/client.js';
+import { KubeClient } from '../../src/kube/client.js';
 import { LeaderElector, type LeaderElectionOptions } from '../../src/control/kube/leader.js';
 import { FakeApiServer } from '../helpers/fake-apiserver.js';
 

@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { KubeClient } from '../../src/control/kube/client.js';
+import { KubeClient } from '../../src/kube/client.js';
 import { KubernetesSource } from '../../src/control/kube-source.js';
-import { buildModel, type SourceSnapshot } from '../../src/control/model.js';
+import { buildModel, type SourceSnapshot } from '../../src/config/model.js';
 import { FakeApiServer, type ServedKind } from '../helpers/fake-apiserver.js';
 
 const SERVED: ServedKind[] = [

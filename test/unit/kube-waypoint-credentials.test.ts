@@ -6,7 +6,7 @@
  */
 import { Metadata } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KubeClient } from '../../src/control/kube/client.js';
+import { KubeClient } from '../../src/kube/client.js';
 import { KubernetesSource } from '../../src/control/kube-source.js';
 import { CaError } from '../../src/identity/ca.js';
 import { TokenReviewAuthenticator } from '../../src/identity/tokenreview.js';

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { KubeClient } from '../../src/control/kube/client.js';
+import { KubeClient } from '../../src/kube/client.js';
 import { FIELD_MANAGER, WaypointReconciler } from '../../src/control/kube/waypoints.js';
 import { FakeApiServer, type ServedKind, writeKubeconfig } from '../helpers/fake-apiserver.js';
 

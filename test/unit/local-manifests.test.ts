@@ -1,9 +1,9 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { validateMeshObject } from '../../src/control/validate.js';
+import { validateMeshObject } from '../../src/config/validate.js';
 import {
   expandArgv, formatDiagnostic, parseManifests, type DeploymentResource, type Diagnostic, type PodResource, type ServiceResource,
-} from '../../src/local/manifests.js';
+} from '../../src/kube/manifests.js';
 
 const parse = (text: string, opts = {}) => parseManifests([{ file: 'm.yaml', text, dir: '/srv/app' }], opts);
 const errors = (ds: Diagnostic[]) => ds.filter((d) => d.severity === 'error').map(formatDiagnostic);

@@ -7,9 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ManifestDirSource, MergedSource } from '../../src/control/manifest-source.js';
-import type { ConfigSource } from '../../src/control/local-source.js';
-import type { SourceSnapshot } from '../../src/control/model.js';
-import { parseManifests, type Diagnostic } from '../../src/local/manifests.js';
+import type { ConfigSource } from '../../src/config/source.js';
+import type { SourceSnapshot } from '../../src/config/model.js';
+import { parseManifests, type Diagnostic } from '../../src/kube/manifests.js';
 
 const VS = (weight: number | string) => `
 apiVersion: networking.istio.io/v1

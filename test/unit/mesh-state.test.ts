@@ -1,8 +1,8 @@
 /** The node agent's view of the mesh: parsing the discovery resources and resolving destinations. */
 import { describe, expect, it } from 'vitest';
-import type { WireResource } from '../../src/control/discovery.js';
-import { WAYPOINT_GATEWAY_LABEL, type Service, type Workload } from '../../src/control/model.js';
-import { MeshState, MeshStateError } from '../../src/node/mesh-state.js';
+import type { WireResource } from '../../src/discovery/discovery.js';
+import { WAYPOINT_GATEWAY_LABEL, type Service, type Workload } from '../../src/config/model.js';
+import { MeshState, MeshStateError } from '../../src/discovery/mesh-state.js';
 
 const workload = (uid: string, ip: string, node: string, ports: Record<string, number> = { http: 8080 }, enrolled = true): Workload => ({
   uid, name: uid, workload: uid.replace(/-\d+$/, ''), namespace: 'shop', serviceAccount: 'sa', identity: `spiffe://cluster.local/ns/shop/sa/${uid}`,

@@ -5,8 +5,8 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { validateMeshObject } from '../../src/control/validate.js';
-import { formatDiagnostic, parseManifests, type Diagnostic } from '../../src/local/manifests.js';
+import { validateMeshObject } from '../../src/config/validate.js';
+import { formatDiagnostic, parseManifests, type Diagnostic } from '../../src/kube/manifests.js';
 
 const SHARED = process.env.AMBIT_SHARED_DIR ?? new URL('../../../shared/', import.meta.url).pathname;
 if (!existsSync(SHARED)) throw new Error(`the shared conformance data is not at ${SHARED}: set AMBIT_SHARED_DIR`);

@@ -1,6 +1,6 @@
 import { Metadata } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KubeClient } from '../../src/control/kube/client.js';
+import { KubeClient } from '../../src/kube/client.js';
 import { CaError } from '../../src/identity/ca.js';
 import { NODE_NAME_EXTRA, peerAddress, POD_NAME_EXTRA, POD_UID_EXTRA, TokenReviewAuthenticator, type ReviewOutcome, type TokenReviewOptions } from '../../src/identity/tokenreview.js';
 import { FakeApiServer } from '../helpers/fake-apiserver.js';

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { KubeClient } from '../../src/control/kube/client.js';
+import { KubeClient } from '../../src/kube/client.js';
 import { DaemonSetWatch, freshTokenClient, stopKind } from '../../src/node/uninstall.js';
 
 const DS_PATH = '/apis/apps/v1/namespaces/ambit-system/daemonsets/ambit-node';

@@ -7,10 +7,10 @@
  */
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import type { ConfigObject } from '../../src/control/model.js';
-import type { Path } from '../../src/control/schema.js';
-import { validateMeshObject } from '../../src/control/validate.js';
-import { L4Authorizer } from '../../src/node/authz.js';
+import type { ConfigObject } from '../../src/config/model.js';
+import type { Path } from '../../src/config/schema.js';
+import { validateMeshObject } from '../../src/config/validate.js';
+import { L4Authorizer } from '../../src/authz/l4.js';
 import { appliesAtWaypoint, L7Authorizer, normalizePath, type L7Decision, type L7Request, type L7Target } from '../../src/waypoint/authz.js';
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import type { ConfigObject } from '../../src/control/model.js';
+import type { ConfigObject } from '../../src/config/model.js';
 import { L7Authorizer, type L7Request, type L7Target } from '../../src/waypoint/authz.js';
 import { detect, DETECT_MAX_BYTES, H2_PREFACE, MAX_LEADING_BLANK_BYTES } from '../../src/waypoint/detect.js';
 

@@ -7,9 +7,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { buildModel, type MeshModel, type Service } from '../../src/control/model.js';
-import { validateMeshObject } from '../../src/control/validate.js';
-import { parseManifests } from '../../src/local/manifests.js';
+import { buildModel, type MeshModel, type Service } from '../../src/config/model.js';
+import { validateMeshObject } from '../../src/config/validate.js';
+import { parseManifests } from '../../src/kube/manifests.js';
 import {
   DEFAULT_RETRIES, resolveHost, Router, type Destination, type ForwardAction, type RouteAction, type RouteRequest,
 } from '../../src/waypoint/routing.js';

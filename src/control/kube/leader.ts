@@ -19,7 +19,7 @@
  */
 import type { Logger } from 'pino';
 import { silentLogger } from '../../telemetry/log.js';
-import type { KubeClient } from './client.js';
+import type { KubeClient } from '../../kube/client.js';
 
 export interface LeaderElectionOptions {
   namespace: string;

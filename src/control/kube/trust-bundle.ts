@@ -13,7 +13,7 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { silentLogger } from '../../telemetry/log.js';
-import type { KubeClient } from './client.js';
+import type { KubeClient } from '../../kube/client.js';
 import { Coalescer } from './coalesce.js';
 import { PART_OF } from '../../install/objects.js';
 import { FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL } from './waypoints.js';

@@ -32,9 +32,9 @@ import type { K8sObject } from '../../install/objects.js';
 import { waypointObjects } from '../../install/waypoint.js';
 import { defaultValues, type Values } from '../../install/values.js';
 import { silentLogger } from '../../telemetry/log.js';
-import { WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../model.js';
-import { isObject } from '../schema.js';
-import type { KubeClient } from './client.js';
+import { WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../../config/model.js';
+import { isObject } from '../../config/schema.js';
+import type { KubeClient } from '../../kube/client.js';
 import { Coalescer } from './coalesce.js';
 
 export const FIELD_MANAGER = 'ambit-controller';

@@ -5,8 +5,8 @@
  * naming its file, document and reason — and never an exception.
  */
 import { tmpdir } from 'node:os';
-import { validateMeshObject } from '../../../src/control/validate.js';
-import { parseManifests } from '../../../src/local/manifests.js';
+import { validateMeshObject } from '../../../src/config/validate.js';
+import { parseManifests } from '../../../src/kube/manifests.js';
 import { manifests, type ManifestText } from '../gen-manifests.js';
 import { Finding, type FuzzTarget } from '../harness.js';
 

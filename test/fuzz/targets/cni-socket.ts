@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as fc from 'fast-check';
-import { KubeClient } from '../../../src/control/kube/client.js';
+import { KubeClient } from '../../../src/kube/client.js';
 import { CniServer, type CniTarget } from '../../../src/node/cni-server.js';
 import { FakeApiServer } from '../../helpers/fake-apiserver.js';
 import { latin1, sendRaw } from '../gen-http.js';

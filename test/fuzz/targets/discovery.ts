@@ -9,8 +9,8 @@
  * run in socket callbacks, where a throw takes the node agent down.
  */
 import * as fc from 'fast-check';
-import { discoveryService, type WireResource } from '../../../src/control/discovery.js';
-import { MeshState, MeshStateError } from '../../../src/node/mesh-state.js';
+import { discoveryService, type WireResource } from '../../../src/discovery/discovery.js';
+import { MeshState, MeshStateError } from '../../../src/discovery/mesh-state.js';
 import { discoveryResponse, lookup } from '../gen-mesh.js';
 import { Finding, type FuzzTarget } from '../harness.js';
 

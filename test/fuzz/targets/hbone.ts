@@ -8,7 +8,7 @@ import * as http2 from 'node:http2';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import * as tls from 'node:tls';
 import type { WorkloadCertificate } from '../../../src/identity/cert-manager.js';
-import { HboneServer } from '../../../src/node/hbone.js';
+import { HboneServer } from '../../../src/hbone/hbone.js';
 import { connectInput, encodeH2, h2Answer, h2Input, type ConnectInput, type H2Input } from '../gen-h2.js';
 import type { FuzzTarget } from '../harness.js';
 import { meshPki, type MeshPki } from '../mesh-pki.js';

@@ -5,7 +5,7 @@
  *   node --import tsx subscribe.ts ADDRESS TOKEN_FILE ROOT_FILE NODE [REJECT_KEY]
  */
 import { readFileSync } from 'node:fs';
-import { DiscoveryClient } from '../../../src/control/discovery.js';
+import { DiscoveryClient } from '../../../src/discovery/discovery.js';
 import { splitPemBundle } from '../../../src/identity/pki.js';
 
 const [address, tokenFile, rootFile, node, reject] = process.argv.slice(2);

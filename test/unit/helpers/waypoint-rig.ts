@@ -7,19 +7,18 @@ import type * as http from 'node:http';
 import type * as http2 from 'node:http2';
 import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
-import * as libc from '../../../native/libc.js';
-import type { Service, ServicePort, Workload } from '../../../src/control/model.js';
+import type { Service, ServicePort, Workload } from '../../../src/config/model.js';
 import { CertificateAuthority, FileCaStore } from '../../../src/identity/ca.js';
 import { CertManager } from '../../../src/identity/cert-manager.js';
-import { HbonePool, HboneServer } from '../../../src/node/hbone.js';
-import { tcpSocket } from '../../../src/node/netns.js';
+import { HbonePool, HboneServer } from '../../../src/hbone/hbone.js';
+import { tcpSocketOf } from '../../../src/host/netns.js';
 
 export const CLIENT = 'spiffe://cluster.local/ns/shop/sa/client';
 export const WAYPOINT = 'spiffe://cluster.local/ns/shop/sa/waypoint';
 export const REVIEWS = 'spiffe://cluster.local/ns/shop/sa/reviews';
 
 /** A fresh unconnected TCP socket of the family asked for, as the agent makes them. */
-export const loopbackSocket = (family: 4 | 6): number => tcpSocket(family === 4 ? libc.AF_INET : libc.AF_INET6);
+export const loopbackSocket = (family: 4 | 6): number => tcpSocketOf(family);
 
 /** The service `reviews` on `vip` with these ports, its one endpoint `w1`. */
 export function reviewsService(vip: string, ports: ServicePort[]): Service {
