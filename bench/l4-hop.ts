@@ -29,7 +29,7 @@
  * them passed connections, from their stats sockets; a node relay only when relay-server's count
  * of the CONNECT streams it carried (written to a file on SIGUSR2) grew.
  *
- * The cluster (`ambit local up --name l4hop-<random>`, state under the bench's temp dir) is
+ * The cluster (`ambit local up --cluster l4hop-<random>`, state under the bench's temp dir) is
  * removed at the end, on failure and on Ctrl-C, unless --keep; the C programs and certificates
  * live in the temp dir, which goes with it. The bench then checks that nothing is left: no
  * `ambit-<cluster>.*` netns, no cgroup, no process naming the temp dir or the cluster.

@@ -228,7 +228,7 @@ export class Cluster {
   }
 
   private ambit(sub: string, args: string[], timeoutMs: number): Promise<RunResult> {
-    return this.cli(['local', sub, '--name', this.name, ...args], timeoutMs);
+    return this.cli(['local', sub, '--cluster', this.name, ...args], timeoutMs);
   }
 
   static fail(what: string, r: RunResult): never {
@@ -256,7 +256,7 @@ export class Cluster {
 
   async down(): Promise<void> {
     const r = await this.ambit('down', [], 120_000);
-    if (r.code !== 0) Cluster.fail(`ambit local down --name ${this.name}`, r);
+    if (r.code !== 0) Cluster.fail(`ambit local down --cluster ${this.name}`, r);
   }
 }
 
@@ -304,7 +304,7 @@ export class BenchRun {
     this.name = `${prefix}-${Math.random().toString(36).slice(2, 8).padEnd(6, '0')}`;
     this.env = { ...process.env, AMBIT_LOCAL_STATE: join(this.tmp, 'state') };
     this.cluster = new Cluster(this.name, this.env);
-    this.removeHint = `AMBIT_LOCAL_STATE=${this.env.AMBIT_LOCAL_STATE} npx ambit local down --name ${this.name} && rm -rf ${this.tmp}`;
+    this.removeHint = `AMBIT_LOCAL_STATE=${this.env.AMBIT_LOCAL_STATE} npx ambit local down --cluster ${this.name} && rm -rf ${this.tmp}`;
   }
 
   cleanup(): Promise<void> {

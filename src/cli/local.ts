@@ -15,7 +15,21 @@ import { readState } from '../local/state.js';
 
 const say = (line = '') => process.stdout.write(`${line}\n`);
 
-const nameOption = () => new Option('--name <name>', 'the cluster').default(DEFAULT_CLUSTER);
+/**
+ * The cluster is `--cluster NAME`, as `ambit namespace` and `ambit waypoint` spell it; `--name`,
+ * the older spelling, is still taken (hidden from the help).
+ */
+interface ClusterFlags { cluster?: string; name?: string }
+function withCluster(cmd: Command): Command {
+  return cmd.addOption(new Option('--cluster <name>', `the cluster (default: ${DEFAULT_CLUSTER})`))
+    .addOption(new Option('--name <name>', 'the cluster (the older spelling of --cluster)').hideHelp());
+}
+function clusterOf(opts: ClusterFlags): ClusterLayout {
+  if (opts.cluster !== undefined && opts.name !== undefined && opts.cluster !== opts.name) {
+    throw new LocalError(`--cluster ${opts.cluster} and --name ${opts.name} name two clusters`, '--name is the older spelling of --cluster: give one');
+  }
+  return new ClusterLayout(opts.cluster ?? opts.name ?? DEFAULT_CLUSTER);
+}
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
 function positiveInt(flag: string, max: number) {
@@ -29,20 +43,19 @@ function positiveInt(flag: string, max: number) {
 export function register(program: Command): void {
   const local = program.command('local').description('a whole ambit cluster on this machine: nodes and pods as network namespaces, processes as containers');
 
-  local.command('up')
+  withCluster(local.command('up'))
     .description('create (or reuse) a cluster, apply manifests, and wait until every pod runs')
     .option('-f, --filename <path>', 'manifest file or directory (repeatable; - for stdin)', collect)
     .option('--nodes <n>', `number of nodes, 1-${MAX_NODES} (default 2 for a new cluster)`, positiveInt('--nodes', MAX_NODES))
     .option('--timeout <seconds>', 'how long to wait for the pods', positiveInt('--timeout', 3600), 180)
-    .addOption(nameOption())
-    .action(async (opts: { filename?: string[]; nodes?: number; timeout: number; name: string }) => {
-      const layout = new ClusterLayout(opts.name);
+    .action(async (opts: { filename?: string[]; nodes?: number; timeout: number; name?: string; cluster?: string }) => {
+      const layout = clusterOf(opts);
       const inputs = opts.filename ? readManifestInputs(opts.filename) : [];
       const pid = runtimePid(layout);
       if (pid !== undefined) {
         const status = await new RuntimeClient(layout).request<ClusterStatus>('GET', '/v1/status');
         if (opts.nodes !== undefined && opts.nodes !== status.nodes.length) {
-          throw new LocalError(`cluster ${layout.name} runs with ${status.nodes.length} nodes, not ${opts.nodes}`, `remove it first: ambit local down --name ${layout.name}`);
+          throw new LocalError(`cluster ${layout.name} runs with ${status.nodes.length} nodes, not ${opts.nodes}`, `remove it first: ambit local down --cluster ${layout.name}`);
         }
         say(`cluster ${layout.name} is running (runtime pid ${pid}, ${status.nodes.length} nodes)`);
       } else {
@@ -60,36 +73,33 @@ export function register(program: Command): void {
       say(`  ambit local status${nameFlag(layout)}      ambit local exec${nameFlag(layout)} NAMESPACE/POD -- CMD      ambit local down${nameFlag(layout)}`);
     });
 
-  local.command('apply')
+  withCluster(local.command('apply'))
     .description('create or update the resources in manifests')
     .requiredOption('-f, --filename <path>', 'manifest file or directory (repeatable; - for stdin)', collect)
-    .addOption(nameOption())
-    .action(async (opts: { filename: string[]; name: string }) => {
-      const layout = new ClusterLayout(opts.name);
+    .action(async (opts: { filename: string[]; name?: string; cluster?: string }) => {
+      const layout = clusterOf(opts);
       printApply(await apply(new RuntimeClient(layout), 'apply', readManifestInputs(opts.filename)));
     });
 
-  local.command('delete')
+  withCluster(local.command('delete'))
     .description('delete the resources manifests name (a Namespace takes everything in it)')
     .requiredOption('-f, --filename <path>', 'manifest file or directory (repeatable; - for stdin)', collect)
-    .addOption(nameOption())
-    .action(async (opts: { filename: string[]; name: string }) => {
-      const layout = new ClusterLayout(opts.name);
+    .action(async (opts: { filename: string[]; name?: string; cluster?: string }) => {
+      const layout = clusterOf(opts);
       const result = await apply(new RuntimeClient(layout), 'delete', readManifestInputs(opts.filename)) as ApplyResult & { notFound: string[] };
       printApply(result);
       for (const nf of result.notFound) process.stderr.write(`ambit: ${nf} not found\n`);
       if (result.notFound.length > 0) process.exitCode = 1;
     });
 
-  local.command('exec')
+  withCluster(local.command('exec'))
     .description('run a command inside a pod (its netns, cgroup, /etc/hosts), or inside a node\'s netns with --node')
     .usage('[options] NAMESPACE/POD -- CMD [ARGS...]  |  --node NODE -- CMD [ARGS...]')
     .argument('<target-or-command...>')
     .option('-c, --container <name>', 'the container whose env and working directory to use (default: the first)')
     .option('--node <node>', 'run in this node\'s netns instead of a pod')
-    .addOption(nameOption())
-    .action(async (words: string[], opts: { container?: string; node?: string; name: string }) => {
-      const layout = new ClusterLayout(opts.name);
+    .action(async (words: string[], opts: { container?: string; node?: string; name?: string; cluster?: string }) => {
+      const layout = clusterOf(opts);
       // Options go before `--`; everything after it is the command, its own options included.
       const dashes = words.indexOf('--');
       const target = opts.node ? undefined : words[0];
@@ -101,7 +111,7 @@ export function register(program: Command): void {
       let cwd = process.cwd();
       if (opts.node) {
         const state = readState(layout.stateFile);
-        if (!state) throw new LocalError(`cluster ${layout.name} does not exist`, `ambit local up --name ${layout.name}`);
+        if (!state) throw new LocalError(`cluster ${layout.name} does not exist`, `ambit local up --cluster ${layout.name}`);
         if (!state.nodes.some((n) => n.name === opts.node)) throw new LocalError(`node "${opts.node}" does not exist in cluster ${layout.name} (nodes: ${state.nodes.map((n) => n.name).join(', ')})`);
         argv = launchArgv({ netns: layout.nodeNetns(opts.node), argv: cmd });
       } else {
@@ -115,50 +125,46 @@ export function register(program: Command): void {
       process.exitCode = await runForeground(argv, env, cwd);
     });
 
-  local.command('status')
+  withCluster(local.command('status'))
     .description('nodes, pods, services and components of a cluster')
     .option('--json', 'machine-readable output')
-    .addOption(nameOption())
-    .action(async (opts: { json?: boolean; name: string }) => {
-      const layout = new ClusterLayout(opts.name);
+    .action(async (opts: { json?: boolean; name?: string; cluster?: string }) => {
+      const layout = clusterOf(opts);
       const status = await new RuntimeClient(layout).request<ClusterStatus>('GET', '/v1/status');
       if (opts.json) say(JSON.stringify(status, null, 2));
       else printStatus(status);
     });
 
-  local.command('logs')
+  withCluster(local.command('logs'))
     .description('the output of a pod\'s container, or of a component (runtime)')
     .argument('<target>', 'NAMESPACE/POD, or a component name')
     .option('-c, --container <name>', 'the container (default: the first)')
     .option('-f, --follow', 'keep printing new output')
     .option('--tail <lines>', 'only the last lines', positiveInt('--tail', 1_000_000))
-    .addOption(nameOption())
-    .action(async (target: string, opts: { container?: string; follow?: boolean; tail?: number; name: string }) => {
-      const layout = new ClusterLayout(opts.name);
+    .action(async (target: string, opts: { container?: string; follow?: boolean; tail?: number; name?: string; cluster?: string }) => {
+      const layout = clusterOf(opts);
       await printLogs(logFile(layout, target, opts.container), opts);
     });
 
-  local.command('down')
+  withCluster(local.command('down'))
     .description('stop a cluster and remove every netns, cgroup, pinned BPF object, process and state file it made')
-    .addOption(nameOption())
-    .action(async (opts: { name: string }) => {
-      const layout = new ClusterLayout(opts.name);
+    .action(async (opts: { name?: string; cluster?: string }) => {
+      const layout = clusterOf(opts);
       const { existed } = await removeCluster(layout);
       say(existed ? `cluster ${layout.name} removed` : `cluster ${layout.name} does not exist; nothing to remove`);
     });
 
-  local.command('runtime', { hidden: true })
+  withCluster(local.command('runtime', { hidden: true }))
     .description('the cluster\'s runtime process (started by `ambit local up`)')
     .option('--nodes <n>', 'number of nodes for a new cluster', positiveInt('--nodes', MAX_NODES))
-    .addOption(nameOption())
-    .action(async (opts: { nodes?: number; name: string }) => {
-      await runDaemon(new ClusterLayout(opts.name), opts.nodes);
+    .action(async (opts: { nodes?: number; name?: string; cluster?: string }) => {
+      await runDaemon(clusterOf(opts), opts.nodes);
       await new Promise(() => { /* serves until a signal or a shutdown request */ });
     });
 }
 
 function nameFlag(layout: ClusterLayout): string {
-  return layout.name === DEFAULT_CLUSTER ? '' : ` --name ${layout.name}`;
+  return layout.name === DEFAULT_CLUSTER ? '' : ` --cluster ${layout.name}`;
 }
 
 export async function apply(client: RuntimeClient, verb: 'apply' | 'delete', inputs: ReturnType<typeof readManifestInputs>): Promise<ApplyResult> {

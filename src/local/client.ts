@@ -63,7 +63,7 @@ export class RuntimeClient {
       });
       req.on('error', (err: NodeJS.ErrnoException) => {
         if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
-          reject(new LocalError(`cluster ${this.layout.name} is not running`, `start it: ambit local up --name ${this.layout.name}`));
+          reject(new LocalError(`cluster ${this.layout.name} is not running`, `start it: ambit local up --cluster ${this.layout.name}`));
         } else reject(err);
       });
       req.end(payload);
@@ -76,7 +76,7 @@ export async function startRuntime(layout: ClusterLayout, nodes: number | undefi
   mkdirSync(layout.logDir, { recursive: true });
   const logFile = layout.componentLog('runtime');
   const out = openSync(logFile, 'a');
-  const args = [ambitBin(), 'local', 'runtime', '--name', layout.name, ...(nodes === undefined ? [] : ['--nodes', String(nodes)])];
+  const args = [ambitBin(), 'local', 'runtime', '--cluster', layout.name, ...(nodes === undefined ? [] : ['--nodes', String(nodes)])];
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out], env: { ...process.env, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' } });
   closeSync(out);
   let exited: number | null | undefined;

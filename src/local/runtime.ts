@@ -147,7 +147,7 @@ export class Runtime {
   static async open(layout: ClusterLayout, nodes: number | undefined, log: Logger): Promise<Runtime> {
     const existing = readState(layout.stateFile);
     if (existing && nodes !== undefined && nodes !== existing.nodes.length) {
-      throw new LocalError(`cluster ${layout.name} exists with ${existing.nodes.length} nodes, not ${nodes}`, `remove it first: ambit local down --name ${layout.name}`);
+      throw new LocalError(`cluster ${layout.name} exists with ${existing.nodes.length} nodes, not ${nodes}`, `remove it first: ambit local down --cluster ${layout.name}`);
     }
     const count = nodes ?? existing?.nodes.length ?? 2;
     if (!Number.isInteger(count) || count < 1 || count > MAX_NODES) throw new LocalError(`--nodes must be an integer from 1 to ${MAX_NODES}, got ${count}`);
@@ -756,7 +756,7 @@ export class Runtime {
   /** What `ambit local exec` needs to run a command as one of the pod's processes. */
   execTarget(namespace: string, name: string, container?: string): { netns: string; cgroup: string; files: { hosts: string; resolv: string; hostname: string }; env: Record<string, string>; cwd: string } {
     const pod = this.pods.get(`${namespace}/${name}`);
-    if (!pod) throw new LocalError(`pod ${namespace}/${name} not found in cluster ${this.layout.name}`, `see \`ambit local status --name ${this.layout.name}\``);
+    if (!pod) throw new LocalError(`pod ${namespace}/${name} not found in cluster ${this.layout.name}`, `see \`ambit local status --cluster ${this.layout.name}\``);
     if (pod.stopping) throw new LocalError(`pod ${namespace}/${name} is terminating`);
     const spec = container ? pod.record.spec.containers.find((c) => c.name === container) : pod.record.spec.containers[0];
     if (!spec) throw new LocalError(`pod ${namespace}/${name} has no container "${container}" (containers: ${pod.record.spec.containers.map((c) => c.name).join(', ')})`);

@@ -15,7 +15,7 @@ const CLUSTER = `demo${Math.random().toString(36).slice(2, 6)}`;
 
 function ambit(group: string, verb: string, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), group, verb, '--name', CLUSTER, ...args], { cwd: ROOT, env: { ...process.env, AMBIT_LOCAL_STATE: stateRoot } });
+    const child = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), group, verb, '--cluster', CLUSTER, ...args], { cwd: ROOT, env: { ...process.env, AMBIT_LOCAL_STATE: stateRoot } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });

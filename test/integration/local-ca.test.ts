@@ -30,7 +30,7 @@ function ambit(args: string[]): Promise<{ code: number | null; stdout: string; s
 
 /** Runs the CA request helper from a node's netns with that node's token. */
 async function request(node: string, identity: string): Promise<{ chain?: string[]; code?: number; error?: string }> {
-  const r = await ambit(['local', 'exec', '--name', CLUSTER, '--node', node, '--', process.execPath, '--import', 'tsx',
+  const r = await ambit(['local', 'exec', '--cluster', CLUSTER, '--node', node, '--', process.execPath, '--import', 'tsx',
     join(ROOT, 'test/integration/helpers/ca-request.ts'), '172.30.0.1:15012', join(stateDir, 'nodes', node, 'token'), join(stateDir, 'ca', 'ca-cert.pem'), identity]);
   if (r.code !== 0) throw new Error(`ca-request exited ${r.code}: ${r.stderr}`);
   return JSON.parse(r.stdout) as { chain?: string[]; code?: number; error?: string };
@@ -66,18 +66,18 @@ kind: Pod
 metadata: { name: b }
 spec: { nodeName: node-2, serviceAccountName: beta, containers: [{ name: c, command: [sleep, infinity] }] }
 `);
-    const up = await ambit(['local', 'up', '--name', CLUSTER, '-f', join(dir, 'pods.yaml')]);
+    const up = await ambit(['local', 'up', '--cluster', CLUSTER, '-f', join(dir, 'pods.yaml')]);
     if (up.code !== 0) throw new Error(`up failed: ${up.stdout}\n${up.stderr}`);
   }, 180_000);
 
   afterAll(async () => {
-    await ambit(['local', 'down', '--name', CLUSTER]);
+    await ambit(['local', 'down', '--cluster', CLUSTER]);
     rmSync(stateRoot, { recursive: true, force: true });
     rmSync(dir, { recursive: true, force: true });
   }, 60_000);
 
   it('runs the controller as a healthy component with per-node credentials', async () => {
-    const status = JSON.parse((await ambit(['local', 'status', '--json', '--name', CLUSTER])).stdout) as ClusterStatus;
+    const status = JSON.parse((await ambit(['local', 'status', '--json', '--cluster', CLUSTER])).stdout) as ClusterStatus;
     expect(status.components.find((c) => c.name === 'controller')).toMatchObject({ state: 'running', detail: 'CA and discovery on 172.30.0.1:15012' });
     const t1 = readFileSync(join(stateDir, 'nodes', 'node-1', 'token'), 'utf8');
     const t2 = readFileSync(join(stateDir, 'nodes', 'node-2', 'token'), 'utf8');
@@ -100,7 +100,7 @@ spec: { nodeName: node-2, serviceAccountName: beta, containers: [{ name: c, comm
   it('keeps its root when the controller restarts; earlier certificates stay valid', async () => {
     const before = await request('node-1', A);
     const root = readFileSync(join(stateDir, 'ca', 'ca-cert.pem'), 'utf8');
-    const status = JSON.parse((await ambit(['local', 'status', '--json', '--name', CLUSTER])).stdout) as ClusterStatus;
+    const status = JSON.parse((await ambit(['local', 'status', '--json', '--cluster', CLUSTER])).stdout) as ClusterStatus;
     process.kill(status.components.find((c) => c.name === 'controller')!.pid!, 'SIGKILL');
     let after: { chain?: string[] } = {};
     for (let i = 0; i < 100 && !after.chain; i++) {

@@ -39,7 +39,7 @@ async function ok(args: string[], input?: string): Promise<string> {
 }
 
 async function status(name = CLUSTER): Promise<ClusterStatus> {
-  return JSON.parse(await ok(['local', 'status', '--json', '--name', name])) as ClusterStatus;
+  return JSON.parse(await ok(['local', 'status', '--json', '--cluster', name])) as ClusterStatus;
 }
 
 const ECHO = 'require("http").createServer((q, s) => s.end(require("os").hostname() + " " + process.env.POD_IP)).listen(8080)';
@@ -132,11 +132,11 @@ async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutM
 
 describe('ambit local', () => {
   beforeAll(async () => {
-    await ok(['local', 'up', '--name', CLUSTER, '-f', MANIFESTS]);
+    await ok(['local', 'up', '--cluster', CLUSTER, '-f', MANIFESTS]);
   }, 180_000);
 
   afterAll(async () => {
-    await ambit(['local', 'down', '--name', CLUSTER]);
+    await ambit(['local', 'down', '--cluster', CLUSTER]);
     await ambit(['local', 'down', '--name', OTHER]);
     rmSync(dir, { recursive: true, force: true });
     rmSync(stateRoot, { recursive: true, force: true });
@@ -161,11 +161,11 @@ describe('ambit local', () => {
   it('reaches a service by every name, and a pod on the other node by its IP', async () => {
     const s = await status();
     for (const host of ['echo', 'echo.app', 'echo.app.svc.cluster.local']) {
-      const out = await ok(['local', 'exec', '--name', CLUSTER, 'app/client', '--', 'node', '-e', FETCH, `http://${host}/`]);
+      const out = await ok(['local', 'exec', '--cluster', CLUSTER, 'app/client', '--', 'node', '-e', FETCH, `http://${host}/`]);
       expect(out).toMatch(/^echo-\w+-\w+ 10\.244\.\d\.\d+\n$/);
     }
     const remote = s.pods.find((p) => p.owner === 'deployment/echo' && p.node === 'node-2')!;
-    const out = await ok(['local', 'exec', '--name', CLUSTER, 'app/client', '--', 'node', '-e', FETCH, `http://${remote.ip}:8080/`]);
+    const out = await ok(['local', 'exec', '--cluster', CLUSTER, 'app/client', '--', 'node', '-e', FETCH, `http://${remote.ip}:8080/`]);
     expect(out).toBe(`${remote.name} ${remote.ip}\n`);
   });
 
@@ -173,24 +173,24 @@ describe('ambit local', () => {
     // A new connection per request (agent: false): the VIP is balanced per connection.
     const script = `const http = require('http'); const get = () => new Promise((ok, no) => http.get('http://echo/', { agent: false }, (r) => { let b = ''; r.on('data', (c) => b += c); r.on('end', () => ok(b)); }).on('error', no));
 (async () => { const seen = {}; for (let i = 0; i < 40; i++) { const t = (await get()).split(' ')[0]; seen[t] = (seen[t] ?? 0) + 1; } console.log(JSON.stringify(seen)); })()`;
-    const seen = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'app/client', '--', 'node', '-e', script])) as Record<string, number>;
+    const seen = JSON.parse(await ok(['local', 'exec', '--cluster', CLUSTER, 'app/client', '--', 'node', '-e', script])) as Record<string, number>;
     expect(Object.keys(seen)).toHaveLength(2);
   });
 
   it('runs exec inside the pod and passes stdin, stdout and the exit status through', async () => {
     const s = await status();
     const client = s.pods.find((p) => p.name === 'client')!;
-    const r = await ambit(['local', 'exec', '--name', CLUSTER, 'app/client', '--', 'sh', '-c', 'cat; hostname; ip -4 -o addr show dev eth0 | awk \'{print $4}\'; cat /proc/self/cgroup; exit 42'], 'from stdin\n');
+    const r = await ambit(['local', 'exec', '--cluster', CLUSTER, 'app/client', '--', 'sh', '-c', 'cat; hostname; ip -4 -o addr show dev eth0 | awk \'{print $4}\'; cat /proc/self/cgroup; exit 42'], 'from stdin\n');
     expect(r.code).toBe(42);
     const lines = r.stdout.trim().split('\n');
     expect(lines.slice(0, 3)).toEqual(['from stdin', 'client', `${client.ip}/32`]);
     expect(lines.at(-1)).toMatch(new RegExp(`/ambit-${CLUSTER}/node-1/app\\.client$`));
-    const node = await ambit(['local', 'exec', '--name', CLUSTER, '--node', 'node-2', '--', 'ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0']);
+    const node = await ambit(['local', 'exec', '--cluster', CLUSTER, '--node', 'node-2', '--', 'ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0']);
     expect(node.stdout).toContain('172.30.0.12/24');
   });
 
   it('passes SIGTERM sent to exec on to the command', async () => {
-    const child = spawn(process.execPath, [BIN, 'local', 'exec', '--name', CLUSTER, 'app/client', '--', 'sh', '-c', 'trap "echo terminated; exit 7" TERM; echo ready; while :; do sleep 0.1; done'],
+    const child = spawn(process.execPath, [BIN, 'local', 'exec', '--cluster', CLUSTER, 'app/client', '--', 'sh', '-c', 'trap "echo terminated; exit 7" TERM; echo ready; while :; do sleep 0.1; done'],
       { env: { ...process.env, AMBIT_LOCAL_STATE: stateRoot }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     child.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });
@@ -233,7 +233,7 @@ spec:
   nodeName: node-9
   containers: [{ name: c, command: ["no-such-command-xyz"] }]
 `);
-    const r = await ambit(['local', 'apply', '--name', CLUSTER, '-f', bad]);
+    const r = await ambit(['local', 'apply', '--cluster', CLUSTER, '-f', bad]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('bad.yaml');
     expect(r.stderr).toMatch(/document 2 \(Pod app\/pinned\)/);
@@ -241,7 +241,7 @@ spec:
     expect(r.stderr).toMatch(/spec\.containers\[0\]\.command\[0\]: "no-such-command-xyz" not found/);
     expect(r.stderr).toContain('nothing was changed');
     writeFileSync(bad, 'apiVersion: v1\nkind: Pod\nmetadata: { name: x\n');
-    const yaml = await ambit(['local', 'apply', '--name', CLUSTER, '-f', bad]);
+    const yaml = await ambit(['local', 'apply', '--cluster', CLUSTER, '-f', bad]);
     expect(yaml.code).toBe(1);
     expect(yaml.stderr).toContain('bad.yaml');
     const after = await status();
@@ -273,7 +273,7 @@ spec:
   containers: [{ name: c, command: ["sh", "-c", "exit 4"] }]
 `);
     try {
-      expect(await ok(['local', 'apply', '--name', CLUSTER, '-f', jobs])).toBe('pod/once created\npod/flaky created\npod/broken created\n');
+      expect(await ok(['local', 'apply', '--cluster', CLUSTER, '-f', jobs])).toBe('pod/once created\npod/flaky created\npod/broken created\n');
       const pods = await until('the pods to finish', async () => {
         const s = await status();
         const byName = Object.fromEntries(s.pods.map((p) => [p.name, p]));
@@ -283,13 +283,13 @@ spec:
       expect(pods.flaky).toMatchObject({ phase: 'Succeeded', restarts: 2 });
       expect(pods.broken).toMatchObject({ phase: 'Failed', restarts: 0 });
       expect(pods.broken!.containers[0]).toMatchObject({ state: 'terminated', exitCode: 4 });
-      expect(await ok(['local', 'logs', '--name', CLUSTER, 'app/once'])).toBe('done\n');
+      expect(await ok(['local', 'logs', '--cluster', CLUSTER, 'app/once'])).toBe('done\n');
     } finally {
       rmSync(`/tmp/ambit-flaky-${id}`, { force: true });
     }
 
-    expect(await ok(['local', 'delete', '--name', CLUSTER, '-f', jobs])).toBe('pod/broken deleted\npod/flaky deleted\npod/once deleted\n');
-    const again = await ambit(['local', 'delete', '--name', CLUSTER, '-f', jobs]);
+    expect(await ok(['local', 'delete', '--cluster', CLUSTER, '-f', jobs])).toBe('pod/broken deleted\npod/flaky deleted\npod/once deleted\n');
+    const again = await ambit(['local', 'delete', '--cluster', CLUSTER, '-f', jobs]);
     expect(again.code).toBe(1);
     expect(again.stderr).toContain('pod/once in namespace app not found');
     expect((await status()).pods.map((p) => p.name).filter((n) => ['once', 'flaky', 'broken'].includes(n))).toEqual([]);
@@ -316,7 +316,11 @@ spec:
   selector: { app: solo }
   ports: [{ port: 80, targetPort: 8080 }]
 `);
+    // --name is the older spelling of --cluster: both are taken, but not for two clusters at once.
     await ok(['local', 'up', '--name', OTHER, '--nodes', '1', '-f', other]);
+    const both = await ambit(['local', 'status', '--cluster', CLUSTER, '--name', OTHER]);
+    expect(both.code).not.toBe(0);
+    expect(both.stderr).toContain(`--cluster ${CLUSTER} and --name ${OTHER} name two clusters`);
     const s = await status(OTHER);
     expect(s.nodes).toHaveLength(1);
     // Same address plan, separate namespaces: the first cluster's pod 10.244.1.2 is not this one.
@@ -339,16 +343,16 @@ spec:
     const runtimePid = before.components.find((c) => c.name === 'runtime')!.pid!;
     process.kill(runtimePid, 'SIGKILL');
     await until('the runtime to die', async () => (alive(runtimePid) ? undefined : true));
-    const up = await ok(['local', 'up', '--name', CLUSTER]);
+    const up = await ok(['local', 'up', '--cluster', CLUSTER]);
     expect(up).toContain(`recovering cluster ${CLUSTER}`);
     const after = await status();
     expect(after.pods.map((p) => [p.name, p.ip, p.node]).sort()).toEqual(before.pods.map((p) => [p.name, p.ip, p.node]).sort());
     expect(after.pods.every((p) => p.phase === 'Running' && p.ready === '1/1')).toBe(true);
-    const out = await ok(['local', 'exec', '--name', CLUSTER, 'app/client', '--', 'node', '-e', FETCH, 'http://echo/']);
+    const out = await ok(['local', 'exec', '--cluster', CLUSTER, 'app/client', '--', 'node', '-e', FETCH, 'http://echo/']);
     expect(out).toMatch(/^echo-/);
 
     const pids = after.pods.flatMap((p) => p.containers.map((c) => c.pid!));
-    await ok(['local', 'down', '--name', CLUSTER]);
+    await ok(['local', 'down', '--cluster', CLUSTER]);
     expect(leftovers(CLUSTER)).toEqual([]);
     expect(pids.filter(alive)).toEqual([]);
   });

@@ -34,7 +34,7 @@ class Subscriber {
   readonly lines: Line[] = [];
   readonly child: ChildProcess;
   constructor(node: string, reject?: string) {
-    this.child = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--name', CLUSTER, '--node', node, '--', process.execPath, '--import', 'tsx',
+    this.child = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--cluster', CLUSTER, '--node', node, '--', process.execPath, '--import', 'tsx',
       join(ROOT, 'test/integration/helpers/subscribe.ts'), '172.30.0.1:15012', join(stateDir, 'nodes', node, 'token'), join(stateDir, 'ca', 'ca-cert.pem'), node, ...(reject ? [reject] : [])], { cwd: ROOT, env, detached: true });
     let buf = '';
     this.child.stdout!.on('data', (c: Buffer) => {
@@ -77,7 +77,7 @@ kind: Service
 metadata: { name: a, namespace: app }
 spec: { selector: { app: a }, ports: [{ port: 80 }] }
 `);
-    const up = await ambit(['local', 'up', '--name', CLUSTER, '-f', join(dir, 'app.yaml')]);
+    const up = await ambit(['local', 'up', '--cluster', CLUSTER, '-f', join(dir, 'app.yaml')]);
     if (up.code !== 0) throw new Error(`up failed: ${up.stdout}\n${up.stderr}`);
   }, 180_000);
 
@@ -86,7 +86,7 @@ spec: { selector: { app: a }, ports: [{ port: 80 }] }
     for (const s of subs) {
       try { process.kill(-s.child.pid!, 'SIGKILL'); } catch { /* already gone */ }
     }
-    await ambit(['local', 'down', '--name', CLUSTER]);
+    await ambit(['local', 'down', '--cluster', CLUSTER]);
     rmSync(stateRoot, { recursive: true, force: true });
     rmSync(dir, { recursive: true, force: true });
   }, 60_000);
@@ -108,11 +108,11 @@ kind: AuthorizationPolicy
 metadata: { name: deny-all, namespace: app }
 spec: {}
 `);
-    expect((await ambit(['local', 'apply', '--name', CLUSTER, '-f', join(dir, 'b.yaml')])).code).toBe(0);
+    expect((await ambit(['local', 'apply', '--cluster', CLUSTER, '-f', join(dir, 'b.yaml')])).code).toBe(0);
     const second = await until('the delta', () => (s.last!.version !== first.version ? s.last : undefined));
     expect(second.keys).toContain('policy/AuthorizationPolicy/app/deny-all');
     expect(second.keys!.filter((k) => k.startsWith('workload/'))).toHaveLength(2);
-    const status = JSON.parse((await ambit(['local', 'status', '--json', '--name', CLUSTER])).stdout) as ClusterStatus;
+    const status = JSON.parse((await ambit(['local', 'status', '--json', '--cluster', CLUSTER])).stdout) as ClusterStatus;
     await until('the ACK in status', () => status.controller?.subscribers.some((x) => x.node === 'node-1' && x.lastAck === second.version) || undefined);
   }, 60_000);
 
@@ -124,7 +124,7 @@ spec: {}
     const expected = `${nack.nack!}: cannot apply policy/AuthorizationPolicy/app/deny-all`;
     let text = '';
     for (let i = 0; i < 100 && !text.includes(expected); i++) {
-      text = (await ambit(['local', 'status', '--name', CLUSTER])).stdout;
+      text = (await ambit(['local', 'status', '--cluster', CLUSTER])).stdout;
       if (!text.includes(expected)) await new Promise((r) => setTimeout(r, 100));
     }
     expect(text).toContain(expected);
@@ -150,7 +150,7 @@ spec: { hosts: [a], http: [{ timeout: soon, route: [{ destination: { host: a } }
 `);
     let text = '';
     for (let i = 0; i < 100 && !text.includes('bad.yaml'); i++) {
-      text = (await ambit(['local', 'status', '--name', CLUSTER])).stdout;
+      text = (await ambit(['local', 'status', '--cluster', CLUSTER])).stdout;
       if (!text.includes('bad.yaml')) await new Promise((r) => setTimeout(r, 100));
     }
     expect(text).toContain('rejected by the controller');
@@ -162,7 +162,7 @@ spec: { hosts: [a], http: [{ timeout: soon, route: [{ destination: { host: a } }
   it('keeps the config while the controller is down and resyncs after it restarts', async () => {
     const s = subs[0]!;
     const before = s.last!;
-    const status = JSON.parse((await ambit(['local', 'status', '--json', '--name', CLUSTER])).stdout) as ClusterStatus;
+    const status = JSON.parse((await ambit(['local', 'status', '--json', '--cluster', CLUSTER])).stdout) as ClusterStatus;
     process.kill(status.components.find((c) => c.name === 'controller')!.pid!, 'SIGKILL');
     const after = await until('the resync', () => (s.last!.version !== before.version ? s.last : undefined), 30_000);
     expect(after.keys).toEqual(before.keys);

@@ -24,19 +24,19 @@ const PIN_ROOT = `/sys/fs/bpf/ambit-${CLUSTER}`;
 const { ambit, ok } = cli(env);
 const apply = (name: string, yaml: string) => {
   writeFileSync(join(dir, name), yaml);
-  return ok(['local', 'apply', '--name', CLUSTER, '-f', join(dir, name)]);
+  return ok(['local', 'apply', '--cluster', CLUSTER, '-f', join(dir, name)]);
 };
-const remove = (name: string) => ok(['local', 'delete', '--name', CLUSTER, '-f', join(dir, name)]);
+const remove = (name: string) => ok(['local', 'delete', '--cluster', CLUSTER, '-f', join(dir, name)]);
 
 /** One HTTP GET from inside a pod: "ok <body>" or "error <code>". */
 const GET = `require("http").get({ host: process.argv[1], port: Number(process.argv[2] ?? 80), path: "/", agent: false, timeout: 3000 }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => console.log("ok " + b.trim())); }).on("error", (e) => console.log("error " + (e.code ?? e.message))).on("timeout", function () { this.destroy(Object.assign(new Error("timeout"), { code: "TIMEOUT" })); })`;
 async function get(pod: string, host: string, port = 80): Promise<string> {
-  return (await ok(['local', 'exec', '--name', CLUSTER, pod, '--', 'node', '-e', GET, host, String(port)])).trim();
+  return (await ok(['local', 'exec', '--cluster', CLUSTER, pod, '--', 'node', '-e', GET, host, String(port)])).trim();
 }
 
 /** A URL fetched from inside a node's netns (the agent's admin and metrics listen there). */
 async function nodeFetch(node: string, url: string): Promise<string> {
-  return ok(['local', 'exec', '--name', CLUSTER, '--node', node, '--', 'node', '-e', 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))', url]);
+  return ok(['local', 'exec', '--cluster', CLUSTER, '--node', node, '--', 'node', '-e', 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))', url]);
 }
 const NODE_IP: Record<string, string> = { 'node-1': '172.30.0.11', 'node-2': '172.30.0.12' };
 const metrics = (node: string) => nodeFetch(node, `http://${NODE_IP[node]}:15020/metrics`);
@@ -108,10 +108,10 @@ const children: ChildProcess[] = [];
 describe('the ambient L4 data path', () => {
   beforeAll(async () => {
     writeFileSync(join(dir, 'base.yaml'), BASE);
-    await ok(['local', 'up', '--name', CLUSTER, '-f', join(dir, 'base.yaml')]);
-    const status = JSON.parse(await ok(['local', 'status', '--json', '--name', CLUSTER])) as ClusterStatus;
+    await ok(['local', 'up', '--cluster', CLUSTER, '-f', join(dir, 'base.yaml')]);
+    const status = JSON.parse(await ok(['local', 'status', '--json', '--cluster', CLUSTER])) as ClusterStatus;
     await until('both node agents', async () => {
-      const s = JSON.parse(await ok(['local', 'status', '--json', '--name', CLUSTER])) as ClusterStatus;
+      const s = JSON.parse(await ok(['local', 'status', '--json', '--cluster', CLUSTER])) as ClusterStatus;
       return s.components.filter((c) => c.name === 'node-agent' && c.state === 'running').length === 2 || undefined;
     });
     expect(status.pods.map((p) => `${p.namespace}/${p.name}`).sort()).toEqual(['mesh/client', 'mesh/server', 'plain/outsider', 'plain/web']);
@@ -121,7 +121,7 @@ describe('the ambient L4 data path', () => {
     for (const c of children) {
       try { process.kill(-c.pid!, 'SIGKILL'); } catch { /* gone */ }
     }
-    await ambit(['local', 'down', '--name', CLUSTER]);
+    await ambit(['local', 'down', '--cluster', CLUSTER]);
     rmSync(stateRoot, { recursive: true, force: true });
     rmSync(dir, { recursive: true, force: true });
   }, 60_000);
@@ -129,7 +129,7 @@ describe('the ambient L4 data path', () => {
   it('carries a call by service name across nodes over mTLS, and the capture shows no payload', async () => {
     // A capture on node-1's side of the underlay, for everything to or from the server pod.
     const pcap = join(dir, 'node-1.pcap');
-    const dump = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--name', CLUSTER, '--node', 'node-1', '--',
+    const dump = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--cluster', CLUSTER, '--node', 'node-1', '--',
       'tcpdump', '--immediate-mode', '-Z', 'root', '-i', 'any', '-U', '-s', '0', '-w', pcap, 'host', '10.244.2.2'], { cwd: ROOT, env, detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
     children.push(dump);
     let said = '';
@@ -137,7 +137,7 @@ describe('the ambient L4 data path', () => {
     await until('tcpdump to listen', () => said.includes('listening on') || undefined, 20_000, 50);
     const secret = `secret-${Math.random().toString(36).slice(2)}`;
     const POST = `const r = require("http").request({ host: "server", port: 80, method: "POST", path: "/", agent: false }, (res) => { let b = ""; res.on("data", (c) => b += c); res.on("end", () => console.log(b)); }); r.end(process.argv[1]);`;
-    const answer = (await ok(['local', 'exec', '--name', CLUSTER, 'mesh/client', '--', 'node', '-e', POST, secret])).trim();
+    const answer = (await ok(['local', 'exec', '--cluster', CLUSTER, 'mesh/client', '--', 'node', '-e', POST, secret])).trim();
     // The server sees the client pod's own address: the tunnel left from inside the client's netns.
     expect(answer).toBe(`meshed from 10.244.2.2 ${secret}`);
     await new Promise((r) => setTimeout(r, 500));
@@ -177,7 +177,7 @@ describe('the ambient L4 data path', () => {
   it('applies AuthorizationPolicy allow and deny within a second', async () => {
     // A prober in the client pod: a new connection every 50 ms, one JSON line per attempt.
     const PROBE = `const http = require("http"); setInterval(() => { const t = Date.now(); http.get({ host: "server", port: 80, path: "/", agent: false, timeout: 2000 }, (r) => { r.resume(); r.on("end", () => console.log(JSON.stringify({ t, ok: true }))); }).on("error", () => console.log(JSON.stringify({ t, ok: false }))); }, 50);`;
-    const prober = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--name', CLUSTER, 'mesh/client', '--', 'node', '-e', PROBE], { cwd: ROOT, env, detached: true });
+    const prober = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--cluster', CLUSTER, 'mesh/client', '--', 'node', '-e', PROBE], { cwd: ROOT, env, detached: true });
     children.push(prober);
     const seen: { t: number; ok: boolean }[] = [];
     let buf = '';
@@ -286,7 +286,7 @@ spec: { mtls: { mode: STRICT } }
     expect(dump.version).toMatch(/^[0-9a-f]{6}-\d+$/);
     expect(dump.workloads.map((w) => w.name)).toEqual(expect.arrayContaining(['client', 'server', 'web', 'outsider']));
     // A connection held open by the client shows up on both agents.
-    const hold = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--name', CLUSTER, 'mesh/client', '--', 'node', '-e',
+    const hold = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--cluster', CLUSTER, 'mesh/client', '--', 'node', '-e',
       'const s = require("net").connect(80, "server", () => console.log("open")); setTimeout(() => s.end(), 30000);'], { cwd: ROOT, env, detached: true });
     children.push(hold);
     await new Promise((r) => hold.stdout!.once('data', r));
@@ -297,7 +297,7 @@ spec: { mtls: { mode: STRICT } }
     expect(open.path).toBe('hbone');
     process.kill(-hold.pid!, 'SIGKILL');
     // Changing the level is refused on TCP (any process on the node reaches it), served on the agent's 0600 control socket.
-    const tcp = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, '--node', 'node-1', '--', 'node', '-e',
+    const tcp = JSON.parse(await ok(['local', 'exec', '--cluster', CLUSTER, '--node', 'node-1', '--', 'node', '-e',
       'fetch("http://127.0.0.1:15000/logging?level=debug", { method: "POST" }).then(async (r) => process.stdout.write(JSON.stringify({ status: r.status, ...await r.json() })))'])) as { status: number; error: string };
     expect(tcp.status).toBe(403);
     expect(tcp.error).toContain('send it to the agent\'s control socket');
@@ -313,11 +313,11 @@ spec: { mtls: { mode: STRICT } }
   }, 60_000);
 
   it('carries traffic again after its node agent is killed and restarted', async () => {
-    const status = JSON.parse(await ok(['local', 'status', '--json', '--name', CLUSTER])) as ClusterStatus;
+    const status = JSON.parse(await ok(['local', 'status', '--json', '--cluster', CLUSTER])) as ClusterStatus;
     const agent = status.components.find((c) => c.name === 'node-agent' && c.node === 'node-2')!;
     process.kill(agent.pid!, 'SIGKILL');
     await until('the restarted agent', async () => {
-      const s = JSON.parse(await ok(['local', 'status', '--json', '--name', CLUSTER])) as ClusterStatus;
+      const s = JSON.parse(await ok(['local', 'status', '--json', '--cluster', CLUSTER])) as ClusterStatus;
       const a = s.components.find((c) => c.name === 'node-agent' && c.node === 'node-2')!;
       return a.pid !== agent.pid && a.state === 'running' ? true : undefined;
     }, 60_000, 500);
@@ -332,7 +332,7 @@ spec: { mtls: { mode: STRICT } }
       const r = JSON.parse(requireOutput('bpftool', ['-j', 'map', 'dump', 'pinned', join(PIN_ROOT, node, 'maps', map)])) as unknown[];
       return r.length;
     };
-    const status = JSON.parse(await ok(['local', 'status', '--json', '--name', CLUSTER])) as ClusterStatus;
+    const status = JSON.parse(await ok(['local', 'status', '--json', '--cluster', CLUSTER])) as ClusterStatus;
     const agentPid = status.components.find((c) => c.name === 'node-agent' && c.node === 'node-1')!.pid!;
     const sockets = () => requireOutput('ls', ['-l', `/proc/${agentPid}/fd`]).split('\n').filter((l) => l.includes('socket:')).length;
     const before = { pods: mapCount('node-1', 'ambit_pods'), addrs: mapCount('node-1', 'ambit_pod_addrs'), sockets: sockets() };

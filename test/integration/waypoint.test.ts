@@ -70,7 +70,7 @@ const LOAD = `const http = require("http"); const agent = new http.Agent({ keepA
 process.argv[3] = process.argv[3] ?? "version";
 (async () => { for (let i = 0; i < n; i++) { const body = await new Promise((resolve) => http.get({ host: "reviews", port: 80, path: "/", agent, headers }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => resolve(r.statusCode + " " + b.trim())); }).on("error", (e) => resolve("error " + (e.code ?? e.message)))); const key = process.argv[3] === "pods" ? body : body.split(" ").slice(0, 2).join(" "); seen[key] = (seen[key] ?? 0) + 1; } console.log(JSON.stringify(seen)); agent.destroy(); })();`;
 async function load(n: number, headers: Record<string, string> = {}, by: 'version' | 'pods' = 'version'): Promise<Record<string, number>> {
-  return JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', LOAD, String(n), JSON.stringify(headers), by])) as Record<string, number>;
+  return JSON.parse(await ok(['local', 'exec', '--cluster', CLUSTER, 'shop/client', '--', 'node', '-e', LOAD, String(n), JSON.stringify(headers), by])) as Record<string, number>;
 }
 
 const VERSION = (v: string, node: string, name = `reviews-${v}`) => `
@@ -257,7 +257,7 @@ spec:
   action: DENY
   rules: [{ to: [{ operation: { paths: [/admin, /admin/*] } }] }]
 `);
-    await ok(['local', 'up', '--name', CLUSTER, '-f', join(dir, 'shop.yaml'), '-f', join(dir, 'more.yaml')]);
+    await ok(['local', 'up', '--cluster', CLUSTER, '-f', join(dir, 'shop.yaml'), '-f', join(dir, 'more.yaml')]);
     await ok(['waypoint', 'apply', '-n', 'shop', '--enroll-namespace', '--cluster', CLUSTER, '--tracing-endpoint', 'http://collector.obs:4318', '--tracing-sampling', '100']);
     await until('the waypoint pod ready', async () => {
       const out = await ok(['waypoint', 'list', '--cluster', CLUSTER]);
@@ -266,7 +266,7 @@ spec:
   }, 180_000);
 
   afterAll(async () => {
-    await ambit(['local', 'down', '--name', CLUSTER]);
+    await ambit(['local', 'down', '--cluster', CLUSTER]);
     rmSync(stateRoot, { recursive: true, force: true });
     rmSync(dir, { recursive: true, force: true });
   }, 60_000);
@@ -285,7 +285,7 @@ spec:
     expect(log).toContain('"route":"shop/reviews');
     // Istio's request metrics from the waypoint, by destination version.
     const ip = /shop\s+waypoint\s+Running 1\/1\s+(10\.244\.\d+\.\d+)/.exec(await ok(['waypoint', 'list', '--cluster', CLUSTER]))![1]!;
-    const text = await ok(['local', 'exec', '--name', CLUSTER, '--node', 'node-1', '--', 'node', '-e', 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))', `http://${ip}:15020/metrics`]);
+    const text = await ok(['local', 'exec', '--cluster', CLUSTER, '--node', 'node-1', '--', 'node', '-e', 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))', `http://${ip}:15020/metrics`]);
     const count = (version: string) => text.split('\n').filter((l) => l.startsWith('istio_requests_total{') && l.includes('reporter="waypoint"') && l.includes('response_code="200"')
       && l.includes(`destination_version="${version}"`) && l.includes('source_principal="cluster.local/ns/shop/sa/default"') && l.includes('destination_service_name="reviews"'))
       .reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
@@ -324,17 +324,17 @@ spec:
   it('turns an upstream 503 into a 200 with a retry, answers 504 when the route timeout fires, and injects faults', async () => {
     const GET = (path: string) => `require("http").get({ host: "ratings", path: "${path}", agent: false }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => console.log(r.statusCode + " " + b.trim())); }).on("error", (e) => console.log("error " + e.code))`;
     for (let i = 0; i < 5; i++) {
-      const out = (await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', GET('/')])).trim();
+      const out = (await ok(['local', 'exec', '--cluster', CLUSTER, 'shop/client', '--', 'node', '-e', GET('/')])).trim();
       expect(out).toMatch(/^200 ok \d+$/);
     }
     // Timed inside the client pod: `ambit local exec` and node's start-up are not the waypoint's.
-    const timed = (await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', `const t = Date.now(); ${GET('/slow').replace('console.log(r.statusCode + " " + b.trim())', 'console.log(r.statusCode + " " + b.trim() + " in " + (Date.now() - t))')}`])).trim();
+    const timed = (await ok(['local', 'exec', '--cluster', CLUSTER, 'shop/client', '--', 'node', '-e', `const t = Date.now(); ${GET('/slow').replace('console.log(r.statusCode + " " + b.trim())', 'console.log(r.statusCode + " " + b.trim() + " in " + (Date.now() - t))')}`])).trim();
     expect(timed).toMatch(/^504 upstream request timeout in \d+$/);
     // The route's 500 ms, well before the app would have answered.
     expect(Number(timed.split(' in ')[1])).toBeGreaterThanOrEqual(500);
     expect(Number(timed.split(' in ')[1])).toBeLessThan(1500);
     const f = Date.now();
-    expect((await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', GET('/fault')])).trim()).toBe('418 fault filter abort');
+    expect((await ok(['local', 'exec', '--cluster', CLUSTER, 'shop/client', '--', 'node', '-e', GET('/fault')])).trim()).toBe('418 fault filter abort');
     expect(Date.now() - f).toBeGreaterThanOrEqual(300);
     const log = await waypointLog(/"code":418,"flags":"FI"/, /"code":200,"flags":"-","duration_ms":\d+,"bytes":\d+,"attempts":2/, /"code":504,"flags":"UT"/);
     expect(log).toMatch(/"code":418,"flags":"FI"/);
@@ -344,7 +344,7 @@ spec:
 
   it('ejects an endpoint that keeps failing, and takes it back after baseEjectionTime', async () => {
     const SEQ = `const http = require("http"); const agent = new http.Agent({ keepAlive: true, maxSockets: 1 }); (async () => { const out = []; for (let i = 0; i < Number(process.argv[1]); i++) out.push(await new Promise((resolve) => http.get({ host: "details", path: "/", agent }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => resolve(r.statusCode + " " + b)); }).on("error", (e) => resolve("error " + e.code)))); console.log(JSON.stringify(out)); agent.destroy(); })();`;
-    const run = async (n: number) => JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', SEQ, String(n)])) as string[];
+    const run = async (n: number) => JSON.parse(await ok(['local', 'exec', '--cluster', CLUSTER, 'shop/client', '--', 'node', '-e', SEQ, String(n)])) as string[];
     const first = await run(30);
     // Round robin reaches the bad pod twice within the first few requests; then it is out.
     expect(first.slice(0, 6)).toContain('500 bad');
@@ -357,7 +357,7 @@ spec:
   it('answers 503 (UO) past the destination\'s pending-request limit', async () => {
     // Four at once with room for one in flight and one waiting: two overflow.
     const PAR = `const http = require("http"); Promise.all([0, 1, 2, 3].map(() => new Promise((resolve) => http.get({ host: "ratings", path: "/wait", agent: false }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => resolve(r.statusCode + " " + b.trim())); }).on("error", (e) => resolve("error " + e.code))))).then((all) => console.log(JSON.stringify(all.sort())));`;
-    const all = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', PAR])) as string[];
+    const all = JSON.parse(await ok(['local', 'exec', '--cluster', CLUSTER, 'shop/client', '--', 'node', '-e', PAR])) as string[];
     expect(all.filter((a) => a === '200 waited'), JSON.stringify(all)).toHaveLength(2);
     expect(all.filter((a) => a === '503 upstream overflow')).toHaveLength(2);
     const log = await waypointLog(/"code":503,"flags":"UO"/);
@@ -371,10 +371,10 @@ kind: RateLimit
 metadata: { name: details, namespace: shop }
 spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit: minute }
 `);
-    await ok(['local', 'apply', '--name', CLUSTER, '-f', join(dir, 'ratelimit.yaml')]);
+    await ok(['local', 'apply', '--cluster', CLUSTER, '-f', join(dir, 'ratelimit.yaml')]);
     const HEAD = `const http = require("http"); (async () => { const out = []; for (let i = 0; i < 8; i++) out.push(await new Promise((resolve) => http.get({ host: "details", path: "/", agent: false }, (r) => { r.resume(); r.on("end", () => resolve(r.statusCode + " " + (r.headers["x-ratelimit-limit"] ?? "-") + " " + (r.headers["x-ratelimit-remaining"] ?? "-"))); }).on("error", (e) => resolve("error " + e.code)))); console.log(JSON.stringify(out)); })();`;
     const out = await until('the limit in effect', async () => {
-      const o = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', HEAD])) as string[];
+      const o = JSON.parse(await ok(['local', 'exec', '--cluster', CLUSTER, 'shop/client', '--', 'node', '-e', HEAD])) as string[];
       return o.includes('429 5 0') ? o : undefined;
     }, 30_000, 300);
     // Five tokens a minute: whatever the first run took, the rest of this one is refused.
@@ -385,7 +385,7 @@ spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit
 
   it('denies a path by an AuthorizationPolicy bound to the service (L7), also when the path is dressed up', async () => {
     const GET = (path: string) => `require("http").get({ host: "reviews", path: ${JSON.stringify(path)}, agent: false }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => console.log(r.statusCode + " " + b.trim())); }).on("error", (e) => console.log("error " + e.code))`;
-    const get = async (path: string) => (await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', GET(path)])).trim();
+    const get = async (path: string) => (await ok(['local', 'exec', '--cluster', CLUSTER, 'shop/client', '--', 'node', '-e', GET(path)])).trim();
     expect(await get('/admin')).toBe('403 RBAC: access denied');
     expect(await get('/admin/users?x=1')).toBe('403 RBAC: access denied');
     // Normalized before the check (and sent on normalized): dot segments and escapes do not get around it.
@@ -398,7 +398,7 @@ spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit
   }, 60_000);
 
   it('carries gRPC through the waypoint: unary, an error status, and bidirectional streaming', async () => {
-    const out = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', GRPC_CLIENT])) as { ok: string; missing: string; chat: string[]; gaps: number[]; chatStatus: number };
+    const out = JSON.parse(await ok(['local', 'exec', '--cluster', CLUSTER, 'shop/client', '--', 'node', '-e', GRPC_CLIENT])) as { ok: string; missing: string; chat: string[]; gaps: number[]; chatStatus: number };
     expect(out.ok).toBe('echo hi from echo');
     expect(out.missing).toBe('status 5 no such thing');
     expect(out.chat).toEqual(['re a', 're b', 're c']);
@@ -415,10 +415,10 @@ spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit
     const traceId = 'a1b2c3d4e5f60718293a4b5c6d7e8f90';
     const callerSpan = '1122334455667788';
     const CALL = `require("http").get({ host: "front", path: "/", agent: false, headers: { traceparent: "00-${traceId}-${callerSpan}-01" } }, (r) => { let b = ""; r.on("data", (c) => b += c); r.on("end", () => console.log(r.statusCode + " " + b.trim())); })`;
-    expect((await ok(['local', 'exec', '--name', CLUSTER, 'shop/client', '--', 'node', '-e', CALL])).trim()).toMatch(/^200 front > v[12] /);
+    expect((await ok(['local', 'exec', '--cluster', CLUSTER, 'shop/client', '--', 'node', '-e', CALL])).trim()).toMatch(/^200 front > v[12] /);
     type OtlpSpan = { service: string; traceId: string; spanId: string; parentSpanId?: string; name: string; kind: number; attributes: { key: string; value: Record<string, unknown> }[] };
     const spans = await until('both spans at the collector', async () => {
-      const all = JSON.parse(await ok(['local', 'exec', '--name', CLUSTER, 'obs/collector', '--', 'node', '-e', 'fetch("http://127.0.0.1:4318/").then((r) => r.text()).then((t) => process.stdout.write(t))'])) as OtlpSpan[];
+      const all = JSON.parse(await ok(['local', 'exec', '--cluster', CLUSTER, 'obs/collector', '--', 'node', '-e', 'fetch("http://127.0.0.1:4318/").then((r) => r.text()).then((t) => process.stdout.write(t))'])) as OtlpSpan[];
       const mine = all.filter((s) => s.traceId === traceId);
       return mine.length >= 2 ? mine : undefined;
     }, 20_000, 500);

@@ -51,20 +51,20 @@ export function localCluster(prefix: string): LocalCluster {
     writeFileSync(join(files, file), yaml);
     return join(files, file);
   };
-  const exec: LocalCluster['exec'] = (where, argv) => ok(['local', 'exec', '--name', name, ...(typeof where === 'string' ? [where] : ['--node', where.node]), '--', ...argv]);
+  const exec: LocalCluster['exec'] = (where, argv) => ok(['local', 'exec', '--cluster', name, ...(typeof where === 'string' ? [where] : ['--node', where.node]), '--', ...argv]);
   const nodeFetch = (node: string, url: string) => exec({ node }, ['node', '-e', 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))', url]);
   return {
     name, stateDir, env, ambit, ok, exec, nodeFetch,
-    up: (yaml) => ok(['local', 'up', '--name', name, '-f', write('up.yaml', yaml)]),
-    apply: (file, yaml) => ok(['local', 'apply', '--name', name, '-f', write(file, yaml)]),
-    remove: (file) => ok(['local', 'delete', '--name', name, '-f', join(files, file)]),
-    status: async () => JSON.parse(await ok(['local', 'status', '--json', '--name', name])) as ClusterStatus,
+    up: (yaml) => ok(['local', 'up', '--cluster', name, '-f', write('up.yaml', yaml)]),
+    apply: (file, yaml) => ok(['local', 'apply', '--cluster', name, '-f', write(file, yaml)]),
+    remove: (file) => ok(['local', 'delete', '--cluster', name, '-f', join(files, file)]),
+    status: async () => JSON.parse(await ok(['local', 'status', '--json', '--cluster', name])) as ClusterStatus,
     metrics: (node) => nodeFetch(node, `http://${NODE_IP[node]}:15020/metrics`),
     accessLog: (node) => readFileSync(join(stateDir, 'logs', `node-agent.${node}.log`), 'utf8').split('\n')
       .filter((l) => l.includes('"component":"access"')).map((l) => JSON.parse(l) as AccessLogLine),
     async down() {
       try {
-        await ambit(['local', 'down', '--name', name]);
+        await ambit(['local', 'down', '--cluster', name]);
       } finally {
         rmSync(stateRoot, { recursive: true, force: true });
         rmSync(files, { recursive: true, force: true });
