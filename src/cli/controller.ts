@@ -1,7 +1,9 @@
 /** `ambit controller`: the control plane process (started by the local runtime, or a Deployment). */
 import { Command } from 'commander';
-import { CONTROLLER_MONITORING_PORT, CONTROLLER_READY_PORT, runController } from '../control/controller.js';
+import { hostname } from 'node:os';
+import { CONTROLLER_MONITORING_PORT, CONTROLLER_READY_PORT, runController, type KubernetesSettings } from '../control/controller.js';
 import { localOrigins } from '../local/controller-origins.js';
+import { CaError } from '../identity/ca.js';
 import { logger } from '../telemetry/log.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { CliError } from './errors.js';
@@ -39,11 +41,11 @@ export function register(program: Command): void {
       const monitoring = opts.monitoring ? hostPort(opts.monitoring, '--monitoring') : opts.kubernetes ? { host: '0.0.0.0', port: CONTROLLER_MONITORING_PORT } : undefined;
       if (!opts.localState === !opts.kubernetes) throw new CliError('give one of --local-state DIR (a local cluster) or --kubernetes [KUBECONFIG]');
       if (opts.kubernetes && !opts.pluginCa && !opts.caDir) throw new CliError('with --kubernetes, give --plugin-ca DIR (a CA from a mounted Secret) or --ca-dir DIR (where to keep a self-made root)');
-      const controller = await runController({
-        ...(opts.localState ? { local: { stateDir: opts.localState, origins: localOrigins(opts.localState, opts.trustDomain) } } : {}), ...(opts.kubernetes ? { kubernetes: opts.kubernetes } : {}), ...(opts.caDir ? { caDir: opts.caDir } : {}),
+      const controller = await withPluginCaHint(opts.pluginCa, () => runController({
+        ...(opts.localState ? { local: { stateDir: opts.localState, origins: localOrigins(opts.localState, opts.trustDomain) } } : {}), ...(opts.kubernetes ? { kubernetes: { ...(opts.kubernetes === true ? {} : { kubeconfig: opts.kubernetes }), settings: kubernetesSettingsFromEnv(process.env) } } : {}), ...(opts.caDir ? { caDir: opts.caDir } : {}),
         configDir: opts.configDir, host, port, trustDomain: opts.trustDomain, pluginCaDir: opts.pluginCa,
         defaultTtlSeconds: opts.certTtl, maxTtlSeconds: opts.maxCertTtl, ...(health ? { health } : {}), ...(monitoring ? { monitoring } : {}),
-      });
+      }));
       for (const signal of ['SIGTERM', 'SIGINT'] as const) {
         process.once(signal, () => {
           logger('controller').info({ signal }, 'controller stopping');
@@ -52,4 +54,37 @@ export function register(program: Command): void {
       }
       await new Promise(() => { /* serves until a signal */ });
     });
+}
+
+/**
+ * The controller's settings in a Kubernetes cluster, from the environment the install's
+ * Deployment gives it (docs/KUBERNETES.md lists each variable); unset ones take the install's
+ * defaults.
+ */
+export function kubernetesSettingsFromEnv(env: NodeJS.ProcessEnv): KubernetesSettings {
+  const namespace = env.POD_NAMESPACE || 'ambit-system';
+  const managed = env.AMBIT_WAYPOINTS_MANAGED ?? 'true';
+  if (managed !== 'true' && managed !== 'false') throw new CliError(`AMBIT_WAYPOINTS_MANAGED must be true or false, got "${managed}"`, 'the install sets it from waypoints.managed');
+  const election = env.AMBIT_LEADER_ELECTION ?? '';
+  if (election !== '' && election !== 'lease') throw new CliError(`AMBIT_LEADER_ELECTION must be "lease" or unset, got "${election}"`, 'the install sets it to lease for a Deployment of several replicas');
+  return {
+    namespace,
+    ...(env.AMBIT_TOKEN_AUDIENCE ? { tokenAudience: env.AMBIT_TOKEN_AUDIENCE } : {}),
+    nodeAgent: { serviceAccount: env.AMBIT_NODE_SERVICE_ACCOUNT || 'ambit-node', daemonSet: env.AMBIT_NODE_DAEMONSET || 'ambit-node' },
+    waypoints: { managed: managed === 'true', values: (env.AMBIT_WAYPOINT_VALUES ?? '').split(',').map((x) => x.trim()).filter(Boolean) },
+    ...(election === 'lease' ? { leaderElection: { lease: env.AMBIT_LEADER_ELECTION_LEASE || 'ambit-controller', identity: env.POD_NAME || `${hostname()}-${process.pid}` } } : {}),
+    ...(env.AMBIT_ROOT_CERT_CONFIGMAP ? { rootCertConfigMap: env.AMBIT_ROOT_CERT_CONFIGMAP } : {}),
+  };
+}
+
+/** The plug-in CA's files are the operator's: a missing or unusable one is named with what the directory must hold. */
+async function withPluginCaHint<T>(dir: string | undefined, start: () => Promise<T>): Promise<T> {
+  try {
+    return await start();
+  } catch (err) {
+    if (dir && err instanceof CaError && (err.code === 'FAILED_PRECONDITION' || err.code === 'INVALID_ARGUMENT')) {
+      throw new CliError(`--plugin-ca ${dir}: ${err.message}`, 'give the directory of an Istio-style cacerts Secret: root-cert.pem, ca-key.pem, and cert-chain.pem or ca-cert.pem (docs/IDENTITY.md)');
+    }
+    throw err;
+  }
 }

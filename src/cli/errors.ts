@@ -1,12 +1,6 @@
-/** Failures the operator can fix: the CLI prints them as a message and a hint, never as a stack trace. */
-export class CliError extends Error {
-  override readonly name = 'CliError';
+import { OperatorError } from '../util/errors.js';
 
-  constructor(
-    message: string,
-    readonly hint?: string,
-    readonly exitCode = 1,
-  ) {
-    super(message);
-  }
+/** Failures the operator can fix, found while reading the command line: printed as a message and a hint, never as a stack trace. */
+export class CliError extends OperatorError {
+  override readonly name = 'CliError';
 }

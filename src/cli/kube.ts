@@ -2,14 +2,8 @@
 import { KubeClient, type KubeResponse } from '../kube/client.js';
 import { CliError } from './errors.js';
 
-/** A client for the cluster of the kubeconfig (or $KUBECONFIG / ~/.kube/config). */
-export function kubeClient(kubeconfig: string | undefined): KubeClient {
-  try {
-    return KubeClient.fromFile(kubeconfig);
-  } catch (err) {
-    throw new CliError(`cannot read the kubeconfig${kubeconfig ? ` ${kubeconfig}` : ''}: ${(err as Error).message}`);
-  }
-}
+/** A client for the cluster of the kubeconfig (or $KUBECONFIG / ~/.kube/config); an unreadable one is an OperatorError. */
+export const kubeClient = (kubeconfig: string | undefined): KubeClient => KubeClient.fromFile(kubeconfig);
 
 /** One request; a transport failure is a CliError naming the server. */
 export async function kubeRequest(client: KubeClient, method: string, path: string, body?: unknown, contentType?: string): Promise<KubeResponse> {

@@ -1,7 +1,7 @@
 /** The `ambit` command line: one commander program, each subcommand registered from its own module. */
 import { Command, CommanderError } from 'commander';
 import { BpfError } from '../ebpf/errors.js';
-import { LocalError } from '../local/errors.js';
+import { OperatorError } from '../util/errors.js';
 import { logger } from '../telemetry/log.js';
 import { packageVersion } from '../util/package.js';
 import * as analyze from './analyze.js';
@@ -14,7 +14,6 @@ import * as local from './local.js';
 import * as namespace from './namespace.js';
 import * as node from './node.js';
 import * as waypoint from './waypoint.js';
-import { CliError } from './errors.js';
 
 /** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
 const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, ca, certs, check, controller, install, local, namespace, node, waypoint];
@@ -94,9 +93,9 @@ function reportError(err: unknown): number {
     // commander has already printed the usage error (or the help / version text, which exit 0).
     return err.exitCode;
   }
-  if (err instanceof CliError || err instanceof LocalError) {
+  if (err instanceof OperatorError) {
     process.stderr.write(`ambit: ${err.message}\n${err.hint ? `  fix: ${err.hint}\n` : ''}`);
-    return err instanceof CliError ? err.exitCode : 1;
+    return err.exitCode;
   }
   if (err instanceof BpfError) {
     // The message already carries the call, errno, hint and any verifier log.

@@ -5,7 +5,6 @@
  */
 import { renameSync, writeFileSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
-import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { CertificateAuthority, FileCaStore, readPluginCa } from '../identity/ca.js';
@@ -17,6 +16,7 @@ import { LeaderElector } from './kube/leader.js';
 import { TrustBundlePublisher } from './kube/trust-bundle.js';
 import { isWaypointGateway, WaypointReconciler } from './kube/waypoints.js';
 import { resolveValues, ValuesError } from '../install/values.js';
+import { OperatorError } from '../util/errors.js';
 import { ControllerMetrics, type ConfigCount } from './metrics.js';
 import { logger } from '../telemetry/log.js';
 import { HttpError, listenTcp, localServer } from '../util/local-http.js';
@@ -34,9 +34,9 @@ export interface ControllerOptions {
   local?: { stateDir: string; origins: ControllerOrigins };
   /**
    * A Kubernetes cluster instead: config from its API server (KubernetesSource), callers
-   * authenticated by TokenReview. `true` for in-cluster or $KUBECONFIG, or a kubeconfig file.
+   * authenticated by TokenReview; `kubeconfig` unset for in-cluster or $KUBECONFIG.
    */
-  kubernetes?: true | string;
+  kubernetes?: { kubeconfig?: string; settings: KubernetesSettings };
   /** Where the self-made CA root is kept when there is no local state (Kubernetes: a mounted volume). */
   caDir?: string;
   /** A directory of manifests watched for mesh config (and workloads), merged over the local cluster's. */
@@ -53,6 +53,26 @@ export interface ControllerOptions {
   monitoring?: { host: string; port: number };
 }
 
+/**
+ * What the controller needs to know about its place in a Kubernetes cluster. The install's
+ * Deployment sets them as environment variables, which `ambit controller` reads
+ * (kubernetesSettingsFromEnv, src/cli/controller.ts); docs/KUBERNETES.md lists them.
+ */
+export interface KubernetesSettings {
+  /** The controller's own namespace (POD_NAMESPACE). */
+  namespace: string;
+  /** The audience of the projected tokens callers present (AMBIT_TOKEN_AUDIENCE); any audience the API server accepts when unset. */
+  tokenAudience?: string;
+  /** The node agents' ServiceAccount and DaemonSet in that namespace (AMBIT_NODE_SERVICE_ACCOUNT, AMBIT_NODE_DAEMONSET). */
+  nodeAgent: { serviceAccount: string; daemonSet: string };
+  /** Whether the controller runs the waypoints' Deployments (AMBIT_WAYPOINTS_MANAGED), and the install's values for them (AMBIT_WAYPOINT_VALUES, `key=value` as `--set` takes them). */
+  waypoints: { managed: boolean; values: string[] };
+  /** Lease-based leader election among replicas (AMBIT_LEADER_ELECTION=lease): the Lease (AMBIT_LEADER_ELECTION_LEASE) and this replica's name (POD_NAME). */
+  leaderElection?: { lease: string; identity: string };
+  /** The ConfigMap the trust bundle is published in, in the controller's namespace and every waypoint's (AMBIT_ROOT_CERT_CONFIGMAP). */
+  rootCertConfigMap?: string;
+}
+
 export const CONTROLLER_READY_PORT = 15021;
 export const CONTROLLER_MONITORING_PORT = 15014;
 
@@ -67,20 +87,18 @@ export interface Controller {
   close(): Promise<void>;
 }
 
-/** The controller's own namespace (the Deployment's POD_NAMESPACE; the install's default otherwise). */
-const ownNamespace = (): string => process.env.POD_NAMESPACE || 'ambit-system';
-
 /** Where config, callers and nodes come from: the local cluster's state, or a Kubernetes API server. */
 async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>, metrics: ControllerMetrics): Promise<ControllerOrigins & { client?: KubeClient; kube?: KubernetesSource }> {
   if (opts.kubernetes) {
-    const client = KubeClient.fromFile(opts.kubernetes === true ? undefined : opts.kubernetes);
+    const { kubeconfig, settings } = opts.kubernetes;
+    const client = KubeClient.fromFile(kubeconfig);
     const kube = new KubernetesSource(client, { log });
-    // The install's projected tokens are for the audience AMBIT_TOKEN_AUDIENCE; the node agents run
-    // as the ServiceAccount ambit-node in the controller's own namespace.
-    const audience = process.env.AMBIT_TOKEN_AUDIENCE;
+    // The install's projected tokens are for its audience; the node agents run as its
+    // ServiceAccount in the controller's own namespace.
+    const audience = settings.tokenAudience;
     const authenticator = new TokenReviewAuthenticator({
       client, trustDomain: opts.trustDomain, isWaypoint: (ns, name) => kube.isWaypoint(ns, name),
-      nodeAgent: { namespace: ownNamespace(), serviceAccount: process.env.AMBIT_NODE_SERVICE_ACCOUNT || 'ambit-node', daemonSet: process.env.AMBIT_NODE_DAEMONSET || 'ambit-node' },
+      nodeAgent: { namespace: settings.namespace, ...settings.nodeAgent },
       cachedPod: (ns, name) => kube.cachedPod(ns, name),
       onReview: (outcome) => metrics.review(outcome),
       ...(audience ? { audiences: [audience] } : {}),
@@ -92,20 +110,20 @@ async function origins(opts: ControllerOptions, log: ReturnType<typeof logger>, 
 }
 
 /**
- * In Kubernetes mode, the controller runs the waypoints' Deployments itself unless
- * AMBIT_WAYPOINTS_MANAGED=false (the install's `waypoints.managed=false`, which also leaves out
- * the RBAC for it). AMBIT_WAYPOINT_VALUES holds the install's values the waypoint template needs
- * (`key=value`, comma-separated, as `--set` takes them); its namespace defaults to POD_NAMESPACE.
+ * In Kubernetes mode, the controller runs the waypoints' Deployments itself unless told not to
+ * (the install's `waypoints.managed=false`, which also leaves out the RBAC for it), with the
+ * install's values the waypoint template needs; their namespace defaults to the controller's.
  */
-function waypointReconciler(client: KubeClient | undefined, opts: ControllerOptions, log: ReturnType<typeof logger>): WaypointReconciler | undefined {
-  if (!client || process.env.AMBIT_WAYPOINTS_MANAGED === 'false') return undefined;
-  const sets = (process.env.AMBIT_WAYPOINT_VALUES ?? '').split(',').map((x) => x.trim()).filter(Boolean);
-  if (process.env.POD_NAMESPACE && !sets.some((x) => x.startsWith('namespace='))) sets.unshift(`namespace=${process.env.POD_NAMESPACE}`);
-  sets.push(`trustDomain=${opts.trustDomain}`);
+function waypointValues(settings: KubernetesSettings, trustDomain: string): ReturnType<typeof resolveValues> | undefined {
+  if (!settings.waypoints.managed) return undefined;
+  const sets = [...settings.waypoints.values];
+  if (!sets.some((x) => x.startsWith('namespace='))) sets.unshift(`namespace=${settings.namespace}`);
+  sets.push(`trustDomain=${trustDomain}`);
+  // Checked when the controller starts, not when it first leads: a bad value names itself at once.
   try {
-    return new WaypointReconciler(client, { values: resolveValues(sets), log });
+    return resolveValues(sets);
   } catch (err) {
-    if (err instanceof ValuesError) throw new Error(`AMBIT_WAYPOINT_VALUES: ${err.message}`);
+    if (err instanceof ValuesError) throw new OperatorError(`AMBIT_WAYPOINT_VALUES: ${err.message}`, 'the install sets it from its values (waypoint.*, image, namespace); render the install again');
     throw err;
   }
 }
@@ -123,13 +141,16 @@ class LeaderDuties {
   private readonly elector?: LeaderElector;
   private readonly namespace: string;
 
-  constructor(private readonly client: KubeClient, private readonly kube: KubernetesSource, private readonly ca: CertificateAuthority, private readonly opts: ControllerOptions, private readonly log: ReturnType<typeof logger>, private readonly metrics: ControllerMetrics) {
-    this.namespace = ownNamespace();
-    if (process.env.AMBIT_LEADER_ELECTION === 'lease') {
+  private readonly waypointValues?: ReturnType<typeof resolveValues>;
+
+  constructor(private readonly client: KubeClient, private readonly kube: KubernetesSource, private readonly ca: CertificateAuthority, private readonly settings: KubernetesSettings, trustDomain: string, private readonly log: ReturnType<typeof logger>, private readonly metrics: ControllerMetrics) {
+    this.waypointValues = waypointValues(settings, trustDomain);
+    this.namespace = settings.namespace;
+    if (settings.leaderElection) {
       this.elector = new LeaderElector(client, {
         namespace: this.namespace,
-        name: process.env.AMBIT_LEADER_ELECTION_LEASE || 'ambit-controller',
-        identity: process.env.POD_NAME || `${hostname()}-${process.pid}`,
+        name: settings.leaderElection.lease,
+        identity: settings.leaderElection.identity,
         log,
         onStartedLeading: () => this.lead(),
         onStoppedLeading: () => this.follow(),
@@ -168,8 +189,8 @@ class LeaderDuties {
   private lead(): void {
     this.metrics.setLeader(true);
     this.kube.setStatusWriter(true);
-    this.waypoints = waypointReconciler(this.client, this.opts, this.log);
-    const configMap = process.env.AMBIT_ROOT_CERT_CONFIGMAP;
+    this.waypoints = this.waypointValues ? new WaypointReconciler(this.client, { values: this.waypointValues, log: this.log }) : undefined;
+    const configMap = this.settings.rootCertConfigMap;
     if (configMap) this.bundle = new TrustBundlePublisher(this.client, { name: configMap, roots: () => this.ca.trustBundle(), log: this.log });
     this.update(this.gateways);
   }
@@ -248,7 +269,7 @@ export async function runController(opts: ControllerOptions): Promise<Controller
     : await CertificateAuthority.open({ store: new FileCaStore(caDir!) }, caOpts);
   metrics.setRoot(ca.trustBundle()[0]!);
   const { source: primary, authenticator, directory, describe, client, kube } = await origins(opts, log, metrics);
-  const duties = client && kube ? new LeaderDuties(client, kube, ca, opts, log, metrics) : undefined;
+  const duties = client && kube && opts.kubernetes ? new LeaderDuties(client, kube, ca, opts.kubernetes.settings, opts.trustDomain, log, metrics) : undefined;
   let modelled = false;
   log.info({ origin: ca.origin, ...describe }, 'CA ready');
   const discovery = new DiscoveryServer(authenticator, log, { observer: metrics });
@@ -297,7 +318,7 @@ export async function runController(opts: ControllerOptions): Promise<Controller
     onCertificate: (outcome) => metrics.certificate(outcome),
   });
   // Without leader election this replica is the only one: it leads (LeaderDuties tells otherwise).
-  metrics.setLeader(!duties || process.env.AMBIT_LEADER_ELECTION !== 'lease');
+  metrics.setLeader(!duties || !opts.kubernetes?.settings.leaderElection);
   duties?.start();
   // Served once the CA serves: readiness waits only for the first model.
   const health = opts.health ? await serveHealth(opts.health, () => (modelled ? undefined : 'no config snapshot from the source yet'), log) : undefined;

@@ -15,6 +15,7 @@ import { homedir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { parse } from 'yaml';
+import { OperatorError } from '../util/errors.js';
 
 /** Where a pod's ServiceAccount credentials are mounted. */
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
@@ -58,6 +59,15 @@ export class KubeClient {
    * else the pod's ServiceAccount (in-cluster).
    */
   static fromFile(file: string | undefined): KubeClient {
+    try {
+      return KubeClient.openFile(file);
+    } catch (err) {
+      throw new OperatorError(`cannot read the kubeconfig${file ? ` ${file}` : ''}: ${(err as Error).message}`,
+        'give a kubeconfig that names a cluster and a user (the flag, $KUBECONFIG or ~/.kube/config), or run in a pod with a ServiceAccount');
+    }
+  }
+
+  private static openFile(file: string | undefined): KubeClient {
     const path = file ?? defaultKubeconfig();
     if (path === undefined) return KubeClient.inCluster();
     const server = kubeconfigServer(path);

@@ -76,15 +76,30 @@ afterAll(async () => {
 });
 
 describe('ambit controller --kubernetes', () => {
+  const run = (args: string[], env: NodeJS.ProcessEnv = {}) => new Promise<{ code: number | null; err: string }>((resolve) => {
+    const p = spawn(process.execPath, [BIN, 'controller', ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+    let err = '';
+    p.stderr!.on('data', (c: Buffer) => { err += c.toString(); });
+    p.on('close', (code) => resolve({ code, err }));
+  });
+
   it('rejects starting without a CA or with both sources', async () => {
-    const run = (args: string[]) => new Promise<{ code: number | null; err: string }>((resolve) => {
-      const p = spawn(process.execPath, [BIN, 'controller', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-      let err = '';
-      p.stderr!.on('data', (c: Buffer) => { err += c.toString(); });
-      p.on('close', (code) => resolve({ code, err }));
-    });
     expect(await run(['--kubernetes'])).toMatchObject({ code: 1, err: expect.stringMatching(/--plugin-ca DIR .* or --ca-dir DIR/) });
     expect(await run(['--kubernetes', '--local-state', dir, '--ca-dir', dir])).toMatchObject({ code: 1, err: expect.stringMatching(/one of --local-state DIR .* or --kubernetes/) });
+  });
+
+  it('names an operator\'s mistake and how to fix it, never as an unexpected error', async () => {
+    const cases: [string[], NodeJS.ProcessEnv, RegExp][] = [
+      [['--kubernetes', join(dir, 'no-such-kubeconfig'), '--ca-dir', join(dir, 'ca-x')], {}, /cannot read the kubeconfig .*no-such-kubeconfig[\s\S]*fix: /],
+      [['--kubernetes', join(dir, 'kubeconfig'), '--plugin-ca', join(dir, 'no-such-cacerts')], {}, /plug-in CA: .*no-such-cacerts.*root-cert\.pem is missing[\s\S]*fix: /],
+      [['--kubernetes', join(dir, 'kubeconfig'), '--ca-dir', join(dir, 'ca-y')], { AMBIT_WAYPOINT_VALUES: 'waypoint.replicas=many' }, /AMBIT_WAYPOINT_VALUES: .*replicas[\s\S]*fix: /],
+      [['--kubernetes', join(dir, 'kubeconfig'), '--ca-dir', join(dir, 'ca-z')], { AMBIT_WAYPOINTS_MANAGED: 'yes' }, /AMBIT_WAYPOINTS_MANAGED must be true or false, got "yes"/],
+    ];
+    for (const [args, env, message] of cases) {
+      const r = await run(['--listen', '127.0.0.1:0', ...args], env);
+      expect(r.err).not.toMatch(/unexpected error/);
+      expect(r).toMatchObject({ code: 1, err: expect.stringMatching(message) });
+    }
   });
 
   it('serves a TokenReview-authenticated node agent the mesh from the API server, watch events included', async () => {

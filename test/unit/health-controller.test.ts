@@ -7,8 +7,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { runController, type Controller } from '../../src/control/controller.js';
+import { runController, type Controller, type KubernetesSettings } from '../../src/control/controller.js';
 import { FakeApiServer, writeKubeconfig } from '../helpers/fake-apiserver.js';
+
+/** One replica, no waypoints run: what these tests need of a Kubernetes controller. */
+const SETTINGS: KubernetesSettings = { namespace: 'ambit-system', nodeAgent: { serviceAccount: 'ambit-node', daemonSet: 'ambit-node' }, waypoints: { managed: false, values: [] } };
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-ctl-health-'));
 const api = new FakeApiServer([
@@ -16,11 +19,10 @@ const api = new FakeApiServer([
   { group: '', version: 'v1', kind: 'Pod', plural: 'pods' },
 ]);
 const controllers: Controller[] = [];
-const saved = { ...process.env };
 
 async function start(name: string, server: string): Promise<Controller> {
   const c = await runController({
-    kubernetes: writeKubeconfig(join(dir, `${name}.kubeconfig`), server), caDir: join(dir, name), host: '127.0.0.1', port: 0, trustDomain: 'cluster.local',
+    kubernetes: { settings: SETTINGS, kubeconfig: writeKubeconfig(join(dir, `${name}.kubeconfig`), server) }, caDir: join(dir, name), host: '127.0.0.1', port: 0, trustDomain: 'cluster.local',
     health: { host: '127.0.0.1', port: 0 },
   });
   controllers.push(c);
@@ -33,8 +35,6 @@ const get = async (c: Controller, path: string, method = 'GET') => {
 };
 
 beforeAll(async () => {
-  process.env.AMBIT_WAYPOINTS_MANAGED = 'false';
-  delete process.env.AMBIT_LEADER_ELECTION;
   await api.start();
   api.apply('Namespace', { metadata: { name: 'shop' } });
 });
@@ -42,7 +42,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all(controllers.map((c) => c.close()));
   await api.close();
-  process.env = saved;
   rmSync(dir, { recursive: true, force: true });
 });
 
