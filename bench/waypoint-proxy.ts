@@ -33,7 +33,7 @@ import pino from 'pino';
 import { MeshMetrics, RequestMetrics } from '../src/telemetry/metrics.js';
 import { createTracer } from '../src/telemetry/tracing.js';
 import { byteStream, socketLike, WaypointProxy } from '../src/waypoint/proxy.js';
-import { requestReporter } from '../src/waypoint/run.js';
+import { requestReporter } from '../src/waypoint/app.js';
 import { Router } from '../src/waypoint/routing.js';
 import { meshCertManager } from './lib.js';
 

@@ -9,10 +9,10 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { clusterChecks, DEFAULT_NAMESPACE, renderClusterText } from './cluster-check.js';
-import { renderJson, renderText, report } from './checks.js';
+import { renderJson, renderText, report } from '../node/checks.js';
 import { CliError } from './errors.js';
 import { kubeClient } from './kube.js';
-import { DEFAULT_PIN_ROOT, runChecks } from './probes.js';
+import { DEFAULT_PIN_ROOT, runChecks } from '../node/probes.js';
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 

@@ -22,7 +22,7 @@ import { ROOT_CERT_KEY } from '../control/kube/trust-bundle.js';
 import { RATELIMIT_GROUP } from '../install/crd.js';
 import { CA_SECRET, CONTROLLER, LEADER_LEASE, NODE_AGENT, NODE_PORTS, ROOT_CERT_CONFIGMAP } from '../install/render.js';
 import { VALUES } from '../install/values.js';
-import { checkKernel, MIN_KERNEL, renderText, type Check, type Platform, type Report } from './checks.js';
+import { checkKernel, MIN_KERNEL, renderText, type Check, type Platform, type Report } from '../node/checks.js';
 import { apiMessage } from './kube.js';
 
 /** The manifests use APIs of this Kubernetes release (they are validated against its schemas). */

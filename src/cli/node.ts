@@ -1,29 +1,15 @@
 /** `ambit node`: the node agent process (the local runtime starts one per node; Kubernetes, a DaemonSet). */
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { Command } from 'commander';
-import { cgroup2Mount } from '../ebpf/mounts.js';
-import { splitPemBundle } from '../identity/pki.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { ClusterLayout, netnsPath } from '../local/layout.js';
-import { AdminServer, ADMIN_PORT, adminRoutes, serveAdmin, type AdminSources } from '../node/admin.js';
-import { HEALTH_PORT, METRICS_PORT, NodeAgent, type PodLocator } from '../node/agent.js';
-import { serveTelemetry } from '../node/telemetry-http.js';
-import type { Logger } from 'pino';
-import { defaultKubeconfig, type KubeClient } from '../kube/client.js';
-import { CniInstaller } from '../node/cni-install.js';
-import { CniServer } from '../node/cni-server.js';
+import { ADMIN_PORT } from '../node/admin.js';
+import { startNodeApp } from '../node/app.js';
+import { HEALTH_PORT, METRICS_PORT, type PodLocator } from '../node/agent.js';
 import { HboneLimitsError, parseHboneLimits, type HboneLimits } from '../hbone/limits.js';
-import { ProcPodLocator } from '../node/pod-locator.js';
-import { CLEANUP_DEFAULTS, cleanupNode, DaemonSetWatch, freshTokenClient } from '../node/uninstall.js';
-import { logger } from '../telemetry/log.js';
-import { listenUnix, localServer, sendJson } from '../util/local-http.js';
-import { report, type Check } from './checks.js';
+import { CLEANUP_DEFAULTS, cleanupNode } from '../node/uninstall.js';
 import { CliError } from './errors.js';
-import { readFlagFile, tokenFile } from './files.js';
-import { kubeClient } from './kube.js';
-import { runChecks } from './probes.js';
-import { cpuProfileFromEnv } from '../telemetry/profile.js';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
@@ -60,75 +46,16 @@ function localLocator(layout: ClusterLayout): PodLocator {
 interface NodeOpts {
   node: string; controller: string; tokenFile: string; caFile: string; cluster?: string; pinRoot?: string; cgroup?: string;
   probeCgroup?: string[]; controlSocket?: string; admin: string; telemetryHost: string; metricsPort: string; healthPort: string;
-  rootNamespace?: string; drainSeconds: string; hboneLimits?: string;
+  rootNamespace: string; drainSeconds: string; hboneLimits?: string;
   // Kubernetes mode
   kubernetes?: true | string; hostProc: string; cgroupRoot?: string; daemonset: string; trustDomain: string;
   cniSocket?: string; cniBinary?: string; cniBinDir: string; cniConfDir: string; cniPrimary?: string;
-}
-
-/**
- * What the agent runs besides itself on a Kubernetes node: the watch on its DaemonSet, the CNI
- * plugin's server and the plugin's installation; and how they stop — on restart the plugin stays
- * chained and the socket file stays (sandboxes made meanwhile fail and are retried, never start
- * unmeshed), on uninstall the plugin goes first.
- */
-async function kubernetesParts(opts: NodeOpts, kube: KubeClient, agent: NodeAgent, daemonSet: DaemonSetWatch, log: Logger): Promise<{ checks(): Check[]; stop(): Promise<{ uninstall: boolean }> }> {
-  const cni = opts.cniSocket
-    ? new CniServer({ path: opts.cniSocket, client: kube, target: agent, node: opts.node, trustDomain: opts.trustDomain, hostProc: opts.hostProc, log })
-    : undefined;
-  await cni?.start();
-  // Chained after the node's primary CNI once this agent answers on the socket (kept in place by a watch).
-  const install = cni && opts.cniBinary
-    ? new CniInstaller({ binary: opts.cniBinary, binDir: opts.cniBinDir, confDir: opts.cniConfDir, socket: opts.cniSocket!, log, primary: opts.cniPrimary })
-    : undefined;
-  install?.start();
-  return {
-    checks: () => (install ? [install.check()] : []),
-    async stop() {
-      const k = await daemonSet.stopKind();
-      log.info({ stop: k.kind, reason: k.reason }, k.kind === 'uninstall' ? 'uninstall: removing the CNI plugin and every pinned BPF object' : 'restart: the pins and the CNI plugin stay for the next agent');
-      const uninstall = k.kind === 'uninstall';
-      install?.stop();
-      if (uninstall) {
-        try {
-          install?.uninstall();
-        } catch (err) {
-          log.error({ err: (err as Error).message }, 'the CNI plugin could not be removed from the node\'s config');
-        }
-      }
-      cni?.close(uninstall);
-      return { uninstall };
-    },
-  };
 }
 
 interface CleanupOpts { pinRoot: string; cniBinDir: string; cniConfDir: string; socketDir: string; hostRoot?: string }
 
 /** A CNI plugin type as `--cni-primary` takes it: an executable's name in the CNI bin dir. */
 const PLUGIN_TYPE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
-
-/**
- * The client that decides uninstall or restart: it presents the agent's token as it is in its
- * file now. In a pod that is the in-cluster client's own behaviour; with a kubeconfig file (tests,
- * a node agent outside a pod) the client library is loaded for it.
- */
-async function decisionClient(kubeconfig: string | undefined): Promise<KubeClient> {
-  let path: string | undefined;
-  try {
-    path = kubeconfig ?? defaultKubeconfig();
-  } catch (err) {
-    throw new CliError(`cannot read the kubeconfig: ${(err as Error).message}`);
-  }
-  if (!path) return kubeClient(undefined);
-  try {
-    const { KubeConfig } = await import('@kubernetes/client-node');
-    const kc = new KubeConfig();
-    kc.loadFromFile(path);
-    return freshTokenClient(kc);
-  } catch (err) {
-    throw new CliError(`cannot read the kubeconfig ${path}: ${(err as Error).message}`);
-  }
-}
 
 export function register(program: Command): void {
   const node = program.command('node')
@@ -184,47 +111,20 @@ export function register(program: Command): void {
       if (opts.cniSocket && !opts.kubernetes) throw new CliError('--cni-socket needs --kubernetes (the plugin\'s pods are read from the API server)');
       if (opts.cniBinary && !opts.cniSocket) throw new CliError('--cni-binary needs --cni-socket (where the plugin reaches this agent)');
       if (opts.cniBinary && !existsSync(opts.cniBinary)) throw new CliError(`--cni-binary ${opts.cniBinary} does not exist`);
-      const kube = opts.kubernetes ? kubeClient(opts.kubernetes === true ? undefined : opts.kubernetes) : undefined;
-      const locator: PodLocator = layout ? localLocator(layout) : new ProcPodLocator({ procRoot: opts.hostProc, cgroupRoot: opts.cgroupRoot ?? cgroup2Mount() ?? '/sys/fs/cgroup' });
-      const log = logger('node');
-      const daemonSet = kube ? new DaemonSetWatch(await decisionClient(opts.kubernetes === true ? undefined : opts.kubernetes as string), process.env.POD_NAMESPACE || 'ambit-system', opts.daemonset) : undefined;
-      daemonSet?.start();
-      // The controller writes its root on first start; an agent started beside it waits for it.
-      for (let i = 0; i < 600 && !existsSync(opts.caFile); i++) await new Promise((r) => setTimeout(r, 100));
-      const agent = await NodeAgent.start({
-        node: opts.node,
-        controller: { address: `${controller.host}:${controller.port}`, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)) },
-        pinRoot, cgroup, locator, probeCgroups: opts.probeCgroup ?? [], rootNamespace: opts.rootNamespace,
-        drainMs: drain * 1000, ...(hboneLimits ? { hboneLimits } : {}), log, accessLog: logger('access'),
+      const app = await startNodeApp({
+        node: opts.node, controller, tokenFile: opts.tokenFile, caFile: opts.caFile, pinRoot, cgroup, probeCgroups: opts.probeCgroup ?? [],
+        rootNamespace: opts.rootNamespace, drainMs: drain * 1000, ...(hboneLimits ? { hboneLimits } : {}), admin,
+        telemetry: { host: opts.telemetryHost, ...telemetry }, ...(opts.controlSocket ? { controlSocket: opts.controlSocket } : {}),
+        ...(layout ? { locator: localLocator(layout) } : {}),
+        ...(opts.kubernetes ? {
+          kubernetes: {
+            ...(opts.kubernetes === true ? {} : { kubeconfig: opts.kubernetes }), namespace: process.env.POD_NAMESPACE || 'ambit-system', daemonSet: opts.daemonset,
+            trustDomain: opts.trustDomain, hostProc: opts.hostProc, ...(opts.cgroupRoot ? { cgroupRoot: opts.cgroupRoot } : {}),
+            ...(opts.cniSocket ? { cni: { socket: opts.cniSocket, ...(opts.cniBinary ? { binary: opts.cniBinary } : {}), binDir: opts.cniBinDir, confDir: opts.cniConfDir, ...(opts.cniPrimary ? { primary: opts.cniPrimary } : {}) } } : {}),
+          },
+        } : {}),
       });
-      const k8s = kube && daemonSet ? await kubernetesParts(opts, kube, agent, daemonSet, log) : undefined;
-      // What `ambit check` says about this node (and whether the CNI plugin is chained), served on
-      // the health port for `ambit check --kube`.
-      let checks: ReturnType<typeof runChecks> | undefined;
-      const nodeReport = async () => report([...await (checks ??= runChecks({ cgroup, pinRoot })), ...(k8s?.checks() ?? [])]);
-      const servers = await serveTelemetry(agent, opts.telemetryHost, telemetry.metrics, telemetry.health, nodeReport, log);
-      const adminSources: AdminSources = { certificates: agent.certs, agent, logger: log, ...(opts.controlSocket ? { changesAt: opts.controlSocket } : {}) };
-      const adminServer = await AdminServer.start(adminSources, admin.host, admin.port);
-      const control = opts.controlSocket ? await serveControl(agent, opts.controlSocket, adminSources, log) : undefined;
-      log.info({ node: opts.node, pinRoot, cgroup }, 'node agent started');
-      const profiler = await cpuProfileFromEnv(`node-agent.${opts.node}`);
-      let stopping = false;
-      const stop = (signal: string) => {
-        if (stopping) return;
-        stopping = true;
-        log.info({ signal }, 'node agent stopping: draining pods');
-        // In Kubernetes, an uninstall (the DaemonSet gone or being deleted) also removes the pins.
-        const parts = k8s ? k8s.stop() : Promise.resolve({ uninstall: false });
-        void parts.then(({ uninstall }) => agent.close({ uninstall }))
-          .catch((err: Error) => log.error({ err: err.message }, 'stopping failed'))
-          .finally(async () => {
-            for (const s of servers) s.close();
-            control?.close();
-            void adminServer.close();
-            if (profiler) log.info({ profile: await profiler.stop() }, 'CPU profile written');
-            process.exit(0);
-          });
-      };
+      const stop = (signal: string) => void app.stop(signal).finally(() => process.exit(0));
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
       await new Promise(() => { /* serves until a signal */ });
@@ -257,35 +157,3 @@ export function register(program: Command): void {
       console.log(removed.length ? `ambit removed from this node (${removed.length} item${removed.length === 1 ? '' : 's'})` : 'nothing of ambit\'s on this node');
     });
 }
-
-/**
- * The agent's control socket (a unix socket, mode 0600: root only). `GET /v1/pods/<uid>?timeoutMs=N`:
- * the runtime starts a meshed pod's processes once this answers. It also serves the admin routes,
- * and is the only place that changes the agent (`POST /logging?level=debug`): the admin port
- * can be reached by any process on the node.
- */
-export async function serveControl(agent: Pick<NodeAgent, 'podReadiness' | 'version'>, path: string, admin: AdminSources, log: Logger): Promise<{ close(): void }> {
-  // A readiness question may wait up to 60 s for its answer.
-  const server = localServer({ name: 'control socket', log, json: true, limits: { idleTimeoutMs: 70_000 } }, async (req, res) => {
-    if (serveAdmin(admin, true, req, res)) return;
-    const [v1, pods, uid, ...rest] = req.segments;
-    if (v1 !== 'v1' || pods !== 'pods' || !uid || rest.length) return sendJson(res, 404, { error: `no route ${req.path}: GET /v1/pods/<uid>`, routes: ['/v1/pods/<uid>', ...adminRoutes(admin)] });
-    if (req.method !== 'GET') return sendJson(res, 405, { error: `${req.method} not allowed: GET /v1/pods/<uid>` });
-    const asked = req.query.get('timeoutMs') ?? '10000';
-    if (!/^\d{1,9}$/.test(asked)) return sendJson(res, 400, { error: `timeoutMs must be a number of milliseconds, got ${JSON.stringify(asked.slice(0, 32))}` });
-    const timeoutMs = Math.min(60_000, Number(asked));
-    const r = await agent.podReadiness(uid, timeoutMs);
-    if (r) sendJson(res, 200, r);
-    else sendJson(res, 504, { error: `pod not settled within ${timeoutMs} ms`, version: agent.version });
-  });
-  await listenUnix(server, path);
-  return {
-    close: () => {
-      server.close();
-      server.closeAllConnections();
-      rmSync(path, { force: true });
-    },
-  };
-}
-
-export const CONTROL_SOCKET = (stateDir: string, node: string) => join(stateDir, 'nodes', node, 'agent.sock');

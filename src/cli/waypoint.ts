@@ -5,20 +5,15 @@
  * what is bound to them from the API server) and `ambit waypoint run`
  * (the waypoint process itself, started by the runtime or the Deployment in the waypoint's pod).
  */
-import { existsSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
 import { RuntimeClient } from '../local/client.js';
 import { ClusterLayout, DEFAULT_CLUSTER } from '../local/layout.js';
 import { readState } from '../local/state.js';
 import { TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, USE_WAYPOINT, WAYPOINT_CLASS } from '../config/model.js';
-import { splitPemBundle } from '../identity/pki.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
-import { cpuProfileFromEnv } from '../telemetry/profile.js';
-import { logger } from '../telemetry/log.js';
 import { parseSamplingPercent, validateTracingOptions } from '../telemetry/tracing.js';
 import { CliError } from './errors.js';
-import { readFlagFile, tokenFile } from './files.js';
 import { apiMessage, isSuccess, kubeClient, kubeRequest } from './kube.js';
 import { namespaceWithLabel } from './namespace.js';
 import { apply, printApply } from './local.js';
@@ -252,20 +247,13 @@ export function register(program: Command): void {
       if (!m) throw new CliError(`--name must be NAMESPACE/NAME, got "${opts.name}"`);
       const l = /^\[?([^\]]*)\]?:(\d+)$/.exec(opts.listen);
       if (!l || Number(l[2]) > 65535) throw new CliError(`--listen must be HOST:PORT, got "${opts.listen}"`);
-      for (let i = 0; i < 600 && !existsSync(opts.caFile); i++) await new Promise((r) => setTimeout(r, 100));
-      const { Waypoint } = await import('../waypoint/run.js');
-      const log = logger('waypoint');
-      const wp = await Waypoint.start({
-        namespace: m[1]!, name: m[2]!, trustDomain: opts.trustDomain,
-        controller: { address: opts.controller, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)).slice(-1) },
-        listen: { host: l[1]!, port: Number(l[2]) }, log, accessLog: logger('access'), tracing: tracingOptions(opts.tracingEndpoint, opts.tracingSampling),
+      const tracing = tracingOptions(opts.tracingEndpoint, opts.tracingSampling);
+      const { startWaypointApp } = await import('../waypoint/app.js');
+      const app = await startWaypointApp({
+        namespace: m[1]!, name: m[2]!, trustDomain: opts.trustDomain, controller: opts.controller, tokenFile: opts.tokenFile, caFile: opts.caFile,
+        listen: { host: l[1]!, port: Number(l[2]) }, ...(tracing ? { tracing } : {}),
       });
-      // AMBIT_CPU_PROFILE_DIR: a V8 CPU profile of this waypoint, written when it stops (benches).
-      const profiler = await cpuProfileFromEnv(`waypoint.${m[1]}.${m[2]}`);
-      const stop = () => void wp.close().finally(async () => {
-        if (profiler) log.info({ profile: await profiler.stop() }, 'CPU profile written');
-        process.exit(0);
-      });
+      const stop = () => void app.stop().finally(() => process.exit(0));
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
       await new Promise(() => { /* serves until a signal */ });

@@ -1,6 +1,9 @@
 /** Finds where bpffs and cgroup v2 are mounted, from /proc/mounts. */
 import { readFileSync } from 'node:fs';
 
+/** Where a node agent pins its maps and links by default, in the host's bpffs (the install's nodeAgent.pinRoot). */
+export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/ambit';
+
 export interface Mount {
   source: string;
   target: string;

@@ -5,6 +5,7 @@
  */
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { HboneLimitsError, parseHboneLimits } from '../hbone/limits.js';
+import { DEFAULT_PIN_ROOT } from '../ebpf/mounts.js';
 import { packageVersion } from '../util/package.js';
 
 /** The platforms `platform` presets defaults for (docs/KUBERNETES.md says what each changes and why). */
@@ -167,7 +168,7 @@ export const VALUES: Record<string, ValueSpec> = {
     help: 'HBONE limits over the defaults, NAME=VALUE comma-separated (e.g. maxStreamsPerPeer=1024,maxStreams=16384): what one peer, one pod and the node may hold (docs/DATAPATH.md, "HBONE limits")',
   },
   'nodeAgent.pinRoot': {
-    default: () => '/sys/fs/bpf/ambit',
+    default: () => DEFAULT_PIN_ROOT,
     parse: (raw, key) => {
       const path = absolutePath(raw, key);
       // Only /sys/fs/bpf (the host's bpffs) is mounted into the agent's container.

@@ -19,6 +19,7 @@ import { readdirSync, rmSync, statfsSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import type { KubeConfig } from '@kubernetes/client-node';
+import { DEFAULT_PIN_ROOT } from '../ebpf/mounts.js';
 import { freshToken, KubeApiError, KubeClient } from '../kube/client.js';
 import { removeCniInstall } from './cni-install.js';
 
@@ -150,7 +151,7 @@ export interface CleanupPaths {
 }
 
 export const CLEANUP_DEFAULTS: Omit<CleanupPaths, 'hostRoot'> = {
-  pinRoot: '/sys/fs/bpf/ambit', cniBinDir: '/opt/cni/bin', cniConfDir: '/etc/cni/net.d', socketDir: '/var/run/ambit',
+  pinRoot: DEFAULT_PIN_ROOT, cniBinDir: '/opt/cni/bin', cniConfDir: '/etc/cni/net.d', socketDir: '/var/run/ambit',
 };
 
 /** The agent's sockets in its socket dir: the runtime's control socket and the CNI plugin's. */

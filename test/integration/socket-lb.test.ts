@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkSocketLb } from '../../src/cli/checks.js';
+import { checkSocketLb } from '../../src/node/checks.js';
 import { describeConflict, detectSocketLbConflicts, effectivePrograms, type SockAddrFindings } from '../../src/ebpf/cgroup-programs.js';
 import { Datapath } from '../../src/ebpf/datapath.js';
 import { BpfLink } from '../../src/ebpf/link.js';

@@ -9,8 +9,8 @@ import {
   checkKubeletCgroup, checkLibbpf, checkObject, checkObjectsDir, checkSelinux, checkSocketLb, checkSocketLbFailed,
   hasCapability, parseCapEff, parseCgroupV2Path, parseKernelRelease, renderJson, renderText, report,
   type Check,
-} from '../../src/cli/checks.js';
-import { preChecks } from '../../src/cli/probes.js';
+} from '../../src/node/checks.js';
+import { preChecks } from '../../src/node/probes.js';
 import { runtimeConfig } from '../../src/node/cni-install.js';
 import { analyzeSockAddr, ciliumSocketLbMode, type AttachedProgram } from '../../src/ebpf/cgroup-programs.js';
 import { BpfError } from '../../src/ebpf/errors.js';

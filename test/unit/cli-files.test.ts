@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { tokenFile } from '../../src/cli/files.js';
+import { tokenFile } from '../../src/util/files.js';
 import { authorization } from '../../src/identity/ca-server.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-token-'));

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { KubeClient } from '../../src/kube/client.js';
 import { clusterChecks, labelSelector, type ClusterCheckOptions } from '../../src/cli/cluster-check.js';
-import type { Check } from '../../src/cli/checks.js';
+import type { Check } from '../../src/node/checks.js';
 import { controllerObjects, nodeAgentDaemonSet } from '../../src/install/render.js';
 import { defaultValues } from '../../src/install/values.js';
 import { cli } from '../integration/helpers/cli.js';

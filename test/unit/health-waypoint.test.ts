@@ -13,7 +13,7 @@ import { buildModel } from '../../src/config/model.js';
 import { CaError, CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
 import { CaServer, type Authenticator, type Caller } from '../../src/identity/ca-server.js';
 import { silentLogger } from '../../src/telemetry/log.js';
-import { Waypoint } from '../../src/waypoint/run.js';
+import { Waypoint } from '../../src/waypoint/app.js';
 import { freePort } from '../helpers/fake-apiserver.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-wp-health-'));

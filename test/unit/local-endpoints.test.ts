@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { serveControl } from '../../src/cli/node.js';
+import { serveControl } from '../../src/node/app.js';
 import { AdminServer } from '../../src/node/admin.js';
 import { serveTelemetry } from '../../src/node/telemetry-http.js';
 import { MeshMetrics } from '../../src/telemetry/metrics.js';

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import * as fc from 'fast-check';
-import { serveControl } from '../../../src/cli/node.js';
+import { serveControl } from '../../../src/node/app.js';
 import { AdminServer } from '../../../src/node/admin.js';
 import { ConnectionTracker } from '../../../src/node/connections.js';
 import { MeshMetrics } from '../../../src/telemetry/metrics.js';

@@ -1,5 +1,6 @@
 /**
- * `ambit waypoint run`: the waypoint process. It gets its certificate with its own credential,
+ * The waypoint process, wired in one place: what `ambit waypoint run` starts once it has read its
+ * flags (src/cli/waypoint.ts). It gets its certificate with its own credential,
  * follows the controller as a `waypoint` subscriber (its services, their L7 config, workloads),
  * and serves HBONE on 15008 with the L7 proxy. On 15020: `/metrics`, `GET /healthz/ready` (200
  * once it has its first config and its certificate, 503 with the reason before) and
@@ -19,6 +20,10 @@ import { createTracer, type TracingOptions } from '../telemetry/tracing.js';
 import { HttpError, listenTcp, localServer } from '../util/local-http.js';
 import { L7Authorizer } from './authz.js';
 import { WaypointProxy, type RequestRecord, type TunnelRefusal } from './proxy.js';
+import { splitPemBundle } from '../identity/pki.js';
+import { logger } from '../telemetry/log.js';
+import { cpuProfileFromEnv } from '../telemetry/profile.js';
+import { readFlagFile, tokenFile, waitForFile } from '../util/files.js';
 import { Router } from './routing.js';
 
 export interface WaypointOptions {
@@ -32,6 +37,40 @@ export interface WaypointOptions {
   accessLog: Logger;
   /** OTLP/HTTP endpoint and sampling; without an endpoint trace context still propagates. */
   tracing?: Omit<TracingOptions, 'serviceName'>;
+}
+
+export interface WaypointAppOptions {
+  namespace: string;
+  name: string;
+  trustDomain: string;
+  controller: string;
+  /** The waypoint's credential (re-read at each use: the kubelet rotates it). */
+  tokenFile: string;
+  /** PEM roots that verify the controller; waited for while the controller writes them on first start. */
+  caFile: string;
+  listen: { host: string; port: number };
+  tracing?: Omit<TracingOptions, 'serviceName'>;
+}
+
+/** Reads the waypoint's files, starts it (and a CPU profile when AMBIT_CPU_PROFILE_DIR asks for one), and stops it. */
+export async function startWaypointApp(opts: WaypointAppOptions): Promise<{ waypoint: Waypoint; stop(): Promise<void> }> {
+  await waitForFile(opts.caFile);
+  const log = logger('waypoint');
+  const waypoint = await Waypoint.start({
+    namespace: opts.namespace, name: opts.name, trustDomain: opts.trustDomain,
+    controller: { address: opts.controller, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)).slice(-1) },
+    listen: opts.listen, log, accessLog: logger('access'), ...(opts.tracing ? { tracing: opts.tracing } : {}),
+  });
+  // AMBIT_CPU_PROFILE_DIR: a V8 CPU profile of this waypoint, written when it stops (benches).
+  const profiler = await cpuProfileFromEnv(`waypoint.${opts.namespace}.${opts.name}`);
+  let stopped: Promise<void> | undefined;
+  return {
+    waypoint,
+    stop: () => (stopped ??= (async () => {
+      await waypoint.close().catch((err: Error) => log.error({ err: err.message }, 'stopping failed'));
+      if (profiler) log.info({ profile: await profiler.stop() }, 'CPU profile written');
+    })()),
+  };
 }
 
 export class Waypoint {

@@ -7,9 +7,8 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
-import { cgroup2Mount, readMounts, type Mount } from '../ebpf/mounts.js';
-import { VALUES } from '../install/values.js';
-import { runtimeConfig } from '../node/cni-install.js';
+import { cgroup2Mount, DEFAULT_PIN_ROOT, readMounts, type Mount } from '../ebpf/mounts.js';
+import { runtimeConfig } from './cni-install.js';
 import {
   BTF_PATH, checkAppArmor, checkBpffs, checkBtf, checkCapabilities, checkCgroup2, checkCniConfig, checkKernel,
   checkKubeletCgroup, checkLibbpf, checkObject, checkObjectsDir, checkPlatform, checkSelinux, checkSocketLb,
@@ -28,7 +27,7 @@ export interface NodeCheckOptions {
   hostRoot?: string;
 }
 
-export const DEFAULT_PIN_ROOT = VALUES['nodeAgent.pinRoot']!.default() as string;
+export { DEFAULT_PIN_ROOT };
 
 export async function runChecks(opts: NodeCheckOptions = {}): Promise<Check[]> {
   const mounts = readMounts();
