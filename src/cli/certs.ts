@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import type { CertificateSummary } from '../identity/cert-manager.js';
 import { ADMIN_PORT } from '../node/admin.js';
+import { table } from './format.js';
 import { CliError } from './errors.js';
 
 interface CertificatesResponse {
@@ -31,8 +32,7 @@ export function register(program: Command): void {
       }
       const rows = body.certificates.map((c) => [c.identity, c.serial ?? '-', c.notAfter ?? '-', c.rotatesAt ?? '-', c.state + (c.lastError ? ` (${c.lastError})` : ''), String(c.pods)]);
       const header = ['IDENTITY', 'SERIAL', 'NOT AFTER', 'RENEWS', 'STATE', 'PODS'];
-      const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-      for (const r of [header, ...rows]) process.stdout.write(`${r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
+      process.stdout.write(`${table(header, rows)}\n`);
       if (rows.length === 0) process.stdout.write('no certificates\n');
       for (const root of body.trustBundle) process.stdout.write(`trust: ${root.subject} (serial ${root.serial}, until ${root.notAfter})\n`);
     });

@@ -11,6 +11,7 @@ import { ClusterLayout, DEFAULT_CLUSTER, MAX_NODES } from '../local/layout.js';
 import { formatDiagnostic } from '../kube/manifests.js';
 import { launchArgv } from '../local/process.js';
 import type { ApplyResult, ClusterStatus, PodStatus } from '../local/runtime.js';
+import { age, table } from './format.js';
 import { readState } from '../local/state.js';
 
 const say = (line = '') => process.stdout.write(`${line}\n`);
@@ -308,48 +309,35 @@ function readChunk(file: string, offset: number): string {
   }
 }
 
-function age(iso: string): string {
-  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
-  if (s < 120) return `${s}s`;
-  if (s < 7200) return `${Math.round(s / 60)}m`;
-  if (s < 172_800) return `${Math.round(s / 3600)}h`;
-  return `${Math.round(s / 86_400)}d`;
-}
-
-function table(header: string[], rows: string[][]): void {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  for (const row of [header, ...rows]) say(row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ').trimEnd());
-}
-
 function printStatus(s: ClusterStatus): void {
   say(`cluster ${s.name} (state ${s.stateDir}, created ${age(s.createdAt)} ago)`);
   say();
-  table(['NODE', 'IP', 'POD CIDR', 'PODS'], s.nodes.map((n) => [n.name, n.ip, n.podCidr, String(n.pods)]));
+  say(table(['NODE', 'IP', 'POD CIDR', 'PODS'], s.nodes.map((n) => [n.name, n.ip, n.podCidr, String(n.pods)])));
   say();
   if (s.pods.length === 0) say('no pods');
   else {
-    table(['NAMESPACE', 'POD', 'NODE', 'IP', 'PHASE', 'READY', 'RESTARTS', 'SERVICE ACCOUNT', 'AGE'],
-      s.pods.map((p) => [p.namespace, p.name, p.node, p.ip, p.phase, p.ready, String(p.restarts), p.serviceAccount, age(p.createdAt)]));
+    say(table(['NAMESPACE', 'POD', 'NODE', 'IP', 'PHASE', 'READY', 'RESTARTS', 'SERVICE ACCOUNT', 'AGE'],
+      s.pods.map((p) => [p.namespace, p.name, p.node, p.ip, p.phase, p.ready, String(p.restarts), p.serviceAccount, age(p.createdAt)])));
   }
   say();
   if (s.services.length === 0) say('no services');
   else {
-    table(['NAMESPACE', 'SERVICE', 'VIP', 'PORTS', 'ENDPOINTS'], s.services.map((v) => [
+    say(table(['NAMESPACE', 'SERVICE', 'VIP', 'PORTS', 'ENDPOINTS'], s.services.map((v) => [
       v.namespace, v.name, v.vip,
       v.ports.map((p) => `${p.name ? `${p.name}:` : ''}${p.port}->${p.targetPort}/${p.protocol}`).join(','),
       v.endpoints.length ? v.endpoints.join(',') : '<none>',
-    ]));
+    ])));
   }
   say();
-  table(['COMPONENT', 'NODE', 'STATE', 'PID', 'DETAIL'], s.components.map((c) => [c.name, c.node ?? '-', c.state, c.pid ? String(c.pid) : '-', c.detail]));
+  say(table(['COMPONENT', 'NODE', 'STATE', 'PID', 'DETAIL'], s.components.map((c) => [c.name, c.node ?? '-', c.state, c.pid ? String(c.pid) : '-', c.detail])));
   if (s.controller) {
     say();
     if (s.controller.subscribers.length === 0) say(`config version ${s.controller.version}; no subscribers`);
     else {
-      table(['SUBSCRIBER', 'NODE', 'APPLIED', 'LAST NACK'], s.controller.subscribers.map((x) => [
+      say(table(['SUBSCRIBER', 'NODE', 'APPLIED', 'LAST NACK'], s.controller.subscribers.map((x) => [
         x.kind === 'waypoint' ? `waypoint ${x.name}` : x.kind, x.node, `${x.lastAck ?? '-'}${x.lastAck === s.controller!.version ? ' (current)' : ''}`,
         x.lastNack ? `${x.lastNack.version}: ${x.lastNack.error}` : '-',
-      ]));
+      ])));
     }
     const rejected = s.controller.rejected ?? [];
     if (rejected.length > 0) {

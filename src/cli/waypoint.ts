@@ -16,6 +16,7 @@ import { parseSamplingPercent, validateTracingOptions } from '../telemetry/traci
 import { CliError } from './errors.js';
 import { apiMessage, isSuccess, kubeClient, kubeRequest } from './kube.js';
 import { namespaceWithLabel } from './namespace.js';
+import { table } from './format.js';
 import { apply, printApply } from './local.js';
 
 const clusterOption = () => new Option('--cluster <name>', 'the local cluster').default(DEFAULT_CLUSTER);
@@ -88,8 +89,7 @@ function printWaypointTable(head: string[], rows: string[][]): void {
     process.stdout.write('no waypoints\n');
     return;
   }
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  for (const r of [head, ...rows]) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
+  process.stdout.write(`${table(head, rows)}\n`);
 }
 
 async function listLocal(opts: { namespace?: string; cluster: string }): Promise<void> {
