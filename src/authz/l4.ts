@@ -23,6 +23,7 @@
  *   (root namespace, no selector), else PERMISSIVE; UNSET inherits from the next level, and a
  *   port-level mode (by target port, selector policies only) overrides the workload's mode.
  */
+import { cidrContains, parseCidr, parseIp, type Cidr, type Ip } from '../util/ip.js';
 import type { ConfigObject, Workload } from '../config/model.js';
 
 export interface L4Connection {
@@ -49,111 +50,6 @@ export interface AuthzOptions {
 export type MtlsMode = 'STRICT' | 'PERMISSIVE' | 'DISABLE';
 
 export const DEFAULT_ROOT_NAMESPACE = 'istio-system';
-
-// ---------------------------------------------------------------------------------------------
-// Addresses: IPv4 as one 32-bit word, IPv6 as four; IPv4-mapped IPv6 is IPv4.
-
-interface Ip { v4: boolean; words: number[] }
-interface Cidr { v4: boolean; words: number[]; masks: number[] }
-
-/** Dotted quad to a 32-bit number; a character loop, as it runs for every connection. */
-function parseV4(text: string): number | undefined {
-  let n = 0;
-  let octet = 0;
-  let digits = 0;
-  let dots = 0;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c >= 48 && c <= 57) {
-      octet = octet * 10 + (c - 48);
-      if (++digits > 3 || octet > 255) return undefined;
-    } else if (c === 46 && digits > 0 && dots < 3) {
-      n = n * 256 + octet;
-      octet = 0;
-      digits = 0;
-      dots++;
-    } else return undefined;
-  }
-  return dots === 3 && digits > 0 ? n * 256 + octet : undefined;
-}
-
-/** IPv6 text to eight 16-bit groups; an embedded IPv4 tail ("::ffff:10.0.0.1") is two groups. */
-function parseV6Groups(text: string): number[] | undefined {
-  const halves = text.replace(/%.*$/, '').split('::');
-  if (halves.length > 2) return undefined;
-  const groups = (part: string, last: boolean): number[] | undefined => {
-    if (part === '') return [];
-    const out: number[] = [];
-    const items = part.split(':');
-    for (const [i, item] of items.entries()) {
-      if (last && i === items.length - 1 && item.includes('.')) {
-        const v4 = parseV4(item);
-        if (v4 === undefined) return undefined;
-        out.push(Math.floor(v4 / 0x10000), v4 % 0x10000);
-      } else if (/^[0-9a-f]{1,4}$/i.test(item)) out.push(parseInt(item, 16));
-      else return undefined;
-    }
-    return out;
-  };
-  const head = groups(halves[0]!, halves.length === 1);
-  const tail = halves.length === 2 ? groups(halves[1]!, true) : [];
-  if (!head || !tail) return undefined;
-  if (halves.length === 1) return head.length === 8 ? head : undefined;
-  const fill = 8 - head.length - tail.length;
-  return fill >= 1 ? [...head, ...new Array<number>(fill).fill(0), ...tail] : undefined;
-}
-
-/** Any address as 128 bits (IPv4 mapped into ::ffff:0:0/96), four 32-bit words. */
-function parseIp128(text: string): number[] | undefined {
-  if (!text.includes(':')) {
-    const v4 = parseV4(text);
-    return v4 === undefined ? undefined : [0, 0, 0xffff, v4];
-  }
-  const g = parseV6Groups(text);
-  return g && [0, 2, 4, 6].map((i) => g[i]! * 0x10000 + g[i + 1]!);
-}
-
-const isMapped = (w: number[]) => w[0] === 0 && w[1] === 0 && w[2] === 0xffff;
-
-export function parseIp(text: string): Ip | undefined {
-  const w = parseIp128(text);
-  if (!w) return undefined;
-  return isMapped(w) ? { v4: true, words: [w[3]!] } : { v4: false, words: w };
-}
-
-function maskWords(bits: number, count: number): number[] {
-  return Array.from({ length: count }, (_, i) => {
-    const b = Math.min(32, Math.max(0, bits - 32 * i));
-    return b === 0 ? 0 : (0xffffffff << (32 - b)) >>> 0;
-  });
-}
-
-/** "10.0.0.0/8", "fd00::/8", "::ffff:10.0.0.0/104" or a single address. */
-export function parseCidr(text: string): Cidr | undefined {
-  const [addr, len, extra] = text.split('/');
-  if (extra !== undefined || addr === undefined) return undefined;
-  const w = parseIp128(addr);
-  if (!w) return undefined;
-  const ipv4Text = !addr.includes(':');
-  let bits = ipv4Text ? 32 : 128;
-  if (len !== undefined) {
-    if (!/^\d{1,3}$/.test(len) || Number(len) > bits) return undefined;
-    bits = Number(len);
-  }
-  if (ipv4Text) bits += 96;
-  if (bits >= 96 && isMapped(w)) {
-    const masks = maskWords(bits - 96, 1);
-    return { v4: true, words: [(w[3]! & masks[0]!) >>> 0], masks };
-  }
-  const masks = maskWords(bits, 4);
-  return { v4: false, words: w.map((x, i) => (x & masks[i]!) >>> 0), masks };
-}
-
-function cidrContains(c: Cidr, ip: Ip): boolean {
-  if (c.v4 !== ip.v4) return false;
-  for (let i = 0; i < c.words.length; i++) if (((ip.words[i]! & c.masks[i]!) >>> 0) !== c.words[i]) return false;
-  return true;
-}
 
 // ---------------------------------------------------------------------------------------------
 // One connection's facts, and predicates over them.

@@ -2,6 +2,7 @@
  * A small declarative checker for API objects: each field's type and meaning, unknown fields
  * refused, every problem reported at its field path (the caller maps paths to file lines).
  */
+import { parseCidr } from '../util/ip.js';
 export type Path = (string | number)[];
 
 export interface Reporter {
@@ -137,20 +138,10 @@ export const regex: Schema = (v, p, r) => {
   }
 };
 
-const IPV4 = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/;
-export function isIp(s: string): boolean {
-  if (IPV4.test(s)) return true;
-  return s.includes(':') && /^[0-9a-fA-F:.]+$/.test(s) && (s.match(/::/g) ?? []).length <= 1;
-}
-
 /** An IP address or CIDR block. */
 export const ipOrCidr: Schema = (v, p, r) => {
   if (typeof v !== 'string') return r.error(p, `must be a string, got ${describe(v)}`);
-  const [addr, bits, extra] = v.split('/');
-  const max = addr?.includes(':') ? 128 : 32;
-  if (extra !== undefined || !addr || !isIp(addr) || (bits !== undefined && (!/^\d+$/.test(bits) || Number(bits) > max))) {
-    r.error(p, `must be an IP address or CIDR block, got ${JSON.stringify(v)}`);
-  }
+  if (parseCidr(v) === undefined) r.error(p, `must be an IP address or CIDR block, got ${JSON.stringify(v)}`);
 };
 
 export const port: Schema = int(1, 65535);

@@ -9,6 +9,7 @@
  * ConfigMap, ...) are kept as they are for the controller, which validates them itself.
  */
 import { isAbsolute, resolve } from 'node:path';
+import { isIpv4 } from '../util/ip.js';
 import { isMap, isPair, isScalar, isSeq, LineCounter, parseAllDocuments, type Document, type Node as YamlNode } from 'yaml';
 
 export interface ManifestInput { file: string; text: string; dir: string }
@@ -309,10 +310,6 @@ function probe(v: unknown, p: Path, c: DocContext): void {
 }
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-function isIpv4(v: string): boolean {
-  const parts = v.split('.');
-  return parts.length === 4 && parts.every((x) => /^\d{1,3}$/.test(x) && Number(x) <= 255);
 }
 
 // ---------------------------------------------------------------------------------------------

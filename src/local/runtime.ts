@@ -32,6 +32,7 @@ import {
 import { ClusterNetwork, deleteNetns, listNetns, type ServiceRule } from './net.js';
 import { LocalPod, type ContainerStatus, type Phase } from './pod.js';
 import { removeCgroupTree } from './process.js';
+import { intToIpv4, ipv4ToInt } from '../util/ip.js';
 import { readState, resourceKey, writeState, type ClusterState, type PodRecord } from './state.js';
 
 /** Thrown when an apply or delete is refused; nothing was changed. */
@@ -108,18 +109,10 @@ function matches(selector: Record<string, string>, labels: Record<string, string
   return Object.entries(selector).every(([k, v]) => labels[k] === v);
 }
 
-function ipToInt(ip: string): number {
-  return ip.split('.').reduce((n, o) => n * 256 + Number(o), 0);
-}
-
-function intToIp(n: number): string {
-  return [24, 16, 8, 0].map((s) => (n >>> s) & 255).join('.');
-}
-
 const [SERVICE_NET, SERVICE_BITS] = SERVICE_CIDR.split('/') as [string, string];
 function inServiceRange(ip: string): boolean {
   const mask = (0xffffffff << (32 - Number(SERVICE_BITS))) >>> 0;
-  return ((ipToInt(ip) & mask) >>> 0) === ipToInt(SERVICE_NET);
+  return ((ipv4ToInt(ip) & mask) >>> 0) === ipv4ToInt(SERVICE_NET);
 }
 
 const sameJson = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
@@ -353,8 +346,8 @@ export class Runtime {
   private allocateVip(): string {
     const used = new Set(Object.values(this.state.services).map((s) => s.vip));
     // .0.1 is the API server's VIP in Kubernetes; start past the first few.
-    for (let n = ipToInt(SERVICE_NET) + 10; inServiceRange(intToIp(n)); n++) {
-      if (!used.has(intToIp(n))) return intToIp(n);
+    for (let n = ipv4ToInt(SERVICE_NET) + 10; inServiceRange(intToIpv4(n)); n++) {
+      if (!used.has(intToIpv4(n))) return intToIpv4(n);
     }
     throw new LocalError(`the service range ${SERVICE_CIDR} is full`);
   }

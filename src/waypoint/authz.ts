@@ -57,7 +57,8 @@
  */
 import { WAYPOINT_CLASS, type ConfigObject } from '../config/model.js';
 import { isObject } from '../config/schema.js';
-import { allOf, anyOf, DEFAULT_ROOT_NAMESPACE, parseCidr, parseIp, peerIdentity, stringMatcher, type AuthzDecision, type PeerIdentity } from '../authz/l4.js';
+import { allOf, anyOf, DEFAULT_ROOT_NAMESPACE, peerIdentity, stringMatcher, type AuthzDecision, type PeerIdentity } from '../authz/l4.js';
+import { cidrContains, parseCidr, parseIp, type Cidr, type Ip } from '../util/ip.js';
 
 export interface L7Request {
   /** SPIFFE ID of the HBONE peer ("spiffe://cluster.local/ns/shop/sa/web"), undefined for plaintext. */
@@ -198,14 +199,6 @@ function compilePathTemplate(template: string): RegExp | string {
 // ---------------------------------------------------------------------------------------------
 // One request's facts, each worked out when a predicate first asks for it.
 
-type Ip = NonNullable<ReturnType<typeof parseIp>>;
-type Cidr = NonNullable<ReturnType<typeof parseCidr>>;
-
-function cidrContains(c: Cidr, ip: Ip): boolean {
-  if (c.v4 !== ip.v4) return false;
-  for (let i = 0; i < c.words.length; i++) if (((ip.words[i]! & c.masks[i]!) >>> 0) !== c.words[i]) return false;
-  return true;
-}
 
 /** "[::1]:80" → "[::1]", "a.b:80" → "a.b"; a bare IPv6 address is left alone. */
 function stripPort(host: string): string {

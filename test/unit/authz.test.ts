@@ -10,7 +10,8 @@ import { describe, expect, it } from 'vitest';
 import { buildModel, type ConfigObject, type Workload } from '../../src/config/model.js';
 import { validateMeshObject } from '../../src/config/validate.js';
 import { parseManifests } from '../../src/kube/manifests.js';
-import { L4Authorizer, parseCidr, parseIp, type AuthzDecision, type L4Connection } from '../../src/authz/l4.js';
+import { L4Authorizer, type AuthzDecision, type L4Connection } from '../../src/authz/l4.js';
+import { parseCidr, parseIp } from '../../src/util/ip.js';
 
 const SHARED = process.env.AMBIT_SHARED_DIR ?? new URL('../../../shared/', import.meta.url).pathname;
 if (!existsSync(SHARED)) throw new Error(`the shared conformance data is not at ${SHARED}: set AMBIT_SHARED_DIR`);
