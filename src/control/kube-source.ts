@@ -37,6 +37,7 @@ import type { ConfigSource } from '../config/source.js';
 import { metaOf, podInfo, type ObjectMeta } from '../config/api-objects.js';
 import { WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL, type PodInfo, type SourceSnapshot } from '../config/model.js';
 import { isObject } from '../config/schema.js';
+import { Backoff } from '../util/backoff.js';
 import { validateMeshObject } from '../config/validate.js';
 
 export interface KindSpec {
@@ -142,7 +143,7 @@ class KindWatch {
   }
 
   async run(signal: AbortSignal): Promise<void> {
-    let backoff = this.src.opts.backoffMs;
+    const backoff = new Backoff({ initialMs: this.src.opts.backoffMs, maxMs: 30_000 });
     while (!signal.aborted) {
       try {
         if (!this.resourceVersion || this.relist) {
@@ -158,7 +159,7 @@ class KindWatch {
         } finally {
           signal.removeEventListener('abort', onAbort);
         }
-        backoff = this.src.opts.backoffMs;
+        backoff.reset();
       } catch (err) {
         if (signal.aborted) return;
         if (err instanceof GoneError) {
@@ -180,9 +181,9 @@ class KindWatch {
           await sleep(this.src.opts.absentRetryMs, signal);
           continue;
         }
-        this.src.log.warn({ kind: this.label, err: err instanceof Error ? err.message : String(err) }, `${this.label}: list/watch failed, retrying in ${backoff} ms`);
-        await sleep(backoff, signal);
-        backoff = Math.min(backoff * 2, 30_000);
+        const wait = backoff.next();
+        this.src.log.warn({ kind: this.label, err: err instanceof Error ? err.message : String(err) }, `${this.label}: list/watch failed, retrying in ${wait} ms`);
+        await sleep(wait, signal);
       }
     }
   }

@@ -13,6 +13,7 @@ import { authorization, type Authenticator, type Caller, type Credential } from 
 import { CaError } from '../identity/ca.js';
 import { silentLogger } from '../telemetry/log.js';
 import { packageRoot } from '../util/package.js';
+import { backoffDelay } from '../util/backoff.js';
 import type { MeshModel } from '../config/model.js';
 
 export type SubscriberKind = 'node-agent' | 'waypoint';
@@ -532,9 +533,7 @@ export class DiscoveryClient {
     this.call = undefined;
     this.connected = false;
     this.failures++;
-    const { initialMs, maxMs } = this.opts.backoff ?? { initialMs: 500, maxMs: 30_000 };
-    const bound = Math.min(maxMs, initialMs * 2 ** Math.min(20, this.failures - 1));
-    const delay = Math.max(initialMs / 2, (this.opts.random ?? Math.random)() * bound);
+    const delay = backoffDelay(this.failures, { ...(this.opts.backoff ?? { initialMs: 500, maxMs: 30_000 }), jitter: true, ...(this.opts.random ? { random: this.opts.random } : {}) });
     this.opts.log?.warn({ why, retryInMs: Math.round(delay), version: this.version }, 'controller unreachable; serving the last good config');
     call.cancel();
     this.timer = setTimeout(() => {

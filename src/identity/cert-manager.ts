@@ -15,6 +15,7 @@ import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import { silentLogger } from '../telemetry/log.js';
 import type { CertificateSource } from './ca-server.js';
+import { backoffDelay } from '../util/backoff.js';
 import { certificateFacts, createCsr, generateKeyPair, privateKeyObject } from './pki.js';
 
 export interface Clock {
@@ -258,10 +259,8 @@ export class CertManager {
 
   private scheduleRetry(entry: Entry): void {
     if (this.closed || entry.refs === 0) return;
-    const { initialMs, maxMs } = this.opts.backoff ?? { initialMs: 500, maxMs: 60_000 };
     // Full jitter: a random wait up to the exponential bound, so a node's retries spread out.
-    const bound = Math.min(maxMs, initialMs * 2 ** Math.min(30, entry.failures - 1));
-    const delay = Math.max(initialMs / 2, this.random() * bound);
+    const delay = backoffDelay(entry.failures, { ...(this.opts.backoff ?? { initialMs: 500, maxMs: 60_000 }), jitter: true, random: this.random });
     entry.rotatesAt = this.clock.now() + delay;
     this.log.warn({ identity: entry.identity, failures: entry.failures, retryInMs: Math.round(delay), err: entry.lastError }, 'certificate request failed');
     this.setTimer(entry, delay, 'retry');

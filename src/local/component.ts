@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import type { Logger } from 'pino';
+import { Backoff } from '../util/backoff.js';
 import { launchArgv, removeCgroupTree, signalCgroup, cgroupProcs } from './process.js';
 
 export interface ComponentSpec {
@@ -25,7 +26,7 @@ const BACKOFF_MAX_MS = 30_000;
 export class Component {
   private child?: ChildProcess;
   private timer?: NodeJS.Timeout;
-  private backoffMs = 0;
+  private readonly backoff = new Backoff({ initialMs: 500, maxMs: BACKOFF_MAX_MS });
   private startedMs = 0;
   private stopping = false;
   restarts = 0;
@@ -51,12 +52,14 @@ export class Component {
       this.child = undefined;
       if (this.stopping) return;
       this.lastExit = signal ? `signal ${signal}` : `exit ${code}`;
-      this.backoffMs = Date.now() - this.startedMs > 30_000 ? 500 : Math.min(BACKOFF_MAX_MS, Math.max(500, this.backoffMs * 2));
-      this.log.warn({ component: this.spec.name, node: this.spec.node, exit: this.lastExit, restartInMs: this.backoffMs }, 'component exited');
+      // A component that ran for 30 s starts over at 500 ms.
+      if (Date.now() - this.startedMs > 30_000) this.backoff.reset();
+      const wait = this.backoff.next();
+      this.log.warn({ component: this.spec.name, node: this.spec.node, exit: this.lastExit, restartInMs: wait }, 'component exited');
       this.timer = setTimeout(() => {
         this.restarts++;
         this.start();
-      }, this.backoffMs);
+      }, wait);
     });
   }
 

@@ -12,6 +12,7 @@ import type { Logger } from 'pino';
 import { socketInNetns } from '../host/netns.js';
 import { expandArgv, type Container, type Probe } from '../kube/manifests.js';
 import { cgroupProcs, launchArgv, removeCgroupTree, signalCgroup } from './process.js';
+import { Backoff } from '../util/backoff.js';
 import type { PodRecord } from './state.js';
 
 export type Phase = 'Pending' | 'Running' | 'Succeeded' | 'Failed' | 'Terminating';
@@ -47,7 +48,7 @@ const BACKOFF_RESET_MS = 30_000;
 class ContainerProcess {
   status: ContainerStatus;
   child?: ChildProcess;
-  private backoffMs = 0;
+  private readonly backoff = new Backoff({ initialMs: BACKOFF_START_MS, maxMs: BACKOFF_MAX_MS });
   private restartTimer?: NodeJS.Timeout;
   private probeTimer?: NodeJS.Timeout;
   private probeOk = 0;
@@ -92,14 +93,16 @@ class ContainerProcess {
     const policy = this.pod.record.spec.restartPolicy;
     if (policy === 'Never' || (policy === 'OnFailure' && exitCode === 0)) return this.pod.changed();
     const ran = Date.now() - this.startedMs;
-    this.backoffMs = ran >= BACKOFF_RESET_MS ? 0 : Math.min(BACKOFF_MAX_MS, this.backoffMs === 0 ? BACKOFF_START_MS : this.backoffMs * 2);
-    this.status = { ...this.status, state: 'waiting', reason: this.backoffMs > BACKOFF_START_MS ? 'CrashLoopBackOff' : 'Restarting' };
+    // A container that ran long enough restarts at once, and its next crash waits BACKOFF_START_MS again.
+    if (ran >= BACKOFF_RESET_MS) this.backoff.reset();
+    const wait = ran >= BACKOFF_RESET_MS ? 0 : this.backoff.next();
+    this.status = { ...this.status, state: 'waiting', reason: wait > BACKOFF_START_MS ? 'CrashLoopBackOff' : 'Restarting' };
     this.restartTimer = setTimeout(() => {
       this.restartTimer = undefined;
       if (this.pod.stopping) return;
       this.status.restarts++;
       this.start();
-    }, this.backoffMs);
+    }, wait);
     this.pod.changed();
   }
 

@@ -21,6 +21,7 @@ import { join } from 'node:path';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { DEFAULT_PIN_ROOT } from '../ebpf/mounts.js';
 import { freshToken, KubeApiError, KubeClient } from '../kube/client.js';
+import { Backoff } from '../util/backoff.js';
 import { removeCniInstall } from './cni-install.js';
 
 export type StopKind = 'uninstall' | 'restart' | 'unknown';
@@ -115,7 +116,7 @@ export class DaemonSetWatch {
   /** GET, then watch from its version; again after every end or failure (backoff up to 30 s). */
   private async follow(): Promise<void> {
     const signal = this.abort.signal;
-    let backoffMs = 1000;
+    const backoff = new Backoff({ initialMs: 1000, maxMs: 30_000 });
     while (!signal.aborted) {
       try {
         const res = await this.client.request('GET', `${this.path}/${encodeURIComponent(this.name)}`, undefined, undefined, signal);
@@ -129,14 +130,13 @@ export class DaemonSetWatch {
           const e = ev as { type?: string; object?: unknown };
           if (typeof e.type === 'string' && e.type !== 'BOOKMARK' && e.type !== 'ERROR') this.observe(e.type, e.object);
         }, signal, 330_000);
-        backoffMs = 1000;
+        backoff.reset();
       } catch (err) {
         // Not known this time: stopKind asks again at SIGTERM. A watch refused for the agent's credentials is remembered.
         if (err instanceof KubeApiError) this.refused = refusal(err.status, `DaemonSet ${this.namespace}/${this.name}`) ?? this.refused;
       }
       if (signal.aborted) return;
-      await new Promise((r) => setTimeout(r, backoffMs).unref());
-      backoffMs = Math.min(30_000, backoffMs * 2);
+      await new Promise((r) => setTimeout(r, backoff.next()).unref());
     }
   }
 }

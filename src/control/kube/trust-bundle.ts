@@ -16,6 +16,7 @@ import { silentLogger } from '../../telemetry/log.js';
 import type { KubeClient } from '../../kube/client.js';
 import { Coalescer } from './coalesce.js';
 import { PART_OF } from '../../install/objects.js';
+import { backoffDelay } from '../../util/backoff.js';
 import { FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL } from './waypoints.js';
 
 export const ROOT_CERT_KEY = 'root-cert.pem';
@@ -85,7 +86,7 @@ export class TrustBundlePublisher {
       } catch (err) {
         const attempts = (this.failures.get(namespace) ?? 0) + 1;
         this.failures.set(namespace, attempts);
-        const wait = Math.min(this.maxBackoffMs, this.backoffMs * 2 ** (attempts - 1));
+        const wait = backoffDelay(attempts, { initialMs: this.backoffMs, maxMs: this.maxBackoffMs });
         retryIn = Math.min(retryIn, wait);
         this.log.warn({ namespace, configMap: this.opts.name, attempts, retryInMs: wait, err: (err as Error).message }, 'trust bundle not published; retrying');
       }

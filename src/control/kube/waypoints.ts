@@ -35,6 +35,7 @@ import { silentLogger } from '../../telemetry/log.js';
 import { WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../../config/model.js';
 import { isObject } from '../../config/schema.js';
 import type { KubeClient } from '../../kube/client.js';
+import { backoffDelay } from '../../util/backoff.js';
 import { Coalescer } from './coalesce.js';
 
 export const FIELD_MANAGER = 'ambit-controller';
@@ -359,7 +360,7 @@ export class WaypointReconciler {
 
   private failed(key: string, now: number, fields: Record<string, unknown>, msg: string): void {
     const attempts = (this.failures.get(key)?.attempts ?? 0) + 1;
-    const wait = Math.min(this.backoffMs * 2 ** (attempts - 1), this.maxBackoffMs);
+    const wait = backoffDelay(attempts, { initialMs: this.backoffMs, maxMs: this.maxBackoffMs });
     this.failures.set(key, { attempts, notBefore: now + wait });
     this.log.warn({ ...fields, attempts, retryInMs: wait }, msg);
     // Retried on the next snapshot, or after the wait if no snapshot comes.
