@@ -8,7 +8,7 @@ BPF_HEADERS := $(wildcard bpf/*.h)
 BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu \
 	-fdebug-prefix-map=$(CURDIR)=.
 
-.PHONY: setup setup-bpf build cni image image-push lint typecheck test test-unit test-integration bpf bpf-check bench fuzz fuzz-ci demo demo-redirect clean
+.PHONY: setup setup-bpf build cni image image-push docs lint typecheck test test-unit test-integration bpf bpf-check bench fuzz fuzz-ci demo demo-redirect clean
 
 setup:
 	scripts/setup.sh
@@ -44,6 +44,10 @@ image-push:
 
 typecheck:
 	npx tsc -p tsconfig.json --noEmit
+
+# docs/CLI.md from the commands themselves (a unit test fails when it is out of date).
+docs:
+	npx tsx scripts/cli-reference.ts
 
 lint: typecheck
 	npx eslint .
