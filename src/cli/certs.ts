@@ -1,14 +1,9 @@
 /** `ambit certs`: the workload certificates a node agent holds, from its admin endpoint. */
 import { Command } from 'commander';
-import type { CertificateSummary } from '../identity/cert-manager.js';
+import type { CertificatesResponse } from '../api/admin.js';
 import { ADMIN_PORT } from '../node/admin.js';
 import { table } from './format.js';
 import { CliError } from './errors.js';
-
-interface CertificatesResponse {
-  trustBundle: { subject: string; serial: string; notAfter: string }[];
-  certificates: CertificateSummary[];
-}
 
 export function register(program: Command): void {
   program.command('certs')

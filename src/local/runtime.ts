@@ -33,6 +33,7 @@ import { ClusterNetwork, deleteNetns, listNetns, type ServiceRule } from './net.
 import { LocalPod, type ContainerStatus, type Phase } from './pod.js';
 import { removeCgroupTree } from './process.js';
 import { intToIpv4, ipv4ToInt } from '../util/ip.js';
+import type { PodReadiness } from '../api/admin.js';
 import { readState, resourceKey, writeState, type ClusterState, type PodRecord } from './state.js';
 
 /** Thrown when an apply or delete is refused; nothing was changed. */
@@ -262,7 +263,7 @@ export class Runtime {
       try {
         const answer = await agentRequest(this.agentSocket(record.node), `/v1/pods/${encodeURIComponent(record.uid)}?timeoutMs=${Math.max(0, deadline - Date.now())}`, deadline - Date.now() + 1000);
         if (answer.status === 200) {
-          const r = answer.body as { enrolled: boolean; error?: string };
+          const r = answer.body as PodReadiness;
           if (r.enrolled) this.log.info({ pod: pod.key, ms: Date.now() - started }, 'pod enrolled by its node agent');
           else this.log.warn({ pod: pod.key, error: r.error }, 'node agent did not enroll the pod');
           return;

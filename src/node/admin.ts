@@ -3,7 +3,7 @@
  * for `ambit certs`. It shows certificates (identity, serial, validity, state), never keys.
  *
  *   GET /healthz        ok
- *   GET /certificates   JSON: { trustBundle: [{subject, notAfter}], certificates: CertificateSummary[] }
+ *   GET /certificates   JSON: CertificatesResponse (src/api/admin.ts)
  *                       (also /certs)
  *   GET /config_dump    the mesh config the agent holds (version, workloads, services, policies)
  *   GET /workloads      the pods of this node in the mesh, and those it could not enroll
@@ -19,6 +19,7 @@ import type { Logger } from 'pino';
 import type { CertManager } from '../identity/cert-manager.js';
 import { certificateFacts } from '../identity/pki.js';
 import { silentLogger } from '../telemetry/log.js';
+import type { CertificatesResponse } from '../api/admin.js';
 import { listenTcp, localServer, sendJson, type LocalRequest } from '../util/local-http.js';
 
 export const ADMIN_PORT = 15000;
@@ -62,13 +63,14 @@ export function serveAdmin(sources: AdminSources, changes: boolean, req: LocalRe
   if (agent && path === '/connections') return json(200, { connections: agent.connections.list() });
   const certs = sources.certificates;
   if (!certs) return json(404, { error: 'this process holds no workload certificates' });
-  return json(200, {
+  const answer: CertificatesResponse = {
     trustBundle: certs.trustBundle.map((pem) => {
       const f = certificateFacts(pem);
       return { subject: f.subject, serial: f.serial, notAfter: f.notAfter.toISOString() };
     }),
     certificates: certs.list(),
-  });
+  };
+  return json(200, answer);
 }
 
 /** The admin routes a listener knows, for its 404. */

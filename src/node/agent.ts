@@ -30,6 +30,7 @@ import { ConnectionTracker, resetOrDestroy, splice, type TrackedConnection } fro
 import { PodEnroller, type EnrolledPod } from './enroll.js';
 import { HBONE_CODES, HboneError, HboneLimiter, HbonePool, HboneServer, refuseTunnel, type HboneCode, type HboneLimits, type TunnelInfo } from '../hbone/hbone.js';
 import { MeshState, MeshStateError, type Destination } from '../discovery/mesh-state.js';
+import type { PodReadiness } from '../api/admin.js';
 import { AGENT_SOCKET_MARK, netnsCookie, socketInNetns } from '../host/netns.js';
 
 export const METRICS_PORT = 15020;
@@ -85,7 +86,7 @@ interface PodEntry {
 }
 
 /** A pod's enrollment as the runtime waits for it: done (with or without the mesh) or failed. */
-export interface PodReadiness { uid: string; enrolled: boolean; error?: string; version: string }
+export type { PodReadiness };
 
 export class NodeAgent {
   readonly metrics = new MeshMetrics();
