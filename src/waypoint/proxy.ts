@@ -18,7 +18,7 @@ import { randomUUID } from 'node:crypto';
 import { Agent as HttpAgent, createServer, request as httpRequest, type ClientRequestArgs, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type Server } from 'node:http';
 import {
   connect as http2Connect, constants as h2, createServer as createH2Server,
-  type ClientHttp2Session, type ClientHttp2Stream, type Http2Server, type Http2ServerRequest, type ServerHttp2Session, type ServerHttp2Stream,
+  type ClientHttp2Session, type ClientHttp2Stream, type Http2Server, type ServerHttp2Session, type ServerHttp2Stream,
 } from 'node:http2';
 import type { Socket } from 'node:net';
 import { Duplex, type Readable, type Writable } from 'node:stream';
@@ -35,6 +35,9 @@ import { detect, DETECT_TIMEOUT_MS, HEADERS_TIMEOUT_MS, MAX_H2_STREAMS, MAX_HEAD
 import { createBalancer, type Balancer, type Endpoint } from './balancer.js';
 import { ConnectionPool, OutlierDetector, rateLimitHeaders, RetryPolicy, TokenBucket, UPSTREAM_OVERFLOW_FLAG, type AttemptOutcome } from './resilience.js';
 import type { Destination, ForwardAction, HeaderOps, Router } from './routing.js';
+import { Exchange, grpcAnswer, grpcCode, type Req, type RequestRecord, type Res } from './exchange.js';
+
+export type { RequestRecord };
 
 interface Member extends Endpoint { ip: string; port: number; workload: Workload }
 interface Upstream { version: string; shape: string; members: Member[]; balancer: Balancer; outlier: OutlierDetector; outlierSpec: unknown; pool: ConnectionPool; poolSpec: string }
@@ -89,41 +92,6 @@ export interface WaypointProxyOptions {
   headersTimeoutMs?: number;
 }
 
-/** One request as the access log and metrics see it. */
-export interface RequestRecord {
-  id: string;
-  start: number;
-  method: string;
-  path: string;
-  authority: string;
-  /** 'HTTP/1.1' or 'HTTP/2'. */
-  protocol: string;
-  /** A gRPC request (content-type application/grpc...). */
-  grpc: boolean;
-  /** The gRPC status the answer carried (trailers, or headers of a trailers-only answer). */
-  grpcStatus?: string;
-  service: string;
-  route?: string;
-  upstream?: string;
-  status?: number;
-  flags: string;
-  sourceIdentity?: string;
-  /** The caller's address (the source pod: HBONE leaves from inside it). */
-  sourceIp: string;
-  /** The service the request was for. */
-  serviceRef?: Service;
-  bytesIn: number;
-  bytesOut: number;
-  durationMs?: number;
-  /** Tries made (1 + retries). */
-  attempts: number;
-  /** What authorization decided, when a policy applied. */
-  authz?: string;
-  /** The request's trace (W3C ids), when tracing is on. */
-  traceId?: string;
-  spanId?: string;
-}
-
 /** Request bytes kept for a retry; a longer body streams on and is not retried. */
 const REPLAY_LIMIT = 64 * 1024;
 /** How long a pooled upstream h2c session may sit without streams. */
@@ -131,18 +99,6 @@ const H2_IDLE_MS = 60_000;
 /** How long a kept-alive upstream HTTP/1.1 connection may sit idle: under the 5 s apps (Node's default) keep theirs. */
 const H1_IDLE_MS = 4_000;
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'host', 'http2-settings']);
-
-/** What the proxy needs of a downstream request, HTTP/1.1 or HTTP/2. */
-type Req = IncomingMessage | Http2ServerRequest;
-/** What the proxy needs of a downstream response, HTTP/1.1 or HTTP/2. */
-interface Res extends Writable {
-  headersSent: boolean;
-  statusCode: number;
-  writeHead(status: number, headers?: OutgoingHttpHeaders): unknown;
-  setHeader(name: string, value: string | string[]): unknown;
-  /** HTTP/2 only. */
-  addTrailers?(trailers: OutgoingHttpHeaders): void;
-}
 
 type Outcome = { done: true; status: number; flags?: string } | { done: false; failure: AttemptOutcome; message: string };
 
@@ -357,93 +313,93 @@ export class WaypointProxy {
     ));
   }
 
+  /**
+   * One request, stage by stage: admitted (config, header count), authorized (L7 policy),
+   * routed (no route, redirect, direct response, or a forward action), rate-limited, faults
+   * injected, then forwarded with retries. A stage that answers ends the request.
+   */
   private async serve(req: Req, res: Res): Promise<void> {
     const h2req = 'stream' in req;
     const tunnel = this.tunnels.get(h2req ? req.stream.session! : req.socket);
     const state = this.state;
+    const ex = this.exchange(req, res, h2req, tunnel);
+    if (!tunnel || !state) return ex.reply(503, 'NC', 'no config yet\n');
+    // HTTP/1.1's parser keeps one header over MAX_HEADERS (h2c refuses such a stream itself):
+    // one more would have been dropped, unseen by policy and routing, so the request is refused.
+    if (!h2req && req.rawHeaders.length > 2 * MAX_HEADERS) {
+      res.setHeader('connection', 'close');
+      return ex.reply(431, '-', `more than ${MAX_HEADERS} header fields\n`);
+    }
+    if (!this.authorize(ex, state, tunnel)) return;
+    const action = this.route(ex, state, tunnel);
+    if (!action || !this.rateLimit(ex, state, tunnel, action) || !(await this.injectFault(ex, action))) return;
+    await this.forward(ex, state, tunnel, action);
+  }
+
+  /** The request's record and span, and how it ends. */
+  private exchange(req: Req, res: Res, h2req: boolean, tunnel: Tunnel | undefined): Exchange {
     const headers = req.headers as IncomingHttpHeaders;
-    const grpc = /^application\/grpc/.test(String(headers['content-type'] ?? ''));
     // Paths are normalized (Istio's default, BASE) before policy and routing see them, and sent on so.
     const rawPath = req.url ?? '/';
     const q = rawPath.search(/[?#]/);
     const path = q < 0 ? normalizePath(rawPath) : `${normalizePath(rawPath.slice(0, q))}${rawPath.slice(q)}`;
     const record: RequestRecord = {
       id: String(headers['x-request-id'] ?? randomUUID()), start: Date.now(), method: req.method ?? 'GET', path,
-      authority: String(headers[':authority'] ?? headers.host ?? ''), protocol: h2req ? 'HTTP/2' : 'HTTP/1.1', grpc,
+      authority: String(headers[':authority'] ?? headers.host ?? ''), protocol: h2req ? 'HTTP/2' : 'HTTP/1.1',
+      grpc: /^application\/grpc/.test(String(headers['content-type'] ?? '')),
       service: tunnel ? `${tunnel.service.name}.${tunnel.service.namespace}` : '', flags: '-', bytesIn: 0, bytesOut: 0, attempts: 0,
       ...(tunnel?.peerIdentity ? { sourceIdentity: tunnel.peerIdentity } : {}),
       sourceIp: (tunnel?.remoteAddress ?? '').replace(/^::ffff:/, ''), ...(tunnel ? { serviceRef: tunnel.service } : {}),
     };
     const span = this.opts.tracer && tunnel ? this.startSpan(this.opts.tracer, record, tunnel, headers) : undefined;
-    let finished = false;
-    const finish = (status: number, flags = record.flags) => {
-      if (finished) return;
-      finished = true;
-      record.status = status;
-      record.flags = flags;
-      record.durationMs = Date.now() - record.start;
-      if (span) endSpan(span, record);
-      this.onRequest?.(record);
-    };
-    /** A local answer: for gRPC, HTTP 200 with a grpc-status that stands for the HTTP status. */
-    const reply = (status: number, flags: string, body: string, extra: OutgoingHttpHeaders = {}) => {
-      if (res.headersSent) res.destroy();
-      else if (grpc) {
-        record.grpcStatus = String(grpcStatusOf(status, flags));
-        grpcAnswer(res, record.grpcStatus, encodeURIComponent(body.trim()), extra);
-      } else {
-        res.writeHead(status, extra);
-        res.end(body);
-      }
-      finish(status, flags);
-    };
-    if (!tunnel || !state) {
-      reply(503, 'NC', 'no config yet\n');
-      return;
-    }
-    // HTTP/1.1's parser keeps one header over MAX_HEADERS (h2c refuses such a stream itself):
-    // one more would have been dropped, unseen by policy and routing, so the request is refused.
-    if (!h2req && req.rawHeaders.length > 2 * MAX_HEADERS) {
-      res.setHeader('connection', 'close');
-      reply(431, '-', `more than ${MAX_HEADERS} header fields\n`);
-      return;
-    }
-    // L7 authorization (AuthorizationPolicy with targetRefs to this waypoint or the service), before routing.
-    if (state.authorizer) {
-      // Built field by field (an object spread per request cost more than the evaluation).
-      const f = tunnel.facts;
-      const decision = state.authorizer.evaluate(
-        { sourceIdentity: f.sourceIdentity, sourceIp: f.sourceIp, destinationIp: f.destinationIp, destinationPort: f.destinationPort, host: record.authority, method: record.method, path: record.path, headers },
-        tunnel.target ??= this.authzTarget(tunnel.service),
-      );
-      if (decision.reason !== 'no policy applies') record.authz = decision.reason;
-      if (!decision.allowed) {
-        reply(403, '-', 'RBAC: access denied\n');
-        return;
-      }
-    }
+    return new Exchange(req, res, h2req, record, span, this.onRequest);
+  }
+
+  /** L7 authorization (AuthorizationPolicy with targetRefs to this waypoint or the service), before routing: false when denied (403). */
+  private authorize(ex: Exchange, state: WaypointState, tunnel: Tunnel): boolean {
+    if (!state.authorizer) return true;
+    const r = ex.record;
+    // Built field by field (an object spread per request cost more than the evaluation).
+    const f = tunnel.facts;
+    const decision = state.authorizer.evaluate(
+      { sourceIdentity: f.sourceIdentity, sourceIp: f.sourceIp, destinationIp: f.destinationIp, destinationPort: f.destinationPort, host: r.authority, method: r.method, path: r.path, headers: ex.req.headers as IncomingHttpHeaders },
+      tunnel.target ??= this.authzTarget(tunnel.service),
+    );
+    if (decision.reason !== 'no policy applies') r.authz = decision.reason;
+    if (decision.allowed) return true;
+    ex.reply(403, '-', 'RBAC: access denied\n');
+    return false;
+  }
+
+  /** Where the request goes: a forward action, or undefined when the route answered it (no route, redirect, direct response). */
+  private route(ex: Exchange, state: WaypointState, tunnel: Tunnel): ForwardAction | undefined {
+    const r = ex.record;
     const action = state.router.route({
-      service: tunnel.service, port: tunnel.port, method: record.method, path: record.path, authority: record.authority,
-      headers, ...(tunnel.sourceNamespace ? { sourceNamespace: tunnel.sourceNamespace } : {}),
+      service: tunnel.service, port: tunnel.port, method: r.method, path: r.path, authority: r.authority,
+      headers: ex.req.headers as IncomingHttpHeaders, ...(tunnel.sourceNamespace ? { sourceNamespace: tunnel.sourceNamespace } : {}),
     });
     if (action.kind === 'no-route') {
-      reply(404, 'NR', 'no route\n');
-      return;
+      ex.reply(404, 'NR', 'no route\n');
+      return undefined;
     }
     if (action.kind === 'redirect') {
-      res.writeHead(action.status, { location: action.location });
-      res.end();
-      finish(action.status);
-      return;
+      ex.res.writeHead(action.status, { location: action.location });
+      ex.res.end();
+      ex.finish(action.status);
+      return undefined;
     }
     if (action.kind === 'direct-response') {
-      res.writeHead(action.status);
-      res.end(action.body ?? '');
-      finish(action.status);
-      return;
+      ex.res.writeHead(action.status);
+      ex.res.end(action.body ?? '');
+      ex.finish(action.status);
+      return undefined;
     }
-    record.route = action.route;
-    // Local rate limiting (ambit.dev RateLimit): one token bucket per route of the target service.
+    r.route = action.route;
+    return action;
+  }
+
+  /** Local rate limiting (ambit.dev RateLimit): one token bucket per route of the target service; false when limited (429). */
+  private rateLimit(ex: Exchange, state: WaypointState, tunnel: Tunnel, action: ForwardAction): boolean {
     for (const rl of state.rateLimits ?? []) {
       const spec = rl.spec as { targetRefs: { name: string }[]; requestsPerUnit: number; unit: 'second' | 'minute' | 'hour'; burst?: number };
       if (rl.namespace !== tunnel.service.namespace || !spec.targetRefs.some((t) => t.name === tunnel.service.name)) continue;
@@ -458,26 +414,39 @@ export class WaypointProxy {
       }
       const taken = bucket.take();
       if (!taken.ok) {
-        reply(429, 'RL', 'local rate limited\n', rateLimitHeaders(spec.burst ?? spec.requestsPerUnit, taken));
-        return;
+        ex.reply(429, 'RL', 'local rate limited\n', rateLimitHeaders(spec.burst ?? spec.requestsPerUnit, taken));
+        return false;
       }
     }
-    // Fault injection (VirtualService `fault`): a delay first, then perhaps an abort, each for its percentage of requests.
+    return true;
+  }
+
+  /** Fault injection (VirtualService `fault`): a delay first, then perhaps an abort, each for its percentage of requests; false when aborted. */
+  private async injectFault(ex: Exchange, action: ForwardAction): Promise<boolean> {
     const fault = action.fault;
-    if (fault?.delay && this.random() * 100 < fault.delay.percent) {
+    if (!fault) return true;
+    if (fault.delay && this.random() * 100 < fault.delay.percent) {
       await new Promise((r) => setTimeout(r, fault.delay!.ms));
-      record.flags = 'DI';
+      ex.record.flags = 'DI';
     }
-    if (fault?.abort && this.random() * 100 < fault.abort.percent) {
-      if (fault.abort.grpcStatus !== undefined) {
-        record.grpcStatus = grpcCode(fault.abort.grpcStatus);
-        grpcAnswer(res, record.grpcStatus, encodeURIComponent('fault filter abort'));
-        finish(200, 'FI');
-      } else {
-        reply(fault.abort.status ?? 503, 'FI', 'fault filter abort');
-      }
-      return;
+    if (!fault.abort || this.random() * 100 >= fault.abort.percent) return true;
+    if (fault.abort.grpcStatus !== undefined) {
+      ex.record.grpcStatus = grpcCode(fault.abort.grpcStatus);
+      grpcAnswer(ex.res, ex.record.grpcStatus, encodeURIComponent('fault filter abort'));
+      ex.finish(200, 'FI');
+    } else {
+      ex.reply(fault.abort.status ?? 503, 'FI', 'fault filter abort');
     }
+    return false;
+  }
+
+  /**
+   * The request upstream: mirrored where the route says, then tried at an endpoint of a
+   * destination picked by weight, and retried (elsewhere, while it can) on what the policy
+   * retries, within the route timeout, the destination's circuit breakers and its retry cap.
+   */
+  private async forward(ex: Exchange, state: WaypointState, tunnel: Tunnel, action: ForwardAction): Promise<void> {
+    const { req, res, record } = ex;
     // The body streams upstream as it comes; its first REPLAY_LIMIT bytes are kept for a retry.
     const body = new BodyTap(req, REPLAY_LIMIT, (n) => { record.bytesIn += n; });
     const firstPolicy = action.destinations[0] ? state.router.trafficPolicy(action.destinations[0]) : {};
@@ -485,7 +454,7 @@ export class WaypointProxy {
     /** Endpoints tried for this request: retries go elsewhere while they can (Envoy's previous-hosts predicate). */
     const tried = new Set<string>();
     // Mirroring: a copy of the request, fire and forget, to each mirror for its percentage (bodiless requests only: a streamed body is read once).
-    if (body.empty) for (const m of action.mirrors ?? (action.mirror ? [action.mirror] : [])) if (this.random() * 100 < m.percent) this.mirror(state, m.destination, req, record.path, tunnel.remoteAddress, h2req);
+    if (body.empty) for (const m of action.mirrors ?? (action.mirror ? [action.mirror] : [])) if (this.random() * 100 < m.percent) this.mirror(state, m.destination, req, record.path, tunnel.remoteAddress, ex.h2);
     let routeTimer: NodeJS.Timeout | undefined;
     let timedOut = false;
     /** The retry slot the try in flight holds, if it is a retry. */
@@ -495,7 +464,7 @@ export class WaypointProxy {
     if (action.timeoutMs) {
       routeTimer = setTimeout(() => {
         timedOut = true;
-        reply(504, 'UT', 'upstream request timeout\n');
+        ex.reply(504, 'UT', 'upstream request timeout\n');
         // Then the try in flight goes, after the answer is on its way.
         setImmediate(() => inFlight.abort?.());
       }, action.timeoutMs);
@@ -503,19 +472,13 @@ export class WaypointProxy {
     try {
       for (let attempt = 1; ; attempt++) {
         const dest = state.router.pick(action);
-        if (dest.missing) {
-          reply(dest.missing.status, 'NR', `${dest.missing.reason}\n`);
-          return;
-        }
+        if (dest.missing) return ex.reply(dest.missing.status, 'NR', `${dest.missing.reason}\n`);
         const upstream = this.upstreamOf(state, dest);
         const eligible = upstream ? upstream.outlier.eligible(upstream.members) : [];
         const fresh = policy.ignorePreviousHosts && tried.size > 0 ? eligible.filter((m) => !tried.has(m.id)) : eligible;
-        const picked = upstream?.balancer.pick(fresh.length > 0 ? fresh : eligible, new PickRequest(headers, tunnel.remoteAddress, record.path));
+        const picked = upstream?.balancer.pick(fresh.length > 0 ? fresh : eligible, new PickRequest(req.headers as IncomingHttpHeaders, tunnel.remoteAddress, record.path));
         const endpoint = picked?.endpoint as Member | undefined;
-        if (!upstream || !endpoint) {
-          reply(503, 'UH', 'no healthy upstream\n');
-          return;
-        }
+        if (!upstream || !endpoint) return ex.reply(503, 'UH', 'no healthy upstream\n');
         if (picked?.setCookie && !res.headersSent) res.setHeader('set-cookie', picked.setCookie);
         record.upstream = endpoint.address;
         record.attempts = attempt;
@@ -525,13 +488,10 @@ export class WaypointProxy {
         const retriable = mayRetry ? (o: AttemptOutcome) => body.replayable && policy.shouldRetry(o, attempt) : undefined;
         // Circuit breaking: the destination's request and pending limits (DestinationRule connectionPool).
         const admission = upstream.pool.tryAcquireRequest();
-        if (!admission.ok) {
-          reply(503, UPSTREAM_OVERFLOW_FLAG, 'upstream overflow\n', { 'x-ambit-overflow': admission.reason });
-          return;
-        }
+        if (!admission.ok) return ex.reply(503, UPSTREAM_OVERFLOW_FLAG, 'upstream overflow\n', { 'x-ambit-overflow': admission.reason });
         if (admission.pending) await admission.ready;
         upstream.balancer.onStart?.(endpoint.id);
-        const outcome = await this.attempt(req, res, h2req, action, dest, endpoint, tunnel.remoteAddress, record, span, body, attempt, retriable, policy.perTryTimeoutMs, inFlight)
+        const outcome = await this.attempt(req, res, ex.h2, action, dest, endpoint, tunnel.remoteAddress, record, ex.span, body, attempt, retriable, policy.perTryTimeoutMs, inFlight)
           .finally(() => {
             upstream.balancer.onEnd?.(endpoint.id);
             admission.release();
@@ -540,34 +500,12 @@ export class WaypointProxy {
           });
         upstream.outlier.record(endpoint.id, outcome.done ? { status: outcome.status } : outcome.failure.status !== undefined ? { status: outcome.failure.status } : { error: outcome.failure.error ?? 'reset' });
         if (timedOut) return;
-        if (outcome.done) {
-          finish(outcome.status, outcome.flags);
-          return;
-        }
+        if (outcome.done) return ex.finish(outcome.status, outcome.flags);
         const wouldRetry = policy.shouldRetry(outcome.failure, attempt);
-        if (!mayRetry || !wouldRetry || !body.replayable) {
-          const status = outcome.failure.status ?? (outcome.failure.error === 'timeout' ? 504 : 503);
-          // URX: the retries were used up on a failure they would have retried.
-          const exhausted = !mayRetry && policy.attempts > 0 && wouldRetry;
-          const flags = exhausted ? 'URX' : outcome.failure.error === 'connect-failure' ? 'UF' : outcome.failure.error === 'timeout' ? 'UT' : outcome.failure.status ? '-' : 'UR';
-          if (outcome.failure.status !== undefined && outcome.failure.grpcStatus !== undefined) record.grpcStatus = outcome.failure.grpcStatus;
-          if (outcome.failure.status !== undefined && !res.headersSent) {
-            // The upstream's own answer (held back for a retry that is not coming): pass its status on.
-            if (outcome.failure.grpcStatus !== undefined) grpcAnswer(res, outcome.failure.grpcStatus, String(outcome.failure.headers?.['grpc-message'] ?? ''));
-            else {
-              res.writeHead(status);
-              res.end(`${outcome.message}\n`);
-            }
-            finish(status, flags);
-          } else reply(status, flags, `${outcome.message}\n`);
-          return;
-        }
+        if (!mayRetry || !wouldRetry || !body.replayable) return this.giveUp(ex, outcome, !mayRetry && policy.attempts > 0 && wouldRetry);
         // Retries in flight to a destination are capped too (connectionPool.http.maxRetries).
         const lease = upstream.pool.tryAcquireRetry();
-        if (!lease.ok) {
-          reply(outcome.failure.status ?? 503, 'URX', `${outcome.message}\n`);
-          return;
-        }
+        if (!lease.ok) return ex.reply(outcome.failure.status ?? 503, 'URX', `${outcome.message}\n`);
         retryLease = lease;
         await new Promise((r) => setTimeout(r, policy.backoffMs(attempt)));
         if (timedOut) return;
@@ -577,6 +515,22 @@ export class WaypointProxy {
       // A retry that never got to its try (no endpoint, overflow) gives its slot back here.
       retryLease?.release();
     }
+  }
+
+  /** The last try failed and no retry follows: the upstream's own answer passed on, or a local one. `exhausted`: the retries were used up on a failure they would have retried (URX). */
+  private giveUp(ex: Exchange, outcome: Extract<Outcome, { done: false }>, exhausted: boolean): void {
+    const { failure } = outcome;
+    const status = failure.status ?? (failure.error === 'timeout' ? 504 : 503);
+    const flags = exhausted ? 'URX' : failure.error === 'connect-failure' ? 'UF' : failure.error === 'timeout' ? 'UT' : failure.status ? '-' : 'UR';
+    if (failure.status !== undefined && failure.grpcStatus !== undefined) ex.record.grpcStatus = failure.grpcStatus;
+    if (failure.status === undefined || ex.res.headersSent) return ex.reply(status, flags, `${outcome.message}\n`);
+    // The upstream's own answer (held back for a retry that is not coming): pass its status on.
+    if (failure.grpcStatus !== undefined) grpcAnswer(ex.res, failure.grpcStatus, String(failure.headers?.['grpc-message'] ?? ''));
+    else {
+      ex.res.writeHead(status);
+      ex.res.end(`${outcome.message}\n`);
+    }
+    ex.finish(status, flags);
   }
 
   /**
@@ -829,26 +783,6 @@ export class WaypointProxy {
   }
 }
 
-function endSpan(span: Span, r: RequestRecord): void {
-  span.setAttribute('http.response.status_code', r.status ?? 0);
-  span.setAttribute('response_flags', r.flags);
-  if (r.route) span.setAttribute('http.route', r.route);
-  if (r.upstream) span.setAttribute('upstream_cluster', `${r.upstream}`);
-  if (r.grpcStatus !== undefined) span.setAttribute('rpc.grpc.status_code', Number(r.grpcStatus));
-  if ((r.status ?? 0) >= 500 || (r.grpcStatus !== undefined && r.grpcStatus !== '0')) span.setStatus('error', r.flags !== '-' ? r.flags : undefined);
-  span.end();
-}
-
-/** A gRPC answer: HTTP 200, the status in trailers (HTTP/2) or, failing those, in the headers; `message` percent-encoded. */
-function grpcAnswer(res: Res, grpcStatus: string, message: string, extra: OutgoingHttpHeaders = {}): void {
-  const status = { 'grpc-status': grpcStatus, ...(message ? { 'grpc-message': message } : {}) };
-  if (res.addTrailers) {
-    res.writeHead(200, { ...extra, 'content-type': 'application/grpc' });
-    res.addTrailers(status);
-  } else res.writeHead(200, { ...extra, 'content-type': 'application/grpc', ...status });
-  res.end();
-}
-
 /**
  * An HTTP agent whose connections are HBONE tunnels: keep-alive and reuse as Node's agent does
  * them (idle connections closed after H1_IDLE_MS, or sooner when the app's Keep-Alive says so).
@@ -1053,29 +987,4 @@ export function byteStream(stream: Duplex): Duplex {
   stream.on('error', (err) => out.destroy(err));
   stream.on('close', () => { if (!out.destroyed) out.destroy(); });
   return out;
-}
-
-const GRPC_CODES = ['OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED',
-  'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED'];
-
-/**
- * The gRPC status a local answer stands for: gRPC's HTTP-to-gRPC mapping (403 PERMISSION_DENIED,
- * 404 UNIMPLEMENTED, 429 and 502-504 UNAVAILABLE, ...), with a timeout as DEADLINE_EXCEEDED.
- */
-function grpcStatusOf(status: number, flags: string): number {
-  if (flags === 'UT') return 4;
-  switch (status) {
-    case 400: return 13;
-    case 401: return 16;
-    case 403: return 7;
-    case 404: return 12;
-    case 429: case 502: case 503: case 504: return 14;
-    default: return 2;
-  }
-}
-
-/** A gRPC status by name ("UNAVAILABLE") or number, as its number's text. */
-function grpcCode(status: string): string {
-  const i = GRPC_CODES.indexOf(status.toUpperCase());
-  return i >= 0 ? String(i) : /^\d+$/.test(status) ? status : '2';
 }
