@@ -13,26 +13,28 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { Socket } from 'node:net';
-import { isEnrolled, TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../config/model.js';
+import { isEnrolled } from '../config/model.js';
 import { validateMeshObject } from '../config/validate.js';
 import { Datapath } from '../ebpf/datapath.js';
 import { socketInNetns } from '../host/netns.js';
 import { ambitBin } from '../util/package.js';
+import { allocatePodIp, allocateVip, inServiceRange } from './addresses.js';
+import { endpoints, hostsFile, matches, resolvConf, serviceRules, servicesOf, type ReadyPods } from './services.js';
+import { BUILD_AND_PROFILE_ENV, isWaypointGateway, nodeFlags, waypointCredentialDir, waypointPod } from './waypoint-pods.js';
 import { Component } from './component.js';
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { LocalError } from './errors.js';
 import {
-  CLUSTER_DOMAIN, ClusterLayout, CONTROLLER_PORT, MAX_NODES, nodeAddress, nodeName, podAddress6, podCidr, SERVICE_CIDR, UNDERLAY_GATEWAY,
+  ClusterLayout, CONTROLLER_PORT, MAX_NODES, nodeAddress, nodeName, podAddress6, podCidr, SERVICE_CIDR, UNDERLAY_GATEWAY,
 } from './layout.js';
 import {
   formatDiagnostic, parseManifests, type DeploymentResource, type Diagnostic, type ManifestInput,
   type PodResource, type PodSpec, type Resource, type ServiceResource,
 } from '../kube/manifests.js';
-import { ClusterNetwork, deleteNetns, listNetns, type ServiceRule } from './net.js';
+import { ClusterNetwork, deleteNetns, listNetns } from './net.js';
 import { LocalPod, type ContainerStatus, type Phase } from './pod.js';
 import { removeCgroupTree } from './process.js';
-import { intToIpv4, ipv4ToInt } from '../util/ip.js';
 import type { PodReadiness } from '../api/admin.js';
 import { readState, resourceKey, writeState, type ClusterState, type PodRecord } from './state.js';
 
@@ -104,16 +106,6 @@ function randomSuffix(n: number): string {
 
 function templateHash(d: DeploymentResource): string {
   return createHash('sha256').update(JSON.stringify(d.template)).digest('hex').slice(0, 10);
-}
-
-function matches(selector: Record<string, string>, labels: Record<string, string>): boolean {
-  return Object.entries(selector).every(([k, v]) => labels[k] === v);
-}
-
-const [SERVICE_NET, SERVICE_BITS] = SERVICE_CIDR.split('/') as [string, string];
-function inServiceRange(ip: string): boolean {
-  const mask = (0xffffffff << (32 - Number(SERVICE_BITS))) >>> 0;
-  return ((ipv4ToInt(ip) & mask) >>> 0) === ipv4ToInt(SERVICE_NET);
 }
 
 const sameJson = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
@@ -341,16 +333,7 @@ export class Runtime {
     }
     const existing = this.state.services[key];
     if (existing) return;
-    this.state.services[key] = { vip: svc.spec.clusterIP || this.allocateVip() };
-  }
-
-  private allocateVip(): string {
-    const used = new Set(Object.values(this.state.services).map((s) => s.vip));
-    // .0.1 is the API server's VIP in Kubernetes; start past the first few.
-    for (let n = ipv4ToInt(SERVICE_NET) + 10; inServiceRange(intToIpv4(n)); n++) {
-      if (!used.has(intToIpv4(n))) return intToIpv4(n);
-    }
-    throw new LocalError(`the service range ${SERVICE_CIDR} is full`);
+    this.state.services[key] = { vip: svc.spec.clusterIP || allocateVip(Object.values(this.state.services).map((x) => x.vip)) };
   }
 
   /** Recreate strategy: pods of an older template go, then the replica count is met. */
@@ -379,43 +362,24 @@ export class Runtime {
    */
   private async reconcileWaypoint(namespace: string, name: string, wanted: boolean, created: string[]): Promise<void> {
     const owned = this.ownedPods(namespace, name, 'Gateway');
-    const credDir = join(this.layout.stateDir, 'waypoints', `${namespace}.${name}`);
     if (!wanted) {
       for (const p of owned) await this.deletePod(`${p.namespace}/${p.name}`);
-      rmSync(credDir, { recursive: true, force: true });
+      rmSync(waypointCredentialDir(this.layout, namespace, name), { recursive: true, force: true });
       return;
     }
-    // The Gateway's tracing annotations become the waypoint's flags; a change restarts its pod.
     const gateway = Object.values(this.state.resources).find((x) => x.kind === 'Gateway' && x.meta.namespace === namespace && x.meta.name === name);
     const annotations = ((gateway?.raw.metadata as { annotations?: Record<string, string> } | undefined)?.annotations) ?? {};
-    const tracingArgs = [
-      ...(annotations[TRACING_ENDPOINT_ANNOTATION] ? ['--tracing-endpoint', annotations[TRACING_ENDPOINT_ANNOTATION]] : []),
-      ...(annotations[TRACING_SAMPLING_ANNOTATION] ? ['--tracing-sampling', annotations[TRACING_SAMPLING_ANNOTATION]] : []),
-    ];
-    const hash = tracingArgs.join(' ');
+    const { spec, labels, hash } = waypointPod(this.layout, namespace, name, annotations);
+    // A change of the Gateway's tracing annotations restarts its pod.
     for (const p of owned.filter((p) => p.owner?.templateHash !== hash)) await this.deletePod(`${p.namespace}/${p.name}`);
     if (owned.some((p) => p.owner?.templateHash === hash)) return;
-    mkdirSync(credDir, { recursive: true, mode: 0o700 });
-    const tokenFile = join(credDir, 'token');
-    if (!existsSync(tokenFile)) writeFileSync(tokenFile, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600 });
-    const spec: PodSpec = {
-      serviceAccountName: name, restartPolicy: 'Always', terminationGracePeriodSeconds: 10,
-      containers: [{
-        // A bench's build (AMBIT_DIST, bin/ambit.js) runs the waypoints too, and its profiling settings reach them.
-        name: 'waypoint', cwd: this.layout.stateDir, env: BUILD_AND_PROFILE_ENV.flatMap((name) => (process.env[name] ? [{ name, value: process.env[name] }] : [])), ports: [{ name: 'hbone', containerPort: 15008, protocol: 'TCP' }],
-        argv: [process.execPath, ...nodeFlags(), ambitBin(), 'waypoint', 'run', '--name', `${namespace}/${name}`, '--controller', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
-          '--token-file', tokenFile, '--ca-file', join(this.layout.stateDir, 'ca', 'ca-cert.pem'), ...tracingArgs],
-        readinessProbe: { tcpSocket: { port: 15008 }, periodSeconds: 1, initialDelaySeconds: 0, timeoutSeconds: 1, failureThreshold: 1, successThreshold: 1 },
-      }],
-    } as PodSpec;
-    const labels = { [WAYPOINT_GATEWAY_LABEL]: name, 'ambit.dev/dataplane-mode': 'none', app: `${name}-waypoint` };
     created.push(this.createPod(namespace, `${name}-waypoint`, labels, {}, spec, { kind: 'Gateway', name, templateHash: hash }).key);
   }
 
   private createPod(namespace: string, name: string, labels: Record<string, string>, annotations: Record<string, string>, spec: PodSpec, owner?: PodRecord['owner']): LocalPod {
     const node = spec.nodeName ?? this.schedule(namespace, owner?.name);
     const record: PodRecord = {
-      uid: randomUUID(), namespace, name, node, ip: this.allocatePodIp(node), labels, annotations, spec, owner, createdAt: new Date().toISOString(),
+      uid: randomUUID(), namespace, name, node, ip: allocatePodIp(this.state.nodes.find((n) => n.name === node)!, Object.values(this.state.pods).filter((p) => p.node === node).map((p) => p.ip)), labels, annotations, spec, owner, createdAt: new Date().toISOString(),
     };
     this.state.pods[`${namespace}/${name}`] = record;
     return this.startPod(record);
@@ -434,22 +398,14 @@ export class Runtime {
     })[0]!.name;
   }
 
-  private allocatePodIp(node: string): string {
-    const record = this.state.nodes.find((n) => n.name === node)!;
-    const used = new Set(Object.values(this.state.pods).filter((p) => p.node === node).map((p) => p.ip));
-    const base = record.podCidr.split('.').slice(0, 3).join('.');
-    for (let host = 2; host < 255; host++) if (!used.has(`${base}.${host}`)) return `${base}.${host}`;
-    throw new LocalError(`node ${node} has no free pod address left in ${record.podCidr}`);
-  }
-
   /** Makes the pod's netns, cgroup and files, then starts its containers. */
   private startPod(record: PodRecord): LocalPod {
     const node = this.state.nodes.find((n) => n.name === record.node)!;
     const dir = this.layout.podDir(record.namespace, record.name);
     mkdirSync(dir, { recursive: true });
     const files = { hosts: join(dir, 'hosts'), resolv: join(dir, 'resolv.conf') };
-    writeFileSync(files.hosts, this.hostsFile(record));
-    writeFileSync(files.resolv, this.resolvConf(record));
+    writeFileSync(files.hosts, hostsFile(this.state, this.ready, record));
+    writeFileSync(files.resolv, resolvConf(record));
     const cgroup = this.layout.podCgroup(record.node, record.namespace, record.name);
     this.net.createPod(node.index, record.namespace, record.name, record.ip);
     mkdirSync(cgroup, { recursive: true });
@@ -601,7 +557,12 @@ export class Runtime {
   }
 
   // -------------------------------------------------------------------------------------------
-  // service endpoints, node rules, hosts files
+  // service endpoints, node rules, hosts files (src/local/services.ts)
+
+  /** The ready pods of a namespace that a selector selects, by address. */
+  private readonly ready: ReadyPods = (namespace, selector) => [...this.pods.values()]
+    .filter((p) => p.record.namespace === namespace && p.ready && matches(selector, p.record.labels))
+    .sort((a, b) => a.record.ip.localeCompare(b.record.ip, 'en', { numeric: true }));
 
   private scheduleSync(): void {
     if (this.syncTimer || this.closed) return;
@@ -617,14 +578,14 @@ export class Runtime {
     clearTimeout(this.syncTimer);
     this.syncTimer = undefined;
     try {
-      const rules = this.serviceRules();
+      const rules = serviceRules(this.state, this.ready);
       for (const node of this.state.nodes) {
         const local = Object.values(this.state.pods).filter((p) => p.node === node.name).map((p) => p.ip);
         this.net.syncServices(node.index, rules, local);
       }
       for (const record of Object.values(this.state.pods)) {
         const key = `${record.namespace}/${record.name}`;
-        const text = this.hostsFile(record);
+        const text = hostsFile(this.state, this.ready, record);
         if (this.hostsCache.get(key) === text) continue;
         // In place, never by rename: the pod's bind mount holds this very inode.
         writeFileSync(join(this.layout.podDir(record.namespace, record.name), 'hosts'), text);
@@ -635,54 +596,6 @@ export class Runtime {
       this.syncError = (err as Error).message;
       this.log.error({ err: this.syncError }, 'service sync failed');
     }
-  }
-
-  private services(): ServiceResource[] {
-    return Object.values(this.state.resources).filter((r): r is ServiceResource => r.kind === 'Service' && !('other' in r));
-  }
-
-  private readyPods(namespace: string, selector: Record<string, string>): LocalPod[] {
-    return [...this.pods.values()]
-      .filter((p) => p.record.namespace === namespace && p.ready && matches(selector, p.record.labels))
-      .sort((a, b) => a.record.ip.localeCompare(b.record.ip, 'en', { numeric: true }));
-  }
-
-  private endpoints(svc: ServiceResource, port: ServiceResource['spec']['ports'][number]): { ip: string; port: number }[] {
-    if (!svc.spec.selector || Object.keys(svc.spec.selector).length === 0) return [];
-    return this.readyPods(svc.meta.namespace, svc.spec.selector).flatMap((p) => {
-      const target = p.resolvePort(port.targetPort);
-      return target === undefined ? [] : [{ ip: p.record.ip, port: target }];
-    });
-  }
-
-  private serviceRules(): ServiceRule[] {
-    return this.services().flatMap((svc) => {
-      const vip = this.state.services[`${svc.meta.namespace}/${svc.meta.name}`]?.vip;
-      if (!vip) return [];
-      return svc.spec.ports
-        .filter((p) => p.protocol === 'TCP' || p.protocol === 'UDP')
-        .map((p) => ({ vip, protocol: p.protocol as 'TCP' | 'UDP', port: p.port, endpoints: this.endpoints(svc, p) }));
-    });
-  }
-
-  /** A pod's /etc/hosts: itself, the nodes, and every service under its Kubernetes DNS names. */
-  private hostsFile(pod: PodRecord): string {
-    const lines = ['127.0.0.1\tlocalhost', '::1\tlocalhost ip6-localhost ip6-loopback', `${pod.ip}\t${pod.spec.hostname ?? pod.name}`, ''];
-    for (const n of this.state.nodes) lines.push(`${n.ip}\t${n.name}`);
-    for (const svc of this.services()) {
-      const { name, namespace } = svc.meta;
-      const names = [`${name}.${namespace}.svc.${CLUSTER_DOMAIN}`, `${name}.${namespace}.svc`, `${name}.${namespace}`, ...(namespace === pod.namespace ? [name] : [])].join(' ');
-      const vip = this.state.services[`${namespace}/${name}`]?.vip;
-      if (vip) lines.push(`${vip}\t${names}`);
-      else if (svc.spec.selector) for (const p of this.readyPods(namespace, svc.spec.selector)) lines.push(`${p.record.ip}\t${names}`);
-    }
-    return `${lines.join('\n')}\n`;
-  }
-
-  private resolvConf(pod: PodRecord): string {
-    // Names come from the pod's /etc/hosts; nothing answers DNS inside the cluster, so a
-    // lookup of an unknown name fails at once instead of waiting on the host's resolver.
-    return [`search ${pod.namespace}.svc.${CLUSTER_DOMAIN} svc.${CLUSTER_DOMAIN} ${CLUSTER_DOMAIN}`, 'nameserver 127.0.0.1', 'options ndots:5 timeout:1 attempts:1', ''].join('\n');
   }
 
   // -------------------------------------------------------------------------------------------
@@ -707,12 +620,12 @@ export class Runtime {
         containers,
       };
     }).sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
-    const services = this.services().map((svc): ServiceStatus => ({
+    const services = servicesOf(this.state).map((svc): ServiceStatus => ({
       namespace: svc.meta.namespace,
       name: svc.meta.name,
       vip: this.state.services[`${svc.meta.namespace}/${svc.meta.name}`]?.vip ?? 'None',
       ports: svc.spec.ports.map((p) => ({ name: p.name, port: p.port, targetPort: p.targetPort, protocol: p.protocol })),
-      endpoints: svc.spec.ports.flatMap((p) => this.endpoints(svc, p).map((e) => `${e.ip}:${e.port}`)).filter((e, i, all) => all.indexOf(e) === i),
+      endpoints: svc.spec.ports.flatMap((p) => endpoints(svc, p, this.ready).map((e) => `${e.ip}:${e.port}`)).filter((e, i, all) => all.indexOf(e) === i),
     })).sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
     const nodes = this.state.nodes.map((n) => ({ name: n.name, ip: n.ip, podCidr: n.podCidr, pods: pods.filter((p) => p.node === n.name).length }));
     const components: ComponentStatus[] = [
@@ -734,7 +647,7 @@ export class Runtime {
         name: 'service-proxy',
         node: n.name,
         state: this.syncError ? 'degraded' : 'running',
-        detail: this.syncError ?? `${this.serviceRules().length} service ports in nftables`,
+        detail: this.syncError ?? `${serviceRules(this.state, this.ready).length} service ports in nftables`,
       })),
     ];
     const others = Object.values(this.state.resources)
@@ -797,11 +710,6 @@ export async function removeKernelObjects(layout: ClusterLayout): Promise<void> 
 const ADMIT_TIMEOUT_MS = 15_000;
 
 
-function isWaypointGateway(r: Resource): boolean {
-  return r.kind === 'Gateway' && r.apiVersion.startsWith('gateway.networking.k8s.io/')
-    && (r.raw.spec as { gatewayClassName?: string } | undefined)?.gatewayClassName === WAYPOINT_CLASS;
-}
-
 /** One GET to a node agent's control socket. */
 function agentRequest(socketPath: string, path: string, timeoutMs: number): Promise<{ status: number; body: unknown }> {
   return new Promise((resolve, reject) => {
@@ -851,17 +759,4 @@ function isDirectory(path: string): boolean {
 function orderForApply(resources: Resource[]): Resource[] {
   const rank = (r: Resource) => 'other' in r ? 5 : ({ Namespace: 0, ServiceAccount: 1, Service: 2, Deployment: 3, Pod: 4 } as Record<string, number>)[r.kind] ?? 5;
   return [...resources].sort((a, b) => rank(a) - rank(b));
-}
-
-/** What of the daemon's environment reaches the controller, the node agents and waypoint pods: a bench's build and its profiling settings. */
-const BUILD_AND_PROFILE_ENV = ['AMBIT_DIST', 'AMBIT_CPU_PROFILE_DIR', 'AMBIT_CPU_PROFILE_INTERVAL_US'] as const;
-
-/**
- * Node.js flags for the controller, the node agents and the waypoints: `AMBIT_NODE_OPTIONS` as the cluster's
- * daemon saw it, split on spaces, so a bench can trace them (`--trace-gc`, heap flags) without
- * touching the CLI's own Node. Not `--cpu-prof`: its SIGPROF makes the kernel's verifier give up
- * on the agent's programs (EAGAIN); AMBIT_CPU_PROFILE_DIR profiles once they are loaded.
- */
-function nodeFlags(): string[] {
-  return (process.env.AMBIT_NODE_OPTIONS ?? '').split(/\s+/).filter((f) => f !== '');
 }
