@@ -64,9 +64,9 @@ export function register(program: Command): void {
 export function kubernetesSettingsFromEnv(env: NodeJS.ProcessEnv): KubernetesSettings {
   const namespace = env.POD_NAMESPACE || 'ambit-system';
   const managed = env.AMBIT_WAYPOINTS_MANAGED ?? 'true';
-  if (managed !== 'true' && managed !== 'false') throw new CliError(`AMBIT_WAYPOINTS_MANAGED must be true or false, got "${managed}"`, 'the install sets it from waypoints.managed');
+  if (managed !== 'true' && managed !== 'false') throw new CliError(`AMBIT_WAYPOINTS_MANAGED must be true or false, got "${managed}"`, 'the install sets it from waypoints.managed', 1, 'AMBIT_E_SETTING');
   const election = env.AMBIT_LEADER_ELECTION ?? '';
-  if (election !== '' && election !== 'lease') throw new CliError(`AMBIT_LEADER_ELECTION must be "lease" or unset, got "${election}"`, 'the install sets it to lease for a Deployment of several replicas');
+  if (election !== '' && election !== 'lease') throw new CliError(`AMBIT_LEADER_ELECTION must be "lease" or unset, got "${election}"`, 'the install sets it to lease for a Deployment of several replicas', 1, 'AMBIT_E_SETTING');
   return {
     namespace,
     ...(env.AMBIT_TOKEN_AUDIENCE ? { tokenAudience: env.AMBIT_TOKEN_AUDIENCE } : {}),
@@ -83,7 +83,7 @@ async function withPluginCaHint<T>(dir: string | undefined, start: () => Promise
     return await start();
   } catch (err) {
     if (dir && err instanceof CaError && (err.code === 'FAILED_PRECONDITION' || err.code === 'INVALID_ARGUMENT')) {
-      throw new CliError(`--plugin-ca ${dir}: ${err.message}`, 'give the directory of an Istio-style cacerts Secret: root-cert.pem, ca-key.pem, and cert-chain.pem or ca-cert.pem (docs/IDENTITY.md)');
+      throw new CliError(`--plugin-ca ${dir}: ${err.message}`, 'give the directory of an Istio-style cacerts Secret: root-cert.pem, ca-key.pem, and cert-chain.pem or ca-cert.pem (docs/IDENTITY.md)', 1, 'AMBIT_E_PLUGIN_CA');
     }
     throw err;
   }

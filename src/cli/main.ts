@@ -94,7 +94,7 @@ function reportError(err: unknown): number {
     return err.exitCode;
   }
   if (err instanceof OperatorError) {
-    process.stderr.write(`ambit: ${err.message}\n${err.hint ? `  fix: ${err.hint}\n` : ''}`);
+    process.stderr.write(`ambit: ${err.message}${err.code ? ` [${err.code}]` : ''}\n${err.hint ? `  fix: ${err.hint}\n` : ''}`);
     return err.exitCode;
   }
   if (err instanceof BpfError) {

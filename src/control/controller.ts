@@ -123,7 +123,7 @@ function waypointValues(settings: KubernetesSettings, trustDomain: string): Retu
   try {
     return resolveValues(sets);
   } catch (err) {
-    if (err instanceof ValuesError) throw new OperatorError(`AMBIT_WAYPOINT_VALUES: ${err.message}`, 'the install sets it from its values (waypoint.*, image, namespace); render the install again');
+    if (err instanceof ValuesError) throw new OperatorError(`AMBIT_WAYPOINT_VALUES: ${err.message}`, 'the install sets it from its values (waypoint.*, image, namespace); render the install again', 1, 'AMBIT_E_SETTING');
     throw err;
   }
 }

@@ -63,7 +63,7 @@ export class KubeClient {
       return KubeClient.openFile(file);
     } catch (err) {
       throw new OperatorError(`cannot read the kubeconfig${file ? ` ${file}` : ''}: ${(err as Error).message}`,
-        'give a kubeconfig that names a cluster and a user (the flag, $KUBECONFIG or ~/.kube/config), or run in a pod with a ServiceAccount');
+        'give a kubeconfig that names a cluster and a user (the flag, $KUBECONFIG or ~/.kube/config), or run in a pod with a ServiceAccount', 1, 'AMBIT_E_KUBECONFIG');
     }
   }
 

@@ -165,7 +165,7 @@ async function decisionClient(kubeconfig: string | undefined): Promise<KubeClien
   try {
     path = kubeconfig ?? defaultKubeconfig();
   } catch (err) {
-    throw new OperatorError(`cannot read the kubeconfig: ${(err as Error).message}`);
+    throw new OperatorError(`cannot read the kubeconfig: ${(err as Error).message}`, 'give --kubernetes FILE, or set $KUBECONFIG, or run in a pod', 1, 'AMBIT_E_KUBECONFIG');
   }
   if (!path) return KubeClient.fromFile(undefined);
   try {
@@ -174,7 +174,7 @@ async function decisionClient(kubeconfig: string | undefined): Promise<KubeClien
     kc.loadFromFile(path);
     return freshTokenClient(kc);
   } catch (err) {
-    throw new OperatorError(`cannot read the kubeconfig ${path}: ${(err as Error).message}`);
+    throw new OperatorError(`cannot read the kubeconfig ${path}: ${(err as Error).message}`, 'give a kubeconfig that names a cluster and a user', 1, 'AMBIT_E_KUBECONFIG');
   }
 }
 

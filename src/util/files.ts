@@ -6,7 +6,7 @@ export function readFlagFile(flag: string, path: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (err) {
-    throw new OperatorError(`${flag}: cannot read ${path}: ${(err as Error).message}`);
+    throw new OperatorError(`${flag}: cannot read ${path}: ${(err as Error).message}`, 'the file is mounted and readable by this process', 1, 'AMBIT_E_FILE');
   }
 }
 
@@ -17,7 +17,7 @@ export function readFlagFile(flag: string, path: string): string {
  */
 export function tokenFile(path: string): () => string {
   let last = readFlagFile('--token-file', path).trim();
-  if (!last) throw new OperatorError(`--token-file: ${path} is empty`);
+  if (!last) throw new OperatorError(`--token-file: ${path} is empty`, 'the token is written there before the process starts (in Kubernetes: a projected ServiceAccount token)', 1, 'AMBIT_E_FILE');
   return () => {
     try {
       const token = readFileSync(path, 'utf8').trim();

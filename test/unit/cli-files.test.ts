@@ -27,5 +27,7 @@ describe('tokenFile', () => {
     expect(() => tokenFile(join(dir, 'absent'))).toThrow(/--token-file: cannot read .*absent/);
     writeFileSync(join(dir, 'empty'), '\n');
     expect(() => tokenFile(join(dir, 'empty'))).toThrow(/--token-file: .*empty is empty/);
+    // An operator's mistake with its code and a hint (docs/ERRORS.md), not an unexpected error.
+    expect(() => tokenFile(join(dir, 'empty'))).toThrow(expect.objectContaining({ code: 'AMBIT_E_FILE', hint: expect.stringMatching(/token/) }));
   });
 });
