@@ -7,12 +7,14 @@
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 
-/** The labels of Istio's TCP metrics (see Istio's "standard metrics"). */
+/** The labels of Istio's TCP metrics (Istio's "standard metrics"; the request metrics add two). */
 export const TCP_LABELS = [
   'reporter',
-  'source_workload', 'source_workload_namespace', 'source_principal', 'source_app', 'source_version', 'source_cluster',
+  'source_workload', 'source_workload_namespace', 'source_principal', 'source_app', 'source_version',
+  'source_canonical_service', 'source_canonical_revision', 'source_cluster',
   'destination_workload', 'destination_workload_namespace', 'destination_principal', 'destination_app', 'destination_version',
-  'destination_service', 'destination_service_name', 'destination_service_namespace', 'destination_cluster',
+  'destination_service', 'destination_service_name', 'destination_service_namespace',
+  'destination_canonical_service', 'destination_canonical_revision', 'destination_cluster',
   'request_protocol', 'response_flags', 'connection_security_policy',
 ] as const;
 export type TcpLabels = Record<(typeof TCP_LABELS)[number], string>;
@@ -23,14 +25,28 @@ export const UNKNOWN = 'unknown';
 export interface Peer {
   workload?: string;
   namespace?: string;
-  /** SPIFFE ID; the principal label is written without "spiffe://", as Istio does. */
+  /** SPIFFE ID, written as the principal label as it is (`spiffe://cluster.local/ns/NS/sa/SA`), as Istio writes it. */
   identity?: string;
   labels?: Record<string, string>;
 }
 
+/**
+ * A workload's canonical service and revision as Istio derives them: the
+ * `service.istio.io/canonical-name|revision` labels, else `app.kubernetes.io/name|version`, else
+ * `app` / `version`; else the workload's name and `latest`.
+ */
+export function canonical(p: Peer): { service: string; revision: string } {
+  const l = p.labels ?? {};
+  return {
+    service: l['service.istio.io/canonical-name'] || l['app.kubernetes.io/name'] || l.app || p.workload || UNKNOWN,
+    revision: l['service.istio.io/canonical-revision'] || l['app.kubernetes.io/version'] || l.version || (p.workload ? 'latest' : UNKNOWN),
+  };
+}
+
 export function tcpLabels(reporter: 'source' | 'destination' | 'waypoint', source: Peer, destination: Peer, service: { hostname?: string; name?: string; namespace?: string }, opts: { mtls: boolean; flags?: string; cluster?: string }): TcpLabels {
-  const principal = (p: Peer) => (p.identity ? p.identity.replace(/^spiffe:\/\//, '') : UNKNOWN);
+  const principal = (p: Peer) => p.identity ?? UNKNOWN;
   const cluster = opts.cluster ?? 'Kubernetes';
+  const [src, dst] = [canonical(source), canonical(destination)];
   return {
     reporter,
     source_workload: source.workload ?? UNKNOWN,
@@ -38,6 +54,8 @@ export function tcpLabels(reporter: 'source' | 'destination' | 'waypoint', sourc
     source_principal: principal(source),
     source_app: source.labels?.app ?? UNKNOWN,
     source_version: source.labels?.version ?? UNKNOWN,
+    source_canonical_service: src.service,
+    source_canonical_revision: src.revision,
     source_cluster: cluster,
     destination_workload: destination.workload ?? UNKNOWN,
     destination_workload_namespace: destination.namespace ?? UNKNOWN,
@@ -47,6 +65,8 @@ export function tcpLabels(reporter: 'source' | 'destination' | 'waypoint', sourc
     destination_service: service.hostname ?? UNKNOWN,
     destination_service_name: service.name ?? UNKNOWN,
     destination_service_namespace: service.namespace ?? UNKNOWN,
+    destination_canonical_service: dst.service,
+    destination_canonical_revision: dst.revision,
     destination_cluster: cluster,
     request_protocol: 'tcp',
     response_flags: opts.flags ?? '-',
@@ -72,7 +92,8 @@ function labelKey<N extends string>(names: readonly N[], labels: Record<N, strin
 }
 
 /** Istio's buckets for request durations (ms) and for request and response sizes (bytes). */
-export const DURATION_BUCKETS_MS = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000] as const;
+/** Envoy's default histogram buckets, which Istio's request duration uses (ms). */
+export const DURATION_BUCKETS_MS = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000, 600_000, 1_800_000, 3_600_000] as const;
 export const SIZE_BUCKETS = [1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000] as const;
 
 /** One histogram's counts for one label set: per bucket (not cumulative), sum, count. */
