@@ -95,7 +95,7 @@ fuzz:
 	npx tsx bench/fuzz.ts --runs $(or $(RUNS),100000) --seed $(or $(SEED),1)
 
 fuzz-ci:
-	npx vitest run test/unit/fuzz-*.test.ts
+	npx vitest run test/unit/fuzz-*.test.ts test/integration/fuzz-cni-scanner.test.ts
 
 clean:
 	rm -rf dist

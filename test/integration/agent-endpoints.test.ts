@@ -8,10 +8,11 @@
 import { connect } from 'node:net';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { until } from './helpers/cli.js';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { until } from '../helpers/wait.js';
 import { localCluster } from './helpers/cluster.js';
 import type { ClusterStatus } from '../../src/local/runtime.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const cluster = localCluster('ep');
 const { stateDir } = cluster;
@@ -91,7 +92,7 @@ function openedOverMtls(metrics: string): number {
   return n;
 }
 
-describe('a node agent\'s local endpoints under hostile requests', () => {
+describeAsRoot('a node agent\'s local endpoints under hostile requests', () => {
   let pid: number;
 
   beforeAll(async () => {

@@ -4,11 +4,12 @@ import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Datapath } from '../../src/ebpf/datapath.js';
 import { BpfLink } from '../../src/ebpf/link.js';
 import { BpfObject } from '../../src/ebpf/object.js';
 import { Lab } from './lab.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = join(root, 'bin', 'ambit.js');
@@ -46,7 +47,7 @@ function badObjectsDir(): string {
   return dir;
 }
 
-describe('on this node', () => {
+describeAsRoot('on this node', () => {
   it('passes every check and exits 0', () => {
     const r = ambit(['check'], { AMBIT_BPF_DIR: undefined });
     expect(r.stderr).toBe('');
@@ -111,7 +112,7 @@ describe('on this node', () => {
   });
 });
 
-describe('when something is wrong', () => {
+describeAsRoot('when something is wrong', () => {
   it('fails objects that do not open or do not verify, with the reason', () => {
     const r = ambit(['check'], { AMBIT_BPF_DIR: badObjectsDir() });
     expect(r.status).toBe(1);
@@ -166,7 +167,7 @@ describe('when something is wrong', () => {
   });
 });
 
-describe('another program\'s socket load balancer on the cgroup', () => {
+describeAsRoot('another program\'s socket load balancer on the cgroup', () => {
   // The fixture rewrites a ClusterIP in connect4, named as Cilium's socket LB; attached before ambit's datapath.
   const lab = new Lab();
   beforeAll(() => {

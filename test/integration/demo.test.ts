@@ -7,7 +7,8 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, expect, it } from 'vitest';
+import { describeAsRoot } from './helpers/root.js';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-demo-'));
@@ -26,7 +27,7 @@ function ambit(group: string, verb: string, ...args: string[]): Promise<{ code: 
 
 interface Summary { requests: number; status: Record<string, number>; pods: Record<string, Record<string, number>> }
 
-describe('make demo: the shop on a local cluster', () => {
+describeAsRoot('make demo: the shop on a local cluster', () => {
   afterAll(async () => {
     await ambit('local', 'down');
     rmSync(stateRoot, { recursive: true, force: true });

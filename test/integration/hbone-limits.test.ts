@@ -8,11 +8,15 @@
  *   - the 128 it took are closed at the 5 s handshake timeout, not Node's 120 s;
  *   - both are in node-2's metrics (ambit_hbone_refused_total{reason});
  *   - meshed traffic to the same pods still flows afterwards.
+ *
+ * And the agent's --hbone-limits flag (or AMBIT_HBONE_LIMITS) refused at start, naming the limit.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { ClusterStatus } from '../../src/local/runtime.js';
-import { until } from './helpers/cli.js';
+import { until } from '../helpers/wait.js';
+import { cli } from './helpers/cli.js';
 import { localCluster } from './helpers/cluster.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const cluster = localCluster('hblim');
 
@@ -77,7 +81,7 @@ setTimeout(() => { console.log(JSON.stringify(out)); process.exit(0); }, 20000);
 
 const metrics = (node: string, ip: string) => cluster.nodeFetch(node, `http://${ip}:15020/metrics`);
 
-describe('HBONE limits on the node agent', () => {
+describeAsRoot('HBONE limits on the node agent', () => {
   let status: ClusterStatus;
 
   beforeAll(async () => {
@@ -86,7 +90,7 @@ describe('HBONE limits on the node agent', () => {
       const s = await cluster.status();
       const agents = s.components.filter((c) => c.name === 'node-agent' && c.state === 'running').length;
       return agents === 2 && s.pods.every((p) => p.phase === 'Running') ? s : undefined;
-    }, 120_000);
+    }, { timeout: 120_000 });
   }, 180_000);
 
   afterAll(() => cluster.down(), 60_000);
@@ -95,7 +99,7 @@ describe('HBONE limits on the node agent', () => {
     const ip = (name: string) => status.pods.find((p) => p.name === name)!.ip;
     const node2 = status.nodes.find((n) => n.name === 'node-2')!.ip;
     // Both pods enrolled on node-2: their HBONE listeners are open.
-    await until('both servers enrolled on node-2', async () => /^ambit_enrolled_pods 2$/m.test(await metrics('node-2', node2)) || undefined, 30_000);
+    await until('both servers enrolled on node-2', async () => /^ambit_enrolled_pods 2$/m.test(await metrics('node-2', node2)) || undefined, { timeout: 30_000 });
     const out = await cluster.exec('plain/outsider', ['node', '-e', HOLD, `${ip('server-a')}=64`, `${ip('server-b')}=66`]);
     const ends = JSON.parse(out.trim().split('\n').pop()!) as { host: string; end: string; ms: number }[];
     const reset = ends.filter((e) => e.end === 'reset');
@@ -114,7 +118,7 @@ describe('HBONE limits on the node agent', () => {
     const text = await until('the refusals in node-2\'s metrics', async () => {
       const t = await metrics('node-2', node2);
       return /ambit_hbone_refused_total\{reason="handshake_timeout"\} 128\b/.test(t) ? t : undefined;
-    }, 10_000);
+    }, { timeout: 10_000 });
     expect(text).toMatch(/ambit_hbone_refused_total\{reason="peer_connections"\} 2\b/);
     expect(text).toMatch(/ambit_hbone_server_connections 0\b/);
   }, 60_000);
@@ -125,8 +129,22 @@ describe('HBONE limits on the node agent', () => {
       const answer = await until(`${name} through the mesh`, async () => {
         const a = (await cluster.exec('mesh/client', ['node', '-e', GET, name])).trim();
         return a.startsWith('ok') ? a : undefined;
-      }, 20_000);
+      }, { timeout: 20_000 });
       expect(answer).toBe(`ok ${name}`);
     }
   }, 60_000);
+});
+
+describeAsRoot('HBONE limits: the node agent\'s flag', () => {
+  const { ambit } = cli({ ...process.env, AMBIT_HBONE_LIMITS: '' });
+  const required = ['node', '--node', 'n1', '--controller', '127.0.0.1:1', '--token-file', '/nonexistent', '--ca-file', '/nonexistent', '--cluster', 'none'];
+
+  it('stops the agent at start with the name of the bad limit, from the flag or from AMBIT_HBONE_LIMITS', async () => {
+    const flag = await ambit([...required, '--hbone-limits', 'maxStreams=0']);
+    expect(flag.code).not.toBe(0);
+    expect(flag.stderr).toContain('--hbone-limits: HBONE limit maxStreams must be a positive integer, got 0');
+    const env = await cli({ ...process.env, AMBIT_HBONE_LIMITS: 'maxStreamPerPeer=5' }).ambit(required);
+    expect(env.code).not.toBe(0);
+    expect(env.stderr).toContain('--hbone-limits: unknown HBONE limit "maxStreamPerPeer"');
+  });
 });

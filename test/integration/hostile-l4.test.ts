@@ -14,11 +14,12 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
 import { CertManager } from '../../src/identity/cert-manager.js';
-import { until } from './helpers/cli.js';
+import { until } from '../helpers/wait.js';
 import { isReady, localCluster } from './helpers/cluster.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const cluster = localCluster('hostile');
 const { apply, remove, metrics, accessLog } = cluster;
@@ -92,14 +93,14 @@ spec: { nodeName: node-1, containers: [{ name: c, command: [sleep, infinity] }] 
 let ip: Record<string, string> = {};
 let ip6: Record<string, string> = {};
 
-describe('hostile input on the L4 data path', () => {
+describeAsRoot('hostile input on the L4 data path', () => {
   beforeAll(async () => {
     await cluster.up(BASE);
     const status = await until('every pod ready and both agents running', async () => {
       const s = await cluster.status();
       const agents = s.components.filter((c) => c.name === 'node-agent' && c.state === 'running').length;
       return agents === 2 && s.pods.length === 4 && s.pods.every(isReady) ? s : undefined;
-    }, 120_000, 500);
+    }, { timeout: 120_000, interval: 500 });
     ip = Object.fromEntries(status.pods.map((p) => [p.name, p.ip]));
     ip6 = Object.fromEntries(status.pods.map((p) => [p.name, p.ips[1]!]));
     await until('server and bound enrolled', async () => {
@@ -191,14 +192,14 @@ metadata: { name: strict, namespace: mesh }
 spec: { mtls: { mode: STRICT } }
 `);
     // A process on the node (host network) is not the prober: refused like any plaintext.
-    await until('STRICT in effect', async () => ((await fromNode('node-2', ip.server!, 8080)) === 'error ECONNRESET' ? true : undefined), 10_000, 100);
+    await until('STRICT in effect', async () => ((await fromNode('node-2', ip.server!, 8080)) === 'error ECONNRESET' ? true : undefined), { timeout: 10_000, interval: 100 });
     // Under STRICT the pod's IPv6 address refuses plaintext as its IPv4 one does.
     expect(await fromPod('plain/outsider', ip6.server!, 8080)).toBe('error ECONNRESET');
     // The runtime's readiness probes still reach the app: the pod stays ready, and they are logged as exempt.
     await until('probes logged as exempt under STRICT', () => {
       const since = accessLog('node-2').filter((l) => l.connection.exempt === 'kubelet-probe' && l.destination.ip === ip.server);
       return since.length >= 3 || undefined;
-    }, 15_000);
+    }, { timeout: 15_000 });
     const s = await cluster.status();
     expect(isReady(s.pods.find((p) => p.name === 'server')!)).toBe(true);
     expect(await metrics('node-2')).toMatch(/^ambit_exempt_connections_total\{reason="kubelet-probe"\} [1-9]/m);

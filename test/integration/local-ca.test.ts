@@ -8,8 +8,10 @@ import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { ClusterStatus } from '../../src/local/runtime.js';
+import { until } from '../helpers/wait.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-localca-'));
@@ -45,7 +47,7 @@ function verify(chain: string[]): string {
   return execFileSync('openssl', ['verify', '-CAfile', join(dir, 'root.pem'), join(dir, 'leaf.pem')], { encoding: 'utf8' }).trim();
 }
 
-describe('the CA in a local cluster', () => {
+describeAsRoot('the CA in a local cluster', () => {
   beforeAll(async () => {
     writeFileSync(join(dir, 'pods.yaml'), `
 apiVersion: v1
@@ -102,11 +104,10 @@ spec: { nodeName: node-2, serviceAccountName: beta, containers: [{ name: c, comm
     const root = readFileSync(join(stateDir, 'ca', 'ca-cert.pem'), 'utf8');
     const status = JSON.parse((await ambit(['local', 'status', '--json', '--cluster', CLUSTER])).stdout) as ClusterStatus;
     process.kill(status.components.find((c) => c.name === 'controller')!.pid!, 'SIGKILL');
-    let after: { chain?: string[] } = {};
-    for (let i = 0; i < 100 && !after.chain; i++) {
-      await new Promise((r) => setTimeout(r, 200));
-      after = await request('node-1', A).catch(() => ({}));
-    }
+    const after = await until('a certificate from the restarted controller', async () => {
+      const r = await request('node-1', A);
+      return r.chain ? r : undefined;
+    }, { timeout: 40_000, interval: 200 });
     expect(after.chain).toHaveLength(2);
     expect(readFileSync(join(stateDir, 'ca', 'ca-cert.pem'), 'utf8')).toBe(root);
     expect(verify(before.chain!)).toMatch(/: OK$/);

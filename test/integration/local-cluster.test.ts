@@ -7,9 +7,11 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { cgroup2Mount } from '../../src/ebpf/mounts.js';
 import type { ClusterStatus } from '../../src/local/runtime.js';
+import { until } from '../helpers/wait.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
 const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-local-'));
@@ -120,17 +122,7 @@ function alive(pid: number): boolean {
   }
 }
 
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
-describe('ambit local', () => {
+describeAsRoot('ambit local', () => {
   beforeAll(async () => {
     await ok(['local', 'up', '--cluster', CLUSTER, '-f', MANIFESTS]);
   }, 180_000);
@@ -195,7 +187,7 @@ describe('ambit local', () => {
     let stdout = '';
     child.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });
     const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
-    await until('the command to start', async () => (stdout.includes('ready') ? true : undefined), 20_000);
+    await until('the command to start', async () => (stdout.includes('ready') ? true : undefined), { timeout: 20_000 });
     child.kill('SIGTERM');
     const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
     expect(await exited).toBe(7);
@@ -210,7 +202,7 @@ describe('ambit local', () => {
     const after = await until('the restart', async () => {
       const p = (await status()).pods.find((x) => x.name === pod.name)!;
       return p.restarts === 1 && p.ready === '1/1' ? p : undefined;
-    });
+    }, { timeout: 30_000 });
     expect(after.containers[0]!.pid).not.toBe(pod.containers[0]!.pid);
     const svc = (await status()).services.find((v) => v.name === 'echo')!;
     expect(svc.endpoints).toContain(`${pod.ip}:8080`);
@@ -278,7 +270,7 @@ spec:
         const s = await status();
         const byName = Object.fromEntries(s.pods.map((p) => [p.name, p]));
         return ['once', 'flaky', 'broken'].every((n) => ['Succeeded', 'Failed'].includes(byName[n]!.phase)) ? byName : undefined;
-      });
+      }, { timeout: 30_000 });
       expect(pods.once).toMatchObject({ phase: 'Succeeded', restarts: 0 });
       expect(pods.flaky).toMatchObject({ phase: 'Succeeded', restarts: 2 });
       expect(pods.broken).toMatchObject({ phase: 'Failed', restarts: 0 });
@@ -342,7 +334,7 @@ spec:
     const before = await status();
     const runtimePid = before.components.find((c) => c.name === 'runtime')!.pid!;
     process.kill(runtimePid, 'SIGKILL');
-    await until('the runtime to die', async () => (alive(runtimePid) ? undefined : true));
+    await until('the runtime to die', async () => (alive(runtimePid) ? undefined : true), { timeout: 30_000 });
     const up = await ok(['local', 'up', '--cluster', CLUSTER]);
     expect(up).toContain(`recovering cluster ${CLUSTER}`);
     const after = await status();

@@ -8,8 +8,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it, vi } from 'vitest';
 import type { ClusterStatus } from '../../src/local/runtime.js';
+import { until } from '../helpers/wait.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-disc-'));
@@ -48,19 +50,9 @@ class Subscriber {
   get last(): Line | undefined { return this.lines.filter((l) => l.version).at(-1); }
 }
 
-async function until<T>(what: string, fn: () => T | undefined, ms = 20_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 const subs: Subscriber[] = [];
 
-describe('discovery in a local cluster', () => {
+describeAsRoot('discovery in a local cluster', () => {
   beforeAll(async () => {
     writeFileSync(join(dir, 'app.yaml'), `
 apiVersion: v1
@@ -94,7 +86,7 @@ spec: { selector: { app: a }, ports: [{ port: 80 }] }
   it('streams the model to a node agent and a delta when manifests change', async () => {
     const s = new Subscriber('node-1');
     subs.push(s);
-    const first = await until('the snapshot', () => s.last);
+    const first = await until('the snapshot', () => s.last, { timeout: 20_000, interval: 50 });
     expect(first.keys!.filter((k) => !k.startsWith('workload/'))).toEqual(['service/app/a']);
     expect(first.keys!.filter((k) => k.startsWith('workload/'))).toHaveLength(1);
     writeFileSync(join(dir, 'b.yaml'), `
@@ -109,25 +101,26 @@ metadata: { name: deny-all, namespace: app }
 spec: {}
 `);
     expect((await ambit(['local', 'apply', '--cluster', CLUSTER, '-f', join(dir, 'b.yaml')])).code).toBe(0);
-    const second = await until('the delta', () => (s.last!.version !== first.version ? s.last : undefined));
+    const second = await until('the delta', () => (s.last!.version !== first.version ? s.last : undefined), { timeout: 20_000, interval: 50 });
     expect(second.keys).toContain('policy/AuthorizationPolicy/app/deny-all');
     expect(second.keys!.filter((k) => k.startsWith('workload/'))).toHaveLength(2);
-    const status = JSON.parse((await ambit(['local', 'status', '--json', '--cluster', CLUSTER])).stdout) as ClusterStatus;
-    await until('the ACK in status', () => status.controller?.subscribers.some((x) => x.node === 'node-1' && x.lastAck === second.version) || undefined);
+    await until('the ACK in status', async () => {
+      const status = JSON.parse((await ambit(['local', 'status', '--json', '--cluster', CLUSTER])).stdout) as ClusterStatus;
+      return status.controller?.subscribers.some((x) => x.node === 'node-1' && x.lastAck === second.version);
+    }, { timeout: 20_000, interval: 100 });
   }, 60_000);
 
   it('shows a NACK in status, and the subscriber keeps its last good version', async () => {
     const s = new Subscriber('node-2', 'policy/AuthorizationPolicy/app/deny-all');
     subs.push(s);
-    const nack = await until('the NACK', () => s.lines.find((l) => l.nack));
+    const nack = await until('the NACK', () => s.lines.find((l) => l.nack), { timeout: 20_000, interval: 50 });
     expect(s.last).toBeUndefined();
     const expected = `${nack.nack!}: cannot apply policy/AuthorizationPolicy/app/deny-all`;
-    let text = '';
-    for (let i = 0; i < 100 && !text.includes(expected); i++) {
-      text = (await ambit(['local', 'status', '--cluster', CLUSTER])).stdout;
-      if (!text.includes(expected)) await new Promise((r) => setTimeout(r, 100));
-    }
-    expect(text).toContain(expected);
+    const text = await vi.waitFor(async () => {
+      const out = (await ambit(['local', 'status', '--cluster', CLUSTER])).stdout;
+      expect(out, 'the NACK in `ambit local status`').toContain(expected);
+      return out;
+    }, { timeout: 40_000, interval: 100 });
     expect(text).toMatch(/node-agent\s+node-2\s+-\s+/);
   }, 60_000);
 
@@ -140,7 +133,7 @@ kind: AuthorizationPolicy
 metadata: { name: allow-a, namespace: app }
 spec: { selector: { matchLabels: { app: a } }, action: ALLOW, rules: [{ from: [{ source: { namespaces: [app] } }] }] }
 `);
-    const next = await until('the policy from the directory', () => (s.last!.keys!.includes('policy/AuthorizationPolicy/app/allow-a') ? s.last : undefined));
+    const next = await until('the policy from the directory', () => (s.last!.keys!.includes('policy/AuthorizationPolicy/app/allow-a') ? s.last : undefined), { timeout: 20_000, interval: 50 });
     expect(next.version).not.toBe(before.version);
     writeFileSync(join(stateDir, 'config', 'bad.yaml'), `
 apiVersion: networking.istio.io/v1
@@ -148,11 +141,11 @@ kind: VirtualService
 metadata: { name: a, namespace: app }
 spec: { hosts: [a], http: [{ timeout: soon, route: [{ destination: { host: a } }] }] }
 `);
-    let text = '';
-    for (let i = 0; i < 100 && !text.includes('bad.yaml'); i++) {
-      text = (await ambit(['local', 'status', '--cluster', CLUSTER])).stdout;
-      if (!text.includes('bad.yaml')) await new Promise((r) => setTimeout(r, 100));
-    }
+    const text = await vi.waitFor(async () => {
+      const out = (await ambit(['local', 'status', '--cluster', CLUSTER])).stdout;
+      expect(out, 'bad.yaml in `ambit local status`').toContain('bad.yaml');
+      return out;
+    }, { timeout: 40_000, interval: 100 });
     expect(text).toContain('rejected by the controller');
     expect(text).toMatch(/bad\.yaml:\d+: document 1 \(VirtualService app\/a\): spec\.http\[0\]\.timeout: /);
     // The valid policy keeps flowing.
@@ -164,7 +157,7 @@ spec: { hosts: [a], http: [{ timeout: soon, route: [{ destination: { host: a } }
     const before = s.last!;
     const status = JSON.parse((await ambit(['local', 'status', '--json', '--cluster', CLUSTER])).stdout) as ClusterStatus;
     process.kill(status.components.find((c) => c.name === 'controller')!.pid!, 'SIGKILL');
-    const after = await until('the resync', () => (s.last!.version !== before.version ? s.last : undefined), 30_000);
+    const after = await until('the resync', () => (s.last!.version !== before.version ? s.last : undefined), { timeout: 30_000, interval: 50 });
     expect(after.keys).toEqual(before.keys);
   }, 60_000);
 });

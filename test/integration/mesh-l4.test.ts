@@ -6,13 +6,15 @@
  * metrics, access logs and admin endpoints, the BPF maps.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, ROOT, until } from './helpers/cli.js';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { cli, ROOT } from './helpers/cli.js';
+import { until } from '../helpers/wait.js';
 import type { ClusterStatus } from '../../src/local/runtime.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-l4-'));
 const CLUSTER = `l4${Math.random().toString(36).slice(2, 6)}`;
@@ -105,7 +107,7 @@ ${SLEEPER('outsider', 'plain', 'node-1')}
 
 const children: ChildProcess[] = [];
 
-describe('the ambient L4 data path', () => {
+describeAsRoot('the ambient L4 data path', () => {
   beforeAll(async () => {
     writeFileSync(join(dir, 'base.yaml'), BASE);
     await ok(['local', 'up', '--cluster', CLUSTER, '-f', join(dir, 'base.yaml')]);
@@ -134,13 +136,14 @@ describe('the ambient L4 data path', () => {
     children.push(dump);
     let said = '';
     dump.stderr!.on('data', (c: Buffer) => { said += c.toString(); });
-    await until('tcpdump to listen', () => said.includes('listening on') || undefined, 20_000, 50);
+    await until('tcpdump to listen', () => said.includes('listening on') || undefined, { timeout: 20_000, interval: 50 });
     const secret = `secret-${Math.random().toString(36).slice(2)}`;
     const POST = `const r = require("http").request({ host: "server", port: 80, method: "POST", path: "/", agent: false }, (res) => { let b = ""; res.on("data", (c) => b += c); res.on("end", () => console.log(b)); }); r.end(process.argv[1]);`;
     const answer = (await ok(['local', 'exec', '--cluster', CLUSTER, 'mesh/client', '--', 'node', '-e', POST, secret])).trim();
     // The server sees the client pod's own address: the tunnel left from inside the client's netns.
     expect(answer).toBe(`meshed from 10.244.2.2 ${secret}`);
-    await new Promise((r) => setTimeout(r, 500));
+    // The capture has the tunnel's TLS records before tcpdump is stopped.
+    await until('the tunnel\'s TLS records in the capture', () => existsSync(pcap) && readFileSync(pcap).includes(Buffer.from([0x17, 0x03, 0x03])), { timeout: 5000, interval: 50 });
     process.kill(-dump.pid!, 'SIGINT');
     await new Promise((r) => dump.once('close', r));
     const bytes = readFileSync(pcap);
@@ -156,8 +159,8 @@ describe('the ambient L4 data path', () => {
       const t = await metrics('node-2');
       return t.includes('reporter="destination"') ? t : undefined;
     });
-    const both = (labels: string) => labels.includes('source_principal="cluster.local/ns/mesh/sa/client"')
-      && labels.includes('destination_principal="cluster.local/ns/mesh/sa/server"')
+    const both = (labels: string) => labels.includes('source_principal="spiffe://cluster.local/ns/mesh/sa/client"')
+      && labels.includes('destination_principal="spiffe://cluster.local/ns/mesh/sa/server"')
       && labels.includes('connection_security_policy="mutual_tls"')
       && labels.includes('destination_service="server.mesh.svc.cluster.local"');
     expect(sum(text, 'istio_tcp_connections_opened_total', (l) => l.includes('reporter="destination"') && both(l))).toBeGreaterThanOrEqual(1);
@@ -169,30 +172,32 @@ describe('the ambient L4 data path', () => {
     await until('the access-log line of the call', () => {
       const log = readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8').split('\n').filter((l) => l.includes('"component":"access"')).map((l) => JSON.parse(l) as { reporter: string; source: { principal: string }; destination: { workload: string }; tls: { enabled: boolean } });
       return log.some((e) => e.reporter === 'destination' && e.source.principal === 'spiffe://cluster.local/ns/mesh/sa/client' && e.destination.workload === 'server' && e.tls.enabled === true);
-    }, 5000);
+    }, { timeout: 5000 });
     const workloads = await admin<{ enrolled: { name: string }[] }>('node-2', '/workloads');
     expect(workloads.enrolled.map((w) => w.name)).toEqual(['server']);
   });
 
   it('applies AuthorizationPolicy allow and deny within a second', async () => {
-    // A prober in the client pod: a new connection every 50 ms, one JSON line per attempt.
-    const PROBE = `const http = require("http"); setInterval(() => { const t = Date.now(); http.get({ host: "server", port: 80, path: "/", agent: false, timeout: 2000 }, (r) => { r.resume(); r.on("end", () => console.log(JSON.stringify({ t, ok: true }))); }).on("error", () => console.log(JSON.stringify({ t, ok: false }))); }, 50);`;
+    // A prober in the client pod: a new connection every 50 ms, one JSON line per attempt (with the error's code).
+    const PROBE = `const http = require("http"); setInterval(() => { const t = Date.now(); http.get({ host: "server", port: 80, path: "/", agent: false, timeout: 2000 }, (r) => { r.resume(); r.on("end", () => console.log(JSON.stringify({ t, ok: true }))); }).on("error", (e) => console.log(JSON.stringify({ t, ok: false, error: e.code }))); }, 50);`;
     const prober = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--cluster', CLUSTER, 'mesh/client', '--', 'node', '-e', PROBE], { cwd: ROOT, env, detached: true });
     children.push(prober);
-    const seen: { t: number; ok: boolean }[] = [];
+    const seen: { t: number; ok: boolean; error?: string }[] = [];
     let buf = '';
     prober.stdout!.on('data', (c: Buffer) => {
       buf += c.toString();
       for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-        seen.push(JSON.parse(buf.slice(0, i)) as { t: number; ok: boolean });
+        seen.push(JSON.parse(buf.slice(0, i)) as { t: number; ok: boolean; error?: string });
         buf = buf.slice(i + 1);
       }
     });
     await until('the prober', () => seen.some((s) => s.ok) || undefined);
+    // Denied means reset by the agent: an attempt that failed otherwise (a timeout) is not a denial.
+    const as = (want: boolean) => (s: { ok: boolean; error?: string }) => (want ? s.ok : s.error === 'ECONNRESET');
     const flipsAfter = async (since: number, want: boolean) => until(`${want ? 'allowed' : 'denied'} connections`, () => {
       const after = seen.filter((s) => s.t >= since);
-      return after.length >= 3 && after.slice(-3).every((s) => s.ok === want) ? after.find((s) => s.ok === want)!.t - since : undefined;
-    }, 10_000, 20);
+      return after.length >= 3 && after.slice(-3).every(as(want)) ? after.find(as(want))!.t - since : undefined;
+    }, { timeout: 10_000, interval: 20 });
 
     await apply('deny.yaml', `
 apiVersion: security.istio.io/v1
@@ -223,7 +228,7 @@ spec:
     expect(deniedAfter).toBeLessThan(1000);
     expect(allowedAfter).toBeLessThan(1000);
     expect(allowListAfter).toBeLessThan(1000);
-    await until('the denial in the access log', () => readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8').includes('"policy":"mesh/deny-client"'), 5000);
+    await until('the denial in the access log', () => readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8').includes('"policy":"mesh/deny-client"'), { timeout: 5000 });
   }, 60_000);
 
   it('lets plaintext from outside the mesh in under PERMISSIVE and refuses it under STRICT', async () => {
@@ -235,13 +240,18 @@ kind: PeerAuthentication
 metadata: { name: strict, namespace: mesh }
 spec: { mtls: { mode: STRICT } }
 `);
-    await until('STRICT in effect', async () => ((await get('plain/outsider', '10.244.2.2', 8080)).startsWith('error') ? true : undefined), 10_000, 100);
+    // Refused by a reset: an answer that never comes ("error TIMEOUT") is not a refusal.
+    const refused = await until('STRICT in effect', async () => {
+      const answer = await get('plain/outsider', '10.244.2.2', 8080);
+      return answer.startsWith('ok') ? undefined : answer;
+    }, { timeout: 10_000, interval: 100 });
+    expect(refused).toBe('error ECONNRESET');
     // Meshed callers still get through, over mTLS.
     expect(await get('mesh/client', 'server')).toMatch(/^ok meshed from 10\.244\.2\.2/);
     const text = await metrics('node-2');
     expect(sum(text, 'istio_tcp_connections_opened_total', (l) => l.includes('connection_security_policy="none"') && l.includes('reporter="destination"'))).toBeGreaterThanOrEqual(1);
     await remove('strict.yaml');
-    await until('PERMISSIVE again', async () => ((await get('plain/outsider', '10.244.2.2', 8080)).startsWith('ok') ? true : undefined), 10_000, 100);
+    await until('PERMISSIVE again', async () => ((await get('plain/outsider', '10.244.2.2', 8080)).startsWith('ok') ? true : undefined), { timeout: 10_000, interval: 100 });
   });
 
   it('leaves pods of an unlabelled namespace alone', async () => {
@@ -264,7 +274,7 @@ spec: { mtls: { mode: STRICT } }
     // Now the same call is carried by the agents: the web pod sees the tunnel from its own netns.
     expect(await get('plain/outsider', 'web')).toBe('ok plain from 10.244.2.3');
     const text = await metrics('node-2');
-    expect(sum(text, 'istio_tcp_connections_opened_total', (l) => l.includes('destination_workload="web"') && l.includes('source_principal="cluster.local/ns/plain/sa/default"'))).toBeGreaterThanOrEqual(1);
+    expect(sum(text, 'istio_tcp_connections_opened_total', (l) => l.includes('destination_workload="web"') && l.includes('source_principal="spiffe://cluster.local/ns/plain/sa/default"'))).toBeGreaterThanOrEqual(1);
     expect(await ok(['namespace', 'disable', 'plain', '--cluster', CLUSTER])).toMatch(/namespace\/plain configured/);
     await until('the plain pods unenrolled', async () => {
       const [a, b] = await Promise.all([admin<{ enrolled: { name: string }[] }>('node-1', '/workloads'), admin<{ enrolled: { name: string }[] }>('node-2', '/workloads')]);
@@ -277,7 +287,7 @@ spec: { mtls: { mode: STRICT } }
     const t = Date.now();
     expect(await get('mesh/client', '10.244.2.2', 9999)).toBe('error ECONNRESET');
     expect(Date.now() - t).toBeLessThan(5000);
-    await until('the refused call in the access log', () => /"port":9999.*"response_flags":"UF","error":"10\.244\.2\.2:9999: ECONNREFUSED"/.test(readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8')), 5000);
+    await until('the refused call in the access log', () => /"port":9999.*"response_flags":"UF","error":"10\.244\.2\.2:9999: ECONNREFUSED"/.test(readFileSync(join(stateDir, 'logs', 'node-agent.node-2.log'), 'utf8')), { timeout: 5000 });
   });
 
   it('shows its config, pods, open connections and log level on the admin endpoint', async () => {
@@ -320,7 +330,7 @@ spec: { mtls: { mode: STRICT } }
       const s = JSON.parse(await ok(['local', 'status', '--json', '--cluster', CLUSTER])) as ClusterStatus;
       const a = s.components.find((c) => c.name === 'node-agent' && c.node === 'node-2')!;
       return a.pid !== agent.pid && a.state === 'running' ? true : undefined;
-    }, 60_000, 500);
+    }, { timeout: 60_000, interval: 500 });
     await until('the server enrolled again', async () => ((await admin<{ enrolled: { name: string }[] }>('node-2', '/workloads')).enrolled.some((w) => w.name === 'server') ? true : undefined));
     expect(await get('mesh/client', 'server')).toMatch(/^ok meshed from 10\.244\.2\.2/);
     const links = readdirSync(join(PIN_ROOT, 'node-2', 'links', 'pods'));
@@ -355,7 +365,7 @@ spec:
       const [a, b] = await Promise.all([admin<{ enrolled: { name: string }[] }>('node-1', '/workloads'), admin<{ enrolled: { name: string }[] }>('node-2', '/workloads')]);
       const n = [...a.enrolled, ...b.enrolled].filter((w) => w.name.startsWith('churn-')).length;
       return n === 100 ? n : undefined;
-    }, 120_000, 1000);
+    }, { timeout: 120_000, interval: 1000 });
     expect(enrolled).toBe(100);
     expect(mapCount('node-1', 'ambit_pods')).toBeGreaterThan(before.pods);
     const certs = await admin<{ certificates: { identity: string }[] }>('node-1', '/certs');
@@ -364,8 +374,8 @@ spec:
     await until('the churn pods unenrolled', async () => {
       const [a, b] = await Promise.all([admin<{ enrolled: { name: string }[] }>('node-1', '/workloads'), admin<{ enrolled: { name: string }[] }>('node-2', '/workloads')]);
       return [...a.enrolled, ...b.enrolled].some((w) => w.name.startsWith('churn-')) ? undefined : true;
-    }, 60_000, 500);
-    await until('the maps back to where they were', () => (mapCount('node-1', 'ambit_pods') === before.pods && mapCount('node-1', 'ambit_pod_addrs') === before.addrs ? true : undefined), 20_000);
+    }, { timeout: 60_000, interval: 500 });
+    await until('the maps back to where they were', () => (mapCount('node-1', 'ambit_pods') === before.pods && mapCount('node-1', 'ambit_pod_addrs') === before.addrs ? true : undefined), { timeout: 20_000 });
     const after = await admin<{ certificates: { identity: string }[] }>('node-1', '/certs');
     expect(after.certificates.map((c) => c.identity)).not.toContain('spiffe://cluster.local/ns/mesh/sa/churn');
     expect(requireOutput('ls', [join(PIN_ROOT, 'node-1', 'links', 'pods')]).trim().split('\n').filter(Boolean)).toHaveLength(before.pods);

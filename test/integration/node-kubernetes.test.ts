@@ -10,14 +10,17 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { NODE_NAME_EXTRA } from '../../src/identity/tokenreview.js';
 import { FakeApiServer, freePort, writeKubeconfig } from '../helpers/fake-apiserver.js';
-import { ROOT, until } from './helpers/cli.js';
+import { ROOT } from './helpers/cli.js';
+import { until } from '../helpers/wait.js';
 import { Lab } from './lab.js';
 import { closeServer, startApp } from './pods.js';
+import { describeAsRoot } from './helpers/root.js';
 
-const lab = new Lab('ambit-k8snode');
+/** Made in beforeAll, under describeAsRoot's skip: a Lab makes its cgroup at once. */
+let lab: Lab;
 const api = new FakeApiServer([
   { group: '', version: 'v1', kind: 'Namespace', plural: 'namespaces' },
   { group: '', version: 'v1', kind: 'Pod', plural: 'pods' },
@@ -26,7 +29,7 @@ const api = new FakeApiServer([
 const octet = 10 + (process.pid % 200);
 const podIp = `10.206.${octet}.2`;
 const cartIp = `10.206.${octet}.3`;
-const node = `node-${lab.id}`;
+let node = '';
 let dir: string;
 let kubeconfig: string;
 let controllerPort = 0;
@@ -116,6 +119,8 @@ async function drainRefusals(): Promise<void> {
 }
 
 beforeAll(async () => {
+  lab = new Lab('ambit-k8snode');
+  node = `node-${lab.id}`;
   dir = mkdtempSync(join(tmpdir(), 'ambit-k8snode-'));
   lab.defer(() => rmSync(dir, { recursive: true, force: true }));
   execFileSync(join(ROOT, 'scripts/build-cni.sh'), [join(dir, 'ambit-cni')], { stdio: 'pipe' });
@@ -151,7 +156,7 @@ beforeAll(async () => {
   writeFileSync(join(dir, 'token'), 'agent-token\n');
   controllerPort = await freePort();
   const controller = run(['controller', '--kubernetes', kubeconfig, '--ca-dir', join(dir, 'ca'), '--listen', `127.0.0.1:${controllerPort}`, '--health', '127.0.0.1:0'], { AMBIT_TOKEN_AUDIENCE: 'ambit', POD_NAMESPACE: 'ambit-system' });
-  await until('the controller serving', () => /"msg":"model updated"/.test(controller.output()), 30_000);
+  await until('the controller serving', () => /"msg":"model updated"/.test(controller.output()), { timeout: 30_000 });
 }, 60_000);
 
 afterAll(async () => {
@@ -160,14 +165,14 @@ afterAll(async () => {
   await lab.cleanup();
 });
 
-describe('ambit node --kubernetes', () => {
+describeAsRoot('ambit node --kubernetes', () => {
   it('finds the pod\'s netns through /proc by its IP and enrolls it; reports ready and this node\'s requirements', async () => {
     const agent = await startAgent();
     const workloads = await until('the pod enrolled', async () => {
       const r = await get(agent.admin, '/workloads').catch(() => undefined);
       const w = r && (JSON.parse(r.body) as { enrolled: { name: string; netns: string; certificate: unknown }[]; failed: unknown[] });
       return w && w.enrolled.length > 0 ? w : undefined;
-    }, 30_000).catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
+    }, { timeout: 30_000 }).catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
     expect(workloads.enrolled).toHaveLength(1);
     expect(workloads.enrolled[0]).toMatchObject({ name: 'web', netns: expect.stringMatching(/^\/proc\/\d+\/ns\/net$/), certificate: expect.anything() });
     expect(workloads.failed).toEqual([]);
@@ -196,8 +201,8 @@ describe('ambit node --kubernetes', () => {
 
   it('enrolls a pod the ambit-cni plugin hands over before its containers start (the controller has no IP for it yet), and releases it at DEL', async () => {
     const agent = await startAgent();
-    await until('the agent ready', async () => (await get(agent.health, '/healthz/ready').catch(() => ({ status: 0 }))).status === 200, 30_000);
-    await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && existsSync(installedPlugin()), 10_000);
+    await until('the agent ready', async () => (await get(agent.health, '/healthz/ready').catch(() => ({ status: 0 }))).status === 200, { timeout: 30_000 });
+    await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && existsSync(installedPlugin()), { timeout: 10_000 });
     // A new sandbox: netns and address made by the primary CNI, no process yet; the API server's Pod has no IP.
     const ns = lab.netns('cart');
     const cg = lab.cgroup('cart');
@@ -213,7 +218,7 @@ describe('ambit node --kubernetes', () => {
     const call = await lab.client(ns, cg, podIp, 8080);
     expect(call.stdout.trim(), agent.output().split('\n').filter((l) => /"level":[45]0/.test(l)).join('\n')).toBe('app 8080');
     const metrics = (await get(agent.metrics, '/metrics')).body;
-    expect(metrics, metrics.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total')).join('\n')).toMatch(/istio_tcp_connections_opened_total\{[^}]*reporter="destination"[^}]*source_principal="cluster.local\/ns\/shop\/sa\/cart"[^}]*\} 1/);
+    expect(metrics, metrics.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total')).join('\n')).toMatch(/istio_tcp_connections_opened_total\{[^}]*reporter="destination"[^}]*source_principal="spiffe:\/\/cluster.local\/ns\/shop\/sa\/cart"[^}]*\} 1/);
 
     // A pod of a namespace outside the mesh passes straight through, not enrolled.
     api.apply('Namespace', { metadata: { name: 'plain' } });
@@ -243,8 +248,8 @@ describe('ambit node --kubernetes', () => {
 
   it('a new sandbox of a pod replaces the old one; a late or repeated DEL of the old sandbox leaves the new one enrolled and captured', async () => {
     const agent = await startAgent();
-    await until('the agent ready', async () => (await get(agent.health, '/healthz/ready').catch(() => ({ status: 0 }))).status === 200, 30_000);
-    await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && existsSync(installedPlugin()), 10_000);
+    await until('the agent ready', async () => (await get(agent.health, '/healthz/ready').catch(() => ({ status: 0 }))).status === 200, { timeout: 30_000 });
+    await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && existsSync(installedPlugin()), { timeout: 10_000 });
     const pod = { namespace: 'shop', name: 'orders', uid: 'uid-orders' };
     /** A sandbox: a netns linked to web's, with its own address and a route to web's IP. */
     const sandbox = (name: string, subnet: number) => {
@@ -256,7 +261,7 @@ describe('ambit node --kubernetes', () => {
     const enrolledOrders = async () => (JSON.parse((await get(agent.admin, '/workloads')).body) as { enrolled: { name: string; netns: string }[] }).enrolled.filter((w) => w.name === 'orders');
     /** Connections web accepted over HBONE with orders' certificate: only captured connects get there. */
     const mtlsFromOrders = async () => {
-      const m = new RegExp('istio_tcp_connections_opened_total\\{[^}]*reporter="destination"[^}]*source_principal="cluster.local/ns/shop/sa/orders"[^}]*\\} (\\d+)').exec((await get(agent.metrics, '/metrics')).body);
+      const m = new RegExp('istio_tcp_connections_opened_total\\{[^}]*reporter="destination"[^}]*source_principal="spiffe://cluster.local/ns/shop/sa/orders"[^}]*\\} (\\d+)').exec((await get(agent.metrics, '/metrics')).body);
       return m ? Number(m[1]) : 0;
     };
     const old = sandbox('orders-a', 207);
@@ -264,7 +269,7 @@ describe('ambit node --kubernetes', () => {
     expect((await cni('ADD', pod, old.ns, old.ip, 'sandbox-orders-a')).code).toBe(0);
     // The kubelet reports the first sandbox's IP; the controller streams the pod with it.
     api.apply('Pod', { metadata: { name: 'orders', namespace: 'shop', uid: 'uid-orders', labels: { app: 'orders' } }, spec: { nodeName: node, serviceAccountName: 'orders', containers: [{ name: 'o', image: 'o' }] }, status: { phase: 'Running', podIP: old.ip } });
-    await until('the controller streaming orders', async () => JSON.stringify(JSON.parse((await get(agent.admin, '/config_dump')).body)).includes(old.ip), 20_000);
+    await until('the controller streaming orders', async () => JSON.stringify(JSON.parse((await get(agent.admin, '/config_dump')).body)).includes(old.ip), { timeout: 20_000 });
 
     // Its pause process died: the kubelet makes a new sandbox (new netns, new address) for the same pod.
     const now = sandbox('orders-b', 208);
@@ -273,12 +278,12 @@ describe('ambit node --kubernetes', () => {
     expect(await enrolledOrders()).toEqual([expect.objectContaining({ netns: now.ns })]);
     // Any config change makes the agent reconcile, while the controller still has the old sandbox's IP.
     api.apply('Pod', { metadata: { name: 'noise', namespace: 'shop', uid: 'uid-noise' }, spec: { nodeName: 'elsewhere', containers: [{ name: 'n', image: 'n' }] }, status: { phase: 'Running', podIP: '10.250.0.9' } });
-    await until('the agent holding the new config', async () => JSON.stringify(JSON.parse((await get(agent.admin, '/config_dump')).body)).includes('10.250.0.9'), 20_000);
+    await until('the agent holding the new config', async () => JSON.stringify(JSON.parse((await get(agent.admin, '/config_dump')).body)).includes('10.250.0.9'), { timeout: 20_000 });
     const call = async () => {
       const before = await mtlsFromOrders();
       const r = await lab.client(now.ns, now.cg, podIp, 8080);
       expect(r.stdout.trim(), agent.output().split('\n').filter((l) => /"level":[45]0/.test(l)).join('\n')).toBe('app 8080');
-      await until('the call counted as orders\' mTLS', async () => (await mtlsFromOrders()) === before + 1, 10_000);
+      await until('the call counted as orders\' mTLS', async () => (await mtlsFromOrders()) === before + 1, { timeout: 10_000 });
     };
     await call();
 
@@ -299,7 +304,7 @@ describe('ambit node --kubernetes', () => {
 
   it('after a reboot (socket gone with the tmpfs, plugin, marker and chain entry still on disk, no agent yet), ADD fails with "try again", not through', async () => {
     const agent = await startAgent();
-    await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && existsSync(installedPlugin()), 30_000)
+    await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && existsSync(installedPlugin()), { timeout: 30_000 })
       .catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
     // Power lost: nothing stops cleanly; the reboot empties /var/run.
     agent.proc.kill('SIGKILL');
@@ -318,13 +323,15 @@ describe('ambit node --kubernetes', () => {
     await until('the pod enrolled again', async () => {
       const r = await get(agent.admin, '/workloads').catch(() => undefined);
       return r && (JSON.parse(r.body) as { enrolled: unknown[] }).enrolled.length > 0;
-    }, 30_000).catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
+    }, { timeout: 30_000 }).catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
     // Logged as the pod is adopted, which may come a moment after its enrollment is visible.
-    await until('the adoption logged', () => /"adopted":true/.test(agent.output()), 5000);
+    await until('the adoption logged', () => /"adopted":true/.test(agent.output()), { timeout: 5000 });
     // kubectl delete -f removes the agent's Role right after its DaemonSet: by SIGTERM the agent
     // may not read its DaemonSet any more. It saw the deletion through its watch.
-    await until('the agent watching its DaemonSet', () => api.watchCount('daemonsets') > 0, 10_000);
+    await until('the agent watching its DaemonSet', () => api.watchCount('daemonsets') > 0, { timeout: 10_000 });
     api.delete('DaemonSet', 'ambit-system', 'ambit-node', 'apps');
+    // A fixed wait: the agent shows nothing when its watch reads the DELETED event (no log line, no
+    // endpoint); 300 ms for it to arrive over loopback before the API server starts refusing it.
     await new Promise((r) => setTimeout(r, 300));
     api.failNext('GET', '/daemonsets', 403, 100);
     agent.proc.kill('SIGTERM');
@@ -345,7 +352,7 @@ describe('ambit node --kubernetes', () => {
     await until('the plugin chained and the pod enrolled', async () => {
       const r = await get(agent.admin, '/workloads').catch(() => undefined);
       return chain().at(-1)?.type === 'ambit-cni' && r && (JSON.parse(r.body) as { enrolled: unknown[] }).enrolled.length > 0;
-    }, 30_000).catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
+    }, { timeout: 30_000 }).catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
     expect(pins().length).toBeGreaterThan(0);
     expect(existsSync(join(dir, 'opt-cni-bin', 'ambit-cni.installed'))).toBe(true);
     // kubectl delete -f: the ServiceAccount goes before the agent's pod is told to stop; the
@@ -364,7 +371,7 @@ describe('ambit node --kubernetes', () => {
   it('keeps everything when the API server fails at SIGTERM with a 5xx (a restart it cannot tell from an uninstall)', async () => {
     await drainRefusals();
     const agent = await startAgent();
-    await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && pins().length > 0, 30_000)
+    await until('the plugin chained', () => chain().at(-1)?.type === 'ambit-cni' && pins().length > 0, { timeout: 30_000 })
       .catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
     api.failNext('GET', '/daemonsets', 503, 20);
     agent.proc.kill('SIGTERM');
@@ -378,7 +385,7 @@ describe('ambit node --kubernetes', () => {
   it('`ambit node cleanup` refuses while the agent answers, then clears a node whose agent missed the uninstall (--host-root as under kubectl debug node)', async () => {
     const agent = await startAgent();
     // The last test's agent left its entry and pins: wait for this one to serve (its CNI socket is up by then).
-    await until('the agent serving', async () => (await get(agent.health, '/healthz/check').catch(() => ({ status: 0 }))).status > 0, 30_000)
+    await until('the agent serving', async () => (await get(agent.health, '/healthz/check').catch(() => ({ status: 0 }))).status > 0, { timeout: 30_000 })
       .catch((err: Error) => { throw new Error(`${err.message}\n${agent.output()}`); });
     // The node as `kubectl debug node/NAME --profile=sysadmin` shows it: the host's root under a
     // directory (here `dir`, the host's bpffs reached through it as through the host's /sys).

@@ -6,17 +6,21 @@ import { execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it, vi } from 'vitest';
 import type { Workload } from '../../src/config/model.js';
 import { cgroup2Mount } from '../../src/ebpf/mounts.js';
 import {
   normalizeIp, parseCgroupV2, parseFibTrieLocal, parseIfInet6, parseStartTime, PodLocatorError, ProcPodLocator,
 } from '../../src/node/pod-locator.js';
+import { until } from '../helpers/wait.js';
 import { Lab } from './lab.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const ip = (...args: string[]) => execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
 const ino = (path: string) => statSync(path).ino;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** The start time of a process, and the time now, in clock ticks since boot (10 ms each). */
+const startTicks = (pid: number) => parseStartTime(readFileSync(`/proc/${pid}/stat`, 'utf8'))!;
+const uptimeTicks = () => Math.floor(Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]) * 100);
 
 function workload(ips: string[], name = 'pod'): Workload {
   return {
@@ -26,18 +30,12 @@ function workload(ips: string[], name = 'pod'): Workload {
 }
 
 /** The child's pid, once it is inside the netns (sh execs nsenter, which execs the command). */
-async function pidIn(child: ChildProcess, netnsPath: string): Promise<number> {
+function pidIn(child: ChildProcess, netnsPath: string): Promise<number> {
   const pid = child.pid!;
-  for (let i = 0; i < 250; i++) {
-    try {
-      if (ino(`/proc/${pid}/ns/net`) === ino(netnsPath)) return pid;
-    } catch { /* not started yet, or failed: the loop ends it */ }
-    await sleep(20);
-  }
-  throw new Error(`process ${pid} never entered ${netnsPath}`);
+  return until(`process ${pid} to enter ${netnsPath}`, () => ino(`/proc/${pid}/ns/net`) === ino(netnsPath) && pid, { timeout: 5000, interval: 20 });
 }
 
-describe('ProcPodLocator on real network namespaces', () => {
+describeAsRoot('ProcPodLocator on real network namespaces', () => {
   const lab = new Lab('ambit-pl');
   // Random subnets, so that a second run beside this one does not claim the same addresses.
   const n = 1 + Math.floor(Math.random() * 250);
@@ -65,8 +63,10 @@ describe('ProcPodLocator on real network namespaces', () => {
     lab.addresses(nsA, `${v4lo}/32`);
     cgA = lab.cgroup('a');
     sandboxA = await pidIn(lab.spawn(nsA, cgA, ['sleep', '600']), nsA);
-    await sleep(50); // a later start time (clock ticks are 10 ms)
+    // The next process gets a later start time once the clock has ticked past the sandbox's.
+    await vi.waitFor(() => expect(uptimeTicks()).toBeGreaterThan(startTicks(sandboxA)), { timeout: 1000, interval: 5 });
     laterA = await pidIn(lab.spawn(nsA, undefined, ['sleep', '600']), nsA);
+    expect(startTicks(laterA)).toBeGreaterThan(startTicks(sandboxA));
     childB = lab.spawn(nsB, undefined, ['sleep', '600']);
     await pidIn(childB, nsB);
     locator = new ProcPodLocator({ cgroupRoot: cgroup2Mount(), minRescanMs: 0 });
@@ -135,7 +135,7 @@ describe('ProcPodLocator on real network namespaces', () => {
   });
 });
 
-describe('ProcPodLocator on a fake proc tree', () => {
+describeAsRoot('ProcPodLocator on a fake proc tree', () => {
   const root = mkdtempSync(join(tmpdir(), 'ambit-pl-'));
   const proc = join(root, 'proc');
   const nsFiles = join(root, 'ns');
@@ -203,7 +203,7 @@ describe('ProcPodLocator on a fake proc tree', () => {
   });
 });
 
-describe('parsers', () => {
+describeAsRoot('parsers', () => {
   it('reads the local IPv4 addresses of fib_trie', () => {
     const text = `
 Main:

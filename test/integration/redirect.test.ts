@@ -1,14 +1,15 @@
 // Outbound and inbound capture on the real kernel: one enrolled pod, one pod that is not,
 // and a peer outside both, each in its own network namespace and cgroup.
 import { createServer, type AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Datapath } from '../../src/ebpf/datapath.js';
 import { AMBIT } from '../../src/ebpf/layout.generated.js';
 import { PodEnroller, type EnrolledPod } from '../../src/node/enroll.js';
 import { Lab } from './lab.js';
 import { closeServer, reportingHandlers, startApp } from './pods.js';
+import { describeAsRoot } from './helpers/root.js';
 
-describe('redirection', () => {
+describeAsRoot('redirection', () => {
   const lab = new Lab();
   let pod: string;
   let podCg: string;

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { checkSocketLb } from '../../src/node/checks.js';
 import { describeConflict, detectSocketLbConflicts, effectivePrograms, type SockAddrFindings } from '../../src/ebpf/cgroup-programs.js';
 import { Datapath } from '../../src/ebpf/datapath.js';
@@ -15,6 +15,7 @@ import { BpfLink } from '../../src/ebpf/link.js';
 import { BpfObject } from '../../src/ebpf/object.js';
 import { warnSocketLb } from '../../src/node/agent.js';
 import { Lab } from './lab.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/bpf/socklb.bpf.o', import.meta.url));
 // The kernel keeps 15 characters of a program's name.
@@ -42,7 +43,7 @@ function startDatapath(lab: Lab, cgroup: string): Datapath {
   return datapath;
 }
 
-describe('a socket load balancer attached before ambit', () => {
+describeAsRoot('a socket load balancer attached before ambit', () => {
   const lab = new Lab();
   let fixtureId = 0;
   let datapath: Datapath;
@@ -97,7 +98,7 @@ describe('a socket load balancer attached before ambit', () => {
   });
 });
 
-describe('a socket load balancer attached after ambit', () => {
+describeAsRoot('a socket load balancer attached after ambit', () => {
   const lab = new Lab();
   let fixtureId = 0;
   let findings: SockAddrFindings;
@@ -118,7 +119,7 @@ describe('a socket load balancer attached after ambit', () => {
   });
 });
 
-describe('before ambit is installed', () => {
+describeAsRoot('before ambit is installed', () => {
   const lab = new Lab();
   afterAll(() => lab.cleanup());
 

@@ -8,8 +8,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, until } from './helpers/cli.js';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { cli } from './helpers/cli.js';
+import { until } from '../helpers/wait.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-wp-'));
 const CLUSTER = `wp${Math.random().toString(36).slice(2, 6)}`;
@@ -21,7 +23,7 @@ const CLUSTER = `wp${Math.random().toString(36).slice(2, 6)}`;
 async function waypointLog(...patterns: (RegExp | string)[]): Promise<string> {
   const file = join(stateDir, 'pods', 'shop.waypoint-waypoint', 'waypoint.log');
   const has = (text: string) => patterns.every((p) => (typeof p === 'string' ? text.includes(p) : p.test(text)));
-  await until(`the waypoint's log to show ${patterns.join(', ')}`, () => has(readFileSync(file, 'utf8')), 5000, 100).catch(() => undefined);
+  await until(`the waypoint's log to show ${patterns.join(', ')}`, () => has(readFileSync(file, 'utf8')), { timeout: 5000, interval: 100 }).catch(() => undefined);
   // Whatever it holds by then: the test's own expectations say what is missing.
   return readFileSync(file, 'utf8');
 }
@@ -43,6 +45,8 @@ s.addService(def, {
   chat: (call) => { call.on("data", (msg) => call.write("re " + msg)); call.on("end", () => call.end()); },
 });
 s.bindAsync("0.0.0.0:50051", grpc.ServerCredentials.createInsecure(), (err) => { if (err) throw err; });`;
+// The chat's messages go 300 ms apart on purpose: each answer arriving as its message is sent
+// (out.gaps) shows the waypoint streams rather than buffering the call.
 const GRPC_CLIENT = `${GRPC_DEF} const Client = grpc.makeGenericClientConstructor(def, "Echo");
 const c = new Client("echo:50051", grpc.credentials.createInsecure(), { "grpc.service_config_disable_resolution": 1 });
 const unary = (msg) => new Promise((resolve) => c.unary(msg, (err, res) => resolve(err ? "status " + err.code + " " + err.details : res)));
@@ -87,7 +91,7 @@ spec:
     readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 }
 `;
 
-describe('waypoints', () => {
+describeAsRoot('waypoints', () => {
   beforeAll(async () => {
     writeFileSync(join(dir, 'shop.yaml'), `
 apiVersion: v1
@@ -262,7 +266,7 @@ spec:
     await until('the waypoint pod ready', async () => {
       const out = await ok(['waypoint', 'list', '--cluster', CLUSTER]);
       return /shop\s+waypoint\s+Running 1\/1\s+10\.244\.\d+\.\d+\s+namespace shop/.test(out) ? true : undefined;
-    }, 60_000);
+    }, { timeout: 60_000 });
   }, 180_000);
 
   afterAll(async () => {
@@ -275,7 +279,7 @@ spec:
     const seen = await until('routed answers', async () => {
       const s = await load(2000);
       return s['200 v1'] !== undefined ? s : undefined;
-    }, 30_000, 300);
+    }, { timeout: 30_000, interval: 300 });
     // Every one answered by v1 or v2.
     expect((seen['200 v1'] ?? 0) + (seen['200 v2'] ?? 0), JSON.stringify(seen)).toBe(2000);
     // Binomial(2000, 0.1): sd 13.4; ±4 sd.
@@ -287,7 +291,7 @@ spec:
     const ip = /shop\s+waypoint\s+Running 1\/1\s+(10\.244\.\d+\.\d+)/.exec(await ok(['waypoint', 'list', '--cluster', CLUSTER]))![1]!;
     const text = await ok(['local', 'exec', '--cluster', CLUSTER, '--node', 'node-1', '--', 'node', '-e', 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))', `http://${ip}:15020/metrics`]);
     const count = (version: string) => text.split('\n').filter((l) => l.startsWith('istio_requests_total{') && l.includes('reporter="waypoint"') && l.includes('response_code="200"')
-      && l.includes(`destination_version="${version}"`) && l.includes('source_principal="cluster.local/ns/shop/sa/default"') && l.includes('destination_service_name="reviews"'))
+      && l.includes(`destination_version="${version}"`) && l.includes('source_principal="spiffe://cluster.local/ns/shop/sa/default"') && l.includes('destination_service_name="reviews"'))
       .reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
     expect(count('v1') + count('v2')).toBeGreaterThanOrEqual(seen['200 v1']! + seen['200 v2']!);
     expect(count('v2')).toBeGreaterThan(0);
@@ -304,7 +308,7 @@ spec:
     const logged = await until('the mirrored copies', async () => {
       const lines = readFileSync(join(stateDir, 'pods', 'shop.reviews-v2', 'c.log'), 'utf8').split('\n').filter((l) => l.startsWith('host '));
       return lines.length >= 5 ? lines : undefined;
-    }, 10_000, 300);
+    }, { timeout: 10_000, interval: 300 });
     expect(logged.every((l) => l === 'host reviews-shadow')).toBe(true);
   }, 60_000);
 
@@ -349,8 +353,11 @@ spec:
     // Round robin reaches the bad pod twice within the first few requests; then it is out.
     expect(first.slice(0, 6)).toContain('500 bad');
     expect(first.slice(10), JSON.stringify(first)).toEqual(Array(20).fill('200 good'));
-    await new Promise((r) => setTimeout(r, 4500));
-    const later = await run(10);
+    // Back in rotation once its baseEjectionTime (3 s) is over.
+    const later = await until('the ejected endpoint back', async () => {
+      const answers = await run(10);
+      return answers.includes('500 bad') && answers;
+    }, { timeout: 20_000, interval: 500 });
     expect(later, JSON.stringify(later)).toContain('500 bad');
   }, 60_000);
 
@@ -376,7 +383,7 @@ spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit
     const out = await until('the limit in effect', async () => {
       const o = JSON.parse(await ok(['local', 'exec', '--cluster', CLUSTER, 'shop/client', '--', 'node', '-e', HEAD])) as string[];
       return o.includes('429 5 0') ? o : undefined;
-    }, 30_000, 300);
+    }, { timeout: 30_000, interval: 300 });
     // Five tokens a minute: whatever the first run took, the rest of this one is refused.
     expect(out.at(-1)).toBe('429 5 0');
     const log = await waypointLog(/"code":429,"flags":"RL"/);
@@ -421,7 +428,7 @@ spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit
       const all = JSON.parse(await ok(['local', 'exec', '--cluster', CLUSTER, 'obs/collector', '--', 'node', '-e', 'fetch("http://127.0.0.1:4318/").then((r) => r.text()).then((t) => process.stdout.write(t))'])) as OtlpSpan[];
       const mine = all.filter((s) => s.traceId === traceId);
       return mine.length >= 2 ? mine : undefined;
-    }, 20_000, 500);
+    }, { timeout: 20_000, interval: 500 });
     const front = spans.find((s) => s.name.startsWith('front.shop.svc.cluster.local:80'))!;
     const reviews = spans.find((s) => s.name.startsWith('reviews.shop.svc.cluster.local:80'))!;
     expect(front, JSON.stringify(spans)).toBeDefined();
@@ -440,7 +447,7 @@ spec: { targetRefs: [{ kind: Service, name: details }], requestsPerUnit: 5, unit
     const seen = await until('refusals', async () => {
       const s = await load(5);
       return s['error ECONNRESET'] === 5 ? s : undefined;
-    }, 30_000, 300);
+    }, { timeout: 30_000, interval: 300 });
     expect(seen).toEqual({ 'error ECONNRESET': 5 });
   }, 60_000);
 });

@@ -1,83 +1,21 @@
 /**
  * `ambit check --kubeconfig|--kube`: the cluster checks against the stand-in API server, seeded with
  * the objects `ambit install` renders (so the selectors and names are the real ones), in process
- * for each failure and through the CLI for the exit codes, the text and the JSON.
+ * for each failure. Through the CLI (exit codes, text, JSON): test/integration/cluster-check-cli.test.ts.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { KubeClient } from '../../src/kube/client.js';
 import { clusterChecks, labelSelector, type ClusterCheckOptions } from '../../src/cli/cluster-check.js';
 import type { Check } from '../../src/node/checks.js';
-import { controllerObjects, nodeAgentDaemonSet } from '../../src/install/render.js';
-import { defaultValues } from '../../src/install/values.js';
-import { cli } from '../integration/helpers/cli.js';
-import { FakeApiServer, type ServedKind, writeKubeconfig } from '../helpers/fake-apiserver.js';
-
-const KINDS: ServedKind[] = [
-  { group: '', version: 'v1', kind: 'Namespace', plural: 'namespaces' },
-  { group: '', version: 'v1', kind: 'Node', plural: 'nodes' },
-  { group: '', version: 'v1', kind: 'Pod', plural: 'pods' },
-  { group: '', version: 'v1', kind: 'Secret', plural: 'secrets' },
-  { group: '', version: 'v1', kind: 'ConfigMap', plural: 'configmaps' },
-  { group: 'apps', version: 'v1', kind: 'Deployment', plural: 'deployments' },
-  { group: 'apps', version: 'v1', kind: 'DaemonSet', plural: 'daemonsets' },
-  { group: 'coordination.k8s.io', version: 'v1', kind: 'Lease', plural: 'leases' },
-  { group: 'apiextensions.k8s.io', version: 'v1', kind: 'CustomResourceDefinition', plural: 'customresourcedefinitions' },
-  { group: 'crd.projectcalico.org', version: 'v1', kind: 'FelixConfiguration', plural: 'felixconfigurations' },
-  { group: 'operator.tigera.io', version: 'v1', kind: 'Installation', plural: 'installations' },
-];
-
-const CRDS = [
-  'authorizationpolicies.security.istio.io', 'peerauthentications.security.istio.io', 'virtualservices.networking.istio.io',
-  'destinationrules.networking.istio.io', 'gateways.networking.istio.io', 'serviceentries.networking.istio.io',
-  'gatewayclasses.gateway.networking.k8s.io', 'gateways.gateway.networking.k8s.io', 'httproutes.gateway.networking.k8s.io',
-  'grpcroutes.gateway.networking.k8s.io', 'ratelimits.ambit.dev',
-];
-const NODES = ['node-a', 'node-b', 'node-c'];
-const NS = 'ambit-system';
-const NOW = Date.parse('2025-06-01T12:00:00Z');
-const values = defaultValues();
-const daemonSet = nodeAgentDaemonSet(values);
-const agentLabels = (daemonSet.spec as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels;
-const agentPod = (node: string) => `ambit-node-${node.slice(-1)}`;
-const AGENT_OK = { ok: true, checks: [{ name: 'kernel >= 5.17', ok: true, detail: '6.8.0' }, { name: 'bpffs', ok: true, detail: 'mounted at /sys/fs/bpf' }] };
+import type { FakeApiServer } from '../helpers/fake-apiserver.js';
+import { agentLabels, agentPod, daemonSet, NODES, NOW, NS, startStandIn } from '../helpers/stand-in-cluster.js';
 
 let server: FakeApiServer;
 /** What each agent answers at :15021/healthz/check; undefined: not answering. */
 let agents: Map<string, unknown>;
 
-function healthy(): void {
-  for (const name of CRDS) server.apply('CustomResourceDefinition', { metadata: { name } }, 'apiextensions.k8s.io');
-  for (const name of NODES) {
-    server.apply('Node', { metadata: { name }, status: { nodeInfo: { kernelVersion: '6.8.0-45-generic', operatingSystem: 'linux' } } });
-  }
-  server.apply('Namespace', { metadata: { name: NS } });
-  server.apply('Secret', { metadata: { name: 'ambit-ca', namespace: NS }, data: { 'root-cert.pem': 'Uk9PVA==', 'cert-chain.pem': 'Q0hBSU4=', 'ca-key.pem': 'S0VZ' } });
-  const deployment = controllerObjects(values).find((o) => o.kind === 'Deployment')!;
-  server.apply('Deployment', { ...deployment, status: { replicas: 2, readyReplicas: 2 } }, 'apps');
-  server.apply('Lease', { metadata: { name: 'ambit-controller', namespace: NS }, spec: { holderIdentity: 'ambit-controller-7d9f-x2x', renewTime: new Date(NOW - 3000).toISOString().replace('Z', '000Z'), leaseDurationSeconds: 15 } }, 'coordination.k8s.io');
-  server.apply('ConfigMap', { metadata: { name: 'ambit-root-cert', namespace: NS }, data: { 'root-cert.pem': '-----BEGIN CERTIFICATE-----\n' } });
-  server.apply('DaemonSet', { ...daemonSet, status: { desiredNumberScheduled: 3, numberReady: 3 } }, 'apps');
-  for (const node of NODES) {
-    server.apply('Pod', { metadata: { name: agentPod(node), namespace: NS, labels: { ...agentLabels } }, spec: { nodeName: node }, status: { phase: 'Running' } });
-    agents.set(agentPod(node), AGENT_OK);
-  }
-  // Another pod in the namespace, not the DaemonSet's: not a node agent.
-  server.apply('Pod', { metadata: { name: 'ambit-controller-7d9f-x2x', namespace: NS, labels: { 'app.kubernetes.io/name': 'ambit-controller' } }, spec: { nodeName: 'node-a' } });
-}
-
 beforeEach(async () => {
-  server = new FakeApiServer(KINDS.map((k) => ({ ...k })));
-  await server.start();
-  agents = new Map();
-  server.podProxy = (namespace, pod, port, path) => {
-    if (namespace !== NS || port !== 15021 || path !== '/healthz/check') return { status: 404, body: 'not found' };
-    const answer = agents.get(pod);
-    return answer === undefined ? undefined : { status: 200, body: JSON.stringify(answer) };
-  };
-  healthy();
+  ({ server, agents } = await startStandIn());
 });
 
 afterEach(async () => {
@@ -226,74 +164,6 @@ describe('cluster checks, in process', () => {
     expect(all).toHaveLength(1);
     expect(all[0]).toMatchObject({ name: 'API server reachable', ok: false, detail: expect.stringMatching(/cannot reach http:\/\/127\.0\.0\.1:1: .*ECONNREFUSED/) });
   });
-});
-
-const { ambit } = cli(process.env);
-
-describe('ambit check --kubeconfig', () => {
-  let dir = '';
-  const kubeconfig = (server: string) => {
-    const file = join(dir, `kubeconfig-${server.replace(/\W/g, '')}`);
-    writeKubeconfig(file, server);
-    return file;
-  };
-  beforeEach(() => {
-    dir = mkdtempSync(join(tmpdir(), 'ambit-cluster-check-'));
-    // The CLI judges the Lease by the real clock.
-    const lease = server.get('Lease', NS, 'ambit-controller', 'coordination.k8s.io') as { spec: Record<string, unknown> };
-    server.apply('Lease', { ...lease, spec: { ...lease.spec, renewTime: new Date().toISOString(), leaseDurationSeconds: 600 } }, 'coordination.k8s.io');
-  });
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
-
-  it('exits 0 on a healthy cluster, one line per check, and the JSON parses', async () => {
-    const text = await ambit(['check', '--kubeconfig', kubeconfig(server.url)]);
-    expect(text.stderr).toBe('');
-    expect(text.code).toBe(0);
-    const lines = text.stdout.trimEnd().split('\n');
-    expect(lines.filter((l) => l.startsWith('✓'))).toHaveLength(13);
-    expect(lines.filter((l) => l.startsWith('✗'))).toEqual([]);
-    expect(lines.at(-1)).toBe('all 13 checks passed: ambit runs on this cluster');
-
-    const json = await ambit(['check', '--json', '--kubeconfig', kubeconfig(server.url)]);
-    expect(json.code).toBe(0);
-    const parsed = JSON.parse(json.stdout) as { ok: boolean; checks: Check[] };
-    expect(parsed.ok).toBe(true);
-    expect(parsed.checks.map((c) => c.name)).toContain('node node-b: requirements');
-    expect(parsed.checks.every((c) => c.ok)).toBe(true);
-  }, 60_000);
-
-  it('--pre with a missing Secret exits 1 with the command that makes it', async () => {
-    server.delete('Secret', NS, 'ambit-ca');
-    const out = await ambit(['check', '--pre', '--kubeconfig', kubeconfig(server.url)]);
-    expect(out.code).toBe(1);
-    expect(out.stdout).toMatch(/✗ Secret ambit-system\/ambit-ca\s+missing — fix: the controller mounts the mesh CA from it: ambit ca create \| kubectl apply -f -/);
-    expect(out.stdout).toMatch(/1 of 9 checks failed: fix them before installing ambit\n$/);
-    expect(out.stdout).toMatch(/✓ install command +ambit install --set platform=generic --set cni\.chained=auto \| kubectl apply -f -\n/);
-    expect(out.stdout).not.toMatch(/Deployment ambit-controller|DaemonSet ambit-node/);
-
-    const elsewhere = await ambit(['check', '--pre', '--namespace', 'mesh', '--json', '--kubeconfig', kubeconfig(server.url)]);
-    const parsed = JSON.parse(elsewhere.stdout) as { ok: boolean; checks: Check[] };
-    expect(parsed.ok).toBe(false);
-    expect(parsed.checks.map((c) => c.name)).toContain('Secret mesh/ambit-ca');
-  }, 60_000);
-
-  it('an API server on a closed port: one failed check, exit 1, no stack trace', async () => {
-    const out = await ambit(['check', '--kubeconfig', kubeconfig('http://127.0.0.1:1')]);
-    expect(out.code).toBe(1);
-    expect(out.stderr).toBe('');
-    expect(out.stdout).toMatch(/^✗ API server reachable {2}cannot reach http:\/\/127\.0\.0\.1:1: .*ECONNREFUSED.* — fix: /);
-    expect(out.stdout).toMatch(/\n1 of 1 checks failed/);
-    expect(out.stdout).not.toMatch(/\n\s+at /);
-  }, 60_000);
-
-  it('refuses --namespace without a cluster, and --cgroup with one', async () => {
-    const out = await ambit(['check', '--namespace', 'mesh']);
-    expect(out.code).toBe(2);
-    expect(out.stderr).toMatch(/--namespace checks a cluster: add --kubeconfig FILE or --kube/);
-    const both = await ambit(['check', '--cgroup', '/sys/fs/cgroup', '--kubeconfig', kubeconfig(server.url)]);
-    expect(both.code).toBe(2);
-    expect(both.stderr).toMatch(/--cgroup, --pin-root and --host-root check this node/);
-  }, 60_000);
 });
 
 /**

@@ -333,12 +333,19 @@ describe('CniInstaller.uninstall', () => {
     expect(readdirSync(binDir)).toEqual(['ambit-cni']);
   });
 
-  it('stops the loop so that it does not put the entry back', async () => {
+  it('stops the loop so that it does not put the entry back', () => {
     const path = writeJson('10-flannel.conflist', FLANNEL);
-    const cni = installer({ pollMs: 50 });
-    cni.start();
-    cni.uninstall();
-    await new Promise((r) => setTimeout(r, 200));
+    // On the test's clock: were the loop still running, ten of its polls would come due below.
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'] });
+    try {
+      const cni = installer({ pollMs: 50 });
+      cni.start();
+      cni.uninstall();
+      expect(vi.getTimerCount()).toBe(0);
+      vi.advanceTimersByTime(500);
+    } finally {
+      vi.useRealTimers();
+    }
     expect(readJson('10-flannel.conflist')).toEqual(FLANNEL);
     expect(statSync(path).isFile()).toBe(true);
   });
@@ -369,8 +376,10 @@ describe('CniInstaller.start', () => {
     const { log, records } = capture();
     const cni = installer({ pollMs: 100, log });
     cni.start();
-    await new Promise((r) => setTimeout(r, 250));
-    expect(records.filter((r) => r.level === 40 && r.msg === 'CNI plugin not installed; retrying')).toHaveLength(1);
+    const retrying = () => records.filter((r) => r.msg === 'CNI plugin not installed; retrying');
+    // The first pass and two polls after it: a warning, then the same error at debug level.
+    await expect.poll(() => retrying().length, { timeout: 2000, interval: 20 }).toBeGreaterThanOrEqual(3);
+    expect(retrying().filter((r) => r.level === 40)).toHaveLength(1);
     // What the node's `ambit check` says meanwhile, and after.
     expect(cni.check()).toMatchObject({ name: 'CNI plugin chained', ok: false, detail: expect.stringMatching(/no CNI network config/) });
     writeJson('10-flannel.conflist', FLANNEL);
@@ -381,10 +390,14 @@ describe('CniInstaller.start', () => {
 
   it('does not rewrite its own writes (no loop with the watch)', async () => {
     const path = writeJson('10-flannel.conflist', FLANNEL);
-    const cni = installer({ pollMs: 100 });
+    const { log, records } = capture();
+    const cni = installer({ pollMs: 100, log });
     cni.start();
     const { ino, mtimeMs } = statSync(path);
-    await new Promise((r) => setTimeout(r, 350));
+    // Three passes after the one that wrote (set off by the watch of its own write, or polls): each changed nothing.
+    const passes = () => records.filter((r) => r.msg === 'CNI plugin installed');
+    await expect.poll(() => passes().length, { timeout: 2000, interval: 20 }).toBeGreaterThanOrEqual(4);
+    expect(passes().slice(1).map((r) => r.level)).toEqual(passes().slice(1).map(() => 20));
     expect(statSync(path)).toMatchObject({ ino, mtimeMs });
   });
 });

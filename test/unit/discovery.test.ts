@@ -15,6 +15,7 @@ import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
 import * as grpc from '@grpc/grpc-js';
 import { BootstrapTokenAuthenticator, CaServer, type Authenticator } from '../../src/identity/ca-server.js';
 import { parseManifests, type PodSpec } from '../../src/kube/manifests.js';
+import { until } from '../helpers/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-disc-'));
 // At file level: the directory goes even when a filter skips the block that uses it.
@@ -102,8 +103,11 @@ describe('the discovery stream', () => {
   let port = 0;
   const subs: Subscriber[] = [];
 
+  /** Versions written to subscribers (the server's observer counts them as it writes). */
+  let pushes = 0;
+
   async function startServer(m: MeshModel): Promise<void> {
-    discovery = new DiscoveryServer(credentials);
+    discovery = new DiscoveryServer(credentials, undefined, { observer: { pushed: () => { pushes++; }, rejected: () => undefined } });
     discovery.update(m);
     server = await CaServer.start({
       ca, authenticator: credentials, directory: { identitiesOnNode: () => new Set() }, host: '127.0.0.1', port,
@@ -125,14 +129,6 @@ describe('the discovery stream', () => {
     });
     subs.push(sub);
     return sub;
-  }
-
-  async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!cond()) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
   }
 
   beforeAll(async () => {
@@ -157,21 +153,22 @@ describe('the discovery stream', () => {
       'l7/VirtualService/shop/payment', 'policy/AuthorizationPolicy/shop/allow-users', 'service/shop/payment',
       'waypoint/shop/wp', 'workload/uid-legacy', 'workload/uid-payment-1', 'workload/uid-users-1',
     ]);
-    await until('the ACKs', () => discovery.status().every((s) => s.lastAck === discovery.version));
+    await until('the ACKs', () => discovery.status().every((s) => s.lastAck === discovery.version), { timeout: 10_000, interval: 10 });
   });
 
   it('sends deltas with a new version, and nothing to subscribers a change does not concern', async () => {
     const [n1, wp] = subs as [Subscriber, Subscriber];
     const before = { n1: n1.applied.length, wp: wp.applied.length };
     discovery.update(model([...PODS, pod('users-2', 'node-2', '10.244.2.4', { app: 'users' }, 'users')]));
-    await until('the delta', () => n1.applied.length === before.n1 + 1 && wp.applied.length === before.wp + 1);
+    await until('the delta', () => n1.applied.length === before.n1 + 1 && wp.applied.length === before.wp + 1, { timeout: 10_000, interval: 10 });
     expect(n1.client.appliedVersion).toBe(discovery.version);
     expect(n1.client.resources.get('workload/uid-users-2')).toBeDefined();
     expect(JSON.parse(n1.client.resources.get('service/shop/users')!.json)).toMatchObject({ endpoints: ['uid-users-1', 'uid-users-2'] });
     // Same model again: no new version goes out.
-    const v = n1.client.appliedVersion;
+    const [v, written] = [n1.client.appliedVersion, pushes];
     discovery.update(model([...PODS, pod('users-2', 'node-2', '10.244.2.4', { app: 'users' }, 'users')]));
-    await new Promise((r) => setTimeout(r, 100));
+    // update() writes to every subscriber before it returns: it wrote nothing.
+    expect(pushes).toBe(written);
     expect(n1.client.appliedVersion).toBe(v);
   });
 
@@ -185,7 +182,7 @@ describe('the discovery stream', () => {
       last = model([...PODS, ...extra]);
       discovery.update(last);
     }
-    await until('both on the last version', () => n1.client.appliedVersion === discovery.version && wp.client.appliedVersion === discovery.version);
+    await until('both on the last version', () => n1.client.appliedVersion === discovery.version && wp.client.appliedVersion === discovery.version, { timeout: 10_000, interval: 10 });
     for (const [sub, kind, name] of [[n1, 'node-agent', ''], [wp, 'waypoint', 'shop/wp']] as const) {
       const want = new Map([...viewFor(last, kind, name)].map(([k, v]) => [k, JSON.stringify(v.value)]));
       expect(new Map([...sub.client.resources].map(([k, v]) => [k, v.json]))).toEqual(want);
@@ -197,11 +194,11 @@ describe('the discovery stream', () => {
     await n2.client.ready;
     const good = n2.client.appliedVersion;
     discovery.update(model([...PODS, pod('bad', 'node-2', '10.244.2.9', { app: 'x' }, 'default')]));
-    await until('the NACK', () => discovery.status().some((s) => s.node === 'node-2' && s.kind === 'node-agent' && s.lastNack?.version === discovery.version));
+    await until('the NACK', () => discovery.status().some((s) => s.node === 'node-2' && s.kind === 'node-agent' && s.lastNack?.version === discovery.version), { timeout: 10_000, interval: 10 });
     expect(n2.client.appliedVersion).toBe(good);
     expect(n2.client.resources.has('workload/uid-bad')).toBe(false);
     discovery.update(model());
-    await until('the fixed version', () => n2.client.appliedVersion === discovery.version);
+    await until('the fixed version', () => n2.client.appliedVersion === discovery.version, { timeout: 10_000, interval: 10 });
     expect(n2.client.resources.has('workload/uid-users-2')).toBe(false);
   });
 
@@ -211,7 +208,7 @@ describe('the discovery stream', () => {
     const spoof = new DiscoveryClient({
       address: `127.0.0.1:${port}`, roots: ca.trustBundle(), token: 'one', node: 'node-2', kind: 'node-agent', backoff: { initialMs: 1000, maxMs: 1000 }, apply: () => undefined,
     });
-    await until('the refusal', () => spoof.lastError !== undefined);
+    await until('the refusal', () => spoof.lastError !== undefined, { timeout: 10_000, interval: 10 });
     expect(spoof.lastError).toEqual({ code: grpc.status.PERMISSION_DENIED, details: 'authenticated as node node-1, cannot subscribe as node node-2' });
     expect(spoof.appliedVersion).toBe('');
     expect(spoof.connected).toBe(false);
@@ -225,7 +222,7 @@ describe('the discovery stream', () => {
     const asWaypoint = attempt(TOKENS['node-2'], 'node-2', 'waypoint', 'shop/wp');
     const asNode = attempt(WP_TOKEN, 'node-2', 'node-agent');
     try {
-      await until('both refusals', () => asWaypoint.lastError !== undefined && asNode.lastError !== undefined);
+      await until('both refusals', () => asWaypoint.lastError !== undefined && asNode.lastError !== undefined, { timeout: 10_000, interval: 10 });
       expect(asWaypoint.lastError).toEqual({ code: grpc.status.PERMISSION_DENIED, details: 'authenticated as the node agent of node node-2, cannot subscribe as waypoint shop/wp: a waypoint subscribes with its own credential' });
       expect(asNode.lastError).toEqual({ code: grpc.status.PERMISSION_DENIED, details: 'authenticated as waypoint shop/wp, cannot subscribe as node node-2' });
       expect(asWaypoint.appliedVersion).toBe('');
@@ -241,12 +238,15 @@ describe('the discovery stream', () => {
     const n1 = subs[0]!;
     const held = new Map(n1.client.resources);
     server.forceClose();
-    await until('the disconnect', () => !n1.client.connected);
+    await until('the disconnect', () => !n1.client.connected, { timeout: 10_000, interval: 10 });
     expect(n1.client.resources).toEqual(held);
-    await new Promise((r) => setTimeout(r, 300));
+    // Two reconnects started (so at least one failed) while the controller is down: still held.
+    const tries = n1.client.reconnects;
+    await expect.poll(() => n1.client.reconnects, { timeout: 5000, interval: 10, message: 'reconnect attempts while the controller is down' }).toBeGreaterThanOrEqual(tries + 2);
+    expect(n1.client.connected).toBe(false);
     expect(n1.client.resources).toEqual(held);
     await startServer(model());
-    await until('the resync', () => n1.client.connected && n1.client.appliedVersion === discovery.version, 15_000);
+    await until('the resync', () => n1.client.connected && n1.client.appliedVersion === discovery.version, { timeout: 15_000, interval: 10 });
     expect(n1.client.reconnects).toBeGreaterThan(0);
     expect([...n1.client.resources.keys()].sort()).toEqual([...model().workloads.map((w) => `workload/${w.uid}`), 'policy/AuthorizationPolicy/shop/allow-users', 'service/shop/payment', 'service/shop/users', 'waypoint/shop/wp'].sort());
   }, 30_000);

@@ -2,10 +2,9 @@
  * The rendered manifests field by field, for every `platform` preset: Pod Security labels, Linux
  * nodes only, the agent's AppArmor and SELinux settings, pull secrets, probes, Prometheus
  * annotations and PodMonitors, waypoint replicas, spreading and PodDisruptionBudget, the
- * presets' CNI directories, kubelet cgroups and GKE's ResourceQuota, `cni.chained`; and
- * `ambit install --dry-run` for every preset.
+ * presets' CNI directories, kubelet cgroups and GKE's ResourceQuota, `cni.chained`.
+ * `ambit install --dry-run` for every preset: test/integration/install-cli.test.ts.
  */
-import { spawn } from 'node:child_process';
 import { dirname } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CILIUM_NODE_CONFIG } from '../../src/ebpf/cgroup-programs.js';
@@ -19,7 +18,6 @@ import { waypointObjects } from '../../src/install/waypoint.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- the tests walk rendered objects by path */
 
-const ROOT = new URL('../../', import.meta.url).pathname;
 const find = (objs: K8sObject[], kind: string, name?: string): any => {
   const o = objs.find((x) => x.kind === kind && (name === undefined || x.metadata.name === name));
   if (!o) throw new Error(`no ${kind} ${name ?? ''}`);
@@ -261,30 +259,4 @@ describe('monitoring.podMonitor', () => {
     ]);
     expect(podMonitorErrors({ ...monitors[0], spec: { ...monitors[0].spec, podMetricsEndpoints: [] } })).toEqual(['/spec/podMetricsEndpoints: must list at least one endpoint']);
   });
-});
-
-/** Runs the CLI without blocking the event loop, so that the presets' runs overlap. */
-function ambit(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [`${ROOT}bin/ambit.js`, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
-
-describe('ambit install --dry-run', () => {
-  it('passes for every preset, with PodMonitors and pull secrets too', async () => {
-    const runs = await Promise.all(PLATFORMS.map(async (p) => [p, await ambit('install', '--dry-run', '--set', `platform=${p}`, '--set', 'monitoring.podMonitor=true', '--set', 'imagePullSecrets=regcred')] as const));
-    for (const [platform, r] of runs) {
-      expect(r.status, `${platform}: ${r.stderr}${r.stdout}`).toBe(0);
-      const count = renderInstall(resolveValues([`platform=${platform}`, 'monitoring.podMonitor=true'])).length;
-      expect(r.stdout, platform).toContain(`${count} objects checked against the Kubernetes 1.27 schemas (kubernetes-models), 3 PodMonitors against the fields ambit writes; 0 invalid`);
-      expect(r.stdout).toContain('ok      monitoring.coreos.com/v1 PodMonitor ambit-system/ambit-waypoint');
-      if (platform === 'gke') expect(r.stdout).toContain('ok      v1 ResourceQuota ambit-system/ambit-critical-pods');
-    }
-  }, 60_000);
 });

@@ -1,46 +1,15 @@
 /**
- * `ambit uninstall` does not take the operator's CA away silently: by default it leaves the
- * namespace (and the Secret ambit-ca in it) and says so with the command that deletes it;
- * `--purge` includes the namespace and says the CA key goes with it. The command it prints for
- * the controller's own objects in application namespaces selects exactly what the controller
- * writes there: each managed waypoint's objects and the trust-bundle ConfigMaps.
+ * The command `ambit uninstall` prints for the controller's own objects in application
+ * namespaces selects exactly what the controller writes there: each managed waypoint's objects
+ * and the trust-bundle ConfigMaps. What `ambit uninstall` leaves, as a process:
+ * test/integration/install-cli.test.ts.
  */
-import { spawnSync } from 'node:child_process';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { parseAllDocuments } from 'yaml';
 import { CONTROLLER_WRITTEN_SELECTOR, controllerWrittenKinds } from '../../src/cli/install.js';
 import { KubeClient } from '../../src/kube/client.js';
 import { TrustBundlePublisher } from '../../src/control/kube/trust-bundle.js';
 import { WaypointReconciler } from '../../src/control/kube/waypoints.js';
-import type { K8sObject } from '../../src/install/objects.js';
 import { FakeApiServer, type ServedKind } from '../helpers/fake-apiserver.js';
-
-const ROOT = new URL('../../', import.meta.url).pathname;
-const run = (...args: string[]) => spawnSync(process.execPath, [`${ROOT}bin/ambit.js`, ...args], { encoding: 'utf8', timeout: 60_000 });
-const docs = (text: string) => parseAllDocuments(text).map((d) => d.toJS() as K8sObject).filter(Boolean);
-const LEFTOVERS = 'kubectl delete deployments.apps,services,serviceaccounts,poddisruptionbudgets.policy,configmaps --all-namespaces -l app.kubernetes.io/managed-by=ambit-controller,app.kubernetes.io/part-of=ambit';
-
-describe('ambit uninstall', () => {
-  it('by default leaves the namespace and the CA in it, and prints the commands for it and for the controller\'s objects', () => {
-    const r = run('uninstall', '--set', 'namespace=mesh');
-    expect(r.status, r.stderr).toBe(0);
-    expect(docs(r.stdout).some((o) => o.kind === 'Namespace')).toBe(false);
-    expect(r.stderr).toContain('The namespace mesh is left in place with the Secret ambit-ca (the mesh CA\'s key), the ConfigMap ambit-root-cert and the leader Lease.');
-    expect(r.stderr).toContain('\n  kubectl delete namespace mesh\n');
-    expect(r.stderr).toContain(`\n  ${LEFTOVERS}`);
-    expect(r.stderr).not.toContain('--purge:');
-  });
-
-  it('--purge deletes the namespace and says the CA key goes with it', () => {
-    const r = run('uninstall', '--purge', '--set', 'namespace=mesh');
-    expect(r.status, r.stderr).toBe(0);
-    expect(docs(r.stdout).filter((o) => o.kind === 'Namespace').map((o) => o.metadata.name)).toEqual(['mesh']);
-    expect(r.stderr).toContain('--purge: the namespace mesh is deleted, and with it the Secret ambit-ca: the CA key goes with it');
-    expect(r.stderr).not.toContain('kubectl delete namespace');
-    expect(r.stderr).toContain(LEFTOVERS);
-    expect(run('uninstall', '--help').stdout).toMatch(/--purge .*Secret ambit-ca/);
-  });
-});
 
 describe('the leftovers command selects what the controller writes', () => {
   const KINDS: ServedKind[] = [

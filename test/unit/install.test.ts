@@ -2,8 +2,8 @@
  * `ambit install`: every rendered object validates against its Kubernetes schema
  * (kubernetes-models), the RateLimit CRD's schema agrees with src/config/validate.ts, `--set`
  * refuses what it does not know, RBAC is least privilege and the node agent is not privileged.
+ * The CLI as a process, and kubectl reading its stream: test/integration/install-cli.test.ts.
  */
-import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import Ajv from 'ajv';
 import { describe, expect, it } from 'vitest';
@@ -13,7 +13,7 @@ import { validateMeshObject } from '../../src/config/validate.js';
 import { rateLimitCrd } from '../../src/install/crd.js';
 import type { K8sObject } from '../../src/install/objects.js';
 import {
-  CONTROLLER, NODE_AGENT, NODE_AGENT_CAPABILITIES, renderInstall, renderUninstall, TERMINATION_MARGIN_SECONDS,
+  CONTROLLER, NODE_AGENT, NODE_AGENT_CAPABILITIES, renderInstall, TERMINATION_MARGIN_SECONDS,
 } from '../../src/install/render.js';
 import { checkSchemas } from '../../src/install/schema-check.js';
 import { defaultValues, resolveValues, VALUES } from '../../src/install/values.js';
@@ -350,73 +350,5 @@ describe('ambit install: the RateLimit CRD agrees with validate.ts', () => {
     const obj = { apiVersion: 'ambit.dev/v1alpha1', kind: 'RateLimit', metadata: { name: 'r' } };
     expect(byValidateTs(obj)).toBe(false);
     expect(byCrd(obj)).toBe(false);
-  });
-});
-
-describe('ambit install / uninstall: the CLI', () => {
-  const run = (...args: string[]) => spawnSync(process.execPath, [`${ROOT}bin/ambit.js`, ...args], { encoding: 'utf8', timeout: 60_000 });
-  const docs = (text: string) => parseAllDocuments(text).map((d) => d.toJS() as K8sObject).filter(Boolean);
-
-  it('install prints the objects as one YAML stream and reminds of the prerequisites on stderr', () => {
-    const r = run('install', '--set', 'namespace=mesh');
-    expect(r.status, r.stderr).toBe(0);
-    expect(docs(r.stdout)).toEqual(JSON.parse(JSON.stringify(renderInstall(resolveValues(['namespace=mesh'])))));
-    expect(r.stderr).toMatch(/Istio/);
-    expect(r.stderr).toMatch(/Gateway API/);
-  });
-
-  it('install --dry-run checks every object and prints what it checked', () => {
-    const r = run('install', '--dry-run');
-    expect(r.status, r.stderr).toBe(0);
-    expect(r.stdout).toContain('apps/v1 DaemonSet ambit-system/ambit-node');
-    expect(r.stdout).toMatch(/16 objects checked .* 0 invalid/);
-    expect(r.stdout).not.toContain('apiVersion:');
-  });
-
-  it('a bad --set exits 2 with the message', () => {
-    const r = run('install', '--set', 'nodeAgent.drain=5');
-    expect(r.status).toBe(2);
-    expect(r.stderr).toMatch(/unknown value "nodeAgent\.drain" \(known: .*nodeAgent\.drainSeconds/);
-    expect(r.stdout).toBe('');
-  });
-
-  it('uninstall prints the same objects but the namespace, the node agents first and the CRD last; --purge adds the namespace', () => {
-    const r = run('uninstall');
-    expect(r.status, r.stderr).toBe(0);
-    const objs = docs(r.stdout);
-    const key = (o: K8sObject) => `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`;
-    expect(objs.map(key).sort()).toEqual(renderInstall(defaultValues()).filter((o) => o.kind !== 'Namespace').map(key).sort());
-    expect(objs[0]!.kind).toBe('DaemonSet');
-    expect(objs.at(-1)!.kind).toBe('CustomResourceDefinition');
-    expect(renderUninstall(defaultValues()).map(key)).toEqual(objs.map(key));
-    const purge = run('uninstall', '--purge');
-    expect(purge.status, purge.stderr).toBe(0);
-    const all = docs(purge.stdout);
-    expect(all.map(key).sort()).toEqual(renderInstall(defaultValues()).map(key).sort());
-    expect(all.slice(-2).map((o) => o.kind)).toEqual(['Namespace', 'CustomResourceDefinition']);
-  });
-});
-
-const kubectl = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' }).status === 0;
-const offlineEnv = { ...process.env, KUBECONFIG: '/dev/null' };
-/** Client dry-run maps kinds through the API server's discovery: with no server it cannot run. */
-const clientDryRunOffline = kubectl && spawnSync('kubectl', ['create', '--dry-run=client', '--validate=false', '-o', 'name', '-f', '-'], {
-  input: 'apiVersion: v1\nkind: Namespace\nmetadata: {name: probe}\n', encoding: 'utf8', env: offlineEnv, timeout: 20_000,
-}).status === 0;
-
-describe('ambit install: kubectl reads the stream', () => {
-  const stream = () => spawnSync(process.execPath, [`${ROOT}bin/ambit.js`, 'install'], { encoding: 'utf8' }).stdout;
-
-  it.skipIf(!kubectl)('kubectl parses every document offline (label --local), naming each object', () => {
-    const r = spawnSync('kubectl', ['label', '--local', '-f', '-', 'ambit.dev/check=1', '-o', 'name'], { input: stream(), encoding: 'utf8', env: offlineEnv });
-    expect(r.status, r.stderr).toBe(0);
-    expect(r.stdout.trim().split('\n')).toHaveLength(renderInstall(defaultValues()).length);
-    expect(r.stdout).toContain('daemonset.apps/ambit-node');
-  });
-
-  // Skipped when kubectl is missing, or (as with every kubectl we know) its client dry-run needs an API server's discovery.
-  it.skipIf(!clientDryRunOffline)('kubectl create --dry-run=client accepts the stream', () => {
-    const r = spawnSync('kubectl', ['create', '--dry-run=client', '--validate=false', '-o', 'name', '-f', '-'], { input: stream(), encoding: 'utf8', env: offlineEnv });
-    expect(r.status, r.stderr).toBe(0);
   });
 });

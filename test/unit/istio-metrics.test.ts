@@ -73,8 +73,8 @@ describe('Istio standard metrics', () => {
       expect(got.get(name)?.type, name).toBe(type);
       expect([...got.get(name)!.labels].sort(), name).toEqual([...ISTIO_LABELS, ...REQUEST_ONLY].sort());
     }
-    const buckets = (await registry.getMetricsAsJSON()).find((m) => m.name === 'istio_request_duration_milliseconds')!.values
-      .filter((v) => v.metricName === 'istio_request_duration_milliseconds_bucket').map((v) => v.labels.le).filter((le) => le !== '+Inf').map(Number);
+    const values = (await registry.getMetricsAsJSON()).find((m) => m.name === 'istio_request_duration_milliseconds')!.values as { metricName?: string; labels: Record<string, string | number> }[];
+    const buckets = values.filter((v) => v.metricName === 'istio_request_duration_milliseconds_bucket').map((v) => v.labels.le).filter((le) => le !== '+Inf').map(Number);
     expect(buckets).toEqual(ISTIO_DURATION_BUCKETS);
     expect(await registry.metrics()).toContain('grpc_response_status="0"');
   });

@@ -3,7 +3,6 @@
  * projected token re-read for every request, the cluster CA pinned) and a kubeconfig file (the
  * server read from its current context; the library loaded only to sign the first request).
  */
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -11,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KubeClient, kubeconfigServer } from '../../src/kube/client.js';
+import { EC_P256, exportPrivateKeyPem, generateKeyPair, randomSerial, SIGNING, x509 } from '../../src/identity/pki.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-kube-client-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -22,8 +22,14 @@ describe('in a pod', () => {
 
   beforeAll(async () => {
     // The API server's certificate, signed by nothing but itself: the client must trust exactly ca.crt.
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1', '-subj', '/CN=kubernetes',
-      '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', join(dir, 'server.key'), '-out', join(dir, 'ca.crt')], { stdio: 'ignore' });
+    const keys = await generateKeyPair();
+    const cert = await x509.X509CertificateGenerator.createSelfSigned({
+      serialNumber: randomSerial(), name: 'CN=kubernetes', keys, signingAlgorithm: { ...EC_P256, ...SIGNING },
+      notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 24 * 3600_000),
+      extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'ip', value: '127.0.0.1' }])],
+    });
+    writeFileSync(join(dir, 'server.key'), await exportPrivateKeyPem(keys.privateKey));
+    writeFileSync(join(dir, 'ca.crt'), cert.toString('pem'));
     writeFileSync(join(dir, 'token'), 'first-token\n');
     server = createServer({ key: readFileSync(join(dir, 'server.key')), cert: readFileSync(join(dir, 'ca.crt')) }, (req, res) => {
       seen.push(req.headers.authorization);

@@ -6,6 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { KubeClient } from '../../src/kube/client.js';
 import { LeaderElector, type LeaderElectionOptions } from '../../src/control/kube/leader.js';
 import { FakeApiServer } from '../helpers/fake-apiserver.js';
+import { until } from '../helpers/wait.js';
 
 const LEASE = { group: 'coordination.k8s.io', version: 'v1', kind: 'Lease', plural: 'leases' };
 let api: FakeApiServer;
@@ -26,14 +27,6 @@ function elector(identity: string, extra: Partial<LeaderElectionOptions> = {}): 
   return Object.assign(e, { events });
 }
 
-async function until(what: string, f: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!f()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 beforeEach(async () => {
   api = new FakeApiServer([{ ...LEASE }]);
   await api.start();
@@ -49,14 +42,14 @@ describe('LeaderElector', () => {
   it('creates the Lease and leads; a second replica follows and never leads at the same time', async () => {
     const a = elector('pod-a');
     a.start();
-    await until('a leading', () => a.isLeader);
+    await until('a leading', () => a.isLeader, { timeout: 5000, interval: 20 });
     expect(lease()?.spec.holderIdentity).toBe('pod-a');
     const b = elector('pod-b');
     b.start();
-    // Several renewals: a keeps it, b only watches.
+    // Several renewals (each a write): a keeps it, b only watches.
+    await until('b observing a', () => b.holder === 'pod-a', { timeout: 5000, interval: 20 });
     const before = api.resourceVersion;
-    await new Promise((r) => setTimeout(r, 500));
-    expect(api.resourceVersion).toBeGreaterThan(before);
+    await expect.poll(() => api.resourceVersion, { timeout: 5000, interval: 20, message: 'three renewals by a' }).toBeGreaterThanOrEqual(before + 3);
     expect(a.isLeader).toBe(true);
     expect(b.isLeader).toBe(false);
     expect(b.holder).toBe('pod-a');
@@ -66,14 +59,14 @@ describe('LeaderElector', () => {
   it('hands over at once when the leader stops (the Lease is released)', async () => {
     const a = elector('pod-a');
     a.start();
-    await until('a leading', () => a.isLeader);
+    await until('a leading', () => a.isLeader, { timeout: 5000, interval: 20 });
     const b = elector('pod-b');
     b.start();
-    await until('b observing a', () => b.holder === 'pod-a');
+    await until('b observing a', () => b.holder === 'pod-a', { timeout: 5000, interval: 20 });
     const stopped = Date.now();
     await a.stop();
     expect(a.events).toEqual(['start', 'stop']);
-    await until('b leading', () => b.isLeader);
+    await until('b leading', () => b.isLeader, { timeout: 5000, interval: 20 });
     // Well before the 1 s lease duration would have run out.
     expect(Date.now() - stopped).toBeLessThan(800);
     expect(lease()?.spec).toMatchObject({ holderIdentity: 'pod-b', leaseTransitions: 1 });
@@ -84,7 +77,7 @@ describe('LeaderElector', () => {
     const b = elector('pod-b');
     const started = Date.now();
     b.start();
-    await until('b leading', () => b.isLeader, 4000);
+    await until('b leading', () => b.isLeader, { timeout: 4000, interval: 20 });
     // The holder's renewTime lies in the future (a skewed clock) and still does not keep the Lease.
     expect(Date.now() - started).toBeGreaterThanOrEqual(950);
     expect(lease()?.spec.holderIdentity).toBe('pod-b');
@@ -94,20 +87,22 @@ describe('LeaderElector', () => {
     const ids = ['pod-a', 'pod-b', 'pod-c'];
     const replicas = ids.map((id) => elector(id));
     for (const r of replicas) r.start();
-    await until('a leader', () => replicas.some((r) => r.isLeader));
-    await new Promise((r) => setTimeout(r, 400));
+    await until('a leader', () => replicas.some((r) => r.isLeader), { timeout: 5000, interval: 20 });
+    const winner = ids[replicas.findIndex((r) => r.isLeader)]!;
+    // The race is over once every replica has read the winner's Lease.
+    await expect.poll(() => replicas.map((r) => r.holder), { timeout: 5000, interval: 20, message: 'every replica seeing the winner' }).toEqual(ids.map(() => winner));
     expect(replicas.filter((r) => r.isLeader)).toHaveLength(1);
-    expect(lease()?.spec.holderIdentity).toBe(ids[replicas.findIndex((r) => r.isLeader)]);
+    expect(lease()?.spec.holderIdentity).toBe(winner);
   });
 
   it('steps down when it cannot renew within the deadline, and leads again once the API server answers', async () => {
     const a = elector('pod-a');
     a.start();
-    await until('a leading', () => a.isLeader);
+    await until('a leading', () => a.isLeader, { timeout: 5000, interval: 20 });
     api.failNext('PUT', '/leases/', 500, 12);
-    await until('a stepping down', () => !a.isLeader, 3000);
+    await until('a stepping down', () => !a.isLeader, { timeout: 3000, interval: 20 });
     expect(a.events).toEqual(['start', 'stop']);
-    await until('a leading again', () => a.isLeader, 5000);
+    await until('a leading again', () => a.isLeader, { timeout: 5000, interval: 20 });
     expect(a.events).toEqual(['start', 'stop', 'start']);
   });
 

@@ -5,7 +5,7 @@
  * application's account does not turn that application's tokens into a waypoint's.
  */
 import { Metadata } from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { KubeClient } from '../../src/kube/client.js';
 import { KubernetesSource } from '../../src/control/kube-source.js';
 import { CaError } from '../../src/identity/ca.js';
@@ -40,11 +40,7 @@ beforeAll(async () => {
   api.tokens.set('cart-token', { authenticated: true, user: { username: 'system:serviceaccount:shop:cart' } });
   source = new KubernetesSource(new KubeClient({ server: api.url }), { debounceMs: 10, backoffMs: 20, resyncMs: 0 });
   source.start(() => { snapshots++; });
-  const end = Date.now() + 5_000;
-  while (snapshots === 0) {
-    if (Date.now() > end) throw new Error('no snapshot from the Kubernetes source');
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  await vi.waitFor(() => expect(snapshots, 'a snapshot from the Kubernetes source').toBeGreaterThan(0), { timeout: 5_000, interval: 10 });
 });
 
 afterAll(async () => {

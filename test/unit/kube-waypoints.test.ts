@@ -1,18 +1,13 @@
 /**
  * The controller's WaypointReconciler against the stand-in API server: server-side apply of each
  * waypoint's ServiceAccount, Deployment, Service and PodDisruptionBudget, nothing re-sent while nothing changed,
- * deletion (of its own objects only) when the Gateway goes, retry after a failure; and
- * `ambit waypoint apply|delete --kubeconfig` against the same stand-in.
+ * deletion (of its own objects only) when the Gateway goes, retry after a failure.
+ * `ambit waypoint apply|delete --kubeconfig`: test/integration/waypoint-cli.test.ts.
  */
-import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { KubeClient } from '../../src/kube/client.js';
 import { FIELD_MANAGER, WaypointReconciler } from '../../src/control/kube/waypoints.js';
-import { FakeApiServer, type ServedKind, writeKubeconfig } from '../helpers/fake-apiserver.js';
+import { FakeApiServer, type ServedKind } from '../helpers/fake-apiserver.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- the tests walk stored objects by path */
 
@@ -141,9 +136,11 @@ describe('WaypointReconciler', () => {
     await expect(reconciler.reconcile([stored()])).resolves.toBeUndefined();
     expect(server.get('ServiceAccount', 'shop', 'reviews-wp')).toBeDefined();
     expect(server.get('Service', 'shop', 'reviews-wp')).toBeDefined();
-    await new Promise((r) => setTimeout(r, 20));
-    await reconciler.reconcile([stored()]);
-    expect(deployment()).toBeDefined();
+    // Retried once its backoff (1 ms) is over: on the next snapshot, or by its timer if that comes first.
+    await vi.waitFor(async () => {
+      await reconciler.reconcile([stored()]);
+      expect(deployment()).toBeDefined();
+    }, { timeout: 5000, interval: 5 });
     const deploymentWrites = server.requests.filter((r) => r.method === 'POST' && r.url.includes('/deployments'));
     expect(deploymentWrites).toHaveLength(2);
     // The others were not sent again.
@@ -167,7 +164,6 @@ describe('WaypointReconciler', () => {
     expect(conditions()[1].message).toBe("Service/shop/reviews-wp exists and is not ambit's (no app.kubernetes.io/managed-by: ambit-controller label): ambit writes none of this waypoint's objects while one of their names is taken; delete or rename that object, or name the Gateway otherwise");
 
     // The next snapshot (the Gateway now shows it) writes nothing again.
-    await new Promise((r) => setTimeout(r, 5));
     await reconciler.reconcile([server.get('Gateway', 'shop', 'reviews-wp', 'gateway.networking.k8s.io')!]);
     expect(writes()).toHaveLength(1);
     expect(server.get('Service', 'shop', 'reviews-wp')).toEqual(before);
@@ -208,49 +204,4 @@ describe('WaypointReconciler', () => {
       r.stop();
     }
   });
-});
-
-const run = promisify(execFile);
-const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
-
-describe('ambit waypoint apply|delete --kubeconfig', () => {
-  let dir = '';
-  let kubeconfig = '';
-  beforeEach(() => {
-    dir = mkdtempSync(join(tmpdir(), 'ambit-wp-'));
-    kubeconfig = join(dir, 'kubeconfig');
-    writeKubeconfig(kubeconfig, server.url);
-  });
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
-
-  it('applies the Gateway server-side and labels the namespace for --for namespace; delete removes it', async () => {
-    server.apply('Namespace', { metadata: { name: 'shop', labels: { team: 'a' } } });
-    const out = await run(process.execPath, [BIN, 'waypoint', 'apply', '-n', 'shop', '--name', 'reviews-wp', '--for', 'namespace', '--tracing-sampling', '5', '--kubeconfig', kubeconfig]);
-    expect(out.stdout).toMatch(/gateway\.gateway\.networking\.k8s\.io\/reviews-wp applied/);
-    expect(out.stdout).toMatch(/namespace\/shop labelled ambit\.dev\/use-waypoint=reviews-wp/);
-    const [apply] = server.applyPatches;
-    expect(apply).toMatchObject({ path: '/apis/gateway.networking.k8s.io/v1/namespaces/shop/gateways/reviews-wp', contentType: 'application/apply-patch+yaml', query: { force: 'true' } });
-    expect(apply!.query.fieldManager).toBeTruthy();
-    const gw = server.get('Gateway', 'shop', 'reviews-wp', 'gateway.networking.k8s.io') as any;
-    expect(gw.spec.gatewayClassName).toBe('ambit-waypoint');
-    expect(gw.metadata.annotations['ambit.dev/tracing-sampling']).toBe('5');
-    const ns = server.get('Namespace', '', 'shop') as any;
-    expect(ns.metadata.labels).toEqual({ team: 'a', 'ambit.dev/use-waypoint': 'reviews-wp' });
-    expect(server.requests.find((r) => r.method === 'PATCH' && r.url === '/api/v1/namespaces/shop')?.contentType).toBe('application/merge-patch+json');
-
-    const del = await run(process.execPath, [BIN, 'waypoint', 'delete', 'reviews-wp', '-n', 'shop', '--kubeconfig', kubeconfig]);
-    expect(del.stdout).toMatch(/gateway\.gateway\.networking\.k8s\.io\/reviews-wp deleted/);
-    expect(server.get('Gateway', 'shop', 'reviews-wp', 'gateway.networking.k8s.io')).toBeUndefined();
-  }, 30_000);
-
-  it('says which namespace or waypoint is missing, and when the API server cannot be reached', async () => {
-    const missing = await run(process.execPath, [BIN, 'waypoint', 'apply', '-n', 'nope', '--kubeconfig', kubeconfig]).catch((e: { code: number; stderr: string }) => e);
-    expect(missing).toMatchObject({ code: 1 });
-    expect((missing as { stderr: string }).stderr).toMatch(/namespace nope does not exist in http:\/\/127\.0\.0\.1:\d+/);
-    const gone = await run(process.execPath, [BIN, 'waypoint', 'delete', 'ghost', '-n', 'shop', '--kubeconfig', kubeconfig]).catch((e: { stderr: string }) => e);
-    expect((gone as { stderr: string }).stderr).toMatch(/waypoint shop\/ghost not found/);
-    writeKubeconfig(kubeconfig, 'http://127.0.0.1:1');
-    const down = await run(process.execPath, [BIN, 'waypoint', 'apply', '-n', 'shop', '--kubeconfig', kubeconfig]).catch((e: { stderr: string }) => e);
-    expect((down as { stderr: string }).stderr).toMatch(/cannot reach the Kubernetes API server at http:\/\/127\.0\.0\.1:1/);
-  }, 30_000);
 });

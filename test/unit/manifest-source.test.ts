@@ -5,11 +5,12 @@
 import { mkdirSync, mkdtempSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ManifestDirSource, MergedSource } from '../../src/control/manifest-source.js';
 import type { ConfigSource } from '../../src/config/source.js';
 import type { SourceSnapshot } from '../../src/config/model.js';
 import { parseManifests, type Diagnostic } from '../../src/kube/manifests.js';
+import { until } from '../helpers/wait.js';
 
 const VS = (weight: number | string) => `
 apiVersion: networking.istio.io/v1
@@ -51,14 +52,8 @@ function start(): void {
   source.start((s) => snapshots.push(s));
 }
 
-async function next(count: number, what: string): Promise<SourceSnapshot> {
-  const end = Date.now() + 5000;
-  while (snapshots.length < count) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return snapshots[count - 1]!;
-}
+/** The `count`th snapshot, once it is out. */
+const next = (count: number, what: string): Promise<SourceSnapshot> => until(what, () => snapshots[count - 1], { timeout: 5000, interval: 10 });
 
 const names = (s: SourceSnapshot) => s.resources.map((r) => `${r.kind}/${r.meta.namespace}/${r.meta.name}`).sort();
 const weightOf = (s: SourceSnapshot) => ((s.resources.find((r) => r.kind === 'VirtualService')!.raw.spec as { http: { route: { weight: number }[] }[] }).http[0]!.route[0]!.weight);
@@ -121,8 +116,10 @@ describe('ManifestDirSource', () => {
   it('notices a new subdirectory and the files written into it', async () => {
     start();
     await next(1, 'the empty snapshot');
+    const scans = vi.spyOn(source!, 'scan');
     mkdirSync(join(dir, 'team-a'));
-    await new Promise((r) => setTimeout(r, 100));
+    // The rescan the new directory set off: it watches team-a from then on.
+    await vi.waitFor(() => expect(scans).toHaveBeenCalled(), { timeout: 5000, interval: 10 });
     writeFileSync(join(dir, 'team-a', 'svc.yaml'), SVC);
     const s = await next(2, 'the new file');
     expect(names(s)).toEqual(['Service/shop/reviews']);

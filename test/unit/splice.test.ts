@@ -47,11 +47,13 @@ it('keeps a join that moves bytes past idleMs', async () => {
   const client = await connect();
   const upstream = await connect();
   let ended: Error | undefined | null = null;
-  splice(client, upstream, (e) => { ended = e; }, { idleMs: 300 });
+  const counter = { received: 0, sent: 0 };
+  splice(client, upstream, (e) => { ended = e; }, { idleMs: 300, counter });
   // The server side of `upstream` writes every 100 ms: the join is not idle.
   const peer = held[held.length - 1]!;
   const timer = setInterval(() => peer.write('x'), 100);
-  await new Promise((r) => setTimeout(r, 700));
+  // Seven bytes carried, 100 ms apart: well over twice idleMs, and the join is still up.
+  await expect.poll(() => counter.sent, { timeout: 5000, interval: 20 }).toBeGreaterThanOrEqual(7);
   clearInterval(timer);
   expect(ended).toBeNull();
   client.destroy();

@@ -26,14 +26,6 @@ class MemorySink implements SpanSink {
   }
 }
 
-async function waitFor(cond: () => boolean, timeoutMs = 3000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('timed out waiting');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 describe('W3C traceparent', () => {
   it('parses a sampled and an unsampled version 00 header', () => {
     expect(parseTraceparent(tp('01'))).toEqual({ traceId: T, spanId: S, sampled: true });
@@ -546,7 +538,7 @@ describe('OtlpHttpExporter', () => {
     const e = exporter({ endpoint: c.endpoint, maxBatchSize: 3 });
     const tracer = recorder(e);
     for (let i = 0; i < 7; i++) tracer.startSpan({ name: `s${i}`, kind: 'server' }).end();
-    await waitFor(() => c.received.length === 2);
+    await expect.poll(() => c.received.length, { timeout: 3000, interval: 5, message: 'two batches at the collector' }).toBe(2);
     expect(c.received.map((r) => spans([r]).length)).toEqual([3, 3]);
     expect(e.queued).toBe(1);
     await e.flush();
@@ -560,10 +552,10 @@ describe('OtlpHttpExporter', () => {
     const tracer = recorder(e);
     tracer.startSpan({ name: 'a', kind: 'server' }).end();
     tracer.startSpan({ name: 'b', kind: 'server' }).end();
-    await waitFor(() => c.received.length === 1);
+    await expect.poll(() => c.received.length, { timeout: 3000, interval: 5, message: 'the first batch at the collector' }).toBe(1);
     expect(spans(c.received).map((s) => s.name)).toEqual(['a', 'b']);
     tracer.startSpan({ name: 'c', kind: 'server' }).end();
-    await waitFor(() => c.received.length === 2);
+    await expect.poll(() => c.received.length, { timeout: 3000, interval: 5, message: 'two batches at the collector' }).toBe(2);
     expect(spans(c.received).map((s) => s.name)).toEqual(['a', 'b', 'c']);
   });
 

@@ -121,6 +121,7 @@ function grpcCall(session: http2.ClientHttp2Session, path: string, messages: str
     void (async () => {
       for (const m of messages) {
         stream.write(frame(m));
+        // Spaced on purpose: answers arriving between the messages show the call is streamed.
         if (opts.gapMs) await new Promise((r) => setTimeout(r, opts.gapMs));
       }
       stream.end();

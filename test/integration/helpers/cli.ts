@@ -23,14 +23,3 @@ export function cli(env: NodeJS.ProcessEnv): { ambit(args: string[], timeoutMs?:
   };
   return { ambit, ok };
 }
-
-/** Polls `fn` every `every` ms until it gives something other than undefined or false. */
-export async function until<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, ms = 20_000, every = 200): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, every));
-  }
-}

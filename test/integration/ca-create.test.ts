@@ -10,13 +10,14 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync }
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { CertificateAuthority, readPluginCa } from '../../src/identity/ca.js';
 import { createCsr, generateKeyPair } from '../../src/identity/pki.js';
 import type { K8sObject } from '../../src/install/objects.js';
 import { CA_SECRET, renderInstall } from '../../src/install/render.js';
 import { resolveValues } from '../../src/install/values.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const run = promisify(execFile);
 const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
@@ -64,7 +65,7 @@ async function signsVerifiably(mount: string): Promise<{ ca: CertificateAuthorit
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-describe('ambit ca create', () => {
+describeAsRoot('ambit ca create', () => {
   it('prints the install\'s Namespace and an immutable Opaque Secret whose new P-256 root the controller loads and signs with', async () => {
     const out = await ambit('ca', 'create', '-n', 'mesh', '--trust-domain', 'corp.example', '--org', 'Corp, Inc.');
     expect(out.code).toBe(0);
@@ -123,7 +124,7 @@ describe('ambit ca create', () => {
   });
 });
 
-describe('ambit ca create --from: an operator\'s CA in Istio\'s cacerts layout', () => {
+describeAsRoot('ambit ca create --from: an operator\'s CA in Istio\'s cacerts layout', () => {
   let istio: string;
 
   beforeAll(() => {

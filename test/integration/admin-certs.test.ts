@@ -4,10 +4,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
 import { CertManager } from '../../src/identity/cert-manager.js';
 import { AdminServer } from '../../src/node/admin.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const run = promisify(execFile);
 const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
@@ -36,7 +37,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-describe('ambit certs', () => {
+describeAsRoot('ambit certs', () => {
   it('lists identity, serial, expiry and state of every certificate, and the trust bundle', async () => {
     const { stdout } = await run(process.execPath, [BIN, 'certs', '--admin', `http://127.0.0.1:${admin.port}`]);
     const lines = stdout.trim().split('\n');

@@ -4,7 +4,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, expect, it } from 'vitest';
+import { describeAsRoot } from './helpers/root.js';
 
 const run = promisify(execFile);
 const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
@@ -13,7 +14,7 @@ const dir = mkdtempSync(join(tmpdir(), 'ambit-analyze-'));
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-describe('ambit analyze', () => {
+describeAsRoot('ambit analyze', () => {
   it('passes the shared samples and the shop, with warnings only', async () => {
     const { stdout } = await run(process.execPath, [BIN, 'analyze', '-f', join(SHARED, 'conformance', 'istio'), '-f', 'examples/shop']);
     expect(stdout.trim().split('\n').at(-1)).toMatch(/^\d+ resources valid, 0 errors, \d+ warnings$/);

@@ -9,8 +9,9 @@ import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { writeKubeconfig } from '../helpers/fake-apiserver.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const run = promisify(execFile);
 const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
@@ -44,7 +45,7 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-describe('ambit namespace against Kubernetes', () => {
+describeAsRoot('ambit namespace against Kubernetes', () => {
   it('enables with a merge patch setting the label, disables with one removing it', async () => {
     expect((await run(process.execPath, [BIN, 'namespace', 'enable', 'shop', '--kubeconfig', kubeconfig])).stdout).toBe('namespace/shop enabled (ambient)\n');
     expect((await run(process.execPath, [BIN, 'namespace', 'disable', 'shop', '--kubeconfig', kubeconfig])).stdout).toBe('namespace/shop disabled\n');

@@ -10,6 +10,7 @@ import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describeAsRoot } from './helpers/root.js';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 const BUILD = join(ROOT, 'scripts/build-cni.sh');
@@ -52,7 +53,7 @@ const PREV = {
 
 const compiler = findCompiler();
 
-describe.skipIf(!compiler)('ambit-cni plugin' + (compiler ? '' : ' (skipped: no C compiler: cc, clang or gcc)'), () => {
+describeAsRoot('ambit-cni plugin', () => describe.skipIf(!compiler)(compiler ? `built with ${compiler}` : 'skipped: no C compiler (cc, clang or gcc)', () => {
   let dir: string;
   let plugin: string;
   let sockets = 0;
@@ -424,4 +425,4 @@ describe.skipIf(!compiler)('ambit-cni plugin' + (compiler ? '' : ' (skipped: no 
       expect(parse(r.stdout)).toMatchObject({ code: 6 });
     });
   });
-});
+}));

@@ -10,9 +10,10 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join, posix, relative } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { INBOUND_OBJECT, OUTBOUND_OBJECT } from '../../src/ebpf/datapath.js';
 import { CNI_BINARY } from '../../src/install/render.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const tmp = mkdtempSync(join(tmpdir(), 'ambit-image-'));
@@ -205,7 +206,7 @@ beforeAll(() => {
   final = stages.at(-1)!;
 });
 
-describe('deploy/Dockerfile against the repository', () => {
+describeAsRoot('deploy/Dockerfile against the repository', () => {
   it('copies from the context only sources that exist and that .dockerignore lets through', () => {
     const problems: string[] = [];
     for (const stage of stages) {
@@ -325,7 +326,7 @@ function elf(buf: Buffer): ElfFacts {
   return { class64, littleEndian, machine, interpreter, needed };
 }
 
-describe('the CNI plugin built as the image builds it', () => {
+describeAsRoot('the CNI plugin built as the image builds it', () => {
   const script = join(ROOT, 'scripts/build-cni.sh');
   const build = (out: string, env: Record<string, string> = {}) => spawnSync(script, ['--static', out], { encoding: 'utf8', env: { ...process.env, ...env } });
 
@@ -366,7 +367,7 @@ describe('the CNI plugin built as the image builds it', () => {
   });
 });
 
-describe('the committed BPF objects', () => {
+describeAsRoot('the committed BPF objects', () => {
   it('are BPF for little-endian machines, with no architecture-specific code: the same objects serve amd64 and arm64', () => {
     const objects = readdirSync(join(ROOT, 'bpf')).filter((f) => f.endsWith('.bpf.o'));
     for (const o of objects) expect(elf(readFileSync(join(ROOT, 'bpf', o))), o).toMatchObject({ class64: true, littleEndian: true, machine: EM_BPF });
@@ -377,7 +378,7 @@ describe('the committed BPF objects', () => {
   });
 });
 
-describe('make image', () => {
+describeAsRoot('make image', () => {
   const dryRun = (...args: string[]) => execFileSync('make', ['-s', '-n', '-C', ROOT, ...args], { encoding: 'utf8' });
 
   it('builds with docker buildx for amd64 and arm64 by default, loads a single platform, and pushes with image-push', () => {

@@ -8,13 +8,15 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { DiscoveryClient, type WireResource } from '../../src/discovery/discovery.js';
 import { CaClient } from '../../src/identity/ca-server.js';
 import { CertManager } from '../../src/identity/cert-manager.js';
 import { splitPemBundle } from '../../src/identity/pki.js';
 import { NODE_NAME_EXTRA, POD_NAME_EXTRA, POD_UID_EXTRA } from '../../src/identity/tokenreview.js';
 import { FakeApiServer, freePort, writeKubeconfig } from '../helpers/fake-apiserver.js';
+import { until } from '../helpers/wait.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
 const dir = mkdtempSync(join(tmpdir(), 'ambit-ctl-k8s-'));
@@ -35,15 +37,9 @@ const pod = (name: string, node: string, ip: string) => ({
 });
 
 
-async function until<T>(what: string, f: () => T | undefined, ms = 15_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = f();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; controller said:\n${output}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** `until`, with what the controller said when it times out. */
+const untilController = <T>(what: string, f: () => T | undefined, timeout = 15_000): Promise<T> =>
+  until(what, f, { timeout, interval: 100 }).catch((err: Error) => { throw new Error(`${err.message}; controller said:\n${output}`); });
 
 beforeAll(async () => {
   await api.start();
@@ -65,7 +61,7 @@ beforeAll(async () => {
   controller = spawn(process.execPath, [BIN, 'controller', '--kubernetes', kubeconfig, '--ca-dir', join(dir, 'ca'), '--listen', `127.0.0.1:${port}`, '--health', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
   controller.stdout!.on('data', (c: Buffer) => { output += c.toString(); });
   controller.stderr!.on('data', (c: Buffer) => { output += c.toString(); });
-  await until('the controller serving', () => (/"msg":"model updated"/.test(output) ? true : undefined), 30_000);
+  await untilController('the controller serving', () => (/"msg":"model updated"/.test(output) ? true : undefined), 30_000);
 }, 60_000);
 
 afterAll(async () => {
@@ -75,7 +71,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-describe('ambit controller --kubernetes', () => {
+describeAsRoot('ambit controller --kubernetes', () => {
   const run = (args: string[], env: NodeJS.ProcessEnv = {}) => new Promise<{ code: number | null; err: string }>((resolve) => {
     const p = spawn(process.execPath, [BIN, 'controller', ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
     let err = '';
@@ -111,9 +107,9 @@ describe('ambit controller --kubernetes', () => {
     });
     closers.push(() => client.close());
     const names = () => [...latest.values()].filter((r) => r.type === 'workload').map((r) => (JSON.parse(r.json) as { name: string }).name).sort();
-    expect(await until('the workloads', () => (names().length >= 2 ? names() : undefined))).toEqual(['db', 'web']);
+    expect(await untilController('the workloads', () => (names().length >= 2 ? names() : undefined))).toEqual(['db', 'web']);
     api.apply('Pod', pod('cart', 'node-a', '10.244.1.6'));
-    expect(await until('the new pod', () => (names().includes('cart') ? names() : undefined))).toEqual(['cart', 'db', 'web']);
+    expect(await untilController('the new pod', () => (names().includes('cart') ? names() : undefined))).toEqual(['cart', 'db', 'web']);
     expect(api.tokenReviews.length).toBeGreaterThanOrEqual(1);
   });
 

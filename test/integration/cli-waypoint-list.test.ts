@@ -6,9 +6,10 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { cli } from '../integration/helpers/cli.js';
+import { afterEach, beforeEach, expect, it } from 'vitest';
+import { cli } from './helpers/cli.js';
 import { FakeApiServer, type ServedKind, writeKubeconfig } from '../helpers/fake-apiserver.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const GW = 'gateway.networking.k8s.io';
 const KINDS: ServedKind[] = [
@@ -55,7 +56,7 @@ afterEach(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-describe('ambit waypoint list --kubeconfig', () => {
+describeAsRoot('ambit waypoint list --kubeconfig', () => {
   it('lists every ambit-waypoint Gateway with its Deployment, conditions and bindings', async () => {
     const out = await ambit(['waypoint', 'list', '--kubeconfig', kubeconfig]);
     expect(out.stderr).toBe('');

@@ -8,8 +8,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { FakeApiServer, freePort, writeKubeconfig } from '../helpers/fake-apiserver.js';
+import { until } from '../helpers/wait.js';
+import { describeAsRoot } from './helpers/root.js';
 
 const BIN = new URL('../../bin/ambit.js', import.meta.url).pathname;
 const dir = mkdtempSync(join(tmpdir(), 'ambit-ctl-leader-'));
@@ -26,15 +28,9 @@ interface Replica { name: string; proc: ChildProcess; output: string; health: nu
 const replicas: Replica[] = [];
 
 
-async function until<T>(what: string, f: () => T | undefined | false, ms = 15_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = f();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; replicas said:\n${replicas.map((r) => `--- ${r.name}\n${r.output}`).join('\n')}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** `until`, with what the replicas said when it times out. */
+const untilReplicas = <T>(what: string, f: () => T | undefined | false, timeout = 15_000): Promise<T> =>
+  until(what, f, { timeout, interval: 100 }).catch((err: Error) => { throw new Error(`${err.message}; replicas said:\n${replicas.map((r) => `--- ${r.name}\n${r.output}`).join('\n')}`); });
 
 async function start(name: string, kubeconfig: string): Promise<Replica> {
   const [port, health] = [await freePort(), await freePort()];
@@ -65,9 +61,9 @@ beforeAll(async () => {
   writeKubeconfig(kubeconfig, api.url, 'controller-token');
   // The first replica makes the CA root in the shared directory; the second reads it.
   await start('ctl-a', kubeconfig);
-  await until('ctl-a leading', () => holder() === 'ctl-a');
+  await untilReplicas('ctl-a leading', () => holder() === 'ctl-a');
   await start('ctl-b', kubeconfig);
-  await until('ctl-b serving', () => /"msg":"model updated"/.test(replicas[1]!.output));
+  await untilReplicas('ctl-b serving', () => /"msg":"model updated"/.test(replicas[1]!.output));
 }, 60_000);
 
 afterAll(async () => {
@@ -76,7 +72,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-describe('controller replicas with leader election', () => {
+describeAsRoot('controller replicas with leader election', () => {
   it('both replicas report ready on their health port; only one holds the Lease', async () => {
     expect(await ready(replicas[0]!)).toBe(200);
     expect(await ready(replicas[1]!)).toBe(200);
@@ -85,18 +81,20 @@ describe('controller replicas with leader election', () => {
   });
 
   it('the leader publishes the trust bundle to its namespace and to each namespace with a waypoint', async () => {
-    const bundle = await until('the root ConfigMap', () => rootCert('ambit-system'));
+    const bundle = await untilReplicas('the root ConfigMap', () => rootCert('ambit-system'));
     expect(bundle).toMatch(/^-----BEGIN CERTIFICATE-----/);
     api.apply('Gateway', { metadata: { name: 'waypoint', namespace: 'shop' }, spec: { gatewayClassName: 'ambit-waypoint', listeners: [{ name: 'mesh', port: 15008, protocol: 'HBONE' }] } }, 'gateway.networking.k8s.io');
-    expect(await until('the ConfigMap in shop', () => rootCert('shop'))).toBe(bundle);
+    expect(await untilReplicas('the ConfigMap in shop', () => rootCert('shop'))).toBe(bundle);
     const writers = new Set(api.applyPatches.filter((p) => p.path.endsWith('/configmaps/ambit-root-cert')).map((p) => p.query.fieldManager));
     expect([...writers]).toEqual(['ambit-controller']);
   });
 
   it('only the leader writes the status of a rejected policy', async () => {
     api.apply('AuthorizationPolicy', { metadata: { name: 'bad', namespace: 'shop' }, spec: { action: 'MAYBE' } }, 'security.istio.io');
-    await until('both replicas rejecting it', () => replicas.every((r) => /"object":"AuthorizationPolicy shop\/bad"/.test(r.output)));
-    await until('the status write', () => api.statusPatches.some((p) => p.path.endsWith('/authorizationpolicies/bad/status')));
+    await untilReplicas('both replicas rejecting it', () => replicas.every((r) => /"object":"AuthorizationPolicy shop\/bad"/.test(r.output)));
+    await untilReplicas('the status write', () => api.statusPatches.some((p) => p.path.endsWith('/authorizationpolicies/bad/status')));
+    // A fixed wait is the assertion: the follower logged its rejection above, and a status write of
+    // its own would follow that line within milliseconds; none comes in half a second.
     await new Promise((r) => setTimeout(r, 500));
     expect(api.statusPatches.filter((p) => p.path.endsWith('/authorizationpolicies/bad/status'))).toHaveLength(1);
   });
@@ -105,13 +103,13 @@ describe('controller replicas with leader election', () => {
     const [a, b] = replicas as [Replica, Replica];
     const stopped = Date.now();
     a.proc.kill('SIGTERM');
-    await until('ctl-a gone', () => a.exited);
-    await until('ctl-b leading', () => holder() === 'ctl-b', 10_000);
+    await untilReplicas('ctl-a gone', () => a.exited);
+    await untilReplicas('ctl-b leading', () => holder() === 'ctl-b', 10_000);
     // Released, not expired: the Lease lasts 15 s, the handover takes a retry period (2 s).
     expect(Date.now() - stopped).toBeLessThan(8000);
     api.apply('Namespace', { metadata: { name: 'cart', labels: { 'ambit.dev/dataplane-mode': 'ambient' } } });
     api.apply('Gateway', { metadata: { name: 'waypoint', namespace: 'cart' }, spec: { gatewayClassName: 'ambit-waypoint', listeners: [{ name: 'mesh', port: 15008, protocol: 'HBONE' }] } }, 'gateway.networking.k8s.io');
-    expect(await until('the ConfigMap in cart', () => rootCert('cart'))).toBe(rootCert('ambit-system'));
+    expect(await untilReplicas('the ConfigMap in cart', () => rootCert('cart'))).toBe(rootCert('ambit-system'));
     expect(await ready(b)).toBe(200);
   });
 });
