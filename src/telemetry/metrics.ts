@@ -122,7 +122,13 @@ interface RequestSeries {
   readonly duration: HistogramCounts;
   readonly requestBytes: HistogramCounts;
   readonly responseBytes: HistogramCounts;
+  /** gRPC messages from the client and from the server. */
+  requestMessages: number;
+  responseMessages: number;
 }
+
+/** gRPC messages of one request, each way. */
+export interface GrpcMessageCounts { request: number; response: number }
 
 interface MetricValue { value: number; labels: Record<string, string | number>; metricName?: string; sharedLabels?: Record<string, string> }
 
@@ -159,7 +165,8 @@ class SeriesView {
 /**
  * Istio's request metrics, for waypoints (reporter "waypoint", as Istio's waypoints report):
  * `istio_requests_total`, `istio_request_duration_milliseconds`, `istio_request_bytes` and
- * `istio_response_bytes`, with Istio's buckets.
+ * `istio_response_bytes`, with Istio's buckets; for gRPC also `istio_request_messages_total` and
+ * `istio_response_messages_total`.
  *
  * prom-client checks and hashes the 21 labels on every increment and observation, four times per
  * request, even through `labels()`. Here a request finds its series once (by the caller's key,
@@ -181,12 +188,15 @@ export class RequestMetrics {
       new SeriesView('istio_request_duration_milliseconds', 'Request duration (ms)', 'histogram', () => this.histogramValues('istio_request_duration_milliseconds', DURATION_BUCKETS_MS, (s) => s.duration), clear),
       new SeriesView('istio_request_bytes', 'Request body sizes', 'histogram', () => this.histogramValues('istio_request_bytes', SIZE_BUCKETS, (s) => s.requestBytes), clear),
       new SeriesView('istio_response_bytes', 'Response body sizes', 'histogram', () => this.histogramValues('istio_response_bytes', SIZE_BUCKETS, (s) => s.responseBytes), clear),
+      // gRPC only, as Istio: the series of gRPC requests.
+      new SeriesView('istio_request_messages_total', 'gRPC messages sent by clients', 'counter', () => this.grpcValues((s) => s.requestMessages), clear),
+      new SeriesView('istio_response_messages_total', 'gRPC messages sent by servers', 'counter', () => this.grpcValues((s) => s.responseMessages), clear),
     ];
     for (const v of views) registry.registerMetric(v as unknown as Parameters<Registry['registerMetric']>[0]);
   }
 
-  record(labels: HttpLabels, durationMs: number, requestBytes: number, responseBytes: number): void {
-    this.count(this.seriesOf(labels), durationMs, requestBytes, responseBytes);
+  record(labels: HttpLabels, durationMs: number, requestBytes: number, responseBytes: number, messages?: GrpcMessageCounts): void {
+    this.count(this.seriesOf(labels), durationMs, requestBytes, responseBytes, messages);
   }
 
   /**
@@ -194,14 +204,14 @@ export class RequestMetrics {
    * built and looked up only the first time a key is seen. Keys are kept up to
    * SERIES_CACHE_LIMIT, then that cache (not the series) starts over.
    */
-  recordKeyed(key: string, labels: () => HttpLabels, durationMs: number, requestBytes: number, responseBytes: number): void {
+  recordKeyed(key: string, labels: () => HttpLabels, durationMs: number, requestBytes: number, responseBytes: number, messages?: GrpcMessageCounts): void {
     let s = this.byKey.get(key);
     if (!s) {
       s = this.seriesOf(labels());
       if (this.byKey.size >= SERIES_CACHE_LIMIT) this.byKey.clear();
       this.byKey.set(key, s);
     }
-    this.count(s, durationMs, requestBytes, responseBytes);
+    this.count(s, durationMs, requestBytes, responseBytes, messages);
   }
 
   /** Label sets seen (what the metrics expose). */
@@ -209,8 +219,12 @@ export class RequestMetrics {
     return this.byLabels.size;
   }
 
-  private count(s: RequestSeries, durationMs: number, requestBytes: number, responseBytes: number): void {
+  private count(s: RequestSeries, durationMs: number, requestBytes: number, responseBytes: number, messages: GrpcMessageCounts | undefined): void {
     s.requests++;
+    if (messages) {
+      s.requestMessages += messages.request;
+      s.responseMessages += messages.response;
+    }
     s.duration.observe(durationMs);
     s.requestBytes.observe(requestBytes);
     s.responseBytes.observe(responseBytes);
@@ -222,10 +236,17 @@ export class RequestMetrics {
     if (!s) {
       const own = {} as HttpLabels;
       for (const name of HTTP_LABELS) own[name] = labels[name];
-      s = { labels: own, requests: 0, duration: new HistogramCounts(DURATION_BUCKETS_MS), requestBytes: new HistogramCounts(SIZE_BUCKETS), responseBytes: new HistogramCounts(SIZE_BUCKETS) };
+      s = { labels: own, requests: 0, duration: new HistogramCounts(DURATION_BUCKETS_MS), requestBytes: new HistogramCounts(SIZE_BUCKETS), responseBytes: new HistogramCounts(SIZE_BUCKETS), requestMessages: 0, responseMessages: 0 };
       this.byLabels.set(key, s);
     }
     return s;
+  }
+
+  /** A gRPC message counter's values: one per series of gRPC requests. */
+  private grpcValues(count: (s: RequestSeries) => number): MetricValue[] {
+    const out: MetricValue[] = [];
+    for (const s of this.byLabels.values()) if (s.labels.request_protocol === 'grpc') out.push({ value: count(s), labels: s.labels });
+    return out;
   }
 
   /** A histogram's exposition: cumulative `_bucket` lines with `le`, then `_sum` and `_count`, per series. */

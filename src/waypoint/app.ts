@@ -170,7 +170,7 @@ export function requestReporter(requests: RequestMetrics, accessLog: Logger, mes
     });
     // Everything the labels are made of: the mesh version (workload labels), the peers, the service, the outcome.
     const key = `${m?.version ?? ''}|${r.sourceIp}|${r.sourceIdentity ?? ''}|${dst?.uid ?? ''}|${svc ? `${svc.namespace}/${svc.name}` : ''}|${r.flags}|${r.grpc ? 1 : 0}|${r.status ?? 0}|${r.grpcStatus ?? ''}`;
-    requests.recordKeyed(key, labels, r.durationMs ?? 0, r.bytesIn, r.bytesOut);
+    requests.recordKeyed(key, labels, r.durationMs ?? 0, r.bytesIn, r.bytesOut, r.grpc ? { request: r.requestMessages ?? 0, response: r.responseMessages ?? 0 } : undefined);
     accessLog.info({
       timestamp: new Date(r.start).toISOString(), request_id: r.id, source: { principal: r.sourceIdentity ?? null },
       destination: { service: r.service, upstream: r.upstream ?? null },

@@ -47,6 +47,9 @@ export interface RequestRecord {
   serviceRef?: Service;
   bytesIn: number;
   bytesOut: number;
+  /** gRPC messages in the request and in the response (gRPC only). */
+  requestMessages?: number;
+  responseMessages?: number;
   durationMs?: number;
   /** Tries made (1 + retries). */
   attempts: number;
@@ -55,6 +58,41 @@ export interface RequestRecord {
   /** The request's trace (W3C ids), when tracing is on. */
   traceId?: string;
   spanId?: string;
+}
+
+/**
+ * Counts gRPC's length-prefixed messages (a flag byte, a 4-byte big-endian length, the payload)
+ * in a body as its chunks pass, wherever the chunks split them.
+ */
+export class GrpcMessages {
+  count = 0;
+  /** Header bytes of the current message read so far (0-4; 5 completes it). */
+  private header = 0;
+  private length = 0;
+  /** Payload bytes of the current message still to come. */
+  private remaining = 0;
+
+  feed(chunk: Buffer): void {
+    let i = 0;
+    while (i < chunk.length) {
+      if (this.remaining > 0) {
+        const take = Math.min(this.remaining, chunk.length - i);
+        this.remaining -= take;
+        i += take;
+        if (this.remaining === 0) this.count++;
+        continue;
+      }
+      if (this.header > 0) this.length = this.length * 256 + chunk[i]!;
+      this.header++;
+      i++;
+      if (this.header === 5) {
+        if (this.length === 0) this.count++;
+        else this.remaining = this.length;
+        this.header = 0;
+        this.length = 0;
+      }
+    }
+  }
 }
 
 export class Exchange {

@@ -35,7 +35,7 @@ import { detect, DETECT_TIMEOUT_MS, HEADERS_TIMEOUT_MS, MAX_H2_STREAMS, MAX_HEAD
 import { createBalancer, type Balancer, type Endpoint } from './balancer.js';
 import { ConnectionPool, OutlierDetector, rateLimitHeaders, RetryPolicy, TokenBucket, UPSTREAM_OVERFLOW_FLAG, type AttemptOutcome } from './resilience.js';
 import type { Destination, ForwardAction, HeaderOps, Router } from './routing.js';
-import { Exchange, grpcAnswer, grpcCode, type Req, type RequestRecord, type Res } from './exchange.js';
+import { Exchange, grpcAnswer, grpcCode, GrpcMessages, type Req, type RequestRecord, type Res } from './exchange.js';
 
 export type { RequestRecord };
 
@@ -448,7 +448,15 @@ export class WaypointProxy {
   private async forward(ex: Exchange, state: WaypointState, tunnel: Tunnel, action: ForwardAction): Promise<void> {
     const { req, res, record } = ex;
     // The body streams upstream as it comes; its first REPLAY_LIMIT bytes are kept for a retry.
-    const body = new BodyTap(req, REPLAY_LIMIT, (n) => { record.bytesIn += n; });
+    // gRPC: its messages are counted too (istio_request_messages_total, istio_response_messages_total).
+    const requestMessages = record.grpc ? new GrpcMessages() : undefined;
+    const body = new BodyTap(req, REPLAY_LIMIT, (c) => {
+      record.bytesIn += c.length;
+      if (requestMessages) {
+        requestMessages.feed(c);
+        record.requestMessages = requestMessages.count;
+      }
+    });
     const firstPolicy = action.destinations[0] ? state.router.trafficPolicy(action.destinations[0]) : {};
     const policy = this.retryPolicy(action, isObject(firstPolicy.loadBalancer) && firstPolicy.loadBalancer.consistentHash !== undefined);
     /** Endpoints tried for this request: retries go elsewhere while they can (Envoy's previous-hosts predicate). */
@@ -596,7 +604,15 @@ export class WaypointProxy {
           delete responseHeaders['grpc-message'];
         }
         res.writeHead(status, responseHeaders as OutgoingHttpHeaders);
-        upstreamBody.on('data', (c: Buffer) => { record.bytesOut += c.length; });
+        const responseMessages = record.grpc ? new GrpcMessages() : undefined;
+        if (responseMessages) record.responseMessages = 0;
+        upstreamBody.on('data', (c: Buffer) => {
+          record.bytesOut += c.length;
+          if (responseMessages) {
+            responseMessages.feed(c);
+            record.responseMessages = responseMessages.count;
+          }
+        });
         call.onTrailers = (trailers) => {
           if (trailers['grpc-status'] !== undefined) record.grpcStatus = String(trailers['grpc-status']);
           res.addTrailers?.(stripPseudo(trailers));
@@ -857,14 +873,14 @@ class BodyTap {
   private ended = false;
   readonly empty: boolean;
 
-  constructor(private readonly req: Req, limit: number, counted: (bytes: number) => void) {
+  constructor(private readonly req: Req, limit: number, counted: (chunk: Buffer) => void) {
     const h = req.headers as IncomingHttpHeaders;
     // HTTP/1.1 says in its headers whether a body follows; HTTP/2 only once the stream ends.
     this.empty = 'stream' in req ? req.stream.endAfterHeaders : !h['transfer-encoding'] && (h['content-length'] === undefined || h['content-length'] === '0');
     // Paused until a try takes the body (pipe resumes it): listening alone would let it flow away.
     req.pause();
     req.on('data', (c: Buffer) => {
-      counted(c.length);
+      counted(c);
       if (this.overflow) return;
       this.size += c.length;
       if (this.size > limit) {

@@ -21,7 +21,10 @@ const ISTIO_LABELS = [
 /** Present only on the HTTP (and gRPC) metrics. */
 const REQUEST_ONLY = ['response_code', 'grpc_response_status'];
 const TCP_METRICS = { istio_tcp_connections_opened_total: 'counter', istio_tcp_connections_closed_total: 'counter', istio_tcp_sent_bytes_total: 'counter', istio_tcp_received_bytes_total: 'counter' };
-const REQUEST_METRICS = { istio_requests_total: 'counter', istio_request_duration_milliseconds: 'histogram', istio_request_bytes: 'histogram', istio_response_bytes: 'histogram' };
+const REQUEST_METRICS = {
+  istio_requests_total: 'counter', istio_request_duration_milliseconds: 'histogram', istio_request_bytes: 'histogram', istio_response_bytes: 'histogram',
+  istio_request_messages_total: 'counter', istio_response_messages_total: 'counter',
+};
 /** Envoy's default histogram buckets, which Istio's request duration uses. */
 const ISTIO_DURATION_BUCKETS = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000, 600_000, 1_800_000, 3_600_000];
 
@@ -63,11 +66,11 @@ describe('Istio standard metrics', () => {
     expect(text).toMatch(/istio_tcp_connections_opened_total\{reporter="destination"[^}]*connection_security_policy="mutual_tls"\} 1/);
   });
 
-  it('the waypoint: the four request metrics, with Istio\'s labels plus response_code and grpc_response_status, and Istio\'s duration buckets', async () => {
+  it('the waypoint: the request metrics (and the gRPC message counts), with Istio\'s labels plus response_code and grpc_response_status, and Istio\'s duration buckets', async () => {
     const registry = new Registry();
     const requests = new RequestMetrics(registry);
     const labels: HttpLabels = { ...tcpLabels('waypoint', productpage, reviews, service, { mtls: true }), request_protocol: 'grpc', response_code: '200', grpc_response_status: '0' };
-    requests.record(labels, 3, 100, 200);
+    requests.record(labels, 3, 100, 200, { request: 1, response: 4 });
     const got = await shapes(registry);
     for (const [name, type] of Object.entries(REQUEST_METRICS)) {
       expect(got.get(name)?.type, name).toBe(type);
@@ -76,7 +79,10 @@ describe('Istio standard metrics', () => {
     const values = (await registry.getMetricsAsJSON()).find((m) => m.name === 'istio_request_duration_milliseconds')!.values as { metricName?: string; labels: Record<string, string | number> }[];
     const buckets = values.filter((v) => v.metricName === 'istio_request_duration_milliseconds_bucket').map((v) => v.labels.le).filter((le) => le !== '+Inf').map(Number);
     expect(buckets).toEqual(ISTIO_DURATION_BUCKETS);
-    expect(await registry.metrics()).toContain('grpc_response_status="0"');
+    const text = await registry.metrics();
+    expect(text).toContain('grpc_response_status="0"');
+    expect(text).toMatch(/^istio_request_messages_total\{[^}]*\} 1$/m);
+    expect(text).toMatch(/^istio_response_messages_total\{[^}]*\} 4$/m);
   });
 
   it('derives the canonical service and revision as Istio does', () => {

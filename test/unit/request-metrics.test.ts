@@ -21,11 +21,18 @@ function reference(registry: Registry) {
   const duration = new Histogram({ name: 'istio_request_duration_milliseconds', help: 'Request duration (ms)', labelNames, registers, buckets: [...DURATION_BUCKETS_MS] });
   const reqBytes = new Histogram({ name: 'istio_request_bytes', help: 'Request body sizes', labelNames, registers, buckets: [...SIZE_BUCKETS] });
   const respBytes = new Histogram({ name: 'istio_response_bytes', help: 'Response body sizes', labelNames, registers, buckets: [...SIZE_BUCKETS] });
+  const reqMessages = new Counter({ name: 'istio_request_messages_total', help: 'gRPC messages sent by clients', labelNames, registers });
+  const respMessages = new Counter({ name: 'istio_response_messages_total', help: 'gRPC messages sent by servers', labelNames, registers });
   return (l: HttpLabels, ms: number, inBytes: number, outBytes: number) => {
     requests.inc(l);
     duration.observe(l, ms);
     reqBytes.observe(l, inBytes);
     respBytes.observe(l, outBytes);
+    // gRPC requests in these records carry 2 messages in and 3 out.
+    if (l.request_protocol === 'grpc') {
+      reqMessages.inc(l, 2);
+      respMessages.inc(l, 3);
+    }
   };
 }
 
@@ -47,8 +54,9 @@ describe('Istio request metrics of the waypoint', () => {
     const theirs = new Registry();
     const feed = reference(theirs);
     records.forEach(([l, ms, i, o], n) => {
-      if (n % 2 === 0) metrics.record(l, ms, i, o);
-      else metrics.recordKeyed(`key-${n}`, () => l, ms, i, o);
+      const messages = l.request_protocol === 'grpc' ? { request: 2, response: 3 } : undefined;
+      if (n % 2 === 0) metrics.record(l, ms, i, o, messages);
+      else metrics.recordKeyed(`key-${n}`, () => l, ms, i, o, messages);
       feed(l, ms, i, o);
     });
     // The same key again: the labels are not asked for twice.

@@ -236,7 +236,8 @@ describe('waypoint proxy protocols', () => {
     expect(a.trailers['x-echo-count']).toBe('2');
     expect(a.status).toBe('0');
     const r = records.at(-1)!;
-    expect(r).toMatchObject({ protocol: 'HTTP/2', grpc: true, grpcStatus: '0', status: 200, path: '/test.Echo/Unary' });
+    // Its messages, each way: Istio's istio_request_messages_total and istio_response_messages_total.
+    expect(r).toMatchObject({ protocol: 'HTTP/2', grpc: true, grpcStatus: '0', status: 200, path: '/test.Echo/Unary', requestMessages: 2, responseMessages: 1 });
   });
 
   it('passes a trailers-only gRPC error on', async () => {
