@@ -19,20 +19,16 @@ import { join } from 'node:path';
 import { NODE_NAME_EXTRA } from '../src/identity/tokenreview.js';
 import { Lab } from '../src/local/lab.js';
 import { FakeApiServer, freePort, writeKubeconfig } from '../test/helpers/fake-apiserver.js';
-import { HERE, machine, mdTable, RESULTS, round, runMain, say, UsageError } from './lib.js';
+import { atQuantile, HERE, machine, mdTable, RESULTS, round, runMain, say, UsageError } from './lib.js';
 
 const ROOT = join(HERE, '..');
 const BIN = join(ROOT, 'bin/ambit.js');
 
 interface Timed { ms: number; code: number; body: string }
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
 function summary(samples: number[]): { p50: number; p90: number; max: number; mean: number } {
   const s = [...samples].sort((a, b) => a - b);
-  return { p50: round(percentile(s, 50)), p90: round(percentile(s, 90)), max: round(s.at(-1)!), mean: round(s.reduce((a, b) => a + b, 0) / s.length) };
+  return { p50: round(atQuantile(s, 0.5)), p90: round(atQuantile(s, 0.9)), max: round(s.at(-1)!), mean: round(s.reduce((a, b) => a + b, 0) / s.length) };
 }
 
 /** One plugin run as the runtime makes it: env, config on stdin; wall time to its exit. */

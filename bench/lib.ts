@@ -837,10 +837,15 @@ export function h2Result(log: string, args: LoadArgs, summary: { started: number
   };
 }
 
+/** The value at quantile `q` (0-1] of ascending values, by rank (the smallest with at least q of them at or below it). */
+export function atQuantile(sorted: ArrayLike<number>, q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))] as number;
+}
+
 /** Percentiles (µs) of a list of latencies (µs). */
 export function percentiles(us: number[]): Percentiles {
   const sorted = Float64Array.from(us).sort();
-  const at = (q: number) => (sorted.length === 0 ? NaN : round(sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] as number, 1));
+  const at = (q: number) => (sorted.length === 0 ? NaN : round(atQuantile(sorted, q), 1));
   const mean = sorted.length === 0 ? NaN : round(sorted.reduce((a, b) => a + b, 0) / sorted.length, 1);
   return { p50: at(0.5), p75: at(0.75), p90: at(0.9), p99: at(0.99), p999: at(0.999), p9999: at(0.9999), max: at(1), mean };
 }
