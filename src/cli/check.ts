@@ -11,7 +11,7 @@ import type { Command } from 'commander';
 import { clusterChecks, DEFAULT_NAMESPACE, renderClusterText } from './cluster-check.js';
 import { renderJson, renderText, report } from '../node/checks.js';
 import { CliError } from './errors.js';
-import { kubeClient } from './kube.js';
+import { KubeClient } from '../kube/client.js';
 import { DEFAULT_PIN_ROOT, runChecks } from '../node/probes.js';
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -35,7 +35,7 @@ export function register(program: Command): void {
         if (options.cgroup !== undefined || options.pinRoot !== undefined || options.hostRoot !== undefined) throw new CliError('--cgroup, --pin-root and --host-root check this node: drop --kubeconfig/--kube, or run `ambit check` on the node', undefined, 2);
         const namespace = options.namespace ?? DEFAULT_NAMESPACE;
         if (!DNS_LABEL.test(namespace) || namespace.length > 63) throw new CliError(`--namespace must be a DNS label (lower case letters, digits, '-'), got "${namespace}"`, undefined, 2);
-        const client = kubeClient(options.kubeconfig);
+        const client = KubeClient.fromFile(options.kubeconfig);
         const result = report(await clusterChecks(client, { namespace, pre: options.pre === true }));
         process.stdout.write(options.json ? renderJson(result) : renderClusterText(result, options.pre === true));
         process.exitCode = result.ok ? 0 : 1;

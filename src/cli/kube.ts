@@ -1,9 +1,6 @@
 /** What the CLI's commands share when they talk to a Kubernetes API server (`--kubeconfig FILE` or `--kube`). */
-import { KubeClient, type KubeResponse } from '../kube/client.js';
+import type { KubeClient, KubeResponse } from '../kube/client.js';
 import { CliError } from './errors.js';
-
-/** A client for the cluster of the kubeconfig (or $KUBECONFIG / ~/.kube/config); an unreadable one is an OperatorError. */
-export const kubeClient = (kubeconfig: string | undefined): KubeClient => KubeClient.fromFile(kubeconfig);
 
 /** One request; a transport failure is a CliError naming the server. */
 export async function kubeRequest(client: KubeClient, method: string, path: string, body?: unknown, contentType?: string): Promise<KubeResponse> {

@@ -12,7 +12,8 @@ import { RuntimeClient } from '../local/client.js';
 import { ClusterLayout, DEFAULT_CLUSTER } from '../local/layout.js';
 import { readState } from '../local/state.js';
 import { CliError } from './errors.js';
-import { apiMessage, isSuccess, kubeClient, kubeRequest } from './kube.js';
+import { apiMessage, isSuccess, kubeRequest } from './kube.js';
+import { KubeClient } from '../kube/client.js';
 import { apply, printApply } from './local.js';
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -25,7 +26,7 @@ export function dataplanePatch(enable: boolean): { metadata: { labels: Record<st
 }
 
 async function onKubernetes(name: string, enable: boolean, kubeconfig: string | undefined): Promise<void> {
-  const client = kubeClient(kubeconfig);
+  const client = KubeClient.fromFile(kubeconfig);
   const res = await kubeRequest(client, 'PATCH', `/api/v1/namespaces/${name}`, dataplanePatch(enable), 'application/merge-patch+json');
   if (res.status === 404) throw new CliError(`namespace ${name} does not exist in ${client.server}`);
   if (!isSuccess(res)) throw new CliError(`could not label namespace ${name}: ${apiMessage(res)}`);

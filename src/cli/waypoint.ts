@@ -14,7 +14,8 @@ import { TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, USE_WAYPOINT,
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
 import { parseSamplingPercent, validateTracingOptions } from '../telemetry/tracing.js';
 import { CliError } from './errors.js';
-import { apiMessage, isSuccess, kubeClient, kubeRequest } from './kube.js';
+import { apiMessage, isSuccess, kubeRequest } from './kube.js';
+import { KubeClient } from '../kube/client.js';
 import { namespaceWithLabel } from './namespace.js';
 import { table } from './format.js';
 import { apply, printApply } from './local.js';
@@ -54,7 +55,7 @@ export function useWaypointPatch(name: string): { metadata: { labels: Record<str
 }
 
 async function applyOnKubernetes(opts: ApplyOpts, gateway: Record<string, unknown>): Promise<void> {
-  const client = kubeClient(opts.kubeconfig);
+  const client = KubeClient.fromFile(opts.kubeconfig);
   const server = client.server;
   const ns = await kubeRequest(client, 'GET', `/api/v1/namespaces/${opts.namespace}`);
   if (ns.status === 404) throw new CliError(`namespace ${opts.namespace} does not exist in ${server}`);
@@ -75,7 +76,7 @@ async function applyOnKubernetes(opts: ApplyOpts, gateway: Record<string, unknow
 }
 
 async function deleteOnKubernetes(namespace: string, name: string, kubeconfig: string | undefined): Promise<void> {
-  const client = kubeClient(kubeconfig);
+  const client = KubeClient.fromFile(kubeconfig);
   const server = client.server;
   const res = await kubeRequest(client, 'DELETE', GATEWAY_PATH(namespace, name));
   if (res.status === 404) throw new CliError(`waypoint ${namespace}/${name} not found in ${server}`);
@@ -126,7 +127,7 @@ function conditionStatus(gw: KubeGateway, type: string): string {
  * Programmed conditions, and the Services and Namespace labelled to use it.
  */
 async function listOnKubernetes(namespace: string | undefined, kubeconfig: string | undefined): Promise<void> {
-  const client = kubeClient(kubeconfig);
+  const client = KubeClient.fromFile(kubeconfig);
   const server = client.server;
   const gatewaysPath = namespace ? `/apis/gateway.networking.k8s.io/v1/namespaces/${namespace}/gateways` : '/apis/gateway.networking.k8s.io/v1/gateways';
   const res = await kubeRequest(client, 'GET', gatewaysPath);
