@@ -28,6 +28,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { writeFileSync } from 'node:fs';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import type { KubernetesSettings } from '../../src/control/controller.js';
 
 export interface ServedKind { group: string; version: string; kind: string; plural: string }
 
@@ -401,3 +402,6 @@ export async function freePort(): Promise<number> {
   await new Promise((r) => s.close(r));
   return p;
 }
+
+/** A controller against this API server as one replica that runs no waypoints: what most controller tests need. */
+export const ONE_REPLICA: KubernetesSettings = { namespace: 'ambit-system', nodeAgent: { serviceAccount: 'ambit-node', daemonSet: 'ambit-node' }, waypoints: { managed: false, values: [] } };

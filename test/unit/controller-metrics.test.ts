@@ -8,17 +8,15 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { configCounts, runController, type Controller, type KubernetesSettings } from '../../src/control/controller.js';
+import { configCounts, runController, type Controller } from '../../src/control/controller.js';
 import { DiscoveryClient } from '../../src/discovery/discovery.js';
 import { CaClient } from '../../src/identity/ca-server.js';
 import { CertManager } from '../../src/identity/cert-manager.js';
 import { splitPemBundle } from '../../src/identity/pki.js';
 import { NODE_NAME_EXTRA } from '../../src/identity/tokenreview.js';
 import type { Resource } from '../../src/kube/manifests.js';
-import { FakeApiServer, writeKubeconfig } from '../helpers/fake-apiserver.js';
+import { FakeApiServer, ONE_REPLICA, writeKubeconfig } from '../helpers/fake-apiserver.js';
 
-/** One replica, no waypoints run: what these tests need of a Kubernetes controller. */
-const SETTINGS: KubernetesSettings = { namespace: 'ambit-system', nodeAgent: { serviceAccount: 'ambit-node', daemonSet: 'ambit-node' }, waypoints: { managed: false, values: [] } };
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-ctl-metrics-'));
 const api = new FakeApiServer([
@@ -78,7 +76,7 @@ beforeAll(async () => {
   api.apply('VirtualService', { metadata: { name: 'web', namespace: 'shop' }, spec: { hosts: ['web'], http: [{ route: [{ destination: { host: 'web' } }] }] } });
   api.apply('VirtualService', { metadata: { name: 'broken', namespace: 'shop' }, spec: { hosts: ['broken'], tcp: 'nope' } });
   controller = await runController({
-    kubernetes: { settings: SETTINGS, kubeconfig: writeKubeconfig(join(dir, 'kubeconfig'), api.url) }, caDir: join(dir, 'ca'), host: '127.0.0.1', port: 0, trustDomain: 'cluster.local',
+    kubernetes: { settings: ONE_REPLICA, kubeconfig: writeKubeconfig(join(dir, 'kubeconfig'), api.url) }, caDir: join(dir, 'ca'), host: '127.0.0.1', port: 0, trustDomain: 'cluster.local',
     health: { host: '127.0.0.1', port: 0 }, monitoring: { host: '127.0.0.1', port: 0 },
   });
   await vi.waitFor(async () => expect((await fetch(`http://127.0.0.1:${controller.healthPort}/healthz/ready`)).status).toBe(200), { timeout: 15_000, interval: 100 });

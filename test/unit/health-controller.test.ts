@@ -7,11 +7,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { runController, type Controller, type KubernetesSettings } from '../../src/control/controller.js';
-import { FakeApiServer, writeKubeconfig } from '../helpers/fake-apiserver.js';
+import { runController, type Controller } from '../../src/control/controller.js';
+import { FakeApiServer, ONE_REPLICA, writeKubeconfig } from '../helpers/fake-apiserver.js';
 
-/** One replica, no waypoints run: what these tests need of a Kubernetes controller. */
-const SETTINGS: KubernetesSettings = { namespace: 'ambit-system', nodeAgent: { serviceAccount: 'ambit-node', daemonSet: 'ambit-node' }, waypoints: { managed: false, values: [] } };
 
 const dir = mkdtempSync(join(tmpdir(), 'ambit-ctl-health-'));
 const api = new FakeApiServer([
@@ -22,7 +20,7 @@ const controllers: Controller[] = [];
 
 async function start(name: string, server: string): Promise<Controller> {
   const c = await runController({
-    kubernetes: { settings: SETTINGS, kubeconfig: writeKubeconfig(join(dir, `${name}.kubeconfig`), server) }, caDir: join(dir, name), host: '127.0.0.1', port: 0, trustDomain: 'cluster.local',
+    kubernetes: { settings: ONE_REPLICA, kubeconfig: writeKubeconfig(join(dir, `${name}.kubeconfig`), server) }, caDir: join(dir, name), host: '127.0.0.1', port: 0, trustDomain: 'cluster.local',
     health: { host: '127.0.0.1', port: 0 },
   });
   controllers.push(c);
