@@ -8,6 +8,8 @@
  *   GET /config_dump    the mesh config the agent holds (version, workloads, services, policies)
  *   GET /workloads      the pods of this node in the mesh, and those it could not enroll
  *   GET /connections    every connection open now
+ *   GET /proxy-config/<view>   workloads, services, policies, certs or connections, in the
+ *                       versioned schema of src/api/proxy-config.ts (docs/PROXY-CONFIG.md)
  *   GET /logging        the log level
  *   POST /logging?level=debug   changes it — only on the agent's control socket (a unix socket,
  *                       mode 0600: root only); on TCP every process of the node could reach it,
@@ -20,6 +22,8 @@ import type { CertManager } from '../identity/cert-manager.js';
 import { certificateFacts } from '../identity/pki.js';
 import { silentLogger } from '../telemetry/log.js';
 import type { CertificatesResponse } from '../api/admin.js';
+import { isProxyConfigView, PROXY_CONFIG_VIEWS } from '../api/proxy-config.js';
+import { proxyConfigView, type ProxyConfigSource } from './proxy-config.js';
 import { listenTcp, localServer, sendJson, type LocalRequest } from '../util/local-http.js';
 
 export const ADMIN_PORT = 15000;
@@ -27,6 +31,8 @@ export const ADMIN_PORT = 15000;
 export interface AdminSources {
   certificates?: CertManager;
   agent?: { configDump(): unknown; workloads(): unknown; connections: { list(): unknown[] } };
+  /** What `/proxy-config/<view>` is built from (the agent). */
+  proxyConfig?: ProxyConfigSource;
   logger?: Logger;
   /** Where state-changing requests go instead of TCP (named in the 403), e.g. the control socket's path. */
   changesAt?: string;
@@ -53,6 +59,7 @@ export function serveAdmin(sources: AdminSources, changes: boolean, req: LocalRe
     sources.logger.level = level;
     return json(200, { level });
   }
+  if (sources.proxyConfig && req.segments[0] === PROXY_CONFIG) return serveProxyConfig(sources.proxyConfig, req, json);
   const agent = sources.agent;
   if (!adminRoutes(sources).includes(path)) return false;
   if (method !== 'GET') return json(405, { error: `${method} ${path} not allowed: GET only${path === '/logging' ? ' (or POST on the control socket)' : ''}` });
@@ -73,9 +80,25 @@ export function serveAdmin(sources: AdminSources, changes: boolean, req: LocalRe
   return json(200, answer);
 }
 
+const PROXY_CONFIG = 'proxy-config';
+
+/** `GET /proxy-config/<view>`; any other view is a 404 that names the views. */
+function serveProxyConfig(source: ProxyConfigSource, req: LocalRequest, json: (status: number, body: unknown) => boolean): boolean {
+  const [, view, ...rest] = req.segments;
+  if (view === undefined || rest.length > 0 || !isProxyConfigView(view)) {
+    const asked = view === undefined ? 'no view' : `no view ${JSON.stringify(req.segments.slice(1).join('/').slice(0, 64))}`;
+    return json(404, { error: `${asked}: GET /proxy-config/<view>, where <view> is one of ${PROXY_CONFIG_VIEWS.join(', ')}`, views: PROXY_CONFIG_VIEWS });
+  }
+  if (req.method !== 'GET') return json(405, { error: `${req.method} ${req.path} not allowed: GET only` });
+  return json(200, proxyConfigView(view, source));
+}
+
 /** The admin routes a listener knows, for its 404. */
 export function adminRoutes(sources: AdminSources): string[] {
-  return ['/healthz', '/certificates', '/certs', '/logging', ...(sources.agent ? ['/config_dump', '/workloads', '/connections'] : [])];
+  return [
+    '/healthz', '/certificates', '/certs', '/logging', ...(sources.agent ? ['/config_dump', '/workloads', '/connections'] : []),
+    ...(sources.proxyConfig ? [`/${PROXY_CONFIG}/{${PROXY_CONFIG_VIEWS.join('|')}}`] : []),
+  ];
 }
 
 /** The admin endpoint on TCP: read-only. */

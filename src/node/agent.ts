@@ -19,7 +19,8 @@ import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2';
 import { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { DiscoveryClient, type WireResource } from '../discovery/discovery.js';
-import type { Service, Workload } from '../config/model.js';
+import type { ConfigObject, Service, Workload } from '../config/model.js';
+import { DEFAULT_ROOT_NAMESPACE } from '../authz/l4.js';
 import { detectSocketLbConflicts } from '../ebpf/cgroup-programs.js';
 import { AMBIT, Datapath } from '../ebpf/datapath.js';
 import type { OrigDst } from '../ebpf/codecs.js';
@@ -87,6 +88,29 @@ interface PodEntry {
 
 /** A pod's enrollment as the runtime waits for it: done (with or without the mesh) or failed. */
 export type { PodReadiness };
+
+/** `GET /config_dump`: the mesh config the agent holds. */
+export interface ConfigDump {
+  node: string;
+  version: string | null;
+  connected: boolean;
+  workloads: Workload[];
+  services: Service[];
+  policies: ConfigObject[];
+  waypoints: ConfigObject[];
+  warnings: string[];
+}
+
+/** `GET /workloads`: the pods of this node in the mesh, and those the agent could not enroll. */
+export interface WorkloadsDump {
+  node: string;
+  enrolled: {
+    uid: string; namespace: string; name: string; identity: string; ips: string[];
+    netns: string; netnsCookie: string; connections: number;
+    certificate: { serial: string; notAfter: string } | null;
+  }[];
+  failed: { uid: string; error: string }[];
+}
 
 export class NodeAgent {
   readonly metrics = new MeshMetrics();
@@ -701,7 +725,12 @@ export class NodeAgent {
     this.hboneLimiter.registerMetrics(this.metrics);
   }
 
-  configDump(): unknown {
+  /** Istio's root namespace: its policies without a selector apply mesh-wide. */
+  get rootNamespace(): string {
+    return this.opts.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
+  }
+
+  configDump(): ConfigDump {
     const s = this.state;
     return {
       node: this.opts.node, version: s?.version ?? null, connected: this.discovery.connected,
@@ -710,7 +739,7 @@ export class NodeAgent {
     };
   }
 
-  workloads(): unknown {
+  workloads(): WorkloadsDump {
     return {
       node: this.opts.node,
       enrolled: [...this.pods.values()].map((p) => ({

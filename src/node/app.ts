@@ -93,7 +93,7 @@ export async function startNodeApp(opts: NodeAppOptions): Promise<NodeApp> {
   let checks: ReturnType<typeof runChecks> | undefined;
   const nodeReport = async () => report([...await (checks ??= runChecks({ cgroup: opts.cgroup, pinRoot: opts.pinRoot })), ...(parts?.checks() ?? [])]);
   const servers = await serveTelemetry(agent, opts.telemetry.host, opts.telemetry.metrics, opts.telemetry.health, nodeReport, log);
-  const adminSources: AdminSources = { certificates: agent.certs, agent, logger: log, ...(opts.controlSocket ? { changesAt: opts.controlSocket } : {}) };
+  const adminSources: AdminSources = { certificates: agent.certs, agent, proxyConfig: agent, logger: log, ...(opts.controlSocket ? { changesAt: opts.controlSocket } : {}) };
   const adminServer = await AdminServer.start(adminSources, opts.admin.host, opts.admin.port);
   const control = opts.controlSocket ? await serveControl(agent, opts.controlSocket, adminSources, log) : undefined;
   log.info({ node: opts.node, pinRoot: opts.pinRoot, cgroup: opts.cgroup }, 'node agent started');
