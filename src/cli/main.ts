@@ -13,10 +13,11 @@ import * as install from './install.js';
 import * as local from './local.js';
 import * as namespace from './namespace.js';
 import * as node from './node.js';
+import * as proxyConfig from './proxy-config.js';
 import * as waypoint from './waypoint.js';
 
 /** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
-const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, ca, certs, check, controller, install, local, namespace, node, waypoint];
+const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, ca, certs, check, controller, install, local, namespace, node, proxyConfig, waypoint];
 
 /**
  * The subcommands that run as services under a supervisor (the local runtime, systemd, the

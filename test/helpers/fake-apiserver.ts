@@ -21,13 +21,18 @@
  * - `GET /version` (`version`); `GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH` answered by
  *   `podProxy` (404 when unset);
  * - `failNext(...)`: the next matching requests answer an error instead;
+ * - the pods/portforward subresource over WebSocket (`v4.channel.k8s.io`, as the kubelet frames
+ *   it: channel 0 data, channel 1 errors, each opened by the port as two little-endian bytes),
+ *   its connections made by `portForward` (404 when unset);
  * - 404 (a Status object) for anything else.
  *
  * Resource versions are one global counter, as etcd's are.
  */
+import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { writeFileSync } from 'node:fs';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { KubernetesSettings } from '../../src/control/controller.js';
 
 export interface ServedKind { group: string; version: string; kind: string; plural: string }
@@ -53,6 +58,8 @@ export class FakeApiServer {
   /** Oldest version a watch may resume from, per kind (history before it was compacted). */
   private readonly compactedAt = new Map<string, number>();
   private readonly watchers = new Set<Watcher>();
+  /** Upgraded (port-forward) connections, which the HTTP server no longer closes itself. */
+  private readonly upgraded = new Set<Duplex>();
   private goneNext = 0;
   readonly statusPatches: { path: string; contentType: string; body: unknown }[] = [];
   readonly requests: { method: string; url: string; contentType?: string }[] = [];
@@ -68,6 +75,12 @@ export class FakeApiServer {
   version: Record<string, string> = { major: '1', minor: '30', gitVersion: 'v1.30.0' };
   /** Answers the API server's pod proxy: (namespace, pod, port, path) → status and body; undefined → 503. */
   podProxy?: (namespace: string, pod: string, port: number, path: string) => { status: number; body: string } | undefined;
+  /**
+   * Makes a port-forward's connection to (namespace, pod, port): a stream to carry it, an error
+   * message (written on the error channel, as the kubelet does when it cannot connect), or a
+   * status to refuse the upgrade with (403, 404).
+   */
+  portForward?: (namespace: string, pod: string, port: number) => Duplex | { error: string } | { status: number };
   /** Status code to answer status patches with (e.g. 500 to test tolerance). */
   statusPatchCode = 200;
   url = '';
@@ -101,6 +114,7 @@ export class FakeApiServer {
 
   async start(): Promise<string> {
     this.server = createServer((req, res) => this.handle(req, res));
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex) => this.upgrade(req, socket));
     await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve));
     this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
     return this.url;
@@ -108,6 +122,7 @@ export class FakeApiServer {
 
   async close(): Promise<void> {
     this.dropWatches();
+    for (const s of this.upgraded) s.destroy();
     this.server?.closeAllConnections();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
@@ -206,6 +221,59 @@ export class FakeApiServer {
   /** The next `n` watches answer 410 Gone whatever their version. */
   goneOnNextWatch(n = 1): void {
     this.goneNext = n;
+  }
+
+  /** `GET .../pods/NAME/portforward?ports=P` upgraded to a WebSocket (v4.channel.k8s.io). */
+  private upgrade(req: IncomingMessage, socket: Duplex): void {
+    const url = new URL(req.url ?? '/', 'http://x');
+    this.requests.push({ method: 'UPGRADE', url: `${url.pathname}${url.search}` });
+    this.upgraded.add(socket);
+    socket.on('close', () => this.upgraded.delete(socket));
+    const refuse = (status: number, message: string) => {
+      const body = JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, code: status });
+      socket.end(`HTTP/1.1 ${status} Refused\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    };
+    const m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/portforward$/.exec(url.pathname);
+    const port = Number(url.searchParams.get('ports'));
+    const protocols = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
+    if (!m || !port || !this.portForward) return refuse(404, 'the server could not find the requested resource');
+    if (!protocols.includes('v4.channel.k8s.io')) return refuse(400, 'the stand-in speaks v4.channel.k8s.io only');
+    const target = this.portForward(m[1]!, m[2]!, port);
+    if ('status' in target) return refuse(target.status, `pods "${m[2]}" is forbidden: port-forward refused by the test`);
+    const accept = createHash('sha1').update(`${String(req.headers['sec-websocket-key'])}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${accept}\r\nsec-websocket-protocol: v4.channel.k8s.io\r\n\r\n`);
+    const portBytes = Buffer.from([port & 0xff, port >> 8]);
+    socket.write(wsFrame(2, Buffer.concat([Buffer.from([0]), portBytes])));
+    socket.write(wsFrame(2, Buffer.concat([Buffer.from([1]), portBytes])));
+    let closed = false;
+    const close = () => {
+      if (closed) return;
+      closed = true;
+      socket.end(wsFrame(8, Buffer.from([0x03, 0xe8])));
+    };
+    if ('error' in target) {
+      socket.write(wsFrame(2, Buffer.concat([Buffer.from([1]), Buffer.from(target.error)])));
+      close();
+      return;
+    }
+    target.on('data', (chunk: Buffer) => { if (!closed) socket.write(wsFrame(2, Buffer.concat([Buffer.from([0]), chunk]))); });
+    target.on('end', close);
+    target.on('close', close);
+    target.on('error', close);
+    socket.on('error', () => target.destroy());
+    socket.on('close', () => target.destroy());
+    let buffered = Buffer.alloc(0);
+    socket.on('data', (chunk: Buffer) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      for (let frame = readWsFrame(buffered); frame; frame = readWsFrame(buffered)) {
+        buffered = buffered.subarray(frame.size);
+        if (frame.opcode === 8) {
+          target.end();
+          close();
+        } else if (frame.opcode === 9) socket.write(wsFrame(10, frame.payload));
+        else if (frame.opcode === 2 && frame.payload[0] === 0) target.write(frame.payload.subarray(1));
+      }
+    });
   }
 
   private send(res: ServerResponse, code: number, body: unknown): void {
@@ -369,6 +437,41 @@ export class FakeApiServer {
     this.apply(k.kind, next, k.group);
     this.send(res, prev ? 200 : 201, store.get(key));
   }
+}
+
+/** A server's WebSocket frame (RFC 6455: final, unmasked). */
+function wsFrame(opcode: number, payload: Buffer): Buffer {
+  const n = payload.length;
+  const head = n < 126 ? Buffer.from([0x80 | opcode, n]) : n < 65536 ? Buffer.from([0x80 | opcode, 126, n >> 8, n & 0xff]) : Buffer.alloc(10);
+  if (n >= 65536) {
+    head[0] = 0x80 | opcode;
+    head[1] = 127;
+    head.writeBigUInt64BE(BigInt(n), 2);
+  }
+  return Buffer.concat([head, payload]);
+}
+
+/** The first whole frame a client sent (masked, as clients must), or undefined until it has all arrived. */
+function readWsFrame(b: Buffer): { opcode: number; payload: Buffer; size: number } | undefined {
+  if (b.length < 2) return undefined;
+  let len = b[1]! & 0x7f;
+  let at = 2;
+  if (len === 126) {
+    if (b.length < 4) return undefined;
+    len = b.readUInt16BE(2);
+    at = 4;
+  } else if (len === 127) {
+    if (b.length < 10) return undefined;
+    len = Number(b.readBigUInt64BE(2));
+    at = 10;
+  }
+  const masked = (b[1]! & 0x80) !== 0;
+  const mask = masked ? b.subarray(at, at + 4) : undefined;
+  if (masked) at += 4;
+  if (b.length < at + len) return undefined;
+  const payload = Buffer.from(b.subarray(at, at + len));
+  if (mask) for (let i = 0; i < payload.length; i++) payload[i] = payload[i]! ^ mask[i % 4]!;
+  return { opcode: b[0]! & 0x0f, payload, size: at + len };
 }
 
 /** RFC 7386 JSON merge patch. */
