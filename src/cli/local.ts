@@ -10,6 +10,7 @@ import { LocalError } from '../local/errors.js';
 import { ClusterLayout, DEFAULT_CLUSTER, MAX_NODES } from '../local/layout.js';
 import { formatDiagnostic } from '../kube/manifests.js';
 import { launchArgv } from '../local/process.js';
+import { checkScrapeInterval, DEFAULT_SCRAPE_INTERVAL } from '../local/prometheus.js';
 import type { ApplyResult, ClusterStatus, PodStatus } from '../local/runtime.js';
 import { age, table } from './format.js';
 import { readState } from '../local/state.js';
@@ -49,7 +50,9 @@ export function register(program: Command): void {
     .option('-f, --filename <path>', 'manifest file or directory (repeatable; - for stdin)', collect)
     .option('--nodes <n>', `number of nodes, 1-${MAX_NODES} (default 2 for a new cluster)`, positiveInt('--nodes', MAX_NODES))
     .option('--timeout <seconds>', 'how long to wait for the pods', positiveInt('--timeout', 3600), 180)
-    .action(async (opts: { filename?: string[]; nodes?: number; timeout: number; name?: string; cluster?: string }) => {
+    .option('--prometheus', 'also run a Prometheus (Debian\'s prometheus package) scraping the controller, every node agent and waypoint; kept with the cluster')
+    .option('--scrape-interval <duration>', 'the Prometheus\'s scrape interval (with --prometheus)', DEFAULT_SCRAPE_INTERVAL)
+    .action(async (opts: { filename?: string[]; nodes?: number; timeout: number; prometheus?: boolean; scrapeInterval: string; name?: string; cluster?: string }) => {
       const layout = clusterOf(opts);
       const inputs = opts.filename ? readManifestInputs(opts.filename) : [];
       const pid = runtimePid(layout);
@@ -67,6 +70,10 @@ export function register(program: Command): void {
         await startRuntime(layout, opts.nodes);
       }
       const client = new RuntimeClient(layout);
+      if (opts.prometheus) {
+        const p = await client.request<{ url: string; started: boolean }>('POST', '/v1/prometheus', { scrapeInterval: checkScrapeInterval(opts.scrapeInterval) });
+        say(`prometheus ${p.started ? 'started' : 'runs'} on ${p.url} in the cluster's underlay netns (reachable from its nodes; ambit stat and ambit dashboard read it)`);
+      }
       if (inputs.length > 0) printApply(await apply(client, 'apply', inputs));
       await waitForPods(client, layout, opts.timeout * 1000);
       const status = await client.request<ClusterStatus>('GET', '/v1/status');

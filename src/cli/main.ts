@@ -13,11 +13,12 @@ import * as install from './install.js';
 import * as local from './local.js';
 import * as namespace from './namespace.js';
 import * as node from './node.js';
+import * as stat from './stat.js';
 import * as proxyConfig from './proxy-config.js';
 import * as waypoint from './waypoint.js';
 
 /** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
-const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, ca, certs, check, controller, install, local, namespace, node, proxyConfig, waypoint];
+const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, ca, certs, check, controller, install, local, namespace, node, proxyConfig, stat, waypoint];
 
 /**
  * The subcommands that run as services under a supervisor (the local runtime, systemd, the

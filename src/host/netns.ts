@@ -5,6 +5,8 @@
  * threads never move, so nothing else in the process notices.
  */
 import { closeSync, openSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { Socket } from 'node:net';
 import * as libc from '../../native/libc.js';
 import { addrToBytes } from '../ebpf/addr.js';
 import { AMBIT } from '../ebpf/layout.generated.js';
@@ -139,4 +141,38 @@ export const AGENT_SOCKET_MARK = AMBIT.SOCKET_MARK;
 
 export function closeFd(fd: number): void {
   libc.close(fd);
+}
+
+/** The most `httpGetInNetns` reads of an answer. */
+export const NETNS_HTTP_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * A plain HTTP GET from inside a network namespace (a socket made there, then connected): how the
+ * CLI and the local runtime reach a Prometheus or a metrics endpoint that only exists in one of
+ * the local cluster's namespaces. The answer's body is read up to `NETNS_HTTP_MAX_BYTES`.
+ */
+export function httpGetInNetns(netnsPath: string, host: string, port: number, path: string, timeoutMs = 10_000): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({
+      // No `agent`: with one (even `false`, which makes a fresh Agent) Node ignores createConnection.
+      host, port, path, method: 'GET', timeout: timeoutMs,
+      createConnection: () => {
+        const socket = new Socket({ fd: socketInNetns(netnsPath, host.includes(':') ? 6 : 4), readable: true, writable: true });
+        return socket.connect(port, host);
+      },
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (c: Buffer) => {
+        size += c.length;
+        if (size > NETNS_HTTP_MAX_BYTES) req.destroy(new Error(`http://${host}:${port}${path} answered more than ${NETNS_HTTP_MAX_BYTES} bytes`));
+        else chunks.push(c);
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`http://${host}:${port}${path} did not answer within ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end();
+  });
 }

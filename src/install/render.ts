@@ -199,7 +199,8 @@ function rbac(name: string, namespace: string, component: string, clusterRules: 
   ];
 }
 
-function selectorLabels(component: string): Record<string, string> {
+/** The labels that select a component's pods (`controller`, `node`): how the CLI finds them through the API server. */
+export function selectorLabels(component: string): Record<string, string> {
   const l = commonLabels(component);
   return { 'app.kubernetes.io/name': l['app.kubernetes.io/name']!, 'app.kubernetes.io/part-of': l['app.kubernetes.io/part-of']! };
 }

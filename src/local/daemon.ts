@@ -79,6 +79,11 @@ export async function runDaemon(layout: ClusterLayout, nodes: number | undefined
         const container = req.query.get('container') ?? undefined;
         return send(res, 200, route === 'GET /v1/exec' ? runtime.execTarget(ns, name, container) : { file: runtime.podLogFile(ns, name, container) });
       }
+      if (route === 'POST /v1/prometheus') {
+        const interval = (await readJson(req.raw) as { scrapeInterval?: unknown }).scrapeInterval;
+        if (typeof interval !== 'string') throw new LocalError('request needs "scrapeInterval": a duration such as "5s"');
+        return send(res, 200, runtime.enablePrometheus(interval));
+      }
       if (route === 'POST /v1/shutdown') {
         send(res, 200, { stopping: true });
         await stop('shutdown requested');

@@ -16,7 +16,9 @@ import { Socket } from 'node:net';
 import { isEnrolled } from '../config/model.js';
 import { validateMeshObject } from '../config/validate.js';
 import { Datapath } from '../ebpf/datapath.js';
-import { socketInNetns } from '../host/netns.js';
+import { httpGetInNetns, socketInNetns } from '../host/netns.js';
+import { WAYPOINT_GATEWAY_LABEL } from '../config/model.js';
+import { checkScrapeInterval, CONTROLLER_MONITORING_PORT, LocalPrometheus, prometheusBinary, PROMETHEUS_PORT } from './prometheus.js';
 import { ambitBin } from '../util/package.js';
 import { allocatePodIp, allocateVip, inServiceRange } from './addresses.js';
 import { endpoints, hostsFile, matches, resolvConf, serviceRules, servicesOf, type ReadyPods } from './services.js';
@@ -64,6 +66,9 @@ export interface PodStatus {
   serviceAccount: string;
   createdAt: string;
   owner?: string;
+  labels: Record<string, string>;
+  /** Whether the pod is in the mesh (its or its namespace's `ambit.dev/dataplane-mode`). */
+  meshed: boolean;
   containers: ContainerStatus[];
 }
 
@@ -95,6 +100,8 @@ export interface ClusterStatus {
   controller?: { version: string; rejected?: string[]; subscribers: { node: string; kind: string; name: string; lastAck?: string; lastNack?: { version: string; error: string } }[] };
   /** Resources kept for the controller (Istio, Gateway API, ...). */
   others: { apiVersion: string; kind: string; namespace: string; name: string }[];
+  /** The cluster's Prometheus, when it runs one: its URL inside the underlay netns (`netns`). */
+  prometheus?: { url: string; netns: string; scrapeInterval: string };
 }
 
 const POD_NAME_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789';
@@ -115,6 +122,7 @@ export class Runtime {
   private readonly net: ClusterNetwork;
   private readonly hostsCache = new Map<string, string>();
   private readonly components: Component[] = [];
+  private prometheus?: LocalPrometheus;
   private syncTimer?: NodeJS.Timeout;
   private syncError?: string;
   private closed = false;
@@ -187,7 +195,8 @@ export class Runtime {
       name: 'controller',
       netns: underlay,
       cgroup: this.layout.componentCgroup('controller'),
-      argv: [process.execPath, ...nodeFlags(), ambitBin(), 'controller', '--local-state', this.layout.stateDir, '--config-dir', this.layout.configDir, '--listen', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`],
+      argv: [process.execPath, ...nodeFlags(), ambitBin(), 'controller', '--local-state', this.layout.stateDir, '--config-dir', this.layout.configDir, '--listen', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
+        '--monitoring', `${UNDERLAY_GATEWAY}:${CONTROLLER_MONITORING_PORT}`],
       env: this.componentEnv(),
       logFile: this.layout.componentLog('controller'),
       health: () => tcpReachable(`/run/netns/${underlay}`, UNDERLAY_GATEWAY, CONTROLLER_PORT),
@@ -215,6 +224,55 @@ export class Runtime {
       agent.start();
       this.components.push(agent);
     }
+    if (this.state.prometheus) this.startPrometheus(this.state.prometheus.scrapeInterval);
+  }
+
+  /** The cluster's Prometheus (src/local/prometheus.ts), in the underlay netns. */
+  private startPrometheus(scrapeInterval: string): void {
+    const prometheus = new LocalPrometheus(this.layout, scrapeInterval);
+    const underlay = this.layout.underlayNetns;
+    const component = new Component({
+      name: 'prometheus',
+      netns: underlay,
+      cgroup: this.layout.componentCgroup('prometheus'),
+      argv: prometheus.prepare(),
+      env: this.baseEnv,
+      logFile: this.layout.componentLog('prometheus'),
+      health: async () => (await httpGetInNetns(`/run/netns/${underlay}`, UNDERLAY_GATEWAY, PROMETHEUS_PORT, '/-/ready', 1000)).status === 200,
+    }, this.log);
+    this.prometheus = prometheus;
+    this.writeTargets();
+    component.start();
+    this.components.push(component);
+  }
+
+  /**
+   * Adds a Prometheus to a running cluster (kept in the state, so it comes back with the cluster).
+   * Asking again with the same interval changes nothing; another interval is refused, since its
+   * data would mix two resolutions.
+   */
+  enablePrometheus(scrapeInterval: string): { url: string; started: boolean } {
+    checkScrapeInterval(scrapeInterval);
+    const current = this.state.prometheus;
+    if (current) {
+      if (current.scrapeInterval !== scrapeInterval) throw new LocalError(`the cluster's Prometheus scrapes every ${current.scrapeInterval}, not ${scrapeInterval}`, `keep ${current.scrapeInterval}, or remove the cluster (ambit local down) to start over`);
+      return { url: this.prometheus!.url, started: false };
+    }
+    prometheusBinary();
+    this.state.prometheus = { scrapeInterval };
+    writeState(this.layout.stateFile, this.state);
+    this.startPrometheus(scrapeInterval);
+    return { url: this.prometheus!.url, started: true };
+  }
+
+  /** The Prometheus's targets: every node agent, and every waypoint pod with an address. */
+  private writeTargets(): void {
+    if (!this.prometheus) return;
+    this.prometheus.writeTargets({
+      nodes: this.state.nodes.map((n) => ({ node: n.name, ip: n.ip })),
+      waypoints: Object.values(this.state.pods).filter((p) => p.labels[WAYPOINT_GATEWAY_LABEL] !== undefined)
+        .map((p) => ({ namespace: p.namespace, pod: p.name, ip: p.ip })),
+    });
   }
 
   /**
@@ -591,6 +649,7 @@ export class Runtime {
         writeFileSync(join(this.layout.podDir(record.namespace, record.name), 'hosts'), text);
         this.hostsCache.set(key, text);
       }
+      this.writeTargets();
       this.syncError = undefined;
     } catch (err) {
       this.syncError = (err as Error).message;
@@ -617,6 +676,8 @@ export class Runtime {
         serviceAccount: record.spec.serviceAccountName,
         createdAt: record.createdAt,
         owner: record.owner ? `deployment/${record.owner.name}` : undefined,
+        labels: record.labels,
+        meshed: isEnrolled(record.labels, this.namespaceLabels(record.namespace)),
         containers,
       };
     }).sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
@@ -633,7 +694,8 @@ export class Runtime {
       ...await Promise.all(this.components.map(async (c): Promise<ComponentStatus> => {
         const healthy = await c.healthy();
         const nodeIp = this.state.nodes.find((n) => n.name === c.spec.node)?.ip;
-        const detail = c.spec.name === 'controller' ? `CA and discovery on ${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`
+        const detail = c.spec.name === 'controller' ? `CA and discovery on ${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}, metrics on :${CONTROLLER_MONITORING_PORT}`
+          : c.spec.name === 'prometheus' ? `${this.prometheus?.url ?? ''} (underlay netns), scraping every ${this.state.prometheus?.scrapeInterval ?? '?'}`
           : c.spec.name === 'node-agent' ? `metrics http://${nodeIp ?? '?'}:15020/metrics` : '';
         return {
           name: c.spec.name,
@@ -657,7 +719,8 @@ export class Runtime {
     try {
       controller = JSON.parse(readFileSync(join(this.layout.stateDir, 'controller-status.json'), 'utf8')) as ClusterStatus['controller'];
     } catch { /* not written yet */ }
-    return { name: this.layout.name, stateDir: this.layout.stateDir, createdAt: this.state.createdAt, nodes, pods, services, components, ...(controller ? { controller } : {}), others };
+    const prometheus = this.prometheus && this.state.prometheus ? { url: this.prometheus.url, netns: `/run/netns/${this.layout.underlayNetns}`, scrapeInterval: this.state.prometheus.scrapeInterval } : undefined;
+    return { name: this.layout.name, stateDir: this.layout.stateDir, createdAt: this.state.createdAt, nodes, pods, services, components, ...(controller ? { controller } : {}), others, ...(prometheus ? { prometheus } : {}) };
   }
 
   /** What `ambit local exec` needs to run a command as one of the pod's processes. */

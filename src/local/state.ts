@@ -43,6 +43,8 @@ export interface ClusterState {
   /** Pods by `namespace/name`: bare Pods and the ones Deployments made. */
   pods: Record<string, PodRecord>;
   services: Record<string, ServiceRecord>;
+  /** `ambit local up --prometheus`: the cluster runs a Prometheus scraping it (src/local/prometheus.ts). */
+  prometheus?: { scrapeInterval: string };
 }
 
 export function resourceKey(r: { kind: string; apiVersion?: string; meta: { namespace: string; name: string } }): string {
