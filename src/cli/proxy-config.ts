@@ -75,19 +75,22 @@ function httpGet(options: RequestOptions, timeoutMs = TIMEOUT_MS): Promise<HttpA
   });
 }
 
-/** The agent's answer, checked: a 200 in the schema this ambit reads, else a CliError saying what the agent said. */
-export function readAnswer(view: ProxyConfigView, answer: HttpAnswer, agent: string): ProxyConfigAnswer {
+/**
+ * The agent's answer, checked: a 200 in the schema this ambit reads, else a CliError saying what
+ * the agent said (`logs`: where its log is, the hint for an answer that is not one).
+ */
+export function readAnswer(view: ProxyConfigView, answer: HttpAnswer, agent: string, logs?: string): ProxyConfigAnswer {
   let body: unknown;
   try {
     body = JSON.parse(answer.text);
   } catch {
-    throw new CliError(`${agent} sent an answer that is not JSON (HTTP ${answer.status}): ${answer.text.slice(0, 200)}`);
+    throw new CliError(`${agent} sent an answer that is not JSON (HTTP ${answer.status}): ${answer.text.slice(0, 200)}`, logs);
   }
   const error = (body as { error?: unknown } | null)?.error;
   if (answer.status === 404 && typeof error === 'string' && error.startsWith('no route')) {
     throw new CliError(`${agent} does not serve /proxy-config/${view}: it is older than this ambit`, 'upgrade the node agents to this ambit\'s version');
   }
-  if (answer.status !== 200) throw new CliError(`${agent} answered ${answer.status}: ${typeof error === 'string' ? error : answer.text.slice(0, 200)}`);
+  if (answer.status !== 200) throw new CliError(`${agent} answered ${answer.status}: ${typeof error === 'string' ? error : answer.text.slice(0, 200)}`, logs);
   const got = body as Partial<ProxyConfigAnswer> | null;
   if (got?.apiVersion !== PROXY_CONFIG_API_VERSION || got.kind !== PROXY_CONFIG_KINDS[view] || !Array.isArray(got.items)) {
     throw new CliError(`${agent} answered ${String(got?.apiVersion)} ${String(got?.kind)}; this ambit reads ${PROXY_CONFIG_API_VERSION} ${PROXY_CONFIG_KINDS[view]}`, 'use the ambit of the same version as the node agents');
@@ -104,6 +107,7 @@ export async function fromLocal(view: ProxyConfigView, node: string, cluster: st
   if (!nodes.includes(node)) throw new CliError(`cluster ${cluster} has no node "${node}"; its nodes: ${nodes.join(', ') || 'none'}`, nodes[0] ? `--node ${nodes[0]}` : undefined);
   const socketPath = CONTROL_SOCKET(layout.stateDir, node);
   const agent = `the node agent of ${node} (cluster ${cluster})`;
+  const logs = `its log: ${layout.componentLog(`node-agent.${node}`)}`;
   let answer: HttpAnswer;
   try {
     answer = await httpGet({ socketPath, path: `/proxy-config/${view}` });
@@ -111,9 +115,9 @@ export async function fromLocal(view: ProxyConfigView, node: string, cluster: st
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EACCES') throw new CliError(`cannot open ${socketPath}: permission denied`, 'the agent\'s control socket is root\'s only (mode 0600): run as root');
     throw new CliError(`${agent} does not answer on its control socket ${socketPath} (${code ?? (err as Error).message})`,
-      `ambit local status --cluster ${cluster} shows whether it runs; its log: ${layout.componentLog(`node-agent.${node}`)}`);
+      `ambit local status --cluster ${cluster} shows whether it runs; ${logs}`);
   }
-  return readAnswer(view, answer, agent);
+  return readAnswer(view, answer, agent, logs);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -247,15 +251,17 @@ async function fromKubernetes(view: ProxyConfigView, opts: Opts): Promise<ProxyC
     throw new CliError(`cannot port-forward to ${where}:${ADMIN_PORT} through the API server at ${client.server}: ${message}`,
       `kubectl port-forward -n ${opts.namespace} pod/${pod} ${ADMIN_PORT} takes the same path`);
   }
+  const logs = `kubectl logs -n ${opts.namespace} ${pod} shows whether the agent runs`;
   let answer: HttpAnswer;
   try {
     answer = await httpGet({ createConnection: () => conn, path: `/proxy-config/${view}` });
   } catch (err) {
+    throw new CliError(`the node agent pod ${where} on node ${opts.node} did not answer on its admin port ${ADMIN_PORT}: ${(err as Error).message}`, logs);
+  } finally {
+    // The WebSocket goes with the answer, whether or not the pod's side has closed yet.
     conn.destroy();
-    throw new CliError(`the node agent pod ${where} on node ${opts.node} did not answer on its admin port ${ADMIN_PORT}: ${(err as Error).message}`,
-      `kubectl logs -n ${opts.namespace} ${pod} shows whether the agent runs`);
   }
-  return readAnswer(view, answer, `the node agent pod ${where}`);
+  return readAnswer(view, answer, `the node agent pod ${where}`, logs);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
  */
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
+import { Duplex } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
@@ -225,6 +226,24 @@ describe('a Kubernetes cluster', () => {
     expect(await ambit(['proxy-config', 'workloads', '--node', 'node-a', '--kube'].concat(['--kubeconfig', kubeconfig]))).toMatch(/^NAMESPACE\s+NAME[^\n]*\nmesh\s+client\s+10\.244\.1\.3/);
     expect(server.requests.filter((r) => r.method === 'UPGRADE')).toHaveLength(2);
   }, 20_000);
+
+  it('closes the port-forward once it has the answer, even if the pod\'s side keeps it open', async () => {
+    const body = JSON.stringify({ ...envelope, kind: 'Services', items: [] });
+    let closed = false;
+    server.portForward = () => new Duplex({
+      read() { /* answers below */ },
+      write(_chunk, _encoding, done) {
+        this.push(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+        done();
+      },
+      destroy(err, done) {
+        closed = true;
+        done(err);
+      },
+    });
+    expect(await ambit(['proxy-config', 'services', '--node', 'node-a', '--kubeconfig', kubeconfig])).toBe('no services on node node-1\n');
+    await vi.waitFor(() => expect(closed).toBe(true));
+  });
 
   it('names the node and the namespace when no agent pod runs there', async () => {
     await expect(ambit(['proxy-config', 'workloads', '--node', 'node-c', '--kubeconfig', kubeconfig])).rejects.toMatchObject({
