@@ -45,9 +45,10 @@ image-push:
 typecheck:
 	npx tsc -p tsconfig.json --noEmit
 
-# docs/CLI.md from the commands themselves (a unit test fails when it is out of date).
+# docs/CLI.md from the commands themselves, deploy/grafana from the queries (unit tests fail when either is out of date).
 docs:
 	npx tsx scripts/cli-reference.ts
+	npx tsx scripts/dashboards.ts
 
 lint: typecheck
 	npx eslint .

@@ -4,6 +4,7 @@
 #   scripts/setup.sh --bpf    also the toolchain that rebuilds bpf/*.bpf.o and builds the CNI plugin: clang, llvm, bpftool, libbpf-dev, libc6-dev
 #   scripts/setup.sh --bench  also what the benchmarks run: gcc, haproxy, iperf3, h2load and nghttpd (nghttp2)
 #   scripts/setup.sh --fuzz   also clang with its libFuzzer and sanitizer runtimes (the CNI scanner's fuzzer)
+#   scripts/setup.sh --observe  also what the observability tests run: prometheus (ambit local up --prometheus)
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,8 @@ for flag in "$@"; do
     --bench) want+=(gcc libc6-dev haproxy iperf3 nghttp2-client nghttp2-server) ;;
     # Debian ships clang's libFuzzer/ASan runtimes apart, per clang version (libclang-rt-14-dev on bookworm).
     --fuzz) want+=(clang libc6-dev "libclang-rt-$(clang_major)-dev") ;;
-    *) echo "setup: unknown option $flag (known: --bpf, --bench, --fuzz)" >&2; exit 2 ;;
+    --observe) want+=(prometheus) ;;
+    *) echo "setup: unknown option $flag (known: --bpf, --bench, --fuzz, --observe)" >&2; exit 2 ;;
   esac
 done
 

@@ -3,7 +3,7 @@
 # real kernel), and ends with the plain count "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh || exit 1
+scripts/setup.sh --observe || exit 1
 
 report=$(mktemp --suffix=.json)
 trap 'rm -f "$report"' EXIT

@@ -213,7 +213,8 @@ export function register(program: Command): void {
       req.windowSeconds = windowSeconds(opts.window ?? (source.prometheus ? '1m' : '10s'));
       let result;
       try {
-        result = await collectStat(source, req, opts.json ? undefined : (s) => process.stderr.write(`sampling ${source.describe} for ${s}s...\n`));
+        // On stderr in every mode: a script can start its traffic once the first scrape is taken.
+        result = await collectStat(source, req, (s) => process.stderr.write(`sampling ${source.describe} for ${s}s...\n`));
       } catch (err) {
         if (err instanceof ObserveError || err instanceof StatError) throw new CliError(err.message);
         throw err;
