@@ -1,6 +1,7 @@
 /**
- * What a node agent holds, as `GET /proxy-config/<view>` answers it (src/node/proxy-config.ts
- * builds it, `ambit proxy-config` prints it). A versioned schema: every answer names
+ * What a node agent or a waypoint holds, as `GET /proxy-config/<view>` answers it
+ * (src/node/proxy-config.ts and src/waypoint/proxy-config.ts build it, `ambit proxy-config`
+ * prints it). A versioned schema: every answer names
  * `apiVersion: ambit.dev/proxy-config/v1`, and within v1 changes are additive only — a field or
  * an enum value may be added, none is renamed, retyped or removed, and a field that can be
  * empty is `null` rather than absent. Anything else is a new apiVersion. docs/PROXY-CONFIG.md
@@ -25,15 +26,27 @@ export function isProxyConfigView(v: string): v is ProxyConfigView {
   return Object.hasOwn(PROXY_CONFIG_KINDS, v);
 }
 
-/** The envelope every view shares. */
+/**
+ * The envelope every view shares. Fields marked "waypoint" are in a waypoint's answers only (a
+ * node agent's have no such field); every other field is in both.
+ */
 export interface ProxyConfigList<K extends string, T> {
   apiVersion: typeof PROXY_CONFIG_API_VERSION;
   kind: K;
-  /** The node the agent runs on. */
+  /** The node the agent runs on. A waypoint: its node when it knows it ($NODE_NAME), else "". */
   node: string;
   /** The mesh config version the agent applied last; null before the first one arrived. */
   configVersion: string | null;
+  /** Waypoint: the waypoint that answered, and its pod ($HOSTNAME; null when unknown). */
+  waypoint?: WaypointSelf;
   items: T[];
+}
+
+/** The waypoint that answered a view. */
+export interface WaypointSelf {
+  namespace: string;
+  name: string;
+  pod: string | null;
 }
 
 /** A waypoint by its Gateway. */
@@ -74,6 +87,44 @@ export interface WorkloadItem {
   connections: number | null;
   /** The certificate the agent holds for its identity; null for a pod it has not enrolled. */
   certificate: { serial: string; notAfter: string } | null;
+  /** Waypoint: the bound services (namespace/name) that select this workload. */
+  services?: string[];
+  /** Waypoint: the destinations it is balanced in, with its outlier state; [] before a request went to one. */
+  upstreams?: UpstreamItem[];
+}
+
+/** One destination (service, port, subset) a waypoint balances over, as one endpoint sees it. */
+export interface UpstreamItem {
+  /** namespace/name of the service. */
+  service: string;
+  port: number;
+  subset: string | null;
+  /** `ip:port` the waypoint sends to. */
+  address: string;
+  /** Outlier detection's view of this endpoint; null when the destination has none configured. */
+  outlier: OutlierItem | null;
+}
+
+export interface OutlierItem {
+  ejected: boolean;
+  /** Times ejected so far. */
+  ejections: number;
+  /** How long the current (or next) ejection lasts at least. */
+  ejectionSeconds: number;
+  consecutive5xx: number;
+  consecutiveGatewayErrors: number;
+  consecutiveLocalOriginFailures: number;
+}
+
+/** A route bound to a service at a waypoint. */
+export interface RouteRef {
+  kind: 'VirtualService' | 'HTTPRoute' | 'GRPCRoute';
+  namespace: string;
+  name: string;
+  /** The service ports it binds (a parentRef's port); null: every port. */
+  ports: number[] | null;
+  /** A route in another namespace than the service's applies to that namespace's clients only (consumer route). */
+  consumer: string | null;
 }
 
 export interface ServicePortItem {
@@ -95,6 +146,13 @@ export interface ServiceItem {
   endpoints: number;
   /** The waypoint its traffic goes through; null when none. */
   waypoint: WaypointRef | null;
+  /**
+   * Waypoint: the routes that apply to it, by kind and name: the VirtualService it uses, and the
+   * HTTPRoutes and GRPCRoutes bound to it (which take precedence on the ports they bind).
+   */
+  routes?: RouteRef[];
+  /** Waypoint: the DestinationRule(s) of its host, `namespace/name` (merged ones joined by "+"); null when none. */
+  destinationRule?: string | null;
 }
 
 /**
@@ -123,6 +181,8 @@ export interface PolicyItem {
   rules: string[];
   /** What the agent found wrong with it or cannot enforce as written. */
   warnings: string[];
+  /** Waypoint: what binds it here, `<kind> <namespace>/<name>` (Gateway, Service, GatewayClass). */
+  targetRefs?: string[];
 }
 
 export type CertificateState = 'valid' | 'fetching' | 'retrying' | 'expired';
@@ -191,4 +251,57 @@ export interface ProxyConfigAnswers {
   policies: PoliciesAnswer;
   certs: CertificatesAnswer;
   connections: ConnectionsAnswer;
+}
+
+// ---------------------------------------------------------------------------------------------
+// What both proxies share in building and serving the views.
+
+type Obj = Record<string, unknown>;
+const obj = (v: unknown): Obj => (typeof v === 'object' && v !== null && !Array.isArray(v) ? v as Obj : {});
+const list = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
+
+/** A field list as `key=a,b`; its `notKey` counterpart as `key!=a,b`. */
+function fields(o: Obj): string[] {
+  const out: string[] = [];
+  for (const [k, v] of Object.entries(o)) {
+    const values = list(v).map(String);
+    if (values.length === 0) continue;
+    const not = /^not[A-Z]/.test(k);
+    const name = not ? `${k[3]!.toLowerCase()}${k.slice(4)}` : k;
+    out.push(`${name}${not ? '!=' : '='}${values.join(',')}`);
+  }
+  return out;
+}
+
+/** One AuthorizationPolicy rule in one line: `from principals=… | namespaces=…; to ports=…; when source.ip=…`; `{}` is `any`. */
+export function ruleSummary(rule: unknown): string {
+  const r = obj(rule);
+  const parts: string[] = [];
+  const side = (key: 'from' | 'to', inner: 'source' | 'operation') => {
+    const alternatives = list(r[key]).map((x) => fields(obj(obj(x)[inner])).join(' ')).filter((x) => x !== '');
+    if (alternatives.length > 0) parts.push(`${key} ${alternatives.join(' | ')}`);
+  };
+  side('from', 'source');
+  side('to', 'operation');
+  const when = list(r.when).map((c) => {
+    const cond = obj(c);
+    return fields({ values: cond.values, notValues: cond.notValues }).map((f) => `${String(cond.key)}${f.slice('values'.length)}`).join(' ');
+  }).filter((x) => x !== '');
+  if (when.length > 0) parts.push(`when ${when.join(' ')}`);
+  return parts.length > 0 ? parts.join('; ') : 'any';
+}
+
+/**
+ * `GET /proxy-config/<view>` as an admin endpoint routes it, given the path's segments after
+ * `proxy-config`: the view to build, or the status and body to answer (404 naming the views,
+ * 405 for another method).
+ */
+export function proxyConfigRoute(method: string, path: string, rest: readonly string[]): { view: ProxyConfigView } | { status: number; body: { error: string; views?: ProxyConfigView[] } } {
+  const [view, ...more] = rest;
+  if (view === undefined || more.length > 0 || !isProxyConfigView(view)) {
+    const asked = view === undefined ? 'no view' : `no view ${JSON.stringify(rest.join('/').slice(0, 64))}`;
+    return { status: 404, body: { error: `${asked}: GET /proxy-config/<view>, where <view> is one of ${PROXY_CONFIG_VIEWS.join(', ')}`, views: PROXY_CONFIG_VIEWS } };
+  }
+  if (method !== 'GET') return { status: 405, body: { error: `${method} ${path} not allowed: GET only` } };
+  return { view };
 }

@@ -8,12 +8,15 @@
 import type { ConfigObject, Service, Workload } from '../config/model.js';
 import type { CertificateSummary } from '../identity/cert-manager.js';
 import {
-  PROXY_CONFIG_API_VERSION, PROXY_CONFIG_KINDS,
+  PROXY_CONFIG_API_VERSION, PROXY_CONFIG_KINDS, ruleSummary,
   type CertificateItem, type ConnectionItem, type ConnectionPeerItem, type PolicyItem, type ProxyConfigAnswers, type ProxyConfigView,
   type ServiceItem, type WaypointRef, type WorkloadItem,
 } from '../api/proxy-config.js';
 import type { ConfigDump, WorkloadsDump } from './agent.js';
 import type { ConnectionEndpoint, TrackedConnection } from './connections.js';
+
+// Shared with the waypoint's views; imported from here by older callers.
+export { ruleSummary };
 
 /** What the views are built from: the node agent (NodeAgent has all of it). */
 export interface ProxyConfigSource {
@@ -144,37 +147,6 @@ export function policyItems(policies: ConfigObject[], warnings: string[], rootNa
 function modeOf(mtls: unknown): string {
   const mode = obj(mtls).mode;
   return typeof mode === 'string' && mode !== '' ? mode : 'UNSET';
-}
-
-/** A field list as `key=a,b`; its `notKey` counterpart as `key!=a,b`. */
-function fields(o: Obj): string[] {
-  const out: string[] = [];
-  for (const [k, v] of Object.entries(o)) {
-    const values = list(v).map(String);
-    if (values.length === 0) continue;
-    const not = /^not[A-Z]/.test(k);
-    const name = not ? `${k[3]!.toLowerCase()}${k.slice(4)}` : k;
-    out.push(`${name}${not ? '!=' : '='}${values.join(',')}`);
-  }
-  return out;
-}
-
-/** One rule in one line: `from principals=… | namespaces=…; to ports=…; when source.ip=…`; `{}` is `any`. */
-export function ruleSummary(rule: unknown): string {
-  const r = obj(rule);
-  const parts: string[] = [];
-  const side = (key: 'from' | 'to', inner: 'source' | 'operation') => {
-    const alternatives = list(r[key]).map((x) => fields(obj(obj(x)[inner])).join(' ')).filter((x) => x !== '');
-    if (alternatives.length > 0) parts.push(`${key} ${alternatives.join(' | ')}`);
-  };
-  side('from', 'source');
-  side('to', 'operation');
-  const when = list(r.when).map((c) => {
-    const cond = obj(c);
-    return fields({ values: cond.values, notValues: cond.notValues }).map((f) => `${String(cond.key)}${f.slice('values'.length)}`).join(' ');
-  }).filter((x) => x !== '');
-  if (when.length > 0) parts.push(`when ${when.join(' ')}`);
-  return parts.length > 0 ? parts.join('; ') : 'any';
 }
 
 // ---------------------------------------------------------------------------------------------

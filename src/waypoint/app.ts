@@ -4,7 +4,8 @@
  * follows the controller as a `waypoint` subscriber (its services, their L7 config, workloads),
  * and serves HBONE on 15008 with the L7 proxy. On 15020: `/metrics`, `GET /healthz/ready` (200
  * once it has its first config and its certificate, 503 with the reason before) and
- * `GET /healthz/live`.
+ * `GET /healthz/live`. On 127.0.0.1:15000 (inside its pod) the read-only admin endpoint
+ * (src/waypoint/admin.ts): its certificate and `/proxy-config/<view>`.
  */
 import { createServer, type Server } from 'node:net';
 import type { Logger } from 'pino';
@@ -25,6 +26,7 @@ import { logger } from '../telemetry/log.js';
 import { cpuProfileFromEnv } from '../telemetry/profile.js';
 import { readFlagFile, tokenFile, waitForFile } from '../util/files.js';
 import { Router } from './routing.js';
+import { WAYPOINT_ADMIN_PORT, WaypointAdmin } from './admin.js';
 
 export interface WaypointOptions {
   namespace: string;
@@ -33,6 +35,8 @@ export interface WaypointOptions {
   controller: { address: string; token: Credential; roots: string[] };
   listen: { host: string; port: number };
   metricsPort?: number;
+  /** The admin endpoint's port on 127.0.0.1 (WAYPOINT_ADMIN_PORT in a pod; 0: any free port); none when undefined. */
+  adminPort?: number;
   log: Logger;
   accessLog: Logger;
   /** OTLP/HTTP endpoint and sampling; without an endpoint trace context still propagates. */
@@ -59,7 +63,7 @@ export async function startWaypointApp(opts: WaypointAppOptions): Promise<{ wayp
   const waypoint = await Waypoint.start({
     namespace: opts.namespace, name: opts.name, trustDomain: opts.trustDomain,
     controller: { address: opts.controller, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)).slice(-1) },
-    listen: opts.listen, log, accessLog: logger('access'), ...(opts.tracing ? { tracing: opts.tracing } : {}),
+    listen: opts.listen, adminPort: WAYPOINT_ADMIN_PORT, log, accessLog: logger('access'), ...(opts.tracing ? { tracing: opts.tracing } : {}),
   });
   // AMBIT_CPU_PROFILE_DIR: a V8 CPU profile of this waypoint, written when it stops (benches).
   const profiler = await cpuProfileFromEnv(`waypoint.${opts.namespace}.${opts.name}`);
@@ -81,6 +85,8 @@ export class Waypoint {
     private readonly discovery: DiscoveryClient,
     private readonly server: Server,
     private readonly closeTracer: () => Promise<void>,
+    /** The admin endpoint, when it was asked for. */
+    readonly admin?: WaypointAdmin,
   ) {}
 
   static async start(opts: WaypointOptions): Promise<Waypoint> {
@@ -137,11 +143,21 @@ export class Waypoint {
       res.writeHead(200, { 'content-type': metrics.contentType }).end(text);
     });
     await listenTcp(metricsServer, opts.metricsPort ?? 15020, opts.listen.host);
-    opts.log.info({ identity, listen: opts.listen }, 'waypoint serving');
+    // Read-only, on loopback: what it holds, built only when asked (nothing per request).
+    const admin = opts.adminPort === undefined ? undefined : await WaypointAdmin.start({
+      certificates: certs, log: opts.log,
+      proxyConfig: {
+        self: { namespace: opts.namespace, name: opts.name, pod: process.env.HOSTNAME || null },
+        node: process.env.NODE_NAME ?? '', identity, certs,
+        state: () => proxy.current, upstreams: () => proxy.upstreamsNow(),
+      },
+    }, '127.0.0.1', opts.adminPort);
+    opts.log.info({ identity, listen: opts.listen, ...(admin ? { admin: `127.0.0.1:${admin.port}` } : {}) }, 'waypoint serving');
     return new Waypoint(identity, proxy, certs, discovery, server, async () => {
       metricsServer.close();
+      await admin?.close();
       await tracer.close();
-    });
+    }, admin);
   }
 
   async close(): Promise<void> {

@@ -722,9 +722,18 @@ const NO_POLICIES: Applicable = { deny: [], allow: [], audit: [] };
 /** Distinct (waypoint, service) pairs remembered; past it the cache starts over. */
 const CACHE_LIMIT = 4096;
 
+/** A policy the authorizer binds somewhere, and to what (for the admin's views, not for requests). */
+export interface BoundPolicy {
+  policy: ConfigObject;
+  /** `waypoint` and `service` keys are namespace/name; `every-waypoint` has key "". */
+  bindings: readonly { to: 'waypoint' | 'service' | 'every-waypoint'; key: string }[];
+}
+
 export class L7Authorizer {
   /** Warnings found while compiling, one string per policy, naming it. */
   readonly warnings: string[] = [];
+  /** Every policy that binds something, in evaluation order: what `/proxy-config/policies` lists. */
+  readonly bound: BoundPolicy[] = [];
   private readonly rootNamespace: string;
   private readonly log: ((msg: string) => void) | undefined;
   private readonly byWaypoint = new Map<string, CompiledPolicy[]>();
@@ -759,6 +768,7 @@ export class L7Authorizer {
     const bindings = bindingsOf(p, spec, this.rootNamespace, warn);
     if (bindings.length === 0) return;
     const compiled = compilePolicy(p, action, rank, warn);
+    this.bound.push({ policy: p, bindings });
     for (const b of bindings) {
       if (b.to === 'every-waypoint') pushOnce(this.everyWaypoint, compiled);
       else pushOnce(getOrCreate(b.to === 'waypoint' ? this.byWaypoint : this.byService, b.key), compiled);

@@ -166,6 +166,22 @@ export class WaypointProxy {
     this.state = state;
   }
 
+  /** The config it serves now (undefined before the first one): for the admin's views. */
+  get current(): WaypointState | undefined {
+    return this.state;
+  }
+
+  /**
+   * The destinations it has balanced over so far (made at a destination's first request), each
+   * with its endpoints and outlier detector: for the admin's views, read when they are asked for.
+   */
+  upstreamsNow(): { service: string; port: number; subset: string | null; members: { id: string; address: string }[]; outlier: OutlierDetector }[] {
+    return [...this.upstreams.entries()].map(([key, u]) => {
+      const m = /^(.*):(\d+)\/(.*)$/.exec(key)!;
+      return { service: m[1]!, port: Number(m[2]), subset: m[3] === '' ? null : m[3]!, members: u.members.map((x) => ({ id: x.id, address: x.address })), outlier: u.outlier };
+    });
+  }
+
   /** A raw connection accepted on 15008. */
   handle(socket: Socket): Promise<void> {
     return this.hbone.handle(socket);

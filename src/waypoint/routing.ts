@@ -218,6 +218,20 @@ export class Router {
     return out;
   }
 
+  /**
+   * What applies to a service, for the admin's views (not used per request): its VirtualService,
+   * the HTTPRoutes and GRPCRoutes bound to it (producer and consumer routes, with the ports they
+   * bind), and its DestinationRule(s), `namespace/name` joined by "+".
+   */
+  describe(service: Service): { virtualService?: ConfigObject; routes: { cfg: ConfigObject; ports?: number[]; consumer?: string }[]; destinationRule?: string } {
+    const t = this.table(service);
+    const routes = [...t.producer, ...[...t.consumers.values()].flat()].map((b) => ({
+      cfg: b.route.cfg, ...(b.ports ? { ports: [...b.ports].sort((x, y) => x - y) } : {}), ...(b.consumer !== undefined ? { consumer: b.consumer } : {}),
+    }));
+    const dr = this.ruleFor(service);
+    return { ...(t.vs ? { virtualService: t.vs.cfg } : {}), routes, ...(dr ? { destinationRule: dr.name } : {}) };
+  }
+
   /** The labels a subset selects, from the DestinationRule of the service's host; undefined subset (or none defined) → undefined. */
   subsetLabels(service: Service, subset: string | undefined): Record<string, string> | undefined {
     if (subset === undefined) return undefined;
