@@ -21,6 +21,12 @@ export default tseslint.config(
   },
   {
     files: ['**/*.mjs', '**/*.js'],
+    ignores: ['src/dashboard/assets/**'],
     languageOptions: { globals: globals.node },
+  },
+  {
+    // The dashboard's page script runs in the browser.
+    files: ['src/dashboard/assets/**/*.js'],
+    languageOptions: { globals: globals.browser, sourceType: 'script' },
   },
 );

@@ -4,7 +4,7 @@
 #   scripts/setup.sh --bpf    also the toolchain that rebuilds bpf/*.bpf.o and builds the CNI plugin: clang, llvm, bpftool, libbpf-dev, libc6-dev
 #   scripts/setup.sh --bench  also what the benchmarks run: gcc, haproxy, iperf3, h2load and nghttpd (nghttp2)
 #   scripts/setup.sh --fuzz   also clang with its libFuzzer and sanitizer runtimes (the CNI scanner's fuzzer)
-#   scripts/setup.sh --observe  also what the observability tests run: prometheus (ambit local up --prometheus)
+#   scripts/setup.sh --observe  also what the observability tests run: prometheus (ambit local up --prometheus), chromium (the dashboard test)
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ for flag in "$@"; do
     --bench) want+=(gcc libc6-dev haproxy iperf3 nghttp2-client nghttp2-server) ;;
     # Debian ships clang's libFuzzer/ASan runtimes apart, per clang version (libclang-rt-14-dev on bookworm).
     --fuzz) want+=(clang libc6-dev "libclang-rt-$(clang_major)-dev") ;;
-    --observe) want+=(prometheus) ;;
+    --observe) want+=(prometheus chromium fonts-dejavu-core) ;;
     *) echo "setup: unknown option $flag (known: --bpf, --bench, --fuzz, --observe)" >&2; exit 2 ;;
   esac
 done

@@ -9,6 +9,7 @@ import * as ca from './ca.js';
 import * as certs from './certs.js';
 import * as check from './check.js';
 import * as controller from './controller.js';
+import * as dashboard from './dashboard.js';
 import * as install from './install.js';
 import * as local from './local.js';
 import * as namespace from './namespace.js';
@@ -18,7 +19,7 @@ import * as proxyConfig from './proxy-config.js';
 import * as waypoint from './waypoint.js';
 
 /** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
-const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, ca, certs, check, controller, install, local, namespace, node, proxyConfig, stat, waypoint];
+const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, ca, certs, check, controller, dashboard, install, local, namespace, node, proxyConfig, stat, waypoint];
 
 /**
  * The subcommands that run as services under a supervisor (the local runtime, systemd, the
