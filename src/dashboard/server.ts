@@ -153,7 +153,8 @@ export class Dashboard {
     const last = this.steps[this.steps.length - 1];
     const inv = this.inventoryCache ?? { pods: [], waypoints: new Set<string>() };
     if (!last || this.steps.length < 2) {
-      return { ...buildGraph(inv.pods, inv.waypoints, [], last?.samples ?? [], 1), windowSeconds: 0, updatedAt: last ? new Date(last.at).toISOString() : null, ...(this.lastError ? { error: this.lastError } : {}) };
+      // One scrape measures nothing yet: the workloads, without figures.
+      return { ...buildGraph(inv.pods, inv.waypoints, last?.samples ?? [], last?.samples ?? [], 1), windowSeconds: 0, updatedAt: last ? new Date(last.at).toISOString() : null, ...(this.lastError ? { error: this.lastError } : {}) };
     }
     const from = this.steps.find((s) => s.at >= last.at - this.window * 1000 - 500) ?? this.steps[0]!;
     const first = from === last ? this.steps[this.steps.length - 2]! : from;
