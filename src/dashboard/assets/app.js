@@ -6,7 +6,7 @@
 const SVG = 'http://www.w3.org/2000/svg';
 const NODE_W = 190;
 const NODE_H = 58;
-const COL_GAP = 250;
+const COL_GAP = 230;
 const ROW_GAP = 34;
 const state = { selected: null, logSeq: 0, trace: null };
 
@@ -98,9 +98,10 @@ function drawGraph(data) {
     width = Math.max(width, p.x + NODE_W + 40);
     height = Math.max(height, p.y + NODE_H + 30);
   }
-  g.setAttribute('width', width);
-  g.setAttribute('height', height);
+  // Scaled down to the panel's width when wider (never up): the whole graph stays in view.
   g.setAttribute('viewBox', `0 0 ${width} ${height}`);
+  g.setAttribute('width', '100%');
+  g.style.maxWidth = `${width}px`;
   const defs = svg('defs');
   for (const [id, color] of [['arrow-mtls', '#3fb950'], ['arrow-plaintext', '#f85149'], ['arrow-unknown', '#8593a3']]) {
     const m = svg('marker', { id, viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' });
@@ -123,13 +124,15 @@ function drawGraph(data) {
       ? `M${a.x + NODE_W / 2},${a.y + NODE_H} C${a.x + NODE_W / 2},${a.y + NODE_H + 60} ${b.x + NODE_W / 2},${b.y + NODE_H + 60} ${b.x + NODE_W / 2},${b.y + NODE_H}`
       : `M${x1},${y1} C${x1 + COL_GAP / 2},${y1} ${x2 - COL_GAP / 2},${y2} ${x2 - 2},${y2}`;
     group.append(svg('path', { d, 'marker-end': `url(#arrow-${cls})` }));
-    const lx = back ? (a.x + b.x) / 2 + NODE_W / 2 : (x1 + x2) / 2;
-    const ly = back ? Math.max(a.y, b.y) + NODE_H + 50 : (y1 + y2) / 2 - 6;
+    // Just before the arrowhead, where edges fanning out of one node are apart.
+    const lx = back ? (a.x + b.x) / 2 + NODE_W / 2 : x2 - 14;
+    const ly = back ? Math.max(a.y, b.y) + NODE_H + 50 : y2 - 8;
+    const anchor = back ? 'middle' : 'end';
     const label = e.via === 'waypoint'
       ? `${rps(e.rps)} · ${pct(e.success)} · p99 ${ms(e.p99)}`
       : `${e.connectionsOpen ?? 0} conn · ${bytes(e.bytesPerSecond)}`;
-    group.append(svg('text', { x: lx, y: ly, 'text-anchor': 'middle', class: 'label' }, `${cls === 'mtls' ? 'mTLS · ' : cls === 'plaintext' ? 'PLAINTEXT · ' : ''}${label}`));
-    if (e.via === 'waypoint') group.append(svg('text', { x: lx, y: ly + 13, 'text-anchor': 'middle', class: 'via' }, 'via waypoint'));
+    group.append(svg('text', { x: lx, y: ly, 'text-anchor': anchor, class: 'label' }, `${cls === 'mtls' ? 'mTLS · ' : cls === 'plaintext' ? 'PLAINTEXT · ' : ''}${label}`));
+    if (e.via === 'waypoint') group.append(svg('text', { x: lx, y: ly + 19, 'text-anchor': anchor, class: 'via' }, 'via waypoint'));
     const title = svg('title', {}, `${e.source} → ${e.destination}\n${e.via === 'waypoint' ? 'L7 through a waypoint' : 'L4 (node agents)'}; mTLS ${pct(e.mtls)}`);
     group.append(title);
     g.append(group);
