@@ -70,14 +70,16 @@ export async function localSource(cluster: string, usePrometheus: boolean): Prom
 }
 
 interface KubePod {
-  metadata: { name: string; namespace: string; labels?: Record<string, string>; ownerReferences?: { kind: string; name: string }[] };
-  spec: { hostNetwork?: boolean };
-  status: { phase?: string };
+  metadata: { name: string; namespace: string; labels?: Record<string, string>; ownerReferences?: { kind: string; name: string; controller?: boolean }[] };
+  spec?: { hostNetwork?: boolean };
+  status?: { phase?: string };
 }
 
 /** The workload name Istio gives a pod: its Deployment's (the ReplicaSet's name less its hash), else its owner's, else its own. */
 export function workloadOf(pod: KubePod): string {
-  const owner = pod.metadata.ownerReferences?.[0];
+  // The controlling owner: a pod may list others (a garbage-collection parent) before it.
+  const owners = pod.metadata.ownerReferences ?? [];
+  const owner = owners.find((o) => o.controller === true) ?? owners[0];
   if (!owner) return pod.metadata.name;
   const hash = pod.metadata.labels?.['pod-template-hash'];
   if (owner.kind === 'ReplicaSet' && hash && owner.name.endsWith(`-${hash}`)) return owner.name.slice(0, -hash.length - 1);
@@ -96,7 +98,8 @@ export function kubeSource(client: KubeClient, ambitNamespace: string, namespace
   };
   const proxy = (ns: string, pod: string): Fetch => async (path) => {
     const res = await kubeRequest(client, 'GET', `/api/v1/namespaces/${ns}/pods/${pod}:${PROXY_METRICS_PORT}/proxy${path}`);
-    return { status: res.status, body: typeof res.body === 'string' ? res.body : JSON.stringify(res.body ?? '') };
+    // The client parses a body that reads as JSON; the exposition is text (an empty one stays empty).
+    return { status: res.status, body: typeof res.body === 'string' ? res.body : res.body === undefined ? '' : JSON.stringify(res.body) };
   };
   const scope = namespace ? `/namespaces/${encodeURIComponent(namespace)}` : '';
   return {
@@ -108,23 +111,39 @@ export function kubeSource(client: KubeClient, ambitNamespace: string, namespace
         list<{ metadata: { name: string; namespace: string }; spec: { selector?: Record<string, string> } }>(`/api/v1${scope}/services`),
       ]);
       const nsLabels = new Map(namespaces.map((n) => [n.metadata.name, n.metadata.labels ?? {}]));
-      return pods.filter((p) => p.metadata.labels?.[WAYPOINT_GATEWAY_LABEL] === undefined && p.status.phase !== 'Succeeded' && p.status.phase !== 'Failed').map((p) => ({
+      // The mesh's own proxies are not rows (as on the local cluster, where they are not pods): waypoints and node agents.
+      const agentLabels = Object.entries(selectorLabels('node'));
+      const isAgent = (p: KubePod) => agentLabels.every(([k, v]) => p.metadata.labels?.[k] === v);
+      return pods.filter((p) => p.metadata.labels?.[WAYPOINT_GATEWAY_LABEL] === undefined && !isAgent(p) && p.status?.phase !== 'Succeeded' && p.status?.phase !== 'Failed').map((p) => ({
         namespace: p.metadata.namespace,
         name: p.metadata.name,
         workload: workloadOf(p),
         services: services.filter((s) => s.metadata.namespace === p.metadata.namespace && selectorMatches(s.spec.selector, p.metadata.labels)).map((s) => s.metadata.name),
-        meshed: !p.spec.hostNetwork && isEnrolled(p.metadata.labels ?? {}, nsLabels.get(p.metadata.namespace) ?? {}),
+        meshed: !p.spec?.hostNetwork && isEnrolled(p.metadata.labels ?? {}, nsLabels.get(p.metadata.namespace) ?? {}),
       }));
     },
     targets: async () => {
-      const agentSelector = Object.entries(selectorLabels('node')).map(([k, v]) => `${k}=${v}`).join(',');
-      const [agents, waypoints] = await Promise.all([
+      const agentLabels = selectorLabels('node');
+      const agentSelector = Object.entries(agentLabels).map(([k, v]) => `${k}=${v}`).join(',');
+      const [listedAgents, listedWaypoints] = await Promise.all([
         list<KubePod>(`/api/v1/namespaces/${encodeURIComponent(ambitNamespace)}/pods?labelSelector=${encodeURIComponent(agentSelector)}`),
         list<KubePod>(`/api/v1/pods?labelSelector=${encodeURIComponent(WAYPOINT_GATEWAY_LABEL)}`),
       ]);
+      // The selectors are applied here too: a server (or a proxy in front of one) may ignore them,
+      // and every other pod would then be scraped as a proxy.
+      const running = (p: KubePod) => p.status?.phase === 'Running';
+      const agents = listedAgents.filter((p) => Object.entries(agentLabels).every(([k, v]) => p.metadata.labels?.[k] === v));
+      const waypoints = listedWaypoints.filter((p) => p.metadata.labels?.[WAYPOINT_GATEWAY_LABEL] !== undefined);
       if (agents.length === 0) throw new CliError(`no node agent pods in namespace ${ambitNamespace} (selector ${agentSelector})`, 'is ambit installed? (ambit install ... | kubectl apply -f -), or pass --ambit-namespace');
-      return [...agents, ...waypoints].filter((p) => p.status.phase === 'Running')
-        .map((p) => ({ name: `${p.metadata.namespace}/${p.metadata.name}`, fetch: proxy(p.metadata.namespace, p.metadata.name) }));
+      // Agents that exist but none runs: nothing would be measured, which is not "no traffic".
+      if (!agents.some(running)) {
+        throw new CliError(`no node agent pod runs in namespace ${ambitNamespace}: ${agents.map((p) => `${p.metadata.name} is ${p.status?.phase ?? 'not running'}`).join(', ')}`,
+          `kubectl get pods -n ${ambitNamespace} -l ${agentSelector}`);
+      }
+      return [
+        ...agents.filter(running).map((p) => ({ name: `node-agent ${p.metadata.namespace}/${p.metadata.name}`, fetch: proxy(p.metadata.namespace, p.metadata.name) })),
+        ...waypoints.filter(running).map((p) => ({ name: `waypoint ${p.metadata.namespace}/${p.metadata.name}`, fetch: proxy(p.metadata.namespace, p.metadata.name) })),
+      ];
     },
   };
 }
