@@ -3,13 +3,13 @@
  * (with their inbound golden signals), traffic as edges between workloads. An edge carries the
  * L7 figures when a waypoint saw its requests (rps, success, p99; `mtls` from the requests'
  * connection_security_policy), else the L4 ones the destination's node agent counted
- * (connections, bytes, the share of mutual TLS). Hops to and from a waypoint itself are folded
+ * (connections, bytes, the share of mutual TLS: of those open now, else of those opened in the window). Hops to and from a waypoint itself are folded
  * away: the waypoint reports the original source, so client → waypoint → web is one edge
  * client → web, marked as going through the waypoint.
  */
 import type { Sample } from './exposition.js';
 import {
-  DURATION, increaseBy, L4_REPORTER, L7_REPORTER, MUTUAL_TLS, quantileBy, REQUESTS, SERVER_ERROR, TCP_OPENED, TCP_RECEIVED, TCP_SENT, sumBy, TCP_CLOSED,
+  DURATION, increaseBy, L4_REPORTER, L7_REPORTER, MUTUAL_TLS, quantileBy, REQUESTS, SERVER_ERROR, TCP_OPENED, TCP_RECEIVED, TCP_SENT, sumBy, TCP_CLOSED, tlsShareOf,
 } from './queries.js';
 import { signalsFromScrapes, type InventoryPod, type Signals } from './stat.js';
 
@@ -99,6 +99,8 @@ export function buildGraph(inventory: readonly InventoryPod[], waypoints: Readon
   const closed = sumBy(after, { metric: TCP_CLOSED, matchers: [L4_REPORTER] }, PAIR);
   const newConns = increaseBy(before, after, { metric: TCP_OPENED, matchers: [L4_REPORTER] }, PAIR);
   const newTls = increaseBy(before, after, { metric: TCP_OPENED, matchers: [L4_REPORTER, MUTUAL_TLS] }, PAIR);
+  const openedTls = sumBy(after, { metric: TCP_OPENED, matchers: [L4_REPORTER, MUTUAL_TLS] }, PAIR);
+  const closedTls = sumBy(after, { metric: TCP_CLOSED, matchers: [L4_REPORTER, MUTUAL_TLS] }, PAIR);
   const sent = increaseBy(before, after, { metric: TCP_SENT, matchers: [L4_REPORTER] }, PAIR);
   const received = increaseBy(before, after, { metric: TCP_RECEIVED, matchers: [L4_REPORTER] }, PAIR);
   for (const [key, total] of opened) {
@@ -121,7 +123,8 @@ export function buildGraph(inventory: readonly InventoryPod[], waypoints: Readon
     if (open <= 0 && fresh === 0 && bytes === 0) continue;
     node(sn, sw);
     node(dn, dw);
-    edges.set(id, { source: from, destination: to, via: 'tcp', rps: null, success: null, p99: null, mtls: fresh > 0 ? (newTls.get(key) ?? 0) / fresh : null, connectionsOpen: open, bytesPerSecond: bytes });
+    const openTls = (openedTls.get(key) ?? 0) - (closedTls.get(key) ?? 0);
+    edges.set(id, { source: from, destination: to, via: 'tcp', rps: null, success: null, p99: null, mtls: tlsShareOf(open, openTls, fresh, newTls.get(key) ?? 0), connectionsOpen: open, bytesPerSecond: bytes });
   }
   for (const id of waypoints) nodes.delete(id);
   return {

@@ -10,7 +10,8 @@
  * - success is the share of requests whose `response_code` is not 5xx;
  * - latency is `histogram_quantile` over `istio_request_duration_milliseconds`;
  * - TCP is what the destination's node agent reports (`reporter="destination"`): bytes each way,
- *   connections open, and the share of new connections that were mutual TLS.
+ *   connections open, and the share of them that are mutual TLS (of the connections open now;
+ *   when none is, of those opened in the window).
  */
 import type { Sample } from './exposition.js';
 
@@ -80,13 +81,17 @@ export function promql(q: SignalQuery, quantiles: readonly number[] = [0.5, 0.95
   const opened = selector({ metric: TCP_OPENED, matchers: with_(L4_REPORTER, q.l4) });
   const openedTls = selector({ metric: TCP_OPENED, matchers: with_(L4_REPORTER, q.l4, [MUTUAL_TLS]) });
   const closed = selector({ metric: TCP_CLOSED, matchers: with_(L4_REPORTER, q.l4) });
+  const closedTls = selector({ metric: TCP_CLOSED, matchers: with_(L4_REPORTER, q.l4, [MUTUAL_TLS]) });
+  const openAll = `sum${g} (${opened}) - (sum${g} (${closed}) or (sum${g} (${opened}) * 0))`;
+  const openTls = `sum${g} (${openedTls}) - (sum${g} (${closedTls}) or (sum${g} (${openedTls}) * 0))`;
   const out: Record<string, string> = {
     requestRate: `sum${g} (rate(${requests}[${w}]))`,
     requests: `sum${g} (increase(${requests}[${w}]))`,
     // A group with requests and no 5xx has no error series: `or` gives it 0 errors, not no answer.
     successRate: `1 - ((sum${g} (rate(${errors}[${w}])) or (sum${g} (rate(${requests}[${w}])) * 0)) / sum${g} (rate(${requests}[${w}])))`,
-    tcpOpen: `sum${g} (${opened}) - (sum${g} (${closed}) or (sum${g} (${opened}) * 0))`,
-    tlsShare: `(sum${g} (increase(${openedTls}[${w}])) or (sum${g} (increase(${opened}[${w}])) * 0)) / sum${g} (increase(${opened}[${w}]))`,
+    tcpOpen: openAll,
+    // Of the connections open now, else (none open) of those opened in the window.
+    tlsShare: `((${openTls}) or (${openAll}) * 0) / (${openAll} > 0) or (sum${g} (increase(${openedTls}[${w}])) or (sum${g} (increase(${opened}[${w}])) * 0)) / sum${g} (increase(${opened}[${w}]))`,
     tcpSentRate: `sum${g} (rate(${selector({ metric: TCP_SENT, matchers: with_(L4_REPORTER, q.l4) })}[${w}]))`,
     tcpReceivedRate: `sum${g} (rate(${selector({ metric: TCP_RECEIVED, matchers: with_(L4_REPORTER, q.l4) })}[${w}]))`,
   };
@@ -206,4 +211,13 @@ export function quantileBy(q: number, before: readonly Sample[], after: readonly
     out.set(k, histogramQuantile(q, [...merged].map(([le, count]) => ({ le, count }))));
   }
   return out;
+}
+
+/**
+ * The share of mutual TLS among a group's connections: of those open now, else (none open) of
+ * those opened in the window; null when there were neither.
+ */
+export function tlsShareOf(open: number, openTls: number, opened: number, openedTls: number): number | null {
+  if (open > 0) return openTls / open;
+  return opened > 0 ? openedTls / opened : null;
 }

@@ -6,7 +6,7 @@
 import type { Sample } from './exposition.js';
 import {
   DURATION, eq, groupKey, increaseBy, L4_REPORTER, L7_REPORTER, MUTUAL_TLS, promql, quantileBy, REQUESTS, SERVER_ERROR, sumBy,
-  TCP_CLOSED, TCP_OPENED, type Matcher, type SignalQuery,
+  TCP_CLOSED, TCP_OPENED, tlsShareOf, type Matcher, type SignalQuery,
 } from './queries.js';
 
 export const STAT_KINDS = ['deploy', 'ns', 'svc'] as const;
@@ -108,13 +108,16 @@ export function signalsFromScrapes(q: SignalQuery, before: readonly Sample[], af
   const quantiles = Object.fromEntries(([50, 95, 99] as const).map((p) => [p, quantileBy(p / 100, before, after, { metric: DURATION, matchers: l7 }, q.group)])) as Record<50 | 95 | 99, Map<string, number>>;
   const opened = sumBy(after, { metric: TCP_OPENED, matchers: l4 }, q.group);
   const closed = sumBy(after, { metric: TCP_CLOSED, matchers: l4 }, q.group);
+  const openedTls = sumBy(after, { metric: TCP_OPENED, matchers: [...l4, MUTUAL_TLS] }, q.group);
+  const closedTls = sumBy(after, { metric: TCP_CLOSED, matchers: [...l4, MUTUAL_TLS] }, q.group);
   const newConns = increaseBy(before, after, { metric: TCP_OPENED, matchers: l4 }, q.group);
   const newTls = increaseBy(before, after, { metric: TCP_OPENED, matchers: [...l4, MUTUAL_TLS] }, q.group);
   const keys = new Set([...requests.keys(), ...opened.keys()]);
   const out = new Map<string, Signals>();
   for (const key of keys) {
     const n = requests.get(key) ?? 0;
-    const conns = newConns.get(key) ?? 0;
+    const open = (opened.get(key) ?? 0) - (closed.get(key) ?? 0);
+    const openTls = (openedTls.get(key) ?? 0) - (closedTls.get(key) ?? 0);
     out.set(key, {
       requests: n,
       rps: requests.has(key) ? n / seconds : null,
@@ -123,7 +126,7 @@ export function signalsFromScrapes(q: SignalQuery, before: readonly Sample[], af
       p95: n > 0 ? finite(quantiles[95].get(key)) : null,
       p99: n > 0 ? finite(quantiles[99].get(key)) : null,
       tcpOpen: opened.has(key) ? (opened.get(key) ?? 0) - (closed.get(key) ?? 0) : null,
-      tlsShare: conns > 0 ? (newTls.get(key) ?? 0) / conns : null,
+      tlsShare: tlsShareOf(open, openTls, newConns.get(key) ?? 0, newTls.get(key) ?? 0),
     });
   }
   return out;

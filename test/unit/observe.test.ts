@@ -100,7 +100,17 @@ describe('golden signals over two scrapes', () => {
     expect(web.p50).toBe(7.5);
     expect(web.p99).toBeCloseTo(9.95);
     expect(web.tcpOpen).toBe(18 - 4);
-    expect(web.tlsShare).toBe(6 / 8);
+    // Of the connections open now (16 - 4 mutual TLS, 2 plaintext).
+    expect(web.tlsShare).toBe(12 / 14);
+  });
+
+  it('takes the share of mutual TLS from the window\'s new connections when none is open', () => {
+    const before = scrape(0, 0, { mtls: 10, plain: 0, closed: 10 });
+    const after = scrape(0, 0, { mtls: 13, plain: 1, closed: 13 });
+    const closedPlain: Sample = { name: 'istio_tcp_connections_closed_total', labels: { ...after.find((s) => s.name === 'istio_tcp_connections_closed_total')!.labels, connection_security_policy: 'none' }, value: 1 };
+    const web = signalsFromScrapes(statQuery(deployReq), before, [...after, closedPlain], 10).get(JSON.stringify(['obs', 'web']))!;
+    expect(web.tcpOpen).toBe(0);
+    expect(web.tlsShare).toBe(3 / 4);
   });
 
   it('reads a counter that went down as a restart: its increase is its new value', () => {
