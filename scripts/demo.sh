@@ -10,23 +10,21 @@ ambit() { node bin/ambit.js "$@"; }
 ambit local up -f examples/shop
 echo
 echo "== 60 checkouts from shop/client: users -> orders -> inventory, payment, shipping"
+# ambit stat samples every node agent while the checkouts run (it says "sampling" once it has its first scrape).
+out=$(mktemp) err=$(mktemp)
+trap 'rm -f "$out" "$err"' EXIT
+ambit stat deploy -n shop --window 10s >"$out" 2>"$err" &
+stat_pid=$!
+until grep -q sampling "$err" || ! kill -0 "$stat_pid" 2>/dev/null; do sleep 0.2; done
 ambit local exec shop/client -- node loadgen.mjs --url http://users/api/users/u1/checkout --method POST --requests 60 --concurrency 4
 echo
-echo "== what the node agents carried (mTLS connections by source -> destination identity, from their /metrics)"
-for node in node-1 node-2; do
-  ip=$(ambit local status --json | node -e 'let s="";process.stdin.on("data",c=>s+=c).on("end",()=>console.log(JSON.parse(s).nodes.find(n=>n.name===process.argv[1]).ip))' "$node")
-  ambit local exec --node "$node" -- node -e '
-    fetch(process.argv[1]).then((r) => r.text()).then((t) => {
-      for (const line of t.split("\n")) {
-        const m = /^istio_tcp_connections_opened_total\{(.*)\} (\S+)$/.exec(line);
-        if (!m || !m[1].includes("reporter=\"destination\"")) continue;
-        const l = Object.fromEntries([...m[1].matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
-        console.log(`  ${process.argv[2]}: ${l.source_principal} -> ${l.destination_principal} (${l.destination_service}) ${l.connection_security_policy}: ${m[2]}`);
-      }
-    })' "http://$ip:15020/metrics" "$node"
-done
+echo "== what the node agents carried, per deployment (ambit stat: connections open, share of mutual TLS)"
+wait "$stat_pid" || cat "$err" >&2
+cat "$out"
 echo
 ambit local status
 echo
 echo "try: node bin/ambit.js local exec shop/client -- node loadgen.mjs --url http://users/api/users/u1/checkout --method POST"
+echo "     node bin/ambit.js waypoint apply -n shop --enroll-namespace     (L7: success, RPS and latency in ambit stat)"
+echo "     node bin/ambit.js dashboard     node bin/ambit.js local up --prometheus"
 echo "     node bin/ambit.js local logs shop/client     node bin/ambit.js local down"
