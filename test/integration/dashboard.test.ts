@@ -15,6 +15,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { until } from '../helpers/wait.js';
 import { cli, ROOT } from './helpers/cli.js';
 import { describeAsRoot } from './helpers/root.js';
+import { LOAD, WEB_APP } from './helpers/web-app.js';
 
 const run = promisify(execFile);
 const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-dash-'));
@@ -25,45 +26,7 @@ const { ambit, ok } = cli(env);
 const ARTIFACTS = join(ROOT, 'test-artifacts');
 const CHROMIUM = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
 
-const APP = `
-apiVersion: v1
-kind: Namespace
-metadata: { name: obs, labels: { ambit.dev/dataplane-mode: ambient } }
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: { name: web, namespace: obs }
----
-apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: obs }
-spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 9080 }] }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: web, namespace: obs }
-spec:
-  replicas: 2
-  selector: { matchLabels: { app: web } }
-  template:
-    metadata: { labels: { app: web } }
-    spec:
-      serviceAccountName: web
-      containers:
-      - name: c
-        command: [node, -e, 'require("http").createServer((q, s) => { if (q.url.startsWith("/fail")) { s.statusCode = 500; return s.end("fail"); } setTimeout(() => s.end("ok"), 3); }).listen(9080)']
-        readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: client, namespace: obs }
-spec:
-  replicas: 1
-  selector: { matchLabels: { app: client } }
-  template:
-    metadata: { labels: { app: client } }
-    spec: { containers: [{ name: c, command: [sleep, infinity] }] }
----
+const POLICY = `
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: allow-web, namespace: obs }
@@ -73,13 +36,11 @@ spec:
   rules: [{}]
 `;
 
-const LOAD = `const http = require("http"); const agent = new http.Agent({ keepAlive: true, maxSockets: 2 }); const seen = {};
-(async () => { for (let i = 1; i <= 100; i++) await new Promise((resolve) => http.get({ host: "web", path: i % 10 ? "/" : "/fail", agent }, (r) => { r.resume(); r.on("end", () => { seen[r.statusCode] = (seen[r.statusCode] ?? 0) + 1; resolve(); }); }).on("error", (e) => { seen[e.code] = 1; resolve(); })); console.log(JSON.stringify(seen)); agent.destroy(); })();`;
 
 let dashboard: ChildProcess | undefined;
 let url = '';
 let clientPod = '';
-const load = async () => JSON.parse(await ok(['local', 'exec', '--cluster', CLUSTER, `obs/${clientPod}`, '--', 'node', '-e', LOAD])) as Record<string, number>;
+const load = async () => JSON.parse(await ok(['local', 'exec', '--cluster', CLUSTER, `obs/${clientPod}`, '--', 'node', '-e', LOAD, '100', '10'])) as Record<string, number>;
 const api = async <T>(path: string): Promise<T> => (await (await fetch(new URL(path, url))).json()) as T;
 
 /** The DOM after the page's scripts ran (Chromium's virtual time lets its fetches finish). */
@@ -91,7 +52,7 @@ async function dom(hash: string): Promise<string> {
 describeAsRoot('ambit dashboard in a browser', () => {
   beforeAll(async () => {
     if (!CHROMIUM) throw new Error('chromium is not installed: scripts/setup.sh --observe installs it');
-    writeFileSync(join(dir, 'app.yaml'), APP);
+    writeFileSync(join(dir, 'app.yaml'), `${WEB_APP}---${POLICY}`);
     await ok(['local', 'up', '--cluster', CLUSTER, '-f', dir, '--timeout', '120']);
     // Spans go to the dashboard's receiver on the cluster's own address.
     await ok(['waypoint', 'apply', '-n', 'obs', '--enroll-namespace', '--cluster', CLUSTER, '--tracing-endpoint', 'http://172.30.0.1:4318', '--tracing-sampling', '100']);

@@ -17,6 +17,7 @@ import type { StatRow } from '../../src/observe/stat.js';
 import { until } from '../helpers/wait.js';
 import { cli, ROOT } from './helpers/cli.js';
 import { describeAsRoot } from './helpers/root.js';
+import { LOAD, WEB_APP } from './helpers/web-app.js';
 
 const stateRoot = mkdtempSync(join(tmpdir(), 'ambit-obs-'));
 const CLUSTER = `ob${Math.random().toString(36).slice(2, 6)}`;
@@ -27,52 +28,7 @@ const { ambit, ok } = cli(env);
 const REQUESTS = 400;
 const FAIL_EVERY = 10;
 
-const APP = `
-apiVersion: v1
-kind: Namespace
-metadata: { name: obs, labels: { ambit.dev/dataplane-mode: ambient } }
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: { name: web, namespace: obs }
----
-apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: obs }
-spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 9080 }] }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: web, namespace: obs }
-spec:
-  replicas: 2
-  selector: { matchLabels: { app: web } }
-  template:
-    metadata: { labels: { app: web, version: v1 } }
-    spec:
-      serviceAccountName: web
-      containers:
-      - name: c
-        # /fail answers 500; anything else 200 after 5 ms.
-        command: [node, -e, 'require("http").createServer((q, s) => { if (q.url.startsWith("/fail")) { s.statusCode = 500; return s.end("fail"); } setTimeout(() => s.end("ok"), 5); }).listen(9080)']
-        readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: client, namespace: obs }
-spec:
-  replicas: 1
-  selector: { matchLabels: { app: client } }
-  template:
-    metadata: { labels: { app: client } }
-    spec: { containers: [{ name: c, command: [sleep, infinity] }] }
-`;
 
-/** N requests, four at a time over keep-alive, every FAIL_EVERY-th to /fail; prints the count of each status. */
-const LOAD = `const http = require("http"); const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
-const n = Number(process.argv[1]); const failEvery = Number(process.argv[2]); const seen = {};
-const one = (i) => new Promise((resolve) => http.get({ host: "web", path: i % failEvery === 0 ? "/fail" : "/", agent }, (r) => { r.resume(); r.on("end", () => { seen[r.statusCode] = (seen[r.statusCode] ?? 0) + 1; resolve(); }); }).on("error", (e) => { seen[e.code] = (seen[e.code] ?? 0) + 1; resolve(); }));
-(async () => { for (let i = 1; i <= n; i += 4) await Promise.all([0, 1, 2, 3].map((k) => i + k <= n ? one(i + k) : undefined)); console.log(JSON.stringify(seen)); agent.destroy(); })();`;
 
 let clientPod = '';
 async function load(): Promise<Record<string, number>> {
@@ -91,7 +47,7 @@ const webRow = (rows: StatRow[]) => rows.find((r) => r.namespace === 'obs' && r.
 
 describeAsRoot('observability: Prometheus, dashboards and ambit stat', () => {
   beforeAll(async () => {
-    writeFileSync(join(dir, 'app.yaml'), APP);
+    writeFileSync(join(dir, 'app.yaml'), WEB_APP);
     await ok(['local', 'up', '--cluster', CLUSTER, '-f', dir, '--prometheus', '--scrape-interval', '1s', '--timeout', '120']);
     await ok(['waypoint', 'apply', '-n', 'obs', '--enroll-namespace', '--cluster', CLUSTER]);
     await until('the waypoint pod ready', async () => /obs\s+waypoint\s+Running 1\/1/.test(await ok(['waypoint', 'list', '--cluster', CLUSTER])) || undefined, { timeout: 60_000, interval: 500 });
