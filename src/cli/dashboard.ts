@@ -11,48 +11,21 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import type { PolicyItem, ServiceItem, WorkloadItem } from '../api/proxy-config.js';
 import { WAYPOINT_GATEWAY_LABEL } from '../config/model.js';
-import { Dashboard, type DashboardInventory, type DashboardSource, type WorkloadDetails } from '../dashboard/server.js';
-import { httpGetInNetns, listenInNetns } from '../host/netns.js';
+import { Dashboard, type DashboardSource, type WorkloadDetails } from '../dashboard/server.js';
+import { listenInNetns } from '../host/netns.js';
 import { KubeClient } from '../kube/client.js';
 import { RuntimeClient } from '../local/client.js';
 import { ClusterLayout, DEFAULT_CLUSTER, UNDERLAY_GATEWAY } from '../local/layout.js';
-import { PROXY_METRICS_PORT } from '../local/prometheus.js';
-import type { ClusterStatus, PodStatus } from '../local/runtime.js';
-import type { Fetch } from '../observe/prometheus.js';
+import type { ClusterStatus } from '../local/runtime.js';
 import type { InventoryPod } from '../observe/stat.js';
 import { logger } from '../telemetry/log.js';
 import { CliError } from './errors.js';
 import { fromLocal } from './proxy-config.js';
-import { kubeSource } from './stat.js';
+import { kubeSource, localInventory, localTargets, localWaypoints } from './stat.js';
 
 export const OTLP_PORT = 4318;
 const LOG_READ_MAX = 1024 * 1024;
 const LOG_BACKLOG = 32 * 1024;
-
-const workloadOfStatus = (p: PodStatus): string => (p.owner?.startsWith('deployment/') ? p.owner.slice('deployment/'.length) : p.name);
-
-/** The local cluster's pods as the dashboard and `stat` take them: waypoints apart. */
-export function localInventory(status: ClusterStatus): DashboardInventory {
-  const services = new Map<string, string[]>();
-  for (const svc of status.services) {
-    for (const ep of svc.endpoints) {
-      const key = `${svc.namespace}/${ep.slice(0, ep.lastIndexOf(':'))}`;
-      const list = services.get(key) ?? [];
-      if (!list.includes(svc.name)) list.push(svc.name);
-      services.set(key, list);
-    }
-  }
-  const waypoints = new Set<string>();
-  const pods: InventoryPod[] = [];
-  for (const p of status.pods) {
-    if (p.labels?.[WAYPOINT_GATEWAY_LABEL] !== undefined) {
-      waypoints.add(`${p.namespace}/${workloadOfStatus(p)}`);
-      continue;
-    }
-    pods.push({ namespace: p.namespace, name: p.name, workload: workloadOfStatus(p), services: services.get(`${p.namespace}/${p.ip}`) ?? [], meshed: p.meshed });
-  }
-  return { pods, waypoints };
-}
 
 /** Whether an AuthorizationPolicy or PeerAuthentication applies to a workload with these pods' labels. */
 export function policySelects(p: PolicyItem, namespace: string, labels: ReadonlyArray<Record<string, string>>, waypoint: { namespace: string; name: string } | null): boolean {
@@ -103,30 +76,27 @@ export class FileTails {
 export function localDashboardSource(cluster: string): DashboardSource {
   const layout = new ClusterLayout(cluster);
   const client = new RuntimeClient(layout);
-  const netns = `/run/netns/${layout.underlayNetns}`;
-  const inNetns = (host: string, port: number): Fetch => (path) => httpGetInNetns(netns, host, port, path);
   let status: ClusterStatus | undefined;
+  let inventory: InventoryPod[] = [];
   const tails = new FileTails();
   return {
     cluster,
     describe: `the node agents' and waypoints' /metrics of local cluster ${cluster}`,
     inventory: async () => {
       status = await client.request<ClusterStatus>('GET', '/v1/status');
-      return localInventory(status);
+      inventory = localInventory(status);
+      return { pods: inventory, waypoints: localWaypoints(status) };
     },
-    targets: async () => [
-      ...(status?.nodes ?? []).map((n) => ({ name: `node-agent ${n.name}`, fetch: inNetns(n.ip, PROXY_METRICS_PORT) })),
-      ...(status?.pods ?? []).filter((p) => p.labels?.[WAYPOINT_GATEWAY_LABEL] !== undefined && p.phase === 'Running')
-        .map((p) => ({ name: `waypoint ${p.namespace}/${p.name}`, fetch: inNetns(p.ip, PROXY_METRICS_PORT) })),
-    ],
+    targets: async () => (status ? localTargets(layout, status) : []),
     details: async (namespace, workload): Promise<WorkloadDetails> => {
-      const pods = (status?.pods ?? []).filter((p) => p.namespace === namespace && workloadOfStatus(p) === workload);
-      const node = pods[0]?.node ?? status?.nodes[0]?.name;
+      const pods = inventory.filter((p) => p.namespace === namespace && p.workload === workload);
+      const placed = new Map((status?.pods ?? []).map((p) => [`${p.namespace}/${p.name}`, p]));
+      const node = placed.get(`${namespace}/${pods[0]?.name}`)?.node ?? status?.nodes[0]?.name;
       if (!node) return { identities: [], waypoint: null, policies: [], pods: [] };
       const [workloads, policies, services] = await Promise.all([fromLocal('workloads', node, cluster), fromLocal('policies', node, cluster), fromLocal('services', node, cluster)]);
       const items = (workloads.items as WorkloadItem[]).filter((w) => w.namespace === namespace && pods.some((p) => p.name === w.name));
       // Its own binding, else that of a service it backs (a namespace's use-waypoint binds its services).
-      const backs = new Set(localInventory(status!).pods.filter((p) => p.namespace === namespace && p.workload === workload).flatMap((p) => p.services));
+      const backs = new Set(pods.flatMap((p) => p.services));
       const wp = items.find((w) => w.waypoint)?.waypoint
         ?? (services.items as ServiceItem[]).find((s) => s.namespace === namespace && backs.has(s.name) && s.waypoint)?.waypoint ?? null;
       return {
@@ -134,7 +104,10 @@ export function localDashboardSource(cluster: string): DashboardSource {
         waypoint: wp ? `${wp.namespace}/${wp.name}` : null,
         policies: (policies.items as PolicyItem[]).filter((p) => policySelects(p, namespace, pods.map((x) => x.labels ?? {}), wp))
           .map((p) => ({ namespace: p.namespace, name: p.name, kind: p.kind, scope: p.scope, action: p.action, rules: p.rules })),
-        pods: pods.map((p) => ({ name: p.name, node: p.node, ip: p.ip, meshed: p.meshed })),
+        pods: pods.map((p) => {
+          const at = placed.get(`${p.namespace}/${p.name}`);
+          return { name: p.name, meshed: p.meshed, ...(at ? { node: at.node, ip: at.ip } : {}) };
+        }),
       };
     },
     accessLog: async () => {
@@ -159,10 +132,7 @@ export function kubeDashboardSource(client: KubeClient, ambitNamespace: string):
     describe: stat.describe,
     inventory: async () => {
       pods = await stat.inventory();
-      const targets = await stat.targets();
-      // Waypoint pods are left out of the inventory; their workloads are named by their targets.
-      const waypoints = new Set(targets.filter((t) => !t.name.startsWith(`${ambitNamespace}/`)).map((t) => t.name.replace(/-[a-z0-9]{5,10}-[a-z0-9]{5}$/, '')));
-      return { pods, waypoints };
+      return { pods, waypoints: await stat.waypoints() };
     },
     targets: () => stat.targets(),
     details: async (namespace, workload) => ({

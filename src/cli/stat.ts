@@ -13,7 +13,7 @@ import { KubeClient } from '../kube/client.js';
 import { RuntimeClient } from '../local/client.js';
 import { ClusterLayout, DEFAULT_CLUSTER } from '../local/layout.js';
 import { PROXY_METRICS_PORT } from '../local/prometheus.js';
-import type { ClusterStatus } from '../local/runtime.js';
+import type { ClusterStatus, PodStatus } from '../local/runtime.js';
 import { ObserveError, prometheusQuery, scrapeAll, type Fetch, type Target } from '../observe/prometheus.js';
 import {
   parseRef, signalsFromPrometheus, signalsFromScrapes, STAT_HEADER, statCells, statKind, statQuery, statRows, StatError,
@@ -28,44 +28,56 @@ export interface StatSource {
   /** What it reads, for the note under the table. */
   describe: string;
   inventory(): Promise<InventoryPod[]>;
+  /** The waypoints' own workloads, `namespace/workload` (their hops fold into the edges they carry). */
+  waypoints(): Promise<Set<string>>;
   prometheus?: InstantQuery;
   targets(): Promise<Target[]>;
+}
+
+const workloadOfStatus = (p: PodStatus): string => (p.owner?.startsWith('deployment/') ? p.owner.slice('deployment/'.length) : p.name);
+const isWaypointPod = (p: PodStatus): boolean => p.labels?.[WAYPOINT_GATEWAY_LABEL] !== undefined;
+
+/** The local cluster's pods as rows take them: the waypoints' own pods apart. */
+export function localInventory(status: ClusterStatus): InventoryPod[] {
+  const services = new Map<string, string[]>();
+  for (const svc of status.services) {
+    for (const ep of svc.endpoints) {
+      const key = `${svc.namespace}/${ep.slice(0, ep.lastIndexOf(':'))}`;
+      const list = services.get(key) ?? [];
+      if (!list.includes(svc.name)) list.push(svc.name);
+      services.set(key, list);
+    }
+  }
+  return status.pods.filter((p) => !isWaypointPod(p)).map((p) => ({
+    namespace: p.namespace, name: p.name, workload: workloadOfStatus(p), services: services.get(`${p.namespace}/${p.ip}`) ?? [], meshed: p.meshed, labels: p.labels ?? {},
+  }));
+}
+
+/** The waypoints' own workloads (`namespace/workload`) on the local cluster. */
+export const localWaypoints = (status: ClusterStatus): Set<string> => new Set(status.pods.filter(isWaypointPod).map((p) => `${p.namespace}/${workloadOfStatus(p)}`));
+
+/** Every node agent's and running waypoint's /metrics on the local cluster, read from inside its underlay netns. */
+export function localTargets(layout: ClusterLayout, status: ClusterStatus): Target[] {
+  const netns = `/run/netns/${layout.underlayNetns}`;
+  const inNetns = (host: string, port: number): Fetch => (path) => httpGetInNetns(netns, host, port, path);
+  return [
+    ...status.nodes.map((n) => ({ name: `node-agent ${n.name}`, fetch: inNetns(n.ip, PROXY_METRICS_PORT) })),
+    ...status.pods.filter((p) => isWaypointPod(p) && p.phase === 'Running').map((p) => ({ name: `waypoint ${p.namespace}/${p.name}`, fetch: inNetns(p.ip, PROXY_METRICS_PORT) })),
+  ];
 }
 
 /** The local cluster: its runtime's status, and sockets made in its underlay netns. */
 export async function localSource(cluster: string, usePrometheus: boolean): Promise<StatSource> {
   const layout = new ClusterLayout(cluster);
-  const client = new RuntimeClient(layout);
-  const status = await client.request<ClusterStatus>('GET', '/v1/status');
-  const netns = `/run/netns/${layout.underlayNetns}`;
-  const inNetns = (host: string, port: number): Fetch => (path) => httpGetInNetns(netns, host, port, path);
+  const status = await new RuntimeClient(layout).request<ClusterStatus>('GET', '/v1/status');
   const prom = usePrometheus && status.prometheus ? new URL(status.prometheus.url) : undefined;
+  const underlay = `/run/netns/${layout.underlayNetns}`;
   return {
     describe: prom ? `the cluster's Prometheus (${status.prometheus!.url})` : `the node agents' and waypoints' /metrics of cluster ${cluster}`,
-    inventory: async () => {
-      const byIp = new Map<string, string[]>();
-      for (const svc of status.services) {
-        for (const ep of svc.endpoints) {
-          const ip = ep.slice(0, ep.lastIndexOf(':'));
-          const list = byIp.get(`${svc.namespace}/${ip}`) ?? [];
-          if (!list.includes(svc.name)) list.push(svc.name);
-          byIp.set(`${svc.namespace}/${ip}`, list);
-        }
-      }
-      return status.pods.filter((p) => p.labels?.[WAYPOINT_GATEWAY_LABEL] === undefined).map((p) => ({
-        namespace: p.namespace,
-        name: p.name,
-        workload: p.owner?.startsWith('deployment/') ? p.owner.slice('deployment/'.length) : p.name,
-        services: byIp.get(`${p.namespace}/${p.ip}`) ?? [],
-        meshed: p.meshed,
-      }));
-    },
-    ...(prom ? { prometheus: prometheusQuery(inNetns(prom.hostname, Number(prom.port)), status.prometheus!.url) } : {}),
-    targets: async () => [
-      ...status.nodes.map((n) => ({ name: `node-agent ${n.name}`, fetch: inNetns(n.ip, PROXY_METRICS_PORT) })),
-      ...status.pods.filter((p) => p.labels?.[WAYPOINT_GATEWAY_LABEL] !== undefined && p.phase === 'Running')
-        .map((p) => ({ name: `waypoint ${p.namespace}/${p.name}`, fetch: inNetns(p.ip, PROXY_METRICS_PORT) })),
-    ],
+    inventory: async () => localInventory(status),
+    waypoints: async () => localWaypoints(status),
+    ...(prom ? { prometheus: prometheusQuery((path) => httpGetInNetns(underlay, prom.hostname, Number(prom.port), path), status.prometheus!.url) } : {}),
+    targets: async () => localTargets(layout, status),
   };
 }
 
@@ -120,8 +132,11 @@ export function kubeSource(client: KubeClient, ambitNamespace: string, namespace
         workload: workloadOf(p),
         services: services.filter((s) => s.metadata.namespace === p.metadata.namespace && selectorMatches(s.spec.selector, p.metadata.labels)).map((s) => s.metadata.name),
         meshed: !p.spec?.hostNetwork && isEnrolled(p.metadata.labels ?? {}, nsLabels.get(p.metadata.namespace) ?? {}),
+        labels: p.metadata.labels ?? {},
       }));
     },
+    waypoints: async () => new Set((await list<KubePod>(`/api/v1/pods?labelSelector=${encodeURIComponent(WAYPOINT_GATEWAY_LABEL)}`))
+      .filter((p) => p.metadata.labels?.[WAYPOINT_GATEWAY_LABEL] !== undefined).map((p) => `${p.metadata.namespace}/${workloadOf(p)}`)),
     targets: async () => {
       const agentLabels = selectorLabels('node');
       const agentSelector = Object.entries(agentLabels).map(([k, v]) => `${k}=${v}`).join(',');

@@ -172,6 +172,7 @@ export interface InventoryPod {
   workload: string;
   services: string[];
   meshed: boolean;
+  labels?: Record<string, string>;
 }
 
 export interface StatRow {
