@@ -22,7 +22,7 @@ import type { CertManager } from '../identity/cert-manager.js';
 import { certificateFacts } from '../identity/pki.js';
 import { silentLogger } from '../telemetry/log.js';
 import type { CertificatesResponse } from '../api/admin.js';
-import { isProxyConfigView, PROXY_CONFIG_VIEWS } from '../api/proxy-config.js';
+import { PROXY_CONFIG_VIEWS, proxyConfigRoute } from '../api/proxy-config.js';
 import { proxyConfigView, type ProxyConfigSource } from './proxy-config.js';
 import { listenTcp, localServer, sendJson, type LocalRequest } from '../util/local-http.js';
 
@@ -84,13 +84,8 @@ const PROXY_CONFIG = 'proxy-config';
 
 /** `GET /proxy-config/<view>`; any other view is a 404 that names the views. */
 function serveProxyConfig(source: ProxyConfigSource, req: LocalRequest, json: (status: number, body: unknown) => boolean): boolean {
-  const [, view, ...rest] = req.segments;
-  if (view === undefined || rest.length > 0 || !isProxyConfigView(view)) {
-    const asked = view === undefined ? 'no view' : `no view ${JSON.stringify(req.segments.slice(1).join('/').slice(0, 64))}`;
-    return json(404, { error: `${asked}: GET /proxy-config/<view>, where <view> is one of ${PROXY_CONFIG_VIEWS.join(', ')}`, views: PROXY_CONFIG_VIEWS });
-  }
-  if (req.method !== 'GET') return json(405, { error: `${req.method} ${req.path} not allowed: GET only` });
-  return json(200, proxyConfigView(view, source));
+  const route = proxyConfigRoute(req.method, req.path, req.segments.slice(1));
+  return 'view' in route ? json(200, proxyConfigView(route.view, source)) : json(route.status, route.body);
 }
 
 /** The admin routes a listener knows, for its 404. */
