@@ -84,7 +84,8 @@ export function waypointObjects(gateway: GatewayLike, values: Values = defaultVa
               '--trust-domain', values.trustDomain,
               ...tracing,
             ],
-            env: [{ name: 'AMBIT_LOG_LEVEL', value: values.logLevel }],
+            // Its node, for its proxy-config answers (as the node agents name theirs).
+            env: [{ name: 'AMBIT_LOG_LEVEL', value: values.logLevel }, { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } }],
             ports: [
               { name: 'hbone', containerPort: WAYPOINT_PORTS.hbone, protocol: 'TCP' },
               { name: 'http-metrics', containerPort: WAYPOINT_PORTS.metrics, protocol: 'TCP' },

@@ -52,7 +52,7 @@ export function waypointPod(layout: ClusterLayout, namespace: string, name: stri
     serviceAccountName: name, restartPolicy: 'Always', terminationGracePeriodSeconds: 10,
     containers: [{
       // A bench's build (AMBIT_DIST, bin/ambit.js) runs the waypoints too, and its profiling settings reach them.
-      name: 'waypoint', cwd: layout.stateDir, env: BUILD_AND_PROFILE_ENV.flatMap((key) => (process.env[key] ? [{ name: key, value: process.env[key] }] : [])), ports: [{ name: 'hbone', containerPort: 15008, protocol: 'TCP' }],
+      name: 'waypoint', cwd: layout.stateDir, env: [...BUILD_AND_PROFILE_ENV.flatMap((key) => (process.env[key] ? [{ name: key, value: process.env[key] }] : [])), { name: 'NODE_NAME', fieldRef: 'spec.nodeName' }], ports: [{ name: 'hbone', containerPort: 15008, protocol: 'TCP' }],
       argv: [process.execPath, ...nodeFlags(), ambitBin(), 'waypoint', 'run', '--name', `${namespace}/${name}`, '--controller', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
         '--token-file', tokenFile, '--ca-file', join(layout.stateDir, 'ca', 'ca-cert.pem'), ...tracingArgs],
       readinessProbe: { tcpSocket: { port: 15008 }, periodSeconds: 1, initialDelaySeconds: 0, timeoutSeconds: 1, failureThreshold: 1, successThreshold: 1 },

@@ -80,7 +80,7 @@ describeAsRoot('ambit proxy-config --waypoint on a local cluster', () => {
       const a = await view<CertificatesAnswer>('certs');
       return a.items[0]?.state === 'valid' ? a : undefined;
     }, { timeout: 30_000, interval: 500 });
-    expect(certs).toMatchObject({ kind: 'Certificates', waypoint: { namespace: 'wpc', name: 'waypoint', pod: expect.stringMatching(/waypoint/) } });
+    expect(certs).toMatchObject({ kind: 'Certificates', node: 'node-1', waypoint: { namespace: 'wpc', name: 'waypoint', pod: expect.stringMatching(/waypoint/) } });
     expect(certs.items).toEqual([expect.objectContaining({ identity: 'spiffe://cluster.local/ns/wpc/sa/waypoint', state: 'valid', serial: expect.stringMatching(/^[0-9a-f]+$/), error: null })]);
     expect(Date.parse(certs.items[0]!.notAfter!)).toBeGreaterThan(Date.now());
     const table = await ok(['proxy-config', 'certs', '--waypoint', 'wpc/waypoint', '--cluster', CLUSTER]);
