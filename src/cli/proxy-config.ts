@@ -256,6 +256,11 @@ async function fromKubernetes(view: ProxyConfigView, opts: Opts & { node: string
   });
 }
 
+/** A view from one node agent pod (by name) on Kubernetes: `ambit stat pod` asks every agent. */
+export function agentPodView(view: ProxyConfigView, client: KubeClient, kubeconfig: string | undefined, namespace: string, pod: string): Promise<ProxyConfigAnswer> {
+  return askPod(view, client, kubeconfig, namespace, pod, { what: `the node agent pod ${namespace}/${pod}`, where: '', logs: `kubectl logs -n ${namespace} ${pod} shows whether the agent runs` });
+}
+
 /** `GET /proxy-config/<view>` on a pod's localhost admin port, through a port-forward. */
 async function askPod(view: ProxyConfigView, client: KubeClient, kubeconfig: string | undefined, namespace: string, pod: string,
   says: { what: string; where: string; logs: string; upgrade?: string }): Promise<ProxyConfigAnswer> {

@@ -13,15 +13,17 @@ import { KubeClient } from '../kube/client.js';
 import { RuntimeClient } from '../local/client.js';
 import { ClusterLayout, DEFAULT_CLUSTER } from '../local/layout.js';
 import { PROXY_METRICS_PORT } from '../local/prometheus.js';
+import type { ConnectionItem } from '../api/proxy-config.js';
 import type { ClusterStatus, PodStatus } from '../local/runtime.js';
 import { ObserveError, prometheusQuery, scrapeAll, type Fetch, type Target } from '../observe/prometheus.js';
 import {
-  parseRef, signalsFromPrometheus, signalsFromScrapes, STAT_HEADER, statCells, statKind, statQuery, statRows, StatError,
+  isPodKind, parseRef, podRows, signalsFromPrometheus, type OpenConnection, signalsFromScrapes, STAT_HEADER, statCells, statKind, statQuery, statRows, StatError,
   type InstantQuery, type InventoryPod, type StatRequest, type StatRow,
 } from '../observe/stat.js';
 import { CliError } from './errors.js';
 import { table } from './format.js';
 import { apiMessage, isSuccess, kubeRequest } from './kube.js';
+import { agentPodView, fromLocal } from './proxy-config.js';
 
 /** Where the figures come from: the cluster's pods, and a Prometheus or the proxies' endpoints. */
 export interface StatSource {
@@ -163,6 +165,24 @@ export function kubeSource(client: KubeClient, ambitNamespace: string, namespace
   };
 }
 
+/** The connections every node agent holds open now (`ambit stat pod`): local cluster. */
+export async function localConnections(cluster: string): Promise<OpenConnection[]> {
+  const status = await new RuntimeClient(new ClusterLayout(cluster)).request<ClusterStatus>('GET', '/v1/status');
+  const answers = await Promise.all(status.nodes.map((n) => fromLocal('connections', n.name, cluster)));
+  return answers.flatMap((a) => a.items as ConnectionItem[]);
+}
+
+/** The same on Kubernetes: every running node agent pod, through a port-forward to its admin port. */
+export async function kubeConnections(client: KubeClient, kubeconfig: string | undefined, ambitNamespace: string): Promise<OpenConnection[]> {
+  const selector = Object.entries(selectorLabels('node')).map(([k, v]) => `${k}=${v}`).join(',');
+  const res = await kubeRequest(client, 'GET', `/api/v1/namespaces/${encodeURIComponent(ambitNamespace)}/pods?labelSelector=${encodeURIComponent(selector)}`);
+  if (!isSuccess(res)) throw new CliError(`listing the node agents in ${ambitNamespace} on ${client.server}: ${apiMessage(res)}`);
+  const pods = ((res.body as { items?: KubePod[] }).items ?? []).filter((p) => p.status?.phase === 'Running' && Object.entries(selectorLabels('node')).every(([k, v]) => p.metadata.labels?.[k] === v));
+  if (pods.length === 0) throw new CliError(`no node agent pod runs in namespace ${ambitNamespace}`, 'is ambit installed? or pass --ambit-namespace');
+  const answers = await Promise.all(pods.map((p) => agentPodView('connections', client, kubeconfig, ambitNamespace, p.metadata.name)));
+  return answers.flatMap((a) => a.items as ConnectionItem[]);
+}
+
 /** A Prometheus at a URL this host reaches. */
 export function urlPrometheus(url: string): InstantQuery {
   let base: URL;
@@ -212,7 +232,7 @@ export async function collectStat(source: StatSource, req: StatRequest, onWait?:
 export function register(program: Command): void {
   program.command('stat')
     .description('golden signals per deployment, namespace or service (success, RPS, latency, TCP connections, mTLS), as linkerd viz stat shows them')
-    .argument('<kind>', 'deploy, ns or svc')
+    .argument('<kind>', 'deploy, ns, svc, or pod (connections open now and their mTLS share; requests are per workload)')
     .option('-n, --namespace <ns>', 'only rows in this namespace (and the namespace of --from/--to names)')
     .option('-A, --all-namespaces', 'rows of every namespace (the default without -n)')
     .option('--from <kind/name>', 'only traffic from this deployment or namespace (rows are its destinations)')
@@ -226,6 +246,21 @@ export function register(program: Command): void {
     .option('--ambit-namespace <ns>', 'where ambit is installed on Kubernetes', 'ambit-system')
     .option('--json', 'machine-readable output')
     .action(async (kindText: string, opts: { namespace?: string; from?: string; to?: string; window?: string; prometheus?: string | false; cluster: string; kubeconfig?: string; kube?: boolean; ambitNamespace: string; json?: boolean }) => {
+      if (isPodKind(kindText)) {
+        if (opts.from || opts.to) throw new CliError('--from and --to take workloads or namespaces: requests are counted per workload (Istio\'s metrics carry no pod); try ambit stat deploy');
+        const onKube = opts.kubeconfig !== undefined || opts.kube === true;
+        const client = onKube ? KubeClient.fromFile(opts.kubeconfig) : undefined;
+        const source = client ? kubeSource(client, opts.ambitNamespace, opts.namespace) : await localSource(opts.cluster, false);
+        const [inventory, connections] = await Promise.all([source.inventory(), client ? kubeConnections(client, opts.kubeconfig, opts.ambitNamespace) : localConnections(opts.cluster)]);
+        const rows = podRows(opts.namespace, inventory, connections);
+        if (opts.json) {
+          process.stdout.write(`${JSON.stringify({ kind: 'pod', source: 'the connections the node agents hold open now', rows }, null, 2)}\n`);
+          return;
+        }
+        process.stdout.write(rows.length ? `${table(STAT_HEADER, rows.map(statCells))}\n` : `no pods${opts.namespace ? ` in namespace ${opts.namespace}` : ''}\n`);
+        process.stderr.write('pods: connections the node agents hold open now; requests are per workload (ambit stat deploy)\n');
+        return;
+      }
       let req: StatRequest;
       try {
         req = {

@@ -24,7 +24,7 @@ export class StatError extends Error {
 
 export function statKind(text: string): StatKind {
   const kind = KIND_ALIASES[text.toLowerCase()];
-  if (!kind) throw new StatError(`unknown resource kind "${text}": one of deploy, ns, svc (or their long names)`);
+  if (!kind) throw new StatError(`unknown resource kind "${text}": one of deploy, ns, svc${isPodKind(text) ? ' (pods are rows of `ambit stat pod`, never a --from or --to)' : ''} (or their long names)`);
   return kind;
 }
 
@@ -241,3 +241,43 @@ export function statCells(row: StatRow): string[] {
     s?.tcpOpen === null || s?.tcpOpen === undefined ? '-' : String(Math.round(s.tcpOpen)), percent(s?.tlsShare ?? null),
   ];
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pods: what the node agents hold open now (Istio's metrics carry no pod)
+
+/** A connection a node agent holds open now, as its proxy-config connections view lists it. */
+export interface OpenConnection {
+  /** The pod of the agent's node it belongs to, `namespace/name`. */
+  pod: string;
+  reporter: 'source' | 'destination';
+  mtls: boolean;
+}
+
+/**
+ * `ambit stat pod`: every pod (of `namespace`, when given), meshed or not, with the connections
+ * its node agent holds into it now and the share of them that are mutual TLS. Requests are
+ * counted per workload (Istio's metrics carry no pod), so a pod row has no request figures.
+ */
+export function podRows(namespace: string | undefined, inventory: readonly InventoryPod[], connections: readonly OpenConnection[]): StatRow[] {
+  const inbound = new Map<string, { open: number; tls: number }>();
+  for (const c of connections) {
+    if (c.reporter !== 'destination') continue;
+    const n = inbound.get(c.pod) ?? { open: 0, tls: 0 };
+    n.open++;
+    if (c.mtls) n.tls++;
+    inbound.set(c.pod, n);
+  }
+  return inventory
+    .filter((p) => namespace === undefined || p.namespace === namespace)
+    .map((p): StatRow => {
+      const held = inbound.get(`${p.namespace}/${p.name}`);
+      return {
+        namespace: p.namespace, name: p.name, meshed: { meshed: p.meshed ? 1 : 0, total: 1 },
+        // A pod outside the mesh has no agent carrying its connections: nothing is known of them.
+        signals: p.meshed ? { requests: 0, rps: null, success: null, p50: null, p95: null, p99: null, tcpOpen: held?.open ?? 0, tlsShare: held && held.open > 0 ? held.tls / held.open : null } : null,
+      };
+    })
+    .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
+}
+
+export const isPodKind = (text: string): boolean => ['pod', 'pods', 'po'].includes(text.toLowerCase());

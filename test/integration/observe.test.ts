@@ -103,8 +103,11 @@ describeAsRoot('observability: Prometheus, dashboards and ambit stat', () => {
         }
       }
     }
-    const bytes = await promql('sum(rate(istio_tcp_received_bytes_total{reporter="destination",destination_workload="web"}[2m]))');
-    expect(Number(bytes[0]!.value[1])).toBeGreaterThan(0);
+    // Bytes of connections still open are flushed every 5 s: wait for a flush to be scraped.
+    await until('TCP bytes received by web', async () => {
+      const bytes = await promql('sum(rate(istio_tcp_received_bytes_total{reporter="destination",destination_workload="web"}[2m]))');
+      return Number(bytes[0]?.value[1] ?? 0) > 0 || undefined;
+    }, { timeout: 30_000, interval: 1000 });
   }, 120_000);
 
   it('ambit stat reads the cluster\'s Prometheus when it runs one', async () => {
@@ -120,10 +123,29 @@ describeAsRoot('observability: Prometheus, dashboards and ambit stat', () => {
     expect(table).toMatch(/obs\s+web\s+2\/2\s+\d+\.\d\d%\s+\d+\.\drps/);
   }, 60_000);
 
+  it('ambit stat pod shows the connections the node agents hold into each pod now, over mTLS', async () => {
+    // One keep-alive request, then the connection is held: the waypoint keeps its upstream to a web pod.
+    const hold = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--cluster', CLUSTER, `obs/${clientPod}`, '--', 'node', '-e',
+      'const http = require("http"); const agent = new http.Agent({ keepAlive: true }); http.get({ host: "web", path: "/", agent }, (r) => { r.resume(); console.log("held"); setTimeout(() => agent.destroy(), 60000); });'], { cwd: ROOT, env });
+    try {
+      const rows = await until('a web pod with an open mTLS connection', async () => {
+        const r = (JSON.parse(await ok(['stat', 'pod', '-n', 'obs', '--cluster', CLUSTER, '--json'])) as { rows: StatRow[] }).rows;
+        return r.some((row) => row.name.startsWith('web-') && (row.signals?.tcpOpen ?? 0) > 0 && row.signals?.tlsShare === 1) ? r : undefined;
+      }, { timeout: 30_000, interval: 500 });
+      expect(rows.filter((r) => r.name.startsWith('web-'))).toHaveLength(2);
+      expect(rows.every((r) => r.meshed?.meshed === 1 && r.meshed.total === 1)).toBe(true);
+      expect(rows.every((r) => r.signals?.rps === null)).toBe(true);
+    } finally {
+      hold.kill('SIGTERM');
+    }
+    const refused = await ambit(['stat', 'pod', '--from', 'deploy/client', '--cluster', CLUSTER]);
+    expect(refused.stderr).toMatch(/requests are counted per workload/);
+  }, 60_000);
+
   it('refuses a bad request by naming it', async () => {
-    const r = await ambit(['stat', 'pods', '--cluster', CLUSTER]);
+    const r = await ambit(['stat', 'pode', '--cluster', CLUSTER]);
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toMatch(/unknown resource kind "pods"/);
+    expect(r.stderr).toMatch(/unknown resource kind "pode"/);
     const w = await ambit(['stat', 'deploy', '--cluster', CLUSTER, '--window', '5x']);
     expect(w.stderr).toMatch(/--window must be a duration/);
   });

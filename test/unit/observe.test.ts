@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseExposition, type Sample } from '../../src/observe/exposition.js';
 import { histogramQuantile, matches, promql } from '../../src/observe/queries.js';
-import { parseRef, signalsFromScrapes, statCells, statQuery, statRows, StatError, type StatRequest } from '../../src/observe/stat.js';
+import { parseRef, podRows, signalsFromScrapes, statCells, statQuery, statRows, StatError, type StatRequest } from '../../src/observe/stat.js';
 
 describe('the text format', () => {
   it('reads samples, label escapes, special values and types, and skips what is not a sample', () => {
@@ -159,5 +159,25 @@ describe('stat rows', () => {
     expect(() => statQuery({ kind: 'deploy', from: { kind: 'svc', name: 'web' }, windowSeconds: 1 })).toThrow(/--from takes deploy\/NAME or ns\/NAME/);
     expect(() => parseRef('web', '--from')).toThrow(/--from must be KIND\/NAME/);
     expect(() => parseRef('pod/web', '--to')).toThrow(/unknown resource kind "pod"/);
+  });
+});
+
+describe('stat pod', () => {
+  it('shows each pod\'s inbound connections open now and their mTLS share; nothing for a pod outside the mesh', () => {
+    const rows = podRows('obs', [
+      { namespace: 'obs', name: 'web-1', workload: 'web', services: ['web'], meshed: true },
+      { namespace: 'obs', name: 'web-2', workload: 'web', services: ['web'], meshed: true },
+      { namespace: 'obs', name: 'legacy', workload: 'legacy', services: [], meshed: false },
+      { namespace: 'other', name: 'x', workload: 'x', services: [], meshed: true },
+    ], [
+      { pod: 'obs/web-1', reporter: 'destination', mtls: true },
+      { pod: 'obs/web-1', reporter: 'destination', mtls: false },
+      { pod: 'obs/web-1', reporter: 'source', mtls: true },
+    ]);
+    expect(rows.map(statCells)).toEqual([
+      ['obs', 'legacy', '0/1', '-', '-', '-', '-', '-', '-', '-'],
+      ['obs', 'web-1', '1/1', '-', '-', '-', '-', '-', '2', '50.00%'],
+      ['obs', 'web-2', '1/1', '-', '-', '-', '-', '-', '0', '-'],
+    ]);
   });
 });
