@@ -111,6 +111,13 @@ export function register(program: Command): void {
       if (opts.cniSocket && !opts.kubernetes) throw new CliError('--cni-socket needs --kubernetes (the plugin\'s pods are read from the API server)');
       if (opts.cniBinary && !opts.cniSocket) throw new CliError('--cni-binary needs --cni-socket (where the plugin reaches this agent)');
       if (opts.cniBinary && !existsSync(opts.cniBinary)) throw new CliError(`--cni-binary ${opts.cniBinary} does not exist`);
+      // A signal during start (a rolling update, a node drain) is held until the agent has
+      // started, then stops it cleanly: dying half-started would leave its CNI entry and pins as
+      // they were, with nobody deciding between restart and uninstall.
+      let stopSignal: string | undefined;
+      let stop = (signal: string) => { stopSignal ??= signal; };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
       const app = await startNodeApp({
         node: opts.node, controller, tokenFile: opts.tokenFile, caFile: opts.caFile, pinRoot, cgroup, probeCgroups: opts.probeCgroup ?? [],
         rootNamespace: opts.rootNamespace, drainMs: drain * 1000, ...(hboneLimits ? { hboneLimits } : {}), admin,
@@ -124,9 +131,8 @@ export function register(program: Command): void {
           },
         } : {}),
       });
-      const stop = (signal: string) => void app.stop(signal).finally(() => process.exit(0));
-      process.once('SIGTERM', () => stop('SIGTERM'));
-      process.once('SIGINT', () => stop('SIGINT'));
+      stop = (signal: string) => void app.stop(signal).finally(() => process.exit(0));
+      if (stopSignal) stop(stopSignal);
       await new Promise(() => { /* serves until a signal */ });
     });
 
