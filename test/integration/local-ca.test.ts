@@ -80,7 +80,7 @@ spec: { nodeName: node-2, serviceAccountName: beta, containers: [{ name: c, comm
 
   it('runs the controller as a healthy component with per-node credentials', async () => {
     const status = JSON.parse((await ambit(['local', 'status', '--json', '--cluster', CLUSTER])).stdout) as ClusterStatus;
-    expect(status.components.find((c) => c.name === 'controller')).toMatchObject({ state: 'running', detail: 'CA and discovery on 172.30.0.1:15012' });
+    expect(status.components.find((c) => c.name === 'controller')).toMatchObject({ state: 'running', detail: 'CA and discovery on 172.30.0.1:15012, metrics on :15014' });
     const t1 = readFileSync(join(stateDir, 'nodes', 'node-1', 'token'), 'utf8');
     const t2 = readFileSync(join(stateDir, 'nodes', 'node-2', 'token'), 'utf8');
     expect(t1).not.toBe(t2);
