@@ -154,6 +154,18 @@ export function register(program: Command): void {
       await printLogs(logFile(layout, target, opts.container), opts);
     });
 
+  withCluster(local.command('component'))
+    .description('stop, start or restart one of the cluster\'s components (controller, node-agent, prometheus); a stopped one stays stopped until started')
+    .argument('<action>', 'stop, start or restart')
+    .argument('<name>', 'controller, node-agent (with --node) or prometheus')
+    .option('--node <node>', 'the node, for a node agent')
+    .action(async (action: string, name: string, opts: { node?: string; name?: string; cluster?: string }) => {
+      if (!['stop', 'start', 'restart'].includes(action)) throw new LocalError(`unknown action "${action}": stop, start or restart`);
+      const layout = clusterOf(opts);
+      const r = await new RuntimeClient(layout).request<{ name: string; node?: string; state: string; pid?: number }>('POST', '/v1/components', { action, name, ...(opts.node ? { node: opts.node } : {}) });
+      say(`${r.name}${r.node ? ` on ${r.node}` : ''}: ${r.state}${r.pid ? ` (pid ${r.pid})` : ''}`);
+    });
+
   withCluster(local.command('down'))
     .description('stop a cluster and remove every netns, cgroup, pinned BPF object, process and state file it made')
     .action(async (opts: { name?: string; cluster?: string }) => {

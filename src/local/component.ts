@@ -38,7 +38,13 @@ export class Component {
     return this.child?.pid;
   }
 
+  /** Whether it was stopped on purpose (`ambit local component stop`), as opposed to exited. */
+  get stopped(): boolean {
+    return this.stopping;
+  }
+
   start(): void {
+    this.stopping = false;
     mkdirSync(this.spec.cgroup, { recursive: true });
     const out = openSync(this.spec.logFile, 'a');
     const argv = launchArgv({ cgroup: this.spec.cgroup, netns: this.spec.netns, argv: this.spec.argv });

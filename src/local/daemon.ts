@@ -7,6 +7,7 @@
  *   POST /v1/apply   {inputs}                apply manifests (all or nothing)
  *   POST /v1/delete  {inputs}                delete what they name
  *   GET  /v1/exec?pod=NS/NAME[&container=C]  where and how to run a command as the pod
+ *   POST /v1/components {action,name,node?}  stop, start or restart a component
  *   POST /v1/shutdown                        stop every pod and exit (the state stays)
  */
 import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -78,6 +79,13 @@ export async function runDaemon(layout: ClusterLayout, nodes: number | undefined
         if (!ns || !name) throw new LocalError('expected pod=NAMESPACE/NAME');
         const container = req.query.get('container') ?? undefined;
         return send(res, 200, route === 'GET /v1/exec' ? runtime.execTarget(ns, name, container) : { file: runtime.podLogFile(ns, name, container) });
+      }
+      if (route === 'POST /v1/components') {
+        const body = await readJson(req.raw) as { action?: unknown; name?: unknown; node?: unknown };
+        if (body.action !== 'stop' && body.action !== 'start' && body.action !== 'restart') throw new LocalError('request needs "action": stop, start or restart');
+        if (typeof body.name !== 'string') throw new LocalError('request needs "name": the component');
+        if (body.node !== undefined && typeof body.node !== 'string') throw new LocalError('"node" must be a node name');
+        return send(res, 200, await runtime.componentAction(body.action, body.name, body.node));
       }
       if (route === 'POST /v1/prometheus') {
         const interval = (await readJson(req.raw) as { scrapeInterval?: unknown }).scrapeInterval;

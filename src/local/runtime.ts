@@ -265,6 +265,26 @@ export class Runtime {
     return { url: this.prometheus!.url, started: true };
   }
 
+  /**
+   * Stops, starts or restarts one of the cluster's components (`ambit local component`): a
+   * stopped component stays stopped (it is not restarted as an exit would be) until started.
+   * What runs is unchanged: the cluster's pods keep running, and a node agent's pinned datapath
+   * keeps capturing (and refusing) its pods' traffic while it is away.
+   */
+  async componentAction(action: 'stop' | 'start' | 'restart', name: string, node?: string): Promise<{ name: string; node?: string; state: string; pid?: number }> {
+    const matching = this.components.filter((c) => c.spec.name === name && (node === undefined || c.spec.node === node));
+    const known = [...new Set(this.components.map((c) => (c.spec.node ? `${c.spec.name} --node ${c.spec.node}` : c.spec.name)))];
+    if (matching.length === 0) throw new LocalError(`no component ${name}${node ? ` on node ${node}` : ''} in cluster ${this.layout.name}`, `components: ${known.join(', ')}`);
+    if (matching.length > 1) throw new LocalError(`${matching.length} components are named ${name}: give --node`, `components: ${known.join(', ')}`);
+    const c = matching[0]!;
+    if (action !== 'start') await c.stop();
+    if (action !== 'stop') {
+      if (c.pid === undefined) c.start();
+    }
+    this.log.info({ component: name, node, action, pid: c.pid }, 'component action');
+    return { name, ...(c.spec.node ? { node: c.spec.node } : {}), state: c.pid === undefined ? 'stopped' : 'running', ...(c.pid ? { pid: c.pid } : {}) };
+  }
+
   /** The Prometheus's targets: every node agent, and every waypoint pod with an address. */
   private writeTargets(): void {
     if (!this.prometheus) return;
@@ -702,7 +722,8 @@ export class Runtime {
           ...(c.spec.node ? { node: c.spec.node } : {}),
           state: c.pid === undefined ? 'stopped' : healthy ? 'running' : 'degraded',
           ...(c.pid ? { pid: c.pid } : {}),
-          detail: `${detail}${c.restarts ? `; ${c.restarts} restarts, last ${c.lastExit ?? ''}` : ''}${healthy ? '' : '; not answering yet'}`,
+          detail: c.stopped ? 'stopped on request (ambit local component start runs it again)'
+            : `${detail}${c.restarts ? `; ${c.restarts} restarts, last ${c.lastExit ?? ''}` : ''}${healthy ? '' : '; not answering yet'}`,
         };
       })),
       ...this.state.nodes.map((n): ComponentStatus => ({
