@@ -80,6 +80,9 @@ export class Component {
     signalCgroup(this.spec.cgroup, 'SIGTERM');
     const deadline = Date.now() + graceMs;
     while (Date.now() < deadline && cgroupProcs(this.spec.cgroup).length > 0) await new Promise((r) => setTimeout(r, 25));
+    const child = this.child;
     await removeCgroupTree(this.spec.cgroup);
+    // Stopped means its process has been reaped: a start right after must not see the old one.
+    if (child && child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once('exit', r));
   }
 }
