@@ -52,6 +52,8 @@ export interface DatapathMaps {
   podAddrs: BpfMap<string, bigint>;
   inboundListeners: BpfMap<bigint, bigint>;
   origDst: BpfMap<SockKey, OrigDst>;
+  /** Original destinations from connect() to the SYN, by socket cookie. */
+  pending: BpfMap<bigint, OrigDst>;
   /** Connections of the node's prober to pods, as the pods see them (netnsCookie 0) → socket cookie. */
   probeFlows: BpfMap<SockKey, bigint>;
   counters: BpfMap<number, bigint>;
@@ -81,6 +83,7 @@ export class Datapath {
       podAddrs: inbound.map('ambit_pod_addrs', addrCodec, u64Codec),
       inboundListeners: inbound.map('ambit_inbound_listeners', u64Codec, u64Codec),
       origDst: outbound.map('ambit_orig_dst', sockKeyCodec, origDstCodec),
+      pending: outbound.map('ambit_pending', u64Codec, origDstCodec),
       probeFlows: outbound.map('ambit_probe_flows', sockKeyCodec, u64Codec),
       counters: outbound.map('ambit_counters', u32Codec, u64Codec, true),
     };
@@ -212,6 +215,20 @@ export class Datapath {
       out[name] = (this.maps.counters.getPerCpu(i) ?? []).reduce((a, b) => a + b, 0n);
     });
     return out;
+  }
+
+  /** The entries of each map this agent walks (not the per-CPU counters), by its name in ambit.h. */
+  mapEntries(): Record<string, number> {
+    const { pods, podAddrs, inboundListeners, origDst, pending, probeFlows } = this.maps;
+    return {
+      ambit_pods: pods.size(), ambit_pod_addrs: podAddrs.size(), ambit_inbound_listeners: inboundListeners.size(),
+      ambit_orig_dst: origDst.size(), ambit_pending: pending.size(), ambit_probe_flows: probeFlows.size(),
+    };
+  }
+
+  /** Each of those maps' max_entries, as the programs declare them (bpf/*.bpf.c, maps.bpf.h). */
+  mapCapacity(): Record<string, number> {
+    return { ambit_pods: AMBIT.MAX_PODS, ambit_pod_addrs: AMBIT.MAX_PODS * 2, ambit_inbound_listeners: AMBIT.MAX_PODS, ambit_orig_dst: AMBIT.MAX_CONNECTIONS, ambit_pending: AMBIT.MAX_CONNECTIONS, ambit_probe_flows: AMBIT.MAX_PROBES };
   }
 
   /** Where the application meant to connect, for a connection accepted on a capture listener. */

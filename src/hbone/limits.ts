@@ -47,6 +47,8 @@ export const HBONE_CODES = {
   podStreamLimit: 'pod_stream_limit',
   /** 429: the node has as many concurrent HBONE streams as it may. */
   nodeStreamLimit: 'node_stream_limit',
+  /** 503: the destination's node agent is shedding new connections (at its connection bound, or behind on those it carries). */
+  overloaded: 'overloaded',
 } as const;
 export type HboneCode = (typeof HBONE_CODES)[keyof typeof HBONE_CODES];
 const KNOWN_CODES = new Set<string>(Object.values(HBONE_CODES));

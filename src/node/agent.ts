@@ -27,6 +27,7 @@ import type { OrigDst } from '../ebpf/codecs.js';
 import { CaClient, type Credential } from '../identity/ca-server.js';
 import { CertManager, type WorkloadCertificate } from '../identity/cert-manager.js';
 import { MeshMetrics } from '../telemetry/metrics.js';
+import { LoadShedder, parseAdmissionLimits, type AdmissionLimits } from './shedding.js';
 import { ConnectionTracker, resetOrDestroy, splice, type TrackedConnection } from './connections.js';
 import { PodEnroller, type EnrolledPod } from './enroll.js';
 import { HBONE_CODES, HboneError, HboneLimiter, HbonePool, HboneServer, refuseTunnel, type HboneCode, type HboneLimits, type TunnelInfo } from '../hbone/hbone.js';
@@ -73,6 +74,8 @@ export interface NodeAgentOptions {
   drainMs?: number;
   /** HBONE limits over the defaults (docs/DATAPATH.md, "HBONE limits"). */
   hboneLimits?: Partial<HboneLimits>;
+  /** Load shedding's bounds (default: AMBIT_AGENT_LIMITS, else src/node/admission.ts's defaults). */
+  admission?: AdmissionLimits;
   log: Logger;
   accessLog: Logger;
 }
@@ -116,6 +119,7 @@ export class NodeAgent {
   readonly metrics = new MeshMetrics();
   readonly certs: CertManager;
   readonly connections: ConnectionTracker;
+  private readonly shedder: LoadShedder;
   private readonly datapath: Datapath;
   private readonly enroller: PodEnroller;
   private readonly pool: HbonePool;
@@ -150,6 +154,7 @@ export class NodeAgent {
     this.datapath = datapath;
     const log = opts.log;
     this.connections = new ConnectionTracker(this.metrics, opts.accessLog);
+    this.shedder = new LoadShedder(opts.admission ?? parseAdmissionLimits(process.env.AMBIT_AGENT_LIMITS), () => this.connections.size, this.metrics);
     this.hboneLimiter = new HboneLimiter({
       log,
       ...(opts.hboneLimits ? { limits: opts.hboneLimits } : {}),
@@ -424,6 +429,11 @@ export class NodeAgent {
 
   private async outbound(socket: Socket, dst: OrigDst | undefined, pod: EnrolledPod): Promise<void> {
     socket.on('error', () => { /* handled by splice once joined */ });
+    // Shed before any work: a reset costs the agent nothing it carries.
+    if (this.shedder.refuse('outbound')) {
+      resetOrDestroy(socket);
+      return;
+    }
     // The agent forwards what it reads at once: Nagle's algorithm would only add delay.
     socket.setNoDelay(true);
     const src = this.podByCookie(pod.netnsCookie);
@@ -581,6 +591,10 @@ export class NodeAgent {
       refuseTunnel(stream, 503, HBONE_CODES.notEnrolled);
       return;
     }
+    if (this.shedder.refuse('hbone')) {
+      refuseTunnel(stream, 503, HBONE_CODES.overloaded);
+      return;
+    }
     const w = entry.workload;
     const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(info.authority);
     const ip = m?.[1];
@@ -637,6 +651,11 @@ export class NodeAgent {
     const peer = state.workloadsByIp.get(sourceIp);
     const source = { ip: sourceIp, ...(peer ? { workload: peer.workload, namespace: peer.namespace, labels: peer.labels } : {}) };
     const probe = this.datapath.isProbe({ addr: sourceIp, port: socket.remotePort ?? 0 }, { addr: ip, port });
+    // The kubelet's probes are never shed: an overloaded agent must not make its pods unready.
+    if (!probe && this.shedder.refuse('inbound')) {
+      resetOrDestroy(socket);
+      return;
+    }
     const conn = this.connections.begin({ reporter: 'destination', source, destination: { workload: w.workload, namespace: w.namespace, identity: w.identity, labels: w.labels, ip, port }, service: this.serviceFor(state, w, port), mtls: false, path: 'plaintext', pod: entry.enrolled.spec.name, ...(probe ? { exempt: 'kubelet-probe' as const } : {}) });
     // sk_lookup steers only what comes from outside the pod, keeping its destination port: a
     // connection on the listener's own port, or from the pod itself, came here directly. Carried
@@ -722,6 +741,32 @@ export class NodeAgent {
     });
     this.metrics.gauge('ambit_xds_rejected', 'Config versions this agent rejected (NACK)', [], (g) => g.set(this.nacks));
     this.metrics.gauge('ambit_hbone_pool_connections', 'Pooled outbound HBONE connections', [], (g) => g.set(this.pool.size));
+    // Everything the agent keeps that could grow: each table's entries now, and its bound where it
+    // has one of its own (the others are bounded by the node's pods, or by connections).
+    this.metrics.gauge('ambit_agent_table_entries', 'Entries in each of the agent\'s tables now', ['table'], (g) => {
+      g.set({ table: 'connections' }, this.connections.size);
+      g.set({ table: 'pods' }, this.pods.size);
+      g.set({ table: 'enrollment_failures' }, this.failures.size);
+      g.set({ table: 'unhealthy_pods' }, this.unhealthy.size);
+      g.set({ table: 'held_pods' }, this.held.size);
+      g.set({ table: 'cni_sandboxes' }, this.sandboxes.size);
+      g.set({ table: 'readiness_waiters' }, this.waiters.size);
+      g.set({ table: 'certificates' }, this.certs.list().length);
+      g.set({ table: 'hbone_pool' }, this.pool.size);
+      g.set({ table: 'tcp_metric_series' }, this.metrics.tcpSeriesHeld);
+    });
+    this.metrics.gauge('ambit_agent_table_limit', 'The bound of each table that has one of its own', ['table'], (g) => {
+      g.set({ table: 'connections' }, this.shedder.limits.maxConnections);
+    });
+    // The pinned maps, counted at most every 15 s: walking a map is a syscall per entry.
+    let counted: { at: number; entries: Record<string, number> } | undefined;
+    this.metrics.gauge('ambit_bpf_map_entries', 'Entries in each of the datapath\'s BPF maps (counted at most every 15 s)', ['map'], (g) => {
+      if (!counted || Date.now() - counted.at > 15_000) counted = { at: Date.now(), entries: this.datapath.mapEntries() };
+      for (const [map, n] of Object.entries(counted.entries)) g.set({ map }, n);
+    });
+    this.metrics.gauge('ambit_bpf_map_capacity', 'The most entries each of the datapath\'s BPF maps holds', ['map'], (g) => {
+      for (const [map, n] of Object.entries(this.datapath.mapCapacity())) g.set({ map }, n);
+    });
     this.hboneLimiter.registerMetrics(this.metrics);
   }
 
@@ -756,17 +801,25 @@ export class NodeAgent {
    * map entries stay, so meshed pods keep being captured (and refused) until the next agent
    * takes over — nothing leaves the mesh because its agent restarts. `uninstall` removes it all.
    */
-  async close(opts: { uninstall?: boolean } = {}): Promise<void> {
+  async close(opts: { uninstall?: boolean } = {}): Promise<{ cut: number }> {
     this.closed = true;
     clearTimeout(this.retryTimer);
     this.discovery.close();
     await this.reconciling;
-    await Promise.all([...this.pods.keys()].map((uid) => this.unenroll(uid, opts.uninstall ? 'uninstall' : 'agent stopping', !opts.uninstall)));
+    // Every pod's listeners close at once (a successor's take the new connections, and with
+    // tcp_migrate_req the queued ones), then the pods' connections drain side by side.
+    const draining = this.pods.size;
+    const started = Date.now();
+    const cuts = await Promise.all([...this.pods.keys()].map((uid) => this.unenroll(uid, opts.uninstall ? 'uninstall' : 'agent stopping', !opts.uninstall)));
+    const cut = cuts.reduce((a, b) => a + b, 0);
+    this.opts.log.info({ pods: draining, drainMs: Date.now() - started, cut }, cut ? `drained: ${cut} connection(s) still open after the drain period were cut` : 'drained: no connection was cut');
     this.pool.close();
     this.certs.close();
     this.connections.close();
+    this.shedder.close();
     this.datapath.close();
     if (opts.uninstall) Datapath.remove(this.opts.pinRoot);
+    return { cut };
   }
 }
 

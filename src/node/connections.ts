@@ -58,6 +58,11 @@ export class ConnectionTracker {
     this.timer.unref();
   }
 
+  /** Connections open now (both directions). */
+  get size(): number {
+    return this.open.size;
+  }
+
   /** Starts tracking; `finish` must be called exactly once. */
   begin(info: ConnectionInfo): TrackedConnection {
     // Built field by field, every connection with the same shape: a spread of `info` costs
