@@ -442,9 +442,20 @@ export interface DiscoveryClientOptions {
   /** Checks and takes a complete new state; throwing NACKs it (the previous state stays). */
   apply: (resources: ReadonlyMap<string, WireResource>, version: string) => void;
   backoff?: { initialMs: number; maxMs: number };
+  /** While the controller is unreachable, its address is tried at least this often (ms; default RECONNECT_PROBE_MS). */
+  reconnectProbeMs?: number;
   log?: Logger;
   random?: () => number;
 }
+
+/**
+ * While the controller is unreachable, the subscriber's channel tries its address at least this
+ * often (gRPC's own connection backoff would grow to 120 s), and the stream is opened again as
+ * soon as a connection is up, whatever the stream's backoff has grown to: a controller back from
+ * a long outage is followed within seconds. A try is a TCP connect (and a TLS handshake once it
+ * answers), so many subscribers probing a controller that is away cost it next to nothing.
+ */
+export const RECONNECT_PROBE_MS = 5000;
 
 export class DiscoveryClient {
   private state = new Map<string, WireResource>();
@@ -466,8 +477,10 @@ export class DiscoveryClient {
 
   constructor(private readonly opts: DiscoveryClientOptions) {
     const Service = discoveryService();
+    const probeMs = opts.reconnectProbeMs ?? RECONNECT_PROBE_MS;
     this.client = new Service(opts.address, grpc.credentials.createSsl(Buffer.from(opts.roots.join(''))), {
       'grpc.ssl_target_name_override': 'localhost', 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+      'grpc.initial_reconnect_backoff_ms': Math.min(1000, probeMs), 'grpc.max_reconnect_backoff_ms': probeMs,
     });
     this.ready = new Promise((r) => { this.readyResolve = r; });
     this.connect();
@@ -536,10 +549,25 @@ export class DiscoveryClient {
     const delay = backoffDelay(this.failures, { ...(this.opts.backoff ?? { initialMs: 500, maxMs: 30_000 }), jitter: true, ...(this.opts.random ? { random: this.opts.random } : {}) });
     this.opts.log?.warn({ why, retryInMs: Math.round(delay), version: this.version }, 'controller unreachable; serving the last good config');
     call.cancel();
-    this.timer = setTimeout(() => {
+    let waiting = true;
+    const reconnect = () => {
+      if (!waiting || this.closed) return;
+      waiting = false;
+      clearTimeout(this.timer);
       this.reconnects++;
       this.connect();
-    }, delay);
+    };
+    this.timer = setTimeout(reconnect, delay);
+    // A controller that answered and ended or refused the stream is asked again after the backoff
+    // only (no hot loop); one that could not be reached is asked as soon as the channel connects.
+    if (this.client.getChannel().getConnectivityState(false) !== grpc.connectivityState.READY) {
+      this.client.waitForReady(Date.now() + delay, (err) => {
+        if (!err) {
+          this.opts.log?.info({ version: this.version }, 'controller reachable again; resubscribing');
+          reconnect();
+        }
+      });
+    }
   }
 
   close(): void {
