@@ -21,6 +21,17 @@ function seconds(flag: string) {
   };
 }
 
+/**
+ * The default of --cert-ttl: AMBIT_CERT_TTL when set (how a local cluster's runtime hands its
+ * controller a lifetime: `AMBIT_CERT_TTL=900 ambit local up`), else 24 h.
+ */
+export function defaultCertTtl(env: NodeJS.ProcessEnv): number {
+  const value = env.AMBIT_CERT_TTL;
+  if (value === undefined || value === '') return 24 * 3600;
+  if (!/^\d+$/.test(value) || Number(value) < 60) throw new CliError(`AMBIT_CERT_TTL must be a whole number of seconds, at least 60, got "${value}"`, 'unset it for the default (86400), or give e.g. AMBIT_CERT_TTL=900', 1, 'AMBIT_E_SETTING');
+  return Number(value);
+}
+
 export function register(program: Command): void {
   program.command('controller')
     .description('run the control plane: the mesh CA (gRPC over TLS) on 15012')
@@ -33,9 +44,9 @@ export function register(program: Command): void {
     .option('--monitoring <host:port>', `where GET /metrics (Prometheus) is served (default with --kubernetes: 0.0.0.0:${CONTROLLER_MONITORING_PORT}; otherwise not served)`)
     .option('--trust-domain <domain>', 'SPIFFE trust domain', DEFAULT_TRUST_DOMAIN)
     .option('--plugin-ca <dir>', 'use this CA (root-cert.pem, ca-key.pem, and cert-chain.pem or ca-cert.pem, as Istio\'s cacerts; EC or RSA keys) instead of a self-made root')
-    .option('--cert-ttl <seconds>', 'default workload certificate lifetime', seconds('--cert-ttl'), 24 * 3600)
+    .option('--cert-ttl <seconds>', 'default workload certificate lifetime (default: AMBIT_CERT_TTL, else 86400)', seconds('--cert-ttl'))
     .option('--max-cert-ttl <seconds>', 'longest lifetime a caller may ask for', seconds('--max-cert-ttl'), 7 * 24 * 3600)
-    .action(async (opts: { localState?: string; kubernetes?: true | string; caDir?: string; configDir?: string; listen: string; health?: string; monitoring?: string; trustDomain: string; pluginCa?: string; certTtl: number; maxCertTtl: number }) => {
+    .action(async (opts: { localState?: string; kubernetes?: true | string; caDir?: string; configDir?: string; listen: string; health?: string; monitoring?: string; trustDomain: string; pluginCa?: string; certTtl?: number; maxCertTtl: number }) => {
       const { host, port } = hostPort(opts.listen);
       const health = opts.health ? hostPort(opts.health, '--health') : opts.kubernetes ? { host: '0.0.0.0', port: CONTROLLER_READY_PORT } : undefined;
       const monitoring = opts.monitoring ? hostPort(opts.monitoring, '--monitoring') : opts.kubernetes ? { host: '0.0.0.0', port: CONTROLLER_MONITORING_PORT } : undefined;
@@ -44,7 +55,7 @@ export function register(program: Command): void {
       const controller = await withPluginCaHint(opts.pluginCa, () => runController({
         ...(opts.localState ? { local: { stateDir: opts.localState, origins: localOrigins(opts.localState, opts.trustDomain) } } : {}), ...(opts.kubernetes ? { kubernetes: { ...(opts.kubernetes === true ? {} : { kubeconfig: opts.kubernetes }), settings: kubernetesSettingsFromEnv(process.env) } } : {}), ...(opts.caDir ? { caDir: opts.caDir } : {}),
         configDir: opts.configDir, host, port, trustDomain: opts.trustDomain, pluginCaDir: opts.pluginCa,
-        defaultTtlSeconds: opts.certTtl, maxTtlSeconds: opts.maxCertTtl, ...(health ? { health } : {}), ...(monitoring ? { monitoring } : {}),
+        defaultTtlSeconds: opts.certTtl ?? defaultCertTtl(process.env), maxTtlSeconds: opts.maxCertTtl, ...(health ? { health } : {}), ...(monitoring ? { monitoring } : {}),
       }));
       for (const signal of ['SIGTERM', 'SIGINT'] as const) {
         process.once(signal, () => {
