@@ -183,7 +183,15 @@ export class CaServer {
 export interface CertificateSource {
   createCertificate(csr: string, identity: string, ttlSeconds: number): Promise<string[]>;
   trustBundle(): Promise<string[]>;
+  /**
+   * Calls `then` once the CA, unreachable now, can be reached again (within `withinMs`; never when
+   * it is reachable now: a CA that answers and refuses is asked again after the backoff only).
+   */
+  whenReachable?(withinMs: number, then: () => void): void;
 }
+
+/** While the CA is unreachable its address is tried at least this often (gRPC's own backoff grows to 120 s). */
+export const CA_RECONNECT_PROBE_MS = 5000;
 
 /** A gRPC error from the CA as an Error with the status code kept. */
 export class CaRequestError extends Error {
@@ -221,7 +229,13 @@ export class CaClient implements CertificateSource {
     const Service = caService();
     this.client = new Service(opts.address, grpc.credentials.createSsl(Buffer.from(opts.roots.join(''))), {
       'grpc.ssl_target_name_override': 'localhost',
+      'grpc.initial_reconnect_backoff_ms': 1000, 'grpc.max_reconnect_backoff_ms': CA_RECONNECT_PROBE_MS,
     }) as unknown as grpc.Client & Record<string, (...args: unknown[]) => unknown>;
+  }
+
+  whenReachable(withinMs: number, then: () => void): void {
+    if (this.client.getChannel().getConnectivityState(false) === grpc.connectivityState.READY) return;
+    this.client.waitForReady(Date.now() + withinMs, (err?: Error) => { if (!err) then(); });
   }
 
   private call<T>(method: string, request: unknown): Promise<T> {

@@ -5,7 +5,8 @@
  * - concurrent requests for one identity share one CSR;
  * - rotated at half-life (± jitter, so a node's certificates do not all renew at once), the old
  *   one served until the new one arrives;
- * - while the CA is unreachable, retried with exponential backoff and full jitter;
+ * - while the CA is unreachable, retried with exponential backoff and full jitter, and at once
+ *   when it can be reached again (a controller back from an outage: its source says so);
  * - the trust bundle refreshed periodically and with every issued chain.
  *
  * Private keys live only in this process, as KeyObjects (which never print their material);
@@ -264,6 +265,13 @@ export class CertManager {
     entry.rotatesAt = this.clock.now() + delay;
     this.log.warn({ identity: entry.identity, failures: entry.failures, retryInMs: Math.round(delay), err: entry.lastError }, 'certificate request failed');
     this.setTimer(entry, delay, 'retry');
+    // The backoff may have grown to a minute during a long outage: a CA that is back is asked now.
+    const timer = entry.timer;
+    this.opts.source.whenReachable?.(delay, () => {
+      if (this.closed || entry.timer !== timer || this.entries.get(entry.identity) !== entry) return;
+      this.log.info({ identity: entry.identity }, 'CA reachable again; renewing now');
+      this.setTimer(entry, 0, 'CA reachable again');
+    });
   }
 
   private setTimer(entry: Entry, ms: number, why: string): void {

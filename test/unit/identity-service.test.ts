@@ -202,6 +202,35 @@ describe('the certificate manager', () => {
     manager.close();
   });
 
+  it('renews at once when the CA can be reached again, not after a backoff grown during the outage', async () => {
+    const clock = new ManualClock(Date.parse('2026-11-28T12:00:00Z'));
+    const clockCa = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'ca-clock')) }, { now: () => clock.now(), defaultTtlSeconds: 3600 });
+    const waiting: { withinMs: number; then: () => void }[] = [];
+    const source = Object.assign(fakeSource(clockCa), { whenReachable: (withinMs: number, then: () => void) => { waiting.push({ withinMs, then }); } });
+    const manager = new CertManager({ source, clock, random: () => 1, backoff: { initialMs: 1000, maxMs: 60_000 } });
+    await manager.start();
+    const first = await manager.acquire(USERS);
+    source.down = true;
+    for (let i = 0; i < 7; i++) {
+      await clock.advance(Date.parse(manager.list()[0]!.rotatesAt!) - clock.now());
+      await manager.idle();
+    }
+    // A minute to the next try; each failed try asked to hear of the CA's return within its wait.
+    expect(Date.parse(manager.list()[0]!.rotatesAt!) - clock.now()).toBe(60_000);
+    expect(waiting.map((w) => w.withinMs)).toEqual([1000, 2000, 4000, 8000, 16_000, 32_000, 60_000]);
+    source.down = false;
+    // Only the last failure's wait counts: an earlier one's news changes nothing.
+    waiting[0]!.then();
+    await clock.advance(0);
+    expect(manager.list()[0]).toMatchObject({ state: 'retrying', serial: first.serial });
+    waiting.at(-1)!.then();
+    await clock.advance(0);
+    await manager.idle();
+    expect(manager.list()[0]).toMatchObject({ state: 'valid' });
+    expect(manager.list()[0]!.serial).not.toBe(first.serial);
+    manager.close();
+  });
+
   it('fails a first request while the CA is down, then gets the certificate on a retry', async () => {
     const { manager, source, clock } = await setup();
     source.down = true;
