@@ -236,7 +236,7 @@ async function measure(benchRun: BenchRun, o: { outageS: number; rate: number; a
   say(`late pod serving through the mesh ${s(served - startAt)} s after the controller's start`);
   const converged = await waitFor('every subscriber at the controller\'s version', 180, () => {
     const c = readControllerStatus(benchRun);
-    return c && c.subscribers.length >= SUBSCRIBERS && c.subscribers.every((x) => x.lastAck === c.version) ? { at: Date.now(), ...c } : false;
+    return c && c.version !== versionBefore && c.subscribers.length >= SUBSCRIBERS && c.subscribers.every((x) => x.lastAck === c.version) ? { at: Date.now(), ...c } : false;
   });
   say(`every subscriber at ${converged.version} ${s(converged.at - startAt)} s after the controller's start`);
 
