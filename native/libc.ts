@@ -33,6 +33,7 @@ export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SOL_SOCKET = 1;
 export const SO_REUSEADDR = 2;
+export const SO_REUSEPORT = 15;
 export const SO_MARK = 36;
 export const SO_COOKIE = 57;
 export const SO_NETNS_COOKIE = 71;

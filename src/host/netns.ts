@@ -4,7 +4,7 @@
  * pod's netns for life. Node.js then serves or connects it through its fd. libuv's worker
  * threads never move, so nothing else in the process notices.
  */
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { Socket } from 'node:net';
 import * as libc from '../../native/libc.js';
@@ -82,6 +82,12 @@ export interface SocketOptions {
   mark?: number;
   /** For IPv6 sockets: accept IPv4 too (IPV6_V6ONLY=0). */
   dualStack?: boolean;
+  /**
+   * SO_REUSEPORT (listeners): another process of the same user may listen on the same address
+   * beside this one, forming a reuseport group — how a new node agent takes over from the old one
+   * with no moment where nothing listens (docs/DATAPATH.md, "Restarts and upgrades").
+   */
+  reusePort?: boolean;
 }
 
 /** A non-blocking TCP socket made in the current netns (call inside `inNetns`). */
@@ -102,6 +108,7 @@ export function listenInNetns(netnsPath: string, host: string, port: number, opt
     const { family, addr } = sockaddr(host, port);
     const fd = tcpSocket(family, options);
     setIntOpt(fd, libc.SOL_SOCKET, libc.SO_REUSEADDR, 1, 'SO_REUSEADDR');
+    if (options.reusePort) setIntOpt(fd, libc.SOL_SOCKET, libc.SO_REUSEPORT, 1, 'SO_REUSEPORT');
     if (libc.bind(fd, addr, addr.length) < 0 || libc.listen(fd, 1024) < 0) {
       const errno = libc.errno();
       libc.close(fd);
@@ -109,6 +116,55 @@ export function listenInNetns(netnsPath: string, host: string, port: number, opt
     }
     return fd;
   });
+}
+
+/**
+ * A listening TCP socket with SO_REUSEPORT on host:port in this process's own netns (the node's);
+ * returns its fd for `server.listen({ fd })`. Node.js 20's `listen()` has no `reusePort`, and
+ * without it a second node agent could not start beside the first (`EADDRINUSE`).
+ */
+export function listenReusePort(host: string, port: number): number {
+  const { family, addr } = sockaddr(host, port);
+  const fd = tcpSocket(family, { dualStack: host === '::' });
+  setIntOpt(fd, libc.SOL_SOCKET, libc.SO_REUSEADDR, 1, 'SO_REUSEADDR');
+  setIntOpt(fd, libc.SOL_SOCKET, libc.SO_REUSEPORT, 1, 'SO_REUSEPORT');
+  if (libc.bind(fd, addr, addr.length) < 0 || libc.listen(fd, 511) < 0) {
+    const errno = libc.errno();
+    libc.close(fd);
+    throw new NetnsError('AMBIT_E_NETNS_SOCKET', `cannot listen on ${host.includes(':') ? `[${host}]` : host}:${port}`, errno);
+  }
+  return fd;
+}
+
+/**
+ * Writes a sysctl of the netns at `netnsPath` (`net/ipv4/tcp_migrate_req`). procfs resolves
+ * /proc/sys/net/* by the netns of the thread that opens the file, so it is opened while the
+ * main thread is inside the netns; the write through the open file then lands there too.
+ */
+export function setNetnsSysctl(netnsPath: string, name: string, value: string): void {
+  if (!/^net\/[a-z0-9_./-]+$/.test(name) || name.includes('..')) throw new NetnsError('AMBIT_E_NETNS_SOCKET', `not a net sysctl: ${name}`);
+  const fd = inNetns(netnsPath, () => {
+    try {
+      return openSync(`/proc/sys/${name}`, 'w');
+    } catch (err) {
+      throw new NetnsError('AMBIT_E_NETNS_SOCKET', `cannot open /proc/sys/${name} in ${netnsPath}: ${(err as Error).message}`);
+    }
+  });
+  try {
+    writeSync(fd, value);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Reads a sysctl of the netns at `netnsPath`, as `setNetnsSysctl` writes it. */
+export function getNetnsSysctl(netnsPath: string, name: string): string {
+  const fd = inNetns(netnsPath, () => openSync(`/proc/sys/${name}`, 'r'));
+  try {
+    return readFileSync(fd, 'utf8').trim();
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** An unconnected TCP socket inside the netns, for `new net.Socket({ fd }).connect(...)`. */

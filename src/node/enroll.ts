@@ -3,6 +3,11 @@
  * 15001, inbound plaintext 15006, HBONE 15008) are opened inside the pod's netns, then the
  * pod's map entries are written and sk_lookup is attached to its netns. Unenrolling reverses
  * it, map entries first so that capture stops before the listeners go away.
+ *
+ * Every in-pod listener has SO_REUSEPORT and the pod's netns has `net.ipv4.tcp_migrate_req=1`:
+ * a new agent started beside the old one joins each listener's reuseport group, and when the old
+ * one closes its listeners the connections queued on them (accepted by the kernel, or still in
+ * their handshake) move to the new one's instead of being reset.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
@@ -11,7 +16,7 @@ import { podConfigCodec, type OrigDst, type PodConfig } from '../ebpf/codecs.js'
 import type { Datapath } from '../ebpf/datapath.js';
 import { AMBIT } from '../ebpf/layout.generated.js';
 import { silentLogger } from '../telemetry/log.js';
-import { AGENT_SOCKET_MARK, closeFd, listenInNetns, netnsCookie } from '../host/netns.js';
+import { AGENT_SOCKET_MARK, closeFd, listenInNetns, netnsCookie, setNetnsSysctl } from '../host/netns.js';
 
 export interface PodSpec {
   /** namespace/name, for messages. */
@@ -134,26 +139,33 @@ export class PodEnroller {
         listenerPort: socket.localPort ?? 0,
       }),
     };
+    // During a handover the listeners join the old agent's reuseport groups and take connections
+    // the moment they listen, before the caller has recorded the pod: each waits for that (the
+    // caller records it as soon as this resolves; setImmediate comes after that continuation).
+    let opened: () => void = () => undefined;
+    const enrolled = new Promise<void>((r) => { opened = r; });
+    const later = (handle: (socket: Socket) => void) => (socket: Socket) => void enrolled.then(() => handle(socket));
     const fds: number[] = [];
     const listen = (host: string, port: number, dualStack = false) => {
-      const fd = listenInNetns(spec.netnsPath, host, port, { mark: AGENT_SOCKET_MARK, dualStack });
+      const fd = listenInNetns(spec.netnsPath, host, port, { mark: AGENT_SOCKET_MARK, dualStack, reusePort: true });
       fds.push(fd);
       return fd;
     };
+    this.migrateRequests(spec);
     try {
       const out4 = listen('127.0.0.1', config.outboundPort);
       const out6 = listen('::1', config.outboundPort);
       const inbound = listen('::', config.inboundPort, true);
       const hbone = listen('::', AMBIT.PORT_HBONE, true);
-      const onOutbound = (socket: Socket) => this.handlers.outbound(socket, pod.originalDestination(socket), pod);
+      const onOutbound = later((socket: Socket) => this.handlers.outbound(socket, pod.originalDestination(socket), pod));
       pod.servers.push(await serve(out4, onOutbound));
       pod.servers.push(await serve(out6, onOutbound));
-      pod.servers.push(await serve(hbone, (socket) => this.handlers.hbone(socket, pod)));
+      pod.servers.push(await serve(hbone, later((socket) => this.handlers.hbone(socket, pod))));
       // The sockhash takes its own reference to the listener before Node.js owns the fd.
       const fdValue = Buffer.alloc(8);
       fdValue.writeBigUInt64LE(BigInt(inbound));
       this.datapath.maps.inboundListeners.setRaw(cookie, fdValue);
-      pod.servers.push(await serve(inbound, (socket) => this.handlers.inbound(socket, pod)));
+      pod.servers.push(await serve(inbound, later((socket) => this.handlers.inbound(socket, pod))));
       fds.length = 0;
 
       for (const ip of spec.ips) this.datapath.maps.podAddrs.set(ip, cookie);
@@ -162,11 +174,30 @@ export class PodEnroller {
     } catch (err) {
       for (const fd of fds) closeFd(fd);
       await this.teardown(pod);
+      setImmediate(opened);
       throw new EnrollError(spec.name, (err as Error).message, { cause: err });
     }
+    setImmediate(opened);
     this.pods.set(cookie, pod);
     this.log.info({ pod: spec.name, netnsCookie: cookie.toString(), ips: spec.ips }, 'pod enrolled');
     return pod;
+  }
+
+  private migrateWarned = false;
+
+  /**
+   * `net.ipv4.tcp_migrate_req=1` in the pod's netns (Linux ≥ 5.14; covers IPv6 too): a closing
+   * listener's queued connections move to another listener of its reuseport group. Without it a
+   * handover resets the few connections queued at that instant; enrollment goes on, with a warning.
+   */
+  private migrateRequests(spec: PodSpec): void {
+    try {
+      setNetnsSysctl(spec.netnsPath, 'net/ipv4/tcp_migrate_req', '1');
+    } catch (err) {
+      if (this.migrateWarned) return;
+      this.migrateWarned = true;
+      this.log.warn({ pod: spec.name, err: (err as Error).message }, 'net.ipv4.tcp_migrate_req cannot be set (Linux < 5.14?): connections queued on an agent\'s listeners when it hands over to a new one are reset');
+    }
   }
 
   /** Stops capture for the pod and closes its listeners. Unknown pods are ignored. */
