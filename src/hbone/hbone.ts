@@ -125,7 +125,7 @@ export class HbonePool {
   }
 
   /** A CONNECT stream, once the far end answered 200. */
-  async open(source: HboneSource, target: HboneTarget, headers: Record<string, string> = {}): Promise<http2.ClientHttp2Stream> {
+  async open(source: HboneSource, target: HboneTarget, headers: Record<string, string> = {}, retried = false): Promise<http2.ClientHttp2Stream> {
     const port = target.port ?? HBONE_PORT;
     const key = `${source.pod}|${source.cert.serial}|${target.identity}|${target.address}:${port}`;
     let entry = this.entries.get(key);
@@ -158,7 +158,19 @@ export class HbonePool {
         const kind = status === 401 || status === 403 || status === 429 || status === 503 ? 'refused' : status === 504 ? 'timeout' : 'reset';
         fail(new HboneError(`${target.authority} via ${target.address}:${port}: ${status}${typeof code === 'string' ? ` ${code}` : ''}`, kind, status, isHboneCode(code) ? code : undefined));
       });
-      stream.once('error', (err) => fail(new HboneError(`${target.authority} via ${target.address}:${port}: ${err.message}`, 'reset')));
+      stream.once('error', (err) => {
+        // REFUSED_STREAM: the server never processed it (a GOAWAY crossed it, from a listener
+        // that is closing for a handover), so it is safe to open it again, once, elsewhere.
+        if (!retried && stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM) {
+          release();
+          stream.destroy();
+          // That connection takes no new stream: out of the pool (its other streams go on).
+          this.drop(entry, pooled, 'goaway');
+          resolve(this.open(source, target, headers, true));
+          return;
+        }
+        fail(new HboneError(`${target.authority} via ${target.address}:${port}: ${err.message}`, 'reset'));
+      });
       stream.once('close', () => {
         if (stream.rstCode && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) fail(new HboneError(`${target.authority}: stream reset (${stream.rstCode})`, 'reset'));
       });
@@ -267,7 +279,9 @@ export class HbonePool {
     if (entry.sessions.length === 0 && !entry.connecting && this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
     const s = pooled.session;
     if (!s.destroyed) {
-      if (why === 'idle') s.close();
+      // After the server's GOAWAY (its agent hands over, or the pod leaves) the streams it
+      // took go on to their end: no new ones here, and the connection closes after the last.
+      if (why === 'idle' || why === 'goaway') s.close();
       else s.destroy();
     }
   }
@@ -331,6 +345,9 @@ export class HboneServer {
   readonly limiter: HboneLimiter;
   private readonly limits: HboneLimits;
   private readonly pod: string;
+  /** Every TCP connection handed to this listener and still open (in its handshake or carrying a session). */
+  private readonly sockets = new Set<Socket>();
+  private closing = false;
 
   constructor(private readonly opts: HboneServerOptions) {
     // A listener with a limiter of its own (a waypoint's) is all its limiter counts: the pod's caps are the node's.
@@ -361,6 +378,8 @@ export class HboneServer {
         this.sessions.delete(session);
       });
       session.on('error', () => { /* the socket's end is reported by its streams */ });
+      // A handshake that ends after close(): GOAWAY at once, its peer opens its streams elsewhere.
+      if (this.closing) session.close();
     });
     this.server.on('stream', (stream, headers) => this.stream(stream, headers));
     this.server.on('tlsClientError', (err: Error & { code?: string }, socket) => {
@@ -392,6 +411,8 @@ export class HboneServer {
       return;
     }
     socket.once('close', () => admitted.release());
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
     // HTTP/2 frames many small writes: Nagle's algorithm would hold them back for the peer's ACK.
     socket.setNoDelay(true);
     try {
@@ -498,15 +519,14 @@ export class HboneServer {
 
   /** Closes every connection: GOAWAY, then streams in flight get `graceMs` before they are reset. */
   async close(graceMs = 0): Promise<void> {
-    const sessions = [...this.sessions.keys()];
-    for (const s of sessions) s.close();
-    if (graceMs > 0 && sessions.length > 0) {
-      await Promise.race([
-        Promise.all(sessions.map((s) => new Promise((r) => s.once('close', r)))),
-        new Promise((r) => setTimeout(r, graceMs).unref()),
-      ]);
-    }
-    for (const s of sessions) s.destroy();
+    this.closing = true;
+    for (const s of this.sessions.keys()) s.close();
+    // Connections still in their TLS handshake get their GOAWAY once it is done (above): waited
+    // for too, or their peer would lose the streams it sends there when this process exits.
+    const deadline = Date.now() + graceMs;
+    while (this.sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, Math.min(50, deadline - Date.now())));
+    for (const s of this.sessions.keys()) s.destroy();
+    for (const s of this.sockets) s.destroy();
   }
 }
 
