@@ -104,11 +104,12 @@ export class AdminServer {
     return (this.server.address() as AddressInfo).port;
   }
 
-  static async start(sources: AdminSources, host = '127.0.0.1', port = ADMIN_PORT): Promise<AdminServer> {
+  /** `listen`: how to listen (the agent passes one with SO_REUSEPORT, so that a successor can start beside it). */
+  static async start(sources: AdminSources, host = '127.0.0.1', port = ADMIN_PORT, listen: (server: Server, port: number, host: string) => Promise<Server> = listenTcp): Promise<AdminServer> {
     const server = localServer({ name: 'admin', log: sources.logger ?? silentLogger, json: true }, (req, res) => {
       if (!serveAdmin(sources, false, req, res)) sendJson(res, 404, { error: `no route ${req.path}`, routes: adminRoutes(sources) }, true);
     });
-    await listenTcp(server, port, host);
+    await listen(server, port, host);
     return new AdminServer(server);
   }
 

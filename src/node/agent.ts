@@ -148,6 +148,10 @@ export class NodeAgent {
   private readonly waiters = new Set<() => void>();
   private nacks = 0;
   private closed = false;
+  /** Connections cut because they outlived a drain period (a pod leaving, the agent stopping). */
+  private drainCut = 0;
+  /** A reconcile has run to its end: the pods of the first config are enrolled. */
+  private settled = false;
   readonly started = Date.now();
 
   private constructor(private readonly opts: NodeAgentOptions, datapath: Datapath) {
@@ -200,8 +204,12 @@ export class NodeAgent {
     return this.state?.version ?? '';
   }
 
+  /**
+   * Config applied and the node's pods enrolled for it (or their failure recorded): what a
+   * successor waits for before the old agent is told to hand over (its readiness, 15021).
+   */
   get ready(): boolean {
-    return this.state !== undefined && !this.closed;
+    return this.state !== undefined && this.settled && !this.closed;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -244,6 +252,7 @@ export class NodeAgent {
       await Promise.all([...want.values()].filter((w) => !this.pods.has(w.uid)).map((w) => this.enroll(w)));
       for (const uid of this.failures.keys()) if (!want.has(uid)) this.failures.delete(uid);
       this.sweep();
+      this.settled = true;
       for (const wake of this.waiters) wake();
     }).catch((err: Error) => this.opts.log.error({ err: err.message }, 'reconcile failed'));
   }
@@ -367,20 +376,41 @@ export class NodeAgent {
     }
   }
 
-  /** `keepCapture`: the agent is stopping, not the pod leaving — its redirection stays for the next agent. */
-  private async unenroll(uid: string, why: string, keepCapture = false): Promise<void> {
+  /**
+   * `keepCapture`: the agent is stopping, not the pod leaving — its redirection stays for the next
+   * agent. Returns how many of the pod's connections were still open after the drain period and cut.
+   */
+  private async unenroll(uid: string, why: string, keepCapture = false): Promise<number> {
     const entry = this.pods.get(uid);
-    if (!entry) return;
-    this.pods.delete(uid);
-    this.podsByCookie.delete(entry.enrolled.netnsCookie);
+    if (!entry) return 0;
+    const forget = () => {
+      if (this.pods.get(uid) === entry) this.pods.delete(uid);
+      if (this.podsByCookie.get(entry.enrolled.netnsCookie) === entry) this.podsByCookie.delete(entry.enrolled.netnsCookie);
+    };
+    // A pod leaving is forgotten at once. An agent stopping keeps serving what reached it before
+    // its listeners closed (accepted connections not yet handled, streams on its HBONE
+    // connections sent before its GOAWAY) until the drain is over: its successor has the rest.
+    if (!keepCapture) forget();
     if (keepCapture) await this.enroller.release(entry.enrolled.netnsCookie);
     else await this.enroller.unenroll(entry.enrolled.netnsCookie);
-    this.certs.release(entry.workload.identity);
     const drainMs = this.opts.drainMs ?? 5000;
-    await entry.hbone.close(drainMs);
+    // GOAWAY to HBONE peers (their next streams go to a new connection, to the next agent's
+    // listener during a handover), and every carried connection — either way — gets the drain
+    // period to finish on its own.
+    const hboneClosed = entry.hbone.close(drainMs);
+    const deadline = Date.now() + drainMs;
+    // Carried connections, and those still being set up (an HBONE connect in flight).
+    const open = () => Math.max(entry.sockets.size, this.connections.countFor(entry.enrolled.spec.name));
+    while (open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, Math.min(100, deadline - Date.now())));
+    const cut = open();
     // Connections still open after the drain period are reset.
     for (const s of entry.sockets) s.destroy();
-    this.opts.log.info({ pod: `${entry.workload.namespace}/${entry.workload.name}`, why }, 'pod unenrolled');
+    await hboneClosed;
+    forget();
+    this.certs.release(entry.workload.identity);
+    this.drainCut += cut;
+    this.opts.log.info({ pod: `${entry.workload.namespace}/${entry.workload.name}`, why, ...(cut ? { cut } : {}) }, 'pod unenrolled');
+    return cut;
   }
 
   /** Removes map entries and pinned links no enrolled pod owns (left by pods gone while the agent was down). */
@@ -741,6 +771,7 @@ export class NodeAgent {
     });
     this.metrics.gauge('ambit_xds_rejected', 'Config versions this agent rejected (NACK)', [], (g) => g.set(this.nacks));
     this.metrics.gauge('ambit_hbone_pool_connections', 'Pooled outbound HBONE connections', [], (g) => g.set(this.pool.size));
+    this.metrics.gauge('ambit_drain_cut_connections', 'Connections cut because they were still open at the end of a drain period (a pod leaving the mesh, the agent stopping or handing over)', [], (g) => g.set(this.drainCut));
     // Everything the agent keeps that could grow: each table's entries now, and its bound where it
     // has one of its own (the others are bounded by the node's pods, or by connections).
     this.metrics.gauge('ambit_agent_table_entries', 'Entries in each of the agent\'s tables now', ['table'], (g) => {

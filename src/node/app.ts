@@ -5,7 +5,9 @@
  * DaemonSet, the CNI plugin's server and the plugin's installation — starts them in order, and
  * stops them in the reverse order.
  */
-import { rmSync } from 'node:fs';
+import { rmSync, statSync } from 'node:fs';
+import { request as httpRequest, type Server } from 'node:http';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { cgroup2Mount } from '../ebpf/mounts.js';
@@ -16,7 +18,8 @@ import { logger } from '../telemetry/log.js';
 import { cpuProfileFromEnv } from '../telemetry/profile.js';
 import { OperatorError } from '../util/errors.js';
 import { readFlagFile, tokenFile, waitForFile } from '../util/files.js';
-import { listenUnix, localServer, sendJson } from '../util/local-http.js';
+import { listenReusePort } from '../host/netns.js';
+import { listenTcp, listenUnix, localServer, sendJson } from '../util/local-http.js';
 import { AdminServer, adminRoutes, serveAdmin, type AdminSources } from './admin.js';
 import { NodeAgent, type PodLocator } from './agent.js';
 import { report, type Check } from './checks.js';
@@ -77,6 +80,9 @@ export async function startNodeApp(opts: NodeAppOptions): Promise<NodeApp> {
   const k8s = opts.kubernetes;
   const locator = opts.locator ?? (k8s ? new ProcPodLocator({ procRoot: k8s.hostProc, cgroupRoot: k8s.cgroupRoot ?? cgroup2Mount() ?? '/sys/fs/cgroup' }) : undefined);
   if (!locator) throw new OperatorError('the node agent needs a way to find pods', 'give --cluster NAME (a local cluster) or --kubernetes [KUBECONFIG]');
+  // A predecessor still running (a handover): from now on its readiness says no, so that a probe
+  // the kernel hands to it (the agents share 15021) never makes this one look Ready too early.
+  if (opts.controlSocket) await announceSuccessor(opts.controlSocket, log);
   const kube = k8s ? KubeClient.fromFile(k8s.kubeconfig) : undefined;
   const daemonSet = k8s ? new DaemonSetWatch(await decisionClient(k8s.kubeconfig), k8s.namespace, k8s.daemonSet) : undefined;
   daemonSet?.start();
@@ -92,10 +98,18 @@ export async function startNodeApp(opts: NodeAppOptions): Promise<NodeApp> {
   // the health port for `ambit check --kube`.
   let checks: ReturnType<typeof runChecks> | undefined;
   const nodeReport = async () => report([...await (checks ??= runChecks({ cgroup: opts.cgroup, pinRoot: opts.pinRoot })), ...(parts?.checks() ?? [])]);
-  const servers = await serveTelemetry(agent, opts.telemetry.host, opts.telemetry.metrics, opts.telemetry.health, nodeReport, log);
+  let successorUntil = 0;
+  const readiness = { metrics: agent.metrics, get ready() { return agent.ready && Date.now() >= successorUntil; } };
+  const servers = await serveTelemetry(readiness, opts.telemetry.host, opts.telemetry.metrics, opts.telemetry.health, nodeReport, log, listenShared);
   const adminSources: AdminSources = { certificates: agent.certs, agent, proxyConfig: agent, logger: log, ...(opts.controlSocket ? { changesAt: opts.controlSocket } : {}) };
-  const adminServer = await AdminServer.start(adminSources, opts.admin.host, opts.admin.port);
-  const control = opts.controlSocket ? await serveControl(agent, opts.controlSocket, adminSources, log) : undefined;
+  const adminServer = await AdminServer.start(adminSources, opts.admin.host, opts.admin.port, listenShared);
+  const control = opts.controlSocket ? await serveControl(agent, opts.controlSocket, adminSources, log, {
+    successor(pid) {
+      log.info({ successor: pid }, 'a new node agent is starting beside this one: not ready from now on, it takes over');
+      // A successor that dies before it is ready must not leave this agent unready for good.
+      successorUntil = Date.now() + SUCCESSOR_WAIT_MS;
+    },
+  }) : undefined;
   log.info({ node: opts.node, pinRoot: opts.pinRoot, cgroup: opts.cgroup }, 'node agent started');
   const profiler = await cpuProfileFromEnv(`node-agent.${opts.node}`);
   let stopped: Promise<void> | undefined;
@@ -104,6 +118,10 @@ export async function startNodeApp(opts: NodeAppOptions): Promise<NodeApp> {
     stop(reason: string) {
       stopped ??= (async () => {
         log.info({ signal: reason }, 'node agent stopping: draining pods');
+        // The node's ports first: during a handover the successor, listening beside this agent
+        // (SO_REUSEPORT), answers the probes and scrapes alone from now on.
+        for (const s of servers) s.close();
+        void adminServer.close();
         try {
           // In Kubernetes, an uninstall (the DaemonSet gone or being deleted) also removes the pins.
           const { uninstall } = parts ? await parts.stop() : { uninstall: false };
@@ -111,9 +129,8 @@ export async function startNodeApp(opts: NodeAppOptions): Promise<NodeApp> {
         } catch (err) {
           log.error({ err: (err as Error).message }, 'stopping failed');
         }
-        for (const s of servers) s.close();
         control?.close();
-        void adminServer.close();
+        log.info({ signal: reason }, 'node agent stopped');
         if (profiler) log.info({ profile: await profiler.stop() }, 'CPU profile written');
       })();
       return stopped;
@@ -184,12 +201,24 @@ async function decisionClient(kubeconfig: string | undefined): Promise<KubeClien
  * and is the only place that changes the agent (`POST /logging?level=debug`): the admin port
  * can be reached by any process on the node.
  */
-export async function serveControl(agent: Pick<NodeAgent, 'podReadiness' | 'version'>, path: string, admin: AdminSources, log: Logger): Promise<{ close(): void }> {
+export async function serveControl(
+  agent: Pick<NodeAgent, 'podReadiness' | 'version'> & Partial<Pick<NodeAgent, 'ready'>>, path: string, admin: AdminSources, log: Logger,
+  hooks: { successor?(pid: number): void } = {},
+): Promise<{ close(): void }> {
   // A readiness question may wait up to 60 s for its answer.
   const server = localServer({ name: 'control socket', log, json: true, limits: { idleTimeoutMs: 70_000 } }, async (req, res) => {
     if (serveAdmin(admin, true, req, res)) return;
+    // Whether this agent (by pid: during a handover the path is the newest agent's) has enrolled
+    // its node's pods: the local runtime waits for it before it stops the old agent.
+    if (req.path === '/v1/ready' && req.method === 'GET') return sendJson(res, agent.ready ? 200 : 503, { ready: Boolean(agent.ready), pid: process.pid, version: agent.version });
+    if (req.path === '/v1/successor' && req.method === 'POST') {
+      const pid = Number(req.query.get('pid'));
+      if (!Number.isInteger(pid) || pid <= 0) return sendJson(res, 400, { error: 'pid must be a process id: POST /v1/successor?pid=N' });
+      hooks.successor?.(pid);
+      return sendJson(res, 200, { pid: process.pid });
+    }
     const [v1, pods, uid, ...rest] = req.segments;
-    if (v1 !== 'v1' || pods !== 'pods' || !uid || rest.length) return sendJson(res, 404, { error: `no route ${req.path}: GET /v1/pods/<uid>`, routes: ['/v1/pods/<uid>', ...adminRoutes(admin)] });
+    if (v1 !== 'v1' || pods !== 'pods' || !uid || rest.length) return sendJson(res, 404, { error: `no route ${req.path}: GET /v1/pods/<uid>`, routes: ['/v1/pods/<uid>', '/v1/ready', ...adminRoutes(admin)] });
     if (req.method !== 'GET') return sendJson(res, 405, { error: `${req.method} not allowed: GET /v1/pods/<uid>` });
     const asked = req.query.get('timeoutMs') ?? '10000';
     if (!/^\d{1,9}$/.test(asked)) return sendJson(res, 400, { error: `timeoutMs must be a number of milliseconds, got ${JSON.stringify(asked.slice(0, 32))}` });
@@ -199,13 +228,53 @@ export async function serveControl(agent: Pick<NodeAgent, 'podReadiness' | 'vers
     else sendJson(res, 504, { error: `pod not settled within ${timeoutMs} ms`, version: agent.version });
   });
   await listenUnix(server, path);
+  // A successor started beside this agent (a handover) binds the same path over this one's:
+  // the file is removed at close only while it is still this agent's socket.
+  const own = statSync(path).ino;
   return {
     close: () => {
       server.close();
       server.closeAllConnections();
-      rmSync(path, { force: true });
+      try {
+        if (statSync(path).ino === own) rmSync(path, { force: true });
+      } catch {
+        // already gone
+      }
     },
   };
+}
+
+/** How long a predecessor reports not ready after a successor announced itself, at most. */
+const SUCCESSOR_WAIT_MS = 120_000;
+
+/** Tells the agent on `path`, if one answers, that this one is starting beside it. */
+function announceSuccessor(path: string, log: Logger): Promise<void> {
+  return new Promise((resolve) => {
+    const req = httpRequest({ socketPath: path, path: `/v1/successor?pid=${process.pid}`, method: 'POST', timeout: 1000, agent: false }, (res) => {
+      res.resume();
+      if (res.statusCode === 200) log.info({ controlSocket: path }, 'an agent is running on this node: starting beside it, to take over (handover)');
+      resolve();
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve()); // no agent there: a plain start
+    req.end();
+  });
+}
+
+/**
+ * Listens with SO_REUSEPORT, so that a second agent (a handover: `ambit local component restart`,
+ * a DaemonSet rolling update with maxSurge) starts beside this one instead of failing with
+ * EADDRINUSE; while both run, the kernel spreads the connections between them.
+ */
+function listenShared(server: Server, port: number, host: string): Promise<Server> {
+  if (!isIP(host)) return listenTcp(server, port, host);
+  const fd = listenReusePort(host, port);
+  return new Promise((resolve, reject) => {
+    server.once('error', reject).listen({ fd }, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
 }
 
 export const CONTROL_SOCKET = (stateDir: string, node: string) => join(stateDir, 'nodes', node, 'agent.sock');

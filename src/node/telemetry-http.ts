@@ -14,6 +14,8 @@ import { HEALTH_PORT, METRICS_PORT, type NodeAgent } from './agent.js';
 export function serveTelemetry(
   agent: Pick<NodeAgent, 'metrics' | 'ready'>, host: string, metricsPort = METRICS_PORT, healthPort = HEALTH_PORT,
   nodeReport?: () => Promise<unknown>, log: Logger = silentLogger,
+  /** How to listen: the agent passes one with SO_REUSEPORT, so that a successor can start beside it. */
+  listen: (server: Server, port: number, host: string) => Promise<Server> = listenTcp,
 ): Promise<Server[]> {
   const metrics = localServer({ name: 'metrics', log }, async (req, res) => {
     if (req.path !== '/metrics' && req.path !== '/stats/prometheus') throw new HttpError(404, 'not found: try /metrics');
@@ -35,5 +37,5 @@ export function serveTelemetry(
     if (agent.ready) res.writeHead(200).end('ready\n');
     else res.writeHead(503).end('not ready: no config from the controller yet\n');
   });
-  return Promise.all([listenTcp(metrics, metricsPort, host), listenTcp(health, healthPort, host)]);
+  return Promise.all([listen(metrics, metricsPort, host), listen(health, healthPort, host)]);
 }
