@@ -155,15 +155,16 @@ export function register(program: Command): void {
     });
 
   withCluster(local.command('component'))
-    .description('stop, start or restart one of the cluster\'s components (controller, node-agent, prometheus); a stopped one stays stopped until started')
+    .description('stop, start or restart one of the cluster\'s components (controller, node-agent, prometheus); a stopped one stays stopped until started; a running node agent\'s restart is a handover (the new agent starts beside the old, which stops once the new one has enrolled the node\'s pods)')
     .argument('<action>', 'stop, start or restart')
     .argument('<name>', 'controller, node-agent (with --node) or prometheus')
     .option('--node <node>', 'the node, for a node agent')
     .action(async (action: string, name: string, opts: { node?: string; name?: string; cluster?: string }) => {
       if (!['stop', 'start', 'restart'].includes(action)) throw new LocalError(`unknown action "${action}": stop, start or restart`);
       const layout = clusterOf(opts);
-      const r = await new RuntimeClient(layout).request<{ name: string; node?: string; state: string; pid?: number }>('POST', '/v1/components', { action, name, ...(opts.node ? { node: opts.node } : {}) });
-      say(`${r.name}${r.node ? ` on ${r.node}` : ''}: ${r.state}${r.pid ? ` (pid ${r.pid})` : ''}`);
+      const r = await new RuntimeClient(layout).request<{ name: string; node?: string; state: string; pid?: number; handover?: { oldPid?: number; readyMs: number; oldExitMs: number } }>('POST', '/v1/components', { action, name, ...(opts.node ? { node: opts.node } : {}) });
+      const h = r.handover;
+      say(`${r.name}${r.node ? ` on ${r.node}` : ''}: ${r.state}${r.pid ? ` (pid ${r.pid})` : ''}${h?.oldPid ? `; handed over from pid ${h.oldPid} (new one ready in ${h.readyMs} ms, old one drained and exited ${h.oldExitMs} ms later)` : ''}`);
     });
 
   withCluster(local.command('down'))

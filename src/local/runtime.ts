@@ -220,6 +220,9 @@ export class Runtime {
         env: this.componentEnv(),
         logFile: this.layout.componentLog(name),
         health: () => tcpReachable(`/run/netns/${nodeNetns}`, node.ip, 15021),
+        // While no agent runs, its pods' connections are refused (fail closed): back at once after
+        // a crash (the backoff still doubles from here for one that keeps crashing).
+        restartDelayMs: 100,
       }, this.log);
       agent.start();
       this.components.push(agent);
@@ -271,13 +274,24 @@ export class Runtime {
    * What runs is unchanged: the cluster's pods keep running, and a node agent's pinned datapath
    * keeps capturing (and refusing) its pods' traffic while it is away.
    */
-  async componentAction(action: 'stop' | 'start' | 'restart', name: string, node?: string): Promise<{ name: string; node?: string; state: string; pid?: number }> {
+  async componentAction(action: 'stop' | 'start' | 'restart', name: string, node?: string): Promise<{ name: string; node?: string; state: string; pid?: number; handover?: { oldPid?: number; pid?: number; readyMs: number; oldExitMs: number } }> {
     const matching = this.components.filter((c) => c.spec.name === name && (node === undefined || c.spec.node === node));
     const known = [...new Set(this.components.map((c) => (c.spec.node ? `${c.spec.name} --node ${c.spec.node}` : c.spec.name)))];
     if (matching.length === 0) throw new LocalError(`no component ${name}${node ? ` on node ${node}` : ''} in cluster ${this.layout.name}`, `components: ${known.join(', ')}`);
     if (matching.length > 1) throw new LocalError(`${matching.length} components are named ${name}: give --node`, `components: ${known.join(', ')}`);
     const c = matching[0]!;
-    if (action !== 'start') await c.stop();
+    // A running node agent's restart is a handover: the new agent starts beside it, and the old
+    // one is stopped once the new one has enrolled the node's pods (docs/DATAPATH.md).
+    if (action === 'restart' && name === 'node-agent' && c.pid !== undefined && !c.stopped && c.spec.node) {
+      const socket = this.agentSocket(c.spec.node);
+      const r = await c.handover(async (pid) => {
+        const answer = await agentRequest(socket, '/v1/ready', 1000);
+        return answer.status === 200 && (answer.body as { pid?: number }).pid === pid;
+      }, { readyTimeoutMs: 30_000, graceMs: AGENT_DRAIN_MS + 10_000 });
+      this.log.info({ component: name, node, action, ...r }, 'component action');
+      return { name, node: c.spec.node, state: 'running', ...(c.pid ? { pid: c.pid } : {}), handover: r };
+    }
+    if (action !== 'start') await c.stop(name === 'node-agent' ? AGENT_DRAIN_MS + 10_000 : undefined);
     if (action !== 'stop') {
       if (c.pid === undefined) c.start();
     }
@@ -793,12 +807,16 @@ export async function removeKernelObjects(layout: ClusterLayout): Promise<void> 
 }
 
 const ADMIT_TIMEOUT_MS = 15_000;
+/** The node agents' drain period (`ambit node --drain-seconds`, not set here: its default). */
+const AGENT_DRAIN_MS = 5_000;
 
 
 /** One GET to a node agent's control socket. */
 function agentRequest(socketPath: string, path: string, timeoutMs: number): Promise<{ status: number; body: unknown }> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest({ socketPath, path, method: 'GET', timeout: timeoutMs }, (res) => {
+    // A fresh connection each time (no keep-alive agent): during a handover the path is bound
+    // to the new agent, and a kept connection would go on asking the old one.
+    const req = httpRequest({ socketPath, path, method: 'GET', timeout: timeoutMs, agent: false }, (res) => {
       let text = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => { text += c; });
