@@ -331,7 +331,11 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
     },
     spec: {
       selector: { matchLabels: selectorLabels('node') },
-      updateStrategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } },
+      // A handover: the new agent starts beside the old one on each node (SO_REUSEPORT on every
+      // port it listens on), and the old one gets SIGTERM once the new one is Ready — it closes
+      // its listeners (their queued connections move to the new one's) and drains. No moment
+      // without an agent, unlike maxUnavailable: 1 (docs/KUBERNETES.md, "Upgrades").
+      updateStrategy: { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } },
       template: {
         metadata: { labels, annotations: { ...nodeAgentAppArmor(v), ...prometheusAnnotations(NODE_PORTS.metrics) } },
         spec: {
@@ -375,10 +379,9 @@ export function nodeAgentDaemonSet(v: Values): K8sObject {
               { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
               { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
             ],
-            ports: [
-              { name: 'http-metrics', containerPort: NODE_PORTS.metrics, protocol: 'TCP' },
-              { name: 'http-ready', containerPort: NODE_PORTS.ready, protocol: 'TCP' },
-            ],
+            // No `ports`: in a hostNetwork pod a declared port is a host port, and the scheduler
+            // would refuse the surge pod of a rolling update on a node whose old pod holds it.
+            // Probes and the PodMonitor name the port numbers.
             readinessProbe: readiness(NODE_PORTS.ready),
             livenessProbe: httpProbe('/healthz/live', NODE_PORTS.ready, 10, 3),
             // Generous: loading and verifying the BPF objects and adopting the pins of the agent
@@ -470,15 +473,16 @@ export const PODMONITOR_API = 'monitoring.coreos.com/v1';
  * and every waypoint (in any namespace: they select by label), scraping the named ports.
  */
 export function podMonitors(v: Values): K8sObject[] {
-  const monitor = (component: string, port: string, namespaceSelector: Record<string, unknown>, matchLabels: Record<string, string>): K8sObject => ({
+  const monitor = (component: string, port: string | number, namespaceSelector: Record<string, unknown>, matchLabels: Record<string, string>): K8sObject => ({
     apiVersion: PODMONITOR_API,
     kind: 'PodMonitor',
     metadata: { name: `ambit-${component}`, namespace: v.namespace, labels: commonLabels('monitoring') },
-    spec: { selector: { matchLabels }, namespaceSelector, podMetricsEndpoints: [{ port, path: '/metrics', interval: '30s' }] },
+    // A port number is a targetPort: the node agent declares no container port (see nodeAgentDaemonSet).
+    spec: { selector: { matchLabels }, namespaceSelector, podMetricsEndpoints: [{ ...(typeof port === 'number' ? { targetPort: port } : { port }), path: '/metrics', interval: '30s' }] },
   });
   return [
     monitor('controller', 'http-monitoring', { matchNames: [v.namespace] }, selectorLabels('controller')),
-    monitor('node', 'http-metrics', { matchNames: [v.namespace] }, selectorLabels('node')),
+    monitor('node', NODE_PORTS.metrics, { matchNames: [v.namespace] }, selectorLabels('node')),
     monitor('waypoint', 'http-metrics', { any: true }, { 'app.kubernetes.io/component': 'waypoint', 'app.kubernetes.io/part-of': 'ambit' }),
   ];
 }
@@ -505,7 +509,10 @@ export function podMonitorErrors(o: K8sObject): string[] {
   else {
     endpoints.forEach((e: Record<string, unknown>, i) => {
       // A container port name: IANA_SVC_NAME, at most 15 characters.
-      if (typeof e.port !== 'string' || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(e.port) || e.port.length > 15) errors.push(`/spec/podMetricsEndpoints/${i}/port: must be a container port name`);
+      if (e.targetPort !== undefined) {
+        if (e.port !== undefined) errors.push(`/spec/podMetricsEndpoints/${i}: port and targetPort both given`);
+        if (typeof e.targetPort !== 'number' || !Number.isInteger(e.targetPort) || e.targetPort < 1 || e.targetPort > 65535) errors.push(`/spec/podMetricsEndpoints/${i}/targetPort: must be a port number`);
+      } else if (typeof e.port !== 'string' || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(e.port) || e.port.length > 15) errors.push(`/spec/podMetricsEndpoints/${i}/port: must be a container port name`);
       if (typeof e.path !== 'string' || !e.path.startsWith('/')) errors.push(`/spec/podMetricsEndpoints/${i}/path: must be an absolute path`);
       if (e.interval !== undefined && (typeof e.interval !== 'string' || !/^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$/.test(e.interval))) errors.push(`/spec/podMetricsEndpoints/${i}/interval: must be a duration like 30s`);
     });

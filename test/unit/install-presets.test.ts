@@ -221,7 +221,7 @@ describe('monitoring.podMonitor', () => {
   const objects = renderInstall(v);
   const monitors = objects.filter((o) => o.kind === 'PodMonitor') as any[];
 
-  it('renders a PodMonitor each for the controller, the agents and the waypoints, scraping a port their pods name', () => {
+  it('renders a PodMonitor each for the controller, the agents and the waypoints, scraping a port their pods name (the agents: by number)', () => {
     expect(monitors.map((m) => [m.apiVersion, m.metadata.namespace, m.metadata.name])).toEqual([
       ['monitoring.coreos.com/v1', 'mesh', 'ambit-controller'], ['monitoring.coreos.com/v1', 'mesh', 'ambit-node'], ['monitoring.coreos.com/v1', 'mesh', 'ambit-waypoint'],
     ]);
@@ -235,8 +235,9 @@ describe('monitoring.podMonitor', () => {
       for (const [k, val] of Object.entries(m.spec.selector.matchLabels)) expect(pod.metadata.labels[k], `${m.metadata.name} ${k}`).toBe(val);
       const [endpoint] = m.spec.podMetricsEndpoints;
       expect(endpoint.path).toBe('/metrics');
-      const port = pod.spec.containers[0].ports.find((p: any) => p.name === endpoint.port);
-      expect(String(port?.containerPort), m.metadata.name).toBe(pod.metadata.annotations['prometheus.io/port']);
+      // The node agent declares no container port (a host port would block its surge pod): a number.
+      const port = endpoint.targetPort ?? pod.spec.containers[0].ports.find((p: any) => p.name === endpoint.port)?.containerPort;
+      expect(String(port), m.metadata.name).toBe(pod.metadata.annotations['prometheus.io/port']);
     }
     expect(monitors[0].spec.namespaceSelector).toEqual({ matchNames: ['mesh'] });
     // Waypoints live in application namespaces.

@@ -129,6 +129,14 @@ describe('ambit install: the node agent DaemonSet', () => {
     expect(c.volumeMounts.filter((m: any) => m.mountPropagation === 'Bidirectional')).toEqual([]);
   });
 
+  it('hands over on a rolling update: a surge pod beside the old one, and no declared port (a host port would keep the surge pod off the node)', () => {
+    expect(ds.spec.updateStrategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+    for (const container of [...pod.containers, ...(pod.initContainers ?? [])]) expect(container.ports, container.name).toBeUndefined();
+    // Probes name port numbers, not container port names.
+    for (const probe of [c.readinessProbe, c.livenessProbe, c.startupProbe]) expect(probe.httpGet.port).toBe(15021);
+    expect(ds.spec.template.metadata.annotations['prometheus.io/port']).toBe('15020');
+  });
+
   it('is ready on 15021 and gets its drain time plus a margin to stop', () => {
     expect(c.readinessProbe.httpGet.port).toBe(15021);
     expect(pod.terminationGracePeriodSeconds).toBe(30 + TERMINATION_MARGIN_SECONDS);
