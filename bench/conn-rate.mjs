@@ -75,21 +75,26 @@ function one() {
   const socket = net.connect({ host, port });
   const timer = setTimeout(() => finish(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })), timeoutMs);
   let answer = '';
+  let held = false;
   socket.on('connect', () => {
     socket.write(mode === 'http' ? `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n` : 'ping\n');
   });
   socket.on('data', (c) => {
     answer += c.toString('latin1');
-    if (mode === 'connect' && answer.includes('\n')) setTimeout(() => finish(), holdMs);
+    // Answered: the timeout was for the exchange; holding the connection is not waiting for it.
+    if (mode === 'connect' && answer.includes('\n') && !held) { held = true; clearTimeout(timer); setTimeout(() => finish(), holdMs); }
   });
   socket.on('end', () => {
     if (mode === 'http') {
       const status = /^HTTP\/1\.[01] (\d{3})/.exec(answer)?.[1];
       if (!status) return finish(Object.assign(new Error('no HTTP answer'), { code: answer ? 'BAD_ANSWER' : 'EMPTY_ANSWER' }));
       if (status.startsWith('5')) return finish(Object.assign(new Error(status), { code: `HTTP_${status}` }));
+      clearTimeout(timer);
       return setTimeout(() => finish(), holdMs);
     }
-    finish(answer.includes('\n') ? undefined : Object.assign(new Error('closed before the echo'), { code: 'EMPTY_ANSWER' }));
+    if (!answer.includes('\n')) return finish(Object.assign(new Error('closed before the echo'), { code: 'EMPTY_ANSWER' }));
+    // Closed by the other side while it was to be held: cut.
+    finish(holdMs > 0 && Date.now() - began < holdMs ? Object.assign(new Error('closed while held'), { code: 'CUT' }) : undefined);
   });
   socket.on('error', (err) => finish(err));
 }

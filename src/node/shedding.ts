@@ -7,10 +7,13 @@
  * Two bounds, both from `AMBIT_AGENT_LIMITS` (`maxConnections=N,maxLagMs=N`):
  * - `maxConnections` (default 50,000): connections the agent carries at once, both directions.
  *   Each costs file descriptors and memory; past this, a new one is refused (`max-connections`).
- * - `maxLagMs` (default 250): the event loop's delay, sampled every 100 ms (the 99th percentile of
- *   the last sample window). While it is over this, the agent is behind on the connections it
- *   already carries, and every new one would make that worse: refused (`overload`) until the
- *   delay has stayed under half the bound for a second (hysteresis, so it does not flap).
+ * - `maxLagMs` (default 500): the event loop's delay, the mean of its 10 ms timer's delays over
+ *   each half second. While it is over this, the agent is behind on the connections it already
+ *   carries, and every new one would make that worse: refused (`overload`) until the delay has
+ *   stayed under half the bound for a second (hysteresis, so it does not flap). The mean, not a
+ *   high percentile: one garbage-collection pause is not being behind, and must not shed. Half a
+ *   second of mean delay is an agent starved of CPU: on a busy machine a lower bound would shed
+ *   connections the agent could still have carried.
  *
  * Refused connections are counted in `ambit_connections_refused_total{reason,listener}`; the state
  * is `ambit_overloaded` and `ambit_event_loop_lag_seconds`.
@@ -25,12 +28,12 @@ export interface AdmissionLimits {
   maxLagMs: number;
 }
 
-export const DEFAULT_ADMISSION_LIMITS: Readonly<AdmissionLimits> = { maxConnections: 50_000, maxLagMs: 250 };
+export const DEFAULT_ADMISSION_LIMITS: Readonly<AdmissionLimits> = { maxConnections: 50_000, maxLagMs: 500 };
 
 export type RefusalReason = 'max-connections' | 'overload';
 export type Listener = 'outbound' | 'inbound' | 'hbone';
 
-const SAMPLE_MS = 100;
+const SAMPLE_MS = 500;
 /** How long the delay must stay under half the bound before new connections are taken again. */
 const CALM_MS = 1000;
 
@@ -41,10 +44,10 @@ export function parseAdmissionLimits(text: string | undefined, what = 'AMBIT_AGE
   const ranges: Record<keyof AdmissionLimits, [number, number]> = { maxConnections: [1, 10_000_000], maxLagMs: [10, 60_000] };
   for (const part of text.split(',').map((p) => p.trim()).filter(Boolean)) {
     const [key, value] = part.split('=');
-    if (!key || !(key in ranges)) throw new OperatorError(`${what}: unknown limit "${key}" (known: ${Object.keys(ranges).join(', ')})`, `${what}=maxConnections=50000,maxLagMs=250`);
+    if (!key || !(key in ranges)) throw new OperatorError(`${what}: unknown limit "${key}" (known: ${Object.keys(ranges).join(', ')})`, `${what}=maxConnections=50000,maxLagMs=500`);
     const [min, max] = ranges[key as keyof AdmissionLimits];
     const n = Number(value);
-    if (!Number.isInteger(n) || n < min || n > max) throw new OperatorError(`${what}: ${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(value ?? '')}`, `${what}=maxConnections=50000,maxLagMs=250`);
+    if (!Number.isInteger(n) || n < min || n > max) throw new OperatorError(`${what}: ${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(value ?? '')}`, `${what}=maxConnections=50000,maxLagMs=500`);
     limits[key as keyof AdmissionLimits] = n;
   }
   return limits;
@@ -52,7 +55,7 @@ export function parseAdmissionLimits(text: string | undefined, what = 'AMBIT_AGE
 
 /** Where the event loop's delay comes from. */
 export interface LagProbe {
-  /** The delay (ms) since the last read: the 99th percentile of the loop's timer delays. */
+  /** The delay (ms) since the last read: the mean of the loop's timer delays. */
   read(): number;
   close(): void;
 }
@@ -62,7 +65,8 @@ function eventLoopProbe(): LagProbe {
   histogram.enable();
   return {
     read: () => {
-      const ms = histogram.percentile(99) / 1e6;
+      // The histogram counts the timer's full period; what is over the 10 ms resolution is delay.
+      const ms = histogram.count > 0 ? Math.max(0, histogram.mean / 1e6 - 10) : 0;
       histogram.reset();
       return ms;
     },
@@ -81,7 +85,7 @@ export class LoadShedder {
 
   /**
    * `open()`: connections carried now. `probe` reads the event loop's delay since its last read
-   * (default: perf_hooks' monitor, sampled every 100 ms); a test gives its own and calls sample().
+   * (default: perf_hooks' monitor, sampled every 500 ms); a test gives its own and calls sample().
    */
   constructor(readonly limits: AdmissionLimits, private readonly open: () => number, metrics: MeshMetrics, probe?: LagProbe, private readonly now: () => number = Date.now) {
     this.probe = probe ?? eventLoopProbe();
@@ -91,7 +95,7 @@ export class LoadShedder {
     }
     this.refused = metrics.counter('ambit_connections_refused_total', 'New connections the agent refused to protect those it carries, by reason (max-connections, overload) and listener', ['reason', 'listener']);
     metrics.gauge('ambit_overloaded', 'Whether the agent is shedding new connections because its event loop is behind', [], (g) => g.set(this.shedding ? 1 : 0));
-    metrics.gauge('ambit_event_loop_lag_seconds', 'The event loop delay (99th percentile of the last 100 ms)', [], (g) => g.set(this.lagMs / 1000));
+    metrics.gauge('ambit_event_loop_lag_seconds', 'The event loop delay: the mean delay of a 10 ms timer over the last half second', [], (g) => g.set(this.lagMs / 1000));
     metrics.gauge('ambit_connections_limit', 'The most connections the agent carries at once (AMBIT_AGENT_LIMITS maxConnections)', [], (g) => g.set(limits.maxConnections));
   }
 

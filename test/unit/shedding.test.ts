@@ -62,13 +62,16 @@ describe('load shedding', () => {
     expect(await refusals(metrics)).toEqual(['ambit_connections_refused_total{reason="overload",listener="inbound"} 1']);
   });
 
-  it('measures the real event loop: a 300 ms stall reads as at least 250 ms', async () => {
+  it('measures the real event loop: a loop kept busy reads as behind, an idle one does not', async () => {
     const metrics = new MeshMetrics({ defaultMetrics: false });
     shedder = new LoadShedder({ maxConnections: 1000, maxLagMs: 50 }, () => 0, metrics);
     const s = shedder;
-    await until('a first sample of the loop', () => s.lagMs > 0 || undefined, { timeout: 5000, interval: 20 });
-    const stall = Date.now() + 300;
-    while (Date.now() < stall) { /* busy */ }
-    await until('the stall measured', () => (s.lagMs >= 250 ? true : undefined), { timeout: 5000, interval: 5 });
+    await until('an idle sample', () => (s.lagMs >= 0 && s.lagMs < 20 ? true : undefined), { timeout: 5000, interval: 50 });
+    // 80 ms of work in every turn of the loop, for up to 3 s.
+    const stop = Date.now() + 3000;
+    const busy = () => { const t = Date.now() + 80; while (Date.now() < t) { /* busy */ } if (Date.now() < stop && !s.overloaded) setTimeout(busy, 0); };
+    busy();
+    await until('the agent to see itself behind', () => s.overloaded || undefined, { timeout: 10_000, interval: 50 });
+    expect(s.lagMs).toBeGreaterThan(50);
   });
 });
