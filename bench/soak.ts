@@ -54,7 +54,16 @@ apiVersion: v1
 kind: Pod
 metadata: { name: client, namespace: soak }
 spec: { nodeName: node-1, containers: [{ name: c, command: [sleep, infinity] }] }
-`;
+${[1, 2, 3, 4].map((i) => `---
+apiVersion: v1
+kind: Pod
+metadata: { name: client-${i}, namespace: soak }
+spec: { nodeName: node-1, containers: [{ name: c, command: [sleep, infinity] }] }
+`).join('')}`;
+
+/** Concurrent tunnels one client pod may hold to one node (HBONE maxStreamsPerPeer, default 2048): held connections are spread over the client pods by this. */
+const PER_CLIENT = 2000;
+const CLIENTS = ['client', 'client-1', 'client-2', 'client-3', 'client-4'];
 
 /** One look at a node agent: its process and what its metrics say it keeps. */
 export interface AgentSample {
@@ -98,9 +107,9 @@ export async function sampleAgents(cluster: Cluster, status: Status): Promise<Ag
 }
 
 /** Runs conn-rate in the client pod. */
-export async function connRate(cluster: Cluster, args: Record<string, string | number>, timeoutMs: number): Promise<ConnRateResult> {
+export async function connRate(cluster: Cluster, args: Record<string, string | number>, timeoutMs: number, client = 'client'): Promise<ConnRateResult> {
   const argv = Object.entries(args).flatMap(([k, v]) => [`--${k}`, String(v)]);
-  const r = await cluster.exec('soak/client', ['node', CONN_RATE, '--host', 'echo', '--port', '7000', '--mode', 'connect', ...argv], timeoutMs);
+  const r = await cluster.exec(`soak/${client}`, ['node', CONN_RATE, '--host', 'echo', '--port', '7000', '--mode', 'connect', ...argv], timeoutMs);
   if (r.code !== 0) throw new Error(`conn-rate ${argv.join(' ')} exited ${r.code}: ${r.stderr.slice(-500)}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as ConnRateResult;
 }
@@ -167,8 +176,19 @@ export async function runSoak(cluster: Cluster, opts: SoakOptions): Promise<Soak
   const openSeconds = Math.max(1, Math.ceil(opts.held / openRate));
   const holdMs = opts.holdSeconds * 1000 + openSeconds * 1000;
   log(`holding ${opts.held} connections for ${opts.holdSeconds} s`);
-  const heldRun = sampling(cluster, opts.sampleSeconds, connRate(cluster, { rate: openRate, seconds: openSeconds, 'hold-ms': holdMs, 'timeout-ms': 30_000 }, holdMs + 120_000));
-  const { result: opened, samples: during } = await heldRun;
+  // Spread over the client pods: one pod holds at most PER_CLIENT tunnels to one node.
+  const clients = CLIENTS.slice(0, Math.ceil(opts.held / PER_CLIENT));
+  const share = (i: number) => Math.floor(opts.held / clients.length) + (i < opts.held % clients.length ? 1 : 0);
+  const heldRun = sampling(cluster, opts.sampleSeconds, Promise.all(clients.map((client, i) => {
+    const n = share(i);
+    const rate = Math.max(1, Math.round(n / openSeconds));
+    return connRate(cluster, { rate, seconds: openSeconds, 'hold-ms': holdMs, 'timeout-ms': 30_000 }, holdMs + 120_000, client);
+  })));
+  const { result: parts, samples: during } = await heldRun;
+  const opened: ConnRateResult = {
+    ...parts[0]!, rate: parts.reduce((a, p) => a + p.rate, 0), attempted: parts.reduce((a, p) => a + p.attempted, 0), ok: parts.reduce((a, p) => a + p.ok, 0), failed: parts.reduce((a, p) => a + p.failed, 0),
+    reasons: parts.reduce<Record<string, number>>((acc, p) => { for (const [k, v] of Object.entries(p.reasons)) acc[k] = (acc[k] ?? 0) + v; return acc; }, {}),
+  };
   const afterHeld = await settle(cluster, baseline, 5, 60_000);
   log(`held: ${opened.ok} ok, ${opened.failed} failed ${JSON.stringify(opened.reasons)}`);
 

@@ -115,7 +115,7 @@ export const DEFAULT_HBONE_LIMITS: Readonly<HboneLimits> = Object.freeze({
   maxConnectionsPerPod: 1024,
   maxConnections: 4096,
   maxStreamsPerPeer: 2048,
-  maxStreamsPerPod: 8192,
+  maxStreamsPerPod: 16384,
   maxStreams: 32768,
   maxStreamsPerConnection: 100,
   streamWindow: 256 * 1024,
