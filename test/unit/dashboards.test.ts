@@ -52,7 +52,10 @@ function relabel(labels: Record<string, string>, rules: Relabel[]): Record<strin
 
 const meta = (s: string) => s.replace(/[^a-zA-Z0-9_]/g, '_');
 
-/** A pod of a workload object as role=pod discovery shows it, one target per container port. */
+/**
+ * A pod of a workload object as role=pod discovery shows it: one target per container port, and
+ * one without a port for a container that declares none (the node agent: see nodeAgentDaemonSet).
+ */
 function discovered(o: K8sObject, podIp: string): Array<Record<string, string>> {
   /* eslint-disable @typescript-eslint/no-explicit-any -- walking rendered objects */
   const t = (o as any).spec.template;
@@ -61,8 +64,8 @@ function discovered(o: K8sObject, podIp: string): Array<Record<string, string>> 
   };
   for (const [k, v] of Object.entries(t.metadata.labels ?? {})) labels[`__meta_kubernetes_pod_label_${meta(k)}`] = v as string;
   for (const [k, v] of Object.entries(t.metadata.annotations ?? {})) labels[`__meta_kubernetes_pod_annotation_${meta(k)}`] = v as string;
-  const ports = t.spec.containers.flatMap((c: any) => c.ports ?? []).map((p: any) => p.containerPort as number);
-  return ports.map((port: number) => ({ ...labels, __address__: `${podIp}:${port}`, __metrics_path__: '/metrics' }));
+  return t.spec.containers.flatMap((c: any) => (c.ports?.length ? c.ports.map((p: any) => `${podIp}:${p.containerPort as number}`) : [podIp]))
+    .map((address: string) => ({ ...labels, __address__: address, __metrics_path__: '/metrics' }));
 }
 
 describe('deploy/prometheus/scrape-config.yaml', () => {
