@@ -168,10 +168,15 @@ export class CertManager {
     }
   }
 
-  /** The current certificate (fetched if there is none, or it expired); concurrent callers share one request. */
+  /**
+   * The current certificate (fetched if there is none, or it expired); concurrent callers share one
+   * request. While a failed request waits for its retry, callers get its error at once: an expired
+   * certificate with the CA away must not cost a key pair and a CSR per connection attempt.
+   */
   get(identity: string): Promise<WorkloadCertificate> {
     const entry = this.entry(identity);
     if (entry.cert && entry.cert.notAfter.getTime() > this.clock.now()) return Promise.resolve(entry.cert);
+    if (!entry.pending && entry.lastError !== undefined && entry.timer !== undefined) return Promise.reject(new Error(entry.lastError));
     return this.fetch(entry);
   }
 

@@ -231,6 +231,25 @@ describe('the certificate manager', () => {
     manager.close();
   });
 
+  it('answers callers with the last error while a failed request waits for its retry: no CSR per connection past expiry', async () => {
+    const { manager, source, clock } = await setup();
+    const first = await manager.acquire(USERS);
+    source.down = true;
+    await clock.advance(first.notAfter.getTime() - clock.now() + 1);
+    await manager.idle();
+    const calls = source.calls;
+    const answers = await Promise.allSettled(Array.from({ length: 50 }, () => manager.get(USERS)));
+    expect(answers.every((a) => a.status === 'rejected' && String(a.reason).includes('ECONNREFUSED'))).toBe(true);
+    expect(source.calls).toBe(calls);
+    expect(manager.list()[0]).toMatchObject({ state: 'expired', serial: first.serial });
+    source.down = false;
+    await clock.advance(16_000);
+    await manager.idle();
+    expect(manager.list()[0]).toMatchObject({ state: 'valid' });
+    expect((await manager.get(USERS)).serial).not.toBe(first.serial);
+    manager.close();
+  });
+
   it('fails a first request while the CA is down, then gets the certificate on a retry', async () => {
     const { manager, source, clock } = await setup();
     source.down = true;
