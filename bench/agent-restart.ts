@@ -22,7 +22,6 @@
  * Prints what it counted per scenario and writes bench/results/agent-restart.json and .md (with
  * other settings than the defaults: agent-restart-<seconds>s.*).
  */
-import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
@@ -30,8 +29,9 @@ import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   BenchRun, COMMON_USAGE, HERE, RESULTS, UsageError, loadAtStart, loadNow, machine, mdMachineLine, mdTable, numberArg, prepareAmbit,
-  runMain, say, sourceDigest, tail, warn,
+  runMain, say, sourceDigest, startExec, tail, waitFor, warn, type ConnRateResult,
 } from './lib.js';
+import { WEB_APP } from './web-app.js';
 
 const USAGE = `usage: sudo npx tsx bench/agent-restart.ts [options]
   --seconds S        traffic per scenario, the action at its middle (default 60)
@@ -44,48 +44,6 @@ ${COMMON_USAGE}`;
 const SCENARIOS = ['handover', 'stop-start', 'kill'] as const;
 type Scenario = typeof SCENARIOS[number];
 
-/** web answers with the address it saw: its own pod IP through the mesh, the client's in plaintext. */
-const WEB_ANSWER = 'require("http").createServer((q, s) => setTimeout(() => s.end(String(q.socket.remoteAddress)), 5)).listen(9080)';
-
-export const APP = `
-apiVersion: v1
-kind: Namespace
-metadata: { name: obs, labels: { ambit.dev/dataplane-mode: ambient } }
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: { name: web, namespace: obs }
----
-apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: obs }
-spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 9080 }] }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: web, namespace: obs }
-spec:
-  replicas: 2
-  selector: { matchLabels: { app: web } }
-  template:
-    metadata: { labels: { app: web } }
-    spec:
-      serviceAccountName: web
-      containers:
-      - name: c
-        command: [node, -e, '${WEB_ANSWER}']
-        readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: client, namespace: obs }
-spec:
-  replicas: 1
-  selector: { matchLabels: { app: client } }
-  template:
-    metadata: { labels: { app: client } }
-    spec: { containers: [{ name: c, command: [sleep, infinity] }] }
-`;
 
 /**
  * `node -e PROBE HOST SECONDS`: a new connection to HOST:80 every 20 ms for SECONDS, one GET each;
@@ -112,7 +70,6 @@ for (let i = 0; i < n; i++) { const agent = new http.Agent({ keepAlive: true, ma
   one(); }
 setTimeout(() => { console.log(JSON.stringify({ held: n, ok, failed, cut })); process.exit(0); }, seconds * 1000 + 1500);`;
 
-interface ConnRate { attempted: number; ok: number; failed: number; reasons: Record<string, number>; perSecond: { t: number; ok: number; failed: number }[]; latencyMs: { p50: number | null; p99: number | null; max: number | null } }
 interface ProbeLine { at: number; status?: number; body?: string; error?: string }
 interface Held { held: number; ok: number; failed: number; cut: { at: number }[] }
 
@@ -156,7 +113,7 @@ async function measure(benchRun: BenchRun, o: { seconds: number; rate: number; h
   };
   const dir = join(benchRun.tmp, 'app');
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'app.yaml'), APP);
+  writeFileSync(join(dir, 'app.yaml'), WEB_APP);
   say(`cluster: 2 nodes, web x2, ${o.rate} new connections/s for ${o.seconds} s per scenario, ${o.hold} held connections (ambit: ${o.ran})`);
   benchRun.created = true;
   await cluster.up(dir, 180);
@@ -169,8 +126,8 @@ async function measure(benchRun: BenchRun, o: { seconds: number; rate: number; h
   const connRate = (r: number, s: number) => ['node', join(HERE, 'conn-rate.mjs'), '--host', 'web', '--port', '80', '--rate', String(r), '--seconds', String(s), '--progress'];
   await waitFor('requests through the mesh', 60, async () => {
     const r = await cluster.exec(target, connRate(20, 1), 30_000);
-    return r.code === 0 && (JSON.parse(r.stdout) as ConnRate).failed === 0;
-  });
+    return r.code === 0 && (JSON.parse(r.stdout) as ConnRateResult).failed === 0;
+  }, 20);
   const results: Record<string, unknown>[] = [];
   for (const scenario of o.scenarios) {
     status = await cluster.status();
@@ -203,8 +160,8 @@ async function measure(benchRun: BenchRun, o: { seconds: number; rate: number; h
     const ready = await waitFor('the node agent ready', 60, async () => {
       const r = await controlReady(socket);
       return r && r.pid !== agentPid ? { at: Date.now(), pid: r.pid } : false;
-    });
-    const counts = JSON.parse((await traffic.done).stdout.trim().split('\n').at(-1) ?? '{}') as ConnRate;
+    }, 20);
+    const counts = JSON.parse((await traffic.done).stdout.trim().split('\n').at(-1) ?? '{}') as ConnRateResult;
     await probe.done;
     const held = holder ? JSON.parse((await holder.done).stdout.trim().split('\n').at(-1) ?? '{}') as Held : undefined;
     // The probe: the first failure after the action, and the first answer after it.
@@ -287,48 +244,7 @@ function controlReady(socketPath: string): Promise<{ pid: number } | false> {
   });
 }
 
-/** `ambit local exec` kept running: its lines as they come, the time of its first progress line. */
-function startExec(env: NodeJS.ProcessEnv, name: string, target: string, cmd: string[]): { started: Promise<number>; done: Promise<{ code: number | null; stdout: string; stderr: string }>; onLine?: (line: string) => void } {
-  const child = spawn(process.execPath, [join(HERE, '..', 'bin', 'ambit.js'), 'local', 'exec', '--cluster', name, target, '--', ...cmd], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  let pendingLine = '';
-  let resolveStarted: (t: number) => void = () => undefined;
-  const handle = {
-    started: new Promise<number>((r) => { resolveStarted = r; }),
-    done: new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr }))),
-    onLine: undefined as ((line: string) => void) | undefined,
-  };
-  child.stdout.on('data', (c: Buffer) => {
-    stdout += c.toString();
-    pendingLine += c.toString();
-    const lines = pendingLine.split('\n');
-    pendingLine = lines.pop() ?? '';
-    for (const l of lines) handle.onLine?.(l);
-  });
-  child.stderr.on('data', (c: Buffer) => {
-    stderr += c.toString();
-    // conn-rate's first progress line ("t=0 ...") comes one second after it started.
-    if (/^t=0 /m.test(stderr)) resolveStarted(Date.now() - 1000);
-  });
-  child.on('close', () => resolveStarted(Date.now()));
-  return handle;
-}
 
-async function waitFor<T>(what: string, seconds: number, fn: () => Promise<T | false> | T | false): Promise<T> {
-  const deadline = Date.now() + seconds * 1000;
-  let last = '';
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== false) return v;
-    } catch (err) {
-      last = (err as Error).message;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${seconds} s waiting for ${what}${last ? `: ${last}` : ''}`);
-    await sleep(20);
-  }
-}
 
 function report(j: ReturnType<typeof machine> & { load_average: { start: number[]; end: number[] }; scenarios: Record<string, unknown>[] }, o: { seconds: number; rate: number; hold: number }): string {
   type R = {

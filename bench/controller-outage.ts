@@ -22,14 +22,14 @@
  * --outage-seconds other than 600: controller-outage-<S>s.*).
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   BenchRun, COMMON_USAGE, HERE, RESULTS, UsageError, loadAtStart, loadNow, machine, mdMachineLine, mdTable, numberArg, prepareAmbit,
-  round, runMain, say, sourceDigest, tail, warn, type Status,
+  round, runMain, say, sourceDigest, startExec, tail, waitFor, warn, type ConnRateResult, type Status,
 } from './lib.js';
+import { WEB_APP, WEB_COMMAND } from './web-app.js';
 
 const USAGE = `usage: sudo npx tsx bench/controller-outage.ts [options]
   --outage-seconds S  how long the controller is stopped (default 600: the issue's 10 minutes)
@@ -39,48 +39,6 @@ const USAGE = `usage: sudo npx tsx bench/controller-outage.ts [options]
   --keep              leave the cluster up
 ${COMMON_USAGE}`;
 
-const WEB_ANSWER = 'require("http").createServer((q, s) => { if (q.url.startsWith("/fail")) { s.statusCode = 500; return s.end("fail"); } setTimeout(() => s.end(String(q.socket.remoteAddress)), 5); }).listen(9080)';
-
-/** The web app of test/integration/helpers/web-app.ts; web answers with the address it saw. */
-const APP = `
-apiVersion: v1
-kind: Namespace
-metadata: { name: obs, labels: { ambit.dev/dataplane-mode: ambient } }
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: { name: web, namespace: obs }
----
-apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: obs }
-spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 9080 }] }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: web, namespace: obs }
-spec:
-  replicas: 2
-  selector: { matchLabels: { app: web } }
-  template:
-    metadata: { labels: { app: web, version: v1 } }
-    spec:
-      serviceAccountName: web
-      containers:
-      - name: c
-        command: [node, -e, '${WEB_ANSWER}']
-        readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: client, namespace: obs }
-spec:
-  replicas: 1
-  selector: { matchLabels: { app: client } }
-  template:
-    metadata: { labels: { app: client } }
-    spec: { containers: [{ name: c, command: [sleep, infinity] }] }
-`;
 
 /** Applied while the controller is away: a new identity, a new endpoint of web, and its own service. */
 export const LATE = `
@@ -105,7 +63,7 @@ spec:
       serviceAccountName: late
       containers:
       - name: c
-        command: [node, -e, '${WEB_ANSWER}']
+        command: [node, -e, '${WEB_COMMAND}']
         readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 }
 `;
 
@@ -118,7 +76,6 @@ setInterval(() => { const at = Date.now(); const r = http.get({ host, path: "/",
 r.on("timeout", () => r.destroy(Object.assign(new Error("timeout"), { code: "TIMEOUT" }))); r.on("error", (e) => console.log(JSON.stringify({ at, error: e.code || e.message }))); }, 250);`;
 
 interface ProbeAnswer { at: number; status?: number; body?: string; error?: string }
-interface ConnRate { attempted: number; ok: number; failed: number; reasons: Record<string, number>; perSecond: { t: number; ok: number; failed: number }[]; latencyMs: { p50: number | null; p99: number | null; max: number | null } }
 interface CertSummary { identity: string; serial?: string; notBefore?: string; notAfter?: string; rotatesAt?: string; state: string; lastError?: string; pods: number }
 interface Holder { who: string; certs: CertSummary[] }
 
@@ -165,7 +122,7 @@ async function measure(benchRun: BenchRun, o: { outageS: number; rate: number; a
   };
   const dir = join(benchRun.tmp, 'app');
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'app.yaml'), APP);
+  writeFileSync(join(dir, 'app.yaml'), WEB_APP);
   writeFileSync(join(benchRun.tmp, 'late.yaml'), LATE);
   say(`cluster: 2 nodes, web x2 behind waypoint obs/waypoint, certificates of ${o.certTtl} s, ${o.rate} new connections/s, controller away ${o.outageS} s (ambit: ${o.ran})`);
   benchRun.created = true;
@@ -178,7 +135,7 @@ async function measure(benchRun: BenchRun, o: { outageS: number; rate: number; a
   const connRate = (r: number, s: number, progress = false) => ['node', join(HERE, 'conn-rate.mjs'), '--host', 'web', '--port', '80', '--rate', String(r), '--seconds', String(s), ...(progress ? ['--progress'] : [])];
   await waitFor('requests through the mesh and the waypoint', 60, async () => {
     const r = await cluster.exec(`obs/${client.name}`, connRate(20, 1), 30_000);
-    return r.code === 0 && (JSON.parse(r.stdout) as ConnRate).failed === 0;
+    return r.code === 0 && (JSON.parse(r.stdout) as ConnRateResult).failed === 0;
   });
 
   // Who holds certificates: each node agent (its pods' identities) and the waypoint (its own).
@@ -242,7 +199,7 @@ async function measure(benchRun: BenchRun, o: { outageS: number; rate: number; a
 
   const result = await traffic.done;
   probe.stop();
-  const counts = JSON.parse(result.stdout.trim().split('\n').at(-1) ?? '{}') as ConnRate;
+  const counts = JSON.parse(result.stdout.trim().split('\n').at(-1) ?? '{}') as ConnRateResult;
   const after = { status: await cluster.status(), certs: await holders() };
   const logs = logFacts(benchRun, startAt);
 
@@ -374,49 +331,7 @@ function readdirSafe(dir: string): string[] {
   }
 }
 
-/** `ambit local exec` kept running: its lines as they come, the time of its first progress line. */
-function startExec(env: NodeJS.ProcessEnv, name: string, target: string, cmd: string[]): { started: Promise<number>; done: Promise<{ code: number | null; stdout: string; stderr: string }>; onLine?: (line: string) => void; stop(): void } {
-  const child = spawn(process.execPath, [join(HERE, '..', 'bin', 'ambit.js'), 'local', 'exec', '--cluster', name, target, '--', ...cmd], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  let pendingLine = '';
-  let resolveStarted: (t: number) => void = () => undefined;
-  const handle = {
-    started: new Promise<number>((r) => { resolveStarted = r; }),
-    done: new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr }))),
-    onLine: undefined as ((line: string) => void) | undefined,
-    stop: () => { child.kill('SIGTERM'); },
-  };
-  child.stdout.on('data', (c: Buffer) => {
-    stdout += c.toString();
-    pendingLine += c.toString();
-    const lines = pendingLine.split('\n');
-    pendingLine = lines.pop() ?? '';
-    for (const l of lines) handle.onLine?.(l);
-  });
-  child.stderr.on('data', (c: Buffer) => {
-    stderr += c.toString();
-    // conn-rate's first progress line ("t=0 ...") comes one second after it started.
-    if (/^t=0 /m.test(stderr)) resolveStarted(Date.now() - 1000);
-  });
-  child.on('close', () => resolveStarted(Date.now()));
-  return handle;
-}
 
-async function waitFor<T>(what: string, seconds: number, fn: () => Promise<T | false> | T | false): Promise<T> {
-  const deadline = Date.now() + seconds * 1000;
-  let last = '';
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== false) return v;
-    } catch (err) {
-      last = (err as Error).message;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${seconds} s waiting for ${what}${last ? `: ${last}` : ''}`);
-    await sleep(250);
-  }
-}
 
 function report(j: Record<string, unknown> & { requests: { attempted: number; ok: number; failed: number; reasons: Record<string, number>; phases: Record<string, { seconds: number; ok: number; failed: number }> } }, o: { outageS: number; rate: number; certTtl: number }): string {
   const r = j as unknown as {

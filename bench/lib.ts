@@ -990,3 +990,54 @@ export function prepareAmbit(options: Pick<CommonOptions, 'source' | 'profile'>)
   process.env.AMBIT_DIST = out;
   return 'the build (tsconfig.build.json, as the image runs it)';
 }
+
+/** What bench/conn-rate.mjs prints at the end. */
+export interface ConnRateResult {
+  rate: number; seconds: number; attempted: number; ok: number; failed: number;
+  reasons: Record<string, number>; perSecond: Array<{ t: number; ok: number; failed: number }>; latencyMs: { p50: number | null; p99: number | null; max: number | null };
+}
+
+/** `ambit local exec` kept running: its lines as they come, the time of its first progress line. */
+export function startExec(env: NodeJS.ProcessEnv, name: string, target: string, cmd: string[]): { started: Promise<number>; done: Promise<{ code: number | null; stdout: string; stderr: string }>; onLine?: (line: string) => void; stop(): void } {
+  const child = spawn(process.execPath, [join(HERE, '..', 'bin', 'ambit.js'), 'local', 'exec', '--cluster', name, target, '--', ...cmd], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  let pendingLine = '';
+  let resolveStarted: (t: number) => void = () => undefined;
+  const handle = {
+    started: new Promise<number>((r) => { resolveStarted = r; }),
+    done: new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr }))),
+    onLine: undefined as ((line: string) => void) | undefined,
+    stop: () => { child.kill('SIGTERM'); },
+  };
+  child.stdout.on('data', (c: Buffer) => {
+    stdout += c.toString();
+    pendingLine += c.toString();
+    const lines = pendingLine.split('\n');
+    pendingLine = lines.pop() ?? '';
+    for (const l of lines) handle.onLine?.(l);
+  });
+  child.stderr.on('data', (c: Buffer) => {
+    stderr += c.toString();
+    // conn-rate's first progress line ("t=0 ...") comes one second after it started.
+    if (/^t=0 /m.test(stderr)) resolveStarted(Date.now() - 1000);
+  });
+  child.on('close', () => resolveStarted(Date.now()));
+  return handle;
+}
+
+/** Polls `fn` every `intervalMs` until it answers something other than false, for at most `seconds`. */
+export async function waitFor<T>(what: string, seconds: number, fn: () => Promise<T | false> | T | false, intervalMs = 250): Promise<T> {
+  const deadline = Date.now() + seconds * 1000;
+  let last = '';
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== false) return v;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${seconds} s waiting for ${what}${last ? `: ${last}` : ''}`);
+    await sleep(intervalMs);
+  }
+}

@@ -26,7 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parseExposition } from '../src/observe/exposition.js';
 import { httpGetInNetns } from '../src/host/netns.js';
-import { BenchRun, HERE, RESULTS, say, type Cluster, type Status } from './lib.js';
+import { BenchRun, HERE, RESULTS, say, type Cluster, type ConnRateResult, type Status } from './lib.js';
 
 const CONN_RATE = join(HERE, 'conn-rate.mjs');
 
@@ -77,10 +77,6 @@ export interface AgentSample {
   refused: Record<string, number>;
 }
 
-export interface ConnRateResult {
-  rate: number; seconds: number; attempted: number; ok: number; failed: number;
-  reasons: Record<string, number>; perSecond: Array<{ t: number; ok: number; failed: number }>; latencyMs: { p50: number | null; p99: number | null; max: number | null };
-}
 
 function rssMb(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));

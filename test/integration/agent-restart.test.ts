@@ -18,49 +18,8 @@ import { until } from '../helpers/wait.js';
 import { localCluster } from './helpers/cluster.js';
 import { ROOT } from './helpers/cli.js';
 import { describeAsRoot } from './helpers/root.js';
+import { WEB_APP } from './helpers/web-app.js';
 
-/** web answers with the peer it saw and logs the peer of every connection it accepts. */
-const WEB = 'const s = require("http").createServer((q, r) => setTimeout(() => r.end(String(q.socket.remoteAddress)), 5)); s.on("connection", (c) => console.log("peer " + c.remoteAddress)); s.listen(9080)';
-
-const APP = `
-apiVersion: v1
-kind: Namespace
-metadata: { name: obs, labels: { ambit.dev/dataplane-mode: ambient } }
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: { name: web, namespace: obs }
----
-apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: obs }
-spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 9080 }] }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: web, namespace: obs }
-spec:
-  replicas: 2
-  selector: { matchLabels: { app: web } }
-  template:
-    metadata: { labels: { app: web } }
-    spec:
-      serviceAccountName: web
-      containers:
-      - name: c
-        command: [node, -e, '${WEB}']
-        readinessProbe: { tcpSocket: { port: 9080 }, periodSeconds: 1 }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: client, namespace: obs }
-spec:
-  replicas: 1
-  selector: { matchLabels: { app: client } }
-  template:
-    metadata: { labels: { app: client } }
-    spec: { containers: [{ name: c, command: [sleep, infinity] }] }
-`;
 
 /** `node -e CONNECT HOST`: one GET to HOST:80; prints { status, body } or { error }. */
 const ONE = `const s = require("net").connect(80, process.argv[1]); let b = ""; const out = (r) => { console.log(JSON.stringify(r)); s.destroy(); };
@@ -106,7 +65,7 @@ const one = async (): Promise<{ status?: number; body?: string; error?: string }
 
 describeAsRoot('node agent restarts', () => {
   beforeAll(async () => {
-    await cluster.up(APP);
+    await cluster.up(WEB_APP);
     const pod = (await cluster.status()).pods.find((p) => p.namespace === 'obs' && p.name.startsWith('client-'))!;
     client = { name: pod.name, node: pod.node, ip: pod.ip };
     await until('a request through the mesh', async () => {
