@@ -75,7 +75,15 @@ export interface AgentSample {
   tables: Record<string, number>;
   maps: Record<string, number>;
   refused: Record<string, number>;
+  /** The datapath's own counters (ambit_redirect_counters): exact, where the map counts are cached for 15 s. */
+  counters: Record<string, number>;
+  /** The event loop's delay (ms, ambit_event_loop_lag_seconds) and whether the agent sheds (ambit_overloaded). */
+  lagMs: number;
+  overloaded: boolean;
 }
+
+/** `ambit_orig_dst` entries still open by the datapath's counters: recorded at connect, deleted at close. */
+export const origDstOpen = (s: AgentSample): number => (s.counters.origdst_recorded ?? 0) - (s.counters.origdst_deleted ?? 0);
 
 
 function rssMb(pid: number): number {
@@ -92,13 +100,19 @@ export async function sampleAgents(cluster: Cluster, status: Status): Promise<Ag
     const tables: Record<string, number> = {};
     const maps: Record<string, number> = {};
     const refused: Record<string, number> = {};
+    const counters: Record<string, number> = {};
+    let lagMs = 0;
+    let overloaded = false;
     for (const s of parseExposition(body).samples) {
+      if (s.name === 'ambit_event_loop_lag_seconds') lagMs = s.value * 1000;
+      if (s.name === 'ambit_overloaded') overloaded = s.value === 1;
+      if (s.name === 'ambit_redirect_counters') counters[s.labels.counter!] = s.value;
       if (s.name === 'ambit_agent_table_entries') tables[s.labels.table!] = s.value;
       if (s.name === 'ambit_bpf_map_entries') maps[s.labels.map!] = s.value;
       if (s.name === 'ambit_connections_refused_total') refused[`${s.labels.reason}/${s.labels.listener}`] = s.value;
       if (s.name === 'ambit_hbone_server_connections') tables.hbone_server_connections = s.value;
     }
-    return { at: Date.now(), node: c.node!, pid: c.pid!, rssMb: rssMb(c.pid!), fds: readdirSync(`/proc/${c.pid}/fd`).length, tables, maps, refused };
+    return { at: Date.now(), node: c.node!, pid: c.pid!, rssMb: rssMb(c.pid!), fds: readdirSync(`/proc/${c.pid}/fd`).length, tables, maps, refused, counters, lagMs, overloaded };
   }));
 }
 
@@ -149,13 +163,20 @@ async function sampling<T>(cluster: Cluster, everyS: number, work: Promise<T>): 
   }
 }
 
-/** Waits until every agent's connection table is back to at most `baseline + slack` (connections close asynchronously). */
+/**
+ * Waits until every agent's connection table, and its `ambit_orig_dst` entries by the datapath's
+ * counters, are back to at most `baseline + slack`: connections close asynchronously, and a
+ * socket's entry goes when the kernel closes it (after FIN_WAIT, or a SYN's last retry).
+ */
 async function settle(cluster: Cluster, baseline: AgentSample[], slack: number, timeoutMs: number): Promise<AgentSample[]> {
   const status = await cluster.status();
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const now = await sampleAgents(cluster, status);
-    const settled = now.every((s) => (s.tables.connections ?? 0) <= (baseline.find((b) => b.node === s.node)?.tables.connections ?? 0) + slack);
+    const settled = now.every((s) => {
+      const b = baseline.find((x) => x.node === s.node);
+      return (s.tables.connections ?? 0) <= (b?.tables.connections ?? 0) + slack && origDstOpen(s) <= (b ? origDstOpen(b) : 0) + slack;
+    });
     if (settled || Date.now() > deadline) return now;
     await new Promise((r) => setTimeout(r, 500));
   }
@@ -235,14 +256,14 @@ export async function runSoak(cluster: Cluster, opts: SoakOptions): Promise<Soak
 
 function report(r: SoakResult, opts: SoakOptions): string {
   const lines = ['# Soak and overload (bench/soak.ts)', '', `${opts.held} connections held for ${opts.holdSeconds} s; ${opts.short} short connections at ${opts.shortRate}/s; 2-node local cluster, client on node-1, echo on node-2.`, ''];
-  lines.push('| agent | baseline RSS / fds | held: peak RSS / fds / connections | after: RSS / fds / connections | short: RSS after warm-up (spread) | after: fds / orig_dst / pending |', '|---|---|---|---|---|---|');
+  lines.push('| agent | baseline RSS / fds | held: peak RSS / fds / connections | after: RSS / fds / connections | short: RSS after warm-up (spread) | after: fds / orig_dst open of recorded / pending |', '|---|---|---|---|---|---|');
   for (const b of r.baseline) {
     const during = by(r.held.during, b.node);
     const peak = during.reduce((m, s) => (s.rssMb > m.rssMb ? s : m), during[0] ?? b);
     const ah = r.held.after.find((s) => s.node === b.node)!;
     const as = r.short.after.find((s) => s.node === b.node)!;
     const rss = r.short.rss[b.node];
-    lines.push(`| ${b.node} | ${b.rssMb.toFixed(0)} MB / ${b.fds} | ${peak.rssMb.toFixed(0)} MB / ${Math.max(...during.map((s) => s.fds), 0)} / ${Math.max(...during.map((s) => s.tables.connections ?? 0), 0)} | ${ah.rssMb.toFixed(0)} MB / ${ah.fds} / ${ah.tables.connections} | ${rss ? `${rss.min.toFixed(0)}–${rss.max.toFixed(0)} MB (±${rss.spreadPct.toFixed(1)} %)` : '-'} | ${as.fds} / ${as.maps.ambit_orig_dst} / ${as.maps.ambit_pending} |`);
+    lines.push(`| ${b.node} | ${b.rssMb.toFixed(0)} MB / ${b.fds} | ${peak.rssMb.toFixed(0)} MB / ${Math.max(...during.map((s) => s.fds), 0)} / ${Math.max(...during.map((s) => s.tables.connections ?? 0), 0)} | ${ah.rssMb.toFixed(0)} MB / ${ah.fds} / ${ah.tables.connections} | ${rss ? `${rss.min.toFixed(0)}–${rss.max.toFixed(0)} MB (±${rss.spreadPct.toFixed(1)} %)` : '-'} | ${as.fds} / ${origDstOpen(as)} of ${as.counters.origdst_recorded ?? 0} / ${as.maps.ambit_pending} |`);
   }
   lines.push('', `Held: ${r.held.opened.ok} ok, ${r.held.opened.failed} failed ${JSON.stringify(r.held.opened.reasons)}. Short: ${r.short.run.ok} ok, ${r.short.run.failed} failed ${JSON.stringify(r.short.run.reasons)}.`);
   if (r.overload) {
@@ -250,6 +271,11 @@ function report(r: SoakResult, opts: SoakOptions): string {
     lines.push('', '## Overload', '', '| offered /s | ok | failed | p99 ms |', '|---|---|---|---|', ...o.steps.map((s) => `| ${s.rate} | ${s.ok} | ${s.failed} | ${s.p99 ?? '-'} |`));
     const refused = o.after.map((s) => `${s.node}: ${JSON.stringify(s.refused)}`).join('; ');
     lines.push('', `Capacity (≥ 99 % ok, p99 < 1 s): ${o.capacity}/s. Offered ${o.offered.rate}/s for 30 s: ${o.offered.ok} ok, ${o.offered.failed} failed ${JSON.stringify(o.offered.reasons)}; refused by the agents: ${refused}. Peak RSS during: ${Math.max(...o.during.map((s) => s.rssMb)).toFixed(0)} MB. Recovery at ${o.recovery.rate}/s: ${o.recovery.ok}/${o.recovery.attempted} ok.`);
+    const lag = r.baseline.map((b) => {
+      const mine = by(o.during, b.node);
+      return `${b.node} peak ${Math.max(0, ...mine.map((s) => s.lagMs)).toFixed(0)} ms, shedding in ${mine.filter((s) => s.overloaded).length} of ${mine.length} one-second samples`;
+    });
+    lines.push('', `Event loop delay while offered: ${lag.join('; ')}.`);
   }
   return `${lines.join('\n')}\n`;
 }
