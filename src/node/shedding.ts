@@ -7,13 +7,15 @@
  * Two bounds, both from `AMBIT_AGENT_LIMITS` (`maxConnections=N,maxLagMs=N`):
  * - `maxConnections` (default 50,000): connections the agent carries at once, both directions.
  *   Each costs file descriptors and memory; past this, a new one is refused (`max-connections`).
- * - `maxLagMs` (default 500): the event loop's delay, the mean of its 10 ms timer's delays over
- *   each half second. While it is over this, the agent is behind on the connections it already
+ * - `maxLagMs` (default 200): the event loop's delay, the mean of its 10 ms timer's delays over
+ *   each quarter second. While it is over this, the agent is behind on the connections it already
  *   carries, and every new one would make that worse: refused (`overload`) until the delay has
  *   stayed under half the bound for a second (hysteresis, so it does not flap). The mean, not a
- *   high percentile: one garbage-collection pause is not being behind, and must not shed. Half a
- *   second of mean delay is an agent starved of CPU: on a busy machine a lower bound would shed
- *   connections the agent could still have carried.
+ *   high percentile: one garbage-collection pause is not being behind, and must not shed. The
+ *   bound is what a connection may wait before the agent even looks at it: at 500 ms (the first
+ *   default) the agent shed late, and of 3× its capacity offered, 37–46 % timed out in the
+ *   client instead of being refused; at 200 ms, 5–14 %, with none shed at its capacity
+ *   (docs/DATAPATH.md, Load shedding).
  *
  * Refused connections are counted in `ambit_connections_refused_total{reason,listener}`; the state
  * is `ambit_overloaded` and `ambit_event_loop_lag_seconds`.
@@ -28,12 +30,12 @@ export interface AdmissionLimits {
   maxLagMs: number;
 }
 
-export const DEFAULT_ADMISSION_LIMITS: Readonly<AdmissionLimits> = { maxConnections: 50_000, maxLagMs: 500 };
+export const DEFAULT_ADMISSION_LIMITS: Readonly<AdmissionLimits> = { maxConnections: 50_000, maxLagMs: 200 };
 
 export type RefusalReason = 'max-connections' | 'overload';
 export type Listener = 'outbound' | 'inbound' | 'hbone';
 
-const SAMPLE_MS = 500;
+const SAMPLE_MS = 250;
 /** How long the delay must stay under half the bound before new connections are taken again. */
 const CALM_MS = 1000;
 
@@ -44,10 +46,10 @@ export function parseAdmissionLimits(text: string | undefined, what = 'AMBIT_AGE
   const ranges: Record<keyof AdmissionLimits, [number, number]> = { maxConnections: [1, 10_000_000], maxLagMs: [10, 60_000] };
   for (const part of text.split(',').map((p) => p.trim()).filter(Boolean)) {
     const [key, value] = part.split('=');
-    if (!key || !(key in ranges)) throw new OperatorError(`${what}: unknown limit "${key}" (known: ${Object.keys(ranges).join(', ')})`, `${what}=maxConnections=50000,maxLagMs=500`);
+    if (!key || !(key in ranges)) throw new OperatorError(`${what}: unknown limit "${key}" (known: ${Object.keys(ranges).join(', ')})`, `${what}=maxConnections=50000,maxLagMs=200`);
     const [min, max] = ranges[key as keyof AdmissionLimits];
     const n = Number(value);
-    if (!Number.isInteger(n) || n < min || n > max) throw new OperatorError(`${what}: ${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(value ?? '')}`, `${what}=maxConnections=50000,maxLagMs=500`);
+    if (!Number.isInteger(n) || n < min || n > max) throw new OperatorError(`${what}: ${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(value ?? '')}`, `${what}=maxConnections=50000,maxLagMs=200`);
     limits[key as keyof AdmissionLimits] = n;
   }
   return limits;
@@ -85,7 +87,7 @@ export class LoadShedder {
 
   /**
    * `open()`: connections carried now. `probe` reads the event loop's delay since its last read
-   * (default: perf_hooks' monitor, sampled every 500 ms); a test gives its own and calls sample().
+   * (default: perf_hooks' monitor, sampled every 250 ms); a test gives its own and calls sample().
    */
   constructor(readonly limits: AdmissionLimits, private readonly open: () => number, metrics: MeshMetrics, probe?: LagProbe, private readonly now: () => number = Date.now) {
     this.probe = probe ?? eventLoopProbe();
@@ -95,7 +97,7 @@ export class LoadShedder {
     }
     this.refused = metrics.counter('ambit_connections_refused_total', 'New connections the agent refused to protect those it carries, by reason (max-connections, overload) and listener', ['reason', 'listener']);
     metrics.gauge('ambit_overloaded', 'Whether the agent is shedding new connections because its event loop is behind', [], (g) => g.set(this.shedding ? 1 : 0));
-    metrics.gauge('ambit_event_loop_lag_seconds', 'The event loop delay: the mean delay of a 10 ms timer over the last half second', [], (g) => g.set(this.lagMs / 1000));
+    metrics.gauge('ambit_event_loop_lag_seconds', 'The event loop delay: the mean delay of a 10 ms timer over the last quarter second', [], (g) => g.set(this.lagMs / 1000));
     metrics.gauge('ambit_connections_limit', 'The most connections the agent carries at once (AMBIT_AGENT_LIMITS maxConnections)', [], (g) => g.set(limits.maxConnections));
   }
 
