@@ -23,7 +23,7 @@
  * other settings than the defaults: agent-restart-<seconds>s.*).
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
+import { agentReady } from '../src/local/agent-control.js';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -158,7 +158,7 @@ async function measure(benchRun: BenchRun, o: { seconds: number; rate: number; h
     }
     // Until the agent that now runs says it has enrolled its pods (its control socket, by pid).
     const ready = await waitFor('the node agent ready', 60, async () => {
-      const r = await controlReady(socket);
+      const r = await agentReady(socket);
       return r && r.pid !== agentPid ? { at: Date.now(), pid: r.pid } : false;
     }, 20);
     const counts = JSON.parse((await traffic.done).stdout.trim().split('\n').at(-1) ?? '{}') as ConnRateResult;
@@ -223,26 +223,6 @@ function drainLines(file: string, since: number): { pods: number; drainMs: numbe
   return out;
 }
 
-/** The control socket's `GET /v1/ready`: the answering agent's pid when it is ready. */
-function controlReady(socketPath: string): Promise<{ pid: number } | false> {
-  return new Promise((resolve) => {
-    const req = httpRequest({ socketPath, path: '/v1/ready', timeout: 1000, agent: false }, (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => { body += c.toString(); });
-      res.on('end', () => {
-        try {
-          const j = JSON.parse(body) as { ready: boolean; pid: number };
-          resolve(res.statusCode === 200 && j.ready ? { pid: j.pid } : false);
-        } catch {
-          resolve(false);
-        }
-      });
-    });
-    req.on('timeout', () => req.destroy());
-    req.on('error', () => resolve(false));
-    req.end();
-  });
-}
 
 
 

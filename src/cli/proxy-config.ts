@@ -18,7 +18,7 @@ import {
 } from '../api/proxy-config.js';
 import { WAYPOINT_GATEWAY_LABEL } from '../config/model.js';
 import { httpGetInNetns } from '../host/netns.js';
-import { commonLabels } from '../install/objects.js';
+import { selectorLabels } from '../install/render.js';
 import { defaultKubeconfig, KubeClient } from '../kube/client.js';
 import { ClusterLayout, DEFAULT_CLUSTER } from '../local/layout.js';
 import { readState } from '../local/state.js';
@@ -136,10 +136,7 @@ export async function fromLocal(view: ProxyConfigView, node: string, cluster: st
 // ---------------------------------------------------------------------------------------------
 // Kubernetes: the agent's pod on the node, and a port-forward to its admin port
 
-const AGENT_LABELS = (() => {
-  const l = commonLabels('node');
-  return { 'app.kubernetes.io/name': l['app.kubernetes.io/name']!, 'app.kubernetes.io/part-of': l['app.kubernetes.io/part-of']! };
-})();
+const AGENT_LABELS = selectorLabels('node');
 const AGENT_SELECTOR = Object.entries(AGENT_LABELS).map(([k, v]) => `${k}=${v}`).join(',');
 
 interface KubePod {

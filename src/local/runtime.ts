@@ -11,7 +11,6 @@
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
 import { Socket } from 'node:net';
 import { isEnrolled } from '../config/model.js';
 import { validateMeshObject } from '../config/validate.js';
@@ -24,6 +23,7 @@ import { allocatePodIp, allocateVip, inServiceRange } from './addresses.js';
 import { endpoints, hostsFile, matches, resolvConf, serviceRules, servicesOf, type ReadyPods } from './services.js';
 import { BUILD_AND_PROFILE_ENV, isWaypointGateway, nodeFlags, waypointCredentialDir, waypointPod } from './waypoint-pods.js';
 import { Component } from './component.js';
+import { agentReady, agentRequest } from './agent-control.js';
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { LocalError } from './errors.js';
@@ -285,8 +285,7 @@ export class Runtime {
     if (action === 'restart' && name === 'node-agent' && c.pid !== undefined && !c.stopped && c.spec.node) {
       const socket = this.agentSocket(c.spec.node);
       const r = await c.handover(async (pid) => {
-        const answer = await agentRequest(socket, '/v1/ready', 1000);
-        return answer.status === 200 && (answer.body as { pid?: number }).pid === pid;
+        return (await agentReady(socket))?.pid === pid;
       }, { readyTimeoutMs: 30_000, graceMs: AGENT_DRAIN_MS + 10_000 });
       this.log.info({ component: name, node, action, ...r }, 'component action');
       return { name, node: c.spec.node, state: 'running', ...(c.pid ? { pid: c.pid } : {}), handover: r };
@@ -810,29 +809,6 @@ const ADMIT_TIMEOUT_MS = 15_000;
 /** The node agents' drain period (`ambit node --drain-seconds`, not set here: its default). */
 const AGENT_DRAIN_MS = 5_000;
 
-
-/** One GET to a node agent's control socket. */
-function agentRequest(socketPath: string, path: string, timeoutMs: number): Promise<{ status: number; body: unknown }> {
-  return new Promise((resolve, reject) => {
-    // A fresh connection each time (no keep-alive agent): during a handover the path is bound
-    // to the new agent, and a kept connection would go on asking the old one.
-    const req = httpRequest({ socketPath, path, method: 'GET', timeout: timeoutMs, agent: false }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => { text += c; });
-      res.on('end', () => {
-        try {
-          resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as unknown });
-        } catch {
-          resolve({ status: res.statusCode ?? 0, body: text });
-        }
-      });
-    });
-    req.on('timeout', () => req.destroy(new Error('node agent did not answer')));
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 /** A TCP connect from inside a netns: does something listen there? */
 function tcpReachable(netns: string, host: string, port: number, timeoutMs = 1000): Promise<boolean> {

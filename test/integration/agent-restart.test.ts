@@ -11,7 +11,7 @@
  *   peer of every connection, never sees the client's address.
  */
 import { readFileSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
+import { agentReady } from '../../src/local/agent-control.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { until } from '../helpers/wait.js';
@@ -35,26 +35,6 @@ s.setTimeout(3000, () => done({ error: "TIMEOUT" })); s.on("connect", () => s.wr
 s.on("data", (c) => { b += c; }); s.on("end", () => { const m = /^HTTP\\/1\\.1 (\\d+)/.exec(b); done(m ? { status: Number(m[1]), body: b.split("\\r\\n\\r\\n").slice(1).join("") } : { error: "EMPTY_ANSWER" }); });
 s.on("error", (e) => done({ error: e.code || e.message })); }, 20);`;
 
-/** The agent's control socket: the answering agent's pid once it has enrolled its pods. */
-function controlReady(socketPath: string): Promise<{ pid: number } | undefined> {
-  return new Promise((resolve) => {
-    const req = httpRequest({ socketPath, path: '/v1/ready', timeout: 1000, agent: false }, (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => { body += c.toString(); });
-      res.on('end', () => {
-        try {
-          const j = JSON.parse(body) as { ready: boolean; pid: number };
-          resolve(res.statusCode === 200 && j.ready ? { pid: j.pid } : undefined);
-        } catch {
-          resolve(undefined);
-        }
-      });
-    });
-    req.on('timeout', () => req.destroy());
-    req.on('error', () => resolve(undefined));
-    req.end();
-  });
-}
 
 interface ConnRate { attempted: number; ok: number; failed: number; reasons: Record<string, number> }
 
@@ -119,7 +99,7 @@ describeAsRoot('node agent restarts', () => {
     const killedAt = Date.now();
     const socket = join(cluster.stateDir, 'nodes', client.node, 'agent.sock');
     const ready = await until('the restarted agent ready', async () => {
-      const r = await controlReady(socket);
+      const r = await agentReady(socket);
       return r && r.pid !== started.pid ? Date.now() : undefined;
     }, { timeout: 10_000, interval: 20 });
     expect(ready - killedAt).toBeLessThan(2000);
