@@ -13,6 +13,20 @@
  *   ambient waypoints, HTTPRoutes take precedence over a VirtualService for the same service (with
  *   a warning); a kind with no rule on the request's port does not apply on that port (Istio
  *   builds no routes for it there) and the next one is tried.
+ * - SMI TrafficSplit (split.smi-spec.io v1alpha1 to v1alpha4) counts as VirtualService-level
+ *   config for its root service and comes after it: HTTPRoutes/GRPCRoutes, then the
+ *   VirtualService, then the TrafficSplit, per port, with a warning when more than one names the
+ *   service (Istio users' VirtualService is the more specific config; SMI defines no order).
+ *   `spec.service` resolves like a VirtualService host and must be in the TrafficSplit's own
+ *   namespace (the producer's config, as for a waypoint; another namespace's split is ignored);
+ *   several for one service: the first by namespace/name, with a warning. Backends get the
+ *   request on the request's port (SMI: backends serve the root service's ports); a backend
+ *   without that port gets none of its requests; an unknown backend keeps its share as a 503;
+ *   zero weights are dropped, and a port where every backend weighs 0 answers 503. Weights are
+ *   relative: v1alpha1 quantities (`900m` = 0.9) and later versions' integers alike. A split with
+ *   `matches` (HTTPRouteGroup, TCPRoute: not implemented) is not applied (warning): applying it
+ *   to all traffic would send everything where only the matched requests were meant to go.
+ *   Unreadable specs (no backends, a weight that is not a number) are skipped with a warning.
  * - VirtualService choice: `gateways` absent or naming `mesh`, visible to the service's namespace
  *   (`exportTo`), a host naming the service: short names resolve in the VirtualService's namespace,
  *   `name.ns` and `name.ns.svc` get the cluster domain (an ambit convenience; Istio reads them
@@ -82,18 +96,20 @@
  * Returned objects are shared between requests: treat them as read-only.
  *
  * This file is the router: which config applies to a service, per port and caller, and the
- * per-request walk. Each API has its compiler in ./routing/ (virtual-service.ts, gateway-api.ts;
- * destination-rule.ts for traffic policies), sharing match.ts (the request view and the tests)
- * and actions.ts (destinations, rewrites, redirects, header operations, retries, faults).
+ * per-request walk. Each API has its compiler in ./routing/ (virtual-service.ts, gateway-api.ts,
+ * traffic-split.ts; destination-rule.ts for traffic policies), sharing match.ts (the request view
+ * and the tests) and actions.ts (destinations, rewrites, redirects, header operations, retries,
+ * faults).
  */
 import type { ConfigObject, Service } from '../config/model.js';
 import { redirectLocation, rewritePath } from './routing/actions.js';
-import { byRef, type CompileContext, type GwBinding, HostIndex, num, ref, resolveHost, type ServiceTable, visible } from './routing/common.js';
+import { byRef, type CompileContext, type GwBinding, HostIndex, num, ref, resolveHost, type ServiceTable, visible, type VsChoice } from './routing/common.js';
 import { atPort, type MergedRule, normalizeOutlier } from './routing/destination-rule.js';
 import { bindGatewayRoute, mergeSorted } from './routing/gateway-api.js';
 import { type Entry, RequestView } from './routing/match.js';
 import type { DrSpec, PolicyFields, VsSpec } from './routing/specs.js';
 import { DEFAULT_RETRIES, DEFAULT_ROUTE, type Destination, EMPTY_OPS, type ForwardAction, NO_ROUTE, type RouteAction, type RouteRequest, type RouteRewrite, type RouterOptions, type TrafficPolicy } from './routing/types.js';
+import { compileTrafficSplit, readTrafficSplit, SPLIT_GROUP, SPLIT_KIND, type TrafficSplit } from './routing/traffic-split.js';
 import { compileVirtualService } from './routing/virtual-service.js';
 
 export * from './routing/types.js';
@@ -109,6 +125,10 @@ export class Router {
   private readonly virtualServices = new HostIndex<{ cfg: ConfigObject; spec: VsSpec }>();
   private readonly destinationRules = new HostIndex<{ cfg: ConfigObject; spec: DrSpec; host: string }>();
   private readonly gwBindings = new Map<string, GwBinding[]>();
+  /** TrafficSplits by their root service's hostname, in namespace/name order. */
+  private readonly trafficSplits = new Map<string, TrafficSplit[]>();
+  /** The TrafficSplit that applies to a service (by hostname), compiled. */
+  private readonly splitTables = new Map<string, VsChoice>();
   private readonly vsCompiled = new Map<ConfigObject, Entry[]>();
   private readonly tables = new Map<string, ServiceTable>();
   private readonly drCache = new Map<string, MergedRule | null>();
@@ -158,6 +178,12 @@ export class Router {
         this.destinationRules.add({ cfg, spec, host }, [host]);
       } else if (group === 'gateway.networking.k8s.io' && (cfg.kind === 'HTTPRoute' || cfg.kind === 'GRPCRoute')) {
         gwRoutes.push(cfg);
+      } else if (group === SPLIT_GROUP && cfg.kind === SPLIT_KIND) {
+        const split = readTrafficSplit(cfg, this.domain, (m) => this.warn(m));
+        if (!split) continue;
+        let list = this.trafficSplits.get(split.apex);
+        if (!list) this.trafficSplits.set(split.apex, (list = []));
+        list.push(split);
       }
     }
     for (const cfg of gwRoutes) bindGatewayRoute(this.context, cfg);
@@ -219,17 +245,20 @@ export class Router {
   }
 
   /**
-   * What applies to a service, for the admin's views (not used per request): its VirtualService,
-   * the HTTPRoutes and GRPCRoutes bound to it (producer and consumer routes, with the ports they
-   * bind), and its DestinationRule(s), `namespace/name` joined by "+".
+   * What applies to a service, for the admin's views (not used per request): its VirtualService
+   * and TrafficSplit, the HTTPRoutes and GRPCRoutes bound to it (producer and consumer routes,
+   * with the ports they bind), and its DestinationRule(s), `namespace/name` joined by "+".
    */
-  describe(service: Service): { virtualService?: ConfigObject; routes: { cfg: ConfigObject; ports?: number[]; consumer?: string }[]; destinationRule?: string } {
+  describe(service: Service): {
+    virtualService?: ConfigObject; trafficSplit?: ConfigObject; routes: { cfg: ConfigObject; ports?: number[]; consumer?: string }[]; destinationRule?: string;
+  } {
     const t = this.table(service);
     const routes = [...t.producer, ...[...t.consumers.values()].flat()].map((b) => ({
       cfg: b.route.cfg, ...(b.ports ? { ports: [...b.ports].sort((x, y) => x - y) } : {}), ...(b.consumer !== undefined ? { consumer: b.consumer } : {}),
     }));
     const dr = this.ruleFor(service);
-    return { ...(t.vs ? { virtualService: t.vs.cfg } : {}), routes, ...(dr ? { destinationRule: dr.name } : {}) };
+    const split = this.splitTables.get(service.hostname);
+    return { ...(t.vs ? { virtualService: t.vs.cfg } : {}), ...(split ? { trafficSplit: split.cfg } : {}), routes, ...(dr ? { destinationRule: dr.name } : {}) };
   }
 
   /** The labels a subset selects, from the DestinationRule of the service's host; undefined subset (or none defined) → undefined. */
@@ -257,6 +286,7 @@ export class Router {
     let entries: Entry[] = consumer !== undefined ? onPort(t.consumers.get(consumer)!) : [];
     if (entries.length === 0) entries = onPort(t.producer);
     if (entries.length === 0 && t.vs) entries = t.vs.entries.filter((e) => e.port === undefined || e.port === port);
+    if (entries.length === 0) entries = this.splitTables.get(t.service.hostname)?.entries.filter((e) => e.port === port) ?? [];
     const result = entries.length > 0 ? entries : null;
     t.cache.set(key, result);
     return result;
@@ -320,6 +350,15 @@ export class Router {
         this.warn(`${svc.hostname}: both VirtualService ${ref(vs.cfg)} and HTTPRoute/GRPCRoute(s) apply; as in Istio's waypoints, the routes take precedence on the ports they bind`);
       }
     }
+    const split = this.chooseTrafficSplit(svc);
+    if (split) {
+      this.splitTables.set(svc.hostname, { cfg: split.cfg, entries: compileTrafficSplit(this.context, split, svc) });
+      const over = [...(t.producer.length > 0 || t.consumers.size > 0 ? ['HTTPRoute/GRPCRoute(s)'] : []), ...(vs ? [`VirtualService ${ref(vs.cfg)}`] : [])];
+      if (over.length > 0) {
+        const many = over.length > 1 || t.vs === undefined;
+        this.warn(`${svc.hostname}: ${over.join(' and ')} ${many ? 'take' : 'takes'} precedence over TrafficSplit ${ref(split.cfg)}; the split applies only on ports where ${many ? 'they have' : 'it has'} no rule`);
+      }
+    }
     return t;
   }
 
@@ -334,6 +373,15 @@ export class Router {
     if (rivals.length > 0) {
       const why = chosen!.local && rivals.every((r) => !r.local) ? "the one in the service's namespace" : 'the first by namespace/name; Istio would use the oldest';
       this.warn(`${svc.hostname}: several VirtualServices name this host (${[chosen!, ...rivals].map((c) => ref(c.cfg)).join(', ')}); using ${ref(chosen!.cfg)} (${why})`);
+    }
+    return chosen;
+  }
+
+  /** The TrafficSplit whose root is this service: the first by namespace/name (warning when there are more). */
+  private chooseTrafficSplit(svc: Service): TrafficSplit | undefined {
+    const [chosen, ...rivals] = this.trafficSplits.get(svc.hostname) ?? [];
+    if (chosen && rivals.length > 0) {
+      this.warn(`${svc.hostname}: several TrafficSplits name this root service (${[chosen, ...rivals].map((s) => ref(s.cfg)).join(', ')}); using ${ref(chosen.cfg)} (the first by namespace/name)`);
     }
     return chosen;
   }
