@@ -104,7 +104,7 @@ export function isEnrolled(podLabels: Record<string, string>, namespaceLabels: R
 const POLICY_KINDS = new Set(['security.istio.io/AuthorizationPolicy', 'security.istio.io/PeerAuthentication']);
 const L7_KINDS = new Set([
   'networking.istio.io/VirtualService', 'networking.istio.io/DestinationRule', 'networking.istio.io/ServiceEntry',
-  'gateway.networking.k8s.io/HTTPRoute', 'gateway.networking.k8s.io/GRPCRoute', 'ambit.dev/RateLimit',
+  'gateway.networking.k8s.io/HTTPRoute', 'gateway.networking.k8s.io/GRPCRoute', 'ambit.dev/RateLimit', 'split.smi-spec.io/TrafficSplit',
 ]);
 
 function groupKind(r: Resource): string {

@@ -67,6 +67,8 @@ export const WATCHED_KINDS: KindSpec[] = [
   { group: 'gateway.networking.k8s.io', versions: ['v1', 'v1beta1'], kind: 'HTTPRoute', plural: 'httproutes', namespaced: true, mesh: true },
   { group: 'gateway.networking.k8s.io', versions: ['v1'], kind: 'GRPCRoute', plural: 'grpcroutes', namespaced: true, mesh: true },
   { group: 'ambit.dev', versions: ['v1alpha1'], kind: 'RateLimit', plural: 'ratelimits', namespaced: true, mesh: true },
+  // Newest first: `matches`, which ambit must see to leave such a split alone, exists from v1alpha3 on.
+  { group: 'split.smi-spec.io', versions: ['v1alpha4', 'v1alpha3', 'v1alpha2', 'v1alpha1'], kind: 'TrafficSplit', plural: 'trafficsplits', namespaced: true, mesh: true },
 ];
 
 export interface KubernetesSourceOptions {
