@@ -3,6 +3,9 @@ import { Command } from 'commander';
 import { hostname } from 'node:os';
 import { CONTROLLER_MONITORING_PORT, CONTROLLER_READY_PORT, runController, type KubernetesSettings } from '../control/controller.js';
 import { localOrigins } from '../local/controller-origins.js';
+import { localCanaries } from '../local/canary-cluster.js';
+import { MIN_INTERVAL_MS } from '../canary/spec.js';
+import { durationMs } from '../config/schema.js';
 import { CaError } from '../identity/ca.js';
 import { logger } from '../telemetry/log.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
@@ -53,7 +56,7 @@ export function register(program: Command): void {
       if (!opts.localState === !opts.kubernetes) throw new CliError('give one of --local-state DIR (a local cluster) or --kubernetes [KUBECONFIG]');
       if (opts.kubernetes && !opts.pluginCa && !opts.caDir) throw new CliError('with --kubernetes, give --plugin-ca DIR (a CA from a mounted Secret) or --ca-dir DIR (where to keep a self-made root)');
       const controller = await withPluginCaHint(opts.pluginCa, () => runController({
-        ...(opts.localState ? { local: { stateDir: opts.localState, origins: localOrigins(opts.localState, opts.trustDomain) } } : {}), ...(opts.kubernetes ? { kubernetes: { ...(opts.kubernetes === true ? {} : { kubeconfig: opts.kubernetes }), settings: kubernetesSettingsFromEnv(process.env) } } : {}), ...(opts.caDir ? { caDir: opts.caDir } : {}),
+        ...(opts.localState ? { local: { stateDir: opts.localState, origins: localOrigins(opts.localState, opts.trustDomain) }, canaries: localCanaries(opts.localState, { minIntervalMs: canaryMinInterval(process.env) }) } : {}), ...(opts.kubernetes ? { kubernetes: { ...(opts.kubernetes === true ? {} : { kubeconfig: opts.kubernetes }), settings: kubernetesSettingsFromEnv(process.env) } } : {}), ...(opts.caDir ? { caDir: opts.caDir } : {}),
         configDir: opts.configDir, host, port, trustDomain: opts.trustDomain, pluginCaDir: opts.pluginCa,
         defaultTtlSeconds: opts.certTtl ?? defaultCertTtl(process.env), maxTtlSeconds: opts.maxCertTtl, ...(health ? { health } : {}), ...(monitoring ? { monitoring } : {}),
       }));
@@ -98,4 +101,15 @@ async function withPluginCaHint<T>(dir: string | undefined, start: () => Promise
     }
     throw err;
   }
+}
+
+/**
+ * AMBIT_CANARY_MIN_INTERVAL: the shortest `analysis.interval` a Canary may have (a duration;
+ * default 10s, Flagger's floor). Lower it to run canaries on compressed time, as the tests do.
+ */
+export function canaryMinInterval(env: NodeJS.ProcessEnv): number {
+  const text = env.AMBIT_CANARY_MIN_INTERVAL;
+  if (text === undefined || text === '') return MIN_INTERVAL_MS;
+  if (!/^(\d+(\.\d+)?(h|m|s|ms))+$/.test(text) || durationMs(text) < 100) throw new CliError(`AMBIT_CANARY_MIN_INTERVAL must be a duration of at least 100ms such as "10s" or "500ms", got ${JSON.stringify(text)}`, undefined, 1, 'AMBIT_E_SETTING');
+  return durationMs(text);
 }

@@ -25,6 +25,7 @@ import type { ConfigSource, ControllerOrigins } from '../config/source.js';
 import { ManifestDirSource, MergedSource } from './manifest-source.js';
 import { formatDiagnostic, type Diagnostic, type Resource } from '../kube/manifests.js';
 import { buildModel } from '../config/model.js';
+import { CanaryController, type CanaryControllerOptions } from '../canary/controller.js';
 
 export interface ControllerOptions {
   /**
@@ -51,6 +52,8 @@ export interface ControllerOptions {
   health?: { host: string; port: number };
   /** Where `GET /metrics` is served (Kubernetes: 0.0.0.0:15014, as istiod); none when unset. */
   monitoring?: { host: string; port: number };
+  /** Runs Flagger Canaries (src/canary): where the cluster, its metrics and webhooks are. */
+  canaries?: CanaryControllerOptions;
 }
 
 /**
@@ -320,6 +323,8 @@ export async function runController(opts: ControllerOptions): Promise<Controller
   // Without leader election this replica is the only one: it leads (LeaderDuties tells otherwise).
   metrics.setLeader(!duties || !opts.kubernetes?.settings.leaderElection);
   duties?.start();
+  const canaries = opts.canaries ? new CanaryController({ ...opts.canaries, log: opts.canaries.log ?? log.child({ component: 'canary' }) }) : undefined;
+  canaries?.start();
   // Served once the CA serves: readiness waits only for the first model.
   const health = opts.health ? await serveHealth(opts.health, () => (modelled ? undefined : 'no config snapshot from the source yet'), log) : undefined;
   const monitoring = opts.monitoring ? await serveMetrics(opts.monitoring, metrics, log) : undefined;
@@ -337,7 +342,7 @@ export async function runController(opts: ControllerOptions): Promise<Controller
       source.stop();
       health?.close();
       monitoring?.close();
-      await Promise.all([duties?.stop(), server.close()]);
+      await Promise.all([duties?.stop(), canaries?.stop(), server.close()]);
     },
   };
 }

@@ -208,10 +208,18 @@ export const NETNS_HTTP_MAX_BYTES = 64 * 1024 * 1024;
  * the local cluster's namespaces. The answer's body is read up to `NETNS_HTTP_MAX_BYTES`.
  */
 export function httpGetInNetns(netnsPath: string, host: string, port: number, path: string, timeoutMs = 10_000): Promise<{ status: number; body: string }> {
+  return httpRequestInNetns(netnsPath, host, port, { method: 'GET', path, timeoutMs });
+}
+
+/** One HTTP/1.1 request from a socket made in `netnsPath`; resolves with the status and the body's text (at most NETNS_HTTP_MAX_BYTES). */
+export function httpRequestInNetns(netnsPath: string, host: string, port: number, opts: { method: string; path: string; body?: string; headers?: Record<string, string>; timeoutMs?: number }): Promise<{ status: number; body: string }> {
+  const timeoutMs = opts.timeoutMs ?? 10_000;
+  const { path } = opts;
   return new Promise((resolve, reject) => {
     const req = httpRequest({
       // No `agent`: with one (even `false`, which makes a fresh Agent) Node ignores createConnection.
-      host, port, path, method: 'GET', timeout: timeoutMs,
+      host, port, path, method: opts.method, timeout: timeoutMs,
+      headers: { ...(opts.body !== undefined ? { 'content-length': String(Buffer.byteLength(opts.body)) } : {}), ...opts.headers },
       createConnection: () => {
         const socket = new Socket({ fd: socketInNetns(netnsPath, host.includes(':') ? 6 : 4), readable: true, writable: true });
         return socket.connect(port, host);
@@ -229,6 +237,6 @@ export function httpGetInNetns(netnsPath: string, host: string, port: number, pa
     });
     req.on('timeout', () => req.destroy(new Error(`http://${host}:${port}${path} did not answer within ${timeoutMs} ms`)));
     req.on('error', reject);
-    req.end();
+    req.end(opts.body);
   });
 }

@@ -82,10 +82,11 @@ export class ClusterLayout {
   readonly prefix: string;
   readonly stateDir: string;
 
-  constructor(readonly name: string) {
+  /** `stateDir`: where the cluster's state is when it is known (a process the runtime started is told it), else under stateRoot(). */
+  constructor(readonly name: string, stateDir?: string) {
     checkClusterName(name);
     this.prefix = `ambit-${name}`;
-    this.stateDir = join(stateRoot(), name);
+    this.stateDir = stateDir ?? join(stateRoot(), name);
   }
 
   get stateFile(): string { return join(this.stateDir, 'cluster.json'); }

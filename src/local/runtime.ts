@@ -111,7 +111,8 @@ function randomSuffix(n: number): string {
   return Array.from({ length: n }, () => POD_NAME_ALPHABET[Math.floor(Math.random() * POD_NAME_ALPHABET.length)]).join('');
 }
 
-function templateHash(d: DeploymentResource): string {
+/** The revision of a Deployment's pods (their `pod-template-hash` label): its template's hash. */
+export function templateHash(d: DeploymentResource): string {
   return createHash('sha256').update(JSON.stringify(d.template)).digest('hex').slice(0, 10);
 }
 
@@ -311,11 +312,11 @@ export class Runtime {
   /**
    * The controller's and node agents' environment: the daemon's log level, profiling settings,
    * build (AMBIT_DIST, bin/ambit.js), the agents' HBONE limits (AMBIT_HBONE_LIMITS) and the
-   * controller's certificate lifetime (AMBIT_CERT_TTL).
+   * controller's certificate lifetime (AMBIT_CERT_TTL) and canary interval floor (AMBIT_CANARY_MIN_INTERVAL).
    */
   private componentEnv(): Record<string, string> {
     const env: Record<string, string> = { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' };
-    for (const key of [...BUILD_AND_PROFILE_ENV, 'AMBIT_HBONE_LIMITS', 'AMBIT_AGENT_LIMITS', 'AMBIT_CERT_TTL']) {
+    for (const key of [...BUILD_AND_PROFILE_ENV, 'AMBIT_HBONE_LIMITS', 'AMBIT_AGENT_LIMITS', 'AMBIT_CERT_TTL', 'AMBIT_CANARY_MIN_INTERVAL']) {
       const value = process.env[key];
       if (value) env[key] = value;
     }
