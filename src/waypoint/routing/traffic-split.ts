@@ -41,8 +41,8 @@ export function readTrafficSplit(cfg: ConfigObject, domain: string, warn: (messa
     // the root service. Applied to every request, a split meant for one segment (the spec's A/B
     // example: v1 0, v2 100) would send all traffic to the new version; skipped, every request
     // goes where the unmatched ones were meant to go.
-    return skip('spec.matches (HTTPRouteGroup, TCPRoute) is not supported, and a split cannot be applied to all traffic in their place; '
-      + 'requests go to the root service as they would without it. For a match-based split use an HTTPRoute or a VirtualService');
+    return skip('spec.matches (HTTPRouteGroup, TCPRoute) is not supported; rather than split all traffic in their place, ambit leaves the split out '
+      + 'and requests go to the root service as without it (for a match-based split, use an HTTPRoute or a VirtualService)');
   }
   if (typeof spec.service !== 'string' || spec.service === '') return skip('spec.service (the root service) is required');
   const apex = resolveHost(spec.service, cfg.namespace, domain);
