@@ -16,7 +16,8 @@ const workloadMatchers = (namespace: string, workload: string): Matcher[] => [L7
 
 /** The metrics of the waypoints, scraped by the controller itself. */
 export class SampledMetrics implements CanaryMetrics {
-  private history: { at: number; samples: Sample[] }[] = [];
+  /** Scrapes by namespace: each namespace's waypoints, sampled when one of its canaries steps. */
+  private readonly history = new Map<string, { at: number; samples: Sample[] }[]>();
 
   /**
    * `targets`: the waypoints serving these namespaces, as metrics endpoints. `keepMs`: how far
@@ -25,20 +26,25 @@ export class SampledMetrics implements CanaryMetrics {
   constructor(private readonly targets: (namespaces: string[]) => Promise<Target[]>, private readonly keepMs = 15 * 60_000, private readonly now: () => number = Date.now) {}
 
   async sample(namespaces: string[]): Promise<void> {
-    const targets = await this.targets(namespaces);
-    if (targets.length === 0) return;
-    const { samples } = await scrapeAll(targets);
-    const at = this.now();
-    // Only what the checks read.
-    this.history.push({ at, samples: samples.filter((s) => s.name === REQUESTS || s.name === `${DURATION_METRIC}_bucket`) });
-    this.history = this.history.filter((h) => h.at >= at - this.keepMs);
+    for (const ns of new Set(namespaces)) {
+      const targets = await this.targets([ns]);
+      if (targets.length === 0) continue;
+      const { samples } = await scrapeAll(targets);
+      const at = this.now();
+      // Only what the checks read.
+      const kept = (this.history.get(ns) ?? []).filter((h) => h.at >= at - this.keepMs);
+      kept.push({ at, samples: samples.filter((s) => s.name === REQUESTS || s.name === `${DURATION_METRIC}_bucket`) });
+      this.history.set(ns, kept);
+    }
+    for (const [ns, list] of this.history) if (list.at(-1)!.at < this.now() - this.keepMs) this.history.delete(ns);
   }
 
   read(namespace: string, workload: string, metric: CanaryMetric): Promise<number | null> {
-    const after = this.history.at(-1);
-    if (!after || this.history.length < 2) return Promise.resolve(null);
+    const history = this.history.get(namespace) ?? [];
+    const after = history.at(-1);
+    if (!after || history.length < 2) return Promise.resolve(null);
     // The newest scrape at least one window older than the last, else the oldest kept.
-    const before = [...this.history].reverse().find((h) => h.at <= after.at - metric.intervalMs) ?? this.history[0]!;
+    const before = [...history].reverse().find((h) => h.at <= after.at - metric.intervalMs) ?? history[0]!;
     const matchers = workloadMatchers(namespace, workload);
     const total = sum(increaseBy(before.samples, after.samples, { metric: REQUESTS, matchers }, []));
     if (!(total > 0)) return Promise.resolve(null);

@@ -6,6 +6,7 @@ import { logger } from '../telemetry/log.js';
 import { packageVersion } from '../util/package.js';
 import * as analyze from './analyze.js';
 import * as ca from './ca.js';
+import * as canary from './canary.js';
 import * as certs from './certs.js';
 import * as check from './check.js';
 import * as controller from './controller.js';
@@ -19,7 +20,7 @@ import * as proxyConfig from './proxy-config.js';
 import * as waypoint from './waypoint.js';
 
 /** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
-const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, ca, certs, check, controller, dashboard, install, local, namespace, node, proxyConfig, stat, waypoint];
+const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, ca, canary, certs, check, controller, dashboard, install, local, namespace, node, proxyConfig, stat, waypoint];
 
 /**
  * The subcommands that run as services under a supervisor (the local runtime, systemd, the
