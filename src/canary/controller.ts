@@ -168,6 +168,7 @@ export class CanaryController {
     const names = namesOf(spec);
     const status: CanaryStatus = c.status ? structuredClone(c.status) : this.initial();
     if (spec.suspend) return;
+    if (spec.unsupported.length > 0) return this.hold(c, status, status.phase, `not run: ${spec.unsupported.join('; ')}`, 'Unsupported');
     const target = await cluster.deployment(c.namespace, spec.target.name);
     if (!target) return this.hold(c, status, 'Initializing', `target Deployment ${c.namespace}/${spec.target.name} not found`);
     if (!selectorLabel(target.manifest)) return this.hold(c, status, 'Initializing', `Deployment ${c.namespace}/${spec.target.name} has no app, name or app.kubernetes.io/name label in spec.selector.matchLabels: the canary's Services select by it`);

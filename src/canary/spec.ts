@@ -45,6 +45,8 @@ export interface CanarySpec {
   progressDeadlineMs: number;
   skipAnalysis: boolean;
   suspend: boolean;
+  /** What ambit cannot honour in this spec: the canary is held, not run with a gate skipped. */
+  unsupported: string[];
 }
 
 /** Flagger's defaults (pkg/apis/flagger/v1beta1): interval 60 s, floor 10 s, metric window 1 m, threshold 1, deadline 600 s. */
@@ -80,8 +82,15 @@ export function readCanarySpec(raw: unknown, minIntervalMs = MIN_INTERVAL_MS): C
   const analysis = isObject(spec.analysis) ? spec.analysis : isObject(spec.canaryAnalysis) ? spec.canaryAnalysis : {};
   const targetName = str(target.name);
   const iterations = int(analysis.iterations);
-  const metrics: CanaryMetric[] = (Array.isArray(analysis.metrics) ? analysis.metrics.filter(isObject) : [])
-    .filter((m) => m.name === SUCCESS_RATE || m.name === DURATION)
+  const unsupported: string[] = [];
+  const kind = str(target.kind, 'Deployment');
+  if (kind !== 'Deployment') unsupported.push(`targetRef.kind ${kind}: ambit runs canaries of Deployments`);
+  const declared = Array.isArray(analysis.metrics) ? analysis.metrics.filter(isObject) : [];
+  for (const m of declared) {
+    if (m.templateRef !== undefined || (m.name !== SUCCESS_RATE && m.name !== DURATION)) unsupported.push(`metric ${JSON.stringify(m.name)}: ambit evaluates only the built-in ${SUCCESS_RATE} and ${DURATION}, not MetricTemplates`);
+  }
+  const metrics: CanaryMetric[] = declared
+    .filter((m) => m.templateRef === undefined && (m.name === SUCCESS_RATE || m.name === DURATION))
     .map((m) => {
       const range = isObject(m.thresholdRange) ? m.thresholdRange : {};
       return {
@@ -100,7 +109,7 @@ export function readCanarySpec(raw: unknown, minIntervalMs = MIN_INTERVAL_MS): C
     retries: int(w.retries) ?? 0,
   }));
   return {
-    target: { kind: str(target.kind, 'Deployment'), name: targetName },
+    target: { kind, name: targetName },
     service: { name: str(service.name) || targetName, port: int(service.port) ?? 80, targetPort: typeof service.targetPort === 'string' || typeof service.targetPort === 'number' ? service.targetPort : int(service.port) ?? 80, portName: str(service.portName, 'http') },
     intervalMs: Math.max(minIntervalMs, dur(analysis.interval, DEFAULT_INTERVAL_MS)),
     threshold: Math.max(1, int(analysis.threshold) ?? 1),
@@ -112,5 +121,6 @@ export function readCanarySpec(raw: unknown, minIntervalMs = MIN_INTERVAL_MS): C
     progressDeadlineMs: (int(spec.progressDeadlineSeconds) ?? DEFAULT_PROGRESS_DEADLINE_S) * 1000,
     skipAnalysis: spec.skipAnalysis === true,
     suspend: spec.suspend === true,
+    unsupported,
   };
 }

@@ -305,3 +305,16 @@ describe('canary controller', () => {
     expect(r.cluster.weights().at(-1)).toBe(0);
   });
 });
+
+describe('canary controller: what it cannot honour', () => {
+  it('holds a canary with a MetricTemplate metric or a DaemonSet target instead of running it without that gate', async () => {
+    const r = rig({ ...SEED, analysis: { ...SEED.analysis, metrics: [...SEED.analysis.metrics, { name: 'error-budget', templateRef: { name: 'budget' }, thresholdRange: { max: 1 } }] } });
+    await r.tick();
+    expect(r.cluster.canary.status!.conditions[0]).toMatchObject({ reason: 'Unsupported' });
+    expect(r.cluster.canary.status!.conditions[0]!.message).toContain('metric "error-budget"');
+    expect(r.cluster.applied).toEqual([]);
+    const d = rig({ ...SEED, targetRef: { apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'backend' } });
+    await d.tick();
+    expect(d.cluster.canary.status!.conditions[0]!.message).toContain('targetRef.kind DaemonSet');
+  });
+});
