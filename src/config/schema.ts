@@ -77,6 +77,25 @@ export function durationMs(v: string): number {
   return total;
 }
 
+/** Kubernetes quantity suffixes as powers of 2 or 10 (`m`: 10^-3). */
+const QUANTITY_SUFFIX: Record<string, [base: number, power: number]> = {
+  Ki: [2, 10], Mi: [2, 20], Gi: [2, 30], Ti: [2, 40], Pi: [2, 50], Ei: [2, 60],
+  n: [10, -9], u: [10, -6], m: [10, -3], k: [10, 3], M: [10, 6], G: [10, 9], T: [10, 12], P: [10, 15], E: [10, 18],
+};
+const QUANTITY = /^([+-]?)(\d+(?:\.\d*)?|\.\d+)(?:(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])|[eE]([+-]?\d+))?$/;
+
+/** A Kubernetes quantity (a number, or "900", "900m", "1.5", "1Ki", "1e3") as a number; undefined when it is none. */
+export function quantityValue(v: unknown): number | undefined {
+  if (typeof v === 'number') return Number.isFinite(v) ? v : undefined;
+  const m = typeof v === 'string' ? QUANTITY.exec(v) : null;
+  if (!m) return undefined;
+  const [, sign, digits, suffix, exponent] = m;
+  const [base, power] = suffix !== undefined ? QUANTITY_SUFFIX[suffix]! : [10, Number(exponent ?? 0)];
+  // Divided by 10^3 rather than multiplied by 10^-3, which a double cannot hold: "900m" is 0.9.
+  const value = power < 0 ? Number(digits) / base ** -power : Number(digits) * base ** power;
+  return sign === '-' ? -value : value;
+}
+
 export function list(item: Schema, opts: { min?: number } = {}): Schema {
   return (v, p, r) => {
     if (!Array.isArray(v)) return r.error(p, `must be a list, got ${describe(v)}`);
