@@ -1,12 +1,12 @@
 /**
  * Validation of the configuration ambit reads, with the field semantics of each API:
  * Istio's networking.istio.io (VirtualService, DestinationRule, Gateway, ServiceEntry) and
- * security.istio.io (AuthorizationPolicy, PeerAuthentication), and the Gateway API's Gateway,
- * HTTPRoute and GRPCRoute. Unknown fields are errors, as with Istio's CRD schemas; fields ambit
- * accepts but does not act on draw a warning.
+ * security.istio.io (AuthorizationPolicy, PeerAuthentication), the Gateway API's Gateway,
+ * HTTPRoute and GRPCRoute, Flagger's Canary and SMI's TrafficSplit. Unknown fields are errors,
+ * as with Istio's CRD schemas; fields ambit accepts but does not act on draw a warning.
  */
 import {
-  any, bool, duration, durationMs, int, ipOrCidr, isObject, labels, list, map, number, object, oneOf, port, regex, string,
+  any, bool, describe, duration, durationMs, int, ipOrCidr, isObject, labels, list, map, number, object, oneOf, port, quantityValue, regex, string,
   type Path, type Reporter, type Schema,
 } from './schema.js';
 import { TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, WAYPOINT_CLASS } from './model.js';
@@ -380,7 +380,241 @@ const rateLimit = object({
   burst: int(1, 1_000_000_000),
 });
 
-interface KindRule { versions: string[]; spec: Schema }
+// ---------------------------------------------------------------------------------------------
+// flagger.app: canary releases
+
+/** A count as a CRD's `type: number` takes it: a JSON number (a string such as "5" is refused). */
+function whole(min: number, max = 2 ** 31 - 1): Schema {
+  const range = int(min, max);
+  return (v, p, r) => (typeof v === 'number' ? range(v, p, r) : r.error(p, `must be an integer, got ${describe(v)}`));
+}
+
+/**
+ * An interval or timeout as Flagger takes it: a Go duration that also fits its CRD's pattern
+ * `^[0-9]+(m|s)`, so whole seconds or minutes first ("30s", "1m", "1m30s"; not "1h" or "1.5m").
+ */
+const flaggerDuration: Schema = (v, p, r) => {
+  if (typeof v === 'string' && /^\d+(m|s)/.test(v)) return duration(v, p, r);
+  r.error(p, `must be a duration starting with whole seconds or minutes, such as "30s", "1m" or "1m30s" (Flagger's CRD pattern ^[0-9]+(m|s)), got ${describe(v)}`);
+};
+
+const httpUrl: Schema = (v, p, r) => {
+  let ok = false;
+  if (typeof v === 'string' && /^https?:\/\/[^/\s]+/.test(v)) {
+    try {
+      new URL(v);
+      ok = true;
+    } catch { /* reported below */ }
+  }
+  if (!ok) r.error(p, `must be an http(s) URL, got ${describe(v)}`);
+};
+
+const numeric = number(-Number.MAX_VALUE, Number.MAX_VALUE);
+
+/** The metrics ambit's canary controller evaluates (src/canary), from its waypoints' request metrics. */
+const CANARY_METRICS = ['request-success-rate', 'request-duration'];
+const METRICS_ONLY = 'ambit evaluates only the built-in metrics request-success-rate and request-duration; MetricTemplate metrics are not supported';
+
+/**
+ * A metric gate. Anything ambit cannot evaluate is an error, not a warning: a gate skipped in
+ * silence would promote a canary nobody checked.
+ */
+const canaryMetric = object({
+  name: [nonEmpty, { required: true }],
+  interval: flaggerDuration,
+  thresholdRange: object({ min: numeric, max: numeric }, {
+    check: (o, p, r) => {
+      if (o.min === undefined && o.max === undefined) r.error(p, 'needs min, max or both');
+      if (typeof o.min === 'number' && typeof o.max === 'number' && o.min > o.max) r.error(p, `min (${o.min}) is above max (${o.max}): no value passes`);
+    },
+  }),
+  threshold: [numeric, { warn: 'deprecated, and not read by ambit: use thresholdRange' }],
+  query: [string(), { warn: 'deprecated: use templateRef' }],
+  templateRef: object({ name: [nonEmpty, { required: true }], namespace: string() }),
+  templateVariables: map(string()),
+}, {
+  check: (o, p, r) => {
+    if (o.templateRef !== undefined) r.error([...p, 'templateRef'], METRICS_ONLY);
+    else if (o.query !== undefined) r.error([...p, 'query'], `Prometheus queries are not evaluated: ${METRICS_ONLY}`);
+    else if (typeof o.name === 'string' && o.name !== '' && !CANARY_METRICS.includes(o.name)) r.error([...p, 'name'], `"${o.name}": ${METRICS_ONLY}`);
+    if (o.thresholdRange === undefined) r.error([...p, 'thresholdRange'], 'required: the range the metric must stay in (min, max or both)');
+    const bounds: [Path, unknown][] = isObject(o.thresholdRange) ? [[[...p, 'thresholdRange', 'min'], o.thresholdRange.min], [[...p, 'thresholdRange', 'max'], o.thresholdRange.max]] : [];
+    bounds.push([[...p, 'threshold'], o.threshold]);
+    for (const [at, n] of bounds) {
+      if (typeof n !== 'number') continue;
+      if (o.name === 'request-success-rate' && (n < 0 || n > 100)) r.error(at, `request-success-rate is a percentage: must be from 0 to 100, got ${n}`);
+      if (o.name === 'request-duration' && n < 0) r.error(at, `request-duration is in milliseconds: must not be negative, got ${n}`);
+    }
+  },
+});
+
+const HOOK_TYPES = ['pre-rollout', 'rollout', 'confirm-rollout', 'confirm-promotion', 'post-rollout', 'rollback', 'event', 'confirm-traffic-increase'];
+const hookType = oneOf(HOOK_TYPES);
+const canaryWebhook = object({
+  name: [nonEmpty, { required: true }],
+  // Empty is the CRD's default: a rollout hook.
+  type: (v, p, r) => (v === '' ? undefined : hookType(v, p, r)),
+  url: [httpUrl, { required: true }],
+  timeout: flaggerDuration,
+  metadata: map(string()),
+  muteAlert: bool,
+  retries: whole(0),
+  disableTLS: [bool, { warn: NOT_USED }],
+});
+
+const canaryAnalysis = object({
+  interval: [flaggerDuration, { required: true }],
+  // Flagger's code falls back to 1, but its CRD requires the field.
+  threshold: [whole(1), { required: true }],
+  maxWeight: whole(1, 100),
+  stepWeight: whole(1, 100),
+  stepWeights: list(whole(1, 100), { min: 1 }),
+  stepWeightPromotion: whole(1, 100),
+  iterations: whole(1),
+  // ambit waits for every replica to be ready (Flagger's default of 100 %).
+  primaryReadyThreshold: [whole(0, 100), { warn: NOT_USED }],
+  canaryReadyThreshold: [whole(0, 100), { warn: NOT_USED }],
+  mirror: [bool, { warn: NOT_USED }],
+  mirrorWeight: [whole(0, 100), { warn: NOT_USED }],
+  match: [any, { warn: NOT_USED }],
+  sessionAffinity: [any, { warn: NOT_USED }],
+  alerts: [any, { warn: NOT_USED }],
+  metrics: list(canaryMetric),
+  webhooks: list(canaryWebhook),
+}, {
+  // Flagger's CRD: a oneOf of {stepWeight}, {stepWeights}, {iterations} (blue/green), so setting
+  // two of them is refused by the API server, not resolved by precedence.
+  exactlyOne: [{ fields: ['stepWeight', 'stepWeights', 'iterations'], required: true }],
+  check: (o, p, r) => {
+    if (typeof o.maxWeight === 'number' && typeof o.stepWeight === 'number' && o.stepWeight > o.maxWeight) {
+      r.error([...p, 'maxWeight'], `must be at least stepWeight (${o.stepWeight}), got ${o.maxWeight}`);
+    }
+    if (Array.isArray(o.stepWeights)) {
+      o.stepWeights.forEach((w: unknown, i, all: unknown[]) => {
+        const prev = all[i - 1];
+        if (typeof w === 'number' && typeof prev === 'number' && w <= prev) r.error([...p, 'stepWeights', i], `must be greater than the step before it (${prev}), got ${w}`);
+      });
+      if (o.maxWeight !== undefined) r.warn([...p, 'maxWeight'], 'ignored when stepWeights is set: the last step is the maximum weight');
+    }
+    if (o.iterations !== undefined && o.maxWeight !== undefined) r.warn([...p, 'maxWeight'], 'ignored with iterations (blue/green): the canary gets no share of traffic before promotion');
+  },
+});
+
+const canaryTargetRef = object({
+  apiVersion: [nonEmpty, { required: true }],
+  kind: [oneOf(['Deployment', 'DaemonSet', 'Service']), { required: true }],
+  name: [nonEmpty, { required: true }],
+}, {
+  check: (o, p, r) => {
+    if (o.kind === 'DaemonSet' || o.kind === 'Service') r.error([...p, 'kind'], `ambit runs canaries of Deployments, got ${o.kind}`);
+    if (o.kind === 'Deployment' && typeof o.apiVersion === 'string' && o.apiVersion !== 'apps/v1') r.error([...p, 'apiVersion'], `a Deployment is apps/v1, got "${o.apiVersion}"`);
+  },
+});
+
+const notUsed: [Schema, { warn: string }] = [any, { warn: NOT_USED }];
+const canaryService = object({
+  port: [whole(1, 65535), { required: true }],
+  targetPort: (v, p, r) => (typeof v === 'string' ? nonEmpty(v, p, r) : whole(1, 65535)(v, p, r)),
+  portName: string(),
+  name: string(),
+  portDiscovery: notUsed, appProtocol: notUsed, hosts: notUsed, gateways: notUsed, gatewayRefs: notUsed, delegation: notUsed,
+  trafficPolicy: notUsed, match: notUsed, retries: notUsed, timeout: notUsed, backendTimeout: notUsed, headers: notUsed,
+  corsPolicy: notUsed, rewrite: notUsed, mirror: notUsed, apex: notUsed, primary: notUsed, canary: notUsed, unmanagedMetadata: notUsed,
+  backends: notUsed, meshName: notUsed, headless: notUsed, trafficDistribution: notUsed,
+});
+
+/**
+ * Canary (flagger.app/v1beta1), as Flagger's CRD defines it; ambit runs the canary of a
+ * Deployment itself, shifting weight at the service's waypoint and gating on its own metrics.
+ */
+const canary = object({
+  provider: string(),
+  metricsServer: notUsed,
+  targetRef: [canaryTargetRef, { required: true }],
+  autoscalerRef: notUsed, ingressRef: notUsed, routeRef: notUsed, upstreamRef: notUsed,
+  service: [canaryService, { required: true }],
+  analysis: canaryAnalysis,
+  canaryAnalysis: [canaryAnalysis, { warn: 'deprecated: use analysis' }],
+  progressDeadlineSeconds: whole(1),
+  skipAnalysis: bool,
+  suspend: bool,
+  revertOnDeletion: [bool, { warn: NOT_USED }],
+}, {
+  check: (o, p, r) => {
+    if (o.analysis === undefined && o.canaryAnalysis === undefined) r.error([...p, 'analysis'], 'required');
+    if (o.analysis !== undefined && o.canaryAnalysis !== undefined) r.warn([...p, 'canaryAnalysis'], 'ignored: analysis is set');
+    if (typeof o.provider === 'string' && o.provider !== 'istio') r.warn([...p, 'provider'], `ambit routes the canary through its waypoint whatever the provider, got "${o.provider}"`);
+  },
+});
+
+// ---------------------------------------------------------------------------------------------
+// split.smi-spec.io
+
+const quantityWeight: Schema = (v, p, r) => {
+  const n = quantityValue(v);
+  if (n === undefined) return r.error(p, `must be a Kubernetes quantity such as 900, "900m" or "1", got ${describe(v)}`);
+  if (n < 0) r.error(p, `must not be negative, got ${JSON.stringify(v)}`);
+};
+
+/**
+ * A weight from v1alpha2 on: a whole number. A quantity is read too, with a warning, as the
+ * router reads it: SMI's CRDs convert between versions with `strategy: None`, so an object
+ * written as v1alpha1 ("900m") reaches the controller, which reads the newest version, unchanged.
+ */
+function wholeWeight(version: string): Schema {
+  const range = whole(0);
+  return (v, p, r) => {
+    if (typeof v === 'number' && Number.isInteger(v)) return range(v, p, r);
+    const n = quantityValue(v);
+    if (n === undefined) return r.error(p, `must be a whole number, got ${describe(v)}`);
+    if (n < 0) return r.error(p, `must not be negative, got ${JSON.stringify(v)}`);
+    r.warn(p, `${JSON.stringify(v)} is a quantity (v1alpha1's form; ${version} takes whole numbers): read as ${n}`);
+  };
+}
+
+/** As the waypoint's router does (src/waypoint/routing/traffic-split.ts): such a split is left out. */
+const SPLIT_MATCHES = 'HTTPRouteGroup/TCPRoute matches are not supported: ambit does not apply this split, and requests go to the root service as without it '
+  + '(for a match-based split, use an HTTPRoute or a VirtualService)';
+
+/**
+ * TrafficSplit: v1alpha1 weighs backends with quantities, later versions with whole numbers;
+ * v1alpha3 added matches. Weights are relative, so not all of them may be zero.
+ */
+function trafficSplit(version: string): Schema {
+  return object({
+    service: [string({ nonEmpty: true, pattern: /^[^*]*$/, what: 'the name of one Service, not a wildcard' }), { required: true }],
+    backends: [list(object({
+      service: [nonEmpty, { required: true }],
+      weight: [version === 'v1alpha1' ? quantityWeight : wholeWeight(version), { required: true }],
+    }), { min: 1 }), { required: true }],
+    ...(['v1alpha3', 'v1alpha4'].includes(version) ? { matches: list(object({ kind: [nonEmpty, { required: true }], name: [nonEmpty, { required: true }], apiGroup: string() })) } : {}),
+  }, {
+    check: (o, p, r) => {
+      // An empty list matches nothing, and the split applies.
+      if (Array.isArray(o.matches) && o.matches.length > 0) r.warn([...p, 'matches'], SPLIT_MATCHES);
+      if (!Array.isArray(o.backends) || o.backends.length === 0) return;
+      const weights = o.backends.map((b) => (isObject(b) ? quantityValue(b.weight) : undefined));
+      if (weights.every((w) => w === 0)) r.error([...p, 'backends'], 'the weights must not all be zero: no backend would get traffic');
+    },
+  });
+}
+
+/** A TrafficSplit applies only to a root service in its own namespace; the router leaves out the others. */
+function trafficSplitNamespace(obj: Record<string, unknown>, r: Reporter): void {
+  if (obj.kind !== 'TrafficSplit' || !isObject(obj.spec) || typeof obj.spec.service !== 'string') return;
+  const own = isObject(obj.metadata) && typeof obj.metadata.namespace === 'string' && obj.metadata.namespace !== '' ? obj.metadata.namespace : 'default';
+  const labels = obj.spec.service.toLowerCase().split('.');
+  const namespace = labels.length === 2 || labels[2] === 'svc' ? labels[1] : undefined;
+  if (namespace !== undefined && namespace !== own) {
+    r.warn(['spec', 'service'], `names a Service in namespace ${namespace}: a TrafficSplit applies to a root service in its own namespace (${own}), so ambit does not apply this one`);
+  }
+}
+
+interface KindRule {
+  versions: string[];
+  /** The spec's schema, or one per version when they differ. */
+  spec: Schema | Record<string, Schema>;
+}
 
 /** group/Kind → accepted versions and the spec's schema. */
 export const KINDS: Record<string, KindRule> = {
@@ -394,9 +628,13 @@ export const KINDS: Record<string, KindRule> = {
   'gateway.networking.k8s.io/HTTPRoute': { versions: ['v1', 'v1beta1'], spec: routeSpec(httpRouteRule) },
   'gateway.networking.k8s.io/GRPCRoute': { versions: ['v1', 'v1alpha2'], spec: routeSpec(grpcRouteRule) },
   'ambit.dev/RateLimit': { versions: ['v1alpha1'], spec: rateLimit },
+  'flagger.app/Canary': { versions: ['v1beta1'], spec: canary },
+  'split.smi-spec.io/TrafficSplit': {
+    versions: ['v1alpha1', 'v1alpha2', 'v1alpha3', 'v1alpha4'],
+    spec: Object.fromEntries(['v1alpha1', 'v1alpha2', 'v1alpha3', 'v1alpha4'].map((v) => [v, trafficSplit(v)])),
+  },
 };
 
-/** Validates one mesh config object (its apiVersion, kind and spec); silent for kinds ambit does not read. */
 /** A waypoint Gateway's own annotations (tracing), checked as the waypoint reads them. */
 function waypointAnnotations(obj: Record<string, unknown>, r: Reporter): void {
   if (obj.kind !== 'Gateway' || !isObject(obj.spec) || obj.spec.gatewayClassName !== WAYPOINT_CLASS) return;
@@ -411,20 +649,24 @@ function waypointAnnotations(obj: Record<string, unknown>, r: Reporter): void {
   }
 }
 
+/** Validates one mesh config object (its apiVersion, kind and spec); silent for kinds ambit does not read. */
 export function validateMeshObject(obj: Record<string, unknown>, r: Reporter): 'checked' | 'not-mesh' {
   const apiVersion = typeof obj.apiVersion === 'string' ? obj.apiVersion : '';
   const [group, version] = apiVersion.includes('/') ? apiVersion.split('/') as [string, string] : ['', apiVersion];
-  const rule = KINDS[`${group}/${String(obj.kind)}`];
+  const kind = String(obj.kind);
+  const rule = KINDS[`${group}/${kind}`];
   if (!rule) return 'not-mesh';
   if (!rule.versions.includes(version)) {
-    r.error(['apiVersion'], `${String(obj.kind)} is served as ${rule.versions.map((v) => `${group}/${v}`).join(', ')}, got "${apiVersion}"`);
+    r.error(['apiVersion'], `${kind} is served as ${rule.versions.map((v) => `${group}/${v}`).join(', ')}, got "${apiVersion}"`);
     return 'checked';
   }
   for (const key of Object.keys(obj)) {
     if (!['apiVersion', 'kind', 'metadata', 'spec', 'status'].includes(key)) r.error([key], `unknown field "${key}"`);
   }
+  const spec = typeof rule.spec === 'function' ? rule.spec : rule.spec[version]!;
   if (obj.spec === undefined) r.error(['spec'], 'required');
-  else rule.spec(obj.spec, ['spec'], r);
+  else spec(obj.spec, ['spec'], r);
   waypointAnnotations(obj, r);
+  trafficSplitNamespace(obj, r);
   return 'checked';
 }

@@ -1,0 +1,125 @@
+/** SMI TrafficSplit validation: weights by version, the root service, matches. */
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { quantityValue } from '../../src/config/schema.js';
+import { validateMeshObject } from '../../src/config/validate.js';
+import { formatDiagnostic, parseManifests, type Diagnostic } from '../../src/kube/manifests.js';
+
+const SHARED = process.env.AMBIT_SHARED_DIR ?? new URL('../../../shared/', import.meta.url).pathname;
+if (!existsSync(SHARED)) throw new Error(`the shared conformance data is not at ${SHARED}: set AMBIT_SHARED_DIR`);
+
+function analyze(text: string, file = 'm.yaml') {
+  return parseManifests([{ file, text, dir: '/' }], { validate: validateMeshObject });
+}
+const errors = (ds: Diagnostic[]) => ds.filter((d) => d.severity === 'error').map((d) => `${d.path ?? ''}: ${d.message}`);
+const warnings = (ds: Diagnostic[]) => ds.filter((d) => d.severity === 'warning').map((d) => `${d.path ?? ''}: ${d.message}`);
+
+const split = (version: string, spec: string) => `apiVersion: split.smi-spec.io/${version}
+kind: TrafficSplit
+metadata: { name: backend-split, namespace: production }
+spec:
+${spec}`;
+
+const MATCHES = 'HTTPRouteGroup/TCPRoute matches are not supported: ambit does not apply this split, and requests go to the root service as without it '
+  + '(for a match-based split, use an HTTPRoute or a VirtualService)';
+
+describe('SMI TrafficSplit', () => {
+  it("accepts the write-up's TrafficSplit with no error and no warning", () => {
+    const seedDir = join(SHARED, 'seed');
+    const blocks = readdirSync(seedDir).flatMap((f) => [...readFileSync(join(seedDir, f), 'utf8').matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1]!))
+      .filter((y) => /apiVersion: split\.smi-spec\.io\//.test(y));
+    expect(blocks.length).toBeGreaterThanOrEqual(1);
+    for (const y of blocks) {
+      const { resources, diagnostics } = analyze(y);
+      expect(diagnostics.map(formatDiagnostic), y).toEqual([]);
+      expect(resources.map((r) => `${r.kind} ${r.meta.namespace}/${r.meta.name}`)).toEqual(['TrafficSplit production/backend-split']);
+    }
+  });
+
+  it('takes v1alpha1 weights as Kubernetes quantities', () => {
+    const good = analyze(split('v1alpha1', `  service: backend-service
+  backends:
+  - { service: backend-v1, weight: 900 }
+  - { service: backend-v2, weight: "900m" }
+  - { service: backend-v3, weight: "1" }
+  - { service: backend-v4, weight: "1k" }
+  - { service: backend-v5, weight: 0 }`));
+    expect(good.diagnostics).toEqual([]);
+    const bad = analyze(split('v1alpha1', `  service: backend-service
+  backends:
+  - { service: backend-v1, weight: nine }
+  - { service: backend-v2, weight: -1 }
+  - { service: backend-v3, weight: [1] }`));
+    expect(errors(bad.diagnostics)).toEqual([
+      'spec.backends[0].weight: must be a Kubernetes quantity such as 900, "900m" or "1", got string "nine"',
+      'spec.backends[1].weight: must not be negative, got -1',
+      'spec.backends[2].weight: must be a Kubernetes quantity such as 900, "900m" or "1", got a list',
+    ]);
+    expect(quantityValue('900m')).toBeCloseTo(0.9);
+    expect([quantityValue(100), quantityValue('1Ki'), quantityValue('1e3'), quantityValue('.5'), quantityValue('1.5M')]).toEqual([100, 1024, 1000, 0.5, 1_500_000]);
+    expect([quantityValue('abc'), quantityValue('1 k'), quantityValue(''), quantityValue(Infinity), quantityValue(null)]).toEqual([undefined, undefined, undefined, undefined, undefined]);
+  });
+
+  it('takes whole-number weights from v1alpha2 on, and reads a quantity there with a warning (SMI converts versions without touching fields)', () => {
+    for (const v of ['v1alpha2', 'v1alpha3', 'v1alpha4']) {
+      expect(analyze(split(v, '  service: backend\n  backends: [{ service: v1, weight: 90 }, { service: v2, weight: 10 }]')).diagnostics, v).toEqual([]);
+      const { diagnostics } = analyze(split(v, '  service: backend\n  backends: [{ service: v1, weight: "900m" }, { service: v2, weight: 1.5 }, { service: v3, weight: -1 }, { service: v4, weight: ten }, { service: v5, weight: "-1" }]'));
+      expect(errors(diagnostics), v).toEqual([
+        'spec.backends[2].weight: must be from 0 to 2147483647, got -1',
+        'spec.backends[3].weight: must be a whole number, got string "ten"',
+        'spec.backends[4].weight: must not be negative, got "-1"',
+      ]);
+      expect(warnings(diagnostics), v).toEqual([
+        `spec.backends[0].weight: "900m" is a quantity (v1alpha1's form; ${v} takes whole numbers): read as 0.9`,
+        `spec.backends[1].weight: 1.5 is a quantity (v1alpha1's form; ${v} takes whole numbers): read as 1.5`,
+      ]);
+    }
+  });
+
+  it('requires the root service and at least one backend, and weights that are not all zero', () => {
+    expect(errors(analyze(split('v1alpha2', '  backends: []')).diagnostics)).toEqual(['spec.service: required', 'spec.backends: must have at least 1 item']);
+    expect(errors(analyze(split('v1alpha2', '  service: ""')).diagnostics)).toEqual(['spec.backends: required', 'spec.service: must not be empty']);
+    expect(errors(analyze(split('v1alpha2', '  service: backend\n  backends: [{ weight: 10 }, { service: "", weight: 5 }, { service: v3 }]')).diagnostics))
+      .toEqual(['spec.backends[0].service: required', 'spec.backends[1].service: must not be empty', 'spec.backends[2].weight: required']);
+    expect(errors(analyze(split('v1alpha1', '  service: "*"\n  backends: [{ service: v1, weight: 1 }]')).diagnostics))
+      .toEqual(['spec.service: must be the name of one Service, not a wildcard, got "*"']);
+    const zero = 'spec.backends: the weights must not all be zero: no backend would get traffic';
+    expect(errors(analyze(split('v1alpha2', '  service: backend\n  backends: [{ service: v1, weight: 0 }, { service: v2, weight: 0 }]')).diagnostics)).toEqual([zero]);
+    expect(errors(analyze(split('v1alpha1', '  service: backend\n  backends: [{ service: v1, weight: "0m" }, { service: v2, weight: 0 }]')).diagnostics)).toEqual([zero]);
+    expect(errors(analyze(split('v1alpha2', '  service: backend\n  backends: [{ service: v1, weight: 0 }, { service: v2, weight: 100 }]')).diagnostics)).toEqual([]);
+  });
+
+  it('warns that a root service in another namespace is not split', () => {
+    for (const service of ['backend.staging', 'backend.staging.svc', 'backend.staging.svc.cluster.local']) {
+      const { diagnostics } = analyze(split('v1alpha2', `  service: ${service}\n  backends: [{ service: v1, weight: 1 }]`));
+      expect(errors(diagnostics), service).toEqual([]);
+      expect(warnings(diagnostics), service).toEqual(['spec.service: names a Service in namespace staging: a TrafficSplit applies to a root service in its own namespace (production), so ambit does not apply this one']);
+    }
+    for (const service of ['backend', 'backend.production', 'backend.production.svc.cluster.local', 'api.example.com']) {
+      expect(analyze(split('v1alpha2', `  service: ${service}\n  backends: [{ service: v1, weight: 1 }]`)).diagnostics, service).toEqual([]);
+    }
+  });
+
+  it('accepts matches from v1alpha3 on with a warning that such a split is not applied', () => {
+    for (const v of ['v1alpha3', 'v1alpha4']) {
+      const { diagnostics } = analyze(split(v, `  service: website
+  matches: [{ kind: HTTPRouteGroup, name: ab-test, apiGroup: specs.smi-spec.io }]
+  backends: [{ service: website-v1, weight: 0 }, { service: website-v2, weight: 100 }]`));
+      expect(errors(diagnostics), v).toEqual([]);
+      expect(warnings(diagnostics), v).toEqual([`spec.matches: ${MATCHES}`]);
+      expect(analyze(split(v, '  service: website\n  matches: []\n  backends: [{ service: a, weight: 1 }]')).diagnostics, v).toEqual([]);
+      expect(errors(analyze(split(v, '  service: website\n  matches: [{ apiGroup: specs.smi-spec.io }]\n  backends: [{ service: a, weight: 1 }]')).diagnostics))
+        .toEqual(['spec.matches[0].kind: required', 'spec.matches[0].name: required']);
+    }
+    for (const v of ['v1alpha1', 'v1alpha2']) {
+      expect(errors(analyze(split(v, '  service: website\n  matches: [{ kind: HTTPRouteGroup, name: ab-test }]\n  backends: [{ service: a, weight: 1 }]')).diagnostics), v)
+        .toEqual(['spec.matches: unknown field "matches"']);
+    }
+  });
+
+  it('names the versions it serves', () => {
+    expect(errors(analyze(split('v1alpha5', '  service: a\n  backends: [{ service: b, weight: 1 }]')).diagnostics))
+      .toEqual(['apiVersion: TrafficSplit is served as split.smi-spec.io/v1alpha1, split.smi-spec.io/v1alpha2, split.smi-spec.io/v1alpha3, split.smi-spec.io/v1alpha4, got "split.smi-spec.io/v1alpha5"']);
+  });
+});
