@@ -3,7 +3,8 @@
  * Istio's networking.istio.io (VirtualService, DestinationRule, Gateway, ServiceEntry) and
  * security.istio.io (AuthorizationPolicy, PeerAuthentication), the Gateway API's Gateway,
  * HTTPRoute and GRPCRoute, Flagger's Canary and SMI's TrafficSplit. Unknown fields are errors,
- * as with Istio's CRD schemas; fields ambit accepts but does not act on draw a warning.
+ * as with Istio's CRD schemas; fields ambit accepts but does not act on draw a warning, and so
+ * do whole kinds ambit does not act on.
  */
 import {
   any, bool, describe, duration, durationMs, int, ipOrCidr, isObject, labels, list, map, number, object, oneOf, port, quantityValue, regex, string,
@@ -614,14 +615,17 @@ interface KindRule {
   versions: string[];
   /** The spec's schema, or one per version when they differ. */
   spec: Schema | Record<string, Schema>;
+  /** Validated so that mistakes show, but nothing in ambit reads it yet. */
+  notActedOn?: true;
 }
 
 /** group/Kind → accepted versions and the spec's schema. */
 export const KINDS: Record<string, KindRule> = {
   'networking.istio.io/VirtualService': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: virtualService },
   'networking.istio.io/DestinationRule': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: destinationRule },
-  'networking.istio.io/Gateway': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: istioGateway },
-  'networking.istio.io/ServiceEntry': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: serviceEntry },
+  // ambit runs no ingress or egress gateways, and its waypoints route no ServiceEntry hosts.
+  'networking.istio.io/Gateway': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: istioGateway, notActedOn: true },
+  'networking.istio.io/ServiceEntry': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: serviceEntry, notActedOn: true },
   'security.istio.io/AuthorizationPolicy': { versions: ['v1', 'v1beta1'], spec: authorizationPolicy },
   'security.istio.io/PeerAuthentication': { versions: ['v1', 'v1beta1'], spec: peerAuthentication },
   'gateway.networking.k8s.io/Gateway': { versions: ['v1', 'v1beta1'], spec: gatewayApiGateway },
@@ -649,17 +653,25 @@ function waypointAnnotations(obj: Record<string, unknown>, r: Reporter): void {
   }
 }
 
-/** Validates one mesh config object (its apiVersion, kind and spec); silent for kinds ambit does not read. */
+/**
+ * Validates one config object of a kind the local cluster does not run (its apiVersion, kind and
+ * spec). A kind ambit does not act on is accepted with a warning that says so, so that nothing
+ * is taken in silence: `not-mesh` for a kind ambit does not know at all.
+ */
 export function validateMeshObject(obj: Record<string, unknown>, r: Reporter): 'checked' | 'not-mesh' {
   const apiVersion = typeof obj.apiVersion === 'string' ? obj.apiVersion : '';
   const [group, version] = apiVersion.includes('/') ? apiVersion.split('/') as [string, string] : ['', apiVersion];
   const kind = String(obj.kind);
   const rule = KINDS[`${group}/${kind}`];
-  if (!rule) return 'not-mesh';
+  if (!rule) {
+    r.warn(['kind'], `${kind} (${apiVersion}) is not a kind ambit acts on: accepted, not used`);
+    return 'not-mesh';
+  }
   if (!rule.versions.includes(version)) {
     r.error(['apiVersion'], `${kind} is served as ${rule.versions.map((v) => `${group}/${v}`).join(', ')}, got "${apiVersion}"`);
     return 'checked';
   }
+  if (rule.notActedOn) r.warn(['kind'], `ambit validates ${kind} (${apiVersion}) but does not act on it yet: accepted, not used`);
   for (const key of Object.keys(obj)) {
     if (!['apiVersion', 'kind', 'metadata', 'spec', 'status'].includes(key)) r.error([key], `unknown field "${key}"`);
   }

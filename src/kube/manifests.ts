@@ -85,7 +85,10 @@ export interface ParseOptions {
   env?: NodeJS.ProcessEnv;
   /** Pods that describe workloads running elsewhere (a config directory): no command needed. */
   imagesOnly?: boolean;
-  /** Checks a resource of a kind the runtime does not run (the mesh's config), reporting at field paths. */
+  /**
+   * Checks a resource of a kind the runtime does not run (the mesh's config), reporting at field
+   * paths; it also warns for a kind ambit does not act on at all (validateMeshObject does).
+   */
   validate?: (obj: Record<string, unknown>, report: { error(path: (string | number)[], message: string): void; warn(path: (string | number)[], message: string): void }) => unknown;
 }
 
@@ -463,8 +466,10 @@ function toResource(value: unknown, ctx: DocContext, input: ManifestInput, opts:
   if (!runKind) {
     object(meta, ['metadata'], ctx, OBJECT_META);
     dnsSubdomain(meta.name, ['metadata', 'name'], ctx);
-    if (['v1', 'apps/v1', 'batch/v1'].includes(apiVersion as string)) ctx.warn(['kind'], `${kind as string} is kept for the controller but not run by the local cluster`);
-    opts.validate?.(value, { error: (p, m) => ctx.error(p, m), warn: (p, m) => ctx.warn(p, m) });
+    // The validator names every kind ambit does not act on; without one, say at least that the
+    // local cluster does not run this core kind.
+    if (opts.validate) opts.validate(value, { error: (p, m) => ctx.error(p, m), warn: (p, m) => ctx.warn(p, m) });
+    else if (['v1', 'apps/v1', 'batch/v1'].includes(apiVersion as string)) ctx.warn(['kind'], `${kind as string} is kept for the controller but not run by the local cluster`);
     return { ...base, other: true };
   }
 

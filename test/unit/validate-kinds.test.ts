@@ -1,8 +1,11 @@
-/** SMI TrafficSplit validation: weights by version, the root service, matches. */
+/**
+ * SMI TrafficSplit validation, and the warning every kind ambit does not act on gets: nothing a
+ * user applies is taken in silence.
+ */
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { quantityValue } from '../../src/config/schema.js';
+import { quantityValue, type Path } from '../../src/config/schema.js';
 import { validateMeshObject } from '../../src/config/validate.js';
 import { formatDiagnostic, parseManifests, type Diagnostic } from '../../src/kube/manifests.js';
 
@@ -121,5 +124,117 @@ describe('SMI TrafficSplit', () => {
   it('names the versions it serves', () => {
     expect(errors(analyze(split('v1alpha5', '  service: a\n  backends: [{ service: b, weight: 1 }]')).diagnostics))
       .toEqual(['apiVersion: TrafficSplit is served as split.smi-spec.io/v1alpha1, split.smi-spec.io/v1alpha2, split.smi-spec.io/v1alpha3, split.smi-spec.io/v1alpha4, got "split.smi-spec.io/v1alpha5"']);
+  });
+});
+
+describe('kinds ambit does not act on', () => {
+  it('accepts a kind it does not know with a warning that says so', () => {
+    const { resources, diagnostics } = analyze('apiVersion: example.com/v1\nkind: Widget\nmetadata: { name: w, namespace: shop }\nspec: { size: 3 }\n', 'widget.yaml');
+    expect(resources.map((r) => r.kind)).toEqual(['Widget']);
+    expect(diagnostics.map((d) => `${d.severity}: ${formatDiagnostic(d)}`))
+      .toEqual(['warning: widget.yaml:2: document 1 (Widget shop/w): kind: Widget (example.com/v1) is not a kind ambit acts on: accepted, not used']);
+  });
+
+  it('says so once for a core kind the local cluster does not run (and as before without a validator)', () => {
+    const text = 'apiVersion: v1\nkind: ConfigMap\nmetadata: { name: c }\ndata: { a: b }\n---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata: { name: d }\nspec: {}\n';
+    expect(warnings(analyze(text).diagnostics)).toEqual([
+      'kind: ConfigMap (v1) is not a kind ambit acts on: accepted, not used',
+      'kind: DaemonSet (apps/v1) is not a kind ambit acts on: accepted, not used',
+    ]);
+    expect(warnings(parseManifests([{ file: 'm.yaml', text, dir: '/' }]).diagnostics)).toEqual([
+      'kind: ConfigMap is kept for the controller but not run by the local cluster',
+      'kind: DaemonSet is kept for the controller but not run by the local cluster',
+    ]);
+  });
+
+  it('says that it validates but does not act on Istio Gateways and ServiceEntries yet', () => {
+    const { resources, diagnostics } = analyze(`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: { name: ingress }
+spec: { selector: { istio: ingressgateway }, servers: [{ port: { number: 80, name: http, protocol: HTTP }, hosts: ["*"] }] }
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: { name: api }
+spec: { hosts: [api.example.com], ports: [{ number: 443, name: https, protocol: TLS }], resolution: DNS }`);
+    expect(errors(diagnostics)).toEqual([]);
+    expect(resources).toHaveLength(2);
+    expect(warnings(diagnostics)).toEqual([
+      'kind: ambit validates Gateway (networking.istio.io/v1) but does not act on it yet: accepted, not used',
+      'kind: ambit validates ServiceEntry (networking.istio.io/v1beta1) but does not act on it yet: accepted, not used',
+    ]);
+    // Still validated: a mistake is an error, not hidden behind the warning.
+    expect(errors(analyze('apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: api }\nspec: { hosts: [] }').diagnostics))
+      .toEqual(['spec.hosts: must have at least 1 item']);
+  });
+
+  it('gives no kind warning to the kinds ambit acts on', () => {
+    const { diagnostics } = analyze(`apiVersion: v1
+kind: Namespace
+metadata: { name: shop, labels: { ambit.dev/dataplane-mode: ambient } }
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: web, namespace: shop }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: web, namespace: shop }
+spec:
+  selector: { matchLabels: { app: web } }
+  template: { metadata: { labels: { app: web } }, spec: { containers: [{ name: web, image: nginx, command: [nginx] }] } }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec: { selector: { app: web }, ports: [{ port: 80 }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: p, namespace: shop }
+spec: { containers: [{ name: c, command: [sleep, "1"] }] }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: web, namespace: shop }
+spec: { hosts: [web], http: [{ route: [{ destination: { host: web } }] }] }
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: strict, namespace: shop }
+spec: { mtls: { mode: STRICT } }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: waypoint, namespace: shop }
+spec: { gatewayClassName: ambit-waypoint, listeners: [{ name: mesh, port: 15008, protocol: HBONE }] }
+---
+apiVersion: ambit.dev/v1alpha1
+kind: RateLimit
+metadata: { name: r, namespace: shop }
+spec: { targetRefs: [{ kind: Service, name: web }], requestsPerUnit: 10, unit: second }`);
+    expect(diagnostics.map(formatDiagnostic)).toEqual([]);
+  });
+
+  it('tells the caller whether it knew the kind', () => {
+    const found: string[] = [];
+    const r = { error: (p: Path, m: string) => found.push(`error ${p.join('.')}: ${m}`), warn: (p: Path, m: string) => found.push(`warn ${p.join('.')}: ${m}`) };
+    expect(validateMeshObject({ apiVersion: 'example.com/v1', kind: 'Widget', metadata: { name: 'w' } }, r)).toBe('not-mesh');
+    expect(validateMeshObject({ apiVersion: 'split.smi-spec.io/v1alpha2', kind: 'TrafficSplit', metadata: { name: 's' }, spec: { service: 'a', backends: [{ service: 'b', weight: 1 }] } }, r)).toBe('checked');
+    expect(found).toEqual(['warn kind: Widget (example.com/v1) is not a kind ambit acts on: accepted, not used']);
+  });
+
+  it('warns on the shared samples only for what ambit does not act on, and accepts them all', () => {
+    const dir = join(SHARED, 'conformance', 'istio');
+    const kindWarnings: string[] = [];
+    for (const f of readdirSync(dir).filter((x) => x.endsWith('.yaml'))) {
+      const { diagnostics } = analyze(readFileSync(join(dir, f), 'utf8'), f);
+      expect(errors(diagnostics), f).toEqual([]);
+      kindWarnings.push(...diagnostics.filter((d) => d.path === 'kind').map((d) => `${f}: ${d.message}`));
+    }
+    expect(kindWarnings.sort()).toEqual([
+      'bookinfo-gateway.yaml: ambit validates Gateway (networking.istio.io/v1alpha3) but does not act on it yet: accepted, not used',
+      'egress-rule-google-apis.yaml: ambit validates ServiceEntry (networking.istio.io/v1alpha3) but does not act on it yet: accepted, not used',
+    ]);
   });
 });
