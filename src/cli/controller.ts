@@ -79,6 +79,8 @@ export function kubernetesSettingsFromEnv(env: NodeJS.ProcessEnv): KubernetesSet
   const namespace = env.POD_NAMESPACE || 'ambit-system';
   const managed = env.AMBIT_WAYPOINTS_MANAGED ?? 'true';
   if (managed !== 'true' && managed !== 'false') throw new CliError(`AMBIT_WAYPOINTS_MANAGED must be true or false, got "${managed}"`, 'the install sets it from waypoints.managed', 1, 'AMBIT_E_SETTING');
+  const canaries = env.AMBIT_CANARIES ?? 'true';
+  if (canaries !== 'true' && canaries !== 'false') throw new CliError(`AMBIT_CANARIES must be true or false, got "${canaries}"`, 'unset it to run Flagger Canaries (the default), or set false to leave them alone', 1, 'AMBIT_E_SETTING');
   const election = env.AMBIT_LEADER_ELECTION ?? '';
   if (election !== '' && election !== 'lease') throw new CliError(`AMBIT_LEADER_ELECTION must be "lease" or unset, got "${election}"`, 'the install sets it to lease for a Deployment of several replicas', 1, 'AMBIT_E_SETTING');
   return {
@@ -88,7 +90,24 @@ export function kubernetesSettingsFromEnv(env: NodeJS.ProcessEnv): KubernetesSet
     waypoints: { managed: managed === 'true', values: (env.AMBIT_WAYPOINT_VALUES ?? '').split(',').map((x) => x.trim()).filter(Boolean) },
     ...(election === 'lease' ? { leaderElection: { lease: env.AMBIT_LEADER_ELECTION_LEASE || 'ambit-controller', identity: env.POD_NAME || `${hostname()}-${process.pid}` } } : {}),
     ...(env.AMBIT_ROOT_CERT_CONFIGMAP ? { rootCertConfigMap: env.AMBIT_ROOT_CERT_CONFIGMAP } : {}),
+    ...(canaries === 'true' ? { canaries: { minIntervalMs: canaryMinInterval(env), ...canaryPrometheus(env) } } : {}),
   };
+}
+
+/** AMBIT_CANARY_PROMETHEUS: a Prometheus (http:// or https:// URL) the canary checks query instead of scraping the waypoints. */
+function canaryPrometheus(env: NodeJS.ProcessEnv): { prometheus?: string } {
+  const text = env.AMBIT_CANARY_PROMETHEUS;
+  if (text === undefined || text === '') return {};
+  let url: URL | undefined;
+  try {
+    url = new URL(text);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:')) {
+    throw new CliError(`AMBIT_CANARY_PROMETHEUS must be an http:// or https:// URL such as http://prometheus.monitoring:9090, got ${JSON.stringify(text)}`, 'unset it to read the waypoints\' own /metrics instead', 1, 'AMBIT_E_SETTING');
+  }
+  return { prometheus: text };
 }
 
 /** The plug-in CA's files are the operator's: a missing or unusable one is named with what the directory must hold. */

@@ -15,6 +15,7 @@ import { KubernetesSource } from './kube-source.js';
 import { LeaderElector } from './kube/leader.js';
 import { TrustBundlePublisher } from './kube/trust-bundle.js';
 import { isWaypointGateway, WaypointReconciler } from './kube/waypoints.js';
+import { kubeCanaries, type KubeCanaryCluster } from './kube/canaries.js';
 import { resolveValues, ValuesError } from '../install/values.js';
 import { OperatorError } from '../util/errors.js';
 import { ControllerMetrics, type ConfigCount } from './metrics.js';
@@ -74,6 +75,12 @@ export interface KubernetesSettings {
   leaderElection?: { lease: string; identity: string };
   /** The ConfigMap the trust bundle is published in, in the controller's namespace and every waypoint's (AMBIT_ROOT_CERT_CONFIGMAP). */
   rootCertConfigMap?: string;
+  /**
+   * Run Flagger Canaries (AMBIT_CANARIES, default on; unset here: off), by the leader only: the
+   * floor of `analysis.interval` (AMBIT_CANARY_MIN_INTERVAL) and a Prometheus to read the checks
+   * from instead of the waypoints' /metrics (AMBIT_CANARY_PROMETHEUS).
+   */
+  canaries?: { minIntervalMs?: number; prometheus?: string };
 }
 
 export const CONTROLLER_READY_PORT = 15021;
@@ -133,13 +140,17 @@ function waypointValues(settings: KubernetesSettings, trustDomain: string): Retu
 
 /**
  * What only one replica may do in a Kubernetes cluster: write status conditions, run the
- * waypoints' objects and publish the trust bundle. With AMBIT_LEADER_ELECTION=lease (the
+ * waypoints' objects, publish the trust bundle and step the Canaries (two replicas stepping one
+ * canary would fight over its weights and status). With AMBIT_LEADER_ELECTION=lease (the
  * install's Deployment) the replica holding the Lease AMBIT_LEADER_ELECTION_LEASE in
  * POD_NAMESPACE does; otherwise this replica is the only one and always does.
  */
 class LeaderDuties {
   private waypoints?: WaypointReconciler;
   private bundle?: TrustBundlePublisher;
+  private canaries?: { controller: CanaryController; cluster: KubeCanaryCluster };
+  /** The canary loop being stopped: its pass in flight, which close() waits for. */
+  private canariesStopping?: Promise<void>;
   private gateways: Record<string, unknown>[] = [];
   private readonly elector?: LeaderElector;
   private readonly namespace: string;
@@ -177,7 +188,7 @@ class LeaderDuties {
 
   async stop(): Promise<void> {
     this.follow();
-    await this.elector?.stop();
+    await Promise.all([this.elector?.stop(), this.canariesStopping]);
   }
 
   private bundleNamespaces(): Set<string> {
@@ -195,6 +206,12 @@ class LeaderDuties {
     this.waypoints = this.waypointValues ? new WaypointReconciler(this.client, { values: this.waypointValues, log: this.log }) : undefined;
     const configMap = this.settings.rootCertConfigMap;
     if (configMap) this.bundle = new TrustBundlePublisher(this.client, { name: configMap, roots: () => this.ca.trustBundle(), log: this.log });
+    const canaries = this.settings.canaries;
+    if (canaries && !this.canaries) {
+      const options = kubeCanaries(this.client, { ...canaries, log: this.log.child({ component: 'canary' }) });
+      this.canaries = { controller: new CanaryController(options), cluster: options.cluster };
+      this.canaries.controller.start();
+    }
     this.update(this.gateways);
   }
 
@@ -205,6 +222,12 @@ class LeaderDuties {
     this.bundle?.stop();
     this.waypoints = undefined;
     this.bundle = undefined;
+    if (this.canaries) {
+      // Writes refused at once, so a step in flight stops where it is; a new leader starts afresh.
+      this.canaries.cluster.close();
+      this.canariesStopping = this.canaries.controller.stop();
+      this.canaries = undefined;
+    }
   }
 }
 

@@ -11,7 +11,9 @@
  * - `POST /apis/authentication.k8s.io/v1/tokenreviews` answered from `tokens`; `issueToken` makes
  *   a JWT-shaped token that is accepted until its `exp` and refused as expired after it;
  * - GET of one object; `PATCH` of an object with `application/apply-patch+yaml` (server-side
- *   apply: the body replaces the object, uid and status kept; recorded in `applyPatches`; a
+ *   apply: the body replaces the object, uid and status kept — or, with `applyMerges`, is merged
+ *   into it, maps key by key and lists whole, as an apply of some fields leaves the others to
+ *   their owners; recorded in `applyPatches`; a
  *   `metadata.resourceVersion` in the body is a precondition, 409 Conflict when stale) or
  *   `application/merge-patch+json` (RFC 7386); `DELETE` of an object. A namespaced write into a
  *   namespace that does not exist answers 404 when Namespaces are served;
@@ -81,6 +83,8 @@ export class FakeApiServer {
    * status to refuse the upgrade with (403, 404).
    */
   portForward?: (namespace: string, pod: string, port: number) => Duplex | { error: string } | { status: number };
+  /** Server-side apply merges the body into an existing object instead of replacing it (see the header). */
+  applyMerges = false;
   /** Status code to answer status patches with (e.g. 500 to test tolerance). */
   statusPatchCode = 200;
   url = '';
@@ -429,7 +433,9 @@ export class FakeApiServer {
       if (prev && meta.resourceVersion !== undefined && meta.resourceVersion !== prev.metadata.resourceVersion) {
         return this.status(res, 409, 'Conflict', `Operation cannot be fulfilled on ${k.plural} "${name}": the object has been modified; please apply your changes to the latest version and try again`);
       }
-      next = { ...clone(body), metadata: { ...meta, ...(prev ? { uid: prev.metadata.uid } : {}) } };
+      next = prev && this.applyMerges
+        ? mergePatch(clone(prev), clone(body)) as Record<string, unknown>
+        : { ...clone(body), metadata: { ...meta, ...(prev ? { uid: prev.metadata.uid } : {}) } };
     } else if (contentType === 'application/merge-patch+json') {
       if (!prev) return notFound();
       next = mergePatch(clone(prev), body) as Record<string, unknown>;
