@@ -110,6 +110,7 @@ export const CONTROLLER_READS: Readonly<Record<string, string[]>> = {
   'security.istio.io': ['authorizationpolicies', 'peerauthentications'],
   'gateway.networking.k8s.io': ['gatewayclasses', 'gateways', 'httproutes', 'grpcroutes'],
   'ambit.dev': ['ratelimits'],
+  'flagger.app': ['canaries'],
 };
 
 /** The mesh config kinds whose status the controller writes (accepted, programmed, errors). */
@@ -136,6 +137,24 @@ export function controllerWaypointRules(): Rule[] {
   ];
 }
 
+/**
+ * What the leader needs to run Flagger Canaries (src/control/kube/canaries.ts), beyond the reads
+ * above: it server-side applies each canary's primary Deployment, its Services and VirtualService
+ * (apply needs create for an object that is not there yet) and the target's replica count;
+ * patches the Canary's status and removes its `ambit.dev/canary-action` annotation; records
+ * Events. No delete: the objects a canary made stay when it goes, as Flagger's do.
+ */
+export function controllerCanaryRules(): Rule[] {
+  return [
+    { apiGroups: ['flagger.app'], resources: ['canaries'], verbs: ['patch'] },
+    { apiGroups: ['flagger.app'], resources: ['canaries/status'], verbs: ['patch'] },
+    { apiGroups: ['apps'], resources: ['deployments'], verbs: [...READ, 'create', 'patch'] },
+    { apiGroups: [''], resources: ['services'], verbs: ['create', 'patch'] },
+    { apiGroups: ['networking.istio.io'], resources: ['virtualservices'], verbs: ['create', 'patch'] },
+    { apiGroups: [''], resources: ['events'], verbs: ['create'] },
+  ];
+}
+
 export function controllerClusterRules(v?: Pick<Values, 'waypoints'>): Rule[] {
   return [
     ...Object.entries(CONTROLLER_READS).map(([g, resources]) => ({ apiGroups: [g], resources, verbs: READ })),
@@ -144,6 +163,7 @@ export function controllerClusterRules(v?: Pick<Values, 'waypoints'>): Rule[] {
     // The trust bundle, published to each namespace that runs waypoints (create cannot be limited by name).
     { apiGroups: [''], resources: ['configmaps'], verbs: ['create'] },
     { apiGroups: [''], resources: ['configmaps'], verbs: ['get', 'update', 'patch'], resourceNames: [ROOT_CERT_CONFIGMAP] },
+    ...controllerCanaryRules(),
     ...((v?.waypoints.managed ?? true) ? controllerWaypointRules() : []),
   ];
 }

@@ -194,17 +194,21 @@ describe('ambit install: least-privilege RBAC', () => {
     expect(args.some((a) => a.startsWith('--cni'))).toBe(false);
   });
 
-  it('the controller reads the mesh config, writes only status, its Lease, its CA Secret and the trust bundle', () => {
+  it('the controller reads the mesh config, writes only status, its Lease, its CA Secret, the trust bundle and what canaries run on', () => {
     const cluster = rules('ClusterRole', CONTROLLER);
     const writes = cluster.filter((r) => r.verbs.some((v: string) => !['get', 'list', 'watch'].includes(v)));
     for (const r of writes) {
       const ok = r.resources.every((x: string) => x.endsWith('/status')) || r.resources[0] === 'tokenreviews' || r.resources[0] === 'configmaps'
-        || r.resources.every((x: string) => ['deployments', 'services', 'serviceaccounts', 'poddisruptionbudgets'].includes(x));
+        || r.resources.every((x: string) => ['deployments', 'services', 'serviceaccounts', 'poddisruptionbudgets'].includes(x))
+        // Flagger Canaries (src/control/kube/canaries.ts): the action annotation removed, the VirtualService and Events written.
+        || (r.apiGroups[0] === 'flagger.app' && r.resources[0] === 'canaries' && r.verbs.join() === 'patch')
+        || (r.resources[0] === 'virtualservices' && r.verbs.join() === 'create,patch')
+        || (r.resources[0] === 'events' && r.verbs.join() === 'create');
       expect(ok, JSON.stringify(r)).toBe(true);
     }
     expect(cluster.find((r) => r.resources.includes('tokenreviews')).verbs).toEqual(['create']);
     expect(cluster.flatMap((r) => r.resources)).not.toContain('secrets');
-    for (const res of ['namespaces', 'pods', 'services', 'endpointslices', 'serviceaccounts', 'authorizationpolicies', 'peerauthentications', 'virtualservices', 'httproutes', 'gateways', 'ratelimits']) {
+    for (const res of ['namespaces', 'pods', 'services', 'endpointslices', 'serviceaccounts', 'authorizationpolicies', 'peerauthentications', 'virtualservices', 'httproutes', 'gateways', 'ratelimits', 'canaries']) {
       expect(cluster.some((r) => r.resources.includes(res) && r.verbs.includes('watch')), res).toBe(true);
     }
     const ns = rules('Role', CONTROLLER);
@@ -214,7 +218,8 @@ describe('ambit install: least-privilege RBAC', () => {
   });
 
   it('waypoints.managed (default true): write access to Deployments, Services, ServiceAccounts and PodDisruptionBudgets; false removes it', () => {
-    const writes = (rs: any[]) => rs.filter((r) => ['deployments', 'services', 'serviceaccounts', 'poddisruptionbudgets'].some((x) => r.resources.includes(x)) && r.verbs.includes('patch'));
+    // The waypoints' rules are the ones that may delete; the canaries' own (below) create and patch only.
+    const writes = (rs: any[]) => rs.filter((r) => ['deployments', 'services', 'serviceaccounts', 'poddisruptionbudgets'].some((x) => r.resources.includes(x)) && r.verbs.includes('delete'));
     const managed = writes(rules('ClusterRole', CONTROLLER));
     expect(managed.flatMap((r) => r.resources).sort()).toEqual(['deployments', 'poddisruptionbudgets', 'serviceaccounts', 'services']);
     expect(managed.find((r) => r.resources.includes('poddisruptionbudgets')).apiGroups).toEqual(['policy']);
@@ -226,6 +231,23 @@ describe('ambit install: least-privilege RBAC', () => {
     expect(writes(find(renderInstall(off), 'ClusterRole', CONTROLLER).rules)).toEqual([]);
     expect(env(off).find((e) => e.name === 'AMBIT_WAYPOINTS_MANAGED')?.value).toBe('false');
     expect(() => resolveValues(['waypoints.managed=yes'])).toThrow(/waypoints\.managed must be true or false, got "yes"/);
+  });
+
+  it('Flagger Canaries: the Canary and its status patched, Deployments, Services and VirtualServices created and patched, Events created; nothing deleted', () => {
+    const cluster = rules('ClusterRole', CONTROLLER);
+    const can = (group: string, resource: string, verb: string) => cluster.some((r) => r.apiGroups.includes(group) && r.resources.includes(resource) && r.verbs.includes(verb));
+    for (const verb of ['get', 'list', 'watch', 'patch']) expect(can('flagger.app', 'canaries', verb), verb).toBe(true);
+    expect(can('flagger.app', 'canaries/status', 'patch')).toBe(true);
+    for (const [group, resource] of [['apps', 'deployments'], ['', 'services'], ['networking.istio.io', 'virtualservices']] as const) {
+      for (const verb of ['get', 'create', 'patch']) expect(can(group, resource, verb), `${verb} ${resource}`).toBe(true);
+    }
+    expect(can('', 'events', 'create')).toBe(true);
+    for (const verb of ['get', 'list']) expect(can('gateway.networking.k8s.io', 'gateways', verb)).toBe(true);
+    expect(can('', 'namespaces', 'get')).toBe(true);
+    // Without managed waypoints the canaries still need their writes, and still delete nothing.
+    const off = find(renderInstall(resolveValues(['waypoints.managed=false'])), 'ClusterRole', CONTROLLER).rules as any[];
+    expect(off.filter((r) => r.resources.some((x: string) => ['deployments', 'services'].includes(x)) && r.verbs.includes('patch')).map((r) => r.verbs)).toEqual([['get', 'list', 'watch', 'create', 'patch'], ['create', 'patch']]);
+    expect(off.some((r) => r.verbs.includes('delete'))).toBe(false);
   });
 
   it('a waypoint gets a ServiceAccount and no RBAC', () => {
