@@ -1,6 +1,6 @@
 /** `ambit analyze`: offline diagnostics and the exit status. */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -14,11 +14,48 @@ const dir = mkdtempSync(join(tmpdir(), 'ambit-analyze-'));
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+/** The write-up's ```yaml block of this apiVersion, as written there. */
+function seedBlock(apiVersion: RegExp): string {
+  const seedDir = join(SHARED, 'seed');
+  const block = readdirSync(seedDir).flatMap((f) => [...readFileSync(join(seedDir, f), 'utf8').matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1]!))
+    .find((y) => apiVersion.test(y));
+  if (!block) throw new Error(`no ${String(apiVersion)} block in the write-up`);
+  return block;
+}
+
 describeAsRoot('ambit analyze', () => {
   it('passes the shared samples and the shop, with warnings only', async () => {
     const { stdout } = await run(process.execPath, [BIN, 'analyze', '-f', join(SHARED, 'conformance', 'istio'), '-f', 'examples/shop']);
     expect(stdout.trim().split('\n').at(-1)).toMatch(/^\d+ resources valid, 0 errors, \d+ warnings$/);
     expect(stdout).toContain('this later definition wins');
+    expect(stdout).toMatch(/^warning: .*bookinfo-gateway\.yaml:2: document 1 \(Gateway default\/bookinfo-gateway\): kind: ambit validates Gateway \(networking\.istio\.io\/v1alpha3\) but does not act on it yet: accepted, not used$/m);
+  });
+
+  it("passes the write-up's Canary and TrafficSplit with no error and no warning", async () => {
+    const canary = join(dir, 'seed-canary.yaml');
+    const split = join(dir, 'seed-split.yaml');
+    writeFileSync(canary, seedBlock(/apiVersion: flagger\.app\/v1beta1/));
+    writeFileSync(split, seedBlock(/apiVersion: split\.smi-spec\.io\//));
+    const { stdout } = await run(process.execPath, [BIN, 'analyze', '-f', canary, '-f', split]);
+    expect(stdout).toBe('2 resources valid, 0 errors, 0 warnings\n');
+  });
+
+  it('exits 1 for a Canary with stepWeight: "abc", naming the field', async () => {
+    const bad = join(dir, 'canary-abc.yaml');
+    const text = seedBlock(/apiVersion: flagger\.app\/v1beta1/).replace(/stepWeight: 5\b/, 'stepWeight: "abc"');
+    writeFileSync(bad, text);
+    const line = text.split('\n').findIndex((l) => l.includes('stepWeight: "abc"')) + 1;
+    const err = await run(process.execPath, [BIN, 'analyze', '-f', bad]).catch((e: { code: number; stdout: string }) => e);
+    expect(err).toMatchObject({ code: 1 });
+    expect((err as { stdout: string }).stdout)
+      .toBe(`error: ${bad}:${line}: document 1 (Canary production/backend): spec.analysis.stepWeight: must be an integer, got string "abc"\n0 resources valid, 1 error, 0 warnings\n`);
+  });
+
+  it('warns for a kind ambit does not act on, and still exits 0', async () => {
+    const file = join(dir, 'widget.yaml');
+    writeFileSync(file, 'apiVersion: example.com/v1\nkind: Widget\nmetadata: { name: w, namespace: shop }\nspec: { size: 3 }\n');
+    const { stdout } = await run(process.execPath, [BIN, 'analyze', '-f', file]);
+    expect(stdout).toBe(`warning: ${file}:2: document 1 (Widget shop/w): kind: Widget (example.com/v1) is not a kind ambit acts on: accepted, not used\n1 resource valid, 0 errors, 1 warning\n`);
   });
 
   it('exits 1 and names file, line, resource and field for each error', async () => {
