@@ -147,7 +147,12 @@ export class CanaryController {
     }
     for (const key of this.next.keys()) if (!seen.has(key)) this.next.delete(key);
     if (due.length === 0) return;
-    await this.opts.metrics.sample?.([...new Set(due.map((c) => c.namespace))]);
+    try {
+      await this.opts.metrics.sample?.([...new Set(due.map((c) => c.namespace))]);
+    } catch (err) {
+      // No scrape this time: the checks find no values and fail, as Flagger's do.
+      this.opts.log?.warn({ err }, 'canary metrics not sampled');
+    }
     for (const c of due) {
       const spec = readCanarySpec(c.spec, this.opts.minIntervalMs);
       this.next.set(`${c.namespace}/${c.name}`, this.now() + spec.intervalMs);

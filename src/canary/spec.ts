@@ -88,6 +88,7 @@ export function readCanarySpec(raw: unknown, minIntervalMs = MIN_INTERVAL_MS): C
   const declared = Array.isArray(analysis.metrics) ? analysis.metrics.filter(isObject) : [];
   for (const m of declared) {
     if (m.templateRef !== undefined || (m.name !== SUCCESS_RATE && m.name !== DURATION)) unsupported.push(`metric ${JSON.stringify(m.name)}: ambit evaluates only the built-in ${SUCCESS_RATE} and ${DURATION}, not MetricTemplates`);
+    else if (!isObject(m.thresholdRange) || (typeof m.thresholdRange.min !== 'number' && typeof m.thresholdRange.max !== 'number')) unsupported.push(`metric ${m.name} has no thresholdRange min or max: it would pass whatever it measures`);
   }
   const metrics: CanaryMetric[] = declared
     .filter((m) => m.templateRef === undefined && (m.name === SUCCESS_RATE || m.name === DURATION))
@@ -102,7 +103,8 @@ export function readCanarySpec(raw: unknown, minIntervalMs = MIN_INTERVAL_MS): C
     });
   const webhooks: CanaryWebhook[] = (Array.isArray(analysis.webhooks) ? analysis.webhooks.filter(isObject) : []).map((w) => ({
     name: str(w.name),
-    type: str(w.type, 'rollout') as WebhookType,
+    // The CRD's default type (unset or empty) is rollout.
+    type: (str(w.type) || 'rollout') as WebhookType,
     url: str(w.url),
     timeoutMs: dur(w.timeout, DEFAULT_WEBHOOK_TIMEOUT_MS),
     metadata: isObject(w.metadata) ? Object.fromEntries(Object.entries(w.metadata).map(([k, v]) => [k, String(v)])) : {},

@@ -372,8 +372,25 @@ export class Runtime {
   // -------------------------------------------------------------------------------------------
   // apply / delete
 
+  /**
+   * Runs `fn` after every apply or delete started before it has finished. Each one awaits pods
+   * stopping, and rolls the state back to its own snapshot when it fails: two at once (a user's
+   * apply and the canary controller's) would allocate from, and restore, each other's state.
+   */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.changing.then(fn, fn);
+    this.changing = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
+  private changing: Promise<void> = Promise.resolve();
+
   /** Applies manifests all-or-nothing: every check runs before the first change. */
-  async apply(inputs: ManifestInput[]): Promise<ApplyResult> {
+  apply(inputs: ManifestInput[]): Promise<ApplyResult> {
+    return this.exclusive(() => this.applyNow(inputs));
+  }
+
+  private async applyNow(inputs: ManifestInput[]): Promise<ApplyResult> {
     const { resources, diagnostics } = parseManifests(inputs, { commandExists: (cmd, cwd) => this.commandExists(cmd, cwd), env: this.baseEnv, validate: validateMeshObject });
     diagnostics.push(...this.checkCluster(resources));
     if (diagnostics.some((d) => d.severity === 'error')) throw new ApplyError(diagnostics);
@@ -540,7 +557,11 @@ export class Runtime {
   }
 
   /** Deletes what the manifests name; a Namespace takes everything in it. */
-  async delete(inputs: ManifestInput[]): Promise<ApplyResult & { notFound: string[] }> {
+  delete(inputs: ManifestInput[]): Promise<ApplyResult & { notFound: string[] }> {
+    return this.exclusive(() => this.deleteNow(inputs));
+  }
+
+  private async deleteNow(inputs: ManifestInput[]): Promise<ApplyResult & { notFound: string[] }> {
     const { resources, diagnostics } = parseManifests(inputs, {});
     if (diagnostics.some((d) => d.severity === 'error')) throw new ApplyError(diagnostics);
     const changes: string[] = [];
