@@ -77,8 +77,9 @@ export function viewFor(model: MeshModel, kind: SubscriberKind, name = ''): Map<
   for (const s of served) put('service', `${s.namespace}/${s.name}`, s);
   const hosts = new Set(served.flatMap((s) => [s.name, `${s.name}.${s.namespace}`, `${s.name}.${s.namespace}.svc`, s.hostname]));
   for (const c of model.l7) {
-    const spec = c.spec as { hosts?: string[]; host?: string; parentRefs?: { name?: string; namespace?: string }[]; targetRefs?: { name?: string }[] };
-    const refs = [...(spec.hosts ?? []), ...(spec.host ? [spec.host] : []), ...(spec.parentRefs ?? []).map((r) => `${r.name ?? ''}.${r.namespace ?? c.namespace}`),
+    const spec = c.spec as { hosts?: string[]; host?: string; service?: unknown; parentRefs?: { name?: string; namespace?: string }[]; targetRefs?: { name?: string }[] };
+    const refs = [...(spec.hosts ?? []), ...(spec.host ? [spec.host] : []), ...(c.kind === 'TrafficSplit' && typeof spec.service === 'string' ? [spec.service] : []),
+      ...(spec.parentRefs ?? []).map((r) => `${r.name ?? ''}.${r.namespace ?? c.namespace}`),
       ...(spec.targetRefs ?? []).map((r) => `${r.name ?? ''}.${c.namespace}`)];
     if (refs.some((h) => hosts.has(h) || hosts.has(`${h}.${c.namespace}`))) put('l7', `${c.kind}/${c.namespace}/${c.name}`, c);
   }

@@ -111,6 +111,7 @@ export const CONTROLLER_READS: Readonly<Record<string, string[]>> = {
   'gateway.networking.k8s.io': ['gatewayclasses', 'gateways', 'httproutes', 'grpcroutes'],
   'ambit.dev': ['ratelimits'],
   'flagger.app': ['canaries'],
+  'split.smi-spec.io': ['trafficsplits'],
 };
 
 /** The mesh config kinds whose status the controller writes (accepted, programmed, errors). */

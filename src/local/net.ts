@@ -129,7 +129,20 @@ export class ClusterNetwork {
     }
   }
 
-  deletePod(ns: string, pod: string): void {
+  /**
+   * Removes a pod's netns, and first its veth from the node's side when the node and address
+   * are known: the kernel destroys a deleted netns's interfaces later, on its own cleanup queue,
+   * so the node's `vpodX` would outlive the call, and the next pod given the same address would
+   * fail to make its veth ("File exists").
+   */
+  deletePod(ns: string, pod: string, at?: { nodeIndex: number; podIp: string }): void {
+    if (at) {
+      try {
+        ip('-n', this.layout.nodeNetns(`node-${at.nodeIndex}`), 'link', 'del', hostInterface(at.podIp));
+      } catch {
+        // Already gone (the pod's netns went first, or never got its veth).
+      }
+    }
     deleteNetns(this.layout.podNetns(ns, pod));
   }
 

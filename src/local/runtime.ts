@@ -542,7 +542,8 @@ export class Runtime {
     if (!pod) return;
     await pod.stop(maxGraceMs);
     this.pods.delete(key);
-    this.net.deletePod(pod.record.namespace, pod.record.name);
+    const node = this.state.nodes.find((n) => n.name === pod.record.node);
+    this.net.deletePod(pod.record.namespace, pod.record.name, node ? { nodeIndex: node.index, podIp: pod.record.ip } : undefined);
   }
 
   private async deletePod(key: string): Promise<void> {
