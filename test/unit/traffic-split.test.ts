@@ -11,7 +11,7 @@ import { buildModel, type ConfigObject, type MeshModel, type Service } from '../
 import { validateMeshObject } from '../../src/config/validate.js';
 import { parseManifests } from '../../src/kube/manifests.js';
 import { DEFAULT_RETRIES, DEFAULT_ROUTE, Router, type Destination, type ForwardAction, type RouteAction, type RouteRequest } from '../../src/waypoint/routing.js';
-import { quantity } from '../../src/waypoint/routing/traffic-split.js';
+import { quantityValue as quantity } from '../../src/config/schema.js';
 import { seeded } from './helpers/random.js';
 
 const SHARED = process.env.AMBIT_SHARED_DIR ?? new URL('../../../shared/', import.meta.url).pathname;

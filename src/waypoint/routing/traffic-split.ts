@@ -4,6 +4,7 @@
  * the port the request came to (semantics: the comment of src/waypoint/routing.ts).
  */
 import type { ConfigObject, Service } from '../../config/model.js';
+import { quantityValue } from '../../config/schema.js';
 import { DestSet, type DestTemplate } from './actions.js';
 import { type CompileContext, placeholder, ref, resolveHost } from './common.js';
 import { ALWAYS, type Entry } from './match.js';
@@ -120,24 +121,6 @@ export function compileTrafficSplit(ctx: CompileContext, split: TrafficSplit, ap
 // ---------------------------------------------------------------------------------------------
 // Weights
 
-/** Suffixes as powers of 2 or 10 (`m`: 10^-3). */
-const SUFFIX: Record<string, [base: number, power: number]> = {
-  Ki: [2, 10], Mi: [2, 20], Gi: [2, 30], Ti: [2, 40], Pi: [2, 50], Ei: [2, 60],
-  n: [10, -9], u: [10, -6], m: [10, -3], k: [10, 3], M: [10, 6], G: [10, 9], T: [10, 12], P: [10, 15], E: [10, 18],
-};
-const QUANTITY = /^([+-]?)(\d+(?:\.\d*)?|\.\d+)(?:(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])|[eE]([+-]?\d+))?$/;
-
-/** A Kubernetes resource quantity ("900", "900m", "1.5", "1Ki", "1e3") as a number; undefined when it is not one. */
-export function quantity(text: string): number | undefined {
-  const m = QUANTITY.exec(text);
-  if (!m) return undefined;
-  const [, sign, digits, suffix, exponent] = m;
-  const [base, power] = suffix !== undefined ? SUFFIX[suffix]! : [10, Number(exponent ?? 0)];
-  // Divided by 10^3 rather than multiplied by 10^-3, which a double cannot hold: the decimal's nearest double.
-  const value = power < 0 ? Number(digits) / base ** -power : Number(digits) * base ** power;
-  return sign === '-' ? -value : value;
-}
-
 /**
  * A backend's weight: v1alpha1 takes a quantity, later versions a whole number. A quantity in a
  * later version is read as one, with a note: the SMI CRDs convert between versions with
@@ -147,7 +130,7 @@ export function quantity(text: string): number | undefined {
 function weight(raw: unknown, version: string): { value: number; note?: string } | string {
   let value: number | undefined;
   if (typeof raw === 'number') value = Number.isFinite(raw) ? raw : undefined;
-  else if (typeof raw === 'string') value = quantity(raw);
+  else if (typeof raw === 'string') value = quantityValue(raw);
   else if (raw === undefined) return 'is required';
   const shown = typeof raw === 'number' || typeof raw === 'boolean' ? String(raw) : JSON.stringify(raw);
   if (value === undefined) return `${shown} is not a number`;
