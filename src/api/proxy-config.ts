@@ -118,7 +118,7 @@ export interface OutlierItem {
 
 /** A route bound to a service at a waypoint. */
 export interface RouteRef {
-  kind: 'VirtualService' | 'HTTPRoute' | 'GRPCRoute';
+  kind: 'VirtualService' | 'HTTPRoute' | 'GRPCRoute' | 'TrafficSplit';
   namespace: string;
   name: string;
   /** The service ports it binds (a parentRef's port); null: every port. */

@@ -60,6 +60,7 @@ export function waypointServiceItems(services: Service[], router: Router): Servi
     const d = router.describe(s);
     const routes: RouteRef[] = [];
     if (d.virtualService) routes.push(routeRef(d.virtualService, undefined, undefined));
+    if (d.trafficSplit) routes.push(routeRef(d.trafficSplit, undefined, undefined));
     for (const r of d.routes) routes.push(routeRef(r.cfg, r.ports, r.consumer));
     return {
       namespace: s.namespace, name: s.name, hostname: s.hostname, vips: [...s.vips],

@@ -12,6 +12,7 @@ import { validateMeshObject } from '../../src/config/validate.js';
 import { parseManifests } from '../../src/kube/manifests.js';
 import { DEFAULT_RETRIES, DEFAULT_ROUTE, Router, type Destination, type ForwardAction, type RouteAction, type RouteRequest } from '../../src/waypoint/routing.js';
 import { quantityValue as quantity } from '../../src/config/schema.js';
+import { waypointServiceItems } from '../../src/waypoint/proxy-config.js';
 import { seeded } from './helpers/random.js';
 
 const SHARED = process.env.AMBIT_SHARED_DIR ?? new URL('../../../shared/', import.meta.url).pathname;
@@ -130,6 +131,9 @@ describe("the write-up's TrafficSplit, unchanged", () => {
     const w = world([split(canary())]);
     expect(w.router.describe(w.svc('backend-service')).trafficSplit?.name).toBe('backend-split');
     expect(w.router.describe(w.svc('backend-v1')).trafficSplit).toBeUndefined();
+    // `ambit proxy-config services` lists it among the service's routes.
+    const items = waypointServiceItems([w.svc('backend-service')], w.router);
+    expect(items[0]!.routes).toEqual([{ kind: 'TrafficSplit', namespace: 'production', name: 'backend-split', ports: null, consumer: null }]);
   });
 });
 
