@@ -8,7 +8,7 @@ const collect = (value: string, previous: string[] = []) => [...previous, value]
 
 export function register(program: Command): void {
   program.command('analyze')
-    .description('validate manifests (Kubernetes workloads, Istio and Gateway API config) without applying them')
+    .description('validate manifests (Kubernetes workloads, Istio, Gateway API, SMI TrafficSplit and Flagger Canary config) without applying them; other kinds get a warning')
     .requiredOption('-f, --filename <path>', 'manifest file or directory (repeatable; - for stdin)', collect)
     .option('--json', 'machine-readable output')
     .option('--local', 'also check what the local cluster needs to run pods (a command for every container)')
