@@ -21,7 +21,8 @@ import type { InventoryPod } from '../observe/stat.js';
 import { logger } from '../telemetry/log.js';
 import { CliError } from './errors.js';
 import { fromLocal } from './proxy-config.js';
-import { kubeSource, localInventory, localTargets, localWaypoints } from './stat.js';
+import { kubeSource, localInventory, localWaypoints } from './stat.js';
+import { localTargets } from '../local/metrics-targets.js';
 
 export const OTLP_PORT = 4318;
 const LOG_READ_MAX = 1024 * 1024;

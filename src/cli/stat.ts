@@ -12,6 +12,7 @@ import { selectorLabels } from '../install/render.js';
 import { KubeClient } from '../kube/client.js';
 import { RuntimeClient } from '../local/client.js';
 import { ClusterLayout, DEFAULT_CLUSTER } from '../local/layout.js';
+import { isWaypointPod, localTargets } from '../local/metrics-targets.js';
 import { PROXY_METRICS_PORT } from '../local/prometheus.js';
 import type { ConnectionItem } from '../api/proxy-config.js';
 import type { ClusterStatus, PodStatus } from '../local/runtime.js';
@@ -37,7 +38,6 @@ export interface StatSource {
 }
 
 const workloadOfStatus = (p: PodStatus): string => (p.owner?.startsWith('deployment/') ? p.owner.slice('deployment/'.length) : p.name);
-const isWaypointPod = (p: PodStatus): boolean => p.labels?.[WAYPOINT_GATEWAY_LABEL] !== undefined;
 
 /** The local cluster's pods as rows take them: the waypoints' own pods apart. */
 export function localInventory(status: ClusterStatus): InventoryPod[] {
@@ -57,16 +57,6 @@ export function localInventory(status: ClusterStatus): InventoryPod[] {
 
 /** The waypoints' own workloads (`namespace/workload`) on the local cluster. */
 export const localWaypoints = (status: ClusterStatus): Set<string> => new Set(status.pods.filter(isWaypointPod).map((p) => `${p.namespace}/${workloadOfStatus(p)}`));
-
-/** Every node agent's and running waypoint's /metrics on the local cluster, read from inside its underlay netns. */
-export function localTargets(layout: ClusterLayout, status: ClusterStatus): Target[] {
-  const netns = `/run/netns/${layout.underlayNetns}`;
-  const inNetns = (host: string, port: number): Fetch => (path) => httpGetInNetns(netns, host, port, path);
-  return [
-    ...status.nodes.map((n) => ({ name: `node-agent ${n.name}`, fetch: inNetns(n.ip, PROXY_METRICS_PORT) })),
-    ...status.pods.filter((p) => isWaypointPod(p) && p.phase === 'Running').map((p) => ({ name: `waypoint ${p.namespace}/${p.name}`, fetch: inNetns(p.ip, PROXY_METRICS_PORT) })),
-  ];
-}
 
 /** The local cluster: its runtime's status, and sockets made in its underlay netns. */
 export async function localSource(cluster: string, usePrometheus: boolean): Promise<StatSource> {

@@ -12,13 +12,14 @@ import { canaryObject, CANARY_ACTION_ANNOTATION, type CanaryCluster, type Canary
 import { PrometheusMetrics, SampledMetrics } from '../canary/metrics.js';
 import type { Manifest } from '../canary/objects.js';
 import { webhookCaller, type Post } from '../canary/webhooks.js';
-import { USE_WAYPOINT, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../config/model.js';
+import { USE_WAYPOINT, WAYPOINT_CLASS } from '../config/model.js';
 import { httpGetInNetns, httpRequestInNetns } from '../host/netns.js';
 import type { DeploymentResource, Resource } from '../kube/manifests.js';
 import { prometheusQuery, type Target } from '../observe/prometheus.js';
 import { RuntimeClient } from './client.js';
 import { ClusterLayout, UNDERLAY_GATEWAY } from './layout.js';
-import { PROMETHEUS_PORT, PROXY_METRICS_PORT } from './prometheus.js';
+import { localTargets } from './metrics-targets.js';
+import { PROMETHEUS_PORT } from './prometheus.js';
 import { templateHash, type ClusterStatus } from './runtime.js';
 import { readState, resourceKey } from './state.js';
 
@@ -140,11 +141,7 @@ export class LocalCanaryCluster implements CanaryCluster {
 
   /** The running waypoints of these namespaces, as metrics endpoints in the underlay netns. */
   async waypointTargets(namespaces: string[]): Promise<Target[]> {
-    const status = await this.client.request<ClusterStatus>('GET', '/v1/status');
-    const netns = `/run/netns/${this.layout.underlayNetns}`;
-    return status.pods
-      .filter((p) => namespaces.includes(p.namespace) && p.labels[WAYPOINT_GATEWAY_LABEL] !== undefined && p.phase === 'Running')
-      .map((p) => ({ name: `waypoint ${p.namespace}/${p.name}`, fetch: (path: string) => httpGetInNetns(netns, p.ip, PROXY_METRICS_PORT, path) }));
+    return localTargets(this.layout, await this.client.request<ClusterStatus>('GET', '/v1/status'), namespaces);
   }
 
   /**
