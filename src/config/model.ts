@@ -6,6 +6,7 @@
  */
 import { formatSpiffeId } from '../identity/spiffe.js';
 import type { NamespaceResource, PodSpec, Resource, ServiceResource } from '../kube/manifests.js';
+import { intToIpv4, parseCidr, parseIp } from '../util/ip.js';
 
 export const DATAPLANE_MODE = 'ambit.dev/dataplane-mode';
 export const USE_WAYPOINT = 'ambit.dev/use-waypoint';
@@ -15,6 +16,20 @@ export const TRACING_ENDPOINT_ANNOTATION = 'ambit.dev/tracing-endpoint';
 export const TRACING_SAMPLING_ANNOTATION = 'ambit.dev/tracing-sampling';
 /** The label Gateway API implementations put on a gateway's pods (the waypoint pods). */
 export const WAYPOINT_GATEWAY_LABEL = 'gateway.networking.k8s.io/gateway-name';
+/** Gateway API classes of an ingress gateway ambit runs (`istio` so that Istio's samples apply unchanged). */
+export const INGRESS_CLASSES: readonly string[] = ['ambit', 'istio'];
+/**
+ * Istio's default ingress gateway, with Istio's names, so that Istio Gateways selecting
+ * `istio: ingressgateway` and AuthorizationPolicies naming its account apply unchanged.
+ */
+export const ISTIO_INGRESS = {
+  namespace: 'istio-system',
+  name: 'istio-ingressgateway',
+  serviceAccount: 'istio-ingressgateway-service-account',
+  labels: { istio: 'ingressgateway', app: 'istio-ingressgateway' } as Readonly<Record<string, string>>,
+} as const;
+/** Secret types a gateway reads a certificate from. */
+export const TLS_SECRET_TYPES: readonly string[] = ['kubernetes.io/tls', 'Opaque'];
 
 /** A running pod as a config source reports it. */
 export interface PodInfo {
@@ -86,12 +101,48 @@ export interface ConfigObject {
   spec: unknown;
 }
 
+/** A ServiceEntry as node agents use it: its hosts, where its traffic goes, and what DNS answers for it. */
+export interface ServiceEntryInfo {
+  namespace: string;
+  name: string;
+  /** Lower-cased, as written (may hold '*.example.com'). */
+  hosts: string[];
+  /** spec.addresses that are single IPs (a /32 or /128 is one); blocks are in `cidrs`. */
+  addresses: string[];
+  cidrs: string[];
+  ports: { number: number; name?: string; protocol: string; targetPort?: number }[];
+  resolution: 'NONE' | 'STATIC' | 'DNS' | 'DNS_ROUND_ROBIN';
+  location: 'MESH_EXTERNAL' | 'MESH_INTERNAL';
+  endpoints: { address: string; ports?: Record<string, number>; labels?: Record<string, string> }[];
+  /** What the node agent's DNS answers for each non-wildcard host: spec.addresses when set,
+   *  else one VIP allocated by the controller (Istio's auto-allocation, 240.240.0.0/16, and
+   *  2001:2::/48 for v6 if you do v6), stable across versions (e.g. hash of ns/name/host with
+   *  collision probing in sorted order, so every agent and every controller replica agree). */
+  dnsAddresses: Record<string, string[]>;
+  exportTo?: string[];
+}
+
+/**
+ * What a meshed pod may reach outside the registry (Istio's meshConfig.outboundTrafficPolicy.mode):
+ * ALLOW_ANY passes unknown destinations through, REGISTRY_ONLY refuses them at the node agent.
+ */
+export type OutboundTrafficPolicy = 'ALLOW_ANY' | 'REGISTRY_ONLY';
+export const OUTBOUND_TRAFFIC_POLICIES: readonly OutboundTrafficPolicy[] = ['ALLOW_ANY', 'REGISTRY_ONLY'];
+
+/** The mesh-wide settings of the controller that data planes act on (streamed as `meshconfig/mesh`). */
+export interface MeshConfig {
+  outboundTrafficPolicy: OutboundTrafficPolicy;
+}
+export const DEFAULT_MESH_CONFIG: MeshConfig = { outboundTrafficPolicy: 'ALLOW_ANY' };
+
 export interface MeshModel {
   workloads: Workload[];
   services: Service[];
   policies: ConfigObject[];
   l7: ConfigObject[];
   waypoints: ConfigObject[];
+  serviceEntries: ServiceEntryInfo[];
+  meshConfig: MeshConfig;
 }
 
 /** Whether a pod is in the mesh: its own label, else its namespace's; `none` on the pod opts out. */
@@ -134,7 +185,7 @@ export function workloadOf(p: PodInfo, namespaceLabels: Record<string, string>, 
   };
 }
 
-export function buildModel(snapshot: SourceSnapshot, trustDomain: string, clusterDomain = 'cluster.local'): MeshModel {
+export function buildModel(snapshot: SourceSnapshot, trustDomain: string, clusterDomain = 'cluster.local', meshConfig: MeshConfig = DEFAULT_MESH_CONFIG): MeshModel {
   const namespaces = new Map<string, NamespaceResource>();
   for (const r of snapshot.resources) if (r.kind === 'Namespace' && !('other' in r)) namespaces.set(r.meta.name, r as NamespaceResource);
   const nsLabels = (ns: string) => namespaces.get(ns)?.meta.labels ?? {};
@@ -184,5 +235,108 @@ export function buildModel(snapshot: SourceSnapshot, trustDomain: string, cluste
     .filter((r) => groupKind(r) === 'gateway.networking.k8s.io/Gateway' && (r.raw.spec as { gatewayClassName?: string } | undefined)?.gatewayClassName === WAYPOINT_CLASS)
     .map(configObject);
 
-  return { workloads, services, policies: byKind(POLICY_KINDS), l7: byKind(L7_KINDS), waypoints };
+  const serviceEntries = allocateVips(snapshot.resources.filter((r) => groupKind(r) === 'networking.istio.io/ServiceEntry').map(serviceEntryOf))
+    .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
+
+  return { workloads, services, policies: byKind(POLICY_KINDS), l7: byKind(L7_KINDS), waypoints, serviceEntries, meshConfig: { ...meshConfig } };
+}
+
+// ---------------------------------------------------------------------------------------------
+// ServiceEntries
+
+const RESOLUTIONS = new Set(['NONE', 'STATIC', 'DNS', 'DNS_ROUND_ROBIN']);
+const asRecord = (v: unknown): Record<string, unknown> => (typeof v === 'object' && v !== null && !Array.isArray(v) ? v as Record<string, unknown> : {});
+const asList = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
+const numberMap = (v: unknown): Record<string, number> | undefined => {
+  const out = Object.fromEntries(Object.entries(asRecord(v)).filter((e): e is [string, number] => Number.isInteger(e[1])));
+  return Object.keys(out).length > 0 ? out : undefined;
+};
+const stringMap = (v: unknown): Record<string, string> | undefined => {
+  const out = Object.fromEntries(Object.entries(asRecord(v)).filter((e): e is [string, string] => typeof e[1] === 'string'));
+  return Object.keys(out).length > 0 ? out : undefined;
+};
+
+/**
+ * A ServiceEntry's spec as node agents take it. Validation has checked the spec; this still reads
+ * it defensively (a field of the wrong type is left out) so that the model is total. Istio's
+ * defaults: resolution NONE, location MESH_EXTERNAL.
+ */
+export function serviceEntryOf(r: Resource): ServiceEntryInfo {
+  const spec = asRecord(r.raw.spec);
+  const addresses: string[] = [];
+  const cidrs: string[] = [];
+  for (const a of asList(spec.addresses)) {
+    if (typeof a !== 'string') continue;
+    const [addr, len] = a.split('/');
+    const ip = addr !== undefined ? parseIp(addr) : undefined;
+    // A block of one address (a /32, a /128) is that address: DNS can answer it.
+    if (ip && (len === undefined || Number(len) === (ip.v4 && !addr!.includes(':') ? 32 : 128))) addresses.push(addr!);
+    else if (parseCidr(a)) cidrs.push(a);
+  }
+  const ports = asList(spec.ports).map(asRecord).filter((p) => Number.isInteger(p.number)).map((p) => ({
+    number: p.number as number,
+    ...(typeof p.name === 'string' ? { name: p.name } : {}),
+    protocol: typeof p.protocol === 'string' ? p.protocol.toUpperCase() : 'TCP',
+    ...(Number.isInteger(p.targetPort) ? { targetPort: p.targetPort as number } : {}),
+  }));
+  const endpoints = asList(spec.endpoints).map(asRecord).filter((e) => typeof e.address === 'string').map((e) => {
+    const epPorts = numberMap(e.ports);
+    const epLabels = stringMap(e.labels);
+    return { address: e.address as string, ...(epPorts ? { ports: epPorts } : {}), ...(epLabels ? { labels: epLabels } : {}) };
+  });
+  const resolution = typeof spec.resolution === 'string' && RESOLUTIONS.has(spec.resolution) ? spec.resolution as ServiceEntryInfo['resolution'] : 'NONE';
+  const exportTo = asList(spec.exportTo).filter((x): x is string => typeof x === 'string');
+  return {
+    namespace: r.meta.namespace, name: r.meta.name,
+    hosts: [...new Set(asList(spec.hosts).filter((h): h is string => typeof h === 'string').map((h) => h.toLowerCase()))],
+    addresses, cidrs, ports, resolution,
+    location: spec.location === 'MESH_INTERNAL' ? 'MESH_INTERNAL' : 'MESH_EXTERNAL',
+    endpoints, dnsAddresses: {},
+    ...(Array.isArray(spec.exportTo) ? { exportTo } : {}),
+  };
+}
+
+/** Istio's auto-allocation range for ServiceEntry hosts without an address (class E, never routed). */
+export const SERVICE_ENTRY_VIP_BASE = '240.240.0.0';
+const VIP_BASE = 0xf0f00000;
+/** Offsets 1..65534 of the /16: neither the network nor the broadcast address. */
+const VIP_SLOTS = 65534;
+
+/** FNV-1a, 32 bits: a stable hash that every controller replica computes alike. */
+function fnv1a(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h;
+}
+
+/**
+ * Fills each entry's `dnsAddresses`: its own IP addresses for every non-wildcard host when it
+ * has some, else (Istio's auto-allocation) one VIP per host from 240.240.0.0/16, at the slot the
+ * hash of `namespace/name/host` picks, probing forward past a taken slot. Hosts are taken in
+ * sorted order, so every replica and every version allocate alike, and a host keeps its VIP as
+ * long as no new host that sorts before it collides with it. Entries with resolution NONE and
+ * no address get none (traffic to a VIP there would go nowhere), nor do wildcard hosts.
+ */
+export function allocateVips(entries: ServiceEntryInfo[]): ServiceEntryInfo[] {
+  const wanted: { entry: ServiceEntryInfo; host: string; key: string }[] = [];
+  for (const entry of entries) {
+    for (const host of entry.hosts) {
+      if (host.startsWith('*')) continue;
+      if (entry.addresses.length > 0) entry.dnsAddresses[host] = [...entry.addresses];
+      else if (entry.cidrs.length === 0 && entry.resolution !== 'NONE') wanted.push({ entry, host, key: `${entry.namespace}/${entry.name}/${host}` });
+    }
+  }
+  wanted.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  const taken = new Set<number>();
+  for (const { entry, host, key } of wanted) {
+    if (taken.size >= VIP_SLOTS) break;
+    let slot = fnv1a(key) % VIP_SLOTS;
+    while (taken.has(slot)) slot = (slot + 1) % VIP_SLOTS;
+    taken.add(slot);
+    entry.dnsAddresses[host] = [intToIpv4(VIP_BASE + slot + 1)];
+  }
+  return entries;
 }
