@@ -143,6 +143,21 @@ export interface MeshModel {
   waypoints: ConfigObject[];
   serviceEntries: ServiceEntryInfo[];
   meshConfig: MeshConfig;
+  /** Istio Gateways and Gateway API Gateways of an ingress class (INGRESS_CLASSES). */
+  gateways: ConfigObject[];
+  /** Secrets of a type a gateway reads (TLS_SECRET_TYPES), in namespace/name order. */
+  secrets: SecretObject[];
+}
+
+/**
+ * A Secret a gateway may read its certificate from: its data decoded to text (`tls.crt`,
+ * `tls.key`, `ca.crt`). Never logged nor shown: status and proxy-config name it only.
+ */
+export interface SecretObject {
+  namespace: string;
+  name: string;
+  type: string;
+  data: Record<string, string>;
 }
 
 /** Whether a pod is in the mesh: its own label, else its namespace's; `none` on the pod opts out. */
@@ -238,7 +253,49 @@ export function buildModel(snapshot: SourceSnapshot, trustDomain: string, cluste
   const serviceEntries = allocateVips(snapshot.resources.filter((r) => groupKind(r) === 'networking.istio.io/ServiceEntry').map(serviceEntryOf))
     .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
 
-  return { workloads, services, policies: byKind(POLICY_KINDS), l7: byKind(L7_KINDS), waypoints, serviceEntries, meshConfig: { ...meshConfig } };
+  const gateways = snapshot.resources.filter(isIngressGateway).map(configObject)
+    .sort((a, b) => `${a.kind}/${a.namespace}/${a.name}`.localeCompare(`${b.kind}/${b.namespace}/${b.name}`));
+  const secrets = snapshot.resources.map(secretOf).filter((s): s is SecretObject => s !== undefined)
+    .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
+
+  return { workloads, services, policies: byKind(POLICY_KINDS), l7: byKind(L7_KINDS), waypoints, serviceEntries, meshConfig: { ...meshConfig }, gateways, secrets };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ingress gateways and their Secrets
+
+/** An Istio Gateway, or a Gateway API Gateway of an ingress class: what an ingress gateway serves. */
+export function isIngressGateway(r: { apiVersion: string; kind: string; raw: Record<string, unknown> }): boolean {
+  if (r.kind !== 'Gateway') return false;
+  if (r.apiVersion.startsWith('networking.istio.io/')) return true;
+  const cls = (r.raw.spec as { gatewayClassName?: unknown } | undefined)?.gatewayClassName;
+  return r.apiVersion.startsWith('gateway.networking.k8s.io/') && typeof cls === 'string' && INGRESS_CLASSES.includes(cls);
+}
+
+/** Whether an Istio Gateway selects Istio's default ingress gateway (its selector is a subset of that pod's labels). */
+export function selectsIstioIngress(spec: unknown): boolean {
+  const selector = (spec as { selector?: unknown } | undefined)?.selector;
+  if (typeof selector !== 'object' || selector === null) return false;
+  const entries = Object.entries(selector as Record<string, unknown>);
+  return entries.length > 0 && entries.every(([k, v]) => ISTIO_INGRESS.labels[k] === v);
+}
+
+/**
+ * A v1 Secret of a type a gateway reads, with `data` (base64) decoded and `stringData` over it,
+ * as the API server merges them; anything else is no Secret of the model.
+ */
+export function secretOf(r: { apiVersion: string; kind: string; meta: { namespace: string; name: string }; raw: Record<string, unknown> }): SecretObject | undefined {
+  if (r.apiVersion !== 'v1' || r.kind !== 'Secret') return undefined;
+  const type = typeof r.raw.type === 'string' && r.raw.type !== '' ? r.raw.type : 'Opaque';
+  if (!TLS_SECRET_TYPES.includes(type)) return undefined;
+  const data: Record<string, string> = {};
+  const encoded = r.raw.data;
+  if (typeof encoded === 'object' && encoded !== null) {
+    for (const [k, v] of Object.entries(encoded)) if (typeof v === 'string') data[k] = Buffer.from(v, 'base64').toString('utf8');
+  }
+  const plain = r.raw.stringData;
+  if (typeof plain === 'object' && plain !== null) for (const [k, v] of Object.entries(plain)) if (typeof v === 'string') data[k] = v;
+  return { namespace: r.meta.namespace, name: r.meta.name, type, data };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import { CaError } from '../identity/ca.js';
 import { silentLogger } from '../telemetry/log.js';
 import { packageRoot } from '../util/package.js';
 import { backoffDelay } from '../util/backoff.js';
-import type { MeshModel } from '../config/model.js';
+import type { ConfigObject, MeshModel } from '../config/model.js';
 
-export type SubscriberKind = 'node-agent' | 'waypoint';
+export type SubscriberKind = 'node-agent' | 'waypoint' | 'gateway';
 
 export interface WireResource { key: string; type: string; json: string }
 interface WireResponse { version: string; full: boolean; resources: WireResource[]; removed: string[]; more?: boolean }
@@ -61,13 +61,22 @@ export function discoveryService(): grpc.ServiceClientConstructor {
   return (definition as unknown as { ambit: { discovery: { v1: { Discovery: grpc.ServiceClientConstructor } } } }).ambit.discovery.v1.Discovery;
 }
 
-/** The resources a subscriber gets, keyed: node agents all but L7; a waypoint the services bound to it and their L7 config. */
+/**
+ * The resources a subscriber gets, keyed: node agents all but L7, gateways and Secrets; a
+ * waypoint the services bound to it and their L7 config; a gateway (ingressView) its Gateways,
+ * their routes and Secrets.
+ */
 export function viewFor(model: MeshModel, kind: SubscriberKind, name = ''): Map<string, { type: string; value: unknown }> {
   const out = new Map<string, { type: string; value: unknown }>();
   const put = (type: string, id: string, value: unknown) => out.set(`${type}/${id}`, { type, value });
   for (const w of model.workloads) put('workload', w.uid, w);
   for (const p of model.policies) put('policy', `${p.kind}/${p.namespace}/${p.name}`, p);
   for (const g of model.waypoints) put('waypoint', `${g.namespace}/${g.name}`, g);
+  if (kind === 'gateway') {
+    for (const s of model.services) put('service', `${s.namespace}/${s.name}`, s);
+    ingressView(model, name, put);
+    return out;
+  }
   if (kind === 'node-agent') {
     for (const s of model.services) put('service', `${s.namespace}/${s.name}`, s);
     return out;
@@ -84,6 +93,72 @@ export function viewFor(model: MeshModel, kind: SubscriberKind, name = ''): Map<
     if (refs.some((h) => hosts.has(h) || hosts.has(`${h}.${c.namespace}`))) put('l7', `${c.kind}/${c.namespace}/${c.name}`, c);
   }
   return out;
+}
+
+/** An object's reference list, or nothing when the field is not a list of objects. */
+const refsOf = (v: unknown): Record<string, unknown>[] => (Array.isArray(v) ? v.filter((x): x is Record<string, unknown> => typeof x === 'object' && x !== null) : []);
+const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+
+/**
+ * What the ingress gateway `ns/sa` serves (the contract with src/waypoint/ingress*): the Istio
+ * Gateways (any namespace) whose selector matches one of its pods' labels, the Gateway API
+ * Gateway `ns/sa` of an ingress class, the routes bound to them, every DestinationRule, and
+ * the Secrets they name — Istio's `credentialName` (and `<name>-cacert` for MUTUAL) in the
+ * gateway's own namespace, Gateway API `certificateRefs` in the Gateway's.
+ */
+function ingressView(model: MeshModel, name: string, put: (type: string, id: string, value: unknown) => void): void {
+  const [ns = '', sa = ''] = name.split('/');
+  const pods = model.workloads.filter((w) => w.namespace === ns && w.serviceAccount === sa);
+  const selects = (spec: unknown) => {
+    const selector = (spec as { selector?: unknown } | undefined)?.selector;
+    if (typeof selector !== 'object' || selector === null) return false;
+    const entries = Object.entries(selector as Record<string, unknown>);
+    return entries.length > 0 && pods.some((w) => entries.every(([k, v]) => w.labels[k] === v));
+  };
+  const istio: ConfigObject[] = [];
+  let gatewayApi: ConfigObject | undefined;
+  for (const g of model.gateways) {
+    if (g.apiVersion.startsWith('networking.istio.io/') ? selects(g.spec) : g.namespace === ns && g.name === sa) {
+      put('ingress', `${g.kind}/${g.namespace}/${g.name}`, g);
+      if (g.apiVersion.startsWith('networking.istio.io/')) istio.push(g);
+      else gatewayApi = g;
+    }
+  }
+  const istioNames = new Set(istio.map((g) => `${g.namespace}/${g.name}`));
+  for (const c of model.l7) {
+    const spec = (c.spec ?? {}) as Record<string, unknown>;
+    let bound = false;
+    if (c.kind === 'DestinationRule') bound = true;
+    else if (c.kind === 'VirtualService' && Array.isArray(spec.gateways)) {
+      bound = spec.gateways.some((gw) => typeof gw === 'string' && istioNames.has(gw.includes('/') ? gw : `${c.namespace}/${gw}`));
+    } else if ((c.kind === 'HTTPRoute' || c.kind === 'GRPCRoute') && gatewayApi) {
+      bound = refsOf(spec.parentRefs).some((r) => (r.kind === undefined || r.kind === 'Gateway') && (r.group === undefined || r.group === 'gateway.networking.k8s.io')
+        && r.name === gatewayApi.name && (str(r.namespace) ?? c.namespace) === gatewayApi.namespace);
+    }
+    if (bound) put('l7', `${c.kind}/${c.namespace}/${c.name}`, c);
+  }
+  const secrets = new Map(model.secrets.map((s) => [`${s.namespace}/${s.name}`, s]));
+  const named = new Set<string>();
+  for (const g of istio) {
+    for (const server of refsOf((g.spec as { servers?: unknown } | undefined)?.servers)) {
+      const tls = server.tls as { credentialName?: unknown; mode?: unknown } | undefined;
+      const credential = str(tls?.credentialName);
+      if (!credential) continue;
+      named.add(`${ns}/${credential}`);
+      if (tls?.mode === 'MUTUAL') named.add(`${ns}/${credential}-cacert`);
+    }
+  }
+  if (gatewayApi) {
+    for (const listener of refsOf((gatewayApi.spec as { listeners?: unknown } | undefined)?.listeners)) {
+      for (const ref of refsOf((listener.tls as { certificateRefs?: unknown } | undefined)?.certificateRefs)) {
+        if ((ref.kind ?? 'Secret') === 'Secret' && (ref.group ?? '') === '' && typeof ref.name === 'string') named.add(`${str(ref.namespace) ?? gatewayApi.namespace}/${ref.name}`);
+      }
+    }
+  }
+  for (const key of named) {
+    const secret = secrets.get(key);
+    if (secret) put('secret', key, secret);
+  }
 }
 
 interface SubscriberState {
@@ -142,7 +217,7 @@ function bytesOf(parts: WireResponse[]): number {
 /** Versions sent to a subscriber and not answered yet, at most. */
 export const MAX_INFLIGHT = 2;
 /** Streams open at once for one subscriber (a node agent's node, a waypoint's replicas); a newer one closes the oldest. */
-export const MAX_STREAMS: Readonly<Record<SubscriberKind, number>> = { 'node-agent': 2, waypoint: 16 };
+export const MAX_STREAMS: Readonly<Record<SubscriberKind, number>> = { 'node-agent': 2, waypoint: 16, gateway: 16 };
 
 /** A NACK's error is kept (status, logs) up to this many characters. */
 export const MAX_NACK_ERROR = 1024;
@@ -216,6 +291,9 @@ export class DiscoveryServer {
     this.encoded = new Map();
     for (const [key, { type, value }] of viewFor(model, 'node-agent')) this.encode(key, type, value, previous);
     for (const c of model.l7) this.encode(`l7/${c.kind}/${c.namespace}/${c.name}`, 'l7', c, previous);
+    // What gateways alone get: their Gateways and Secrets (never a node agent's or a waypoint's view).
+    for (const g of model.gateways) this.encode(`ingress/${g.kind}/${g.namespace}/${g.name}`, 'ingress', g, previous);
+    for (const s of model.secrets) this.encode(`secret/${s.namespace}/${s.name}`, 'secret', s, previous);
     this.history.set(this.version, this.encoded);
     // Versions no subscriber holds or awaits any more are dropped; a few recent ones are kept.
     const needed = new Set([...this.subscribers].flatMap((x) => [x.acked, ...x.inflight]));
@@ -252,13 +330,14 @@ export class DiscoveryServer {
           // The stream may have gone while its credential was being checked.
           if (ended) return;
           if (expired(caller)) return fail(grpc.status.UNAUTHENTICATED, `credential expired at ${new Date(caller.expiresAt!).toISOString()}: reconnect with a fresh token`);
-          if (kind !== 'node-agent' && kind !== 'waypoint') return fail(grpc.status.INVALID_ARGUMENT, `subscribe.kind must be node-agent or waypoint, got "${kind.slice(0, 64)}"`);
+          if (kind !== 'node-agent' && kind !== 'waypoint' && kind !== 'gateway') return fail(grpc.status.INVALID_ARGUMENT, `subscribe.kind must be node-agent, waypoint or gateway, got "${kind.slice(0, 64)}"`);
           // The kind is bound to the credential: a node agent's (no workload) subscribes only as
           // its own node, a waypoint's only as that waypoint.
           if (kind === 'node-agent' && (caller.workload || node !== caller.node)) return fail(grpc.status.PERMISSION_DENIED, `authenticated as ${caller.workload ? `waypoint ${caller.workload.namespace}/${caller.workload.name}` : `node ${caller.node}`}, cannot subscribe as node ${node.slice(0, 253)}`);
-          if (kind === 'waypoint' && !/^[a-z0-9-]+\/[a-z0-9.-]+$/.test(name)) return fail(grpc.status.INVALID_ARGUMENT, `subscribe.name must be NAMESPACE/NAME for a waypoint, got "${name.slice(0, 253)}"`);
-          if (kind === 'waypoint' && !caller.workload) return fail(grpc.status.PERMISSION_DENIED, `authenticated as the node agent of node ${caller.node}, cannot subscribe as waypoint ${name}: a waypoint subscribes with its own credential`);
-          if (kind === 'waypoint' && caller.workload && name !== `${caller.workload.namespace}/${caller.workload.name}`) return fail(grpc.status.PERMISSION_DENIED, `authenticated as waypoint ${caller.workload.namespace}/${caller.workload.name}, cannot subscribe as ${name}`);
+          // A gateway is authorized as a waypoint is: its own credential, for exactly its ns/serviceAccount.
+          if (kind !== 'node-agent' && !/^[a-z0-9-]+\/[a-z0-9.-]+$/.test(name)) return fail(grpc.status.INVALID_ARGUMENT, `subscribe.name must be NAMESPACE/NAME for a ${kind}, got "${name.slice(0, 253)}"`);
+          if (kind !== 'node-agent' && !caller.workload) return fail(grpc.status.PERMISSION_DENIED, `authenticated as the node agent of node ${caller.node}, cannot subscribe as ${kind} ${name}: a ${kind} subscribes with its own credential`);
+          if (kind !== 'node-agent' && caller.workload && name !== `${caller.workload.namespace}/${caller.workload.name}`) return fail(grpc.status.PERMISSION_DENIED, `authenticated as ${caller.workload.namespace}/${caller.workload.name}, cannot subscribe as ${kind} ${name}`);
           sub = { id: randomBytes(4).toString('hex'), node, kind, name, call, inflight: [], needFull: false };
           // One credential cannot pile up streams (each holds a snapshot in flight): beyond a
           // few for the same subscriber, the oldest goes (a restarted agent's half-open one).
@@ -364,7 +443,7 @@ export class DiscoveryServer {
     if (!keys) {
       // Node agents see every encoded object but L7; a waypoint's view depends on the model of that version.
       keys = kind === 'node-agent'
-        ? [...this.history.get(version)!.keys()].filter((k) => !k.startsWith('l7/'))
+        ? [...this.history.get(version)!.keys()].filter((k) => !k.startsWith('l7/') && !k.startsWith('ingress/') && !k.startsWith('secret/'))
         : version === this.version ? [...viewFor(this.model!, kind, name).keys()] : [];
       this.views.set(id, keys);
     }
