@@ -11,6 +11,7 @@ import {
   type Path, type Reporter, type Schema,
 } from './schema.js';
 import { TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, WAYPOINT_CLASS } from './model.js';
+import { isIp } from '../util/ip.js';
 
 const nonEmpty = string({ nonEmpty: true });
 const strings = list(string());
@@ -198,27 +199,72 @@ const serviceEntry = object({
   ports: list(servicePort),
   location: oneOf(['MESH_EXTERNAL', 'MESH_INTERNAL']),
   resolution: oneOf(['NONE', 'STATIC', 'DNS', 'DNS_ROUND_ROBIN']),
-  endpoints: list(object({ address: string(), ports: map(port), labels, network: string(), locality: string(), weight: int(0), serviceAccount: string() })),
-  workloadSelector: object({ labels }),
+  endpoints: list(object({
+    address: string(), ports: map(port), labels, network: [string(), { warn: NOT_USED }], locality: [string(), { warn: NOT_USED }],
+    weight: [int(0), { warn: 'ambit picks endpoints at random, unweighted: accepted, not used' }], serviceAccount: [string(), { warn: NOT_USED }],
+  })),
+  workloadSelector: [object({ labels }), { warn: 'ambit does not select pods as ServiceEntry endpoints: accepted, not used (list them in endpoints, or use a Service)' }],
   exportTo: strings,
-  subjectAltNames: strings,
+  subjectAltNames: [strings, { warn: 'the node agent passes MESH_EXTERNAL traffic through unchanged (the application does its own TLS): accepted, not used' }],
+}, { check: checkServiceEntry });
+
+/**
+ * What the node agent needs of a ServiceEntry to carry its traffic (docs/EDGE.md, Egress): a
+ * STATIC entry's endpoints are IP addresses, a DNS entry without endpoints has hosts it can
+ * resolve (no wildcard), and it carries TCP ports only.
+ */
+function checkServiceEntry(o: Record<string, unknown>, p: Path, r: Reporter): void {
+  const endpoints = Array.isArray(o.endpoints) ? o.endpoints.filter(isObject) : [];
+  const hosts = Array.isArray(o.hosts) ? o.hosts.filter((h): h is string => typeof h === 'string') : [];
+  if (o.resolution === 'STATIC' && !o.endpoints && !o.workloadSelector) r.error([...p, 'endpoints'], 'required when resolution is STATIC');
+  if (o.resolution === 'STATIC') {
+    endpoints.forEach((e, i) => {
+      if (typeof e.address === 'string' && !isIp(e.address)) {
+        r.error([...p, 'endpoints', i, 'address'], `must be an IP address when resolution is STATIC (ambit carries TCP, not Unix sockets), got ${JSON.stringify(e.address)}; use resolution DNS for a hostname`);
+      }
+    });
+  }
+  if ((o.resolution === 'DNS' || o.resolution === 'DNS_ROUND_ROBIN') && endpoints.length === 0) {
+    hosts.forEach((h, i) => {
+      if (h.startsWith('*')) r.error([...p, 'hosts', i], `a wildcard host cannot be resolved: resolution ${String(o.resolution)} without endpoints needs hostnames (or use resolution NONE)`);
+    });
+  }
+  if (Array.isArray(o.ports)) {
+    o.ports.forEach((port, i) => {
+      if (isObject(port) && typeof port.protocol === 'string' && port.protocol.toUpperCase() === 'UDP') r.warn([...p, 'ports', i, 'protocol'], 'ambit carries TCP only: this port is not used');
+    });
+  }
+  if (!Array.isArray(o.ports) || o.ports.length === 0) r.warn([...p, 'ports'], 'a ServiceEntry without ports matches no connection in ambit (its destinations are matched by address and port)');
+  if ((o.resolution === undefined || o.resolution === 'NONE') && !Array.isArray(o.addresses) && hosts.length > 0 && o.location !== 'MESH_INTERNAL') {
+    r.warn([...p, 'addresses'], 'resolution NONE without addresses matches no connection in ambit (it matches by address and port, and allocates no VIP for NONE): add addresses, or use resolution DNS or STATIC');
+  }
+}
+
+
+/** Certificates from files in the gateway's pod: Istio's older way, which ambit does not read. */
+const FROM_FILES = 'ambit reads a gateway\'s certificate from the Secret named by credentialName only: accepted, not used';
+const gatewayTls = object({
+  httpsRedirect: bool, mode: oneOf(['PASSTHROUGH', 'SIMPLE', 'MUTUAL', 'AUTO_PASSTHROUGH', 'ISTIO_MUTUAL', 'OPTIONAL_MUTUAL']),
+  serverCertificate: [string(), { warn: FROM_FILES }], privateKey: [string(), { warn: FROM_FILES }], caCertificates: [string(), { warn: FROM_FILES }],
+  caCrl: [string(), { warn: NOT_USED }], credentialName: string(), credentialNames: [strings, { warn: 'ambit reads one certificate per server, from credentialName: accepted, not used' }],
+  tlsCertificates: [any, { warn: FROM_FILES }], subjectAltNames: strings, verifyCertificateSpki: [strings, { warn: NOT_USED }], verifyCertificateHash: [strings, { warn: NOT_USED }],
+  minProtocolVersion: string(), maxProtocolVersion: string(), cipherSuites: strings,
 }, {
+  // A missing Secret is a runtime state (the gateway serves the server once it exists), not a mistake in the Gateway.
   check: (o, p, r) => {
-    if (o.resolution === 'STATIC' && !o.endpoints && !o.workloadSelector) r.error([...p, 'endpoints'], 'required when resolution is STATIC');
+    if (o.mode === 'ISTIO_MUTUAL' || o.mode === 'AUTO_PASSTHROUGH') r.warn([...p, 'mode'], `${String(o.mode)} is for Istio's east-west gateways (multi-cluster): ambit does not act on it, and the server is not served`);
+    else if (o.mode === 'OPTIONAL_MUTUAL') r.warn([...p, 'mode'], 'OPTIONAL_MUTUAL is served as MUTUAL by ambit: a client without a certificate is refused');
+    if ((o.mode === undefined || o.mode === 'SIMPLE' || o.mode === 'MUTUAL' || o.mode === 'OPTIONAL_MUTUAL') && o.credentialName === undefined && o.httpsRedirect !== true) {
+      r.warn([...p, 'credentialName'], `a ${String(o.mode ?? 'SIMPLE')} server needs its certificate: ambit reads it from the Secret credentialName names (in the gateway's namespace), and serves the server only with one`);
+    }
   },
 });
-
 const istioGateway = object({
   selector: labels,
   servers: [list(object({
-    port: [servicePort, { required: true }], bind: string(), hosts: [list(nonEmpty, { min: 1 }), { required: true }],
-    tls: object({
-      httpsRedirect: bool, mode: oneOf(['PASSTHROUGH', 'SIMPLE', 'MUTUAL', 'AUTO_PASSTHROUGH', 'ISTIO_MUTUAL', 'OPTIONAL_MUTUAL']),
-      serverCertificate: string(), privateKey: string(), caCertificates: string(), caCrl: string(), credentialName: string(), credentialNames: strings,
-      tlsCertificates: any, subjectAltNames: strings, verifyCertificateSpki: strings, verifyCertificateHash: strings,
-      minProtocolVersion: string(), maxProtocolVersion: string(), cipherSuites: strings,
-    }),
-    name: string(), defaultEndpoint: string(),
+    port: [servicePort, { required: true }], bind: [string(), { warn: NOT_USED }], hosts: [list(nonEmpty, { min: 1 }), { required: true }],
+    tls: gatewayTls,
+    name: string(), defaultEndpoint: [string(), { warn: NOT_USED }],
   }), { min: 1 }), { required: true }],
 });
 
@@ -623,9 +669,8 @@ interface KindRule {
 export const KINDS: Record<string, KindRule> = {
   'networking.istio.io/VirtualService': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: virtualService },
   'networking.istio.io/DestinationRule': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: destinationRule },
-  // ambit runs no ingress or egress gateways, and its waypoints route no ServiceEntry hosts.
-  'networking.istio.io/Gateway': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: istioGateway, notActedOn: true },
-  'networking.istio.io/ServiceEntry': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: serviceEntry, notActedOn: true },
+  'networking.istio.io/Gateway': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: istioGateway },
+  'networking.istio.io/ServiceEntry': { versions: ['v1', 'v1beta1', 'v1alpha3'], spec: serviceEntry },
   'security.istio.io/AuthorizationPolicy': { versions: ['v1', 'v1beta1'], spec: authorizationPolicy },
   'security.istio.io/PeerAuthentication': { versions: ['v1', 'v1beta1'], spec: peerAuthentication },
   'gateway.networking.k8s.io/Gateway': { versions: ['v1', 'v1beta1'], spec: gatewayApiGateway },
@@ -653,6 +698,65 @@ function waypointAnnotations(obj: Record<string, unknown>, r: Reporter): void {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// v1 Secret: the certificates of ingress gateways
+
+/** A Secret's size limit in the API server (etcd's value limit): a larger one is refused as there. */
+const MAX_SECRET_BYTES = 1 << 20;
+const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/;
+const PEM_KEY = /-----BEGIN (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----[\s\S]+?-----END (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----/;
+/** Keys a gateway reads, and the PEM block each must hold (Istio's generic-Secret names `cert`, `key`, `cacert` too). */
+const SECRET_PEM: Record<string, { what: string; re: RegExp }> = {
+  'tls.crt': { what: 'a PEM certificate chain (-----BEGIN CERTIFICATE-----)', re: PEM_CERT },
+  'tls.key': { what: 'a PEM private key (-----BEGIN PRIVATE KEY----- or RSA/EC)', re: PEM_KEY },
+  'ca.crt': { what: 'PEM CA certificates (-----BEGIN CERTIFICATE-----)', re: PEM_CERT },
+  cert: { what: 'a PEM certificate chain (-----BEGIN CERTIFICATE-----)', re: PEM_CERT },
+  key: { what: 'a PEM private key (-----BEGIN PRIVATE KEY----- or RSA/EC)', re: PEM_KEY },
+  cacert: { what: 'PEM CA certificates (-----BEGIN CERTIFICATE-----)', re: PEM_CERT },
+};
+const SECRET_KEY = /^[-._a-zA-Z0-9]{1,253}$/;
+
+/**
+ * A v1 Secret as the API server and Istio's gateways take it: `data` values base64, `stringData`
+ * text, a `kubernetes.io/tls` Secret with `tls.crt` and `tls.key`, and every key a gateway reads
+ * holding a PEM block. Messages name the key, never its bytes.
+ */
+function validateSecret(obj: Record<string, unknown>, r: Reporter): void {
+  for (const key of Object.keys(obj)) {
+    if (!['apiVersion', 'kind', 'metadata', 'type', 'data', 'stringData', 'immutable'].includes(key)) r.error([key], `unknown field "${key}"`);
+  }
+  const type = obj.type ?? 'Opaque';
+  if (typeof type !== 'string') return r.error(['type'], `must be a string, got ${describe(type)}`);
+  if (obj.immutable !== undefined && typeof obj.immutable !== 'boolean') r.error(['immutable'], `must be a boolean, got ${describe(obj.immutable)}`);
+  const values = new Map<string, { path: Path; text: string }>();
+  let bytes = 0;
+  for (const field of ['data', 'stringData'] as const) {
+    const m = obj[field];
+    if (m === undefined || m === null) continue;
+    if (!isObject(m)) { r.error([field], `must be a map of key to ${field === 'data' ? 'base64' : 'text'}, got ${describe(m)}`); continue; }
+    for (const [k, v] of Object.entries(m)) {
+      const path = [field, k];
+      if (!SECRET_KEY.test(k)) r.error(path, 'a Secret key is letters, digits, "-", "_" and "." (up to 253)');
+      if (typeof v !== 'string') { r.error(path, `must be a string, got ${v === null ? 'null' : typeof v}`); continue; }
+      if (field === 'data' && !/^[A-Za-z0-9+/\s]*={0,2}\s*$/.test(v)) { r.error(path, 'must be base64 (data); put text under stringData'); continue; }
+      const text = field === 'data' ? Buffer.from(v, 'base64').toString('utf8') : v;
+      bytes += text.length;
+      values.set(k, { path, text });
+    }
+  }
+  if (bytes > MAX_SECRET_BYTES) r.error(['data'], `${bytes} bytes of data: a Secret holds at most ${MAX_SECRET_BYTES} (1 MiB)`);
+  if (type === 'kubernetes.io/tls') {
+    for (const k of ['tls.crt', 'tls.key']) if (!values.has(k)) r.error(['data', k], `required in a kubernetes.io/tls Secret`);
+  } else if (type !== 'Opaque') {
+    r.warn(['type'], `a Secret of type ${type} is kept but not used: ambit's gateways read kubernetes.io/tls and Opaque Secrets`);
+    return;
+  }
+  for (const [k, { path, text }] of values) {
+    const pem = SECRET_PEM[k];
+    if (pem && !pem.re.test(text)) r.error(path, `must be ${pem.what}`);
+  }
+}
+
 /**
  * Validates one config object of a kind the local cluster does not run (its apiVersion, kind and
  * spec). A kind ambit does not act on is accepted with a warning that says so, so that nothing
@@ -662,6 +766,10 @@ export function validateMeshObject(obj: Record<string, unknown>, r: Reporter): '
   const apiVersion = typeof obj.apiVersion === 'string' ? obj.apiVersion : '';
   const [group, version] = apiVersion.includes('/') ? apiVersion.split('/') as [string, string] : ['', apiVersion];
   const kind = String(obj.kind);
+  if (apiVersion === 'v1' && kind === 'Secret') {
+    validateSecret(obj, r);
+    return 'checked';
+  }
   const rule = KINDS[`${group}/${kind}`];
   if (!rule) {
     r.warn(['kind'], `${kind} (${apiVersion}) is not a kind ambit acts on: accepted, not used`);

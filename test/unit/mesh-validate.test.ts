@@ -40,8 +40,6 @@ describe('mesh config validation', () => {
   it('flags the deprecated fields of the write-up and the kind ambit does not act on, and nothing else, as warnings', () => {
     const found = new Set(seedManifests().flatMap((y) => warnings(analyze(y).diagnostics)));
     expect([...found].sort()).toEqual([
-      // Its frontend-gateway: ambit runs no ingress gateway.
-      'kind: ambit validates Gateway (networking.istio.io/v1beta1) but does not act on it yet: accepted, not used',
       'spec.trafficPolicy.loadBalancer.consistentHash.minimumRingSize: deprecated: use ringHash.minimumRingSize',
       'spec.trafficPolicy.outlierDetection.consecutiveErrors: deprecated: use consecutive5xxErrors (ambit reads it as consecutive5xxErrors)',
     ]);

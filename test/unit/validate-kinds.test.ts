@@ -147,7 +147,7 @@ describe('kinds ambit does not act on', () => {
     ]);
   });
 
-  it('says that it validates but does not act on Istio Gateways and ServiceEntries yet', () => {
+  it('acts on Istio Gateways (no kind warning) and says that it does not act on ServiceEntries yet', () => {
     const { resources, diagnostics } = analyze(`apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: { name: ingress }
@@ -160,7 +160,6 @@ spec: { hosts: [api.example.com], ports: [{ number: 443, name: https, protocol: 
     expect(errors(diagnostics)).toEqual([]);
     expect(resources).toHaveLength(2);
     expect(warnings(diagnostics)).toEqual([
-      'kind: ambit validates Gateway (networking.istio.io/v1) but does not act on it yet: accepted, not used',
       'kind: ambit validates ServiceEntry (networking.istio.io/v1beta1) but does not act on it yet: accepted, not used',
     ]);
     // Still validated: a mistake is an error, not hidden behind the warning.
@@ -233,7 +232,6 @@ spec: { targetRefs: [{ kind: Service, name: web }], requestsPerUnit: 10, unit: s
       kindWarnings.push(...diagnostics.filter((d) => d.path === 'kind').map((d) => `${f}: ${d.message}`));
     }
     expect(kindWarnings.sort()).toEqual([
-      'bookinfo-gateway.yaml: ambit validates Gateway (networking.istio.io/v1alpha3) but does not act on it yet: accepted, not used',
       'egress-rule-google-apis.yaml: ambit validates ServiceEntry (networking.istio.io/v1alpha3) but does not act on it yet: accepted, not used',
     ]);
   });
