@@ -13,6 +13,8 @@
 #define AMBIT_PORT_OUTBOUND 15001
 #define AMBIT_PORT_INBOUND 15006
 #define AMBIT_PORT_HBONE 15008
+/* The agent's DNS listener in every pod (UDP, 127.0.0.1 and ::1), where port 53 is steered. */
+#define AMBIT_PORT_DNS 15053
 
 /* SO_MARK the node agent puts on every socket it makes inside a pod: never redirected. */
 #define AMBIT_SOCKET_MARK 0x539
@@ -23,11 +25,15 @@
 /* ambit_pod_config.flags */
 #define AMBIT_POD_CAPTURE_OUTBOUND 1
 #define AMBIT_POD_CAPTURE_INBOUND 2
+/* UDP to port 53 goes to the agent's DNS listener (the agent's switch; off: left alone). */
+#define AMBIT_POD_CAPTURE_DNS 4
 
 #define AMBIT_MAX_PODS 65536
 #define AMBIT_MAX_CONNECTIONS 262144
 /* Health probes in flight from the node's prober (the kubelet) at one time. */
 #define AMBIT_MAX_PROBES 16384
+/* UDP sockets of pods whose DNS queries are steered at one time (LRU: the oldest go first). */
+#define AMBIT_MAX_DNS_FLOWS 65536
 
 /* Indices of the counters map. */
 #define AMBIT_CTR_CONNECT_REDIRECTED 0
@@ -41,7 +47,10 @@
 #define AMBIT_CTR_ERRORS 8
 #define AMBIT_CTR_INBOUND_UNKNOWN_ADDR 9
 #define AMBIT_CTR_PROBE_RECORDED 10
-#define AMBIT_CTR_COUNT 11
+#define AMBIT_CTR_DNS_REDIRECTED 11
+#define AMBIT_CTR_DNS_REPLY_REWRITTEN 12
+#define AMBIT_CTR_DNS_ERRORS 13
+#define AMBIT_CTR_COUNT 14
 /* Slots in the counters map: more than in use, so that a new counter keeps the pinned map's shape. */
 #define AMBIT_CTR_SLOTS 32
 

@@ -11,6 +11,7 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
 
 static __always_inline void addr_from_ip4(__u8 addr[16], __u32 ip4_be)
 {

@@ -32,6 +32,8 @@ export const addrCodec: Codec<string> = {
 export interface PodConfig {
   captureOutbound: boolean;
   captureInbound: boolean;
+  /** UDP to port 53 steered to the agent's DNS listener (AMBIT_PORT_DNS); absent: off. */
+  captureDns?: boolean;
   outboundPort: number;
   inboundPort: number;
   excludedOutboundPorts: number[];
@@ -64,7 +66,8 @@ export const podConfigCodec: Codec<PodConfig> = {
     }
     const cidrs = c.excludedCidrs.map(parseCidr);
     const b = Buffer.alloc(pod.size);
-    const flags = (c.captureOutbound ? AMBIT.POD_CAPTURE_OUTBOUND : 0) | (c.captureInbound ? AMBIT.POD_CAPTURE_INBOUND : 0);
+    const flags = (c.captureOutbound ? AMBIT.POD_CAPTURE_OUTBOUND : 0) | (c.captureInbound ? AMBIT.POD_CAPTURE_INBOUND : 0)
+      | (c.captureDns ? AMBIT.POD_CAPTURE_DNS : 0);
     b.writeUInt32LE(flags, pod.fields.flags.offset);
     b.writeUInt16LE(c.outboundPort, pod.fields.outbound_port.offset);
     b.writeUInt16LE(c.inboundPort, pod.fields.inbound_port.offset);
@@ -100,6 +103,7 @@ export const podConfigCodec: Codec<PodConfig> = {
     return {
       captureOutbound: (flags & AMBIT.POD_CAPTURE_OUTBOUND) !== 0,
       captureInbound: (flags & AMBIT.POD_CAPTURE_INBOUND) !== 0,
+      ...((flags & AMBIT.POD_CAPTURE_DNS) !== 0 ? { captureDns: true } : {}),
       outboundPort: b.readUInt16LE(pod.fields.outbound_port.offset),
       inboundPort: b.readUInt16LE(pod.fields.inbound_port.offset),
       excludedOutboundPorts: ports(pod.fields.excluded_outbound_ports.offset),

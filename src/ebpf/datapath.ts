@@ -4,7 +4,9 @@
  * pinned under one root so that a restarted agent adopts them and uninstall removes them.
  *
  *   <pinRoot>/maps/<map>            shared maps (reused across objects and restarts)
- *   <pinRoot>/links/<program>       connect4, connect6, sockops on the mesh cgroup
+ *   <pinRoot>/links/<program>       ambit_connect4, ambit_connect6, ambit_sockops on the mesh
+ *                                   cgroup, and the DNS capture's ambit_dns_{connect,sendmsg,
+ *                                   recvmsg,getpeername}{4,6} (bpf/dns.bpf.c)
  *   <pinRoot>/links/pods/<cookie>   sk_lookup on one pod's netns
  *   <pinRoot>/links/probes/<name>   sockops on the cgroup of the node's health prober (kubelet)
  */
@@ -23,7 +25,13 @@ import { setLibbpfLogger, type LogSink } from './libbpf-log.js';
 
 export const OUTBOUND_OBJECT = 'outbound.bpf.o';
 export const INBOUND_OBJECT = 'inbound.bpf.o';
+export const DNS_OBJECT = 'dns.bpf.o';
 const OUTBOUND_PROGRAMS = ['ambit_connect4', 'ambit_connect6', 'ambit_sockops'] as const;
+/** UDP port 53 capture, on the same cgroup as the outbound programs (pinned as links/<program>). */
+const DNS_PROGRAMS = [
+  'ambit_dns_connect4', 'ambit_dns_connect6', 'ambit_dns_sendmsg4', 'ambit_dns_sendmsg6',
+  'ambit_dns_recvmsg4', 'ambit_dns_recvmsg6', 'ambit_dns_getpeername4', 'ambit_dns_getpeername6',
+] as const;
 const SK_LOOKUP_PROGRAM = 'ambit_sk_lookup';
 const PROBE_PROGRAM = 'ambit_probe_sockops';
 
@@ -56,13 +64,18 @@ export interface DatapathMaps {
   pending: BpfMap<bigint, OrigDst>;
   /** Connections of the node's prober to pods, as the pods see them (netnsCookie 0) → socket cookie. */
   probeFlows: BpfMap<SockKey, bigint>;
+  /**
+   * Steered DNS sockets: {netns cookie, client address ::, listener address, the socket's port,
+   * 15053} → the resolver the application addressed (bpf/dns.bpf.c).
+   */
+  dnsFlows: BpfMap<SockKey, OrigDst>;
   counters: BpfMap<number, bigint>;
 }
 
 export const COUNTER_NAMES = [
   'connect_redirected', 'connect_excluded', 'connect_not_enrolled', 'origdst_recorded',
   'origdst_missing', 'origdst_deleted', 'inbound_steered', 'inbound_passed', 'errors',
-  'inbound_unknown_addr', 'probe_recorded',
+  'inbound_unknown_addr', 'probe_recorded', 'dns_redirected', 'dns_reply_rewritten', 'dns_errors',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
 
@@ -77,6 +90,7 @@ export class Datapath {
     readonly pinRoot: string,
     private readonly outbound: BpfObject,
     private readonly inbound: BpfObject,
+    private readonly dns: BpfObject,
   ) {
     this.maps = {
       pods: outbound.map('ambit_pods', u64Codec, podConfigCodec),
@@ -85,6 +99,7 @@ export class Datapath {
       origDst: outbound.map('ambit_orig_dst', sockKeyCodec, origDstCodec),
       pending: outbound.map('ambit_pending', u64Codec, origDstCodec),
       probeFlows: outbound.map('ambit_probe_flows', sockKeyCodec, u64Codec),
+      dnsFlows: dns.map('ambit_dns_flows', sockKeyCodec, origDstCodec),
       counters: outbound.map('ambit_counters', u32Codec, u64Codec, true),
     };
   }
@@ -94,12 +109,13 @@ export class Datapath {
     if (options.logger) setLibbpfLogger(options.logger);
     const dir = options.objectsDir ?? defaultObjectsDir();
     const pinMapsIn = join(options.pinRoot, 'maps');
-    const outbound = BpfObject.load(join(dir, OUTBOUND_OBJECT), { pinMapsIn });
+    const loaded: BpfObject[] = [];
     try {
-      const inbound = BpfObject.load(join(dir, INBOUND_OBJECT), { pinMapsIn });
-      return new Datapath(options.pinRoot, outbound, inbound);
+      for (const name of [OUTBOUND_OBJECT, INBOUND_OBJECT, DNS_OBJECT]) loaded.push(BpfObject.load(join(dir, name), { pinMapsIn }));
+      const [outbound, inbound, dns] = loaded as [BpfObject, BpfObject, BpfObject];
+      return new Datapath(options.pinRoot, outbound, inbound, dns);
     } catch (err) {
-      outbound.close();
+      for (const obj of loaded) obj.close();
       throw err;
     }
   }
@@ -113,19 +129,24 @@ export class Datapath {
   }
 
   /**
-   * Hooks connect() and sockops for every socket created under `cgroupPath`. Links already
-   * pinned (by an earlier agent) get this object's programs swapped in instead.
-   * Returns whether links were adopted.
+   * Hooks connect() and sockops, and the DNS capture's socket-address hooks, for every socket
+   * created under `cgroupPath`. Links already pinned (by an earlier agent) get this object's
+   * programs swapped in instead; a hook an earlier agent did not have (one built without DNS
+   * capture) is attached fresh. Returns whether links were adopted.
    */
   attachOutbound(cgroupPath: string): { adopted: boolean } {
     let adopted = false;
     this.outboundCgroup = resolve(cgroupPath);
-    for (const name of OUTBOUND_PROGRAMS) {
-      const { link, adopted: was } = adoptOrAttach(this.linkPath(name), this.outbound.program(name), undefined, (p) => BpfLink.attachCgroup(p, cgroupPath));
+    for (const [name, object] of this.cgroupPrograms()) {
+      const { link, adopted: was } = adoptOrAttach(this.linkPath(name), object.program(name), undefined, (p) => BpfLink.attachCgroup(p, cgroupPath));
       this.outboundLinks.set(name, link);
       adopted ||= was;
     }
     return { adopted };
+  }
+
+  private cgroupPrograms(): [string, BpfObject][] {
+    return [...OUTBOUND_PROGRAMS.map((n): [string, BpfObject] => [n, this.outbound]), ...DNS_PROGRAMS.map((n): [string, BpfObject] => [n, this.dns])];
   }
 
   /** The cgroup the outbound hooks see (set by attachOutbound). */
@@ -137,8 +158,8 @@ export class Datapath {
   outboundProgramIds(): { attached: Record<string, number>; own: Record<string, number> } {
     const attached: Record<string, number> = {};
     const own: Record<string, number> = {};
-    for (const name of OUTBOUND_PROGRAMS) {
-      own[name] = this.outbound.program(name).id;
+    for (const [name, object] of this.cgroupPrograms()) {
+      own[name] = object.program(name).id;
       const link = this.outboundLinks.get(name);
       if (link) attached[name] = link.programId();
     }
@@ -219,21 +240,30 @@ export class Datapath {
 
   /** The entries of each map this agent walks (not the per-CPU counters), by its name in ambit.h. */
   mapEntries(): Record<string, number> {
-    const { pods, podAddrs, inboundListeners, origDst, pending, probeFlows } = this.maps;
+    const { pods, podAddrs, inboundListeners, origDst, pending, probeFlows, dnsFlows } = this.maps;
     return {
       ambit_pods: pods.size(), ambit_pod_addrs: podAddrs.size(), ambit_inbound_listeners: inboundListeners.size(),
       ambit_orig_dst: origDst.size(), ambit_pending: pending.size(), ambit_probe_flows: probeFlows.size(),
+      ambit_dns_flows: dnsFlows.size(),
     };
   }
 
   /** Each of those maps' max_entries, as the programs declare them (bpf/*.bpf.c, maps.bpf.h). */
   mapCapacity(): Record<string, number> {
-    return { ambit_pods: AMBIT.MAX_PODS, ambit_pod_addrs: AMBIT.MAX_PODS * 2, ambit_inbound_listeners: AMBIT.MAX_PODS, ambit_orig_dst: AMBIT.MAX_CONNECTIONS, ambit_pending: AMBIT.MAX_CONNECTIONS, ambit_probe_flows: AMBIT.MAX_PROBES };
+    return { ambit_pods: AMBIT.MAX_PODS, ambit_pod_addrs: AMBIT.MAX_PODS * 2, ambit_inbound_listeners: AMBIT.MAX_PODS, ambit_orig_dst: AMBIT.MAX_CONNECTIONS, ambit_pending: AMBIT.MAX_CONNECTIONS, ambit_probe_flows: AMBIT.MAX_PROBES, ambit_dns_flows: AMBIT.MAX_DNS_FLOWS };
   }
 
   /** Where the application meant to connect, for a connection accepted on a capture listener. */
   originalDestination(key: SockKey): OrigDst | undefined {
     return this.maps.origDst.get(key);
+  }
+
+  /**
+   * The resolver a pod's DNS query was addressed to, for a datagram the agent received on its
+   * DNS listener (`listenerAddr` 127.0.0.1 or ::1) from the pod's socket port `clientPort`.
+   */
+  dnsDestination(netnsCookie: bigint, listenerAddr: string, clientPort: number): OrigDst | undefined {
+    return this.maps.dnsFlows.get({ netnsCookie, clientAddr: '::', clientPort, listenerAddr, listenerPort: AMBIT.PORT_DNS });
   }
 
   /** Releases this process's handles. Pinned links and maps stay: redirection goes on. */
@@ -242,6 +272,7 @@ export class Datapath {
     this.outboundLinks.clear();
     this.probeLinks.clear();
     this.podLinks.clear();
+    this.dns.close();
     this.inbound.close();
     this.outbound.close();
   }
