@@ -28,8 +28,8 @@ export const SOCK_ADDR_HOOKS = [
 ] as const;
 export type SockAddrHook = (typeof SOCK_ADDR_HOOKS)[number]['hook'];
 
-/** ambit captures in these (sendmsg: DNS over UDP): a program that rewrites the destination before them hides the original one. */
-export const CAPTURE_HOOKS: readonly SockAddrHook[] = ['connect4', 'connect6', 'sendmsg4', 'sendmsg6'];
+/** ambit captures in these: a program that rewrites the destination before them hides the original one. */
+export const CAPTURE_HOOKS: readonly SockAddrHook[] = ['connect4', 'connect6'];
 
 const BPF_F_QUERY_EFFECTIVE = 1;
 
