@@ -101,23 +101,29 @@ export function register(program: Command): void {
     });
 
   withCluster(local.command('exec'))
-    .description('run a command inside a pod (its netns, cgroup, /etc/hosts), or inside a node\'s netns with --node')
-    .usage('[options] NAMESPACE/POD -- CMD [ARGS...]  |  --node NODE -- CMD [ARGS...]')
+    .description('run a command inside a pod (its netns, cgroup, /etc/hosts), inside a node\'s netns with --node, or outside the cluster\'s nodes with --underlay (the netns of 172.30.0.1, a client outside the mesh that reaches the nodes\' addresses)')
+    .usage('[options] NAMESPACE/POD -- CMD [ARGS...]  |  --node NODE -- CMD [ARGS...]  |  --underlay -- CMD [ARGS...]')
     .argument('<target-or-command...>')
     .option('-c, --container <name>', 'the container whose env and working directory to use (default: the first)')
     .option('--node <node>', 'run in this node\'s netns instead of a pod')
-    .action(async (words: string[], opts: { container?: string; node?: string; name?: string; cluster?: string }) => {
+    .option('--underlay', 'run in the underlay netns (172.30.0.1): outside every node and pod, as a client outside the mesh')
+    .action(async (words: string[], opts: { container?: string; node?: string; underlay?: boolean; name?: string; cluster?: string }) => {
       const layout = clusterOf(opts);
+      if (opts.node && opts.underlay) throw new LocalError('--node and --underlay both given', 'pick one: a node\'s netns, or the underlay\'s');
+      const away = opts.node !== undefined || opts.underlay === true;
       // Options go before `--`; everything after it is the command, its own options included.
       const dashes = words.indexOf('--');
-      const target = opts.node ? undefined : words[0];
-      const cmd = dashes === -1 ? words.slice(opts.node ? 0 : 1) : words.slice(dashes + 1);
-      if (!opts.node && (target === undefined || target === '--')) throw new LocalError('no pod given', 'ambit local exec NAMESPACE/POD -- CMD [ARGS...]');
+      const target = away ? undefined : words[0];
+      const cmd = dashes === -1 ? words.slice(away ? 0 : 1) : words.slice(dashes + 1);
+      if (!away && (target === undefined || target === '--')) throw new LocalError('no pod given', 'ambit local exec NAMESPACE/POD -- CMD [ARGS...]');
       if (cmd.length === 0) throw new LocalError('no command given', 'ambit local exec NAMESPACE/POD -- CMD [ARGS...]');
       let argv: string[];
       let env: NodeJS.ProcessEnv = process.env;
       let cwd = process.cwd();
-      if (opts.node) {
+      if (opts.underlay) {
+        if (!readState(layout.stateFile)) throw new LocalError(`cluster ${layout.name} does not exist`, `ambit local up --cluster ${layout.name}`);
+        argv = launchArgv({ netns: layout.underlayNetns, argv: cmd });
+      } else if (opts.node) {
         const state = readState(layout.stateFile);
         if (!state) throw new LocalError(`cluster ${layout.name} does not exist`, `ambit local up --cluster ${layout.name}`);
         if (!state.nodes.some((n) => n.name === opts.node)) throw new LocalError(`node "${opts.node}" does not exist in cluster ${layout.name} (nodes: ${state.nodes.map((n) => n.name).join(', ')})`);
@@ -355,7 +361,7 @@ function printStatus(s: ClusterStatus): void {
     if (s.controller.subscribers.length === 0) say(`config version ${s.controller.version}; no subscribers`);
     else {
       say(table(['SUBSCRIBER', 'NODE', 'APPLIED', 'LAST NACK'], s.controller.subscribers.map((x) => [
-        x.kind === 'waypoint' ? `waypoint ${x.name}` : x.kind, x.node, `${x.lastAck ?? '-'}${x.lastAck === s.controller!.version ? ' (current)' : ''}`,
+        x.kind === 'waypoint' || x.kind === 'gateway' ? `${x.kind} ${x.name}` : x.kind, x.node, `${x.lastAck ?? '-'}${x.lastAck === s.controller!.version ? ' (current)' : ''}`,
         x.lastNack ? `${x.lastNack.version}: ${x.lastNack.error}` : '-',
       ])));
     }
@@ -365,6 +371,16 @@ function printStatus(s: ClusterStatus): void {
       say(`rejected by the controller (in ${join(s.stateDir, 'config')}):`);
       for (const r of rejected) say(`  ${r}`);
     }
+  }
+  // Older runtimes answer without gateways.
+  const gateways = s.gateways ?? [];
+  if (gateways.length > 0) {
+    say();
+    say(table(['NAMESPACE', 'GATEWAY', 'SERVICE ACCOUNT', 'READY', 'EXPOSED ON', 'FOR'], gateways.map((g) => [
+      g.namespace, g.name, g.serviceAccount, g.ready ? 'yes' : 'no',
+      g.hostPorts.length ? g.hostPorts.map((p) => `${g.address}:${p}`).join(',') : '<none>', g.from.join(','),
+    ])));
+    for (const g of gateways) for (const e of g.errors) say(`gateway ${g.namespace}/${g.name}: ${e}`);
   }
   if (s.others.length > 0) {
     say();

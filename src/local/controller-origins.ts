@@ -15,9 +15,13 @@ import type { ClusterState } from './state.js';
 import type { PodInfo, SourceSnapshot } from '../config/model.js';
 import type { ConfigSource, ControllerOrigins } from '../config/source.js';
 
-/** One credential per waypoint, `<state>/waypoints/<ns>.<name>/token`, written by the runtime with the waypoint. */
-export function readWaypointTokens(stateDir: string): { namespace: string; name: string; token: string }[] {
-  const dir = join(stateDir, 'waypoints');
+/**
+ * One credential per waypoint, `<state>/waypoints/<ns>.<name>/token`, and per ingress gateway,
+ * `<state>/gateways/<ns>.<serviceAccount>/token`, written by the runtime with the pod: a
+ * workload credential for exactly that namespace and account.
+ */
+export function readWaypointTokens(stateDir: string, kind: 'waypoints' | 'gateways' = 'waypoints'): { namespace: string; name: string; token: string }[] {
+  const dir = join(stateDir, kind);
   if (!existsSync(dir)) return [];
   const out: { namespace: string; name: string; token: string }[] = [];
   for (const entry of readdirSync(dir)) {
@@ -45,7 +49,7 @@ export class LocalCredentials implements Authenticator {
     const digest = (t: string) => createHash('sha256').update(t).digest();
     this.known = [
       ...Object.entries(readBootstrapTokens(this.stateDir)).map(([node, token]) => ({ hash: digest(token), caller: { node } })),
-      ...readWaypointTokens(this.stateDir).map((w) => ({
+      ...[...readWaypointTokens(this.stateDir), ...readWaypointTokens(this.stateDir, 'gateways')].map((w) => ({
         hash: digest(w.token),
         caller: { node: '', workload: { namespace: w.namespace, name: w.name, identity: formatSpiffeId({ trustDomain: this.trustDomain, namespace: w.namespace, serviceAccount: w.name }) } },
       })),

@@ -22,6 +22,7 @@ import { ambitBin } from '../util/package.js';
 import { allocatePodIp, allocateVip, inServiceRange } from './addresses.js';
 import { endpoints, hostsFile, matches, resolvConf, serviceRules, servicesOf, type ReadyPods } from './services.js';
 import { BUILD_AND_PROFILE_ENV, isWaypointGateway, nodeFlags, waypointCredentialDir, waypointPod } from './waypoint-pods.js';
+import { gatewayCredentialDir, gatewayPod, HOST_PORTS_ANNOTATION, planGateways, type GatewayPlan } from './gateway-pods.js';
 import { Component } from './component.js';
 import { agentReady, agentRequest } from './agent-control.js';
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -34,7 +35,7 @@ import {
   formatDiagnostic, parseManifests, type DeploymentResource, type Diagnostic, type ManifestInput,
   type PodResource, type PodSpec, type Resource, type ServiceResource,
 } from '../kube/manifests.js';
-import { ClusterNetwork, deleteNetns, listNetns } from './net.js';
+import { ClusterNetwork, deleteNetns, listNetns, type ServiceRule } from './net.js';
 import { LocalPod, type ContainerStatus, type Phase } from './pod.js';
 import { removeCgroupTree } from './process.js';
 import type { PodReadiness } from '../api/admin.js';
@@ -102,6 +103,23 @@ export interface ClusterStatus {
   others: { apiVersion: string; kind: string; namespace: string; name: string }[];
   /** The cluster's Prometheus, when it runs one: its URL inside the underlay netns (`netns`). */
   prometheus?: { url: string; netns: string; scrapeInterval: string };
+  /** Ingress gateways: their pod, the node address their ports are exposed on, and why a port is not. */
+  gateways: GatewayStatus[];
+}
+
+export interface GatewayStatus {
+  namespace: string;
+  name: string;
+  serviceAccount: string;
+  /** The Gateways it serves (`Gateway.networking.istio.io/ns/name`, ...). */
+  from: string[];
+  node: string;
+  /** The node's address, where `hostPorts` are reachable from the underlay. */
+  address: string;
+  ports: number[];
+  hostPorts: number[];
+  ready: boolean;
+  errors: string[];
 }
 
 const POD_NAME_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789';
@@ -316,7 +334,7 @@ export class Runtime {
    */
   private componentEnv(): Record<string, string> {
     const env: Record<string, string> = { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' };
-    for (const key of [...BUILD_AND_PROFILE_ENV, 'AMBIT_HBONE_LIMITS', 'AMBIT_AGENT_LIMITS', 'AMBIT_CERT_TTL', 'AMBIT_CANARY_MIN_INTERVAL']) {
+    for (const key of [...BUILD_AND_PROFILE_ENV, 'AMBIT_HBONE_LIMITS', 'AMBIT_AGENT_LIMITS', 'AMBIT_DNS_CAPTURE', 'AMBIT_CERT_TTL', 'AMBIT_CANARY_MIN_INTERVAL']) {
       const value = process.env[key];
       if (value) env[key] = value;
     }
@@ -400,6 +418,7 @@ export class Runtime {
     const changes: string[] = [];
     try {
       for (const r of orderForApply(resources)) changes.push(await this.applyOne(r, created));
+      await this.reconcileGateways(created);
       writeState(this.layout.stateFile, this.state);
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'apply failed, rolling back');
@@ -484,6 +503,45 @@ export class Runtime {
     for (const p of owned.filter((p) => p.owner?.templateHash !== hash)) await this.deletePod(`${p.namespace}/${p.name}`);
     if (owned.some((p) => p.owner?.templateHash === hash)) return;
     created.push(this.createPod(namespace, `${name}-waypoint`, labels, {}, spec, { kind: 'Gateway', name, templateHash: hash }).key);
+  }
+
+  /** The node ingress gateways run on and expose their ports at: the cluster's first. */
+  private get gatewayNode(): { name: string; ip: string; index: number } {
+    return this.state.nodes[0]!;
+  }
+
+  private gatewayPlans(): GatewayPlan[] {
+    return planGateways(Object.values(this.state.resources), this.gatewayNode);
+  }
+
+  /**
+   * Ingress gateways follow the Gateways (src/local/gateway-pods.ts): a pod per gateway, made
+   * again when its ports or flags change, removed with the last Gateway that called for it
+   * (and its credential with it).
+   */
+  private async reconcileGateways(created: string[]): Promise<void> {
+    const plans = this.gatewayPlans();
+    const owned = Object.values(this.state.pods).filter((p) => p.owner?.kind === 'IngressGateway');
+    for (const p of owned) {
+      const plan = plans.find((x) => x.namespace === p.namespace && x.name === p.name);
+      if (plan && p.owner?.templateHash === gatewayPod(this.layout, plan, this.gatewayNode.name).hash) continue;
+      await this.deletePod(`${p.namespace}/${p.name}`);
+      if (!plan) rmSync(gatewayCredentialDir(this.layout, p.namespace, p.spec.serviceAccountName), { recursive: true, force: true });
+    }
+    for (const plan of plans) {
+      if (this.state.pods[`${plan.namespace}/${plan.name}`]) continue;
+      const { spec, hash } = gatewayPod(this.layout, plan, this.gatewayNode.name);
+      const labels = { ...plan.labels, 'ambit.dev/dataplane-mode': 'none' };
+      created.push(this.createPod(plan.namespace, plan.name, labels, plan.annotations, spec, { kind: 'IngressGateway', name: plan.name, templateHash: hash }).key);
+      this.log.info({ gateway: `${plan.namespace}/${plan.name}`, hostPorts: plan.hostPorts, errors: plan.errors }, 'ingress gateway pod created');
+    }
+  }
+
+  /** Each gateway pod's exposed ports as DNAT rules of its node: node address:port → pod:port (a hostPort). */
+  private hostPortRules(nodeName: string): ServiceRule[] {
+    const node = this.state.nodes.find((n) => n.name === nodeName)!;
+    return Object.values(this.state.pods).filter((p) => p.node === nodeName && p.owner?.kind === 'IngressGateway' && p.annotations[HOST_PORTS_ANNOTATION])
+      .flatMap((p) => p.annotations[HOST_PORTS_ANNOTATION]!.split(',').map(Number).map((port): ServiceRule => ({ vip: node.ip, protocol: 'TCP', port, endpoints: [{ ip: p.ip, port }] })));
   }
 
   private createPod(namespace: string, name: string, labels: Record<string, string>, annotations: Record<string, string>, spec: PodSpec, owner?: PodRecord['owner']): LocalPod {
@@ -577,6 +635,7 @@ export class Runtime {
       await this.deleteResource(key);
       changes.push(`${label} deleted`);
     }
+    await this.reconcileGateways([]);
     writeState(this.layout.stateFile, this.state);
     this.sync();
     return { changes, warnings: [], notFound };
@@ -696,7 +755,7 @@ export class Runtime {
       const rules = serviceRules(this.state, this.ready);
       for (const node of this.state.nodes) {
         const local = Object.values(this.state.pods).filter((p) => p.node === node.name).map((p) => p.ip);
-        this.net.syncServices(node.index, rules, local);
+        this.net.syncServices(node.index, [...rules, ...this.hostPortRules(node.name)], local);
       }
       for (const record of Object.values(this.state.pods)) {
         const key = `${record.namespace}/${record.name}`;
@@ -778,7 +837,14 @@ export class Runtime {
       controller = JSON.parse(readFileSync(join(this.layout.stateDir, 'controller-status.json'), 'utf8')) as ClusterStatus['controller'];
     } catch { /* not written yet */ }
     const prometheus = this.prometheus && this.state.prometheus ? { url: this.prometheus.url, netns: `/run/netns/${this.layout.underlayNetns}`, scrapeInterval: this.state.prometheus.scrapeInterval } : undefined;
-    return { name: this.layout.name, stateDir: this.layout.stateDir, createdAt: this.state.createdAt, nodes, pods, services, components, ...(controller ? { controller } : {}), others, ...(prometheus ? { prometheus } : {}) };
+    const gateways = this.gatewayPlans().map((plan): GatewayStatus => {
+      const pod = pods.find((p) => p.namespace === plan.namespace && p.name === plan.name);
+      return {
+        namespace: plan.namespace, name: plan.name, serviceAccount: plan.serviceAccount, from: plan.from, node: this.gatewayNode.name, address: this.gatewayNode.ip,
+        ports: plan.ports, hostPorts: plan.hostPorts, ready: pod !== undefined && pod.phase === 'Running' && pod.ready === `${pod.containers.length}/${pod.containers.length}` && pod.containers.length > 0, errors: plan.errors,
+      };
+    });
+    return { name: this.layout.name, stateDir: this.layout.stateDir, createdAt: this.state.createdAt, nodes, pods, services, components, ...(controller ? { controller } : {}), others, ...(prometheus ? { prometheus } : {}), gateways };
   }
 
   /** What `ambit local exec` needs to run a command as one of the pod's processes. */

@@ -3,7 +3,7 @@
  * which addresses, and which VIPs are allocated. Written atomically after every change, so
  * `status`, `down` and a later `up` work from a new shell and after a crash.
  */
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { LocalError } from './errors.js';
 import type { PodSpec, Resource } from '../kube/manifests.js';
@@ -25,7 +25,7 @@ export interface PodRecord {
   annotations: Record<string, string>;
   spec: PodSpec;
   /** The Deployment that made it, and the hash of the template it was made from. */
-  owner?: { kind: 'Deployment' | 'Gateway'; name: string; templateHash: string };
+  owner?: { kind: 'Deployment' | 'Gateway' | 'IngressGateway'; name: string; templateHash: string };
   createdAt: string;
 }
 
@@ -67,6 +67,8 @@ export function readState(path: string): ClusterState | undefined {
 export function writeState(path: string, state: ClusterState): void {
   mkdirSync(dirname(path), { recursive: true });
   const tmp = `${path}.tmp`;
-  writeFileSync(tmp, `${JSON.stringify(state, null, 1)}\n`);
+  // 0600: the state holds the Secrets applied to the cluster (gateways' private keys).
+  writeFileSync(tmp, `${JSON.stringify(state, null, 1)}\n`, { mode: 0o600 });
+  chmodSync(tmp, 0o600);
   renameSync(tmp, path);
 }
