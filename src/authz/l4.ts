@@ -22,6 +22,12 @@
  * - PeerAuthentication. The workload's selector policy, else its namespace's, else the mesh's
  *   (root namespace, no selector), else PERMISSIVE; UNSET inherits from the next level, and a
  *   port-level mode (by target port, selector policies only) overrides the workload's mode.
+ * - ServiceEntries (egress). A policy whose targetRefs name a ServiceEntry (group
+ *   networking.istio.io) is enforced by the client's node agent on connections that matched
+ *   that entry (evaluateServiceEntry): the client's identity is the source, `to.operation.hosts`
+ *   is matched against the entry's host the connection is for (case-insensitive, Istio's
+ *   wildcard forms) and `ports` against the entry's port. Other L7 attributes are handled as
+ *   above. The policy's other targetRefs (a Gateway, a Service) stay with the waypoints.
  */
 import { cidrContains, parseCidr, parseIp, type Cidr, type Ip } from '../util/ip.js';
 import type { ConfigObject, Workload } from '../config/model.js';
@@ -32,6 +38,8 @@ export interface L4Connection {
   sourceIp: string;
   destinationIp: string;
   destinationPort: number;
+  /** The ServiceEntry host the connection is for (egress only): what `to.operation.hosts` matches. */
+  host?: string;
 }
 
 export interface AuthzDecision {
@@ -63,6 +71,8 @@ interface Facts {
   readonly source: Ip | undefined;
   readonly destination: Ip | undefined;
   readonly port: number;
+  /** The ServiceEntry host, lower-cased (egress only). */
+  readonly host: string | undefined;
 }
 
 type Predicate = (f: Facts) => boolean;
@@ -92,12 +102,14 @@ export function peerIdentity(id: string | undefined): PeerIdentity {
 /** A connection's facts, each worked out when a predicate first asks for it. */
 class ConnectionFacts implements Facts {
   readonly port: number;
+  readonly host: string | undefined;
   private peerValue: PeerIdentity | undefined;
   private sourceIp: Ip | null | undefined;
   private destinationIp: Ip | null | undefined;
 
   constructor(private readonly conn: L4Connection) {
     this.port = conn.destinationPort;
+    this.host = conn.host?.toLowerCase();
   }
 
   private get peer(): PeerIdentity {
@@ -265,8 +277,15 @@ function compileSource(s: Fields, vc: ValueCompilers): Predicate {
   ]);
 }
 
-function compileOperation(o: Fields, vc: ValueCompilers): Predicate {
-  return allOf(positiveNegative(o.ports, o.notPorts, vc.ports('ports')));
+function compileOperation(o: Fields, vc: ValueCompilers, hostsAtL4: boolean): Predicate {
+  const hosts = (values: string[]): ValueTest => {
+    const m = stringMatcher(values.map((v) => v.toLowerCase()));
+    return (f) => m(f.host);
+  };
+  return allOf([
+    ...positiveNegative(o.ports, o.notPorts, vc.ports('ports')),
+    ...(hostsAtL4 ? positiveNegative(o.hosts, o.notHosts, hosts) : []),
+  ]);
 }
 
 /** The compiler for an L4 condition key, or undefined for an L7 one. */
@@ -284,8 +303,11 @@ function conditionCompiler(key: string, vc: ValueCompilers): ((v: string[]) => V
 
 interface CompiledRule { match: Predicate; l7: string[] }
 
-/** One rule; its L7 attributes are dropped from the predicate and reported in `l7`. */
-function compileRule(rule: unknown, vc: ValueCompilers): CompiledRule {
+/**
+ * One rule; its L7 attributes are dropped from the predicate and reported in `l7`. With
+ * `hostsAtL4` (a policy bound to a ServiceEntry) `hosts` is the entry's host, known at L4.
+ */
+function compileRule(rule: unknown, vc: ValueCompilers, hostsAtL4 = false): CompiledRule {
   const r = asObject(rule);
   const l7 = new Set<string>();
   const clauses: Predicate[] = [];
@@ -297,8 +319,9 @@ function compileRule(rule: unknown, vc: ValueCompilers): CompiledRule {
   }
   const to = asList(r.to).map((e) => fieldsOf(asObject(e).operation));
   if (to.length > 0) {
-    to.forEach((o) => l7Used(o, L7_OPERATION_FIELDS).forEach((n) => l7.add(n)));
-    clauses.push(anyOf(to.map((o) => compileOperation(o, vc))));
+    const l7Fields = hostsAtL4 ? L7_OPERATION_FIELDS.filter((n) => n !== 'hosts' && n !== 'notHosts') : L7_OPERATION_FIELDS;
+    to.forEach((o) => l7Used(o, l7Fields).forEach((n) => l7.add(n)));
+    clauses.push(anyOf(to.map((o) => compileOperation(o, vc, hostsAtL4))));
   }
   for (const c of asList(r.when).map(asObject)) {
     const key = String(c.key);
@@ -334,12 +357,37 @@ const IGNORED_ACTIONS: Record<string, string> = {
   AUDIT: 'action AUDIT does not affect access: ignored',
 };
 
-/** A policy for the node agent, or undefined (with a warning) when it does not act here. */
-function compileAuthorizationPolicy(p: ConfigObject, warn: Warn): CompiledPolicy | undefined {
+/** A policy's targetRef and targetRefs, as objects. */
+function targetRefsOf(spec: Record<string, unknown>): Record<string, unknown>[] {
+  return [...(spec.targetRef !== undefined ? [spec.targetRef] : []), ...asList(spec.targetRefs)].map(asObject);
+}
+
+const isServiceEntryRef = (ref: Record<string, unknown>) => ref.kind === 'ServiceEntry' && ref.group === 'networking.istio.io';
+
+/**
+ * The ServiceEntries (namespace/name) a policy's targetRefs name: Istio allows only the
+ * policy's own namespace, so a ref to another is ignored with a warning.
+ */
+function serviceEntryRefs(p: ConfigObject, warn: Warn): string[] {
+  const out: string[] = [];
+  for (const ref of targetRefsOf(asObject(p.spec)).filter(isServiceEntryRef)) {
+    const namespace = typeof ref.namespace === 'string' && ref.namespace !== '' ? ref.namespace : p.namespace;
+    if (namespace !== p.namespace) warn(`targetRefs: ServiceEntry ${namespace}/${String(ref.name)} is in another namespace: ignored (a policy binds to ServiceEntries of its own namespace)`);
+    else if (typeof ref.name === 'string') out.push(`${namespace}/${ref.name}`);
+  }
+  return out;
+}
+
+/**
+ * A policy for the node agent, or undefined (with a warning) when it does not act here. With
+ * `boundToServiceEntry`, the same policy compiled for the ServiceEntries its targetRefs name.
+ */
+function compileAuthorizationPolicy(p: ConfigObject, warn: Warn, boundToServiceEntry = false): CompiledPolicy | undefined {
   const spec = asObject(p.spec);
   const key = `${p.namespace}/${p.name}`;
-  if (spec.targetRef !== undefined || asList(spec.targetRefs).length > 0) {
-    warn('bound to a waypoint by targetRef(s): not applied by the node agent');
+  const refs = targetRefsOf(spec);
+  if (!boundToServiceEntry && refs.length > 0) {
+    if (!refs.every(isServiceEntryRef)) warn('bound to a waypoint by targetRef(s): not applied by the node agent');
     return undefined;
   }
   const action = spec.action ?? 'ALLOW';
@@ -350,15 +398,16 @@ function compileAuthorizationPolicy(p: ConfigObject, warn: Warn): CompiledPolicy
 
   const vc = valueCompilers(p.namespace, warn);
   const rules = asList(spec.rules).map((r, i) => {
-    const rule = compileRule(r, vc);
+    const rule = compileRule(r, vc, boundToServiceEntry);
     if (rule.l7.length === 0) return rule.match;
     const effect = action === 'ALLOW'
       ? 'an ALLOW rule with L7 attributes never matches at L4, so it allows nothing'
       : 'a DENY rule is enforced at L4 without its L7 attributes, so it denies more than written';
-    warn(`rules[${i}] uses L7 attributes (${rule.l7.join(', ')}): ${effect}; bind the policy to a waypoint with targetRefs to enforce them`);
+    warn(`rules[${i}] uses L7 attributes (${rule.l7.join(', ')}): ${effect}; ${boundToServiceEntry ? 'the node agent enforces a ServiceEntry\'s policies at L4 (hosts and ports)' : 'bind the policy to a waypoint with targetRefs to enforce them'}`);
     return action === 'ALLOW' ? never : rule.match;
   });
-  const selector = selectorOf(spec);
+  // A policy bound by targetRefs has no selector (Istio refuses both).
+  const selector = boundToServiceEntry ? undefined : selectorOf(spec);
   const decision = action === 'ALLOW'
     ? { allowed: true, reason: `allowed by ALLOW policy ${key}`, policy: key }
     : { allowed: false, reason: `denied by DENY policy ${key}`, policy: key };
@@ -414,6 +463,8 @@ export class L4Authorizer {
   private readonly rootNamespace: string;
   /** Authorization policies by namespace, in name order. */
   private readonly authz = new Map<string, CompiledPolicy[]>();
+  /** Authorization policies bound to a ServiceEntry (targetRefs), by the entry's namespace/name, in name order. */
+  private readonly egressAuthz = new Map<string, CompiledPolicy[]>();
   /** Per workload object (a model version's workloads are not mutated): the policies that apply. */
   private readonly applicable = new WeakMap<Workload, Applicable>();
   private readonly peerAuthWide = new Map<string, CompiledPeerAuth>();
@@ -432,6 +483,9 @@ export class L4Authorizer {
     for (const p of sorted.filter((x) => isSecurity(x, 'AuthorizationPolicy'))) {
       const compiled = compileAuthorizationPolicy(p, warner(p));
       if (compiled) push(this.authz, p.namespace, compiled);
+      const entries = serviceEntryRefs(p, warner(p));
+      const bound = entries.length > 0 ? compileAuthorizationPolicy(p, warner(p), true) : undefined;
+      if (bound) for (const entry of entries) push(this.egressAuthz, entry, bound);
     }
     this.compilePeerAuthentications(sorted.filter((x) => isSecurity(x, 'PeerAuthentication')), warner);
     for (const [id, list] of issues) this.warnings.push(`${id}: ${list.join('; ')}`);
@@ -463,6 +517,22 @@ export class L4Authorizer {
     if (allow.length === 0) return { allowed: true, reason: 'no ALLOW policy applies' };
     for (const p of allow) if (p.matches(facts)) return { ...p.decision };
     return { allowed: false, reason: `no ALLOW policy matched (${allow.length} ${allow.length === 1 ? 'applies' : 'apply'})` };
+  }
+
+  /**
+   * A connection a client makes to a ServiceEntry (`conn.host`: the entry's host it is for),
+   * decided by the client's node agent against the policies whose targetRefs name the entry:
+   * a matching DENY denies; with ALLOW policies, one must match; with none, allowed.
+   */
+  evaluateServiceEntry(entry: { namespace: string; name: string }, conn: L4Connection): AuthzDecision {
+    const bound = this.egressAuthz.get(`${entry.namespace}/${entry.name}`);
+    if (!bound) return { allowed: true, reason: 'no policy applies' };
+    const facts = new ConnectionFacts(conn);
+    const allow = bound.filter((p) => p.action === 'ALLOW');
+    for (const p of bound) if (p.action === 'DENY' && p.matches(facts)) return { ...p.decision };
+    if (allow.length === 0) return { allowed: true, reason: 'no ALLOW policy applies' };
+    for (const p of allow) if (p.matches(facts)) return { ...p.decision };
+    return { allowed: false, reason: `no ALLOW policy matched (${allow.length} ${allow.length === 1 ? 'applies' : 'apply'} to ServiceEntry ${entry.namespace}/${entry.name})` };
   }
 
   /** The mTLS mode for plaintext arriving at this workload and (target) port. */

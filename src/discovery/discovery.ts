@@ -79,6 +79,9 @@ export function viewFor(model: MeshModel, kind: SubscriberKind, name = ''): Map<
   }
   if (kind === 'node-agent') {
     for (const s of model.services) put('service', `${s.namespace}/${s.name}`, s);
+    // Egress: where ServiceEntry hosts go and what DNS answers for them, and whether unknown destinations pass.
+    for (const e of model.serviceEntries) put('serviceentry', `${e.namespace}/${e.name}`, e);
+    put('meshconfig', 'mesh', model.meshConfig);
     return out;
   }
   const [wpNs, wpName] = name.split('/');

@@ -6,8 +6,12 @@
 import { isIP } from 'node:net';
 import type { WireResource } from './discovery.js';
 import { isObject } from '../config/schema.js';
-import { WAYPOINT_GATEWAY_LABEL, type ConfigObject, type Service, type ServicePort, type Workload } from '../config/model.js';
+import {
+  DEFAULT_MESH_CONFIG, OUTBOUND_TRAFFIC_POLICIES, WAYPOINT_GATEWAY_LABEL,
+  type ConfigObject, type MeshConfig, type Service, type ServiceEntryInfo, type ServicePort, type Workload,
+} from '../config/model.js';
 import { L4Authorizer } from '../authz/l4.js';
+import { cidrContains, parseCidr, parseIp, type Cidr } from '../util/ip.js';
 
 export interface Destination {
   /** Where the tunnel or passthrough goes. */
@@ -18,6 +22,36 @@ export interface Destination {
   /** The service the app called, when it called a VIP. */
   service?: Service;
   servicePort?: ServicePort;
+}
+
+/** A connection's original destination matched to a ServiceEntry. */
+export interface EgressMatch {
+  entry: ServiceEntryInfo;
+  /** The host the connection is for: the one whose VIP or address it called, else the entry's first. */
+  host: string;
+  /** The entry's port the connection called. */
+  port: ServiceEntryInfo['ports'][number];
+  /** STATIC: the endpoint the app called directly (its address), when it did. */
+  endpoint?: ServiceEntryInfo['endpoints'][number];
+  /** How it matched: an address or VIP of the entry, one of its STATIC endpoints, or one of its CIDR blocks. */
+  by: 'address' | 'endpoint' | 'cidr';
+}
+
+/** An address as the lookups key it: IPv4-mapped IPv6 as IPv4 ("::ffff:1.2.3.4" is "1.2.3.4"). */
+function canonicalIp(text: string): string {
+  return text.startsWith('::ffff:') && isIP(text.slice(7)) === 4 ? text.slice(7) : text;
+}
+
+/** Istio's exportTo: absent or '*' every namespace, '.' the entry's own, else the namespaces named. */
+export function visibleTo(entry: ServiceEntryInfo, namespace: string): boolean {
+  const to = entry.exportTo;
+  if (!to || to.length === 0) return true;
+  return to.includes('*') || to.includes(namespace) || (to.includes('.') && entry.namespace === namespace);
+}
+
+/** The host a connection is reported under when it did not call one of the entry's VIPs: its first non-wildcard host. */
+export function primaryHost(entry: ServiceEntryInfo): string {
+  return entry.hosts.find((h) => !h.startsWith('*')) ?? entry.hosts[0] ?? `${entry.name}.${entry.namespace}`;
 }
 
 function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
@@ -40,6 +74,8 @@ const str: Check = (v, at) => (typeof v === 'string' ? undefined : `${at} must b
 const bool: Check = (v, at) => (typeof v === 'boolean' ? undefined : `${at} must be a boolean`);
 const port: Check = (v, at) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535 ? undefined : `${at} must be a port number`);
 const ip: Check = (v, at) => (typeof v === 'string' && isIP(v) !== 0 ? undefined : `${at} must be an IP address`);
+const cidr: Check = (v, at) => (typeof v === 'string' && parseCidr(v) ? undefined : `${at} must be a CIDR block`);
+const oneOf = (values: readonly string[]): Check => (v, at) => (typeof v === 'string' && values.includes(v) ? undefined : `${at} must be one of ${values.join(', ')}`);
 const optional = (c: Check): Check => (v, at) => (v === undefined ? undefined : c(v, at));
 const list = (c: Check): Check => (v, at) => {
   if (!Array.isArray(v)) return `${at} must be a list`;
@@ -75,6 +111,14 @@ const CHECKS: Record<string, Check> = {
     ports: list(shape({ name: optional(str), port, targetPort: (v, at) => (typeof v === 'string' ? undefined : port(v, at)), protocol: str })),
     waypoint: optional(shape({ name: str, namespace: str })),
   }),
+  serviceentry: shape({
+    namespace: str, name: str, hosts: list(str), addresses: list(ip), cidrs: list(cidr),
+    ports: list(shape({ number: port, name: optional(str), protocol: str, targetPort: optional(port) })),
+    resolution: oneOf(['NONE', 'STATIC', 'DNS', 'DNS_ROUND_ROBIN']), location: oneOf(['MESH_EXTERNAL', 'MESH_INTERNAL']),
+    endpoints: list(shape({ address: str, ports: optional(map(port)), labels: optional(map(str)) })),
+    dnsAddresses: map(list(ip)), exportTo: optional(list(str)),
+  }),
+  meshconfig: shape({ outboundTrafficPolicy: oneOf(OUTBOUND_TRAFFIC_POLICIES) }),
   policy: shape({ apiVersion: str, kind: str, namespace: str, name: str }),
   waypoint: shape({ apiVersion: str, kind: str, namespace: str, name: str }),
 };
@@ -113,6 +157,13 @@ export class MeshState {
   /** The services each workload (uid) is an endpoint of. */
   readonly servicesOf = new Map<string, Service[]>();
   readonly authorizer: L4Authorizer;
+  /** ServiceEntries in namespace/name order, and the mesh's settings (ALLOW_ANY until the controller says otherwise). */
+  readonly serviceEntries: ServiceEntryInfo[] = [];
+  meshConfig: MeshConfig = DEFAULT_MESH_CONFIG;
+  /** ServiceEntry lookups by the address a connection was made to: its VIPs and addresses, STATIC endpoints, CIDR blocks. */
+  private readonly egressByAddress = new Map<string, { entry: ServiceEntryInfo; host: string }[]>();
+  private readonly egressByEndpoint = new Map<string, { entry: ServiceEntryInfo; endpoint: ServiceEntryInfo['endpoints'][number] }[]>();
+  private readonly egressCidrs: { cidr: Cidr; entry: ServiceEntryInfo }[] = [];
 
   constructor(readonly version: string, resources: ReadonlyMap<string, WireResource>, opts: { rootNamespace?: string } = {}) {
     for (const r of resources.values()) {
@@ -137,6 +188,12 @@ export class MeshState {
           this.waypoints.set(`${g.namespace}/${g.name}`, g);
           break;
         }
+        case 'serviceentry':
+          this.serviceEntries.push(parse<ServiceEntryInfo>(r));
+          break;
+        case 'meshconfig':
+          this.meshConfig = parse<MeshConfig>(r);
+          break;
         case 'l7':
           break;
         default:
@@ -155,6 +212,66 @@ export class MeshState {
     }
     for (const svc of this.services.values()) for (const uid of svc.endpoints) push(this.servicesOf, uid, svc);
     this.authorizer = new L4Authorizer(this.policies, opts);
+    this.serviceEntries.sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
+    for (const entry of this.serviceEntries) this.indexServiceEntry(entry);
+  }
+
+  private indexServiceEntry(entry: ServiceEntryInfo): void {
+    const first = primaryHost(entry);
+    const seen = new Set<string>();
+    for (const [host, addrs] of Object.entries(entry.dnsAddresses)) {
+      for (const a of addrs) {
+        seen.add(a);
+        push(this.egressByAddress, canonicalIp(a), { entry, host });
+      }
+    }
+    for (const a of entry.addresses) if (!seen.has(a)) push(this.egressByAddress, canonicalIp(a), { entry, host: first });
+    for (const c of entry.cidrs) {
+      const parsedCidr = parseCidr(c);
+      if (parsedCidr) this.egressCidrs.push({ cidr: parsedCidr, entry });
+    }
+    if (entry.resolution === 'STATIC') {
+      for (const endpoint of entry.endpoints) if (isIP(endpoint.address)) push(this.egressByEndpoint, canonicalIp(endpoint.address), { entry, endpoint });
+    }
+  }
+
+  /**
+   * The ServiceEntry a connection to ip:port is for, as seen from `clientNamespace` (its
+   * exportTo): an entry's own address or VIP first, then a STATIC endpoint's address, then a
+   * CIDR block of its addresses; in each, the first entry in namespace/name order with a TCP
+   * port of that number. Undefined: no ServiceEntry covers the destination.
+   */
+  serviceEntryFor(ipText: string, port: number, clientNamespace: string): EgressMatch | undefined {
+    if (this.serviceEntries.length === 0) return undefined;
+    const key = canonicalIp(ipText);
+    const portOf = (e: ServiceEntryInfo) => (visibleTo(e, clientNamespace) ? e.ports.find((p) => p.number === port && p.protocol !== 'UDP') : undefined);
+    for (const { entry, host } of this.egressByAddress.get(key) ?? []) {
+      const p = portOf(entry);
+      if (p) return { entry, host, port: p, by: 'address' };
+    }
+    for (const { entry, endpoint } of this.egressByEndpoint.get(key) ?? []) {
+      const p = portOf(entry);
+      if (p) return { entry, host: primaryHost(entry), port: p, endpoint, by: 'endpoint' };
+    }
+    if (this.egressCidrs.length > 0) {
+      const parsedIp = parseIp(ipText);
+      if (parsedIp) {
+        for (const { cidr: c, entry } of this.egressCidrs) {
+          const p = cidrContains(c, parsedIp) ? portOf(entry) : undefined;
+          if (p) return { entry, host: primaryHost(entry), port: p, by: 'cidr' };
+        }
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Whether REGISTRY_ONLY lets a connection to ip:port through: a mesh service's VIP, a known
+   * workload's address, or a ServiceEntry that covers it (serviceEntryFor).
+   */
+  registered(ipText: string, port: number, clientNamespace: string): boolean {
+    const key = canonicalIp(ipText);
+    return this.servicesByVip.has(key) || this.workloadsByIp.has(key) || this.serviceEntryFor(key, port, clientNamespace) !== undefined;
   }
 
   /**

@@ -146,7 +146,7 @@ describe('the discovery stream', () => {
     const wp = subscribe('node-2', 'waypoint', 'shop/wp');
     await Promise.all([n1.client.ready, wp.client.ready]);
     expect(n1.applied[0]!.keys).toEqual([
-      'policy/AuthorizationPolicy/shop/allow-users', 'service/shop/payment', 'service/shop/users',
+      'meshconfig/mesh', 'policy/AuthorizationPolicy/shop/allow-users', 'service/shop/payment', 'service/shop/users',
       'waypoint/shop/wp', 'workload/uid-legacy', 'workload/uid-payment-1', 'workload/uid-users-1',
     ]);
     expect(wp.applied[0]!.keys).toEqual([
@@ -248,7 +248,7 @@ describe('the discovery stream', () => {
     await startServer(model());
     await until('the resync', () => n1.client.connected && n1.client.appliedVersion === discovery.version, { timeout: 15_000, interval: 10 });
     expect(n1.client.reconnects).toBeGreaterThan(0);
-    expect([...n1.client.resources.keys()].sort()).toEqual([...model().workloads.map((w) => `workload/${w.uid}`), 'policy/AuthorizationPolicy/shop/allow-users', 'service/shop/payment', 'service/shop/users', 'waypoint/shop/wp'].sort());
+    expect([...n1.client.resources.keys()].sort()).toEqual([...model().workloads.map((w) => `workload/${w.uid}`), 'meshconfig/mesh', 'policy/AuthorizationPolicy/shop/allow-users', 'service/shop/payment', 'service/shop/users', 'waypoint/shop/wp'].sort());
   }, 30_000);
 });
 

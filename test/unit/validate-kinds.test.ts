@@ -147,7 +147,7 @@ describe('kinds ambit does not act on', () => {
     ]);
   });
 
-  it('acts on Istio Gateways (no kind warning) and says that it does not act on ServiceEntries yet', () => {
+  it('acts on Istio Gateways and ServiceEntries (no kind warning)', () => {
     const { resources, diagnostics } = analyze(`apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: { name: ingress }
@@ -159,10 +159,8 @@ metadata: { name: api }
 spec: { hosts: [api.example.com], ports: [{ number: 443, name: https, protocol: TLS }], resolution: DNS }`);
     expect(errors(diagnostics)).toEqual([]);
     expect(resources).toHaveLength(2);
-    expect(warnings(diagnostics)).toEqual([
-      'kind: ambit validates ServiceEntry (networking.istio.io/v1beta1) but does not act on it yet: accepted, not used',
-    ]);
-    // Still validated: a mistake is an error, not hidden behind the warning.
+    expect(warnings(diagnostics)).toEqual([]);
+    // Validated: a mistake is an error.
     expect(errors(analyze('apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: api }\nspec: { hosts: [] }').diagnostics))
       .toEqual(['spec.hosts: must have at least 1 item']);
   });
@@ -231,8 +229,7 @@ spec: { targetRefs: [{ kind: Service, name: web }], requestsPerUnit: 10, unit: s
       expect(errors(diagnostics), f).toEqual([]);
       kindWarnings.push(...diagnostics.filter((d) => d.path === 'kind').map((d) => `${f}: ${d.message}`));
     }
-    expect(kindWarnings.sort()).toEqual([
-      'egress-rule-google-apis.yaml: ambit validates ServiceEntry (networking.istio.io/v1alpha3) but does not act on it yet: accepted, not used',
-    ]);
+    // ambit acts on every kind of the samples (the ServiceEntry since egress, the Gateways since ingress).
+    expect(kindWarnings.sort()).toEqual([]);
   });
 });
