@@ -252,8 +252,7 @@ const gatewayTls = object({
 }, {
   // A missing Secret is a runtime state (the gateway serves the server once it exists), not a mistake in the Gateway.
   check: (o, p, r) => {
-    if (o.mode === 'ISTIO_MUTUAL' || o.mode === 'AUTO_PASSTHROUGH') r.warn([...p, 'mode'], `${String(o.mode)} is for Istio's east-west gateways (multi-cluster): ambit does not act on it, and the server is not served`);
-    else if (o.mode === 'OPTIONAL_MUTUAL') r.warn([...p, 'mode'], 'OPTIONAL_MUTUAL is served as MUTUAL by ambit: a client without a certificate is refused');
+    if (o.mode === 'ISTIO_MUTUAL' || o.mode === 'AUTO_PASSTHROUGH') r.warn([...p, 'mode'], `${String(o.mode)} is for Istio's sidecars and east-west gateways (multi-cluster): ambit does not act on it, and the server is not served`);
     if ((o.mode === undefined || o.mode === 'SIMPLE' || o.mode === 'MUTUAL' || o.mode === 'OPTIONAL_MUTUAL') && o.credentialName === undefined && o.httpsRedirect !== true) {
       r.warn([...p, 'credentialName'], `a ${String(o.mode ?? 'SIMPLE')} server needs its certificate: ambit reads it from the Secret credentialName names (in the gateway's namespace), and serves the server only with one`);
     }

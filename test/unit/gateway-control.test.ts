@@ -97,7 +97,7 @@ spec:
 `);
     expect(errors(other.diagnostics)).toEqual([]);
     expect(warnings(other.diagnostics)).toEqual([
-      "spec.servers[0].tls.mode: ISTIO_MUTUAL is for Istio's east-west gateways (multi-cluster): ambit does not act on it, and the server is not served",
+      "spec.servers[0].tls.mode: ISTIO_MUTUAL is for Istio's sidecars and east-west gateways (multi-cluster): ambit does not act on it, and the server is not served",
       "spec.servers[1].tls.serverCertificate: ambit reads a gateway's certificate from the Secret named by credentialName only: accepted, not used",
       "spec.servers[1].tls.privateKey: ambit reads a gateway's certificate from the Secret named by credentialName only: accepted, not used",
       "spec.servers[1].tls.credentialName: a SIMPLE server needs its certificate: ambit reads it from the Secret credentialName names (in the gateway's namespace), and serves the server only with one",
