@@ -9,6 +9,7 @@ import { durationMs } from '../config/schema.js';
 import { CaError } from '../identity/ca.js';
 import { logger } from '../telemetry/log.js';
 import { DEFAULT_TRUST_DOMAIN } from '../identity/spiffe.js';
+import { OUTBOUND_TRAFFIC_POLICIES, type OutboundTrafficPolicy } from '../config/model.js';
 import { CliError } from './errors.js';
 
 function hostPort(value: string, flag = '--listen'): { host: string; port: number } {
@@ -35,6 +36,19 @@ export function defaultCertTtl(env: NodeJS.ProcessEnv): number {
   return Number(value);
 }
 
+/**
+ * --outbound-traffic-policy, else AMBIT_OUTBOUND_TRAFFIC_POLICY, else ALLOW_ANY: what meshed pods
+ * may reach outside the registry (Istio's meshConfig.outboundTrafficPolicy.mode).
+ */
+export function outboundTrafficPolicy(flag: string | undefined, env: NodeJS.ProcessEnv): OutboundTrafficPolicy {
+  const [value, what] = flag !== undefined ? [flag, '--outbound-traffic-policy'] : [env.AMBIT_OUTBOUND_TRAFFIC_POLICY, 'AMBIT_OUTBOUND_TRAFFIC_POLICY'];
+  if (value === undefined || value === '') return 'ALLOW_ANY';
+  if (!(OUTBOUND_TRAFFIC_POLICIES as readonly string[]).includes(value)) {
+    throw new CliError(`${what} must be ${OUTBOUND_TRAFFIC_POLICIES.join(' or ')}, got "${value}"`, 'ALLOW_ANY (the default) lets meshed pods reach any destination; REGISTRY_ONLY only mesh services and ServiceEntries', 1, 'AMBIT_E_SETTING');
+  }
+  return value as OutboundTrafficPolicy;
+}
+
 export function register(program: Command): void {
   program.command('controller')
     .description('run the control plane: the mesh CA (gRPC over TLS) on 15012')
@@ -49,7 +63,9 @@ export function register(program: Command): void {
     .option('--plugin-ca <dir>', 'use this CA (root-cert.pem, ca-key.pem, and cert-chain.pem or ca-cert.pem, as Istio\'s cacerts; EC or RSA keys) instead of a self-made root')
     .option('--cert-ttl <seconds>', 'default workload certificate lifetime (default: AMBIT_CERT_TTL, else 86400)', seconds('--cert-ttl'))
     .option('--max-cert-ttl <seconds>', 'longest lifetime a caller may ask for', seconds('--max-cert-ttl'), 7 * 24 * 3600)
-    .action(async (opts: { localState?: string; kubernetes?: true | string; caDir?: string; configDir?: string; listen: string; health?: string; monitoring?: string; trustDomain: string; pluginCa?: string; certTtl?: number; maxCertTtl: number }) => {
+    .option('--outbound-traffic-policy <mode>', 'ALLOW_ANY: meshed pods reach any destination; REGISTRY_ONLY: only mesh services, workloads and ServiceEntries, the rest refused by the node agents (default: AMBIT_OUTBOUND_TRAFFIC_POLICY, else ALLOW_ANY)')
+    .action(async (opts: { localState?: string; kubernetes?: true | string; caDir?: string; configDir?: string; listen: string; health?: string; monitoring?: string; trustDomain: string; pluginCa?: string; certTtl?: number; maxCertTtl: number; outboundTrafficPolicy?: string }) => {
+      const meshConfig = { outboundTrafficPolicy: outboundTrafficPolicy(opts.outboundTrafficPolicy, process.env) };
       const { host, port } = hostPort(opts.listen);
       const health = opts.health ? hostPort(opts.health, '--health') : opts.kubernetes ? { host: '0.0.0.0', port: CONTROLLER_READY_PORT } : undefined;
       const monitoring = opts.monitoring ? hostPort(opts.monitoring, '--monitoring') : opts.kubernetes ? { host: '0.0.0.0', port: CONTROLLER_MONITORING_PORT } : undefined;
@@ -59,6 +75,7 @@ export function register(program: Command): void {
         ...(opts.localState ? { local: { stateDir: opts.localState, origins: localOrigins(opts.localState, opts.trustDomain) }, canaries: localCanaries(opts.localState, { minIntervalMs: canaryMinInterval(process.env) }) } : {}), ...(opts.kubernetes ? { kubernetes: { ...(opts.kubernetes === true ? {} : { kubeconfig: opts.kubernetes }), settings: kubernetesSettingsFromEnv(process.env) } } : {}), ...(opts.caDir ? { caDir: opts.caDir } : {}),
         configDir: opts.configDir, host, port, trustDomain: opts.trustDomain, pluginCaDir: opts.pluginCa,
         defaultTtlSeconds: opts.certTtl ?? defaultCertTtl(process.env), maxTtlSeconds: opts.maxCertTtl, ...(health ? { health } : {}), ...(monitoring ? { monitoring } : {}),
+        meshConfig,
       }));
       for (const signal of ['SIGTERM', 'SIGINT'] as const) {
         process.once(signal, () => {

@@ -33,6 +33,10 @@ function clusterOf(opts: ClusterFlags): ClusterLayout {
   return new ClusterLayout(opts.cluster ?? opts.name ?? DEFAULT_CLUSTER);
 }
 const collect = (value: string, previous: string[] = []) => [...previous, value];
+function outboundMode(value: string): 'ALLOW_ANY' | 'REGISTRY_ONLY' {
+  if (value !== 'ALLOW_ANY' && value !== 'REGISTRY_ONLY') throw new LocalError(`--outbound-traffic-policy must be ALLOW_ANY or REGISTRY_ONLY, got "${value}"`);
+  return value;
+}
 
 function positiveInt(flag: string, max: number) {
   return (value: string) => {
@@ -52,7 +56,8 @@ export function register(program: Command): void {
     .option('--timeout <seconds>', 'how long to wait for the pods', positiveInt('--timeout', 3600), 180)
     .option('--prometheus', 'also run a Prometheus (Debian\'s prometheus package) scraping the controller, every node agent and waypoint; kept with the cluster')
     .option('--scrape-interval <duration>', 'the Prometheus\'s scrape interval (with --prometheus)', DEFAULT_SCRAPE_INTERVAL)
-    .action(async (opts: { filename?: string[]; nodes?: number; timeout: number; prometheus?: boolean; scrapeInterval: string; name?: string; cluster?: string }) => {
+    .option('--outbound-traffic-policy <mode>', 'ALLOW_ANY or REGISTRY_ONLY (as Istio\'s meshConfig.outboundTrafficPolicy.mode): kept with the cluster; a change restarts its controller (default: the cluster\'s, ALLOW_ANY for a new one)', outboundMode)
+    .action(async (opts: { filename?: string[]; nodes?: number; timeout: number; prometheus?: boolean; scrapeInterval: string; outboundTrafficPolicy?: 'ALLOW_ANY' | 'REGISTRY_ONLY'; name?: string; cluster?: string }) => {
       const layout = clusterOf(opts);
       const inputs = opts.filename ? readManifestInputs(opts.filename) : [];
       const pid = runtimePid(layout);
@@ -73,6 +78,10 @@ export function register(program: Command): void {
       if (opts.prometheus) {
         const p = await client.request<{ url: string; started: boolean }>('POST', '/v1/prometheus', { scrapeInterval: checkScrapeInterval(opts.scrapeInterval) });
         say(`prometheus ${p.started ? 'started' : 'runs'} on ${p.url} in the cluster's underlay netns (reachable from its nodes; ambit stat and ambit dashboard read it)`);
+      }
+      if (opts.outboundTrafficPolicy) {
+        const m = await client.request<{ mode: string; changed: boolean }>('POST', '/v1/mesh-config', { outboundTrafficPolicy: opts.outboundTrafficPolicy });
+        say(`outbound traffic policy ${m.mode}${m.changed ? ' (controller restarted)' : ''}`);
       }
       if (inputs.length > 0) printApply(await apply(client, 'apply', inputs));
       await waitForPods(client, layout, opts.timeout * 1000);

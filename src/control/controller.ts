@@ -25,7 +25,7 @@ import { DiscoveryServer, discoveryService } from '../discovery/discovery.js';
 import type { ConfigSource, ControllerOrigins } from '../config/source.js';
 import { ManifestDirSource, MergedSource } from './manifest-source.js';
 import { formatDiagnostic, type Diagnostic, type Resource } from '../kube/manifests.js';
-import { buildModel } from '../config/model.js';
+import { buildModel, DEFAULT_MESH_CONFIG, type MeshConfig } from '../config/model.js';
 import { CanaryController, type CanaryControllerOptions } from '../canary/controller.js';
 
 export interface ControllerOptions {
@@ -55,6 +55,8 @@ export interface ControllerOptions {
   monitoring?: { host: string; port: number };
   /** Runs Flagger Canaries (src/canary): where the cluster, its metrics and webhooks are. */
   canaries?: CanaryControllerOptions;
+  /** The mesh-wide settings streamed to node agents (outboundTrafficPolicy; default ALLOW_ANY). */
+  meshConfig?: MeshConfig;
 }
 
 /**
@@ -323,7 +325,7 @@ export async function runController(opts: ControllerOptions): Promise<Controller
     source = new MergedSource([primary, dir]);
   }
   source.start((snapshot) => {
-    const model = buildModel(snapshot, opts.trustDomain);
+    const model = buildModel(snapshot, opts.trustDomain, undefined, opts.meshConfig ?? DEFAULT_MESH_CONFIG);
     discovery.update(model);
     writeStatus();
     metrics.setModel({ services: model.services.length, workloads: model.workloads.length }, configCounts(snapshot.resources, [...(kube?.diagnostics() ?? []), ...dirDiagnostics]));

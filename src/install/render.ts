@@ -292,6 +292,7 @@ export function controllerObjects(v: Values): K8sObject[] {
               { name: 'AMBIT_TOKEN_AUDIENCE', value: TOKEN_AUDIENCE },
               { name: 'AMBIT_NODE_SERVICE_ACCOUNT', value: NODE_AGENT },
               { name: 'AMBIT_WAYPOINTS_MANAGED', value: String(v.waypoints.managed) },
+              { name: 'AMBIT_OUTBOUND_TRAFFIC_POLICY', value: v.meshConfig.outboundTrafficPolicy.mode },
               { name: 'AMBIT_WAYPOINT_VALUES', value: waypointTemplateValues(v) },
               { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
               { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },

@@ -49,6 +49,8 @@ export interface Values {
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error';
   rootNamespace: string;
   controller: { replicas: number; certTtlSeconds: number };
+  /** Istio's mesh config keys ambit acts on: what meshed pods may reach outside the registry. */
+  meshConfig: { outboundTrafficPolicy: { mode: 'ALLOW_ANY' | 'REGISTRY_ONLY' } };
   nodeAgent: { drainSeconds: number; hboneLimits: string; pinRoot: string; cgroupRoot: string; kubeletCgroup: string[]; appArmorProfile: string };
   waypoint: { replicas: number };
   waypoints: { managed: boolean };
@@ -153,6 +155,11 @@ export const VALUES: Record<string, ValueSpec> = {
   rootNamespace: { default: () => 'istio-system', parse: dnsLabel, help: 'Istio root namespace: mesh-wide policy lives there' },
   'controller.replicas': { default: () => 2, parse: integer(1, 10), help: 'controller replicas (one leader elected through a Lease; all serve the CA and discovery)' },
   'controller.certTtlSeconds': { default: () => 24 * 3600, parse: integer(600, 7 * 24 * 3600), help: 'default workload certificate lifetime (at most the controller\'s --max-cert-ttl, 7 days)' },
+  'meshConfig.outboundTrafficPolicy.mode': {
+    default: () => 'ALLOW_ANY',
+    parse: oneOf(['ALLOW_ANY', 'REGISTRY_ONLY']),
+    help: 'as Istio\'s: ALLOW_ANY lets meshed pods reach any destination; REGISTRY_ONLY only mesh services, workloads and ServiceEntries, and the node agents refuse the rest (the controller\'s AMBIT_OUTBOUND_TRAFFIC_POLICY)',
+  },
   'nodeAgent.drainSeconds': { default: () => 30, parse: integer(0, 3600), help: 'how long connections may take to finish when the agent stops or a pod leaves the mesh' },
   'nodeAgent.hboneLimits': {
     default: () => '',

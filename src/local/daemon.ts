@@ -8,6 +8,7 @@
  *   POST /v1/delete  {inputs}                delete what they name
  *   GET  /v1/exec?pod=NS/NAME[&container=C]  where and how to run a command as the pod
  *   POST /v1/components {action,name,node?}  stop, start or restart a component
+ *   POST /v1/mesh-config {outboundTrafficPolicy}  set the controller's mode (restarts it on a change)
  *   POST /v1/shutdown                        stop every pod and exit (the state stays)
  */
 import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -91,6 +92,11 @@ export async function runDaemon(layout: ClusterLayout, nodes: number | undefined
         const interval = (await readJson(req.raw) as { scrapeInterval?: unknown }).scrapeInterval;
         if (typeof interval !== 'string') throw new LocalError('request needs "scrapeInterval": a duration such as "5s"');
         return send(res, 200, runtime.enablePrometheus(interval));
+      }
+      if (route === 'POST /v1/mesh-config') {
+        const mode = (await readJson(req.raw) as { outboundTrafficPolicy?: unknown }).outboundTrafficPolicy;
+        if (mode !== 'ALLOW_ANY' && mode !== 'REGISTRY_ONLY') throw new LocalError('request needs "outboundTrafficPolicy": ALLOW_ANY or REGISTRY_ONLY');
+        return send(res, 200, await runtime.setOutboundTrafficPolicy(mode));
       }
       if (route === 'POST /v1/shutdown') {
         send(res, 200, { stopping: true });

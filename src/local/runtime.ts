@@ -206,6 +206,32 @@ export class Runtime {
     }
   }
 
+  /** The controller's command line; its mesh settings from the state (`ambit local up --outbound-traffic-policy`). */
+  private controllerArgv(): string[] {
+    return [process.execPath, ...nodeFlags(), ambitBin(), 'controller', '--local-state', this.layout.stateDir, '--config-dir', this.layout.configDir, '--listen', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
+      '--monitoring', `${UNDERLAY_GATEWAY}:${CONTROLLER_MONITORING_PORT}`,
+      '--outbound-traffic-policy', this.state.meshConfig?.outboundTrafficPolicy ?? 'ALLOW_ANY'];
+  }
+
+  /**
+   * `ambit local up --outbound-traffic-policy MODE`: kept in the state and given to the
+   * controller, which is restarted when the mode changes (the node agents reconnect and get it
+   * with their next config; their pods' connections are carried meanwhile).
+   */
+  async setOutboundTrafficPolicy(mode: 'ALLOW_ANY' | 'REGISTRY_ONLY'): Promise<{ mode: string; changed: boolean }> {
+    const current = this.state.meshConfig?.outboundTrafficPolicy ?? 'ALLOW_ANY';
+    if (current === mode) return { mode, changed: false };
+    this.state.meshConfig = { outboundTrafficPolicy: mode };
+    writeState(this.layout.stateFile, this.state);
+    const controller = this.components.find((c) => c.spec.name === 'controller');
+    if (controller) {
+      controller.spec.argv = this.controllerArgv();
+      await this.componentAction('restart', 'controller');
+    }
+    this.log.info({ outboundTrafficPolicy: mode }, 'mesh config changed');
+    return { mode, changed: true };
+  }
+
   /** The controller (the CA today) in the underlay netns, on the control-plane address. */
   private startComponents(): void {
     const underlay = this.layout.underlayNetns;
@@ -214,8 +240,7 @@ export class Runtime {
       name: 'controller',
       netns: underlay,
       cgroup: this.layout.componentCgroup('controller'),
-      argv: [process.execPath, ...nodeFlags(), ambitBin(), 'controller', '--local-state', this.layout.stateDir, '--config-dir', this.layout.configDir, '--listen', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
-        '--monitoring', `${UNDERLAY_GATEWAY}:${CONTROLLER_MONITORING_PORT}`],
+      argv: this.controllerArgv(),
       env: this.componentEnv(),
       logFile: this.layout.componentLog('controller'),
       health: () => tcpReachable(`/run/netns/${underlay}`, UNDERLAY_GATEWAY, CONTROLLER_PORT),
@@ -334,7 +359,7 @@ export class Runtime {
    */
   private componentEnv(): Record<string, string> {
     const env: Record<string, string> = { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' };
-    for (const key of [...BUILD_AND_PROFILE_ENV, 'AMBIT_HBONE_LIMITS', 'AMBIT_AGENT_LIMITS', 'AMBIT_DNS_CAPTURE', 'AMBIT_CERT_TTL', 'AMBIT_CANARY_MIN_INTERVAL']) {
+    for (const key of [...BUILD_AND_PROFILE_ENV, 'AMBIT_HBONE_LIMITS', 'AMBIT_AGENT_LIMITS', 'AMBIT_DNS_CAPTURE', 'AMBIT_DNS_RESOLVERS', 'AMBIT_CERT_TTL', 'AMBIT_CANARY_MIN_INTERVAL']) {
       const value = process.env[key];
       if (value) env[key] = value;
     }

@@ -45,6 +45,8 @@ export interface ClusterState {
   services: Record<string, ServiceRecord>;
   /** `ambit local up --prometheus`: the cluster runs a Prometheus scraping it (src/local/prometheus.ts). */
   prometheus?: { scrapeInterval: string };
+  /** `ambit local up --outbound-traffic-policy`: the controller's mesh settings (absent: ALLOW_ANY). */
+  meshConfig?: { outboundTrafficPolicy: 'ALLOW_ANY' | 'REGISTRY_ONLY' };
 }
 
 export function resourceKey(r: { kind: string; apiVersion?: string; meta: { namespace: string; name: string } }): string {
