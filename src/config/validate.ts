@@ -211,7 +211,7 @@ const serviceEntry = object({
 /**
  * What the node agent needs of a ServiceEntry to carry its traffic (docs/EDGE.md, Egress): a
  * STATIC entry's endpoints are IP addresses, a DNS entry without endpoints has hosts it can
- * resolve (no wildcard), and it carries TCP ports only.
+ * resolve (no wildcard), and it has ports (its destinations are matched by address and port).
  */
 function checkServiceEntry(o: Record<string, unknown>, p: Path, r: Reporter): void {
   const endpoints = Array.isArray(o.endpoints) ? o.endpoints.filter(isObject) : [];
@@ -227,11 +227,6 @@ function checkServiceEntry(o: Record<string, unknown>, p: Path, r: Reporter): vo
   if ((o.resolution === 'DNS' || o.resolution === 'DNS_ROUND_ROBIN') && endpoints.length === 0) {
     hosts.forEach((h, i) => {
       if (h.startsWith('*')) r.error([...p, 'hosts', i], `a wildcard host cannot be resolved: resolution ${String(o.resolution)} without endpoints needs hostnames (or use resolution NONE)`);
-    });
-  }
-  if (Array.isArray(o.ports)) {
-    o.ports.forEach((port, i) => {
-      if (isObject(port) && typeof port.protocol === 'string' && port.protocol.toUpperCase() === 'UDP') r.warn([...p, 'ports', i, 'protocol'], 'ambit carries TCP only: this port is not used');
     });
   }
   if (!Array.isArray(o.ports) || o.ports.length === 0) r.warn([...p, 'ports'], 'a ServiceEntry without ports matches no connection in ambit (its destinations are matched by address and port)');
