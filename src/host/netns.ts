@@ -179,6 +179,28 @@ function getU64Opt(fd: number, name: number, what: string): bigint {
   return value.readBigUInt64LE(0);
 }
 
+/**
+ * A UDP socket bound to host:port inside the netns at `netnsPath` (port 0: any); returns its fd,
+ * for `dgram.createSocket(...).bind({ fd })`. The node agent's DNS listener and the sockets it
+ * forwards pods' queries from.
+ */
+export function udpSocketInNetns(netnsPath: string, host: string, port: number, options: SocketOptions = {}): number {
+  return inNetns(netnsPath, () => {
+    const { family, addr } = sockaddr(host, port);
+    const fd = libc.socket(family, libc.SOCK_DGRAM | libc.SOCK_NONBLOCK | libc.SOCK_CLOEXEC, 0);
+    if (fd < 0) fail('AMBIT_E_NETNS_SOCKET', 'socket');
+    if (options.mark !== undefined) setIntOpt(fd, libc.SOL_SOCKET, libc.SO_MARK, options.mark, 'SO_MARK');
+    if (family === libc.AF_INET6) setIntOpt(fd, libc.IPPROTO_IPV6, libc.IPV6_V6ONLY, options.dualStack ? 0 : 1, 'IPV6_V6ONLY');
+    if (options.reusePort) setIntOpt(fd, libc.SOL_SOCKET, libc.SO_REUSEPORT, 1, 'SO_REUSEPORT');
+    if (libc.bind(fd, addr, addr.length) < 0) {
+      const errno = libc.errno();
+      libc.close(fd);
+      throw new NetnsError('AMBIT_E_NETNS_SOCKET', `cannot bind UDP ${host.includes(':') ? `[${host}]` : host}:${port} in ${netnsPath}`, errno);
+    }
+    return fd;
+  });
+}
+
 /** The kernel's cookie for the netns at `netnsPath` (the key of every per-pod map entry). */
 export function netnsCookie(netnsPath: string): bigint {
   return inNetns(netnsPath, () => {

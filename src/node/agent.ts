@@ -30,6 +30,7 @@ import { MeshMetrics } from '../telemetry/metrics.js';
 import { LoadShedder, parseAdmissionLimits, type AdmissionLimits } from './shedding.js';
 import { ConnectionTracker, resetOrDestroy, splice, type TrackedConnection } from './connections.js';
 import { PodEnroller, type EnrolledPod } from './enroll.js';
+import { buildDnsTable, DnsServer, netnsUpstream, type DnsPod, type DnsServiceEntry, type DnsTable } from './dns.js';
 import { HBONE_CODES, HboneError, HboneLimiter, HbonePool, HboneServer, refuseTunnel, type HboneCode, type HboneLimits, type TunnelInfo } from '../hbone/hbone.js';
 import { MeshState, MeshStateError, type Destination } from '../discovery/mesh-state.js';
 import type { PodReadiness } from '../api/admin.js';
@@ -76,6 +77,11 @@ export interface NodeAgentOptions {
   hboneLimits?: Partial<HboneLimits>;
   /** Load shedding's bounds (default: AMBIT_AGENT_LIMITS, else src/node/admission.ts's defaults). */
   admission?: AdmissionLimits;
+  /**
+   * Answer the pods' DNS for mesh services and ServiceEntry hosts, captured by eBPF (UDP and TCP
+   * port 53), and forward the rest to the resolver each pod asked (default true; AMBIT_DNS_CAPTURE).
+   */
+  dnsCapture?: boolean;
   log: Logger;
   accessLog: Logger;
 }
@@ -122,6 +128,10 @@ export class NodeAgent {
   private readonly shedder: LoadShedder;
   private readonly datapath: Datapath;
   private readonly enroller: PodEnroller;
+  /** The pods' DNS server; undefined with DNS capture off. */
+  private readonly dns: DnsServer | undefined;
+  private readonly dnsPods = new Map<bigint, DnsPod>();
+  private dnsTable?: { state: MeshState; table: DnsTable };
   private readonly pool: HbonePool;
   /** Shared by every pod's HBONE listener: a peer's connections and streams are counted across the node. */
   private readonly hboneLimiter: HboneLimiter;
@@ -173,7 +183,16 @@ export class NodeAgent {
       outbound: (socket, dst, pod) => void this.outbound(socket, dst, pod),
       inbound: (socket, pod) => void this.inbound(socket, pod),
       hbone: (socket, pod) => void this.podByCookie(pod.netnsCookie)?.hbone.handle(socket),
-    }, log);
+      dns: (socket, listenerAddr, pod) => this.dns?.serveUdp(socket, this.dnsPod(pod), (rinfo) => {
+        const dst = this.datapath.dnsDestination(pod.netnsCookie, listenerAddr, rinfo.port);
+        return dst && { addr: dst.addr, port: dst.port };
+      }),
+    }, log, { captureDns: opts.dnsCapture ?? true });
+    this.dns = (opts.dnsCapture ?? true) ? new DnsServer({
+      names: () => this.dnsNames(),
+      log: log.child({ part: 'dns' }),
+      queries: this.metrics.counter('ambit_dns_queries_total', 'DNS queries of meshed pods by result: local (answered by the agent), forwarded (answered by the resolver the pod asked), failed (SERVFAIL: the resolver did not answer, or too many in flight), malformed (FORMERR or dropped)', ['namespace', 'result']),
+    }) : undefined;
     this.registerAgentMetrics();
     this.discovery = new DiscoveryClient({
       address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,
@@ -386,6 +405,7 @@ export class NodeAgent {
     const forget = () => {
       if (this.pods.get(uid) === entry) this.pods.delete(uid);
       if (this.podsByCookie.get(entry.enrolled.netnsCookie) === entry) this.podsByCookie.delete(entry.enrolled.netnsCookie);
+      this.dnsPods.delete(entry.enrolled.netnsCookie);
     };
     // A pod leaving is forgotten at once. An agent stopping keeps serving what reached it before
     // its listeners closed (accepted connections not yet handled, streams on its HBONE
@@ -466,6 +486,11 @@ export class NodeAgent {
     }
     // The agent forwards what it reads at once: Nagle's algorithm would only add delay.
     socket.setNoDelay(true);
+    // DNS over TCP (port 53) is the agent's DNS server's, as UDP is (docs/EDGE.md, DNS proxying).
+    if (this.dns && dst?.port === 53) {
+      this.dns.serveTcp(socket, this.dnsPod(pod), { addr: dst.addr, port: dst.port });
+      return;
+    }
     const src = this.podByCookie(pod.netnsCookie);
     const state = this.state;
     if (!src || !state || !dst) {
@@ -560,6 +585,28 @@ export class NodeAgent {
       this.opts.log.info({ pod: src.enrolled.spec.name, waypoint: `${ref.namespace}/${ref.name}`, err: e.message }, 'waypoint unreachable; connection refused');
       resetOrDestroy(socket);
     }
+  }
+
+  /** The DNS server's view of a pod: forwards leave from its netns; its pending forwards are counted. */
+  private dnsPod(pod: EnrolledPod): DnsPod {
+    let dns = this.dnsPods.get(pod.netnsCookie);
+    if (!dns) {
+      dns = { name: pod.spec.name, namespace: pod.spec.name.split('/')[0] ?? '', upstream: netnsUpstream(pod.spec.netnsPath), pending: 0 };
+      this.dnsPods.set(pod.netnsCookie, dns);
+    }
+    return dns;
+  }
+
+  /** The names the DNS server answers, built once per config version. */
+  private dnsNames(): DnsTable | undefined {
+    const state = this.state;
+    if (!state) return undefined;
+    if (this.dnsTable?.state !== state) {
+      // ServiceEntries as MeshState holds them (ServiceEntryInfo.dnsAddresses).
+      const entries = (state as { serviceEntries?: readonly DnsServiceEntry[] }).serviceEntries ?? [];
+      this.dnsTable = { state, table: buildDnsTable(state.services.values(), state.workloads, entries) };
+    }
+    return this.dnsTable.table;
   }
 
   /** An endpoint for ip:port, avoiding endpoints that just failed when others exist. */

@@ -75,6 +75,13 @@ export interface NodeApp {
   stop(reason: string): Promise<void>;
 }
 
+/** AMBIT_DNS_CAPTURE: `true` (default) or `false`, whether the agent answers its pods' DNS (docs/EDGE.md, DNS proxying). */
+export function dnsCaptureFromEnv(value: string | undefined): boolean {
+  if (value === undefined || value === '' || value === 'true') return true;
+  if (value === 'false') return false;
+  throw new OperatorError(`AMBIT_DNS_CAPTURE must be true or false, got "${value}"`, 'unset it to keep DNS capture on, or set it to false to let pods\' DNS go straight to their resolvers');
+}
+
 export async function startNodeApp(opts: NodeAppOptions): Promise<NodeApp> {
   const log = logger('node');
   const k8s = opts.kubernetes;
@@ -92,6 +99,7 @@ export async function startNodeApp(opts: NodeAppOptions): Promise<NodeApp> {
     controller: { address: `${opts.controller.host}:${opts.controller.port}`, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)) },
     pinRoot: opts.pinRoot, cgroup: opts.cgroup, locator, probeCgroups: opts.probeCgroups, rootNamespace: opts.rootNamespace,
     drainMs: opts.drainMs, ...(opts.hboneLimits ? { hboneLimits: opts.hboneLimits } : {}), log, accessLog: logger('access'),
+    dnsCapture: dnsCaptureFromEnv(process.env.AMBIT_DNS_CAPTURE),
   });
   const parts = k8s && kube && daemonSet ? await kubernetesParts(opts.node, k8s, kube, agent, daemonSet, log) : undefined;
   // What `ambit check` says about this node (and whether the CNI plugin is chained), served on

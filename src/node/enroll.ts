@@ -1,6 +1,7 @@
 /**
  * Enrolling a pod into the ambient datapath: the agent's in-pod listeners (outbound capture
- * 15001, inbound plaintext 15006, HBONE 15008) are opened inside the pod's netns, then the
+ * 15001, inbound plaintext 15006, HBONE 15008, and with DNS capture UDP 15053 on 127.0.0.1 and
+ * ::1) are opened inside the pod's netns, then the
  * pod's map entries are written and sk_lookup is attached to its netns. Unenrolling reverses
  * it, map entries first so that capture stops before the listeners go away.
  *
@@ -9,6 +10,7 @@
  * one closes its listeners the connections queued on them (accepted by the kernel, or still in
  * their handshake) move to the new one's instead of being reset.
  */
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Server, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { Logger } from 'pino';
@@ -16,7 +18,7 @@ import { podConfigCodec, type OrigDst, type PodConfig } from '../ebpf/codecs.js'
 import type { Datapath } from '../ebpf/datapath.js';
 import { AMBIT } from '../ebpf/layout.generated.js';
 import { silentLogger } from '../telemetry/log.js';
-import { AGENT_SOCKET_MARK, closeFd, listenInNetns, netnsCookie, setNetnsSysctl } from '../host/netns.js';
+import { AGENT_SOCKET_MARK, closeFd, listenInNetns, netnsCookie, setNetnsSysctl, udpSocketInNetns } from '../host/netns.js';
 
 export interface PodSpec {
   /** namespace/name, for messages. */
@@ -40,6 +42,16 @@ export interface PodHandlers {
   inbound(socket: Socket, pod: EnrolledPod): void;
   /** HBONE (mTLS) arriving on 15008. */
   hbone(socket: Socket, pod: EnrolledPod): void;
+  /**
+   * The pod's DNS listener on `listenerAddr` (127.0.0.1 or ::1) port 15053, where its UDP queries
+   * to port 53 are steered. Only with `captureDns`; the enroller closes it with the pod's listeners.
+   */
+  dns?(socket: UdpSocket, listenerAddr: string, pod: EnrolledPod): void;
+}
+
+export interface EnrollerOptions {
+  /** Steer the pods' UDP DNS queries to the agent (AMBIT_POD_CAPTURE_DNS) and open its DNS listeners. */
+  captureDns?: boolean;
 }
 
 export interface EnrolledPod {
@@ -60,6 +72,18 @@ export class EnrollError extends Error {
 
 interface PodState extends EnrolledPod {
   servers: Server[];
+  udp: UdpSocket[];
+}
+
+function bindUdp(fd: number, family: 'udp4' | 'udp6'): Promise<UdpSocket> {
+  return new Promise((resolve, reject) => {
+    const socket = createSocket(family);
+    socket.once('error', reject);
+    socket.bind({ fd }, () => {
+      socket.off('error', reject);
+      resolve(socket);
+    });
+  });
 }
 
 function serve(fd: number, onConnection: (socket: Socket) => void): Promise<Server> {
@@ -83,6 +107,11 @@ function closeServer(server: Server): Promise<void> {
   return Promise.resolve();
 }
 
+function closeUdp(pod: PodState): void {
+  for (const socket of pod.udp) socket.close();
+  pod.udp.length = 0;
+}
+
 export class PodEnroller {
   private readonly pods = new Map<bigint, PodState>();
 
@@ -90,6 +119,7 @@ export class PodEnroller {
     private readonly datapath: Datapath,
     private readonly handlers: PodHandlers,
     private readonly log: Logger = silentLogger,
+    private readonly options: EnrollerOptions = {},
   ) {}
 
   get enrolled(): EnrolledPod[] {
@@ -115,6 +145,7 @@ export class PodEnroller {
       captureInbound: true,
       outboundPort: AMBIT.PORT_OUTBOUND,
       inboundPort: AMBIT.PORT_INBOUND,
+      ...(this.options.captureDns && this.handlers.dns ? { captureDns: true } : {}),
       excludedOutboundPorts: spec.excludedOutboundPorts ?? [],
       excludedInboundPorts: spec.excludedInboundPorts ?? [],
       excludedCidrs: spec.excludedCidrs ?? [],
@@ -131,6 +162,7 @@ export class PodEnroller {
       netnsCookie: cookie,
       config,
       servers: [],
+      udp: [],
       originalDestination: (socket) => this.datapath.originalDestination({
         netnsCookie: cookie,
         clientAddr: socket.remoteAddress ?? '',
@@ -167,6 +199,17 @@ export class PodEnroller {
       this.datapath.maps.inboundListeners.setRaw(cookie, fdValue);
       pod.servers.push(await serve(inbound, later((socket) => this.handlers.inbound(socket, pod))));
       fds.length = 0;
+      const dns = this.handlers.dns;
+      if (config.captureDns && dns) {
+        for (const [host, family] of [['127.0.0.1', 'udp4'], ['::1', 'udp6']] as const) {
+          const fd = udpSocketInNetns(spec.netnsPath, host, AMBIT.PORT_DNS, { mark: AGENT_SOCKET_MARK, reusePort: true });
+          fds.push(fd);
+          const socket = await bindUdp(fd, family);
+          fds.length = 0;
+          pod.udp.push(socket);
+          void enrolled.then(() => dns.call(this.handlers, socket, host, pod));
+        }
+      }
 
       for (const ip of spec.ips) this.datapath.maps.podAddrs.set(ip, cookie);
       this.datapath.attachInbound(spec.netnsPath, cookie);
@@ -220,6 +263,7 @@ export class PodEnroller {
     this.pods.delete(cookie);
     await Promise.all(pod.servers.map(closeServer));
     pod.servers.length = 0;
+    closeUdp(pod);
   }
 
   async unenrollAll(): Promise<void> {
@@ -236,5 +280,6 @@ export class PodEnroller {
     maps.inboundListeners.delete(pod.netnsCookie);
     await Promise.all(pod.servers.map(closeServer));
     pod.servers.length = 0;
+    closeUdp(pod);
   }
 }

@@ -1,0 +1,232 @@
+/**
+ * DNS proxying end to end in a local cluster: a meshed pod's queries to port 53 are steered by
+ * the eBPF programs to its node agent, which answers mesh services and ServiceEntry hosts and
+ * forwards the rest to the resolver the pod asked — here a small DNS server the test runs in a
+ * pod outside the mesh (`upstream`), which answers one name of its own and NXDOMAIN for the rest.
+ * Clients: dgram with connect() + send() (as glibc's resolver does), dgram with sendto() (as
+ * musl's does), Node's dns.Resolver (c-ares), and DNS over TCP. The cluster is removed in
+ * afterAll, whatever failed.
+ */
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { effectivePrograms } from '../../src/ebpf/cgroup-programs.js';
+import { Datapath } from '../../src/ebpf/datapath.js';
+import { BpfLink } from '../../src/ebpf/link.js';
+import { until } from '../helpers/wait.js';
+import { localCluster, type LocalCluster } from './helpers/cluster.js';
+import { Lab } from './lab.js';
+import { describeAsRoot } from './helpers/root.js';
+
+const cluster = localCluster('dns');
+// The same cluster with the agents' DNS capture switched off (AMBIT_DNS_CAPTURE, passed on by the runtime).
+process.env.AMBIT_DNS_CAPTURE = 'false';
+const off = localCluster('dnsoff');
+delete process.env.AMBIT_DNS_CAPTURE;
+
+/**
+ * The upstream resolver (UDP and TCP port 53): `outside.example.test` A → 192.0.2.7, anything
+ * else NXDOMAIN (so a mesh name answered with an address can only have been answered by the agent).
+ */
+const UPSTREAM = `const dgram = require("dgram"), net = require("net");
+function answer(q) {
+  let at = 12; const labels = [];
+  while (q[at] !== 0) { labels.push(q.subarray(at + 1, at + 1 + q[at]).toString()); at += q[at] + 1; }
+  const qend = at + 5, name = labels.join(".").toLowerCase(), type = q.readUInt16BE(at + 1);
+  const hit = name === "outside.example.test" && type === 1;
+  const head = Buffer.alloc(12); q.copy(head, 0, 0, 2);
+  head.writeUInt16BE(0x8180 | (hit ? 0 : 3), 2); head.writeUInt16BE(1, 4); head.writeUInt16BE(hit ? 1 : 0, 6);
+  const rr = hit ? Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 7]) : Buffer.alloc(0);
+  return Buffer.concat([head, q.subarray(12, qend), rr]);
+}
+const udp = dgram.createSocket("udp4"); udp.on("message", (m, r) => udp.send(answer(m), r.port, r.address)); udp.bind(53);
+net.createServer((s) => { let buf = Buffer.alloc(0); s.on("data", (c) => { buf = Buffer.concat([buf, c]);
+  while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) { const a = answer(buf.subarray(2, 2 + buf.readUInt16BE(0))); buf = buf.subarray(2 + buf.readUInt16BE(0));
+    const l = Buffer.alloc(2); l.writeUInt16BE(a.length); s.write(Buffer.concat([l, a])); } }); s.on("error", () => {}); }).listen(53);`;
+
+/**
+ * `node -e QUERY <server> <name> <type> <mode>`: one query, mode `connected` (connect + send),
+ * `sendto`, or `tcp`; prints {rcode, answers, from, peer} (from: the reply's source as the app
+ * saw it; peer: getpeername of the connected socket).
+ */
+const QUERY = `const dgram = require("dgram"), net = require("net");
+const [server, name, type, mode] = process.argv.slice(1);
+const id = Math.floor(Math.random() * 65535);
+const q = Buffer.concat([Buffer.from([id >> 8, id & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]),
+  ...name.split(".").map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)])), Buffer.from([0, 0, type === "AAAA" ? 28 : 1, 0, 1])]);
+function parse(r, from, peer) {
+  if (r.readUInt16BE(0) !== id) throw new Error("wrong id");
+  const an = r.readUInt16BE(6); let at = q.length; const answers = [];
+  for (let i = 0; i < an; i++) { const t = r.readUInt16BE(at + 2), len = r.readUInt16BE(at + 10), d = r.subarray(at + 12, at + 12 + len);
+    answers.push(t === 1 ? [...d].join(".") : d.toString("hex")); at += 12 + len; }
+  console.log(JSON.stringify({ rcode: r.readUInt16BE(2) & 15, answers, from, peer }));
+}
+setTimeout(() => { console.log(JSON.stringify({ error: "timeout" })); process.exit(0); }, 8000).unref();
+if (mode === "tcp") {
+  const s = net.connect(53, server, () => { const l = Buffer.alloc(2); l.writeUInt16BE(q.length); s.write(Buffer.concat([l, q])); });
+  let buf = Buffer.alloc(0);
+  s.on("data", (c) => { buf = Buffer.concat([buf, c]); if (buf.length >= 2 + buf.readUInt16BE(0)) { parse(buf.subarray(2), s.remoteAddress + ":" + s.remotePort); s.end(); } });
+} else {
+  const s = dgram.createSocket("udp4");
+  s.on("message", (m, r) => { parse(m, r.address + ":" + r.port, mode === "connected" ? s.remoteAddress().address + ":" + s.remoteAddress().port : undefined); s.close(); });
+  if (mode === "connected") s.connect(53, server, () => s.send(q)); else s.send(q, 53, server);
+}`;
+
+/** `node -e RESOLVE <server> <name>`: Node's dns.Resolver (c-ares) against that server; prints the addresses or the error code. */
+const RESOLVE = `const { Resolver } = require("dns").promises; const r = new Resolver({ timeout: 3000, tries: 1 }); r.setServers([process.argv[1]]);
+r.resolve4(process.argv[2]).then((a) => console.log(JSON.stringify(a)), (e) => console.log(JSON.stringify(e.code)));`;
+
+const MANIFESTS = `
+apiVersion: v1
+kind: Namespace
+metadata: { name: dnstest, labels: { ambit.dev/dataplane-mode: ambient } }
+---
+apiVersion: v1
+kind: Namespace
+metadata: { name: outside }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: upstream, namespace: outside }
+spec: { nodeName: node-2, containers: [{ name: c, command: ${JSON.stringify(['node', '-e', UPSTREAM])} }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: backend, namespace: dnstest, labels: { app: backend } }
+spec:
+  nodeName: node-2
+  containers:
+  - name: c
+    command: [node, -e, 'require("http").createServer((q, s) => s.end("ok")).listen(8080)']
+    ports: [{ containerPort: 8080 }]
+    readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 1 }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: backend, namespace: dnstest }
+spec: { selector: { app: backend }, ports: [{ port: 80, targetPort: 8080 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: headless, namespace: dnstest }
+spec: { clusterIP: None, selector: { app: backend }, ports: [{ port: 8080 }] }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: api, namespace: dnstest }
+spec:
+  hosts: [api.example.test]
+  addresses: [198.51.100.20]
+  ports: [{ number: 443, name: tls, protocol: TLS }]
+  resolution: NONE
+  location: MESH_EXTERNAL
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: client, namespace: dnstest }
+spec: { nodeName: node-1, containers: [{ name: c, command: [sleep, infinity] }] }
+`;
+
+interface Reply { rcode?: number; answers?: string[]; from?: string; peer?: string; error?: string }
+
+/** Up, and the upstream resolver answering the client pod; returns the upstream's and the backend's addresses. */
+async function start(c: LocalCluster): Promise<{ upstream: string; backendIp: string }> {
+  await c.up(MANIFESTS);
+  const status = await c.status();
+  const ipOf = (ns: string, name: string) => status.pods.find((p) => p.namespace === ns && p.name === name)?.ip;
+  const upstream = ipOf('outside', 'upstream')!;
+  expect(upstream).toMatch(/^10\.244\./);
+  // The upstream may still be starting.
+  await until('the upstream resolver up', async () => (JSON.parse(await c.exec('dnstest/client', ['node', '-e', QUERY, upstream, 'outside.example.test', 'A', 'sendto'])) as Reply).rcode === 0, { timeout: 30_000, interval: 500 });
+  return { upstream, backendIp: ipOf('dnstest', 'backend')! };
+}
+
+describeAsRoot('DNS proxying by the node agent', () => {
+  let upstream: string;
+  let vip: string;
+  let backendIp: string;
+  let offUpstream: string;
+  const query = async (name: string, mode: 'connected' | 'sendto' | 'tcp', type = 'A', c = cluster, server = upstream): Promise<Reply> =>
+    JSON.parse(await c.exec('dnstest/client', ['node', '-e', QUERY, server, name, type, mode])) as Reply;
+
+  beforeAll(async () => {
+    const [on, without] = await Promise.all([start(cluster), start(off)]);
+    ({ upstream, backendIp } = on);
+    offUpstream = without.upstream;
+    // The client's agent knows the service (its VIP) and the ServiceEntry.
+    vip = await until('the service in node-1\'s config', async () => {
+      const dump = JSON.parse(await cluster.nodeFetch('node-1', 'http://127.0.0.1:15000/config_dump')) as { services: { name: string; namespace: string; vips: string[] }[] };
+      return dump.services.find((s) => s.namespace === 'dnstest' && s.name === 'backend')?.vips[0];
+    }, { timeout: 30_000, interval: 500 });
+  }, 120_000);
+  afterAll(() => Promise.all([cluster.down(), off.down()]), 60_000);
+
+  it('answers a mesh service with its VIP, to a connected socket (glibc), from the resolver asked', async () => {
+    const r = await query('backend.dnstest.svc.cluster.local', 'connected');
+    expect(r).toEqual({ rcode: 0, answers: [vip], from: `${upstream}:53`, peer: `${upstream}:53` });
+  });
+
+  it('answers to sendto() (musl) and over TCP, and NODATA for a family the name has no address of', async () => {
+    expect(await query('BACKEND.dnstest.svc.cluster.local', 'sendto')).toMatchObject({ rcode: 0, answers: [vip], from: `${upstream}:53` });
+    expect(await query('backend.dnstest.svc.cluster.local', 'tcp')).toMatchObject({ rcode: 0, answers: [vip] });
+    expect(await query('backend.dnstest.svc.cluster.local', 'connected', 'AAAA')).toMatchObject({ rcode: 0, answers: [] });
+  });
+
+  it('answers a headless service with its pods and a ServiceEntry host with its address', async () => {
+    expect(await query('headless.dnstest.svc.cluster.local', 'connected')).toMatchObject({ rcode: 0, answers: [backendIp] });
+    expect(await query('api.example.test', 'connected')).toMatchObject({ rcode: 0, answers: ['198.51.100.20'], from: `${upstream}:53` });
+  });
+
+  it('forwards other names to the resolver the pod asked, over UDP and TCP, and returns its answers', async () => {
+    expect(await query('outside.example.test', 'connected')).toEqual({ rcode: 0, answers: ['192.0.2.7'], from: `${upstream}:53`, peer: `${upstream}:53` });
+    expect(await query('outside.example.test', 'tcp')).toMatchObject({ rcode: 0, answers: ['192.0.2.7'] });
+    expect(await query('nothing.example.test', 'sendto')).toMatchObject({ rcode: 3, answers: [] });
+  });
+
+  it('serves Node\'s dns.Resolver (c-ares) and counts the queries by result', async () => {
+    const counts = async () => {
+      const metrics = await cluster.metrics('node-1');
+      const count = (result: string) => Number(new RegExp(`^ambit_dns_queries_total\\{namespace="dnstest",result="${result}"\\} (\\d+)`, 'm').exec(metrics)?.[1] ?? 0);
+      return { local: count('local'), forwarded: count('forwarded'), failed: count('failed') };
+    };
+    const before = await counts();
+    expect(before.local).toBeGreaterThan(0);
+    expect(JSON.parse(await cluster.exec('dnstest/client', ['node', '-e', RESOLVE, upstream, 'backend.dnstest.svc.cluster.local']))).toEqual([vip]);
+    expect(JSON.parse(await cluster.exec('dnstest/client', ['node', '-e', RESOLVE, upstream, 'outside.example.test']))).toEqual(['192.0.2.7']);
+    expect(await counts()).toEqual({ local: before.local + 1, forwarded: before.forwarded + 1, failed: before.failed });
+  });
+
+  it('with capture switched off, every query goes straight to the resolver', async () => {
+    // The mesh name is the upstream's to answer now: it does not know it.
+    expect(await query('backend.dnstest.svc.cluster.local', 'connected', 'A', off, offUpstream)).toEqual({ rcode: 3, answers: [], from: `${offUpstream}:53`, peer: `${offUpstream}:53` });
+    expect(await query('api.example.test', 'sendto', 'A', off, offUpstream)).toMatchObject({ rcode: 3, answers: [] });
+    expect(await query('outside.example.test', 'connected', 'A', off, offUpstream)).toMatchObject({ rcode: 0, answers: ['192.0.2.7'] });
+    expect(await off.metrics('node-1')).not.toMatch(/^ambit_dns_queries_total\{/m);
+  });
+});
+
+describeAsRoot('the DNS programs across agent upgrades and removal', () => {
+  const lab = new Lab('ambit-dnsup');
+  afterAll(() => lab.cleanup());
+  const ours = (hook: 'sendmsg4' | 'recvmsg6' | 'connect4') => effectivePrograms(lab.cgroupRoot, hook).filter((p) => p.name.startsWith('ambit_dns')).length;
+
+  it('attaches them fresh beside the adopted links of an agent that had none, and remove() detaches them', () => {
+    const first = Datapath.load({ pinRoot: lab.pinRoot });
+    first.attachOutbound(lab.cgroupRoot);
+    first.close();
+    // An agent built before DNS capture: its pins hold connect4/6 and sockops only.
+    for (const name of ['ambit_dns_connect4', 'ambit_dns_connect6', 'ambit_dns_sendmsg4', 'ambit_dns_sendmsg6', 'ambit_dns_recvmsg4', 'ambit_dns_recvmsg6', 'ambit_dns_getpeername4', 'ambit_dns_getpeername6']) {
+      const link = BpfLink.openPinned(join(lab.pinRoot, 'links', name))!;
+      link.detach();
+      link.unpin();
+      link.close();
+    }
+    expect(ours('sendmsg4')).toBe(0);
+    const upgraded = Datapath.load({ pinRoot: lab.pinRoot });
+    expect(upgraded.attachOutbound(lab.cgroupRoot)).toEqual({ adopted: true });
+    expect([ours('sendmsg4'), ours('recvmsg6'), ours('connect4')]).toEqual([1, 1, 1]);
+    upgraded.close();
+    Datapath.remove(lab.pinRoot);
+    expect([ours('sendmsg4'), ours('recvmsg6'), ours('connect4')]).toEqual([0, 0, 0]);
+    expect(effectivePrograms(lab.cgroupRoot, 'connect4').filter((p) => p.name.startsWith('ambit_'))).toEqual([]);
+  });
+});
