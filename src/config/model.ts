@@ -28,6 +28,11 @@ export const ISTIO_INGRESS = {
   serviceAccount: 'istio-ingressgateway-service-account',
   labels: { istio: 'ingressgateway', app: 'istio-ingressgateway' } as Readonly<Record<string, string>>,
 } as const;
+/**
+ * The label on an ingress gateway's ServiceAccount made by ambit (its value: the gateway's
+ * Deployment), which makes the account's tokens a workload credential for the CA and discovery.
+ */
+export const INGRESS_ACCOUNT_LABEL = 'ambit.dev/ingress-gateway';
 /** Secret types a gateway reads a certificate from. */
 export const TLS_SECRET_TYPES: readonly string[] = ['kubernetes.io/tls', 'Opaque'];
 

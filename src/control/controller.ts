@@ -15,6 +15,7 @@ import { KubernetesSource } from './kube-source.js';
 import { LeaderElector } from './kube/leader.js';
 import { TrustBundlePublisher } from './kube/trust-bundle.js';
 import { isWaypointGateway, WaypointReconciler } from './kube/waypoints.js';
+import { ingressGatewayReconciler, isIngressGatewayObject } from './kube/gateways.js';
 import { kubeCanaries, type KubeCanaryCluster } from './kube/canaries.js';
 import { resolveValues, ValuesError } from '../install/values.js';
 import { OperatorError } from '../util/errors.js';
@@ -25,7 +26,7 @@ import { DiscoveryServer, discoveryService } from '../discovery/discovery.js';
 import type { ConfigSource, ControllerOrigins } from '../config/source.js';
 import { ManifestDirSource, MergedSource } from './manifest-source.js';
 import { formatDiagnostic, type Diagnostic, type Resource } from '../kube/manifests.js';
-import { buildModel, DEFAULT_MESH_CONFIG, type MeshConfig } from '../config/model.js';
+import { buildModel, DEFAULT_MESH_CONFIG, ISTIO_INGRESS, type MeshConfig } from '../config/model.js';
 import { CanaryController, type CanaryControllerOptions } from '../canary/controller.js';
 
 export interface ControllerOptions {
@@ -149,6 +150,8 @@ function waypointValues(settings: KubernetesSettings, trustDomain: string): Retu
  */
 class LeaderDuties {
   private waypoints?: WaypointReconciler;
+  /** Deployments of Gateways of class ambit/istio (src/control/kube/gateways.ts). */
+  private ingress?: WaypointReconciler;
   private bundle?: TrustBundlePublisher;
   private canaries?: { controller: CanaryController; cluster: KubeCanaryCluster };
   /** The canary loop being stopped: its pass in flight, which close() waits for. */
@@ -181,10 +184,11 @@ class LeaderDuties {
     } else this.lead();
   }
 
-  /** The Gateways of class ambit-waypoint as of the latest snapshot. */
+  /** The Gateways of class ambit-waypoint, ambit and istio as of the latest snapshot. */
   update(gateways: Record<string, unknown>[]): void {
     this.gateways = gateways;
     void this.waypoints?.reconcile(gateways);
+    void this.ingress?.reconcile(gateways);
     void this.bundle?.publish(this.bundleNamespaces());
   }
 
@@ -195,6 +199,8 @@ class LeaderDuties {
 
   private bundleNamespaces(): Set<string> {
     const namespaces = new Set([this.namespace]);
+    // Istio's default ingress gateway (the install's ingressGateway.enabled) mounts the roots there.
+    if (this.kube.isWaypoint(ISTIO_INGRESS.namespace, ISTIO_INGRESS.serviceAccount)) namespaces.add(ISTIO_INGRESS.namespace);
     for (const g of this.gateways) {
       const ns = (g.metadata as { namespace?: unknown } | undefined)?.namespace;
       if (typeof ns === 'string') namespaces.add(ns);
@@ -206,6 +212,7 @@ class LeaderDuties {
     this.metrics.setLeader(true);
     this.kube.setStatusWriter(true);
     this.waypoints = this.waypointValues ? new WaypointReconciler(this.client, { values: this.waypointValues, log: this.log }) : undefined;
+    this.ingress = this.waypointValues ? ingressGatewayReconciler(this.client, { values: this.waypointValues, log: this.log.child({ component: 'ingress-gateways' }) }) : undefined;
     const configMap = this.settings.rootCertConfigMap;
     if (configMap) this.bundle = new TrustBundlePublisher(this.client, { name: configMap, roots: () => this.ca.trustBundle(), log: this.log });
     const canaries = this.settings.canaries;
@@ -221,8 +228,10 @@ class LeaderDuties {
     this.metrics.setLeader(false);
     if (this.elector) this.kube.setStatusWriter(false);
     this.waypoints?.stop();
+    this.ingress?.stop();
     this.bundle?.stop();
     this.waypoints = undefined;
+    this.ingress = undefined;
     this.bundle = undefined;
     if (this.canaries) {
       // Writes refused at once, so a step in flight stops where it is; a new leader starts afresh.
@@ -330,7 +339,7 @@ export async function runController(opts: ControllerOptions): Promise<Controller
     writeStatus();
     metrics.setModel({ services: model.services.length, workloads: model.workloads.length }, configCounts(snapshot.resources, [...(kube?.diagnostics() ?? []), ...dirDiagnostics]));
     // Only the API server's Gateways: one from the manifest directory has no object to own ours.
-    duties?.update(snapshot.resources.filter((r) => r.source.file.startsWith('kubernetes:') && isWaypointGateway(r.raw)).map((r) => r.raw));
+    duties?.update(snapshot.resources.filter((r) => r.source.file.startsWith('kubernetes:') && (isWaypointGateway(r.raw) || isIngressGatewayObject(r.raw))).map((r) => r.raw));
     modelled = true;
     log.info({ version: discovery.version, workloads: model.workloads.length, services: model.services.length, policies: model.policies.length, l7: model.l7.length }, 'model updated');
   });

@@ -35,7 +35,7 @@ import { silentLogger } from '../telemetry/log.js';
 import { KubeApiError, KubeClient } from '../kube/client.js';
 import type { ConfigSource } from '../config/source.js';
 import { metaOf, podInfo, type ObjectMeta } from '../config/api-objects.js';
-import { WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL, type PodInfo, type SourceSnapshot } from '../config/model.js';
+import { INGRESS_ACCOUNT_LABEL, INGRESS_CLASSES, ISTIO_INGRESS, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL, type PodInfo, type SourceSnapshot } from '../config/model.js';
 import { isObject } from '../config/schema.js';
 import { Backoff } from '../util/backoff.js';
 import { validateMeshObject } from '../config/validate.js';
@@ -49,6 +49,8 @@ export interface KindSpec {
   namespaced: boolean;
   /** Validated with validateMeshObject, with status written back. */
   mesh: boolean;
+  /** Only the objects this field selector selects are listed and watched (`type=kubernetes.io/tls`). */
+  fieldSelector?: string;
 }
 
 export const WATCHED_KINDS: KindSpec[] = [
@@ -56,6 +58,8 @@ export const WATCHED_KINDS: KindSpec[] = [
   { group: '', versions: ['v1'], kind: 'Pod', plural: 'pods', namespaced: true, mesh: false },
   { group: '', versions: ['v1'], kind: 'Service', plural: 'services', namespaced: true, mesh: false },
   { group: '', versions: ['v1'], kind: 'ServiceAccount', plural: 'serviceaccounts', namespaced: true, mesh: false },
+  // Ingress gateways' certificates (credentialName, certificateRefs): TLS Secrets only, never the cluster's other Secrets.
+  { group: '', versions: ['v1'], kind: 'Secret', plural: 'secrets', namespaced: true, mesh: false, fieldSelector: 'type=kubernetes.io/tls' },
   { group: 'discovery.k8s.io', versions: ['v1'], kind: 'EndpointSlice', plural: 'endpointslices', namespaced: true, mesh: false },
   { group: 'networking.istio.io', versions: ['v1', 'v1beta1'], kind: 'VirtualService', plural: 'virtualservices', namespaced: true, mesh: true },
   { group: 'networking.istio.io', versions: ['v1', 'v1beta1'], kind: 'DestinationRule', plural: 'destinationrules', namespaced: true, mesh: true },
@@ -205,7 +209,7 @@ class KindWatch {
       let notServed = false;
       do {
         if (signal.aborted) return;
-        const query = new URLSearchParams({ limit: '500', ...(cont ? { continue: cont } : {}) });
+        const query = new URLSearchParams({ limit: '500', ...(cont ? { continue: cont } : {}), ...(this.spec.fieldSelector ? { fieldSelector: this.spec.fieldSelector } : {}) });
         const res = await this.src.client.request('GET', `${this.path(version)}?${query.toString()}`, undefined, undefined, signal);
         if (res.status === 404) {
           notServed = true;
@@ -248,6 +252,7 @@ class KindWatch {
   private async watch(signal: AbortSignal): Promise<void> {
     const query = new URLSearchParams({
       watch: '1', resourceVersion: this.resourceVersion, allowWatchBookmarks: 'true', timeoutSeconds: String(this.src.opts.watchTimeoutSeconds),
+      ...(this.spec.fieldSelector ? { fieldSelector: this.spec.fieldSelector } : {}),
     });
     const apiVersion = this.spec.group ? `${this.spec.group}/${this.version}` : this.version;
     try {
@@ -380,11 +385,16 @@ export class KubernetesSource implements ConfigSource {
    * account was made for it (labelled `gateway.networking.k8s.io/gateway-name: <name>`, as the
    * controller and the install's template make it) — not an account of the same name that other
    * pods run as, which creating a Gateway would otherwise turn into a waypoint's credential.
+   * An ingress gateway's account the same way: a Gateway of class ambit or istio and its account
+   * labelled for it, or Istio's default ingress gateway's account labelled
+   * `ambit.dev/ingress-gateway: istio-ingressgateway` by the install.
    */
   isWaypoint(namespace: string, name: string): boolean {
-    if (!this.waypointSet.has(`${namespace}/${name}`)) return false;
     const account = this.kinds.find((k) => k.spec.group === '' && k.spec.kind === 'ServiceAccount')?.cache.get(`${namespace}/${name}`);
     const labels = account && isObject(account.raw.metadata) && isObject(account.raw.metadata.labels) ? account.raw.metadata.labels : {};
+    // Istio's default ingress gateway: its account as the install makes it (opt-in, ingressGateway.enabled).
+    if (namespace === ISTIO_INGRESS.namespace && name === ISTIO_INGRESS.serviceAccount) return labels[INGRESS_ACCOUNT_LABEL] === ISTIO_INGRESS.name;
+    if (!this.waypointSet.has(`${namespace}/${name}`)) return false;
     return labels[WAYPOINT_GATEWAY_LABEL] === name;
   }
 
@@ -440,14 +450,17 @@ export class KubernetesSource implements ConfigSource {
         if (!e.accepted || e.accepted.kind === 'Pod') continue;
         resources.push(e.accepted);
         const spec = e.accepted.raw.spec;
-        if (k.spec.group === 'gateway.networking.k8s.io' && k.spec.kind === 'Gateway' && isObject(spec) && spec.gatewayClassName === WAYPOINT_CLASS) {
+        // A waypoint's account, or an ingress gateway's (class ambit/istio): each made for it by the controller.
+        if (k.spec.group === 'gateway.networking.k8s.io' && k.spec.kind === 'Gateway' && isObject(spec) && typeof spec.gatewayClassName === 'string'
+          && (spec.gatewayClassName === WAYPOINT_CLASS || INGRESS_CLASSES.includes(spec.gatewayClassName))) {
           waypoints.add(`${e.accepted.meta.namespace}/${e.accepted.meta.name}`);
         }
       }
     }
     this.waypointSet = waypoints;
     const fingerprint = JSON.stringify([
-      resources.map((r) => [r.apiVersion, r.kind, r.meta, r.raw.spec, r.kind === 'Service' ? (r as ServiceResource).spec : null]), pods,
+      // A Secret has no spec: its type and data (a rotated certificate) are what change.
+      resources.map((r) => [r.apiVersion, r.kind, r.meta, r.raw.spec, r.kind === 'Service' ? (r as ServiceResource).spec : null, r.kind === 'Secret' ? [r.raw.type, r.raw.data] : null]), pods,
       this.diagnostics().map((d) => [d.kind, d.namespace, d.name, d.path, d.message]),
     ]);
     if (fingerprint === this.last) return;

@@ -8,6 +8,7 @@
  */
 import { DATAPLANE_MODE } from '../config/model.js';
 import { rateLimitCrd } from './crd.js';
+import { istioIngressGatewayObjects } from './gateway.js';
 import { commonLabels, type K8sObject } from './objects.js';
 import { CNI_PRIMARY_TYPES, type Values } from './values.js';
 
@@ -104,7 +105,9 @@ const READ = ['get', 'list', 'watch'];
 
 /** Everything the controller reads from the API, by group. */
 export const CONTROLLER_READS: Readonly<Record<string, string[]>> = {
-  '': ['namespaces', 'pods', 'services', 'serviceaccounts'],
+  // secrets: ingress gateways' certificates (Istio's credentialName, the Gateway API's certificateRefs),
+  // watched with the field selector type=kubernetes.io/tls; RBAC cannot narrow a rule by type.
+  '': ['namespaces', 'pods', 'services', 'serviceaccounts', 'secrets'],
   'discovery.k8s.io': ['endpointslices'],
   'networking.istio.io': ['virtualservices', 'destinationrules', 'gateways', 'serviceentries'],
   'security.istio.io': ['authorizationpolicies', 'peerauthentications'],
@@ -176,6 +179,8 @@ export function controllerClusterRules(v?: Pick<Values, 'waypoints'>): Rule[] {
 export function waypointTemplateValues(v: Values): string {
   return [
     `namespace=${v.namespace}`, `image=${v.image}`, `imagePullPolicy=${v.imagePullPolicy}`, `logLevel=${v.logLevel}`, `waypoint.replicas=${v.waypoint.replicas}`,
+    // The controller deploys ingress gateways (Gateways of class ambit/istio) with these too.
+    `ingressGateway.replicas=${v.ingressGateway.replicas}`, `ingressGateway.serviceType=${v.ingressGateway.serviceType}`,
     ...(v.imagePullSecrets.length > 0 ? [`imagePullSecrets=${v.imagePullSecrets.join(' ')}`] : []),
   ].join(',');
 }
@@ -569,6 +574,7 @@ export function renderInstall(v: Values): K8sObject[] {
     ...rbac(NODE_AGENT, v.namespace, 'node', nodeAgentClusterRules(v), nodeAgentNamespaceRules()),
     ...controllerObjects(v),
     nodeAgentDaemonSet(v),
+    ...(v.ingressGateway.enabled ? istioIngressGatewayObjects(v) : []),
     ...(v.monitoring.podMonitor ? podMonitors(v) : []),
   ];
 }

@@ -54,6 +54,8 @@ export interface Values {
   nodeAgent: { drainSeconds: number; hboneLimits: string; pinRoot: string; cgroupRoot: string; kubeletCgroup: string[]; appArmorProfile: string };
   waypoint: { replicas: number };
   waypoints: { managed: boolean };
+  /** Istio's default ingress gateway (istio-system/istio-ingressgateway), and every ingress gateway's replicas and Service type. */
+  ingressGateway: { enabled: boolean; replicas: number; serviceType: 'LoadBalancer' | 'NodePort' | 'ClusterIP' };
   cni: { enabled: boolean; binDir: string; confDir: string; chained: string };
   monitoring: { podMonitor: boolean };
   /** A ResourceQuota that lets ambit's namespace run pods of the system-*-critical priority classes (GKE). */
@@ -212,6 +214,17 @@ export const VALUES: Record<string, ValueSpec> = {
     default: () => true,
     parse: boolean,
     help: 'the controller creates each waypoint\'s ServiceAccount, Deployment, Service and PodDisruptionBudget (needs write access to those kinds cluster-wide); false: no such RBAC, you apply the waypoint template yourself',
+  },
+  'ingressGateway.enabled': {
+    default: () => false,
+    parse: boolean,
+    help: 'also run Istio\'s default ingress gateway: Deployment and Service istio-ingressgateway in istio-system (labels istio: ingressgateway), account istio-ingressgateway-service-account, serving the Istio Gateways that select it',
+  },
+  'ingressGateway.replicas': { default: () => 2, parse: integer(1, 100), help: 'replicas of each ingress gateway Deployment (Istio\'s default one and those of Gateways of class ambit or istio)' },
+  'ingressGateway.serviceType': {
+    default: () => 'LoadBalancer',
+    parse: oneOf(['LoadBalancer', 'NodePort', 'ClusterIP']),
+    help: 'the type of each ingress gateway\'s Service (Istio\'s default: LoadBalancer)',
   },
   'monitoring.podMonitor': {
     default: () => false,

@@ -207,7 +207,8 @@ describe('ambit install: least-privilege RBAC', () => {
       expect(ok, JSON.stringify(r)).toBe(true);
     }
     expect(cluster.find((r) => r.resources.includes('tokenreviews')).verbs).toEqual(['create']);
-    expect(cluster.flatMap((r) => r.resources)).not.toContain('secrets');
+    // Secrets: read only (ingress gateways' certificates), never written cluster-wide.
+    expect(cluster.filter((r) => r.resources.includes('secrets')).map((r) => r.verbs)).toEqual([['get', 'list', 'watch']]);
     for (const res of ['namespaces', 'pods', 'services', 'endpointslices', 'serviceaccounts', 'authorizationpolicies', 'peerauthentications', 'virtualservices', 'httproutes', 'gateways', 'ratelimits', 'canaries']) {
       expect(cluster.some((r) => r.resources.includes(res) && r.verbs.includes('watch')), res).toBe(true);
     }
@@ -226,7 +227,7 @@ describe('ambit install: least-privilege RBAC', () => {
     for (const r of managed) expect(r.verbs).toEqual(expect.arrayContaining(['create', 'patch', 'delete', 'get', 'list']));
     const env = (vals: ReturnType<typeof defaultValues>) => find(renderInstall(vals), 'Deployment', CONTROLLER).spec.template.spec.containers[0].env as { name: string; value?: string }[];
     expect(env(defaultValues()).find((e) => e.name === 'AMBIT_WAYPOINTS_MANAGED')?.value).toBe('true');
-    expect(env(defaultValues()).find((e) => e.name === 'AMBIT_WAYPOINT_VALUES')?.value).toMatch(/^namespace=ambit-system,image=ghcr\.io\/ambit-mesh\/ambit:.*,waypoint\.replicas=2$/);
+    expect(env(defaultValues()).find((e) => e.name === 'AMBIT_WAYPOINT_VALUES')?.value).toMatch(/^namespace=ambit-system,image=ghcr\.io\/ambit-mesh\/ambit:.*,waypoint\.replicas=2,ingressGateway\.replicas=2,ingressGateway\.serviceType=LoadBalancer$/);
     const off = resolveValues(['waypoints.managed=false']);
     expect(writes(find(renderInstall(off), 'ClusterRole', CONTROLLER).rules)).toEqual([]);
     expect(env(off).find((e) => e.name === 'AMBIT_WAYPOINTS_MANAGED')?.value).toBe('false');

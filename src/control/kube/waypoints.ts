@@ -60,6 +60,12 @@ export interface WaypointReconcilerOptions {
   maxBackoffMs?: number;
   /** Forget what was applied and apply everything again this often (ms; 0 = never). */
   resyncMs?: number;
+  /**
+   * Which Gateways this reconciler runs and how (default: waypoints, isWaypointGateway and
+   * waypointObjects); ingress gateways (src/control/kube/gateways.ts) run through the same
+   * ownership checks, writes and deletes.
+   */
+  kind?: { select: (obj: unknown) => boolean; render: (gateway: Record<string, unknown>, values: Values) => K8sObject[]; component: string };
 }
 
 interface Ref { key: string; path: string; collection: string; namespace: string; name: string; gateway: string }
@@ -89,6 +95,10 @@ export function isWaypointGateway(obj: unknown): boolean {
 export class WaypointReconciler {
   private readonly values: Values;
   private readonly log: Logger;
+  private readonly select: (obj: unknown) => boolean;
+  private readonly render: (gateway: Record<string, unknown>, values: Values) => K8sObject[];
+  /** The `app.kubernetes.io/component` of the objects this reconciler writes: another reconciler's are not adopted. */
+  private readonly component: string;
   private readonly backoffMs: number;
   private readonly maxBackoffMs: number;
   /** Object key → hash of the version last applied successfully. */
@@ -116,6 +126,9 @@ export class WaypointReconciler {
   constructor(private readonly client: KubeClient, opts: WaypointReconcilerOptions = {}) {
     this.values = opts.values ?? defaultValues();
     this.log = opts.log ?? silentLogger;
+    this.select = opts.kind?.select ?? isWaypointGateway;
+    this.render = opts.kind?.render ?? waypointObjects;
+    this.component = opts.kind?.component ?? 'waypoint';
     this.backoffMs = opts.backoffMs ?? 1000;
     this.maxBackoffMs = opts.maxBackoffMs ?? 5 * 60_000;
     const resyncMs = opts.resyncMs ?? 10 * 60_000;
@@ -134,7 +147,7 @@ export class WaypointReconciler {
    */
   reconcile(gateways: readonly Record<string, unknown>[]): Promise<void> {
     if (this.stopped) return Promise.resolve();
-    this.latest = gateways.filter(isWaypointGateway);
+    this.latest = gateways.filter(this.select);
     return this.passes.request();
   }
 
@@ -154,7 +167,7 @@ export class WaypointReconciler {
       present.add(gwKey);
       let objects: K8sObject[];
       try {
-        objects = waypointObjects(gateway, this.values);
+        objects = this.render(gateway, this.values);
       } catch (err) {
         this.log.warn({ gateway: gwKey, err: message(err) }, 'cannot render the waypoint');
         continue;
@@ -340,6 +353,8 @@ export class WaypointReconciler {
         const meta = isObject(item) && isObject(item.metadata) ? item.metadata : undefined;
         const labels = meta && isObject(meta.labels) ? meta.labels : {};
         if (!meta || labels[MANAGED_BY_LABEL] !== MANAGED_BY || typeof labels[WAYPOINT_GATEWAY_LABEL] !== 'string') continue;
+        const component = labels['app.kubernetes.io/component'];
+        if (component !== undefined && component !== this.component) continue;
         const slash = id.lastIndexOf('/');
         const ref = refOf(id.slice(0, slash), id.slice(slash + 1), String(meta.namespace), String(meta.name), labels[WAYPOINT_GATEWAY_LABEL]);
         if (ref) found.push(ref);
