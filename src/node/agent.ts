@@ -18,6 +18,7 @@ import { existsSync } from 'node:fs';
 import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2';
 import { Socket } from 'node:net';
 import type { Logger } from 'pino';
+import type { Counter } from 'prom-client';
 import { DiscoveryClient, type WireResource } from '../discovery/discovery.js';
 import type { ConfigObject, Service, Workload } from '../config/model.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../authz/l4.js';
@@ -32,7 +33,8 @@ import { ConnectionTracker, resetOrDestroy, splice, type TrackedConnection } fro
 import { PodEnroller, type EnrolledPod } from './enroll.js';
 import { buildDnsTable, DnsServer, netnsUpstream, type DnsPod, type DnsServiceEntry, type DnsTable } from './dns.js';
 import { HBONE_CODES, HboneError, HboneLimiter, HbonePool, HboneServer, refuseTunnel, type HboneCode, type HboneLimits, type TunnelInfo } from '../hbone/hbone.js';
-import { MeshState, MeshStateError, type Destination } from '../discovery/mesh-state.js';
+import { MeshState, MeshStateError, type Destination, type EgressMatch } from '../discovery/mesh-state.js';
+import { CachingResolver, egressTarget, type HostResolver } from './egress.js';
 import type { PodReadiness } from '../api/admin.js';
 import { AGENT_SOCKET_MARK, netnsCookie, socketInNetns } from '../host/netns.js';
 
@@ -82,6 +84,10 @@ export interface NodeAgentOptions {
    * port 53), and forward the rest to the resolver each pod asked (default true; AMBIT_DNS_CAPTURE).
    */
   dnsCapture?: boolean;
+  /** DNS servers for ServiceEntries of resolution DNS (AMBIT_DNS_RESOLVERS); none: the system's. */
+  dnsResolvers?: string[];
+  /** The resolver itself, for tests (default: a CachingResolver of `dnsResolvers`). */
+  resolver?: HostResolver;
   log: Logger;
   accessLog: Logger;
 }
@@ -97,6 +103,9 @@ interface PodEntry {
 
 /** A pod's enrollment as the runtime waits for it: done (with or without the mesh) or failed. */
 export type { PodReadiness };
+
+/** Istio's name for where REGISTRY_ONLY sends what the registry does not know: its metrics' destination_service. */
+const BLACK_HOLE = { hostname: 'BlackHoleCluster', name: 'BlackHoleCluster', namespace: 'unknown' };
 
 /** `GET /config_dump`: the mesh config the agent holds. */
 export interface ConfigDump {
@@ -127,6 +136,10 @@ export class NodeAgent {
   readonly connections: ConnectionTracker;
   private readonly shedder: LoadShedder;
   private readonly datapath: Datapath;
+  /** Resolves the hosts of DNS ServiceEntries (egress), cached by TTL. */
+  private readonly resolver: HostResolver;
+  /** Egress refused by the agent, by reason (registry_only, no_endpoint, authorization). */
+  private readonly egressRefused: Counter;
   private readonly enroller: PodEnroller;
   /** The pods' DNS server; undefined with DNS capture off. */
   private readonly dns: DnsServer | undefined;
@@ -194,6 +207,8 @@ export class NodeAgent {
       queries: this.metrics.counter('ambit_dns_queries_total', 'DNS queries of meshed pods by result: local (answered by the agent), forwarded (answered by the resolver the pod asked), failed (SERVFAIL: the resolver did not answer, or too many in flight), malformed (FORMERR or dropped)', ['namespace', 'result']),
     }) : undefined;
     this.registerAgentMetrics();
+    this.resolver = opts.resolver ?? new CachingResolver({ servers: opts.dnsResolvers ?? [] });
+    this.egressRefused = this.metrics.counter('ambit_egress_refused_total', 'Outbound connections the node agent refused at the mesh\'s edge, by reason: registry_only (REGISTRY_ONLY, a destination neither a service, a workload nor a ServiceEntry), no_endpoint (a ServiceEntry with no address to go to), authorization (an AuthorizationPolicy bound to the ServiceEntry)', ['reason']);
     this.discovery = new DiscoveryClient({
       address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,
       node: opts.node, kind: 'node-agent', log,
@@ -500,12 +515,33 @@ export class NodeAgent {
     }
     const source = { workload: src.workload.workload, namespace: src.workload.namespace, identity: src.workload.identity, labels: src.workload.labels, ip: socket.remoteAddress === '127.0.0.1' || socket.remoteAddress === '::1' ? src.workload.ips[0]! : socket.remoteAddress ?? '' };
     const called = { ip: dst.addr, port: dst.port };
-    let d = this.pick(state, called.ip, called.port);
-    if (!d) {
-      this.refuse(socket, src, { reporter: 'source', source, destination: { ...called }, mtls: false, path: 'passthrough', pod: src.enrolled.spec.name }, 'UH', `no endpoint serves ${called.ip}:${called.port}`);
-      return;
+    // Egress: a ServiceEntry's address, VIP or endpoint (never a mesh service's VIP), else under
+    // REGISTRY_ONLY anything the mesh does not know is refused (docs/EDGE.md, Egress).
+    const egress = state.servicesByVip.has(called.ip) ? undefined : state.serviceEntryFor(called.ip, called.port, src.workload.namespace);
+    let d: Destination | undefined;
+    let service: TrackedConnection['service'];
+    if (egress) {
+      const target = await this.egressDestination(socket, src, state, egress, called, source);
+      if (!target) return;
+      d = target;
+      service = { hostname: egress.host, name: egress.host, namespace: egress.entry.namespace };
+      if (egress.entry.location === 'MESH_EXTERNAL' || !d.workload?.enrolled) {
+        await this.passthrough(socket, src, d, source, service);
+        return;
+      }
+    } else {
+      d = this.pick(state, called.ip, called.port);
+      if (!d) {
+        this.refuse(socket, src, { reporter: 'source', source, destination: { ...called }, mtls: false, path: 'passthrough', pod: src.enrolled.spec.name }, 'UH', `no endpoint serves ${called.ip}:${called.port}`);
+        return;
+      }
+      if (!d.service && !d.workload && state.meshConfig.outboundTrafficPolicy === 'REGISTRY_ONLY') {
+        this.egressRefused.inc({ reason: 'registry_only' });
+        this.refuse(socket, src, { reporter: 'source', source, destination: { ...called }, service: BLACK_HOLE, mtls: false, path: 'passthrough', pod: src.enrolled.spec.name }, 'UH', `outboundTrafficPolicy REGISTRY_ONLY: ${called.ip}:${called.port} is neither a mesh service, a workload nor a ServiceEntry`);
+        return;
+      }
+      service = d.service ? { hostname: d.service.hostname, name: d.service.name, namespace: d.service.namespace } : undefined;
     }
-    const service = d.service ? { hostname: d.service.hostname, name: d.service.name, namespace: d.service.namespace } : undefined;
     if (d.service?.waypoint) {
       await this.viaWaypoint(socket, src, state, d.service, called, source, service!);
       return;
@@ -554,6 +590,35 @@ export class NodeAgent {
         return;
       }
     }
+  }
+
+  /**
+   * Where a connection that matched a ServiceEntry goes: the entry's AuthorizationPolicies
+   * (targetRefs) checked with the client as source, then its endpoint by the entry's resolution.
+   * Undefined when refused (the socket is reset, counted and logged here).
+   */
+  private async egressDestination(socket: Socket, src: PodEntry, state: MeshState, egress: EgressMatch, called: { ip: string; port: number }, source: TrackedConnection['source']): Promise<Destination | undefined> {
+    const service = { hostname: egress.host, name: egress.host, namespace: egress.entry.namespace };
+    const info = { reporter: 'source' as const, source, destination: { ...called }, service, mtls: false, path: 'passthrough' as const, pod: src.enrolled.spec.name };
+    const decision = state.authorizer.evaluateServiceEntry(egress.entry, {
+      sourceIdentity: src.workload.identity, sourceIp: source.ip, destinationIp: called.ip, destinationPort: egress.port.number, host: egress.host,
+    });
+    if (!decision.allowed) {
+      this.egressRefused.inc({ reason: 'authorization' });
+      const conn = this.connections.begin(info);
+      this.connections.finish(conn, { flags: 'RBAC', error: decision.reason, ...(decision.policy ? { policy: decision.policy } : {}) });
+      this.opts.log.info({ pod: src.enrolled.spec.name, host: egress.host, why: decision.reason }, 'egress refused by policy');
+      resetOrDestroy(socket);
+      return undefined;
+    }
+    const target = await egressTarget(egress, called, this.resolver);
+    if ('error' in target) {
+      this.egressRefused.inc({ reason: 'no_endpoint' });
+      this.refuse(socket, src, info, 'UH', target.error);
+      return undefined;
+    }
+    const workload = state.workloadsByIp.get(target.ip);
+    return { ip: target.ip, port: target.port, ...(workload ? { workload } : {}) };
   }
 
   /**

@@ -22,6 +22,7 @@ import { listenReusePort } from '../host/netns.js';
 import { listenTcp, listenUnix, localServer, sendJson } from '../util/local-http.js';
 import { AdminServer, adminRoutes, serveAdmin, type AdminSources } from './admin.js';
 import { NodeAgent, type PodLocator } from './agent.js';
+import { parseDnsResolvers } from './egress.js';
 import { report, type Check } from './checks.js';
 import { CniInstaller } from './cni-install.js';
 import { CniServer } from './cni-server.js';
@@ -100,6 +101,7 @@ export async function startNodeApp(opts: NodeAppOptions): Promise<NodeApp> {
     pinRoot: opts.pinRoot, cgroup: opts.cgroup, locator, probeCgroups: opts.probeCgroups, rootNamespace: opts.rootNamespace,
     drainMs: opts.drainMs, ...(opts.hboneLimits ? { hboneLimits: opts.hboneLimits } : {}), log, accessLog: logger('access'),
     dnsCapture: dnsCaptureFromEnv(process.env.AMBIT_DNS_CAPTURE),
+    dnsResolvers: parseDnsResolvers(process.env.AMBIT_DNS_RESOLVERS),
   });
   const parts = k8s && kube && daemonSet ? await kubernetesParts(opts.node, k8s, kube, agent, daemonSet, log) : undefined;
   // What `ambit check` says about this node (and whether the CNI plugin is chained), served on
