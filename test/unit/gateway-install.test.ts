@@ -112,6 +112,16 @@ describe('the controller\'s ingress gateway reconciler', () => {
     expect((server.get('Deployment', 'default', 'bookinfo-gateway-gateway', 'apps') as any).spec.template.spec.serviceAccountName).toBe('bookinfo-gateway');
     expect((server.get('Service', 'default', 'bookinfo-gateway-gateway') as any).spec.type).toBe('LoadBalancer');
     expect(server.get('Deployment', 'default', 'waypoint', 'apps')).toBeDefined();
+    // Programmed, and the Service's load balancer as the Gateway's addresses once it has one.
+    const gw = () => server.get('Gateway', 'default', 'bookinfo-gateway', 'gateway.networking.k8s.io') as any;
+    expect(gw().status.conditions.find((c: any) => c.type === 'Programmed')).toMatchObject({ status: 'True', reason: 'Programmed', message: expect.stringContaining('no load balancer address yet') });
+    const svc = server.get('Service', 'default', 'bookinfo-gateway-gateway') as any;
+    server.apply('Service', { ...svc, status: { loadBalancer: { ingress: [{ ip: '203.0.113.7' }, { hostname: 'lb.example.com' }] } } });
+    await ingress.reconcile([gw(), all[1]!]);
+    expect(gw().status.addresses).toEqual([{ type: 'IPAddress', value: '203.0.113.7' }, { type: 'Hostname', value: 'lb.example.com' }]);
+    expect(gw().status.conditions.find((c: any) => c.type === 'Programmed').message).toContain('203.0.113.7, lb.example.com');
+    // The waypoint's Gateway gets no addresses.
+    expect((server.get('Gateway', 'default', 'waypoint', 'gateway.networking.k8s.io') as any).status?.addresses).toBeUndefined();
     // The ingress Gateway goes: its objects go; the waypoint's stay (also for a new reconciler adopting what it finds).
     ingress.stop();
     ingress = ingressGatewayReconciler(new KubeClient({ server: server.url }), { values: defaultValues(), log: silentLogger, resyncMs: 0 });

@@ -4,7 +4,9 @@
  * the ServiceAccount, Deployment and LoadBalancer Service `ingressGatewayObjects` renders,
  * through the waypoints' reconciler (src/control/kube/waypoints.ts) — the same server-side
  * apply, the same refusal to write over objects that are not the controller's (the Gateway
- * gets Programmed=False, ObjectNotOwned), the same deletes once the Gateway is gone. Istio's
+ * gets Programmed=False, ObjectNotOwned), the same deletes once the Gateway is gone; once its
+ * objects are applied the Gateway's status says Programmed=True with its Service's load
+ * balancer addresses (`status.addresses`), as Istio writes it. Istio's
  * default ingress gateway is the install's (`ingressGateway.enabled`), not the controller's.
  */
 import type { Logger } from 'pino';
@@ -19,6 +21,6 @@ export { isIngressGatewayObject };
 export function ingressGatewayReconciler(client: KubeClient, opts: { values: Values; log: Logger; resyncMs?: number }): WaypointReconciler {
   return new WaypointReconciler(client, {
     ...opts,
-    kind: { select: isIngressGatewayObject, render: (gateway, values) => ingressGatewayObjects(gateway, values), component: INGRESS_COMPONENT },
+    kind: { select: isIngressGatewayObject, render: (gateway, values) => ingressGatewayObjects(gateway, values), component: INGRESS_COMPONENT, addresses: true },
   });
 }

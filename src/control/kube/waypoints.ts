@@ -65,7 +65,15 @@ export interface WaypointReconcilerOptions {
    * waypointObjects); ingress gateways (src/control/kube/gateways.ts) run through the same
    * ownership checks, writes and deletes.
    */
-  kind?: { select: (obj: unknown) => boolean; render: (gateway: Record<string, unknown>, values: Values) => K8sObject[]; component: string };
+  kind?: {
+    select: (obj: unknown) => boolean; render: (gateway: Record<string, unknown>, values: Values) => K8sObject[]; component: string;
+    /**
+     * Whether the Gateway's status gets `Programmed=True` and `addresses` (its Service's load
+     * balancer ingress) once its objects are applied, as Gateway API implementations write for
+     * ingress gateways (a waypoint's Gateway has no address to show).
+     */
+    addresses?: boolean;
+  };
 }
 
 interface Ref { key: string; path: string; collection: string; namespace: string; name: string; gateway: string }
@@ -99,6 +107,7 @@ export class WaypointReconciler {
   private readonly render: (gateway: Record<string, unknown>, values: Values) => K8sObject[];
   /** The `app.kubernetes.io/component` of the objects this reconciler writes: another reconciler's are not adopted. */
   private readonly component: string;
+  private readonly addresses: boolean;
   private readonly backoffMs: number;
   private readonly maxBackoffMs: number;
   /** Object key → hash of the version last applied successfully. */
@@ -129,6 +138,7 @@ export class WaypointReconciler {
     this.select = opts.kind?.select ?? isWaypointGateway;
     this.render = opts.kind?.render ?? waypointObjects;
     this.component = opts.kind?.component ?? 'waypoint';
+    this.addresses = opts.kind?.addresses ?? false;
     this.backoffMs = opts.backoffMs ?? 1000;
     this.maxBackoffMs = opts.maxBackoffMs ?? 5 * 60_000;
     const resyncMs = opts.resyncMs ?? 10 * 60_000;
@@ -281,17 +291,36 @@ export class WaypointReconciler {
    * taken; True once all of them are written after that. Written (merge patch of the status,
    * other conditions kept, at the resourceVersion read) only when the Gateway does not show it.
    */
+  /** The addresses of a gateway's Service (none when it cannot be read: written on a later pass). */
+  private async serviceAddresses(ref: Ref | undefined): Promise<{ type: string; value: string }[]> {
+    if (!ref) return [];
+    try {
+      const res = await this.client.request('GET', ref.path);
+      return res.status === 200 ? loadBalancerAddresses(res.body) : [];
+    } catch {
+      return [];
+    }
+  }
+
   private async programmed(gwKey: string, gateway: Record<string, unknown>, refs: Ref[], now: number): Promise<void> {
     const conflict = this.conflicts.get(gwKey);
     const shown = conditionsOf(gateway).find((c) => c.type === 'Programmed');
     let want: Condition | undefined;
+    let addresses: { type: string; value: string }[] | undefined;
     if (conflict) want = { type: 'Programmed', status: 'False', reason: NOT_OWNED_REASON, message: conflict };
-    else if (shown?.reason === NOT_OWNED_REASON && refs.every((r) => this.applied.has(r.key))) {
+    else if (this.addresses && refs.every((r) => this.applied.has(r.key))) {
+      addresses = await this.serviceAddresses(refs.find((r) => r.key.startsWith('Service/')));
+      want = addresses.length > 0
+        ? { type: 'Programmed', status: 'True', reason: 'Programmed', message: `the gateway's ServiceAccount, Deployment and Service are applied; its Service's load balancer: ${addresses.map((a) => a.value).join(', ')}` }
+        : { type: 'Programmed', status: 'True', reason: 'Programmed', message: 'the gateway\'s ServiceAccount, Deployment and Service are applied; its Service has no load balancer address yet' };
+    } else if (shown?.reason === NOT_OWNED_REASON && refs.every((r) => this.applied.has(r.key))) {
       want = { type: 'Programmed', status: 'True', reason: 'Programmed', message: 'the waypoint\'s ServiceAccount, Deployment, Service and PodDisruptionBudget are applied' };
     }
     if (!want) return;
-    const id = JSON.stringify(want);
-    if (shown && shown.status === want.status && shown.reason === want.reason && shown.message === want.message) {
+    const id = JSON.stringify([want, addresses]);
+    const shownAddresses = isObject(gateway.status) && Array.isArray(gateway.status.addresses) ? gateway.status.addresses : [];
+    if (shown && shown.status === want.status && shown.reason === want.reason && shown.message === want.message
+      && (addresses === undefined || JSON.stringify(shownAddresses) === JSON.stringify(addresses))) {
       this.written.delete(gwKey);
       return;
     }
@@ -307,7 +336,7 @@ export class WaypointReconciler {
       const generation = isObject(got.body.metadata) && typeof got.body.metadata.generation === 'number' ? { observedGeneration: got.body.metadata.generation } : {};
       const rv = isObject(got.body.metadata) && typeof got.body.metadata.resourceVersion === 'string' ? { metadata: { resourceVersion: got.body.metadata.resourceVersion } } : {};
       const condition = { ...want, ...generation, lastTransitionTime: new Date().toISOString().replace(/\.\d+Z$/, 'Z') };
-      const body = { ...rv, status: { conditions: [...current.filter((c) => c.type !== 'Programmed'), condition] } };
+      const body = { ...rv, status: { conditions: [...current.filter((c) => c.type !== 'Programmed'), condition], ...(addresses ? { addresses } : {}) } };
       const res = await this.client.request('PATCH', `${path}/status`, body, 'application/merge-patch+json');
       if (res.status < 200 || res.status >= 300) throw new Error(`HTTP ${res.status}: ${statusMessage(res.body)}`);
       this.written.set(gwKey, id);
@@ -392,6 +421,14 @@ function markManaged(obj: K8sObject): K8sObject {
   const copy = JSON.parse(JSON.stringify(obj)) as K8sObject;
   copy.metadata.labels = { ...copy.metadata.labels, [MANAGED_BY_LABEL]: MANAGED_BY };
   return copy;
+}
+
+/** A Service's load balancer ingress as Gateway API status addresses (IPAddress or Hostname). */
+export function loadBalancerAddresses(service: unknown): { type: string; value: string }[] {
+  const lb = isObject(service) && isObject(service.status) && isObject(service.status.loadBalancer) ? service.status.loadBalancer : {};
+  const ingress = Array.isArray(lb.ingress) ? lb.ingress.filter(isObject) : [];
+  return ingress.slice(0, 16).flatMap((i) => (typeof i.ip === 'string' && i.ip !== '' ? [{ type: 'IPAddress', value: i.ip.slice(0, 64) }]
+    : typeof i.hostname === 'string' && i.hostname !== '' ? [{ type: 'Hostname', value: i.hostname.slice(0, 253) }] : []));
 }
 
 function conditionsOf(obj: Record<string, unknown>): Record<string, unknown>[] {
