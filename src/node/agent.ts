@@ -106,6 +106,8 @@ export type { PodReadiness };
 
 /** Istio's name for where REGISTRY_ONLY sends what the registry does not know: its metrics' destination_service. */
 const BLACK_HOLE = { hostname: 'BlackHoleCluster', name: 'BlackHoleCluster', namespace: 'unknown' };
+/** And where ALLOW_ANY lets them through: a destination neither a service, a workload nor a ServiceEntry. */
+const PASSTHROUGH = { hostname: 'PassthroughCluster', name: 'PassthroughCluster', namespace: 'unknown' };
 
 /** `GET /config_dump`: the mesh config the agent holds. */
 export interface ConfigDump {
@@ -540,7 +542,8 @@ export class NodeAgent {
         this.refuse(socket, src, { reporter: 'source', source, destination: { ...called }, service: BLACK_HOLE, mtls: false, path: 'passthrough', pod: src.enrolled.spec.name }, 'UH', `outboundTrafficPolicy REGISTRY_ONLY: ${called.ip}:${called.port} is neither a mesh service, a workload nor a ServiceEntry`);
         return;
       }
-      service = d.service ? { hostname: d.service.hostname, name: d.service.name, namespace: d.service.namespace } : undefined;
+      service = d.service ? { hostname: d.service.hostname, name: d.service.name, namespace: d.service.namespace }
+        : d.workload ? undefined : PASSTHROUGH;
     }
     if (d.service?.waypoint) {
       await this.viaWaypoint(socket, src, state, d.service, called, source, service!);

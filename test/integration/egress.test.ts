@@ -133,8 +133,11 @@ describeAsRoot('egress: ServiceEntry and outboundTrafficPolicy', () => {
     await cluster.down();
   }, 60_000);
 
-  it('under ALLOW_ANY, passes an unknown destination through', async () => {
+  it('under ALLOW_ANY, passes an unknown destination through, reported as PassthroughCluster', async () => {
     expect(await dial('client', EXTERNAL, UNKNOWN)).toMatch(/^ok external 7070 to 10\.244\.1\.\d+$/);
+    await until('the connection in the metrics', async () => counter(await cluster.metrics('node-1'), 'istio_tcp_connections_closed_total', {
+      reporter: 'source', source_workload: 'client', destination_service: 'PassthroughCluster', response_flags: '-',
+    }) >= 1, { timeout: 10_000, interval: 250 });
   });
 
   it('under REGISTRY_ONLY, refuses an unknown destination: reset, logged with the destination, counted as BlackHoleCluster', async () => {
