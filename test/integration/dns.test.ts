@@ -38,15 +38,16 @@ function answer(q) {
   const rr = hit ? Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 7]) : Buffer.alloc(0);
   return Buffer.concat([head, q.subarray(12, qend), rr]);
 }
-const udp = dgram.createSocket("udp4"); udp.on("message", (m, r) => udp.send(answer(m), r.port, r.address)); udp.bind(53);
+const udp = dgram.createSocket("udp6"); udp.on("message", (m, r) => udp.send(answer(m), r.port, r.address)); udp.bind(53);
 net.createServer((s) => { let buf = Buffer.alloc(0); s.on("data", (c) => { buf = Buffer.concat([buf, c]);
   while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) { const a = answer(buf.subarray(2, 2 + buf.readUInt16BE(0))); buf = buf.subarray(2 + buf.readUInt16BE(0));
     const l = Buffer.alloc(2); l.writeUInt16BE(a.length); s.write(Buffer.concat([l, a])); } }); s.on("error", () => {}); }).listen(53);`;
 
 /**
  * `node -e QUERY <server> <name> <type> <mode>`: one query, mode `connected` (connect + send),
- * `sendto`, or `tcp`; prints {rcode, answers, from, peer} (from: the reply's source as the app
- * saw it; peer: getpeername of the connected socket).
+ * `sendto`, or `tcp`; an IPv6 server (or ::ffff:a.b.c.d) is asked from an IPv6 socket. Prints
+ * {rcode, answers, from, peer} (from: the reply's source as the app saw it; peer: getpeername of
+ * the connected socket).
  */
 const QUERY = `const dgram = require("dgram"), net = require("net");
 const [server, name, type, mode] = process.argv.slice(1);
@@ -66,7 +67,7 @@ if (mode === "tcp") {
   let buf = Buffer.alloc(0);
   s.on("data", (c) => { buf = Buffer.concat([buf, c]); if (buf.length >= 2 + buf.readUInt16BE(0)) { parse(buf.subarray(2), s.remoteAddress + ":" + s.remotePort); s.end(); } });
 } else {
-  const s = dgram.createSocket("udp4");
+  const s = dgram.createSocket(server.includes(":") ? "udp6" : "udp4");
   s.on("message", (m, r) => { parse(m, r.address + ":" + r.port, mode === "connected" ? s.remoteAddress().address + ":" + s.remoteAddress().port : undefined); s.close(); });
   if (mode === "connected") s.connect(53, server, () => s.send(q)); else s.send(q, 53, server);
 }`;
@@ -129,7 +130,7 @@ spec: { nodeName: node-1, containers: [{ name: c, command: [sleep, infinity] }] 
 interface Reply { rcode?: number; answers?: string[]; from?: string; peer?: string; error?: string }
 
 /** Up, and the upstream resolver answering the client pod; returns the upstream's and the backend's addresses. */
-async function start(c: LocalCluster): Promise<{ upstream: string; backendIp: string }> {
+async function start(c: LocalCluster): Promise<{ upstream: string; upstream6: string; backendIp: string }> {
   await c.up(MANIFESTS);
   const status = await c.status();
   const ipOf = (ns: string, name: string) => status.pods.find((p) => p.namespace === ns && p.name === name)?.ip;
@@ -137,20 +138,22 @@ async function start(c: LocalCluster): Promise<{ upstream: string; backendIp: st
   expect(upstream).toMatch(/^10\.244\./);
   // The upstream may still be starting.
   await until('the upstream resolver up', async () => (JSON.parse(await c.exec('dnstest/client', ['node', '-e', QUERY, upstream, 'outside.example.test', 'A', 'sendto'])) as Reply).rcode === 0, { timeout: 30_000, interval: 500 });
-  return { upstream, backendIp: ipOf('dnstest', 'backend')! };
+  const upstream6 = status.pods.find((p) => p.namespace === 'outside' && p.name === 'upstream')!.ips[1]!;
+  return { upstream, upstream6, backendIp: ipOf('dnstest', 'backend')! };
 }
 
 describeAsRoot('DNS proxying by the node agent', () => {
   let upstream: string;
   let vip: string;
   let backendIp: string;
+  let upstream6: string;
   let offUpstream: string;
   const query = async (name: string, mode: 'connected' | 'sendto' | 'tcp', type = 'A', c = cluster, server = upstream): Promise<Reply> =>
     JSON.parse(await c.exec('dnstest/client', ['node', '-e', QUERY, server, name, type, mode])) as Reply;
 
   beforeAll(async () => {
     const [on, without] = await Promise.all([start(cluster), start(off)]);
-    ({ upstream, backendIp } = on);
+    ({ upstream, upstream6, backendIp } = on);
     offUpstream = without.upstream;
     // The client's agent knows the service (its VIP) and the ServiceEntry.
     vip = await until('the service in node-1\'s config', async () => {
@@ -169,6 +172,14 @@ describeAsRoot('DNS proxying by the node agent', () => {
     expect(await query('BACKEND.dnstest.svc.cluster.local', 'sendto')).toMatchObject({ rcode: 0, answers: [vip], from: `${upstream}:53` });
     expect(await query('backend.dnstest.svc.cluster.local', 'tcp')).toMatchObject({ rcode: 0, answers: [vip] });
     expect(await query('backend.dnstest.svc.cluster.local', 'connected', 'AAAA')).toMatchObject({ rcode: 0, answers: [] });
+  });
+
+  it('answers IPv6 sockets, to an IPv6 resolver and to an IPv4-mapped one, from the resolver asked', async () => {
+    expect(upstream6).toContain(':');
+    expect(await query('backend.dnstest.svc.cluster.local', 'connected', 'A', cluster, upstream6)).toEqual({ rcode: 0, answers: [vip], from: `${upstream6}:53`, peer: `${upstream6}:53` });
+    expect(await query('outside.example.test', 'sendto', 'A', cluster, upstream6)).toMatchObject({ rcode: 0, answers: ['192.0.2.7'], from: `${upstream6}:53` });
+    expect(await query('backend.dnstest.svc.cluster.local', 'connected', 'A', cluster, `::ffff:${upstream}`)).toEqual({ rcode: 0, answers: [vip], from: `::ffff:${upstream}:53`, peer: `::ffff:${upstream}:53` });
+    expect(await query('outside.example.test', 'sendto', 'A', cluster, `::ffff:${upstream}`)).toMatchObject({ rcode: 0, answers: ['192.0.2.7'], from: `::ffff:${upstream}:53` });
   });
 
   it('answers a headless service with its pods and a ServiceEntry host with its address', async () => {
