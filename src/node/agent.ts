@@ -20,7 +20,7 @@ import { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Counter } from 'prom-client';
 import { DiscoveryClient, type WireResource } from '../discovery/discovery.js';
-import type { ConfigObject, Service, Workload } from '../config/model.js';
+import type { ConfigObject, MeshConfig, Service, ServiceEntryInfo, Workload } from '../config/model.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../authz/l4.js';
 import { detectSocketLbConflicts } from '../ebpf/cgroup-programs.js';
 import { AMBIT, Datapath } from '../ebpf/datapath.js';
@@ -119,6 +119,9 @@ export interface ConfigDump {
   policies: ConfigObject[];
   waypoints: ConfigObject[];
   warnings: string[];
+  /** The ServiceEntries the agent matches egress against, and the mesh's settings (outboundTrafficPolicy). */
+  serviceEntries?: ServiceEntryInfo[];
+  meshConfig?: MeshConfig;
 }
 
 /** `GET /workloads`: the pods of this node in the mesh, and those the agent could not enroll. */
@@ -927,6 +930,7 @@ export class NodeAgent {
       node: this.opts.node, version: s?.version ?? null, connected: this.discovery.connected,
       workloads: s ? [...s.workloads.values()] : [], services: s ? [...s.services.values()] : [],
       policies: s?.policies ?? [], waypoints: s ? [...s.waypoints.values()] : [], warnings: s?.authorizer.warnings ?? [],
+      ...(s ? { serviceEntries: s.serviceEntries, meshConfig: s.meshConfig } : {}),
     };
   }
 

@@ -151,6 +151,10 @@ describeAsRoot('egress: ServiceEntry and outboundTrafficPolicy', () => {
     // Opened as "-" and closed with the refusal's flag, as the agent counts every connection.
     expect(counter(metrics, 'istio_tcp_connections_closed_total', { reporter: 'source', source_workload: 'client', destination_service: 'BlackHoleCluster', destination_service_name: 'BlackHoleCluster', response_flags: 'UH' })).toBeGreaterThanOrEqual(1);
     expect(counter(metrics, 'ambit_egress_refused_total', { reason: 'registry_only' })).toBeGreaterThanOrEqual(1);
+    // What the agent holds, on its admin endpoint.
+    const dump = JSON.parse(await cluster.nodeFetch('node-1', 'http://127.0.0.1:15000/config_dump')) as { meshConfig?: unknown; serviceEntries?: { name: string }[] };
+    expect(dump.meshConfig).toEqual({ outboundTrafficPolicy: 'REGISTRY_ONLY' });
+    expect(dump.serviceEntries?.map((e) => e.name)).toEqual(['by-address', 'static-api']);
   });
 
   it('lets a STATIC ServiceEntry through at its VIP, to its endpoint\'s mapped port, with the host as destination_service', async () => {

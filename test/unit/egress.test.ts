@@ -9,6 +9,9 @@ import type { EgressMatch } from '../../src/discovery/mesh-state.js';
 import type { ConfigObject, ServiceEntryInfo } from '../../src/config/model.js';
 import { L4Authorizer } from '../../src/authz/l4.js';
 import { OperatorError } from '../../src/util/errors.js';
+import { outboundTrafficPolicy } from '../../src/cli/controller.js';
+import { renderInstall } from '../../src/install/render.js';
+import { resolveValues, ValuesError } from '../../src/install/values.js';
 
 const entry = (over: Partial<ServiceEntryInfo>): ServiceEntryInfo => ({
   namespace: 'shop', name: 'api', hosts: ['api.example.com'], addresses: [], cidrs: [],
@@ -161,5 +164,26 @@ describe('AuthorizationPolicies bound to a ServiceEntry', () => {
     // `mixed` binds shop/api (an ALLOW with no rules allows nothing); `cross` binds nothing.
     expect(authz.evaluateServiceEntry(api, client('shop'))).toMatchObject({ allowed: false });
     expect(authz.evaluateServiceEntry({ namespace: 'team', name: 'api' }, client('shop'))).toMatchObject({ allowed: true });
+  });
+});
+
+describe('the outboundTrafficPolicy setting', () => {
+  it('comes from the controller\'s flag, else AMBIT_OUTBOUND_TRAFFIC_POLICY, else ALLOW_ANY, and names a bad value', () => {
+    expect(outboundTrafficPolicy(undefined, {})).toBe('ALLOW_ANY');
+    expect(outboundTrafficPolicy(undefined, { AMBIT_OUTBOUND_TRAFFIC_POLICY: 'REGISTRY_ONLY' })).toBe('REGISTRY_ONLY');
+    expect(outboundTrafficPolicy('ALLOW_ANY', { AMBIT_OUTBOUND_TRAFFIC_POLICY: 'REGISTRY_ONLY' })).toBe('ALLOW_ANY');
+    expect(() => outboundTrafficPolicy(undefined, { AMBIT_OUTBOUND_TRAFFIC_POLICY: 'registry_only' })).toThrow('AMBIT_OUTBOUND_TRAFFIC_POLICY must be ALLOW_ANY or REGISTRY_ONLY, got "registry_only"');
+    expect(() => outboundTrafficPolicy('DENY', {})).toThrow('--outbound-traffic-policy must be ALLOW_ANY or REGISTRY_ONLY, got "DENY"');
+  });
+
+  it('is the install\'s meshConfig.outboundTrafficPolicy.mode, given to the controller', () => {
+    const env = (sets: string[]) => {
+      const deployment = renderInstall(resolveValues(sets)).find((o) => o.kind === 'Deployment' && o.metadata.name === 'ambit-controller') as unknown as
+        { spec: { template: { spec: { containers: { env: { name: string; value?: string }[] }[] } } } };
+      return deployment.spec.template.spec.containers[0]!.env.find((e) => e.name === 'AMBIT_OUTBOUND_TRAFFIC_POLICY')?.value;
+    };
+    expect(env([])).toBe('ALLOW_ANY');
+    expect(env(['meshConfig.outboundTrafficPolicy.mode=REGISTRY_ONLY'])).toBe('REGISTRY_ONLY');
+    expect(() => resolveValues(['meshConfig.outboundTrafficPolicy.mode=NONE'])).toThrow(ValuesError);
   });
 });
