@@ -88,6 +88,8 @@ export interface DnsServerOptions {
   ttl?: number;
   timeoutMs?: number;
   maxPendingPerPod?: number;
+  /** How long a DNS message over TCP may take from its first byte to its last (DNS_TCP_MESSAGE_MS). */
+  tcpMessageMs?: number;
 }
 
 /** Addresses per local answer over UDP: 8 AAAA records and the longest question fit 512 bytes. */
@@ -95,6 +97,8 @@ const MAX_UDP_ANSWERS = 8;
 const MAX_TCP_ANSWERS = 64;
 /** A TCP connection that sends no complete query for this long is closed. */
 export const DNS_TCP_IDLE_MS = 30_000;
+/** A DNS message over TCP must arrive whole within this long of its first byte. */
+export const DNS_TCP_MESSAGE_MS = 10_000;
 
 export class DnsServer {
   readonly ttl: number;
@@ -174,6 +178,9 @@ export class DnsServer {
   serveTcp(socket: Socket, pod: DnsPod, resolver: Resolver): void {
     const framer = new TcpFramer(DNS_MAX_QUERY_BYTES);
     socket.setTimeout(DNS_TCP_IDLE_MS, () => socket.destroy());
+    // A message begun must be complete within DNS_TCP_MESSAGE_MS, however slowly its bytes trickle.
+    let incomplete: NodeJS.Timeout | undefined;
+    socket.on('close', () => clearTimeout(incomplete));
     socket.on('error', () => undefined);
     socket.on('data', (chunk: Buffer) => {
       let queries: Buffer[];
@@ -185,12 +192,23 @@ export class DnsServer {
         socket.destroy();
         return;
       }
+      if (framer.pending === 0) {
+        clearTimeout(incomplete);
+        incomplete = undefined;
+      } else {
+        incomplete ??= setTimeout(() => {
+          this.count(pod, 'malformed');
+          socket.destroy();
+        }, this.opts.tcpMessageMs ?? DNS_TCP_MESSAGE_MS);
+      }
       for (const q of queries) {
         void this.answer(Buffer.from(q), pod, resolver, 'tcp').then((reply) => {
-          if (reply && !socket.destroyed) socket.write(frame(reply));
+          // A client that sends queries and never reads its answers is not read any further.
+          if (reply && !socket.destroyed && !socket.write(frame(reply))) socket.pause();
         });
       }
     });
+    socket.on('drain', () => socket.resume());
   }
 }
 

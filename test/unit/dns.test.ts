@@ -221,6 +221,23 @@ describe('DNS over TCP', () => {
       listener.close();
     }
   });
+
+  it('closes a connection whose message does not arrive whole in time (a truncated frame)', async () => {
+    const server = new DnsServer({ names: () => TABLE, log: silentLogger, tcpMessageMs: 200 });
+    const listener = createServer((s) => server.serveTcp(s, pod(never), RESOLVER));
+    await new Promise<void>((r) => listener.listen(0, '127.0.0.1', r));
+    try {
+      const started = Date.now();
+      await new Promise<void>((resolve) => {
+        const c = connect((listener.address() as AddressInfo).port, '127.0.0.1', () => c.write(frame(query('web.shop.svc.cluster.local')).subarray(0, 20)));
+        c.on('close', () => resolve());
+        c.on('error', () => undefined);
+      });
+      expect(Date.now() - started).toBeGreaterThanOrEqual(150);
+    } finally {
+      listener.close();
+    }
+  });
 });
 
 describe('UDP listener', () => {
