@@ -5,7 +5,8 @@
  * client sees the reset; the agent's access log and metrics name BlackHoleCluster and the
  * destination) and lets through what ServiceEntries register: a STATIC entry reached at its
  * allocated VIP, and an address-based one, each reported with its host as destination_service.
- * An AuthorizationPolicy bound to a ServiceEntry refuses one client's service account; a
+ * A DNS entry is resolved by the agent's resolver (a DNS server in the underlay netns, given as
+ * AMBIT_DNS_RESOLVERS). An AuthorizationPolicy bound to a ServiceEntry refuses one client's service account; a
  * MESH_INTERNAL entry whose endpoint is a meshed pod is carried over HBONE (mutual TLS); the
  * shared conformance ServiceEntry is applied unchanged.
  */
@@ -26,11 +27,23 @@ const EXTERNAL = '172.30.0.1';
 const UNKNOWN = 7070;
 const STATIC_PORT = 7071;
 const ADDRESS_PORT = 7072;
+const DNS_PORT = 7073;
+/** A DNS server outside the mesh, the node agents' resolver for DNS ServiceEntries (AMBIT_DNS_RESOLVERS). */
+const RESOLVER = `${EXTERNAL}:5353`;
 
 /** A TCP server outside the mesh: answers each connection with its own port and the peer's address, then closes. */
 const SERVER = `const net = require("net");
 for (const port of process.argv.slice(1).map(Number)) net.createServer((s) => { s.on("error", () => {}); s.end("external " + port + " to " + s.remoteAddress.replace("::ffff:", "") + "\\n"); }).listen(port, "${EXTERNAL}");
-console.log("listening");`;
+// A resolver that knows one name: dns.example.test is ${EXTERNAL} (TTL 60 s); any other name is NXDOMAIN.
+const dns = require("dgram").createSocket("udp4");
+dns.on("message", (q, peer) => {
+  let i = 12; const labels = []; while (q[i]) { labels.push(q.subarray(i + 1, i + 1 + q[i]).toString()); i += q[i] + 1; }
+  const question = q.subarray(12, i + 5); const known = labels.join(".").toLowerCase() === "dns.example.test" && q.readUInt16BE(i + 1) === 1;
+  const head = Buffer.alloc(12); q.copy(head, 0, 0, 2); head.writeUInt16BE(known ? 0x8180 : 0x8183, 2); head.writeUInt16BE(1, 4); head.writeUInt16BE(known ? 1 : 0, 6);
+  const answer = known ? Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, ...${JSON.stringify(EXTERNAL.split('.').map(Number))}]) : Buffer.alloc(0);
+  dns.send(Buffer.concat([head, question, answer]), peer.port, peer.address);
+});
+dns.bind(5353, "${EXTERNAL}", () => console.log("listening"));`;
 
 const SERVICE_ENTRIES = `
 apiVersion: networking.istio.io/v1
@@ -52,6 +65,15 @@ spec:
   ports: [{ number: ${ADDRESS_PORT}, name: tcp, protocol: TCP }]
   location: MESH_EXTERNAL
   resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: by-dns, namespace: shop }
+spec:
+  hosts: [dns.example.test]
+  ports: [{ number: 80, name: tcp, protocol: TCP, targetPort: ${DNS_PORT} }]
+  location: MESH_EXTERNAL
+  resolution: DNS
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -111,17 +133,20 @@ function counter(text: string, name: string, labels: Record<string, string>): nu
 }
 
 let server: ChildProcess | undefined;
-/** The VIP the controller allocates static.example.test: computed here as every controller replica does. */
-const STATIC_VIP = (() => {
+/** The VIP the controller allocates an entry's host: computed here as every controller replica does. */
+function vipOf(entry: string, host: string): string {
   const { resources } = parseManifests([{ file: 'se.yaml', text: SERVICE_ENTRIES, dir: '/' }]);
-  return buildModel({ resources, pods: [] }, 'cluster.local').serviceEntries.find((e) => e.name === 'static-api')!.dnsAddresses['static.example.test']![0]!;
-})();
+  return buildModel({ resources, pods: [] }, 'cluster.local').serviceEntries.find((e) => e.name === entry)!.dnsAddresses[host]![0]!;
+}
+const STATIC_VIP = vipOf('static-api', 'static.example.test');
 
 describeAsRoot('egress: ServiceEntry and outboundTrafficPolicy', () => {
   beforeAll(async () => {
+    // Handed by the runtime to the node agents it starts.
+    cluster.env.AMBIT_DNS_RESOLVERS = RESOLVER;
     await cluster.up(MANIFESTS);
     const underlay = new ClusterLayout(cluster.name, cluster.stateDir).underlayNetns;
-    server = spawn('ip', ['netns', 'exec', underlay, process.execPath, '-e', SERVER, String(UNKNOWN), String(STATIC_PORT), String(ADDRESS_PORT)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    server = spawn('ip', ['netns', 'exec', underlay, process.execPath, '-e', SERVER, String(UNKNOWN), String(STATIC_PORT), String(ADDRESS_PORT), String(DNS_PORT)], { stdio: ['ignore', 'pipe', 'inherit'] });
     await new Promise<void>((resolve, reject) => {
       server!.stdout!.once('data', () => resolve());
       server!.once('exit', (code) => reject(new Error(`the external server exited with ${code}`)));
@@ -154,7 +179,7 @@ describeAsRoot('egress: ServiceEntry and outboundTrafficPolicy', () => {
     // What the agent holds, on its admin endpoint.
     const dump = JSON.parse(await cluster.nodeFetch('node-1', 'http://127.0.0.1:15000/config_dump')) as { meshConfig?: unknown; serviceEntries?: { name: string }[] };
     expect(dump.meshConfig).toEqual({ outboundTrafficPolicy: 'REGISTRY_ONLY' });
-    expect(dump.serviceEntries?.map((e) => e.name)).toEqual(['by-address', 'static-api']);
+    expect(dump.serviceEntries?.map((e) => e.name)).toEqual(['by-address', 'by-dns', 'static-api']);
   });
 
   it('lets a STATIC ServiceEntry through at its VIP, to its endpoint\'s mapped port, with the host as destination_service', async () => {
@@ -175,6 +200,13 @@ describeAsRoot('egress: ServiceEntry and outboundTrafficPolicy', () => {
     expect(denied?.connection).toMatchObject({ response_flags: 'RBAC', policy: 'shop/no-blocked', error: 'denied by DENY policy shop/no-blocked' });
     // The registry does not cover another port of the same address.
     expect(await dial('client', EXTERNAL, UNKNOWN)).toBe('error ECONNRESET');
+  });
+
+  it('resolves a DNS ServiceEntry\'s host with the agent\'s resolver, and reaches it at the targetPort', async () => {
+    expect(await dial('client', vipOf('by-dns', 'dns.example.test'), 80)).toMatch(/^ok external 7073 to 10\.244\.1\.\d+$/);
+    await until('the connection in the metrics', async () => counter(await cluster.metrics('node-1'), 'istio_tcp_connections_closed_total', {
+      source_workload: 'client', destination_service: 'dns.example.test', response_flags: '-',
+    }) >= 1, { timeout: 10_000, interval: 250 });
   });
 
   it('carries a MESH_INTERNAL entry whose endpoint is a meshed pod over HBONE', async () => {
