@@ -181,25 +181,25 @@ static __always_inline int steer6(struct bpf_sock_addr *ctx, int connecting)
 }
 
 SEC("cgroup/connect4")
-int ambit_dns_connect4(struct bpf_sock_addr *ctx)
+int ambit_dnsconn4(struct bpf_sock_addr *ctx)
 {
 	return steer4(ctx, 1);
 }
 
 SEC("cgroup/connect6")
-int ambit_dns_connect6(struct bpf_sock_addr *ctx)
+int ambit_dnsconn6(struct bpf_sock_addr *ctx)
 {
 	return steer6(ctx, 1);
 }
 
 SEC("cgroup/sendmsg4")
-int ambit_dns_sendmsg4(struct bpf_sock_addr *ctx)
+int ambit_dnssend4(struct bpf_sock_addr *ctx)
 {
 	return steer4(ctx, 0);
 }
 
 SEC("cgroup/sendmsg6")
-int ambit_dns_sendmsg6(struct bpf_sock_addr *ctx)
+int ambit_dnssend6(struct bpf_sock_addr *ctx)
 {
 	return steer6(ctx, 0);
 }
@@ -257,25 +257,25 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx)
 }
 
 SEC("cgroup/recvmsg4")
-int ambit_dns_recvmsg4(struct bpf_sock_addr *ctx)
+int ambit_dnsrecv4(struct bpf_sock_addr *ctx)
 {
 	return restore4(ctx);
 }
 
 SEC("cgroup/recvmsg6")
-int ambit_dns_recvmsg6(struct bpf_sock_addr *ctx)
+int ambit_dnsrecv6(struct bpf_sock_addr *ctx)
 {
 	return restore6(ctx);
 }
 
 SEC("cgroup/getpeername4")
-int ambit_dns_getpeername4(struct bpf_sock_addr *ctx)
+int ambit_dnspeer4(struct bpf_sock_addr *ctx)
 {
 	return restore4(ctx);
 }
 
 SEC("cgroup/getpeername6")
-int ambit_dns_getpeername6(struct bpf_sock_addr *ctx)
+int ambit_dnspeer6(struct bpf_sock_addr *ctx)
 {
 	return restore6(ctx);
 }

@@ -5,8 +5,8 @@
  *
  *   <pinRoot>/maps/<map>            shared maps (reused across objects and restarts)
  *   <pinRoot>/links/<program>       ambit_connect4, ambit_connect6, ambit_sockops on the mesh
- *                                   cgroup, and the DNS capture's ambit_dns_{connect,sendmsg,
- *                                   recvmsg,getpeername}{4,6} (bpf/dns.bpf.c)
+ *                                   cgroup, and the DNS capture's ambit_dns{conn,send,recv,
+ *                                   peer}{4,6} (bpf/dns.bpf.c; 15 characters, the kernel's limit)
  *   <pinRoot>/links/pods/<cookie>   sk_lookup on one pod's netns
  *   <pinRoot>/links/probes/<name>   sockops on the cgroup of the node's health prober (kubelet)
  */
@@ -29,8 +29,8 @@ export const DNS_OBJECT = 'dns.bpf.o';
 const OUTBOUND_PROGRAMS = ['ambit_connect4', 'ambit_connect6', 'ambit_sockops'] as const;
 /** UDP port 53 capture, on the same cgroup as the outbound programs (pinned as links/<program>). */
 const DNS_PROGRAMS = [
-  'ambit_dns_connect4', 'ambit_dns_connect6', 'ambit_dns_sendmsg4', 'ambit_dns_sendmsg6',
-  'ambit_dns_recvmsg4', 'ambit_dns_recvmsg6', 'ambit_dns_getpeername4', 'ambit_dns_getpeername6',
+  'ambit_dnsconn4', 'ambit_dnsconn6', 'ambit_dnssend4', 'ambit_dnssend6',
+  'ambit_dnsrecv4', 'ambit_dnsrecv6', 'ambit_dnspeer4', 'ambit_dnspeer6',
 ] as const;
 const SK_LOOKUP_PROGRAM = 'ambit_sk_lookup';
 const PROBE_PROGRAM = 'ambit_probe_sockops';

@@ -225,7 +225,7 @@ describeAsRoot('the DNS programs across agent upgrades and removal', () => {
     first.attachOutbound(lab.cgroupRoot);
     first.close();
     // An agent built before DNS capture: its pins hold connect4/6 and sockops only.
-    for (const name of ['ambit_dns_connect4', 'ambit_dns_connect6', 'ambit_dns_sendmsg4', 'ambit_dns_sendmsg6', 'ambit_dns_recvmsg4', 'ambit_dns_recvmsg6', 'ambit_dns_getpeername4', 'ambit_dns_getpeername6']) {
+    for (const name of ['ambit_dnsconn4', 'ambit_dnsconn6', 'ambit_dnssend4', 'ambit_dnssend6', 'ambit_dnsrecv4', 'ambit_dnsrecv6', 'ambit_dnspeer4', 'ambit_dnspeer6']) {
       const link = BpfLink.openPinned(join(lab.pinRoot, 'links', name))!;
       link.detach();
       link.unpin();

@@ -59,7 +59,8 @@ describeAsRoot('a socket load balancer attached before ambit', () => {
   it('lists the programs of connect4 in the order they run, the fixture first', () => {
     const connect4 = findings.hooks.find((h) => h.hook === 'connect4')!;
     const mine = connect4.programs.filter((p) => p.id === fixtureId || p.owner === 'ambit');
-    expect(mine.map((p) => [p.name, p.owner])).toEqual([[FIXTURE_NAME, 'cilium'], ['ambit_connect4', 'ambit']]);
+    // ambit's DNS capture (UDP port 53) has its own connect4 program, attached after the TCP one.
+    expect(mine.map((p) => [p.name, p.owner])).toEqual([[FIXTURE_NAME, 'cilium'], ['ambit_connect4', 'ambit'], ['ambit_dnsconn4', 'ambit']]);
     expect(mine[1]!.id).toBe(datapath.outboundProgramIds().own['ambit_connect4']);
     expect(mine[0]!.tag).toMatch(/^[0-9a-f]{16}$/);
     // A sub-cgroup sees the same programs (its ancestors'), in the same order.
@@ -113,7 +114,7 @@ describeAsRoot('a socket load balancer attached after ambit', () => {
   it('runs after ambit\'s program and is no conflict', () => {
     const names = findings.hooks.find((h) => h.hook === 'connect4')!.programs
       .filter((p) => p.id === fixtureId || p.owner === 'ambit').map((p) => p.name);
-    expect(names).toEqual(['ambit_connect4', FIXTURE_NAME]);
+    expect(names).toEqual(['ambit_connect4', 'ambit_dnsconn4', FIXTURE_NAME]);
     expect(findings.conflicts.filter((c) => c.program.id === fixtureId)).toEqual([]);
     expect(findings.ambitAttached).toBe(true);
   });
