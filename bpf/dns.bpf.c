@@ -114,8 +114,12 @@ static __always_inline int capture(struct bpf_sock_addr *ctx, const __u8 addr[16
 
 	if (!pod || !(pod->flags & AMBIT_POD_CAPTURE_DNS))
 		return 0;
-	/* A resolver inside the pod (127.0.0.53) is the pod's own business. */
+	/*
+	 * A resolver inside the pod (127.0.0.53) is the pod's own business; a link-local one
+	 * (fe80::/10) needs its interface, which the agent's forward could not name.
+	 */
 	if (!sk || sk->mark == AMBIT_SOCKET_MARK || addr_is_loopback(addr) ||
+	    (addr[0] == 0xfe && (addr[1] & 0xc0) == 0x80) ||
 	    port_in_list(pod->excluded_outbound_ports, DNS_PORT))
 		return 0;
 	for (__u32 i = 0; i < AMBIT_MAX_EXCLUDED_CIDRS; i++) {
