@@ -274,6 +274,11 @@ export class MeshState {
     return this.servicesByVip.has(key) || this.workloadsByIp.has(key) || this.serviceEntryFor(key, port, clientNamespace) !== undefined;
   }
 
+  /** Whether the mesh refuses a connection to ip:port from a pod of `clientNamespace`: REGISTRY_ONLY, and not registered. */
+  refusesUnregistered(ipText: string, port: number, clientNamespace: string): boolean {
+    return this.meshConfig.outboundTrafficPolicy === 'REGISTRY_ONLY' && !this.registered(ipText, port, clientNamespace);
+  }
+
   /**
    * The waypoint that traffic to `w` on `port` must come through: the pod's own
    * `ambit.dev/use-waypoint` label (every port), else a waypoint bound to a service `w` serves

@@ -540,7 +540,7 @@ export class NodeAgent {
         this.refuse(socket, src, { reporter: 'source', source, destination: { ...called }, mtls: false, path: 'passthrough', pod: src.enrolled.spec.name }, 'UH', `no endpoint serves ${called.ip}:${called.port}`);
         return;
       }
-      if (!d.service && !d.workload && state.meshConfig.outboundTrafficPolicy === 'REGISTRY_ONLY') {
+      if (!d.service && !d.workload && state.refusesUnregistered(called.ip, called.port, src.workload.namespace)) {
         this.egressRefused.inc({ reason: 'registry_only' });
         this.refuse(socket, src, { reporter: 'source', source, destination: { ...called }, service: BLACK_HOLE, mtls: false, path: 'passthrough', pod: src.enrolled.spec.name }, 'UH', `outboundTrafficPolicy REGISTRY_ONLY: ${called.ip}:${called.port} is neither a mesh service, a workload nor a ServiceEntry`);
         return;

@@ -159,6 +159,11 @@ describe('a node agent\'s ServiceEntries', () => {
     expect(state.registered('192.0.2.10', 444, 'shop')).toBe(false);
     expect(state.registered('203.0.113.5', 443, 'shop')).toBe(false);
     expect(state.registered('192.0.2.30', 80, 'shop')).toBe(false);
+    expect(state.refusesUnregistered('203.0.113.5', 443, 'shop')).toBe(true);
+    expect(state.refusesUnregistered('192.0.2.10', 443, 'shop')).toBe(false);
+    // Under ALLOW_ANY nothing is refused for being unknown.
+    const allowAny = agentState(se('api', '{ hosts: [api.example.com], addresses: [192.0.2.10], ports: [{ number: 443, name: https, protocol: TLS }] }'));
+    expect(allowAny.refusesUnregistered('203.0.113.5', 443, 'shop')).toBe(false);
   });
 
   it('refuses (NACKs) a ServiceEntry or mesh config that is not what the data path reads', () => {
