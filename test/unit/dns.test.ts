@@ -8,6 +8,7 @@ import type { Service, Workload } from '../../src/config/model.js';
 import { buildDnsTable, DnsServer, type DnsPod, type DnsUpstream } from '../../src/node/dns.js';
 import { DNS_TYPE_A, DNS_TYPE_AAAA, frame, parseQuery, RCODE, rcodeOf, TcpFramer } from '../../src/node/dns-wire.js';
 import { silentLogger } from '../../src/telemetry/log.js';
+import { dnsCaptureFromEnv } from '../../src/node/app.js';
 
 function query(name: string, type = DNS_TYPE_A, id = 0x1234, opts: { qdcount?: number; flags?: number } = {}): Buffer {
   const head = Buffer.alloc(12);
@@ -258,5 +259,13 @@ describe('UDP listener', () => {
       client.close();
       listener.close();
     }
+  });
+});
+
+describe('AMBIT_DNS_CAPTURE', () => {
+  it('is on unless set to false, and refuses anything else by name', () => {
+    expect([undefined, '', 'true'].map(dnsCaptureFromEnv)).toEqual([true, true, true]);
+    expect(dnsCaptureFromEnv('false')).toBe(false);
+    expect(() => dnsCaptureFromEnv('off')).toThrow(/AMBIT_DNS_CAPTURE must be true or false, got "off"/);
   });
 });
