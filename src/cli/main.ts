@@ -17,16 +17,17 @@ import * as namespace from './namespace.js';
 import * as node from './node.js';
 import * as stat from './stat.js';
 import * as proxyConfig from './proxy-config.js';
+import * as gateway from './gateway.js';
 import * as waypoint from './waypoint.js';
 
 /** Each subcommand module exports `register(program)`; adding one is one import and one entry here. */
-const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, ca, canary, certs, check, controller, dashboard, install, local, namespace, node, proxyConfig, stat, waypoint];
+const SUBCOMMANDS: ReadonlyArray<{ register(program: Command): void }> = [analyze, ca, canary, certs, check, controller, dashboard, gateway, install, local, namespace, node, proxyConfig, stat, waypoint];
 
 /**
  * The subcommands that run as services under a supervisor (the local runtime, systemd, the
  * kubelet): their unexpected errors go to their structured log, which is what gets collected.
  */
-export const SERVICES: ReadonlySet<string> = new Set(['node', 'controller', 'waypoint run', 'local runtime']);
+export const SERVICES: ReadonlySet<string> = new Set(['node', 'controller', 'waypoint run', 'gateway run', 'local runtime']);
 
 /** The subcommand being run ("waypoint run"), once commander has chosen it. */
 let running: string | undefined;

@@ -16,7 +16,7 @@ import { CertManager } from '../identity/cert-manager.js';
 import { formatSpiffeId } from '../identity/spiffe.js';
 import { MeshState } from '../discovery/mesh-state.js';
 import { tcpSocketOf } from '../host/netns.js';
-import { MeshMetrics, RequestMetrics, tcpLabels } from '../telemetry/metrics.js';
+import { MeshMetrics, RequestMetrics, tcpLabels, type Peer } from '../telemetry/metrics.js';
 import { createTracer, type TracingOptions } from '../telemetry/tracing.js';
 import { HttpError, listenTcp, localServer } from '../util/local-http.js';
 import { L7Authorizer } from './authz.js';
@@ -169,26 +169,31 @@ export class Waypoint {
   }
 }
 
-/** What becomes of each request: Istio's request metrics (reporter waypoint) and a JSON access-log line. */
-export function requestReporter(requests: RequestMetrics, accessLog: Logger, mesh: () => MeshState | undefined): (r: RequestRecord) => void {
+/**
+ * What becomes of each request: Istio's request metrics (reporter waypoint) and a JSON access-log
+ * line. With `self` (an ingress gateway), reported as Istio's gateways report: `reporter="source"`,
+ * the source being the gateway itself (the client outside the mesh is in the access log only).
+ */
+export function requestReporter(requests: RequestMetrics, accessLog: Logger, mesh: () => MeshState | undefined, self?: () => Peer): (r: RequestRecord) => void {
   return (r) => {
     const m = mesh();
-    const src = m?.workloadsByIp.get(r.sourceIp);
+    const me = self?.();
+    const src = me ? undefined : m?.workloadsByIp.get(r.sourceIp);
     const dst = r.upstream ? m?.workloadsByIp.get(r.upstream.split(':')[0]!) : undefined;
     const svc = r.serviceRef;
     const labels = () => ({
-      ...tcpLabels('waypoint',
-        { ...(src ? { workload: src.workload, namespace: src.namespace, labels: src.labels } : {}), ...(r.sourceIdentity ? { identity: r.sourceIdentity } : {}) },
+      ...tcpLabels(me ? 'source' : 'waypoint',
+        me ?? { ...(src ? { workload: src.workload, namespace: src.namespace, labels: src.labels } : {}), ...(r.sourceIdentity ? { identity: r.sourceIdentity } : {}) },
         dst ? { workload: dst.workload, namespace: dst.namespace, identity: dst.identity, labels: dst.labels } : {},
         svc ? { hostname: svc.hostname, name: svc.name, namespace: svc.namespace } : {},
         { mtls: true, flags: r.flags }),
       request_protocol: r.grpc ? 'grpc' : 'http', response_code: String(r.status ?? 0), grpc_response_status: r.grpcStatus ?? '',
     });
     // Everything the labels are made of: the mesh version (workload labels), the peers, the service, the outcome.
-    const key = `${m?.version ?? ''}|${r.sourceIp}|${r.sourceIdentity ?? ''}|${dst?.uid ?? ''}|${svc ? `${svc.namespace}/${svc.name}` : ''}|${r.flags}|${r.grpc ? 1 : 0}|${r.status ?? 0}|${r.grpcStatus ?? ''}`;
+    const key = `${m?.version ?? ''}|${me ? `${me.workload ?? ''}/${me.namespace ?? ''}` : r.sourceIp}|${r.sourceIdentity ?? ''}|${dst?.uid ?? ''}|${svc ? `${svc.namespace}/${svc.name}` : ''}|${r.flags}|${r.grpc ? 1 : 0}|${r.status ?? 0}|${r.grpcStatus ?? ''}`;
     requests.recordKeyed(key, labels, r.durationMs ?? 0, r.bytesIn, r.bytesOut, r.grpc ? { request: r.requestMessages ?? 0, response: r.responseMessages ?? 0 } : undefined);
     accessLog.info({
-      timestamp: new Date(r.start).toISOString(), request_id: r.id, source: { principal: r.sourceIdentity ?? null },
+      timestamp: new Date(r.start).toISOString(), request_id: r.id, source: { principal: r.sourceIdentity ?? null, ...(me ? { ip: r.sourceIp } : {}) },
       destination: { service: r.service, upstream: r.upstream ?? null },
       request: { method: r.method, path: r.path, authority: r.authority, protocol: r.protocol },
       response: { code: r.status, flags: r.flags, duration_ms: r.durationMs, bytes: r.bytesOut, attempts: r.attempts, grpc_status: r.grpcStatus ?? null }, route: r.route ?? null,

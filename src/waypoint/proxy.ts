@@ -23,7 +23,7 @@ import {
 import type { Socket } from 'node:net';
 import { Duplex, type Readable, type Writable } from 'node:stream';
 import type { Logger } from 'pino';
-import type { ConfigObject, Service, Workload } from '../config/model.js';
+import { WAYPOINT_GATEWAY_LABEL, type ConfigObject, type Service, type Workload } from '../config/model.js';
 import type { WorkloadCertificate } from '../identity/cert-manager.js';
 import { isObject } from '../config/schema.js';
 import { silentLogger } from '../telemetry/log.js';
@@ -34,12 +34,13 @@ import { normalizePath, type L7Authorizer, type L7Request, type L7Target } from 
 import { detect, DETECT_TIMEOUT_MS, HEADERS_TIMEOUT_MS, MAX_H2_STREAMS, MAX_HEADER_BYTES, MAX_HEADERS } from './detect.js';
 import { createBalancer, type Balancer, type Endpoint } from './balancer.js';
 import { ConnectionPool, OutlierDetector, rateLimitHeaders, RetryPolicy, TokenBucket, UPSTREAM_OVERFLOW_FLAG, type AttemptOutcome } from './resilience.js';
-import type { Destination, ForwardAction, HeaderOps, Router } from './routing.js';
+import type { Destination, ForwardAction, HeaderOps, RouteAction, Router } from './routing.js';
 import { Exchange, grpcAnswer, grpcCode, GrpcMessages, type Req, type RequestRecord, type Res } from './exchange.js';
 
 export type { RequestRecord };
 
-interface Member extends Endpoint { ip: string; port: number; workload: Workload }
+/** An endpoint pod, or (for an ingress gateway) a waypoint pod in front of a service: then `authority` is the service's VIP:port. */
+interface Member extends Endpoint { ip: string; port: number; workload: Workload; authority?: string }
 interface Upstream { version: string; shape: string; members: Member[]; balancer: Balancer; outlier: OutlierDetector; outlierSpec: unknown; pool: ConnectionPool; poolSpec: string }
 type PeerFacts = Pick<L7Request, 'sourceIdentity' | 'sourceIp' | 'destinationIp' | 'destinationPort'>;
 /** A tunnel's facts, worked out once for all the requests it carries. */
@@ -73,6 +74,20 @@ export interface WaypointState {
   authorizer?: L7Authorizer;
 }
 
+/**
+ * A request an ingress gateway's listener accepted from outside the mesh (src/waypoint/ingress/):
+ * no tunnel, no peer identity; the listener says how it is routed (its servers' hosts and the
+ * routes bound to them) and the proxy does the rest as for a waypoint's request.
+ */
+export interface IngressSource {
+  /** The client's address (the TCP peer of the listener). */
+  clientIp: string;
+  /** The listener's port. */
+  port: number;
+  /** Where the request goes, by its Host, path and headers (the gateway's routing). */
+  route(req: { method: string; path: string; authority: string; headers: IncomingHttpHeaders }): RouteAction;
+}
+
 export interface WaypointProxyOptions {
   /** This waypoint's SPIFFE ID and certificate. */
   identity: string;
@@ -90,6 +105,19 @@ export interface WaypointProxyOptions {
   detectTimeoutMs?: number;
   /** How long an HTTP/1.1 request's line and headers may take (default HEADERS_TIMEOUT_MS; checked every second). */
   headersTimeoutMs?: number;
+  /**
+   * A destination service bound to a waypoint is reached through one of the waypoint's pods
+   * (HBONE to the pod, the service's VIP:port as authority), as a node agent sends it, so that its
+   * L7 policy applies: an ingress gateway's setting. A waypoint itself sends to endpoints.
+   */
+  viaWaypoints?: boolean;
+  /**
+   * The protocol upstream follows the destination port's name, as Istio reads it (`http2`,
+   * `grpc`, `h2c` → HTTP/2; `http` → HTTP/1.1; other names: the request's own): an ingress
+   * gateway's setting, whose clients speak HTTP/2 over TLS whatever the app speaks. A waypoint
+   * sends each request as it came (its callers speak the app's protocol).
+   */
+  protocolByPort?: boolean;
 }
 
 /** Request bytes kept for a retry; a longer body streams on and is not retried. */
@@ -317,6 +345,26 @@ export class WaypointProxy {
     });
   }
 
+  /**
+   * A byte stream an ingress gateway's listener accepted (TLS passed through, TCP) to one endpoint
+   * of `dest` over HBONE, with `head` (what the listener read of it already) first. The endpoint's
+   * address, or an error saying why it could not be reached (the listener then closes the stream).
+   */
+  async forwardStream(conn: Duplex, head: Buffer, dest: Destination, clientIp: string): Promise<string> {
+    const state = this.state;
+    if (!state) throw new Error('no config yet');
+    const upstream = this.upstreamOf(state, dest);
+    const endpoint = upstream?.balancer.pick(upstream.outlier.eligible(upstream.members)).endpoint as Member | undefined;
+    if (!endpoint) throw new Error(`no endpoint of ${dest.service.namespace}/${dest.service.name} serves port ${dest.port}`);
+    const out = await this.openTunnel(endpoint, clientIp);
+    if (head.length > 0) out.write(head);
+    conn.pipe(out).pipe(conn);
+    out.on('error', () => conn.destroy());
+    conn.on('error', () => out.destroy());
+    conn.on('close', () => { if (!out.destroyed) out.close(h2.NGHTTP2_CANCEL); });
+    return endpoint.address;
+  }
+
   private authzTarget(service: Service): { service: { name: string; namespace: string }; waypoint: { name: string; namespace: string } } {
     return { service: { name: service.name, namespace: service.namespace }, waypoint: this.opts.gateway ?? { name: '', namespace: '' } };
   }
@@ -324,7 +372,7 @@ export class WaypointProxy {
   private openTunnel(endpoint: Member, clientIp?: string): Promise<ClientHttp2Stream> {
     return this.opts.certificate().then((cert) => this.pool.open(
       { pod: 'waypoint', cert, roots: this.opts.roots(), socket: (f) => this.opts.socket(f) },
-      { address: endpoint.ip, identity: endpoint.workload.identity, authority: `${endpoint.ip}:${endpoint.port}` },
+      { address: endpoint.ip, identity: endpoint.workload.identity, authority: endpoint.authority ?? `${endpoint.ip}:${endpoint.port}` },
       clientIp ? { forwarded: `for=${clientIp}` } : {},
     ));
   }
@@ -349,11 +397,38 @@ export class WaypointProxy {
     if (!this.authorize(ex, state, tunnel)) return;
     const action = this.route(ex, state, tunnel);
     if (!action || !this.rateLimit(ex, state, tunnel, action) || !(await this.injectFault(ex, action))) return;
-    await this.forward(ex, state, tunnel, action);
+    await this.forward(ex, state, tunnel.remoteAddress, action);
+  }
+
+  /**
+   * A request from an ingress gateway's listener: admitted as a tunnel's (header count), routed by
+   * the listener (no route: 404 NR, as Istio's gateways answer), faults injected, then forwarded
+   * as a waypoint forwards, over HBONE with this proxy's identity. The record's service is the
+   * destination picked for it (a gateway has no called service).
+   */
+  async serveIngress(req: Req, res: Res, source: IngressSource): Promise<void> {
+    const h2req = 'stream' in req;
+    const state = this.state;
+    const ex = this.exchange(req, res, h2req, undefined, source);
+    if (!state) return ex.reply(503, 'NC', 'no config yet\n');
+    if (!h2req && req.rawHeaders.length > 2 * MAX_HEADERS) {
+      res.setHeader('connection', 'close');
+      return ex.reply(431, '-', `more than ${MAX_HEADERS} header fields\n`);
+    }
+    const r = ex.record;
+    const action = this.settleRoute(ex, source.route({ method: r.method, path: r.path, authority: r.authority, headers: req.headers as IncomingHttpHeaders }));
+    if (!action) return;
+    const first = action.destinations[0];
+    if (first) {
+      r.serviceRef = first.service;
+      r.service = `${first.service.name}.${first.service.namespace}`;
+    }
+    if (!(await this.injectFault(ex, action))) return;
+    await this.forward(ex, state, source.clientIp, action, true);
   }
 
   /** The request's record and span, and how it ends. */
-  private exchange(req: Req, res: Res, h2req: boolean, tunnel: Tunnel | undefined): Exchange {
+  private exchange(req: Req, res: Res, h2req: boolean, tunnel: Tunnel | undefined, ingress?: IngressSource): Exchange {
     const headers = req.headers as IncomingHttpHeaders;
     // Paths are normalized (Istio's default, BASE) before policy and routing see them, and sent on so.
     const rawPath = req.url ?? '/';
@@ -365,9 +440,11 @@ export class WaypointProxy {
       grpc: /^application\/grpc/.test(String(headers['content-type'] ?? '')),
       service: tunnel ? `${tunnel.service.name}.${tunnel.service.namespace}` : '', flags: '-', bytesIn: 0, bytesOut: 0, attempts: 0,
       ...(tunnel?.peerIdentity ? { sourceIdentity: tunnel.peerIdentity } : {}),
-      sourceIp: (tunnel?.remoteAddress ?? '').replace(/^::ffff:/, ''), ...(tunnel ? { serviceRef: tunnel.service } : {}),
+      sourceIp: (tunnel?.remoteAddress ?? ingress?.clientIp ?? '').replace(/^::ffff:/, ''), ...(tunnel ? { serviceRef: tunnel.service } : {}),
     };
-    const span = this.opts.tracer && tunnel ? this.startSpan(this.opts.tracer, record, tunnel, headers) : undefined;
+    const span = !this.opts.tracer ? undefined
+      : tunnel ? this.startSpan(this.opts.tracer, record, headers, `${tunnel.service.hostname}:${tunnel.port}/*`, { 'istio.canonical_service': tunnel.service.name, 'istio.namespace': tunnel.service.namespace, ...(tunnel.peerIdentity ? { 'peer.principal': tunnel.peerIdentity } : {}) })
+      : ingress ? this.startSpan(this.opts.tracer, record, headers, `${record.authority.replace(/:\d+$/, '')}:${ingress.port}/*`, { 'client.address': record.sourceIp }) : undefined;
     return new Exchange(req, res, h2req, record, span, this.onRequest);
   }
 
@@ -390,10 +467,15 @@ export class WaypointProxy {
   /** Where the request goes: a forward action, or undefined when the route answered it (no route, redirect, direct response). */
   private route(ex: Exchange, state: WaypointState, tunnel: Tunnel): ForwardAction | undefined {
     const r = ex.record;
-    const action = state.router.route({
+    return this.settleRoute(ex, state.router.route({
       service: tunnel.service, port: tunnel.port, method: r.method, path: r.path, authority: r.authority,
       headers: ex.req.headers as IncomingHttpHeaders, ...(tunnel.sourceNamespace ? { sourceNamespace: tunnel.sourceNamespace } : {}),
-    });
+    }));
+  }
+
+  /** A route's answer given here (no route, redirect, direct response), or its forward action. */
+  private settleRoute(ex: Exchange, action: RouteAction): ForwardAction | undefined {
+    const r = ex.record;
     if (action.kind === 'no-route') {
       ex.reply(404, 'NR', 'no route\n');
       return undefined;
@@ -461,7 +543,7 @@ export class WaypointProxy {
    * destination picked by weight, and retried (elsewhere, while it can) on what the policy
    * retries, within the route timeout, the destination's circuit breakers and its retry cap.
    */
-  private async forward(ex: Exchange, state: WaypointState, tunnel: Tunnel, action: ForwardAction): Promise<void> {
+  private async forward(ex: Exchange, state: WaypointState, clientIp: string, action: ForwardAction, recordDestination = false): Promise<void> {
     const { req, res, record } = ex;
     // The body streams upstream as it comes; its first REPLAY_LIMIT bytes are kept for a retry.
     // gRPC: its messages are counted too (istio_request_messages_total, istio_response_messages_total).
@@ -478,7 +560,7 @@ export class WaypointProxy {
     /** Endpoints tried for this request: retries go elsewhere while they can (Envoy's previous-hosts predicate). */
     const tried = new Set<string>();
     // Mirroring: a copy of the request, fire and forget, to each mirror for its percentage (bodiless requests only: a streamed body is read once).
-    if (body.empty) for (const m of action.mirrors ?? (action.mirror ? [action.mirror] : [])) if (this.random() * 100 < m.percent) this.mirror(state, m.destination, req, record.path, tunnel.remoteAddress, ex.h2);
+    if (body.empty) for (const m of action.mirrors ?? (action.mirror ? [action.mirror] : [])) if (this.random() * 100 < m.percent) this.mirror(state, m.destination, req, record.path, clientIp, ex.h2);
     let routeTimer: NodeJS.Timeout | undefined;
     let timedOut = false;
     /** The retry slot the try in flight holds, if it is a retry. */
@@ -496,11 +578,15 @@ export class WaypointProxy {
     try {
       for (let attempt = 1; ; attempt++) {
         const dest = state.router.pick(action);
+        if (recordDestination) {
+          record.serviceRef = dest.service;
+          record.service = `${dest.service.name}.${dest.service.namespace}`;
+        }
         if (dest.missing) return ex.reply(dest.missing.status, 'NR', `${dest.missing.reason}\n`);
         const upstream = this.upstreamOf(state, dest);
         const eligible = upstream ? upstream.outlier.eligible(upstream.members) : [];
         const fresh = policy.ignorePreviousHosts && tried.size > 0 ? eligible.filter((m) => !tried.has(m.id)) : eligible;
-        const picked = upstream?.balancer.pick(fresh.length > 0 ? fresh : eligible, new PickRequest(req.headers as IncomingHttpHeaders, tunnel.remoteAddress, record.path));
+        const picked = upstream?.balancer.pick(fresh.length > 0 ? fresh : eligible, new PickRequest(req.headers as IncomingHttpHeaders, clientIp, record.path));
         const endpoint = picked?.endpoint as Member | undefined;
         if (!upstream || !endpoint) return ex.reply(503, 'UH', 'no healthy upstream\n');
         if (picked?.setCookie && !res.headersSent) res.setHeader('set-cookie', picked.setCookie);
@@ -515,7 +601,7 @@ export class WaypointProxy {
         if (!admission.ok) return ex.reply(503, UPSTREAM_OVERFLOW_FLAG, 'upstream overflow\n', { 'x-ambit-overflow': admission.reason });
         if (admission.pending) await admission.ready;
         upstream.balancer.onStart?.(endpoint.id);
-        const outcome = await this.attempt(req, res, ex.h2, action, dest, endpoint, tunnel.remoteAddress, record, ex.span, body, attempt, retriable, policy.perTryTimeoutMs, inFlight)
+        const outcome = await this.attempt(req, res, ex.h2, action, dest, endpoint, clientIp, record, ex.span, body, attempt, retriable, policy.perTryTimeoutMs, inFlight)
           .finally(() => {
             upstream.balancer.onEnd?.(endpoint.id);
             admission.release();
@@ -563,9 +649,10 @@ export class WaypointProxy {
    * HTTP/1.1 goes on a tunnel stream of its own; HTTP/2 on the endpoint's pooled h2c session.
    */
   private async attempt(
-    req: Req, res: Res, h2req: boolean, action: ForwardAction, dest: Destination, endpoint: Member, clientIp: string, record: RequestRecord, span: Span | undefined,
+    req: Req, res: Res, h2down: boolean, action: ForwardAction, dest: Destination, endpoint: Member, clientIp: string, record: RequestRecord, span: Span | undefined,
     body: BodyTap, attempt: number, retriable: ((o: AttemptOutcome) => boolean) | undefined, perTryMs: number | undefined, inFlight: { abort?: () => void },
   ): Promise<Outcome> {
+    const h2req = this.upstreamH2(dest, h2down);
     const headers = forwardHeaders(req.headers as IncomingHttpHeaders, h2req, action.requestHeaders, dest.headers);
     headers['x-request-id'] = record.id;
     if (span) inject(span.context, headers as Record<string, string>);
@@ -659,6 +746,16 @@ export class WaypointProxy {
     });
   }
 
+  /** Whether a request goes upstream as HTTP/2: as it came, or (protocolByPort) as the destination port's name says. */
+  private upstreamH2(dest: Destination, h2down: boolean): boolean {
+    if (!this.opts.protocolByPort) return h2down;
+    const name = (dest.service.ports.find((p) => p.port === dest.port)?.name ?? '').toLowerCase();
+    const protocol = name.split('-')[0];
+    if (protocol === 'http2' || protocol === 'grpc' || protocol === 'h2c') return true;
+    if (protocol === 'http') return false;
+    return h2down;
+  }
+
   /** The route's retry policy, made once per route's retries (they are the router's, per config version). */
   private retryPolicy(action: ForwardAction, consistentHash: boolean): RetryPolicy {
     if (!action.retries) return (this.noRetries ??= retryPolicy(action, this.random, false));
@@ -670,15 +767,14 @@ export class WaypointProxy {
   }
 
   /** The request's server span: a child of the caller's trace context (W3C or B3), or a new trace. */
-  private startSpan(tracer: Tracer, record: RequestRecord, tunnel: Tunnel, headers: IncomingHttpHeaders): Span {
-    // Named as Istio's proxies name theirs: the service's host and port, then the path pattern.
+  private startSpan(tracer: Tracer, record: RequestRecord, headers: IncomingHttpHeaders, name: string, attributes: Record<string, string>): Span {
+    // Named as Istio's proxies name theirs: the service's host (a gateway: the request's) and port, then the path pattern.
     const span = tracer.startSpan({
-      name: `${tunnel.service.hostname}:${tunnel.port}/*`, kind: 'server', parent: extract(headers),
+      name, kind: 'server', parent: extract(headers),
       attributes: {
         'http.request.method': record.method, 'url.path': record.path.replace(/[?#].*$/, ''), 'server.address': record.authority,
         'network.protocol.version': record.protocol === 'HTTP/2' ? '2' : '1.1', 'guid:x-request-id': record.id,
-        'istio.canonical_service': tunnel.service.name, 'istio.namespace': tunnel.service.namespace, 'istio.mesh_id': 'cluster.local',
-        ...(tunnel.peerIdentity ? { 'peer.principal': tunnel.peerIdentity } : {}), 'node_id': this.opts.identity,
+        'istio.mesh_id': 'cluster.local', ...attributes, 'node_id': this.opts.identity,
       },
     });
     record.traceId = span.context.traceId;
@@ -688,7 +784,7 @@ export class WaypointProxy {
 
   /** An HTTP/1.1 exchange on a kept-alive connection to the endpoint (a new one over a new tunnel when none is free). */
   private h1Call(endpoint: Member, method: string, path: string, headers: OutgoingHttpHeaders): UpstreamCall {
-    const key = `${endpoint.address}|${endpoint.workload.identity}`;
+    const key = `${endpoint.ip}|${endpoint.address}|${endpoint.workload.identity}`;
     let agent = this.h1Agents.get(key);
     if (!agent) this.h1Agents.set(key, (agent = new TunnelAgent(() => this.openTunnel(endpoint))));
     const out = httpRequest({ method, path, headers, agent });
@@ -725,7 +821,7 @@ export class WaypointProxy {
 
   /** The endpoint's h2c session over one HBONE tunnel, made on first use and kept while it is used. */
   private h2Session(endpoint: Member): Promise<ClientHttp2Session> {
-    const key = `${endpoint.address}|${endpoint.workload.identity}`;
+    const key = `${endpoint.ip}|${endpoint.address}|${endpoint.workload.identity}`;
     let pending = this.h2Sessions.get(key);
     if (!pending) {
       pending = this.openTunnel(endpoint).then((tunnel) => new Promise<ClientHttp2Session>((resolve, reject) => {
@@ -744,7 +840,8 @@ export class WaypointProxy {
   }
 
   /** Sends a copy of a request to a mirror destination; its answer is dropped, its failure only logged. */
-  private mirror(state: WaypointState, dest: Destination, req: Req, path: string, clientIp: string, h2req: boolean): void {
+  private mirror(state: WaypointState, dest: Destination, req: Req, path: string, clientIp: string, h2down: boolean): void {
+    const h2req = this.upstreamH2(dest, h2down);
     const upstream = this.upstreamOf(state, dest);
     const endpoint = upstream?.balancer.pick(upstream.outlier.eligible(upstream.members)).endpoint as Member | undefined;
     if (!endpoint) return;
@@ -780,7 +877,15 @@ export class WaypointProxy {
     if (!servicePort) return undefined;
     const selector = dest.selector ?? {};
     const members: Member[] = [];
-    for (const uid of dest.service.endpoints) {
+    const wp = this.opts.viaWaypoints ? dest.service.waypoint : undefined;
+    // Through the service's waypoint: its pods are the members, the service's VIP:port the authority.
+    if (wp) for (const w of state.workloads.values()) {
+      const vip = dest.service.vips[0];
+      if (w.namespace !== wp.namespace || w.labels[WAYPOINT_GATEWAY_LABEL] !== wp.name || !w.ips[0] || !vip) continue;
+      const authority = `${vip.includes(':') ? `[${vip}]` : vip}:${dest.port}`;
+      members.push({ id: w.uid, address: authority, ip: w.ips[0], port: dest.port, workload: w, authority });
+    }
+    else for (const uid of dest.service.endpoints) {
       const w = state.workloads.get(uid);
       if (!w || !w.ips[0]) continue;
       if (!Object.entries(selector).every(([k, v]) => w.labels[k] === v)) continue;

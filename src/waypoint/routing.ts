@@ -199,6 +199,22 @@ export class Router {
     return NO_ROUTE;
   }
 
+  /**
+   * What the compilers of ./routing/ see of this router (its services, cluster domain,
+   * DestinationRule subsets, warnings): an ingress gateway compiles the routes bound to its
+   * gateways against it (src/waypoint/ingress/routes.ts). Its `bind` is not for them.
+   */
+  get compileContext(): CompileContext {
+    return this.context;
+  }
+
+  /** The first of `entries` (compiled with compileContext) the request matches, materialized; none: NO_ROUTE. */
+  routeEntries(entries: readonly Entry[], req: RouteRequest): RouteAction {
+    const c = new RequestView(req);
+    for (const e of entries) if (e.test(c)) return this.materialize(e, c);
+    return NO_ROUTE;
+  }
+
   /** Picks one destination of a forward action by weight (uses the injected random). */
   pick(action: Extract<RouteAction, { kind: 'forward' }>): Destination {
     const ds = action.destinations;

@@ -1,0 +1,232 @@
+/**
+ * The ingress gateway process, wired in one place: what `ambit gateway run` starts
+ * (src/cli/gateway.ts). As a waypoint (src/waypoint/app.ts) it gets its certificate with its own
+ * credential (a workload credential of ns/serviceAccount) and follows the controller, as a
+ * `gateway` subscriber: the gateways that select it, the routes bound to them, the Secrets
+ * they name, services and workloads. It listens on the ports its gateways' servers name
+ * (./listeners.ts) and sends requests into the mesh with the waypoint's proxy, over HBONE with
+ * its own identity (a service bound to a waypoint through the waypoint). On 15020:
+ * `/metrics`, `/healthz/ready` (200 once it has a config and its certificate; the body lists
+ * servers not served and ports not bound) and `/healthz/live`; on 127.0.0.1:15000 the waypoint's
+ * admin routes and `/listeners` (servers, their state and certificate metadata; never keys).
+ */
+import type { Logger } from 'pino';
+import { DiscoveryClient, type SubscriberKind, type WireResource } from '../../discovery/discovery.js';
+import type { ConfigObject } from '../../config/model.js';
+import { isObject } from '../../config/schema.js';
+import { MeshState } from '../../discovery/mesh-state.js';
+import { CaClient, type Credential } from '../../identity/ca-server.js';
+import { CertManager } from '../../identity/cert-manager.js';
+import { splitPemBundle } from '../../identity/pki.js';
+import { formatSpiffeId } from '../../identity/spiffe.js';
+import { tcpSocketOf } from '../../host/netns.js';
+import { logger } from '../../telemetry/log.js';
+import { MeshMetrics, RequestMetrics, type Peer } from '../../telemetry/metrics.js';
+import { createTracer, type TracingOptions } from '../../telemetry/tracing.js';
+import { readFlagFile, tokenFile, waitForFile } from '../../util/files.js';
+import { HttpError, listenTcp, localServer, sendJson } from '../../util/local-http.js';
+import { WAYPOINT_ADMIN_PORT, waypointAdminAnswer } from '../admin.js';
+import { requestReporter } from '../app.js';
+import { WaypointProxy } from '../proxy.js';
+import { Router } from '../routing.js';
+import { IngressListeners, type GatewayState } from './listeners.js';
+import { GatewayRoutes } from './routes.js';
+import { planListeners } from './servers.js';
+import type { SecretValue } from './tls.js';
+
+/** The subscriber kind a gateway follows discovery as. */
+export const GATEWAY_SUBSCRIBER = 'gateway' as string as SubscriberKind;
+/** Istio's default ingress gateway's service account, whose Deployment is `istio-ingressgateway`. */
+const ISTIO_INGRESS_ACCOUNT = 'istio-ingressgateway-service-account';
+
+export interface GatewayOptions {
+  /** Its namespace and service account (a Gateway API Gateway's name). */
+  namespace: string;
+  name: string;
+  trustDomain: string;
+  controller: { address: string; token: Credential; roots: string[] };
+  /** Where listeners bind (default `::`, both families). */
+  listenHost?: string;
+  metricsPort?: number;
+  /** On 127.0.0.1; 0: any free port; none when undefined. */
+  adminPort?: number;
+  log: Logger;
+  accessLog: Logger;
+  tracing?: Omit<TracingOptions, 'serviceName'>;
+}
+
+export interface GatewayAppOptions {
+  namespace: string;
+  name: string;
+  trustDomain: string;
+  controller: string;
+  tokenFile: string;
+  caFile: string;
+  tracing?: Omit<TracingOptions, 'serviceName'>;
+}
+
+/** Reads the gateway's files and starts it. */
+export async function startGatewayApp(opts: GatewayAppOptions): Promise<{ gateway: IngressGateway; stop(): Promise<void> }> {
+  await waitForFile(opts.caFile);
+  const log = logger('gateway');
+  const gateway = await IngressGateway.start({
+    namespace: opts.namespace, name: opts.name, trustDomain: opts.trustDomain,
+    controller: { address: opts.controller, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)).slice(-1) },
+    adminPort: WAYPOINT_ADMIN_PORT, log, accessLog: logger('access'), ...(opts.tracing ? { tracing: opts.tracing } : {}),
+  });
+  let stopped: Promise<void> | undefined;
+  return { gateway, stop: () => (stopped ??= gateway.close().catch((err: Error) => log.error({ err: err.message }, 'stopping failed'))) };
+}
+
+/** The resource types MeshState reads; the gateway's own (`ingress`, `secret`) are read here. */
+const MESH_TYPES = new Set(['workload', 'service', 'policy', 'waypoint', 'l7']);
+
+/** The gateway's view as its listeners and proxy use it; throws (a NACK) on what it cannot use. */
+export function gatewayStateOf(resources: ReadonlyMap<string, WireResource>, version: string, warn: (msg: string) => void = () => undefined): { gateway: GatewayState; mesh: MeshState; router: Router } {
+  const meshResources = new Map<string, WireResource>();
+  const l7: ConfigObject[] = [];
+  const ingress: ConfigObject[] = [];
+  const secrets = new Map<string, SecretValue>();
+  for (const [key, r] of resources) {
+    if (MESH_TYPES.has(r.type)) meshResources.set(key, r);
+    if (r.type === 'l7') l7.push(parseObject(r));
+    else if (r.type === 'ingress') ingress.push(parseObject(r));
+    else if (r.type === 'secret') {
+      const s = parseJson(r);
+      if (!isObject(s) || typeof s.namespace !== 'string' || typeof s.name !== 'string' || !isObject(s.data) || !Object.values(s.data).every((v) => typeof v === 'string')) {
+        throw new Error(`${r.key}: a secret must be {namespace, name, data: {key: text}}`);
+      }
+      secrets.set(`${s.namespace}/${s.name}`, { namespace: s.namespace, name: s.name, data: s.data as Record<string, string>, ...(typeof s.type === 'string' ? { type: s.type } : {}) });
+    }
+  }
+  const mesh = new MeshState(version, meshResources);
+  const router = new Router(l7, [...mesh.services.values()]);
+  const routes = new GatewayRoutes(l7, router);
+  const plans = planListeners(ingress, warn);
+  return { gateway: { version, plans, routes, secrets }, mesh, router };
+}
+
+function parseJson(r: WireResource): unknown {
+  try {
+    return JSON.parse(r.json) as unknown;
+  } catch (err) {
+    throw new Error(`${r.key}: not JSON: ${(err as Error).message}`);
+  }
+}
+
+function parseObject(r: WireResource): ConfigObject {
+  const v = parseJson(r);
+  if (!isObject(v) || typeof v.apiVersion !== 'string' || typeof v.kind !== 'string' || typeof v.namespace !== 'string' || typeof v.name !== 'string') {
+    throw new Error(`${r.key}: a config object must have apiVersion, kind, namespace and name`);
+  }
+  return v as unknown as ConfigObject;
+}
+
+/** The gateway as its metrics name it: its own workload in the mesh (the Deployment), else Istio's or Gateway API's naming. */
+export function gatewayPeer(mesh: MeshState | undefined, identity: string, namespace: string, serviceAccount: string): Peer {
+  for (const w of mesh?.workloads.values() ?? []) {
+    if (w.identity === identity) return { workload: w.workload, namespace: w.namespace, identity, labels: w.labels };
+  }
+  return { workload: serviceAccount === ISTIO_INGRESS_ACCOUNT ? 'istio-ingressgateway' : `${serviceAccount}-gateway`, namespace, identity };
+}
+
+export class IngressGateway {
+  private constructor(
+    readonly identity: string,
+    readonly proxy: WaypointProxy,
+    readonly listeners: IngressListeners,
+    private readonly closers: (() => unknown)[],
+    /** The metrics and health port (for tests that ask for any free one). */
+    readonly metricsPort: number,
+    readonly adminPort: number | undefined,
+  ) {}
+
+  static async start(opts: GatewayOptions): Promise<IngressGateway> {
+    const identity = formatSpiffeId({ trustDomain: opts.trustDomain, namespace: opts.namespace, serviceAccount: opts.name });
+    const certs = new CertManager({ source: new CaClient({ address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token }), log: opts.log });
+    await certs.start().catch((err: Error) => opts.log.warn({ err: err.message }, 'trust bundle not fetched yet; retrying'));
+    void certs.acquire(identity).catch((err: Error) => opts.log.error({ err: err.message, identity }, 'no certificate yet'));
+    const tracer = createTracer({ serviceName: `${opts.name}.${opts.namespace}`, ...opts.tracing }, { log: opts.log });
+    const proxy = new WaypointProxy({
+      identity, tracer, certificate: () => certs.get(identity), roots: () => certs.trustBundle,
+      socket: (family: 4 | 6) => tcpSocketOf(family), log: opts.log, viaWaypoints: true, protocolByPort: true,
+    });
+    const listeners = new IngressListeners({ proxy, log: opts.log, accessLog: opts.accessLog, ...(opts.listenHost ? { host: opts.listenHost } : {}) });
+    const metrics = new MeshMetrics();
+    const requests = new RequestMetrics(metrics.registry);
+    proxy.hboneLimiter.registerMetrics(metrics);
+    let mesh: MeshState | undefined;
+    let configured = false;
+    proxy.onRequest = requestReporter(requests, opts.accessLog, () => mesh, () => gatewayPeer(mesh, identity, opts.namespace, opts.name));
+    const warned = new Set<string>();
+    const warn = (msg: string) => {
+      if (warned.has(msg)) return;
+      if (warned.size > 10_000) warned.clear();
+      warned.add(msg);
+      opts.log.warn(msg);
+    };
+    /** Versions apply in order: a bind in progress finishes before the next version's listeners. */
+    let applying = Promise.resolve();
+    const discovery = new DiscoveryClient({
+      address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,
+      node: '', kind: GATEWAY_SUBSCRIBER, name: `${opts.namespace}/${opts.name}`, log: opts.log,
+      apply: (resources, version) => {
+        const state = gatewayStateOf(resources, version, warn);
+        for (const w of state.router.warnings) warn(w);
+        mesh = state.mesh;
+        proxy.update({ version, router: state.router, services: [...state.mesh.services.values()], workloads: state.mesh.workloads });
+        applying = applying.then(() => listeners.update(state.gateway)).then(() => {
+          configured = true;
+          for (const w of state.gateway.routes.warnings) warn(w);
+        }, (err: Error) => opts.log.error({ err: err.message, version }, 'listeners not updated'));
+      },
+    });
+    const unready = (): string | undefined => {
+      const why: string[] = [];
+      if (!configured) why.push('no config from the controller yet');
+      const cert = certs.list().find((c) => c.identity === identity);
+      if (!cert?.notAfter || Date.parse(cert.notAfter) <= Date.now()) why.push(`no certificate for ${identity} yet${cert?.lastError ? ` (${cert.lastError})` : ''}`);
+      return why.length > 0 ? why.join('; ') : undefined;
+    };
+    const metricsServer = localServer({ name: 'metrics', log: opts.log }, async (req, res) => {
+      if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, `${req.method} not allowed: GET ${req.path}`);
+      if (req.path === '/healthz/ready') {
+        const why = unready();
+        if (why) return void res.writeHead(503).end(`not ready: ${why}\n`);
+        // Ready; what is not served is said (a bad Secret leaves its server unserved, not the gateway).
+        const status = listeners.status();
+        const notServed = [...status.servers.filter((s) => !s.served).map((s) => `${s.id}: ${s.problem}`), ...status.bindErrors.filter((b) => !status.servers.some((s) => s.port === b.port)).map((b) => b.error)];
+        return void res.writeHead(200).end(notServed.length > 0 ? `ready; not served: ${notServed.join('; ')}\n` : 'ready\n');
+      }
+      if (req.path === '/healthz/live') return void res.writeHead(200).end('alive\n');
+      if (req.path !== '/metrics' && req.path !== '/stats/prometheus') throw new HttpError(404, 'not found: try /metrics, /healthz/ready or /healthz/live');
+      const text = await metrics.text();
+      res.writeHead(200, { 'content-type': metrics.contentType }).end(text);
+    });
+    await listenTcp(metricsServer, opts.metricsPort ?? 15020, opts.listenHost ?? '0.0.0.0');
+    const metricsPort = (metricsServer.address() as { port: number }).port;
+    let admin: ReturnType<typeof localServer> | undefined;
+    if (opts.adminPort !== undefined) {
+      const proxyConfig = {
+        self: { namespace: opts.namespace, name: opts.name, pod: process.env.HOSTNAME || null },
+        node: process.env.NODE_NAME ?? '', identity, certs,
+        state: () => proxy.current, upstreams: () => proxy.upstreamsNow(),
+      };
+      const server = localServer({ name: 'admin', log: opts.log, json: true }, (req, res) => {
+        if (req.path === '/listeners' && req.method === 'GET') return sendJson(res, 200, { ports: listeners.ports, ...listeners.status() }, true);
+        const { status, body } = waypointAdminAnswer({ certificates: certs, proxyConfig }, req);
+        sendJson(res, status, body, true);
+      });
+      await listenTcp(server, opts.adminPort, '127.0.0.1');
+      admin = server;
+    }
+    opts.log.info({ identity, ...(admin ? { admin: `127.0.0.1:${(admin.address() as { port: number }).port}` } : {}) }, 'gateway started');
+    return new IngressGateway(identity, proxy, listeners, [
+      () => discovery.close(), () => listeners.close(), () => proxy.close(), () => metricsServer.close(), () => admin?.close(), () => tracer.close(), () => certs.close(),
+    ], metricsPort, admin ? (admin.address() as { port: number }).port : undefined);
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.closers) await c();
+  }
+}
