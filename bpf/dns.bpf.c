@@ -7,7 +7,8 @@
  *   cgroup/sendmsg4|6      sendto() of an unconnected socket (musl, dig): rewrite, record
  *   cgroup/connect4|6      connect() of a UDP socket (glibc, c-ares): rewrite, record
  *   cgroup/recvmsg4|6      a datagram from the listener: its source becomes the resolver
- *   cgroup/getpeername4|6  a connected socket's peer: the resolver, not the listener
+ *   cgroup/getpeername4|6  a connected socket's peer: the resolver, not the listener (also
+ *                          for TCP to port 53, captured to 15001 by the outbound programs)
  *
  * The record (ambit_dns_flows) is keyed by what the agent sees of a query: the pod's netns, the
  * socket's port and the listener's address. sendmsg runs after the kernel bound the socket to a
@@ -220,14 +221,50 @@ static __always_inline struct ambit_orig_dst *recorded(struct bpf_sock_addr *ctx
 	return bpf_map_lookup_elem(&ambit_dns_flows, &key);
 }
 
+/*
+ * DNS over TCP: a connection to port 53 was captured to the agent's 127.0.0.1:15001 (::1, or
+ * ::ffff:127.0.0.1) like any TCP connection; its peer is the resolver it was addressed to.
+ * Only port 53's: other captured connections keep showing the capture listener, as before.
+ */
+static __always_inline struct ambit_orig_dst *tcp_recorded(struct bpf_sock_addr *ctx, const __u8 listener[16])
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct ambit_orig_dst *dst;
+	struct ambit_sock_key key = {};
+
+	if (!sk)
+		return 0;
+	key.netns_cookie = bpf_get_netns_cookie(ctx);
+	if (sk->family == AF_INET)
+		addr_from_ip4(key.client_addr, sk->src_ip4);
+	else
+		addr_from_ip6(key.client_addr, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2],
+			      sk->src_ip6[3]);
+	__builtin_memcpy(key.listener_addr, listener, 16);
+	key.client_port = (__u16)sk->src_port;
+	key.listener_port = AMBIT_PORT_OUTBOUND;
+	dst = bpf_map_lookup_elem(&ambit_orig_dst, &key);
+	return dst && dst->port == DNS_PORT ? dst : 0;
+}
+
 /* The source (recvmsg) or peer (getpeername) of an IPv4 socket: the listener becomes the resolver. */
 static __always_inline int restore4(struct bpf_sock_addr *ctx)
 {
 	struct ambit_orig_dst *dst;
+	__u8 listener[16];
 
-	if (ctx->user_ip4 != bpf_htonl(0x7f000001) || ctx->user_port != bpf_htons(AMBIT_PORT_DNS))
+	if (ctx->user_ip4 != bpf_htonl(0x7f000001))
 		return 1;
-	dst = recorded(ctx, 0);
+	if (ctx->protocol == IPPROTO_TCP) {
+		if (ctx->user_port != bpf_htons(AMBIT_PORT_OUTBOUND))
+			return 1;
+		listener_addr(listener, 0);
+		dst = tcp_recorded(ctx, listener);
+	} else if (ctx->user_port == bpf_htons(AMBIT_PORT_DNS)) {
+		dst = recorded(ctx, 0);
+	} else {
+		return 1;
+	}
 	if (!dst || dst->family != AF_INET)
 		return 1;
 	ctx->user_ip4 = *(__u32 *)&dst->addr[12];
@@ -242,12 +279,20 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx)
 	__u32 w3 = ctx->user_ip6[3];
 	int mapped = ip6_words_are_v4_mapped(w0, w1, w2);
 	struct ambit_orig_dst *dst;
+	__u8 listener[16];
 
-	if (ctx->user_port != bpf_htons(AMBIT_PORT_DNS))
-		return 1;
 	if (mapped ? w3 != bpf_htonl(0x7f000001) : (w0 || w1 || w2 || w3 != bpf_htonl(1)))
 		return 1;
-	dst = recorded(ctx, !mapped);
+	if (ctx->protocol == IPPROTO_TCP) {
+		if (ctx->user_port != bpf_htons(AMBIT_PORT_OUTBOUND))
+			return 1;
+		listener_addr(listener, !mapped);
+		dst = tcp_recorded(ctx, listener);
+	} else if (ctx->user_port == bpf_htons(AMBIT_PORT_DNS)) {
+		dst = recorded(ctx, !mapped);
+	} else {
+		return 1;
+	}
 	if (!dst)
 		return 1;
 	/* The mapped form of an IPv4 resolver is what an IPv6 socket reports for it. */

@@ -43,6 +43,19 @@ struct {
 	__type(value, __u64);
 } ambit_probe_flows SEC(".maps");
 
+/*
+ * A captured TCP connection, keyed as the agent sees it when it accepts it on the capture
+ * listener -> where the application meant to connect. Written and deleted by the outbound
+ * sockops program (LRU only a backstop against a full map); read by the DNS object's
+ * getpeername programs too.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, AMBIT_MAX_CONNECTIONS);
+	__type(key, struct ambit_sock_key);
+	__type(value, struct ambit_orig_dst);
+} ambit_orig_dst SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, AMBIT_CTR_SLOTS);

@@ -24,13 +24,7 @@ struct {
 	__type(value, struct ambit_orig_dst);
 } ambit_pending SEC(".maps");
 
-/* Deleted at close by the sockops program; LRU is only a backstop against a full map. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, AMBIT_MAX_CONNECTIONS);
-	__type(key, struct ambit_sock_key);
-	__type(value, struct ambit_orig_dst);
-} ambit_orig_dst SEC(".maps");
+/* ambit_orig_dst (maps.bpf.h): written at the SYN, deleted at close by the sockops program. */
 
 /*
  * Decides whether this connect is captured, and records the destination if so.

@@ -170,7 +170,9 @@ describeAsRoot('DNS proxying by the node agent', () => {
 
   it('answers to sendto() (musl) and over TCP, and NODATA for a family the name has no address of', async () => {
     expect(await query('BACKEND.dnstest.svc.cluster.local', 'sendto')).toMatchObject({ rcode: 0, answers: [vip], from: `${upstream}:53` });
-    expect(await query('backend.dnstest.svc.cluster.local', 'tcp')).toMatchObject({ rcode: 0, answers: [vip] });
+    // The TCP socket's peer (getpeername) is the resolver too, not the capture listener.
+    expect(await query('backend.dnstest.svc.cluster.local', 'tcp')).toMatchObject({ rcode: 0, answers: [vip], from: `${upstream}:53` });
+    expect(await query('backend.dnstest.svc.cluster.local', 'tcp', 'A', cluster, upstream6)).toMatchObject({ rcode: 0, answers: [vip], from: `${upstream6}:53` });
     expect(await query('backend.dnstest.svc.cluster.local', 'connected', 'AAAA')).toMatchObject({ rcode: 0, answers: [] });
   });
 
