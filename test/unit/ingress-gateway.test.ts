@@ -52,6 +52,7 @@ let passCert: TestCert;
 let HTTPS = 0;
 let HTTP = 0;
 let API = 0;
+let TCP = 0;
 
 function workload(uid: string, name: string, ns: string, sa: string, identity: string, ip: string, labels: Record<string, string>): Workload {
   return { uid, name: `${name}-1`, workload: name, namespace: ns, serviceAccount: sa, identity, ips: [ip], node: 'node-1', labels, enrolled: true, ports: {} };
@@ -82,6 +83,7 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
           { port: { number: HTTPS, name: 'tls-pass', protocol: 'TLS' }, hosts: ['pass.example.com'], tls: { mode: 'PASSTHROUGH' } },
           { port: { number: HTTP, name: 'http', protocol: 'HTTP' }, hosts: ['plain.example.com', 'a.example.com'] },
           { port: { number: HTTP, name: 'http-redirect', protocol: 'HTTP' }, hosts: ['secure.example.com'], tls: { httpsRedirect: true } },
+          { port: { number: TCP, name: 'tcp', protocol: 'TCP' }, hosts: ['*'] },
         ],
       },
     }],
@@ -107,6 +109,11 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
       apiVersion: 'networking.istio.io/v1', kind: 'VirtualService', namespace: 'shop', name: 'pass', spec: {
         hosts: ['pass.example.com'], gateways: ['istio-system/gw'],
         tls: [{ match: [{ sniHosts: ['pass.example.com'], port: HTTPS }], route: [{ destination: { host: 'secure', port: { number: 8443 } } }] }],
+      },
+    }],
+    ['l7/VirtualService/shop/tcp', 'l7', {
+      apiVersion: 'networking.istio.io/v1', kind: 'VirtualService', namespace: 'shop', name: 'tcp', spec: {
+        hosts: ['*'], gateways: ['istio-system/gw'], tcp: [{ match: [{ port: TCP }], route: [{ destination: { host: 'reviews', port: { number: 9080 } } }] }],
       },
     }],
     ['l7/HTTPRoute/shop/api', 'l7', {
@@ -206,7 +213,7 @@ beforeAll(async () => {
   certs.api = await testLeaf(userCa, ['api.example.com']);
   certs.client = await testLeaf(clientCa, ['client.example.com'], 'client');
   passCert = await testLeaf(userCa, ['pass.example.com']);
-  [HTTPS, HTTP, API] = [await freePort(), await freePort(), await freePort()];
+  [HTTPS, HTTP, API, TCP] = [await freePort(), await freePort(), await freePort(), await freePort()];
 
   // The app behind reviews: what it was asked and with which forwarding headers.
   const app = http.createServer((req, res) => {
@@ -235,7 +242,7 @@ afterAll(async () => {
 
 describe('ingress gateway: TLS', () => {
   it('listens on the ports its servers name', () => {
-    expect(gateway.ports).toEqual([HTTPS, HTTP, API].sort((a, b) => a - b));
+    expect(gateway.ports).toEqual([HTTPS, HTTP, API, TCP].sort((a, b) => a - b));
   });
 
   it('picks the certificate by SNI (exact and wildcard hosts), checked by the client with the user CA', async () => {
@@ -339,6 +346,21 @@ describe('ingress gateway: routing', () => {
     const redirect = await httpGet(HTTP, 'secure.example.com', '/a/b?c=d');
     expect(redirect.status).toBe(301);
     expect(redirect.headers.location).toBe('https://secure.example.com/a/b?c=d');
+  });
+
+  it('sends a TCP server\'s bytes to its VirtualService tcp route over HBONE, one access-log line per stream', async () => {
+    const answer = await new Promise<string>((resolve) => {
+      const s = netConnect(TCP, '127.0.0.1', () => s.write('GET /over-tcp HTTP/1.1\r\nhost: raw\r\nconnection: close\r\n\r\n'));
+      let got = '';
+      s.on('data', (c: Buffer) => { got += c.toString(); });
+      s.on('close', () => resolve(got));
+      s.on('error', () => undefined);
+    });
+    expect(answer).toMatch(/^HTTP\/1.1 200/);
+    expect(answer).toContain('"url":"/over-tcp"');
+    await expect.poll(() => access.find((a) => (a.listener as { port?: number } | undefined)?.port === TCP)).toMatchObject({
+      route: 'shop/tcp#tcp0', destination: { service: 'reviews.shop', port: 9080 }, upstream: `${ENDPOINT_IP}:9080`, response: { flags: '-' },
+    });
   });
 
   it('answers 404 for a Host the SNI-chosen server does not serve', async () => {

@@ -375,6 +375,8 @@ export class IngressListeners {
 
   /** A passed-through TLS or TCP connection to its route's destination over HBONE, or closed when it has none. */
   private stream(socket: Duplex, head: Buffer, conn: Conn, server: IngressServer, target: StreamTarget | undefined, sni: string | undefined): void {
+    // Held until the tunnel is open (the pipe lets it flow): nothing read before is lost.
+    socket.pause();
     const start = Date.now();
     let bytesIn = head.length;
     let bytesOut = 0;

@@ -174,7 +174,7 @@ export class GatewayRoutes {
   private gatewayApiEntries(server: IngressServer, host: string): Entry[] {
     const bindings = [];
     for (const r of this.attached(server, ['HTTPRoute', 'GRPCRoute'])) {
-      if (r.hostnames.length > 0 && !r.hostnames.some((h) => hostScore(h, host) >= 0 || hostScore(host, h) >= 0)) continue;
+      if (r.hostnames.length > 0 && !r.hostnames.some((h) => hostScore(h, host) >= 0)) continue;
       let entries = this.routeEntries.get(r.cfg);
       if (!this.routeEntries.has(r.cfg)) this.routeEntries.set(r.cfg, (entries = compileGatewayRoute(this.ctx, r.cfg, r.cfg.spec as GwRouteSpec)));
       if (entries) bindings.push({ route: { cfg: r.cfg, entries } });
