@@ -268,14 +268,15 @@ const istioGateway = object({
 const selector = object({ matchLabels: labels });
 /**
  * What an AuthorizationPolicy binds to at a waypoint: its Gateway, a Service (requests for it
- * through any waypoint), or in the root namespace the waypoint GatewayClass (every waypoint).
+ * through any waypoint), or in the root namespace the waypoint GatewayClass (every waypoint);
+ * or a ServiceEntry, whose clients' node agents enforce it (docs/EDGE.md, Egress).
  */
 const policyTargetRef = object({ group: string(), kind: [nonEmpty, { required: true }], name: [nonEmpty, { required: true }], namespace: string() }, {
   check: (o, p, r) => {
     const group = typeof o.group === 'string' ? o.group : '';
     const ok = (o.kind === 'Gateway' && group === 'gateway.networking.k8s.io') || (o.kind === 'Service' && group === '')
-      || (o.kind === 'GatewayClass' && group === 'gateway.networking.k8s.io');
-    if (!ok) r.warn(p, `${group ? `${group}/` : ''}${String(o.kind)} binds nothing in ambit: a policy targets a Gateway (group gateway.networking.k8s.io, a waypoint), a Service (group ""), or in the root namespace the GatewayClass ambit-waypoint`);
+      || (o.kind === 'GatewayClass' && group === 'gateway.networking.k8s.io') || (o.kind === 'ServiceEntry' && group === 'networking.istio.io');
+    if (!ok) r.warn(p, `${group ? `${group}/` : ''}${String(o.kind)} binds nothing in ambit: a policy targets a Gateway (group gateway.networking.k8s.io, a waypoint), a Service (group ""), a ServiceEntry (group networking.istio.io, enforced by its clients' node agents), or in the root namespace the GatewayClass ambit-waypoint`);
     if (typeof o.namespace === 'string' && o.namespace !== '') r.warn([...p, 'namespace'], 'a policy binds only within its own namespace: this ref binds nothing');
   },
 });

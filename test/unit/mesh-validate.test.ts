@@ -227,7 +227,7 @@ spec: { gatewayClassName: ambit-waypoint, listeners: [{ name: mesh, port: 15008,
 kind: AuthorizationPolicy
 metadata: { name: a, namespace: shop }
 spec:
-  targetRefs: [{ kind: ServiceEntry, group: networking.istio.io, name: ext }, { kind: Service, group: "", name: reviews, namespace: other }]
+  targetRefs: [{ kind: WorkloadEntry, group: networking.istio.io, name: ext }, { kind: Service, group: "", name: reviews, namespace: other }]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -255,7 +255,7 @@ spec: { gatewayClassName: ambit-waypoint, listeners: [{ name: mesh, port: 15008,
       'metadata.annotations.ambit.dev/tracing-sampling: must be a percentage from 0 to 100, got "all"',
     ]);
     expect(warnings(bad.diagnostics)).toEqual([
-      expect.stringMatching(/^spec\.targetRefs\[0\]: networking\.istio\.io\/ServiceEntry binds nothing in ambit/),
+      expect.stringMatching(/^spec\.targetRefs\[0\]: networking\.istio\.io\/WorkloadEntry binds nothing in ambit/),
       'spec.targetRefs[1].namespace: a policy binds only within its own namespace: this ref binds nothing',
     ]);
   });

@@ -60,6 +60,18 @@ describe('ServiceEntry validation', () => {
     expect(errors(analyze(se('c', '{ hosts: ["*.example.com"], ports: [{ number: 443, name: tls, protocol: TLS }], resolution: DNS, endpoints: [{ address: lb.example.com }] }')).diagnostics)).toEqual([]);
   });
 
+  it('takes an AuthorizationPolicy bound to a ServiceEntry without a warning', () => {
+    const policy = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: egress, namespace: shop }
+spec:
+  targetRefs: [{ group: networking.istio.io, kind: ServiceEntry, name: api }]
+  rules: [{ to: [{ operation: { hosts: [api.example.com], ports: ["443"] } }] }]
+`;
+    const { diagnostics } = analyze(policy);
+    expect([...errors(diagnostics), ...warnings(diagnostics)]).toEqual([]);
+  });
+
   it('warns about what it accepts and does not use', () => {
     const ws = warnings(analyze(se('d', '{ hosts: [d.example.com], addresses: [192.0.2.1], ports: [{ number: 53, name: dns, protocol: TCP }], resolution: STATIC, endpoints: [{ address: 192.0.2.9, weight: 3 }], subjectAltNames: [x] }')).diagnostics);
     expect(ws).toEqual([
