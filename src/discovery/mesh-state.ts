@@ -238,8 +238,10 @@ export class MeshState {
   /**
    * The ServiceEntry a connection to ip:port is for, as seen from `clientNamespace` (its
    * exportTo): an entry's own address or VIP first, then a STATIC endpoint's address, then a
-   * CIDR block of its addresses; in each, the first entry in namespace/name order with a TCP
-   * port of that number. Undefined: no ServiceEntry covers the destination.
+   * CIDR block of its addresses (never for a workload's address: a block such as 10.0.0.0/8
+   * must not take pod-to-pod traffic out of mutual TLS); in each, the first entry in
+   * namespace/name order with a TCP port of that number. Undefined: no ServiceEntry covers the
+   * destination.
    */
   serviceEntryFor(ipText: string, port: number, clientNamespace: string): EgressMatch | undefined {
     if (this.serviceEntries.length === 0) return undefined;
@@ -253,7 +255,7 @@ export class MeshState {
       const p = portOf(entry);
       if (p) return { entry, host: primaryHost(entry), port: p, endpoint, by: 'endpoint' };
     }
-    if (this.egressCidrs.length > 0) {
+    if (this.egressCidrs.length > 0 && !this.workloadsByIp.has(key)) {
       const parsedIp = parseIp(ipText);
       if (parsedIp) {
         for (const { cidr: c, entry } of this.egressCidrs) {

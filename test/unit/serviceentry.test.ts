@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { validateMeshObject } from '../../src/config/validate.js';
 import { parseManifests, type Diagnostic, type Resource } from '../../src/kube/manifests.js';
-import { allocateVips, buildModel, serviceEntryOf, type MeshConfig, type ServiceEntryInfo } from '../../src/config/model.js';
+import { allocateVips, buildModel, serviceEntryOf, type MeshConfig, type PodInfo, type ServiceEntryInfo } from '../../src/config/model.js';
 import { viewFor, type WireResource } from '../../src/discovery/discovery.js';
 import { MeshState, MeshStateError } from '../../src/discovery/mesh-state.js';
 import { cidrContains, parseCidr, parseIp } from '../../src/util/ip.js';
@@ -35,8 +35,8 @@ function resources(text: string): Resource[] {
 }
 
 /** What a node agent holds after the stream delivered the model's node-agent view. */
-function agentState(text: string, meshConfig?: MeshConfig): MeshState {
-  const model = buildModel({ resources: resources(text), pods: [] }, 'cluster.local', undefined, meshConfig);
+function agentState(text: string, meshConfig?: MeshConfig, pods: PodInfo[] = []): MeshState {
+  const model = buildModel({ resources: resources(text), pods }, 'cluster.local', undefined, meshConfig);
   const wire = new Map<string, WireResource>();
   for (const [key, { type, value }] of viewFor(model, 'node-agent')) wire.set(key, { key, type, json: JSON.stringify(value) });
   return new MeshState('v1', wire);
@@ -139,7 +139,10 @@ describe('a node agent\'s ServiceEntries', () => {
     se('nets', '{ hosts: ["*.corp.example"], addresses: [198.51.100.0/24], ports: [{ number: 22, name: ssh, protocol: TCP }] }'),
     se('private', '{ hosts: [private.example.com], addresses: [192.0.2.30], ports: [{ number: 80, name: http, protocol: HTTP }], exportTo: ["."] }', 'team'),
     'apiVersion: v1\nkind: Service\nmetadata: { name: web, namespace: shop }\nspec: { clusterIP: 10.96.0.10, selector: { app: web }, ports: [{ port: 80, targetPort: 8080 }] }\n',
-  ].join('---\n'), { outboundTrafficPolicy: 'REGISTRY_ONLY' });
+  ].join('---\n'), { outboundTrafficPolicy: 'REGISTRY_ONLY' }, [{
+    uid: 'db-1', namespace: 'shop', name: 'db', node: 'node-1', ip: '198.51.100.5', labels: {},
+    spec: { serviceAccountName: 'default', restartPolicy: 'Always', terminationGracePeriodSeconds: 30, containers: [] },
+  }]);
 
   it('receives every entry and the mesh config through the node agent\'s view', () => {
     expect(state.serviceEntries.map((e) => `${e.namespace}/${e.name}`)).toEqual(['shop/api', 'shop/dns', 'shop/nets', 'team/private']);
@@ -154,6 +157,9 @@ describe('a node agent\'s ServiceEntries', () => {
     const vip = state.serviceEntries.find((e) => e.name === 'dns')!.dnsAddresses['db.example.com']![0]!;
     expect(state.serviceEntryFor(vip, 5432, 'other')).toMatchObject({ entry: { name: 'dns' }, host: 'db.example.com', by: 'address' });
     expect(state.serviceEntryFor('198.51.100.77', 22, 'shop')).toMatchObject({ entry: { name: 'nets' }, host: '*.corp.example', by: 'cidr' });
+    // A pod's address inside an entry's block stays the pod's.
+    expect(state.serviceEntryFor('198.51.100.5', 22, 'shop')).toBeUndefined();
+    expect(state.registered('198.51.100.5', 22, 'shop')).toBe(true);
     // A port the entry does not have, another address: no match.
     expect(state.serviceEntryFor('192.0.2.10', 80, 'shop')).toBeUndefined();
     expect(state.serviceEntryFor('198.51.100.77', 53, 'shop')).toBeUndefined();
