@@ -883,7 +883,9 @@ export class WaypointProxy {
       const vip = dest.service.vips[0];
       if (w.namespace !== wp.namespace || w.labels[WAYPOINT_GATEWAY_LABEL] !== wp.name || !w.ips[0] || !vip) continue;
       const authority = `${vip.includes(':') ? `[${vip}]` : vip}:${dest.port}`;
-      members.push({ id: w.uid, address: authority, ip: w.ips[0], port: dest.port, workload: w, authority });
+      // Its address is the waypoint pod's HBONE listener: what the access log and metrics name as the upstream.
+      const address = `${w.ips[0].includes(':') ? `[${w.ips[0]}]` : w.ips[0]}:15008`;
+      members.push({ id: w.uid, address, ip: w.ips[0], port: dest.port, workload: w, authority });
     }
     else for (const uid of dest.service.endpoints) {
       const w = state.workloads.get(uid);

@@ -336,6 +336,10 @@ describe('ingress gateway: routing', () => {
     expect(r.status).toBe(200);
     expect(JSON.parse(r.body)).toMatchObject({ app: 'waypoint', url: '/ratings' });
     expect(tunnels).toContainEqual({ at: WAYPOINT_IP, peer: GATEWAY, authority: '10.96.7.73:9090' });
+    // Reported with the waypoint's pod as the destination workload, the service as the destination service.
+    const entry = access.find((a) => (a.request as { path?: string } | undefined)?.path === '/ratings');
+    expect(entry).toMatchObject({ destination: { service: 'ratings.shop', upstream: `${WAYPOINT_IP}:15008` } });
+    expect(await metrics.text()).toMatch(/istio_requests_total\{reporter="source"[^}]*destination_workload="waypoint"[^}]*destination_service="ratings.shop.svc.cluster.local"/);
   });
 
   it('serves plaintext HTTP by Host, answers 404 without a route, and redirects httpsRedirect servers', async () => {

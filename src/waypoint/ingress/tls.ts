@@ -116,7 +116,7 @@ export class ContextStore {
     if (!cert || !privateKey) return new Error(`${server.id}: Secret ${key} has no tls.crt and tls.key`);
     const mutual = tls.mode === 'MUTUAL' || tls.mode === 'OPTIONAL_MUTUAL';
     const caSecret = secrets.get(`${key}-cacert`);
-    const ca = mutual ? secret.data['ca.crt'] ?? caSecret?.data['ca.crt'] ?? caSecret?.data.cacert : undefined;
+    const ca = mutual ? secret.data['ca.crt'] ?? secret.data.cacert ?? caSecret?.data['ca.crt'] ?? caSecret?.data.cacert : undefined;
     if (mutual && !ca) return new Error(`${server.id}: tls.mode ${tls.mode} needs a CA: ca.crt in Secret ${key} or Secret ${key}-cacert`);
     const shape = createHash('sha256').update(JSON.stringify([cert, privateKey, ca ?? null, tls.mode, tls.minVersion ?? null, tls.maxVersion ?? null])).digest('hex');
     const known = this.built.get(server.id);
@@ -129,7 +129,7 @@ export class ContextStore {
       });
       const info: CertificateInfo = {
         secret: key, subject: leaf.subject, sans: leaf.subjectAltName ?? '', serial: leaf.serialNumber, notAfter: new Date(leaf.validTo).toISOString(), fingerprint: leaf.fingerprint256,
-        ...(ca ? { clientCa: secret.data['ca.crt'] ? `${key} ca.crt` : `${key}-cacert` } : {}),
+        ...(ca ? { clientCa: secret.data['ca.crt'] ?? secret.data.cacert ? key : `${key}-cacert` } : {}),
       };
       const ctx: ServerContext = { context, requestCert: mutual, requireCert: tls.mode === 'MUTUAL', info, shape };
       this.built.set(server.id, ctx);
