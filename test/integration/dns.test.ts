@@ -72,6 +72,20 @@ if (mode === "tcp") {
   if (mode === "connected") s.connect(53, server, () => s.send(q)); else s.send(q, 53, server);
 }`;
 
+/**
+ * `node -e HOSTILE <server>`: from one connected socket, a 3-byte datagram, a query with two
+ * questions, one whose name is a compression pointer to itself, then a good query for the
+ * mesh service; prints the rcode of each answer that came, in order (nothing for the first).
+ */
+const HOSTILE = `const s = require("dgram").createSocket("udp4"); const got = [];
+const head = (id, qd) => Buffer.from([0, id, 1, 0, 0, qd, 0, 0, 0, 0, 0, 0]);
+const name = Buffer.concat("backend.dnstest.svc.cluster.local".split(".").map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)])));
+const sent = [Buffer.from([1, 2, 3]), Buffer.concat([head(2, 2), name, Buffer.from([0, 0, 1, 0, 1]), name, Buffer.from([0, 0, 1, 0, 1])]),
+  Buffer.concat([head(3, 1), Buffer.from([0xc0, 12, 0, 1, 0, 1])]), Buffer.concat([head(4, 1), name, Buffer.from([0, 0, 1, 0, 1])])];
+s.on("message", (m) => { got.push(m[1] + ":" + (m.readUInt16BE(2) & 15)); if (m[1] === 4) { console.log(JSON.stringify(got)); s.close(); } });
+setTimeout(() => { console.log(JSON.stringify(got)); process.exit(0); }, 5000).unref();
+s.connect(53, process.argv[1], () => { for (const b of sent) s.send(b); });`;
+
 /** `node -e RESOLVE <server> <name>`: Node's dns.Resolver (c-ares) against that server; prints the addresses or the error code. */
 const RESOLVE = `const { Resolver } = require("dns").promises; const r = new Resolver({ timeout: 3000, tries: 1 }); r.setServers([process.argv[1]]);
 r.resolve4(process.argv[2]).then((a) => console.log(JSON.stringify(a)), (e) => console.log(JSON.stringify(e.code)));`;
@@ -187,6 +201,10 @@ describeAsRoot('DNS proxying by the node agent', () => {
   it('answers a headless service with its pods and a ServiceEntry host with its address', async () => {
     expect(await query('headless.dnstest.svc.cluster.local', 'connected')).toMatchObject({ rcode: 0, answers: [backendIp] });
     expect(await query('api.example.test', 'connected')).toMatchObject({ rcode: 0, answers: ['198.51.100.20'], from: `${upstream}:53` });
+  });
+
+  it('answers FORMERR to malformed queries, drops what is not one, and goes on answering', async () => {
+    expect(JSON.parse(await cluster.exec('dnstest/client', ['node', '-e', HOSTILE, upstream]))).toEqual(['2:1', '3:1', '4:0']);
   });
 
   it('forwards other names to the resolver the pod asked, over UDP and TCP, and returns its answers', async () => {
