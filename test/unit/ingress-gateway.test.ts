@@ -22,6 +22,7 @@ import type { WireResource } from '../../src/discovery/discovery.js';
 import { HboneServer } from '../../src/hbone/hbone.js';
 import type { CertManager } from '../../src/identity/cert-manager.js';
 import { MeshMetrics, RequestMetrics } from '../../src/telemetry/metrics.js';
+import { Sampler, Tracer, type ReadableSpan } from '../../src/telemetry/tracing.js';
 import { requestReporter } from '../../src/waypoint/app.js';
 import { gatewayPeer, gatewayStateOf } from '../../src/waypoint/ingress/app.js';
 import { IngressListeners } from '../../src/waypoint/ingress/listeners.js';
@@ -43,6 +44,8 @@ let gateway: IngressListeners;
 let mesh: MeshState | undefined;
 const metrics = new MeshMetrics();
 const access: Record<string, unknown>[] = [];
+/** Spans the gateway ended. */
+const spans: ReadableSpan[] = [];
 /** What the stand-in agents saw: each tunnel's peer and authority. */
 const tunnels: { at: string; peer?: string; authority: string }[] = [];
 let userCa: TestCa;
@@ -218,7 +221,7 @@ beforeAll(async () => {
   // The app behind reviews: what it was asked and with which forwarding headers.
   const app = http.createServer((req, res) => {
     res.setHeader('content-type', 'application/json');
-    res.end(JSON.stringify({ app: 'reviews', url: req.url, host: req.headers.host, xfp: req.headers['x-forwarded-proto'], xff: req.headers['x-forwarded-for'], rid: req.headers['x-request-id'] }));
+    res.end(JSON.stringify({ app: 'reviews', url: req.url, host: req.headers.host, xfp: req.headers['x-forwarded-proto'], xff: req.headers['x-forwarded-for'], rid: req.headers['x-request-id'], tp: req.headers.traceparent }));
   });
   const wpApp = http.createServer((req, res) => res.end(JSON.stringify({ app: 'waypoint', url: req.url, host: req.headers.host })));
   // The passthrough backend terminates TLS itself, with its own certificate.
@@ -226,7 +229,7 @@ beforeAll(async () => {
   await standIn(ENDPOINT_IP, REVIEWS, new Map([[9080, await listen(app)], [8443, await listen(tlsApp)]]));
   await standIn(WAYPOINT_IP, WAYPOINT, new Map([[9090, await listen(wpApp)]]));
 
-  proxy = new WaypointProxy({ identity: GATEWAY, certificate: () => manager.acquire(GATEWAY), roots: () => manager.trustBundle, socket: loopbackSocket, viaWaypoints: true, protocolByPort: true });
+  proxy = new WaypointProxy({ tracer: new Tracer({ sampler: new Sampler(100), sink: { add: (span) => spans.push(span) } }), identity: GATEWAY, certificate: () => manager.acquire(GATEWAY), roots: () => manager.trustBundle, socket: loopbackSocket, viaWaypoints: true, protocolByPort: true });
   const accessLog = pino({ level: 'info' }, { write: (line: string) => void access.push(JSON.parse(line) as Record<string, unknown>) });
   proxy.onRequest = requestReporter(new RequestMetrics(metrics.registry), accessLog, () => mesh, () => gatewayPeer(mesh, GATEWAY, 'istio-system', 'istio-ingressgateway-service-account'));
   gateway = new IngressListeners({ proxy, host: '127.0.0.1', accessLog });
@@ -326,6 +329,10 @@ describe('ingress gateway: routing', () => {
     const seen = JSON.parse(r.body) as Record<string, string>;
     expect(seen).toMatchObject({ app: 'reviews', url: '/new/page?x=1', host: 'a.example.com', xfp: 'https', xff: '127.0.0.1' });
     expect(seen.rid).toMatch(/[0-9a-f-]{36}/);
+    // A server span per request, named as Istio's gateways name theirs; its context goes upstream.
+    const span = spans.find((x) => x.attributes.get('guid:x-request-id') === seen.rid)!;
+    expect(span).toMatchObject({ name: `a.example.com:${HTTPS}/*`, kind: 'server' });
+    expect(seen.tp).toContain(span.context.traceId);
     // Tunnels are pooled: the gateway's tunnels to the endpoint, as the endpoint's agent saw them.
     expect(tunnels).toContainEqual({ at: ENDPOINT_IP, peer: GATEWAY, authority: `${ENDPOINT_IP}:9080` });
     expect(tunnels.every((t) => t.peer === GATEWAY)).toBe(true);

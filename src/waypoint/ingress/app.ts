@@ -35,7 +35,7 @@ import { planListeners } from './servers.js';
 import type { SecretValue } from './tls.js';
 
 /** The subscriber kind a gateway follows discovery as. */
-export const GATEWAY_SUBSCRIBER = 'gateway' as string as SubscriberKind;
+export const GATEWAY_SUBSCRIBER: SubscriberKind = 'gateway';
 /** Istio's default ingress gateway's service account, whose Deployment is `istio-ingressgateway`. */
 const ISTIO_INGRESS_ACCOUNT = 'istio-ingressgateway-service-account';
 
