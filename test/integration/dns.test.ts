@@ -44,33 +44,38 @@ net.createServer((s) => { let buf = Buffer.alloc(0); s.on("data", (c) => { buf =
     const l = Buffer.alloc(2); l.writeUInt16BE(a.length); s.write(Buffer.concat([l, a])); } }); s.on("error", () => {}); }).listen(53);`;
 
 /**
- * `node -e QUERY <server> <name> <type> <mode>`: one query, mode `connected` (connect + send),
- * `sendto`, or `tcp`; an IPv6 server (or ::ffff:a.b.c.d) is asked from an IPv6 socket. Prints
- * {rcode, answers, from, peer} (from: the reply's source as the app saw it; peer: getpeername of
- * the connected socket).
+ * `node -e QUERY '[[server, name, type, mode], ...]'`: the queries one after the other, mode
+ * `connected` (connect + send), `sendto`, or `tcp`; an IPv6 server (or ::ffff:a.b.c.d) is asked
+ * from an IPv6 socket. Prints one {rcode, answers, from, peer} per query (from: the reply's
+ * source as the app saw it; peer: getpeername of the connected socket), or {error: "timeout"}.
  */
 const QUERY = `const dgram = require("dgram"), net = require("net");
-const [server, name, type, mode] = process.argv.slice(1);
-const id = Math.floor(Math.random() * 65535);
-const q = Buffer.concat([Buffer.from([id >> 8, id & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]),
-  ...name.split(".").map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)])), Buffer.from([0, 0, type === "AAAA" ? 28 : 1, 0, 1])]);
-function parse(r, from, peer) {
-  if (r.readUInt16BE(0) !== id) throw new Error("wrong id");
-  const an = r.readUInt16BE(6); let at = q.length; const answers = [];
-  for (let i = 0; i < an; i++) { const t = r.readUInt16BE(at + 2), len = r.readUInt16BE(at + 10), d = r.subarray(at + 12, at + 12 + len);
-    answers.push(t === 1 ? [...d].join(".") : d.toString("hex")); at += 12 + len; }
-  console.log(JSON.stringify({ rcode: r.readUInt16BE(2) & 15, answers, from, peer }));
-}
-setTimeout(() => { console.log(JSON.stringify({ error: "timeout" })); process.exit(0); }, 8000).unref();
-if (mode === "tcp") {
-  const s = net.connect(53, server, () => { const l = Buffer.alloc(2); l.writeUInt16BE(q.length); s.write(Buffer.concat([l, q])); });
-  let buf = Buffer.alloc(0);
-  s.on("data", (c) => { buf = Buffer.concat([buf, c]); if (buf.length >= 2 + buf.readUInt16BE(0)) { parse(buf.subarray(2), s.remoteAddress + ":" + s.remotePort); s.end(); } });
-} else {
-  const s = dgram.createSocket(server.includes(":") ? "udp6" : "udp4");
-  s.on("message", (m, r) => { parse(m, r.address + ":" + r.port, mode === "connected" ? s.remoteAddress().address + ":" + s.remoteAddress().port : undefined); s.close(); });
-  if (mode === "connected") s.connect(53, server, () => s.send(q)); else s.send(q, 53, server);
-}`;
+function one(server, name, type, mode) { return new Promise((resolve) => {
+  const id = Math.floor(Math.random() * 65535);
+  const q = Buffer.concat([Buffer.from([id >> 8, id & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]),
+    ...name.split(".").map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)])), Buffer.from([0, 0, type === "AAAA" ? 28 : 1, 0, 1])]);
+  let s;
+  const timer = setTimeout(() => { s.destroy ? s.destroy() : s.close(); resolve({ error: "timeout" }); }, 4000);
+  function parse(r, from, peer) {
+    clearTimeout(timer);
+    if (r.readUInt16BE(0) !== id) return resolve({ error: "wrong id" });
+    const an = r.readUInt16BE(6); let at = q.length; const answers = [];
+    for (let i = 0; i < an; i++) { const t = r.readUInt16BE(at + 2), len = r.readUInt16BE(at + 10), d = r.subarray(at + 12, at + 12 + len);
+      answers.push(t === 1 ? [...d].join(".") : d.toString("hex")); at += 12 + len; }
+    resolve({ rcode: r.readUInt16BE(2) & 15, answers, from, peer });
+  }
+  if (mode === "tcp") {
+    s = net.connect(53, server, () => { const l = Buffer.alloc(2); l.writeUInt16BE(q.length); s.write(Buffer.concat([l, q])); });
+    let buf = Buffer.alloc(0);
+    s.on("error", () => undefined);
+    s.on("data", (c) => { buf = Buffer.concat([buf, c]); if (buf.length >= 2 + buf.readUInt16BE(0)) { parse(buf.subarray(2), s.remoteAddress + ":" + s.remotePort); s.end(); } });
+  } else {
+    s = dgram.createSocket(server.includes(":") ? "udp6" : "udp4");
+    s.on("message", (m, r) => { parse(m, r.address + ":" + r.port, mode === "connected" ? s.remoteAddress().address + ":" + s.remoteAddress().port : undefined); s.close(); });
+    if (mode === "connected") s.connect(53, server, () => s.send(q)); else s.send(q, 53, server);
+  }
+}); }
+(async () => { const out = []; for (const job of JSON.parse(process.argv[1])) out.push(await one(...job)); console.log(JSON.stringify(out)); })();`;
 
 /**
  * `node -e HOSTILE <server>`: from one connected socket, a 3-byte datagram, a query with two
@@ -86,9 +91,9 @@ s.on("message", (m) => { got.push(m[1] + ":" + (m.readUInt16BE(2) & 15)); if (m[
 setTimeout(() => { console.log(JSON.stringify(got)); process.exit(0); }, 5000).unref();
 s.connect(53, process.argv[1], () => { for (const b of sent) s.send(b); });`;
 
-/** `node -e RESOLVE <server> <name>`: Node's dns.Resolver (c-ares) against that server; prints the addresses or the error code. */
+/** `node -e RESOLVE <server> <name>...`: Node's dns.Resolver (c-ares) against that server; prints each name's addresses or error code. */
 const RESOLVE = `const { Resolver } = require("dns").promises; const r = new Resolver({ timeout: 3000, tries: 1 }); r.setServers([process.argv[1]]);
-r.resolve4(process.argv[2]).then((a) => console.log(JSON.stringify(a)), (e) => console.log(JSON.stringify(e.code)));`;
+(async () => { const out = []; for (const name of process.argv.slice(2)) out.push(await r.resolve4(name).catch((e) => e.code)); console.log(JSON.stringify(out)); })();`;
 
 const MANIFESTS = `
 apiVersion: v1
@@ -142,6 +147,9 @@ spec: { nodeName: node-1, containers: [{ name: c, command: [sleep, infinity] }] 
 `;
 
 interface Reply { rcode?: number; answers?: string[]; from?: string; peer?: string; error?: string }
+type Job = [server: string, name: string, type: 'A' | 'AAAA', mode: 'connected' | 'sendto' | 'tcp'];
+/** The queries, run one after the other by one process in the client pod. */
+const queries = async (c: LocalCluster, jobs: Job[]): Promise<Reply[]> => JSON.parse(await c.exec('dnstest/client', ['node', '-e', QUERY, JSON.stringify(jobs)])) as Reply[];
 
 /** Up, and the upstream resolver answering the client pod; returns the upstream's and the backend's addresses. */
 async function start(c: LocalCluster): Promise<{ upstream: string; upstream6: string; backendIp: string }> {
@@ -151,7 +159,7 @@ async function start(c: LocalCluster): Promise<{ upstream: string; upstream6: st
   const upstream = ipOf('outside', 'upstream')!;
   expect(upstream).toMatch(/^10\.244\./);
   // The upstream may still be starting.
-  await until('the upstream resolver up', async () => (JSON.parse(await c.exec('dnstest/client', ['node', '-e', QUERY, upstream, 'outside.example.test', 'A', 'sendto'])) as Reply).rcode === 0, { timeout: 30_000, interval: 500 });
+  await until('the upstream resolver up', async () => (await queries(c, [[upstream, 'outside.example.test', 'A', 'sendto']]))[0]!.rcode === 0, { timeout: 30_000, interval: 500 });
   const upstream6 = status.pods.find((p) => p.namespace === 'outside' && p.name === 'upstream')!.ips[1]!;
   return { upstream, upstream6, backendIp: ipOf('dnstest', 'backend')! };
 }
@@ -162,8 +170,7 @@ describeAsRoot('DNS proxying by the node agent', () => {
   let backendIp: string;
   let upstream6: string;
   let offUpstream: string;
-  const query = async (name: string, mode: 'connected' | 'sendto' | 'tcp', type = 'A', c = cluster, server = upstream): Promise<Reply> =>
-    JSON.parse(await c.exec('dnstest/client', ['node', '-e', QUERY, server, name, type, mode])) as Reply;
+  const SVC = 'backend.dnstest.svc.cluster.local';
 
   beforeAll(async () => {
     const [on, without] = await Promise.all([start(cluster), start(off)]);
@@ -178,29 +185,37 @@ describeAsRoot('DNS proxying by the node agent', () => {
   afterAll(() => Promise.all([cluster.down(), off.down()]), 60_000);
 
   it('answers a mesh service with its VIP, to a connected socket (glibc), from the resolver asked', async () => {
-    const r = await query('backend.dnstest.svc.cluster.local', 'connected');
+    const [r] = await queries(cluster, [[upstream, SVC, 'A', 'connected']]);
     expect(r).toEqual({ rcode: 0, answers: [vip], from: `${upstream}:53`, peer: `${upstream}:53` });
   });
 
   it('answers to sendto() (musl) and over TCP, and NODATA for a family the name has no address of', async () => {
-    expect(await query('BACKEND.dnstest.svc.cluster.local', 'sendto')).toMatchObject({ rcode: 0, answers: [vip], from: `${upstream}:53` });
+    const [sendto, tcp, tcp6, aaaa] = await queries(cluster, [
+      [upstream, 'BACKEND.dnstest.svc.cluster.local', 'A', 'sendto'], [upstream, SVC, 'A', 'tcp'], [upstream6, SVC, 'A', 'tcp'], [upstream, SVC, 'AAAA', 'connected'],
+    ]);
+    expect(sendto).toMatchObject({ rcode: 0, answers: [vip], from: `${upstream}:53` });
     // The TCP socket's peer (getpeername) is the resolver too, not the capture listener.
-    expect(await query('backend.dnstest.svc.cluster.local', 'tcp')).toMatchObject({ rcode: 0, answers: [vip], from: `${upstream}:53` });
-    expect(await query('backend.dnstest.svc.cluster.local', 'tcp', 'A', cluster, upstream6)).toMatchObject({ rcode: 0, answers: [vip], from: `${upstream6}:53` });
-    expect(await query('backend.dnstest.svc.cluster.local', 'connected', 'AAAA')).toMatchObject({ rcode: 0, answers: [] });
+    expect(tcp).toMatchObject({ rcode: 0, answers: [vip], from: `${upstream}:53` });
+    expect(tcp6).toMatchObject({ rcode: 0, answers: [vip], from: `${upstream6}:53` });
+    expect(aaaa).toMatchObject({ rcode: 0, answers: [] });
   });
 
   it('answers IPv6 sockets, to an IPv6 resolver and to an IPv4-mapped one, from the resolver asked', async () => {
     expect(upstream6).toContain(':');
-    expect(await query('backend.dnstest.svc.cluster.local', 'connected', 'A', cluster, upstream6)).toEqual({ rcode: 0, answers: [vip], from: `${upstream6}:53`, peer: `${upstream6}:53` });
-    expect(await query('outside.example.test', 'sendto', 'A', cluster, upstream6)).toMatchObject({ rcode: 0, answers: ['192.0.2.7'], from: `${upstream6}:53` });
-    expect(await query('backend.dnstest.svc.cluster.local', 'connected', 'A', cluster, `::ffff:${upstream}`)).toEqual({ rcode: 0, answers: [vip], from: `::ffff:${upstream}:53`, peer: `::ffff:${upstream}:53` });
-    expect(await query('outside.example.test', 'sendto', 'A', cluster, `::ffff:${upstream}`)).toMatchObject({ rcode: 0, answers: ['192.0.2.7'], from: `::ffff:${upstream}:53` });
+    const mapped = `::ffff:${upstream}`;
+    const [v6, v6forwarded, v4mapped, v4mappedForwarded] = await queries(cluster, [
+      [upstream6, SVC, 'A', 'connected'], [upstream6, 'outside.example.test', 'A', 'sendto'], [mapped, SVC, 'A', 'connected'], [mapped, 'outside.example.test', 'A', 'sendto'],
+    ]);
+    expect(v6).toEqual({ rcode: 0, answers: [vip], from: `${upstream6}:53`, peer: `${upstream6}:53` });
+    expect(v6forwarded).toMatchObject({ rcode: 0, answers: ['192.0.2.7'], from: `${upstream6}:53` });
+    expect(v4mapped).toEqual({ rcode: 0, answers: [vip], from: `${mapped}:53`, peer: `${mapped}:53` });
+    expect(v4mappedForwarded).toMatchObject({ rcode: 0, answers: ['192.0.2.7'], from: `${mapped}:53` });
   });
 
   it('answers a headless service with its pods and a ServiceEntry host with its address', async () => {
-    expect(await query('headless.dnstest.svc.cluster.local', 'connected')).toMatchObject({ rcode: 0, answers: [backendIp] });
-    expect(await query('api.example.test', 'connected')).toMatchObject({ rcode: 0, answers: ['198.51.100.20'], from: `${upstream}:53` });
+    const [headless, entry] = await queries(cluster, [[upstream, 'headless.dnstest.svc.cluster.local', 'A', 'connected'], [upstream, 'api.example.test', 'A', 'connected']]);
+    expect(headless).toMatchObject({ rcode: 0, answers: [backendIp] });
+    expect(entry).toMatchObject({ rcode: 0, answers: ['198.51.100.20'], from: `${upstream}:53` });
   });
 
   it('answers FORMERR to malformed queries, drops what is not one, and goes on answering', async () => {
@@ -208,9 +223,10 @@ describeAsRoot('DNS proxying by the node agent', () => {
   });
 
   it('forwards other names to the resolver the pod asked, over UDP and TCP, and returns its answers', async () => {
-    expect(await query('outside.example.test', 'connected')).toEqual({ rcode: 0, answers: ['192.0.2.7'], from: `${upstream}:53`, peer: `${upstream}:53` });
-    expect(await query('outside.example.test', 'tcp')).toMatchObject({ rcode: 0, answers: ['192.0.2.7'] });
-    expect(await query('nothing.example.test', 'sendto')).toMatchObject({ rcode: 3, answers: [] });
+    const [udp, tcp, nx] = await queries(cluster, [[upstream, 'outside.example.test', 'A', 'connected'], [upstream, 'outside.example.test', 'A', 'tcp'], [upstream, 'nothing.example.test', 'A', 'sendto']]);
+    expect(udp).toEqual({ rcode: 0, answers: ['192.0.2.7'], from: `${upstream}:53`, peer: `${upstream}:53` });
+    expect(tcp).toMatchObject({ rcode: 0, answers: ['192.0.2.7'], from: `${upstream}:53` });
+    expect(nx).toMatchObject({ rcode: 3, answers: [] });
   });
 
   it('serves Node\'s dns.Resolver (c-ares) and counts the queries by result', async () => {
@@ -221,16 +237,16 @@ describeAsRoot('DNS proxying by the node agent', () => {
     };
     const before = await counts();
     expect(before.local).toBeGreaterThan(0);
-    expect(JSON.parse(await cluster.exec('dnstest/client', ['node', '-e', RESOLVE, upstream, 'backend.dnstest.svc.cluster.local']))).toEqual([vip]);
-    expect(JSON.parse(await cluster.exec('dnstest/client', ['node', '-e', RESOLVE, upstream, 'outside.example.test']))).toEqual(['192.0.2.7']);
+    expect(JSON.parse(await cluster.exec('dnstest/client', ['node', '-e', RESOLVE, upstream, SVC, 'outside.example.test']))).toEqual([[vip], ['192.0.2.7']]);
     expect(await counts()).toEqual({ local: before.local + 1, forwarded: before.forwarded + 1, failed: before.failed });
   });
 
   it('with capture switched off, every query goes straight to the resolver', async () => {
     // The mesh name is the upstream's to answer now: it does not know it.
-    expect(await query('backend.dnstest.svc.cluster.local', 'connected', 'A', off, offUpstream)).toEqual({ rcode: 3, answers: [], from: `${offUpstream}:53`, peer: `${offUpstream}:53` });
-    expect(await query('api.example.test', 'sendto', 'A', off, offUpstream)).toMatchObject({ rcode: 3, answers: [] });
-    expect(await query('outside.example.test', 'connected', 'A', off, offUpstream)).toMatchObject({ rcode: 0, answers: ['192.0.2.7'] });
+    const [svc, entry, other] = await queries(off, [[offUpstream, SVC, 'A', 'connected'], [offUpstream, 'api.example.test', 'A', 'sendto'], [offUpstream, 'outside.example.test', 'A', 'connected']]);
+    expect(svc).toEqual({ rcode: 3, answers: [], from: `${offUpstream}:53`, peer: `${offUpstream}:53` });
+    expect(entry).toMatchObject({ rcode: 3, answers: [] });
+    expect(other).toMatchObject({ rcode: 0, answers: ['192.0.2.7'] });
     expect(await off.metrics('node-1')).not.toMatch(/^ambit_dns_queries_total\{/m);
   });
 });
