@@ -1,8 +1,9 @@
 /**
  * The ingress gateway process (IngressGateway, what `ambit gateway run` starts) against an
  * in-process controller: its CA and discovery serving the model built from manifests as users
- * write them (an Istio Gateway selecting `istio: ingressgateway`, a VirtualService bound to it,
- * the TLS Secret base64-encoded). It subscribes as `gateway`
+ * write them (an Istio Gateway selecting `istio: ingressgateway` in the app's namespace, a
+ * VirtualService bound to it by its short name, the TLS Secret base64-encoded in istio-system,
+ * where Istio reads credentialName). It subscribes as `gateway`
  * istio-system/istio-ingressgateway-service-account, gets its certificate with its own
  * credential, opens the HTTPS listener, and carries requests over mTLS HBONE with its own
  * identity to a stand-in destination node agent on 127.0.0.81; a new Secret version is served
@@ -76,7 +77,7 @@ data: { tls.crt: ${b64(cert.cert)}, tls.key: ${b64(cert.key)} }
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: { name: shop-gateway, namespace: istio-system }
+metadata: { name: shop-gateway, namespace: shop }
 spec:
   selector: { istio: ingressgateway }
   servers:
@@ -89,7 +90,7 @@ kind: VirtualService
 metadata: { name: shop, namespace: shop }
 spec:
   hosts: [shop.example.com]
-  gateways: [istio-system/shop-gateway]
+  gateways: [shop-gateway]
   http:
   - route: [{ destination: { host: reviews, port: { number: 9080 } } }]
 `;
@@ -209,7 +210,7 @@ describe('ambit gateway run (in-process) with a controller', () => {
     expect(r.status).toBe(200);
     const body = JSON.parse(r.body) as { ports: number[]; servers: { id: string; served: boolean; certificate?: { secret: string; subject: string } }[] };
     expect(body.ports).toEqual([HTTPS]);
-    expect(body.servers).toEqual([expect.objectContaining({ id: 'Gateway/istio-system/shop-gateway#0', served: true, certificate: expect.objectContaining({ secret: 'istio-system/shop-cert', subject: 'CN=shop.example.com' }) })]);
+    expect(body.servers).toEqual([expect.objectContaining({ id: 'Gateway/shop/shop-gateway#0', served: true, certificate: expect.objectContaining({ secret: 'istio-system/shop-cert', subject: 'CN=shop.example.com' }) })]);
     expect(r.body).not.toMatch(/PRIVATE KEY/);
   });
 

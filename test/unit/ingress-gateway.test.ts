@@ -75,8 +75,9 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
     ['service/shop/reviews', 'service', service('reviews', '10.96.7.71', 9080, ['w1'])],
     ['service/shop/secure', 'service', service('secure', '10.96.7.72', 8443, ['w1'])],
     ['service/shop/ratings', 'service', service('ratings', '10.96.7.73', 9090, ['w1'], 'waypoint')],
-    ['ingress/Gateway/istio-system/gw', 'ingress', {
-      apiVersion: 'networking.istio.io/v1', kind: 'Gateway', namespace: 'istio-system', name: 'gw', spec: {
+    // In the app's namespace, as the seed's: its credentialNames are still read in istio-system (Istio's rule).
+    ['ingress/Gateway/shop/gw', 'ingress', {
+      apiVersion: 'networking.istio.io/v1', kind: 'Gateway', namespace: 'shop', name: 'gw', spec: {
         selector: { istio: 'ingressgateway' },
         servers: [
           { port: { number: HTTPS, name: 'https-a', protocol: 'HTTPS' }, hosts: ['a.example.com'], tls: { mode: 'SIMPLE', credentialName: 'a-cert' } },
@@ -97,7 +98,7 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
     }],
     ['l7/VirtualService/shop/web', 'l7', {
       apiVersion: 'networking.istio.io/v1', kind: 'VirtualService', namespace: 'shop', name: 'web', spec: {
-        hosts: ['a.example.com', '*.b.example.com', 'm.example.com', 'plain.example.com'], gateways: ['istio-system/gw'],
+        hosts: ['a.example.com', '*.b.example.com', 'm.example.com', 'plain.example.com'], gateways: ['gw'],
         http: [
           { match: [{ uri: { prefix: '/ratings' } }], route: [{ destination: { host: 'ratings' } }] },
           { match: [{ uri: { prefix: '/old' } }], rewrite: { uri: '/new' }, route: [{ destination: { host: 'reviews', port: { number: 9080 } } }] },
@@ -110,13 +111,13 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
     }],
     ['l7/VirtualService/shop/pass', 'l7', {
       apiVersion: 'networking.istio.io/v1', kind: 'VirtualService', namespace: 'shop', name: 'pass', spec: {
-        hosts: ['pass.example.com'], gateways: ['istio-system/gw'],
+        hosts: ['pass.example.com'], gateways: ['shop/gw'],
         tls: [{ match: [{ sniHosts: ['pass.example.com'], port: HTTPS }], route: [{ destination: { host: 'secure', port: { number: 8443 } } }] }],
       },
     }],
     ['l7/VirtualService/shop/tcp', 'l7', {
       apiVersion: 'networking.istio.io/v1', kind: 'VirtualService', namespace: 'shop', name: 'tcp', spec: {
-        hosts: ['*'], gateways: ['istio-system/gw'], tcp: [{ match: [{ port: TCP }], route: [{ destination: { host: 'reviews', port: { number: 9080 } } }] }],
+        hosts: ['*'], gateways: ['gw'], tcp: [{ match: [{ port: TCP }], route: [{ destination: { host: 'reviews', port: { number: 9080 } } }] }],
       },
     }],
     ['l7/HTTPRoute/shop/api', 'l7', {
@@ -141,7 +142,7 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
 
 let version = 0;
 async function apply(resources: Map<string, WireResource>): Promise<void> {
-  const state = gatewayStateOf(resources, String(++version));
+  const state = gatewayStateOf(resources, String(++version), 'istio-system');
   mesh = state.mesh;
   proxy.update({ version: state.gateway.version, router: state.router, services: [...state.mesh.services.values()], workloads: state.mesh.workloads });
   await gateway.update(state.gateway);

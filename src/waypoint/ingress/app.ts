@@ -81,8 +81,11 @@ export async function startGatewayApp(opts: GatewayAppOptions): Promise<{ gatewa
 /** The resource types MeshState reads; the gateway's own (`ingress`, `secret`) are read here. */
 const MESH_TYPES = new Set(['workload', 'service', 'policy', 'waypoint', 'l7']);
 
-/** The gateway's view as its listeners and proxy use it; throws (a NACK) on what it cannot use. */
-export function gatewayStateOf(resources: ReadonlyMap<string, WireResource>, version: string, warn: (msg: string) => void = () => undefined): { gateway: GatewayState; mesh: MeshState; router: Router } {
+/**
+ * The gateway's view as its listeners and proxy use it; throws (a NACK) on what it cannot use.
+ * `namespace`: the one the gateway runs in, where Istio servers' credentialName is read.
+ */
+export function gatewayStateOf(resources: ReadonlyMap<string, WireResource>, version: string, namespace: string, warn: (msg: string) => void = () => undefined): { gateway: GatewayState; mesh: MeshState; router: Router } {
   const meshResources = new Map<string, WireResource>();
   const l7: ConfigObject[] = [];
   const ingress: ConfigObject[] = [];
@@ -102,7 +105,7 @@ export function gatewayStateOf(resources: ReadonlyMap<string, WireResource>, ver
   const mesh = new MeshState(version, meshResources);
   const router = new Router(l7, [...mesh.services.values()]);
   const routes = new GatewayRoutes(l7, router);
-  const plans = planListeners(ingress, warn);
+  const plans = planListeners(ingress, warn, { credentialNamespace: namespace });
   return { gateway: { version, plans, routes, secrets }, mesh, router };
 }
 
@@ -171,7 +174,7 @@ export class IngressGateway {
       address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,
       node: '', kind: GATEWAY_SUBSCRIBER, name: `${opts.namespace}/${opts.name}`, log: opts.log,
       apply: (resources, version) => {
-        const state = gatewayStateOf(resources, version, warn);
+        const state = gatewayStateOf(resources, version, opts.namespace, warn);
         for (const w of state.router.warnings) warn(w);
         mesh = state.mesh;
         proxy.update({ version, router: state.router, services: [...state.mesh.services.values()], workloads: state.mesh.workloads });

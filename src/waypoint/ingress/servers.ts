@@ -10,6 +10,8 @@
  *   server order); the others are dropped with a warning (Istio reports the conflict too).
  * - `tls.mode` ISTIO_MUTUAL is refused with a warning (it is for sidecars, which ambit has not):
  *   the server is not served. An HTTPS or TLS server without `tls` is not served either.
+ * - `tls.credentialName` is read in the namespace the gateway runs in (`istio-system` for Istio's
+ *   default one), not the Gateway's: Istio's rule.
  * - `tls.httpsRedirect` on an HTTP server answers every request 301 to https.
  * - `hosts` entries `ns/host`: `*` or absent = routes from any namespace, `.` = the gateway's.
  * - Gateway API listeners: protocol HTTP, HTTPS or TLS (tls.mode Terminate, the default, or
@@ -88,7 +90,7 @@ export function serverHosts(hosts: unknown, gatewayNamespace: string): ServerHos
   return out;
 }
 
-function istioServers(g: ConfigObject, warn: (m: string) => void): IngressServer[] {
+function istioServers(g: ConfigObject, warn: (m: string) => void, credentialNamespace: string): IngressServer[] {
   const spec = isObject(g.spec) ? g.spec : {};
   const servers = Array.isArray(spec.servers) ? spec.servers : [];
   const out: IngressServer[] = [];
@@ -115,7 +117,7 @@ function istioServers(g: ConfigObject, warn: (m: string) => void): IngressServer
       if (isObject(tls) && (tls.serverCertificate !== undefined || tls.privateKey !== undefined)) warn(`${id}: tls.serverCertificate/privateKey files are not read (use credentialName)`);
       if (mode === 'PASSTHROUGH' && protocol === 'HTTPS') warn(`${id}: HTTPS with PASSTHROUGH is routed by the VirtualServices' tls routes, as TLS`);
       if (mode !== 'PASSTHROUGH' && protocol === 'TLS') warn(`${id}: TLS with tls.mode ${mode}: terminated, then routed by the VirtualServices' tcp routes`);
-      server.tls = { mode, ...(credential ? { credential: { namespace: g.namespace, name: credential } } : {}) };
+      server.tls = { mode, ...(credential ? { credential: { namespace: credentialNamespace, name: credential } } : {}) };
       const min = TLS_VERSIONS[String(tls.minProtocolVersion ?? '')];
       const max = TLS_VERSIONS[String(tls.maxProtocolVersion ?? '')];
       if (tls.minProtocolVersion !== undefined && tls.minProtocolVersion !== 'TLS_AUTO' && !min) warn(`${id}: tls.minProtocolVersion ${String(tls.minProtocolVersion)}: TLS 1.2 is the least served`);
@@ -168,12 +170,17 @@ function gatewayApiServers(g: ConfigObject, warn: (m: string) => void): IngressS
 /** Whether a config object is a Gateway API Gateway (else an Istio one). */
 export const isGatewayApi = (g: ConfigObject): boolean => g.apiVersion.startsWith('gateway.networking.k8s.io/');
 
-/** The servers of the gateways, grouped by port (servers in gateway namespace/name, then server, order). */
-export function planListeners(gateways: readonly ConfigObject[], warn: (m: string) => void = () => undefined): Map<number, PortPlan> {
+/**
+ * The servers of the gateways, grouped by port (servers in gateway namespace/name, then server,
+ * order). `credentialNamespace`: where an Istio server's credentialName is read — the namespace
+ * the gateway runs in, whatever namespace the Gateway is in (Istio's rule); the Gateway's own
+ * when not given.
+ */
+export function planListeners(gateways: readonly ConfigObject[], warn: (m: string) => void = () => undefined, opts: { credentialNamespace?: string } = {}): Map<number, PortPlan> {
   const plans = new Map<number, PortPlan>();
   const sorted = [...gateways].filter((g) => g.kind === 'Gateway').sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
   for (const g of sorted) {
-    for (const s of isGatewayApi(g) ? gatewayApiServers(g, warn) : istioServers(g, warn)) {
+    for (const s of isGatewayApi(g) ? gatewayApiServers(g, warn) : istioServers(g, warn, opts.credentialNamespace ?? g.namespace)) {
       const kind = kindOf(s.protocol)!;
       const plan = plans.get(s.port);
       if (!plan) plans.set(s.port, { port: s.port, kind, servers: [s] });
