@@ -5,7 +5,9 @@
  * up `istio-system/istio-ingressgateway` (account istio-ingressgateway-service-account) while
  * one exists. Each runs `ambit gateway run` with a credential good for its own identity only,
  * on the first node, and its listener ports are exposed on that node's address (the node
- * DNATs them to the pod, as the CNI portmap plugin does for a hostPort).
+ * DNATs them to the pod, as the CNI portmap plugin does for a hostPort). The gateway opens and
+ * closes its listeners as its config changes, so a change of ports changes the node's rules,
+ * never the pod.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -18,8 +20,6 @@ import { ambitBin } from '../util/package.js';
 import { CONTROLLER_PORT, UNDERLAY_GATEWAY, type ClusterLayout } from './layout.js';
 import { BUILD_AND_PROFILE_ENV, nodeFlags } from './waypoint-pods.js';
 
-/** The annotation on a gateway pod listing the ports exposed on its node's address ("443,80"). */
-export const HOST_PORTS_ANNOTATION = 'ambit.dev/host-ports';
 /** Ports of the node's own processes (the node agent's admin, HBONE, metrics, readiness): never given to a gateway. */
 export const NODE_RESERVED_PORTS: readonly number[] = [15000, 15001, 15006, 15008, 15020, 15021];
 /** The gateway's own health and metrics port (the contract with `ambit gateway run`). */
@@ -85,7 +85,6 @@ export function planGateways(resources: Resource[], node: { name: string; ip: st
         plan.hostPorts.push(port);
       }
     }
-    if (plan.hostPorts.length > 0) plan.annotations[HOST_PORTS_ANNOTATION] = plan.hostPorts.join(',');
   }
   return plans;
 }
@@ -95,7 +94,8 @@ export const gatewayCredentialDir = (layout: ClusterLayout, namespace: string, s
 
 /**
  * A gateway's pod spec, on `node`, and `hash`, which changes when the pod must be made again
- * (its ports or tracing flags). Writes its credential (0600) the first time.
+ * (its tracing flags; not its ports, which the process follows by itself). Writes its
+ * credential (0600) the first time.
  */
 export function gatewayPod(layout: ClusterLayout, plan: GatewayPlan, node: string): { spec: PodSpec; hash: string } {
   const tracingArgs = [
@@ -111,11 +111,11 @@ export function gatewayPod(layout: ClusterLayout, plan: GatewayPlan, node: strin
     containers: [{
       name: 'istio-proxy', cwd: layout.stateDir,
       env: [...BUILD_AND_PROFILE_ENV.flatMap((key) => (process.env[key] ? [{ name: key, value: process.env[key] }] : [])), { name: 'NODE_NAME', fieldRef: 'spec.nodeName' }],
-      ports: [...plan.ports.map((p) => ({ containerPort: p, protocol: 'TCP' })), { name: 'http-envoy-prom', containerPort: GATEWAY_STATUS_PORT, protocol: 'TCP' }],
+      ports: [{ name: 'http-envoy-prom', containerPort: GATEWAY_STATUS_PORT, protocol: 'TCP' }],
       argv: [process.execPath, ...nodeFlags(), ambitBin(), 'gateway', 'run', '--name', `${plan.namespace}/${plan.serviceAccount}`, '--controller', `${UNDERLAY_GATEWAY}:${CONTROLLER_PORT}`,
         '--token-file', tokenFile, '--ca-file', join(layout.stateDir, 'ca', 'ca-cert.pem'), ...tracingArgs],
       readinessProbe: { httpGet: { path: '/healthz/ready', port: GATEWAY_STATUS_PORT, scheme: 'HTTP' }, periodSeconds: 1, initialDelaySeconds: 0, timeoutSeconds: 1, failureThreshold: 1, successThreshold: 1 },
     }],
   } as PodSpec;
-  return { spec, hash: [node, plan.ports.join(','), plan.hostPorts.join(','), ...tracingArgs].join(' ') };
+  return { spec, hash: [node, ...tracingArgs].join(' ') };
 }

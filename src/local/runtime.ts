@@ -22,7 +22,7 @@ import { ambitBin } from '../util/package.js';
 import { allocatePodIp, allocateVip, inServiceRange } from './addresses.js';
 import { endpoints, hostsFile, matches, resolvConf, serviceRules, servicesOf, type ReadyPods } from './services.js';
 import { BUILD_AND_PROFILE_ENV, isWaypointGateway, nodeFlags, waypointCredentialDir, waypointPod } from './waypoint-pods.js';
-import { gatewayCredentialDir, gatewayPod, HOST_PORTS_ANNOTATION, planGateways, type GatewayPlan } from './gateway-pods.js';
+import { gatewayCredentialDir, gatewayPod, planGateways, type GatewayPlan } from './gateway-pods.js';
 import { Component } from './component.js';
 import { agentReady, agentRequest } from './agent-control.js';
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -562,11 +562,14 @@ export class Runtime {
     }
   }
 
-  /** Each gateway pod's exposed ports as DNAT rules of its node: node address:port → pod:port (a hostPort). */
+  /** The gateways' exposed ports as DNAT rules of their node: node address:port → pod:port (a hostPort), as the Gateways are now. */
   private hostPortRules(nodeName: string): ServiceRule[] {
     const node = this.state.nodes.find((n) => n.name === nodeName)!;
-    return Object.values(this.state.pods).filter((p) => p.node === nodeName && p.owner?.kind === 'IngressGateway' && p.annotations[HOST_PORTS_ANNOTATION])
-      .flatMap((p) => p.annotations[HOST_PORTS_ANNOTATION]!.split(',').map(Number).map((port): ServiceRule => ({ vip: node.ip, protocol: 'TCP', port, endpoints: [{ ip: p.ip, port }] })));
+    return this.gatewayPlans().flatMap((plan) => {
+      const pod = this.state.pods[`${plan.namespace}/${plan.name}`];
+      if (!pod || pod.node !== nodeName || pod.owner?.kind !== 'IngressGateway') return [];
+      return plan.hostPorts.map((port): ServiceRule => ({ vip: node.ip, protocol: 'TCP', port, endpoints: [{ ip: pod.ip, port }] }));
+    });
   }
 
   private createPod(namespace: string, name: string, labels: Record<string, string>, annotations: Record<string, string>, spec: PodSpec, owner?: PodRecord['owner']): LocalPod {

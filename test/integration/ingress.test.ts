@@ -141,11 +141,15 @@ spec:
   rules: [{ from: [{ source: { principals: [cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account] } }] }]
 `;
 
-/** A second HTTPS host on 443 (SNI chooses its certificate) and a MUTUAL server on 8443. */
+/**
+ * A second HTTPS host on 443 (SNI chooses its certificate) and a MUTUAL server on 8443, in the
+ * gateway's own namespace as Istio's docs put them; their VirtualServices in default name them
+ * `istio-system/<name>`.
+ */
 const MORE_GATEWAYS = `
 apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: { name: other-gateway }
+metadata: { name: other-gateway, namespace: istio-system }
 spec:
   selector: { istio: ingressgateway }
   servers: [{ port: { number: 443, name: https-other, protocol: HTTPS }, tls: { mode: SIMPLE, credentialName: other-cert }, hosts: [other.example.com] }]
@@ -155,12 +159,12 @@ kind: VirtualService
 metadata: { name: other-route }
 spec:
   hosts: [other.example.com]
-  gateways: [other-gateway]
+  gateways: [istio-system/other-gateway]
   http: [{ route: [{ destination: { host: productpage, port: { number: 9080 } } }] }]
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: { name: mtls-gateway }
+metadata: { name: mtls-gateway, namespace: istio-system }
 spec:
   selector: { istio: ingressgateway }
   servers: [{ port: { number: 8443, name: https-mtls, protocol: HTTPS }, tls: { mode: MUTUAL, credentialName: mtls-cert }, hosts: [mtls.example.com] }]
@@ -170,7 +174,7 @@ kind: VirtualService
 metadata: { name: mtls-route }
 spec:
   hosts: [mtls.example.com]
-  gateways: [mtls-gateway]
+  gateways: [istio-system/mtls-gateway]
   http: [{ route: [{ destination: { host: backend-service, port: { number: 8080 } } }] }]
 `;
 
@@ -181,8 +185,8 @@ describeAsRoot('ingress gateways', () => {
     makeCa('server-ca');
     makeCa('client-ca');
     fingerprints.app = makeLeaf('app', 'server-ca', 'app.example.com', 1001);
-    fingerprints.appRotated = makeLeaf('app-rotated', 'server-ca', 'app.example.com', 1002);
     fingerprints.other = makeLeaf('other', 'server-ca', 'other.example.com', 1003);
+    fingerprints.otherRotated = makeLeaf('other-rotated', 'server-ca', 'other.example.com', 1005);
     fingerprints.mtls = makeLeaf('mtls', 'server-ca', 'mtls.example.com', 1004);
     makeLeaf('alice', 'client-ca', 'alice', 2001);
     await cluster.up(`${BASE}---\n${tlsSecret('frontend-cert', 'app')}---\n${tlsSecret('other-cert', 'other')}---\n${tlsSecret('mtls-cert', 'mtls')}---\n${caSecret('mtls-cert-cacert', 'client-ca')}`);
@@ -200,7 +204,7 @@ describeAsRoot('ingress gateways', () => {
     const status = await cluster.status();
     const gw = status.gateways.find((g) => g.name === 'istio-ingressgateway')!;
     expect(gw).toMatchObject({ namespace: 'istio-system', serviceAccount: 'istio-ingressgateway-service-account', address: NODE, hostPorts: [443, 8443], errors: [] });
-    expect(gw.from.sort()).toEqual(['Gateway.networking.istio.io/default/frontend-gateway', 'Gateway.networking.istio.io/default/mtls-gateway', 'Gateway.networking.istio.io/default/other-gateway']);
+    expect(gw.from.sort()).toEqual(['Gateway.networking.istio.io/default/frontend-gateway', 'Gateway.networking.istio.io/istio-system/mtls-gateway', 'Gateway.networking.istio.io/istio-system/other-gateway']);
     const pod = status.pods.find((p) => p.namespace === 'istio-system' && p.name === 'istio-ingressgateway')!;
     expect(pod.labels).toMatchObject({ istio: 'ingressgateway', app: 'istio-ingressgateway' });
     expect(status.controller?.subscribers.some((s) => s.kind === 'gateway' && s.name === 'istio-system/istio-ingressgateway-service-account')).toBe(true);
@@ -216,15 +220,19 @@ describeAsRoot('ingress gateways', () => {
     expect(readFileSync(join(cluster.stateDir, 'pods', 'istio-system.istio-ingressgateway', 'istio-proxy.log'), 'utf8')).not.toContain(key);
   });
 
-  it('carries HTTPS from outside the mesh to the meshed backend with the gateway\'s identity (the seed\'s Gateway, unchanged)', async () => {
-    const answer = await until('an answer through the gateway', async () => {
-      const a = await request(`https://${NODE}:443/api/orders`, 'app.example.com', { ca: 'server-ca' });
+  it('MUTUAL: refuses a client without a certificate, serves one with a certificate from the Secret\'s CA', async () => {
+    const refused = await request(`https://${NODE}:8443/x`, 'mtls.example.com', { ca: 'server-ca' });
+    expect(refused.status).toBeUndefined();
+    expect(refused.error).toMatch(/CERTIFICATE_REQUIRED|HANDSHAKE_FAILURE|ECONNRESET|socket hang up/i);
+    const answer = await until('an answer through the MUTUAL server', async () => {
+      const a = await request(`https://${NODE}:8443/x`, 'mtls.example.com', { ca: 'server-ca', client: 'alice' });
       return a.status === 200 && a;
     }, { timeout: 20_000, interval: 500 });
-    expect(answer).toEqual({ status: 200, body: 'backend /api/orders', fingerprint: fingerprints.app });
-    // The VirtualService routes /api only.
-    expect((await request(`https://${NODE}:443/other`, 'app.example.com', { ca: 'server-ca' })).status).toBe(404);
-    // The backend's node agent admitted it under the gateway's own identity (the policy allows only that one)...
+    expect(answer).toEqual({ status: 200, body: 'backend /x', fingerprint: fingerprints.mtls });
+  });
+
+  it('carries requests into the mesh with the gateway\'s own identity: the backend admits it, and refuses a meshed client with another', async () => {
+    // The backend's node agent admitted the gateway's connection under its identity (the policy allows only that one)...
     const opened = (await cluster.metrics('node-2')).split('\n').find((l) => l.startsWith('istio_tcp_connections_opened_total{') && l.includes('reporter="destination"')
       && l.includes(`source_principal="${GATEWAY_PRINCIPAL}"`) && l.includes('destination_workload="backend"'));
     expect(opened).toBeDefined();
@@ -237,25 +245,30 @@ describeAsRoot('ingress gateways', () => {
   it('picks the certificate by SNI, and checks it against the client\'s CA', async () => {
     expect(await request(`https://${NODE}:443/`, 'other.example.com', { ca: 'server-ca' })).toEqual({ status: 200, body: 'productpage /', fingerprint: fingerprints.other });
     // A client that trusts another CA refuses the gateway's certificate.
-    expect((await request(`https://${NODE}:443/api/x`, 'app.example.com', { ca: 'client-ca' })).error).toBe('UNABLE_TO_VERIFY_LEAF_SIGNATURE');
-  });
-
-  it('MUTUAL: refuses a client without a certificate, serves one with a certificate from the Secret\'s CA', async () => {
-    const refused = await request(`https://${NODE}:8443/x`, 'mtls.example.com', { ca: 'server-ca' });
-    expect(refused.status).toBeUndefined();
-    expect(refused.error).toMatch(/CERTIFICATE_REQUIRED|HANDSHAKE_FAILURE|ECONNRESET|socket hang up/i);
-    expect(await request(`https://${NODE}:8443/x`, 'mtls.example.com', { ca: 'server-ca', client: 'alice' })).toEqual({ status: 200, body: 'backend /x', fingerprint: fingerprints.mtls });
+    expect((await request(`https://${NODE}:443/`, 'other.example.com', { ca: 'client-ca' })).error).toBe('UNABLE_TO_VERIFY_LEAF_SIGNATURE');
   });
 
   it('serves a rotated Secret without restarting the gateway', async () => {
     const before = (await cluster.status()).pods.find((p) => p.name === 'istio-ingressgateway')!;
-    await cluster.apply('rotated.yaml', tlsSecret('frontend-cert', 'app-rotated'));
-    await until('the rotated certificate', async () => (await request(`https://${NODE}:443/api/r`, 'app.example.com', { ca: 'server-ca' })).fingerprint === fingerprints.appRotated, { timeout: 15_000, interval: 300 });
+    await cluster.apply('rotated.yaml', tlsSecret('other-cert', 'other-rotated'));
+    await until('the rotated certificate', async () => (await request(`https://${NODE}:443/`, 'other.example.com', { ca: 'server-ca' })).fingerprint === fingerprints.otherRotated, { timeout: 15_000, interval: 300 });
     const after = (await cluster.status()).pods.find((p) => p.name === 'istio-ingressgateway')!;
     expect({ restarts: after.restarts, createdAt: after.createdAt, ready: isReady(after) }).toEqual({ restarts: before.restarts, createdAt: before.createdAt, ready: true });
   });
 
+  it('serves the seed\'s Gateway and VirtualService, unchanged: its credentialName is read in the gateway\'s namespace (istio-system), as Istio does', async () => {
+    const answer = await until('an answer through frontend-gateway', async () => {
+      const a = await request(`https://${NODE}:443/api/orders`, 'app.example.com', { ca: 'server-ca' });
+      return a.status === 200 && a;
+    }, { timeout: 20_000, interval: 500 });
+    expect(answer).toEqual({ status: 200, body: 'backend /api/orders', fingerprint: fingerprints.app });
+    // The VirtualService routes /api only.
+    expect((await request(`https://${NODE}:443/other`, 'app.example.com', { ca: 'server-ca' })).status).toBe(404);
+  });
+
   it('takes Istio\'s and the Gateway API\'s bookinfo gateways unchanged; a port both want goes to one, and status says why', async () => {
+    const ingressPod = async () => (await cluster.status()).pods.find((p) => p.name === 'istio-ingressgateway')!;
+    const before = await ingressPod();
     const istio = await cluster.apply('bookinfo-gateway.yaml', readFileSync(join(SHARED, 'conformance', 'istio', 'bookinfo-gateway.yaml'), 'utf8'));
     expect(istio).toContain('gateway.networking.istio.io/bookinfo-gateway created');
     await until('bookinfo through the Istio gateway on port 80', async () => (await request(`http://${NODE}:80/productpage`, 'bookinfo.example')).body === 'productpage /productpage', { timeout: 20_000, interval: 500 });
@@ -278,13 +291,17 @@ describeAsRoot('ingress gateways', () => {
     const pod = (await cluster.status()).pods.find((p) => p.name === 'bookinfo-gateway-gateway')!;
     const metrics = await cluster.nodeFetch('node-1', `http://${pod.ip}:15020/metrics`);
     expect(metrics).toMatch(/istio_requests_total\{[^}]*reporter="source"[^}]*destination_service_name="productpage"[^}]*\} [1-9]/);
+    // Port 80 came and went on Istio's gateway: its listeners followed, the pod stayed.
+    const after = await ingressPod();
+    expect({ createdAt: after.createdAt, restarts: after.restarts }).toEqual({ createdAt: before.createdAt, restarts: before.restarts });
+    expect((await cluster.status()).gateways.find((g) => g.name === 'istio-ingressgateway')!.hostPorts).toEqual([443, 8443]);
   }, 90_000);
 
   it('reports Istio\'s request metrics with reporter="source" on the gateway\'s 15020', async () => {
     const pod = (await cluster.status()).pods.find((p) => p.name === 'istio-ingressgateway')!;
     const metrics = await cluster.nodeFetch('node-1', `http://${pod.ip}:15020/metrics`);
     const line = metrics.split('\n').find((l) => l.startsWith('istio_requests_total{') && l.includes('destination_service_name="backend-service"') && l.includes('response_code="200"'));
-    expect(line).toBeDefined();
+    expect(line, metrics.split('\n').filter((l) => l.startsWith('istio_requests_total{')).join('\n')).toBeDefined();
     expect(line).toContain('reporter="source"');
     expect(line).toContain('source_workload="istio-ingressgateway"');
     expect(line).toContain('source_principal="spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"');
