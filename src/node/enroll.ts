@@ -44,7 +44,8 @@ export interface PodHandlers {
   hbone(socket: Socket, pod: EnrolledPod): void;
   /**
    * The pod's DNS listener on `listenerAddr` (127.0.0.1 or ::1) port 15053, where its UDP queries
-   * to port 53 are steered. Only with `captureDns`; the enroller closes it with the pod's listeners.
+   * to port 53 are steered. Only with `captureDns`; called as soon as the socket is bound, before
+   * `enroll` resolves; the enroller closes it with the pod's listeners.
    */
   dns?(socket: UdpSocket, listenerAddr: string, pod: EnrolledPod): void;
 }
@@ -207,7 +208,10 @@ export class PodEnroller {
           const socket = await bindUdp(fd, family);
           fds.length = 0;
           pod.udp.push(socket);
-          void enrolled.then(() => dns.call(this.handlers, socket, host, pod));
+          // At once, not after enrollment like the TCP listeners: a datagram with no listener
+          // for it is lost (during a handover this socket shares the old agent's traffic at
+          // once), and answering needs nothing the caller records.
+          dns.call(this.handlers, socket, host, pod);
         }
       }
 
