@@ -4,7 +4,9 @@
  * against Kubernetes' schemas), and the controller's reconciler writing them against the
  * stand-in API server while leaving waypoints' objects alone.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { buildModel, type SourceSnapshot } from '../../src/config/model.js';
+import { KubernetesSource } from '../../src/control/kube-source.js';
 import { ingressGatewayReconciler } from '../../src/control/kube/gateways.js';
 import { WaypointReconciler } from '../../src/control/kube/waypoints.js';
 import { ingressGatewayObjects, isIngressGatewayObject } from '../../src/install/gateway.js';
@@ -130,5 +132,42 @@ describe('the controller\'s ingress gateway reconciler', () => {
     expect(server.get('ServiceAccount', 'default', 'bookinfo-gateway')).toBeUndefined();
     expect(server.get('Deployment', 'default', 'waypoint', 'apps')).toBeDefined();
     expect(server.get('ServiceAccount', 'default', 'waypoint')).toBeDefined();
+  });
+});
+
+describe('the Kubernetes source and ingress gateways', () => {
+  it('watches TLS Secrets only (a field selector), takes a rotation as a change, and an ingress gateway\'s own account as its credential', async () => {
+    const server = new FakeApiServer([
+      { group: '', version: 'v1', kind: 'Namespace', plural: 'namespaces' },
+      { group: '', version: 'v1', kind: 'ServiceAccount', plural: 'serviceaccounts' },
+      { group: '', version: 'v1', kind: 'Secret', plural: 'secrets' },
+      { group: 'gateway.networking.k8s.io', version: 'v1', kind: 'Gateway', plural: 'gateways' },
+    ]);
+    await server.start();
+    const pem = (tag: string) => Buffer.from(`-----BEGIN CERTIFICATE-----\n${tag}\n-----END CERTIFICATE-----\n`).toString('base64');
+    const key = Buffer.from('-----BEGIN PRIVATE KEY-----\nK\n-----END PRIVATE KEY-----\n').toString('base64');
+    server.apply('Secret', { metadata: { name: 'web-cert', namespace: 'default' }, type: 'kubernetes.io/tls', data: { 'tls.crt': pem('one'), 'tls.key': key } });
+    server.apply('Gateway', bookinfo, 'gateway.networking.k8s.io');
+    server.apply('ServiceAccount', { metadata: { name: 'bookinfo-gateway', namespace: 'default', labels: { 'gateway.networking.k8s.io/gateway-name': 'bookinfo-gateway' } } });
+    server.apply('ServiceAccount', { metadata: { name: 'istio-ingressgateway-service-account', namespace: 'istio-system', labels: { 'ambit.dev/ingress-gateway': 'istio-ingressgateway' } } });
+    server.apply('ServiceAccount', { metadata: { name: 'app', namespace: 'default' } });
+    const snapshots: SourceSnapshot[] = [];
+    const source = new KubernetesSource(new KubeClient({ server: server.url }), { debounceMs: 10, absentRetryMs: 60_000, backoffMs: 20, resyncMs: 0 });
+    source.start((snap) => snapshots.push(snap));
+    const certOf = () => buildModel(snapshots.at(-1) ?? { resources: [], pods: [] }, 'cluster.local').secrets.find((x) => x.name === 'web-cert')?.data['tls.crt'];
+    try {
+      await vi.waitFor(() => expect(certOf()).toContain('one'), { timeout: 5000, interval: 10 });
+      const secretRequests = server.requests.filter((r) => r.url.startsWith('/api/v1/secrets'));
+      expect(secretRequests.length).toBeGreaterThan(0);
+      expect(secretRequests.filter((r) => !r.url.includes('fieldSelector=type%3Dkubernetes.io%2Ftls'))).toEqual([]);
+      server.apply('Secret', { metadata: { name: 'web-cert', namespace: 'default' }, type: 'kubernetes.io/tls', data: { 'tls.crt': pem('two'), 'tls.key': key } });
+      await vi.waitFor(() => expect(certOf()).toContain('two'), { timeout: 5000, interval: 10 });
+      expect(source.isWaypoint('default', 'bookinfo-gateway')).toBe(true);
+      expect(source.isWaypoint('istio-system', 'istio-ingressgateway-service-account')).toBe(true);
+      expect(source.isWaypoint('default', 'app')).toBe(false);
+    } finally {
+      source.stop();
+      await server.close();
+    }
   });
 });
