@@ -342,12 +342,13 @@ export class Runtime {
     return { name, ...(c.spec.node ? { node: c.spec.node } : {}), state: c.pid === undefined ? 'stopped' : 'running', ...(c.pid ? { pid: c.pid } : {}) };
   }
 
-  /** The Prometheus's targets: every node agent, and every waypoint pod with an address. */
+  /** The Prometheus's targets: every node agent, and every waypoint and ingress gateway pod with an address. */
   private writeTargets(): void {
     if (!this.prometheus) return;
     this.prometheus.writeTargets({
       nodes: this.state.nodes.map((n) => ({ node: n.name, ip: n.ip })),
-      waypoints: Object.values(this.state.pods).filter((p) => p.labels[WAYPOINT_GATEWAY_LABEL] !== undefined)
+      // Ingress gateways too (Istio's default one has no gateway-name label): their requests' metrics, reporter="source".
+      waypoints: Object.values(this.state.pods).filter((p) => p.labels[WAYPOINT_GATEWAY_LABEL] !== undefined || p.owner?.kind === 'IngressGateway')
         .map((p) => ({ namespace: p.namespace, pod: p.name, ip: p.ip })),
     });
   }
