@@ -242,8 +242,8 @@ const gatewayTls = object({
   httpsRedirect: bool, mode: oneOf(['PASSTHROUGH', 'SIMPLE', 'MUTUAL', 'AUTO_PASSTHROUGH', 'ISTIO_MUTUAL', 'OPTIONAL_MUTUAL']),
   serverCertificate: [string(), { warn: FROM_FILES }], privateKey: [string(), { warn: FROM_FILES }], caCertificates: [string(), { warn: FROM_FILES }],
   caCrl: [string(), { warn: NOT_USED }], credentialName: string(), credentialNames: [strings, { warn: 'ambit reads one certificate per server, from credentialName: accepted, not used' }],
-  tlsCertificates: [any, { warn: FROM_FILES }], subjectAltNames: strings, verifyCertificateSpki: [strings, { warn: NOT_USED }], verifyCertificateHash: [strings, { warn: NOT_USED }],
-  minProtocolVersion: string(), maxProtocolVersion: string(), cipherSuites: strings,
+  tlsCertificates: [any, { warn: FROM_FILES }], subjectAltNames: [strings, { warn: NOT_USED }], verifyCertificateSpki: [strings, { warn: NOT_USED }], verifyCertificateHash: [strings, { warn: NOT_USED }],
+  minProtocolVersion: string(), maxProtocolVersion: string(), cipherSuites: [strings, { warn: NOT_USED }],
 }, {
   // A missing Secret is a runtime state (the gateway serves the server once it exists), not a mistake in the Gateway.
   check: (o, p, r) => {

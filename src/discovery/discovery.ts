@@ -154,7 +154,10 @@ function ingressView(model: MeshModel, name: string, put: (type: string, id: str
   if (gatewayApi) {
     for (const listener of refsOf((gatewayApi.spec as { listeners?: unknown } | undefined)?.listeners)) {
       for (const ref of refsOf((listener.tls as { certificateRefs?: unknown } | undefined)?.certificateRefs)) {
-        if ((ref.kind ?? 'Secret') === 'Secret' && (ref.group ?? '') === '' && typeof ref.name === 'string') named.add(`${str(ref.namespace) ?? gatewayApi.namespace}/${ref.name}`);
+        // Another namespace's Secret would need a ReferenceGrant, which ambit does not read: not sent.
+        if ((ref.kind ?? 'Secret') === 'Secret' && (ref.group ?? '') === '' && typeof ref.name === 'string' && (str(ref.namespace) ?? gatewayApi.namespace) === gatewayApi.namespace) {
+          named.add(`${gatewayApi.namespace}/${ref.name}`);
+        }
       }
     }
   }

@@ -92,7 +92,7 @@ spec:
     tls: { mode: ISTIO_MUTUAL }
     hosts: ["*.local"]
   - port: { number: 443, name: https, protocol: HTTPS }
-    tls: { mode: SIMPLE, serverCertificate: /etc/certs/cert.pem, privateKey: /etc/certs/key.pem }
+    tls: { mode: SIMPLE, serverCertificate: /etc/certs/cert.pem, privateKey: /etc/certs/key.pem, subjectAltNames: [a] }
     hosts: ["*"]
 `);
     expect(errors(other.diagnostics)).toEqual([]);
@@ -100,6 +100,7 @@ spec:
       "spec.servers[0].tls.mode: ISTIO_MUTUAL is for Istio's sidecars and east-west gateways (multi-cluster): ambit does not act on it, and the server is not served",
       "spec.servers[1].tls.serverCertificate: ambit reads a gateway's certificate from the Secret named by credentialName only: accepted, not used",
       "spec.servers[1].tls.privateKey: ambit reads a gateway's certificate from the Secret named by credentialName only: accepted, not used",
+      'spec.servers[1].tls.subjectAltNames: accepted; not used by ambit',
       "spec.servers[1].tls.credentialName: a SIMPLE server needs its certificate: ambit reads it from the Secret credentialName names (in the gateway's namespace), and serves the server only with one",
     ]);
   });
@@ -152,7 +153,8 @@ spec:
   - name: https
     port: 8443
     protocol: HTTPS
-    tls: { mode: Terminate, certificateRefs: [{ name: web-cert }] }
+    # Another namespace's Secret needs a ReferenceGrant (not read): never sent.
+    tls: { mode: Terminate, certificateRefs: [{ name: web-cert }, { name: frontend-cert, namespace: istio-system }] }
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -202,7 +204,7 @@ describe('a gateway\'s model and discovery view', () => {
     ]);
   });
 
-  it('gives a Gateway API gateway its Gateway, the HTTPRoutes whose parentRefs name it, and its certificateRefs', () => {
+  it('gives a Gateway API gateway its Gateway, the HTTPRoutes whose parentRefs name it, and its certificateRefs in its namespace', () => {
     const keys = [...viewFor(model, 'gateway', 'shop/web').keys()].filter((k) => !/^(workload|service|policy|waypoint)\//.test(k));
     expect(keys.sort()).toEqual(['ingress/Gateway/shop/web', 'l7/DestinationRule/default/backend', 'l7/HTTPRoute/shop/web-route', 'secret/shop/web-cert']);
   });
