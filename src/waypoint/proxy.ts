@@ -82,8 +82,9 @@ export interface WaypointState {
 export interface IngressSource {
   /** The client's address (the TCP peer of the listener). */
   clientIp: string;
-  /** The listener's port. */
+  /** The listener's port, and the address the client connected to. */
   port: number;
+  localIp?: string;
   /** Where the request goes, by its Host, path and headers (the gateway's routing). */
   route(req: { method: string; path: string; authority: string; headers: IncomingHttpHeaders }): RouteAction;
 }
@@ -416,6 +417,16 @@ export class WaypointProxy {
       return ex.reply(431, '-', `more than ${MAX_HEADERS} header fields\n`);
     }
     const r = ex.record;
+    if (state.authorizer) {
+      // AuthorizationPolicy at the gateway itself (its pods' selector, or its Gateway as targetRef): the
+      // client is outside the mesh, so it has no principal; remote.ip is its address (no trusted proxies).
+      const decision = state.authorizer.evaluate(
+        { sourceIp: r.sourceIp, remoteIp: r.sourceIp, destinationIp: source.localIp ?? '', destinationPort: source.port, host: r.authority, method: r.method, path: r.path, headers: req.headers as IncomingHttpHeaders },
+        { waypoint: this.opts.gateway ?? { namespace: '', name: '' } },
+      );
+      if (decision.reason !== 'no policy applies') r.authz = decision.reason;
+      if (!decision.allowed) return ex.reply(403, '-', 'RBAC: access denied\n');
+    }
     const action = this.settleRoute(ex, source.route({ method: r.method, path: r.path, authority: r.authority, headers: req.headers as IncomingHttpHeaders }));
     if (!action) return;
     const first = action.destinations[0];

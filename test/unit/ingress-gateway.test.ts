@@ -96,6 +96,18 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
         gatewayClassName: 'istio', listeners: [{ name: 'https', port: API, protocol: 'HTTPS', hostname: 'api.example.com', tls: { certificateRefs: [{ kind: 'Secret', name: 'api-cert' }] } }],
       },
     }],
+    // At the gateway: Istio's selector policy for its pods applies; one selecting other pods, or in another namespace, does not.
+    ['policy/AuthorizationPolicy/istio-system/no-admin', 'policy', {
+      apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', namespace: 'istio-system', name: 'no-admin',
+      spec: { selector: { matchLabels: { istio: 'ingressgateway' } }, action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin*'] } }] }] },
+    }],
+    ['policy/AuthorizationPolicy/istio-system/other-pods', 'policy', {
+      apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', namespace: 'istio-system', name: 'other-pods', spec: { selector: { matchLabels: { app: 'other' } }, action: 'DENY', rules: [{}] },
+    }],
+    ['policy/AuthorizationPolicy/shop/reviews-from-gateway', 'policy', {
+      apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', namespace: 'shop', name: 'reviews-from-gateway',
+      spec: { action: 'ALLOW', rules: [{ from: [{ source: { principals: ['cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account'] } }] }] },
+    }],
     ['l7/VirtualService/shop/web', 'l7', {
       apiVersion: 'networking.istio.io/v1', kind: 'VirtualService', namespace: 'shop', name: 'web', spec: {
         hosts: ['a.example.com', '*.b.example.com', 'm.example.com', 'plain.example.com'], gateways: ['gw'],
@@ -142,9 +154,9 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
 
 let version = 0;
 async function apply(resources: Map<string, WireResource>): Promise<void> {
-  const state = gatewayStateOf(resources, String(++version), 'istio-system');
+  const state = gatewayStateOf(resources, String(++version), { namespace: 'istio-system', name: 'istio-ingressgateway-service-account', identity: GATEWAY });
   mesh = state.mesh;
-  proxy.update({ version: state.gateway.version, router: state.router, services: [...state.mesh.services.values()], workloads: state.mesh.workloads });
+  proxy.update({ version: state.gateway.version, router: state.router, services: [...state.mesh.services.values()], workloads: state.mesh.workloads, authorizer: state.authorizer });
   await gateway.update(state.gateway);
 }
 
@@ -230,7 +242,7 @@ beforeAll(async () => {
   await standIn(ENDPOINT_IP, REVIEWS, new Map([[9080, await listen(app)], [8443, await listen(tlsApp)]]));
   await standIn(WAYPOINT_IP, WAYPOINT, new Map([[9090, await listen(wpApp)]]));
 
-  proxy = new WaypointProxy({ tracer: new Tracer({ sampler: new Sampler(100), sink: { add: (span) => spans.push(span) } }), identity: GATEWAY, certificate: () => manager.acquire(GATEWAY), roots: () => manager.trustBundle, socket: loopbackSocket, viaWaypoints: true, protocolByPort: true });
+  proxy = new WaypointProxy({ gateway: { namespace: 'istio-system', name: 'istio-ingressgateway-service-account' }, tracer: new Tracer({ sampler: new Sampler(100), sink: { add: (span) => spans.push(span) } }), identity: GATEWAY, certificate: () => manager.acquire(GATEWAY), roots: () => manager.trustBundle, socket: loopbackSocket, viaWaypoints: true, protocolByPort: true });
   const accessLog = pino({ level: 'info' }, { write: (line: string) => void access.push(JSON.parse(line) as Record<string, unknown>) });
   proxy.onRequest = requestReporter(new RequestMetrics(metrics.registry), accessLog, () => mesh, () => gatewayPeer(mesh, GATEWAY, 'istio-system', 'istio-ingressgateway-service-account'));
   gateway = new IngressListeners({ proxy, host: '127.0.0.1', accessLog });
@@ -337,6 +349,15 @@ describe('ingress gateway: routing', () => {
     // Tunnels are pooled: the gateway's tunnels to the endpoint, as the endpoint's agent saw them.
     expect(tunnels).toContainEqual({ at: ENDPOINT_IP, peer: GATEWAY, authority: `${ENDPOINT_IP}:9080` });
     expect(tunnels.every((t) => t.peer === GATEWAY)).toBe(true);
+  });
+
+  it('applies AuthorizationPolicy selecting the gateway\'s pods at the gateway (403), and not those for other workloads', async () => {
+    const denied = await httpsGet(HTTPS, 'a.example.com', '/admin/users');
+    expect(denied.status).toBe(403);
+    expect(denied.body).toBe('RBAC: access denied\n');
+    expect(access.find((a) => (a.request as { path?: string } | undefined)?.path === '/admin/users')).toMatchObject({ response: { code: 403 }, authorization: expect.stringContaining('no-admin') });
+    expect((await httpsGet(HTTPS, 'a.example.com', '/administrator-not')).status).toBe(403);
+    expect((await httpsGet(HTTPS, 'a.example.com', '/users')).status).toBe(200);
   });
 
   it('reaches a service bound to a waypoint through the waypoint (its VIP:port as authority)', async () => {

@@ -27,6 +27,7 @@ import { readFlagFile, tokenFile, waitForFile } from '../../util/files.js';
 import { HttpError, listenTcp, localServer, sendJson } from '../../util/local-http.js';
 import { WAYPOINT_ADMIN_PORT, waypointAdminAnswer } from '../admin.js';
 import { requestReporter } from '../app.js';
+import { L7Authorizer } from '../authz.js';
 import { WaypointProxy } from '../proxy.js';
 import { Router } from '../routing.js';
 import { IngressListeners, type GatewayState } from './listeners.js';
@@ -83,9 +84,10 @@ const MESH_TYPES = new Set(['workload', 'service', 'policy', 'waypoint', 'l7']);
 
 /**
  * The gateway's view as its listeners and proxy use it; throws (a NACK) on what it cannot use.
- * `namespace`: the one the gateway runs in, where Istio servers' credentialName is read.
+ * `self`: the gateway (its namespace, where Istio servers' credentialName is read; its name and
+ * identity, which its AuthorizationPolicies are found by).
  */
-export function gatewayStateOf(resources: ReadonlyMap<string, WireResource>, version: string, namespace: string, warn: (msg: string) => void = () => undefined): { gateway: GatewayState; mesh: MeshState; router: Router } {
+export function gatewayStateOf(resources: ReadonlyMap<string, WireResource>, version: string, self: GatewaySelf, warn: (msg: string) => void = () => undefined): { gateway: GatewayState; mesh: MeshState; router: Router; authorizer: L7Authorizer } {
   const meshResources = new Map<string, WireResource>();
   const l7: ConfigObject[] = [];
   const ingress: ConfigObject[] = [];
@@ -105,8 +107,39 @@ export function gatewayStateOf(resources: ReadonlyMap<string, WireResource>, ver
   const mesh = new MeshState(version, meshResources);
   const router = new Router(l7, [...mesh.services.values()]);
   const routes = new GatewayRoutes(l7, router);
-  const plans = planListeners(ingress, warn, { credentialNamespace: namespace });
-  return { gateway: { version, plans, routes, secrets }, mesh, router };
+  const plans = planListeners(ingress, warn, { credentialNamespace: self.namespace });
+  const labels = [...mesh.workloads.values()].find((w) => w.identity === self.identity)?.labels;
+  const authorizer = new L7Authorizer(gatewayPolicies(mesh.policies, { ...self, ...(labels ? { labels } : {}) }), { log: warn });
+  return { gateway: { version, plans, routes, secrets }, mesh, router, authorizer };
+}
+
+/** The gateway itself: its namespace and name (service account), its identity. */
+export interface GatewaySelf { namespace: string; name: string; identity?: string }
+
+/**
+ * The AuthorizationPolicies that apply at the gateway, as policies bound to it (targetRef kind
+ * Gateway named as the gateway) for the waypoint's authorizer: those with a targetRef to its
+ * Gateway API Gateway as they are, and Istio's selector policies that select its pods — in its
+ * own namespace or the root namespace, without a selector (every workload there) or with
+ * `matchLabels` its pods carry (`labels`; unknown before its pods are in the view: only
+ * selector-less ones). Those are moved to its namespace (a root-namespace policy's short
+ * serviceAccounts then read in the gateway's namespace).
+ */
+export function gatewayPolicies(policies: readonly ConfigObject[], self: GatewaySelf & { labels?: Record<string, string> }, rootNamespace = 'istio-system'): ConfigObject[] {
+  const out: ConfigObject[] = [];
+  for (const p of policies) {
+    if (p.kind !== 'AuthorizationPolicy' || !p.apiVersion.startsWith('security.istio.io/') || !isObject(p.spec)) continue;
+    const { selector, targetRef, targetRefs, ...rest } = p.spec;
+    if (targetRef !== undefined || (Array.isArray(targetRefs) && targetRefs.length > 0)) {
+      out.push(p);
+      continue;
+    }
+    if (p.namespace !== self.namespace && p.namespace !== rootNamespace) continue;
+    const wanted = isObject(selector) && isObject(selector.matchLabels) ? Object.entries(selector.matchLabels) : [];
+    if (wanted.length > 0 && !(self.labels && wanted.every(([k, v]) => self.labels![k] === v))) continue;
+    out.push({ ...p, namespace: self.namespace, spec: { ...rest, targetRefs: [{ group: 'gateway.networking.k8s.io', kind: 'Gateway', name: self.name }] } });
+  }
+  return out;
 }
 
 function parseJson(r: WireResource): unknown {
@@ -151,7 +184,7 @@ export class IngressGateway {
     void certs.acquire(identity).catch((err: Error) => opts.log.error({ err: err.message, identity }, 'no certificate yet'));
     const tracer = createTracer({ serviceName: `${opts.name}.${opts.namespace}`, ...opts.tracing }, { log: opts.log });
     const proxy = new WaypointProxy({
-      identity, tracer, certificate: () => certs.get(identity), roots: () => certs.trustBundle,
+      identity, gateway: { namespace: opts.namespace, name: opts.name }, tracer, certificate: () => certs.get(identity), roots: () => certs.trustBundle,
       socket: (family: 4 | 6) => tcpSocketOf(family), log: opts.log, viaWaypoints: true, protocolByPort: true,
     });
     const listeners = new IngressListeners({ proxy, log: opts.log, accessLog: opts.accessLog, ...(opts.listenHost ? { host: opts.listenHost } : {}) });
@@ -174,10 +207,10 @@ export class IngressGateway {
       address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,
       node: '', kind: GATEWAY_SUBSCRIBER, name: `${opts.namespace}/${opts.name}`, log: opts.log,
       apply: (resources, version) => {
-        const state = gatewayStateOf(resources, version, opts.namespace, warn);
+        const state = gatewayStateOf(resources, version, { namespace: opts.namespace, name: opts.name, identity }, warn);
         for (const w of state.router.warnings) warn(w);
         mesh = state.mesh;
-        proxy.update({ version, router: state.router, services: [...state.mesh.services.values()], workloads: state.mesh.workloads });
+        proxy.update({ version, router: state.router, services: [...state.mesh.services.values()], workloads: state.mesh.workloads, authorizer: state.authorizer });
         applying = applying.then(() => listeners.update(state.gateway)).then(() => {
           configured = true;
           for (const w of state.gateway.routes.warnings) warn(w);

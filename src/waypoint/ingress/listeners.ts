@@ -61,7 +61,7 @@ export interface IngressListenersOptions {
 export interface ServerStatus { id: string; port: number; protocol: string; hosts: string[]; tls?: string; served: boolean; problem?: string; certificate?: CertificateInfo }
 
 /** Per accepted connection: where it came in and, once TLS picked it, the server. */
-interface Conn { port: number; clientIp: string; scheme: 'http' | 'https'; server?: IngressServer; sni?: string }
+interface Conn { port: number; clientIp: string; localIp: string; scheme: 'http' | 'https'; server?: IngressServer; sni?: string }
 
 export class IngressListeners {
   private state?: GatewayState;
@@ -202,7 +202,9 @@ export class IngressListeners {
     this.sockets.add(socket);
     socket.once('close', () => this.sockets.delete(socket));
     socket.setNoDelay(true);
-    const conn: Conn = { port, clientIp: (socket.remoteAddress ?? '').replace(/^::ffff:/, ''), scheme: plan.kind === 'tls' ? 'https' : 'http' };
+    const conn: Conn = {
+      port, clientIp: (socket.remoteAddress ?? '').replace(/^::ffff:/, ''), localIp: (socket.localAddress ?? '').replace(/^::ffff:/, ''), scheme: plan.kind === 'tls' ? 'https' : 'http',
+    };
     if (plan.kind === 'tls') {
       this.sniff(socket, MAX_CLIENT_HELLO_BYTES, (buf) => {
         const hello = parseClientHello(buf);
@@ -366,7 +368,7 @@ export class IngressListeners {
     else if (server.httpsRedirect) {
       route = (r) => ({ kind: 'redirect', route: `${server.id} httpsRedirect`, status: 301, location: `https://${authority.replace(/:\d+$/, '')}${r.path}` });
     } else route = (r) => state.routes.route(server, host, { ...r, scheme: conn.scheme });
-    void proxy.serveIngress(req, res as unknown as Res, { clientIp: conn.clientIp, port: conn.port, route }).catch((err: Error) => {
+    void proxy.serveIngress(req, res as unknown as Res, { clientIp: conn.clientIp, localIp: conn.localIp, port: conn.port, route }).catch((err: Error) => {
       this.log.warn({ err: err.message }, 'ingress request failed');
       if (!res.headersSent) res.writeHead(500);
       res.end();
