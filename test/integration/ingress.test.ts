@@ -214,7 +214,8 @@ describeAsRoot('ingress gateways', () => {
     const text = await cluster.ok(['local', 'status', '--cluster', cluster.name]);
     expect(text).toContain('Secret istio-system/frontend-cert');
     expect(text).toContain(`${NODE}:443,${NODE}:8443`);
-    for (const log of ['controller.log', 'node-agent.node-1.log', 'node-agent.node-2.log', 'runtime.log'].map((f) => join(cluster.stateDir, 'logs', f)).filter(existsSync)) {
+    for (const log of ['controller.log', 'node-agent.node-1.log', 'node-agent.node-2.log', 'runtime.log'].map((f) => join(cluster.stateDir, 'logs', f))) {
+      expect(existsSync(log), log).toBe(true);
       expect(readFileSync(log, 'utf8'), log).not.toContain(key);
     }
     expect(readFileSync(join(cluster.stateDir, 'pods', 'istio-system.istio-ingressgateway', 'istio-proxy.log'), 'utf8')).not.toContain(key);
