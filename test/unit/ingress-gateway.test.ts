@@ -83,6 +83,7 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
           { port: { number: HTTPS, name: 'https-a', protocol: 'HTTPS' }, hosts: ['a.example.com'], tls: { mode: 'SIMPLE', credentialName: 'a-cert' } },
           { port: { number: HTTPS, name: 'https-b', protocol: 'HTTPS' }, hosts: ['shop/*.b.example.com'], tls: { mode: 'SIMPLE', credentialName: 'b-cert', minProtocolVersion: 'TLSV1_3' } },
           { port: { number: HTTPS, name: 'https-m', protocol: 'HTTPS' }, hosts: ['m.example.com'], tls: { mode: 'MUTUAL', credentialName: 'm-cert' } },
+          { port: { number: HTTPS, name: 'https-o', protocol: 'HTTPS' }, hosts: ['o.example.com'], tls: { mode: 'OPTIONAL_MUTUAL', credentialName: 'o-cert' } },
           { port: { number: HTTPS, name: 'https-x', protocol: 'HTTPS' }, hosts: ['missing.example.com'], tls: { mode: 'SIMPLE', credentialName: 'no-such-secret' } },
           { port: { number: HTTPS, name: 'tls-pass', protocol: 'TLS' }, hosts: ['pass.example.com'], tls: { mode: 'PASSTHROUGH' } },
           { port: { number: HTTP, name: 'http', protocol: 'HTTP' }, hosts: ['plain.example.com', 'a.example.com'] },
@@ -110,7 +111,7 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
     }],
     ['l7/VirtualService/shop/web', 'l7', {
       apiVersion: 'networking.istio.io/v1', kind: 'VirtualService', namespace: 'shop', name: 'web', spec: {
-        hosts: ['a.example.com', '*.b.example.com', 'm.example.com', 'plain.example.com'], gateways: ['gw'],
+        hosts: ['a.example.com', '*.b.example.com', 'm.example.com', 'o.example.com', 'plain.example.com'], gateways: ['gw'],
         http: [
           { match: [{ uri: { prefix: '/ratings' } }], route: [{ destination: { host: 'ratings' } }] },
           { match: [{ uri: { prefix: '/old' } }], rewrite: { uri: '/new' }, route: [{ destination: { host: 'reviews', port: { number: 9080 } } }] },
@@ -143,6 +144,7 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
     'secret/istio-system/a-cert': secret('istio-system', 'a-cert', { 'tls.crt': certs.a!.cert, 'tls.key': certs.a!.key }),
     'secret/istio-system/b-cert': secret('istio-system', 'b-cert', { 'tls.crt': certs.b!.cert, 'tls.key': certs.b!.key }),
     'secret/istio-system/m-cert': secret('istio-system', 'm-cert', { 'tls.crt': certs.m!.cert, 'tls.key': certs.m!.key, 'ca.crt': clientCa.cert }),
+    'secret/istio-system/o-cert': secret('istio-system', 'o-cert', { 'tls.crt': certs.o!.cert, 'tls.key': certs.o!.key, 'ca.crt': clientCa.cert }),
     'secret/shop/api-cert': secret('shop', 'api-cert', { 'tls.crt': certs.api!.cert, 'tls.key': certs.api!.key }),
     ...overrides.secrets,
   };
@@ -226,6 +228,7 @@ beforeAll(async () => {
   certs.a = await testLeaf(userCa, ['a.example.com']);
   certs.b = await testLeaf(userCa, ['*.b.example.com']);
   certs.m = await testLeaf(userCa, ['m.example.com']);
+  certs.o = await testLeaf(userCa, ['o.example.com']);
   certs.api = await testLeaf(userCa, ['api.example.com']);
   certs.client = await testLeaf(clientCa, ['client.example.com'], 'client');
   passCert = await testLeaf(userCa, ['pass.example.com']);
@@ -307,6 +310,13 @@ describe('ingress gateway: TLS', () => {
     await expect(httpsGet(HTTPS, 'm.example.com', '/', { cert: other })).rejects.toMatchObject({ code: expect.stringMatching(/ECONNRESET|EPIPE/) });
     const ok = await httpsGet(HTTPS, 'm.example.com', '/', { cert: certs.client });
     expect(ok.status).toBe(200);
+  });
+
+  it('OPTIONAL_MUTUAL serves a client without a certificate and one with a good one, and closes one whose certificate does not verify', async () => {
+    expect((await httpsGet(HTTPS, 'o.example.com', '/')).status).toBe(200);
+    expect((await httpsGet(HTTPS, 'o.example.com', '/', { cert: certs.client })).status).toBe(200);
+    const other = await testLeaf(userCa, ['intruder.example.com'], 'client');
+    await expect(httpsGet(HTTPS, 'o.example.com', '/', { cert: other })).rejects.toMatchObject({ code: expect.stringMatching(/ECONNRESET|EPIPE/) });
   });
 
   it('leaves a server whose Secret is missing unserved (status says why), the others served', async () => {
@@ -394,6 +404,23 @@ describe('ingress gateway: routing', () => {
     await expect.poll(() => access.find((a) => (a.listener as { port?: number } | undefined)?.port === TCP)).toMatchObject({
       route: 'shop/tcp#tcp0', destination: { service: 'reviews.shop', port: 9080 }, upstream: `${ENDPOINT_IP}:9080`, response: { flags: '-' },
     });
+  });
+
+  it('serves HTTP/2 with prior knowledge (h2c) on a plaintext port, sent to an HTTP/1.1 app as HTTP/1.1 (its port is named http)', async () => {
+    const { connect } = await import('node:http2');
+    const session = connect(`http://127.0.0.1:${HTTP}`);
+    closers.push(() => session.destroy());
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const s = session.request({ ':path': '/h2c', ':authority': 'plain.example.com' });
+      let body = '';
+      let status = 0;
+      s.on('response', (h) => { status = Number(h[':status']); });
+      s.on('data', (c: Buffer) => { body += c.toString(); });
+      s.on('end', () => resolve({ status, body }));
+      s.on('error', reject);
+    });
+    expect(answer.status).toBe(200);
+    expect(JSON.parse(answer.body)).toMatchObject({ app: 'reviews', url: '/h2c', host: 'plain.example.com', xfp: 'http' });
   });
 
   it('answers 404 for a Host the SNI-chosen server does not serve', async () => {

@@ -330,9 +330,10 @@ export class IngressListeners {
   private handToHttp(socket: Duplex, conn: Conn, h2: boolean): void {
     if (h2) {
       this.nextH2 = conn;
-      // A server-side TLSSocket made without a tls.Server never stops `secureConnecting`, which
-      // the HTTP/2 session waits on: it gets the bytes through a plain stream instead.
-      this.h2.emit('connection', socket instanceof TLSSocket ? byteStream(socket) : socket);
+      // Through a plain stream: a server-side TLSSocket made without a tls.Server never stops
+      // `secureConnecting`, which the HTTP/2 session waits on, and a TCP socket's handle would
+      // be read natively, past the bytes read already and put back.
+      this.h2.emit('connection', byteStream(socket));
       this.nextH2 = undefined;
     } else {
       this.conns.set(socket, conn);
