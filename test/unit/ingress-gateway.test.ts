@@ -10,6 +10,7 @@
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import * as http from 'node:http';
+import * as http2 from 'node:http2';
 import * as https from 'node:https';
 import { connect as netConnect, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -75,6 +76,7 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
     ['service/shop/reviews', 'service', service('reviews', '10.96.7.71', 9080, ['w1'])],
     ['service/shop/secure', 'service', service('secure', '10.96.7.72', 8443, ['w1'])],
     ['service/shop/ratings', 'service', service('ratings', '10.96.7.73', 9090, ['w1'], 'waypoint')],
+    ['service/shop/echo', 'service', { ...service('echo', '10.96.7.74', 50051, ['w1']), ports: [{ name: 'grpc', port: 50051, targetPort: 50051, protocol: 'TCP' }] }],
     // In the app's namespace, as the seed's: its credentialNames are still read in istio-system (Istio's rule).
     ['ingress/Gateway/shop/gw', 'ingress', {
       apiVersion: 'networking.istio.io/v1', kind: 'Gateway', namespace: 'shop', name: 'gw', spec: {
@@ -131,6 +133,12 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
     ['l7/VirtualService/shop/tcp', 'l7', {
       apiVersion: 'networking.istio.io/v1', kind: 'VirtualService', namespace: 'shop', name: 'tcp', spec: {
         hosts: ['*'], gateways: ['gw'], tcp: [{ match: [{ port: TCP }], route: [{ destination: { host: 'reviews', port: { number: 9080 } } }] }],
+      },
+    }],
+    ['l7/GRPCRoute/shop/api-grpc', 'l7', {
+      apiVersion: 'gateway.networking.k8s.io/v1', kind: 'GRPCRoute', namespace: 'shop', name: 'api-grpc', spec: {
+        parentRefs: [{ name: 'web', sectionName: 'https' }], hostnames: ['api.example.com'],
+        rules: [{ matches: [{ method: { service: 'test.Echo' } }], backendRefs: [{ name: 'echo', port: 50051 }] }],
       },
     }],
     ['l7/HTTPRoute/shop/api', 'l7', {
@@ -242,7 +250,17 @@ beforeAll(async () => {
   const wpApp = http.createServer((req, res) => res.end(JSON.stringify({ app: 'waypoint', url: req.url, host: req.headers.host })));
   // The passthrough backend terminates TLS itself, with its own certificate.
   const tlsApp = createTlsServer({ cert: passCert.cert, key: passCert.key }, (s) => s.end('passed through\n'));
-  await standIn(ENDPOINT_IP, REVIEWS, new Map([[9080, await listen(app)], [8443, await listen(tlsApp)]]));
+  // A gRPC app (h2c): a unary answer with its status in trailers.
+  const grpcApp = http2.createServer();
+  grpcApp.on('stream', (stream, headers) => {
+    stream.resume();
+    stream.on('end', () => {
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0', 'x-path': String(headers[':path']) }));
+      stream.end(Buffer.from([0, 0, 0, 0, 2, 0x6f, 0x6b]));
+    });
+  });
+  await standIn(ENDPOINT_IP, REVIEWS, new Map([[9080, await listen(app)], [8443, await listen(tlsApp)], [50051, await listen(grpcApp)]]));
   await standIn(WAYPOINT_IP, WAYPOINT, new Map([[9090, await listen(wpApp)]]));
 
   proxy = new WaypointProxy({ gateway: { namespace: 'istio-system', name: 'istio-ingressgateway-service-account' }, tracer: new Tracer({ sampler: new Sampler(100), sink: { add: (span) => spans.push(span) } }), identity: GATEWAY, certificate: () => manager.acquire(GATEWAY), roots: () => manager.trustBundle, socket: loopbackSocket, viaWaypoints: true, protocolByPort: true });
@@ -454,6 +472,28 @@ describe('ingress gateway: routing', () => {
     });
     expect(h2.status).toBe(200);
     expect(JSON.parse(h2.body)).toMatchObject({ app: 'reviews', url: '/v1/h2', xfp: 'https' });
+  });
+
+  it('sends gRPC on a Gateway API listener to its GRPCRoute\'s backend over HTTP/2, trailers and all; other paths to the HTTPRoute', async () => {
+    const session = http2.connect(`https://api.example.com:${API}`, { ca: userCa.cert, servername: 'api.example.com', host: '127.0.0.1' } as never);
+    closers.push(() => session.destroy());
+    const call = await new Promise<{ status: number; trailers: http2.IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
+      const s = session.request({ ':method': 'POST', ':path': '/test.Echo/Unary', 'content-type': 'application/grpc', te: 'trailers' });
+      const chunks: Buffer[] = [];
+      let status = 0;
+      let trailers: http2.IncomingHttpHeaders = {};
+      s.on('response', (h) => { status = Number(h[':status']); });
+      s.on('trailers', (t) => { trailers = t; });
+      s.on('data', (c: Buffer) => chunks.push(c));
+      s.on('end', () => resolve({ status, trailers, body: Buffer.concat(chunks) }));
+      s.on('error', reject);
+      s.end(Buffer.from([0, 0, 0, 0, 2, 0x68, 0x69]));
+    });
+    expect(call).toMatchObject({ status: 200, trailers: { 'grpc-status': '0', 'x-path': '/test.Echo/Unary' } });
+    expect(call.body.subarray(5).toString()).toBe('ok');
+    const text = await metrics.text();
+    expect(text).toMatch(/istio_requests_total\{reporter="source"[^}]*destination_service="echo.shop.svc.cluster.local"[^}]*request_protocol="grpc"[^}]*grpc_response_status="0"/);
+    expect((await httpsGet(API, 'api.example.com', '/v1/still-http')).status).toBe(200);
   });
 
   it('reports each request as Istio\'s gateways do: reporter="source", the gateway as source, the endpoint as destination', async () => {
