@@ -85,6 +85,8 @@ export interface IngressSource {
   /** The listener's port, and the address the client connected to. */
   port: number;
   localIp?: string;
+  /** The SPIFFE ID of the client's certificate (MUTUAL, OPTIONAL_MUTUAL: its URI SAN), verified in the handshake. */
+  peerIdentity?: string;
   /** Where the request goes, by its Host, path and headers (the gateway's routing). */
   route(req: { method: string; path: string; authority: string; headers: IncomingHttpHeaders }): RouteAction;
 }
@@ -419,9 +421,9 @@ export class WaypointProxy {
     const r = ex.record;
     if (state.authorizer) {
       // AuthorizationPolicy at the gateway itself (its pods' selector, or its Gateway as targetRef): the
-      // client is outside the mesh, so it has no principal; remote.ip is its address (no trusted proxies).
+      // client's principal is its certificate's SPIFFE ID, if it gave one; remote.ip its address (no trusted proxies).
       const decision = state.authorizer.evaluate(
-        { sourceIp: r.sourceIp, remoteIp: r.sourceIp, destinationIp: source.localIp ?? '', destinationPort: source.port, host: r.authority, method: r.method, path: r.path, headers: req.headers as IncomingHttpHeaders },
+        { sourceIdentity: source.peerIdentity, sourceIp: r.sourceIp, remoteIp: r.sourceIp, destinationIp: source.localIp ?? '', destinationPort: source.port, host: r.authority, method: r.method, path: r.path, headers: req.headers as IncomingHttpHeaders },
         { waypoint: this.opts.gateway ?? { namespace: '', name: '' } },
       );
       if (decision.reason !== 'no policy applies') r.authz = decision.reason;
@@ -450,7 +452,7 @@ export class WaypointProxy {
       authority: String(headers[':authority'] ?? headers.host ?? ''), protocol: h2req ? 'HTTP/2' : 'HTTP/1.1',
       grpc: /^application\/grpc/.test(String(headers['content-type'] ?? '')),
       service: tunnel ? `${tunnel.service.name}.${tunnel.service.namespace}` : '', flags: '-', bytesIn: 0, bytesOut: 0, attempts: 0,
-      ...(tunnel?.peerIdentity ? { sourceIdentity: tunnel.peerIdentity } : {}),
+      ...(tunnel?.peerIdentity ?? ingress?.peerIdentity ? { sourceIdentity: (tunnel?.peerIdentity ?? ingress?.peerIdentity)! } : {}),
       sourceIp: (tunnel?.remoteAddress ?? ingress?.clientIp ?? '').replace(/^::ffff:/, ''), ...(tunnel ? { serviceRef: tunnel.service } : {}),
     };
     const span = !this.opts.tracer ? undefined

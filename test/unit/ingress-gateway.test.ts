@@ -34,6 +34,8 @@ import { listener, loopbackSocket, meshCertificates, REVIEWS, WAYPOINT } from '.
 
 const GATEWAY = 'spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account';
 const ENDPOINT_IP = '127.0.0.71';
+/** A client certificate's SPIFFE ID (another trust domain's), which a policy at the gateway names. */
+const PARTNER = 'spiffe://partner.example/ns/orders/sa/client';
 const WAYPOINT_IP = '127.0.0.72';
 const dir = mkdtempSync(join(tmpdir(), 'ambit-ingress-'));
 const closers: (() => unknown)[] = [];
@@ -103,6 +105,10 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
     ['policy/AuthorizationPolicy/istio-system/no-admin', 'policy', {
       apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', namespace: 'istio-system', name: 'no-admin',
       spec: { selector: { matchLabels: { istio: 'ingressgateway' } }, action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin*'] } }] }] },
+    }],
+    ['policy/AuthorizationPolicy/istio-system/m-partner-only', 'policy', {
+      apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', namespace: 'istio-system', name: 'm-partner-only',
+      spec: { selector: { matchLabels: { app: 'istio-ingressgateway' } }, action: 'DENY', rules: [{ from: [{ source: { notPrincipals: ['partner.example/ns/orders/sa/client'] } }], to: [{ operation: { hosts: ['m.example.com'] } }] }] },
     }],
     ['policy/AuthorizationPolicy/istio-system/other-pods', 'policy', {
       apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', namespace: 'istio-system', name: 'other-pods', spec: { selector: { matchLabels: { app: 'other' } }, action: 'DENY', rules: [{}] },
@@ -239,6 +245,7 @@ beforeAll(async () => {
   certs.o = await testLeaf(userCa, ['o.example.com']);
   certs.api = await testLeaf(userCa, ['api.example.com']);
   certs.client = await testLeaf(clientCa, ['client.example.com'], 'client');
+  certs.partner = await testLeaf(clientCa, ['partner.example.com'], 'client', [PARTNER]);
   passCert = await testLeaf(userCa, ['pass.example.com']);
   [HTTPS, HTTP, API, TCP] = [await freePort(), await freePort(), await freePort(), await freePort()];
 
@@ -326,8 +333,12 @@ describe('ingress gateway: TLS', () => {
     await expect(httpsGet(HTTPS, 'm.example.com', '/')).rejects.toMatchObject({ code: 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED' });
     const other = await testLeaf(userCa, ['intruder.example.com'], 'client');
     await expect(httpsGet(HTTPS, 'm.example.com', '/', { cert: other })).rejects.toMatchObject({ code: expect.stringMatching(/ECONNRESET|EPIPE/) });
-    const ok = await httpsGet(HTTPS, 'm.example.com', '/', { cert: certs.client });
+    const ok = await httpsGet(HTTPS, 'm.example.com', '/', { cert: certs.partner });
     expect(ok.status).toBe(200);
+    // The certificate's SPIFFE ID is the request's principal for policies at the gateway (one names it for this host).
+    const noSpiffe = await httpsGet(HTTPS, 'm.example.com', '/', { cert: certs.client });
+    expect(noSpiffe.status).toBe(403);
+    expect(access.find((a) => (a.request as { authority?: string } | undefined)?.authority === 'm.example.com' && (a.response as { code?: number }).code === 200)).toMatchObject({ source: { principal: PARTNER } });
   });
 
   it('OPTIONAL_MUTUAL serves a client without a certificate and one with a good one, and closes one whose certificate does not verify', async () => {

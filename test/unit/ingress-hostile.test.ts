@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConfigObject } from '../../src/config/model.js';
 import { Router } from '../../src/waypoint/routing.js';
 import { WaypointProxy } from '../../src/waypoint/proxy.js';
-import { IngressListeners } from '../../src/waypoint/ingress/listeners.js';
+import { IngressListeners, spiffeUri } from '../../src/waypoint/ingress/listeners.js';
 import { GatewayRoutes } from '../../src/waypoint/ingress/routes.js';
 import { planListeners, serverFor } from '../../src/waypoint/ingress/servers.js';
 import { MAX_CLIENT_HELLO_BYTES, parseClientHello } from '../../src/waypoint/ingress/tls.js';
@@ -76,6 +76,16 @@ describe('parseClientHello', () => {
       return true;
     }), { numRuns: 3000 });
     expect(MAX_CLIENT_HELLO_BYTES).toBe(16_389);
+  });
+});
+
+describe('spiffeUri', () => {
+  it('takes the first spiffe URI SAN of a client certificate, nothing else', () => {
+    expect(spiffeUri('DNS:a.example.com, URI:spiffe://td/ns/a/sa/b, URI:spiffe://td/ns/c/sa/d')).toBe('spiffe://td/ns/a/sa/b');
+    expect(spiffeUri('DNS:a.example.com, URI:https://td/ns/a/sa/b')).toBeUndefined();
+    expect(spiffeUri('DNS:spiffe://td/ns/a/sa/b')).toBeUndefined();
+    expect(spiffeUri(undefined)).toBeUndefined();
+    expect(spiffeUri(`URI:spiffe://${'a'.repeat(3000)}`)).toBeUndefined();
   });
 });
 

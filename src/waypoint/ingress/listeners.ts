@@ -61,7 +61,7 @@ export interface IngressListenersOptions {
 export interface ServerStatus { id: string; port: number; protocol: string; hosts: string[]; tls?: string; served: boolean; problem?: string; certificate?: CertificateInfo }
 
 /** Per accepted connection: where it came in and, once TLS picked it, the server. */
-interface Conn { port: number; clientIp: string; localIp: string; scheme: 'http' | 'https'; server?: IngressServer; sni?: string }
+interface Conn { port: number; clientIp: string; localIp: string; scheme: 'http' | 'https'; server?: IngressServer; sni?: string; peerIdentity?: string }
 
 export class IngressListeners {
   private state?: GatewayState;
@@ -308,6 +308,8 @@ export class IngressListeners {
           this.log.info({ server: server.id, client: conn.clientIp, err: verifyError?.code ?? verifyError?.message ?? 'no certificate' }, 'client certificate refused: connection closed');
           return void tls.destroy();
         }
+        const id = presented ? spiffeUri(tls.getPeerCertificate().subjectaltname) : undefined;
+        if (id) conn.peerIdentity = id;
       }
       if (server.protocol === 'TLS') {
         tls.setTimeout(this.opts.streamIdleTimeoutMs ?? 3_600_000, () => tls.destroy());
@@ -369,7 +371,7 @@ export class IngressListeners {
     else if (server.httpsRedirect) {
       route = (r) => ({ kind: 'redirect', route: `${server.id} httpsRedirect`, status: 301, location: `https://${authority.replace(/:\d+$/, '')}${r.path}` });
     } else route = (r) => state.routes.route(server, host, { ...r, scheme: conn.scheme });
-    void proxy.serveIngress(req, res as unknown as Res, { clientIp: conn.clientIp, localIp: conn.localIp, port: conn.port, route }).catch((err: Error) => {
+    void proxy.serveIngress(req, res as unknown as Res, { clientIp: conn.clientIp, localIp: conn.localIp, port: conn.port, route, ...(conn.peerIdentity ? { peerIdentity: conn.peerIdentity } : {}) }).catch((err: Error) => {
       this.log.warn({ err: err.message }, 'ingress request failed');
       if (!res.headersSent) res.writeHead(500);
       res.end();
@@ -405,4 +407,13 @@ export class IngressListeners {
       socket.destroy();
     });
   }
+}
+
+/** The first `spiffe://` URI SAN of a certificate's subjectAltName text (`URI:spiffe://..., DNS:...`), as Envoy takes a peer's principal. */
+export function spiffeUri(subjectAltName: string | undefined): string | undefined {
+  for (const part of (subjectAltName ?? '').split(/,\s*/)) {
+    const m = /^URI:(spiffe:\/\/[^\s,"]{1,2048})$/.exec(part);
+    if (m) return m[1];
+  }
+  return undefined;
 }

@@ -21,8 +21,8 @@ export async function testCa(name: string): Promise<TestCa> {
   return { cert: `${cert.toString('pem')}\n`, keys, name };
 }
 
-/** A leaf the CA signs: a server certificate for `dnsNames` (the first is the CN), or a client one. */
-export async function testLeaf(ca: TestCa, dnsNames: string[], usage: 'server' | 'client' = 'server'): Promise<TestCert> {
+/** A leaf the CA signs: a server certificate for `dnsNames` (the first is the CN), or a client one (with `uris` as URI SANs). */
+export async function testLeaf(ca: TestCa, dnsNames: string[], usage: 'server' | 'client' = 'server', uris: string[] = []): Promise<TestCert> {
   const keys = await generateKeyPair();
   const serial = randomSerial();
   const cert = await x509.X509CertificateGenerator.create({
@@ -31,7 +31,7 @@ export async function testLeaf(ca: TestCa, dnsNames: string[], usage: 'server' |
     extensions: [
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.ExtendedKeyUsageExtension([usage === 'server' ? x509.ExtendedKeyUsage.serverAuth : x509.ExtendedKeyUsage.clientAuth]),
-      new x509.SubjectAlternativeNameExtension(dnsNames.map((value) => ({ type: 'dns' as const, value }))),
+      new x509.SubjectAlternativeNameExtension([...dnsNames.map((value) => ({ type: 'dns' as const, value })), ...uris.map((value) => ({ type: 'url' as const, value }))]),
     ],
   });
   return { cert: `${cert.toString('pem')}\n`, key: await exportPrivateKeyPem(keys.privateKey), serial: cert.serialNumber };
