@@ -25,7 +25,7 @@ import type { CertManager } from '../../src/identity/cert-manager.js';
 import { MeshMetrics, RequestMetrics } from '../../src/telemetry/metrics.js';
 import { Sampler, Tracer, type ReadableSpan } from '../../src/telemetry/tracing.js';
 import { requestReporter } from '../../src/waypoint/app.js';
-import { gatewayPeer, gatewayStateOf } from '../../src/waypoint/ingress/app.js';
+import { gatewayPeer, gatewayStateOf, streamReporter } from '../../src/waypoint/ingress/app.js';
 import { IngressListeners } from '../../src/waypoint/ingress/listeners.js';
 import { WaypointProxy } from '../../src/waypoint/proxy.js';
 import type { MeshState } from '../../src/discovery/mesh-state.js';
@@ -273,7 +273,8 @@ beforeAll(async () => {
   proxy = new WaypointProxy({ gateway: { namespace: 'istio-system', name: 'istio-ingressgateway-service-account' }, tracer: new Tracer({ sampler: new Sampler(100), sink: { add: (span) => spans.push(span) } }), identity: GATEWAY, certificate: () => manager.acquire(GATEWAY), roots: () => manager.trustBundle, socket: loopbackSocket, viaWaypoints: true, protocolByPort: true });
   const accessLog = pino({ level: 'info' }, { write: (line: string) => void access.push(JSON.parse(line) as Record<string, unknown>) });
   proxy.onRequest = requestReporter(new RequestMetrics(metrics.registry), accessLog, () => mesh, () => gatewayPeer(mesh, GATEWAY, 'istio-system', 'istio-ingressgateway-service-account'));
-  gateway = new IngressListeners({ proxy, host: '127.0.0.1', accessLog });
+  const self = () => gatewayPeer(mesh, GATEWAY, 'istio-system', 'istio-ingressgateway-service-account');
+  gateway = new IngressListeners({ proxy, host: '127.0.0.1', accessLog, streamMetrics: streamReporter(metrics, () => mesh, self) });
   closers.push(() => gateway.close(), () => proxy.close());
   await apply(view());
 });
@@ -433,6 +434,13 @@ describe('ingress gateway: routing', () => {
     await expect.poll(() => access.find((a) => (a.listener as { port?: number } | undefined)?.port === TCP)).toMatchObject({
       route: 'shop/tcp#tcp0', destination: { service: 'reviews.shop', port: 9080 }, upstream: `${ENDPOINT_IP}:9080`, response: { flags: '-' },
     });
+    // Istio's TCP metrics, as a gateway reports them.
+    const text = await metrics.text();
+    const opened = text.split('\n').find((l) => l.startsWith('istio_tcp_connections_opened_total{') && l.includes('destination_service="reviews.shop.svc.cluster.local"'));
+    expect(opened).toMatch(/reporter="source",source_workload="istio-ingressgateway",source_workload_namespace="istio-system"/);
+    expect(opened).toContain('destination_workload="reviews"');
+    expect(text).toMatch(/istio_tcp_connections_closed_total\{reporter="source"[^}]*destination_service="reviews.shop.svc.cluster.local"[^}]*\} [1-9]/);
+    expect(text).toMatch(/istio_tcp_sent_bytes_total\{reporter="source"[^}]*destination_service="reviews.shop.svc.cluster.local"[^}]*\} [1-9]/);
   });
 
   it('serves HTTP/2 with prior knowledge (h2c) on a plaintext port, sent to an HTTP/1.1 app as HTTP/1.1 (its port is named http)', async () => {

@@ -21,7 +21,7 @@ import { splitPemBundle } from '../../identity/pki.js';
 import { formatSpiffeId } from '../../identity/spiffe.js';
 import { tcpSocketOf } from '../../host/netns.js';
 import { logger } from '../../telemetry/log.js';
-import { MeshMetrics, RequestMetrics, type Peer } from '../../telemetry/metrics.js';
+import { MeshMetrics, RequestMetrics, tcpLabels, type Peer } from '../../telemetry/metrics.js';
 import { createTracer, type TracingOptions } from '../../telemetry/tracing.js';
 import { readFlagFile, tokenFile, waitForFile } from '../../util/files.js';
 import { HttpError, listenTcp, localServer, sendJson } from '../../util/local-http.js';
@@ -30,7 +30,7 @@ import { requestReporter } from '../app.js';
 import { L7Authorizer } from '../authz.js';
 import { WaypointProxy } from '../proxy.js';
 import { Router } from '../routing.js';
-import { IngressListeners, type GatewayState } from './listeners.js';
+import { IngressListeners, type GatewayState, type IngressListenersOptions } from './listeners.js';
 import { GatewayRoutes } from './routes.js';
 import { planListeners } from './servers.js';
 import type { SecretValue } from './tls.js';
@@ -166,6 +166,34 @@ export function gatewayPeer(mesh: MeshState | undefined, identity: string, names
   return { workload: serviceAccount === ISTIO_INGRESS_ACCOUNT ? 'istio-ingressgateway' : `${serviceAccount}-gateway`, namespace, identity };
 }
 
+/**
+ * Istio's TCP metrics for the gateway's streams (TLS passed through, TCP), as its gateways report
+ * them: reporter "source", the gateway as source, the endpoint picked as destination; opened when
+ * the tunnel is, bytes and closed when the stream ends.
+ */
+export function streamReporter(metrics: MeshMetrics, mesh: () => MeshState | undefined, self: () => Peer): NonNullable<IngressListenersOptions['streamMetrics']> {
+  return ({ destination, upstream }) => {
+    const ip = upstream.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
+    const dst = mesh()?.workloadsByIp.get(ip);
+    const svc = destination.service;
+    const series = metrics.takeTcp(tcpLabels('source', self(),
+      dst ? { workload: dst.workload, namespace: dst.namespace, identity: dst.identity, labels: dst.labels } : {},
+      { hostname: svc.hostname, name: svc.name, namespace: svc.namespace }, { mtls: true }));
+    series.opened++;
+    let ended = false;
+    return {
+      end: (received, sent) => {
+        if (ended) return;
+        ended = true;
+        series.received += received;
+        series.sent += sent;
+        series.closed++;
+        metrics.releaseTcp(series);
+      },
+    };
+  };
+}
+
 export class IngressGateway {
   private constructor(
     readonly identity: string,
@@ -187,11 +215,14 @@ export class IngressGateway {
       identity, gateway: { namespace: opts.namespace, name: opts.name }, tracer, certificate: () => certs.get(identity), roots: () => certs.trustBundle,
       socket: (family: 4 | 6) => tcpSocketOf(family), log: opts.log, viaWaypoints: true, protocolByPort: true,
     });
-    const listeners = new IngressListeners({ proxy, log: opts.log, accessLog: opts.accessLog, ...(opts.listenHost ? { host: opts.listenHost } : {}) });
     const metrics = new MeshMetrics();
     const requests = new RequestMetrics(metrics.registry);
     proxy.hboneLimiter.registerMetrics(metrics);
     let mesh: MeshState | undefined;
+    const listeners = new IngressListeners({
+      proxy, log: opts.log, accessLog: opts.accessLog, ...(opts.listenHost ? { host: opts.listenHost } : {}),
+      streamMetrics: streamReporter(metrics, () => mesh, () => gatewayPeer(mesh, identity, opts.namespace, opts.name)),
+    });
     let configured = false;
     proxy.onRequest = requestReporter(requests, opts.accessLog, () => mesh, () => gatewayPeer(mesh, identity, opts.namespace, opts.name));
     const warned = new Set<string>();

@@ -46,6 +46,8 @@ export interface IngressListenersOptions {
   log?: Logger;
   /** One line per passed-through or TCP stream. */
   accessLog?: Logger;
+  /** Istio's TCP metrics of a stream: told when its tunnel is open; what it returns, how it ended (bytes each way). */
+  streamMetrics?: (s: { destination: Destination; upstream: string }) => { end(received: number, sent: number): void };
   /** How long a client may take to send its ClientHello, or an HTTP/2 preface's first bytes (default 10 s). */
   helloTimeoutMs?: number;
   /** How long a TLS handshake may take (default 10 s). */
@@ -399,7 +401,11 @@ export class IngressListeners {
     this.opts.proxy.forwardStream(socket, head, dest, conn.clientIp).then((upstream) => {
       const write = socket.write.bind(socket) as (...a: unknown[]) => boolean;
       socket.write = ((chunk: Buffer, ...rest: unknown[]) => { bytesOut += chunk.length; return write(chunk, ...rest); }) as typeof socket.write;
-      socket.once('close', () => line({ upstream, response: { flags: '-', bytes_received: bytesIn, bytes_sent: bytesOut, duration_ms: Date.now() - start } }));
+      const counted = this.opts.streamMetrics?.({ destination: dest, upstream });
+      socket.once('close', () => {
+        counted?.end(bytesIn, bytesOut);
+        line({ upstream, response: { flags: '-', bytes_received: bytesIn, bytes_sent: bytesOut, duration_ms: Date.now() - start } });
+      });
       socket.resume();
     }, (err: Error) => {
       line({ response: { flags: 'UF', error: err.message } });
