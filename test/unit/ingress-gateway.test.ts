@@ -90,10 +90,21 @@ function view(overrides: { secrets?: Record<string, unknown> } = {}): Map<string
           { port: { number: HTTPS, name: 'https-o', protocol: 'HTTPS' }, hosts: ['o.example.com'], tls: { mode: 'OPTIONAL_MUTUAL', credentialName: 'o-cert' } },
           { port: { number: HTTPS, name: 'https-x', protocol: 'HTTPS' }, hosts: ['missing.example.com'], tls: { mode: 'SIMPLE', credentialName: 'no-such-secret' } },
           { port: { number: HTTPS, name: 'tls-pass', protocol: 'TLS' }, hosts: ['pass.example.com'], tls: { mode: 'PASSTHROUGH' } },
-          { port: { number: HTTP, name: 'http', protocol: 'HTTP' }, hosts: ['plain.example.com', 'a.example.com'] },
+          { port: { number: HTTP, name: 'http', protocol: 'HTTP' }, hosts: ['plain.example.com', 'a.example.com', 'x.example.com'] },
           { port: { number: HTTP, name: 'http-redirect', protocol: 'HTTP' }, hosts: ['secure.example.com'], tls: { httpsRedirect: true } },
           { port: { number: TCP, name: 'tcp', protocol: 'TCP' }, hosts: ['*'] },
         ],
+      },
+    }],
+    // A second Istio Gateway on the same plaintext port: its VirtualService's host is served even where the first Gateway's server names the host too.
+    ['ingress/Gateway/shop/gw2', 'ingress', {
+      apiVersion: 'networking.istio.io/v1', kind: 'Gateway', namespace: 'shop', name: 'gw2', spec: {
+        selector: { istio: 'ingressgateway' }, servers: [{ port: { number: HTTP, name: 'http', protocol: 'HTTP' }, hosts: ['*.example.com'] }],
+      },
+    }],
+    ['l7/VirtualService/shop/x', 'l7', {
+      apiVersion: 'networking.istio.io/v1', kind: 'VirtualService', namespace: 'shop', name: 'x', spec: {
+        hosts: ['x.example.com'], gateways: ['gw2'], http: [{ directResponse: { status: 200, body: { string: 'from gw2' } } }],
       },
     }],
     ['ingress/Gateway/shop/web', 'ingress', {
@@ -416,6 +427,7 @@ describe('ingress gateway: routing', () => {
     expect(plain.status).toBe(200);
     expect(JSON.parse(plain.body)).toMatchObject({ app: 'reviews', url: '/x', xfp: 'http' });
     expect((await httpGet(HTTP, 'other.example.com', '/')).status).toBe(404);
+    expect(await httpGet(HTTP, 'x.example.com', '/')).toMatchObject({ status: 200, body: 'from gw2' });
     const redirect = await httpGet(HTTP, 'secure.example.com', '/a/b?c=d');
     expect(redirect.status).toBe(301);
     expect(redirect.headers.location).toBe('https://secure.example.com/a/b?c=d');

@@ -26,7 +26,7 @@ import type { Res } from '../exchange.js';
 import { byteStream, type WaypointProxy } from '../proxy.js';
 import type { Destination, RouteAction } from '../routing/types.js';
 import type { GatewayRoutes, StreamTarget } from './routes.js';
-import { hostScore, serverFor, type IngressServer, type PortPlan } from './servers.js';
+import { hostScore, serverFor, serversFor, type IngressServer, type PortPlan } from './servers.js';
 import { ContextStore, MAX_CLIENT_HELLO_BYTES, parseClientHello, type CertificateInfo, type SecretValue, type ServerContext } from './tls.js';
 
 /** What the gateway serves at one config version. */
@@ -372,7 +372,11 @@ export class IngressListeners {
     if (!served) route = () => ({ kind: 'no-route' });
     else if (server.httpsRedirect) {
       route = (r) => ({ kind: 'redirect', route: `${server.id} httpsRedirect`, status: 301, location: `https://${authority.replace(/:\d+$/, '')}${r.path}` });
-    } else route = (r) => state.routes.route(server, host, { ...r, scheme: conn.scheme });
+    } else {
+      // A plaintext port's servers that serve this host (not redirecting), the most specific first.
+      const servers = conn.server ? [server] : serversFor(plan?.servers ?? [], host);
+      route = (r) => state.routes.route(servers, host, { ...r, scheme: conn.scheme });
+    }
     void proxy.serveIngress(req, res as unknown as Res, { clientIp: conn.clientIp, localIp: conn.localIp, port: conn.port, route, ...(conn.peerIdentity ? { peerIdentity: conn.peerIdentity } : {}) }).catch((err: Error) => {
       this.log.warn({ err: err.message }, 'ingress request failed');
       if (!res.headersSent) res.writeHead(500);

@@ -80,9 +80,13 @@ export class GatewayRoutes {
   }
 
   /** Where an HTTP request on `server` for `host` goes (no bound route matches: NO_ROUTE, a 404). */
-  route(server: IngressServer, host: string, req: { method: string; path: string; authority: string; headers: Record<string, string | string[] | undefined>; scheme: string }): RouteAction {
-    return this.router.routeEntries(this.httpEntries(server, host), {
-      service: placeholder(host), port: server.port, method: req.method, path: req.path, authority: req.authority, headers: req.headers, scheme: req.scheme,
+  route(server: IngressServer | readonly IngressServer[], host: string, req: { method: string; path: string; authority: string; headers: Record<string, string | string[] | undefined>; scheme: string }): RouteAction {
+    const servers = Array.isArray(server) ? server as readonly IngressServer[] : [server as IngressServer];
+    // Plaintext servers of one port share their routes (Envoy's one route table per port): each
+    // server's rules in turn, the server that names the host most specifically first.
+    const entries = servers.length === 1 ? this.httpEntries(servers[0]!, host) : [...new Set(servers.flatMap((s) => this.httpEntries(s, host)))];
+    return this.router.routeEntries(entries, {
+      service: placeholder(host), port: servers[0]?.port ?? 0, method: req.method, path: req.path, authority: req.authority, headers: req.headers, scheme: req.scheme,
     });
   }
 

@@ -221,3 +221,12 @@ export function serverFor(servers: readonly IngressServer[], host: string | unde
   }
   return best;
 }
+
+/** The servers of a port that serve `host` and do not redirect it, the most specific first (then in order). */
+export function serversFor(servers: readonly IngressServer[], host: string): IngressServer[] {
+  return servers
+    .map((s, i) => ({ s, i, score: Math.max(-1, ...s.hosts.map((h) => hostScore(h.host, host))) }))
+    .filter((x) => x.score >= 0 && !x.s.httpsRedirect)
+    .sort((a, b) => b.score - a.score || a.i - b.i)
+    .map((x) => x.s);
+}
