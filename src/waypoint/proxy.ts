@@ -360,6 +360,11 @@ export class WaypointProxy {
     const endpoint = upstream?.balancer.pick(upstream.outlier.eligible(upstream.members)).endpoint as Member | undefined;
     if (!endpoint) throw new Error(`no endpoint of ${dest.service.namespace}/${dest.service.name} serves port ${dest.port}`);
     const out = await this.openTunnel(endpoint, clientIp);
+    // The client may have gone while the tunnel was opening: the tunnel goes too.
+    if (conn.destroyed) {
+      out.close(h2.NGHTTP2_CANCEL);
+      throw new Error('the client closed the connection before the tunnel was open');
+    }
     if (head.length > 0) out.write(head);
     conn.pipe(out).pipe(conn);
     out.on('error', () => conn.destroy());
