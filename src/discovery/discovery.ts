@@ -167,6 +167,9 @@ function ingressView(model: MeshModel, name: string, put: (type: string, id: str
   }
 }
 
+/** The resource types a node agent is sent (viewFor's node-agent view): an allow-list, so a new type reaches agents only when named here. */
+const NODE_AGENT_TYPES: ReadonlySet<string> = new Set(['workload', 'policy', 'waypoint', 'service', 'serviceentry', 'meshconfig']);
+
 interface SubscriberState {
   id: string;
   node: string;
@@ -447,9 +450,10 @@ export class DiscoveryServer {
     const id = `${version}|${kind}/${name}`;
     let keys = this.views.get(id);
     if (!keys) {
-      // Node agents see every encoded object but L7; a waypoint's view depends on the model of that version.
+      // Node agents see the encoded objects of their types only (never L7, Gateways or Secrets);
+      // a waypoint's or gateway's view depends on the model of that version.
       keys = kind === 'node-agent'
-        ? [...this.history.get(version)!.keys()].filter((k) => !k.startsWith('l7/') && !k.startsWith('ingress/') && !k.startsWith('secret/'))
+        ? [...this.history.get(version)!].filter(([, e]) => NODE_AGENT_TYPES.has(e.type)).map(([k]) => k)
         : version === this.version ? [...viewFor(this.model!, kind, name).keys()] : [];
       this.views.set(id, keys);
     }

@@ -63,6 +63,25 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: { name: wp, namespace: shop }
 spec: { gatewayClassName: ambit-waypoint, listeners: [{ name: mesh, port: 15008, protocol: HBONE }] }
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: { name: edge, namespace: shop }
+spec: { selector: { app: users }, servers: [{ port: { number: 443, name: https, protocol: HTTPS }, hosts: ['*'], tls: { mode: SIMPLE, credentialName: edge-cert } }] }
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: edge-cert, namespace: shop }
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+    -----BEGIN CERTIFICATE-----
+    AAAA
+    -----END CERTIFICATE-----
+  tls.key: |
+    -----BEGIN PRIVATE KEY-----
+    AAAA
+    -----END PRIVATE KEY-----
 `;
 const { resources, diagnostics } = parseManifests([{ file: 'm.yaml', text: MANIFESTS, dir: '/' }], { validate: validateMeshObject });
 if (diagnostics.some((d) => d.severity === 'error')) throw new Error(JSON.stringify(diagnostics));
@@ -145,6 +164,8 @@ describe('the discovery stream', () => {
     const n1 = subscribe('node-1', 'node-agent');
     const wp = subscribe('node-2', 'waypoint', 'shop/wp');
     await Promise.all([n1.client.ready, wp.client.ready]);
+    // The model holds a Gateway and its Secret: neither reaches a node agent or a waypoint.
+    expect(model().secrets.map((x) => x.name)).toEqual(['edge-cert']);
     expect(n1.applied[0]!.keys).toEqual([
       'meshconfig/mesh', 'policy/AuthorizationPolicy/shop/allow-users', 'service/shop/payment', 'service/shop/users',
       'waypoint/shop/wp', 'workload/uid-legacy', 'workload/uid-payment-1', 'workload/uid-users-1',
