@@ -18,7 +18,7 @@ import { MeshState } from '../discovery/mesh-state.js';
 import { tcpSocketOf } from '../host/netns.js';
 import { MeshMetrics, RequestMetrics, tcpLabels, type Peer } from '../telemetry/metrics.js';
 import { createTracer, type TracingOptions } from '../telemetry/tracing.js';
-import { HttpError, listenTcp, localServer } from '../util/local-http.js';
+import { listenTcp } from '../util/local-http.js';
 import { L7Authorizer } from './authz.js';
 import { WaypointProxy, type RequestRecord, type TunnelRefusal } from './proxy.js';
 import { splitPemBundle } from '../identity/pki.js';
@@ -27,6 +27,7 @@ import { cpuProfileFromEnv } from '../telemetry/profile.js';
 import { readFlagFile, tokenFile, waitForFile } from '../util/files.js';
 import { Router } from './routing.js';
 import { WAYPOINT_ADMIN_PORT, WaypointAdmin } from './admin.js';
+import { statusServer, unreadyReason } from './status-server.js';
 
 export interface WaypointOptions {
   namespace: string;
@@ -119,29 +120,8 @@ export class Waypoint {
     const server = createServer((socket) => void proxy.handle(socket));
     await new Promise<void>((resolve, reject) => server.once('error', reject).listen(opts.listen.port, opts.listen.host, resolve));
     // Ready once it can serve: a config applied (the services it serves, their routes) and its own certificate.
-    const unready = (): string | undefined => {
-      const why: string[] = [];
-      if (!configured) why.push('no config from the controller yet');
-      const cert = certs.list().find((c) => c.identity === identity);
-      if (!cert?.notAfter || Date.parse(cert.notAfter) <= Date.now()) why.push(`no certificate for ${identity} yet${cert?.lastError ? ` (${cert.lastError})` : ''}`);
-      return why.length > 0 ? why.join('; ') : undefined;
-    };
     // Prometheus on 15020, as the node agents and Istio's proxies serve it, and the probes.
-    const metricsServer = localServer({ name: 'metrics', log: opts.log }, async (req, res) => {
-      if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, `${req.method} not allowed: GET ${req.path}`);
-      if (req.path === '/healthz/ready') {
-        const why = unready();
-        if (why) res.writeHead(503).end(`not ready: ${why}\n`);
-        else res.writeHead(200).end('ready\n');
-        return;
-      }
-      // Liveness: a failure restarts the container, so it answers whenever this event loop does and
-      // depends on nothing outside the process (a controller that is away is readiness's business).
-      if (req.path === '/healthz/live') return void res.writeHead(200).end('alive\n');
-      if (req.path !== '/metrics' && req.path !== '/stats/prometheus') throw new HttpError(404, 'not found: try /metrics, /healthz/ready or /healthz/live');
-      const text = await metrics.text();
-      res.writeHead(200, { 'content-type': metrics.contentType }).end(text);
-    });
+    const metricsServer = statusServer({ log: opts.log, metrics, unready: () => unreadyReason(configured, certs, identity) });
     await listenTcp(metricsServer, opts.metricsPort ?? 15020, opts.listen.host);
     // Read-only, on loopback: what it holds, built only when asked (nothing per request).
     const admin = opts.adminPort === undefined ? undefined : await WaypointAdmin.start({

@@ -24,8 +24,9 @@ import { logger } from '../../telemetry/log.js';
 import { MeshMetrics, RequestMetrics, tcpLabels, type Peer } from '../../telemetry/metrics.js';
 import { createTracer, type TracingOptions } from '../../telemetry/tracing.js';
 import { readFlagFile, tokenFile, waitForFile } from '../../util/files.js';
-import { HttpError, listenTcp, localServer, sendJson } from '../../util/local-http.js';
+import { listenTcp, localServer, sendJson } from '../../util/local-http.js';
 import { WAYPOINT_ADMIN_PORT, waypointAdminAnswer } from '../admin.js';
+import { statusServer, unreadyReason } from '../status-server.js';
 import { requestReporter } from '../app.js';
 import { L7Authorizer } from '../authz.js';
 import { WaypointProxy } from '../proxy.js';
@@ -248,27 +249,13 @@ export class IngressGateway {
         }, (err: Error) => opts.log.error({ err: err.message, version }, 'listeners not updated'));
       },
     });
-    const unready = (): string | undefined => {
-      const why: string[] = [];
-      if (!configured) why.push('no config from the controller yet');
-      const cert = certs.list().find((c) => c.identity === identity);
-      if (!cert?.notAfter || Date.parse(cert.notAfter) <= Date.now()) why.push(`no certificate for ${identity} yet${cert?.lastError ? ` (${cert.lastError})` : ''}`);
-      return why.length > 0 ? why.join('; ') : undefined;
-    };
-    const metricsServer = localServer({ name: 'metrics', log: opts.log }, async (req, res) => {
-      if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, `${req.method} not allowed: GET ${req.path}`);
-      if (req.path === '/healthz/ready') {
-        const why = unready();
-        if (why) return void res.writeHead(503).end(`not ready: ${why}\n`);
-        // Ready; what is not served is said (a bad Secret leaves its server unserved, not the gateway).
+    // Ready with config and certificate; what is not served is said (a bad Secret leaves its server unserved, not the gateway).
+    const metricsServer = statusServer({
+      log: opts.log, metrics, unready: () => unreadyReason(configured, certs, identity),
+      notServed: () => {
         const status = listeners.status();
-        const notServed = [...status.servers.filter((s) => !s.served).map((s) => `${s.id}: ${s.problem}`), ...status.bindErrors.filter((b) => !status.servers.some((s) => s.port === b.port)).map((b) => b.error)];
-        return void res.writeHead(200).end(notServed.length > 0 ? `ready; not served: ${notServed.join('; ')}\n` : 'ready\n');
-      }
-      if (req.path === '/healthz/live') return void res.writeHead(200).end('alive\n');
-      if (req.path !== '/metrics' && req.path !== '/stats/prometheus') throw new HttpError(404, 'not found: try /metrics, /healthz/ready or /healthz/live');
-      const text = await metrics.text();
-      res.writeHead(200, { 'content-type': metrics.contentType }).end(text);
+        return [...status.servers.filter((s) => !s.served).map((s) => `${s.id}: ${s.problem}`), ...status.bindErrors.filter((b) => !status.servers.some((s) => s.port === b.port)).map((b) => b.error)];
+      },
     });
     await listenTcp(metricsServer, opts.metricsPort ?? 15020, opts.listenHost ?? '0.0.0.0');
     const metricsPort = (metricsServer.address() as { port: number }).port;
