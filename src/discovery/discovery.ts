@@ -6,6 +6,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
+import { deflateSync, inflateSync } from 'node:zlib';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { Logger } from 'pino';
@@ -19,7 +20,7 @@ import type { ConfigObject, MeshModel } from '../config/model.js';
 export type SubscriberKind = 'node-agent' | 'waypoint' | 'gateway';
 
 export interface WireResource { key: string; type: string; json: string }
-interface WireResponse { version: string; full: boolean; resources: WireResource[]; removed: string[]; more?: boolean }
+export interface WireResponse { version: string; full: boolean; resources: WireResource[]; removed: string[]; more?: boolean; encoding?: string; payload?: Buffer }
 
 /**
  * A version is written in parts of about this many bytes (keys, types and JSON of its resources,
@@ -53,12 +54,79 @@ export function partsOf(message: WireResponse, limit = PART_BYTES): WireResponse
   out.push({ ...part, more: false });
   return out;
 }
-interface WireRequest { subscribe?: { node: string; kind: string; name: string; last_version: string }; ack?: { version: string }; nack?: { version: string; error: string } }
+interface WireRequest { subscribe?: { node: string; kind: string; name: string; last_version: string; accept_encoding?: string[] }; ack?: { version: string }; nack?: { version: string; error: string } }
 
-let definition: grpc.GrpcObject | undefined;
+/**
+ * The payload encoding of DiscoveryResponse (discovery.proto): zlib. A node agent's snapshot is
+ * JSON of workloads that differ in a few names and addresses, which level 1 shrinks ~10 times for
+ * a few ms per MiB; a part is compressed once and shared by every subscriber of its view.
+ */
+export const PAYLOAD_ENCODING = 'deflate';
+const DEFLATE_LEVEL = 1;
+
+interface StreamCodec { responseSerialize(v: unknown): Buffer; responseDeserialize(b: Buffer): WireResponse }
+
+let service: grpc.ServiceClientConstructor | undefined;
 export function discoveryService(): grpc.ServiceClientConstructor {
-  definition ??= grpc.loadPackageDefinition(protoLoader.loadSync(join(packageRoot(), 'src', 'api', 'discovery.proto'), { keepCase: true, defaults: true, oneofs: true }));
-  return (definition as unknown as { ambit: { discovery: { v1: { Discovery: grpc.ServiceClientConstructor } } } }).ambit.discovery.v1.Discovery;
+  if (!service) {
+    const definition = grpc.loadPackageDefinition(protoLoader.loadSync(join(packageRoot(), 'src', 'api', 'discovery.proto'), { keepCase: true, defaults: true, oneofs: true }));
+    service = (definition as unknown as { ambit: { discovery: { v1: { Discovery: grpc.ServiceClientConstructor } } } }).ambit.discovery.v1.Discovery;
+    // The controller writes parts it serialized once for all subscribers of a view (wireOf): a
+    // Buffer goes out as it is; anything else is serialized as usual.
+    const stream = (service.service as unknown as { Stream: StreamCodec }).Stream;
+    const serialize = stream.responseSerialize.bind(stream);
+    stream.responseSerialize = (v: unknown) => (Buffer.isBuffer(v) ? v : serialize(v));
+  }
+  return service;
+}
+
+/** The serializer and deserializer of DiscoveryResponse (the generated ones; a Buffer is serialized as itself). */
+export const responseCodec = (): StreamCodec => (discoveryService().service as unknown as { Stream: StreamCodec }).Stream;
+
+/** The parts of a version as written: serialized, and compressed for subscribers that take it; computed once per parts array. */
+const wireParts = new WeakMap<WireResponse[], { plain?: Buffer[]; deflate?: Buffer[] }>();
+
+/**
+ * A version's parts as the bytes of DiscoveryResponse messages, plain or with a compressed
+ * payload (PAYLOAD_ENCODING): computed once per parts array, so that 100 subscribers of one
+ * snapshot cost one serialization (and one compression), not 100.
+ */
+export function wireOf(parts: WireResponse[], encoding?: typeof PAYLOAD_ENCODING): Buffer[] {
+  let cached = wireParts.get(parts);
+  if (!cached) wireParts.set(parts, (cached = {}));
+  const codec = responseCodec();
+  if (encoding === PAYLOAD_ENCODING) {
+    return cached.deflate ??= parts.map((p) => codec.responseSerialize({
+      version: p.version, full: p.full, more: p.more ?? false, encoding: PAYLOAD_ENCODING,
+      payload: deflateSync(codec.responseSerialize({ resources: p.resources, removed: p.removed }), { level: DEFLATE_LEVEL }),
+    }));
+  }
+  return cached.plain ??= parts.map((p) => codec.responseSerialize(p));
+}
+
+/**
+ * A part as the subscriber uses it: a compressed payload inflated (to at most `maxBytes`, so that
+ * a hostile controller cannot make a subscriber hold a zip bomb) and decoded. Throws with what was
+ * wrong: an unknown encoding, data that is not zlib, too large once inflated, or not a message.
+ */
+export function openPart(part: WireResponse, maxBytes = MAX_MESSAGE_BYTES): WireResponse {
+  if (!part.encoding) return part;
+  const at = `version ${clip(part.version, 64)}`;
+  if (part.encoding !== PAYLOAD_ENCODING) throw new Error(`${at}: payload encoding "${clip(part.encoding, 32)}" unknown (this subscriber reads ${PAYLOAD_ENCODING})`);
+  let bytes: Buffer;
+  try {
+    bytes = inflateSync(part.payload ?? Buffer.alloc(0), { maxOutputLength: maxBytes });
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw new Error(`${at}: payload inflates to more than ${maxBytes} bytes (the most one message may carry)`);
+    throw new Error(`${at}: payload is not ${PAYLOAD_ENCODING} data: ${(err as Error).message}`);
+  }
+  let inner: WireResponse;
+  try {
+    inner = responseCodec().responseDeserialize(bytes);
+  } catch (err) {
+    throw new Error(`${at}: inflated payload is not a DiscoveryResponse: ${(err as Error).message}`);
+  }
+  return { version: part.version, full: part.full, more: part.more, resources: inner.resources, removed: inner.removed };
 }
 
 /**
@@ -175,7 +243,7 @@ interface SubscriberState {
   node: string;
   kind: SubscriberKind;
   name: string;
-  call: grpc.ServerDuplexStream<WireRequest, WireResponse>;
+  call: grpc.ServerDuplexStream<WireRequest, WireResponse | Buffer>;
   /** The version the subscriber holds (its last ACK). */
   acked?: string;
   /** Versions sent and not yet answered, oldest first. */
@@ -186,6 +254,8 @@ interface SubscriberState {
   lastNack?: { version: string; error: string };
   /** When its credential is checked again (its expiry, or recheckMs from the last check). */
   recheck?: NodeJS.Timeout;
+  /** The subscriber asked for compressed payloads (Subscribe.accept_encoding); absent: plain parts, as older agents read them. */
+  encoding?: typeof PAYLOAD_ENCODING;
 }
 
 export interface DiscoveryServerOptions {
@@ -314,10 +384,10 @@ export class DiscoveryServer {
 
   /** The gRPC implementation, to add to the control server. */
   implementation(): grpc.UntypedServiceImplementation {
-    return { Stream: (call: grpc.ServerDuplexStream<WireRequest, WireResponse>) => this.serve(call) };
+    return { Stream: (call: grpc.ServerDuplexStream<WireRequest, WireResponse | Buffer>) => this.serve(call) };
   }
 
-  private serve(call: grpc.ServerDuplexStream<WireRequest, WireResponse>): void {
+  private serve(call: grpc.ServerDuplexStream<WireRequest, WireResponse | Buffer>): void {
     let sub: SubscriberState | undefined;
     let subscribing = false;
     let ended = false;
@@ -347,7 +417,9 @@ export class DiscoveryServer {
           if (kind !== 'node-agent' && !/^[a-z0-9-]+\/[a-z0-9.-]+$/.test(name)) return fail(grpc.status.INVALID_ARGUMENT, `subscribe.name must be NAMESPACE/NAME for a ${kind}, got "${name.slice(0, 253)}"`);
           if (kind !== 'node-agent' && !caller.workload) return fail(grpc.status.PERMISSION_DENIED, `authenticated as the node agent of node ${caller.node}, cannot subscribe as ${kind} ${name}: a ${kind} subscribes with its own credential`);
           if (kind !== 'node-agent' && caller.workload && name !== `${caller.workload.namespace}/${caller.workload.name}`) return fail(grpc.status.PERMISSION_DENIED, `authenticated as ${caller.workload.namespace}/${caller.workload.name}, cannot subscribe as ${kind} ${name}`);
-          sub = { id: randomBytes(4).toString('hex'), node, kind, name, call, inflight: [], needFull: false };
+          // Compressed payloads only for a subscriber that asked: an older one does not know the field.
+          const encoding = req.subscribe?.accept_encoding?.includes(PAYLOAD_ENCODING) ? PAYLOAD_ENCODING : undefined;
+          sub = { id: randomBytes(4).toString('hex'), node, kind, name, call, inflight: [], needFull: false, ...(encoding ? { encoding } : {}) };
           // One credential cannot pile up streams (each holds a snapshot in flight): beyond a
           // few for the same subscriber, the oldest goes (a restarted agent's half-open one).
           const same = [...this.subscribers].filter((o) => o.kind === kind && o.node === node && o.name === name);
@@ -499,7 +571,7 @@ export class DiscoveryServer {
       parts = d.parts ??= partsOf({ version: this.version, full: false, resources: d.resources, removed: d.removed });
     }
     sub.inflight.push(this.version);
-    for (const part of parts) sub.call.write(part);
+    for (const bytes of wireOf(parts, sub.encoding)) sub.call.write(bytes);
     this.observer?.pushed(sub.kind, bytesOf(parts), (performance.now() - started) / 1000);
   }
 
@@ -536,6 +608,11 @@ export interface DiscoveryClientOptions {
   reconnectProbeMs?: number;
   log?: Logger;
   random?: () => number;
+  /**
+   * Ask for compressed payloads (Subscribe.accept_encoding; default true). False subscribes as an
+   * agent from before the field did: plain parts.
+   */
+  compressed?: boolean;
 }
 
 /**
@@ -552,6 +629,8 @@ export class DiscoveryClient {
   private version = '';
   /** The parts of a version received so far, until its last part (more = false) arrives. */
   private partial?: WireResponse;
+  /** A version refused at one of its parts (a payload that could not be opened): its other parts are dropped. */
+  private refused?: string;
   private call?: grpc.ClientDuplexStream<WireRequest, WireResponse>;
   private readonly client: grpc.Client;
   private failures = 0;
@@ -590,7 +669,11 @@ export class DiscoveryClient {
     const call = (this.client as unknown as { Stream(md: grpc.Metadata): grpc.ClientDuplexStream<WireRequest, WireResponse> }).Stream(metadata);
     this.call = call;
     this.partial = undefined;
-    call.write({ subscribe: { node: this.opts.node, kind: this.opts.kind, name: this.opts.name ?? '', last_version: this.version } });
+    this.refused = undefined;
+    call.write({ subscribe: {
+      node: this.opts.node, kind: this.opts.kind, name: this.opts.name ?? '', last_version: this.version,
+      accept_encoding: this.opts.compressed === false ? [] : [PAYLOAD_ENCODING],
+    } });
     call.on('data', (res: WireResponse) => this.receive(call, res));
     call.on('error', (err: grpc.ServiceError) => {
       if (call === this.call) this.lastError = { code: err.code, details: err.details || err.message };
@@ -599,10 +682,25 @@ export class DiscoveryClient {
     call.on('end', () => this.lost(call, 'stream ended'));
   }
 
-  private receive(call: grpc.ClientDuplexStream<WireRequest, WireResponse>, part: WireResponse): void {
+  private receive(call: grpc.ClientDuplexStream<WireRequest, WireResponse>, wire: WireResponse): void {
     if (call !== this.call) return;
     this.connected = true;
     this.failures = 0;
+    if (wire.version === this.refused) return;
+    this.refused = undefined;
+    let part: WireResponse;
+    try {
+      part = openPart(wire);
+    } catch (err) {
+      // The whole version is refused, whatever parts of it came or are still to come; the
+      // controller sends the next one in full.
+      const error = (err as Error).message;
+      this.opts.log?.warn({ version: wire.version, error }, 'config rejected; keeping the last good one');
+      this.partial = undefined;
+      this.refused = wire.version;
+      call.write({ nack: { version: wire.version, error } });
+      return;
+    }
     // Parts of one version are gathered; it is applied (and ACKed) once, at its last part.
     let res = part;
     if (this.partial && this.partial.version !== part.version) this.partial = undefined;

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DiscoveryClient, DiscoveryServer, discoveryService, MAX_INFLIGHT, MAX_NACK_ERROR, MAX_STREAMS, viewFor, type WireResource } from '../../src/discovery/discovery.js';
+import { DiscoveryClient, DiscoveryServer, discoveryService, MAX_INFLIGHT, MAX_NACK_ERROR, MAX_STREAMS, openPart, responseCodec, viewFor, type WireResource } from '../../src/discovery/discovery.js';
 import { buildModel, type MeshModel, type PodInfo, type Service, type Workload } from '../../src/config/model.js';
 import { validateMeshObject } from '../../src/config/validate.js';
 import { CertificateAuthority, FileCaStore } from '../../src/identity/ca.js';
@@ -285,7 +285,8 @@ describe('the discovery stream against a hostile subscriber', () => {
       this.on('error', (e: { code: grpc.status; details: string }) => { this.status ??= e; });
     }
     getPeer() { return '10.0.0.9:5555'; }
-    write(m: { version: string; more?: boolean }) { this.written.push(m); return true; }
+    /** The controller writes serialized parts (shared by the subscribers of a view): read back as the subscriber would. */
+    write(m: Buffer) { this.written.push(openPart(responseCodec().responseDeserialize(m))); return true; }
     end() { /* the stream closed */ }
   }
   const open = (d: DiscoveryServer, token: string) => {
