@@ -7,16 +7,26 @@
  *   propagation    one pod change → the time until every agent applied the new version
  *                  (--changes changes; first with one agent connected — the baseline — then with all)
  *   controller RSS after the full sync, from the controller process itself
+ *   per change    where the controller's time goes: the synthetic source's snapshot, buildModel,
+ *                 encoding (update() less its pushes) and the pushes (deltas built and written)
  *
  *   npx tsx bench/discovery.ts [--pods 10000] [--services 1000] [--agents 100] [--changes 30]
+ *                              [--out FILE] [--profile DIR]
+ *
+ * --out: where the result goes (default bench/results/discovery.json). --profile DIR: the
+ * controller process writes V8 CPU profiles of the full sync (fullsync.cpuprofile) and of the
+ * changes to all agents (changes.cpuprofile), and a heap snapshot after the full sync
+ * (fullsync.heapsnapshot), into DIR; bench/profile-summary.ts summarizes them.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector';
 import { cpus, tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { writeHeapSnapshot } from 'node:v8';
 import { DiscoveryClient, DiscoveryServer, discoveryService } from '../src/discovery/discovery.js';
 import { buildModel, type PodInfo } from '../src/config/model.js';
 import { CertificateAuthority, FileCaStore } from '../src/identity/ca.js';
@@ -27,6 +37,7 @@ const { values } = parseArgs({
   options: {
     pods: { type: 'string', default: '10000' }, services: { type: 'string', default: '1000' }, agents: { type: 'string', default: '100' },
     changes: { type: 'string', default: '30' }, serve: { type: 'boolean' }, dir: { type: 'string' },
+    out: { type: 'string' }, profile: { type: 'string' },
   },
 });
 const pods = Number(values.pods);
@@ -63,10 +74,16 @@ async function serve(dir: string): Promise<void> {
   const ca = await CertificateAuthority.open({ store: new FileCaStore(join(dir, 'ca')) });
   const tokens = Object.fromEntries(Array.from({ length: agents }, (_, i) => [node(i + 1), token(i + 1)]));
   const auth = new BootstrapTokenAuthenticator(tokens);
-  const discovery = new DiscoveryServer(auth);
+  // The seconds update() spends in pushes (deltas built, serialized, written), for the split per change.
+  let pushSeconds = 0;
+  const discovery = new DiscoveryServer(auth, undefined, { observer: { pushed: (_kind, _bytes, seconds) => { pushSeconds += seconds; }, rejected: () => undefined } });
   const resources = snapshotResources();
   let revision = 0;
   discovery.update(buildModel({ resources, pods: snapshotPods(revision) }, 'cluster.local'));
+  // The CPU profiler of this process, for --profile: started and stopped around a phase by the bench.
+  const session = new Session();
+  session.connect();
+  const post = (method: string, params?: object) => new Promise<unknown>((ok, fail) => session.post(method, params, (err, res) => (err ? fail(err) : ok(res))));
   const server = await CaServer.start({
     ca, authenticator: auth, directory: { identitiesOnNode: () => new Set() }, host: '127.0.0.1', port: 0,
     services: [{ definition: discoveryService().service, implementation: discovery.implementation() }],
@@ -74,12 +91,32 @@ async function serve(dir: string): Promise<void> {
   const say = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
   say({ port: server.port, roots: ca.trustBundle() });
   for await (const line of createInterface({ input: process.stdin })) {
-    if (line === 'change') {
+    const [command, arg] = line.split(' ');
+    if (command === 'change') {
       revision++;
-      const t = performance.now();
-      discovery.update(buildModel({ resources, pods: snapshotPods(revision) }, 'cluster.local'));
-      say({ version: discovery.version, modelMs: performance.now() - t });
-    } else if (line === 'rss') {
+      const t0 = performance.now();
+      const snapshot = { resources, pods: snapshotPods(revision) };
+      const t1 = performance.now();
+      const model = buildModel(snapshot, 'cluster.local');
+      const t2 = performance.now();
+      pushSeconds = 0;
+      discovery.update(model);
+      const t3 = performance.now();
+      say({ version: discovery.version, modelMs: t3 - t0, split: { sourceMs: t1 - t0, buildModelMs: t2 - t1, encodeMs: t3 - t2 - pushSeconds * 1000, pushMs: pushSeconds * 1000 } });
+    } else if (command === 'profile-start') {
+      await post('Profiler.enable');
+      await post('Profiler.setSamplingInterval', { interval: 200 });
+      await post('Profiler.start');
+      say({ ok: true });
+    } else if (command === 'profile-stop') {
+      const { profile } = await post('Profiler.stop') as { profile: unknown };
+      writeFileSync(arg!, JSON.stringify(profile));
+      say({ ok: true });
+    } else if (command === 'heap') {
+      global.gc?.();
+      writeHeapSnapshot(arg);
+      say({ ok: true });
+    } else if (command === 'rss') {
       global.gc?.();
       say({ rss: process.memoryUsage().rss });
     } else if (line === 'quit') {
@@ -100,14 +137,24 @@ async function main(): Promise<void> {
     const { port, roots } = await next<{ port: number; roots: string[] }>();
     const connect = (i: number) => new DiscoveryClient({ address: `127.0.0.1:${port}`, roots, token: token(i), node: node(i), kind: 'node-agent', apply: () => undefined });
 
+    const profileDir = values.profile ? resolve(values.profile) : undefined;
+    if (profileDir) mkdirSync(profileDir, { recursive: true });
+    const command = async (line: string) => {
+      child.stdin!.write(`${line}\n`);
+      await next<{ ok: true }>();
+    };
+
     const controllerMs: number[] = [];
+    type Split = { sourceMs: number; buildModelMs: number; encodeMs: number; pushMs: number };
+    const splits: Split[] = [];
     const propagate = async (set: DiscoveryClient[]): Promise<number[]> => {
       const times: number[] = [];
       for (let c = 0; c < changes; c++) {
         const t = performance.now();
         child.stdin!.write('change\n');
-        const { version, modelMs } = await next<{ version: string; modelMs: number }>();
+        const { version, modelMs, split } = await next<{ version: string; modelMs: number; split: Split }>();
         controllerMs.push(modelMs);
+        if (set.length > 1) splits.push(split);
         while (!set.every((x) => x.appliedVersion === version)) await new Promise((r) => setImmediate(r));
         times.push(performance.now() - t);
       }
@@ -118,30 +165,43 @@ async function main(): Promise<void> {
     await clients[0]!.ready;
     const baseline = await propagate(clients);
 
+    if (profileDir) await command('profile-start');
     let t = performance.now();
     for (let i = 2; i <= agents; i++) clients.push(connect(i));
     await Promise.all(clients.map((c) => c.ready));
     const fullSyncMs = performance.now() - t;
+    if (profileDir) await command(`profile-stop ${join(profileDir, 'fullsync.cpuprofile')}`);
     child.stdin!.write('rss\n');
     const { rss } = await next<{ rss: number }>();
+    // After the RSS: writing the snapshot takes memory of its own.
+    if (profileDir) await command(`heap ${join(profileDir, 'fullsync.heapsnapshot')}`);
+    if (profileDir) await command('profile-start');
     t = performance.now();
     const all = await propagate(clients);
+    if (profileDir) await command(`profile-stop ${join(profileDir, 'changes.cpuprofile')}`);
 
     const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    const perChange = {
+      sourceMs: median(splits.map((x) => x.sourceMs)), buildModelMs: median(splits.map((x) => x.buildModelMs)),
+      encodeMs: median(splits.map((x) => x.encodeMs)), pushMs: median(splits.map((x) => x.pushMs)),
+    };
     const result = {
       date: new Date().toISOString(), node: process.version, cpus: cpus().length, pods, services, agents, changes,
       fullSyncMs, controllerRssMb: rss / 2 ** 20, controllerUpdateMsP50: [...controllerMs].sort((a, b) => a - b)[Math.floor(controllerMs.length / 2)]!,
       propagation1: { p50: pct(baseline, 50), p99: pct(baseline, 99) },
       propagationAll: { p50: pct(all, 50), p99: pct(all, 99) },
+      controllerPerChangeP50: perChange,
     };
     const say = (s: string) => process.stdout.write(`${s}\n`);
     say(`${pods} pods, ${services} services, ${agents} node agents (${cpus().length} CPUs, Node.js ${process.version})`);
     say(`full sync of ${agents} agents            ${fullSyncMs.toFixed(0)} ms`);
     say(`controller RSS after sync          ${result.controllerRssMb.toFixed(0)} MB`);
     say(`controller model + deltas / change p50 ${result.controllerUpdateMsP50.toFixed(1)} ms`);
+    say(`  of which (all agents, p50 each)  source ${perChange.sourceMs.toFixed(1)} ms, buildModel ${perChange.buildModelMs.toFixed(1)} ms, encode ${perChange.encodeMs.toFixed(1)} ms, push ${perChange.pushMs.toFixed(1)} ms`);
     say(`one pod change → 1 agent           p50 ${result.propagation1.p50.toFixed(1)} ms  p99 ${result.propagation1.p99.toFixed(1)} ms (baseline)`);
     say(`one pod change → all ${agents} agents    p50 ${result.propagationAll.p50.toFixed(1)} ms  p99 ${result.propagationAll.p99.toFixed(1)} ms  (p99 x baseline ${(result.propagationAll.p99 / result.propagation1.p99).toFixed(1)})`);
-    const out = join(dirname(fileURLToPath(import.meta.url)), 'results', 'discovery.json');
+    const out = values.out ? resolve(values.out) : join(dirname(fileURLToPath(import.meta.url)), 'results', 'discovery.json');
     mkdirSync(dirname(out), { recursive: true });
     writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
   } finally {
