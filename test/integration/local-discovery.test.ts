@@ -87,7 +87,7 @@ spec: { selector: { app: a }, ports: [{ port: 80 }] }
     const s = new Subscriber('node-1');
     subs.push(s);
     const first = await until('the snapshot', () => s.last, { timeout: 20_000, interval: 50 });
-    expect(first.keys!.filter((k) => !k.startsWith('workload/'))).toEqual(['service/app/a']);
+    expect(first.keys!.filter((k) => !k.startsWith('workload/'))).toEqual(['meshconfig/mesh', 'service/app/a']);
     expect(first.keys!.filter((k) => k.startsWith('workload/'))).toHaveLength(1);
     writeFileSync(join(dir, 'b.yaml'), `
 apiVersion: v1
