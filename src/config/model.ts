@@ -53,7 +53,11 @@ export interface PodInfo {
   hostNetwork?: boolean;
 }
 
-/** Everything a config source knows at one moment. */
+/**
+ * Everything a config source knows at one moment. Its objects are not changed once reported: a
+ * pod that changed is a new PodInfo (a source may hand the same object again for a pod that did
+ * not, as KubernetesSource's cache does, and buildModel then reuses that pod's Workload).
+ */
 export interface SourceSnapshot {
   resources: Resource[];
   pods: PodInfo[];
@@ -205,12 +209,29 @@ export function workloadOf(p: PodInfo, namespaceLabels: Record<string, string>, 
   };
 }
 
+/**
+ * The Workload built for a PodInfo, with what else it was built from: the same pod object in the
+ * same namespace labels and trust domain gives the same Workload object, so that one pod's change
+ * costs one workload's building and encoding (DiscoveryServer reuses an object's encoding by
+ * reference), not every pod's.
+ */
+const builtWorkloads = new WeakMap<PodInfo, { namespaceLabels: Record<string, string>; trustDomain: string; workload: Workload }>();
+const NO_LABELS: Record<string, string> = Object.freeze({}) as Record<string, string>;
+
+function cachedWorkload(p: PodInfo, namespaceLabels: Record<string, string>, trustDomain: string): Workload {
+  const hit = builtWorkloads.get(p);
+  if (hit && hit.namespaceLabels === namespaceLabels && hit.trustDomain === trustDomain) return hit.workload;
+  const workload = workloadOf(p, namespaceLabels, trustDomain);
+  builtWorkloads.set(p, { namespaceLabels, trustDomain, workload });
+  return workload;
+}
+
 export function buildModel(snapshot: SourceSnapshot, trustDomain: string, clusterDomain = 'cluster.local', meshConfig: MeshConfig = DEFAULT_MESH_CONFIG): MeshModel {
   const namespaces = new Map<string, NamespaceResource>();
   for (const r of snapshot.resources) if (r.kind === 'Namespace' && !('other' in r)) namespaces.set(r.meta.name, r as NamespaceResource);
-  const nsLabels = (ns: string) => namespaces.get(ns)?.meta.labels ?? {};
+  const nsLabels = (ns: string) => namespaces.get(ns)?.meta.labels ?? NO_LABELS;
 
-  const workloads: Workload[] = snapshot.pods.map((p) => workloadOf(p, nsLabels(p.namespace), trustDomain)).sort((a, b) => a.uid.localeCompare(b.uid));
+  const workloads: Workload[] = snapshot.pods.map((p) => cachedWorkload(p, nsLabels(p.namespace), trustDomain)).sort((a, b) => a.uid.localeCompare(b.uid));
 
   // Workloads by namespace and one label, so that each selector looks at its candidates only.
   const byLabel = new Map<string, Workload[]>();

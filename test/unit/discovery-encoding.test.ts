@@ -1,10 +1,12 @@
 /**
- * Compressed parts on the discovery stream: negotiated by the subscriber (Subscribe.accept_encoding),
- * so that an older agent that does not ask gets plain parts and a new agent reads an older
- * controller's plain parts; one compression per part shared by every subscriber; deltas applied
- * alike either way; and a payload that inflates beyond what one message may carry refused (NACK)
- * without ever being held whole.
+ * The discovery stream's cost at scale, behaviour kept: compressed parts negotiated by the
+ * subscriber (Subscribe.accept_encoding), so that an older agent that does not ask gets plain
+ * parts and a new agent reads an older controller's plain parts; one compression per part shared
+ * by every subscriber; deltas applied alike either way, in place and undone when refused; a
+ * payload that inflates beyond what one message may carry refused (NACK) without ever being held
+ * whole; and an unchanged pod's Workload and encoding reused, with the same model and deltas.
  */
+import { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -78,6 +80,65 @@ describe('compressed parts, as bytes', () => {
     expect(() => openPart(part(PAYLOAD_ENCODING, deflateSync(fits)), fits.length - 1)).toThrow(`payload inflates to more than ${fits.length - 1} bytes`);
     expect(() => openPart(part('br', bomb))).toThrow('version v-2: payload encoding "br" unknown (this subscriber reads deflate)');
     expect(() => openPart(part(PAYLOAD_ENCODING, Buffer.from('not zlib at all')))).toThrow(/^version v-2: payload is not deflate data: /);
+  });
+});
+
+describe('one pod\'s change costs one workload', () => {
+  const ns = (labels: Record<string, string>) => ({ apiVersion: 'v1', kind: 'Namespace', meta: { name: 'enc', namespace: '', labels, annotations: {} }, source: { file: 'enc', doc: 1 }, raw: {} }) as Resource;
+  const podOf = (i: number, extra: Record<string, string> = {}): PodInfo => ({
+    uid: `pod-${i}`, namespace: 'enc', name: `pod-${i}`, node: 'node-1', ip: `10.244.0.${i + 2}`, labels: { app: 'a', ...extra },
+    spec: { serviceAccountName: 'sa', restartPolicy: 'Always', terminationGracePeriodSeconds: 30, containers: [{ name: 'c', argv: ['x'], env: [], cwd: '/', ports: [{ name: 'http', containerPort: 8080, protocol: 'TCP' }] }] },
+  });
+
+  it('reuses the Workload of a pod object seen before, and builds anew what changed (the pod, its namespace\'s labels, the trust domain)', () => {
+    const ambient = ns({ 'ambit.dev/dataplane-mode': 'ambient' });
+    const pods = [podOf(0), podOf(1)];
+    const first = buildModel({ resources: [ambient], pods }, 'cluster.local');
+    const second = buildModel({ resources: [ambient], pods: [podOf(0, { v: '2' }), pods[1]!] }, 'cluster.local');
+    expect(second.workloads[1]).toBe(first.workloads[1]);
+    expect(second.workloads[0]).not.toBe(first.workloads[0]);
+    expect(second.workloads[0]!.labels).toEqual({ app: 'a', v: '2' });
+    // The same pod objects in a namespace relabelled (a new Namespace object): built anew, and now outside the mesh.
+    const third = buildModel({ resources: [ns({})], pods }, 'cluster.local');
+    expect(third.workloads[1]).not.toBe(first.workloads[1]);
+    expect(third.workloads.map((w) => w.enrolled)).toEqual([false, false]);
+    const other = buildModel({ resources: [ambient], pods }, 'example.org');
+    expect(other.workloads[1]!.identity).toBe('spiffe://example.org/ns/enc/sa/sa');
+    // Whatever was reused, the model is the one built from fresh objects.
+    for (const [m, resources, trust, list] of [[second, [ambient], 'cluster.local', [podOf(0, { v: '2' }), podOf(1)]], [third, [ns({})], 'cluster.local', [podOf(0), podOf(1)]], [other, [ambient], 'example.org', [podOf(0), podOf(1)]]] as const) {
+      expect(m).toEqual(buildModel({ resources: structuredClone([...resources]), pods: structuredClone([...list]) }, trust));
+    }
+  });
+
+  it('sends a delta of what changed, whether the model reuses objects or rebuilds them all', async () => {
+    const discovery = new DiscoveryServer(auth);
+    const ambient = ns({ 'ambit.dev/dataplane-mode': 'ambient' });
+    const pods = Array.from({ length: 20 }, (_, i) => podOf(i));
+    const writes: WireResponse[] = [];
+    const call = Object.assign(new EventEmitter(), {
+      metadata: (() => { const md = new grpc.Metadata(); md.set('authorization', 'Bearer one'); return md; })(),
+      getPeer: () => '10.0.0.9:5555', end: () => undefined,
+      write: (b: Buffer) => { writes.push(openPart(responseCodec().responseDeserialize(b))); return true; },
+    });
+    discovery.update(buildModel({ resources: [ambient], pods }, 'cluster.local'));
+    (discovery.implementation().Stream as (c: unknown) => void)(call);
+    call.emit('data', { subscribe: { node: 'node-1', kind: 'node-agent', name: '', last_version: '', accept_encoding: [PAYLOAD_ENCODING] } });
+    await until('the snapshot', () => writes.length === 1, { timeout: 5_000, interval: 5 });
+    const ack = () => call.emit('data', { ack: { version: writes.at(-1)!.version } });
+    ack();
+    // Reused objects, one pod changed.
+    discovery.update(buildModel({ resources: [ambient], pods: [podOf(3, { v: '2' }), ...pods.filter((_, i) => i !== 3)] }, 'cluster.local'));
+    expect(writes).toHaveLength(2);
+    expect(writes[1]!.resources.map((r) => r.key)).toEqual(['workload/pod-3']);
+    ack();
+    // Every object new but equal, one pod changed back: only that one goes.
+    discovery.update(buildModel({ resources: [ambient], pods: structuredClone(pods) }, 'cluster.local'));
+    expect(writes).toHaveLength(3);
+    expect(writes[2]!.resources.map((r) => [r.key, JSON.parse(r.json).labels])).toEqual([['workload/pod-3', { app: 'a' }]]);
+    ack();
+    // Nothing changed: nothing is sent.
+    discovery.update(buildModel({ resources: [ambient], pods }, 'cluster.local'));
+    expect(writes).toHaveLength(3);
   });
 });
 
@@ -180,6 +241,34 @@ describe('compressed parts on the stream', () => {
     expect(asked).toEqual([[PAYLOAD_ENCODING]]);
     expect(applied).toEqual(['old-1']);
     expect(c.resources.get('meshconfig/mesh')!.json).toBe('{"outboundTrafficPolicy":"ALLOW_ANY"}');
+  });
+
+  it('undoes a delta its apply refuses: the state is the last good one, and the next delta builds on it', async () => {
+    const res = (key: string, json: string): WireResource => ({ key, type: 'workload', json });
+    const port = await serve({
+      Stream: (call: grpc.ServerDuplexStream<{ subscribe?: unknown; ack?: { version: string }; nack?: { version: string } }, WireResponse>) => {
+        call.on('data', (req) => {
+          if (req.subscribe) call.write({ version: 'v1', full: true, resources: [res('workload/a', '"a1"'), res('workload/b', '"b1"'), res('workload/c', '"c1"')], removed: [], more: false });
+          // v2 changes a, adds d, removes b (and a key it never had): refused.
+          if (req.ack?.version === 'v1') call.write({ version: 'v2', full: false, resources: [res('workload/a', '"a2"'), res('workload/d', '"bad"')], removed: ['workload/b', 'workload/zz'], more: false });
+          if (req.nack?.version === 'v2') call.write({ version: 'v3', full: false, resources: [res('workload/c', '"c3"')], removed: [], more: false });
+        });
+      },
+    });
+    const applied: { version: string; state: [string, string][] }[] = [];
+    const c = new DiscoveryClient({
+      address: `127.0.0.1:${port}`, roots: ca.trustBundle(), token: 'one', node: 'node-1', kind: 'node-agent',
+      apply: (r, version) => {
+        if (r.has('workload/d')) throw new Error('workload/d: cannot enroll');
+        applied.push({ version, state: [...r].map(([k, v]): [string, string] => [k, v.json]).sort((x, y) => x[0].localeCompare(y[0])) });
+      },
+    });
+    clients.push(c);
+    await until('v3 applied', () => c.appliedVersion === 'v3', { timeout: 5_000, interval: 10 });
+    expect(applied).toEqual([
+      { version: 'v1', state: [['workload/a', '"a1"'], ['workload/b', '"b1"'], ['workload/c', '"c1"']] },
+      { version: 'v3', state: [['workload/a', '"a1"'], ['workload/b', '"b1"'], ['workload/c', '"c3"']] },
+    ]);
   });
 
   it('NACKs a version whose part inflates beyond the bound, drops its other parts, and takes the next version', async () => {
