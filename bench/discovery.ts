@@ -7,11 +7,14 @@
  *   propagation    one pod change → the time until every agent applied the new version
  *                  (--changes changes; first with one agent connected — the baseline — then with all)
  *   controller RSS after the full sync, from the controller process itself
+ *   agent state   what one node agent holds: its snapshot's bytes (key, type, JSON of each
+ *                 resource, as the DiscoveryClient keeps them) and the heap of the MeshState
+ *                 the node agent builds from it (src/discovery/mesh-state.ts)
  *   per change    where the controller's time goes: the synthetic source's snapshot, buildModel,
  *                 encoding (update() less its pushes) and the pushes (deltas built and written)
  *
  *   npx tsx bench/discovery.ts [--pods 10000] [--services 1000] [--agents 100] [--changes 30]
- *                              [--out FILE] [--profile DIR]
+ *                              [--out FILE] [--profile DIR] [--fresh-pods]
  *
  * --out: where the result goes (default bench/results/discovery.json). --profile DIR: the
  * controller process writes V8 CPU profiles of the full sync (fullsync.cpuprofile) and of the
@@ -26,8 +29,10 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { writeHeapSnapshot } from 'node:v8';
+import { setFlagsFromString, writeHeapSnapshot } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { DiscoveryClient, DiscoveryServer, discoveryService } from '../src/discovery/discovery.js';
+import { MeshState } from '../src/discovery/mesh-state.js';
 import { buildModel, type PodInfo } from '../src/config/model.js';
 import { CertificateAuthority, FileCaStore } from '../src/identity/ca.js';
 import { BootstrapTokenAuthenticator, CaServer } from '../src/identity/ca-server.js';
@@ -37,7 +42,7 @@ const { values } = parseArgs({
   options: {
     pods: { type: 'string', default: '10000' }, services: { type: 'string', default: '1000' }, agents: { type: 'string', default: '100' },
     changes: { type: 'string', default: '30' }, serve: { type: 'boolean' }, dir: { type: 'string' },
-    out: { type: 'string' }, profile: { type: 'string' },
+    out: { type: 'string' }, profile: { type: 'string' }, 'fresh-pods': { type: 'boolean' },
   },
 });
 const pods = Number(values.pods);
@@ -50,14 +55,27 @@ for (const [k, v] of Object.entries({ pods, services, agents, changes })) {
 const token = (i: number) => `bench-token-${i}`;
 const node = (i: number) => `node-${i}`;
 
+const podInfo = (i: number, revision: number): PodInfo => ({
+  uid: `pod-${i}`, namespace: 'bench', name: `pod-${i}`, node: node((i % agents) + 1),
+  ip: `10.${Math.floor(i / 65536) + 100}.${Math.floor(i / 256) % 256}.${i % 256}`,
+  // Pod 0's label changes with each revision: one pod change per step.
+  labels: { app: `svc-${i % services}`, ...(i === 0 ? { revision: String(revision) } : {}) },
+  spec: { serviceAccountName: `sa-${i % services}`, restartPolicy: 'Always', terminationGracePeriodSeconds: 30, containers: [{ name: 'c', argv: ['x'], env: [], cwd: '/', ports: [{ name: 'http', containerPort: 8080, protocol: 'TCP' }] }] },
+});
+
+/**
+ * The source's pods at a revision: a new array each time, in which, as in KubernetesSource's
+ * snapshots (its watch cache), a pod that did not change is the object of the previous one;
+ * --fresh-pods makes every pod anew each time, as LocalClusterSource does.
+ */
+let current: PodInfo[] | undefined;
 function snapshotPods(revision: number): PodInfo[] {
-  return Array.from({ length: pods }, (_, i) => ({
-    uid: `pod-${i}`, namespace: 'bench', name: `pod-${i}`, node: node((i % agents) + 1),
-    ip: `10.${Math.floor(i / 65536) + 100}.${Math.floor(i / 256) % 256}.${i % 256}`,
-    // Pod 0's label changes with each revision: one pod change per step.
-    labels: { app: `svc-${i % services}`, ...(i === 0 ? { revision: String(revision) } : {}) },
-    spec: { serviceAccountName: `sa-${i % services}`, restartPolicy: 'Always', terminationGracePeriodSeconds: 30, containers: [{ name: 'c', argv: ['x'], env: [], cwd: '/', ports: [{ name: 'http', containerPort: 8080, protocol: 'TCP' }] }] },
-  }));
+  if (!current || values['fresh-pods']) current = Array.from({ length: pods }, (_, i) => podInfo(i, revision));
+  else {
+    current = [...current];
+    current[0] = podInfo(0, revision);
+  }
+  return current;
 }
 
 function snapshotResources(): Resource[] {
@@ -129,7 +147,7 @@ async function serve(dir: string): Promise<void> {
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ambit-bench-disc-'));
   const child: ChildProcess = spawn(process.execPath, ['--expose-gc', '--import', 'tsx', fileURLToPath(import.meta.url), '--serve', '--dir', dir,
-    '--pods', String(pods), '--services', String(services), '--agents', String(agents)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    '--pods', String(pods), '--services', String(services), '--agents', String(agents), ...(values['fresh-pods'] ? ['--fresh-pods'] : [])], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
   const next = async <T>() => JSON.parse((await lines.next()).value as string) as T;
   const clients: DiscoveryClient[] = [];
@@ -173,6 +191,24 @@ async function main(): Promise<void> {
     if (profileDir) await command(`profile-stop ${join(profileDir, 'fullsync.cpuprofile')}`);
     child.stdin!.write('rss\n');
     const { rss } = await next<{ rss: number }>();
+    // One node agent's config: the wire form the client holds, and the MeshState built from it.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const held = clients[0]!.resources;
+    let snapshotBytes = 0;
+    for (const r of held.values()) snapshotBytes += r.key.length + r.type.length + r.json.length;
+    gc();
+    const heapBefore = process.memoryUsage().heapUsed;
+    let t0 = performance.now();
+    const state = new MeshState('bench', held);
+    const meshStateMs = performance.now() - t0;
+    gc();
+    const meshStateMb = (process.memoryUsage().heapUsed - heapBefore) / 2 ** 20;
+    // Again, as after a delta: the parsed objects are kept, the lookups are built anew.
+    t0 = performance.now();
+    new MeshState('bench', held);
+    const meshStateAgainMs = performance.now() - t0;
+    const agentState = { resources: held.size, workloads: state.workloads.size, snapshotMb: snapshotBytes / 2 ** 20, meshStateMb, meshStateMs, meshStateAgainMs };
     // After the RSS: writing the snapshot takes memory of its own.
     if (profileDir) await command(`heap ${join(profileDir, 'fullsync.heapsnapshot')}`);
     if (profileDir) await command('profile-start');
@@ -187,16 +223,18 @@ async function main(): Promise<void> {
       encodeMs: median(splits.map((x) => x.encodeMs)), pushMs: median(splits.map((x) => x.pushMs)),
     };
     const result = {
-      date: new Date().toISOString(), node: process.version, cpus: cpus().length, pods, services, agents, changes,
+      date: new Date().toISOString(), node: process.version, cpus: cpus().length, pods, services, agents, changes, freshPods: values['fresh-pods'] ?? false,
       fullSyncMs, controllerRssMb: rss / 2 ** 20, controllerUpdateMsP50: [...controllerMs].sort((a, b) => a - b)[Math.floor(controllerMs.length / 2)]!,
       propagation1: { p50: pct(baseline, 50), p99: pct(baseline, 99) },
       propagationAll: { p50: pct(all, 50), p99: pct(all, 99) },
       controllerPerChangeP50: perChange,
+      agentState,
     };
     const say = (s: string) => process.stdout.write(`${s}\n`);
     say(`${pods} pods, ${services} services, ${agents} node agents (${cpus().length} CPUs, Node.js ${process.version})`);
     say(`full sync of ${agents} agents            ${fullSyncMs.toFixed(0)} ms`);
     say(`controller RSS after sync          ${result.controllerRssMb.toFixed(0)} MB`);
+    say(`one agent's config                 ${agentState.resources} resources (${agentState.workloads} workloads), ${agentState.snapshotMb.toFixed(1)} MB as received, MeshState ${agentState.meshStateMb.toFixed(1)} MB of heap, built in ${agentState.meshStateMs.toFixed(0)} ms (${agentState.meshStateAgainMs.toFixed(0)} ms again, as per delta)`);
     say(`controller model + deltas / change p50 ${result.controllerUpdateMsP50.toFixed(1)} ms`);
     say(`  of which (all agents, p50 each)  source ${perChange.sourceMs.toFixed(1)} ms, buildModel ${perChange.buildModelMs.toFixed(1)} ms, encode ${perChange.encodeMs.toFixed(1)} ms, push ${perChange.pushMs.toFixed(1)} ms`);
     say(`one pod change → 1 agent           p50 ${result.propagation1.p50.toFixed(1)} ms  p99 ${result.propagation1.p99.toFixed(1)} ms (baseline)`);
