@@ -543,6 +543,20 @@ export class DiscoveryServer {
   private delta(kind: SubscriberKind, name: string, from: string): { resources: WireResource[]; removed: string[]; parts?: WireResponse[] } {
     const id = `${kind}/${name}|${from}|${this.version}`;
     let d = this.deltas.get(id);
+    if (!d && kind === 'node-agent') {
+      // A node agent's view is every encoded object of its types (in both versions, a key's type
+      // is its prefix): the two versions' maps are compared directly, without key lists or sets
+      // of 10,000 entries made per change.
+      const old = this.history.get(from)!;
+      const resources: WireResource[] = [];
+      for (const [key, e] of this.encoded) {
+        if (NODE_AGENT_TYPES.has(e.type) && old.get(key)?.hash !== e.hash) resources.push({ key, type: e.type, json: e.json });
+      }
+      const removed: string[] = [];
+      for (const [key, o] of old) if (NODE_AGENT_TYPES.has(o.type) && !this.encoded.has(key)) removed.push(key);
+      d = { resources, removed };
+      this.deltas.set(id, d);
+    }
     if (!d) {
       const old = this.history.get(from)!;
       const oldKeys = new Set(this.viewKeys(from, kind, name));
