@@ -57,13 +57,21 @@ export interface WaypointAppOptions {
   tracing?: Omit<TracingOptions, 'serviceName'>;
 }
 
+/**
+ * How a waypoint or gateway reaches the controller: its credential file (re-read at each use) and
+ * the last PEM of the CA file, the root that verifies the controller.
+ */
+export function controllerAccess(address: string, tokenPath: string, caFile: string): { address: string; token: Credential; roots: string[] } {
+  return { address, token: tokenFile(tokenPath), roots: splitPemBundle(readFlagFile('--ca-file', caFile)).slice(-1) };
+}
+
 /** Reads the waypoint's files, starts it (and a CPU profile when AMBIT_CPU_PROFILE_DIR asks for one), and stops it. */
 export async function startWaypointApp(opts: WaypointAppOptions): Promise<{ waypoint: Waypoint; stop(): Promise<void> }> {
   await waitForFile(opts.caFile);
   const log = logger('waypoint');
   const waypoint = await Waypoint.start({
     namespace: opts.namespace, name: opts.name, trustDomain: opts.trustDomain,
-    controller: { address: opts.controller, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)).slice(-1) },
+    controller: controllerAccess(opts.controller, opts.tokenFile, opts.caFile),
     listen: opts.listen, adminPort: WAYPOINT_ADMIN_PORT, log, accessLog: logger('access'), ...(opts.tracing ? { tracing: opts.tracing } : {}),
   });
   // AMBIT_CPU_PROFILE_DIR: a V8 CPU profile of this waypoint, written when it stops (benches).

@@ -17,17 +17,16 @@ import { isObject } from '../../config/schema.js';
 import { MeshState } from '../../discovery/mesh-state.js';
 import { CaClient, type Credential } from '../../identity/ca-server.js';
 import { CertManager } from '../../identity/cert-manager.js';
-import { splitPemBundle } from '../../identity/pki.js';
 import { formatSpiffeId } from '../../identity/spiffe.js';
 import { tcpSocketOf } from '../../host/netns.js';
 import { logger } from '../../telemetry/log.js';
 import { MeshMetrics, RequestMetrics, tcpLabels, type Peer } from '../../telemetry/metrics.js';
 import { createTracer, type TracingOptions } from '../../telemetry/tracing.js';
-import { readFlagFile, tokenFile, waitForFile } from '../../util/files.js';
+import { waitForFile } from '../../util/files.js';
 import { listenTcp, localServer, sendJson } from '../../util/local-http.js';
 import { WAYPOINT_ADMIN_PORT, waypointAdminAnswer } from '../admin.js';
 import { statusServer, unreadyReason } from '../status-server.js';
-import { requestReporter } from '../app.js';
+import { controllerAccess, requestReporter } from '../app.js';
 import { L7Authorizer } from '../authz.js';
 import { WaypointProxy } from '../proxy.js';
 import { Router } from '../routing.js';
@@ -73,7 +72,7 @@ export async function startGatewayApp(opts: GatewayAppOptions): Promise<{ gatewa
   const log = logger('gateway');
   const gateway = await IngressGateway.start({
     namespace: opts.namespace, name: opts.name, trustDomain: opts.trustDomain,
-    controller: { address: opts.controller, token: tokenFile(opts.tokenFile), roots: splitPemBundle(readFlagFile('--ca-file', opts.caFile)).slice(-1) },
+    controller: controllerAccess(opts.controller, opts.tokenFile, opts.caFile),
     adminPort: WAYPOINT_ADMIN_PORT, log, accessLog: logger('access'), ...(opts.tracing ? { tracing: opts.tracing } : {}),
   });
   let stopped: Promise<void> | undefined;
