@@ -187,7 +187,15 @@ function groupKind(r: Resource): string {
   return `${group}/${r.kind}`;
 }
 
-function matches(selector: Record<string, string>, labels: Record<string, string>): boolean {
+/**
+ * Whether a label selector (a Service's or an Istio Gateway's `selector`, a `matchLabels`)
+ * selects an object with `labels`: each of its keys is there with the same value. An empty
+ * selector, or one that is no map (in a spec not validated), selects nothing: a Service with
+ * one has no endpoints, an Istio Gateway with one no ingress gateway. Where an empty selector
+ * selects everything (an AuthorizationPolicy's), the caller checks for that first.
+ */
+export function selectorMatches(selector: unknown, labels: Readonly<Record<string, string>>): boolean {
+  if (typeof selector !== 'object' || selector === null) return false;
   const entries = Object.entries(selector);
   return entries.length > 0 && entries.every(([k, v]) => labels[k] === v);
 }
@@ -246,7 +254,7 @@ export function buildModel(snapshot: SourceSnapshot, trustDomain: string, cluste
   const selected = (namespace: string, selector: Record<string, string>): Workload[] => {
     const [first] = Object.entries(selector);
     if (!first) return [];
-    return (byLabel.get(`${namespace}\u0000${first[0]}\u0000${first[1]}`) ?? []).filter((w) => matches(selector, w.labels));
+    return (byLabel.get(`${namespace}\u0000${first[0]}\u0000${first[1]}`) ?? []).filter((w) => selectorMatches(selector, w.labels));
   };
 
   const vipOf = (svc: ServiceResource): string[] => {
@@ -300,10 +308,7 @@ export function isIngressGateway(r: { apiVersion: string; kind: string; raw: Rec
 
 /** Whether an Istio Gateway selects Istio's default ingress gateway (its selector is a subset of that pod's labels). */
 export function selectsIstioIngress(spec: unknown): boolean {
-  const selector = (spec as { selector?: unknown } | undefined)?.selector;
-  if (typeof selector !== 'object' || selector === null) return false;
-  const entries = Object.entries(selector as Record<string, unknown>);
-  return entries.length > 0 && entries.every(([k, v]) => ISTIO_INGRESS.labels[k] === v);
+  return selectorMatches((spec as { selector?: unknown } | undefined)?.selector, ISTIO_INGRESS.labels);
 }
 
 /**

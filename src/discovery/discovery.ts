@@ -15,7 +15,7 @@ import { CaError } from '../identity/ca.js';
 import { silentLogger } from '../telemetry/log.js';
 import { packageRoot } from '../util/package.js';
 import { backoffDelay } from '../util/backoff.js';
-import type { ConfigObject, MeshModel } from '../config/model.js';
+import { selectorMatches, type ConfigObject, type MeshModel } from '../config/model.js';
 
 export type SubscriberKind = 'node-agent' | 'waypoint' | 'gateway';
 
@@ -182,9 +182,7 @@ function ingressView(model: MeshModel, name: string, put: (type: string, id: str
   const pods = model.workloads.filter((w) => w.namespace === ns && w.serviceAccount === sa);
   const selects = (spec: unknown) => {
     const selector = (spec as { selector?: unknown } | undefined)?.selector;
-    if (typeof selector !== 'object' || selector === null) return false;
-    const entries = Object.entries(selector as Record<string, unknown>);
-    return entries.length > 0 && pods.some((w) => entries.every(([k, v]) => w.labels[k] === v));
+    return pods.some((w) => selectorMatches(selector, w.labels));
   };
   const istio: ConfigObject[] = [];
   let gatewayApi: ConfigObject | undefined;

@@ -12,7 +12,7 @@
  */
 import type { Logger } from 'pino';
 import { DiscoveryClient, type SubscriberKind, type WireResource } from '../../discovery/discovery.js';
-import type { ConfigObject } from '../../config/model.js';
+import { selectorMatches, type ConfigObject } from '../../config/model.js';
 import { isObject } from '../../config/schema.js';
 import { MeshState } from '../../discovery/mesh-state.js';
 import { CaClient, type Credential } from '../../identity/ca-server.js';
@@ -135,8 +135,9 @@ export function gatewayPolicies(policies: readonly ConfigObject[], self: Gateway
       continue;
     }
     if (p.namespace !== self.namespace && p.namespace !== rootNamespace) continue;
-    const wanted = isObject(selector) && isObject(selector.matchLabels) ? Object.entries(selector.matchLabels) : [];
-    if (wanted.length > 0 && !(self.labels && wanted.every(([k, v]) => self.labels![k] === v))) continue;
+    // Unlike a Service's, a policy's empty selector selects every workload in its namespace.
+    const matchLabels = isObject(selector) && isObject(selector.matchLabels) ? selector.matchLabels : {};
+    if (Object.keys(matchLabels).length > 0 && !selectorMatches(matchLabels, self.labels ?? {})) continue;
     out.push({ ...p, namespace: self.namespace, spec: { ...rest, targetRefs: [{ group: 'gateway.networking.k8s.io', kind: 'Gateway', name: self.name }] } });
   }
   return out;
