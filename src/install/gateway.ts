@@ -12,13 +12,10 @@
  * no RBAC: it only presents its projected token to the controller, which sends it the Secrets
  * its Gateways name.
  */
-import {
-  DATAPLANE_MODE, INGRESS_ACCOUNT_LABEL, INGRESS_CLASSES, ISTIO_INGRESS, TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, WAYPOINT_GATEWAY_LABEL,
-} from '../config/model.js';
+import { DATAPLANE_MODE, INGRESS_ACCOUNT_LABEL, INGRESS_CLASSES, ISTIO_INGRESS, WAYPOINT_GATEWAY_LABEL } from '../config/model.js';
 import { commonLabels, type K8sObject } from './objects.js';
-import {
-  controllerAddress, credentialMounts, credentialVolumes, httpProbe, LINUX_NODES, prometheusAnnotations, pullSecrets, ROOT_CERT_DIR, TOKEN_DIR,
-} from './render.js';
+import { proxyContainer, proxyVolumes, tracingArgs } from './proxy-container.js';
+import { LINUX_NODES, prometheusAnnotations, pullSecrets } from './render.js';
 import { defaultValues, ValuesError, type Values } from './values.js';
 
 /** The gateway's health and metrics port (`/healthz/ready`, `/healthz/live`, `/metrics`). */
@@ -91,33 +88,11 @@ function gatewayObjects(shape: GatewayShape, values: Values): K8sObject[] {
             runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, seccompProfile: { type: 'RuntimeDefault' },
             sysctls: [{ name: 'net.ipv4.ip_unprivileged_port_start', value: '0' }],
           },
-          containers: [{
-            name: 'istio-proxy',
-            image: values.image,
-            imagePullPolicy: values.imagePullPolicy,
-            args: [
-              'gateway', 'run',
-              '--name', `${shape.namespace}/${shape.serviceAccount}`,
-              '--controller', controllerAddress(values),
-              '--token-file', `${TOKEN_DIR}/token`,
-              '--ca-file', `${ROOT_CERT_DIR}/root-cert.pem`,
-              '--trust-domain', values.trustDomain,
-              ...shape.tracing,
-            ],
-            env: [{ name: 'AMBIT_LOG_LEVEL', value: values.logLevel }, { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } }],
-            ports: [
-              ...shape.ports.map((p) => ({ name: p.name, containerPort: p.port, protocol: 'TCP' })),
-              { name: 'http-envoy-prom', containerPort: GATEWAY_STATUS_PORT, protocol: 'TCP' },
-            ],
-            // Ready once it has its config and certificate; served beside the metrics.
-            readinessProbe: httpProbe('/healthz/ready', GATEWAY_STATUS_PORT, 5, 3),
-            livenessProbe: httpProbe('/healthz/live', GATEWAY_STATUS_PORT, 10, 3),
-            startupProbe: httpProbe('/healthz/live', GATEWAY_STATUS_PORT, 5, 24),
-            resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
-            securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
-            volumeMounts: [...credentialMounts(), { name: 'tmp', mountPath: '/tmp' }],
-          }],
-          volumes: [...credentialVolumes(), { name: 'tmp', emptyDir: {} }],
+          containers: [proxyContainer({
+            name: 'istio-proxy', command: 'gateway', proxyName: `${shape.namespace}/${shape.serviceAccount}`, tracing: shape.tracing,
+            ports: shape.ports, status: { name: 'http-envoy-prom', port: GATEWAY_STATUS_PORT },
+          }, values)],
+          volumes: proxyVolumes(),
         },
       },
     },
@@ -156,17 +131,13 @@ export function ingressGatewayObjects(gateway: GatewayLike, values: Values = def
     if (typeof port === 'number' && Number.isInteger(port) && port >= 1 && port <= 65535 && !ports.has(port)) ports.set(port, portName(l, port));
   }
   if (ports.size === 0) throw new ValuesError(`Gateway ${meta.namespace}/${meta.name} has no listener with a port`);
-  const annotations = meta.annotations ?? {};
   return gatewayObjects({
     namespace: meta.namespace, name: `${meta.name}-gateway`, serviceAccount: meta.name,
     selector: { [WAYPOINT_GATEWAY_LABEL]: meta.name },
     labels: {}, accountLabels: { [INGRESS_ACCOUNT_LABEL]: `${meta.name}-gateway` },
     ports: [...ports].map(([port, name]) => ({ name, port })),
     ...(typeof meta.uid === 'string' ? { ownerReferences: [{ apiVersion: gateway.apiVersion, kind: 'Gateway', name: meta.name, uid: meta.uid, controller: true, blockOwnerDeletion: true }] } : {}),
-    tracing: [
-      ...(typeof annotations[TRACING_ENDPOINT_ANNOTATION] === 'string' ? ['--tracing-endpoint', annotations[TRACING_ENDPOINT_ANNOTATION]] : []),
-      ...(typeof annotations[TRACING_SAMPLING_ANNOTATION] === 'string' ? ['--tracing-sampling', annotations[TRACING_SAMPLING_ANNOTATION]] : []),
-    ],
+    tracing: tracingArgs(meta.annotations ?? {}),
     replicas: values.ingressGateway.replicas,
     serviceType: values.ingressGateway.serviceType,
   }, values);

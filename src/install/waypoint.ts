@@ -5,13 +5,10 @@
  * and metrics (15020), and a PodDisruptionBudget. The waypoint needs no RBAC: it only presents
  * its projected token to the controller.
  */
-import {
-  DATAPLANE_MODE, TRACING_ENDPOINT_ANNOTATION, TRACING_SAMPLING_ANNOTATION, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL,
-} from '../config/model.js';
+import { DATAPLANE_MODE, WAYPOINT_CLASS, WAYPOINT_GATEWAY_LABEL } from '../config/model.js';
 import { commonLabels, type K8sObject } from './objects.js';
-import {
-  controllerAddress, credentialMounts, credentialVolumes, httpProbe, LINUX_NODES, prometheusAnnotations, pullSecrets, ROOT_CERT_DIR, TOKEN_DIR,
-} from './render.js';
+import { proxyContainer, proxyVolumes, tracingArgs } from './proxy-container.js';
+import { LINUX_NODES, prometheusAnnotations, pullSecrets } from './render.js';
 import { defaultValues, ValuesError, type Values } from './values.js';
 
 export const WAYPOINT_PORTS = { hbone: 15008, metrics: 15020 } as const;
@@ -41,11 +38,6 @@ export function waypointObjects(gateway: GatewayLike, values: Values = defaultVa
     ? [{ apiVersion: gateway.apiVersion, kind: 'Gateway', name, uid: meta.uid, controller: true, blockOwnerDeletion: true }]
     : undefined;
   const metadata = { name, namespace, labels, ...(ownerReferences ? { ownerReferences } : {}) };
-  const annotations = meta.annotations ?? {};
-  const tracing = [
-    ...(typeof annotations[TRACING_ENDPOINT_ANNOTATION] === 'string' ? ['--tracing-endpoint', annotations[TRACING_ENDPOINT_ANNOTATION]] : []),
-    ...(typeof annotations[TRACING_SAMPLING_ANNOTATION] === 'string' ? ['--tracing-sampling', annotations[TRACING_SAMPLING_ANNOTATION]] : []),
-  ];
 
   const serviceAccount: K8sObject = { apiVersion: 'v1', kind: 'ServiceAccount', metadata, automountServiceAccountToken: false };
   const deployment: K8sObject = {
@@ -70,35 +62,12 @@ export function waypointObjects(gateway: GatewayLike, values: Values = defaultVa
             },
           },
           securityContext: { runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, seccompProfile: { type: 'RuntimeDefault' } },
-          containers: [{
-            name: 'waypoint',
-            image: values.image,
-            imagePullPolicy: values.imagePullPolicy,
-            args: [
-              'waypoint', 'run',
-              '--name', `${namespace}/${name}`,
-              '--controller', controllerAddress(values),
-              '--token-file', `${TOKEN_DIR}/token`,
-              '--ca-file', `${ROOT_CERT_DIR}/root-cert.pem`,
-              '--listen', `0.0.0.0:${WAYPOINT_PORTS.hbone}`,
-              '--trust-domain', values.trustDomain,
-              ...tracing,
-            ],
-            // Its node, for its proxy-config answers (as the node agents name theirs).
-            env: [{ name: 'AMBIT_LOG_LEVEL', value: values.logLevel }, { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } }],
-            ports: [
-              { name: 'hbone', containerPort: WAYPOINT_PORTS.hbone, protocol: 'TCP' },
-              { name: 'http-metrics', containerPort: WAYPOINT_PORTS.metrics, protocol: 'TCP' },
-            ],
-            // Ready once it has its config and certificate; served beside the metrics.
-            readinessProbe: httpProbe('/healthz/ready', WAYPOINT_PORTS.metrics, 5, 3),
-            livenessProbe: httpProbe('/healthz/live', WAYPOINT_PORTS.metrics, 10, 3),
-            startupProbe: httpProbe('/healthz/live', WAYPOINT_PORTS.metrics, 5, 24),
-            resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
-            securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
-            volumeMounts: [...credentialMounts(), { name: 'tmp', mountPath: '/tmp' }],
-          }],
-          volumes: [...credentialVolumes(), { name: 'tmp', emptyDir: {} }],
+          containers: [proxyContainer({
+            name: 'waypoint', command: 'waypoint', proxyName: `${namespace}/${name}`,
+            args: ['--listen', `0.0.0.0:${WAYPOINT_PORTS.hbone}`], tracing: tracingArgs(meta.annotations ?? {}),
+            ports: [{ name: 'hbone', port: WAYPOINT_PORTS.hbone }], status: { name: 'http-metrics', port: WAYPOINT_PORTS.metrics },
+          }, values)],
+          volumes: proxyVolumes(),
         },
       },
     },
