@@ -5,6 +5,7 @@
  * jittered exponential backoff.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { deflateSync, inflateSync } from 'node:zlib';
 import * as grpc from '@grpc/grpc-js';
@@ -15,9 +16,15 @@ import { CaError } from '../identity/ca.js';
 import { silentLogger } from '../telemetry/log.js';
 import { packageRoot } from '../util/package.js';
 import { backoffDelay } from '../util/backoff.js';
-import { selectorMatches, type ConfigObject, type MeshModel } from '../config/model.js';
+import { selectorMatches, WAYPOINT_GATEWAY_LABEL, type ConfigObject, type MeshModel, type Service } from '../config/model.js';
 
 export type SubscriberKind = 'node-agent' | 'waypoint' | 'gateway';
+/**
+ * What a node agent receives (Subscribe.scope): `cluster`, every workload and Service; `node`,
+ * its node's view, and the rest on demand (Demand). docs/CONTROL.md, What a node agent holds.
+ */
+export type DiscoveryScope = 'cluster' | 'node';
+export const DISCOVERY_SCOPES: readonly DiscoveryScope[] = ['cluster', 'node'];
 
 export interface WireResource { key: string; type: string; json: string }
 export interface WireResponse { version: string; full: boolean; resources: WireResource[]; removed: string[]; more?: boolean; encoding?: string; payload?: Buffer }
@@ -54,7 +61,34 @@ export function partsOf(message: WireResponse, limit = PART_BYTES): WireResponse
   out.push({ ...part, more: false });
   return out;
 }
-interface WireRequest { subscribe?: { node: string; kind: string; name: string; last_version: string; accept_encoding?: string[] }; ack?: { version: string }; nack?: { version: string; error: string } }
+interface WireRequest {
+  subscribe?: { node: string; kind: string; name: string; last_version: string; accept_encoding?: string[]; scope?: string; demand?: string[] };
+  ack?: { version: string };
+  nack?: { version: string; error: string };
+  demand?: { names?: string[] };
+}
+
+/** Names a node-scoped subscriber holds on demand at most, per stream: beyond, the oldest go (and are asked for again when needed). */
+export const MAX_DEMANDED = 4096;
+
+/**
+ * A demand name's fault, or undefined when it is one: "service/<namespace>/<name>" (Kubernetes
+ * names) or "address/<ip>" (an IPv4 or IPv6 address, IPv4-mapped written as IPv4).
+ */
+export function demandNameError(name: unknown): string | undefined {
+  if (typeof name !== 'string') return 'a demand name must be a string';
+  const shown = JSON.stringify(clip(name, 80));
+  if (name.startsWith('service/')) {
+    return /^service\/[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\/[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/.test(name) ? undefined
+      : `demand ${shown}: a service is named service/<namespace>/<name>, in Kubernetes' lower-case names`;
+  }
+  if (name.startsWith('address/')) {
+    const ip = name.slice(8);
+    if (isIP(ip) === 0) return `demand ${shown}: not an IP address`;
+    return ip.toLowerCase().startsWith('::ffff:') && isIP(ip.slice(7)) === 4 ? `demand ${shown}: write an IPv4-mapped address as IPv4` : undefined;
+  }
+  return `demand ${shown}: names are service/<namespace>/<name> or address/<ip>`;
+}
 
 /**
  * The payload encoding of DiscoveryResponse (discovery.proto): zlib. A node agent's snapshot is
@@ -235,6 +269,52 @@ function ingressView(model: MeshModel, name: string, put: (type: string, id: str
 
 /** The resource types a node agent is sent (viewFor's node-agent view): an allow-list, so a new type reaches agents only when named here. */
 const NODE_AGENT_TYPES: ReadonlySet<string> = new Set(['workload', 'policy', 'waypoint', 'service', 'serviceentry', 'meshconfig']);
+/**
+ * What every node-scoped agent gets alike (its view's shared part): policies, waypoints, a head
+ * of every service, ServiceEntries and the mesh config. The rest of its view is its own
+ * (personalView): its node's workloads and their Services, waypoint pods, and what it asked for.
+ */
+const SCOPED_BASE_TYPES: ReadonlySet<string> = new Set(['policy', 'waypoint', 'servicehead', 'serviceentry', 'meshconfig']);
+
+/** A Service as every node-scoped agent holds it: how it is called (addresses, ports, waypoint), not who serves it. */
+export type ServiceHead = Omit<Service, 'endpoints'>;
+const headOf = ({ endpoints: _, ...head }: Service): ServiceHead => head;
+
+/** The answer to a demand for an address: the workload with that IP, if any (absent: none has it). */
+export interface AddressAnswer { address: string; workload?: string }
+
+/** The current model's lookups for node-scoped views, built once per model. */
+interface ScopeIndex {
+  /** Workload uids per node. */
+  byNode: Map<string, string[]>;
+  /** Waypoint pods' uids: every node agent sends to waypoints and checks their identities. */
+  waypointPods: string[];
+  /** The services (namespace/name) each workload uid is an endpoint of. */
+  servicesOf: Map<string, string[]>;
+  byIp: Map<string, string>;
+  services: Map<string, Service>;
+}
+
+function scopeIndex(model: MeshModel): ScopeIndex {
+  const index: ScopeIndex = { byNode: new Map(), waypointPods: [], servicesOf: new Map(), byIp: new Map(), services: new Map() };
+  for (const w of model.workloads) {
+    const list = index.byNode.get(w.node);
+    if (list) list.push(w.uid);
+    else index.byNode.set(w.node, [w.uid]);
+    if (w.labels[WAYPOINT_GATEWAY_LABEL] !== undefined) index.waypointPods.push(w.uid);
+    for (const ip of w.ips) index.byIp.set(ip, w.uid);
+  }
+  for (const svc of model.services) {
+    const id = `${svc.namespace}/${svc.name}`;
+    index.services.set(id, svc);
+    for (const uid of svc.endpoints) {
+      const list = index.servicesOf.get(uid);
+      if (list) list.push(id);
+      else index.servicesOf.set(uid, [id]);
+    }
+  }
+  return index;
+}
 
 interface SubscriberState {
   id: string;
@@ -254,6 +334,19 @@ interface SubscriberState {
   recheck?: NodeJS.Timeout;
   /** The subscriber asked for compressed payloads (Subscribe.accept_encoding); absent: plain parts, as older agents read them. */
   encoding?: typeof PAYLOAD_ENCODING;
+  /** A node agent of scope `node`: what it asked for, oldest first, and what it was sent of its own part of the view. */
+  scoped?: {
+    demanded: Set<string>;
+    /** Key → hash of each resource of its own part, as last sent. */
+    held: Map<string, string>;
+    /** The model version its shared part was last sent at. */
+    sentModel?: string;
+    /** The model version a push to it was last named after; later pushes at that model are named `<model>.<n>`. */
+    namedModel?: string;
+    seq: number;
+    /** The model version whose push it refused: it is sent nothing more until the model changes. */
+    nackedModel?: string;
+  };
 }
 
 export interface DiscoveryServerOptions {
@@ -312,6 +405,15 @@ export interface SubscriberStatus {
 interface Encoded { type: string; json: string; hash: string; value: unknown }
 /** Encoded models kept for subscribers that have not caught up yet. */
 const HISTORY = 8;
+/** The model version a push was named after: a node-scoped subscriber's later pushes at one model are `<model>.<n>`. */
+const modelOf = (version: string): string => version.split('.')[0]!;
+/** Parts followed by more parts of the same version (a node-scoped push's shared part, before its own): computed once per parts array. */
+const continued = new WeakMap<WireResponse[], WireResponse[]>();
+const continuedOf = (parts: WireResponse[]): WireResponse[] => {
+  let out = continued.get(parts);
+  if (!out) continued.set(parts, (out = parts.map((p) => ({ ...p, more: true }))));
+  return out;
+};
 
 /** Whether a credential's expiry (by this controller's clock) has passed; API servers accept tokens a little after it. */
 const expired = (caller: Caller): boolean => caller.expiresAt !== undefined && caller.expiresAt <= Date.now();
@@ -330,6 +432,7 @@ export class DiscoveryServer {
   /** Full snapshots per version and view, in parts. */
   private readonly snapshots = new Map<string, WireResponse[]>();
   private generation = 0;
+  private index?: ScopeIndex;
   private readonly boot = randomBytes(3).toString('hex');
   private readonly subscribers = new Set<SubscriberState>();
 
@@ -372,6 +475,9 @@ export class DiscoveryServer {
     // What gateways alone get: their Gateways and Secrets (never a node agent's or a waypoint's view).
     for (const g of model.gateways) this.encode(`ingress/${g.kind}/${g.namespace}/${g.name}`, 'ingress', g, previous);
     for (const s of model.secrets) this.encode(`secret/${s.namespace}/${s.name}`, 'secret', s, previous);
+    // What a node-scoped agent holds of a service it has not asked for: how it is called.
+    for (const svc of model.services) this.encode(`servicehead/${svc.namespace}/${svc.name}`, 'servicehead', svc, previous, () => JSON.stringify(headOf(svc)));
+    this.index = scopeIndex(model);
     this.history.set(this.version, this.encoded);
     // Versions no subscriber holds or awaits any more are dropped; a few recent ones are kept.
     const needed = new Set([...this.subscribers].flatMap((x) => [x.acked, ...x.inflight]));
@@ -389,6 +495,8 @@ export class DiscoveryServer {
   private serve(call: grpc.ServerDuplexStream<WireRequest, WireResponse | Buffer>): void {
     let sub: SubscriberState | undefined;
     let subscribing = false;
+    /** Demands that came while the subscription was being authenticated, applied once it is. */
+    const early: unknown[][] = [];
     let ended = false;
     const fail = (code: grpc.status, details: string) => {
       this.log.warn({ peer: call.getPeer(), details }, 'discovery stream refused');
@@ -418,7 +526,19 @@ export class DiscoveryServer {
           if (kind !== 'node-agent' && caller.workload && name !== `${caller.workload.namespace}/${caller.workload.name}`) return fail(grpc.status.PERMISSION_DENIED, `authenticated as ${caller.workload.namespace}/${caller.workload.name}, cannot subscribe as ${kind} ${name}`);
           // Compressed payloads only for a subscriber that asked: an older one does not know the field.
           const encoding = req.subscribe?.accept_encoding?.includes(PAYLOAD_ENCODING) ? PAYLOAD_ENCODING : undefined;
-          sub = { id: randomBytes(4).toString('hex'), node, kind, name, call, inflight: [], needFull: false, ...(encoding ? { encoding } : {}) };
+          // Scope: older agents send none (every workload, as ever).
+          const scope = req.subscribe?.scope || 'cluster';
+          if (!(DISCOVERY_SCOPES as readonly string[]).includes(scope)) return fail(grpc.status.INVALID_ARGUMENT, `subscribe.scope must be ${DISCOVERY_SCOPES.join(' or ')}, got "${clip(scope, 32)}"`);
+          if (scope === 'node' && kind !== 'node-agent') return fail(grpc.status.INVALID_ARGUMENT, `subscribe.scope "node" is a node agent's; a ${kind} subscribes with scope "cluster"`);
+          sub = {
+            id: randomBytes(4).toString('hex'), node, kind, name, call, inflight: [], needFull: false, ...(encoding ? { encoding } : {}),
+            ...(scope === 'node' ? { scoped: { demanded: new Set<string>(), held: new Map<string, string>(), seq: 0 } } : {}),
+          };
+          for (const names of [req.subscribe?.demand ?? [], ...early]) {
+            if (names.length === 0) continue;
+            const wrong = this.demand(sub, names, false);
+            if (wrong) return fail(grpc.status.INVALID_ARGUMENT, wrong);
+          }
           // One credential cannot pile up streams (each holds a snapshot in flight): beyond a
           // few for the same subscriber, the oldest goes (a restarted agent's half-open one).
           const same = [...this.subscribers].filter((o) => o.kind === kind && o.node === node && o.name === name);
@@ -434,7 +554,16 @@ export class DiscoveryServer {
         }, (err: unknown) => fail(grpc.status.UNAUTHENTICATED, err instanceof CaError ? err.message : 'authentication failed'));
         return;
       }
-      if (!sub) return fail(grpc.status.FAILED_PRECONDITION, 'subscribe first');
+      if (!sub) {
+        // A demand written right after the Subscribe is kept until the subscription stands (a few, bounded like one demand).
+        if (subscribing && req.demand && early.length < 4) return void early.push(req.demand.names ?? []);
+        return fail(grpc.status.FAILED_PRECONDITION, 'subscribe first');
+      }
+      if (req.demand) {
+        const wrong = this.demand(sub, req.demand.names ?? []);
+        if (wrong) fail(grpc.status.INVALID_ARGUMENT, wrong);
+        return;
+      }
       if (req.ack) {
         // Only an answer to a version sent and not yet answered counts: repeated or made-up ones
         // change nothing (and write no status file).
@@ -454,12 +583,13 @@ export class DiscoveryServer {
         if (i < 0) return;
         sub.inflight.splice(i);
         sub.needFull = true;
+        if (sub.scoped) sub.scoped.nackedModel = modelOf(req.nack.version);
         // What a subscriber says is kept and logged within bounds.
         sub.lastNack = { version: clip(req.nack.version, 64), error: clip(req.nack.error, MAX_NACK_ERROR) };
         this.log.warn({ node: sub.node, kind: sub.kind, name: sub.name, ...sub.lastNack }, 'config rejected by subscriber (NACK)');
         this.observer?.rejected(sub.kind);
         this.changed();
-        if (req.nack.version !== this.version) this.push(sub, false);
+        if (modelOf(req.nack.version) !== this.version) this.push(sub, false);
       }
     });
     const drop = () => {
@@ -511,12 +641,12 @@ export class DiscoveryServer {
     for (const k of this.snapshots.keys()) if (k.startsWith(`${version}|`)) this.snapshots.delete(k);
   }
 
-  private encode(key: string, type: string, value: unknown, previous: Map<string, Encoded>): void {
+  private encode(key: string, type: string, value: unknown, previous: Map<string, Encoded>, toJson = () => JSON.stringify(value)): void {
     const old = previous.get(key);
     // The same object as in the previous model (buildModel reuses an unchanged pod's Workload):
     // its encoding stands, without serializing it again. Model objects are not changed once built.
     if (old && old.value === value && old.type === type) return void this.encoded.set(key, old);
-    const json = JSON.stringify(value);
+    const json = toJson();
     if (old && old.json === json && old.type === type) {
       old.value = value;
       this.encoded.set(key, old);
@@ -541,20 +671,7 @@ export class DiscoveryServer {
   private delta(kind: SubscriberKind, name: string, from: string): { resources: WireResource[]; removed: string[]; parts?: WireResponse[] } {
     const id = `${kind}/${name}|${from}|${this.version}`;
     let d = this.deltas.get(id);
-    if (!d && kind === 'node-agent') {
-      // A node agent's view is every encoded object of its types (in both versions, a key's type
-      // is its prefix): the two versions' maps are compared directly, without key lists or sets
-      // of 10,000 entries made per change.
-      const old = this.history.get(from)!;
-      const resources: WireResource[] = [];
-      for (const [key, e] of this.encoded) {
-        if (NODE_AGENT_TYPES.has(e.type) && old.get(key)?.hash !== e.hash) resources.push({ key, type: e.type, json: e.json });
-      }
-      const removed: string[] = [];
-      for (const [key, o] of old) if (NODE_AGENT_TYPES.has(o.type) && !this.encoded.has(key)) removed.push(key);
-      d = { resources, removed };
-      this.deltas.set(id, d);
-    }
+    if (!d && kind === 'node-agent') d = this.typedDelta(NODE_AGENT_TYPES, id, from);
     if (!d) {
       const old = this.history.get(from)!;
       const oldKeys = new Set(this.viewKeys(from, kind, name));
@@ -571,8 +688,148 @@ export class DiscoveryServer {
     return d;
   }
 
+  /**
+   * The change from `from` to the current version of a view that is every encoded object of some
+   * types (in both versions, a key's type is its prefix): the two versions' maps are compared
+   * directly, without key lists or sets of 10,000 entries made per change. Cached under `id`.
+   */
+  private typedDelta(types: ReadonlySet<string>, id: string, from: string): { resources: WireResource[]; removed: string[]; parts?: WireResponse[] } {
+    const old = this.history.get(from)!;
+    const resources: WireResource[] = [];
+    for (const [key, e] of this.encoded) {
+      if (types.has(e.type) && old.get(key)?.hash !== e.hash) resources.push({ key, type: e.type, json: e.json });
+    }
+    const removed: string[] = [];
+    for (const [key, o] of old) if (types.has(o.type) && !this.encoded.has(key)) removed.push(key);
+    const d = { resources, removed };
+    this.deltas.set(id, d);
+    return d;
+  }
+
+  /**
+   * Names added to a node-scoped subscriber's demand (oldest dropped beyond MAX_DEMANDED) and its
+   * view pushed; an error names what was wrong with the request (nothing is added then).
+   */
+  private demand(sub: SubscriberState, names: unknown[], push = true): string | undefined {
+    if (!sub.scoped) return `demand needs a subscription of scope "node" (this one is ${sub.kind === 'node-agent' ? '"cluster"' : `a ${sub.kind}'s`}): it already holds everything it may ask for`;
+    if (names.length > MAX_DEMANDED) return `a demand names at most ${MAX_DEMANDED} resources, got ${names.length}`;
+    for (const name of names) {
+      const wrong = demandNameError(name);
+      if (wrong) return wrong;
+    }
+    const demanded = sub.scoped.demanded;
+    for (const name of names as string[]) {
+      demanded.delete(name);
+      demanded.add(name);
+    }
+    for (const name of demanded) {
+      if (demanded.size <= MAX_DEMANDED) break;
+      demanded.delete(name);
+    }
+    if (push) this.push(sub, false);
+    return undefined;
+  }
+
+  /**
+   * A node-scoped subscriber's own part of its view at the current model: its node's workloads
+   * and the full Services they are endpoints of, every waypoint pod, and what it asked for — a
+   * Service with its endpoints' workloads, an address's answer with the workload that has it.
+   */
+  private personalView(sub: SubscriberState): Map<string, { type: string; json: string; hash: string }> {
+    const out = new Map<string, { type: string; json: string; hash: string }>();
+    const index = this.index!;
+    const add = (key: string) => {
+      if (out.has(key)) return;
+      const e = this.encoded.get(key);
+      if (e) out.set(key, e);
+    };
+    for (const uid of index.byNode.get(sub.node) ?? []) {
+      add(`workload/${uid}`);
+      for (const id of index.servicesOf.get(uid) ?? []) add(`service/${id}`);
+    }
+    for (const uid of index.waypointPods) add(`workload/${uid}`);
+    for (const name of sub.scoped!.demanded) {
+      if (name.startsWith('service/')) {
+        const svc = index.services.get(name.slice(8));
+        if (!svc) continue;
+        add(name);
+        for (const uid of svc.endpoints) add(`workload/${uid}`);
+      } else {
+        const address = name.slice(8);
+        const uid = index.byIp.get(address);
+        const answer: AddressAnswer = { address, ...(uid ? { workload: uid } : {}) };
+        const json = JSON.stringify(answer);
+        out.set(name, { type: 'address', json, hash: json });
+        if (uid) add(`workload/${uid}`);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * A push to a node-scoped subscriber: the shared part of its view (policies, service heads,
+   * ServiceEntries...; serialized once for all of them) as its leading parts, then its own part,
+   * as one version. Sent when either changed, and in full when it holds nothing usable.
+   */
+  private pushScoped(sub: SubscriberState, fullRequested: boolean): void {
+    const scoped = sub.scoped!;
+    if (sub.inflight.length >= MAX_INFLIGHT) return;
+    // After a refusal, nothing more at that model (it would be refused again): the next model goes in full.
+    if (scoped.nackedModel === this.version) return;
+    const started = performance.now();
+    const full = fullRequested || sub.needFull || scoped.sentModel === undefined || !this.history.has(scoped.sentModel);
+    // A version is named after its model the first time this stream gets that model, `<model>.<n>`
+    // after (a demand answered at the same model). A shared delta is only ever sent at a model's
+    // first push, so its parts are named after the model and shared by every subscriber.
+    const nameNext = () => (scoped.namedModel !== this.version ? this.version : `${this.version}.${++scoped.seq}`);
+    let version: string | undefined;
+    let shared: WireResponse[] = [];
+    if (full) shared = this.scopedSnapshot((version = nameNext()));
+    else if (scoped.sentModel !== this.version) {
+      const d = this.typedDelta(SCOPED_BASE_TYPES, `scoped/|${scoped.sentModel}|${this.version}`, scoped.sentModel!);
+      if (d.resources.length > 0 || d.removed.length > 0) {
+        version = nameNext();
+        shared = version === this.version ? (d.parts ??= partsOf({ version, full: false, resources: d.resources, removed: d.removed }))
+          : partsOf({ version, full: false, resources: d.resources, removed: d.removed });
+      }
+    }
+    const own = this.personalView(sub);
+    const held = full ? new Map<string, string>() : scoped.held;
+    const resources: WireResource[] = [];
+    const removed: string[] = [];
+    for (const [key, e] of own) if (held.get(key) !== e.hash) resources.push({ key, type: e.type, json: e.json });
+    for (const key of held.keys()) if (!own.has(key)) removed.push(key);
+    // Nothing of its view changed: it holds this model's view already.
+    scoped.sentModel = this.version;
+    if (!version && resources.length === 0 && removed.length === 0) return;
+    version ??= nameNext();
+    sub.needFull = false;
+    scoped.namedModel = this.version;
+    scoped.held = new Map([...own].map(([key, e]) => [key, e.hash]));
+    const leading = shared.length > 0 ? continuedOf(shared) : [];
+    const mine = partsOf({ version, full, resources, removed });
+    sub.inflight.push(version);
+    for (const bytes of wireOf(leading, sub.encoding)) sub.call.write(bytes);
+    for (const bytes of wireOf(mine, sub.encoding)) sub.call.write(bytes);
+    this.observer?.pushed(sub.kind, bytesOf(leading) + bytesOf(mine), (performance.now() - started) / 1000);
+  }
+
+  /** The shared part of a node-scoped view in full, as parts of `version`: computed once per version name. */
+  private scopedSnapshot(version: string): WireResponse[] {
+    const id = `${this.version}|scoped|${version}`;
+    let parts = this.snapshots.get(id);
+    if (!parts) {
+      const resources: WireResource[] = [];
+      for (const [key, e] of this.encoded) if (SCOPED_BASE_TYPES.has(e.type)) resources.push({ key, type: e.type, json: e.json });
+      parts = partsOf({ version, full: true, resources, removed: [] });
+      this.snapshots.set(id, parts);
+    }
+    return parts;
+  }
+
   private push(sub: SubscriberState, fullRequested: boolean): void {
     if (!this.model) return;
+    if (sub.scoped) return this.pushScoped(sub, fullRequested);
     // Paced by the subscriber's answers: one that reads or answers nothing holds at most
     // MAX_INFLIGHT versions of the controller's memory; the rest goes, as one, at its next answer.
     if (sub.inflight.length >= MAX_INFLIGHT) return;
@@ -635,6 +892,8 @@ export interface DiscoveryClientOptions {
    * agent from before the field did: plain parts.
    */
   compressed?: boolean;
+  /** A node agent's scope (Subscribe.scope; default `cluster`): with `node`, it asks for the rest with demand(). */
+  scope?: DiscoveryScope;
 }
 
 /**
@@ -649,6 +908,8 @@ export const RECONNECT_PROBE_MS = 5000;
 export class DiscoveryClient {
   private state = new Map<string, WireResource>();
   private version = '';
+  /** What was asked for (scope `node`), oldest first, as the controller keeps it: asked again on a new stream. */
+  private readonly demanded = new Set<string>();
   /** The parts of a version received so far, until its last part (more = false) arrives. */
   private partial?: WireResponse;
   /** A version refused at one of its parts (a payload that could not be opened): its other parts are dropped. */
@@ -695,6 +956,7 @@ export class DiscoveryClient {
     call.write({ subscribe: {
       node: this.opts.node, kind: this.opts.kind, name: this.opts.name ?? '', last_version: this.version,
       accept_encoding: this.opts.compressed === false ? [] : [PAYLOAD_ENCODING],
+      ...(this.opts.scope ? { scope: this.opts.scope } : {}), demand: [...this.demanded],
     } });
     call.on('data', (res: WireResponse) => this.receive(call, res));
     call.on('error', (err: grpc.ServiceError) => {
@@ -763,6 +1025,29 @@ export class DiscoveryClient {
     this.version = res.version;
     call.write({ ack: { version: res.version } });
     this.readyResolve?.();
+  }
+
+  /**
+   * Asks the controller for resources beyond the node's view (scope `node`): "service/<ns>/<name>"
+   * or "address/<ip>" (demandNameError says what a name may be). They arrive as a new version, and
+   * stay in the view, kept current. Ask only for what the applied state lacks: the controller may
+   * have dropped an old demand (MAX_DEMANDED), and a name asked again is refreshed.
+   */
+  demand(names: readonly string[]): void {
+    if (this.opts.scope !== 'node') throw new Error('demand() needs a subscription of scope "node"');
+    for (const name of names) {
+      const wrong = demandNameError(name);
+      if (wrong) throw new Error(wrong);
+    }
+    for (const name of names) {
+      this.demanded.delete(name);
+      this.demanded.add(name);
+    }
+    for (const name of this.demanded) {
+      if (this.demanded.size <= MAX_DEMANDED) break;
+      this.demanded.delete(name);
+    }
+    if (names.length > 0) this.call?.write({ demand: { names: [...names] } });
   }
 
   private lost(call: grpc.ClientDuplexStream<WireRequest, WireResponse>, why: string): void {

@@ -4,7 +4,7 @@
  * the L4 authorizer — and the resolution of an original destination to where a connection goes.
  */
 import { isIP } from 'node:net';
-import type { WireResource } from './discovery.js';
+import type { AddressAnswer, DiscoveryScope, ServiceHead, WireResource } from './discovery.js';
 import { isObject } from '../config/schema.js';
 import {
   DEFAULT_MESH_CONFIG, OUTBOUND_TRAFFIC_POLICIES, WAYPOINT_GATEWAY_LABEL,
@@ -111,6 +111,12 @@ const CHECKS: Record<string, Check> = {
     ports: list(shape({ name: optional(str), port, targetPort: (v, at) => (typeof v === 'string' ? undefined : port(v, at)), protocol: str })),
     waypoint: optional(shape({ name: str, namespace: str })),
   }),
+  servicehead: shape({
+    namespace: str, name: str, hostname: str, vips: list(ip),
+    ports: list(shape({ name: optional(str), port, targetPort: (v, at) => (typeof v === 'string' ? undefined : port(v, at)), protocol: str })),
+    waypoint: optional(shape({ name: str, namespace: str })),
+  }),
+  address: shape({ address: ip, workload: optional(str) }),
   serviceentry: shape({
     namespace: str, name: str, hosts: list(str), addresses: list(ip), cidrs: list(cidr),
     ports: list(shape({ number: port, name: optional(str), protocol: str, targetPort: optional(port) })),
@@ -164,8 +170,18 @@ export class MeshState {
   private readonly egressByAddress = new Map<string, { entry: ServiceEntryInfo; host: string }[]>();
   private readonly egressByEndpoint = new Map<string, { entry: ServiceEntryInfo; endpoint: ServiceEntryInfo['endpoints'][number] }[]>();
   private readonly egressCidrs: { cidr: Cidr; entry: ServiceEntryInfo }[] = [];
+  /**
+   * Scope `node` (docs/CONTROL.md, What a node agent holds): services known by their head only
+   * (addresses and ports; their endpoints come on demand), and the addresses the controller
+   * answered for (whether a workload has them).
+   */
+  readonly scope: DiscoveryScope;
+  private readonly headsOnly = new Set<Service>();
+  private readonly answered = new Set<string>();
 
-  constructor(readonly version: string, resources: ReadonlyMap<string, WireResource>, opts: { rootNamespace?: string } = {}) {
+  constructor(readonly version: string, resources: ReadonlyMap<string, WireResource>, opts: { rootNamespace?: string; scope?: DiscoveryScope } = {}) {
+    this.scope = opts.scope ?? 'cluster';
+    const heads: ServiceHead[] = [];
     for (const r of resources.values()) {
       switch (r.type) {
         case 'workload': {
@@ -180,6 +196,12 @@ export class MeshState {
           for (const vip of s.vips) this.servicesByVip.set(vip, s);
           break;
         }
+        case 'servicehead':
+          heads.push(parse<ServiceHead>(r));
+          break;
+        case 'address':
+          this.answered.add(canonicalIp(parse<AddressAnswer>(r).address));
+          break;
         case 'policy':
           this.policies.push(parse<ConfigObject>(r));
           break;
@@ -199,6 +221,15 @@ export class MeshState {
         default:
           throw new MeshStateError(`${r.key}: unknown resource type "${r.type}"`);
       }
+    }
+    // A service held in full (one of this node's pods serves it, or it was asked for) is its own; the rest by their heads.
+    for (const head of heads) {
+      const id = `${head.namespace}/${head.name}`;
+      if (this.services.has(id)) continue;
+      const s: Service = { ...head, endpoints: [] };
+      this.services.set(id, s);
+      this.headsOnly.add(s);
+      for (const vip of s.vips) this.servicesByVip.set(vip, s);
     }
     for (const w of this.workloads.values()) {
       const gateway = w.labels[WAYPOINT_GATEWAY_LABEL];
@@ -233,6 +264,26 @@ export class MeshState {
     if (entry.resolution === 'STATIC') {
       for (const endpoint of entry.endpoints) if (isIP(endpoint.address)) push(this.egressByEndpoint, canonicalIp(endpoint.address), { entry, endpoint });
     }
+  }
+
+  /** Whether a service's endpoints are known (always, but for a service a node-scoped agent holds by its head only). */
+  endpointsKnown(service: Service): boolean {
+    return !this.headsOnly.has(service);
+  }
+
+  /**
+   * What a node-scoped agent must ask the controller for before its data path can decide about
+   * a connection to or from `ipText` (the demand name), or undefined when it knows enough: a
+   * service's VIP whose endpoints it lacks, or an address that is neither a VIP, a workload's,
+   * nor one the controller said no workload has. Always undefined for scope `cluster`.
+   */
+  missing(ipText: string): string | undefined {
+    if (this.scope !== 'node') return undefined;
+    const key = canonicalIp(ipText);
+    const service = this.servicesByVip.get(key);
+    if (service) return this.headsOnly.has(service) ? `service/${service.namespace}/${service.name}` : undefined;
+    if (this.workloadsByIp.has(key) || this.answered.has(key) || isIP(key) === 0) return undefined;
+    return `address/${key}`;
   }
 
   /**

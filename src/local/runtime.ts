@@ -360,7 +360,7 @@ export class Runtime {
    */
   private componentEnv(): Record<string, string> {
     const env: Record<string, string> = { ...this.baseEnv, AMBIT_LOG_LEVEL: process.env.AMBIT_LOG_LEVEL ?? 'info' };
-    for (const key of [...BUILD_AND_PROFILE_ENV, 'AMBIT_HBONE_LIMITS', 'AMBIT_AGENT_LIMITS', 'AMBIT_DNS_CAPTURE', 'AMBIT_DNS_RESOLVERS', 'AMBIT_CERT_TTL', 'AMBIT_CANARY_MIN_INTERVAL']) {
+    for (const key of [...BUILD_AND_PROFILE_ENV, 'AMBIT_HBONE_LIMITS', 'AMBIT_AGENT_LIMITS', 'AMBIT_DNS_CAPTURE', 'AMBIT_DNS_RESOLVERS', 'AMBIT_DISCOVERY_SCOPE', 'AMBIT_CERT_TTL', 'AMBIT_CANARY_MIN_INTERVAL']) {
       const value = process.env[key];
       if (value) env[key] = value;
     }

@@ -13,7 +13,7 @@ import type { PodSpec, Resource } from '../kube/manifests.js';
 import { ambitBin } from '../util/package.js';
 import { CONTROLLER_PORT, UNDERLAY_GATEWAY, type ClusterLayout } from './layout.js';
 
-/** What of the daemon's environment reaches the controller, the node agents and waypoint pods: a bench's build and its profiling settings. */
+/** What of the daemon's environment reaches the controller, the node agents, waypoint and gateway pods: a bench's build and its profiling settings. */
 export const BUILD_AND_PROFILE_ENV = ['AMBIT_DIST', 'AMBIT_CPU_PROFILE_DIR', 'AMBIT_CPU_PROFILE_INTERVAL_US'] as const;
 
 /**

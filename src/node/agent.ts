@@ -19,7 +19,7 @@ import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2';
 import { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Counter } from 'prom-client';
-import { DiscoveryClient, type WireResource } from '../discovery/discovery.js';
+import { DiscoveryClient, type DiscoveryScope, type WireResource } from '../discovery/discovery.js';
 import type { ConfigObject, MeshConfig, Service, ServiceEntryInfo, Workload } from '../config/model.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../authz/l4.js';
 import { detectSocketLbConflicts } from '../ebpf/cgroup-programs.js';
@@ -43,6 +43,15 @@ export const HEALTH_PORT = 15021;
 
 /** A connection that moves no byte either way for this long is reset (Istio's default TCP idle timeout). */
 export const TCP_IDLE_TIMEOUT_MS = 60 * 60 * 1000;
+/**
+ * How long a connection to (or from) an address a node-scoped agent does not know waits for the
+ * controller's answer (ms): one round trip when the controller is up. Past it the connection goes
+ * on with what the agent knows (an address then counts as no workload's; a service without its
+ * endpoints is refused, UH).
+ */
+export const DEMAND_WAIT_MS = 3000;
+/** A demand still unanswered is asked again after this long (ms): the controller may have dropped it, or the stream reconnected. */
+const DEMAND_REPEAT_MS = 1000;
 
 /**
  * The agent's own listeners inside every meshed pod. Nothing is ever forwarded to them: a
@@ -86,6 +95,14 @@ export interface NodeAgentOptions {
   dnsCapture?: boolean;
   /** DNS servers for ServiceEntries of resolution DNS (AMBIT_DNS_RESOLVERS); none: the system's. */
   dnsResolvers?: string[];
+  /**
+   * What the agent asks the controller for (AMBIT_DISCOVERY_SCOPE; default `node`): its node's
+   * view, and the destinations and peers its pods meet on demand; or `cluster`, every workload
+   * (docs/CONTROL.md, What a node agent holds).
+   */
+  scope?: DiscoveryScope;
+  /** How long a connection waits for the controller's answer to a demand (ms; default DEMAND_WAIT_MS). */
+  demandWaitMs?: number;
   /** The resolver itself, for tests (default: a CachingResolver of `dnsResolvers`). */
   resolver?: HostResolver;
   log: Logger;
@@ -145,6 +162,11 @@ export class NodeAgent {
   private readonly resolver: HostResolver;
   /** Egress refused by the agent, by reason (registry_only, no_endpoint, authorization). */
   private readonly egressRefused: Counter;
+  private readonly demands: Counter;
+  /** Woken at each applied config: connections waiting for a demand's answer. */
+  private readonly stateWaiters = new Set<() => void>();
+  /** Demand names asked of the controller, and when (asked again after DEMAND_REPEAT_MS). */
+  private readonly asked = new Map<string, number>();
   private readonly enroller: PodEnroller;
   /** The pods' DNS server; undefined with DNS capture off. */
   private readonly dns: DnsServer | undefined;
@@ -214,9 +236,10 @@ export class NodeAgent {
     this.registerAgentMetrics();
     this.resolver = opts.resolver ?? new CachingResolver({ servers: opts.dnsResolvers ?? [] });
     this.egressRefused = this.metrics.counter('ambit_egress_refused_total', 'Outbound connections the node agent refused at the mesh\'s edge, by reason: registry_only (REGISTRY_ONLY, a destination neither a service, a workload nor a ServiceEntry), no_endpoint (a ServiceEntry with no address to go to), authorization (an AuthorizationPolicy bound to the ServiceEntry)', ['reason']);
+    this.demands = this.metrics.counter('ambit_discovery_demands_total', 'Connections that needed what this node-scoped agent did not hold (a service\'s endpoints, an address\'s workload), by outcome: answered (the controller\'s answer came in time), timeout (the connection went on without it), unavailable (the controller was away: the connection went on at once)', ['outcome']);
     this.discovery = new DiscoveryClient({
       address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,
-      node: opts.node, kind: 'node-agent', log,
+      node: opts.node, kind: 'node-agent', log, scope: opts.scope ?? 'node',
       apply: (resources, version) => this.apply(resources, version),
     });
   }
@@ -257,13 +280,14 @@ export class NodeAgent {
   private apply(resources: ReadonlyMap<string, WireResource>, version: string): void {
     let next: MeshState;
     try {
-      next = new MeshState(version, resources, { rootNamespace: this.opts.rootNamespace });
+      next = new MeshState(version, resources, { rootNamespace: this.opts.rootNamespace, scope: this.opts.scope ?? 'node' });
     } catch (err) {
       this.nacks++;
       throw err instanceof MeshStateError ? err : new MeshStateError((err as Error).message);
     }
     for (const w of next.authorizer.warnings) this.opts.log.warn({ version }, w);
     this.state = next;
+    for (const wake of [...this.stateWaiters]) wake();
     this.reconcile();
   }
 
@@ -512,7 +536,7 @@ export class NodeAgent {
       return;
     }
     const src = this.podByCookie(pod.netnsCookie);
-    const state = this.state;
+    const state = dst ? await this.knowing(dst.addr) : this.state;
     if (!src || !state || !dst) {
       this.opts.log.warn({ pod: pod.spec.name, hasDst: Boolean(dst) }, 'outbound connection without its original destination; reset');
       resetOrDestroy(socket);
@@ -623,7 +647,7 @@ export class NodeAgent {
       this.refuse(socket, src, info, 'UH', target.error);
       return undefined;
     }
-    const workload = state.workloadsByIp.get(target.ip);
+    const workload = ((await this.knowing(target.ip)) ?? state).workloadsByIp.get(target.ip);
     return { ip: target.ip, port: target.port, ...(workload ? { workload } : {}) };
   }
 
@@ -675,9 +699,59 @@ export class NodeAgent {
     if (this.dnsTable?.state !== state) {
       // ServiceEntries as MeshState holds them (ServiceEntryInfo.dnsAddresses).
       const entries = (state as { serviceEntries?: readonly DnsServiceEntry[] }).serviceEntries ?? [];
-      this.dnsTable = { state, table: buildDnsTable(state.services.values(), state.workloads, entries) };
+      // A headless service held by its head only (its pods are not known here) is left to the pod's resolver.
+      const services = [...state.services.values()].filter((s) => s.vips.length > 0 || state.endpointsKnown(s));
+      this.dnsTable = { state, table: buildDnsTable(services, state.workloads, entries) };
     }
     return this.dnsTable.table;
+  }
+
+  /**
+   * The config, once it holds what the data path needs about `ip`. A node-scoped agent asks the
+   * controller for what it lacks (MeshState.missing) and waits for the answer, up to
+   * demandWaitMs; past that it goes on with the config as it is. Cluster scope holds everything
+   * it will ever know: no wait.
+   */
+  private async knowing(ip: string): Promise<MeshState | undefined> {
+    const deadline = Date.now() + (this.opts.demandWaitMs ?? DEMAND_WAIT_MS);
+    let waited = false;
+    for (;;) {
+      const state = this.state;
+      const name = state?.missing(ip);
+      if (!state || !name) {
+        if (waited) this.demands.inc({ outcome: 'answered' });
+        return state;
+      }
+      // A controller that is away cannot answer: the connection goes on at once with what is known.
+      if (!this.discovery.connected) {
+        this.demands.inc({ outcome: 'unavailable' });
+        return state;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0 || this.closed) {
+        this.demands.inc({ outcome: 'timeout' });
+        this.opts.log.warn({ demand: name, waitedMs: this.opts.demandWaitMs ?? DEMAND_WAIT_MS, controllerConnected: this.discovery.connected }, 'the controller did not answer a demand in time; going on without it');
+        return state;
+      }
+      this.ask(name);
+      waited = true;
+      await new Promise<void>((resolve) => {
+        const wake = () => { this.stateWaiters.delete(wake); clearTimeout(t); resolve(); };
+        const t = setTimeout(wake, Math.min(left, DEMAND_REPEAT_MS));
+        this.stateWaiters.add(wake);
+      });
+    }
+  }
+
+  /** Asks the controller for `name`, unless it was asked within DEMAND_REPEAT_MS. */
+  private ask(name: string): void {
+    const now = Date.now();
+    const last = this.asked.get(name);
+    if (last !== undefined && now - last < DEMAND_REPEAT_MS) return;
+    // Bounded: old entries are only a guard against asking twice at once.
+    if (this.asked.size >= 4096) for (const [n, at] of this.asked) if (now - at >= DEMAND_REPEAT_MS) this.asked.delete(n);
+    this.asked.set(name, now);
+    this.discovery.demand([name]);
   }
 
   /** An endpoint for ip:port, avoiding endpoints that just failed when others exist. */
@@ -733,8 +807,10 @@ export class NodeAgent {
 
   /** A CONNECT stream on the pod's HBONE listener. */
   private async tunnel(uid: string, stream: ServerHttp2Stream, info: TunnelInfo): Promise<void> {
+    // The peer's workload names the source in metrics and logs: a node-scoped agent may ask for it.
+    const state = this.pods.has(uid) ? await this.knowing(info.remoteAddress) : this.state;
     const entry = this.pods.get(uid);
-    const state = this.state;
+    if (stream.destroyed) return;
     if (!entry || !state) {
       refuseTunnel(stream, 503, HBONE_CODES.notEnrolled);
       return;
@@ -788,6 +864,10 @@ export class NodeAgent {
     socket.setNoDelay(true);
     const entry = this.podByCookie(pod.netnsCookie);
     const state = this.state;
+    // Plaintext comes from outside the mesh, and the kubelet's probes among it: never kept waiting
+    // for the peer's name (metrics only). It is asked for, for the connections after this one.
+    const unknown = state?.missing(socket.remoteAddress ?? '');
+    if (unknown && entry && this.discovery.connected) this.ask(unknown);
     if (!entry || !state) {
       resetOrDestroy(socket);
       return;

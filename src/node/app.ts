@@ -10,6 +10,7 @@ import { request as httpRequest, type Server } from 'node:http';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { DISCOVERY_SCOPES, type DiscoveryScope } from '../discovery/discovery.js';
 import { cgroup2Mount } from '../ebpf/mounts.js';
 import type { HboneLimits } from '../hbone/limits.js';
 import { splitPemBundle } from '../identity/pki.js';
@@ -83,6 +84,13 @@ export function dnsCaptureFromEnv(value: string | undefined): boolean {
   throw new OperatorError(`AMBIT_DNS_CAPTURE must be true or false, got "${value}"`, 'unset it to keep DNS capture on, or set it to false to let pods\' DNS go straight to their resolvers');
 }
 
+/** AMBIT_DISCOVERY_SCOPE: `node` (default) or `cluster`, what the agent asks the controller for (docs/CONTROL.md, What a node agent holds). */
+export function discoveryScopeFromEnv(value: string | undefined): DiscoveryScope {
+  if (value === undefined || value === '') return 'node';
+  if ((DISCOVERY_SCOPES as readonly string[]).includes(value)) return value as DiscoveryScope;
+  throw new OperatorError(`AMBIT_DISCOVERY_SCOPE must be ${DISCOVERY_SCOPES.join(' or ')}, got "${value}"`, 'unset it for node scope (the node\'s view, the rest on demand), or set it to cluster to hold every workload');
+}
+
 export async function startNodeApp(opts: NodeAppOptions): Promise<NodeApp> {
   const log = logger('node');
   const k8s = opts.kubernetes;
@@ -102,6 +110,7 @@ export async function startNodeApp(opts: NodeAppOptions): Promise<NodeApp> {
     drainMs: opts.drainMs, ...(opts.hboneLimits ? { hboneLimits: opts.hboneLimits } : {}), log, accessLog: logger('access'),
     dnsCapture: dnsCaptureFromEnv(process.env.AMBIT_DNS_CAPTURE),
     dnsResolvers: parseDnsResolvers(process.env.AMBIT_DNS_RESOLVERS),
+    scope: discoveryScopeFromEnv(process.env.AMBIT_DISCOVERY_SCOPE),
   });
   const parts = k8s && kube && daemonSet ? await kubernetesParts(opts.node, k8s, kube, agent, daemonSet, log) : undefined;
   // What `ambit check` says about this node (and whether the CNI plugin is chained), served on

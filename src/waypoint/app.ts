@@ -44,17 +44,21 @@ export interface WaypointOptions {
   tracing?: Omit<TracingOptions, 'serviceName'>;
 }
 
-export interface WaypointAppOptions {
+/** What `ambit waypoint run` and `ambit gateway run` start a proxy with (its flags). */
+export interface ProxyAppOptions {
   namespace: string;
   name: string;
   trustDomain: string;
   controller: string;
-  /** The waypoint's credential (re-read at each use: the kubelet rotates it). */
+  /** Its credential (re-read at each use: the kubelet rotates it). */
   tokenFile: string;
   /** PEM roots that verify the controller; waited for while the controller writes them on first start. */
   caFile: string;
-  listen: { host: string; port: number };
   tracing?: Omit<TracingOptions, 'serviceName'>;
+}
+
+export interface WaypointAppOptions extends ProxyAppOptions {
+  listen: { host: string; port: number };
 }
 
 /**
@@ -65,25 +69,49 @@ export function controllerAccess(address: string, tokenPath: string, caFile: str
   return { address, token: tokenFile(tokenPath), roots: splitPemBundle(readFlagFile('--ca-file', caFile)).slice(-1) };
 }
 
-/** Reads the waypoint's files, starts it (and a CPU profile when AMBIT_CPU_PROFILE_DIR asks for one), and stops it. */
-export async function startWaypointApp(opts: WaypointAppOptions): Promise<{ waypoint: Waypoint; stop(): Promise<void> }> {
+/** What a waypoint's or gateway's `start` gets from startProxyApp: its flags read, its loggers, its admin port. */
+export interface ProxyStartOptions {
+  namespace: string;
+  name: string;
+  trustDomain: string;
+  controller: { address: string; token: Credential; roots: string[] };
+  adminPort: number;
+  log: Logger;
+  accessLog: Logger;
+  tracing?: Omit<TracingOptions, 'serviceName'>;
+}
+
+/**
+ * Starts a waypoint or an ingress gateway (`kind`, also its logger's name) from its flags once
+ * its CA file is there, and a CPU profile when AMBIT_CPU_PROFILE_DIR asks for one; `stop` closes
+ * it (once) and then writes the profile.
+ */
+export async function startProxyApp<T extends { close(): Promise<void> }>(
+  kind: 'waypoint' | 'gateway', opts: ProxyAppOptions, start: (o: ProxyStartOptions) => Promise<T>,
+): Promise<{ app: T; stop(): Promise<void> }> {
   await waitForFile(opts.caFile);
-  const log = logger('waypoint');
-  const waypoint = await Waypoint.start({
+  const log = logger(kind);
+  const app = await start({
     namespace: opts.namespace, name: opts.name, trustDomain: opts.trustDomain,
     controller: controllerAccess(opts.controller, opts.tokenFile, opts.caFile),
-    listen: opts.listen, adminPort: WAYPOINT_ADMIN_PORT, log, accessLog: logger('access'), ...(opts.tracing ? { tracing: opts.tracing } : {}),
+    adminPort: WAYPOINT_ADMIN_PORT, log, accessLog: logger('access'), ...(opts.tracing ? { tracing: opts.tracing } : {}),
   });
-  // AMBIT_CPU_PROFILE_DIR: a V8 CPU profile of this waypoint, written when it stops (benches).
-  const profiler = await cpuProfileFromEnv(`waypoint.${opts.namespace}.${opts.name}`);
+  // AMBIT_CPU_PROFILE_DIR: a V8 CPU profile of this process, started once it serves and written when it stops (benches).
+  const profiler = await cpuProfileFromEnv(`${kind}.${opts.namespace}.${opts.name}`);
   let stopped: Promise<void> | undefined;
   return {
-    waypoint,
+    app,
     stop: () => (stopped ??= (async () => {
-      await waypoint.close().catch((err: Error) => log.error({ err: err.message }, 'stopping failed'));
+      await app.close().catch((err: Error) => log.error({ err: err.message }, 'stopping failed'));
       if (profiler) log.info({ profile: await profiler.stop() }, 'CPU profile written');
     })()),
   };
+}
+
+/** Reads the waypoint's files, starts it (and a CPU profile when AMBIT_CPU_PROFILE_DIR asks for one), and stops it. */
+export async function startWaypointApp(opts: WaypointAppOptions): Promise<{ waypoint: Waypoint; stop(): Promise<void> }> {
+  const { app, stop } = await startProxyApp('waypoint', opts, (o) => Waypoint.start({ ...o, listen: opts.listen }));
+  return { waypoint: app, stop };
 }
 
 export class Waypoint {

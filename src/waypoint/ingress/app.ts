@@ -19,14 +19,12 @@ import { CaClient, type Credential } from '../../identity/ca-server.js';
 import { CertManager } from '../../identity/cert-manager.js';
 import { formatSpiffeId } from '../../identity/spiffe.js';
 import { tcpSocketOf } from '../../host/netns.js';
-import { logger } from '../../telemetry/log.js';
 import { MeshMetrics, RequestMetrics, tcpLabels, type Peer } from '../../telemetry/metrics.js';
 import { createTracer, type TracingOptions } from '../../telemetry/tracing.js';
-import { waitForFile } from '../../util/files.js';
 import { listenTcp, localServer, sendJson } from '../../util/local-http.js';
-import { WAYPOINT_ADMIN_PORT, waypointAdminAnswer } from '../admin.js';
+import { waypointAdminAnswer } from '../admin.js';
 import { statusServer, unreadyReason } from '../status-server.js';
-import { controllerAccess, requestReporter } from '../app.js';
+import { requestReporter, startProxyApp, type ProxyAppOptions } from '../app.js';
 import { L7Authorizer } from '../authz.js';
 import { WaypointProxy } from '../proxy.js';
 import { Router } from '../routing.js';
@@ -56,27 +54,13 @@ export interface GatewayOptions {
   tracing?: Omit<TracingOptions, 'serviceName'>;
 }
 
-export interface GatewayAppOptions {
-  namespace: string;
-  name: string;
-  trustDomain: string;
-  controller: string;
-  tokenFile: string;
-  caFile: string;
-  tracing?: Omit<TracingOptions, 'serviceName'>;
-}
+/** Its namespace and service account (`name`), as `ambit gateway run --name` gives them, and its files. */
+export type GatewayAppOptions = ProxyAppOptions;
 
-/** Reads the gateway's files and starts it. */
+/** Reads the gateway's files, starts it (and a CPU profile when AMBIT_CPU_PROFILE_DIR asks for one), and stops it. */
 export async function startGatewayApp(opts: GatewayAppOptions): Promise<{ gateway: IngressGateway; stop(): Promise<void> }> {
-  await waitForFile(opts.caFile);
-  const log = logger('gateway');
-  const gateway = await IngressGateway.start({
-    namespace: opts.namespace, name: opts.name, trustDomain: opts.trustDomain,
-    controller: controllerAccess(opts.controller, opts.tokenFile, opts.caFile),
-    adminPort: WAYPOINT_ADMIN_PORT, log, accessLog: logger('access'), ...(opts.tracing ? { tracing: opts.tracing } : {}),
-  });
-  let stopped: Promise<void> | undefined;
-  return { gateway, stop: () => (stopped ??= gateway.close().catch((err: Error) => log.error({ err: err.message }, 'stopping failed'))) };
+  const { app, stop } = await startProxyApp('gateway', opts, (o) => IngressGateway.start(o));
+  return { gateway: app, stop };
 }
 
 /** The resource types MeshState reads; the gateway's own (`ingress`, `secret`) are read here. */
