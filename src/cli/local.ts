@@ -14,6 +14,7 @@ import { checkScrapeInterval, DEFAULT_SCRAPE_INTERVAL } from '../local/prometheu
 import type { ApplyResult, ClusterStatus, PodStatus } from '../local/runtime.js';
 import { age, table } from './format.js';
 import { readState } from '../local/state.js';
+import { modelVersionOf } from '../discovery/discovery.js';
 
 const say = (line = '') => process.stdout.write(`${line}\n`);
 
@@ -370,7 +371,7 @@ function printStatus(s: ClusterStatus): void {
     if (s.controller.subscribers.length === 0) say(`config version ${s.controller.version}; no subscribers`);
     else {
       say(table(['SUBSCRIBER', 'NODE', 'APPLIED', 'LAST NACK'], s.controller.subscribers.map((x) => [
-        x.kind === 'waypoint' || x.kind === 'gateway' ? `${x.kind} ${x.name}` : x.kind, x.node, `${x.lastAck ?? '-'}${x.lastAck === s.controller!.version ? ' (current)' : ''}`,
+        x.kind === 'waypoint' || x.kind === 'gateway' ? `${x.kind} ${x.name}` : x.kind, x.node, `${x.lastAck ?? '-'}${x.lastAck !== undefined && modelVersionOf(x.lastAck) === s.controller!.version ? ' (current)' : ''}`,
         x.lastNack ? `${x.lastNack.version}: ${x.lastNack.error}` : '-',
       ])));
     }

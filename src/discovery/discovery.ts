@@ -405,8 +405,12 @@ export interface SubscriberStatus {
 interface Encoded { type: string; json: string; hash: string; value: unknown }
 /** Encoded models kept for subscribers that have not caught up yet. */
 const HISTORY = 8;
-/** The model version a push was named after: a node-scoped subscriber's later pushes at one model are `<model>.<n>`. */
-const modelOf = (version: string): string => version.split('.')[0]!;
+/**
+ * The model version a pushed version was named after: a node-scoped subscriber's later pushes at
+ * one model (demands answered) are `<model>.<n>`; any other version is its model's own.
+ */
+export const modelVersionOf = (version: string): string => version.split('.')[0]!;
+const modelOf = modelVersionOf;
 /** Parts followed by more parts of the same version (a node-scoped push's shared part, before its own): computed once per parts array. */
 const continued = new WeakMap<WireResponse[], WireResponse[]>();
 const continuedOf = (parts: WireResponse[]): WireResponse[] => {

@@ -15,6 +15,7 @@ import { until } from '../helpers/wait.js';
 import { cli, ROOT } from './helpers/cli.js';
 import { describeAsRoot } from './helpers/root.js';
 import { WEB_APP } from './helpers/web-app.js';
+import { modelVersionOf } from '../../src/discovery/discovery.js';
 
 const OUTAGE_MS = 60_000;
 const RATE = 100;
@@ -133,7 +134,7 @@ describeAsRoot('a controller outage under steady traffic', () => {
     const after = await until('every subscriber at the restarted controller\'s version', async () => {
       const s = await status();
       const c = s.controller;
-      return c && c.version !== versionBefore && c.subscribers.length >= 3 && c.subscribers.every((x) => x.lastAck === c.version) ? s : undefined;
+      return c && c.version !== versionBefore && c.subscribers.length >= 3 && c.subscribers.every((x) => x.lastAck !== undefined && modelVersionOf(x.lastAck) === c.version) ? s : undefined;
     }, { timeout: 60_000, interval: 500 });
     expect(after.controller!.subscribers.map((x) => x.kind).sort()).toEqual(['node-agent', 'node-agent', 'waypoint']);
     expect(after.components.filter((c) => c.name === 'node-agent').map((c) => c.pid)).toEqual(agentPids());

@@ -293,7 +293,8 @@ spec: { mtls: { mode: STRICT } }
   it('shows its config, pods, open connections and log level on the admin endpoint', async () => {
     const dump = await admin<{ node: string; version: string; workloads: { name: string }[]; services: { name: string }[] }>('node-1', '/config_dump');
     expect(dump.node).toBe('node-1');
-    expect(dump.version).toMatch(/^[0-9a-f]{6}-\d+$/);
+    // A model's version, or `<model>.<n>` once a demand was answered at that model (node scope).
+    expect(dump.version).toMatch(/^[0-9a-f]{6}-\d+(\.\d+)?$/);
     expect(dump.workloads.map((w) => w.name)).toEqual(expect.arrayContaining(['client', 'server', 'web', 'outsider']));
     // A connection held open by the client shows up on both agents.
     const hold = spawn(process.execPath, [join(ROOT, 'bin/ambit.js'), 'local', 'exec', '--cluster', CLUSTER, 'mesh/client', '--', 'node', '-e',

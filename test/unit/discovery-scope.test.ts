@@ -73,7 +73,7 @@ describe('node-scoped discovery', () => {
   let discovery: DiscoveryServer;
   let port = 0;
   const clients: DiscoveryClient[] = [];
-  let pushes: number[] = [];
+  const pushes: number[] = [];
 
   async function start(m: MeshModel): Promise<void> {
     discovery = new DiscoveryServer(auth, undefined, { observer: { pushed: (_k, bytes) => { pushes.push(bytes); }, rejected: () => undefined } });
