@@ -137,11 +137,17 @@ describeAsRoot('the ambient L4 data path', () => {
     let said = '';
     dump.stderr!.on('data', (c: Buffer) => { said += c.toString(); });
     await until('tcpdump to listen', () => said.includes('listening on') || undefined, { timeout: 20_000, interval: 50 });
+    // Node scope: node-1's agent holds its own pods, not node-2's, until one of its pods calls them.
+    const before = await admin<{ workloads: { name: string }[] }>('node-1', '/config_dump');
+    expect(before.workloads.map((w) => w.name).sort()).toEqual(['client', 'outsider']);
     const secret = `secret-${Math.random().toString(36).slice(2)}`;
     const POST = `const r = require("http").request({ host: "server", port: 80, method: "POST", path: "/", agent: false }, (res) => { let b = ""; res.on("data", (c) => b += c); res.on("end", () => console.log(b)); }); r.end(process.argv[1]);`;
     const answer = (await ok(['local', 'exec', '--cluster', CLUSTER, 'mesh/client', '--', 'node', '-e', POST, secret])).trim();
     // The server sees the client pod's own address: the tunnel left from inside the client's netns.
     expect(answer).toBe(`meshed from 10.244.2.2 ${secret}`);
+    // The server's endpoints were asked of the controller for the call, and are held now.
+    expect(sum(await metrics('node-1'), 'ambit_discovery_demands_total', (l) => l.includes('outcome="answered"'))).toBeGreaterThanOrEqual(1);
+    expect((await admin<{ workloads: { name: string }[] }>('node-1', '/config_dump')).workloads.map((w) => w.name)).toContain('server');
     // The capture has the tunnel's TLS records before tcpdump is stopped.
     await until('the tunnel\'s TLS records in the capture', () => existsSync(pcap) && readFileSync(pcap).includes(Buffer.from([0x17, 0x03, 0x03])), { timeout: 5000, interval: 50 });
     process.kill(-dump.pid!, 'SIGINT');
