@@ -286,6 +286,12 @@ export class MeshState {
     return `address/${key}`;
   }
 
+  /** The demand that would complete service `namespace/name` (held by its head only), or undefined. */
+  missingService(id: string): string | undefined {
+    const service = this.services.get(id);
+    return service && this.headsOnly.has(service) ? `service/${id}` : undefined;
+  }
+
   /**
    * The ServiceEntry a connection to ip:port is for, as seen from `clientNamespace` (its
    * exportTo): an entry's own address or VIP first, then a STATIC endpoint's address, then a

@@ -171,7 +171,8 @@ export class NodeAgent {
   /** The pods' DNS server; undefined with DNS capture off. */
   private readonly dns: DnsServer | undefined;
   private readonly dnsPods = new Map<bigint, DnsPod>();
-  private dnsTable?: { state: MeshState; table: DnsTable };
+  /** The DNS names of one config version, and the headless services among them known by their heads only (name → namespace/name). */
+  private dnsTable?: { state: MeshState; table: DnsTable; pending: Map<string, string> };
   private readonly pool: HbonePool;
   /** Shared by every pod's HBONE listener: a peer's connections and streams are counted across the node. */
   private readonly hboneLimiter: HboneLimiter;
@@ -230,6 +231,10 @@ export class NodeAgent {
     }, log, { captureDns: opts.dnsCapture ?? true });
     this.dns = (opts.dnsCapture ?? true) ? new DnsServer({
       names: () => this.dnsNames(),
+      pending: (name) => {
+        const service = this.dnsNames() && this.dnsTable?.pending.get(name);
+        return service ? this.knowing((s) => s.missingService(service)).then(() => undefined) : undefined;
+      },
       log: log.child({ part: 'dns' }),
       queries: this.metrics.counter('ambit_dns_queries_total', 'DNS queries of meshed pods by result: local (answered by the agent), forwarded (answered by the resolver the pod asked), failed (SERVFAIL: the resolver did not answer, or too many in flight), malformed (FORMERR or dropped)', ['namespace', 'result']),
     }) : undefined;
@@ -699,25 +704,32 @@ export class NodeAgent {
     if (this.dnsTable?.state !== state) {
       // ServiceEntries as MeshState holds them (ServiceEntryInfo.dnsAddresses).
       const entries = (state as { serviceEntries?: readonly DnsServiceEntry[] }).serviceEntries ?? [];
-      // A headless service held by its head only (its pods are not known here) is left to the pod's resolver.
-      const services = [...state.services.values()].filter((s) => s.vips.length > 0 || state.endpointsKnown(s));
-      this.dnsTable = { state, table: buildDnsTable(services, state.workloads, entries) };
+      // A headless service held by its head only (its pods are not known here) is asked for at its first query.
+      const pending = new Map<string, string>();
+      const services = [...state.services.values()].filter((s) => {
+        if (s.vips.length > 0 || state.endpointsKnown(s)) return true;
+        pending.set(s.hostname.toLowerCase(), `${s.namespace}/${s.name}`);
+        return false;
+      });
+      this.dnsTable = { state, table: buildDnsTable(services, state.workloads, entries), pending };
     }
     return this.dnsTable.table;
   }
 
   /**
-   * The config, once it holds what the data path needs about `ip`. A node-scoped agent asks the
-   * controller for what it lacks (MeshState.missing) and waits for the answer, up to
+   * The config, once it holds what the data path needs about an address (`need`: an IP, for
+   * MeshState.missing) or a service (a function naming the demand still needed, if any). A
+   * node-scoped agent asks the controller for what it lacks and waits for the answer, up to
    * demandWaitMs; past that it goes on with the config as it is. Cluster scope holds everything
    * it will ever know: no wait.
    */
-  private async knowing(ip: string): Promise<MeshState | undefined> {
+  private async knowing(need: string | ((state: MeshState) => string | undefined)): Promise<MeshState | undefined> {
     const deadline = Date.now() + (this.opts.demandWaitMs ?? DEMAND_WAIT_MS);
+    const missing = typeof need === 'string' ? (s: MeshState) => s.missing(need) : need;
     let waited = false;
     for (;;) {
       const state = this.state;
-      const name = state?.missing(ip);
+      const name = state && missing(state);
       if (!state || !name) {
         if (waited) this.demands.inc({ outcome: 'answered' });
         return state;

@@ -82,6 +82,12 @@ export type DnsResult = 'local' | 'forwarded' | 'failed' | 'malformed';
 export interface DnsServerOptions {
   /** The current names; undefined before the first config (everything is forwarded). */
   names: () => DnsTable | undefined;
+  /**
+   * A mesh name whose addresses the agent must ask the controller for first (a headless service
+   * a node-scoped agent holds by its head only): resolves once they are known, or given up on.
+   * Undefined: nothing to wait for.
+   */
+  pending?: (name: string) => Promise<void> | undefined;
   log: Logger;
   /** ambit_dns_queries_total{namespace, result}. */
   queries?: Counter;
@@ -131,9 +137,16 @@ export class DnsServer {
       return buildError(query, parsed, RCODE.FORMERR);
     }
     const { question } = parsed;
-    const local = parsed.opcode === 0 && question.class === DNS_CLASS_IN && (question.type === DNS_TYPE_A || question.type === DNS_TYPE_AAAA) && question.name !== undefined
-      ? this.opts.names()?.get(question.name)
-      : undefined;
+    const lookup = parsed.opcode === 0 && question.class === DNS_CLASS_IN && (question.type === DNS_TYPE_A || question.type === DNS_TYPE_AAAA) && question.name !== undefined
+      ? question.name : undefined;
+    let local = lookup === undefined ? undefined : this.opts.names()?.get(lookup);
+    if (lookup !== undefined && !local) {
+      const wait = this.opts.pending?.(lookup);
+      if (wait) {
+        await wait;
+        local = this.opts.names()?.get(lookup);
+      }
+    }
     if (local) {
       this.count(pod, 'local');
       const all = question.type === DNS_TYPE_A ? local.v4 : local.v6;
