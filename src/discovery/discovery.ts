@@ -16,7 +16,7 @@ import { CaError } from '../identity/ca.js';
 import { silentLogger } from '../telemetry/log.js';
 import { packageRoot } from '../util/package.js';
 import { backoffDelay } from '../util/backoff.js';
-import { selectorMatches, WAYPOINT_GATEWAY_LABEL, type ConfigObject, type MeshModel, type Service } from '../config/model.js';
+import { selectorMatches, WAYPOINT_GATEWAY_LABEL, type ConfigObject, type MeshModel, type Service, type Workload } from '../config/model.js';
 
 export type SubscriberKind = 'node-agent' | 'waypoint' | 'gateway';
 /**
@@ -283,6 +283,9 @@ const headOf = ({ endpoints: _, ...head }: Service): ServiceHead => head;
 /** The answer to a demand for an address: the workload with that IP, if any (absent: none has it). */
 export interface AddressAnswer { address: string; workload?: string }
 
+/** A version changing more keys than this makes every node-scoped subscriber rebuild its own part (a cheap test per key is no longer cheap). */
+const MAX_TRACKED_CHANGES = 1000;
+
 /** The current model's lookups for node-scoped views, built once per model. */
 interface ScopeIndex {
   /** Workload uids per node. */
@@ -293,11 +296,13 @@ interface ScopeIndex {
   servicesOf: Map<string, string[]>;
   byIp: Map<string, string>;
   services: Map<string, Service>;
+  workloads: Map<string, Workload>;
 }
 
 function scopeIndex(model: MeshModel): ScopeIndex {
-  const index: ScopeIndex = { byNode: new Map(), waypointPods: [], servicesOf: new Map(), byIp: new Map(), services: new Map() };
+  const index: ScopeIndex = { byNode: new Map(), waypointPods: [], servicesOf: new Map(), byIp: new Map(), services: new Map(), workloads: new Map() };
   for (const w of model.workloads) {
+    index.workloads.set(w.uid, w);
     const list = index.byNode.get(w.node);
     if (list) list.push(w.uid);
     else index.byNode.set(w.node, [w.uid]);
@@ -339,6 +344,8 @@ interface SubscriberState {
     demanded: Set<string>;
     /** Key → hash of each resource of its own part, as last sent. */
     held: Map<string, string>;
+    /** It asked for something its own part has not been rebuilt for since. */
+    asked?: boolean;
     /** The model version its shared part was last sent at. */
     sentModel?: string;
     /** The model version a push to it was last named after; later pushes at that model are named `<model>.<n>`. */
@@ -437,6 +444,9 @@ export class DiscoveryServer {
   private readonly snapshots = new Map<string, WireResponse[]>();
   private generation = 0;
   private index?: ScopeIndex;
+  /** The keys whose encoding changed from previousVersion to this one (undefined: too many to track). */
+  private changedKeys?: Set<string>;
+  private previousVersion?: string;
   private readonly boot = randomBytes(3).toString('hex');
   private readonly subscribers = new Set<SubscriberState>();
 
@@ -479,9 +489,24 @@ export class DiscoveryServer {
     // What gateways alone get: their Gateways and Secrets (never a node agent's or a waypoint's view).
     for (const g of model.gateways) this.encode(`ingress/${g.kind}/${g.namespace}/${g.name}`, 'ingress', g, previous);
     for (const s of model.secrets) this.encode(`secret/${s.namespace}/${s.name}`, 'secret', s, previous);
-    // What a node-scoped agent holds of a service it has not asked for: how it is called.
-    for (const svc of model.services) this.encode(`servicehead/${svc.namespace}/${svc.name}`, 'servicehead', svc, previous, () => JSON.stringify(headOf(svc)));
+    // What a node-scoped agent holds of a service it has not asked for: how it is called. A
+    // service whose encoding stands (the same JSON as before) has the same head.
+    for (const svc of model.services) {
+      const id = `${svc.namespace}/${svc.name}`;
+      const head = previous.get(`servicehead/${id}`);
+      if (head && this.encoded.get(`service/${id}`) === previous.get(`service/${id}`)) this.encoded.set(`servicehead/${id}`, head);
+      else this.encode(`servicehead/${id}`, 'servicehead', svc, previous, () => JSON.stringify(headOf(svc)));
+    }
     this.index = scopeIndex(model);
+    // What changed since the previous version, when it is little: node-scoped subscribers that
+    // hold none of it and would not take any of it in skip rebuilding their own part.
+    this.previousVersion = this.generation > 1 ? `${this.boot}-${this.generation - 1}` : undefined;
+    this.changedKeys = new Set();
+    for (const [key, e] of this.encoded) {
+      if (previous.get(key) !== e && this.changedKeys.size <= MAX_TRACKED_CHANGES) this.changedKeys.add(key);
+    }
+    for (const key of previous.keys()) if (!this.encoded.has(key) && this.changedKeys.size <= MAX_TRACKED_CHANGES) this.changedKeys.add(key);
+    if (this.changedKeys.size > MAX_TRACKED_CHANGES) this.changedKeys = undefined;
     this.history.set(this.version, this.encoded);
     // Versions no subscriber holds or awaits any more are dropped; a few recent ones are kept.
     const needed = new Set([...this.subscribers].flatMap((x) => [x.acked, ...x.inflight]));
@@ -730,6 +755,7 @@ export class DiscoveryServer {
       if (demanded.size <= MAX_DEMANDED) break;
       demanded.delete(name);
     }
+    sub.scoped.asked = true;
     if (push) this.push(sub, false);
     return undefined;
   }
@@ -775,6 +801,26 @@ export class DiscoveryServer {
    * ServiceEntries...; serialized once for all of them) as its leading parts, then its own part,
    * as one version. Sent when either changed, and in full when it holds nothing usable.
    */
+  /**
+   * Whether a changed key would enter a node-scoped subscriber's own part: a workload of its node,
+   * a waypoint pod, or one with an address it asked about; a Service it asked for, or one with an
+   * endpoint on its node. (One it holds already is checked by the caller.)
+   */
+  private concerns(sub: SubscriberState, key: string): boolean {
+    const index = this.index!;
+    const demanded = sub.scoped!.demanded;
+    if (key.startsWith('workload/')) {
+      const w = index.workloads.get(key.slice(9));
+      return w !== undefined && (w.node === sub.node || w.labels[WAYPOINT_GATEWAY_LABEL] !== undefined || w.ips.some((ip) => demanded.has(`address/${ip}`)));
+    }
+    if (key.startsWith('service/')) {
+      if (demanded.has(key)) return true;
+      const svc = index.services.get(key.slice(8));
+      return svc !== undefined && svc.endpoints.some((uid) => index.workloads.get(uid)?.node === sub.node);
+    }
+    return false;
+  }
+
   private pushScoped(sub: SubscriberState, fullRequested: boolean): void {
     const scoped = sub.scoped!;
     if (sub.inflight.length >= MAX_INFLIGHT) return;
@@ -790,26 +836,33 @@ export class DiscoveryServer {
     let shared: WireResponse[] = [];
     if (full) shared = this.scopedSnapshot((version = nameNext()));
     else if (scoped.sentModel !== this.version) {
-      const d = this.typedDelta(SCOPED_BASE_TYPES, `scoped/|${scoped.sentModel}|${this.version}`, scoped.sentModel!);
+      const id = `scoped/|${scoped.sentModel}|${this.version}`;
+      const d = this.deltas.get(id) ?? this.typedDelta(SCOPED_BASE_TYPES, id, scoped.sentModel!);
       if (d.resources.length > 0 || d.removed.length > 0) {
         version = nameNext();
         shared = version === this.version ? (d.parts ??= partsOf({ version, full: false, resources: d.resources, removed: d.removed }))
           : partsOf({ version, full: false, resources: d.resources, removed: d.removed });
       }
     }
-    const own = this.personalView(sub);
+    // Its own part is rebuilt unless the model moved by one version that touched nothing it holds or would take.
+    const untouched = !full && !scoped.asked && scoped.sentModel === this.previousVersion && this.changedKeys !== undefined
+      && ![...this.changedKeys].some((key) => scoped.held.has(key) || this.concerns(sub, key));
+    const own = untouched ? undefined : this.personalView(sub);
     const held = full ? new Map<string, string>() : scoped.held;
     const resources: WireResource[] = [];
     const removed: string[] = [];
-    for (const [key, e] of own) if (held.get(key) !== e.hash) resources.push({ key, type: e.type, json: e.json });
-    for (const key of held.keys()) if (!own.has(key)) removed.push(key);
+    if (own) {
+      for (const [key, e] of own) if (held.get(key) !== e.hash) resources.push({ key, type: e.type, json: e.json });
+      for (const key of held.keys()) if (!own.has(key)) removed.push(key);
+      scoped.asked = false;
+    }
     // Nothing of its view changed: it holds this model's view already.
     scoped.sentModel = this.version;
     if (!version && resources.length === 0 && removed.length === 0) return;
     version ??= nameNext();
     sub.needFull = false;
     scoped.namedModel = this.version;
-    scoped.held = new Map([...own].map(([key, e]) => [key, e.hash]));
+    if (own) scoped.held = new Map([...own].map(([key, e]) => [key, e.hash]));
     const leading = shared.length > 0 ? continuedOf(shared) : [];
     const mine = partsOf({ version, full, resources, removed });
     sub.inflight.push(version);
