@@ -863,8 +863,10 @@ export class DiscoveryServer {
     sub.needFull = false;
     scoped.namedModel = this.version;
     if (own) scoped.held = new Map([...own].map(([key, e]) => [key, e.hash]));
-    const leading = shared.length > 0 ? continuedOf(shared) : [];
-    const mine = partsOf({ version, full, resources, removed });
+    // Nothing of its own: the shared parts alone are the version, the same bytes as every other subscriber's.
+    const alone = shared.length > 0 && resources.length === 0 && removed.length === 0;
+    const leading = alone ? shared : shared.length > 0 ? continuedOf(shared) : [];
+    const mine = alone ? [] : partsOf({ version, full, resources, removed });
     sub.inflight.push(version);
     for (const bytes of wireOf(leading, sub.encoding)) sub.call.write(bytes);
     for (const bytes of wireOf(mine, sub.encoding)) sub.call.write(bytes);
