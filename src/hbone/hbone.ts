@@ -148,7 +148,12 @@ export class HbonePool {
     return new Promise((resolve, reject) => {
       const fail = (err: HboneError) => {
         release();
-        stream.destroy();
+        // Not destroyed here: fail() runs inside the stream's 'response' handler, which nghttp2
+        // calls while it is still processing the HEADERS frame. A refusal carries END_STREAM, so
+        // nghttp2 closes the stream right after the handler returns; destroying it first has Node's
+        // native side use the stream after freeing it (heap corruption: the process aborts or
+        // segfaults, later and elsewhere). Once the frame is processed the stream can go.
+        setImmediate(() => stream.destroy());
         reject(err);
       };
       stream.once('response', (h) => {
