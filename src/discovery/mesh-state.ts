@@ -39,7 +39,7 @@ export interface EgressMatch {
 
 /** An address as the lookups key it: IPv4-mapped IPv6 as IPv4 ("::ffff:1.2.3.4" is "1.2.3.4"). */
 function canonicalIp(text: string): string {
-  return text.startsWith('::ffff:') && isIP(text.slice(7)) === 4 ? text.slice(7) : text;
+  return text.toLowerCase().startsWith('::ffff:') && isIP(text.slice(7)) === 4 ? text.slice(7) : text;
 }
 
 /** Istio's exportTo: absent or '*' every namespace, '.' the entry's own, else the namespaces named. */

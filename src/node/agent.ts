@@ -763,7 +763,12 @@ export class NodeAgent {
     // Bounded: old entries are only a guard against asking twice at once.
     if (this.asked.size >= 4096) for (const [n, at] of this.asked) if (now - at >= DEMAND_REPEAT_MS) this.asked.delete(n);
     this.asked.set(name, now);
-    this.discovery.demand([name]);
+    try {
+      this.discovery.demand([name]);
+    } catch (err) {
+      // A name the stream would refuse is never sent (it would close the stream): the connection goes on without it.
+      this.opts.log.warn({ demand: name, err: (err as Error).message }, 'demand not sent');
+    }
   }
 
   /** An endpoint for ip:port, avoiding endpoints that just failed when others exist. */

@@ -44,6 +44,14 @@ export const service = fc.record({
   ports: field(fc.array(field(servicePort), { maxLength: 3 })), endpoints: field(fc.array(field(fc.constantFrom(...UIDS)), { maxLength: 4 })),
   waypoint: fc.option(field(fc.record({ name: field(name), namespace: field(ns) })), { nil: undefined }),
 }, { requiredKeys: ['vips', 'ports', 'endpoints'] });
+/** What a node-scoped agent holds of a service it has not asked for: a Service without endpoints. */
+export const serviceHead = fc.record({
+  namespace: field(ns), name: field(name), hostname: field(fc.constantFrom('users.shop.svc.cluster.local', 'orders.shop.svc.cluster.local', 'x')), vips: field(fc.array(field(ip), { maxLength: 2 })),
+  ports: field(fc.array(field(servicePort), { maxLength: 3 })),
+  waypoint: fc.option(field(fc.record({ name: field(name), namespace: field(ns) })), { nil: undefined }),
+}, { requiredKeys: ['vips', 'ports'] });
+/** The answer to a demand for an address: the workload that has it, if any. */
+export const addressAnswer = fc.record({ address: field(ip), workload: fc.option(field(fc.constantFrom(...UIDS)), { nil: undefined }) }, { requiredKeys: ['address'] });
 
 const strings = field(fc.array(field(fc.oneof(fc.constantFrom('*', 'cluster.local/ns/shop/sa/users', 'shop', '10.0.0.0/8', '10.0.0.1', 'fd00::/8', '*users', 'users*', '80', '8080', '0', '-1', '10.0.0.0/33'), fc.string({ maxLength: 12 }))), { maxLength: 3 }));
 const selector = field(fc.record({ matchLabels: field(labels) }));
@@ -69,6 +77,8 @@ const waypoint = fc.record({ apiVersion: fc.constant('gateway.networking.k8s.io/
 export const wireResource = fc.oneof(
   { weight: 4, arbitrary: fc.tuple(fc.constant('workload'), workload) },
   { weight: 3, arbitrary: fc.tuple(fc.constant('service'), service) },
+  { weight: 2, arbitrary: fc.tuple(fc.constant('servicehead'), serviceHead) },
+  { weight: 1, arbitrary: fc.tuple(fc.constant('address'), addressAnswer) },
   { weight: 3, arbitrary: fc.tuple(fc.constant('policy'), policy) },
   { weight: 1, arbitrary: fc.tuple(fc.constant('waypoint'), waypoint) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('l7', 'unknown', '', 'Workload'), fc.jsonValue({ maxDepth: 2 })) },

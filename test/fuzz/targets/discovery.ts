@@ -9,7 +9,7 @@
  * run in socket callbacks, where a throw takes the node agent down.
  */
 import * as fc from 'fast-check';
-import { discoveryService, type WireResource } from '../../../src/discovery/discovery.js';
+import { demandNameError, discoveryService, type WireResource } from '../../../src/discovery/discovery.js';
 import { MeshState, MeshStateError } from '../../../src/discovery/mesh-state.js';
 import { discoveryResponse, lookup } from '../gen-mesh.js';
 import { Finding, type FuzzTarget } from '../harness.js';
@@ -69,7 +69,8 @@ export const discoveryTarget: FuzzTarget<DiscoveryInput, DiscoveryCtx> = {
     for (const k of res.removed) next.delete(k);
     let state: MeshState;
     try {
-      state = new MeshState(res.version, next, { rootNamespace: 'istio-system' });
+      // Node scope: the lookups below also ask what is missing, as the agent's data path does first.
+      state = new MeshState(res.version, next, { rootNamespace: 'istio-system', scope: 'node' });
     } catch (err) {
       if (err instanceof MeshStateError) return Promise.resolve('nack');
       throw new Finding(`refused with an error that names nothing: ${(err as Error).name}: ${(err as Error).message}`, { cause: err });
@@ -78,6 +79,9 @@ export const discoveryTarget: FuzzTarget<DiscoveryInput, DiscoveryCtx> = {
     ctx.accepted++;
     try {
       for (const l of input.lookups) {
+        const missing = state.missing(l.ip) ?? state.missing(l.sourceIp);
+        if (missing !== undefined && demandNameError(missing)) throw new Error(`missing() named a demand the controller refuses: ${missing}`);
+        for (const s of state.services.values()) state.missingService(`${s.namespace}/${s.name}`);
         state.resolve(l.ip, l.port, l.node, seededRandom);
         state.enrolledOn(l.node);
         for (const w of state.workloads.values()) {
