@@ -52,6 +52,8 @@ export const TCP_IDLE_TIMEOUT_MS = 60 * 60 * 1000;
 export const DEMAND_WAIT_MS = 3000;
 /** A demand still unanswered is asked again after this long (ms): the controller may have dropped it, or the stream reconnected. */
 const DEMAND_REPEAT_MS = 1000;
+/** Demands a node agent sends per second at most (in bursts of twice that); past it a connection goes on with what is known. */
+export const DEMAND_RATE = 200;
 
 /**
  * The agent's own listeners inside every meshed pod. Nothing is ever forwarded to them: a
@@ -167,6 +169,11 @@ export class NodeAgent {
   private readonly stateWaiters = new Set<() => void>();
   /** Demand names asked of the controller, and when (asked again after DEMAND_REPEAT_MS). */
   private readonly asked = new Map<string, number>();
+  /** Names asked in this turn of the event loop, sent as one Demand. */
+  private readonly outgoing: string[] = [];
+  /** The demand rate's token bucket (DEMAND_RATE). */
+  private demandTokens = 2 * DEMAND_RATE;
+  private demandRefilled = Date.now();
   private readonly enroller: PodEnroller;
   /** The pods' DNS server; undefined with DNS capture off. */
   private readonly dns: DnsServer | undefined;
@@ -241,7 +248,7 @@ export class NodeAgent {
     this.registerAgentMetrics();
     this.resolver = opts.resolver ?? new CachingResolver({ servers: opts.dnsResolvers ?? [] });
     this.egressRefused = this.metrics.counter('ambit_egress_refused_total', 'Outbound connections the node agent refused at the mesh\'s edge, by reason: registry_only (REGISTRY_ONLY, a destination neither a service, a workload nor a ServiceEntry), no_endpoint (a ServiceEntry with no address to go to), authorization (an AuthorizationPolicy bound to the ServiceEntry)', ['reason']);
-    this.demands = this.metrics.counter('ambit_discovery_demands_total', 'Connections that needed what this node-scoped agent did not hold (a service\'s endpoints, an address\'s workload), by outcome: answered (the controller\'s answer came in time), timeout (the connection went on without it), unavailable (the controller was away: the connection went on at once)', ['outcome']);
+    this.demands = this.metrics.counter('ambit_discovery_demands_total', 'Connections that needed what this node-scoped agent did not hold (a service\'s endpoints, an address\'s workload), by outcome: answered (the controller\'s answer came in time), timeout (the connection went on without it), unavailable (the controller was away: the connection went on at once), limited (past DEMAND_RATE: the connection went on at once)', ['outcome']);
     this.discovery = new DiscoveryClient({
       address: opts.controller.address, roots: opts.controller.roots, token: opts.controller.token,
       node: opts.node, kind: 'node-agent', log, scope: opts.scope ?? 'node',
@@ -745,7 +752,10 @@ export class NodeAgent {
         this.opts.log.warn({ demand: name, waitedMs: this.opts.demandWaitMs ?? DEMAND_WAIT_MS, controllerConnected: this.discovery.connected }, 'the controller did not answer a demand in time; going on without it');
         return state;
       }
-      this.ask(name);
+      if (!this.ask(name)) {
+        this.demands.inc({ outcome: 'limited' });
+        return state;
+      }
       waited = true;
       await new Promise<void>((resolve) => {
         const wake = () => { this.stateWaiters.delete(wake); clearTimeout(t); resolve(); };
@@ -756,18 +766,32 @@ export class NodeAgent {
   }
 
   /** Asks the controller for `name`, unless it was asked within DEMAND_REPEAT_MS. */
-  private ask(name: string): void {
+  private ask(name: string): boolean {
     const now = Date.now();
     const last = this.asked.get(name);
-    if (last !== undefined && now - last < DEMAND_REPEAT_MS) return;
+    if (last !== undefined && now - last < DEMAND_REPEAT_MS) return true;
+    // A pod connecting to address after address cannot make its agent flood the controller: past
+    // the rate, connections go on with what is known.
+    this.demandTokens = Math.min(2 * DEMAND_RATE, this.demandTokens + ((now - this.demandRefilled) * DEMAND_RATE) / 1000);
+    this.demandRefilled = now;
+    if (this.demandTokens < 1) return false;
+    this.demandTokens--;
     // Bounded: old entries are only a guard against asking twice at once.
     if (this.asked.size >= 4096) for (const [n, at] of this.asked) if (now - at >= DEMAND_REPEAT_MS) this.asked.delete(n);
     this.asked.set(name, now);
+    // What is asked in one turn of the event loop goes as one Demand (one version back).
+    if (this.outgoing.length === 0) setImmediate(() => this.sendDemands());
+    this.outgoing.push(name);
+    return true;
+  }
+
+  private sendDemands(): void {
+    const names = this.outgoing.splice(0);
     try {
-      this.discovery.demand([name]);
+      this.discovery.demand(names);
     } catch (err) {
-      // A name the stream would refuse is never sent (it would close the stream): the connection goes on without it.
-      this.opts.log.warn({ demand: name, err: (err as Error).message }, 'demand not sent');
+      // A name the stream would refuse is never sent (it would close the stream): the connections go on without it.
+      this.opts.log.warn({ demands: names.length, err: (err as Error).message }, 'demand not sent');
     }
   }
 
