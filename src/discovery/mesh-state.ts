@@ -281,7 +281,8 @@ export class MeshState {
     if (this.scope !== 'node') return undefined;
     const key = canonicalIp(ipText);
     const service = this.servicesByVip.get(key);
-    if (service) return this.headsOnly.has(service) ? `service/${service.namespace}/${service.name}` : undefined;
+    // A waypoint-bound service's traffic goes to its waypoint, which picks the endpoint: its head is enough.
+    if (service) return this.headsOnly.has(service) && !service.waypoint ? `service/${service.namespace}/${service.name}` : undefined;
     if (this.workloadsByIp.has(key) || this.answered.has(key) || isIP(key) === 0) return undefined;
     return `address/${key}`;
   }
@@ -381,6 +382,8 @@ export class MeshState {
     }
     const servicePort = service.ports.find((p) => p.port === port && p.protocol === 'TCP');
     if (!servicePort) return undefined;
+    // Held by its head (node scope) and bound to a waypoint: the waypoint picks the endpoint.
+    if (service.waypoint && this.headsOnly.has(service)) return { ip, port, service, servicePort };
     const candidates: { w: Workload; port: number }[] = [];
     for (const uid of service.endpoints) {
       const w = this.workloads.get(uid);

@@ -43,6 +43,11 @@ kind: Service
 metadata: { name: ledger, namespace: shop }
 spec: { clusterIP: None, selector: { app: ledger }, ports: [{ port: 80, targetPort: 8080 }] }
 ---
+apiVersion: v1
+kind: Service
+metadata: { name: orders, namespace: shop, labels: { ambit.dev/use-waypoint: wp } }
+spec: { clusterIP: 10.96.0.14, selector: { app: orders }, ports: [{ port: 80, targetPort: 8080 }] }
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: { name: wp, namespace: shop }
@@ -119,7 +124,7 @@ describe('node-scoped discovery', () => {
     await client.ready;
     expect(keys(client)).toEqual([
       'meshconfig/mesh', 'policy/AuthorizationPolicy/shop/allow-users',
-      'service/shop/users', 'servicehead/shop/ledger', 'servicehead/shop/payment', 'servicehead/shop/users',
+      'service/shop/users', 'servicehead/shop/ledger', 'servicehead/shop/orders', 'servicehead/shop/payment', 'servicehead/shop/users',
       'waypoint/shop/wp', 'workload/uid-users-1', 'workload/uid-wp-1',
     ]);
     const s = state(client);
@@ -130,6 +135,9 @@ describe('node-scoped discovery', () => {
     expect(s.missing('10.96.0.12')).toBe('service/shop/payment');
     expect(s.missing('10.244.2.2')).toBe('address/10.244.2.2');
     expect(s.missing('::ffff:10.244.2.2')).toBe('address/10.244.2.2');
+    // Bound to a waypoint: its traffic goes to the waypoint, which picks the endpoint; the head is enough.
+    expect(s.missing('10.96.0.14')).toBeUndefined();
+    expect(s.resolve('10.96.0.14', 80)).toMatchObject({ ip: '10.96.0.14', port: 80, service: { name: 'orders', waypoint: { name: 'wp' } } });
     expect(s.waypointPods.get('shop/wp')?.map((w) => w.name)).toEqual(['wp-1']);
     // Cluster scope, the same state's lookups: nothing is ever missing.
     expect(new MeshState('v', client.resources).missing('10.244.2.2')).toBeUndefined();
