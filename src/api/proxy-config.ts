@@ -142,8 +142,8 @@ export interface ServiceItem {
   hostname: string;
   vips: string[];
   ports: ServicePortItem[];
-  /** Workloads the service selects. */
-  endpoints: number;
+  /** Workloads the service selects; null when the agent holds the service by its head only (node scope: its endpoints are asked for on first use). */
+  endpoints: number | null;
   /** The waypoint its traffic goes through; null when none. */
   waypoint: WaypointRef | null;
   /**

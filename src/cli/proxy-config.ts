@@ -408,7 +408,7 @@ function waypointTable(answer: ProxyConfigAnswer): { head: string[]; rows: strin
     case 'Services':
       return {
         head: ['NAMESPACE', 'NAME', 'VIPS', 'PORTS', 'ENDPOINTS', 'ROUTES', 'DESTINATION RULE'],
-        rows: answer.items.map((s) => [s.namespace, s.name, dash(s.vips.join(',')), dash(s.ports.map((p) => `${p.port}/${p.protocol}->${p.targetPort}`).join(',')), String(s.endpoints),
+        rows: answer.items.map((s) => [s.namespace, s.name, dash(s.vips.join(',')), dash(s.ports.map((p) => `${p.port}/${p.protocol}->${p.targetPort}`).join(',')), s.endpoints === null ? 'on demand' : String(s.endpoints),
           (s.routes ?? []).length > 0 ? s.routes!.map(routeCell).join(', ') : '(default: all to the service)', dash(s.destinationRule)]),
       };
     case 'Policies':
@@ -435,7 +435,7 @@ export function renderProxyConfig(answer: ProxyConfigAnswer, now = Date.now()): 
       break;
     case 'Services':
       head = ['NAMESPACE', 'NAME', 'VIPS', 'PORTS', 'ENDPOINTS', 'WAYPOINT'];
-      rows = answer.items.map((s) => [s.namespace, s.name, dash(s.vips.join(',')), dash(s.ports.map((p) => `${p.port}/${p.protocol}->${p.targetPort}`).join(',')), String(s.endpoints), s.waypoint ? `${s.waypoint.namespace}/${s.waypoint.name}` : '-']);
+      rows = answer.items.map((s) => [s.namespace, s.name, dash(s.vips.join(',')), dash(s.ports.map((p) => `${p.port}/${p.protocol}->${p.targetPort}`).join(',')), s.endpoints === null ? 'on demand' : String(s.endpoints), s.waypoint ? `${s.waypoint.namespace}/${s.waypoint.name}` : '-']);
       break;
     case 'Policies':
       head = ['NAMESPACE', 'NAME', 'KIND', 'SCOPE', 'ACTION', 'ENFORCED', 'RULES'];

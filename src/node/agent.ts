@@ -141,6 +141,8 @@ export interface ConfigDump {
   /** The ServiceEntries the agent matches egress against, and the mesh's settings (outboundTrafficPolicy). */
   serviceEntries?: ServiceEntryInfo[];
   meshConfig?: MeshConfig;
+  /** Node scope: the services (namespace/name) held by their heads only, whose endpoints are asked for on first use. */
+  headsOnly?: string[];
 }
 
 /** `GET /workloads`: the pods of this node in the mesh, and those the agent could not enroll. */
@@ -1052,6 +1054,7 @@ export class NodeAgent {
       workloads: s ? [...s.workloads.values()] : [], services: s ? [...s.services.values()] : [],
       policies: s?.policies ?? [], waypoints: s ? [...s.waypoints.values()] : [], warnings: s?.authorizer.warnings ?? [],
       ...(s ? { serviceEntries: s.serviceEntries, meshConfig: s.meshConfig } : {}),
+      ...(s?.scope === 'node' ? { headsOnly: [...s.services.values()].filter((x) => !s.endpointsKnown(x)).map((x) => `${x.namespace}/${x.name}`) } : {}),
     };
   }
 

@@ -38,7 +38,7 @@ type Items = { [V in ProxyConfigView]: (source: ProxyConfigSource, dump: ConfigD
 
 const ITEMS: Items = {
   workloads: (source, dump) => workloadItems(dump, source.workloads(), source.certs.list()),
-  services: (_source, dump) => serviceItems(dump.services),
+  services: (_source, dump) => serviceItems(dump.services, new Set(dump.headsOnly)),
   policies: (source, dump) => policyItems(dump.policies, dump.warnings, source.rootNamespace),
   certs: (source) => certificateItems(source.certs.list(), source.workloads()),
   connections: (source, _dump, now) => connectionItems(source.connections.list(), now),
@@ -94,11 +94,12 @@ function serviceAccountOf(identity: string): string {
   return /\/sa\/([^/]+)$/.exec(identity)?.[1] ?? '';
 }
 
-export function serviceItems(services: Service[]): ServiceItem[] {
+/** The services as the v1 schema has them; those in `headsOnly` (namespace/name) have their endpoints unknown (null). */
+export function serviceItems(services: Service[], headsOnly: ReadonlySet<string> = new Set()): ServiceItem[] {
   return services.map((s): ServiceItem => ({
     namespace: s.namespace, name: s.name, hostname: s.hostname, vips: [...s.vips],
     ports: s.ports.map((p) => ({ name: p.name ?? null, port: p.port, targetPort: p.targetPort, protocol: p.protocol })),
-    endpoints: s.endpoints.length,
+    endpoints: headsOnly.has(`${s.namespace}/${s.name}`) ? null : s.endpoints.length,
     waypoint: s.waypoint ? { namespace: s.waypoint.namespace, name: s.waypoint.name } : null,
   })).sort(byName);
 }

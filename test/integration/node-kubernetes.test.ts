@@ -277,7 +277,8 @@ describeAsRoot('ambit node --kubernetes', () => {
     expect(add.code, add.body).toBe(0);
     expect(await enrolledOrders()).toEqual([expect.objectContaining({ netns: now.ns })]);
     // Any config change makes the agent reconcile, while the controller still has the old sandbox's IP.
-    api.apply('Pod', { metadata: { name: 'noise', namespace: 'shop', uid: 'uid-noise' }, spec: { nodeName: 'elsewhere', containers: [{ name: 'n', image: 'n' }] }, status: { phase: 'Running', podIP: '10.250.0.9' } });
+    // (A pod of this node, so that it is in this agent's view; opted out of the mesh, so that it is not enrolled.)
+    api.apply('Pod', { metadata: { name: 'noise', namespace: 'shop', uid: 'uid-noise', labels: { 'ambit.dev/dataplane-mode': 'none' } }, spec: { nodeName: node, containers: [{ name: 'n', image: 'n' }] }, status: { phase: 'Running', podIP: '10.250.0.9' } });
     await until('the agent holding the new config', async () => JSON.stringify(JSON.parse((await get(agent.admin, '/config_dump')).body)).includes('10.250.0.9'), { timeout: 20_000 });
     const call = async () => {
       const before = await mtlsFromOrders();

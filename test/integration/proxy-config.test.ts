@@ -100,8 +100,14 @@ describeAsRoot('ambit proxy-config against a local cluster', () => {
     expect(client).toMatchObject({ namespace: 'mesh', node: 'node-1', serviceAccount: 'client', identity: CLIENT_ID, protocol: 'HBONE', error: null, connections: expect.any(Number) });
     expect(client.ips[0]).toMatch(/^10\.244\.1\.\d+$/);
     expect(client.certificate?.serial).toMatch(/^[0-9a-f]+$/i);
-    // The server is known to node-1's agent too, as another node's workload.
-    expect(answer.items.find((w) => w.name === 'server')).toMatchObject({ node: 'node-2', status: 'remote', identity: SERVER_ID, connections: null });
+    // Node scope: node-2's server is not held by node-1's agent until the client calls it; then it
+    // is, as another node's workload.
+    expect(answer.items.find((w) => w.name === 'server')).toBeUndefined();
+    const services = await view<ServicesAnswer>('services', 'node-1');
+    expect(services.items.find((s) => s.name === 'echo')).toMatchObject({ endpoints: null });
+    expect(await cluster.exec('mesh/client', ['node', '-e', 'const s = require("net").connect(70, "echo", () => s.write("hi")); s.on("data", (d) => { process.stdout.write(d); s.end(); });'])).toBe('hi');
+    const known = await view<WorkloadsAnswer>('workloads', 'node-1');
+    expect(known.items.find((w) => w.name === 'server')).toMatchObject({ node: 'node-2', status: 'remote', identity: SERVER_ID, connections: null });
     const lines = (await table('workloads', 'node-1')).split('\n');
     expect(lines[0]).toMatch(/^NAMESPACE\s+NAME\s+IP\s+NODE\s+STATUS\s+PROTOCOL\s+WAYPOINT\s+IDENTITY\s+CONNECTIONS$/);
     expect(lines.find((l) => /^mesh\s+client\s/.test(l))).toMatch(new RegExp(`\\s10\\.244\\.1\\.\\d+(,\\S+)?\\s+node-1\\s+enrolled\\s+HBONE\\s+-\\s+${CLIENT_ID}\\s+\\d+$`));
