@@ -131,7 +131,11 @@ async function serve(dir: string): Promise<void> {
     const [command, arg] = line.split(' ');
     if (command === 'change' || command === 'change-service') {
       if (command === 'change') revision++;
-      else resources = snapshotResources(++serviceRevision);
+      else {
+        // Only svc-0 is a new object, as in KubernetesSource's cache, where unchanged objects stay the same.
+        resources = [...resources];
+        resources[1] = snapshotResources(++serviceRevision)[1]!;
+      }
       const t0 = performance.now();
       const snapshot = { resources, pods: snapshotPods(revision) };
       const t1 = performance.now();

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { DiscoveryClient, DiscoveryServer, discoveryService, MAX_DEMANDED, demandNameError, type WireResource } from '../../src/discovery/discovery.js';
+import { DiscoveryClient, DiscoveryServer, discoveryService, MAX_DEMANDED, ScopeIndex, demandNameError, type WireResource } from '../../src/discovery/discovery.js';
 import { MeshState } from '../../src/discovery/mesh-state.js';
 import { buildModel, type MeshModel, type PodInfo } from '../../src/config/model.js';
 import { validateMeshObject } from '../../src/config/validate.js';
@@ -275,5 +275,28 @@ describe('node-scoped discovery', () => {
     expect(demandNameError('address/fd00::1')).toBeUndefined();
     expect(demandNameError('service/shop/payment')).toBeUndefined();
     expect(() => agent('node-1').client.demand(['bogus'])).toThrow(/names are service/);
+  });
+});
+
+describe('node scope\'s index', () => {
+  it('kept from model to model, equals one built anew, over pods and endpoints that come, move and go', () => {
+    const kept = new ScopeIndex();
+    const dump = (x: ScopeIndex) => JSON.stringify({
+      byNode: [...x.byNode].map(([n, s]) => [n, [...s].sort()]).sort(), waypointPods: [...x.waypointPods].sort(),
+      servicesOf: [...x.servicesOf].map(([u, s]) => [u, [...s].sort()]).sort(), byIp: [...x.byIp].sort(), workloads: [...x.workloads.keys()].sort(), services: [...x.services.keys()].sort(),
+    });
+    let seed = 7;
+    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    let pods = PODS;
+    for (let step = 0; step < 40; step++) {
+      // Some pods go, some come (new objects), some move node or app (new objects); the rest are the same objects.
+      pods = pods.filter(() => random() > 0.15).map((p) => (random() < 0.2 ? { ...p, node: `node-${1 + Math.floor(random() * 3)}`, labels: { ...p.labels, app: random() < 0.5 ? 'payment' : 'users' } } : p));
+      for (let i = 0; i < 3; i++) pods.push(pod(`p${step}-${i}`, `node-${1 + (i % 3)}`, `10.244.${10 + step}.${i + 2}`, { app: ['users', 'payment', 'ledger'][i]! }));
+      const m = model(pods);
+      kept.update(m);
+      const fresh = new ScopeIndex();
+      fresh.update(m);
+      expect(dump(kept), `step ${step}`).toBe(dump(fresh));
+    }
   });
 });
