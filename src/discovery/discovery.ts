@@ -97,6 +97,8 @@ export function demandNameError(name: unknown): string | undefined {
  */
 export const PAYLOAD_ENCODING = 'deflate';
 const DEFLATE_LEVEL = 1;
+/** A part smaller than this (serialized) is sent plain even to a subscriber that reads compressed payloads. */
+export const MIN_DEFLATE_BYTES = 8192;
 
 interface StreamCodec { responseSerialize(v: unknown): Buffer; responseDeserialize(b: Buffer): WireResponse }
 
@@ -130,10 +132,13 @@ export function wireOf(parts: WireResponse[], encoding?: typeof PAYLOAD_ENCODING
   if (!cached) wireParts.set(parts, (cached = {}));
   const codec = responseCodec();
   if (encoding === PAYLOAD_ENCODING) {
-    return cached.deflate ??= parts.map((p) => codec.responseSerialize({
-      version: p.version, full: p.full, more: p.more ?? false, encoding: PAYLOAD_ENCODING,
-      payload: deflateSync(codec.responseSerialize({ resources: p.resources, removed: p.removed }), { level: DEFLATE_LEVEL }),
-    }));
+    return cached.deflate ??= parts.map((p) => {
+      const inner = codec.responseSerialize({ resources: p.resources, removed: p.removed });
+      // A small part goes plain (a subscriber that reads payloads reads plain parts too): zlib's
+      // set-up costs more than it saves there, and one-pod deltas are most of what is sent.
+      if (inner.length < MIN_DEFLATE_BYTES) return codec.responseSerialize(p);
+      return codec.responseSerialize({ version: p.version, full: p.full, more: p.more ?? false, encoding: PAYLOAD_ENCODING, payload: deflateSync(inner, { level: DEFLATE_LEVEL }) });
+    });
   }
   return cached.plain ??= parts.map((p) => codec.responseSerialize(p));
 }

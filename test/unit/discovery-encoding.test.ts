@@ -14,7 +14,7 @@ import { deflateSync } from 'node:zlib';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  DiscoveryClient, DiscoveryServer, discoveryService, MAX_MESSAGE_BYTES, openPart, PAYLOAD_ENCODING, partsOf, responseCodec, viewFor, wireOf,
+  DiscoveryClient, DiscoveryServer, discoveryService, MAX_MESSAGE_BYTES, MIN_DEFLATE_BYTES, openPart, PAYLOAD_ENCODING, partsOf, responseCodec, viewFor, wireOf,
   type WireResource, type WireResponse,
 } from '../../src/discovery/discovery.js';
 import { buildModel, type MeshModel, type PodInfo } from '../../src/config/model.js';
@@ -60,9 +60,15 @@ describe('compressed parts, as bytes', () => {
     expect(packed.reduce((n, b) => n + b.length, 0) * 4).toBeLessThan(plain.reduce((n, b) => n + b.length, 0));
     packed.forEach((bytes, i) => {
       const wire = codec.responseDeserialize(bytes);
-      expect(wire).toMatchObject({ version: 'v-1', full: true, more: i < parts.length - 1, encoding: PAYLOAD_ENCODING, resources: [], removed: [] });
-      expect(openPart(wire)).toEqual({ version: 'v-1', full: true, more: i < parts.length - 1, resources: parts[i]!.resources, removed: parts[i]!.removed });
+      // A part under MIN_DEFLATE_BYTES (the last one here may be) goes plain: its resources as they are.
+      const small = codec.responseSerialize({ resources: parts[i]!.resources, removed: parts[i]!.removed }).length < MIN_DEFLATE_BYTES;
+      expect(wire).toMatchObject({ version: 'v-1', full: true, more: i < parts.length - 1, encoding: small ? '' : PAYLOAD_ENCODING, ...(small ? {} : { resources: [], removed: [] }) });
+      expect(openPart(wire)).toMatchObject({ version: 'v-1', full: true, more: i < parts.length - 1, resources: parts[i]!.resources, removed: parts[i]!.removed });
     });
+    expect(codec.responseDeserialize(packed[0]!).encoding).toBe(PAYLOAD_ENCODING);
+    // A one-pod delta is a few hundred bytes: plain, even to a subscriber that reads payloads.
+    const [delta] = wireOf(partsOf({ version: 'v-2', full: false, resources: resources.slice(0, 1), removed: [] }), PAYLOAD_ENCODING);
+    expect(codec.responseDeserialize(delta!)).toMatchObject({ encoding: '', resources: resources.slice(0, 1) });
     // Plain bytes are the message an older agent decodes, no payload.
     expect(codec.responseDeserialize(plain[0]!)).toMatchObject({ encoding: '', resources: parts[0]!.resources, removed: ['workload/gone'] });
   });
