@@ -317,12 +317,7 @@ export class ScopeIndex {
       const old = this.workloads.get(w.uid);
       if (old === w) continue;
       if (old) this.removeWorkload(old);
-      this.workloads.set(w.uid, w);
-      let onNode = this.byNode.get(w.node);
-      if (!onNode) this.byNode.set(w.node, (onNode = new Set()));
-      onNode.add(w.uid);
-      if (w.labels[WAYPOINT_GATEWAY_LABEL] !== undefined) this.waypointPods.add(w.uid);
-      for (const ip of w.ips) this.byIp.set(ip, w.uid);
+      this.addWorkload(w);
     }
     for (const [uid, w] of this.workloads) {
       if (this.seen.get(uid) !== stamp) {
@@ -337,14 +332,54 @@ export class ScopeIndex {
       const old = this.services.get(id);
       if (old === svc || (old && sameList(old.endpoints, svc.endpoints))) continue;
       if (old) this.unlink(id, old.endpoints);
-      for (const uid of svc.endpoints) {
-        let of = this.servicesOf.get(uid);
-        if (!of) this.servicesOf.set(uid, (of = new Set()));
-        of.add(id);
-      }
+      this.link(id, svc.endpoints);
     }
     for (const [id, old] of this.services) if (!services.has(id)) this.unlink(id, old.endpoints);
     this.services = services;
+  }
+
+  /**
+   * The index brought to a model that differs from the one it holds only in `keys`
+   * (`workload/<uid>`, `service/<ns>/<name>`; others are not its), `current` giving each key's
+   * object in the new model (undefined: gone).
+   */
+  apply(keys: Iterable<string>, current: (key: string) => unknown): void {
+    for (const key of keys) {
+      if (key.startsWith('workload/')) {
+        const uid = key.slice(9);
+        const old = this.workloads.get(uid);
+        const w = current(key) as Workload | undefined;
+        if (old === w) continue;
+        if (old) this.removeWorkload(old);
+        if (w) this.addWorkload(w);
+        else this.seen.delete(uid);
+      } else if (key.startsWith('service/')) {
+        const id = key.slice(8);
+        const old = this.services.get(id);
+        const svc = current(key) as Service | undefined;
+        if (old && !(svc && sameList(old.endpoints, svc.endpoints))) this.unlink(id, old.endpoints);
+        if (svc && !(old && sameList(old.endpoints, svc.endpoints))) this.link(id, svc.endpoints);
+        if (svc) this.services.set(id, svc);
+        else this.services.delete(id);
+      }
+    }
+  }
+
+  private addWorkload(w: Workload): void {
+    this.workloads.set(w.uid, w);
+    let onNode = this.byNode.get(w.node);
+    if (!onNode) this.byNode.set(w.node, (onNode = new Set()));
+    onNode.add(w.uid);
+    if (w.labels[WAYPOINT_GATEWAY_LABEL] !== undefined) this.waypointPods.add(w.uid);
+    for (const ip of w.ips) this.byIp.set(ip, w.uid);
+  }
+
+  private link(id: string, endpoints: readonly string[]): void {
+    for (const uid of endpoints) {
+      let of = this.servicesOf.get(uid);
+      if (!of) this.servicesOf.set(uid, (of = new Set()));
+      of.add(id);
+    }
   }
 
   private removeWorkload(w: Workload): void {
@@ -492,8 +527,12 @@ export class DiscoveryServer {
   private readonly index = new ScopeIndex();
   /** The version `index` was last brought to. */
   private indexed?: string;
-  /** The keys whose encoding changed from previousVersion to this one, once asked for (`set` undefined: too many to track). */
-  private changes?: { set?: Set<string> };
+  /** The keys whose encoding changed from previousVersion to this one (`set` undefined: too many to track). */
+  private changes: { set?: Set<string> } = {};
+  /** While encoding a version: the keys encoded anew (undefined once more than MAX_TRACKED_CHANGES) and how many were carried over. */
+  private tracking?: { changed: Set<string>; kept: number };
+  /** What changed since the index was last brought up to date (undefined: rebuild it from the model). */
+  private indexPending?: Set<string>;
   private previousVersion?: string;
   private readonly boot = randomBytes(3).toString('hex');
   private readonly subscribers = new Set<SubscriberState>();
@@ -532,6 +571,7 @@ export class DiscoveryServer {
     this.generation++;
     const previous = this.encoded;
     this.encoded = new Map();
+    this.tracking = { changed: new Set(), kept: 0 };
     for (const [key, { type, value }] of viewFor(model, 'node-agent')) this.encode(key, type, value, previous);
     for (const c of model.l7) this.encode(`l7/${c.kind}/${c.namespace}/${c.name}`, 'l7', c, previous);
     // What gateways alone get: their Gateways and Secrets (never a node agent's or a waypoint's view).
@@ -542,12 +582,25 @@ export class DiscoveryServer {
     for (const svc of model.services) {
       const id = `${svc.namespace}/${svc.name}`;
       const head = previous.get(`servicehead/${id}`);
-      if (head && this.encoded.get(`service/${id}`) === previous.get(`service/${id}`)) this.encoded.set(`servicehead/${id}`, head);
+      if (head && this.encoded.get(`service/${id}`) === previous.get(`service/${id}`)) this.keep(`servicehead/${id}`, head);
       else this.encode(`servicehead/${id}`, 'servicehead', svc, previous, () => JSON.stringify(headOf(svc)));
     }
-    // What changed (for node scope), found at the first node-scoped push of this version.
-    this.changes = undefined;
+    // What changed (for node scope): the keys encoded anew, and those gone, when few.
+    let changed = this.generation > 1 ? this.tracking?.changed : undefined;
+    const gone = previous.size - (this.tracking?.kept ?? 0);
+    if (changed && gone > 0) {
+      for (const key of previous.keys()) {
+        if (changed.size > MAX_TRACKED_CHANGES) break;
+        if (!this.encoded.has(key)) changed.add(key);
+      }
+    }
+    if (changed && changed.size > MAX_TRACKED_CHANGES) changed = undefined;
+    this.tracking = undefined;
+    this.changes = changed ? { set: changed } : {};
     this.previousVersion = this.generation > 1 ? `${this.boot}-${this.generation - 1}` : undefined;
+    // Node scope's index is brought up to date by these changes at its next use, or rebuilt when they are too many.
+    if (changed && this.indexPending) for (const key of changed) this.indexPending.add(key);
+    if (!changed || (this.indexPending && this.indexPending.size > MAX_TRACKED_CHANGES)) this.indexPending = undefined;
     this.history.set(this.version, this.encoded);
     // Versions no subscriber holds or awaits any more are dropped; a few recent ones are kept.
     const needed = new Set([...this.subscribers].flatMap((x) => [x.acked, ...x.inflight]));
@@ -715,12 +768,21 @@ export class DiscoveryServer {
     const old = previous.get(key);
     // The same object as in the previous model (buildModel reuses an unchanged pod's Workload):
     // its encoding stands, without serializing it again. Model objects are not changed once built.
-    if (old && old.value === value && old.type === type) return void this.encoded.set(key, old);
+    if (old && old.value === value && old.type === type) return this.keep(key, old);
     const json = toJson();
     if (old && old.json === json && old.type === type) {
       old.value = value;
-      this.encoded.set(key, old);
-    } else this.encoded.set(key, { type, json, hash: hashOf(json), value });
+      this.keep(key, old);
+    } else {
+      this.encoded.set(key, { type, json, hash: hashOf(json), value });
+      if (this.tracking && this.tracking.changed.add(key).size > MAX_TRACKED_CHANGES) this.tracking = undefined;
+    }
+  }
+
+  /** A key's encoding carried over from the previous version. */
+  private keep(key: string, e: Encoded): void {
+    this.encoded.set(key, e);
+    if (this.tracking) this.tracking.kept++;
   }
 
   private viewKeys(version: string, kind: SubscriberKind, name: string): string[] {
@@ -865,8 +927,10 @@ export class DiscoveryServer {
   /** The current model's lookups for node-scoped views: made once per version, when first needed. */
   private scope(): ScopeIndex {
     if (this.indexed !== this.version) {
-      this.index.update(this.model!);
+      if (this.indexPending && this.indexed !== undefined) this.index.apply(this.indexPending, (key) => this.encoded.get(key)?.value);
+      else this.index.update(this.model!);
       this.indexed = this.version;
+      this.indexPending = new Set();
     }
     return this.index;
   }
@@ -874,25 +938,9 @@ export class DiscoveryServer {
   /**
    * What changed from the previous version to this one, when it is little (undefined: more than
    * MAX_TRACKED_CHANGES keys, or no previous version): node-scoped subscribers that hold none of it
-   * and would not take any of it skip rebuilding their own part. Computed once per version.
+   * and would not take any of it skip rebuilding their own part. Found while encoding the version.
    */
   private changedKeys(): Set<string> | undefined {
-    if (!this.changes) {
-      const previous = this.previousVersion ? this.history.get(this.previousVersion) : undefined;
-      let set: Set<string> | undefined;
-      if (previous) {
-        set = new Set();
-        for (const [key, e] of this.encoded) {
-          if (previous.get(key) !== e && set.add(key).size > MAX_TRACKED_CHANGES) break;
-        }
-        for (const key of previous.keys()) {
-          if (set.size > MAX_TRACKED_CHANGES) break;
-          if (!this.encoded.has(key)) set.add(key);
-        }
-        if (set.size > MAX_TRACKED_CHANGES) set = undefined;
-      }
-      this.changes = { ...(set ? { set } : {}) };
-    }
     return this.changes.set;
   }
 
@@ -903,6 +951,8 @@ export class DiscoveryServer {
     if (scoped.nackedModel === this.version) return;
     const started = performance.now();
     const full = fullRequested || sub.needFull || scoped.sentModel === undefined || !this.history.has(scoped.sentModel);
+    // Sent this model already, and asked nothing since (an ACK calls here too): nothing can have changed.
+    if (!full && !scoped.asked && scoped.sentModel === this.version) return;
     // A version is named after its model the first time this stream gets that model, `<model>.<n>`
     // after (a demand answered at the same model). A shared delta is only ever sent at a model's
     // first push, so its parts are named after the model and shared by every subscriber.
