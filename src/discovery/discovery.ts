@@ -530,7 +530,7 @@ export class DiscoveryServer {
   /** The keys whose encoding changed from previousVersion to this one (`set` undefined: too many to track). */
   private changes: { set?: Set<string> } = {};
   /** While encoding a version: the keys encoded anew (undefined once more than MAX_TRACKED_CHANGES) and how many were carried over. */
-  private tracking?: { changed: Set<string>; kept: number };
+  private tracking?: { changed: Set<string>; kept: number; replaced: number };
   /** What changed since the index was last brought up to date (undefined: rebuild it from the model). */
   private indexPending?: Set<string>;
   private previousVersion?: string;
@@ -571,7 +571,7 @@ export class DiscoveryServer {
     this.generation++;
     const previous = this.encoded;
     this.encoded = new Map();
-    this.tracking = { changed: new Set(), kept: 0 };
+    this.tracking = { changed: new Set(), kept: 0, replaced: 0 };
     for (const [key, { type, value }] of viewFor(model, 'node-agent')) this.encode(key, type, value, previous);
     for (const c of model.l7) this.encode(`l7/${c.kind}/${c.namespace}/${c.name}`, 'l7', c, previous);
     // What gateways alone get: their Gateways and Secrets (never a node agent's or a waypoint's view).
@@ -587,7 +587,8 @@ export class DiscoveryServer {
     }
     // What changed (for node scope): the keys encoded anew, and those gone, when few.
     let changed = this.generation > 1 ? this.tracking?.changed : undefined;
-    const gone = previous.size - (this.tracking?.kept ?? 0);
+    // Keys of the previous version neither carried over nor encoded anew are gone: looked for only when there are some.
+    const gone = previous.size - (this.tracking ? this.tracking.kept + this.tracking.replaced : 0);
     if (changed && gone > 0) {
       for (const key of previous.keys()) {
         if (changed.size > MAX_TRACKED_CHANGES) break;
@@ -775,6 +776,7 @@ export class DiscoveryServer {
       this.keep(key, old);
     } else {
       this.encoded.set(key, { type, json, hash: hashOf(json), value });
+      if (this.tracking && old) this.tracking.replaced++;
       if (this.tracking && this.tracking.changed.add(key).size > MAX_TRACKED_CHANGES) this.tracking = undefined;
     }
   }
