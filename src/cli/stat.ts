@@ -6,7 +6,7 @@
  * through the API server's pod proxy. The model is src/observe/stat.ts.
  */
 import { Command } from 'commander';
-import { isEnrolled, WAYPOINT_GATEWAY_LABEL } from '../config/model.js';
+import { isEnrolled, selectorMatches, WAYPOINT_GATEWAY_LABEL } from '../config/model.js';
 import { httpGetInNetns } from '../host/netns.js';
 import { selectorLabels } from '../install/render.js';
 import { KubeClient } from '../kube/client.js';
@@ -90,9 +90,6 @@ export function workloadOf(pod: KubePod): string {
   return owner.name;
 }
 
-const selectorMatches = (selector: Record<string, string> | undefined, labels: Record<string, string> = {}) =>
-  selector !== undefined && Object.keys(selector).length > 0 && Object.entries(selector).every(([k, v]) => labels[k] === v);
-
 /** A Kubernetes cluster: pods, namespaces and services from the API server; metrics through its pod proxy. */
 export function kubeSource(client: KubeClient, ambitNamespace: string, namespace: string | undefined): StatSource {
   const list = async <T>(path: string): Promise<T[]> => {
@@ -122,7 +119,7 @@ export function kubeSource(client: KubeClient, ambitNamespace: string, namespace
         namespace: p.metadata.namespace,
         name: p.metadata.name,
         workload: workloadOf(p),
-        services: services.filter((s) => s.metadata.namespace === p.metadata.namespace && selectorMatches(s.spec.selector, p.metadata.labels)).map((s) => s.metadata.name),
+        services: services.filter((s) => s.metadata.namespace === p.metadata.namespace && selectorMatches(s.spec.selector, p.metadata.labels ?? {})).map((s) => s.metadata.name),
         meshed: !p.spec?.hostNetwork && isEnrolled(p.metadata.labels ?? {}, nsLabels.get(p.metadata.namespace) ?? {}),
         labels: p.metadata.labels ?? {},
       }));

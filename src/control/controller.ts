@@ -28,6 +28,7 @@ import { ManifestDirSource, MergedSource } from './manifest-source.js';
 import { formatDiagnostic, type Diagnostic, type Resource } from '../kube/manifests.js';
 import { buildModel, DEFAULT_MESH_CONFIG, ISTIO_INGRESS, type MeshConfig } from '../config/model.js';
 import { CanaryController, type CanaryControllerOptions } from '../canary/controller.js';
+import { cpuProfileFromEnv } from '../telemetry/profile.js';
 
 export interface ControllerOptions {
   /**
@@ -368,6 +369,8 @@ export async function runController(opts: ControllerOptions): Promise<Controller
   };
   const healthPort = portOf(health);
   const monitoringPort = portOf(monitoring);
+  // AMBIT_CPU_PROFILE_DIR: a V8 CPU profile of the controller, from now until it closes (benches, issue hunts at scale).
+  const profiler = await cpuProfileFromEnv('controller');
   return {
     server, metrics,
     ...(healthPort !== undefined ? { healthPort } : {}),
@@ -377,6 +380,7 @@ export async function runController(opts: ControllerOptions): Promise<Controller
       health?.close();
       monitoring?.close();
       await Promise.all([duties?.stop(), canaries?.stop(), server.close()]);
+      if (profiler) log.info({ profile: await profiler.stop() }, 'CPU profile written');
     },
   };
 }

@@ -3,7 +3,7 @@
  * waits for the first config snapshot; liveness answers whenever the process does, with or
  * without an API server (a liveness failure would restart the controller for nothing).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -64,5 +64,22 @@ describe('the controller\'s probes', () => {
     expect((await get(c, '/healthz/live', 'HEAD')).status).toBe(200);
     expect(await get(c, '/healthz/live', 'DELETE')).toEqual({ status: 405, body: 'DELETE not allowed: GET /healthz/live\n' });
     expect(await get(c, '/metrics')).toEqual({ status: 404, body: 'not found: try /healthz/ready or /healthz/live\n' });
+  });
+});
+
+describe('the controller\'s CPU profile', () => {
+  it('is written at close when AMBIT_CPU_PROFILE_DIR asks for one', async () => {
+    const profiles = join(dir, 'profiles');
+    process.env.AMBIT_CPU_PROFILE_DIR = profiles;
+    let c: Controller;
+    try {
+      c = await runController({ kubernetes: { settings: ONE_REPLICA, kubeconfig: writeKubeconfig(join(dir, 'profiled.kubeconfig'), 'http://127.0.0.1:1') }, caDir: join(dir, 'profiled'), host: '127.0.0.1', port: 0, trustDomain: 'cluster.local' });
+    } finally {
+      delete process.env.AMBIT_CPU_PROFILE_DIR;
+    }
+    await c.close();
+    const written = join(profiles, `controller.${process.pid}.cpuprofile`);
+    expect(existsSync(written)).toBe(true);
+    expect(JSON.parse(readFileSync(written, 'utf8'))).toMatchObject({ nodes: expect.any(Array), startTime: expect.any(Number) });
   });
 });
