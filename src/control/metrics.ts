@@ -20,13 +20,14 @@ export type CertificateOutcome = 'issued' | 'UNAUTHENTICATED' | 'PERMISSION_DENI
 /** Config objects of one kind in the controller's current view. */
 export interface ConfigCount { kind: string; accepted: number; rejected: number }
 
-const SUBSCRIBER_KINDS: SubscriberKind[] = ['node-agent', 'waypoint'];
+const SUBSCRIBER_KINDS: SubscriberKind[] = ['node-agent', 'waypoint', 'gateway'];
 
 export class ControllerMetrics {
   readonly registry = new Registry();
   private readonly pushes: Counter<'type'>;
   private readonly pushTime: Histogram<'type'>;
   private readonly configSize: Histogram<'type'>;
+  private readonly wireBytes: Counter<'type'>;
   private readonly rejects: Counter<'type'>;
   private readonly csrs: Counter;
   private readonly issued: Counter;
@@ -45,7 +46,7 @@ export class ControllerMetrics {
     const registers = [this.registry];
     const streams = () => this.streams();
     new Gauge({
-      name: 'pilot_xds', help: 'Number of endpoints connected to this pilot using XDS: open discovery streams, by subscriber kind (node-agent, waypoint).', labelNames: ['kind'], registers,
+      name: 'pilot_xds', help: 'Number of endpoints connected to this pilot using XDS: open discovery streams, by subscriber kind (node-agent, waypoint, gateway).', labelNames: ['kind'], registers,
       collect(this: Gauge<'kind'>) {
         const open = streams();
         for (const kind of SUBSCRIBER_KINDS) this.set({ kind }, open.filter((s) => s.kind === kind).length);
@@ -55,6 +56,7 @@ export class ControllerMetrics {
     this.pushes = new Counter({ name: 'pilot_xds_pushes', help: 'Config versions pushed to subscribers (type: node-agent or waypoint).', labelNames: ['type'], registers });
     this.pushTime = new Histogram({ name: 'pilot_xds_push_time', help: 'Total time in seconds to build and send one push (snapshot or delta) to a subscriber.', labelNames: ['type'], registers, buckets: [0.01, 0.1, 1, 3, 5, 10, 20, 30] });
     this.configSize = new Histogram({ name: 'pilot_xds_config_size_bytes', help: 'Distribution of configuration sizes pushed to clients', labelNames: ['type'], registers, buckets: [1, 10_000, 1_000_000, 4_000_000, 10_000_000, 40_000_000] });
+    this.wireBytes = new Counter({ name: 'ambit_xds_pushed_bytes_total', help: 'Bytes written on discovery streams, by subscriber kind: the messages as sent, compressed for subscribers that read compressed payloads (pilot_xds_config_size_bytes counts the config uncompressed)', labelNames: ['type'], registers });
     this.rejects = new Counter({ name: 'pilot_total_xds_rejects', help: 'Total number of XDS responses from pilot rejected by proxy (NACKs, by subscriber kind).', labelNames: ['type'], registers });
     this.services = new Gauge({ name: 'pilot_services', help: 'Total services known to pilot.', registers });
     this.workloads = new Gauge({ name: 'ambit_controller_workloads', help: 'Workloads (scheduled pods with an address) in the controller\'s current model.', registers });
@@ -82,7 +84,8 @@ export class ControllerMetrics {
   }
 
   /** One push written to a subscriber: its size in bytes and how long building and writing it took. */
-  pushed(kind: SubscriberKind, bytes: number, seconds: number): void {
+  pushed(kind: SubscriberKind, bytes: number, seconds: number, wireBytes = bytes): void {
+    this.wireBytes.inc({ type: kind }, wireBytes);
     this.pushes.inc({ type: kind });
     this.configSize.observe({ type: kind }, bytes);
     this.pushTime.observe({ type: kind }, seconds);

@@ -451,8 +451,12 @@ export interface DiscoveryServerOptions {
 }
 
 export interface DiscoveryObserver {
-  /** A version written to a subscriber: its bytes (as partsOf counts them) and the seconds building and writing it took. */
-  pushed(kind: SubscriberKind, bytes: number, seconds: number): void;
+  /**
+   * A version written to a subscriber: its config's bytes (as partsOf counts them, uncompressed),
+   * the seconds building and writing it took, and the bytes of the messages written (compressed
+   * parts for a subscriber that reads them).
+   */
+  pushed(kind: SubscriberKind, bytes: number, seconds: number, wireBytes: number): void;
   /** A subscriber NACKed a version sent to it. */
   rejected(kind: SubscriberKind): void;
 }
@@ -995,9 +999,12 @@ export class DiscoveryServer {
     const leading = alone ? shared : shared.length > 0 ? continuedOf(shared) : [];
     const mine = alone ? [] : partsOf({ version, full, resources, removed });
     sub.inflight.push(version);
-    for (const bytes of wireOf(leading, sub.encoding)) sub.call.write(bytes);
-    for (const bytes of wireOf(mine, sub.encoding)) sub.call.write(bytes);
-    this.observer?.pushed(sub.kind, bytesOf(leading) + bytesOf(mine), (performance.now() - started) / 1000);
+    let written = 0;
+    for (const bytes of [...wireOf(leading, sub.encoding), ...wireOf(mine, sub.encoding)]) {
+      sub.call.write(bytes);
+      written += bytes.length;
+    }
+    this.observer?.pushed(sub.kind, bytesOf(leading) + bytesOf(mine), (performance.now() - started) / 1000, written);
   }
 
   /** The shared part of a node-scoped view in full, as parts of `version`: computed once per version name. */
@@ -1033,8 +1040,12 @@ export class DiscoveryServer {
       parts = d.parts ??= partsOf({ version: this.version, full: false, resources: d.resources, removed: d.removed });
     }
     sub.inflight.push(this.version);
-    for (const bytes of wireOf(parts, sub.encoding)) sub.call.write(bytes);
-    this.observer?.pushed(sub.kind, bytesOf(parts), (performance.now() - started) / 1000);
+    let written = 0;
+    for (const bytes of wireOf(parts, sub.encoding)) {
+      sub.call.write(bytes);
+      written += bytes.length;
+    }
+    this.observer?.pushed(sub.kind, bytesOf(parts), (performance.now() - started) / 1000, written);
   }
 
   /** The current version of a view in full, in parts: computed once, shared by every subscriber of that view. */

@@ -120,6 +120,7 @@ describe('controller metrics on the monitoring port', () => {
       pilot_xds_pushes: { type: 'counter', labels: ['type'] },
       pilot_xds_push_time: { type: 'histogram', labels: ['type'] },
       pilot_xds_config_size_bytes: { type: 'histogram', labels: ['type'] },
+      ambit_xds_pushed_bytes_total: { type: 'counter', labels: ['type'] },
       pilot_total_xds_rejects: { type: 'counter', labels: ['type'] },
       pilot_services: { type: 'gauge', labels: [] },
       ambit_controller_workloads: { type: 'gauge', labels: [] },
@@ -145,12 +146,15 @@ describe('controller metrics on the monitoring port', () => {
 
     // Discovery: the open stream by kind, pushes with their size and time, the NACK.
     expect(value(s, 'pilot_xds', { kind: 'waypoint' })).toBe(0);
+    expect(value(s, 'pilot_xds', { kind: 'gateway' })).toBe(0);
     const pushes = value(s, 'pilot_xds_pushes', { type: 'node-agent' });
     expect(pushes).toBeGreaterThanOrEqual(2);
     expect(value(s, 'pilot_xds_pushes', { type: 'waypoint' })).toBe(0);
     expect(value(s, 'pilot_xds_config_size_bytes_count', { type: 'node-agent' })).toBe(pushes);
     expect(value(s, 'pilot_xds_config_size_bytes_sum', { type: 'node-agent' })).toBeGreaterThan(500);
     expect(value(s, 'pilot_xds_config_size_bytes_bucket', { type: 'node-agent', le: '1' })).toBe(0);
+    // On the wire: every message written, a little more than the config here (framing; nothing this small is compressed).
+    expect(value(s, 'ambit_xds_pushed_bytes_total', { type: 'node-agent' })).toBeGreaterThan(value(s, 'pilot_xds_config_size_bytes_sum', { type: 'node-agent' }) * 0.5);
     expect(value(s, 'pilot_xds_push_time_count', { type: 'node-agent' })).toBe(pushes);
     expect(value(s, 'pilot_xds_push_time_bucket', { type: 'node-agent', le: '30' })).toBe(pushes);
     expect(value(s, 'pilot_total_xds_rejects', { type: 'waypoint' })).toBe(0);
