@@ -8,8 +8,9 @@
  * (resolve, authorization, PeerAuthentication mode, named target ports) must never throw: they
  * run in socket callbacks, where a throw takes the node agent down.
  */
+import { deflateSync } from 'node:zlib';
 import * as fc from 'fast-check';
-import { demandNameError, discoveryService, type WireResource } from '../../../src/discovery/discovery.js';
+import { demandNameError, discoveryService, openPart, PAYLOAD_ENCODING, type WireResource, type WireResponse } from '../../../src/discovery/discovery.js';
 import { MeshState, MeshStateError } from '../../../src/discovery/mesh-state.js';
 import { discoveryResponse, lookup } from '../gen-mesh.js';
 import { Finding, type FuzzTarget } from '../harness.js';
@@ -41,6 +42,8 @@ function mutate(bytes: Buffer, m: Mutation): Buffer {
 export interface DiscoveryInput {
   response: unknown;
   mutation: Mutation;
+  /** Sent as a compressed payload (Subscribe.accept_encoding), whose zlib bytes get this mutation too. */
+  compressed: { payloadMutation: Mutation } | null;
   lookups: { ip: string; port: number; sourceIp: string; sourceIdentity?: string; node: string }[];
 }
 
@@ -51,7 +54,7 @@ const seededRandom = () => 0.5;
 export const discoveryTarget: FuzzTarget<DiscoveryInput, DiscoveryCtx> = {
   name: 'discovery',
   what: 'DiscoveryResponse messages (protobuf bytes, sometimes corrupted) decoded and applied by the node agent as deltas into MeshState, then the data path\'s lookups on the accepted state',
-  input: fc.record({ response: discoveryResponse, mutation, lookups: fc.array(lookup, { maxLength: 6 }) }),
+  input: fc.record({ response: discoveryResponse, mutation, compressed: fc.option(fc.record({ payloadMutation: mutation }), { nil: null }), lookups: fc.array(lookup, { maxLength: 6 }) }),
   setup() {
     const stream = (discoveryService() as unknown as { service: { Stream: { responseSerialize(v: unknown): Buffer; responseDeserialize(b: Buffer): unknown } } }).service.Stream;
     const codec: Codec = { serialize: (v) => stream.responseSerialize(v), deserialize: (b) => stream.responseDeserialize(b) as ReturnType<Codec['deserialize']> };
@@ -59,10 +62,25 @@ export const discoveryTarget: FuzzTarget<DiscoveryInput, DiscoveryCtx> = {
   },
   run(ctx, input) {
     let res: ReturnType<Codec['deserialize']>;
+    let bytes = ctx.codec.serialize(input.response);
+    if (input.compressed) {
+      // As the controller writes it for a subscriber that reads payloads: the part's resources
+      // serialized, deflated, and carried in `payload` (both layers corrupted at times).
+      const r = ctx.codec.deserialize(bytes) as WireResponse;
+      const payload = mutate(deflateSync(ctx.codec.serialize({ resources: r.resources, removed: r.removed })), input.compressed.payloadMutation);
+      bytes = ctx.codec.serialize({ version: r.version, full: r.full, encoding: PAYLOAD_ENCODING, payload });
+    }
     try {
-      res = ctx.codec.deserialize(mutate(ctx.codec.serialize(input.response), input.mutation));
+      res = ctx.codec.deserialize(mutate(bytes, input.mutation));
     } catch {
       return Promise.resolve('undecodable'); // gRPC fails the stream; the agent reconnects with its state
+    }
+    try {
+      res = openPart(res as WireResponse);
+    } catch (err) {
+      // The agent NACKs the version naming why (the payload's encoding, zlib, its size, the inner message).
+      if (err instanceof Error && err.constructor === Error && /^version [\s\S]*: (payload|inflated payload)/.test(err.message)) return Promise.resolve('nack-payload');
+      throw new Finding(`a payload refused with an error that names nothing: ${(err as Error).name}: ${(err as Error).message}`, { cause: err });
     }
     const next = res.full ? new Map<string, WireResource>() : new Map(ctx.state);
     for (const r of res.resources) next.set(r.key, r);
