@@ -52,6 +52,15 @@ export const TCP_IDLE_TIMEOUT_MS = 60 * 60 * 1000;
 export const DEMAND_WAIT_MS = 3000;
 /** A demand still unanswered is asked again after this long (ms): the controller may have dropped it, or the stream reconnected. */
 const DEMAND_REPEAT_MS = 1000;
+/** Resolves when one of `waiters` is called (each is, on its event) or after `ms`, whichever comes first; leaves nothing in `waiters`. */
+function wakeOrTimeout(waiters: Set<() => void>, ms: number): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const wake = () => { waiters.delete(wake); clearTimeout(t); resolve(); };
+    const t = setTimeout(wake, ms);
+    waiters.add(wake);
+  });
+}
+
 /** Demands a node agent sends per second at most (in bursts of twice that); past it a connection goes on with what is known. */
 export const DEMAND_RATE = 200;
 
@@ -519,11 +528,7 @@ export class NodeAgent {
       }
       const left = deadline - Date.now();
       if (left <= 0) return undefined;
-      await new Promise<void>((resolve) => {
-        const wake = () => { this.waiters.delete(wake); clearTimeout(t); resolve(); };
-        const t = setTimeout(wake, Math.min(left, 250));
-        this.waiters.add(wake);
-      });
+      await wakeOrTimeout(this.waiters, Math.min(left, 250));
     }
   }
 
@@ -759,11 +764,7 @@ export class NodeAgent {
         return state;
       }
       waited = true;
-      await new Promise<void>((resolve) => {
-        const wake = () => { this.stateWaiters.delete(wake); clearTimeout(t); resolve(); };
-        const t = setTimeout(wake, Math.min(left, DEMAND_REPEAT_MS));
-        this.stateWaiters.add(wake);
-      });
+      await wakeOrTimeout(this.stateWaiters, Math.min(left, DEMAND_REPEAT_MS));
     }
   }
 
