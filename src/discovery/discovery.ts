@@ -90,6 +90,31 @@ export function demandNameError(name: unknown): string | undefined {
   return `demand ${shown}: names are service/<namespace>/<name> or address/<ip>`;
 }
 
+/** What is wrong with a demand's names (their number, or the first bad one), or undefined. */
+function demandError(names: readonly unknown[]): string | undefined {
+  if (names.length > MAX_DEMANDED) return `a demand names at most ${MAX_DEMANDED} resources, got ${names.length}`;
+  for (const name of names) {
+    const wrong = demandNameError(name);
+    if (wrong) return wrong;
+  }
+  return undefined;
+}
+
+/**
+ * Demanded names added to `held` (one asked again moves to the end), the oldest dropped beyond
+ * MAX_DEMANDED: the controller and the subscriber keep the same order.
+ */
+function remember(held: Set<string>, names: readonly string[]): void {
+  for (const name of names) {
+    held.delete(name);
+    held.add(name);
+  }
+  for (const name of held) {
+    if (held.size <= MAX_DEMANDED) break;
+    held.delete(name);
+  }
+}
+
 /**
  * The payload encoding of DiscoveryResponse (discovery.proto): zlib. A node agent's snapshot is
  * JSON of workloads that differ in a few names and addresses, which level 1 shrinks ~10 times for
@@ -502,7 +527,6 @@ const HISTORY = 8;
  * one model (demands answered) are `<model>.<n>`; any other version is its model's own.
  */
 export const modelVersionOf = (version: string): string => version.split('.')[0]!;
-const modelOf = modelVersionOf;
 /** Parts followed by more parts of the same version (a node-scoped push's shared part, before its own): computed once per parts array. */
 const continued = new WeakMap<WireResponse[], WireResponse[]>();
 const continuedOf = (parts: WireResponse[]): WireResponse[] => {
@@ -531,8 +555,12 @@ export class DiscoveryServer {
   private readonly index = new ScopeIndex();
   /** The version `index` was last brought to. */
   private indexed?: string;
-  /** The keys whose encoding changed from previousVersion to this one (`set` undefined: too many to track). */
-  private changes: { set?: Set<string> } = {};
+  /**
+   * The keys whose encoding changed from previousVersion to this one, noted while encoding it
+   * (undefined: more than MAX_TRACKED_CHANGES, or no previous version). Node-scoped subscribers
+   * that hold none of them and would take none skip rebuilding their own part.
+   */
+  private changedKeys?: Set<string>;
   /** While encoding a version: the keys encoded anew (undefined once more than MAX_TRACKED_CHANGES) and how many were carried over. */
   private tracking?: { changed: Set<string>; kept: number; replaced: number };
   /** What changed since the index was last brought up to date (undefined: rebuild it from the model). */
@@ -601,7 +629,7 @@ export class DiscoveryServer {
     }
     if (changed && changed.size > MAX_TRACKED_CHANGES) changed = undefined;
     this.tracking = undefined;
-    this.changes = changed ? { set: changed } : {};
+    this.changedKeys = changed;
     this.previousVersion = this.generation > 1 ? `${this.boot}-${this.generation - 1}` : undefined;
     // Node scope's index is brought up to date by these changes at its next use, or rebuilt when they are too many.
     if (changed && this.indexPending) for (const key of changed) this.indexPending.add(key);
@@ -711,13 +739,13 @@ export class DiscoveryServer {
         if (i < 0) return;
         sub.inflight.splice(i);
         sub.needFull = true;
-        if (sub.scoped) sub.scoped.nackedModel = modelOf(req.nack.version);
+        if (sub.scoped) sub.scoped.nackedModel = modelVersionOf(req.nack.version);
         // What a subscriber says is kept and logged within bounds.
         sub.lastNack = { version: clip(req.nack.version, 64), error: clip(req.nack.error, MAX_NACK_ERROR) };
         this.log.warn({ node: sub.node, kind: sub.kind, name: sub.name, ...sub.lastNack }, 'config rejected by subscriber (NACK)');
         this.observer?.rejected(sub.kind);
         this.changed();
-        if (modelOf(req.nack.version) !== this.version) this.push(sub, false);
+        if (modelVersionOf(req.nack.version) !== this.version) this.push(sub, false);
       }
     });
     const drop = () => {
@@ -850,20 +878,9 @@ export class DiscoveryServer {
    */
   private demand(sub: SubscriberState, names: unknown[], push = true): string | undefined {
     if (!sub.scoped) return `demand needs a subscription of scope "node" (this one is ${sub.kind === 'node-agent' ? '"cluster"' : `a ${sub.kind}'s`}): it already holds everything it may ask for`;
-    if (names.length > MAX_DEMANDED) return `a demand names at most ${MAX_DEMANDED} resources, got ${names.length}`;
-    for (const name of names) {
-      const wrong = demandNameError(name);
-      if (wrong) return wrong;
-    }
-    const demanded = sub.scoped.demanded;
-    for (const name of names as string[]) {
-      demanded.delete(name);
-      demanded.add(name);
-    }
-    for (const name of demanded) {
-      if (demanded.size <= MAX_DEMANDED) break;
-      demanded.delete(name);
-    }
+    const wrong = demandError(names);
+    if (wrong) return wrong;
+    remember(sub.scoped.demanded, names as string[]);
     sub.scoped.asked = true;
     if (push) this.push(sub, false);
     return undefined;
@@ -941,15 +958,6 @@ export class DiscoveryServer {
     return this.index;
   }
 
-  /**
-   * What changed from the previous version to this one, when it is little (undefined: more than
-   * MAX_TRACKED_CHANGES keys, or no previous version): node-scoped subscribers that hold none of it
-   * and would not take any of it skip rebuilding their own part. Found while encoding the version.
-   */
-  private changedKeys(): Set<string> | undefined {
-    return this.changes.set;
-  }
-
   private pushScoped(sub: SubscriberState, fullRequested: boolean): void {
     const scoped = sub.scoped!;
     if (sub.inflight.length >= MAX_INFLIGHT) return;
@@ -976,7 +984,7 @@ export class DiscoveryServer {
       }
     }
     // Its own part is rebuilt unless the model moved by one version that touched nothing it holds or would take.
-    const changed = !full && !scoped.asked && scoped.sentModel === this.previousVersion ? this.changedKeys() : undefined;
+    const changed = !full && !scoped.asked && scoped.sentModel === this.previousVersion ? this.changedKeys : undefined;
     const untouched = changed !== undefined && ![...changed].some((key) => scoped.held.has(key) || this.concerns(sub, key));
     const own = untouched ? undefined : this.personalView(sub);
     const held = full ? new Map<string, string>() : scoped.held;
@@ -999,12 +1007,18 @@ export class DiscoveryServer {
     const leading = alone ? shared : shared.length > 0 ? continuedOf(shared) : [];
     const mine = alone ? [] : partsOf({ version, full, resources, removed });
     sub.inflight.push(version);
+    const written = this.write(sub, leading) + this.write(sub, mine);
+    this.observer?.pushed(sub.kind, bytesOf(leading) + bytesOf(mine), (performance.now() - started) / 1000, written);
+  }
+
+  /** Writes parts to a subscriber as it reads them (wireOf); returns the bytes written. */
+  private write(sub: SubscriberState, parts: WireResponse[]): number {
     let written = 0;
-    for (const bytes of [...wireOf(leading, sub.encoding), ...wireOf(mine, sub.encoding)]) {
+    for (const bytes of wireOf(parts, sub.encoding)) {
       sub.call.write(bytes);
       written += bytes.length;
     }
-    this.observer?.pushed(sub.kind, bytesOf(leading) + bytesOf(mine), (performance.now() - started) / 1000, written);
+    return written;
   }
 
   /** The shared part of a node-scoped view in full, as parts of `version`: computed once per version name. */
@@ -1040,11 +1054,7 @@ export class DiscoveryServer {
       parts = d.parts ??= partsOf({ version: this.version, full: false, resources: d.resources, removed: d.removed });
     }
     sub.inflight.push(this.version);
-    let written = 0;
-    for (const bytes of wireOf(parts, sub.encoding)) {
-      sub.call.write(bytes);
-      written += bytes.length;
-    }
+    const written = this.write(sub, parts);
     this.observer?.pushed(sub.kind, bytesOf(parts), (performance.now() - started) / 1000, written);
   }
 
@@ -1232,18 +1242,9 @@ export class DiscoveryClient {
    */
   demand(names: readonly string[]): void {
     if (this.opts.scope !== 'node') throw new Error('demand() needs a subscription of scope "node"');
-    for (const name of names) {
-      const wrong = demandNameError(name);
-      if (wrong) throw new Error(wrong);
-    }
-    for (const name of names) {
-      this.demanded.delete(name);
-      this.demanded.add(name);
-    }
-    for (const name of this.demanded) {
-      if (this.demanded.size <= MAX_DEMANDED) break;
-      this.demanded.delete(name);
-    }
+    const wrong = demandError(names);
+    if (wrong) throw new Error(wrong);
+    remember(this.demanded, names);
     if (names.length > 0) this.call?.write({ demand: { names: [...names] } });
   }
 
