@@ -317,9 +317,10 @@ export interface AddressAnswer { address: string; workload?: string }
 const MAX_TRACKED_CHANGES = 1000;
 
 /**
- * Node scope's lookups of the current model, kept from version to version: a version changes the
- * entries of the workloads (by object) and the endpoint lists (by content) that changed, not the
- * whole index (at 10,000 pods a rebuild per change cost ~11 ms and its garbage).
+ * Node scope's lookups of the current model, kept from version to version: `apply` changes the
+ * entries of the workloads and Services a version changed (endpoint lists by content), not the
+ * whole index (at 10,000 pods a rebuild per change cost ~11 ms and its garbage); `update` makes
+ * it anew when there is no record of what changed.
  */
 export class ScopeIndex {
   /** Workload uids per node. */
@@ -330,37 +331,17 @@ export class ScopeIndex {
   readonly servicesOf = new Map<string, Set<string>>();
   readonly byIp = new Map<string, string>();
   readonly workloads = new Map<string, Workload>();
-  services = new Map<string, Service>();
-  /** The model the index was last brought to, and a stamp per workload of when it was last seen. */
-  private stamp = 0;
-  private readonly seen = new Map<string, number>();
+  readonly services = new Map<string, Service>();
 
+  /** The index of `model`, made anew (the first time, and after more changes than are tracked). */
   update(model: MeshModel): void {
-    const stamp = ++this.stamp;
-    for (const w of model.workloads) {
-      this.seen.set(w.uid, stamp);
-      const old = this.workloads.get(w.uid);
-      if (old === w) continue;
-      if (old) this.removeWorkload(old);
-      this.addWorkload(w);
-    }
-    for (const [uid, w] of this.workloads) {
-      if (this.seen.get(uid) !== stamp) {
-        this.removeWorkload(w);
-        this.seen.delete(uid);
-      }
-    }
-    const services = new Map<string, Service>();
+    for (const map of [this.byNode, this.waypointPods, this.servicesOf, this.byIp, this.workloads, this.services]) map.clear();
+    for (const w of model.workloads) this.addWorkload(w);
     for (const svc of model.services) {
       const id = `${svc.namespace}/${svc.name}`;
-      services.set(id, svc);
-      const old = this.services.get(id);
-      if (old === svc || (old && sameList(old.endpoints, svc.endpoints))) continue;
-      if (old) this.unlink(id, old.endpoints);
+      this.services.set(id, svc);
       this.link(id, svc.endpoints);
     }
-    for (const [id, old] of this.services) if (!services.has(id)) this.unlink(id, old.endpoints);
-    this.services = services;
   }
 
   /**
@@ -377,7 +358,6 @@ export class ScopeIndex {
         if (old === w) continue;
         if (old) this.removeWorkload(old);
         if (w) this.addWorkload(w);
-        else this.seen.delete(uid);
       } else if (key.startsWith('service/')) {
         const id = key.slice(8);
         const old = this.services.get(id);

@@ -279,7 +279,7 @@ describe('node-scoped discovery', () => {
 });
 
 describe('node scope\'s index', () => {
-  it('kept from model to model, equals one built anew, over pods and endpoints that come, move and go', () => {
+  it('made again on the same index, or brought along by what changed, equals one built anew, over pods and endpoints that come, move and go', () => {
     const kept = new ScopeIndex();
     const dump = (x: ScopeIndex) => JSON.stringify({
       byNode: [...x.byNode].map(([n, s]) => [n, [...s].sort()]).sort(), waypointPods: [...x.waypointPods].sort(),
